@@ -1,0 +1,1 @@
+"""sparsegemm: fast sparse x dense matmul on CPUs."""
