@@ -1,0 +1,143 @@
+#include "core/csr_matrix.h"
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace sparsegemm {
+
+void check_dimensions(int64_t rows, int64_t cols) {
+  if (rows < 0 || cols < 0)
+    throw std::invalid_argument("shape must be non-negative, got (" + std::to_string(rows) + ", " +
+                                std::to_string(cols) + ")");
+  if (rows > kMaxDimension || cols > kMaxDimension)
+    throw std::invalid_argument("each dimension must be below 2^31 (column indices are 32-bit), got (" +
+                                std::to_string(rows) + ", " + std::to_string(cols) + ")");
+}
+
+namespace {
+
+template <typename IndptrT>
+void validate_impl(int64_t rows, int64_t cols, const IndptrT* indptr, int64_t indptr_len,
+                   const index_t* indices, int64_t indices_len, int64_t values_len) {
+  check_dimensions(rows, cols);
+  if (indptr_len != rows + 1)
+    throw std::invalid_argument("indptr must have rows + 1 = " + std::to_string(rows + 1) +
+                                " entries, got " + std::to_string(indptr_len));
+  if (indices_len != values_len)
+    throw std::invalid_argument("indices and data must have the same length, got " +
+                                std::to_string(indices_len) + " and " + std::to_string(values_len));
+  if (indptr[0] != 0)
+    throw std::invalid_argument("indptr[0] must be 0, got " + std::to_string(indptr[0]));
+  if (static_cast<int64_t>(indptr[rows]) != indices_len)
+    throw std::invalid_argument("indptr[-1] must equal the number of stored entries (" +
+                                std::to_string(indices_len) + "), got " +
+                                std::to_string(indptr[rows]));
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t begin = indptr[r], end = indptr[r + 1];
+    if (end < begin)
+      throw std::invalid_argument("indptr must be non-decreasing, but indptr[" + std::to_string(r + 1) +
+                                  "] = " + std::to_string(end) + " < indptr[" + std::to_string(r) +
+                                  "] = " + std::to_string(begin));
+    if (end > indices_len)
+      throw std::invalid_argument("indptr[" + std::to_string(r + 1) + "] = " + std::to_string(end) +
+                                  " exceeds the number of stored entries " + std::to_string(indices_len));
+    int64_t previous = -1;
+    for (int64_t j = begin; j < end; ++j) {
+      const int64_t c = indices[j];
+      if (c < 0 || c >= cols)
+        throw std::invalid_argument("column index " + std::to_string(c) + " at position " +
+                                    std::to_string(j) + " (row " + std::to_string(r) +
+                                    ") is out of range [0, " + std::to_string(cols) + ")");
+      if (c <= previous)
+        throw std::invalid_argument("column indices must be sorted and unique within each row; row " +
+                                    std::to_string(r) + " has " + std::to_string(previous) +
+                                    " followed by " + std::to_string(c) +
+                                    " (call sum_duplicates()/sort_indices() on scipy input)");
+      previous = c;
+    }
+  }
+}
+
+}  // namespace
+
+void validate_csr_structure(int64_t rows, int64_t cols, const offset_t* indptr, int64_t indptr_len,
+                            const index_t* indices, int64_t indices_len, int64_t values_len) {
+  validate_impl(rows, cols, indptr, indptr_len, indices, indices_len, values_len);
+}
+
+void validate_csr_structure(int64_t rows, int64_t cols, const int32_t* indptr, int64_t indptr_len,
+                            const index_t* indices, int64_t indices_len, int64_t values_len) {
+  validate_impl(rows, cols, indptr, indptr_len, indices, indices_len, values_len);
+}
+
+template <typename T>
+template <typename IndptrT>
+CsrMatrix<T> CsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, const IndptrT* indptr,
+                                       int64_t indptr_len, const index_t* indices, int64_t indices_len,
+                                       const T* values, int64_t values_len) {
+  validate_csr_structure(rows, cols, indptr, indptr_len, indices, indices_len, values_len);
+  CsrMatrix m;
+  m.rows_ = rows;
+  m.cols_ = cols;
+  m.indptr_.assign(indptr, indptr + indptr_len);
+  m.indices_.assign(indices, indices + indices_len);
+  m.values_.assign(values, values + values_len);
+  return m;
+}
+
+template <typename T>
+CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense, int64_t row_stride,
+                                      int64_t col_stride, T threshold) {
+  check_dimensions(rows, cols);
+  CsrMatrix m;
+  m.rows_ = rows;
+  m.cols_ = cols;
+  m.indptr_.resize(rows + 1);
+  m.indptr_[0] = 0;
+  // Count first so the arrays are allocated once.
+  int64_t total = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = dense + r * row_stride;
+    for (int64_t c = 0; c < cols; ++c) {
+      const T a = row[c * col_stride];
+      total += !(std::fabs(a) <= threshold);
+    }
+  }
+  m.indices_.resize(total);
+  m.values_.resize(total);
+  int64_t k = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = dense + r * row_stride;
+    for (int64_t c = 0; c < cols; ++c) {
+      const T a = row[c * col_stride];
+      if (!(std::fabs(a) <= threshold)) {
+        m.indices_[k] = static_cast<index_t>(c);
+        m.values_[k] = a;
+        ++k;
+      }
+    }
+    m.indptr_[r + 1] = k;
+  }
+  return m;
+}
+
+template <typename T>
+void CsrMatrix<T>::to_dense(T* out) const {
+  std::memset(out, 0, sizeof(T) * rows_ * cols_);
+  for (int64_t r = 0; r < rows_; ++r)
+    for (int64_t j = indptr_[r]; j < indptr_[r + 1]; ++j) out[r * cols_ + indices_[j]] = values_[j];
+}
+
+#define SPARSEGEMM_INSTANTIATE_CSR(T)                                                                 \
+  template class CsrMatrix<T>;                                                                        \
+  template CsrMatrix<T> CsrMatrix<T>::from_arrays<int32_t>(int64_t, int64_t, const int32_t*, int64_t, \
+                                                           const index_t*, int64_t, const T*, int64_t); \
+  template CsrMatrix<T> CsrMatrix<T>::from_arrays<int64_t>(int64_t, int64_t, const int64_t*, int64_t, \
+                                                           const index_t*, int64_t, const T*, int64_t);
+SPARSEGEMM_INSTANTIATE_CSR(float)
+SPARSEGEMM_INSTANTIATE_CSR(double)
+#undef SPARSEGEMM_INSTANTIATE_CSR
+
+}  // namespace sparsegemm

@@ -1,0 +1,87 @@
+#include "core/isa.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <stdexcept>
+
+namespace sparsegemm {
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return "scalar";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512: return "avx512";
+  }
+  return "unknown";
+}
+
+Isa parse_isa(const std::string& name) {
+  if (name == "scalar" || name == "portable") return Isa::Scalar;
+  if (name == "avx2") return Isa::Avx2;
+  if (name == "avx512") return Isa::Avx512;
+  throw std::invalid_argument("unknown ISA '" + name + "'; expected one of scalar, avx2, avx512");
+}
+
+bool isa_supported(Isa isa) {
+  switch (isa) {
+    case Isa::Scalar: return true;
+#if defined(__x86_64__) || defined(__i386__)
+    // __builtin_cpu_supports also checks that the OS saves the vector state (XCR0).
+    case Isa::Avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case Isa::Avx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+             isa_supported(Isa::Avx2);
+#else
+    default: return false;
+#endif
+  }
+  return false;
+}
+
+Isa best_supported_isa() {
+  if (isa_supported(Isa::Avx512)) return Isa::Avx512;
+  if (isa_supported(Isa::Avx2)) return Isa::Avx2;
+  return Isa::Scalar;
+}
+
+std::vector<Isa> supported_isas() {
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::Scalar, Isa::Avx2, Isa::Avx512})
+    if (isa_supported(isa)) out.push_back(isa);
+  return out;
+}
+
+namespace {
+
+Isa initial_isa() {
+  const char* env = std::getenv("SPARSEGEMM_ISA");
+  if (env == nullptr || *env == '\0') return best_supported_isa();
+  Isa requested;
+  try {
+    requested = parse_isa(env);
+  } catch (const std::invalid_argument&) {
+    return best_supported_isa();  // The Python layer warns about a bad value.
+  }
+  // Asking for more than the CPU has cannot be honoured; fall back to the best.
+  return isa_supported(requested) ? requested : best_supported_isa();
+}
+
+std::atomic<int>& active_isa_slot() {
+  static std::atomic<int> slot{static_cast<int>(initial_isa())};
+  return slot;
+}
+
+}  // namespace
+
+Isa active_isa() { return static_cast<Isa>(active_isa_slot().load(std::memory_order_relaxed)); }
+
+void set_active_isa(Isa isa) {
+  if (!isa_supported(isa))
+    throw std::invalid_argument(std::string("this CPU cannot run the '") + isa_name(isa) +
+                                "' kernels");
+  active_isa_slot().store(static_cast<int>(isa), std::memory_order_relaxed);
+}
+
+}  // namespace sparsegemm

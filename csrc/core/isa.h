@@ -1,0 +1,31 @@
+// Instruction-set levels and run-time selection.
+//
+// Every kernel family is compiled once per level (see CMakeLists.txt: the ISA
+// flags are set per source file). At run time the best level this CPU and OS
+// support is chosen once; SPARSEGEMM_ISA=scalar|avx2|avx512 or set_active_isa()
+// can force a lower level so tests and users can exercise every path.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace sparsegemm {
+
+enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+
+const char* isa_name(Isa isa);
+// Throws std::invalid_argument for an unknown name.
+Isa parse_isa(const std::string& name);
+
+// The highest level this CPU and OS can run.
+Isa best_supported_isa();
+bool isa_supported(Isa isa);
+std::vector<Isa> supported_isas();
+
+// The level kernels dispatch to. Initialised from SPARSEGEMM_ISA (if set and
+// valid) or best_supported_isa(). set_active_isa throws std::invalid_argument
+// if the CPU cannot run the requested level.
+Isa active_isa();
+void set_active_isa(Isa isa);
+
+}  // namespace sparsegemm

@@ -1,0 +1,49 @@
+#include "core/parallel.h"
+
+#include <algorithm>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace sparsegemm {
+
+int default_num_threads() {
+#ifdef _OPENMP
+  return std::max(1, omp_get_max_threads());
+#else
+  return 1;
+#endif
+}
+
+const char* openmp_runtime_name() {
+#if defined(_OPENMP) && defined(__GNUC__) && !defined(__clang__)
+  return "libgomp (GNU OpenMP)";
+#elif defined(_OPENMP)
+  return "OpenMP";
+#else
+  return "none (built without OpenMP)";
+#endif
+}
+
+std::vector<int64_t> split_rows_by_cost(const int64_t* indptr, int64_t rows, int64_t parts,
+                                        int64_t row_cost) {
+  parts = std::max<int64_t>(1, std::min<int64_t>(parts, std::max<int64_t>(rows, 1)));
+  std::vector<int64_t> bounds(parts + 1, rows);
+  bounds[0] = 0;
+  const auto cost_before = [&](int64_t r) { return indptr[r] + r * row_cost; };
+  const int64_t total = cost_before(rows);
+  for (int64_t p = 1; p < parts; ++p) {
+    const int64_t target = total / parts * p + (total % parts) * p / parts;
+    // First row boundary whose cost reaches the target.
+    int64_t lo = bounds[p - 1], hi = rows;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (cost_before(mid) < target) lo = mid + 1; else hi = mid;
+    }
+    bounds[p] = lo;
+  }
+  return bounds;
+}
+
+}  // namespace sparsegemm

@@ -1,0 +1,35 @@
+// The one place OpenMP is used. Every region names its thread count
+// (num_threads) instead of relying on a process-wide setting, so we neither
+// fight with nor disturb PyTorch's or numpy's own thread pools.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace sparsegemm {
+
+// The thread count used when a caller passes num_threads <= 0.
+int default_num_threads();
+// Name of the OpenMP runtime this library was built against.
+const char* openmp_runtime_name();
+
+// Runs body(part) for part in [0, parts) on up to num_threads threads; one
+// part per thread. body must not throw.
+template <typename Body>
+void parallel_for(int num_threads, int64_t parts, const Body& body) {
+  if (num_threads <= 1 || parts <= 1) {
+    for (int64_t p = 0; p < parts; ++p) body(p);
+    return;
+  }
+#pragma omp parallel for num_threads(num_threads) schedule(static, 1)
+  for (int64_t p = 0; p < parts; ++p) body(p);
+}
+
+// Splits rows [0, rows) into `parts` contiguous ranges of about equal cost,
+// where row r costs (indptr[r + 1] - indptr[r]) + row_cost. Returns parts + 1
+// boundaries. Balancing by stored entries keeps skewed matrices from idling a
+// core.
+std::vector<int64_t> split_rows_by_cost(const int64_t* indptr, int64_t rows, int64_t parts,
+                                        int64_t row_cost);
+
+}  // namespace sparsegemm

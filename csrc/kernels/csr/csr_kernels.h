@@ -1,0 +1,49 @@
+// CSR x dense kernels: the per-ISA function table and how to get it.
+//
+// Each ISA's kernels live in their own file (csr_scalar.cpp, csr_avx2.cpp,
+// csr_avx512.cpp), compiled with that ISA's flags, and written once in
+// csr_kernels.inl against the Vec<T> traits of kernels/simd/. The functions
+// are single-threaded and never allocate: the drivers in core/ split rows
+// across threads and own all buffers.
+#pragma once
+
+#include <cstdint>
+
+#include "core/csr_matrix.h"
+#include "core/isa.h"
+
+namespace sparsegemm {
+
+template <typename T>
+struct CsrKernels {
+  // Panel product, for dense operands with many columns:
+  //   c[r, 0:n] = bias[r] + sum_j a[r, j] * b[j, 0:n]   for r in [row_begin, row_end)
+  // b is a.cols x n with row stride ldb (columns contiguous); c has row stride ldc.
+  // bias may be null (treated as zero).
+  void (*spmm_rows)(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* b,
+                    int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc);
+
+  // Gather product, for few dense vectors (batch 1 to a handful):
+  //   y(v, r) = bias[r] + sum_j a[r, j] * x(v, j)   for v < nvec, r in [row_begin, row_end)
+  // with x(v, k) = x[v * x_vstride + k * x_kstride] and y(v, r) = y[v * y_vstride + r * y_rstride].
+  // Requires (a.cols - 1) * x_kstride < 2^31 (the gather offsets are 32-bit).
+  void (*gather_rows)(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
+                      int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias, T* y,
+                      int64_t y_vstride, int64_t y_rstride);
+};
+
+// The kernels for one ISA. The caller must check isa_supported(isa).
+template <typename T>
+const CsrKernels<T>& csr_kernels(Isa isa);
+
+namespace scalar {
+template <typename T> const CsrKernels<T>& csr_kernel_table();
+}
+namespace avx2 {
+template <typename T> const CsrKernels<T>& csr_kernel_table();
+}
+namespace avx512 {
+template <typename T> const CsrKernels<T>& csr_kernel_table();
+}
+
+}  // namespace sparsegemm

@@ -1,0 +1,13 @@
+// CSR kernels compiled for the scalar level (flags set per file in CMakeLists.txt).
+#include <cstdint>
+
+#include "kernels/csr/csr_kernels.h"
+
+namespace sparsegemm {
+namespace scalar {
+
+#include "kernels/simd/simd_scalar.h"
+#include "kernels/csr/csr_kernels.inl"
+
+}  // namespace scalar
+}  // namespace sparsegemm

@@ -1,0 +1,31 @@
+// Portable "vector" of one lane, so the kernel templates compile to plain C++.
+// Included inside an ISA namespace by the scalar kernel files; it must not
+// include headers itself.
+
+template <typename T>
+struct Vec {
+  using value_type = T;
+  using reg = T;
+  using mask = int;  // number of active lanes (0 or 1)
+  using ireg = int32_t;
+  static constexpr int kLanes = 1;
+
+  static reg zero() { return T(0); }
+  static reg set1(T a) { return a; }
+  static reg load(const T* p) { return *p; }
+  static void store(T* p, reg a) { *p = a; }
+  static reg fmadd(reg a, reg b, reg c) { return a * b + c; }
+  static reg add(reg a, reg b) { return a + b; }
+  static mask tail_mask(int64_t active) { return static_cast<int>(active); }
+  static reg maskz_load(mask m, const T* p) { return m ? *p : T(0); }
+  static void mask_store(T* p, mask m, reg a) {
+    if (m) *p = a;
+  }
+  static ireg load_indices(const int32_t* p) { return *p; }
+  static ireg maskz_load_indices(mask m, const int32_t* p) { return m ? *p : 0; }
+  static ireg scale_indices(ireg i, int32_t s) { return i * s; }
+  static reg gather(ireg i, const T* base) { return base[i]; }
+  static reg maskz_gather(mask m, ireg i, const T* base) { return m ? base[i] : T(0); }
+  static T reduce_add(reg a) { return a; }
+  static void prefetch(const void*) {}
+};

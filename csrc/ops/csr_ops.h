@@ -1,0 +1,31 @@
+// Drivers for the CSR products: they choose a kernel for the operand shapes,
+// split rows across threads by stored entries, and own the scratch buffers.
+// Operands are assumed valid (shapes checked by the caller; the CsrMatrix was
+// validated when built).
+#pragma once
+
+#include <cstdint>
+
+#include "core/csr_matrix.h"
+
+namespace sparsegemm {
+
+// c = a @ b (+ bias[:, None]).
+// b is a.cols() x n with element (k, j) at b[k * b_rstride + j * b_cstride];
+// c is a.rows() x n, C order with row stride ldc. bias has a.rows() entries or is null.
+// num_threads <= 0 means default_num_threads().
+template <typename T>
+void csr_matmul(const CsrMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_cstride, int64_t n,
+                const T* bias, T* c, int64_t ldc, int num_threads);
+
+// The nn.Linear product: y = x @ w.T (+ bias).
+// x is batch x w.cols() with row stride ldx (rows contiguous); y is batch x w.rows(),
+// row stride ldy. bias has w.rows() entries or is null.
+template <typename T>
+void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
+                int64_t ldy, int num_threads);
+
+// Up to this many dense vectors use the gather kernel; more use the panel kernel.
+constexpr int64_t kGatherMaxVectors = 4;
+
+}  // namespace sparsegemm
