@@ -1,1 +1,40 @@
-"""sparsegemm: fast sparse x dense matmul on CPUs."""
+"""sparsegemm: sparse x dense matrix products that beat dense BLAS on CPUs.
+
+The numpy/scipy API lives here; PyTorch modules are in ``sparsegemm.torch``
+(optional extra) and pruning tools in ``sparsegemm.prune``.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("sparsegemm")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+unknown"
+
+from ._runtime import (  # noqa: E402
+    _check_isa_environment,
+    available_isas,
+    get_isa,
+    get_num_threads,
+    set_isa,
+    set_num_threads,
+    show_config,
+    use_isa,
+)
+from .formats import CSRMatrix  # noqa: E402
+from .ops import linear, sparse_mm  # noqa: E402
+
+_check_isa_environment()
+
+__all__ = [
+    "CSRMatrix",
+    "available_isas",
+    "get_isa",
+    "get_num_threads",
+    "linear",
+    "set_isa",
+    "set_num_threads",
+    "show_config",
+    "sparse_mm",
+    "use_isa",
+]

@@ -1,0 +1,30 @@
+"""Which dtypes the kernels compute in, and the documented casts to them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def kernel_dtype(*dtypes: np.dtype) -> np.dtype:
+    """The dtype a product of these operands is computed and returned in.
+
+    numpy's promotion rules decide, then: float16 computes in float32; bool and
+    integers compute in float64 (as ``int @ float`` does in numpy). Complex,
+    object and other dtypes raise TypeError.
+    """
+    for dtype in dtypes:
+        dtype = np.dtype(dtype)
+        if dtype.kind not in "biuf":
+            raise TypeError(
+                f"unsupported dtype {dtype}; sparsegemm computes in float32 or float64"
+            )
+    result = np.result_type(*dtypes)
+    if result == np.float16:
+        return np.dtype(np.float32)
+    if result.kind in "biu":
+        return np.dtype(np.float64)
+    if result not in KERNEL_DTYPES:
+        raise TypeError(f"unsupported dtype {result}; sparsegemm computes in float32 or float64")
+    return result

@@ -1,0 +1,170 @@
+"""Run-time configuration: the SIMD level the kernels dispatch to and thread counts.
+
+Thread counts resolve like scikit-learn's: an explicit ``num_threads`` argument,
+else :func:`set_num_threads`, else the ``SPARSEGEMM_NUM_THREADS`` or
+``OMP_NUM_THREADS`` environment variable, else the CPUs this process may run on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from typing import Iterator
+
+from . import _core
+
+ISA_NAMES = ("scalar", "avx2", "avx512")
+
+_num_threads_setting: int | None = None
+
+
+def _check_isa_environment() -> None:
+    requested = os.environ.get("SPARSEGEMM_ISA", "").strip()
+    if not requested:
+        return
+    name = "scalar" if requested == "portable" else requested
+    if name not in ISA_NAMES:
+        warnings.warn(
+            f"SPARSEGEMM_ISA={requested!r} is not one of {ISA_NAMES}; using {_core.active_isa()!r}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    elif name not in _core.supported_isas():
+        warnings.warn(
+            f"SPARSEGEMM_ISA={requested!r} is not supported by this CPU; using {_core.active_isa()!r}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def get_isa() -> str:
+    """The instruction set the kernels dispatch to now: 'scalar', 'avx2' or 'avx512'."""
+    return _core.active_isa()
+
+
+def available_isas() -> list[str]:
+    """Instruction sets this CPU can run, lowest first. 'scalar' is always available."""
+    return list(_core.supported_isas())
+
+
+def set_isa(name: str | None) -> None:
+    """Force the kernels to an instruction set ('scalar', 'avx2', 'avx512').
+
+    ``None`` restores the best the CPU supports. Raises ValueError for an unknown
+    name or a level this CPU cannot run. The environment variable
+    ``SPARSEGEMM_ISA`` sets the initial level.
+    """
+    if name is None:
+        name = _core.best_isa()
+    if name not in ISA_NAMES and name != "portable":
+        raise ValueError(f"unknown ISA {name!r}; expected one of {ISA_NAMES}")
+    _core.set_active_isa(name)
+
+
+@contextlib.contextmanager
+def use_isa(name: str) -> Iterator[None]:
+    """Context manager that runs its block with the kernels forced to ``name``."""
+    previous = get_isa()
+    set_isa(name)
+    try:
+        yield
+    finally:
+        set_isa(previous)
+
+
+def _usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _env_threads() -> int | None:
+    for variable in ("SPARSEGEMM_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(variable, "").split(",")[0].strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
+def get_num_threads() -> int:
+    """The thread count used when a call does not pass ``num_threads``."""
+    if _num_threads_setting is not None:
+        return _num_threads_setting
+    return _env_threads() or _usable_cpus()
+
+
+def set_num_threads(num_threads: int | None) -> None:
+    """Set the default thread count for sparsegemm's kernels (``None`` resets it)."""
+    global _num_threads_setting
+    if num_threads is not None:
+        num_threads = _check_num_threads(num_threads)
+    _num_threads_setting = num_threads
+
+
+def _check_num_threads(num_threads: object) -> int:
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+        raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
+    return num_threads
+
+
+def resolve_num_threads(num_threads: int | None) -> int:
+    """An explicit count if given (validated), else :func:`get_num_threads`."""
+    if num_threads is None:
+        return get_num_threads()
+    return _check_num_threads(num_threads)
+
+
+def _numpy_blas() -> list[dict]:
+    try:
+        import threadpoolctl
+    except ImportError:
+        return []
+    import numpy  # noqa: F401  (loads numpy's BLAS so threadpoolctl can see it)
+
+    infos = threadpoolctl.threadpool_info()
+    return [info for info in infos if info.get("user_api") == "blas"]
+
+
+def show_config(*, print_out: bool = True) -> dict:
+    """Report the version, SIMD level, OpenMP runtime, threads and numpy's BLAS.
+
+    Like ``numpy.show_runtime()``. Returns the same facts as a dict.
+    """
+    from . import __version__
+
+    blas = _numpy_blas()
+    config = {
+        "version": __version__,
+        "isa": get_isa(),
+        "best_isa": _core.best_isa(),
+        "available_isas": available_isas(),
+        "isa_override": os.environ.get("SPARSEGEMM_ISA") or None,
+        "openmp_runtime": _core.openmp_runtime(),
+        "num_threads": get_num_threads(),
+        "numpy_blas": [
+            {
+                "library": b.get("internal_api"),
+                "version": b.get("version"),
+                "kernel": b.get("architecture"),
+                "threads": b.get("num_threads"),
+                "path": b.get("filepath"),
+            }
+            for b in blas
+        ],
+    }
+    if print_out:
+        print(f"sparsegemm {config['version']}")
+        print(f"  ISA: {config['isa']} (best for this CPU: {config['best_isa']}; "
+              f"available: {', '.join(config['available_isas'])})")
+        if config["isa_override"]:
+            print(f"  SPARSEGEMM_ISA: {config['isa_override']}")
+        print(f"  OpenMP runtime: {config['openmp_runtime']}")
+        print(f"  threads: {config['num_threads']}")
+        if not config["numpy_blas"]:
+            print("  numpy BLAS: unknown (install threadpoolctl to see it)")
+        for b in config["numpy_blas"]:
+            print(f"  numpy BLAS: {b['library']} {b['version']}, kernel {b['kernel']}, "
+                  f"{b['threads']} threads")
+    return config
