@@ -82,6 +82,25 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
       .def_property_readonly("data", [](py::object self) {
         return owned_view(self.cast<const Matrix&>().values(), self);
       })
+      .def(
+          "transposed",
+          [](const Matrix& a) {
+            py::array_t<int64_t> permutation(a.nnz());
+            int64_t* perm = permutation.mutable_data();
+            py::gil_scoped_release release;
+            Matrix t = a.transposed(perm);
+            py::gil_scoped_acquire acquire;
+            return py::make_tuple(std::move(t), permutation);
+          },
+          "(transpose, permutation): transpose.data == self.data[permutation].")
+      .def(
+          "with_values",
+          [](const Matrix& a, const py::array& values) {
+            const auto arg = contiguous_vector_arg<T>(values, "values");
+            py::gil_scoped_release release;
+            return a.with_values(arg.data, arg.shape[0]);
+          },
+          py::arg("values"), "Same pattern (shared, not copied), new values.")
       .def("to_dense", [](const Matrix& a) {
         py::array_t<T> out({a.rows(), a.cols()});
         T* ptr = out.mutable_data();
@@ -111,6 +130,31 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
       },
       py::arg("a"), py::arg("b"), py::arg("out"), py::arg("bias") = py::none(),
       py::arg("num_threads") = 0, "out = a @ b (+ bias[:, None]); out must not overlap b.");
+
+  m.def(
+      "csr_sampled_dot",
+      [](const Matrix& pattern, const py::array& a, const py::array& b, const py::array& out,
+         int num_threads) {
+        const auto aarg = strided_arg<T>(a, "a", 2, false);
+        const auto barg = strided_arg<T>(b, "b", 2, false);
+        const auto oarg = strided_arg<T>(out, "out", 1, true);
+        const int64_t n = aarg.shape[1];
+        if (aarg.shape[0] != pattern.rows() || barg.shape[0] != pattern.cols() || barg.shape[1] != n)
+          throw py::value_error("shape mismatch: pattern is " + shape_str(pattern.rows(), pattern.cols()) +
+                                ", a is " + shape_str(aarg.shape[0], aarg.shape[1]) + ", b is " +
+                                shape_str(barg.shape[0], barg.shape[1]) +
+                                "; need a (rows, n) and b (cols, n)");
+        if ((n > 1 && (aarg.strides[1] != 1 || barg.strides[1] != 1)))
+          throw py::value_error("a and b must have contiguous rows");
+        if (oarg.shape[0] != pattern.nnz() || (oarg.shape[0] > 1 && oarg.strides[0] != 1))
+          throw py::value_error("out must be contiguous with nnz = " + std::to_string(pattern.nnz()) +
+                                " entries");
+        py::gil_scoped_release release;
+        csr_sampled_dot(pattern, aarg.data, aarg.strides[0], barg.data, barg.strides[0], n, oarg.data,
+                        num_threads);
+      },
+      py::arg("pattern"), py::arg("a"), py::arg("b"), py::arg("out"), py::arg("num_threads") = 0,
+      "out[j] = a[r, :] . b[k, :] for each stored (r, k) of pattern (its values are ignored).");
 
   m.def(
       "csr_linear",

@@ -81,8 +81,9 @@ CsrMatrix<T> CsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, const IndptrT
   CsrMatrix m;
   m.rows_ = rows;
   m.cols_ = cols;
-  m.indptr_.assign(indptr, indptr + indptr_len);
-  m.indices_.assign(indices, indices + indices_len);
+  Pattern& pattern = m.reset_pattern();
+  pattern.indptr.assign(indptr, indptr + indptr_len);
+  pattern.indices.assign(indices, indices + indices_len);
   m.values_.assign(values, values + values_len);
   return m;
 }
@@ -94,8 +95,11 @@ CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense
   CsrMatrix m;
   m.rows_ = rows;
   m.cols_ = cols;
-  m.indptr_.resize(rows + 1);
-  m.indptr_[0] = 0;
+  Pattern& pattern = m.reset_pattern();
+  std::vector<offset_t>& m_indptr = pattern.indptr;
+  std::vector<index_t>& m_indices = pattern.indices;
+  m_indptr.resize(rows + 1);
+  m_indptr[0] = 0;
   // Count first so the arrays are allocated once.
   int64_t total = 0;
   for (int64_t r = 0; r < rows; ++r) {
@@ -105,7 +109,7 @@ CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense
       total += !(std::fabs(a) <= threshold);
     }
   }
-  m.indices_.resize(total);
+  m_indices.resize(total);
   m.values_.resize(total);
   int64_t k = 0;
   for (int64_t r = 0; r < rows; ++r) {
@@ -113,12 +117,12 @@ CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense
     for (int64_t c = 0; c < cols; ++c) {
       const T a = row[c * col_stride];
       if (!(std::fabs(a) <= threshold)) {
-        m.indices_[k] = static_cast<index_t>(c);
+        m_indices[k] = static_cast<index_t>(c);
         m.values_[k] = a;
         ++k;
       }
     }
-    m.indptr_[r + 1] = k;
+    m_indptr[r + 1] = k;
   }
   return m;
 }
@@ -126,8 +130,50 @@ CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense
 template <typename T>
 void CsrMatrix<T>::to_dense(T* out) const {
   std::memset(out, 0, sizeof(T) * rows_ * cols_);
+  const std::vector<offset_t>& ptr = indptr();
+  const std::vector<index_t>& idx = indices();
   for (int64_t r = 0; r < rows_; ++r)
-    for (int64_t j = indptr_[r]; j < indptr_[r + 1]; ++j) out[r * cols_ + indices_[j]] = values_[j];
+    for (int64_t j = ptr[r]; j < ptr[r + 1]; ++j) out[r * cols_ + idx[j]] = values_[j];
+}
+
+template <typename T>
+CsrMatrix<T> CsrMatrix<T>::transposed(int64_t* permutation) const {
+  const std::vector<offset_t>& ptr = indptr();
+  const std::vector<index_t>& idx = indices();
+  CsrMatrix t;
+  t.rows_ = cols_;
+  t.cols_ = rows_;
+  Pattern& pattern = t.reset_pattern();
+  std::vector<offset_t>& t_indptr = pattern.indptr;
+  std::vector<index_t>& t_indices = pattern.indices;
+  t_indptr.assign(cols_ + 1, 0);
+  for (index_t c : idx) ++t_indptr[c + 1];
+  for (int64_t c = 0; c < cols_; ++c) t_indptr[c + 1] += t_indptr[c];
+  t_indices.resize(idx.size());
+  t.values_.resize(values_.size());
+  std::vector<offset_t> next(t_indptr.begin(), t_indptr.end() - 1);
+  // Visiting rows in order keeps each column's entries sorted by row.
+  for (int64_t r = 0; r < rows_; ++r)
+    for (int64_t j = ptr[r]; j < ptr[r + 1]; ++j) {
+      const int64_t dst = next[idx[j]]++;
+      t_indices[dst] = static_cast<index_t>(r);
+      t.values_[dst] = values_[j];
+      if (permutation != nullptr) permutation[dst] = j;
+    }
+  return t;
+}
+
+template <typename T>
+CsrMatrix<T> CsrMatrix<T>::with_values(const T* values, int64_t values_len) const {
+  if (values_len != nnz())
+    throw std::invalid_argument("values must have nnz = " + std::to_string(nnz()) +
+                                " entries, got " + std::to_string(values_len));
+  CsrMatrix m;
+  m.rows_ = rows_;
+  m.cols_ = cols_;
+  m.pattern_ = pattern_;  // shared, not copied
+  m.values_.assign(values, values + values_len);
+  return m;
 }
 
 #define SPARSEGEMM_INSTANTIATE_CSR(T)                                                                 \

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace sparsegemm {
@@ -49,21 +50,43 @@ class CsrMatrix {
 
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
-  int64_t nnz() const { return static_cast<int64_t>(indices_.size()); }
-  const std::vector<offset_t>& indptr() const { return indptr_; }
-  const std::vector<index_t>& indices() const { return indices_; }
+  int64_t nnz() const { return static_cast<int64_t>(values_.size()); }
+  const std::vector<offset_t>& indptr() const { return pattern_->indptr; }
+  const std::vector<index_t>& indices() const { return pattern_->indices; }
   const std::vector<T>& values() const { return values_; }
-  CsrView<T> view() const { return {rows_, cols_, indptr_.data(), indices_.data(), values_.data()}; }
+  CsrView<T> view() const {
+    return {rows_, cols_, pattern_->indptr.data(), pattern_->indices.data(), values_.data()};
+  }
 
   // out is rows x cols, C order, and is fully overwritten.
   void to_dense(T* out) const;
 
+  // The transpose (cols x rows), and in `permutation` (nnz entries, may be null)
+  // the position in this matrix of each stored entry of the transpose, so new
+  // values can be transposed later as values[permutation].
+  CsrMatrix transposed(int64_t* permutation) const;
+
+  // The same sparsity pattern with other values (values_len must equal nnz()).
+  CsrMatrix with_values(const T* values, int64_t values_len) const;
+
  private:
+  // The validated structure, shared by matrices that differ only in values.
+  struct Pattern {
+    std::vector<offset_t> indptr;
+    std::vector<index_t> indices;
+  };
   CsrMatrix() = default;
+  // Gives this matrix a new, empty pattern and returns it for filling in.
+  Pattern& reset_pattern() {
+    auto fresh = std::make_shared<Pattern>();
+    Pattern& ref = *fresh;
+    pattern_ = std::move(fresh);
+    return ref;
+  }
+
   int64_t rows_ = 0;
   int64_t cols_ = 0;
-  std::vector<offset_t> indptr_;
-  std::vector<index_t> indices_;
+  std::shared_ptr<const Pattern> pattern_;
   std::vector<T> values_;
 };
 

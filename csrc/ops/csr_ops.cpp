@@ -106,11 +106,24 @@ void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, c
   transpose(yt.data(), out, batch, batch, 1, y, ldy, num_threads);
 }
 
+template <typename T>
+void csr_sampled_dot(const CsrMatrix<T>& pattern, const T* a, int64_t lda, const T* b, int64_t ldb,
+                     int64_t n, T* out, int num_threads) {
+  const CsrView<T> view = pattern.view();
+  const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
+  const int threads = threads_for(num_threads, (pattern.nnz() + pattern.rows()) * n);
+  for_row_ranges(pattern, threads, 1, [&](int64_t r0, int64_t r1) {
+    kernels.sampled_dot_rows(view, r0, r1, a, lda, b, ldb, n, out);
+  });
+}
+
 #define SPARSEGEMM_INSTANTIATE_CSR_OPS(T)                                                          \
   template void csr_matmul<T>(const CsrMatrix<T>&, const T*, int64_t, int64_t, int64_t, const T*, \
                               T*, int64_t, int);                                                   \
   template void csr_linear<T>(const CsrMatrix<T>&, const T*, int64_t, int64_t, const T*, T*,      \
-                              int64_t, int);
+                              int64_t, int);                                                   \
+  template void csr_sampled_dot<T>(const CsrMatrix<T>&, const T*, int64_t, const T*, int64_t,     \
+                                   int64_t, T*, int);
 SPARSEGEMM_INSTANTIATE_CSR_OPS(float)
 SPARSEGEMM_INSTANTIATE_CSR_OPS(double)
 #undef SPARSEGEMM_INSTANTIATE_CSR_OPS

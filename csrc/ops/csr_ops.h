@@ -25,6 +25,13 @@ template <typename T>
 void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
                 int64_t ldy, int num_threads);
 
+// Gradient of a sparse weight at its stored positions only:
+//   out[j] = sum_t a[r, t] * b[k, t] for each stored (r, k) of `pattern` at position j.
+// a is pattern.rows() x n, b is pattern.cols() x n, rows contiguous (strides lda, ldb).
+template <typename T>
+void csr_sampled_dot(const CsrMatrix<T>& pattern, const T* a, int64_t lda, const T* b, int64_t ldb,
+                     int64_t n, T* out, int num_threads);
+
 // Up to this many dense vectors use the gather kernel; more use the panel kernel.
 constexpr int64_t kGatherMaxVectors = 4;
 

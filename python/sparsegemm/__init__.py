@@ -22,7 +22,7 @@ from ._runtime import (  # noqa: E402
     use_isa,
 )
 from .formats import CSRMatrix  # noqa: E402
-from .ops import linear, sparse_mm  # noqa: E402
+from .ops import linear, sddmm, sparse_mm  # noqa: E402
 
 _check_isa_environment()
 
@@ -34,6 +34,7 @@ __all__ = [
     "linear",
     "set_isa",
     "set_num_threads",
+    "sddmm",
     "show_config",
     "sparse_mm",
     "use_isa",

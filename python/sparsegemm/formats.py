@@ -155,6 +155,30 @@ class CSRMatrix:
             )
         return self._converted[target]
 
+    def transpose(self) -> CSRMatrix:
+        """The transpose, as a new CSRMatrix (K x M)."""
+        return self.transpose_with_permutation()[0]
+
+    @property
+    def T(self) -> CSRMatrix:  # noqa: N802  (numpy's name)
+        return self.transpose()
+
+    def transpose_with_permutation(self) -> tuple[CSRMatrix, np.ndarray]:
+        """The transpose and the int64 permutation ``p`` with ``T.data == self.data[p]``.
+
+        With ``p``, values that change while the pattern stays fixed (fine-tuning)
+        are transposed by ``T.with_data(new_values[p])`` without rebuilding.
+        """
+        handle, permutation = self._handle.transposed()
+        return CSRMatrix._from_handle(handle), permutation
+
+    def with_data(self, data: Any) -> CSRMatrix:
+        """A matrix with this sparsity pattern (shared, not copied) and new values."""
+        values = np.ascontiguousarray(data, dtype=self._dtype)
+        if values.shape != (self.nnz,):
+            raise ValueError(f"data must have shape ({self.nnz},), got {values.shape}")
+        return CSRMatrix._from_handle(self._handle.with_values(values))
+
     @property
     def shape(self) -> tuple[int, int]:
         return (self._handle.rows, self._handle.cols)

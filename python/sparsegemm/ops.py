@@ -170,3 +170,37 @@ def linear(
     result = np.empty((x2.shape[0], out_features), dtype=dtype)
     _core.csr_linear(weight._handle, x2, result, bias_array, threads)
     return result.reshape(*batch_shape, out_features)
+
+
+def sddmm(
+    pattern: SparseOperand,
+    A: Any,
+    B: Any,
+    *,
+    num_threads: int | None = None,
+) -> np.ndarray:
+    """``(A @ B.T)`` sampled at the stored positions of ``pattern`` (M x K).
+
+    ``A`` is (M, n) and ``B`` is (K, n). Returns the values in ``pattern``'s
+    storage order (``pattern.data``'s order); the pattern's own values are
+    ignored. This is the gradient of a sparse weight: with ``Y = X @ W.T``,
+    ``dW = sddmm(W, dY.T, X.T)``, and the sparsity pattern never fills in.
+    """
+    threads = resolve_num_threads(num_threads)
+    A = np.asarray(A)
+    B = np.asarray(B)
+    if A.ndim != 2 or B.ndim != 2:
+        raise ValueError(f"A and B must be 2-dimensional, got shapes {A.shape} and {B.shape}")
+    if not (isinstance(pattern, CSRMatrix) or sp.issparse(pattern)):
+        as_sparse_operand(pattern)  # raises the right TypeError
+    dtype = kernel_dtype(pattern.dtype, A.dtype, B.dtype)
+    pattern = as_sparse_operand(pattern, dtype)
+    rows, cols = pattern.shape
+    if A.shape[0] != rows or B.shape[0] != cols or A.shape[1] != B.shape[1]:
+        raise ValueError(f"shape mismatch: pattern is {pattern.shape}, A is {A.shape}, B is {B.shape}; "
+                         f"need A (M, n) and B (K, n)")
+    A = np.ascontiguousarray(A, dtype=dtype)
+    B = np.ascontiguousarray(B, dtype=dtype)
+    out = np.empty(pattern.nnz, dtype=dtype)
+    _core.csr_sampled_dot(pattern._handle, A, B, out, threads)
+    return out

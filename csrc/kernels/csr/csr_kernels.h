@@ -30,6 +30,13 @@ struct CsrKernels {
   void (*gather_rows)(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
                       int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias, T* y,
                       int64_t y_vstride, int64_t y_rstride);
+
+  // Sampled dense-dense product at the stored positions (SDDMM):
+  //   out[j] = sum_t a[r, t] * b[k, t]   for each stored (r, k) at position j, r in [row_begin, row_end)
+  // a is a.rows x n and b is a.cols x n, each with contiguous rows (strides lda, ldb).
+  // a's values are not read; this computes e.g. the gradient of a sparse weight.
+  void (*sampled_dot_rows)(const CsrView<T>& pattern, int64_t row_begin, int64_t row_end,
+                           const T* a, int64_t lda, const T* b, int64_t ldb, int64_t n, T* out);
 };
 
 // The kernels for one ISA. The caller must check isa_supported(isa).

@@ -146,8 +146,34 @@ void gather_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const 
 }
 
 template <typename T>
+inline T dot(const T* x, const T* y, int64_t n) {
+  using V = Vec<T>;
+  constexpr int L = V::kLanes;
+  typename V::reg even = V::zero(), odd = V::zero();
+  int64_t t = 0;
+  for (; t + 2 * L <= n; t += 2 * L) {
+    even = V::fmadd(V::load(x + t), V::load(y + t), even);
+    odd = V::fmadd(V::load(x + t + L), V::load(y + t + L), odd);
+  }
+  for (; t + L <= n; t += L) even = V::fmadd(V::load(x + t), V::load(y + t), even);
+  if (t < n) {
+    const typename V::mask m = V::tail_mask(n - t);
+    odd = V::fmadd(V::maskz_load(m, x + t), V::maskz_load(m, y + t), odd);
+  }
+  return V::reduce_add(V::add(even, odd));
+}
+
+template <typename T>
+void sampled_dot_rows(const CsrView<T>& pattern, int64_t row_begin, int64_t row_end, const T* a,
+                      int64_t lda, const T* b, int64_t ldb, int64_t n, T* out) {
+  for (int64_t r = row_begin; r < row_end; ++r)
+    for (int64_t j = pattern.indptr[r]; j < pattern.indptr[r + 1]; ++j)
+      out[j] = dot(a + r * lda, b + static_cast<int64_t>(pattern.indices[j]) * ldb, n);
+}
+
+template <typename T>
 const CsrKernels<T>& csr_kernel_table() {
-  static const CsrKernels<T> table{&spmm_rows<T>, &gather_rows<T>};
+  static const CsrKernels<T> table{&spmm_rows<T>, &gather_rows<T>, &sampled_dot_rows<T>};
   return table;
 }
 
