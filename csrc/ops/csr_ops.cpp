@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdint>
 
 #include "core/isa.h"
 #include "core/parallel.h"
@@ -59,6 +60,20 @@ void panel_product(const CsrMatrix<T>& a, const T* b, int64_t ldb, int64_t n, co
   });
 }
 
+// Row stride for a packed copy of a dense operand with n columns: rounded up
+// to whole cache lines, so every row starts on a line and no vector load of
+// the panel kernel straddles two lines.
+template <typename T>
+int64_t padded_stride(int64_t n) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  return (n + kLine - 1) / kLine * kLine;
+}
+
+template <typename T>
+bool cache_line_aligned(const T* p, int64_t ld) {
+  return reinterpret_cast<uintptr_t>(p) % 64 == 0 && (ld * static_cast<int64_t>(sizeof(T))) % 64 == 0;
+}
+
 }  // namespace
 
 template <typename T>
@@ -77,15 +92,19 @@ void csr_matmul(const CsrMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_
     }
     return;
   }
-  if (b_cstride == 1) {
+  // Packing b costs k * n copies against nnz * n multiply-adds: worth it for
+  // aligned loads once each row of b is reused a few times, and needed when its
+  // columns are not contiguous (e.g. Fortran order).
+  const bool reused = a.nnz() >= 4 * k;
+  if (b_cstride == 1 && (!reused || cache_line_aligned(b, b_rstride))) {
     panel_product(a, b, b_rstride, n, bias, c, ldc, num_threads);
     return;
   }
-  // Columns of b are not contiguous (e.g. Fortran order): copy to C order once.
-  ScratchBuffer<T> packed(static_cast<size_t>(k * n));
-  // packed(k, j) = b(k, j): a transpose of the n x k matrix b^T.
-  transpose(b, n, k, b_cstride, b_rstride, packed.data(), n, num_threads);
-  panel_product(a, packed.data(), n, n, bias, c, ldc, num_threads);
+  const int64_t ldp = padded_stride<T>(n);
+  ScratchBuffer<T> packed(static_cast<size_t>(k * ldp));
+  // packed(k, j) = b(k, j): the transpose of the n x k matrix b^T.
+  transpose(b, n, k, b_cstride, b_rstride, packed.data(), ldp, num_threads);
+  panel_product(a, packed.data(), ldp, n, bias, c, ldc, num_threads);
 }
 
 template <typename T>
@@ -99,11 +118,12 @@ void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, c
     return;
   }
   // y^T = w @ x^T: the panel kernel wants the batch dimension contiguous.
-  ScratchBuffer<T> xt(static_cast<size_t>(in * batch));
-  ScratchBuffer<T> yt(static_cast<size_t>(out * batch));
-  transpose(x, batch, in, ldx, 1, xt.data(), batch, num_threads);
-  panel_product(w, xt.data(), batch, batch, bias, yt.data(), batch, num_threads);
-  transpose(yt.data(), out, batch, batch, 1, y, ldy, num_threads);
+  const int64_t ldp = padded_stride<T>(batch);
+  ScratchBuffer<T> xt(static_cast<size_t>(in * ldp));
+  ScratchBuffer<T> yt(static_cast<size_t>(out * ldp));
+  transpose(x, batch, in, ldx, 1, xt.data(), ldp, num_threads);
+  panel_product(w, xt.data(), ldp, batch, bias, yt.data(), ldp, num_threads);
+  transpose(yt.data(), out, batch, ldp, 1, y, ldy, num_threads);
 }
 
 template <typename T>

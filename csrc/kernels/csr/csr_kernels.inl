@@ -3,16 +3,20 @@
 // simd_<isa>.h; it must not include headers itself.
 //
 // Panel kernel: vectorised along the dense operand's columns. For each stored
-// a[r, k] it broadcasts the value and multiplies it into a register tile of
-// kPanelVectors vectors from row k of b; two accumulator sets (even and odd
-// nonzeros) keep enough FMAs in flight to hide their latency.
+// a[r, k] it broadcasts the value and multiplies it into a register tile of NV
+// vectors from row k of b; two accumulator sets (even and odd nonzeros) keep
+// enough FMAs in flight to hide their latency. Every nonzero costs NV loads of
+// b at random rows, so the kernel is bound by cache bandwidth: NV is chosen so
+// the panel of b (a.cols x NV vectors) stays in L2.
 // Gather kernel: for few dense vectors, vectorised along the stored entries of
 // a row, gathering x at the column indices, then reduced horizontally.
 
-constexpr int kPanelVectors = 4;
-// Rows are processed in blocks of about this many stored entries, so a block of
-// the sparse matrix stays in cache while every column panel of b passes over it.
-constexpr int64_t kRowBlockNnz = 1 << 15;
+// Half of a typical per-core L2 (1-2 MiB on current x86): room for the panel
+// of b, with the rest left to the stream of a's indices and values.
+constexpr int64_t kPanelCacheBytes = 512 * 1024;
+// Rows are processed in blocks of about this many stored entries (8-12 MiB with
+// indices) so a block of a stays in the last-level cache across column panels.
+constexpr int64_t kRowBlockNnz = 1 << 20;
 
 template <typename T, int NV>
 inline void spmm_row_panel(const index_t* cols, const T* vals, int64_t nnz, const T* b, int64_t ldb,
@@ -59,11 +63,11 @@ inline void spmm_row_tail(const index_t* cols, const T* vals, int64_t nnz, const
   V::mask_store(c, m, V::add(even, odd));
 }
 
-template <typename T>
-void spmm_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* b, int64_t ldb,
-               int64_t n, const T* bias, T* c, int64_t ldc) {
+template <typename T, int NV>
+void spmm_rows_nv(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* b, int64_t ldb,
+                  int64_t n, const T* bias, T* c, int64_t ldc) {
   constexpr int L = Vec<T>::kLanes;
-  constexpr int64_t kPanel = static_cast<int64_t>(kPanelVectors) * L;
+  constexpr int64_t kPanel = static_cast<int64_t>(NV) * L;
   int64_t block_begin = row_begin;
   while (block_begin < row_end) {
     int64_t block_end = block_begin + 1;
@@ -73,8 +77,8 @@ void spmm_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T*
     for (; col + kPanel <= n; col += kPanel)
       for (int64_t r = block_begin; r < block_end; ++r) {
         const int64_t s = a.indptr[r];
-        spmm_row_panel<T, kPanelVectors>(a.indices + s, a.values + s, a.indptr[r + 1] - s, b + col,
-                                         ldb, bias ? bias[r] : T(0), c + r * ldc + col);
+        spmm_row_panel<T, NV>(a.indices + s, a.values + s, a.indptr[r + 1] - s, b + col, ldb,
+                              bias ? bias[r] : T(0), c + r * ldc + col);
       }
     for (; col + L <= n; col += L)
       for (int64_t r = block_begin; r < block_end; ++r) {
@@ -90,6 +94,21 @@ void spmm_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T*
       }
     block_begin = block_end;
   }
+}
+
+template <typename T>
+void spmm_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* b, int64_t ldb,
+               int64_t n, const T* bias, T* c, int64_t ldc) {
+  // The widest panel whose slice of b (a.cols rows) stays in the L2 cache.
+  const auto panel_bytes = [&](int vectors) {
+    return static_cast<int64_t>(vectors) * Vec<T>::kLanes * static_cast<int64_t>(sizeof(T)) * a.cols;
+  };
+  if (panel_bytes(4) <= kPanelCacheBytes)
+    spmm_rows_nv<T, 4>(a, row_begin, row_end, b, ldb, n, bias, c, ldc);
+  else if (panel_bytes(2) <= kPanelCacheBytes)
+    spmm_rows_nv<T, 2>(a, row_begin, row_end, b, ldb, n, bias, c, ldc);
+  else
+    spmm_rows_nv<T, 1>(a, row_begin, row_end, b, ldb, n, bias, c, ldc);
 }
 
 // Dot products of one sparse row with NVEC dense vectors.
