@@ -18,14 +18,17 @@ std::string shape_str(int64_t a, int64_t b) {
   return "(" + std::to_string(a) + ", " + std::to_string(b) + ")";
 }
 
+py::array read_only(py::array array) {
+  py::detail::array_proxy(array.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+  return array;
+}
+
 // A read-only numpy view of a vector owned by the matrix `owner`.
 template <typename V>
 py::array owned_view(const V& vec, py::handle owner) {
   using E = typename V::value_type;
-  py::array_t<E> view({static_cast<py::ssize_t>(vec.size())}, {static_cast<py::ssize_t>(sizeof(E))},
-                      vec.data(), owner);
-  py::detail::array_proxy(view.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
-  return std::move(view);
+  return read_only(py::array_t<E>({static_cast<py::ssize_t>(vec.size())},
+                                  {static_cast<py::ssize_t>(sizeof(E))}, vec.data(), owner));
 }
 
 template <typename T>
@@ -76,9 +79,17 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
       .def_property_readonly("indptr", [](py::object self) {
         return owned_view(self.cast<const Matrix&>().indptr(), self);
       })
-      .def_property_readonly("indices", [](py::object self) {
-        return owned_view(self.cast<const Matrix&>().indices(), self);
-      })
+      .def_property_readonly(
+          "indices",
+          [](const Matrix& a) {
+            // A copy: 16-bit storage is widened to int32 for Python.
+            const std::vector<index_t> columns = a.column_indices();
+            return read_only(py::array_t<index_t>(static_cast<py::ssize_t>(columns.size()), columns.data()));
+          },
+          "Column indices as int32 (a read-only copy).")
+      .def_property_readonly("compact_indices", &Matrix::compact_indices,
+                             "Whether column indices are stored in 16 bits.")
+      .def_property_readonly("bytes_per_entry", &Matrix::bytes_per_entry)
       .def_property_readonly("data", [](py::object self) {
         return owned_view(self.cast<const Matrix&>().values(), self);
       })

@@ -83,7 +83,10 @@ CsrMatrix<T> CsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, const IndptrT
   m.cols_ = cols;
   Pattern& pattern = m.reset_pattern();
   pattern.indptr.assign(indptr, indptr + indptr_len);
-  pattern.indices.assign(indices, indices + indices_len);
+  if (m.compact_indices())
+    pattern.indices16.assign(indices, indices + indices_len);  // validated: every index < cols
+  else
+    pattern.indices.assign(indices, indices + indices_len);
   m.values_.assign(values, values + values_len);
   return m;
 }
@@ -96,8 +99,8 @@ CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense
   m.rows_ = rows;
   m.cols_ = cols;
   Pattern& pattern = m.reset_pattern();
+  const bool compact = m.compact_indices();
   std::vector<offset_t>& m_indptr = pattern.indptr;
-  std::vector<index_t>& m_indices = pattern.indices;
   m_indptr.resize(rows + 1);
   m_indptr[0] = 0;
   // Count first so the arrays are allocated once.
@@ -109,7 +112,7 @@ CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense
       total += !(std::fabs(a) <= threshold);
     }
   }
-  m_indices.resize(total);
+  pattern.resize_indices(compact, total);
   m.values_.resize(total);
   int64_t k = 0;
   for (int64_t r = 0; r < rows; ++r) {
@@ -117,7 +120,7 @@ CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense
     for (int64_t c = 0; c < cols; ++c) {
       const T a = row[c * col_stride];
       if (!(std::fabs(a) <= threshold)) {
-        m_indices[k] = static_cast<index_t>(c);
+        pattern.set_index(compact, k, c);
         m.values_[k] = a;
         ++k;
       }
@@ -131,36 +134,40 @@ template <typename T>
 void CsrMatrix<T>::to_dense(T* out) const {
   std::memset(out, 0, sizeof(T) * rows_ * cols_);
   const std::vector<offset_t>& ptr = indptr();
-  const std::vector<index_t>& idx = indices();
   for (int64_t r = 0; r < rows_; ++r)
-    for (int64_t j = ptr[r]; j < ptr[r + 1]; ++j) out[r * cols_ + idx[j]] = values_[j];
+    for (int64_t j = ptr[r]; j < ptr[r + 1]; ++j) out[r * cols_ + column(j)] = values_[j];
 }
 
 template <typename T>
 CsrMatrix<T> CsrMatrix<T>::transposed(int64_t* permutation) const {
   const std::vector<offset_t>& ptr = indptr();
-  const std::vector<index_t>& idx = indices();
   CsrMatrix t;
   t.rows_ = cols_;
   t.cols_ = rows_;
   Pattern& pattern = t.reset_pattern();
+  const bool compact = t.compact_indices();
   std::vector<offset_t>& t_indptr = pattern.indptr;
-  std::vector<index_t>& t_indices = pattern.indices;
   t_indptr.assign(cols_ + 1, 0);
-  for (index_t c : idx) ++t_indptr[c + 1];
+  for (int64_t j = 0; j < nnz(); ++j) ++t_indptr[column(j) + 1];
   for (int64_t c = 0; c < cols_; ++c) t_indptr[c + 1] += t_indptr[c];
-  t_indices.resize(idx.size());
+  pattern.resize_indices(compact, nnz());
   t.values_.resize(values_.size());
   std::vector<offset_t> next(t_indptr.begin(), t_indptr.end() - 1);
   // Visiting rows in order keeps each column's entries sorted by row.
   for (int64_t r = 0; r < rows_; ++r)
     for (int64_t j = ptr[r]; j < ptr[r + 1]; ++j) {
-      const int64_t dst = next[idx[j]]++;
-      t_indices[dst] = static_cast<index_t>(r);
+      const int64_t dst = next[column(j)]++;
+      pattern.set_index(compact, dst, r);
       t.values_[dst] = values_[j];
       if (permutation != nullptr) permutation[dst] = j;
     }
   return t;
+}
+
+template <typename T>
+std::vector<index_t> CsrMatrix<T>::column_indices() const {
+  if (!compact_indices()) return pattern_->indices;
+  return std::vector<index_t>(pattern_->indices16.begin(), pattern_->indices16.end());
 }
 
 template <typename T>

@@ -23,7 +23,7 @@ struct CsrKernels {
   void (*spmm_rows)(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* b,
                     int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc);
 
-  // Gather product, for few dense vectors (batch 1 to a handful):
+  // Gather product, for a single dense vector (batch 1; nvec > 1 loops over vectors):
   //   y(v, r) = bias[r] + sum_j a[r, j] * x(v, j)   for v < nvec, r in [row_begin, row_end)
   // with x(v, k) = x[v * x_vstride + k * x_kstride] and y(v, r) = y[v * y_vstride + r * y_rstride].
   // Requires (a.cols - 1) * x_kstride < 2^31 (the gather offsets are 32-bit).

@@ -4,7 +4,7 @@
 //
 // Panel kernel: vectorised along the dense operand's columns. For each stored
 // a[r, k] it broadcasts the value and multiplies it into a register tile of NV
-// vectors from row k of b; two accumulator sets (even and odd nonzeros) keep
+// vectors from row k of b; several accumulator sets (alternate nonzeros) keep
 // enough FMAs in flight to hide their latency. Every nonzero costs NV loads of
 // b at random rows, so the kernel is bound by cache bandwidth: NV is chosen so
 // the panel of b (a.cols x NV vectors) stays in L2.
@@ -18,54 +18,62 @@ constexpr int64_t kPanelCacheBytes = 512 * 1024;
 // indices) so a block of a stays in the last-level cache across column panels.
 constexpr int64_t kRowBlockNnz = 1 << 20;
 
-template <typename T, int NV>
-inline void spmm_row_panel(const index_t* cols, const T* vals, int64_t nnz, const T* b, int64_t ldb,
-                           T bias, T* c) {
+// Calls body(indices) with the matrix's column indices in their stored width.
+template <typename T, typename Body>
+inline void with_indices(const CsrView<T>& a, const Body& body) {
+  if (a.indices16 != nullptr) body(a.indices16); else body(a.indices);
+}
+
+// Independent accumulator sets for a tile of NV vectors: enough FMAs in flight
+// to cover their latency (about 4 cycles, up to 2 issued per cycle).
+template <int NV>
+constexpr int accumulator_sets() {
+  return NV >= 2 ? 2 : 4;
+}
+
+// One row of a times a panel of NV vectors of b; with Masked, a single partial
+// vector of `active` columns (NV must be 1).
+template <typename T, int NV, bool Masked, typename I>
+inline void spmm_row_panel(const I* cols, const T* vals, int64_t nnz, const T* b, int64_t ldb,
+                           T bias, T* c, int64_t active) {
   using V = Vec<T>;
   constexpr int L = V::kLanes;
-  typename V::reg even[NV], odd[NV];
+  constexpr int U = accumulator_sets<NV>();
+  static_assert(!Masked || NV == 1, "a masked panel is one vector wide");
+  const typename V::mask m = V::tail_mask(Masked ? active : L);
+  typename V::reg acc[U * NV];
+  for (int i = 0; i < U * NV; ++i) acc[i] = i < NV ? V::set1(bias) : V::zero();
+  int64_t j = 0;
+  for (; j + U <= nnz; j += U)
+    for (int u = 0; u < U; ++u) {
+      const T* row = b + static_cast<int64_t>(cols[j + u]) * ldb;
+      const typename V::reg w = V::set1(vals[j + u]);
+      for (int v = 0; v < NV; ++v) {
+        if constexpr (Masked) acc[u * NV + v] = V::fmadd(w, V::maskz_load(m, row + v * L), acc[u * NV + v]);
+        else acc[u * NV + v] = V::fmadd(w, V::load(row + v * L), acc[u * NV + v]);
+      }
+    }
+  for (; j < nnz; ++j) {
+    const T* row = b + static_cast<int64_t>(cols[j]) * ldb;
+    const typename V::reg w = V::set1(vals[j]);
+    for (int v = 0; v < NV; ++v) {
+      if constexpr (Masked) acc[v] = V::fmadd(w, V::maskz_load(m, row + v * L), acc[v]);
+      else acc[v] = V::fmadd(w, V::load(row + v * L), acc[v]);
+    }
+  }
+  for (int u = 1; u < U; ++u)
+    for (int v = 0; v < NV; ++v) acc[v] = V::add(acc[v], acc[u * NV + v]);
   for (int v = 0; v < NV; ++v) {
-    even[v] = V::set1(bias);
-    odd[v] = V::zero();
+    if constexpr (Masked) V::mask_store(c + v * L, m, acc[v]);
+    else V::store(c + v * L, acc[v]);
   }
-  int64_t j = 0;
-  for (; j + 1 < nnz; j += 2) {
-    const T* b0 = b + static_cast<int64_t>(cols[j]) * ldb;
-    const T* b1 = b + static_cast<int64_t>(cols[j + 1]) * ldb;
-    const typename V::reg w0 = V::set1(vals[j]);
-    const typename V::reg w1 = V::set1(vals[j + 1]);
-    for (int v = 0; v < NV; ++v) even[v] = V::fmadd(w0, V::load(b0 + v * L), even[v]);
-    for (int v = 0; v < NV; ++v) odd[v] = V::fmadd(w1, V::load(b1 + v * L), odd[v]);
-  }
-  if (j < nnz) {
-    const T* b0 = b + static_cast<int64_t>(cols[j]) * ldb;
-    const typename V::reg w0 = V::set1(vals[j]);
-    for (int v = 0; v < NV; ++v) even[v] = V::fmadd(w0, V::load(b0 + v * L), even[v]);
-  }
-  for (int v = 0; v < NV; ++v) V::store(c + v * L, V::add(even[v], odd[v]));
 }
 
-// The last partial vector of columns: `active` < kLanes of them.
-template <typename T>
-inline void spmm_row_tail(const index_t* cols, const T* vals, int64_t nnz, const T* b, int64_t ldb,
-                          T bias, T* c, int64_t active) {
-  using V = Vec<T>;
-  const typename V::mask m = V::tail_mask(active);
-  typename V::reg even = V::set1(bias), odd = V::zero();
-  int64_t j = 0;
-  for (; j + 1 < nnz; j += 2) {
-    even = V::fmadd(V::set1(vals[j]), V::maskz_load(m, b + static_cast<int64_t>(cols[j]) * ldb), even);
-    odd = V::fmadd(V::set1(vals[j + 1]), V::maskz_load(m, b + static_cast<int64_t>(cols[j + 1]) * ldb),
-                   odd);
-  }
-  if (j < nnz)
-    even = V::fmadd(V::set1(vals[j]), V::maskz_load(m, b + static_cast<int64_t>(cols[j]) * ldb), even);
-  V::mask_store(c, m, V::add(even, odd));
-}
-
-template <typename T, int NV>
-void spmm_rows_nv(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* b, int64_t ldb,
-                  int64_t n, const T* bias, T* c, int64_t ldc) {
+// Rows in blocks (so a block of a stays in the last-level cache), then column
+// panels of NV vectors, then the rows of the block.
+template <typename T, int NV, typename I>
+void spmm_rows_nv(const CsrView<T>& a, const I* indices, int64_t row_begin, int64_t row_end,
+                  const T* b, int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc) {
   constexpr int L = Vec<T>::kLanes;
   constexpr int64_t kPanel = static_cast<int64_t>(NV) * L;
   int64_t block_begin = row_begin;
@@ -77,20 +85,20 @@ void spmm_rows_nv(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const
     for (; col + kPanel <= n; col += kPanel)
       for (int64_t r = block_begin; r < block_end; ++r) {
         const int64_t s = a.indptr[r];
-        spmm_row_panel<T, NV>(a.indices + s, a.values + s, a.indptr[r + 1] - s, b + col, ldb,
-                              bias ? bias[r] : T(0), c + r * ldc + col);
+        spmm_row_panel<T, NV, false>(indices + s, a.values + s, a.indptr[r + 1] - s, b + col, ldb,
+                                     bias ? bias[r] : T(0), c + r * ldc + col, 0);
       }
     for (; col + L <= n; col += L)
       for (int64_t r = block_begin; r < block_end; ++r) {
         const int64_t s = a.indptr[r];
-        spmm_row_panel<T, 1>(a.indices + s, a.values + s, a.indptr[r + 1] - s, b + col, ldb,
-                             bias ? bias[r] : T(0), c + r * ldc + col);
+        spmm_row_panel<T, 1, false>(indices + s, a.values + s, a.indptr[r + 1] - s, b + col, ldb,
+                                    bias ? bias[r] : T(0), c + r * ldc + col, 0);
       }
     if (col < n)
       for (int64_t r = block_begin; r < block_end; ++r) {
         const int64_t s = a.indptr[r];
-        spmm_row_tail<T>(a.indices + s, a.values + s, a.indptr[r + 1] - s, b + col, ldb,
-                         bias ? bias[r] : T(0), c + r * ldc + col, n - col);
+        spmm_row_panel<T, 1, true>(indices + s, a.values + s, a.indptr[r + 1] - s, b + col, ldb,
+                                   bias ? bias[r] : T(0), c + r * ldc + col, n - col);
       }
     block_begin = block_end;
   }
@@ -103,65 +111,66 @@ void spmm_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T*
   const auto panel_bytes = [&](int vectors) {
     return static_cast<int64_t>(vectors) * Vec<T>::kLanes * static_cast<int64_t>(sizeof(T)) * a.cols;
   };
-  if (panel_bytes(4) <= kPanelCacheBytes)
-    spmm_rows_nv<T, 4>(a, row_begin, row_end, b, ldb, n, bias, c, ldc);
-  else if (panel_bytes(2) <= kPanelCacheBytes)
-    spmm_rows_nv<T, 2>(a, row_begin, row_end, b, ldb, n, bias, c, ldc);
-  else
-    spmm_rows_nv<T, 1>(a, row_begin, row_end, b, ldb, n, bias, c, ldc);
+  with_indices(a, [&](const auto* indices) {
+    if (panel_bytes(4) <= kPanelCacheBytes)
+      spmm_rows_nv<T, 4>(a, indices, row_begin, row_end, b, ldb, n, bias, c, ldc);
+    else if (panel_bytes(2) <= kPanelCacheBytes)
+      spmm_rows_nv<T, 2>(a, indices, row_begin, row_end, b, ldb, n, bias, c, ldc);
+    else
+      spmm_rows_nv<T, 1>(a, indices, row_begin, row_end, b, ldb, n, bias, c, ldc);
+  });
 }
 
-// Dot products of one sparse row with NVEC dense vectors.
-template <typename T, int NVEC>
-inline void gather_row(const index_t* cols, const T* vals, int64_t nnz, const T* x,
-                       int64_t x_vstride, int32_t x_kstride, T* sums) {
+// Dot product of one sparse row with a dense vector, gathering x at the
+// column indices (x(k) = x[k * kstride]).
+template <typename T, typename I>
+inline T gather_row(const I* cols, const T* vals, int64_t nnz, const T* x, int32_t kstride) {
   using V = Vec<T>;
   constexpr int L = V::kLanes;
-  typename V::reg acc[NVEC];
-  for (int v = 0; v < NVEC; ++v) acc[v] = V::zero();
+  typename V::reg even = V::zero(), odd = V::zero();
   int64_t j = 0;
+  for (; j + 2 * L <= nnz; j += 2 * L) {
+    typename V::ireg idx = V::load_indices(cols + j);
+    typename V::ireg idx2 = V::load_indices(cols + j + L);
+    if (kstride != 1) {
+      idx = V::scale_indices(idx, kstride);
+      idx2 = V::scale_indices(idx2, kstride);
+    }
+    even = V::fmadd(V::load(vals + j), V::gather(idx, x), even);
+    odd = V::fmadd(V::load(vals + j + L), V::gather(idx2, x), odd);
+  }
   for (; j + L <= nnz; j += L) {
     typename V::ireg idx = V::load_indices(cols + j);
-    if (x_kstride != 1) idx = V::scale_indices(idx, x_kstride);
-    const typename V::reg w = V::load(vals + j);
-    for (int v = 0; v < NVEC; ++v) acc[v] = V::fmadd(w, V::gather(idx, x + v * x_vstride), acc[v]);
+    if (kstride != 1) idx = V::scale_indices(idx, kstride);
+    even = V::fmadd(V::load(vals + j), V::gather(idx, x), even);
   }
   if (j < nnz) {
+    // Indices of the partial vector go through a zero-padded copy; the gather
+    // itself is masked, so the padding is never dereferenced.
+    I tail[L] = {};
+    for (int64_t t = 0; t < nnz - j; ++t) tail[t] = cols[j + t];
     const typename V::mask m = V::tail_mask(nnz - j);
-    typename V::ireg idx = V::maskz_load_indices(m, cols + j);
-    if (x_kstride != 1) idx = V::scale_indices(idx, x_kstride);
-    const typename V::reg w = V::maskz_load(m, vals + j);
-    for (int v = 0; v < NVEC; ++v)
-      acc[v] = V::fmadd(w, V::maskz_gather(m, idx, x + v * x_vstride), acc[v]);
+    typename V::ireg idx = V::load_indices(tail);
+    if (kstride != 1) idx = V::scale_indices(idx, kstride);
+    odd = V::fmadd(V::maskz_load(m, vals + j), V::maskz_gather(m, idx, x), odd);
   }
-  for (int v = 0; v < NVEC; ++v) sums[v] = V::reduce_add(acc[v]);
+  return V::reduce_add(V::add(even, odd));
 }
 
 template <typename T>
 void gather_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
                  int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias, T* y,
                  int64_t y_vstride, int64_t y_rstride) {
-  constexpr int kMaxGroup = 4;
-  T sums[kMaxGroup];
   const int32_t kstride = static_cast<int32_t>(x_kstride);
-  for (int64_t v0 = 0; v0 < nvec; v0 += kMaxGroup) {
-    const int64_t group = nvec - v0 < kMaxGroup ? nvec - v0 : kMaxGroup;
-    const T* xg = x + v0 * x_vstride;
-    T* yg = y + v0 * y_vstride;
-    for (int64_t r = row_begin; r < row_end; ++r) {
-      const int64_t s = a.indptr[r], nnz = a.indptr[r + 1] - s;
-      const index_t* cols = a.indices + s;
-      const T* vals = a.values + s;
-      switch (group) {
-        case 1: gather_row<T, 1>(cols, vals, nnz, xg, x_vstride, kstride, sums); break;
-        case 2: gather_row<T, 2>(cols, vals, nnz, xg, x_vstride, kstride, sums); break;
-        case 3: gather_row<T, 3>(cols, vals, nnz, xg, x_vstride, kstride, sums); break;
-        default: gather_row<T, 4>(cols, vals, nnz, xg, x_vstride, kstride, sums); break;
+  with_indices(a, [&](const auto* indices) {
+    for (int64_t v = 0; v < nvec; ++v)
+      for (int64_t r = row_begin; r < row_end; ++r) {
+        const int64_t s = a.indptr[r];
+        const T sum = gather_row(indices + s, a.values + s, a.indptr[r + 1] - s, x + v * x_vstride,
+                                 kstride);
+        y[v * y_vstride + r * y_rstride] = sum + (bias ? bias[r] : T(0));
       }
-      const T b = bias ? bias[r] : T(0);
-      for (int64_t v = 0; v < group; ++v) yg[v * y_vstride + r * y_rstride] = sums[v] + b;
-    }
-  }
+  });
 }
 
 template <typename T>
@@ -185,9 +194,11 @@ inline T dot(const T* x, const T* y, int64_t n) {
 template <typename T>
 void sampled_dot_rows(const CsrView<T>& pattern, int64_t row_begin, int64_t row_end, const T* a,
                       int64_t lda, const T* b, int64_t ldb, int64_t n, T* out) {
-  for (int64_t r = row_begin; r < row_end; ++r)
-    for (int64_t j = pattern.indptr[r]; j < pattern.indptr[r + 1]; ++j)
-      out[j] = dot(a + r * lda, b + static_cast<int64_t>(pattern.indices[j]) * ldb, n);
+  with_indices(pattern, [&](const auto* indices) {
+    for (int64_t r = row_begin; r < row_end; ++r)
+      for (int64_t j = pattern.indptr[r]; j < pattern.indptr[r + 1]; ++j)
+        out[j] = dot(a + r * lda, b + static_cast<int64_t>(indices[j]) * ldb, n);
+  });
 }
 
 template <typename T>

@@ -15,10 +15,6 @@ inline __m256i lane_mask_epi64(int64_t active) {
   const __m256i lanes = _mm256_setr_epi64x(0, 1, 2, 3);
   return _mm256_cmpgt_epi64(_mm256_set1_epi64x(active), lanes);
 }
-inline __m128i lane_mask_epi32x4(int64_t active) {
-  const __m128i lanes = _mm_setr_epi32(0, 1, 2, 3);
-  return _mm_cmpgt_epi32(_mm_set1_epi32(static_cast<int>(active)), lanes);
-}
 }  // namespace avx2_detail
 
 template <>
@@ -41,8 +37,8 @@ struct Vec<float> {
   static ireg load_indices(const int32_t* p) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   }
-  static ireg maskz_load_indices(mask m, const int32_t* p) {
-    return _mm256_maskload_epi32(reinterpret_cast<const int*>(p), m);
+  static ireg load_indices(const uint16_t* p) {
+    return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
   static ireg scale_indices(ireg i, int32_t s) { return _mm256_mullo_epi32(i, _mm256_set1_epi32(s)); }
   static reg gather(ireg i, const float* base) { return _mm256_i32gather_ps(base, i, 4); }
@@ -78,11 +74,8 @@ struct Vec<double> {
   static ireg load_indices(const int32_t* p) {
     return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   }
-  static ireg maskz_load_indices(mask m, const int32_t* p) {
-    // The 64-bit lane mask, narrowed to 32-bit lanes.
-    const __m128i m32 = _mm256_castsi256_si128(
-        _mm256_permutevar8x32_epi32(m, _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0)));
-    return _mm_maskload_epi32(reinterpret_cast<const int*>(p), m32);
+  static ireg load_indices(const uint16_t* p) {
+    return _mm_cvtepu16_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
   }
   static ireg scale_indices(ireg i, int32_t s) { return _mm_mullo_epi32(i, _mm_set1_epi32(s)); }
   static reg gather(ireg i, const double* base) { return _mm256_i32gather_pd(base, i, 8); }

@@ -25,7 +25,9 @@ struct Vec<float> {
   static reg maskz_load(mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
   static void mask_store(float* p, mask m, reg a) { _mm512_mask_storeu_ps(p, m, a); }
   static ireg load_indices(const int32_t* p) { return _mm512_loadu_si512(p); }
-  static ireg maskz_load_indices(mask m, const int32_t* p) { return _mm512_maskz_loadu_epi32(m, p); }
+  static ireg load_indices(const uint16_t* p) {
+    return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
   static ireg scale_indices(ireg i, int32_t s) { return _mm512_mullo_epi32(i, _mm512_set1_epi32(s)); }
   static reg gather(ireg i, const float* base) { return _mm512_i32gather_ps(i, base, 4); }
   static reg maskz_gather(mask m, ireg i, const float* base) {
@@ -57,7 +59,9 @@ struct Vec<double> {
   static ireg load_indices(const int32_t* p) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   }
-  static ireg maskz_load_indices(mask m, const int32_t* p) { return _mm256_maskz_loadu_epi32(m, p); }
+  static ireg load_indices(const uint16_t* p) {
+    return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
   static ireg scale_indices(ireg i, int32_t s) { return _mm256_mullo_epi32(i, _mm256_set1_epi32(s)); }
   static reg gather(ireg i, const double* base) { return _mm512_i32gather_pd(i, base, 8); }
   static reg maskz_gather(mask m, ireg i, const double* base) {

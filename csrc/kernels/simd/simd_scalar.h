@@ -22,7 +22,7 @@ struct Vec {
     if (m) *p = a;
   }
   static ireg load_indices(const int32_t* p) { return *p; }
-  static ireg maskz_load_indices(mask m, const int32_t* p) { return m ? *p : 0; }
+  static ireg load_indices(const uint16_t* p) { return *p; }
   static ireg scale_indices(ireg i, int32_t s) { return i * s; }
   static reg gather(ireg i, const T* base) { return base[i]; }
   static reg maskz_gather(mask m, ireg i, const T* base) { return m ? base[i] : T(0); }
