@@ -175,7 +175,8 @@ class SparseLinear(_SparseWeight):
         return module
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.sparsegemm.csr_linear(x, self.indptr, self.indices, self.values, self.bias)
+        return torch.ops.sparsegemm.csr_linear(x, self.indptr, self.indices, self.values,
+                                               self.in_features, self.bias)
 
     def to_dense(self) -> nn.Linear:
         """An equivalent ``nn.Linear`` (a copy; zeros where entries are not stored)."""
@@ -293,7 +294,8 @@ class SparseConv2d(_SparseWeight):
             out_w = (x.shape[3] + 2 * left - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
             columns = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=(top, left),
                                stride=self.stride)
-        y = torch.ops.sparsegemm.csr_bmm(self.indptr, self.indices, self.values, columns, self.bias)
+        y = torch.ops.sparsegemm.csr_bmm(self.indptr, self.indices, self.values,
+                                         self.matrix_shape[1], columns, self.bias)
         return y.view(x.shape[0], self.out_channels, out_h, out_w)
 
     def to_dense(self) -> nn.Conv2d:

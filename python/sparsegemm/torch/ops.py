@@ -1,7 +1,8 @@
 """PyTorch custom ops over the CSR kernels, in the ``sparsegemm::`` namespace.
 
 Every op takes tensors only: a sparse (rows x cols) weight ``W`` is passed as
-``indptr`` (int64, rows + 1), ``indices`` (int32, nnz) and ``values`` (nnz),
+``indptr`` (int64, rows + 1), ``indices`` (int32, nnz), ``values`` (nnz) and
+``cols`` (the column count, which the pattern alone does not determine),
 so ``torch.export`` records the weight in the exported program and
 ``torch.compile`` traces the ops through their fake (shape-only)
 implementations without graph breaks. Kernel handles are looked up in
@@ -11,10 +12,11 @@ to compiled graphs as well.
 
 Ops (``...`` is any number of leading batch dimensions):
 
-* ``csr_linear(x, indptr, indices, values, bias)``: ``x @ W.T + bias``, x (..., cols)
+* ``csr_linear(x, indptr, indices, values, cols, bias)``: ``x @ W.T + bias``, x (..., cols)
 * ``csr_linear_t(g, indptr, indices, values, cols)``: ``g @ W``, g (..., rows)
-* ``csr_bmm(indptr, indices, values, b, bias)``: ``W @ b[i] + bias[:, None]``, b (B, cols, N)
-* ``csr_bmm_t(indptr, indices, values, g, cols)``: ``W.T @ g[i]``, g (B, rows, N)
+* ``csr_bmm(indptr, indices, values, cols, b, bias)``: ``W @ b[i] + bias[:, None]``,
+  b (B, cols, N)
+* ``csr_bmm_t(indptr, indices, values, cols, g)``: ``W.T @ g[i]``, g (B, rows, N)
 * ``csr_sampled_dot(indptr, indices, a, b)``: ``sum_i (a[i] @ b[i].T)`` at W's stored
   positions, a (..., rows, n), b (..., cols, n): the gradient of ``values``.
 
@@ -58,9 +60,15 @@ def _check_operands(op: str, values: Tensor, **dense: Optional[Tensor]) -> None:
                              f"the CPU")
 
 
-def _check_rank(op: str, name: str, tensor: Tensor, ndim: int) -> None:
-    if tensor.dim() != ndim:
-        raise ValueError(f"sparsegemm.{op}: {name} must be {ndim}-dimensional, "
+def _check_last_dim(op: str, name: str, tensor: Tensor, size: int) -> None:
+    if tensor.dim() == 0 or tensor.shape[-1] != size:
+        raise ValueError(f"sparsegemm.{op}: shape mismatch: {name} has shape {tuple(tensor.shape)} "
+                         f"but the sparse weight needs {size} features in the last dimension")
+
+
+def _check_batched(op: str, name: str, tensor: Tensor, size: int) -> None:
+    if tensor.dim() != 3 or tensor.shape[1] != size:
+        raise ValueError(f"sparsegemm.{op}: shape mismatch: {name} must be (B, {size}, N), "
                          f"got shape {tuple(tensor.shape)}")
 
 
@@ -75,11 +83,12 @@ def _rows(indptr: Tensor) -> int:
 # csr_linear ---------------------------------------------------------------------------------
 
 @torch.library.custom_op("sparsegemm::csr_linear", mutates_args=())
-def csr_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor,
+def csr_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, cols: int,
                bias: Optional[Tensor]) -> Tensor:
-    """``x @ W.T + bias`` (F.linear) for W = (indptr, indices, values), W (rows x x.shape[-1])."""
+    """``x @ W.T + bias`` (F.linear) for W = (indptr, indices, values), W (rows x cols)."""
     _check_operands("csr_linear", values, x=x, bias=bias)
-    rows, cols = _rows(indptr), x.shape[-1]
+    _check_last_dim("csr_linear", "x", x, cols)
+    rows = _rows(indptr)
     matrix = csr_handles.matrix(indptr, indices, values, (rows, cols))
     x2 = x.reshape(-1, cols).contiguous()
     out = torch.empty((x2.shape[0], rows), dtype=values.dtype)
@@ -89,8 +98,9 @@ def csr_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor,
 
 
 @csr_linear.register_fake
-def _(x, indptr, indices, values, bias):
+def _(x, indptr, indices, values, cols, bias):
     _check_operands("csr_linear", values, x=x, bias=bias)
+    _check_last_dim("csr_linear", "x", x, cols)
     return x.new_empty((*x.shape[:-1], _rows(indptr)), dtype=values.dtype)
 
 
@@ -99,6 +109,7 @@ def csr_linear_t(g: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, col
     """``g @ W`` for g (..., rows): the input gradient of :func:`csr_linear`."""
     _check_operands("csr_linear_t", values, g=g)
     rows = _rows(indptr)
+    _check_last_dim("csr_linear_t", "g", g, rows)
     transposed = csr_handles.transposed(indptr, indices, values, (rows, cols))
     g2 = g.reshape(-1, rows).contiguous()
     out = torch.empty((g2.shape[0], cols), dtype=values.dtype)
@@ -110,6 +121,7 @@ def csr_linear_t(g: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, col
 @csr_linear_t.register_fake
 def _(g, indptr, indices, values, cols):
     _check_operands("csr_linear_t", values, g=g)
+    _check_last_dim("csr_linear_t", "g", g, _rows(indptr))
     return g.new_empty((*g.shape[:-1], cols), dtype=values.dtype)
 
 
@@ -153,12 +165,12 @@ def _(indptr, indices, a, b):
 # csr_bmm --------------------------------------------------------------------------------------
 
 @torch.library.custom_op("sparsegemm::csr_bmm", mutates_args=())
-def csr_bmm(indptr: Tensor, indices: Tensor, values: Tensor, b: Tensor,
+def csr_bmm(indptr: Tensor, indices: Tensor, values: Tensor, cols: int, b: Tensor,
             bias: Optional[Tensor]) -> Tensor:
     """``W @ b[i] + bias[:, None]`` for each i, b (B, cols, N): the layout of a convolution."""
     _check_operands("csr_bmm", values, b=b, bias=bias)
-    _check_rank("csr_bmm", "b", b, 3)
-    rows, cols = _rows(indptr), b.shape[1]
+    _check_batched("csr_bmm", "b", b, cols)
+    rows = _rows(indptr)
     matrix = csr_handles.matrix(indptr, indices, values, (rows, cols))
     out = torch.empty((b.shape[0], rows, b.shape[2]), dtype=values.dtype)
     _batched_matmul(matrix, b, out, bias)
@@ -166,18 +178,18 @@ def csr_bmm(indptr: Tensor, indices: Tensor, values: Tensor, b: Tensor,
 
 
 @csr_bmm.register_fake
-def _(indptr, indices, values, b, bias):
+def _(indptr, indices, values, cols, b, bias):
     _check_operands("csr_bmm", values, b=b, bias=bias)
-    _check_rank("csr_bmm", "b", b, 3)
+    _check_batched("csr_bmm", "b", b, cols)
     return b.new_empty((b.shape[0], _rows(indptr), b.shape[2]), dtype=values.dtype)
 
 
 @torch.library.custom_op("sparsegemm::csr_bmm_t", mutates_args=())
-def csr_bmm_t(indptr: Tensor, indices: Tensor, values: Tensor, g: Tensor, cols: int) -> Tensor:
+def csr_bmm_t(indptr: Tensor, indices: Tensor, values: Tensor, cols: int, g: Tensor) -> Tensor:
     """``W.T @ g[i]`` for each i, g (B, rows, N): the input gradient of :func:`csr_bmm`."""
     _check_operands("csr_bmm_t", values, g=g)
-    _check_rank("csr_bmm_t", "g", g, 3)
     rows = _rows(indptr)
+    _check_batched("csr_bmm_t", "g", g, rows)
     transposed = csr_handles.transposed(indptr, indices, values, (rows, cols))
     out = torch.empty((g.shape[0], cols, g.shape[2]), dtype=values.dtype)
     _batched_matmul(transposed, g, out, None)
@@ -185,9 +197,9 @@ def csr_bmm_t(indptr: Tensor, indices: Tensor, values: Tensor, g: Tensor, cols: 
 
 
 @csr_bmm_t.register_fake
-def _(indptr, indices, values, g, cols):
+def _(indptr, indices, values, cols, g):
     _check_operands("csr_bmm_t", values, g=g)
-    _check_rank("csr_bmm_t", "g", g, 3)
+    _check_batched("csr_bmm_t", "g", g, _rows(indptr))
     return g.new_empty((g.shape[0], cols, g.shape[2]), dtype=values.dtype)
 
 
@@ -204,7 +216,7 @@ def _batched_matmul(matrix, b: Tensor, out: Tensor, bias: Optional[Tensor]) -> N
 # autograd -------------------------------------------------------------------------------------
 
 def _linear_setup_context(ctx, inputs, output):
-    x, indptr, indices, values, bias = inputs
+    x, indptr, indices, values, cols, bias = inputs
     ctx.save_for_backward(x, indptr, indices, values)
 
 
@@ -218,16 +230,16 @@ def _linear_backward(ctx, grad):
         # dW = dY.T @ X sampled at the stored positions.
         grad_values = torch.ops.sparsegemm.csr_sampled_dot(
             indptr, indices, grad.reshape(-1, rows).t(), x.reshape(-1, cols).t())
-    if ctx.needs_input_grad[4]:
+    if ctx.needs_input_grad[5]:
         grad_bias = grad.reshape(-1, rows).sum(0)
-    return grad_x, None, None, grad_values, grad_bias
+    return grad_x, None, None, grad_values, None, grad_bias
 
 
 csr_linear.register_autograd(_linear_backward, setup_context=_linear_setup_context)
 
 
 def _bmm_setup_context(ctx, inputs, output):
-    indptr, indices, values, b, bias = inputs
+    indptr, indices, values, cols, b, bias = inputs
     ctx.save_for_backward(indptr, indices, values, b)
 
 
@@ -236,11 +248,11 @@ def _bmm_backward(ctx, grad):
     grad_values = grad_b = grad_bias = None
     if ctx.needs_input_grad[2]:
         grad_values = torch.ops.sparsegemm.csr_sampled_dot(indptr, indices, grad, b)
-    if ctx.needs_input_grad[3]:
-        grad_b = torch.ops.sparsegemm.csr_bmm_t(indptr, indices, values, grad, b.shape[1])
     if ctx.needs_input_grad[4]:
+        grad_b = torch.ops.sparsegemm.csr_bmm_t(indptr, indices, values, b.shape[1], grad)
+    if ctx.needs_input_grad[5]:
         grad_bias = grad.sum((0, 2))
-    return None, None, grad_values, grad_b, grad_bias
+    return None, None, grad_values, None, grad_b, grad_bias
 
 
 csr_bmm.register_autograd(_bmm_backward, setup_context=_bmm_setup_context)
