@@ -39,6 +39,12 @@ class SparseMultiheadAttention(nn.Module):
     ``bias_k``/``bias_v``/``add_zero_attn``. Build it with :meth:`from_dense`.
     """
 
+    # nn.TransformerEncoderLayer reads these before taking its fused dense path,
+    # which needs a packed in-projection; there is none here, so it stays off.
+    in_proj_weight = None
+    in_proj_bias = None
+    _qkv_same_embed_dim = False
+
     def __init__(self, q_proj: nn.Module, k_proj: nn.Module, v_proj: nn.Module,
                  out_proj: nn.Module, num_heads: int, *, dropout: float = 0.0,
                  batch_first: bool = False):
