@@ -21,12 +21,11 @@ import time
 os.environ.setdefault("KMP_BLOCKTIME", "1")  # short pool spin between contenders
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.nn.utils import prune as torch_prune  # noqa: E402
-
-import sparsegemm  # noqa: E402
-from sparsegemm.torch import sparsify  # noqa: E402
+import sparsegemm
+import torch
+from sparsegemm.torch import sparsify
+from torch import nn
+from torch.nn.utils import prune as torch_prune
 
 SPARSITY = 0.9
 

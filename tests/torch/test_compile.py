@@ -1,10 +1,9 @@
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
-
-from sparsegemm.torch import SparseConv2d, SparseLinear  # noqa: E402
-from sparsegemm.torch import ops as sparse_ops  # noqa: E402
+from sparsegemm.torch import SparseConv2d, SparseLinear
+from sparsegemm.torch import ops as sparse_ops
+from torch import nn
 
 
 class Net(nn.Module):

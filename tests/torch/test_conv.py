@@ -1,11 +1,10 @@
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import sparsegemm  # noqa: E402
-from sparsegemm.torch import SparseConv2d  # noqa: E402
+import sparsegemm
+import torch.nn.functional as F
+from sparsegemm.torch import SparseConv2d
+from torch import nn
 
 
 @pytest.fixture

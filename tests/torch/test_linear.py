@@ -4,12 +4,11 @@ import io
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
-from torch.nn.utils import prune as torch_prune  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import sparsegemm  # noqa: E402
-from sparsegemm.torch import SparseLinear, clear_cache  # noqa: E402
+import sparsegemm
+import torch.nn.functional as F
+from sparsegemm.torch import SparseLinear, clear_cache
+from torch import nn
+from torch.nn.utils import prune as torch_prune
 
 
 @pytest.fixture

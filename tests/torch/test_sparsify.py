@@ -1,11 +1,10 @@
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
-from torch.nn.utils import prune as torch_prune  # noqa: E402
-
-import sparsegemm  # noqa: E402
-from sparsegemm.torch import SparseConv2d, SparseLinear, SparseMultiheadAttention, sparsify  # noqa: E402
+import sparsegemm
+from sparsegemm.torch import SparseConv2d, SparseLinear, SparseMultiheadAttention, sparsify
+from torch import nn
+from torch.nn.utils import prune as torch_prune
 
 needs_no_planner = pytest.mark.skipif(hasattr(sparsegemm, "plan"),
                                       reason="checks the threshold rule used without the planner")

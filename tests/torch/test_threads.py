@@ -6,10 +6,9 @@ import textwrap
 import pytest
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
-
-import sparsegemm  # noqa: E402
-from sparsegemm.torch import SparseConv2d, SparseLinear  # noqa: E402
+import sparsegemm
+from sparsegemm.torch import SparseConv2d, SparseLinear
+from torch import nn
 
 
 @pytest.fixture

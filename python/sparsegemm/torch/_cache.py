@@ -25,7 +25,6 @@ import torch
 
 from ..formats import CSRMatrix
 
-
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
 
@@ -47,7 +46,7 @@ def as_numpy(tensor: torch.Tensor) -> np.ndarray:
 class _ValuesSlot:
     """One matrix built from one state (storage, version, dtype) of a values tensor."""
 
-    __slots__ = ("key", "storage", "matrix")
+    __slots__ = ("key", "matrix", "storage")
 
     def __init__(self, values: torch.Tensor, matrix: CSRMatrix):
         self.key = (values.data_ptr(), values._version, values.dtype)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..formats import CSRMatrix
-from . import ops as _ops  # noqa: F401  (registers the torch.ops.sparsegemm ops)
+from . import ops as _ops
 from ._cache import as_numpy
 from ._formats import resolve_format
 
