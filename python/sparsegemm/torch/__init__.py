@@ -1,0 +1,28 @@
+"""PyTorch front end: sparse drop-ins for nn.Linear, nn.Conv2d and
+nn.MultiheadAttention, and :func:`sparsify` to convert a pruned model in place.
+
+Needs PyTorch (the ``sparsegemm[torch]`` extra). Importing this subpackage
+registers the ``torch.ops.sparsegemm`` custom ops; load it before
+``torch.export.load`` of a program that uses them.
+"""
+
+try:
+    import torch  # noqa: F401
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError("sparsegemm.torch needs PyTorch: pip install 'sparsegemm[torch]'") from error
+
+from ._cache import clear_cache
+from .attention import SparseMultiheadAttention
+from .modules import SparseConv2d, SparseLinear, masked_weight
+from .sparsify import LayerReport, SparsifyReport, sparsify
+
+__all__ = [
+    "LayerReport",
+    "SparseConv2d",
+    "SparseLinear",
+    "SparseMultiheadAttention",
+    "SparsifyReport",
+    "clear_cache",
+    "masked_weight",
+    "sparsify",
+]

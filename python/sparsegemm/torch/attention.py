@@ -1,0 +1,158 @@
+"""A multi-head attention module whose projections are separate modules.
+
+``nn.MultiheadAttention`` hands its packed ``in_proj_weight`` and
+``out_proj.weight`` straight to ``F.multi_head_attention_forward``, so its
+projections cannot be swapped for sparse ones. This module computes the same
+function with four projection modules (``q_proj``, ``k_proj``, ``v_proj``,
+``out_proj``), each an ``nn.Linear`` or a :class:`SparseLinear`, and
+``F.scaled_dot_product_attention`` in between.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["SparseMultiheadAttention"]
+
+ProjectionConverter = Callable[[nn.Linear, str], nn.Module]
+
+
+def _split_linear(weight: Tensor, bias: Optional[Tensor]) -> nn.Linear:
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
+                       device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+    linear.weight.requires_grad_(weight.requires_grad)
+    return linear
+
+
+class SparseMultiheadAttention(nn.Module):
+    """``nn.MultiheadAttention`` with separate (possibly sparse) projections.
+
+    Same forward signature and results as ``nn.MultiheadAttention`` without
+    ``bias_k``/``bias_v``/``add_zero_attn``. Build it with :meth:`from_dense`.
+    """
+
+    # nn.TransformerEncoderLayer reads these before taking its fused dense path,
+    # which needs a packed in-projection; there is none here, so it stays off.
+    in_proj_weight = None
+    in_proj_bias = None
+    _qkv_same_embed_dim = False
+
+    def __init__(self, q_proj: nn.Module, k_proj: nn.Module, v_proj: nn.Module,
+                 out_proj: nn.Module, num_heads: int, *, dropout: float = 0.0,
+                 batch_first: bool = False):
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = q_proj, k_proj, v_proj, out_proj
+        self.embed_dim = q_proj.out_features
+        if self.embed_dim % num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = self.embed_dim // num_heads
+        self.dropout = dropout
+        self.batch_first = batch_first
+
+    @classmethod
+    def from_dense(cls, mha: nn.MultiheadAttention,
+                   convert: ProjectionConverter | None = None) -> SparseMultiheadAttention:
+        """Split ``mha``'s projections; ``convert(linear, name)`` maps each of
+        'q_proj', 'k_proj', 'v_proj', 'out_proj' to its module (default:
+        :meth:`SparseLinear.from_dense`). ``mha`` is not modified.
+        """
+        from .modules import SparseLinear
+
+        if not isinstance(mha, nn.MultiheadAttention):
+            raise TypeError(f"from_dense needs an nn.MultiheadAttention, got {type(mha).__name__}")
+        if mha.bias_k is not None or mha.add_zero_attn:
+            raise ValueError("SparseMultiheadAttention does not support add_bias_kv or add_zero_attn")
+        if convert is None:
+            def convert(linear: nn.Linear, name: str) -> nn.Module:
+                return SparseLinear.from_dense(linear)
+        e = mha.embed_dim
+        if mha._qkv_same_embed_dim:
+            weights = mha.in_proj_weight.split(e)
+        else:
+            weights = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
+        biases = mha.in_proj_bias.split(e) if mha.in_proj_bias is not None else (None,) * 3
+        projections = [convert(_split_linear(w.detach(), b if b is None else b.detach()), name)
+                       for w, b, name in zip(weights, biases, ("q_proj", "k_proj", "v_proj"))]
+        out = _split_linear(mha.out_proj.weight.detach(),
+                            None if mha.out_proj.bias is None else mha.out_proj.bias.detach())
+        return cls(*projections, convert(out, "out_proj"), mha.num_heads, dropout=mha.dropout,
+                   batch_first=mha.batch_first)
+
+    def _attention_mask(self, attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor],
+                        batch: int, target: int, source: int, dtype: torch.dtype
+                        ) -> Optional[Tensor]:
+        """One additive float mask (N, H, L, S) from MHA's masks (True = masked out)."""
+        def additive(mask: Tensor) -> Tensor:
+            if mask.dtype == torch.bool:
+                return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+                    mask, float("-inf"))
+            return mask.to(dtype)
+
+        merged = None
+        if attn_mask is not None:
+            mask = additive(attn_mask)
+            if mask.dim() == 3:  # (N * H, L, S)
+                mask = mask.view(batch, self.num_heads, target, source)
+            merged = mask
+        if key_padding_mask is not None:
+            padding = additive(key_padding_mask).view(batch, 1, 1, source)
+            merged = padding if merged is None else merged + padding
+        return merged
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor,
+                key_padding_mask: Optional[Tensor] = None, need_weights: bool = True,
+                attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+        unbatched = query.dim() == 2  # (L, E): one sequence, whatever batch_first says
+        if unbatched:
+            q_in, k_in, v_in = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif self.batch_first:  # the projections run on (N, L, E) either way
+            q_in, k_in, v_in = query, key, value
+        else:
+            q_in, k_in, v_in = (t.transpose(0, 1) for t in (query, key, value))
+        batch, target, source = q_in.shape[0], q_in.shape[1], k_in.shape[1]
+
+        def heads(t: Tensor) -> Tensor:
+            return t.view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = heads(self.q_proj(q_in)), heads(self.k_proj(k_in)), heads(self.v_proj(v_in))
+        if is_causal and attn_mask is None:
+            raise RuntimeError("Need attn_mask if specifying the is_causal hint")
+        causal_only = is_causal and key_padding_mask is None and not need_weights
+        mask = None if causal_only else self._attention_mask(
+            attn_mask, key_padding_mask, batch, target, source, q.dtype)
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = (q @ k.transpose(-2, -1)) * (self.head_dim ** -0.5)
+            if mask is not None:
+                scores = scores + mask
+            weights = torch.softmax(scores, dim=-1)
+            context = F.dropout(weights, dropout) @ v if dropout else weights @ v
+            if average_attn_weights:
+                weights = weights.mean(dim=1)
+        else:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                                     is_causal=causal_only)
+        out = self.out_proj(context.transpose(1, 2).reshape(batch, target, self.embed_dim))
+        if unbatched:
+            out = out.squeeze(0)
+            weights = None if weights is None else weights.squeeze(0)
+        elif not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, weights
+
+    def extra_repr(self) -> str:
+        return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
+                f"dropout={self.dropout}, batch_first={self.batch_first}")

@@ -1,0 +1,319 @@
+"""Drop-in replacements for nn.Linear and nn.Conv2d with sparse weights.
+
+The weight is stored as CSR tensors: ``indptr`` and ``indices`` buffers (the
+sparsity pattern, fixed) and a ``values`` parameter (the stored entries, which
+an optimizer may update). Products go through the ``sparsegemm::`` custom ops,
+so the modules work under autograd, ``torch.compile`` and ``torch.export``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..formats import CSRMatrix
+from . import ops as _ops
+from ._cache import as_numpy
+from ._formats import resolve_format
+
+__all__ = ["SparseConv2d", "SparseLinear", "masked_weight"]
+
+
+def masked_weight(module: nn.Module) -> tuple[Tensor, Tensor]:
+    """``(weight, keep)`` of a dense module: the weight with pruned entries zero and
+    the boolean mask of entries to store.
+
+    A module pruned with ``torch.nn.utils.prune`` (``weight_orig`` and
+    ``weight_mask``) stores the entries its mask keeps, with values
+    ``weight_orig * weight_mask``; any other module stores its nonzero entries.
+    """
+    if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
+        mask = module.weight_mask.detach()
+        weight = module.weight_orig.detach() * mask
+        return weight, mask != 0
+    weight = module.weight.detach()
+    return weight, weight != 0
+
+
+def _csr_tensors(weight: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """CSR (indptr int64, indices int32, values) of the kept entries of a 2-d weight."""
+    rows, cols = keep.nonzero(as_tuple=True)  # row-major order: sorted within each row
+    counts = torch.bincount(rows, minlength=weight.shape[0])
+    indptr = torch.zeros(weight.shape[0] + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=indptr[1:])
+    return indptr, cols.to(torch.int32), weight[rows, cols].clone()
+
+
+class _SparseWeight(nn.Module):
+    """Shared storage of a CSR weight viewed as a (rows x cols) matrix.
+
+    ``weight_shape`` is the dense weight's shape (e.g. (out, in, kh, kw)); the
+    matrix is its first dimension by the product of the rest.
+    """
+
+    indptr: Tensor
+    indices: Tensor
+
+    def _init_sparse_weight(self, weight_shape: tuple[int, ...], nnz: int, *, format: str,
+                            blocksize: tuple[int, int] | None, device: Any, dtype: Any) -> None:
+        if format != "csr":
+            raise ValueError(f"format must be 'csr' (use from_dense for 'auto'), got {format!r}")
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        self.weight_shape = tuple(int(s) for s in weight_shape)
+        self.format = format
+        self.blocksize = blocksize
+        rows = self.weight_shape[0]
+        self.register_buffer("indptr", torch.zeros(rows + 1, dtype=torch.int64, device=device))
+        self.register_buffer("indices", torch.zeros(nnz, dtype=torch.int32, device=device))
+        self.values = nn.Parameter(torch.zeros(nnz, dtype=dtype, device=device))
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        return self.weight_shape[0], math.prod(self.weight_shape[1:])
+
+    @property
+    def nnz(self) -> int:
+        return self.values.numel()
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the dense weight's entries that are not stored."""
+        size = math.prod(self.weight_shape)
+        return 1.0 - self.nnz / size if size else 0.0
+
+    def _copy_from_dense(self, dense: nn.Module, weight: Tensor, keep: Tensor) -> None:
+        """Take the kept entries of ``weight`` and a copy of ``dense``'s bias."""
+        indptr, indices, values = _csr_tensors(weight.reshape(self.matrix_shape),
+                                               keep.reshape(self.matrix_shape))
+        trainable = getattr(dense, "weight_orig", dense.weight).requires_grad
+        self.indptr, self.indices = indptr, indices
+        self.values = nn.Parameter(values, requires_grad=trainable)
+        if dense.bias is not None:
+            self.bias = nn.Parameter(dense.bias.detach().clone(),
+                                     requires_grad=dense.bias.requires_grad)
+        self.check_pattern()
+
+    def check_pattern(self) -> None:
+        """Raise ValueError if indptr/indices do not form a valid CSR pattern."""
+        CSRMatrix((as_numpy(self.values), as_numpy(self.indices), as_numpy(self.indptr)),
+                  shape=self.matrix_shape)
+
+    def dense_weight(self) -> Tensor:
+        """The weight as a dense tensor of ``weight_shape`` (zeros where not stored)."""
+        rows, cols = self.matrix_shape
+        row_ids = torch.repeat_interleave(torch.arange(rows, device=self.indptr.device),
+                                          self.indptr.diff())
+        dense = torch.zeros((rows, cols), dtype=self.values.dtype, device=self.values.device)
+        dense[row_ids, self.indices.long()] = self.values.detach()
+        return dense.reshape(self.weight_shape)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # A freshly constructed module holds an empty pattern: take the stored
+        # pattern's sizes before the copy (the optimizer must be built after loading).
+        for name in ("indptr", "indices", "values"):
+            incoming = state_dict.get(prefix + name)
+            current = getattr(self, name)
+            if isinstance(incoming, Tensor) and incoming.shape != current.shape:
+                if name == "values":
+                    self.values = nn.Parameter(current.new_empty(incoming.shape),
+                                               requires_grad=current.requires_grad)
+                else:
+                    setattr(self, name, current.new_empty(incoming.shape))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        try:
+            self.check_pattern()
+        except (ValueError, TypeError) as error:
+            error_msgs.append(f"{prefix or 'module'}: invalid sparse pattern: {error}")
+
+    def _sparse_repr(self) -> str:
+        text = f"format={self.format}, sparsity={self.sparsity:.1%}, nnz={self.nnz}"
+        return text + (f", blocksize={self.blocksize}" if self.blocksize is not None else "")
+
+
+class SparseLinear(_SparseWeight):
+    """``nn.Linear`` with a sparse weight: ``y = x @ W.T + b`` for any leading dims.
+
+    Build one from a pruned ``nn.Linear`` with :meth:`from_dense`. Constructing
+    ``SparseLinear(in_features, out_features)`` directly gives an empty pattern
+    (all-zero weight), meant to receive a ``load_state_dict``. float32 and
+    float64 are supported; the input must have the weight's dtype.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, nnz: int = 0,
+                 format: str = "csr", blocksize: tuple[int, int] | None = None,
+                 device: Any = None, dtype: Any = None):
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self._init_sparse_weight((out_features, in_features), nnz, format=format,
+                                 blocksize=blocksize, device=device, dtype=dtype)
+        self.bias = (nn.Parameter(torch.zeros(out_features, dtype=self.values.dtype, device=device))
+                     if bias else None)
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, *, format: str = "auto",
+                   blocksize: tuple[int, int] | None = None) -> SparseLinear:
+        """A SparseLinear storing the nonzeros (or the prune mask) of ``linear``'s weight.
+
+        ``format``: 'csr', 'bsr' or 'auto' (see :func:`sparsegemm.torch.sparsify`).
+        The bias is copied; ``linear`` is not modified.
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"from_dense needs an nn.Linear, got {type(linear).__name__}")
+        weight, keep = masked_weight(linear)
+        _ops.check_kernel_dtype(weight.dtype, "the Linear's weight")
+        format, blocksize = resolve_format(format, blocksize)
+        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+                     format=format, blocksize=blocksize, device=weight.device, dtype=weight.dtype)
+        module._copy_from_dense(linear, weight, keep)
+        return module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.sparsegemm.csr_linear(x, self.indptr, self.indices, self.values,
+                                               self.in_features, self.bias)
+
+    def to_dense(self) -> nn.Linear:
+        """An equivalent ``nn.Linear`` (a copy; zeros where entries are not stored)."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                           device=self.values.device, dtype=self.values.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, {self._sparse_repr()}")
+
+
+def _pair(value: Any, name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    pair = tuple(int(v) for v in value)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be an int or a pair, got {value!r}")
+    return pair
+
+
+class SparseConv2d(_SparseWeight):
+    """``nn.Conv2d`` (groups=1, zero padding) with a sparse weight.
+
+    The weight (Cout, Cin, kh, kw) is stored as a Cout x (Cin*kh*kw) CSR matrix.
+    A 1x1 convolution without padding multiplies it with each image viewed as
+    Cin x (H*W), the spatial dimension contiguous: no transposes, no copies for
+    a contiguous input with stride 1. Other kernels go through ``F.unfold``
+    (im2col), whose (Cin*kh*kw) x L columns are in the same layout.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
+                 padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", *, nnz: int = 0, format: str = "csr",
+                 blocksize: tuple[int, int] | None = None, device: Any = None, dtype: Any = None):
+        super().__init__()
+        if groups != 1:
+            raise ValueError(f"SparseConv2d supports groups=1 only, got groups={groups}")
+        if padding_mode != "zeros":
+            raise ValueError(f"SparseConv2d supports padding_mode='zeros' only, got {padding_mode!r}")
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.dilation = _pair(dilation, "dilation")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding must be 'same', 'valid' or ints, got {padding!r}")
+            if padding == "same" and self.stride != (1, 1):
+                raise ValueError("padding='same' is not supported for strided convolutions")
+            self.padding: Any = padding
+        else:
+            self.padding = _pair(padding, "padding")
+        self.groups = 1
+        self.padding_mode = "zeros"
+        self._init_sparse_weight((out_channels, in_channels, *self.kernel_size), nnz,
+                                 format=format, blocksize=blocksize, device=device, dtype=dtype)
+        self.bias = (nn.Parameter(torch.zeros(out_channels, dtype=self.values.dtype, device=device))
+                     if bias else None)
+
+    @classmethod
+    def from_dense(cls, conv: nn.Conv2d, *, format: str = "auto",
+                   blocksize: tuple[int, int] | None = None) -> SparseConv2d:
+        """A SparseConv2d storing the nonzeros (or the prune mask) of ``conv``'s weight.
+
+        Raises ValueError for groups > 1 or a padding mode other than 'zeros'.
+        """
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"from_dense needs an nn.Conv2d, got {type(conv).__name__}")
+        weight, keep = masked_weight(conv)
+        _ops.check_kernel_dtype(weight.dtype, "the Conv2d's weight")
+        format, blocksize = resolve_format(format, blocksize)
+        module = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                     conv.padding, conv.dilation, conv.groups, conv.bias is not None,
+                     conv.padding_mode, format=format, blocksize=blocksize, device=weight.device,
+                     dtype=weight.dtype)
+        module._copy_from_dense(conv, weight, keep)
+        return module
+
+    def _explicit_padding(self) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) zero padding, as F.conv2d applies it."""
+        if self.padding == "valid":
+            return (0, 0, 0, 0)
+        if self.padding == "same":
+            total_h = self.dilation[0] * (self.kernel_size[0] - 1)
+            total_w = self.dilation[1] * (self.kernel_size[1] - 1)
+            return (total_w // 2, total_w - total_w // 2, total_h // 2, total_h - total_h // 2)
+        ph, pw = self.padding
+        return (pw, pw, ph, ph)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d accepts
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        if x.dim() != 4:
+            raise ValueError(f"SparseConv2d expects (N, C, H, W) or (C, H, W) input, "
+                             f"got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]}")
+        left, right, top, bottom = self._explicit_padding()
+        if self.kernel_size == (1, 1) and (left, right, top, bottom) == (0, 0, 0, 0):
+            if self.stride != (1, 1):
+                x = x[:, :, ::self.stride[0], ::self.stride[1]]
+            out_h, out_w = x.shape[2], x.shape[3]
+            columns = x.reshape(x.shape[0], self.in_channels, out_h * out_w)
+        else:
+            if left != right or top != bottom:
+                x = F.pad(x, (left, right, top, bottom))
+                left = top = 0
+            kh, kw = self.kernel_size
+            out_h = (x.shape[2] + 2 * top - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+            out_w = (x.shape[3] + 2 * left - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+            columns = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=(top, left),
+                               stride=self.stride)
+        y = torch.ops.sparsegemm.csr_bmm(self.indptr, self.indices, self.values,
+                                         self.matrix_shape[1], columns, self.bias)
+        return y.view(x.shape[0], self.out_channels, out_h, out_w)
+
+    def to_dense(self) -> nn.Conv2d:
+        """An equivalent ``nn.Conv2d`` (a copy; zeros where entries are not stored)."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
+                         self.padding, self.dilation, bias=self.bias is not None,
+                         device=self.values.device, dtype=self.values.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(self.dense_weight())
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv
+
+    def extra_repr(self) -> str:
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}")
+        if self.padding not in ((0, 0), "valid"):
+            text += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        return text + f", bias={self.bias is not None}, {self._sparse_repr()}"

@@ -1,0 +1,258 @@
+"""PyTorch custom ops over the CSR kernels, in the ``sparsegemm::`` namespace.
+
+Every op takes tensors only: a sparse (rows x cols) weight ``W`` is passed as
+``indptr`` (int64, rows + 1), ``indices`` (int32, nnz), ``values`` (nnz) and
+``cols`` (the column count, which the pattern alone does not determine),
+so ``torch.export`` records the weight in the exported program and
+``torch.compile`` traces the ops through their fake (shape-only)
+implementations without graph breaks. Kernel handles are looked up in
+:mod:`._cache` at run time, and the thread count is read from
+``torch.get_num_threads()`` at each call, so ``torch.set_num_threads`` applies
+to compiled graphs as well.
+
+Ops (``...`` is any number of leading batch dimensions):
+
+* ``csr_linear(x, indptr, indices, values, cols, bias)``: ``x @ W.T + bias``, x (..., cols)
+* ``csr_linear_t(g, indptr, indices, values, cols)``: ``g @ W``, g (..., rows)
+* ``csr_bmm(indptr, indices, values, cols, b, bias)``: ``W @ b[i] + bias[:, None]``,
+  b (B, cols, N)
+* ``csr_bmm_t(indptr, indices, values, cols, g)``: ``W.T @ g[i]``, g (B, rows, N)
+* ``csr_sampled_dot(indptr, indices, a, b)``: ``sum_i (a[i] @ b[i].T)`` at W's stored
+  positions, a (..., rows, n), b (..., cols, n): the gradient of ``values``.
+
+``csr_linear`` and ``csr_bmm`` are differentiable in their dense inputs,
+``values`` and ``bias``; the gradient of ``values`` covers the stored
+positions only, so the sparsity pattern never fills in.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _core
+from ._cache import as_numpy, csr_handles
+
+KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+def check_kernel_dtype(dtype: torch.dtype, what: str) -> None:
+    """Raise TypeError unless ``dtype`` is one the kernels compute in."""
+    if dtype not in KERNEL_DTYPES:
+        raise TypeError(
+            f"{what} has dtype {dtype}; sparsegemm kernels compute in float32 or float64 "
+            f"(convert with .float() or .double())"
+        )
+
+
+def _check_operands(op: str, values: Tensor, **dense: Optional[Tensor]) -> None:
+    check_kernel_dtype(values.dtype, f"sparsegemm.{op}: the sparse weight")
+    for name, tensor in dense.items():
+        if tensor is None:
+            continue
+        if tensor.dtype != values.dtype:
+            raise TypeError(f"sparsegemm.{op}: {name} has dtype {tensor.dtype} but the sparse "
+                            f"weight has {values.dtype}; they must match (as in F.linear)")
+        if tensor.device.type not in ("cpu", "meta"):
+            raise ValueError(f"sparsegemm.{op}: {name} is on {tensor.device}; sparsegemm runs on "
+                             f"the CPU")
+
+
+def _check_last_dim(op: str, name: str, tensor: Tensor, size: int) -> None:
+    if tensor.dim() == 0 or tensor.shape[-1] != size:
+        raise ValueError(f"sparsegemm.{op}: shape mismatch: {name} has shape {tuple(tensor.shape)} "
+                         f"but the sparse weight needs {size} features in the last dimension")
+
+
+def _check_batched(op: str, name: str, tensor: Tensor, size: int) -> None:
+    if tensor.dim() != 3 or tensor.shape[1] != size:
+        raise ValueError(f"sparsegemm.{op}: shape mismatch: {name} must be (B, {size}, N), "
+                         f"got shape {tuple(tensor.shape)}")
+
+
+def _bias_array(bias: Optional[Tensor]):
+    return None if bias is None else as_numpy(bias.contiguous())
+
+
+def _rows(indptr: Tensor) -> int:
+    return indptr.shape[0] - 1
+
+
+# csr_linear ---------------------------------------------------------------------------------
+
+@torch.library.custom_op("sparsegemm::csr_linear", mutates_args=())
+def csr_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, cols: int,
+               bias: Optional[Tensor]) -> Tensor:
+    """``x @ W.T + bias`` (F.linear) for W = (indptr, indices, values), W (rows x cols)."""
+    _check_operands("csr_linear", values, x=x, bias=bias)
+    _check_last_dim("csr_linear", "x", x, cols)
+    rows = _rows(indptr)
+    matrix = csr_handles.matrix(indptr, indices, values, (rows, cols))
+    x2 = x.reshape(-1, cols).contiguous()
+    out = torch.empty((x2.shape[0], rows), dtype=values.dtype)
+    _core.csr_linear(matrix._handle, as_numpy(x2), as_numpy(out), _bias_array(bias),
+                     torch.get_num_threads())
+    return out.view(*x.shape[:-1], rows)
+
+
+@csr_linear.register_fake
+def _(x, indptr, indices, values, cols, bias):
+    _check_operands("csr_linear", values, x=x, bias=bias)
+    _check_last_dim("csr_linear", "x", x, cols)
+    return x.new_empty((*x.shape[:-1], _rows(indptr)), dtype=values.dtype)
+
+
+@torch.library.custom_op("sparsegemm::csr_linear_t", mutates_args=())
+def csr_linear_t(g: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, cols: int) -> Tensor:
+    """``g @ W`` for g (..., rows): the input gradient of :func:`csr_linear`."""
+    _check_operands("csr_linear_t", values, g=g)
+    rows = _rows(indptr)
+    _check_last_dim("csr_linear_t", "g", g, rows)
+    transposed = csr_handles.transposed(indptr, indices, values, (rows, cols))
+    g2 = g.reshape(-1, rows).contiguous()
+    out = torch.empty((g2.shape[0], cols), dtype=values.dtype)
+    _core.csr_linear(transposed._handle, as_numpy(g2), as_numpy(out), None,
+                     torch.get_num_threads())
+    return out.view(*g.shape[:-1], cols)
+
+
+@csr_linear_t.register_fake
+def _(g, indptr, indices, values, cols):
+    _check_operands("csr_linear_t", values, g=g)
+    _check_last_dim("csr_linear_t", "g", g, _rows(indptr))
+    return g.new_empty((*g.shape[:-1], cols), dtype=values.dtype)
+
+
+# csr_sampled_dot ------------------------------------------------------------------------------
+
+def _sampled_dot_shapes(indptr: Tensor, values_like: Tensor, a: Tensor, b: Tensor) -> None:
+    rows = _rows(indptr)
+    if (a.dim() < 2 or a.shape[:-2] != b.shape[:-2] or a.shape[-2] != rows
+            or a.shape[-1] != b.shape[-1]):
+        raise ValueError(f"sparsegemm.csr_sampled_dot: need a (..., {rows}, n) and b (..., cols, n) "
+                         f"with the same leading dims, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+@torch.library.custom_op("sparsegemm::csr_sampled_dot", mutates_args=())
+def csr_sampled_dot(indptr: Tensor, indices: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``sum_i (a[i] @ b[i].T)`` at the stored positions of the pattern, in storage order."""
+    _check_operands("csr_sampled_dot", a, b=b)
+    _sampled_dot_shapes(indptr, a, a, b)
+    rows, cols, n = _rows(indptr), b.shape[-2], a.shape[-1]
+    pattern = csr_handles.pattern(indptr, indices, (rows, cols), a.dtype)
+    a3 = as_numpy(a.reshape(-1, rows, n).contiguous())
+    b3 = as_numpy(b.reshape(-1, cols, n).contiguous())
+    threads = torch.get_num_threads()
+    out = torch.zeros(indices.shape[0], dtype=a.dtype)
+    out_array = as_numpy(out)
+    partial = as_numpy(torch.empty_like(out)) if len(a3) > 1 else out_array
+    for a2, b2 in zip(a3, b3):
+        _core.csr_sampled_dot(pattern._handle, a2, b2, partial, threads)
+        if partial is not out_array:
+            out_array += partial
+    return out
+
+
+@csr_sampled_dot.register_fake
+def _(indptr, indices, a, b):
+    _check_operands("csr_sampled_dot", a, b=b)
+    _sampled_dot_shapes(indptr, a, a, b)
+    return a.new_empty((indices.shape[0],))
+
+
+# csr_bmm --------------------------------------------------------------------------------------
+
+@torch.library.custom_op("sparsegemm::csr_bmm", mutates_args=())
+def csr_bmm(indptr: Tensor, indices: Tensor, values: Tensor, cols: int, b: Tensor,
+            bias: Optional[Tensor]) -> Tensor:
+    """``W @ b[i] + bias[:, None]`` for each i, b (B, cols, N): the layout of a convolution."""
+    _check_operands("csr_bmm", values, b=b, bias=bias)
+    _check_batched("csr_bmm", "b", b, cols)
+    rows = _rows(indptr)
+    matrix = csr_handles.matrix(indptr, indices, values, (rows, cols))
+    out = torch.empty((b.shape[0], rows, b.shape[2]), dtype=values.dtype)
+    _batched_matmul(matrix, b, out, bias)
+    return out
+
+
+@csr_bmm.register_fake
+def _(indptr, indices, values, cols, b, bias):
+    _check_operands("csr_bmm", values, b=b, bias=bias)
+    _check_batched("csr_bmm", "b", b, cols)
+    return b.new_empty((b.shape[0], _rows(indptr), b.shape[2]), dtype=values.dtype)
+
+
+@torch.library.custom_op("sparsegemm::csr_bmm_t", mutates_args=())
+def csr_bmm_t(indptr: Tensor, indices: Tensor, values: Tensor, cols: int, g: Tensor) -> Tensor:
+    """``W.T @ g[i]`` for each i, g (B, rows, N): the input gradient of :func:`csr_bmm`."""
+    _check_operands("csr_bmm_t", values, g=g)
+    rows = _rows(indptr)
+    _check_batched("csr_bmm_t", "g", g, rows)
+    transposed = csr_handles.transposed(indptr, indices, values, (rows, cols))
+    out = torch.empty((g.shape[0], cols, g.shape[2]), dtype=values.dtype)
+    _batched_matmul(transposed, g, out, None)
+    return out
+
+
+@csr_bmm_t.register_fake
+def _(indptr, indices, values, cols, g):
+    _check_operands("csr_bmm_t", values, g=g)
+    _check_batched("csr_bmm_t", "g", g, _rows(indptr))
+    return g.new_empty((g.shape[0], cols, g.shape[2]), dtype=values.dtype)
+
+
+def _batched_matmul(matrix, b: Tensor, out: Tensor, bias: Optional[Tensor]) -> None:
+    # Each b[i] is (K x N) with N contiguous: the panel kernel reads it in place.
+    b_array = as_numpy(b.contiguous())
+    out_array = as_numpy(out)
+    bias_array = _bias_array(bias)
+    threads = torch.get_num_threads()
+    for b_i, out_i in zip(b_array, out_array):
+        _core.csr_matmul(matrix._handle, b_i, out_i, bias_array, threads)
+
+
+# autograd -------------------------------------------------------------------------------------
+
+def _linear_setup_context(ctx, inputs, output):
+    x, indptr, indices, values, cols, bias = inputs
+    ctx.save_for_backward(x, indptr, indices, values)
+
+
+def _linear_backward(ctx, grad):
+    x, indptr, indices, values = ctx.saved_tensors
+    rows, cols = _rows(indptr), x.shape[-1]
+    grad_x = grad_values = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.ops.sparsegemm.csr_linear_t(grad, indptr, indices, values, cols)
+    if ctx.needs_input_grad[3]:
+        # dW = dY.T @ X sampled at the stored positions.
+        grad_values = torch.ops.sparsegemm.csr_sampled_dot(
+            indptr, indices, grad.reshape(-1, rows).t(), x.reshape(-1, cols).t())
+    if ctx.needs_input_grad[5]:
+        grad_bias = grad.reshape(-1, rows).sum(0)
+    return grad_x, None, None, grad_values, None, grad_bias
+
+
+csr_linear.register_autograd(_linear_backward, setup_context=_linear_setup_context)
+
+
+def _bmm_setup_context(ctx, inputs, output):
+    indptr, indices, values, cols, b, bias = inputs
+    ctx.save_for_backward(indptr, indices, values, b)
+
+
+def _bmm_backward(ctx, grad):
+    indptr, indices, values, b = ctx.saved_tensors
+    grad_values = grad_b = grad_bias = None
+    if ctx.needs_input_grad[2]:
+        grad_values = torch.ops.sparsegemm.csr_sampled_dot(indptr, indices, grad, b)
+    if ctx.needs_input_grad[4]:
+        grad_b = torch.ops.sparsegemm.csr_bmm_t(indptr, indices, values, b.shape[1], grad)
+    if ctx.needs_input_grad[5]:
+        grad_bias = grad.sum((0, 2))
+    return None, None, grad_values, None, grad_b, grad_bias
+
+
+csr_bmm.register_autograd(_bmm_backward, setup_context=_bmm_setup_context)

@@ -1,0 +1,209 @@
+"""Convert the sparse-enough layers of a model to sparse modules, in place.
+
+Selection, per layer (``nn.Linear``, ``nn.Conv2d`` with groups=1 and zero
+padding, and the four projections of ``nn.MultiheadAttention``):
+
+1. ``filter_fn(module, fully_qualified_name)`` must return True (default: all).
+2. The weight's sparsity must be at least ``min_sparsity``.
+3. If ``sparsegemm.plan`` exists, it measures the layer at ``batch_hint``
+   columns and the layer is converted only if the measured speedup is at
+   least ``min_speedup``. Without the planner nothing is measured and the
+   sparsity threshold alone decides: the default ``DEFAULT_MIN_SPARSITY = 0.7``
+   is a conservative guess for where unstructured CSR starts to beat dense
+   BLAS, not a calibrated figure.
+
+The report (returned by :func:`sparsify` as ``model.sparsegemm_report``) lists
+every candidate layer with its format, sparsity and speedup or the reason it
+stayed dense.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+import sparsegemm
+
+from ._formats import resolve_format
+from .attention import SparseMultiheadAttention
+from .modules import SparseConv2d, SparseLinear, masked_weight
+
+__all__ = ["DEFAULT_MIN_SPARSITY", "LayerReport", "SparsifyReport", "sparsify"]
+
+DEFAULT_MIN_SPARSITY = 0.7
+
+FilterFn = Callable[[nn.Module, str], bool]
+
+
+@dataclass
+class LayerReport:
+    """What :func:`sparsify` did with one layer."""
+
+    name: str
+    kind: str
+    converted: bool
+    format: str  # 'csr' when converted, 'dense' otherwise
+    sparsity: float
+    speedup: Optional[float]  # the planner's measurement; None when not measured
+    reason: str = ""
+
+    @property
+    def speedup_text(self) -> str:
+        return "not measured" if self.speedup is None else f"{self.speedup:.2f}x"
+
+
+class SparsifyReport(list):
+    """A list of :class:`LayerReport` that prints as a table."""
+
+    @property
+    def converted(self) -> list[LayerReport]:
+        return [layer for layer in self if layer.converted]
+
+    def __str__(self) -> str:
+        lines = [f"{'layer':40} {'kind':10} {'format':6} {'sparsity':>8} {'speedup':>12}  note"]
+        for layer in self:
+            lines.append(f"{layer.name:40} {layer.kind:10} {layer.format:6} "
+                         f"{layer.sparsity:8.1%} {layer.speedup_text:>12}  {layer.reason}")
+        return "\n".join(lines)
+
+
+def _sparsity(module: nn.Module) -> float:
+    _, keep = masked_weight(module)
+    return 1.0 - keep.count_nonzero().item() / keep.numel() if keep.numel() else 0.0
+
+
+class _Converter:
+    def __init__(self, format: str, min_sparsity: float, min_speedup: float, batch_hint: int):
+        resolve_format(format, None)  # rejects unknown or unavailable formats up front
+        self.format = format
+        self.min_sparsity = min_sparsity
+        self.min_speedup = min_speedup
+        self.batch_hint = batch_hint
+        self.plan = getattr(sparsegemm, "plan", None)
+        self.report = SparsifyReport()
+
+    def _measure(self, module: nn.Module) -> Optional[float]:
+        if self.plan is None:
+            return None
+        weight, _ = masked_weight(module)
+        plan = self.plan(weight.reshape(weight.shape[0], -1).double().numpy(), self.batch_hint)
+        return float(plan.speedup)
+
+    def convert(self, module: nn.Module, name: str) -> nn.Module:
+        """The module to use in place of ``module`` (itself if it stays dense)."""
+        kind = type(module).__name__
+        if isinstance(module, nn.Conv2d) and (module.groups != 1 or module.padding_mode != "zeros"):
+            return self._keep(module, name, kind, _sparsity(module),
+                              "groups > 1 or non-zero padding mode: not supported")
+        if module.weight.dtype not in (torch.float32, torch.float64):
+            return self._keep(module, name, kind, _sparsity(module),
+                              f"dtype {module.weight.dtype} not supported")
+        sparsity = _sparsity(module)
+        if sparsity < self.min_sparsity:
+            return self._keep(module, name, kind, sparsity, f"sparsity below {self.min_sparsity:.0%}")
+        speedup = self._measure(module)
+        if speedup is not None and speedup < self.min_speedup:
+            return self._keep(module, name, kind, sparsity,
+                              f"planner measured {speedup:.2f}x < {self.min_speedup:.2f}x", speedup)
+        sparse_type = SparseConv2d if isinstance(module, nn.Conv2d) else SparseLinear
+        sparse = sparse_type.from_dense(module, format=self.format)
+        self.report.append(LayerReport(name, kind, True, sparse.format, sparsity, speedup))
+        return sparse
+
+    def _keep(self, module: nn.Module, name: str, kind: str, sparsity: float, reason: str,
+              speedup: Optional[float] = None) -> nn.Module:
+        self.report.append(LayerReport(name, kind, False, "dense", sparsity, speedup, reason))
+        return module
+
+
+def _is_fused_transformer_layer(module: nn.Module) -> bool:
+    return isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
+
+
+def _disable_fused_fast_path(module: nn.Module, inputs: tuple) -> None:
+    """No-op pre-hook: its presence keeps TransformerEncoderLayer off the fused
+    dense fast path, which reads every ``.weight`` tensor directly."""
+
+
+def _walk(module: nn.Module, prefix: str, converter: _Converter, filter_fn: FilterFn) -> bool:
+    """Convert the children of ``module``; True if any descendant became sparse."""
+    changed = False
+    for child_name, child in list(module.named_children()):
+        name = f"{prefix}.{child_name}" if prefix else child_name
+        replacement = child
+        if isinstance(child, nn.MultiheadAttention):
+            if filter_fn(child, name):
+                replacement = _convert_attention(child, name, converter)
+        elif isinstance(child, (nn.Linear, nn.Conv2d)) and type(child).__module__.startswith(
+                "torch.nn"):
+            if filter_fn(child, name):
+                replacement = converter.convert(child, name)
+        else:
+            changed |= _walk(child, name, converter, filter_fn)
+        if replacement is not child:
+            setattr(module, child_name, replacement)
+            changed = True
+    if changed and _is_fused_transformer_layer(module):
+        if _disable_fused_fast_path not in module._forward_pre_hooks.values():
+            module.register_forward_pre_hook(_disable_fused_fast_path)
+    return changed
+
+
+def _convert_attention(mha: nn.MultiheadAttention, name: str,
+                       converter: _Converter) -> nn.Module:
+    if mha.bias_k is not None or mha.add_zero_attn:
+        converter.report.append(LayerReport(name, "MultiheadAttention", False, "dense", 0.0, None,
+                                            "add_bias_kv/add_zero_attn not supported"))
+        return mha
+    converted = []
+
+    def convert(linear: nn.Linear, projection: str) -> nn.Module:
+        module = converter.convert(linear, f"{name}.{projection}")
+        converted.append(module is not linear)
+        return module
+
+    attention = SparseMultiheadAttention.from_dense(mha, convert)
+    return attention.train(mha.training) if any(converted) else mha
+
+
+def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str = "auto",
+             min_sparsity: float = DEFAULT_MIN_SPARSITY, min_speedup: float = 1.0,
+             batch_hint: int = 1) -> nn.Module:
+    """Replace eligible dense layers of ``model`` by sparse ones, in place.
+
+    Parameters
+    ----------
+    model
+        Any module; pruned weights (zeros, or ``torch.nn.utils.prune`` masks)
+        are read as they are, with no extra step.
+    filter_fn
+        ``filter_fn(module, fully_qualified_name) -> bool`` selects layers, as in
+        torchao; MultiheadAttention is offered as one module.
+    format
+        'auto', 'csr' or 'bsr' (see :func:`sparsegemm.torch._formats.resolve_format`).
+    min_sparsity
+        Layers with a smaller fraction of zeros stay dense.
+    min_speedup
+        With ``sparsegemm.plan`` available, layers it measures below this stay dense.
+    batch_hint
+        The number of dense columns the planner measures with (rows of x for a
+        Linear; images x output pixels for a Conv2d).
+
+    Returns
+    -------
+    The same ``model``, with the report in ``model.sparsegemm_report``.
+    """
+    if not 0.0 <= min_sparsity <= 1.0:
+        raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
+    converter = _Converter(format, min_sparsity, min_speedup, batch_hint)
+    filter_fn = filter_fn or (lambda module, name: True)
+    if isinstance(model, (nn.Linear, nn.Conv2d, nn.MultiheadAttention)):
+        raise TypeError("sparsify converts the layers inside a model; for a single layer use "
+                        "SparseLinear.from_dense / SparseConv2d.from_dense")
+    with torch.no_grad():
+        _walk(model, "", converter, filter_fn)
+    model.sparsegemm_report = converter.report
+    return model

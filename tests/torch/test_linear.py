@@ -1,0 +1,247 @@
+import copy
+import io
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import sparsegemm
+import torch.nn.functional as F
+from sparsegemm.torch import SparseLinear, clear_cache
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+
+@pytest.fixture
+def make_pair(prune):
+    def make(in_features=37, out_features=29, bias=True, dtype=torch.float32, sparsity=0.8, seed=0):
+        torch.manual_seed(seed)
+        dense = prune(nn.Linear(in_features, out_features, bias=bias, dtype=dtype), sparsity, seed)
+        return dense, SparseLinear.from_dense(dense, format="csr")
+    return make
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 37), (3, 37), (5, 37), (17, 37), (2, 9, 37), (2, 3, 4, 37), (37,)])
+def test_forward_matches_dense(dtype, bias, shape, make_pair, tolerance):
+    dense, sparse = make_pair(bias=bias, dtype=dtype)
+    x = torch.randn(shape, dtype=dtype)
+    torch.testing.assert_close(sparse(x), F.linear(x, dense.weight, dense.bias), **tolerance(dtype))
+
+
+@pytest.mark.parametrize("isa", sparsegemm.available_isas())
+@pytest.mark.parametrize("batch", [1, 4, 5, 33])
+def test_every_isa(isa, batch, make_pair):
+    dense, sparse = make_pair(in_features=70, out_features=41)
+    x = torch.randn(batch, 70)
+    with sparsegemm.use_isa(isa):
+        out = sparse(x)
+        out.sum().backward()
+    torch.testing.assert_close(out, dense(x), rtol=1e-5, atol=1e-5)
+
+
+def test_non_contiguous_input(make_pair):
+    dense, sparse = make_pair()
+    x = torch.randn(37, 6).t()
+    torch.testing.assert_close(sparse(x), dense(x), rtol=1e-5, atol=1e-5)
+
+
+def test_all_zero_and_empty_rows():
+    dense = nn.Linear(8, 5)
+    with torch.no_grad():
+        dense.weight.zero_()
+        dense.weight[2, 3] = 1.5
+    sparse = SparseLinear.from_dense(dense)
+    assert sparse.nnz == 1
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(sparse(x), dense(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int32])
+def test_bad_module_dtype(dtype, make_pair):
+    dense = nn.Linear(4, 3)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        SparseLinear.from_dense(dense.to(dtype) if dtype.is_floating_point else _int_linear())
+    _, sparse = make_pair()
+    if dtype.is_floating_point:
+        with pytest.raises(TypeError, match="float32 or float64"):
+            sparse.to(dtype)(torch.randn(2, 37, dtype=dtype))
+
+
+def _int_linear():
+    linear = nn.Linear(4, 3)
+    linear.weight = nn.Parameter(torch.ones(3, 4, dtype=torch.int32), requires_grad=False)
+    return linear
+
+
+def test_input_dtype_mismatch(make_pair):
+    _, sparse = make_pair()
+    with pytest.raises(TypeError, match="must match"):
+        sparse(torch.randn(2, 37, dtype=torch.float64))
+    with pytest.raises(TypeError, match="must match"):
+        sparse(torch.ones(2, 37, dtype=torch.int64))
+
+
+def test_shape_error(make_pair):
+    _, sparse = make_pair()
+    with pytest.raises(ValueError, match="shape"):
+        sparse(torch.randn(2, 36))
+
+
+def test_from_torch_prune():
+    torch.manual_seed(1)
+    dense = nn.Linear(30, 20)
+    torch_prune.l1_unstructured(dense, "weight", amount=0.75)
+    sparse = SparseLinear.from_dense(dense)
+    assert sparse.nnz == int(dense.weight_mask.sum())
+    x = torch.randn(6, 30)
+    torch.testing.assert_close(sparse(x), dense(x))
+    torch.testing.assert_close(sparse.to_dense().weight, dense.weight_orig * dense.weight_mask)
+
+
+def test_state_dict_round_trip_into_fresh_module(make_pair):
+    dense, sparse = make_pair()
+    fresh = SparseLinear(37, 29)
+    assert fresh.nnz == 0
+    fresh.load_state_dict(sparse.state_dict())
+    x = torch.randn(4, 37)
+    torch.testing.assert_close(fresh(x), dense(x), rtol=1e-5, atol=1e-5)
+    assert fresh.nnz == sparse.nnz
+
+
+def test_load_state_dict_updates_the_kernel_handle(make_pair):
+    _, a = make_pair(seed=0)
+    _, b = make_pair(seed=0)
+    x = torch.randn(3, 37)
+    b(x)  # build b's handle before its values change
+    with torch.no_grad():
+        a.values.mul_(2)
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(b(x), a(x))
+
+
+def test_invalid_state_dict_is_rejected(make_pair):
+    _, sparse = make_pair()
+    state = sparse.state_dict()
+    state["indices"] = state["indices"].clone()
+    state["indices"][0] = 1000
+    with pytest.raises(RuntimeError, match="invalid sparse pattern"):
+        SparseLinear(37, 29).load_state_dict(state)
+
+
+def test_torch_save_load_deepcopy_and_to(make_pair):
+    dense, sparse = make_pair()
+    x = torch.randn(4, 37)
+    buffer = io.BytesIO()
+    torch.save(sparse, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    torch.testing.assert_close(loaded(x), dense(x), rtol=1e-5, atol=1e-5)
+    clone = copy.deepcopy(sparse)
+    with torch.no_grad():
+        clone.values.zero_()
+    torch.testing.assert_close(sparse(x), dense(x), rtol=1e-5, atol=1e-5)  # original unaffected
+    torch.testing.assert_close(clone(x), dense.bias.expand(4, -1))
+    double = copy.deepcopy(sparse).to(torch.float64)
+    assert double.values.dtype == torch.float64 and double.indices.dtype == torch.int32
+    torch.testing.assert_close(double(x.double()), dense.double()(x.double()))
+
+
+def test_train_eval_repr_and_to_dense(make_pair):
+    dense, sparse = make_pair()
+    assert sparse.eval() is sparse and not sparse.training
+    assert sparse.train().training
+    text = repr(sparse)
+    assert "format=csr" in text and "sparsity=" in text and "in_features=37" in text
+    back = sparse.to_dense()
+    assert isinstance(back, nn.Linear)
+    torch.testing.assert_close(back.weight, dense.weight)
+    torch.testing.assert_close(back.bias, dense.bias)
+
+
+def test_format_choices(make_pair):
+    dense, _ = make_pair()
+    with pytest.raises(ValueError, match="format"):
+        SparseLinear.from_dense(dense, format="coo")
+    if not hasattr(sparsegemm, "BSRMatrix"):
+        with pytest.raises(NotImplementedError, match="bsr"):
+            SparseLinear.from_dense(dense, format="bsr", blocksize=(4, 1))
+    assert SparseLinear.from_dense(dense, format="auto").format == "csr"
+
+
+def test_gradcheck_float64(make_pair):
+    dense, sparse = make_pair(in_features=7, out_features=5, dtype=torch.float64, sparsity=0.5)
+    x = torch.randn(3, 2, 7, dtype=torch.float64, requires_grad=True)
+    values = sparse.values.detach().clone().requires_grad_()
+    bias = sparse.bias.detach().clone().requires_grad_()
+
+    def fn(x, values, bias):
+        # gradcheck perturbs inputs through .data, which bypasses the version counter
+        # the handle cache watches; a fresh clone per call gives the cache new storage.
+        return torch.ops.sparsegemm.csr_linear(x, sparse.indptr, sparse.indices, values.clone(), 7,
+                                               bias)
+
+    assert torch.autograd.gradcheck(fn, (x, values, bias))
+
+
+def test_gradients_match_masked_dense(make_pair):
+    dense, sparse = make_pair(dtype=torch.float64)
+    x = torch.randn(6, 37, dtype=torch.float64, requires_grad=True)
+    x_dense = x.detach().clone().requires_grad_()
+    sparse(x).pow(2).sum().backward()
+    dense(x_dense).pow(2).sum().backward()
+    torch.testing.assert_close(x.grad, x_dense.grad)
+    rows = torch.repeat_interleave(torch.arange(29), sparse.indptr.diff())
+    torch.testing.assert_close(sparse.values.grad, dense.weight.grad[rows, sparse.indices.long()])
+    torch.testing.assert_close(sparse.bias.grad, dense.bias.grad)
+
+
+def test_sgd_steps_equal_masked_dense():
+    torch.manual_seed(3)
+    dense_model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 10)).double()
+    for layer in (dense_model[0], dense_model[2]):
+        torch_prune.random_unstructured(layer, "weight", amount=0.7)
+    sparse_model = nn.Sequential(SparseLinear.from_dense(dense_model[0]), nn.ReLU(),
+                                 SparseLinear.from_dense(dense_model[2]))
+    dense_opt = torch.optim.SGD(dense_model.parameters(), lr=0.1, momentum=0.9)
+    sparse_opt = torch.optim.SGD(sparse_model.parameters(), lr=0.1, momentum=0.9)
+    for step in range(4):
+        x = torch.randn(8, 20, dtype=torch.float64)
+        target = torch.randn(8, 10, dtype=torch.float64)
+        for model, opt in ((dense_model, dense_opt), (sparse_model, sparse_opt)):
+            opt.zero_grad()
+            F.mse_loss(model(x), target).backward()
+            opt.step()
+    x = torch.randn(5, 20, dtype=torch.float64)
+    torch.testing.assert_close(sparse_model(x), dense_model(x))
+    for sparse_layer, dense_layer in ((sparse_model[0], dense_model[0]), (sparse_model[2], dense_model[2])):
+        torch.testing.assert_close(sparse_layer.dense_weight(), dense_layer.weight)
+
+
+def test_eval_forward_reuses_the_handle(monkeypatch, make_pair):
+    from sparsegemm.torch import _cache
+
+    _, sparse = make_pair()
+    x = torch.randn(2, 37)
+    sparse(x)
+    built = []
+    original = _cache.CSRMatrix.with_data
+    monkeypatch.setattr(_cache.CSRMatrix, "with_data", lambda self, d: built.append(1) or original(self, d))
+    with torch.no_grad():
+        for _ in range(3):
+            sparse(x)
+        assert built == []
+        sparse.values.add_(1.0)  # an in-place edit bumps the version: one rebuild
+        sparse(x)
+        sparse(x)
+    assert built == [1]
+
+
+def test_data_edits_need_clear_cache(make_pair):
+    dense, sparse = make_pair()
+    x = torch.randn(2, 37)
+    before = sparse(x)
+    sparse.values.data.zero_()  # bypasses the version counter
+    torch.testing.assert_close(sparse(x), before)  # documented: not seen
+    clear_cache()
+    torch.testing.assert_close(sparse(x), dense.bias.expand(2, -1))

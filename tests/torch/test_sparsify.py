@@ -1,0 +1,133 @@
+import pytest
+
+torch = pytest.importorskip("torch")
+import sparsegemm
+from sparsegemm.torch import SparseConv2d, SparseLinear, SparseMultiheadAttention, sparsify
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+needs_no_planner = pytest.mark.skipif(hasattr(sparsegemm, "plan"),
+                                      reason="checks the threshold rule used without the planner")
+
+
+def small_model(prune):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 4))
+    for index, sparsity in ((0, 0.9), (2, 0.9), (5, 0.9), (7, 0.2)):
+        prune(model[index], sparsity)
+    return model
+
+
+@needs_no_planner
+def test_sparsify_converts_sparse_enough_layers(prune):
+    model = small_model(prune)
+    x = torch.randn(2, 3, 4, 4)
+    expected = model(x)
+    assert sparsify(model) is model
+    assert isinstance(model[0], SparseConv2d)
+    assert isinstance(model[2], nn.Conv2d)  # groups=2: left dense
+    assert isinstance(model[5], SparseLinear)
+    assert isinstance(model[7], nn.Linear)  # 20% sparse: below the threshold
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    report = {layer.name: layer for layer in model.sparsegemm_report}
+    assert report["0"].converted and report["0"].format == "csr"
+    assert report["0"].speedup is None and report["0"].speedup_text == "not measured"
+    assert abs(report["5"].sparsity - 0.9) < 0.05
+    assert not report["2"].converted and "groups" in report["2"].reason
+    assert not report["7"].converted and "sparsity below" in report["7"].reason
+    assert "not measured" in str(model.sparsegemm_report)
+
+
+def test_filter_fn_gets_module_and_fully_qualified_name(prune):
+    model = nn.Sequential(nn.Sequential(prune(nn.Linear(8, 8), 0.9)), prune(nn.Linear(8, 8), 0.9))
+    seen = []
+
+    def only_inner(module, name):
+        seen.append((type(module).__name__, name))
+        return name == "0.0"
+
+    sparsify(model, filter_fn=only_inner, min_sparsity=0.5)
+    assert ("Linear", "0.0") in seen and ("Linear", "1") in seen
+    assert isinstance(model[0][0], SparseLinear) and isinstance(model[1], nn.Linear)
+
+
+def test_models_pruned_with_torch_prune():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 3))
+    torch_prune.global_unstructured([(model[0], "weight"), (model[2], "weight")],
+                                    pruning_method=torch_prune.L1Unstructured, amount=0.85)
+    x = torch.randn(4, 12)
+    expected = model(x)
+    sparsify(model, min_sparsity=0.5, min_speedup=0.0)
+    assert isinstance(model[0], SparseLinear) and isinstance(model[2], SparseLinear)
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_min_sparsity_validation(prune):
+    with pytest.raises(ValueError, match="min_sparsity"):
+        sparsify(nn.Sequential(nn.Linear(2, 2)), min_sparsity=1.5)
+    with pytest.raises(TypeError, match="SparseLinear.from_dense"):
+        sparsify(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_transformer_encoder_layer(batch_first):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=batch_first)
+    targets = [(m, "weight") for m in layer.modules() if isinstance(m, nn.Linear)]
+    targets.append((layer.self_attn, "in_proj_weight"))
+    for module, name in targets:
+        torch_prune.random_unstructured(module, name, amount=0.9)
+        torch_prune.remove(module, name)
+    layer.eval()
+    x = torch.randn(2, 5, 32) if batch_first else torch.randn(5, 2, 32)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[1, 3:] = True
+    with torch.no_grad():
+        expected = layer(x)
+        expected_masked = layer(x, src_key_padding_mask=mask)
+    sparsify(layer, min_sparsity=0.8, min_speedup=0.0)
+    attention = layer.self_attn
+    assert isinstance(attention, SparseMultiheadAttention)
+    assert all(isinstance(getattr(attention, p), SparseLinear)
+               for p in ("q_proj", "k_proj", "v_proj", "out_proj"))
+    assert isinstance(layer.linear1, SparseLinear) and isinstance(layer.linear2, SparseLinear)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)
+        out = layer(x, src_key_padding_mask=mask)
+        torch.testing.assert_close(out[~mask if batch_first else ~mask.t()],
+                                   expected_masked[~mask if batch_first else ~mask.t()],
+                                   rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_attention_matches_multihead_attention(batch_first):
+    torch.manual_seed(1)
+    mha = nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    sparse = SparseMultiheadAttention.from_dense(mha)
+    q = torch.randn(3, 5, 16)
+    k = torch.randn(3, 7, 16)
+    v = torch.randn(3, 7, 16)
+    if not batch_first:
+        q, k, v = (t.transpose(0, 1) for t in (q, k, v))
+    padding = torch.zeros(3, 7, dtype=torch.bool)
+    padding[0, 5:] = True
+    attn_mask = torch.rand(5, 7) > 0.8
+    attn_mask[:, 0] = False
+    cases = [dict(), dict(need_weights=False), dict(key_padding_mask=padding),
+             dict(attn_mask=attn_mask, key_padding_mask=padding, average_attn_weights=False),
+             dict(attn_mask=torch.randn(3 * 4, 5, 7), need_weights=False)]
+    for kwargs in cases:
+        expected, expected_weights = mha(q, k, v, **kwargs)
+        out, weights = sparse(q, k, v, **kwargs)
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+        if expected_weights is None:
+            assert weights is None
+        else:
+            torch.testing.assert_close(weights, expected_weights, rtol=1e-4, atol=1e-5)
+    unbatched = torch.randn(5, 16)
+    torch.testing.assert_close(sparse(unbatched, unbatched, unbatched)[0],
+                               mha(unbatched, unbatched, unbatched)[0], rtol=1e-4, atol=1e-5)
