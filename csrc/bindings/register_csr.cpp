@@ -41,6 +41,17 @@ const T* optional_bias(const py::object& bias, int64_t length) {
   return arg.data;
 }
 
+// Optional replacement values for a product: a contiguous vector of nnz entries.
+template <typename T>
+const T* optional_values(const py::object& values, const CsrMatrix<T>& a) {
+  if (values.is_none()) return nullptr;
+  const auto arg = contiguous_vector_arg<T>(values.cast<py::array>(), "values");
+  if (arg.shape[0] != a.nnz())
+    throw py::value_error("values must have nnz = " + std::to_string(a.nnz()) + " entries, got " +
+                          std::to_string(arg.shape[0]));
+  return arg.data;
+}
+
 template <typename T>
 void register_csr_dtype(py::module_& m, const char* class_name) {
   using Matrix = CsrMatrix<T>;
@@ -123,7 +134,7 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
   m.def(
       "csr_matmul",
       [](const Matrix& a, const py::array& b, const py::array& out, const py::object& bias,
-         int num_threads) {
+         int num_threads, const py::object& values) {
         const auto barg = strided_arg<T>(b, "B", 2, false);
         const auto oarg = strided_arg<T>(out, "out", 2, true);
         if (barg.shape[0] != a.cols())
@@ -135,12 +146,14 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
         if (oarg.shape[1] > 1 && oarg.strides[1] != 1)
           throw py::value_error("out must have contiguous rows");
         const T* bias_ptr = optional_bias<T>(bias, a.rows());
+        const T* values_ptr = optional_values<T>(values, a);
         py::gil_scoped_release release;
         csr_matmul(a, barg.data, barg.strides[0], barg.strides[1], barg.shape[1], bias_ptr, oarg.data,
-                   oarg.strides[0], num_threads);
+                   oarg.strides[0], num_threads, values_ptr);
       },
       py::arg("a"), py::arg("b"), py::arg("out"), py::arg("bias") = py::none(),
-      py::arg("num_threads") = 0, "out = a @ b (+ bias[:, None]); out must not overlap b.");
+      py::arg("num_threads") = 0, py::arg("values") = py::none(),
+      "out = a @ b (+ bias[:, None]); out must not overlap b. `values` (nnz) replaces a's values.");
 
   m.def(
       "csr_sampled_dot",
@@ -170,7 +183,7 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
   m.def(
       "csr_linear",
       [](const Matrix& w, const py::array& x, const py::array& out, const py::object& bias,
-         int num_threads) {
+         int num_threads, const py::object& values) {
         const auto xarg = strided_arg<T>(x, "x", 2, false);
         const auto oarg = strided_arg<T>(out, "out", 2, true);
         if (xarg.shape[1] != w.cols())
@@ -184,12 +197,14 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
         if (oarg.shape[1] > 1 && oarg.strides[1] != 1)
           throw py::value_error("out must have contiguous rows");
         const T* bias_ptr = optional_bias<T>(bias, w.rows());
+        const T* values_ptr = optional_values<T>(values, w);
         py::gil_scoped_release release;
         csr_linear(w, xarg.data, xarg.strides[0], xarg.shape[0], bias_ptr, oarg.data, oarg.strides[0],
-                   num_threads);
+                   num_threads, values_ptr);
       },
       py::arg("w"), py::arg("x"), py::arg("out"), py::arg("bias") = py::none(),
-      py::arg("num_threads") = 0, "out = x @ w.T (+ bias); out must not overlap x.");
+      py::arg("num_threads") = 0, py::arg("values") = py::none(),
+      "out = x @ w.T (+ bias); out must not overlap x. `values` (nnz) replaces w's values.");
 }
 
 }  // namespace

@@ -35,12 +35,20 @@ bool gather_offsets_fit(int64_t cols, int64_t kstride) {
   return cols <= 1 || (cols - 1) <= INT32_MAX / std::max<int64_t>(kstride, 1);
 }
 
+// The matrix's structure with its own values, or with `values` when not null.
+template <typename T>
+CsrView<T> view_with_values(const CsrMatrix<T>& a, const T* values) {
+  CsrView<T> view = a.view();
+  if (values != nullptr) view.values = values;
+  return view;
+}
+
 // The gather kernel over all rows: y(v, r) = bias[r] + a[r, :] . x(v, :).
 template <typename T>
-void gather_product(const CsrMatrix<T>& a, const T* x, int64_t x_vstride, int64_t x_kstride,
-                    int64_t nvec, const T* bias, T* y, int64_t y_vstride, int64_t y_rstride,
-                    int num_threads) {
-  const CsrView<T> view = a.view();
+void gather_product(const CsrMatrix<T>& a, const T* values, const T* x, int64_t x_vstride,
+                    int64_t x_kstride, int64_t nvec, const T* bias, T* y, int64_t y_vstride,
+                    int64_t y_rstride, int num_threads) {
+  const CsrView<T> view = view_with_values(a, values);
   const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
   const int threads = threads_for(num_threads, (a.nnz() + a.rows()) * nvec);
   for_row_ranges(a, threads, 4, [&](int64_t r0, int64_t r1) {
@@ -50,9 +58,9 @@ void gather_product(const CsrMatrix<T>& a, const T* x, int64_t x_vstride, int64_
 
 // The panel kernel over all rows: c = a @ b (+ bias), b with contiguous columns.
 template <typename T>
-void panel_product(const CsrMatrix<T>& a, const T* b, int64_t ldb, int64_t n, const T* bias, T* c,
-                   int64_t ldc, int num_threads) {
-  const CsrView<T> view = a.view();
+void panel_product(const CsrMatrix<T>& a, const T* values, const T* b, int64_t ldb, int64_t n,
+                   const T* bias, T* c, int64_t ldc, int num_threads) {
+  const CsrView<T> view = view_with_values(a, values);
   const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
   const int threads = threads_for(num_threads, (a.nnz() + a.rows()) * n);
   for_row_ranges(a, threads, 2, [&](int64_t r0, int64_t r1) {
@@ -78,17 +86,17 @@ bool cache_line_aligned(const T* p, int64_t ld) {
 
 template <typename T>
 void csr_matmul(const CsrMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_cstride, int64_t n,
-                const T* bias, T* c, int64_t ldc, int num_threads) {
+                const T* bias, T* c, int64_t ldc, int num_threads, const T* values) {
   const int64_t rows = a.rows(), k = a.cols();
   if (rows == 0 || n == 0) return;
   if (n <= kGatherMaxVectors) {
     // Vector v of the gather is column v of b; output (v, r) is c[r, v].
     if (gather_offsets_fit(k, b_rstride)) {
-      gather_product(a, b, b_cstride, b_rstride, n, bias, c, 1, ldc, num_threads);
+      gather_product(a, values, b, b_cstride, b_rstride, n, bias, c, 1, ldc, num_threads);
     } else {
       ScratchBuffer<T> bt(static_cast<size_t>(k * n));  // b transposed: n x k
       transpose(b, k, n, b_rstride, b_cstride, bt.data(), k, num_threads);
-      gather_product(a, bt.data(), k, 1, n, bias, c, 1, ldc, num_threads);
+      gather_product(a, values, bt.data(), k, 1, n, bias, c, 1, ldc, num_threads);
     }
     return;
   }
@@ -97,24 +105,24 @@ void csr_matmul(const CsrMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_
   // columns are not contiguous (e.g. Fortran order).
   const bool reused = a.nnz() >= 4 * k;
   if (b_cstride == 1 && (!reused || cache_line_aligned(b, b_rstride))) {
-    panel_product(a, b, b_rstride, n, bias, c, ldc, num_threads);
+    panel_product(a, values, b, b_rstride, n, bias, c, ldc, num_threads);
     return;
   }
   const int64_t ldp = padded_stride<T>(n);
   ScratchBuffer<T> packed(static_cast<size_t>(k * ldp));
   // packed(k, j) = b(k, j): the transpose of the n x k matrix b^T.
   transpose(b, n, k, b_cstride, b_rstride, packed.data(), ldp, num_threads);
-  panel_product(a, packed.data(), ldp, n, bias, c, ldc, num_threads);
+  panel_product(a, values, packed.data(), ldp, n, bias, c, ldc, num_threads);
 }
 
 template <typename T>
 void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
-                int64_t ldy, int num_threads) {
+                int64_t ldy, int num_threads, const T* values) {
   const int64_t out = w.rows(), in = w.cols();
   if (batch == 0 || out == 0) return;
   if (batch <= kGatherMaxVectors) {
     // Rows of x are the vectors; y(v, r) = y[v, r].
-    gather_product(w, x, ldx, 1, batch, bias, y, ldy, 1, num_threads);
+    gather_product(w, values, x, ldx, 1, batch, bias, y, ldy, 1, num_threads);
     return;
   }
   // y^T = w @ x^T: the panel kernel wants the batch dimension contiguous.
@@ -122,7 +130,7 @@ void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, c
   ScratchBuffer<T> xt(static_cast<size_t>(in * ldp));
   ScratchBuffer<T> yt(static_cast<size_t>(out * ldp));
   transpose(x, batch, in, ldx, 1, xt.data(), ldp, num_threads);
-  panel_product(w, xt.data(), ldp, batch, bias, yt.data(), ldp, num_threads);
+  panel_product(w, values, xt.data(), ldp, batch, bias, yt.data(), ldp, num_threads);
   transpose(yt.data(), out, batch, ldp, 1, y, ldy, num_threads);
 }
 
@@ -139,9 +147,9 @@ void csr_sampled_dot(const CsrMatrix<T>& pattern, const T* a, int64_t lda, const
 
 #define SPARSEGEMM_INSTANTIATE_CSR_OPS(T)                                                          \
   template void csr_matmul<T>(const CsrMatrix<T>&, const T*, int64_t, int64_t, int64_t, const T*, \
-                              T*, int64_t, int);                                                   \
+                              T*, int64_t, int, const T*);                                         \
   template void csr_linear<T>(const CsrMatrix<T>&, const T*, int64_t, int64_t, const T*, T*,      \
-                              int64_t, int);                                                   \
+                              int64_t, int, const T*);                                                   \
   template void csr_sampled_dot<T>(const CsrMatrix<T>&, const T*, int64_t, const T*, int64_t,     \
                                    int64_t, T*, int);
 SPARSEGEMM_INSTANTIATE_CSR_OPS(float)

@@ -10,20 +10,24 @@
 
 namespace sparsegemm {
 
+// Every product takes an optional `values` (a.nnz() entries): when not null it
+// replaces the matrix's stored values, so a caller that owns changing values
+// (a training framework) can reuse one validated structure without copies.
+
 // c = a @ b (+ bias[:, None]).
 // b is a.cols() x n with element (k, j) at b[k * b_rstride + j * b_cstride];
 // c is a.rows() x n, C order with row stride ldc. bias has a.rows() entries or is null.
 // num_threads <= 0 means default_num_threads().
 template <typename T>
 void csr_matmul(const CsrMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_cstride, int64_t n,
-                const T* bias, T* c, int64_t ldc, int num_threads);
+                const T* bias, T* c, int64_t ldc, int num_threads, const T* values = nullptr);
 
 // The nn.Linear product: y = x @ w.T (+ bias).
 // x is batch x w.cols() with row stride ldx (rows contiguous); y is batch x w.rows(),
 // row stride ldy. bias has w.rows() entries or is null.
 template <typename T>
 void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
-                int64_t ldy, int num_threads);
+                int64_t ldy, int num_threads, const T* values = nullptr);
 
 // Gradient of a sparse weight at its stored positions only:
 //   out[j] = sum_t a[r, t] * b[k, t] for each stored (r, k) of `pattern` at position j.
