@@ -1,0 +1,68 @@
+"""sparsegemm.prune: pruning toolkit in pure PyTorch.
+
+Feels like ``torch.nn.utils.prune``: ``amount`` is a fraction or a count,
+masks are ``weight_orig`` + ``weight_mask`` buffers attached by torch's own
+``CustomFromMask`` machinery, and :func:`remove` finalises.  Every criterion
+ends in one contract, which is what ``sparsegemm.torch.sparsify`` consumes:
+**a dense weight with zeros** (``weight_orig * weight_mask`` while masks are
+attached, a plain ``weight`` after :func:`remove`).
+
+Quick start::
+
+    from sparsegemm import prune
+    prune.prune_model(model, 0.9)                                   # global L1, 90 %
+    prune.prune_model(model, 0.8, prune.BlockNorm((4, 1)))          # 4x1 blocks
+    prune.prune_model(model, criterion=prune.NM(2, 4))              # 2:4
+    prune.prune_model(model, 0.5, prune.ChannelNorm(2), scope="layer")
+    small = prune.thin(model)                                       # drop pruned channels
+    prune.remove(model)                                             # finalise
+
+Weights of convolutions are treated as ``out x (in*kh*kw)`` matrices
+(``weight.reshape(out, -1)``) for blocks and N:M; see :mod:`.criteria`.
+"""
+
+from .api import (
+    PRUNABLE_TYPES,
+    apply_mask,
+    apply_masks,
+    compute_num_to_prune,
+    keep_masks,
+    prunable_layers,
+    prune_model,
+    prune_module,
+    remove,
+    sparsity,
+)
+from .criteria import (
+    NM,
+    Activation,
+    BlockNorm,
+    ChannelNorm,
+    Criterion,
+    Custom,
+    Magnitude,
+    Taylor,
+    measure_activations,
+)
+
+__all__ = [
+    "PRUNABLE_TYPES",
+    "Activation",
+    "BlockNorm",
+    "ChannelNorm",
+    "Criterion",
+    "Custom",
+    "Magnitude",
+    "NM",
+    "Taylor",
+    "apply_mask",
+    "apply_masks",
+    "compute_num_to_prune",
+    "keep_masks",
+    "measure_activations",
+    "prunable_layers",
+    "prune_model",
+    "prune_module",
+    "remove",
+    "sparsity",
+]
