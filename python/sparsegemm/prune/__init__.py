@@ -25,6 +25,7 @@ from .api import (
     PRUNABLE_TYPES,
     apply_mask,
     apply_masks,
+    clone_model,
     compute_num_to_prune,
     keep_masks,
     prunable_layers,
@@ -57,6 +58,7 @@ __all__ = [
     "Taylor",
     "apply_mask",
     "apply_masks",
+    "clone_model",
     "compute_num_to_prune",
     "keep_masks",
     "measure_activations",
@@ -65,4 +67,20 @@ __all__ = [
     "prune_module",
     "remove",
     "sparsity",
+]
+
+from .schedule import AGPSchedule, agp_sparsity, gradual_prune, one_shot  # noqa: E402
+from .sensitivity import format_table, plot_sensitivity, sensitivity_analysis  # noqa: E402
+from .thinning import dead_channels, thin  # noqa: E402
+
+__all__ += [
+    "AGPSchedule",
+    "agp_sparsity",
+    "gradual_prune",
+    "one_shot",
+    "format_table",
+    "plot_sensitivity",
+    "sensitivity_analysis",
+    "dead_channels",
+    "thin",
 ]

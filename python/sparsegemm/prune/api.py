@@ -8,6 +8,7 @@ torch's API is treated the same way here (its mask is respected and updated).
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
@@ -34,6 +35,7 @@ __all__ = [
     "prune_module",
     "apply_mask",
     "apply_masks",
+    "clone_model",
     "keep_masks",
     "remove",
     "sparsity",
@@ -170,6 +172,23 @@ def remove(model: nn.Module, name: Optional[str] = None) -> nn.Module:
             if name is None or n == name:
                 tprune.remove(mod, n)
     return model
+
+
+def clone_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also works on a pruned model after a forward pass.
+
+    (After a forward with grad enabled, torch's pruning hook leaves
+    ``module.weight`` as a non-leaf tensor, which ``deepcopy`` refuses.  The
+    attribute is refreshed here without grad; the hook recomputes it on the
+    next forward anyway.)
+    """
+    with torch.no_grad():
+        for mod in model.modules():
+            for hook in mod._forward_pre_hooks.values():
+                if isinstance(hook, tprune.BasePruningMethod):
+                    n = hook._tensor_name
+                    setattr(mod, n, getattr(mod, n + "_orig") * getattr(mod, n + "_mask"))
+    return copy.deepcopy(model)
 
 
 def sparsity(model: nn.Module, name: str = "weight", *, layers=None) -> Dict[str, float]:
