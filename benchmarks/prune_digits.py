@@ -29,14 +29,14 @@ Speed columns will be added once ``sparsegemm.torch.sparsify`` exists: see
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 import torch
-from torch import nn
-
 from sparsegemm import prune
+from torch import nn
 
 # Accuracy floors: allowed drop in points (percent) vs the dense model.
 FLOORS = {"unstructured-90": 1.0, "block4x1-80": 1.5, "unstructured-95": 2.5}
@@ -70,9 +70,12 @@ def load_data(seed: int = 0):
 # ---------------------------------------------------------------- models
 def make_mlp() -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(64, 256), nn.ReLU(),
-        nn.Linear(256, 256), nn.ReLU(),
-        nn.Linear(256, 128), nn.ReLU(),
+        nn.Linear(64, 256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
+        nn.ReLU(),
+        nn.Linear(256, 128),
+        nn.ReLU(),
         nn.Linear(128, 10),
     )
 
@@ -87,11 +90,16 @@ def make_cnn() -> nn.Sequential:
     # are chains prune.thin can shrink exactly.
     return nn.Sequential(
         Unflatten8(),
-        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.Conv2d(1, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(64 * 4 * 4, 128), nn.ReLU(),
+        nn.Linear(64 * 4 * 4, 128),
+        nn.ReLU(),
         nn.Linear(128, 10),
     )
 
@@ -167,8 +175,15 @@ CONFIGS: Dict[str, dict] = {
 
 
 def prune_finetune(
-    dense: nn.Module, data, cfg: dict, *, prune_epochs: int, finetune_epochs: int,
-    n_prune_steps: int = 10, seed: int = 0, lr: float = 1e-3,
+    dense: nn.Module,
+    data,
+    cfg: dict,
+    *,
+    prune_epochs: int,
+    finetune_epochs: int,
+    n_prune_steps: int = 10,
+    seed: int = 0,
+    lr: float = 1e-3,
 ) -> nn.Module:
     """AGP-prune a copy of ``dense`` over ``prune_epochs`` while training, then fine-tune."""
     torch.manual_seed(seed)
@@ -177,19 +192,26 @@ def prune_finetune(
     spe = tr.steps_per_epoch
     steps_between = max(1, (prune_epochs * spe) // n_prune_steps)
     ft_steps = finetune_epochs * spe
-    total = n_prune_steps * steps_between + ft_steps
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     # constant LR while pruning, cosine decay during the final fine-tuning
-    lam = lambda t: 1.0 if t < n_prune_steps * steps_between else 0.5 * (  # noqa: E731
-        1 + torch.cos(torch.tensor((t - n_prune_steps * steps_between) / max(1, ft_steps) * 3.14159)).item()
-    )
+    prune_steps = n_prune_steps * steps_between
+
+    def lam(t: int) -> float:
+        if t < prune_steps:
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * (t - prune_steps) / max(1, ft_steps)))
+
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lam)
     prune.gradual_prune(
-        model, tr.step_fn(model, opt, sched), cfg["amount"],
-        n_prune_steps=n_prune_steps, steps_between=steps_between,
-        finetune_steps=ft_steps, criterion=cfg["criterion"], scope=cfg["scope"],
+        model,
+        tr.step_fn(model, opt, sched),
+        cfg["amount"],
+        n_prune_steps=n_prune_steps,
+        steps_between=steps_between,
+        finetune_steps=ft_steps,
+        criterion=cfg["criterion"],
+        scope=cfg["scope"],
     )
-    assert total == n_prune_steps * steps_between + ft_steps
     model.eval()
     if cfg.get("thin"):
         thinned = prune.thin(model)
@@ -206,7 +228,11 @@ def n_params(model: nn.Module) -> int:
 
 
 def run(
-    models=("mlp", "cnn"), configs=tuple(CONFIGS), *, quick: bool = False, seed: int = 0,
+    models=("mlp", "cnn"),
+    configs=tuple(CONFIGS),
+    *,
+    quick: bool = False,
+    seed: int = 0,
     verbose: bool = True,
 ) -> List[dict]:
     data = load_data(seed)
@@ -217,16 +243,32 @@ def run(
         t0 = time.perf_counter()
         dense = train_dense(makers[mname], data, ep["dense"], seed=seed)
         dacc = accuracy(dense, data[2], data[3])
-        rows.append(dict(model=mname, config="dense", sparsity=0.0, total=0.0,
-                         params=n_params(dense), acc=dacc, drop=0.0, floor=None,
-                         seconds=time.perf_counter() - t0))
+        rows.append(
+            dict(
+                model=mname,
+                config="dense",
+                sparsity=0.0,
+                total=0.0,
+                params=n_params(dense),
+                acc=dacc,
+                drop=0.0,
+                floor=None,
+                seconds=time.perf_counter() - t0,
+            )
+        )
         if verbose:
             print(f"[{mname}] dense acc {dacc:.2f}%  ({rows[-1]['seconds']:.1f}s)", flush=True)
         for cname in configs:
             t0 = time.perf_counter()
             cfg = CONFIGS[cname]
-            pm = prune_finetune(dense, data, cfg, prune_epochs=ep["prune"],
-                                finetune_epochs=ep["finetune"], seed=seed)
+            pm = prune_finetune(
+                dense,
+                data,
+                cfg,
+                prune_epochs=ep["prune"],
+                finetune_epochs=ep["finetune"],
+                seed=seed,
+            )
             pm = speed_hook(pm)
             acc = accuracy(pm, data[2], data[3])
             layers = prune.prunable_layers(pm, skip_first_last=False)
@@ -234,20 +276,34 @@ def run(
             inner = list(layers)[1:-1]
             z = sum(sp[n] * layers[n].weight.numel() for n in inner)
             nw = sum(layers[n].weight.numel() for n in inner)
-            rows.append(dict(model=mname, config=cname,
-                             sparsity=z / nw if not cfg.get("thin") else cfg["amount"],
-                             total=sp["total"], params=n_params(pm), acc=acc, drop=dacc - acc,
-                             floor=FLOORS.get(cname), seconds=time.perf_counter() - t0))
+            rows.append(
+                dict(
+                    model=mname,
+                    config=cname,
+                    sparsity=z / nw if not cfg.get("thin") else cfg["amount"],
+                    total=sp["total"],
+                    params=n_params(pm),
+                    acc=acc,
+                    drop=dacc - acc,
+                    floor=FLOORS.get(cname),
+                    seconds=time.perf_counter() - t0,
+                )
+            )
             if verbose:
                 r = rows[-1]
-                print(f"[{mname}] {cname}: acc {acc:.2f}% (drop {r['drop']:+.2f})  "
-                      f"({r['seconds']:.1f}s)", flush=True)
+                print(
+                    f"[{mname}] {cname}: acc {acc:.2f}% (drop {r['drop']:+.2f})  "
+                    f"({r['seconds']:.1f}s)",
+                    flush=True,
+                )
     return rows
 
 
 def format_rows(rows: List[dict]) -> str:
-    head = (f"{'model':<5} {'config':<16} {'sparsity':>8} {'total':>6} {'params':>8} "
-            f"{'acc %':>6} {'drop':>6} {'floor':>6} {'ok':>3}")
+    head = (
+        f"{'model':<5} {'config':<16} {'sparsity':>8} {'total':>6} {'params':>8} "
+        f"{'acc %':>6} {'drop':>6} {'floor':>6} {'ok':>3}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
         fl = r["floor"]
@@ -257,10 +313,13 @@ def format_rows(rows: List[dict]) -> str:
             f"{r['params']:>8d} {r['acc']:>6.2f} {r['drop']:>+6.2f} "
             f"{'' if fl is None else f'{fl:.1f}':>6} {ok:>3}"
         )
-    lines.append("sparsity: of the pruned (inner) layers; for channels-50, the fraction of "
-                 "neurons/filters pruned (then removed by thinning, so the weights left are dense).")
-    lines.append("total: zeros over all Linear/Conv weights.  Speed: not measured yet "
-                 "(see speed_hook).")
+    lines.append(
+        "sparsity: of the pruned (inner) layers; for channels-50, the fraction of "
+        "neurons/filters pruned (then removed by thinning, so the weights left are dense)."
+    )
+    lines.append(
+        "total: zeros over all Linear/Conv weights.  Speed: not measured yet (see speed_hook)."
+    )
     return "\n".join(lines)
 
 

@@ -1,15 +1,19 @@
 import pytest
 import torch
+from sparsegemm import prune
 from torch import nn
 from torch.nn.utils import prune as tprune
-
-from sparsegemm import prune
 
 
 def mlp():
     return nn.Sequential(
-        nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 32), nn.ReLU(),
-        nn.Linear(32, 8), nn.ReLU(), nn.Linear(8, 4),
+        nn.Linear(8, 16),
+        nn.ReLU(),
+        nn.Linear(16, 32),
+        nn.ReLU(),
+        nn.Linear(32, 8),
+        nn.ReLU(),
+        nn.Linear(8, 4),
     )
 
 
@@ -68,8 +72,9 @@ def test_global_with_overrides_leaves_pool():
 
 def test_filter_fn():
     m = mlp()
-    pruned = prune.prune_model(m, 0.5, filter_fn=lambda mod, n: n in ("2", "4", "6"),
-                               skip_first_last=False)
+    pruned = prune.prune_model(
+        m, 0.5, filter_fn=lambda mod, n: n in ("2", "4", "6"), skip_first_last=False
+    )
     assert list(pruned) == ["2", "4", "6"]
 
 
@@ -94,7 +99,9 @@ def test_remove_hands_over_dense_with_zeros():
     before = prune.sparsity(m)
     prune.remove(m)
     assert not tprune.is_pruned(m)
-    assert {n for n, _ in m.named_parameters()} == {f"{i}.{p}" for i in (0, 2, 4, 6) for p in ("weight", "bias")}
+    assert {n for n, _ in m.named_parameters()} == {
+        f"{i}.{p}" for i in (0, 2, 4, 6) for p in ("weight", "bias")
+    }
     assert len(list(m.buffers())) == 0
     assert prune.sparsity(m) == before
     torch.testing.assert_close(m(x), y)
@@ -117,7 +124,9 @@ def test_same_result_as_torch_global_unstructured():
     m1, m2 = mlp(), mlp()
     m2.load_state_dict(m1.state_dict())
     prune.prune_model(m1, 0.6)
-    tprune.global_unstructured([(m2[2], "weight"), (m2[4], "weight")], tprune.L1Unstructured, amount=0.6)
+    tprune.global_unstructured(
+        [(m2[2], "weight"), (m2[4], "weight")], tprune.L1Unstructured, amount=0.6
+    )
     for i in (2, 4):
         assert torch.equal(m1[i].weight_mask, m2[i].weight_mask)
 

@@ -4,10 +4,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
-
 from sparsegemm import prune
 from sparsegemm.prune.criteria import block_reduce
+from torch import nn
 
 
 def _lin(out, inp, bias=True):
@@ -27,7 +26,9 @@ def _weight(m):
 
 # ------------------------------------------------------------ magnitude
 @settings(max_examples=40, deadline=None)
-@given(out=st.integers(1, 9), inp=st.integers(1, 9), frac=st.floats(0, 1), p=st.sampled_from([1, 2]))
+@given(
+    out=st.integers(1, 9), inp=st.integers(1, 9), frac=st.floats(0, 1), p=st.sampled_from([1, 2])
+)
 def test_magnitude_exact_fraction(out, inp, frac, p):
     m = _lin(out, inp)
     prune.prune_module(m, frac, prune.Magnitude(p))
@@ -78,8 +79,10 @@ def test_invalid_amounts():
 # ------------------------------------------------------------ blocks
 @settings(max_examples=40, deadline=None)
 @given(
-    out=st.integers(1, 20), inp=st.integers(1, 12),
-    block=st.sampled_from([(4, 1), (8, 1), (16, 1), (4, 4), (2, 3)]), frac=st.floats(0, 1),
+    out=st.integers(1, 20),
+    inp=st.integers(1, 12),
+    block=st.sampled_from([(4, 1), (8, 1), (16, 1), (4, 4), (2, 3)]),
+    frac=st.floats(0, 1),
 )
 def test_block_pattern_and_count(out, inp, block, frac):
     r, c = block
@@ -140,7 +143,11 @@ def test_block_conv_layout():
 
 # ------------------------------------------------------------ N:M
 @settings(max_examples=40, deadline=None)
-@given(out=st.integers(1, 8), inp=st.integers(1, 20), nm=st.sampled_from([(2, 4), (4, 8), (1, 4), (1, 2)]))
+@given(
+    out=st.integers(1, 8),
+    inp=st.integers(1, 20),
+    nm=st.sampled_from([(2, 4), (4, 8), (1, 4), (1, 2)]),
+)
 def test_nm_every_group(out, inp, nm):
     n, mm = nm
     m = _lin(out, inp)
@@ -160,7 +167,9 @@ def test_nm_every_group(out, inp, nm):
 
 
 def test_nm_conv_and_model():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)
+    )
     prune.prune_model(model, criterion=prune.NM(2, 4))
     mask = model[2].weight_mask.reshape(8, -1)  # 8 x 72
     assert (mask.reshape(8, 18, 4).sum(-1) == 2).all()
@@ -211,18 +220,34 @@ def test_activation_mean_and_apoz():
     assert torch.allclose(stats["0"]["apoz"], torch.tensor([0.0, 0.75, 1.0], dtype=torch.float64))
 
     m1 = _act_model()
-    prune.prune_model(m1, 1, prune.Activation(data, kind="apoz"), overrides={"0": 1},
-                      filter_fn=lambda mod, n: False)
+    prune.prune_model(
+        m1,
+        1,
+        prune.Activation(data, kind="apoz"),
+        overrides={"0": 1},
+        filter_fn=lambda mod, n: False,
+    )
     assert m1[0].weight_mask.all(1).tolist() == [True, True, False]
     m2 = _act_model()
-    prune.prune_model(m2, 2, prune.Activation([(x, None)], kind="mean"), overrides={"0": 2},
-                      filter_fn=lambda mod, n: False)
+    prune.prune_model(
+        m2,
+        2,
+        prune.Activation([(x, None)], kind="mean"),
+        overrides={"0": 2},
+        filter_fn=lambda mod, n: False,
+    )
     assert m2[0].weight_mask.all(1).tolist() == [True, False, False]
 
 
 def test_activation_observe_other_module_conv():
-    model = nn.Sequential(nn.Conv2d(1, 4, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1),
-                          nn.ReLU(), nn.Conv2d(2, 2, 1))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(2, 2, 1),
+    )
     with torch.no_grad():
         model[1].bias.copy_(torch.tensor([-100.0, 1.0, 2.0, -100.0]))
     data = [torch.randn(2, 1, 5, 5) for _ in range(3)]
@@ -277,5 +302,16 @@ def test_custom_tensor_callable_and_channel():
     with pytest.raises(ValueError):
         prune.prune_module(_lin(2, 2), 1, prune.Custom(torch.ones(3)))
     with pytest.raises(KeyError):
-        prune.prune_model(nn.Sequential(nn.Linear(2, 2)), 1, prune.Custom({"x": torch.ones(2, 2)}),
-                          skip_first_last=False)
+        prune.prune_model(
+            nn.Sequential(nn.Linear(2, 2)),
+            1,
+            prune.Custom({"x": torch.ones(2, 2)}),
+            skip_first_last=False,
+        )
+
+
+def test_activation_shape_mismatch_is_clear():
+    model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1))
+    crit = prune.Activation([torch.randn(3, 2)], observe={"2": "4"})  # observes a 1-channel output
+    with pytest.raises(ValueError, match="expected"):
+        prune.prune_model(model, 0.5, crit)

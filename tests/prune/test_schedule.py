@@ -2,9 +2,8 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from torch import nn
-
 from sparsegemm import prune
+from torch import nn
 
 
 def test_agp_values():
@@ -73,7 +72,7 @@ def test_gradual_prune_masks_fixed_between_steps():
     assert hist[-1]["target"] == pytest.approx(0.9)
     assert prune.sparsity(m)["2"] == pytest.approx(round(0.9 * 1024) / 1024)
     # mask only changes at pruning steps
-    for (t0, a), (t1, b) in zip(seen, seen[1:]):
+    for (_, a), (t1, b) in zip(seen, seen[1:]):
         if t1 % 4 != 0 or t1 > 20:
             assert torch.equal(a, b), t1
     assert (m[2].weight_orig[m[2].weight_mask == 0] == 0).all()

@@ -1,7 +1,6 @@
 import torch
-from torch import nn
-
 from sparsegemm import prune
+from torch import nn
 
 
 def _model_and_eval():

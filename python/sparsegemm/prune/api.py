@@ -18,10 +18,9 @@ from torch import nn
 from torch.nn.utils import prune as tprune
 
 from .criteria import (
-    NM,
     Criterion,
     Magnitude,
-    _as_matrix,
+    _unit_shape,
     effective_weight,
     existing_mask,
     expand_units,
@@ -72,9 +71,7 @@ def _resolve_criterion(criterion) -> Criterion:
         return Magnitude(1)
     if criterion in ("l2", "L2"):
         return Magnitude(2)
-    raise ValueError(
-        f"criterion must be a Criterion instance, 'l1' or 'l2'; got {criterion!r}"
-    )
+    raise ValueError(f"criterion must be a Criterion instance, 'l1' or 'l2'; got {criterion!r}")
 
 
 # ---------------------------------------------------------------- layers
@@ -99,7 +96,9 @@ def prunable_layers(
             ok = filter_fn(mod, qname)
         else:
             ok = isinstance(mod, PRUNABLE_TYPES)
-        if ok and (hasattr(mod, name + "_orig") or isinstance(getattr(mod, name, None), torch.Tensor)):
+        if ok and (
+            hasattr(mod, name + "_orig") or isinstance(getattr(mod, name, None), torch.Tensor)
+        ):
             out[qname] = mod
     if skip_first_last:
         names = list(out)
@@ -210,6 +209,14 @@ def sparsity(model: nn.Module, name: str = "weight", *, layers=None) -> Dict[str
 # ---------------------------------------------------------------- pruning
 def _unit_scores(crit: Criterion, mod: nn.Module, name: str, lname: str) -> torch.Tensor:
     s = crit.scores(mod, name, lname).detach().to(torch.float64)
+    w = getattr(mod, name + "_orig", None)
+    expected = _unit_shape(crit.granularity, (w if w is not None else getattr(mod, name)).shape)
+    if tuple(s.shape) != expected:
+        raise ValueError(
+            f"{type(crit).__name__} gave scores of shape {tuple(s.shape)} for layer {lname!r}; "
+            f"expected {expected} for granularity {crit.granularity!r} (for activation "
+            "criteria: does the observed module's output have the layer's channels in dim 1?)"
+        )
     old = existing_mask(mod, name)
     if old is not None:
         s = s.masked_fill(unit_already_pruned(old, crit.granularity), -math.inf)
@@ -317,7 +324,7 @@ def prune_model(
         scores = [_unit_scores(crit, m, name, n) for n, m in pool.items()]
         k = compute_num_to_prune(amount, sum(s.numel() for s in scores))
         keeps = _keep_lowest_pruned(scores, k)
-        for (lname, mod), keep in zip(pool.items(), keeps):
+        for mod, keep in zip(pool.values(), keeps):
             w = getattr(mod, name + "_orig", None)
             shape = (w if w is not None else getattr(mod, name)).shape
             apply_mask(mod, expand_units(keep, crit.granularity, shape), name)

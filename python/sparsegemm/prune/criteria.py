@@ -134,9 +134,7 @@ def expand_units(
     return full[:out, :rest].reshape(weight_shape)
 
 
-def unit_already_pruned(
-    mask: torch.Tensor, granularity: Granularity
-) -> torch.Tensor:
+def unit_already_pruned(mask: torch.Tensor, granularity: Granularity) -> torch.Tensor:
     """True for units whose every element is masked out in ``mask``."""
     if granularity == "element":
         return mask == 0
@@ -287,12 +285,16 @@ class Custom(Criterion):
 
     def __init__(
         self,
-        scores: Union[torch.Tensor, Mapping[str, torch.Tensor], Callable[[nn.Module, str], torch.Tensor]],
+        scores: Union[
+            torch.Tensor, Mapping[str, torch.Tensor], Callable[[nn.Module, str], torch.Tensor]
+        ],
         granularity: Granularity = "element",
         p: float = 1,
     ):
         self._scores = scores
-        self.granularity = granularity if isinstance(granularity, str) else _check_block(granularity)
+        self.granularity = (
+            granularity if isinstance(granularity, str) else _check_block(granularity)
+        )
         if isinstance(self.granularity, str) and self.granularity not in ("element", "channel"):
             raise ValueError(f"unknown granularity {granularity!r}")
         self.p = p
@@ -351,7 +353,9 @@ class Taylor(Criterion):
         if (loss_fn is None) != (data is None):
             raise ValueError("give both loss_fn and data, or neither (to use existing .grad)")
         self.loss_fn, self.data, self.max_batches = loss_fn, data, max_batches
-        self.granularity = granularity if isinstance(granularity, str) else _check_block(granularity)
+        self.granularity = (
+            granularity if isinstance(granularity, str) else _check_block(granularity)
+        )
 
     def prepare(self, model, layers):
         if self.loss_fn is None:
@@ -431,8 +435,13 @@ class Activation(Criterion):
 
     def prepare(self, model, layers):
         self.stats = measure_activations(
-            model, self.data, layers, activation=self.activation, observe=self.observe,
-            forward_fn=self.forward_fn, max_batches=self.max_batches,
+            model,
+            self.data,
+            layers,
+            activation=self.activation,
+            observe=self.observe,
+            forward_fn=self.forward_fn,
+            max_batches=self.max_batches,
         )
 
     def scores(self, module, name, layer_name):

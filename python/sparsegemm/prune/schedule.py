@@ -25,7 +25,10 @@ __all__ = ["agp_sparsity", "AGPSchedule", "one_shot", "gradual_prune"]
 def agp_sparsity(
     t: float, s_f: float, s_i: float = 0.0, t0: float = 0, n: int = 10, dt: float = 1
 ) -> float:
-    """Target sparsity at step ``t`` of the cubic AGP schedule (clamped outside ``[t0, t0+n*dt]``)."""
+    """Target sparsity at step ``t`` of the cubic AGP schedule.
+
+    Clamped to ``s_i`` before ``t0`` and to ``s_f`` after ``t0 + n*dt``.
+    """
     if n <= 0 or dt <= 0:
         raise ValueError("need n > 0 and dt > 0")
     if not (0.0 <= s_i <= 1.0 and 0.0 <= s_f <= 1.0):
@@ -115,8 +118,13 @@ def gradual_prune(
     of zeros over all prunable layers) and ``loss`` (last train_step value).
     """
     sched = AGPSchedule(
-        model, final_sparsity, initial_sparsity=initial_sparsity, start_step=0,
-        n_steps=n_prune_steps, frequency=steps_between, **prune_kwargs,
+        model,
+        final_sparsity,
+        initial_sparsity=initial_sparsity,
+        start_step=0,
+        n_steps=n_prune_steps,
+        frequency=steps_between,
+        **prune_kwargs,
     )
     total = sched.end_step + finetune_steps
     last_loss = None

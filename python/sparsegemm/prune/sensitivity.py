@@ -48,8 +48,13 @@ def sensitivity_analysis(
         for s in sparsities:
             trial = clone_model(model)
             prune_model(
-                trial, 0.0, criterion, overrides={lname: float(s)},
-                filter_fn=lambda m, n: False, skip_first_last=False, name=name,
+                trial,
+                0.0,
+                criterion,
+                overrides={lname: float(s)},
+                filter_fn=lambda m, n: False,
+                skip_first_last=False,
+                name=name,
             )
             rows.append({"layer": lname, "sparsity": float(s), "metric": float(eval_fn(trial))})
     return rows
@@ -64,16 +69,12 @@ def format_table(rows: List[Dict[str, object]], metric_name: str = "metric") -> 
     head = f"{'layer':<{w}} | " + " ".join(f"{s:>7.0%}" for s in sps)
     lines = [f"{metric_name} vs sparsity", head, "-" * len(head)]
     for n in layers:
-        cells = " ".join(
-            f"{val[(n, s)]:>7.4f}" if (n, s) in val else f"{'':>7}" for s in sps
-        )
+        cells = " ".join(f"{val[(n, s)]:>7.4f}" if (n, s) in val else f"{'':>7}" for s in sps)
         lines.append(f"{str(n):<{w}} | {cells}")
     return "\n".join(lines)
 
 
-def plot_sensitivity(
-    rows: List[Dict[str, object]], path: str, metric_name: str = "metric"
-) -> str:
+def plot_sensitivity(rows: List[Dict[str, object]], path: str, metric_name: str = "metric") -> str:
     """Write a PNG line plot (one line per layer) to ``path``; needs matplotlib."""
     import matplotlib
 

@@ -41,8 +41,21 @@ from .api import clone_model, remove
 __all__ = ["thin", "dead_channels"]
 
 _ELEMENTWISE = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Softplus,
     nn.Identity,
 )
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
@@ -107,9 +120,13 @@ def _constants(prod: nn.Module, middle: List[nn.Module]) -> Optional[torch.Tenso
     x = x.reshape(1, C, 1, 1) if isinstance(prod, nn.Conv2d) else x.reshape(1, C)
     for m in middle:
         if isinstance(m, _BN):
-            x = nn.functional.batch_norm(
-                x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps
-            ) if m.track_running_stats and m.running_mean is not None else None
+            x = (
+                nn.functional.batch_norm(
+                    x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps
+                )
+                if m.track_running_stats and m.running_mean is not None
+                else None
+            )
             if x is None:
                 return None
         elif isinstance(m, _ELEMENTWISE):
@@ -123,8 +140,13 @@ def _constants(prod: nn.Module, middle: List[nn.Module]) -> Optional[torch.Tenso
 
 
 def _slice_bn(bn: nn.Module, keep: torch.Tensor) -> nn.Module:
-    new = type(bn)(int(keep.sum()), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
-                   track_running_stats=bn.track_running_stats)
+    new = type(bn)(
+        int(keep.sum()),
+        eps=bn.eps,
+        momentum=bn.momentum,
+        affine=bn.affine,
+        track_running_stats=bn.track_running_stats,
+    )
     with torch.no_grad():
         if bn.affine:
             new.weight.copy_(bn.weight[keep])
@@ -153,13 +175,20 @@ def _slice_out(layer: nn.Module, keep: torch.Tensor) -> nn.Module:
 
 def _new_conv(c: nn.Conv2d, cin: int, cout: int, bias: bool) -> nn.Conv2d:
     return nn.Conv2d(
-        cin, cout, c.kernel_size, stride=c.stride, padding=c.padding, dilation=c.dilation,
-        groups=c.groups, bias=bias, padding_mode=c.padding_mode,
+        cin,
+        cout,
+        c.kernel_size,
+        stride=c.stride,
+        padding=c.padding,
+        dilation=c.dilation,
+        groups=c.groups,
+        bias=bias,
+        padding_mode=c.padding_mode,
     )
 
 
 def _slice_in(layer: nn.Module, keep_cols: torch.Tensor, bias_add: Optional[torch.Tensor]):
-    """Copy of consumer ``layer`` with only input columns/channels ``keep_cols``, bias += bias_add."""
+    """Copy of consumer ``layer`` keeping input columns ``keep_cols``; ``bias += bias_add``."""
     n = int(keep_cols.sum())
     need_bias = layer.bias is not None or (bias_add is not None and bool((bias_add != 0).any()))
     if isinstance(layer, nn.Linear):
@@ -169,7 +198,11 @@ def _slice_in(layer: nn.Module, keep_cols: torch.Tensor, bias_add: Optional[torc
     with torch.no_grad():
         new.weight.copy_(layer.weight[:, keep_cols])
         if need_bias:
-            b = layer.bias.detach().clone() if layer.bias is not None else torch.zeros(new.weight.shape[0])
+            b = (
+                layer.bias.detach().clone()
+                if layer.bias is not None
+                else torch.zeros(new.weight.shape[0])
+            )
             if bias_add is not None:
                 b += bias_add.to(b.dtype)
             new.bias.copy_(b)
@@ -195,7 +228,9 @@ def _thin_sequential(seq: nn.Sequential) -> None:
             continue
         const = _constants(prod, middle)
         C = prod.weight.shape[0]
-        foldable = not (isinstance(cons, nn.Conv2d) and _zero_padding_conv(cons)) and const is not None
+        foldable = (
+            not (isinstance(cons, nn.Conv2d) and _zero_padding_conv(cons)) and const is not None
+        )
         if foldable:
             remove_ch = dead.clone()
         else:
