@@ -177,3 +177,28 @@ def test_bad_args():
         prune.prune_model(mlp(), 0.5, scope="everywhere")
     with pytest.raises(ValueError):
         prune.prune_model(mlp(), 0.5, criterion="l3")
+
+
+def test_torch_structured_model_thins_and_removes():
+    m = mlp()
+    tprune.ln_structured(m[2], "weight", amount=0.5, n=2, dim=0)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        y = m(x)
+    t = prune.thin(m)
+    assert t[2].out_features == 16 and t[4].in_features == 16
+    with torch.no_grad():
+        torch.testing.assert_close(t(x), y)
+    prune.remove(m)
+    assert not tprune.is_pruned(m)
+
+
+def test_taylor_second_round_on_masked_model():
+    m = mlp()
+    prune.prune_model(m, 0.5)
+    x = torch.randn(16, 8)
+    crit = prune.Taylor(lambda mod, b: mod(b).pow(2).mean(), [x])
+    prune.prune_model(m, 0.75, crit)
+    assert prune.sparsity(m)["2"] + prune.sparsity(m)["4"] > 1.0
+    n = m[2].weight.numel() + m[4].weight.numel()
+    assert zeros(m[2]) + zeros(m[4]) == round(0.75 * n)
