@@ -315,3 +315,13 @@ def test_activation_shape_mismatch_is_clear():
     crit = prune.Activation([torch.randn(3, 2)], observe={"2": "4"})  # observes a 1-channel output
     with pytest.raises(ValueError, match="expected"):
         prune.prune_model(model, 0.5, crit)
+
+
+def test_activation_with_dataloader():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    m = _act_model()
+    x = torch.tensor([[1.0, -1.0], [2.0, -1.0], [3.0, 0.5], [4.0, -1.0]])
+    loader = DataLoader(TensorDataset(x, torch.zeros(4)), batch_size=3)
+    stats = prune.measure_activations(m, loader, {"0": m[0]})
+    assert torch.allclose(stats["0"]["apoz"], torch.tensor([0.0, 0.75, 1.0], dtype=torch.float64))
