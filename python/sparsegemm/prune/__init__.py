@@ -45,42 +45,43 @@ from .criteria import (
     Taylor,
     measure_activations,
 )
+from .schedule import AGPSchedule, agp_sparsity, gradual_prune, one_shot
+from .sensitivity import format_table, plot_sensitivity, sensitivity_analysis
+from .thinning import dead_channels, thin
 
 __all__ = [
-    "PRUNABLE_TYPES",
-    "Activation",
-    "BlockNorm",
-    "ChannelNorm",
+    # criteria
     "Criterion",
-    "Custom",
     "Magnitude",
+    "BlockNorm",
     "NM",
+    "ChannelNorm",
+    "Activation",
     "Taylor",
-    "apply_mask",
-    "apply_masks",
-    "clone_model",
-    "compute_num_to_prune",
-    "keep_masks",
+    "Custom",
     "measure_activations",
+    # scope, masks, finalise
+    "PRUNABLE_TYPES",
     "prunable_layers",
     "prune_model",
     "prune_module",
+    "compute_num_to_prune",
+    "apply_mask",
+    "apply_masks",
+    "keep_masks",
+    "clone_model",
     "remove",
     "sparsity",
-]
-
-from .schedule import AGPSchedule, agp_sparsity, gradual_prune, one_shot  # noqa: E402
-from .sensitivity import format_table, plot_sensitivity, sensitivity_analysis  # noqa: E402
-from .thinning import dead_channels, thin  # noqa: E402
-
-__all__ += [
-    "AGPSchedule",
+    # schedules
     "agp_sparsity",
-    "gradual_prune",
+    "AGPSchedule",
     "one_shot",
+    "gradual_prune",
+    # sensitivity
+    "sensitivity_analysis",
     "format_table",
     "plot_sensitivity",
-    "sensitivity_analysis",
-    "dead_channels",
+    # thinning
     "thin",
+    "dead_channels",
 ]
