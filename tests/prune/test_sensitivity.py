@@ -1,3 +1,4 @@
+import pytest
 import torch
 from sparsegemm import prune
 from torch import nn
@@ -44,6 +45,7 @@ def test_layers_subset_and_criterion():
 
 
 def test_plot_png(tmp_path):
+    pytest.importorskip("matplotlib")
     m, eval_fn = _model_and_eval()
     rows = prune.sensitivity_analysis(m, eval_fn, (0.0, 0.9), layers=["2", "4"])
     path = prune.plot_sensitivity(rows, str(tmp_path / "sens.png"))
