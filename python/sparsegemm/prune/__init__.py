@@ -1,0 +1,87 @@
+"""sparsegemm.prune: pruning toolkit in pure PyTorch.
+
+Feels like ``torch.nn.utils.prune``: ``amount`` is a fraction or a count,
+masks are ``weight_orig`` + ``weight_mask`` buffers attached by torch's own
+``CustomFromMask`` machinery, and :func:`remove` finalises.  Every criterion
+ends in one contract, which is what ``sparsegemm.torch.sparsify`` consumes:
+**a dense weight with zeros** (``weight_orig * weight_mask`` while masks are
+attached, a plain ``weight`` after :func:`remove`).
+
+Quick start::
+
+    from sparsegemm import prune
+    prune.prune_model(model, 0.9)                                   # global L1, 90 %
+    prune.prune_model(model, 0.8, prune.BlockNorm((4, 1)))          # 4x1 blocks
+    prune.prune_model(model, criterion=prune.NM(2, 4))              # 2:4
+    prune.prune_model(model, 0.5, prune.ChannelNorm(2), scope="layer")
+    small = prune.thin(model)                                       # drop pruned channels
+    prune.remove(model)                                             # finalise
+
+Weights of convolutions are treated as ``out x (in*kh*kw)`` matrices
+(``weight.reshape(out, -1)``) for blocks and N:M; see :mod:`.criteria`.
+"""
+
+from .api import (
+    PRUNABLE_TYPES,
+    apply_mask,
+    apply_masks,
+    clone_model,
+    compute_num_to_prune,
+    keep_masks,
+    prunable_layers,
+    prune_model,
+    prune_module,
+    remove,
+    sparsity,
+)
+from .criteria import (
+    NM,
+    Activation,
+    BlockNorm,
+    ChannelNorm,
+    Criterion,
+    Custom,
+    Magnitude,
+    Taylor,
+    measure_activations,
+)
+from .schedule import AGPSchedule, agp_sparsity, gradual_prune, one_shot
+from .sensitivity import format_table, plot_sensitivity, sensitivity_analysis
+from .thinning import dead_channels, thin
+
+__all__ = [
+    # criteria
+    "Criterion",
+    "Magnitude",
+    "BlockNorm",
+    "NM",
+    "ChannelNorm",
+    "Activation",
+    "Taylor",
+    "Custom",
+    "measure_activations",
+    # scope, masks, finalise
+    "PRUNABLE_TYPES",
+    "prunable_layers",
+    "prune_model",
+    "prune_module",
+    "compute_num_to_prune",
+    "apply_mask",
+    "apply_masks",
+    "keep_masks",
+    "clone_model",
+    "remove",
+    "sparsity",
+    # schedules
+    "agp_sparsity",
+    "AGPSchedule",
+    "one_shot",
+    "gradual_prune",
+    # sensitivity
+    "sensitivity_analysis",
+    "format_table",
+    "plot_sensitivity",
+    # thinning
+    "thin",
+    "dead_channels",
+]
