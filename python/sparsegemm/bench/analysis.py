@@ -45,7 +45,7 @@ def best_sparsegemm_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]
     """One synthetic row per point: the fastest sparsegemm contender there."""
     best: dict[tuple, dict[str, Any]] = {}
     for row in rows:
-        if row["status"] != "ok" or not row["is_sparsegemm"]:
+        if row["status"] != "ok" or row["kind"] != "sparse" or not row["is_sparsegemm"]:
             continue
         key = (*_key(row), row["sparsity"])
         if key not in best or row["speedup"] > best[key]["speedup"]:

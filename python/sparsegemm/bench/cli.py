@@ -46,13 +46,17 @@ class SuitePreset:
 PRESETS = {
     "quick": SuitePreset(
         QUICK_SHAPES, DEFAULT_BATCHES, QUICK_SPARSITIES,
-        HarnessSettings(rounds=5, target_block_s=0.01, max_calls=50, max_remeasure=1), True,
-        "quick suite: 5 samples per contender (blocks of ~10 ms), one re-measurement at most, "
-        "scipy only at batch <= 16; run --full for the whole grid with more samples"),
+        HarnessSettings(rounds=5, target_block_s=0.01, max_calls=50, max_remeasure=1,
+                        max_contender_s=1.0), True,
+        "quick suite: 5 samples per contender (blocks of ~10 ms; fewer samples for a contender "
+        "that would take over ~1 s per point, see the samples column), one re-measurement at "
+        "most, scipy only at batch <= 16; run --full for the whole grid with more samples"),
     "full": SuitePreset(
         FULL_SHAPES, DEFAULT_BATCHES, FULL_SPARSITIES,
-        HarnessSettings(rounds=9, target_block_s=0.03, max_calls=200, max_remeasure=2), False,
-        "full suite: 9 samples per contender (blocks of ~30 ms), up to two re-measurements"),
+        HarnessSettings(rounds=9, target_block_s=0.03, max_calls=200, max_remeasure=2,
+                        max_contender_s=5.0), False,
+        "full suite: 9 samples per contender (blocks of ~30 ms; fewer for a contender that "
+        "would take over ~5 s per point), up to two re-measurements"),
     "quick-test": SuitePreset(
         ((64, 128),), (1, 8), (0.5, 0.9),
         HarnessSettings(rounds=3, target_block_s=0.0005, max_calls=5, sleep_s=0.0005,
@@ -283,6 +287,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(argv)[1:]
     try:
         return run_bench(args)
-    except ValueError as error:  # bad option values or files: a message, not a traceback
+    except (ValueError, argparse.ArgumentTypeError) as error:  # bad values or files: a message
         parser.exit(2, f"sparsegemm bench: error: {error}\n")
     return 2

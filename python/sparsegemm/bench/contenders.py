@@ -38,7 +38,14 @@ class Problem:
     x: np.ndarray  # (batch, in_features), C order
     pattern: Pattern
     threads: int
-    _torch_cache: dict = field(default_factory=dict, repr=False)
+    #: Converted weights, kept while the next problems share this weight.
+    weight_cache: dict = field(default_factory=dict, repr=False)
+
+    def cached(self, key: str, make: Callable[[], Any]) -> Any:
+        """``make()`` once per weight: conversions are reused across batches."""
+        if key not in self.weight_cache:
+            self.weight_cache[key] = make()
+        return self.weight_cache[key]
 
     @property
     def batch(self) -> int:
@@ -46,12 +53,9 @@ class Problem:
 
     def torch_operands(self) -> tuple[Any, Any]:
         """``(x, weight)`` as torch tensors sharing memory with the numpy arrays."""
-        if not self._torch_cache:
-            import torch
+        import torch
 
-            self._torch_cache["x"] = torch.from_numpy(self.x)
-            self._torch_cache["weight"] = torch.from_numpy(self.weight)
-        return self._torch_cache["x"], self._torch_cache["weight"]
+        return torch.from_numpy(self.x), self.cached("torch", lambda: torch.from_numpy(self.weight))
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,7 @@ def _build_numpy_dense(problem: Problem) -> Callable[[], Any]:
 
 
 def _build_scipy_csr(problem: Problem) -> Callable[[], Any]:
-    weight = sp.csr_array(problem.weight)
+    weight = problem.cached("scipy_csr", lambda: sp.csr_array(problem.weight))
     x_t = problem.x.T
     return lambda: (weight @ x_t).T
 
@@ -153,7 +157,7 @@ def _build_torch_csr(problem: Problem) -> Callable[[], Any]:
     import torch
 
     x, _ = problem.torch_operands()
-    weight = _torch_compressed(problem, None)
+    weight = problem.cached("torch_csr", lambda: _torch_compressed(problem, None))
     return lambda: torch.mm(weight, x.t()).t()
 
 
@@ -167,12 +171,12 @@ def _build_torch_bsr(problem: Problem) -> Callable[[], Any]:
         raise Unsupported(f"torch.sparse BSR on CPU (MKL) takes square blocks only, not "
                           f"{blocksize[0]}x{blocksize[1]}")
     x, _ = problem.torch_operands()
-    weight = _torch_compressed(problem, blocksize)
+    weight = problem.cached("torch_bsr", lambda: _torch_compressed(problem, blocksize))
     return lambda: torch.mm(weight, x.t()).t()
 
 
 def _build_sparsegemm_csr(problem: Problem) -> Callable[[], Any]:
-    weight = sparsegemm.CSRMatrix.from_dense(problem.weight)
+    weight = problem.cached("sgemm_csr", lambda: sparsegemm.CSRMatrix.from_dense(problem.weight))
     x, threads = problem.x, problem.threads
     return lambda: sparsegemm.linear(x, weight, num_threads=threads)
 
@@ -181,7 +185,8 @@ def _build_sparsegemm_bsr(problem: Problem) -> Callable[[], Any]:
     blocksize = problem.pattern.blocksize
     if blocksize is None:
         raise Unsupported("needs a block pattern (BSR of an unstructured weight stores its zeros)")
-    weight = sparsegemm.BSRMatrix.from_dense(problem.weight, blocksize=blocksize)
+    weight = problem.cached("sgemm_bsr", lambda: sparsegemm.BSRMatrix.from_dense(
+        problem.weight, blocksize=blocksize))
     x, threads = problem.x, problem.threads
     return lambda: sparsegemm.linear(x, weight, num_threads=threads)
 

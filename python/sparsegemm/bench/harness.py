@@ -9,6 +9,9 @@ How a point is measured (see BENCHMARKING.md for why):
   one warm-up call, then times a block of calls; the block's mean per call is one
   sample, and the round order rotates so no contender always goes first;
 - a contender's figure is the median of its samples, with quartiles and min/max;
+- a slow contender (calls of many milliseconds) skips the warm-up, which only
+  matters for waking thread pools, and a contender whose samples would overrun
+  ``max_contender_s`` takes fewer samples (its ``samples`` count shows it);
 - the VM sometimes snaps multi-threaded calls to multiples of its 4 ms tick for
   seconds at a time: when the dense reference's samples disagree by more than
   :data:`SLOW_PHASE_RATIO`, the whole point is measured again, and the calmest
@@ -91,6 +94,8 @@ class HarnessSettings:
     max_calls: int = 50  # ...but never more calls than this
     sleep_s: float = 0.003  # pause before each contender's block
     max_remeasure: int = 1  # extra attempts when the dense reference is unsteady
+    skip_warmup_above_s: float = 0.02  # calls this long need no warm-up call
+    max_contender_s: float = math.inf  # rough time budget per contender per attempt
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.max_calls < 1 or self.max_remeasure < 0:
@@ -117,34 +122,64 @@ def _time_block(call: Callable[[], Any], calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
+@dataclass
+class _Plan:
+    """How one contender is measured, fixed from its first call."""
+
+    calls: int
+    rounds: int
+    warm_up: bool
+
+
+def _plan_for(seconds_per_call: float, settings: HarnessSettings) -> _Plan:
+    calls = _calls_for(seconds_per_call, settings)
+    warm_up = seconds_per_call < settings.skip_warmup_above_s
+    cost_per_round = seconds_per_call * (calls + warm_up)
+    rounds = settings.rounds
+    if cost_per_round > 0 and settings.max_contender_s < rounds * cost_per_round:
+        rounds = max(1, math.floor(settings.max_contender_s / cost_per_round))
+    return _Plan(calls, rounds, warm_up)
+
+
 def _one_attempt(calls: Mapping[str, Callable[[], Any]], settings: HarnessSettings,
-                 block_sizes: dict[str, int]) -> dict[str, Timing]:
+                 plans: dict[str, _Plan]) -> dict[str, Timing]:
     names = list(calls)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(settings.rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
+            plan = plans.get(name)
+            if plan is not None and len(samples[name]) >= plan.rounds:
+                continue
             time.sleep(settings.sleep_s)
             call = calls[name]
-            warm_start = time.perf_counter()
-            call()
-            if name not in block_sizes:
-                block_sizes[name] = _calls_for(time.perf_counter() - warm_start, settings)
-            samples[name].append(_time_block(call, block_sizes[name]))
-    return {name: Timing(tuple(samples[name]), block_sizes[name]) for name in names}
+            if plan is None:  # first visit: a warm-up call that also sizes the blocks
+                warm_start = time.perf_counter()
+                call()
+                plan = plans[name] = _plan_for(time.perf_counter() - warm_start, settings)
+            elif plan.warm_up:
+                call()
+            samples[name].append(_time_block(call, plan.calls))
+    return {name: Timing(tuple(samples[name]), plans[name].calls) for name in names}
 
 
 def measure(calls: Mapping[str, Callable[[], Any]], reference_names: list[str],
-            settings: HarnessSettings) -> PointTimings:
-    """Time ``calls`` interleaved; re-measure while the references are unsteady."""
+            settings: HarnessSettings,
+            first_call_s: Mapping[str, float] | None = None) -> PointTimings:
+    """Time ``calls`` interleaved; re-measure while the references are unsteady.
+
+    ``first_call_s`` may give each contender's duration of an earlier call (the
+    output check), which then sizes its blocks instead of an extra call.
+    """
     if not calls:
         return PointTimings({}, 0, True)
-    block_sizes: dict[str, int] = {}
+    plans = {name: _plan_for(seconds, settings) for name, seconds in (first_call_s or {}).items()
+             if name in calls}
     best: dict[str, Timing] | None = None
     best_spread = math.inf
     attempts = 0
     for attempts in range(1, settings.max_remeasure + 2):
-        timings = _one_attempt(calls, settings, block_sizes)
+        timings = _one_attempt(calls, settings, plans)
         spread = max((timings[name].spread for name in reference_names if name in timings),
                      default=1.0)
         if spread < best_spread:

@@ -9,6 +9,9 @@ from typing import Any, Sequence
 from .analysis import BEST_SPARSEGEMM, best_sparsegemm_rows
 
 
+_SPEEDUP_TICKS = (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50)
+
+
 def _best_peer_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     best: dict[tuple, dict[str, Any]] = {}
     for row in rows:
@@ -32,6 +35,7 @@ def crossover_plot(path: str, rows: Sequence[dict[str, Any]], table: Sequence[di
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib import ticker
     except ImportError:
         return False
     ours = best_sparsegemm_rows(rows)
@@ -62,6 +66,9 @@ def crossover_plot(path: str, rows: Sequence[dict[str, Any]], table: Sequence[di
                               markerfacecolor="none")
         axis.axhline(1.0, color="black", linewidth=0.8)
         axis.set_yscale("log")
+        axis.yaxis.set_major_locator(ticker.FixedLocator(_SPEEDUP_TICKS))
+        axis.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}x"))
+        axis.yaxis.set_minor_formatter(ticker.NullFormatter())
         axis.set_title(f"{m}x{k} ({pattern})")
         axis.set_xlabel("sparsity")
         axis.set_ylabel("speedup over dense")

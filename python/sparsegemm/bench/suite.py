@@ -91,7 +91,7 @@ def thread_limits(threads: int, use_torch: bool) -> Iterator[None]:
 def _row_base(point: Point, weight: np.ndarray, spec: SuiteSpec, contender: registry.Contender) -> dict:
     return {
         "out_features": point.out_features, "in_features": point.in_features, "batch": point.batch,
-        "sparsity": point.sparsity, "actual_sparsity": 1.0 - np.count_nonzero(weight) / weight.size,
+        "sparsity": point.sparsity, "actual_sparsity": 1.0 - int(np.count_nonzero(weight)) / weight.size,
         "pattern": point.pattern.name, "label": point.label, "dtype": str(spec.dtype),
         "threads": spec.threads, "contender": contender.name, "kind": contender.kind,
         "is_sparsegemm": contender.is_sparsegemm, "threading": contender.threading,
@@ -111,12 +111,21 @@ def _baseline(point: Point, dense_times: dict[str, float]) -> str | None:
     return "torch_dense"
 
 
-def run_point(point: Point, weight: np.ndarray, x: np.ndarray, spec: SuiteSpec) -> list[dict[str, Any]]:
-    """Check, time and compare every contender on one point."""
-    problem = registry.Problem(weight=weight, x=x, pattern=point.pattern, threads=spec.threads)
-    reference = x.astype(np.float64) @ weight.T.astype(np.float64)
+def run_point(point: Point, weight: np.ndarray, x: np.ndarray, spec: SuiteSpec,
+              weight_cache: dict | None = None) -> list[dict[str, Any]]:
+    """Check, time and compare every contender on one point.
+
+    ``weight_cache`` keeps converted weights for the next point with the same
+    weight (the grid runs all batches of a weight in a row).
+    """
+    weight_cache = {} if weight_cache is None else weight_cache
+    problem = registry.Problem(weight=weight, x=x, pattern=point.pattern, threads=spec.threads,
+                               weight_cache=weight_cache)
+    weight64 = problem.cached("float64", lambda: weight.astype(np.float64))
+    reference = x.astype(np.float64) @ weight64.T
     rows: dict[str, dict[str, Any]] = {}
     calls: dict[str, Callable[[], Any]] = {}
+    first_call_s: dict[str, float] = {}
     for name in spec.contenders:
         contender = registry.REGISTRY[name]
         row = rows[name] = _row_base(point, weight, spec, contender)
@@ -125,7 +134,10 @@ def run_point(point: Point, weight: np.ndarray, x: np.ndarray, spec: SuiteSpec) 
             continue
         try:
             call = contender.build(problem)
-            row["max_rel_error"] = check_output(call(), reference, point.in_features)
+            started = time.perf_counter()
+            result = call()
+            first_call_s[name] = time.perf_counter() - started
+            row["max_rel_error"] = check_output(result, reference, point.in_features)
         except registry.Unsupported as reason:
             row.update(status="skipped", detail=str(reason))
             continue
@@ -139,13 +151,13 @@ def run_point(point: Point, weight: np.ndarray, x: np.ndarray, spec: SuiteSpec) 
         calls[name] = call
 
     references = [name for name in calls if registry.REGISTRY[name].kind == "dense"]
-    measured = measure(calls, references, spec.harness)
+    measured = measure(calls, references, spec.harness, first_call_s)
     dense_times = {name: measured.timings[name].median for name in references}
     baseline = _baseline(point, dense_times)
     best_dense = min(dense_times.values(), default=math.nan)
     baseline_time = dense_times[baseline] if baseline else math.nan
     dense_flops = 2.0 * point.out_features * point.in_features * point.batch
-    useful_flops = 2.0 * np.count_nonzero(weight) * point.batch
+    useful_flops = 2.0 * int(np.count_nonzero(weight)) * point.batch
     for name, timing in measured.timings.items():
         median = timing.median
         q1, q3 = timing.quartiles
@@ -176,10 +188,13 @@ def run_suite(spec: SuiteSpec, *, progress: bool = True, seed: int = 0) -> list[
     bar = _Progress(len(spec.points), progress)
     try:
         with thread_limits(spec.threads, uses_torch):
+            weight_cache: dict = {}
             for point in spec.points:
                 weight = cache.pruned(point)
+                if weight_cache.get("weight") is not weight:
+                    weight_cache = {"weight": weight}
                 x = cache.inputs(point.batch, point.in_features)
-                rows.extend(run_point(point, weight, x, spec))
+                rows.extend(run_point(point, weight, x, spec, weight_cache))
                 bar.step(f"{point.shape_name} b={point.batch} s={point.sparsity:g} {point.pattern}")
     finally:
         bar.close()

@@ -1,0 +1,74 @@
+"""The timing harness: output checks, interleaving, slow-phase re-measurement."""
+
+import time
+
+import numpy as np
+import pytest
+
+from sparsegemm.bench.harness import (HarnessSettings, Timing, WrongResult, check_output,
+                                      measure, tolerance)
+
+FAST = HarnessSettings(rounds=3, target_block_s=0.0002, max_calls=3, sleep_s=0.0, max_remeasure=0)
+
+
+def test_check_output_accepts_rounding_and_rejects_wrong_answers():
+    reference = np.arange(12, dtype=np.float64).reshape(3, 4)
+    assert check_output(reference.astype(np.float32), reference, 1024) < 1e-7
+    with pytest.raises(WrongResult, match="exceeds"):
+        check_output(reference * 1.01, reference, 1024)
+    with pytest.raises(WrongResult, match="shape"):
+        check_output(reference.T, reference, 1024)
+    nan = reference.copy()
+    nan[0, 0] = np.nan
+    with pytest.raises(WrongResult):
+        check_output(nan, reference, 1024)
+
+
+def test_tolerance_grows_with_k_and_is_tighter_for_float64():
+    assert tolerance(np.float32, 4096) == pytest.approx(2e-3)
+    assert tolerance(np.float32, 16) == pytest.approx(1e-3)
+    assert tolerance(np.float64, 4096) < 1e-8
+
+
+def test_timing_statistics():
+    timing = Timing((1.0, 2.0, 3.0, 4.0, 100.0), 1)
+    assert timing.median == 3.0
+    assert timing.quartiles == (2.0, 4.0)
+    assert timing.spread == 100.0
+
+
+def test_every_contender_is_timed_in_every_round_after_a_warm_up():
+    log = []
+    calls = {name: (lambda name=name: log.append(name)) for name in ("a", "b", "c")}
+    result = measure(calls, ["a"], FAST)
+    assert set(result.timings) == {"a", "b", "c"}
+    assert all(len(t.samples) == 3 for t in result.timings.values())
+    # one warm-up plus a block of max_calls per round, rounds rotate the order
+    assert log.count("a") == 3 * (1 + 3)
+    first_of_each_round = [log[i * 12] for i in range(3)]
+    assert first_of_each_round == ["a", "b", "c"]
+
+
+def test_unsteady_reference_is_remeasured_and_flagged():
+    durations = iter([0.001, 0.001] + [0.001, 0.004, 0.001] * 10)
+
+    def unsteady():
+        time.sleep(next(durations, 0.001))
+
+    settings = HarnessSettings(rounds=3, target_block_s=0.0, max_calls=1, sleep_s=0.0,
+                               max_remeasure=1)
+    result = measure({"dense": unsteady, "sparse": lambda: None}, ["dense"], settings)
+    assert result.remeasured == 1
+    assert not result.steady
+
+
+def test_steady_reference_is_measured_once():
+    settings = HarnessSettings(rounds=3, target_block_s=0.0, max_calls=1, sleep_s=0.0,
+                               max_remeasure=2)
+    result = measure({"dense": lambda: time.sleep(0.002)}, ["dense"], settings)
+    assert result.remeasured == 0 and result.steady
+
+
+def test_bad_settings_are_rejected():
+    with pytest.raises(ValueError):
+        HarnessSettings(rounds=0)

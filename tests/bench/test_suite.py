@@ -1,0 +1,95 @@
+"""One point through the contenders: checks, skips, baselines."""
+
+import numpy as np
+import pytest
+
+from sparsegemm.bench import contenders as registry
+from sparsegemm.bench.harness import HarnessSettings
+from sparsegemm.bench.suite import SuiteSpec, run_point, run_suite
+from sparsegemm.bench.workloads import Pattern, Point, WeightCache
+
+FAST = HarnessSettings(rounds=2, target_block_s=0.0002, max_calls=2, sleep_s=0.0, max_remeasure=0)
+
+
+def _spec(names, quick=False):
+    return SuiteSpec(points=[], contenders=names, dtype=np.dtype(np.float32), threads=1,
+                     harness=FAST, quick=quick)
+
+
+def _operands(point):
+    cache = WeightCache(np.float32)
+    return cache.pruned(point), cache.inputs(point.batch, point.in_features)
+
+
+@pytest.fixture
+def fake_contenders(monkeypatch):
+    """A wrong contender and one that declines every problem, registered for one test."""
+    monkeypatch.setitem(registry.REGISTRY, "fake_wrong", registry.Contender(
+        "fake_wrong", "returns twice the answer", "sparse",
+        lambda p: (lambda: 2.0 * (p.x @ p.weight.T))))
+
+    def decline(problem):
+        raise registry.Unsupported("not this one")
+
+    monkeypatch.setitem(registry.REGISTRY, "fake_declines", registry.Contender(
+        "fake_declines", "declines", "sparse", decline))
+
+    def broken(problem):
+        raise RuntimeError("library bug")
+
+    monkeypatch.setitem(registry.REGISTRY, "fake_broken", registry.Contender(
+        "fake_broken", "raises", "sparse", broken))
+
+
+def test_wrong_declining_and_broken_contenders_are_reported_not_timed(fake_contenders):
+    point = Point(32, 64, 4, 0.8)
+    rows = {r["contender"]: r for r in run_point(point, *_operands(point), _spec(
+        ["numpy_dense", "sgemm_csr", "fake_wrong", "fake_declines", "fake_broken"]))}
+    assert rows["fake_wrong"]["status"] == "wrong" and "time_median_s" not in rows["fake_wrong"]
+    assert rows["fake_declines"]["status"] == "skipped"
+    assert rows["fake_declines"]["detail"] == "not this one"
+    assert rows["fake_broken"]["status"] == "error" and "library bug" in rows["fake_broken"]["detail"]
+    ok = rows["sgemm_csr"]
+    assert ok["status"] == "ok" and ok["max_rel_error"] < 1e-5
+    assert ok["baseline"] == "numpy_dense"
+    assert ok["speedup"] == pytest.approx(ok["baseline_time_s"] / ok["time_median_s"])
+    assert ok["useful_gflops"] == pytest.approx(
+        2 * np.count_nonzero(_operands(point)[0]) * 4 / ok["time_median_s"] / 1e9)
+    assert ok["actual_sparsity"] == pytest.approx(0.8, abs=1e-3)
+
+
+def test_quick_suite_skips_slow_contenders_at_large_batches():
+    point = Point(16, 16, 32, 0.5)
+    rows = {r["contender"]: r for r in run_point(point, *_operands(point),
+                                                 _spec(["numpy_dense", "scipy_csr"], quick=True))}
+    assert rows["scipy_csr"]["status"] == "skipped" and "quick" in rows["scipy_csr"]["detail"]
+
+
+@pytest.mark.torch
+def test_baseline_is_the_faster_dense_at_batch_1_and_torch_otherwise():
+    pytest.importorskip("torch")
+    names = ["numpy_dense", "torch_dense", "torch_csr", "sgemm_csr"]
+    rows = run_suite(SuiteSpec(points=[Point(32, 64, 1, 0.9), Point(32, 64, 8, 0.9)],
+                               contenders=names, dtype=np.dtype(np.float32), threads=1,
+                               harness=FAST), progress=False)
+    for row in rows:
+        assert row["status"] == "ok", row
+    batch1 = [r for r in rows if r["batch"] == 1]
+    fastest = min((r for r in batch1 if r["kind"] == "dense"), key=lambda r: r["time_median_s"])
+    assert {r["baseline"] for r in batch1} == {fastest["contender"]}
+    assert {r["baseline"] for r in rows if r["batch"] == 8} == {"torch_dense"}
+
+
+@pytest.mark.torch
+def test_torch_bsr_takes_only_square_blocks():
+    pytest.importorskip("torch")
+    for blocksize, status in (((4, 4), "ok"), ((4, 1), "skipped")):
+        point = Point(32, 64, 4, 0.5, Pattern(blocksize))
+        rows = {r["contender"]: r for r in run_point(point, *_operands(point),
+                                                     _spec(["torch_dense", "torch_bsr"]))}
+        assert rows["torch_bsr"]["status"] == status, rows["torch_bsr"]
+
+
+def test_unknown_contender_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown contenders"):
+        run_suite(_spec(["nope"]), progress=False)
