@@ -3,7 +3,6 @@
 import math
 
 import pytest
-
 from sparsegemm.bench.analysis import BEST_SPARSEGEMM, break_even, break_even_table
 
 

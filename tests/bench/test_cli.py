@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from sparsegemm.bench.cli import main
 from sparsegemm.bench.compare import compare_documents, compare_files
 from sparsegemm.bench.results import COLUMNS, load_json

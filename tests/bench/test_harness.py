@@ -4,9 +4,14 @@ import time
 
 import numpy as np
 import pytest
-
-from sparsegemm.bench.harness import (HarnessSettings, Timing, WrongResult, check_output,
-                                      measure, tolerance)
+from sparsegemm.bench.harness import (
+    HarnessSettings,
+    Timing,
+    WrongResult,
+    check_output,
+    measure,
+    tolerance,
+)
 
 FAST = HarnessSettings(rounds=3, target_block_s=0.0002, max_calls=3, sleep_s=0.0, max_remeasure=0)
 

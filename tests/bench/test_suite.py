@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from sparsegemm.bench import contenders as registry
 from sparsegemm.bench.harness import HarnessSettings
 from sparsegemm.bench.suite import SuiteSpec, run_point, run_suite

@@ -2,10 +2,16 @@
 
 import numpy as np
 import pytest
-
-from sparsegemm.bench.workloads import (Pattern, grid, layer_grid, load_layer_shapes,
-                                        magnitude_prune, parse_pattern, parse_shape,
-                                        parse_sparsity)
+from sparsegemm.bench.workloads import (
+    Pattern,
+    grid,
+    layer_grid,
+    load_layer_shapes,
+    magnitude_prune,
+    parse_pattern,
+    parse_shape,
+    parse_sparsity,
+)
 
 
 def test_parsers_accept_the_documented_forms():

@@ -11,8 +11,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,9 +27,21 @@ from .harness import HarnessSettings
 from .report import break_even_lines, markdown_report, terminal_table
 from .results import write_csv, write_json
 from .suite import SuiteSpec, run_suite
-from .workloads import (DEFAULT_BATCHES, DEFAULT_BLOCK_PATTERN, FULL_SHAPES, FULL_SPARSITIES,
-                        QUICK_SHAPES, QUICK_SPARSITIES, Pattern, grid, layer_grid,
-                        load_layer_shapes, parse_pattern, parse_shape, parse_sparsity)
+from .workloads import (
+    DEFAULT_BATCHES,
+    DEFAULT_BLOCK_PATTERN,
+    FULL_SHAPES,
+    FULL_SPARSITIES,
+    QUICK_SHAPES,
+    QUICK_SPARSITIES,
+    Pattern,
+    grid,
+    layer_grid,
+    load_layer_shapes,
+    parse_pattern,
+    parse_shape,
+    parse_sparsity,
+)
 
 MODULE = "sparsegemm.bench"
 
@@ -47,9 +60,9 @@ PRESETS = {
     "quick": SuitePreset(
         QUICK_SHAPES, DEFAULT_BATCHES, QUICK_SPARSITIES,
         HarnessSettings(rounds=5, target_block_s=0.01, max_calls=50, max_remeasure=1,
-                        max_contender_s=1.0), True,
+                        max_contender_s=0.5), True,
         "quick suite: 5 samples per contender (blocks of ~10 ms; fewer samples for a contender "
-        "that would take over ~1 s per point, see the samples column), one re-measurement at "
+        "that would take over ~0.5 s per point, see the samples column), one re-measurement at "
         "most, scipy only at batch <= 16; run --full for the whole grid with more samples"),
     "full": SuitePreset(
         FULL_SHAPES, DEFAULT_BATCHES, FULL_SPARSITIES,

@@ -15,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import scipy.sparse as sp

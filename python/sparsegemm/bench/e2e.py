@@ -152,7 +152,7 @@ def run_e2e(sparsities: tuple[float, ...], pattern: Pattern, threads: int,
                     dense = copy.deepcopy(base)
                     prune_model(dense, sparsity, pattern)
                     reference = dense(x).double().numpy()
-                    calls = {"dense": lambda model=dense: model(x)}
+                    calls = {"dense": lambda model=dense, x=x: model(x)}
                     fmt_rows = {}
                     for fmt in formats:
                         row = fmt_rows[fmt] = {
@@ -165,10 +165,10 @@ def run_e2e(sparsities: tuple[float, ...], pattern: Pattern, threads: int,
                         except WrongResult as mismatch:
                             row.update(status="wrong", detail=str(mismatch))
                             continue
-                        except Exception as error:  # report, keep going
+                        except Exception as error:  # noqa: BLE001  (report it, keep going)
                             row.update(status="error", detail=f"{type(error).__name__}: {error}")
                             continue
-                        calls[fmt] = lambda model=model: model(x)
+                        calls[fmt] = lambda model=model, x=x: model(x)
                     measured = measure(calls, ["dense"], settings)
                     dense_time = measured.timings["dense"].median
                     for fmt, row in fmt_rows.items():
@@ -187,8 +187,8 @@ def run_e2e(sparsities: tuple[float, ...], pattern: Pattern, threads: int,
 
 
 def e2e_table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'model':<44} {'sparsity':>8} {'format':<6} {'dense':>9} {'sparse':>9} "
-             f"{'speedup':>8}  status"]
+    lines = [(f"{'model':<44} {'sparsity':>8} {'format':<6} {'dense':>9} {'sparse':>9} "
+              f"{'speedup':>8}  status")]
     for row in rows:
         dense = f"{row['dense_time_s'] * 1e3:7.2f}ms"
         sparse = (f"{row['sparse_time_s'] * 1e3:7.2f}ms" if "sparse_time_s" in row else "-")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .analysis import BEST_SPARSEGEMM, format_break_even
 from .environment import numpy_blas_summary
 
 
 def _fmt_time(seconds: float) -> str:
-    if seconds != seconds:  # NaN
+    if math.isnan(seconds):
         return "-"
     if seconds < 1e-3:
         return f"{seconds * 1e6:7.1f}us"
@@ -18,7 +20,7 @@ def _fmt_time(seconds: float) -> str:
 
 
 def _fmt_speedup(value: float | None) -> str:
-    return "-" if value is None or value != value else f"{value:5.2f}x"
+    return "-" if value is None or math.isnan(value) else f"{value:5.2f}x"
 
 
 def terminal_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -49,8 +51,8 @@ def terminal_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def break_even_lines(table: Sequence[dict[str, Any]]) -> str:
     """Terminal summary: break-even sparsity of each sparse contender per shape and batch."""
-    lines = [f"{'shape':>10} {'pattern':<13} {'batch':>5} {'contender':<16} "
-             f"{'break-even':>10} {'@90%':>7}"]
+    lines = [(f"{'shape':>10} {'pattern':<13} {'batch':>5} {'contender':<16} "
+              f"{'break-even':>10} {'@90%':>7}")]
     for entry in table:
         lines.append(
             f"{entry['out_features']}x{entry['in_features']:<5} {entry['pattern']:<13} "
@@ -69,22 +71,22 @@ def markdown_report(metadata: dict[str, Any], table: Sequence[dict[str, Any]],
         "# sparsegemm crossover benchmark",
         "",
         f"- CPU: {metadata['cpu_model']} ({metadata['usable_cpus']} usable CPUs), {metadata['date']}",
-        f"- sparsegemm {config['version']}, ISA {config['isa']}, OpenMP {config['openmp_runtime']}, "
-        f"{metadata['threads']} threads",
-        f"- numpy {metadata['numpy']} ({numpy_blas_summary(metadata)}), scipy {metadata['scipy']}, "
-        f"torch {torch_version}",
+        (f"- sparsegemm {config['version']}, ISA {config['isa']}, "
+         f"OpenMP {config['openmp_runtime']}, {metadata['threads']} threads"),
+        (f"- numpy {metadata['numpy']} ({numpy_blas_summary(metadata)}), "
+         f"scipy {metadata['scipy']}, torch {torch_version}"),
         f"- command: `{metadata['command']}`",
         "",
-        "Break-even sparsity: above it, the sparse weight is faster than dense (interpolated; "
-        "'always' = faster across the grid, 'never' = slower at its highest sparsity). "
-        "Batch 1 is compared with the faster of numpy and torch dense, other batches with "
-        "torch `F.linear`.",
+        ("Break-even sparsity: above it, the sparse weight is faster than dense (interpolated; "
+         "'always' = faster across the grid, 'never' = slower at its highest sparsity). "
+         "Batch 1 is compared with the faster of numpy and torch dense, other batches with "
+         "torch `F.linear`."),
         "",
     ]
     if plot_file:
         lines += [f"![crossover plot]({plot_file})", ""]
-    lines += ["| shape | pattern | batch | vs | sparsegemm break-even | speedup at 90% (format) "
-              "| best peer at 90% |",
+    lines += [("| shape | pattern | batch | vs | sparsegemm break-even | speedup at 90% (format) "
+               "| best peer at 90% |"),
               "|---|---|---|---|---|---|---|"]
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for entry in table:

@@ -10,7 +10,8 @@ import csv
 import json
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 SCHEMA = "sparsegemm-bench/1"
 

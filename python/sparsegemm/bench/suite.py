@@ -6,8 +6,9 @@ import contextlib
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
@@ -144,7 +145,7 @@ def run_point(point: Point, weight: np.ndarray, x: np.ndarray, spec: SuiteSpec,
         except WrongResult as mismatch:
             row.update(status="wrong", detail=str(mismatch))
             continue
-        except Exception as error:  # a peer library failing must not stop the suite
+        except Exception as error:  # noqa: BLE001  (a peer library failing must not stop the suite)
             row.update(status="error", detail=f"{type(error).__name__}: {error}")
             continue
         row["detail"] = getattr(call, "choice", "")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import csv
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -151,7 +151,7 @@ def magnitude_prune(weight: np.ndarray, sparsity: float, pattern: Pattern) -> np
         blocks = pruned.reshape(rows // r, r, cols // c, c)
         scores = np.sqrt(np.square(blocks, dtype=np.float64).sum(axis=(1, 3))).ravel()
         target = None
-    drop = int(round(sparsity * scores.size))
+    drop = round(sparsity * scores.size)
     if drop == 0:
         return pruned
     dropped = np.argpartition(scores, drop - 1)[:drop]
