@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import sparsegemm
 from sparsegemm.bench.cli import main
 from sparsegemm.bench.compare import compare_documents, compare_files
 from sparsegemm.bench.results import COLUMNS, load_json
@@ -128,3 +129,47 @@ def test_importing_the_bench_does_not_import_torch():
     code = ("import sys, sparsegemm.bench.cli, sparsegemm.bench.suite, sparsegemm.bench.e2e; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy())
+
+
+def test_layer_suite_runs_each_layer_at_its_own_n(tmp_path):
+    layers = tmp_path / "layers.csv"
+    layers.write_text("# a comment\nmodel,layer,kind,out_features,in_features,n\n"
+                      "toy,fc,linear,16,32,3\ntoy,conv,conv1x1,8,16,49\n")
+    out = tmp_path / "out"
+    assert main(["bench", "--layers", str(layers), "--sparsity", "0.9", "--repeats", "1",
+                 "--formats", "sgemm_csr", "--out", str(out), "--no-progress", "--no-plot"]) == 0
+    with open(out / "results.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["contender"] == "sgemm_csr"]
+    assert {(r["out_features"], r["in_features"], r["batch"], r["label"]) for r in rows} == {
+        ("16", "32", "3", "toy fc"), ("8", "16", "49", "toy conv")}
+
+
+def _run_console(args, tmp_path):
+    """Run the console-script entry (argv=None) in a fresh process, as `sparsegemm` would."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KMP_BLOCKTIME", "OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY",
+                        "SPARSEGEMM_BENCH_REEXEC")}
+    package_root = os.path.dirname(os.path.dirname(sparsegemm.__file__))
+    env["PYTHONPATH"] = os.pathsep.join([package_root, env.get("PYTHONPATH", "")])
+    code = ("import sys; from sparsegemm.bench.cli import main; "
+            f"sys.argv = ['sparsegemm', *{args!r}]; sys.exit(main())")
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False,
+                          cwd=tmp_path, timeout=300)
+
+
+def test_console_script_reexecutes_with_the_spin_settings(tmp_path):
+    done = _run_console(["bench", "--quick-test", "--no-progress", "--no-plot",
+                         "--formats", "sgemm_csr"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    metadata = load_json(str(tmp_path / "bench_results" / "results.json"))["metadata"]
+    assert metadata["spin_env_applied"]
+    assert metadata["spin_env"]["KMP_BLOCKTIME"] == "1"
+    assert "not applied" not in done.stdout
+
+
+def test_python_dash_m_accepts_options_without_the_subcommand(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "sparsegemm.bench", "--list-formats"],
+                          capture_output=True, text=True, env=os.environ.copy(), timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert "numpy_dense" in done.stdout

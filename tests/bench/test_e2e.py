@@ -66,3 +66,19 @@ def test_prune_model_zeroes_the_requested_fraction():
     e2e.prune_model(model, 0.75, Pattern())
     for weight in (model.linear1.weight, model.linear2.weight, model.self_attn.in_proj_weight):
         assert (weight == 0).float().mean().item() == pytest.approx(0.75, abs=0.01)
+
+
+@pytest.mark.torch
+def test_cli_e2e_only_writes_its_files(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("torch")
+    from sparsegemm.bench.cli import main
+
+    fake = types.ModuleType("sparsegemm.torch")
+    fake.sparsify = lambda model, format="auto", **options: model
+    monkeypatch.setitem(sys.modules, "sparsegemm.torch", fake)
+    monkeypatch.setattr(e2e, "MODELS", TINY)
+    assert main(["bench", "--e2e-only", "--sparsity", "0.9", "--repeats", "2", "--out",
+                 str(tmp_path), "--no-progress"]) == 0
+    assert "tiny mlp" in capsys.readouterr().out
+    assert (tmp_path / "e2e.csv").read_text().startswith("model,input_shape,sparsity")
+    assert not (tmp_path / "results.csv").exists()

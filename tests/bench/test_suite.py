@@ -92,3 +92,23 @@ def test_torch_bsr_takes_only_square_blocks():
 def test_unknown_contender_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown contenders"):
         run_suite(_spec(["nope"]), progress=False)
+
+
+def test_quick_suite_keeps_block_patterns_to_the_fast_contenders():
+    point = Point(16, 16, 4, 0.5, Pattern((4, 4)))
+    rows = {r["contender"]: r for r in run_point(point, *_operands(point),
+                                                 _spec(["numpy_dense", "scipy_csr", "sgemm_csr"],
+                                                       quick=True))}
+    assert rows["scipy_csr"]["status"] == "skipped" and "unstructured" in rows["scipy_csr"]["detail"]
+    assert rows["sgemm_csr"]["status"] == "ok"
+
+
+def test_conversions_are_reused_across_batches():
+    cache: dict = {}
+    point = Point(16, 32, 1, 0.5)
+    weight, x = _operands(point)
+    run_point(point, weight, x, _spec(["numpy_dense", "sgemm_csr"]), cache)
+    first = cache["sgemm_csr"]
+    run_point(Point(16, 32, 4, 0.5), weight, np.ones((4, 32), np.float32),
+              _spec(["numpy_dense", "sgemm_csr"]), cache)
+    assert cache["sgemm_csr"] is first

@@ -63,7 +63,8 @@ PRESETS = {
                         max_contender_s=0.5), True,
         "quick suite: 5 samples per contender (blocks of ~10 ms; fewer samples for a contender "
         "that would take over ~0.5 s per point, see the samples column), one re-measurement at "
-        "most, scipy only at batch <= 16; run --full for the whole grid with more samples"),
+        "most; scipy only at batch <= 16; scipy and torch CSR only on unstructured weights. "
+        "Run --full for the whole grid with more samples"),
     "full": SuitePreset(
         FULL_SHAPES, DEFAULT_BATCHES, FULL_SPARSITIES,
         HarnessSettings(rounds=9, target_block_s=0.03, max_calls=200, max_remeasure=2,

@@ -65,7 +65,8 @@ class Contender:
 
     ``kind`` is ``"dense"`` for the references, ``"sparse"`` otherwise.
     ``threading`` is shown in the report (e.g. scipy is single-threaded).
-    ``quick_max_batch`` trims slow contenders from the quick suite.
+    ``quick_max_batch`` and ``quick_unstructured_only`` trim slow contenders
+    from the quick suite.
     """
 
     name: str
@@ -75,6 +76,7 @@ class Contender:
     needs_torch: bool = False
     threading: str = "multi-threaded"
     quick_max_batch: int | None = None
+    quick_unstructured_only: bool = False
     is_sparsegemm: bool = False
 
 
@@ -229,9 +231,9 @@ register(Contender("torch_dense", "torch F.linear, dense (MKL)", "dense", _build
                    needs_torch=True))
 register(Contender("numpy_dense", "numpy x @ W.T, dense (its BLAS)", "dense", _build_numpy_dense))
 register(Contender("scipy_csr", "scipy.sparse CSR", "sparse", _build_scipy_csr,
-                   threading="single-threaded", quick_max_batch=16))
+                   threading="single-threaded", quick_max_batch=16, quick_unstructured_only=True))
 register(Contender("torch_csr", "torch.sparse CSR, int32 indices (MKL)", "sparse",
-                   _build_torch_csr, needs_torch=True))
+                   _build_torch_csr, needs_torch=True, quick_unstructured_only=True))
 register(Contender("torch_bsr", "torch.sparse BSR, int32 indices (MKL; square blocks)", "sparse",
                    _build_torch_bsr, needs_torch=True))
 register(Contender("sgemm_csr", "sparsegemm.linear, CSRMatrix", "sparse", _build_sparsegemm_csr,

@@ -129,9 +129,13 @@ def _sparsified(sparsify: Callable[..., Any], model: Any, fmt: str, pattern: Pat
 
 
 def run_e2e(sparsities: tuple[float, ...], pattern: Pattern, threads: int,
-            settings: HarnessSettings, models: tuple[E2EModel, ...] = MODELS,
+            settings: HarnessSettings, models: tuple[E2EModel, ...] | None = None,
             formats: tuple[str, ...] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
-    """Rows (one per model, sparsity and format) and notes. Empty rows when it cannot run."""
+    """Rows (one per model, sparsity and format) and notes. Empty rows when it cannot run.
+
+    ``models`` defaults to :data:`MODELS`; ``formats`` to auto and csr (and bsr
+    with a block pattern).
+    """
     sparsify, reason = load_sparsify()
     if sparsify is None:
         return [], [f"end-to-end suite skipped: {reason}"]
@@ -144,7 +148,7 @@ def run_e2e(sparsities: tuple[float, ...], pattern: Pattern, threads: int,
     rows = []
     try:
         with torch.no_grad():  # not inference_mode: sparsify may build new parameters
-            for spec in models:
+            for spec in models or MODELS:
                 torch.manual_seed(0)
                 base, x = spec.build()
                 base.eval()

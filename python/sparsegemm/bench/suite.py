@@ -100,6 +100,15 @@ def _row_base(point: Point, weight: np.ndarray, spec: SuiteSpec, contender: regi
     }
 
 
+def _quick_trim(contender: registry.Contender, point: Point) -> str | None:
+    """Why the quick suite leaves ``contender`` out at ``point``, or None."""
+    if contender.quick_max_batch is not None and point.batch > contender.quick_max_batch:
+        return f"quick suite: only batch <= {contender.quick_max_batch}"
+    if contender.quick_unstructured_only and point.pattern.blocksize is not None:
+        return "quick suite: only unstructured weights"
+    return None
+
+
 def _baseline(point: Point, dense_times: dict[str, float]) -> str | None:
     """Batch 1: the faster dense (torch's GEMV reads weights far slower than OpenBLAS).
 
@@ -130,8 +139,9 @@ def run_point(point: Point, weight: np.ndarray, x: np.ndarray, spec: SuiteSpec,
     for name in spec.contenders:
         contender = registry.REGISTRY[name]
         row = rows[name] = _row_base(point, weight, spec, contender)
-        if spec.quick and contender.quick_max_batch is not None and point.batch > contender.quick_max_batch:
-            row.update(status="skipped", detail=f"quick suite: only batch <= {contender.quick_max_batch}")
+        trimmed = _quick_trim(contender, point) if spec.quick else None
+        if trimmed:
+            row.update(status="skipped", detail=trimmed)
             continue
         try:
             call = contender.build(problem)
