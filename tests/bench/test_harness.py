@@ -77,3 +77,17 @@ def test_steady_reference_is_measured_once():
 def test_bad_settings_are_rejected():
     with pytest.raises(ValueError):
         HarnessSettings(rounds=0)
+
+
+def test_a_long_first_call_sizes_the_blocks_but_a_short_one_does_not():
+    counts = {"long": 0, "short": 0}
+    calls = {name: (lambda name=name: counts.__setitem__(name, counts[name] + 1)) for name in counts}
+    settings = HarnessSettings(rounds=2, target_block_s=1.0, max_calls=4, sleep_s=0.0,
+                               max_remeasure=0, skip_warmup_above_s=0.5, max_contender_s=1.5)
+    # "long" claims 1 s per call: blocks of 1, no warm-up, budget for one round only
+    result = measure(calls, [], settings, first_call_s={"long": 1.0, "short": 0.001})
+    assert result.timings["long"].samples and len(result.timings["long"].samples) == 1
+    assert counts["long"] == 1
+    # "short" is sized by its own warm-up (really ~0 s): max_calls per block, warm-up each round
+    assert result.timings["short"].calls_per_sample == 4
+    assert counts["short"] == 2 * (1 + 4)

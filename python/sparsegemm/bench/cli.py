@@ -24,7 +24,7 @@ from .analysis import break_even_table
 from .compare import compare_files
 from .environment import machine_metadata, missing_spin_env, reexec_with_spin_env
 from .harness import HarnessSettings
-from .report import break_even_lines, markdown_report, terminal_table
+from .report import break_even_lines, machine_summary, markdown_report, terminal_table
 from .results import write_csv, write_json
 from .suite import SuiteSpec, run_suite
 from .workloads import (
@@ -274,6 +274,7 @@ def run_bench(args: argparse.Namespace) -> int:
     metadata["command"] = " ".join(["sparsegemm bench", *getattr(args, "argv", [])])
     if args.e2e or args.e2e_only:
         written += _run_e2e(args, threads, notes, metadata)
+    print(machine_summary(metadata))
     if not args.e2e_only:
         print(terminal_table(rows))
         print("\nBreak-even sparsity (sparse faster above it) and speedup at 90%:")

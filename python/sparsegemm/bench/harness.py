@@ -170,12 +170,14 @@ def measure(calls: Mapping[str, Callable[[], Any]], reference_names: list[str],
     """Time ``calls`` interleaved; re-measure while the references are unsteady.
 
     ``first_call_s`` may give each contender's duration of an earlier call (the
-    output check), which then sizes its blocks instead of an extra call.
+    output check). For a long call that sizes its blocks and saves an extra call;
+    a short first call is dominated by cold-start costs (thread creation, page
+    faults), so short ones are sized by a warm-up call as usual.
     """
     if not calls:
         return PointTimings({}, 0, True)
     plans = {name: _plan_for(seconds, settings) for name, seconds in (first_call_s or {}).items()
-             if name in calls}
+             if name in calls and seconds >= settings.skip_warmup_above_s}
     best: dict[str, Timing] | None = None
     best_spread = math.inf
     attempts = 0

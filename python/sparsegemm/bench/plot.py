@@ -8,7 +8,7 @@ from typing import Any
 
 from .analysis import BEST_SPARSEGEMM, best_sparsegemm_rows
 
-_SPEEDUP_TICKS = (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50)
+_SPEEDUP_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50)
 
 
 def _best_peer_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -23,6 +23,17 @@ def _fmt_speedup(value: float | None) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:5.2f}x"
 
 
+def machine_summary(metadata: dict[str, Any]) -> str:
+    """One line: CPU, threads, sparsegemm's ISA and OpenMP, numpy's BLAS and kernel, torch."""
+    config = metadata["sparsegemm"]
+    torch_info = metadata.get("torch")
+    torch_text = "torch not installed" if not torch_info else (
+        f"torch {torch_info['version']} (MKL {'yes' if torch_info['mkl'] else 'no'})")
+    return (f"{metadata['cpu_model']}, {metadata['threads']} threads; sparsegemm "
+            f"{config['version']} ISA {config['isa']}, {config['openmp_runtime']}; numpy "
+            f"{metadata['numpy']} BLAS {numpy_blas_summary(metadata)}; {torch_text}")
+
+
 def terminal_table(rows: Sequence[dict[str, Any]]) -> str:
     """One block per shape/pattern/batch: each contender's time, speedup and GFLOP/s."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
