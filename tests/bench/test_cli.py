@@ -107,6 +107,7 @@ def test_compare_rejects_a_file_that_is_not_a_result(tmp_path):
 
 
 @pytest.mark.parametrize("option", [["--shape", "12"], ["--pattern", "diag"], ["--batch", "0"],
+                                    ["--shape", "30x30", "--pattern", "block:4x4"],
                                     ["--formats", "nope"], ["--sparsity", "1.2"]])
 def test_bad_options_exit_with_a_message(option, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:

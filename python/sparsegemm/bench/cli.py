@@ -168,10 +168,17 @@ def choose_contenders(requested: str | None, notes: list[str]) -> list[str]:
 def _points(args: argparse.Namespace, preset: SuitePreset, patterns: list[Pattern]) -> list:
     sparsities = [parse_sparsity(s) for s in _split(args.sparsity)] or list(preset.sparsities)
     if args.layers is not None:
-        return layer_grid(load_layer_shapes(args.layers or None), sparsities, patterns)
-    shapes = [parse_shape(s) for s in _split(args.shape)] or list(preset.shapes)
-    batches = [_positive_int(b) for b in _split(args.batch)] or list(preset.batches)
-    return grid(shapes, batches, sparsities, patterns)
+        points = layer_grid(load_layer_shapes(args.layers or None), sparsities, patterns)
+    else:
+        shapes = [parse_shape(s) for s in _split(args.shape)] or list(preset.shapes)
+        batches = [_positive_int(b) for b in _split(args.batch)] or list(preset.batches)
+        points = grid(shapes, batches, sparsities, patterns)
+    for point in points:  # fail before the run, not in the middle of it
+        block = point.pattern.blocksize
+        if block and (point.out_features % block[0] or point.in_features % block[1]):
+            raise ValueError(f"shape {point.shape_name} is not a multiple of the block "
+                             f"{block[0]}x{block[1]} of pattern {point.pattern}")
+    return points
 
 
 def _run_kernel_suite(args: argparse.Namespace, preset: SuitePreset, threads: int,

@@ -238,13 +238,22 @@ register(Contender("torch_bsr", "torch.sparse BSR, int32 indices (MKL; square bl
                    _build_torch_bsr, needs_torch=True))
 register(Contender("sgemm_csr", "sparsegemm.linear, CSRMatrix", "sparse", _build_sparsegemm_csr,
                    is_sparsegemm=True))
-# BSR and the planner arrive with the BSR branch; register them only when present.
-if hasattr(sparsegemm, "BSRMatrix"):
-    register(Contender("sgemm_bsr", "sparsegemm.linear, BSRMatrix (the pattern's block)", "sparse",
-                       _build_sparsegemm_bsr, is_sparsegemm=True))
-if hasattr(sparsegemm, "plan"):
-    register(Contender("sgemm_auto", "sparsegemm.plan's choice of format", "sparse",
-                       _build_sparsegemm_auto, is_sparsegemm=True))
+
+
+def register_optional_sparsegemm_formats() -> None:
+    """Register sparsegemm's BSR and planner contenders if this build has them.
+
+    They arrive with the BSR work; until then the registry simply lacks them.
+    """
+    if hasattr(sparsegemm, "BSRMatrix"):
+        register(Contender("sgemm_bsr", "sparsegemm.linear, BSRMatrix (the pattern's block)",
+                           "sparse", _build_sparsegemm_bsr, is_sparsegemm=True))
+    if hasattr(sparsegemm, "plan"):
+        register(Contender("sgemm_auto", "sparsegemm.plan's choice of format", "sparse",
+                           _build_sparsegemm_auto, is_sparsegemm=True))
+
+
+register_optional_sparsegemm_formats()
 
 
 def has_block_formats() -> bool:
