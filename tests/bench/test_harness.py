@@ -1,9 +1,8 @@
 """The timing harness: output checks, interleaving, slow-phase re-measurement."""
 
-import time
-
 import numpy as np
 import pytest
+from sparsegemm.bench import harness
 from sparsegemm.bench.harness import (
     HarnessSettings,
     Timing,
@@ -54,23 +53,57 @@ def test_every_contender_is_timed_in_every_round_after_a_warm_up():
     assert first_of_each_round == ["a", "b", "c"]
 
 
-def test_unsteady_reference_is_remeasured_and_flagged():
-    durations = iter([0.001, 0.001] + [0.001, 0.004, 0.001] * 10)
+class FakeClock:
+    """Deterministic time for the harness: calls advance it by what they claim to take."""
 
-    def unsteady():
-        time.sleep(next(durations, 0.001))
+    def __init__(self):
+        self.now = 0.0
 
+    def perf_counter(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+    def call_taking(self, durations):
+        durations = iter(durations)
+
+        def call():
+            self.now += next(durations)
+        return call
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(harness, "time", fake)
+    return fake
+
+
+def test_unsteady_reference_is_remeasured_and_flagged(clock):
+    # warm-up, then one-call blocks: samples 1, 2, 1 ms (ratio 2) in both attempts
+    dense = clock.call_taking([0.001] + [0.001, 0.001, 0.002, 0.002, 0.001, 0.001] * 2)
     settings = HarnessSettings(rounds=3, target_block_s=0.0, max_calls=1, sleep_s=0.0,
-                               max_remeasure=1)
-    result = measure({"dense": unsteady, "sparse": lambda: None}, ["dense"], settings)
+                               max_remeasure=1, skip_warmup_above_s=0.0)
+    result = measure({"dense": dense, "sparse": lambda: None}, ["dense"], settings)
     assert result.remeasured == 1
     assert not result.steady
 
 
-def test_steady_reference_is_measured_once():
+def test_a_calm_second_attempt_is_kept(clock):
+    dense = clock.call_taking([0.001] + [0.001, 0.004, 0.001] + [0.002, 0.002, 0.002])
     settings = HarnessSettings(rounds=3, target_block_s=0.0, max_calls=1, sleep_s=0.0,
-                               max_remeasure=2)
-    result = measure({"dense": lambda: time.sleep(0.002)}, ["dense"], settings)
+                               max_remeasure=2, skip_warmup_above_s=0.0)
+    result = measure({"dense": dense}, ["dense"], settings)
+    assert result.remeasured == 1 and result.steady
+    assert result.timings["dense"].samples == pytest.approx((0.002, 0.002, 0.002))
+
+
+def test_steady_reference_is_measured_once(clock):
+    dense = clock.call_taking([0.002] * 4)
+    settings = HarnessSettings(rounds=3, target_block_s=0.0, max_calls=1, sleep_s=0.0,
+                               max_remeasure=2, skip_warmup_above_s=0.0)
+    result = measure({"dense": dense}, ["dense"], settings)
     assert result.remeasured == 0 and result.steady
 
 

@@ -25,7 +25,7 @@ from .compare import compare_files
 from .environment import machine_metadata, missing_spin_env, reexec_with_spin_env
 from .harness import HarnessSettings
 from .report import break_even_lines, machine_summary, markdown_report, terminal_table
-from .results import write_csv, write_json
+from .results import dump_json, write_csv, write_json
 from .suite import SuiteSpec, run_suite
 from .workloads import (
     DEFAULT_BATCHES,
@@ -181,6 +181,13 @@ def _points(args: argparse.Namespace, preset: SuitePreset, patterns: list[Patter
     return points
 
 
+def _harness(args: argparse.Namespace, preset: SuitePreset) -> HarnessSettings:
+    """The preset's harness settings, with --repeats applied."""
+    if not args.repeats:
+        return preset.harness
+    return HarnessSettings(**{**preset.harness.__dict__, "rounds": args.repeats})
+
+
 def _run_kernel_suite(args: argparse.Namespace, preset: SuitePreset, threads: int,
                       notes: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     if args.pattern:
@@ -189,12 +196,9 @@ def _run_kernel_suite(args: argparse.Namespace, preset: SuitePreset, threads: in
         patterns = [Pattern()]
         if registry.has_block_formats():
             patterns.append(parse_pattern(DEFAULT_BLOCK_PATTERN))
-    harness = preset.harness
-    if args.repeats:
-        harness = HarnessSettings(**{**harness.__dict__, "rounds": args.repeats})
     spec = SuiteSpec(points=_points(args, preset, patterns),
                      contenders=choose_contenders(args.formats, notes),
-                     dtype=np.dtype(args.dtype), threads=threads, harness=harness,
+                     dtype=np.dtype(args.dtype), threads=threads, harness=_harness(args, preset),
                      quick=preset.quick)
     rows = run_suite(spec, progress=not args.no_progress, seed=args.seed)
     return rows, break_even_table(rows)
@@ -227,15 +231,12 @@ def _write_kernel_outputs(args: argparse.Namespace, rows: list, table: list, met
 
 def _run_e2e(args: argparse.Namespace, threads: int, notes: list[str], metadata: dict) -> list[str]:
     import csv
-    import json
 
     from .e2e import E2E_COLUMNS, E2E_SPARSITIES, e2e_table, run_e2e
 
     patterns = [parse_pattern(p) for p in _split(args.pattern)] or [Pattern()]
     sparsities = tuple(parse_sparsity(s) for s in _split(args.sparsity)) or E2E_SPARSITIES
-    harness = PRESETS["full" if args.full else "quick"].harness
-    if args.repeats:
-        harness = HarnessSettings(**{**harness.__dict__, "rounds": args.repeats})
+    harness = _harness(args, PRESETS["full" if args.full else "quick"])
     rows: list[dict[str, Any]] = []
     for pattern in patterns:
         pattern_rows, pattern_notes = run_e2e(sparsities, pattern, threads, harness)
@@ -251,7 +252,7 @@ def _run_e2e(args: argparse.Namespace, threads: int, notes: list[str], metadata:
         writer.writeheader()
         writer.writerows(rows)
     with open(json_path, "w", encoding="utf-8") as handle:
-        json.dump({"metadata": metadata, "results": rows}, handle, indent=1, default=str)
+        dump_json(handle, {"metadata": metadata, "results": rows})
     return [csv_path, json_path]
 
 
@@ -273,12 +274,12 @@ def run_bench(args: argparse.Namespace) -> int:
         notes.append(f"thread-pool spin settings not applied ({', '.join(missing_spin_env())} "
                      "unset): cross-runtime timings may include spinning pools")
     os.makedirs(args.out, exist_ok=True)
+    metadata = machine_metadata(threads)
+    metadata["command"] = " ".join(["sparsegemm bench", *getattr(args, "argv", [])])
     written: list[str] = []
     rows: list = []
     if not args.e2e_only:
         rows, table = _run_kernel_suite(args, preset, threads, notes)
-    metadata = machine_metadata(threads)
-    metadata["command"] = " ".join(["sparsegemm bench", *getattr(args, "argv", [])])
     if args.e2e or args.e2e_only:
         written += _run_e2e(args, threads, notes, metadata)
     print(machine_summary(metadata))
@@ -286,7 +287,7 @@ def run_bench(args: argparse.Namespace) -> int:
         print(terminal_table(rows))
         print("\nBreak-even sparsity (sparse faster above it) and speedup at 90%:")
         print(break_even_lines(table))
-        settings = {"suite": preset_name, "harness": preset.harness.__dict__, "dtype": args.dtype,
+        settings = {"suite": preset_name, "harness": _harness(args, preset).__dict__, "dtype": args.dtype,
                     "threads": threads, "seed": args.seed}
         written += _write_kernel_outputs(args, rows, table, metadata, settings, notes)
     for note in notes:

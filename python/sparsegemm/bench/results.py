@@ -82,8 +82,13 @@ def write_json(path: str, *, metadata: dict[str, Any], settings: dict[str, Any],
     document = {"schema": SCHEMA, "metadata": metadata, "settings": settings,
                 "notes": list(notes), "results": list(rows), "break_even": list(break_even)}
     with open(path, "w", encoding="utf-8") as handle:
-        json.dump(_json_safe(document), handle, indent=1, default=str)
-        handle.write("\n")
+        dump_json(handle, document)
+
+
+def dump_json(handle: Any, document: dict[str, Any]) -> None:
+    """Strict JSON: NaN and infinities become null, other odd values strings."""
+    json.dump(_json_safe(document), handle, indent=1, default=str, allow_nan=False)
+    handle.write("\n")
 
 
 def load_json(path: str) -> dict[str, Any]:
