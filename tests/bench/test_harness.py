@@ -41,7 +41,7 @@ def test_timing_statistics():
     assert timing.spread == 100.0
 
 
-def test_every_contender_is_timed_in_every_round_after_a_warm_up():
+def test_every_contender_is_timed_in_every_round_after_a_warm_up(clock):
     log = []
     calls = {name: (lambda name=name: log.append(name)) for name in ("a", "b", "c")}
     result = measure(calls, ["a"], FAST)

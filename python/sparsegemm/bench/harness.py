@@ -83,7 +83,9 @@ class Timing:
     @property
     def spread(self) -> float:
         """max / min of the samples (1.0 = perfectly steady)."""
-        return max(self.samples) / min(self.samples) if min(self.samples) > 0 else math.inf
+        if min(self.samples) > 0:
+            return max(self.samples) / min(self.samples)
+        return 1.0 if max(self.samples) == 0 else math.inf
 
 
 @dataclass(frozen=True)
@@ -178,16 +180,17 @@ def measure(calls: Mapping[str, Callable[[], Any]], reference_names: list[str],
         return PointTimings({}, 0, True)
     plans = {name: _plan_for(seconds, settings) for name, seconds in (first_call_s or {}).items()
              if name in calls and seconds >= settings.skip_warmup_above_s}
-    best: dict[str, Timing] | None = None
-    best_spread = math.inf
-    attempts = 0
-    for attempts in range(1, settings.max_remeasure + 2):
+    best = _one_attempt(calls, settings, plans)
+    best_spread = _reference_spread(best, reference_names)
+    remeasured = 0
+    while best_spread > SLOW_PHASE_RATIO and remeasured < settings.max_remeasure:
+        remeasured += 1
         timings = _one_attempt(calls, settings, plans)
-        spread = max((timings[name].spread for name in reference_names if name in timings),
-                     default=1.0)
+        spread = _reference_spread(timings, reference_names)
         if spread < best_spread:
             best, best_spread = timings, spread
-        if spread <= SLOW_PHASE_RATIO:
-            break
-    assert best is not None
-    return PointTimings(best, attempts - 1, best_spread <= SLOW_PHASE_RATIO)
+    return PointTimings(best, remeasured, best_spread <= SLOW_PHASE_RATIO)
+
+
+def _reference_spread(timings: dict[str, Timing], reference_names: list[str]) -> float:
+    return max((timings[name].spread for name in reference_names if name in timings), default=1.0)
