@@ -12,29 +12,29 @@ from the suite's harness, so agreement (within 20%) is an independent check.
 Exit status 1 when ``--against`` disagrees by more than ``--tolerance``.
 """
 
+
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import statistics
+import sys
+import time
 
-# Before numpy/torch/OpenMP load (see sparsegemm.bench.environment for why).
-for _name, _value in {"KMP_BLOCKTIME": "1", "OPENBLAS_THREAD_TIMEOUT": "20",
-                      "OMP_WAIT_POLICY": "PASSIVE"}.items():
-    os.environ.setdefault(_name, _value)
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-import sparsegemm  # noqa: E402
-from sparsegemm.bench import contenders as registry  # noqa: E402
-from sparsegemm.bench.harness import check_output  # noqa: E402
-from sparsegemm.bench.suite import thread_limits  # noqa: E402
-from sparsegemm.bench.workloads import (Point, WeightCache, parse_pattern, parse_shape,  # noqa: E402
-                                        parse_sparsity)
+import numpy as np
+import sparsegemm
+from sparsegemm.bench import contenders as registry
+from sparsegemm.bench.environment import reexec_with_spin_env
+from sparsegemm.bench.harness import check_output
+from sparsegemm.bench.suite import thread_limits
+from sparsegemm.bench.workloads import (
+    Point,
+    WeightCache,
+    parse_pattern,
+    parse_shape,
+    parse_sparsity,
+)
 
 
 def _block_median(calls: dict, repeats: int, block_s: float) -> dict[str, float]:
@@ -46,7 +46,7 @@ def _block_median(calls: dict, repeats: int, block_s: float) -> dict[str, float]
     samples: dict[str, list[float]] = {name: [] for name in calls}
     names = list(calls)
     for repeat in range(repeats):
-        for name in (names if repeat % 2 == 0 else names[::-1]):
+        for name in names if repeat % 2 == 0 else names[::-1]:
             time.sleep(0.002)
             calls[name]()
             start = time.perf_counter()
@@ -60,10 +60,25 @@ def _suite_row(path: str, point: Point, fmt: str, dtype: str, threads: int) -> d
     with open(path, encoding="utf-8") as handle:
         rows = json.load(handle)["results"]
     for row in rows:
-        if (row["out_features"], row["in_features"], row["batch"], row["contender"],
-                row["pattern"], row["dtype"], row["threads"], row["status"]) == (
-                point.out_features, point.in_features, point.batch, fmt, point.pattern.name,
-                dtype, threads, "ok") and abs(row["sparsity"] - point.sparsity) < 1e-9:
+        if (
+            row["out_features"],
+            row["in_features"],
+            row["batch"],
+            row["contender"],
+            row["pattern"],
+            row["dtype"],
+            row["threads"],
+            row["status"],
+        ) == (
+            point.out_features,
+            point.in_features,
+            point.batch,
+            fmt,
+            point.pattern.name,
+            dtype,
+            threads,
+            "ok",
+        ) and abs(row["sparsity"] - point.sparsity) < 1e-9:
             return row
     return None
 
@@ -73,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("shape", help="OUTxIN")
     parser.add_argument("batch", type=int)
     parser.add_argument("sparsity")
-    parser.add_argument("format", help="a contender name, e.g. sgemm_csr (see sparsegemm bench "
-                                       "--list-formats)")
+    parser.add_argument(
+        "format", help="a contender name, e.g. sgemm_csr (see sparsegemm bench --list-formats)"
+    )
     parser.add_argument("--pattern", default="unstructured")
     parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--threads", type=int, default=None)
@@ -96,8 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     weight, x = cache.pruned(point), cache.inputs(point.batch, point.in_features)
     problem = registry.Problem(weight=weight, x=x, pattern=point.pattern, threads=threads)
     reference = x.astype(np.float64) @ weight.T.astype(np.float64)
-    names = [n for n in ("numpy_dense", "torch_dense", args.format)
-             if registry.unavailable_reason(registry.REGISTRY[n]) is None]
+    names = [
+        n
+        for n in ("numpy_dense", "torch_dense", args.format)
+        if registry.unavailable_reason(registry.REGISTRY[n]) is None
+    ]
     names = list(dict.fromkeys(names))
     with thread_limits(threads, use_torch="torch_dense" in names):
         calls = {}
@@ -111,11 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         medians = _block_median(calls, args.repeats, args.block_ms / 1e3)
 
     dense = {n: t for n, t in medians.items() if registry.REGISTRY[n].kind == "dense"}
-    baseline = (min(dense, key=dense.__getitem__) if point.batch == 1 or "torch_dense" not in dense
-                else "torch_dense")
+    baseline = (
+        min(dense, key=dense.__getitem__)
+        if point.batch == 1 or "torch_dense" not in dense
+        else "torch_dense"
+    )
     speedup = dense[baseline] / medians[args.format]
-    print(f"{m}x{k} batch {point.batch} sparsity {point.sparsity:g} {point.pattern} "
-          f"{args.dtype}, {threads} threads, {args.repeats} interleaved repeats (median):")
+    print(
+        f"{m}x{k} batch {point.batch} sparsity {point.sparsity:g} {point.pattern} "
+        f"{args.dtype}, {threads} threads, {args.repeats} interleaved repeats (median):"
+    )
     for name, seconds in medians.items():
         print(f"  {name:<12} {seconds * 1e3:9.3f} ms")
     print(f"  speedup of {args.format} vs {baseline}: {speedup:.2f}x")
@@ -127,10 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ratio = speedup / row["speedup"]
     agrees = abs(ratio - 1.0) <= args.tolerance
-    print(f"  suite said {row['speedup']:.2f}x (vs {row['baseline']}): ratio {ratio:.2f} -> "
-          f"{'agrees' if agrees else 'DISAGREES'} within {args.tolerance:.0%}")
+    print(
+        f"  suite said {row['speedup']:.2f}x (vs {row['baseline']}): ratio {ratio:.2f} -> "
+        f"{'agrees' if agrees else 'DISAGREES'} within {args.tolerance:.0%}"
+    )
     return 0 if agrees else 1
 
 
 if __name__ == "__main__":
+    # Same thread-pool spin settings as the suite; they must be set before numpy loads.
+    reexec_with_spin_env([sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
     sys.exit(main())

@@ -30,16 +30,32 @@ def test_ignores_unmeasured_points_and_sorts():
 
 
 def _row(contender, sparsity, speedup, ours=True, batch=1):
-    return {"out_features": 8, "in_features": 8, "pattern": "unstructured", "batch": batch,
-            "contender": contender, "sparsity": sparsity, "speedup": speedup, "status": "ok",
-            "kind": "sparse", "is_sparsegemm": ours, "baseline": "numpy_dense", "detail": ""}
+    return {
+        "out_features": 8,
+        "in_features": 8,
+        "pattern": "unstructured",
+        "batch": batch,
+        "contender": contender,
+        "sparsity": sparsity,
+        "speedup": speedup,
+        "status": "ok",
+        "kind": "sparse",
+        "is_sparsegemm": ours,
+        "baseline": "numpy_dense",
+        "detail": "",
+    }
 
 
 def test_table_has_each_contender_and_the_best_sparsegemm_format():
-    rows = [_row("sgemm_csr", 0.5, 0.5), _row("sgemm_csr", 0.9, 1.5),
-            _row("sgemm_bsr", 0.5, 0.9), _row("sgemm_bsr", 0.9, 3.0),
-            _row("torch_csr", 0.5, 0.1, ours=False), _row("torch_csr", 0.9, 0.5, ours=False),
-            dict(_row("numpy_dense", 0.5, 1.0), kind="dense")]
+    rows = [
+        _row("sgemm_csr", 0.5, 0.5),
+        _row("sgemm_csr", 0.9, 1.5),
+        _row("sgemm_bsr", 0.5, 0.9),
+        _row("sgemm_bsr", 0.9, 3.0),
+        _row("torch_csr", 0.5, 0.1, ours=False),
+        _row("torch_csr", 0.9, 0.5, ours=False),
+        dict(_row("numpy_dense", 0.5, 1.0), kind="dense"),
+    ]
     table = {e["contender"]: e for e in break_even_table(rows)}
     assert set(table) == {"sgemm_csr", "sgemm_bsr", "torch_csr", BEST_SPARSEGEMM}
     assert table["torch_csr"]["break_even_sparsity"] == "never"

@@ -42,12 +42,14 @@ def test_csv_has_the_documented_columns_and_sane_rows(quick_run):
     ok = [r for r in rows if r["status"] == "ok"]
     assert {r["contender"] for r in ok} >= {"numpy_dense", "sgemm_csr", "scipy_csr"}
     assert {(r["batch"], r["sparsity"]) for r in ok} == {
-        (b, s) for b in ("1", "8") for s in ("0.5", "0.9")}
+        (b, s) for b in ("1", "8") for s in ("0.5", "0.9")
+    }
     for row in ok:
         assert float(row["time_median_s"]) > 0
         assert float(row["time_q1_s"]) <= float(row["time_median_s"]) <= float(row["time_q3_s"])
         assert float(row["speedup"]) == pytest.approx(
-            float(row["baseline_time_s"]) / float(row["time_median_s"]))
+            float(row["baseline_time_s"]) / float(row["time_median_s"])
+        )
 
 
 def test_json_has_machine_metadata_and_break_even(quick_run):
@@ -59,11 +61,28 @@ def test_json_has_machine_metadata_and_break_even(quick_run):
     assert "threadpools" in metadata and "spin_env" in metadata
     assert "--quick-test" in metadata["command"]
     assert document["break_even"]
-    assert all(set(r) >= set(COLUMNS) - {"time_median_s", "time_q1_s", "time_q3_s", "time_min_s",
-                                         "time_max_s", "samples", "calls_per_sample", "baseline",
-                                         "baseline_time_s", "useful_gflops", "effective_gflops",
-                                         "baseline_gflops", "max_rel_error", "remeasured", "steady"}
-               for r in document["results"])
+    assert all(
+        set(r)
+        >= set(COLUMNS)
+        - {
+            "time_median_s",
+            "time_q1_s",
+            "time_q3_s",
+            "time_min_s",
+            "time_max_s",
+            "samples",
+            "calls_per_sample",
+            "baseline",
+            "baseline_time_s",
+            "useful_gflops",
+            "effective_gflops",
+            "baseline_gflops",
+            "max_rel_error",
+            "remeasured",
+            "steady",
+        }
+        for r in document["results"]
+    )
 
 
 def test_report_states_break_even_per_shape_and_batch(quick_run):
@@ -83,7 +102,9 @@ def test_readme_documents_every_column():
 def test_compare_shows_changed_speedups(quick_run, tmp_path, capsys):
     old = load_json(str(quick_run / "results.json"))
     new = copy.deepcopy(old)
-    changed = next(r for r in new["results"] if r["contender"] == "sgemm_csr" and r["status"] == "ok")
+    changed = next(
+        r for r in new["results"] if r["contender"] == "sgemm_csr" and r["status"] == "ok"
+    )
     changed["speedup"] *= 2
     new["metadata"]["numpy"] = "9.9"
     result = compare_documents(old, new)
@@ -106,9 +127,17 @@ def test_compare_rejects_a_file_that_is_not_a_result(tmp_path):
     assert exit_info.value.code == 2
 
 
-@pytest.mark.parametrize("option", [["--shape", "12"], ["--pattern", "diag"], ["--batch", "0"],
-                                    ["--shape", "30x30", "--pattern", "block:4x4"],
-                                    ["--formats", "nope"], ["--sparsity", "1.2"]])
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--shape", "12"],
+        ["--pattern", "diag"],
+        ["--batch", "0"],
+        ["--shape", "30x30", "--pattern", "block:4x4"],
+        ["--formats", "nope"],
+        ["--sparsity", "1.2"],
+    ],
+)
 def test_bad_options_exit_with_a_message(option, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--quick-test", "--out", str(tmp_path), "--no-progress", *option])
@@ -127,40 +156,82 @@ def test_no_subcommand_prints_help(capsys):
 
 
 def test_importing_the_bench_does_not_import_torch():
-    code = ("import sys, sparsegemm.bench.cli, sparsegemm.bench.suite, sparsegemm.bench.e2e; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, sparsegemm.bench.cli, sparsegemm.bench.suite, sparsegemm.bench.e2e; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy())
 
 
 def test_layer_suite_runs_each_layer_at_its_own_n(tmp_path):
     layers = tmp_path / "layers.csv"
-    layers.write_text("# a comment\nmodel,layer,kind,out_features,in_features,n\n"
-                      "toy,fc,linear,16,32,3\ntoy,conv,conv1x1,8,16,49\n")
+    layers.write_text(
+        "# a comment\nmodel,layer,kind,out_features,in_features,n\n"
+        "toy,fc,linear,16,32,3\ntoy,conv,conv1x1,8,16,49\n"
+    )
     out = tmp_path / "out"
-    assert main(["bench", "--layers", str(layers), "--sparsity", "0.9", "--repeats", "1",
-                 "--formats", "sgemm_csr", "--out", str(out), "--no-progress", "--no-plot"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--layers",
+                str(layers),
+                "--sparsity",
+                "0.9",
+                "--repeats",
+                "1",
+                "--formats",
+                "sgemm_csr",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--no-plot",
+            ]
+        )
+        == 0
+    )
     with open(out / "results.csv", newline="") as handle:
         rows = [r for r in csv.DictReader(handle) if r["contender"] == "sgemm_csr"]
     assert {(r["out_features"], r["in_features"], r["batch"], r["label"]) for r in rows} == {
-        ("16", "32", "3", "toy fc"), ("8", "16", "49", "toy conv")}
+        ("16", "32", "3", "toy fc"),
+        ("8", "16", "49", "toy conv"),
+    }
 
 
 def _run_console(args, tmp_path):
     """Run the console-script entry (argv=None) in a fresh process, as `sparsegemm` would."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("KMP_BLOCKTIME", "OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY",
-                        "SPARSEGEMM_BENCH_REEXEC")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "KMP_BLOCKTIME",
+            "OPENBLAS_THREAD_TIMEOUT",
+            "OMP_WAIT_POLICY",
+            "SPARSEGEMM_BENCH_REEXEC",
+        )
+    }
     package_root = os.path.dirname(os.path.dirname(sparsegemm.__file__))
     env["PYTHONPATH"] = os.pathsep.join([package_root, env.get("PYTHONPATH", "")])
-    code = ("import sys; from sparsegemm.bench.cli import main; "
-            f"sys.argv = ['sparsegemm', *{args!r}]; sys.exit(main())")
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False,
-                          cwd=tmp_path, timeout=300)
+    code = (
+        "import sys; from sparsegemm.bench.cli import main; "
+        f"sys.argv = ['sparsegemm', *{args!r}]; sys.exit(main())"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        timeout=300,
+    )
 
 
 def test_console_script_reexecutes_with_the_spin_settings(tmp_path):
-    done = _run_console(["bench", "--quick-test", "--no-progress", "--no-plot",
-                         "--formats", "sgemm_csr"], tmp_path)
+    done = _run_console(
+        ["bench", "--quick-test", "--no-progress", "--no-plot", "--formats", "sgemm_csr"], tmp_path
+    )
     assert done.returncode == 0, done.stderr
     metadata = load_json(str(tmp_path / "bench_results" / "results.json"))["metadata"]
     assert metadata["spin_env_applied"]
@@ -169,8 +240,13 @@ def test_console_script_reexecutes_with_the_spin_settings(tmp_path):
 
 
 def test_python_dash_m_accepts_options_without_the_subcommand(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "sparsegemm.bench", "--list-formats"],
-                          capture_output=True, text=True, env=os.environ.copy(), timeout=120,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "sparsegemm.bench", "--list-formats"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "numpy_dense" in done.stdout

@@ -77,8 +77,22 @@ def test_cli_e2e_only_writes_its_files(monkeypatch, tmp_path, capsys):
     fake.sparsify = lambda model, format="auto", **options: model
     monkeypatch.setitem(sys.modules, "sparsegemm.torch", fake)
     monkeypatch.setattr(e2e, "MODELS", TINY)
-    assert main(["bench", "--e2e-only", "--sparsity", "0.9", "--repeats", "2", "--out",
-                 str(tmp_path), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--e2e-only",
+                "--sparsity",
+                "0.9",
+                "--repeats",
+                "2",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "tiny mlp" in capsys.readouterr().out
     assert (tmp_path / "e2e.csv").read_text().startswith("model,input_shape,sparsity")
     assert not (tmp_path / "results.csv").exists()

@@ -70,6 +70,7 @@ class FakeClock:
 
         def call():
             self.now += next(durations)
+
         return call
 
 
@@ -83,8 +84,14 @@ def clock(monkeypatch):
 def test_unsteady_reference_is_remeasured_and_flagged(clock):
     # warm-up, then one-call blocks: samples 1, 2, 1 ms (ratio 2) in both attempts
     dense = clock.call_taking([0.001] + [0.001, 0.001, 0.002, 0.002, 0.001, 0.001] * 2)
-    settings = HarnessSettings(rounds=3, target_block_s=0.0, max_calls=1, sleep_s=0.0,
-                               max_remeasure=1, skip_warmup_above_s=0.0)
+    settings = HarnessSettings(
+        rounds=3,
+        target_block_s=0.0,
+        max_calls=1,
+        sleep_s=0.0,
+        max_remeasure=1,
+        skip_warmup_above_s=0.0,
+    )
     result = measure({"dense": dense, "sparse": lambda: None}, ["dense"], settings)
     assert result.remeasured == 1
     assert not result.steady
@@ -92,8 +99,14 @@ def test_unsteady_reference_is_remeasured_and_flagged(clock):
 
 def test_a_calm_second_attempt_is_kept(clock):
     dense = clock.call_taking([0.001] + [0.001, 0.004, 0.001] + [0.002, 0.002, 0.002])
-    settings = HarnessSettings(rounds=3, target_block_s=0.0, max_calls=1, sleep_s=0.0,
-                               max_remeasure=2, skip_warmup_above_s=0.0)
+    settings = HarnessSettings(
+        rounds=3,
+        target_block_s=0.0,
+        max_calls=1,
+        sleep_s=0.0,
+        max_remeasure=2,
+        skip_warmup_above_s=0.0,
+    )
     result = measure({"dense": dense}, ["dense"], settings)
     assert result.remeasured == 1 and result.steady
     assert result.timings["dense"].samples == pytest.approx((0.002, 0.002, 0.002))
@@ -101,8 +114,14 @@ def test_a_calm_second_attempt_is_kept(clock):
 
 def test_steady_reference_is_measured_once(clock):
     dense = clock.call_taking([0.002] * 4)
-    settings = HarnessSettings(rounds=3, target_block_s=0.0, max_calls=1, sleep_s=0.0,
-                               max_remeasure=2, skip_warmup_above_s=0.0)
+    settings = HarnessSettings(
+        rounds=3,
+        target_block_s=0.0,
+        max_calls=1,
+        sleep_s=0.0,
+        max_remeasure=2,
+        skip_warmup_above_s=0.0,
+    )
     result = measure({"dense": dense}, ["dense"], settings)
     assert result.remeasured == 0 and result.steady
 
@@ -114,9 +133,18 @@ def test_bad_settings_are_rejected():
 
 def test_a_long_first_call_sizes_the_blocks_but_a_short_one_does_not():
     counts = {"long": 0, "short": 0}
-    calls = {name: (lambda name=name: counts.__setitem__(name, counts[name] + 1)) for name in counts}
-    settings = HarnessSettings(rounds=2, target_block_s=1.0, max_calls=4, sleep_s=0.0,
-                               max_remeasure=0, skip_warmup_above_s=0.5, max_contender_s=1.5)
+    calls = {
+        name: (lambda name=name: counts.__setitem__(name, counts[name] + 1)) for name in counts
+    }
+    settings = HarnessSettings(
+        rounds=2,
+        target_block_s=1.0,
+        max_calls=4,
+        sleep_s=0.0,
+        max_remeasure=0,
+        skip_warmup_above_s=0.5,
+        max_contender_s=1.5,
+    )
     # "long" claims 1 s per call: blocks of 1, no warm-up, budget for one round only
     result = measure(calls, [], settings, first_call_s={"long": 1.0, "short": 0.001})
     assert result.timings["long"].samples and len(result.timings["long"].samples) == 1

@@ -65,7 +65,8 @@ def test_grid_covers_every_combination():
     points = grid([(8, 8), (4, 8)], [1, 2], [0.5, 0.9], [Pattern()])
     assert len(points) == 8
     assert {(p.out_features, p.batch, p.sparsity) for p in points} == {
-        (m, b, s) for m in (8, 4) for b in (1, 2) for s in (0.5, 0.9)}
+        (m, b, s) for m in (8, 4) for b in (1, 2) for s in (0.5, 0.9)
+    }
 
 
 def test_packaged_layer_shapes_cover_the_models():

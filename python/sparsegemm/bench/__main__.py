@@ -6,7 +6,7 @@ from .cli import MODULE, main
 from .environment import reexec_with_spin_env
 
 arguments = sys.argv[1:]
-reexec_with_spin_env(MODULE, arguments)
+reexec_with_spin_env([sys.executable, "-m", MODULE, *arguments])
 if not arguments or arguments[0] != "bench":
     arguments = ["bench", *arguments]
 raise SystemExit(main(arguments))

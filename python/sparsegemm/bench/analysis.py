@@ -68,13 +68,19 @@ def break_even_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for (m, k, pattern, batch, contender), points in series.items():
         points.sort(key=lambda r: r["sparsity"])
         at_90 = [r for r in points if abs(r["sparsity"] - 0.9) < 1e-9]
-        table.append({
-            "out_features": m, "in_features": k, "pattern": pattern, "batch": batch,
-            "contender": contender,
-            "break_even_sparsity": break_even([r["sparsity"] for r in points],
-                                              [r["speedup"] for r in points]),
-            "speedup_at_90": at_90[0]["speedup"] if at_90 else None,
-            "format_at_90": at_90[0].get("detail") or contender if at_90 else None,
-            "baseline": points[0]["baseline"],
-        })
+        table.append(
+            {
+                "out_features": m,
+                "in_features": k,
+                "pattern": pattern,
+                "batch": batch,
+                "contender": contender,
+                "break_even_sparsity": break_even(
+                    [r["sparsity"] for r in points], [r["speedup"] for r in points]
+                ),
+                "speedup_at_90": at_90[0]["speedup"] if at_90 else None,
+                "format_at_90": at_90[0].get("detail") or contender if at_90 else None,
+                "baseline": points[0]["baseline"],
+            }
+        )
     return table

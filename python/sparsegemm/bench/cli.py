@@ -58,24 +58,39 @@ class SuitePreset:
 
 PRESETS = {
     "quick": SuitePreset(
-        QUICK_SHAPES, DEFAULT_BATCHES, QUICK_SPARSITIES,
-        HarnessSettings(rounds=5, target_block_s=0.01, max_calls=50, max_remeasure=1,
-                        max_contender_s=0.5), True,
+        QUICK_SHAPES,
+        DEFAULT_BATCHES,
+        QUICK_SPARSITIES,
+        HarnessSettings(
+            rounds=5, target_block_s=0.01, max_calls=50, max_remeasure=1, max_contender_s=0.5
+        ),
+        True,
         "quick suite: 5 samples per contender (blocks of ~10 ms; fewer samples for a contender "
         "that would take over ~0.5 s per point, see the samples column), one re-measurement at "
         "most; scipy only at batch <= 16; scipy and torch CSR only on unstructured weights. "
-        "Run --full for the whole grid with more samples"),
+        "Run --full for the whole grid with more samples",
+    ),
     "full": SuitePreset(
-        FULL_SHAPES, DEFAULT_BATCHES, FULL_SPARSITIES,
-        HarnessSettings(rounds=9, target_block_s=0.03, max_calls=200, max_remeasure=2,
-                        max_contender_s=5.0), False,
+        FULL_SHAPES,
+        DEFAULT_BATCHES,
+        FULL_SPARSITIES,
+        HarnessSettings(
+            rounds=9, target_block_s=0.03, max_calls=200, max_remeasure=2, max_contender_s=5.0
+        ),
+        False,
         "full suite: 9 samples per contender (blocks of ~30 ms; fewer for a contender that "
-        "would take over ~5 s per point), up to two re-measurements"),
+        "would take over ~5 s per point), up to two re-measurements",
+    ),
     "quick-test": SuitePreset(
-        ((64, 128),), (1, 8), (0.5, 0.9),
-        HarnessSettings(rounds=3, target_block_s=0.0005, max_calls=5, sleep_s=0.0005,
-                        max_remeasure=0), False,
-        "quick-test suite: a tiny size to check the machinery; its timings mean nothing"),
+        ((64, 128),),
+        (1, 8),
+        (0.5, 0.9),
+        HarnessSettings(
+            rounds=3, target_block_s=0.0005, max_calls=5, sleep_s=0.0005, max_remeasure=0
+        ),
+        False,
+        "quick-test suite: a tiny size to check the machinery; its timings mean nothing",
+    ),
 }
 
 
@@ -98,32 +113,57 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsegemm", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command")
     bench = commands.add_parser(
-        "bench", help="measure when pruned weights beat dense GEMM on this machine",
+        "bench",
+        help="measure when pruned weights beat dense GEMM on this machine",
         description="Measure sparse x dense against dense GEMM over shapes, batches and "
-                    "sparsities; writes CSV, JSON, a plot and a markdown report.")
+        "sparsities; writes CSV, JSON, a plot and a markdown report.",
+    )
     suite = bench.add_mutually_exclusive_group()
     suite.add_argument("--full", action="store_true", help="the whole grid (takes much longer)")
     suite.add_argument("--quick-test", action="store_true", help="tiny sizes, seconds (for tests)")
-    suite.add_argument("--layers", nargs="?", const="", metavar="CSV",
-                       help="the layer shapes of real models (the packaged CSV, or this one), "
-                            "each at its own N")
-    suite.add_argument("--compare", nargs=2, metavar=("OLD_JSON", "NEW_JSON"),
-                       help="show what changed between two results.json files, then exit")
-    bench.add_argument("--shape", action="append", metavar="OUTxIN", help="weight shape (repeatable)")
+    suite.add_argument(
+        "--layers",
+        nargs="?",
+        const="",
+        metavar="CSV",
+        help="the layer shapes of real models (the packaged CSV, or this one), each at its own N",
+    )
+    suite.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("OLD_JSON", "NEW_JSON"),
+        help="show what changed between two results.json files, then exit",
+    )
+    bench.add_argument(
+        "--shape", action="append", metavar="OUTxIN", help="weight shape (repeatable)"
+    )
     bench.add_argument("--batch", action="append", metavar="N", help="rows of x (repeatable)")
     bench.add_argument("--sparsity", action="append", metavar="S", help="in [0, 1) (repeatable)")
-    bench.add_argument("--pattern", action="append", metavar="P",
-                       help="unstructured or block:RxC, e.g. block:4x1 (repeatable)")
-    bench.add_argument("--formats", metavar="NAMES",
-                       help="comma-separated contenders (see --list-formats); the dense "
-                            "references always run")
+    bench.add_argument(
+        "--pattern",
+        action="append",
+        metavar="P",
+        help="unstructured or block:RxC, e.g. block:4x1 (repeatable)",
+    )
+    bench.add_argument(
+        "--formats",
+        metavar="NAMES",
+        help="comma-separated contenders (see --list-formats); the dense references always run",
+    )
     bench.add_argument("--list-formats", action="store_true", help="list the contenders and exit")
-    bench.add_argument("--threads", type=_positive_int, help="default: sparsegemm.get_num_threads()")
+    bench.add_argument(
+        "--threads", type=_positive_int, help="default: sparsegemm.get_num_threads()"
+    )
     bench.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     bench.add_argument("--repeats", type=_positive_int, help="samples (rounds) per contender")
-    bench.add_argument("--out", default="bench_results", metavar="DIR", help="default: bench_results/")
-    bench.add_argument("--e2e", action="store_true",
-                       help="also run the end-to-end suite (MLP, BERT layer, ResNet bottleneck)")
+    bench.add_argument(
+        "--out", default="bench_results", metavar="DIR", help="default: bench_results/"
+    )
+    bench.add_argument(
+        "--e2e",
+        action="store_true",
+        help="also run the end-to-end suite (MLP, BERT layer, ResNet bottleneck)",
+    )
     bench.add_argument("--e2e-only", action="store_true", help="run only the end-to-end suite")
     bench.add_argument("--no-plot", action="store_true")
     bench.add_argument("--no-progress", action="store_true")
@@ -136,10 +176,14 @@ def _list_formats() -> str:
     for contender in registry.REGISTRY.values():
         reason = registry.unavailable_reason(contender)
         status = f"  [unavailable: {reason}]" if reason else ""
-        lines.append(f"{contender.name:<12} {contender.kind:<6} {contender.description} "
-                     f"({contender.threading}){status}")
+        lines.append(
+            f"{contender.name:<12} {contender.kind:<6} {contender.description} "
+            f"({contender.threading}){status}"
+        )
     if not registry.has_block_formats():
-        lines.append("(sparsegemm BSR formats appear here once this build has sparsegemm.BSRMatrix)")
+        lines.append(
+            "(sparsegemm BSR formats appear here once this build has sparsegemm.BSRMatrix)"
+        )
     return "\n".join(lines)
 
 
@@ -160,8 +204,10 @@ def choose_contenders(requested: str | None, notes: list[str]) -> list[str]:
     if "scipy_csr" in chosen:
         notes.append("scipy_csr is single-threaded (scipy.sparse has no threaded product)")
     if not registry.has_block_formats():
-        notes.append("sparsegemm has no BSRMatrix in this build: block formats and the planner "
-                     "are not benchmarked")
+        notes.append(
+            "sparsegemm has no BSRMatrix in this build: block formats and the planner "
+            "are not benchmarked"
+        )
     return chosen
 
 
@@ -176,8 +222,10 @@ def _points(args: argparse.Namespace, preset: SuitePreset, patterns: list[Patter
     for point in points:  # fail before the run, not in the middle of it
         block = point.pattern.blocksize
         if block and (point.out_features % block[0] or point.in_features % block[1]):
-            raise ValueError(f"shape {point.shape_name} is not a multiple of the block "
-                             f"{block[0]}x{block[1]} of pattern {point.pattern}")
+            raise ValueError(
+                f"shape {point.shape_name} is not a multiple of the block "
+                f"{block[0]}x{block[1]} of pattern {point.pattern}"
+            )
     return points
 
 
@@ -188,36 +236,59 @@ def _harness(args: argparse.Namespace, preset: SuitePreset) -> HarnessSettings:
     return HarnessSettings(**{**preset.harness.__dict__, "rounds": args.repeats})
 
 
-def _run_kernel_suite(args: argparse.Namespace, preset: SuitePreset, threads: int,
-                      notes: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _run_kernel_suite(
+    args: argparse.Namespace, preset: SuitePreset, threads: int, notes: list[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     if args.pattern:
         patterns = [parse_pattern(p) for p in _split(args.pattern)]
     else:
         patterns = [Pattern()]
         if registry.has_block_formats():
             patterns.append(parse_pattern(DEFAULT_BLOCK_PATTERN))
-    spec = SuiteSpec(points=_points(args, preset, patterns),
-                     contenders=choose_contenders(args.formats, notes),
-                     dtype=np.dtype(args.dtype), threads=threads, harness=_harness(args, preset),
-                     quick=preset.quick)
+    spec = SuiteSpec(
+        points=_points(args, preset, patterns),
+        contenders=choose_contenders(args.formats, notes),
+        dtype=np.dtype(args.dtype),
+        threads=threads,
+        harness=_harness(args, preset),
+        quick=preset.quick,
+    )
+    if not args.no_progress:
+        print(
+            f"sparsegemm bench: {len(spec.points)} points x {len(spec.contenders)} contenders "
+            f"({', '.join(spec.contenders)}), {threads} threads",
+            file=sys.stderr,
+        )
     rows = run_suite(spec, progress=not args.no_progress, seed=args.seed)
     return rows, break_even_table(rows)
 
 
-def _write_kernel_outputs(args: argparse.Namespace, rows: list, table: list, metadata: dict,
-                          settings: dict, notes: list[str]) -> list[str]:
+def _write_kernel_outputs(
+    args: argparse.Namespace,
+    rows: list,
+    table: list,
+    metadata: dict,
+    settings: dict,
+    notes: list[str],
+) -> list[str]:
     from .plot import crossover_plot
 
     written = []
-    csv_path, json_path = os.path.join(args.out, "results.csv"), os.path.join(args.out, "results.json")
+    csv_path, json_path = (
+        os.path.join(args.out, "results.csv"),
+        os.path.join(args.out, "results.json"),
+    )
     write_csv(csv_path, rows)
-    write_json(json_path, metadata=metadata, settings=settings, rows=rows, break_even=table,
-               notes=notes)
+    write_json(
+        json_path, metadata=metadata, settings=settings, rows=rows, break_even=table, notes=notes
+    )
     written += [csv_path, json_path]
     plot_name = None
     if not args.no_plot:
-        title = f"sparsegemm vs dense: {metadata['cpu_model']}, {metadata['threads']} threads, " \
-                f"{metadata['date'][:10]}"
+        title = (
+            f"sparsegemm vs dense: {metadata['cpu_model']}, {metadata['threads']} threads, "
+            f"{metadata['date'][:10]}"
+        )
         if crossover_plot(os.path.join(args.out, "crossover.png"), rows, table, title):
             plot_name = "crossover.png"
             written.append(os.path.join(args.out, plot_name))
@@ -268,11 +339,18 @@ def run_bench(args: argparse.Namespace) -> int:
     preset_name = "full" if args.full else "quick-test" if args.quick_test else "quick"
     preset = PRESETS[preset_name]
     threads = args.threads or sparsegemm.get_num_threads()
-    notes: list[str] = [preset.description] if args.layers is None else [
-        "layer suite: each layer's shape at its own N (tokens, or H*W), quick harness settings"]
+    notes: list[str] = (
+        [preset.description]
+        if args.layers is None
+        else [
+            "layer suite: each layer's shape at its own N (tokens, or H*W), quick harness settings"
+        ]
+    )
     if missing_spin_env():
-        notes.append(f"thread-pool spin settings not applied ({', '.join(missing_spin_env())} "
-                     "unset): cross-runtime timings may include spinning pools")
+        notes.append(
+            f"thread-pool spin settings not applied ({', '.join(missing_spin_env())} "
+            "unset): cross-runtime timings may include spinning pools"
+        )
     os.makedirs(args.out, exist_ok=True)
     metadata = machine_metadata(threads)
     metadata["command"] = " ".join(["sparsegemm bench", *getattr(args, "argv", [])])
@@ -287,13 +365,20 @@ def run_bench(args: argparse.Namespace) -> int:
         print(terminal_table(rows))
         print("\nBreak-even sparsity (sparse faster above it) and speedup at 90%:")
         print(break_even_lines(table))
-        settings = {"suite": preset_name, "harness": _harness(args, preset).__dict__, "dtype": args.dtype,
-                    "threads": threads, "seed": args.seed}
+        settings = {
+            "suite": preset_name,
+            "harness": _harness(args, preset).__dict__,
+            "dtype": args.dtype,
+            "threads": threads,
+            "seed": args.seed,
+        }
         written += _write_kernel_outputs(args, rows, table, metadata, settings, notes)
     for note in notes:
         print(f"note: {note}")
-    print(f"\nwrote {', '.join(written) or 'nothing'} in {time.perf_counter() - started:.0f} s "
-          f"on {metadata['cpu_model']} ({threads} threads)")
+    print(
+        f"\nwrote {', '.join(written) or 'nothing'} in {time.perf_counter() - started:.0f} s "
+        f"on {metadata['cpu_model']} ({threads} threads)"
+    )
     return 0
 
 
@@ -301,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sparsegemm`` console script."""
     if argv is None:
         argv = sys.argv[1:]
-        reexec_with_spin_env(MODULE, list(argv))
+        reexec_with_spin_env([sys.executable, "-m", MODULE, *argv])
     parser = build_parser()
     args = parser.parse_args(list(argv))
     if args.command != "bench":

@@ -130,12 +130,20 @@ def _torch_compressed(problem: Problem, blocksize: tuple[int, int] | None) -> An
         if blocksize is None:
             compressed = weight.to_sparse_csr()
             return torch.sparse_csr_tensor(
-                compressed.crow_indices().to(torch.int32), compressed.col_indices().to(torch.int32),
-                compressed.values(), compressed.shape, check_invariants=False)
+                compressed.crow_indices().to(torch.int32),
+                compressed.col_indices().to(torch.int32),
+                compressed.values(),
+                compressed.shape,
+                check_invariants=False,
+            )
         compressed = weight.to_sparse_bsr(blocksize)
         return torch.sparse_bsr_tensor(
-            compressed.crow_indices().to(torch.int32), compressed.col_indices().to(torch.int32),
-            compressed.values(), compressed.shape, check_invariants=False)
+            compressed.crow_indices().to(torch.int32),
+            compressed.col_indices().to(torch.int32),
+            compressed.values(),
+            compressed.shape,
+            check_invariants=False,
+        )
 
 
 def _build_torch_dense(problem: Problem) -> Callable[[], Any]:
@@ -171,8 +179,10 @@ def _build_torch_bsr(problem: Problem) -> Callable[[], Any]:
     if blocksize is None:
         raise Unsupported("needs a block pattern")
     if blocksize[0] != blocksize[1]:
-        raise Unsupported(f"torch.sparse BSR on CPU (MKL) takes square blocks only, not "
-                          f"{blocksize[0]}x{blocksize[1]}")
+        raise Unsupported(
+            f"torch.sparse BSR on CPU (MKL) takes square blocks only, not "
+            f"{blocksize[0]}x{blocksize[1]}"
+        )
     x, _ = problem.torch_operands()
     weight = problem.cached("torch_bsr", lambda: _torch_compressed(problem, blocksize))
     return lambda: torch.mm(weight, x.t()).t()
@@ -188,8 +198,9 @@ def _build_sparsegemm_bsr(problem: Problem) -> Callable[[], Any]:
     blocksize = problem.pattern.blocksize
     if blocksize is None:
         raise Unsupported("needs a block pattern (BSR of an unstructured weight stores its zeros)")
-    weight = problem.cached("sgemm_bsr", lambda: sparsegemm.BSRMatrix.from_dense(
-        problem.weight, blocksize=blocksize))
+    weight = problem.cached(
+        "sgemm_bsr", lambda: sparsegemm.BSRMatrix.from_dense(problem.weight, blocksize=blocksize)
+    )
     x, threads = problem.x, problem.threads
     return lambda: sparsegemm.linear(x, weight, num_threads=threads)
 
@@ -221,23 +232,60 @@ def _build_sparsegemm_auto(problem: Problem) -> Callable[[], Any]:
     plan = sparsegemm.plan(problem.weight, problem.batch)
     weight = planned_operand(plan)
     x, threads = problem.x, problem.threads
-    call = (lambda: plan(x)) if callable(plan) and weight is plan else (
-        lambda: sparsegemm.linear(x, weight, num_threads=threads))
+    call = (
+        (lambda: plan(x))
+        if callable(plan) and weight is plan
+        else (lambda: sparsegemm.linear(x, weight, num_threads=threads))
+    )
     call.choice = describe_plan(plan)  # type: ignore[attr-defined]
     return call
 
 
-register(Contender("torch_dense", "torch F.linear, dense (MKL)", "dense", _build_torch_dense,
-                   needs_torch=True))
+register(
+    Contender(
+        "torch_dense", "torch F.linear, dense (MKL)", "dense", _build_torch_dense, needs_torch=True
+    )
+)
 register(Contender("numpy_dense", "numpy x @ W.T, dense (its BLAS)", "dense", _build_numpy_dense))
-register(Contender("scipy_csr", "scipy.sparse CSR", "sparse", _build_scipy_csr,
-                   threading="single-threaded", quick_max_batch=16, quick_unstructured_only=True))
-register(Contender("torch_csr", "torch.sparse CSR, int32 indices (MKL)", "sparse",
-                   _build_torch_csr, needs_torch=True, quick_unstructured_only=True))
-register(Contender("torch_bsr", "torch.sparse BSR, int32 indices (MKL; square blocks)", "sparse",
-                   _build_torch_bsr, needs_torch=True))
-register(Contender("sgemm_csr", "sparsegemm.linear, CSRMatrix", "sparse", _build_sparsegemm_csr,
-                   is_sparsegemm=True))
+register(
+    Contender(
+        "scipy_csr",
+        "scipy.sparse CSR",
+        "sparse",
+        _build_scipy_csr,
+        threading="single-threaded",
+        quick_max_batch=16,
+        quick_unstructured_only=True,
+    )
+)
+register(
+    Contender(
+        "torch_csr",
+        "torch.sparse CSR, int32 indices (MKL)",
+        "sparse",
+        _build_torch_csr,
+        needs_torch=True,
+        quick_unstructured_only=True,
+    )
+)
+register(
+    Contender(
+        "torch_bsr",
+        "torch.sparse BSR, int32 indices (MKL; square blocks)",
+        "sparse",
+        _build_torch_bsr,
+        needs_torch=True,
+    )
+)
+register(
+    Contender(
+        "sgemm_csr",
+        "sparsegemm.linear, CSRMatrix",
+        "sparse",
+        _build_sparsegemm_csr,
+        is_sparsegemm=True,
+    )
+)
 
 
 def register_optional_sparsegemm_formats() -> None:
@@ -246,11 +294,25 @@ def register_optional_sparsegemm_formats() -> None:
     They arrive with the BSR work; until then the registry simply lacks them.
     """
     if hasattr(sparsegemm, "BSRMatrix"):
-        register(Contender("sgemm_bsr", "sparsegemm.linear, BSRMatrix (the pattern's block)",
-                           "sparse", _build_sparsegemm_bsr, is_sparsegemm=True))
+        register(
+            Contender(
+                "sgemm_bsr",
+                "sparsegemm.linear, BSRMatrix (the pattern's block)",
+                "sparse",
+                _build_sparsegemm_bsr,
+                is_sparsegemm=True,
+            )
+        )
     if hasattr(sparsegemm, "plan"):
-        register(Contender("sgemm_auto", "sparsegemm.plan's choice of format", "sparse",
-                           _build_sparsegemm_auto, is_sparsegemm=True))
+        register(
+            Contender(
+                "sgemm_auto",
+                "sparsegemm.plan's choice of format",
+                "sparse",
+                _build_sparsegemm_auto,
+                is_sparsegemm=True,
+            )
+        )
 
 
 register_optional_sparsegemm_formats()

@@ -21,9 +21,22 @@ from .workloads import Pattern, magnitude_prune
 
 E2E_SPARSITIES = (0.5, 0.8, 0.9, 0.95)
 
-E2E_COLUMNS = ("model", "input_shape", "sparsity", "pattern", "format", "status", "detail",
-               "dense_time_s", "sparse_time_s", "speedup", "sparse_q1_s", "sparse_q3_s",
-               "max_rel_error", "steady")
+E2E_COLUMNS = (
+    "model",
+    "input_shape",
+    "sparsity",
+    "pattern",
+    "format",
+    "status",
+    "detail",
+    "dense_time_s",
+    "sparse_time_s",
+    "speedup",
+    "sparse_q1_s",
+    "sparse_q3_s",
+    "max_rel_error",
+    "steady",
+)
 
 
 @dataclass(frozen=True)
@@ -64,9 +77,15 @@ def _bottleneck() -> tuple[Any, Any]:
         def __init__(self, channels: int = 256, width: int = 64):
             super().__init__()
             self.body = nn.Sequential(
-                nn.Conv2d(channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                nn.Conv2d(width, channels, 1, bias=False), nn.BatchNorm2d(channels))
+                nn.Conv2d(channels, width, 1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+                nn.Conv2d(width, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+                nn.Conv2d(width, channels, 1, bias=False),
+                nn.BatchNorm2d(channels),
+            )
 
         def forward(self, x: Any) -> Any:
             return torch.relu(self.body(x) + x)
@@ -101,7 +120,8 @@ def prune_model(model: Any, sparsity: float, pattern: Pattern) -> None:
                 matrix = weight.detach().reshape(weight.shape[0], -1).numpy()
                 fits = pattern.blocksize is None or (
                     matrix.shape[0] % pattern.blocksize[0] == 0
-                    and matrix.shape[1] % pattern.blocksize[1] == 0)
+                    and matrix.shape[1] % pattern.blocksize[1] == 0
+                )
                 pruned = magnitude_prune(matrix, sparsity, pattern if fits else Pattern())
                 weight.copy_(torch.from_numpy(pruned).reshape(weight.shape))
 
@@ -128,9 +148,14 @@ def _sparsified(sparsify: Callable[..., Any], model: Any, fmt: str, pattern: Pat
     return converted if result is None else result  # in-place or returning, either works
 
 
-def run_e2e(sparsities: tuple[float, ...], pattern: Pattern, threads: int,
-            settings: HarnessSettings, models: tuple[E2EModel, ...] | None = None,
-            formats: tuple[str, ...] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+def run_e2e(
+    sparsities: tuple[float, ...],
+    pattern: Pattern,
+    threads: int,
+    settings: HarnessSettings,
+    models: tuple[E2EModel, ...] | None = None,
+    formats: tuple[str, ...] | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows (one per model, sparsity and format) and notes. Empty rows when it cannot run.
 
     ``models`` defaults to :data:`MODELS`; ``formats`` to auto and csr (and bsr
@@ -160,9 +185,14 @@ def run_e2e(sparsities: tuple[float, ...], pattern: Pattern, threads: int,
                     fmt_rows = {}
                     for fmt in formats:
                         row = fmt_rows[fmt] = {
-                            "model": spec.name, "input_shape": "x".join(map(str, x.shape)),
-                            "sparsity": sparsity, "pattern": pattern.name, "format": fmt,
-                            "status": "ok", "detail": ""}
+                            "model": spec.name,
+                            "input_shape": "x".join(map(str, x.shape)),
+                            "sparsity": sparsity,
+                            "pattern": pattern.name,
+                            "format": fmt,
+                            "status": "ok",
+                            "detail": "",
+                        }
                         try:
                             model = _sparsified(sparsify, dense, fmt, pattern)
                             row["max_rel_error"] = check_output(model(x), reference, spec.inner_dim)
@@ -181,9 +211,14 @@ def run_e2e(sparsities: tuple[float, ...], pattern: Pattern, threads: int,
                             row.update(dense_time_s=dense_time, speedup=math.nan)
                         else:
                             q1, q3 = timing.quartiles
-                            row.update(dense_time_s=dense_time, sparse_time_s=timing.median,
-                                       speedup=dense_time / timing.median, sparse_q1_s=q1,
-                                       sparse_q3_s=q3, steady=measured.steady)
+                            row.update(
+                                dense_time_s=dense_time,
+                                sparse_time_s=timing.median,
+                                speedup=dense_time / timing.median,
+                                sparse_q1_s=q1,
+                                sparse_q3_s=q3,
+                                steady=measured.steady,
+                            )
                         rows.append(row)
     finally:
         torch.set_num_threads(previous_threads)
@@ -191,13 +226,19 @@ def run_e2e(sparsities: tuple[float, ...], pattern: Pattern, threads: int,
 
 
 def e2e_table(rows: list[dict[str, Any]]) -> str:
-    lines = [(f"{'model':<44} {'sparsity':>8} {'format':<6} {'dense':>9} {'sparse':>9} "
-              f"{'speedup':>8}  status")]
+    lines = [
+        (
+            f"{'model':<44} {'sparsity':>8} {'format':<6} {'dense':>9} {'sparse':>9} "
+            f"{'speedup':>8}  status"
+        )
+    ]
     for row in rows:
         dense = f"{row['dense_time_s'] * 1e3:7.2f}ms"
-        sparse = (f"{row['sparse_time_s'] * 1e3:7.2f}ms" if "sparse_time_s" in row else "-")
+        sparse = f"{row['sparse_time_s'] * 1e3:7.2f}ms" if "sparse_time_s" in row else "-"
         speedup = "-" if np.isnan(row["speedup"]) else f"{row['speedup']:6.2f}x"
         status = row["status"] + (f": {row['detail']}" if row["detail"] else "")
-        lines.append(f"{row['model']:<44} {row['sparsity']:8.2f} {row['format']:<6} {dense:>9} "
-                     f"{sparse:>9} {speedup:>8}  {status}")
+        lines.append(
+            f"{row['model']:<44} {row['sparsity']:8.2f} {row['format']:<6} {dense:>9} "
+            f"{sparse:>9} {speedup:>8}  {status}"
+        )
     return "\n".join(lines)

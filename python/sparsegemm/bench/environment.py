@@ -31,8 +31,8 @@ def missing_spin_env() -> dict[str, str]:
     return {k: v for k, v in SPIN_ENV.items() if k not in os.environ}
 
 
-def reexec_with_spin_env(module: str, args: list[str]) -> None:
-    """Replace this process by ``python -m module args`` with :data:`SPIN_ENV` set.
+def reexec_with_spin_env(command: list[str]) -> None:
+    """Replace this process by ``command`` (argv, program first) with :data:`SPIN_ENV` set.
 
     Returns without doing anything if the settings are already there, if this
     process is already the re-executed one, or where ``os.execv`` is unavailable.
@@ -44,7 +44,7 @@ def reexec_with_spin_env(module: str, args: list[str]) -> None:
     os.environ[_REEXEC_MARK] = "1"
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", module, *args])
+    os.execv(command[0], command)
 
 
 def cpu_model() -> str:
@@ -72,10 +72,17 @@ def blas_info() -> list[dict[str, Any]]:
         import threadpoolctl
     except ImportError:
         return []
-    return [{"user_api": info.get("user_api"), "library": info.get("internal_api"),
-             "version": info.get("version"), "kernel": info.get("architecture"),
-             "threads": info.get("num_threads"), "path": info.get("filepath")}
-            for info in threadpoolctl.threadpool_info()]
+    return [
+        {
+            "user_api": info.get("user_api"),
+            "library": info.get("internal_api"),
+            "version": info.get("version"),
+            "kernel": info.get("architecture"),
+            "threads": info.get("num_threads"),
+            "path": info.get("filepath"),
+        }
+        for info in threadpoolctl.threadpool_info()
+    ]
 
 
 def machine_metadata(threads: int) -> dict[str, Any]:
@@ -90,9 +97,12 @@ def machine_metadata(threads: int) -> dict[str, Any]:
     if _version("torch") is not None:
         import torch
 
-        torch_info = {"version": torch.__version__, "threads": torch.get_num_threads(),
-                      "mkl": bool(torch.backends.mkl.is_available()),
-                      "parallel_info": torch.__config__.parallel_info().splitlines()[:12]}
+        torch_info = {
+            "version": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "mkl": bool(torch.backends.mkl.is_available()),
+            "parallel_info": torch.__config__.parallel_info().splitlines()[:12],
+        }
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu_model": cpu_model(),

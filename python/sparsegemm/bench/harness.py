@@ -144,8 +144,9 @@ def _plan_for(seconds_per_call: float, settings: HarnessSettings) -> _Plan:
     return _Plan(calls, rounds, warm_up)
 
 
-def _one_attempt(calls: Mapping[str, Callable[[], Any]], settings: HarnessSettings,
-                 plans: dict[str, _Plan]) -> dict[str, Timing]:
+def _one_attempt(
+    calls: Mapping[str, Callable[[], Any]], settings: HarnessSettings, plans: dict[str, _Plan]
+) -> dict[str, Timing]:
     names = list(calls)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(settings.rounds):
@@ -166,9 +167,12 @@ def _one_attempt(calls: Mapping[str, Callable[[], Any]], settings: HarnessSettin
     return {name: Timing(tuple(samples[name]), plans[name].calls) for name in names}
 
 
-def measure(calls: Mapping[str, Callable[[], Any]], reference_names: list[str],
-            settings: HarnessSettings,
-            first_call_s: Mapping[str, float] | None = None) -> PointTimings:
+def measure(
+    calls: Mapping[str, Callable[[], Any]],
+    reference_names: list[str],
+    settings: HarnessSettings,
+    first_call_s: Mapping[str, float] | None = None,
+) -> PointTimings:
     """Time ``calls`` interleaved; re-measure while the references are unsteady.
 
     ``first_call_s`` may give each contender's duration of an earlier call (the
@@ -178,8 +182,11 @@ def measure(calls: Mapping[str, Callable[[], Any]], reference_names: list[str],
     """
     if not calls:
         return PointTimings({}, 0, True)
-    plans = {name: _plan_for(seconds, settings) for name, seconds in (first_call_s or {}).items()
-             if name in calls and seconds >= settings.skip_warmup_above_s}
+    plans = {
+        name: _plan_for(seconds, settings)
+        for name, seconds in (first_call_s or {}).items()
+        if name in calls and seconds >= settings.skip_warmup_above_s
+    }
     best = _one_attempt(calls, settings, plans)
     best_spread = _reference_spread(best, reference_names)
     remeasured = 0

@@ -16,14 +16,21 @@ def _best_peer_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         if row["status"] != "ok" or row["kind"] != "sparse" or row["is_sparsegemm"]:
             continue
-        key = (row["out_features"], row["in_features"], row["pattern"], row["batch"], row["sparsity"])
+        key = (
+            row["out_features"],
+            row["in_features"],
+            row["pattern"],
+            row["batch"],
+            row["sparsity"],
+        )
         if key not in best or row["speedup"] > best[key]["speedup"]:
             best[key] = row
     return list(best.values())
 
 
-def crossover_plot(path: str, rows: Sequence[dict[str, Any]], table: Sequence[dict[str, Any]],
-                   title: str) -> bool:
+def crossover_plot(
+    path: str, rows: Sequence[dict[str, Any]], table: Sequence[dict[str, Any]], title: str
+) -> bool:
     """Write the PNG; returns False (writing nothing) when matplotlib is missing.
 
     Solid lines: the fastest sparsegemm format per batch; dashed: the fastest
@@ -39,30 +46,49 @@ def crossover_plot(path: str, rows: Sequence[dict[str, Any]], table: Sequence[di
         return False
     ours = best_sparsegemm_rows(rows)
     peers = _best_peer_rows(rows)
-    panels = list(dict.fromkeys((r["out_features"], r["in_features"], r["pattern"]) for r in ours + peers))
+    panels = list(
+        dict.fromkeys((r["out_features"], r["in_features"], r["pattern"]) for r in ours + peers)
+    )
     if not panels:
         return False
     batches = sorted({r["batch"] for r in ours + peers})
     colors = plt.get_cmap("viridis")
     columns = min(3, len(panels))
     figure_rows = math.ceil(len(panels) / columns)
-    figure, axes = plt.subplots(figure_rows, columns, figsize=(5.2 * columns, 4.0 * figure_rows),
-                                squeeze=False)
+    figure, axes = plt.subplots(
+        figure_rows, columns, figsize=(5.2 * columns, 4.0 * figure_rows), squeeze=False
+    )
     for axis, (m, k, pattern) in zip(axes.flat, panels):
         for index, batch in enumerate(batches):
             color = colors(index / max(1, len(batches) - 1) * 0.9)
             for series, style, label in ((ours, "-", f"batch {batch}"), (peers, "--", None)):
-                points = sorted((r["sparsity"], r["speedup"]) for r in series
-                                if (r["out_features"], r["in_features"], r["pattern"], r["batch"])
-                                == (m, k, pattern, batch) and r["speedup"] == r["speedup"])
+                points = sorted(
+                    (r["sparsity"], r["speedup"])
+                    for r in series
+                    if (r["out_features"], r["in_features"], r["pattern"], r["batch"])
+                    == (m, k, pattern, batch)
+                    and r["speedup"] == r["speedup"]
+                )
                 if points:
                     axis.plot(*zip(*points), style, marker=".", color=color, label=label)
             for entry in table:
-                if ((entry["out_features"], entry["in_features"], entry["pattern"], entry["batch"],
-                     entry["contender"]) == (m, k, pattern, batch, BEST_SPARSEGEMM)
-                        and isinstance(entry["break_even_sparsity"], float)):
-                    axis.plot(entry["break_even_sparsity"], 1.0, "o", color=color, markersize=8,
-                              markerfacecolor="none")
+                if (
+                    entry["out_features"],
+                    entry["in_features"],
+                    entry["pattern"],
+                    entry["batch"],
+                    entry["contender"],
+                ) == (m, k, pattern, batch, BEST_SPARSEGEMM) and isinstance(
+                    entry["break_even_sparsity"], float
+                ):
+                    axis.plot(
+                        entry["break_even_sparsity"],
+                        1.0,
+                        "o",
+                        color=color,
+                        markersize=8,
+                        markerfacecolor="none",
+                    )
         axis.axhline(1.0, color="black", linewidth=0.8)
         axis.set_yscale("log")
         axis.yaxis.set_major_locator(ticker.FixedLocator(_SPEEDUP_TICKS))
@@ -72,9 +98,10 @@ def crossover_plot(path: str, rows: Sequence[dict[str, Any]], table: Sequence[di
         axis.set_xlabel("sparsity")
         axis.set_ylabel("speedup over dense")
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(fontsize="small", title="solid: sparsegemm\ndashed: best peer",
-                    title_fontsize="small")
-    for axis in list(axes.flat)[len(panels):]:
+        axis.legend(
+            fontsize="small", title="solid: sparsegemm\ndashed: best peer", title_fontsize="small"
+        )
+    for axis in list(axes.flat)[len(panels) :]:
         axis.set_visible(False)
     figure.suptitle(title)
     figure.tight_layout()

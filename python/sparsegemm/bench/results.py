@@ -39,7 +39,7 @@ COLUMNS: dict[str, str] = {
     "samples": "number of samples (rounds); each is the mean of a block of calls",
     "calls_per_sample": "calls in each timed block",
     "baseline": "the dense contender speedup is measured against (batch 1: the faster of "
-                "numpy and torch; otherwise torch F.linear, or numpy without torch)",
+    "numpy and torch; otherwise torch F.linear, or numpy without torch)",
     "baseline_time_s": "the baseline's median seconds per call",
     "speedup": "baseline_time_s / time_median_s",
     "speedup_vs_best_dense": "fastest dense contender's median / time_median_s",
@@ -76,11 +76,23 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_json(path: str, *, metadata: dict[str, Any], settings: dict[str, Any],
-               rows: Sequence[dict[str, Any]], break_even: Sequence[dict[str, Any]],
-               notes: Sequence[str]) -> None:
-    document = {"schema": SCHEMA, "metadata": metadata, "settings": settings,
-                "notes": list(notes), "results": list(rows), "break_even": list(break_even)}
+def write_json(
+    path: str,
+    *,
+    metadata: dict[str, Any],
+    settings: dict[str, Any],
+    rows: Sequence[dict[str, Any]],
+    break_even: Sequence[dict[str, Any]],
+    notes: Sequence[str],
+) -> None:
+    document = {
+        "schema": SCHEMA,
+        "metadata": metadata,
+        "settings": settings,
+        "notes": list(notes),
+        "results": list(rows),
+        "break_even": list(break_even),
+    }
     with open(path, "w", encoding="utf-8") as handle:
         dump_json(handle, document)
 

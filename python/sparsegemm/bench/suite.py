@@ -89,14 +89,25 @@ def thread_limits(threads: int, use_torch: bool) -> Iterator[None]:
             torch.set_num_threads(previous_torch)
 
 
-def _row_base(point: Point, weight: np.ndarray, spec: SuiteSpec, contender: registry.Contender) -> dict:
+def _row_base(
+    point: Point, weight: np.ndarray, spec: SuiteSpec, contender: registry.Contender
+) -> dict:
     return {
-        "out_features": point.out_features, "in_features": point.in_features, "batch": point.batch,
-        "sparsity": point.sparsity, "actual_sparsity": 1.0 - int(np.count_nonzero(weight)) / weight.size,
-        "pattern": point.pattern.name, "label": point.label, "dtype": str(spec.dtype),
-        "threads": spec.threads, "contender": contender.name, "kind": contender.kind,
-        "is_sparsegemm": contender.is_sparsegemm, "threading": contender.threading,
-        "status": "ok", "detail": "",
+        "out_features": point.out_features,
+        "in_features": point.in_features,
+        "batch": point.batch,
+        "sparsity": point.sparsity,
+        "actual_sparsity": 1.0 - int(np.count_nonzero(weight)) / weight.size,
+        "pattern": point.pattern.name,
+        "label": point.label,
+        "dtype": str(spec.dtype),
+        "threads": spec.threads,
+        "contender": contender.name,
+        "kind": contender.kind,
+        "is_sparsegemm": contender.is_sparsegemm,
+        "threading": contender.threading,
+        "status": "ok",
+        "detail": "",
     }
 
 
@@ -121,16 +132,22 @@ def _baseline(point: Point, dense_times: dict[str, float]) -> str | None:
     return "torch_dense"
 
 
-def run_point(point: Point, weight: np.ndarray, x: np.ndarray, spec: SuiteSpec,
-              weight_cache: dict | None = None) -> list[dict[str, Any]]:
+def run_point(
+    point: Point,
+    weight: np.ndarray,
+    x: np.ndarray,
+    spec: SuiteSpec,
+    weight_cache: dict | None = None,
+) -> list[dict[str, Any]]:
     """Check, time and compare every contender on one point.
 
     ``weight_cache`` keeps converted weights for the next point with the same
     weight (the grid runs all batches of a weight in a row).
     """
     weight_cache = {} if weight_cache is None else weight_cache
-    problem = registry.Problem(weight=weight, x=x, pattern=point.pattern, threads=spec.threads,
-                               weight_cache=weight_cache)
+    problem = registry.Problem(
+        weight=weight, x=x, pattern=point.pattern, threads=spec.threads, weight_cache=weight_cache
+    )
     weight64 = problem.cached("float64", lambda: weight.astype(np.float64))
     reference = x.astype(np.float64) @ weight64.T
     rows: dict[str, dict[str, Any]] = {}
@@ -174,14 +191,23 @@ def run_point(point: Point, weight: np.ndarray, x: np.ndarray, spec: SuiteSpec,
         q1, q3 = timing.quartiles
         flops = dense_flops if registry.REGISTRY[name].kind == "dense" else useful_flops
         rows[name].update(
-            time_median_s=median, time_q1_s=q1, time_q3_s=q3, time_min_s=min(timing.samples),
-            time_max_s=max(timing.samples), samples=len(timing.samples),
-            calls_per_sample=timing.calls_per_sample, baseline=baseline,
-            baseline_time_s=baseline_time, speedup=baseline_time / median,
-            speedup_vs_best_dense=best_dense / median, useful_gflops=flops / median / 1e9,
+            time_median_s=median,
+            time_q1_s=q1,
+            time_q3_s=q3,
+            time_min_s=min(timing.samples),
+            time_max_s=max(timing.samples),
+            samples=len(timing.samples),
+            calls_per_sample=timing.calls_per_sample,
+            baseline=baseline,
+            baseline_time_s=baseline_time,
+            speedup=baseline_time / median,
+            speedup_vs_best_dense=best_dense / median,
+            useful_gflops=flops / median / 1e9,
             effective_gflops=dense_flops / median / 1e9,
             baseline_gflops=dense_flops / baseline_time / 1e9 if baseline else math.nan,
-            remeasured=measured.remeasured, steady=measured.steady)
+            remeasured=measured.remeasured,
+            steady=measured.steady,
+        )
     for row in rows.values():
         row.setdefault("speedup", math.nan)
         row.setdefault("speedup_vs_best_dense", math.nan)

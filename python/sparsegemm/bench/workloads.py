@@ -48,7 +48,9 @@ def parse_pattern(text: str) -> Pattern:
         return Pattern()
     match = re.fullmatch(r"block:(\d+)x(\d+)", text)
     if not match or min(int(match[1]), int(match[2])) < 1:
-        raise ValueError(f"pattern must be 'unstructured' or 'block:RxC' with R, C >= 1, got {text!r}")
+        raise ValueError(
+            f"pattern must be 'unstructured' or 'block:RxC' with R, C >= 1, got {text!r}"
+        )
     return Pattern((int(match[1]), int(match[2])))
 
 
@@ -108,29 +110,51 @@ def load_layer_shapes(path: str | None = None) -> list[LayerShape]:
     shapes = []
     for row in csv.DictReader(lines):
         try:
-            shapes.append(LayerShape(row["model"], row["layer"], row["kind"],
-                                     int(row["out_features"]), int(row["in_features"]), int(row["n"])))
+            shapes.append(
+                LayerShape(
+                    row["model"],
+                    row["layer"],
+                    row["kind"],
+                    int(row["out_features"]),
+                    int(row["in_features"]),
+                    int(row["n"]),
+                )
+            )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"bad layer-shapes row {row!r}: {error}") from None
     return shapes
 
 
-def grid(shapes: Sequence[tuple[int, int]], batches: Sequence[int], sparsities: Sequence[float],
-         patterns: Sequence[Pattern]) -> list[Point]:
+def grid(
+    shapes: Sequence[tuple[int, int]],
+    batches: Sequence[int],
+    sparsities: Sequence[float],
+    patterns: Sequence[Pattern],
+) -> list[Point]:
     """Every combination, ordered so that one weight is pruned once for all its batches."""
-    return [Point(m, k, b, s, p)
-            for (m, k) in shapes for p in patterns for s in sparsities for b in batches]
+    return [
+        Point(m, k, b, s, p)
+        for (m, k) in shapes
+        for p in patterns
+        for s in sparsities
+        for b in batches
+    ]
 
 
-def layer_grid(layers: Sequence[LayerShape], sparsities: Sequence[float],
-               patterns: Sequence[Pattern]) -> list[Point]:
+def layer_grid(
+    layers: Sequence[LayerShape], sparsities: Sequence[float], patterns: Sequence[Pattern]
+) -> list[Point]:
     """One point per distinct (shape, n) of ``layers`` at each sparsity and pattern."""
     seen: dict[tuple[int, int, int], str] = {}
     for layer in layers:
         key = (layer.out_features, layer.in_features, layer.n)
         seen.setdefault(key, f"{layer.model} {layer.layer}")
-    return [Point(m, k, n, s, p, label)
-            for (m, k, n), label in seen.items() for p in patterns for s in sparsities]
+    return [
+        Point(m, k, n, s, p, label)
+        for (m, k, n), label in seen.items()
+        for p in patterns
+        for s in sparsities
+    ]
 
 
 def magnitude_prune(weight: np.ndarray, sparsity: float, pattern: Pattern) -> np.ndarray:
@@ -179,7 +203,9 @@ class WeightCache:
             self._dense.clear()  # the grid visits one shape at a time
             rng = np.random.default_rng(self.seed)
             scale = 1.0 / np.sqrt(in_features)
-            self._dense[key] = (rng.standard_normal(key, dtype=np.float32) * scale).astype(self.dtype)
+            self._dense[key] = (rng.standard_normal(key, dtype=np.float32) * scale).astype(
+                self.dtype
+            )
         return self._dense[key]
 
     def pruned(self, point: Point) -> np.ndarray:
