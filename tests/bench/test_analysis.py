@@ -63,3 +63,9 @@ def test_table_has_each_contender_and_the_best_sparsegemm_format():
     best = table[BEST_SPARSEGEMM]
     assert best["speedup_at_90"] == 3.0 and best["format_at_90"] == "sgemm_bsr"
     assert best["break_even_sparsity"] == pytest.approx(0.5 + 0.1 / 2.1 * 0.4)
+
+
+def test_a_series_against_both_dense_references_names_both():
+    rows = [_row("sgemm_csr", 0.5, 0.5), dict(_row("sgemm_csr", 0.9, 2.0), baseline="torch_dense")]
+    (entry,) = [e for e in break_even_table(rows) if e["contender"] == "sgemm_csr"]
+    assert entry["baseline"] == "numpy_dense/torch_dense"

@@ -38,6 +38,15 @@ def format_break_even(value: float | str) -> str:
     return f"{value:.3f}" if isinstance(value, float) else value
 
 
+def baselines_label(rows: Iterable[dict[str, Any]]) -> str:
+    """The dense contender(s) these rows' speedups are against, e.g. ``numpy_dense/torch_dense``.
+
+    At batch 1 each point uses whichever dense was faster there, so a series can
+    mix both.
+    """
+    return "/".join(sorted({row["baseline"] for row in rows if row.get("baseline")})) or "-"
+
+
 def _key(row: dict[str, Any]) -> tuple:
     return (row["out_features"], row["in_features"], row["pattern"], row["batch"])
 
@@ -80,7 +89,7 @@ def break_even_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 ),
                 "speedup_at_90": at_90[0]["speedup"] if at_90 else None,
                 "format_at_90": at_90[0].get("detail") or contender if at_90 else None,
-                "baseline": points[0]["baseline"],
+                "baseline": baselines_label(points),
             }
         )
     return table

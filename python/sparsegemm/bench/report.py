@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from .analysis import BEST_SPARSEGEMM, format_break_even
+from .analysis import BEST_SPARSEGEMM, baselines_label, format_break_even
 from .environment import numpy_blas_summary
 
 
@@ -53,7 +53,7 @@ def terminal_table(rows: Sequence[dict[str, Any]]) -> str:
         f"{'speedup':>8} {'vs best':>8} {'useful':>8} {'dense':>8}"
     )
     for (m, k, pattern, batch), group in groups.items():
-        baseline = group[0].get("baseline")
+        baseline = baselines_label(group)
         lines.append(
             f"\n{m}x{k}  batch {batch}  {pattern}  (speedup vs {baseline}; "
             f"'vs best' = vs the fastest dense; GFLOP/s: useful = 2*nnz*N/t, "
@@ -162,7 +162,7 @@ def markdown_report(
             if best_peer is None
             else f"{best_peer['speedup_at_90']:.2f}x ({best_peer['contender']})"
         )
-        baseline = entries[0]["baseline"]
+        baseline = "/".join(sorted({part for e in entries for part in e["baseline"].split("/")}))
         lines.append(
             f"| {m}x{k} | {pattern} | {batch} | {baseline} | {ours_text} | {at_90} | {peer_text} |"
         )
