@@ -339,13 +339,13 @@ def run_bench(args: argparse.Namespace) -> int:
     preset_name = "full" if args.full else "quick-test" if args.quick_test else "quick"
     preset = PRESETS[preset_name]
     threads = args.threads or sparsegemm.get_num_threads()
-    notes: list[str] = (
-        [preset.description]
-        if args.layers is None
-        else [
-            "layer suite: each layer's shape at its own N (tokens, or H*W), quick harness settings"
-        ]
-    )
+    notes: list[str] = []
+    if args.layers is not None:
+        notes.append(
+            "layer suite: each layer's shape at its own N (tokens, or H*W), quick settings"
+        )
+    elif not args.e2e_only:
+        notes.append(preset.description)
     if missing_spin_env():
         notes.append(
             f"thread-pool spin settings not applied ({', '.join(missing_spin_env())} "

@@ -11,6 +11,10 @@ from .analysis import BEST_SPARSEGEMM, baselines_label, format_break_even
 from .environment import numpy_blas_summary
 
 
+def _shape(row: dict[str, Any]) -> str:
+    return f"{row['out_features']}x{row['in_features']}"
+
+
 def _fmt_time(seconds: float) -> str:
     if math.isnan(seconds):
         return "-"
@@ -85,7 +89,7 @@ def break_even_lines(table: Sequence[dict[str, Any]]) -> str:
     ]
     for entry in table:
         lines.append(
-            f"{entry['out_features']}x{entry['in_features']:<5} {entry['pattern']:<13} "
+            f"{_shape(entry):>10} {entry['pattern']:<13} "
             f"{entry['batch']:>5} {entry['contender']:<16} "
             f"{format_break_even(entry['break_even_sparsity']):>10} "
             f"{_fmt_speedup(entry['speedup_at_90']):>7}"
