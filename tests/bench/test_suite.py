@@ -200,3 +200,15 @@ def test_block_formats_and_planner_register_when_sparsegemm_has_them(monkeypatch
     blocked = Point(16, 32, 2, 0.75, Pattern((4, 4)))
     rows = {r["contender"]: r for r in run_point(blocked, *_operands(blocked), _spec(names))}
     assert rows["sgemm_bsr"]["status"] == "ok" and rows["sgemm_bsr"]["is_sparsegemm"]
+
+
+def test_progress_falls_back_to_a_stderr_line_without_tqdm(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    spec = _spec(["numpy_dense"])
+    spec.points = [Point(8, 8, 1, 0.5), Point(8, 8, 2, 0.5)]
+    rows = run_suite(spec, progress=True)
+    assert len(rows) == 2
+    err = capsys.readouterr().err
+    assert "[1/2]" in err and "[2/2]" in err and "8x8 b=2" in err

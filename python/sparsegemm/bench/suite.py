@@ -7,7 +7,7 @@ import math
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -26,8 +26,7 @@ class SuiteSpec:
     dtype: np.dtype
     threads: int
     harness: HarnessSettings
-    quick: bool = False  # applies each contender's quick_max_batch
-    notes: list[str] = field(default_factory=list)
+    quick: bool = False  # applies the contenders' quick-suite trims
 
 
 class _Progress:
