@@ -62,11 +62,11 @@ PRESETS = {
         DEFAULT_BATCHES,
         QUICK_SPARSITIES,
         HarnessSettings(
-            rounds=5, target_block_s=0.01, max_calls=50, max_remeasure=1, max_contender_s=0.5
+            rounds=5, target_block_s=0.01, max_calls=50, max_remeasure=1, max_contender_s=0.3
         ),
         True,
         "quick suite: 5 samples per contender (blocks of ~10 ms; fewer samples for a contender "
-        "that would take over ~0.5 s per point, see the samples column), one re-measurement at "
+        "that would take over ~0.3 s per point, see the samples column), one re-measurement at "
         "most; scipy only at batch <= 16; scipy and torch CSR only on unstructured weights. "
         "Run --full for the whole grid with more samples",
     ),
