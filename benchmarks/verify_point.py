@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""Measure one configuration on its own, to check a figure of ``sparsegemm bench``.
+
+    python benchmarks/verify_point.py 4096x4096 16 0.9 sgemm_csr
+    python benchmarks/verify_point.py 768x3072 1 0.95 sgemm_csr --against bench_results/results.json
+
+It builds the same pruned weight as the suite (same seed), checks the output,
+then times the format and the dense references with its own simple loop: at
+least 20 repeats, interleaved, each a block of calls after a warm-up, median
+taken. Only the operands come from the package; the timing loop is separate
+from the suite's harness, so agreement (within 20%) is an independent check.
+Exit status 1 when ``--against`` disagrees by more than ``--tolerance``.
+"""
+
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import sparsegemm
+from sparsegemm.bench import contenders as registry
+from sparsegemm.bench.environment import reexec_with_spin_env
+from sparsegemm.bench.harness import check_output
+from sparsegemm.bench.suite import thread_limits
+from sparsegemm.bench.workloads import (
+    Point,
+    WeightCache,
+    parse_pattern,
+    parse_shape,
+    parse_sparsity,
+)
+
+
+def _block_median(calls: dict, repeats: int, block_s: float) -> dict[str, float]:
+    sizes = {}
+    for name, call in calls.items():
+        start = time.perf_counter()
+        call()
+        sizes[name] = max(1, min(500, round(block_s / max(time.perf_counter() - start, 1e-7))))
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            time.sleep(0.002)
+            calls[name]()
+            start = time.perf_counter()
+            for _ in range(sizes[name]):
+                calls[name]()
+            samples[name].append((time.perf_counter() - start) / sizes[name])
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _suite_row(path: str, point: Point, fmt: str, dtype: str, threads: int) -> dict | None:
+    with open(path, encoding="utf-8") as handle:
+        rows = json.load(handle)["results"]
+    for row in rows:
+        if (
+            row["out_features"],
+            row["in_features"],
+            row["batch"],
+            row["contender"],
+            row["pattern"],
+            row["dtype"],
+            row["threads"],
+            row["status"],
+        ) == (
+            point.out_features,
+            point.in_features,
+            point.batch,
+            fmt,
+            point.pattern.name,
+            dtype,
+            threads,
+            "ok",
+        ) and abs(row["sparsity"] - point.sparsity) < 1e-9:
+            return row
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("shape", help="OUTxIN")
+    parser.add_argument("batch", type=int)
+    parser.add_argument("sparsity")
+    parser.add_argument(
+        "format", help="a contender name, e.g. sgemm_csr (see sparsegemm bench --list-formats)"
+    )
+    parser.add_argument("--pattern", default="unstructured")
+    parser.add_argument("--repeats", type=int, default=21)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--block-ms", type=float, default=20.0, help="duration of a timed block")
+    parser.add_argument("--seed", type=int, default=0, help="must match the suite's --seed")
+    parser.add_argument("--against", metavar="RESULTS_JSON", help="compare with a suite run")
+    parser.add_argument("--tolerance", type=float, default=0.2)
+    args = parser.parse_args(argv)
+    if args.repeats < 20:
+        parser.error("use at least 20 repeats")
+    if args.format not in registry.REGISTRY:
+        parser.error(f"unknown format {args.format!r}; known: {sorted(registry.REGISTRY)}")
+    m, k = parse_shape(args.shape)
+    point = Point(m, k, args.batch, parse_sparsity(args.sparsity), parse_pattern(args.pattern))
+    threads = args.threads or sparsegemm.get_num_threads()
+
+    cache = WeightCache(np.dtype(args.dtype), seed=args.seed)
+    weight, x = cache.pruned(point), cache.inputs(point.batch, point.in_features)
+    problem = registry.Problem(weight=weight, x=x, pattern=point.pattern, threads=threads)
+    reference = x.astype(np.float64) @ weight.T.astype(np.float64)
+    names = [
+        n
+        for n in ("numpy_dense", "torch_dense", args.format)
+        if registry.unavailable_reason(registry.REGISTRY[n]) is None
+    ]
+    names = list(dict.fromkeys(names))
+    with thread_limits(threads, use_torch="torch_dense" in names):
+        calls = {}
+        for name in names:
+            try:
+                calls[name] = registry.REGISTRY[name].build(problem)
+            except registry.Unsupported as reason:
+                print(f"{name} cannot run this point: {reason}")
+                return 2
+            check_output(calls[name](), reference, k)
+        medians = _block_median(calls, args.repeats, args.block_ms / 1e3)
+
+    dense = {n: t for n, t in medians.items() if registry.REGISTRY[n].kind == "dense"}
+    baseline = (
+        min(dense, key=dense.__getitem__)
+        if point.batch == 1 or "torch_dense" not in dense
+        else "torch_dense"
+    )
+    speedup = dense[baseline] / medians[args.format]
+    print(
+        f"{m}x{k} batch {point.batch} sparsity {point.sparsity:g} {point.pattern} "
+        f"{args.dtype}, {threads} threads, {args.repeats} interleaved repeats (median):"
+    )
+    for name, seconds in medians.items():
+        print(f"  {name:<12} {seconds * 1e3:9.3f} ms")
+    print(f"  speedup of {args.format} vs {baseline}: {speedup:.2f}x")
+    if not args.against:
+        return 0
+    row = _suite_row(args.against, point, args.format, args.dtype, threads)
+    if row is None:
+        print(f"no matching ok row in {args.against}")
+        return 2
+    ratio = speedup / row["speedup"]
+    agrees = abs(ratio - 1.0) <= args.tolerance
+    print(
+        f"  suite said {row['speedup']:.2f}x (vs {row['baseline']}): ratio {ratio:.2f} -> "
+        f"{'agrees' if agrees else 'DISAGREES'} within {args.tolerance:.0%}"
+    )
+    return 0 if agrees else 1
+
+
+if __name__ == "__main__":
+    # Same thread-pool spin settings as the suite; they must be set before numpy loads.
+    reexec_with_spin_env([sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
+    sys.exit(main())

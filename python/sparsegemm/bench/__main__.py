@@ -1,0 +1,12 @@
+"""``python -m sparsegemm.bench [bench] [options]``: same as the ``sparsegemm bench`` command."""
+
+import sys
+
+from .cli import MODULE, main
+from .environment import reexec_with_spin_env
+
+arguments = sys.argv[1:]
+reexec_with_spin_env([sys.executable, "-m", MODULE, *arguments])
+if not arguments or arguments[0] != "bench":
+    arguments = ["bench", *arguments]
+raise SystemExit(main(arguments))

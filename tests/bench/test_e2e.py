@@ -1,0 +1,98 @@
+"""End-to-end suite plumbing: skipped cleanly without sparsify, checked and timed with one."""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+from sparsegemm.bench import e2e
+from sparsegemm.bench.harness import HarnessSettings
+from sparsegemm.bench.workloads import Pattern
+
+FAST = HarnessSettings(rounds=2, target_block_s=0.0002, max_calls=2, sleep_s=0.0, max_remeasure=0)
+
+
+def _tiny_mlp():
+    import torch
+    from torch import nn
+
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)), torch.randn(4, 16)
+
+
+TINY = (e2e.E2EModel("tiny mlp", _tiny_mlp, 32),)
+
+
+def test_skipped_with_a_clear_note_when_sparsify_is_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sparsegemm.torch", None)  # import fails
+    rows, notes = e2e.run_e2e((0.5,), Pattern(), 1, FAST, models=TINY)
+    assert rows == []
+    assert len(notes) == 1 and "skipped" in notes[0] and "sparsify" in notes[0]
+
+
+@pytest.mark.torch
+def test_runs_checks_and_times_with_a_sparsify(monkeypatch):
+    pytest.importorskip("torch")
+    calls = []
+
+    def identity_sparsify(model, format="auto", **options):
+        calls.append(format)
+        return model
+
+    def wrong_sparsify(model, format="auto", **options):
+        with __import__("torch").no_grad():
+            model[0].weight.mul_(2)
+        # in place
+
+    for sparsify, status in ((identity_sparsify, "ok"), (wrong_sparsify, "wrong")):
+        fake = types.ModuleType("sparsegemm.torch")
+        fake.sparsify = sparsify
+        monkeypatch.setitem(sys.modules, "sparsegemm.torch", fake)
+        rows, notes = e2e.run_e2e((0.5, 0.9), Pattern(), 1, FAST, models=TINY)
+        assert notes == []
+        assert len(rows) == 4  # 2 sparsities x formats auto, csr
+        assert {r["status"] for r in rows} == {status}, rows
+        if status == "ok":
+            assert all(r["speedup"] > 0 and r["max_rel_error"] < 1e-5 for r in rows)
+        else:
+            assert all(np.isnan(r["speedup"]) for r in rows)
+    assert calls == ["auto", "csr", "auto", "csr"]
+    assert "tiny mlp" in e2e.e2e_table(rows)
+
+
+@pytest.mark.torch
+def test_prune_model_zeroes_the_requested_fraction():
+    torch = pytest.importorskip("torch")
+    model = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    e2e.prune_model(model, 0.75, Pattern())
+    for weight in (model.linear1.weight, model.linear2.weight, model.self_attn.in_proj_weight):
+        assert (weight == 0).float().mean().item() == pytest.approx(0.75, abs=0.01)
+
+
+@pytest.mark.torch
+def test_cli_e2e_only_writes_its_files(monkeypatch, tmp_path, capsys):
+    pytest.importorskip("torch")
+    from sparsegemm.bench.cli import main
+
+    fake = types.ModuleType("sparsegemm.torch")
+    fake.sparsify = lambda model, format="auto", **options: model
+    monkeypatch.setitem(sys.modules, "sparsegemm.torch", fake)
+    monkeypatch.setattr(e2e, "MODELS", TINY)
+    assert (
+        main(
+            [
+                "bench",
+                "--e2e-only",
+                "--sparsity",
+                "0.9",
+                "--repeats",
+                "2",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert "tiny mlp" in capsys.readouterr().out
+    assert (tmp_path / "e2e.csv").read_text().startswith("model,input_shape,sparsity")
+    assert not (tmp_path / "results.csv").exists()
