@@ -19,7 +19,7 @@ import statistics
 import time
 
 os.environ.setdefault("KMP_BLOCKTIME", "1")  # short pool spin between contenders
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")  # libgomp: short spin, no wake-up per call
 
 import sparsegemm
 import torch

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import sparsegemm
+from sparsegemm.bench.environment import SPIN_ENV
 from sparsegemm.bench.cli import main
 from sparsegemm.bench.compare import compare_documents, compare_files
 from sparsegemm.bench.results import COLUMNS, load_json
@@ -204,12 +205,7 @@ def _run_console(args, tmp_path):
         k: v
         for k, v in os.environ.items()
         if k
-        not in (
-            "KMP_BLOCKTIME",
-            "OPENBLAS_THREAD_TIMEOUT",
-            "OMP_WAIT_POLICY",
-            "SPARSEGEMM_BENCH_REEXEC",
-        )
+        not in (*SPIN_ENV, "SPARSEGEMM_BENCH_REEXEC")
     }
     package_root = os.path.dirname(os.path.dirname(sparsegemm.__file__))
     env["PYTHONPATH"] = os.pathsep.join([package_root, env.get("PYTHONPATH", "")])

@@ -21,7 +21,9 @@ from typing import Any
 SPIN_ENV = {
     "KMP_BLOCKTIME": "1",  # MKL/libiomp: spin 1 ms after a parallel region, not 200 ms
     "OPENBLAS_THREAD_TIMEOUT": "20",  # OpenBLAS: spin 2**20 cycles (well under a millisecond)
-    "OMP_WAIT_POLICY": "PASSIVE",  # libgomp (torch's and ours): sleep instead of spinning
+    # libgomp (torch's and ours): spin about 0.1-0.5 ms, not the default 300k
+    # iterations (milliseconds). PASSIVE would make every call pay a wake-up.
+    "GOMP_SPINCOUNT": "10000",
 }
 _REEXEC_MARK = "SPARSEGEMM_BENCH_REEXEC"
 
