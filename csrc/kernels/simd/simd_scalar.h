@@ -17,6 +17,8 @@ struct Vec {
   static reg fmadd(reg a, reg b, reg c) { return a * b + c; }
   static reg add(reg a, reg b) { return a + b; }
   static mask tail_mask(int64_t active) { return static_cast<int>(active); }
+  // Lane 0 is active when lo <= 0 < hi.
+  static mask range_mask(int64_t lo, int64_t hi) { return lo <= 0 && hi > 0 ? 1 : 0; }
   static reg maskz_load(mask m, const T* p) { return m ? *p : T(0); }
   static void mask_store(T* p, mask m, reg a) {
     if (m) *p = a;
