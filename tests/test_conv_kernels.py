@@ -103,6 +103,17 @@ def test_empty_zero_and_dense_weights(isa, dtype):
         check(x, sparse_weight(rng, 6, 4, 3, 3, density=1.0), 3, dtype, bias=bias, padding=1)
 
 
+def test_empty_batch_channels_and_outputs():
+    bias = np.arange(4.0)
+    no_inputs = sparsegemm.conv2d(np.ones((2, 0, 5, 5)), sparsegemm.CSRMatrix.from_dense(np.zeros((4, 0))),
+                                  3, bias=bias)
+    np.testing.assert_array_equal(no_inputs, np.broadcast_to(bias[None, :, None, None], (2, 4, 3, 3)))
+    weight = sparsegemm.CSRMatrix.from_dense(np.ones((4, 18)))
+    assert sparsegemm.conv2d(np.ones((0, 2, 5, 5)), weight, 3).shape == (0, 4, 3, 3)
+    no_outputs = sparsegemm.CSRMatrix.from_dense(np.ones((0, 18)))
+    assert sparsegemm.conv2d(np.ones((1, 2, 5, 5)), no_outputs, 3).shape == (1, 0, 3, 3)
+
+
 def test_resnet_3x3_layer_shape():
     rng = np.random.default_rng(3)
     weight = sparse_weight(rng, 64, 64, 3, 3, density=0.1, dtype=np.float32)

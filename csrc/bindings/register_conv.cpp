@@ -40,7 +40,8 @@ void register_conv_dtype(py::module_& m) {
         g.dilation_h = dilation[0];
         g.dilation_w = dilation[1];
         validate_conv2d_geometry(g, w.cols());  // std::invalid_argument -> ValueError
-        if (xarg.shape[3] > 1 && xarg.strides[3] != 1)
+        // (numpy gives empty arrays zero strides; nothing of them is read or written)
+        if (x.size() > 0 && xarg.shape[3] > 1 && xarg.strides[3] != 1)
           throw py::value_error("x must have contiguous rows (last dimension)");
         const int64_t expected[4] = {xarg.shape[0], w.rows(), g.out_h(), g.out_w()};
         for (int d = 0; d < 4; ++d)
@@ -51,7 +52,7 @@ void register_conv_dtype(py::module_& m) {
         const int64_t contiguous[4] = {expected[1] * expected[2] * expected[3], expected[2] * expected[3],
                                        expected[3], 1};
         for (int d = 0; d < 4; ++d)
-          if (expected[d] > 1 && oarg.strides[d] != contiguous[d])
+          if (out.size() > 0 && expected[d] > 1 && oarg.strides[d] != contiguous[d])
             throw py::value_error("out must be C-contiguous");
         const T* bias_ptr = optional_bias<T>(bias, w.rows());
         const T* values_ptr = optional_values<T>(values, w);
