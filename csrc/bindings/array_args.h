@@ -6,22 +6,28 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 
 namespace sparsegemm::bindings {
 
 namespace py = pybind11;
 
-// A strided 0-2 dimensional numpy view with strides counted in elements.
+// The most dimensions a StridedArg holds (4: an NCHW image batch).
+constexpr int kMaxArgDims = 4;
+
+// A strided 0-4 dimensional numpy view with strides counted in elements.
 template <typename T>
 struct StridedArg {
   T* data = nullptr;
-  int64_t shape[2] = {1, 1};
-  int64_t strides[2] = {0, 0};
+  int64_t shape[kMaxArgDims] = {1, 1, 1, 1};
+  int64_t strides[kMaxArgDims] = {0, 0, 0, 0};
 };
 
 template <typename T>
 StridedArg<T> strided_arg(const py::array& array, const char* name, int ndim, bool writable) {
+  static_assert(kMaxArgDims == 4, "update StridedArg's initialisers");
+  if (ndim < 0 || ndim > kMaxArgDims) throw std::logic_error("strided_arg: unsupported ndim");
   if (!py::isinstance<py::array_t<T>>(array) || !array.dtype().is(py::dtype::of<T>()))
     throw py::type_error(std::string(name) + " must have dtype " +
                          std::string(py::str(py::dtype::of<T>())) + ", got " +
@@ -51,6 +57,29 @@ StridedArg<T> contiguous_vector_arg(const py::array& array, const char* name) {
   if (arg.shape[0] > 1 && arg.strides[0] != 1)
     throw py::value_error(std::string(name) + " must be contiguous");
   return arg;
+}
+
+// An optional bias: None, or a contiguous vector of `length` entries.
+template <typename T>
+const T* optional_bias(const py::object& bias, int64_t length) {
+  if (bias.is_none()) return nullptr;
+  const auto arg = contiguous_vector_arg<T>(bias.cast<py::array>(), "bias");
+  if (arg.shape[0] != length)
+    throw py::value_error("bias must have " + std::to_string(length) + " entries, got " +
+                          std::to_string(arg.shape[0]));
+  return arg.data;
+}
+
+// Optional replacement values for a product with sparse matrix `a`: None, or
+// a contiguous vector of a.nnz() entries.
+template <typename T, typename Matrix>
+const T* optional_values(const py::object& values, const Matrix& a) {
+  if (values.is_none()) return nullptr;
+  const auto arg = contiguous_vector_arg<T>(values.cast<py::array>(), "values");
+  if (arg.shape[0] != a.nnz())
+    throw py::value_error("values must have nnz = " + std::to_string(a.nnz()) + " entries, got " +
+                          std::to_string(arg.shape[0]));
+  return arg.data;
 }
 
 }  // namespace sparsegemm::bindings

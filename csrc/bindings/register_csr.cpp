@@ -32,27 +32,6 @@ py::array owned_view(const V& vec, py::handle owner) {
 }
 
 template <typename T>
-const T* optional_bias(const py::object& bias, int64_t length) {
-  if (bias.is_none()) return nullptr;
-  const auto arg = contiguous_vector_arg<T>(bias.cast<py::array>(), "bias");
-  if (arg.shape[0] != length)
-    throw py::value_error("bias must have " + std::to_string(length) + " entries, got " +
-                          std::to_string(arg.shape[0]));
-  return arg.data;
-}
-
-// Optional replacement values for a product: a contiguous vector of nnz entries.
-template <typename T>
-const T* optional_values(const py::object& values, const CsrMatrix<T>& a) {
-  if (values.is_none()) return nullptr;
-  const auto arg = contiguous_vector_arg<T>(values.cast<py::array>(), "values");
-  if (arg.shape[0] != a.nnz())
-    throw py::value_error("values must have nnz = " + std::to_string(a.nnz()) + " entries, got " +
-                          std::to_string(arg.shape[0]));
-  return arg.data;
-}
-
-template <typename T>
 void register_csr_dtype(py::module_& m, const char* class_name) {
   using Matrix = CsrMatrix<T>;
   py::class_<Matrix>(m, class_name)

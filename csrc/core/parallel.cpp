@@ -16,6 +16,15 @@ int default_num_threads() {
 #endif
 }
 
+// Below this many multiply-adds a second thread costs more than it saves.
+constexpr int64_t kMinWorkPerThread = 1 << 15;
+
+int threads_for_work(int requested, int64_t work) {
+  const int threads = requested > 0 ? requested : default_num_threads();
+  const int64_t useful = std::max<int64_t>(1, work / kMinWorkPerThread);
+  return static_cast<int>(std::min<int64_t>(threads, useful));
+}
+
 const char* openmp_runtime_name() {
 #if defined(_OPENMP) && defined(__GNUC__) && !defined(__clang__)
   return "libgomp (GNU OpenMP)";

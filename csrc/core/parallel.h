@@ -10,6 +10,10 @@ namespace sparsegemm {
 
 // The thread count used when a caller passes num_threads <= 0.
 int default_num_threads();
+// Threads worth starting for `work` multiply-adds: at most `requested` (<= 0
+// means default_num_threads()), and fewer when each would get too little work
+// to pay for waking it.
+int threads_for_work(int requested, int64_t work);
 // Name of the OpenMP runtime this library was built against.
 const char* openmp_runtime_name();
 

@@ -14,15 +14,6 @@ namespace sparsegemm {
 
 namespace {
 
-// Below this many multiply-adds a second thread costs more than it saves.
-constexpr int64_t kMinWorkPerThread = 1 << 15;
-
-int threads_for(int requested, int64_t work) {
-  const int threads = requested > 0 ? requested : default_num_threads();
-  const int64_t useful = std::max<int64_t>(1, work / kMinWorkPerThread);
-  return static_cast<int>(std::min<int64_t>(threads, useful));
-}
-
 // Runs kernel(row_begin, row_end) over row ranges balanced by stored entries.
 template <typename T, typename Kernel>
 void for_row_ranges(const CsrMatrix<T>& a, int threads, int64_t row_cost, const Kernel& kernel) {
@@ -50,7 +41,7 @@ void gather_product(const CsrMatrix<T>& a, const T* values, const T* x, int64_t 
                     int64_t y_rstride, int num_threads) {
   const CsrView<T> view = view_with_values(a, values);
   const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
-  const int threads = threads_for(num_threads, (a.nnz() + a.rows()) * nvec);
+  const int threads = threads_for_work(num_threads, (a.nnz() + a.rows()) * nvec);
   for_row_ranges(a, threads, 4, [&](int64_t r0, int64_t r1) {
     kernels.gather_rows(view, r0, r1, x, x_vstride, x_kstride, nvec, bias, y, y_vstride, y_rstride);
   });
@@ -62,7 +53,7 @@ void panel_product(const CsrMatrix<T>& a, const T* values, const T* b, int64_t l
                    const T* bias, T* c, int64_t ldc, int num_threads) {
   const CsrView<T> view = view_with_values(a, values);
   const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
-  const int threads = threads_for(num_threads, (a.nnz() + a.rows()) * n);
+  const int threads = threads_for_work(num_threads, (a.nnz() + a.rows()) * n);
   for_row_ranges(a, threads, 2, [&](int64_t r0, int64_t r1) {
     kernels.spmm_rows(view, r0, r1, b, ldb, n, bias, c, ldc);
   });
@@ -139,7 +130,7 @@ void csr_sampled_dot(const CsrMatrix<T>& pattern, const T* a, int64_t lda, const
                      int64_t n, T* out, int num_threads) {
   const CsrView<T> view = pattern.view();
   const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
-  const int threads = threads_for(num_threads, (pattern.nnz() + pattern.rows()) * n);
+  const int threads = threads_for_work(num_threads, (pattern.nnz() + pattern.rows()) * n);
   for_row_ranges(pattern, threads, 1, [&](int64_t r0, int64_t r1) {
     kernels.sampled_dot_rows(view, r0, r1, a, lda, b, ldb, n, out);
   });

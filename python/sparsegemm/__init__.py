@@ -22,13 +22,14 @@ from ._runtime import (  # noqa: E402
     use_isa,
 )
 from .formats import CSRMatrix  # noqa: E402
-from .ops import linear, sddmm, sparse_mm  # noqa: E402
+from .ops import conv2d, linear, sddmm, sparse_mm  # noqa: E402
 
 _check_isa_environment()
 
 __all__ = [
     "CSRMatrix",
     "available_isas",
+    "conv2d",
     "get_isa",
     "get_num_threads",
     "linear",

@@ -204,3 +204,97 @@ def sddmm(
     out = np.empty(pattern.nnz, dtype=dtype)
     _core.csr_sampled_dot(pattern._handle, A, B, out, threads)
     return out
+
+
+def _conv_pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
+    """An int or a pair of ints, each >= ``minimum``, as a pair."""
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                 for v in pair):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def conv2d(
+    x: Any,
+    weight: SparseOperand,
+    kernel_size: int | tuple[int, int],
+    *,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    bias: Any = None,
+    num_threads: int | None = None,
+) -> np.ndarray:
+    """2-d convolution with a sparse weight, as ``torch.nn.functional.conv2d`` (groups=1).
+
+    Computed directly (no im2col matrix): for each output channel ``co`` and each
+    stored weight ``w`` at ``(ci, kh, kw)``,
+    ``out[n, co, y, x] += w * x[n, ci, y*sh + kh*dh - ph, x*sw + kw*dw - pw]``,
+    with input positions outside the image read as zero (zero padding).
+
+    Parameters
+    ----------
+    x
+        Array-like of shape (N, Cin, H, W).
+    weight
+        Sparse (Cout x Cin*KH*KW) matrix, a :class:`CSRMatrix` or scipy.sparse: the
+        dense (Cout, Cin, KH, KW) weight flattened as ``weight.reshape(Cout, -1)``.
+    kernel_size
+        ``KH`` and ``KW``: an int or a pair.
+    stride, padding, dilation
+        Ints or (height, width) pairs; padding is symmetric zero padding (pad an
+        asymmetric case yourself with ``np.pad``).
+    bias
+        Optional array-like of shape (Cout,).
+    num_threads
+        Threads to use; default :func:`sparsegemm.get_num_threads`.
+
+    Returns
+    -------
+    numpy.ndarray
+        (N, Cout, OH, OW) with ``OH = (H + 2*ph - dh*(KH - 1) - 1) // sh + 1`` (and
+        likewise OW), in the promoted dtype of ``x``, ``weight`` and ``bias``.
+        Raises ValueError for a geometry that does not fit (e.g. a kernel larger
+        than the padded input, or ``weight.shape[1] != Cin*KH*KW``).
+    """
+    threads = resolve_num_threads(num_threads)
+    kernel = _conv_pair(kernel_size, "kernel_size", 1)
+    strides = _conv_pair(stride, "stride", 1)
+    paddings = _conv_pair(padding, "padding", 0)
+    dilations = _conv_pair(dilation, "dilation", 1)
+    x = np.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"x must be 4-dimensional (N, Cin, H, W), got shape {x.shape}")
+    if not (isinstance(weight, CSRMatrix) or sp.issparse(weight)):
+        as_sparse_operand(weight)  # raises the right TypeError
+    dtypes = [weight.dtype, x.dtype] + ([np.asarray(bias).dtype] if bias is not None else [])
+    dtype = kernel_dtype(*dtypes)
+    weight = as_sparse_operand(weight, dtype)
+    out_channels, cols = weight.shape
+    batch, in_channels, height, width = x.shape
+    if cols != in_channels * kernel[0] * kernel[1]:
+        raise ValueError(f"shape mismatch: weight is {weight.shape} but x has {in_channels} channels "
+                         f"and kernel_size is {kernel}; weight.shape[1] must be "
+                         f"{in_channels * kernel[0] * kernel[1]} (Cin*KH*KW)")
+    out_h, out_w = (
+        (size + 2 * pad - dil * (k - 1) - 1) // step + 1
+        for size, pad, dil, k, step in zip((height, width), paddings, dilations, kernel, strides)
+    )
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"the dilated kernel is larger than the padded input: x is {x.shape}, "
+                         f"kernel_size {kernel}, padding {paddings}, dilation {dilations}")
+    bias_array = None
+    if bias is not None:
+        bias_array = np.ascontiguousarray(bias, dtype=dtype)
+        if bias_array.shape != (out_channels,):
+            raise ValueError(f"bias must have shape ({out_channels},), got {bias_array.shape}")
+    x = _kernel_ready(x, dtype)
+    if width > 1 and x.strides[3] != x.itemsize:
+        x = np.ascontiguousarray(x)
+    result = np.empty((batch, out_channels, out_h, out_w), dtype=dtype)
+    _core.csr_conv2d(weight._handle, x, result, kernel, strides, paddings, dilations, bias_array,
+                     threads)
+    return result

@@ -61,7 +61,8 @@ def test_export_and_reload(net, tmp_path):
     x = torch.randn(2, 3, 6, 6)
     program = torch.export.export(net.eval(), (x,))
     names = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
-    assert "sparsegemm.csr_linear.default" in names and "sparsegemm.csr_bmm.default" in names
+    assert {"sparsegemm.csr_linear.default", "sparsegemm.csr_bmm.default",
+            "sparsegemm.csr_conv2d.default"} <= names
     torch.testing.assert_close(program.module()(x), net(x))
     path = tmp_path / "net.pt2"
     torch.export.save(program, path)
@@ -91,3 +92,12 @@ def test_opcheck_bmm_ops(prune):
     torch.library.opcheck(sparse_ops.csr_sampled_dot,
                           (sparse.indptr, sparse.indices, torch.randn(2, 5, 7, dtype=torch.float64),
                            torch.randn(2, 4, 7, dtype=torch.float64)), test_utils=utils)
+
+
+def test_opcheck_conv2d_op(prune):
+    sparse = SparseConv2d.from_dense(prune(nn.Conv2d(3, 4, 3, dtype=torch.float64), 0.5))
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    utils = ("test_schema", "test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(sparse_ops.csr_conv2d, (x, sparse.indptr, sparse.indices, sparse.values, 27,
+                                                  [3, 3], [1, 2], [1, 0], [1, 1], sparse.bias),
+                          test_utils=utils)

@@ -61,6 +61,40 @@ def test_1x1_path_multiplies_nchw_without_unfold(monkeypatch, make_pair):
     torch.testing.assert_close(sparse(x), dense(x))
 
 
+def test_kxk_forward_runs_the_direct_kernel_without_unfold(monkeypatch, make_pair):
+    dense, sparse = make_pair(6, 5, 3, padding=1, stride=(1, 2))
+
+    def no_unfold(*args, **kwargs):
+        raise AssertionError("the k x k forward must not build an im2col matrix")
+
+    monkeypatch.setattr(F, "unfold", no_unfold)
+    x = torch.randn(2, 6, 9, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), dense(x))
+
+
+@pytest.mark.parametrize("geometry", [dict(kernel_size=3, padding=1),
+                                      dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0),
+                                           dilation=(1, 2))])
+def test_gradcheck_direct_conv_float64(geometry, make_pair):
+    geometry = dict(geometry)
+    kernel = geometry.pop("kernel_size")
+    dense, sparse = make_pair(3, 4, kernel, dtype=torch.float64, sparsity=0.5, **geometry)
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    values = sparse.values.detach().clone().requires_grad_()
+    bias = sparse.bias.detach().clone().requires_grad_()
+    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
+
+    def fn(x, values, bias):
+        # values.clone(): see test_linear.test_gradcheck_float64 (gradcheck edits .data)
+        return torch.ops.sparsegemm.csr_conv2d(
+            x, sparse.indptr, sparse.indices, values.clone(), sparse.matrix_shape[1], pair(kernel),
+            pair(geometry.get("stride", 1)), pair(geometry.get("padding", 0)),
+            pair(geometry.get("dilation", 1)), bias)
+
+    assert torch.autograd.gradcheck(fn, (x, values, bias))
+
+
 @pytest.mark.parametrize("kernel_size", [1, 3])
 def test_gradcheck_float64(kernel_size, make_pair):
     dense, sparse = make_pair(3, 4, kernel_size, padding=kernel_size // 2, stride=1,

@@ -9,7 +9,8 @@ namespace avx2_detail {
 // Lane i is active (all bits set) when i < active.
 inline __m256i lane_mask_epi32(int64_t active) {
   const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(active)), lanes);
+  const int clamped = static_cast<int>(active < 0 ? 0 : active > 8 ? 8 : active);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(clamped), lanes);
 }
 inline __m256i lane_mask_epi64(int64_t active) {
   const __m256i lanes = _mm256_setr_epi64x(0, 1, 2, 3);
@@ -24,6 +25,7 @@ struct Vec<float> {
   using mask = __m256i;
   using ireg = __m256i;
   static constexpr int kLanes = 8;
+  static constexpr int kRegisters = 16;  // architectural vector registers
 
   static reg zero() { return _mm256_setzero_ps(); }
   static reg set1(float a) { return _mm256_set1_ps(a); }
@@ -32,6 +34,10 @@ struct Vec<float> {
   static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static mask tail_mask(int64_t active) { return avx2_detail::lane_mask_epi32(active); }
+  // Lanes i with lo <= i < hi (bounds may lie outside [0, 8]).
+  static mask range_mask(int64_t lo, int64_t hi) {
+    return _mm256_andnot_si256(avx2_detail::lane_mask_epi32(lo), avx2_detail::lane_mask_epi32(hi));
+  }
   static reg maskz_load(mask m, const float* p) { return _mm256_maskload_ps(p, m); }
   static void mask_store(float* p, mask m, reg a) { _mm256_maskstore_ps(p, m, a); }
   static ireg load_indices(const int32_t* p) {
@@ -61,6 +67,7 @@ struct Vec<double> {
   using mask = __m256i;  // 64-bit lanes, for loads and stores
   using ireg = __m128i;
   static constexpr int kLanes = 4;
+  static constexpr int kRegisters = 16;  // architectural vector registers
 
   static reg zero() { return _mm256_setzero_pd(); }
   static reg set1(double a) { return _mm256_set1_pd(a); }
@@ -69,6 +76,10 @@ struct Vec<double> {
   static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }
   static reg add(reg a, reg b) { return _mm256_add_pd(a, b); }
   static mask tail_mask(int64_t active) { return avx2_detail::lane_mask_epi64(active); }
+  // Lanes i with lo <= i < hi (bounds may lie outside [0, 4]).
+  static mask range_mask(int64_t lo, int64_t hi) {
+    return _mm256_andnot_si256(avx2_detail::lane_mask_epi64(lo), avx2_detail::lane_mask_epi64(hi));
+  }
   static reg maskz_load(mask m, const double* p) { return _mm256_maskload_pd(p, m); }
   static void mask_store(double* p, mask m, reg a) { _mm256_maskstore_pd(p, m, a); }
   static ireg load_indices(const int32_t* p) {

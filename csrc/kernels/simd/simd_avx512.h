@@ -5,6 +5,16 @@
 template <typename T>
 struct Vec;
 
+namespace avx512_detail {
+// Bit i set for lo <= i < hi, i < Lanes.
+template <typename Mask, int Lanes>
+inline Mask range_mask(int64_t lo, int64_t hi) {
+  const auto clamp = [](int64_t v) { return static_cast<unsigned>(v < 0 ? 0 : v > Lanes ? Lanes : v); };
+  const uint32_t below_hi = (1u << clamp(hi)) - 1u, below_lo = (1u << clamp(lo)) - 1u;
+  return static_cast<Mask>(below_hi & ~below_lo);
+}
+}  // namespace avx512_detail
+
 template <>
 struct Vec<float> {
   using value_type = float;
@@ -12,6 +22,7 @@ struct Vec<float> {
   using mask = __mmask16;
   using ireg = __m512i;
   static constexpr int kLanes = 16;
+  static constexpr int kRegisters = 32;  // architectural vector registers
 
   static reg zero() { return _mm512_setzero_ps(); }
   static reg set1(float a) { return _mm512_set1_ps(a); }
@@ -22,6 +33,8 @@ struct Vec<float> {
   static mask tail_mask(int64_t active) {
     return active >= 16 ? mask(0xFFFF) : static_cast<mask>((1u << active) - 1u);
   }
+  // Lanes i with lo <= i < hi (bounds may lie outside [0, 16]).
+  static mask range_mask(int64_t lo, int64_t hi) { return avx512_detail::range_mask<mask, 16>(lo, hi); }
   static reg maskz_load(mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
   static void mask_store(float* p, mask m, reg a) { _mm512_mask_storeu_ps(p, m, a); }
   static ireg load_indices(const int32_t* p) { return _mm512_loadu_si512(p); }
@@ -44,6 +57,7 @@ struct Vec<double> {
   using mask = __mmask8;
   using ireg = __m256i;
   static constexpr int kLanes = 8;
+  static constexpr int kRegisters = 32;  // architectural vector registers
 
   static reg zero() { return _mm512_setzero_pd(); }
   static reg set1(double a) { return _mm512_set1_pd(a); }
@@ -54,6 +68,8 @@ struct Vec<double> {
   static mask tail_mask(int64_t active) {
     return active >= 8 ? mask(0xFF) : static_cast<mask>((1u << active) - 1u);
   }
+  // Lanes i with lo <= i < hi (bounds may lie outside [0, 8]).
+  static mask range_mask(int64_t lo, int64_t hi) { return avx512_detail::range_mask<mask, 8>(lo, hi); }
   static reg maskz_load(mask m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
   static void mask_store(double* p, mask m, reg a) { _mm512_mask_storeu_pd(p, m, a); }
   static ireg load_indices(const int32_t* p) {

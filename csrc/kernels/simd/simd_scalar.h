@@ -9,6 +9,7 @@ struct Vec {
   using mask = int;  // number of active lanes (0 or 1)
   using ireg = int32_t;
   static constexpr int kLanes = 1;
+  static constexpr int kRegisters = 16;  // floating-point registers (SSE)
 
   static reg zero() { return T(0); }
   static reg set1(T a) { return a; }
@@ -17,6 +18,8 @@ struct Vec {
   static reg fmadd(reg a, reg b, reg c) { return a * b + c; }
   static reg add(reg a, reg b) { return a + b; }
   static mask tail_mask(int64_t active) { return static_cast<int>(active); }
+  // Lane 0 is active when lo <= 0 < hi.
+  static mask range_mask(int64_t lo, int64_t hi) { return lo <= 0 && hi > 0 ? 1 : 0; }
   static reg maskz_load(mask m, const T* p) { return m ? *p : T(0); }
   static void mask_store(T* p, mask m, reg a) {
     if (m) *p = a;

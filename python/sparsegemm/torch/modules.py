@@ -208,8 +208,10 @@ class SparseConv2d(_SparseWeight):
     The weight (Cout, Cin, kh, kw) is stored as a Cout x (Cin*kh*kw) CSR matrix.
     A 1x1 convolution without padding multiplies it with each image viewed as
     Cin x (H*W), the spatial dimension contiguous: no transposes, no copies for
-    a contiguous input with stride 1. Other kernels go through ``F.unfold``
-    (im2col), whose (Cin*kh*kw) x L columns are in the same layout.
+    a contiguous input with stride 1. Every other kernel size, stride, padding
+    and dilation runs the direct sparse convolution (``sparsegemm::csr_conv2d``),
+    which never builds the (Cin*kh*kw) x L im2col matrix; its backward pass
+    still goes through ``F.unfold``/``F.fold``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
@@ -285,18 +287,15 @@ class SparseConv2d(_SparseWeight):
                 x = x[:, :, ::self.stride[0], ::self.stride[1]]
             out_h, out_w = x.shape[2], x.shape[3]
             columns = x.reshape(x.shape[0], self.in_channels, out_h * out_w)
-        else:
-            if left != right or top != bottom:
-                x = F.pad(x, (left, right, top, bottom))
-                left = top = 0
-            kh, kw = self.kernel_size
-            out_h = (x.shape[2] + 2 * top - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
-            out_w = (x.shape[3] + 2 * left - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
-            columns = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=(top, left),
-                               stride=self.stride)
-        y = torch.ops.sparsegemm.csr_bmm(self.indptr, self.indices, self.values,
-                                         self.matrix_shape[1], columns, self.bias)
-        return y.view(x.shape[0], self.out_channels, out_h, out_w)
+            y = torch.ops.sparsegemm.csr_bmm(self.indptr, self.indices, self.values,
+                                             self.matrix_shape[1], columns, self.bias)
+            return y.view(x.shape[0], self.out_channels, out_h, out_w)
+        if left != right or top != bottom:
+            x = F.pad(x, (left, right, top, bottom))
+            left = top = 0
+        return torch.ops.sparsegemm.csr_conv2d(
+            x, self.indptr, self.indices, self.values, self.matrix_shape[1], list(self.kernel_size),
+            list(self.stride), [top, left], list(self.dilation), self.bias)
 
     def to_dense(self) -> nn.Conv2d:
         """An equivalent ``nn.Conv2d`` (a copy; zeros where entries are not stored)."""

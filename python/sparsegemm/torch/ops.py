@@ -19,17 +19,21 @@ Ops (``...`` is any number of leading batch dimensions):
 * ``csr_bmm_t(indptr, indices, values, cols, g)``: ``W.T @ g[i]``, g (B, rows, N)
 * ``csr_sampled_dot(indptr, indices, a, b)``: ``sum_i (a[i] @ b[i].T)`` at W's stored
   positions, a (..., rows, n), b (..., cols, n): the gradient of ``values``.
+* ``csr_conv2d(x, indptr, indices, values, kernel_size, stride, padding, dilation, bias)``:
+  ``F.conv2d`` (groups=1, symmetric zero padding) of x (N, Cin, H, W) with the weight
+  W (Cout x Cin*KH*KW) computed directly, without an im2col matrix.
 
-``csr_linear`` and ``csr_bmm`` are differentiable in their dense inputs,
+``csr_linear``, ``csr_bmm`` and ``csr_conv2d`` are differentiable in their dense inputs,
 ``values`` and ``bias``; the gradient of ``values`` covers the stored
 positions only, so the sparsity pattern never fills in.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _core
@@ -213,6 +217,59 @@ def _batched_matmul(matrix, b: Tensor, out: Tensor, bias: Optional[Tensor]) -> N
         _core.csr_matmul(matrix._handle, b_i, out_i, bias_array, threads)
 
 
+# csr_conv2d -----------------------------------------------------------------------------------
+
+def _conv_output_size(x: Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
+                      dilation: List[int]) -> List:
+    return [(size + 2 * pad - dil * (k - 1) - 1) // step + 1
+            for size, k, step, pad, dil in zip(x.shape[2:], kernel_size, stride, padding, dilation)]
+
+
+def _check_conv(x: Tensor, indptr: Tensor, values: Tensor, cols: int, kernel_size: List[int],
+                stride: List[int], padding: List[int], dilation: List[int],
+                bias: Optional[Tensor]) -> List:
+    _check_operands("csr_conv2d", values, x=x, bias=bias)
+    for name, pair, minimum in (("kernel_size", kernel_size, 1), ("stride", stride, 1),
+                                ("padding", padding, 0), ("dilation", dilation, 1)):
+        if len(pair) != 2 or min(pair) < minimum:
+            raise ValueError(f"sparsegemm.csr_conv2d: {name} must be two ints >= {minimum}, "
+                             f"got {list(pair)}")
+    if x.dim() != 4 or x.shape[1] * kernel_size[0] * kernel_size[1] != cols:
+        raise ValueError(f"sparsegemm.csr_conv2d: x must be (N, Cin, H, W) with Cin*KH*KW = {cols} "
+                         f"(the weight's columns), got shape {tuple(x.shape)} and kernel_size "
+                         f"{list(kernel_size)}")
+    out_size = _conv_output_size(x, kernel_size, stride, padding, dilation)
+    if out_size[0] < 1 or out_size[1] < 1:
+        raise ValueError(f"sparsegemm.csr_conv2d: the dilated kernel is larger than the padded input "
+                         f"{tuple(x.shape)}")
+    return out_size
+
+
+@torch.library.custom_op("sparsegemm::csr_conv2d", mutates_args=())
+def csr_conv2d(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, cols: int,
+               kernel_size: List[int], stride: List[int], padding: List[int], dilation: List[int],
+               bias: Optional[Tensor]) -> Tensor:
+    """``F.conv2d(x, W, bias, stride, padding, dilation)`` by the direct sparse kernel.
+
+    W (Cout, Cin, KH, KW) is stored as the Cout x (Cin*KH*KW) matrix (indptr, indices,
+    values); the kernel reads ``values`` in place (no copy into the cached handle).
+    """
+    out_h, out_w = _check_conv(x, indptr, values, cols, kernel_size, stride, padding, dilation, bias)
+    rows = _rows(indptr)
+    pattern = csr_handles.pattern(indptr, indices, (rows, cols), values.dtype)
+    out = torch.empty((x.shape[0], rows, out_h, out_w), dtype=values.dtype)
+    _core.csr_conv2d(pattern._handle, as_numpy(x.contiguous()), as_numpy(out), kernel_size, stride,
+                     padding, dilation, _bias_array(bias), torch.get_num_threads(),
+                     as_numpy(values.contiguous()))
+    return out
+
+
+@csr_conv2d.register_fake
+def _(x, indptr, indices, values, cols, kernel_size, stride, padding, dilation, bias):
+    out_h, out_w = _check_conv(x, indptr, values, cols, kernel_size, stride, padding, dilation, bias)
+    return x.new_empty((x.shape[0], _rows(indptr), out_h, out_w), dtype=values.dtype)
+
+
 # autograd -------------------------------------------------------------------------------------
 
 def _linear_setup_context(ctx, inputs, output):
@@ -256,3 +313,32 @@ def _bmm_backward(ctx, grad):
 
 
 csr_bmm.register_autograd(_bmm_backward, setup_context=_bmm_setup_context)
+
+
+def _conv2d_setup_context(ctx, inputs, output):
+    x, indptr, indices, values, cols, kernel_size, stride, padding, dilation, bias = inputs
+    ctx.save_for_backward(x, indptr, indices, values)
+    ctx.cols = cols
+    ctx.geometry = dict(kernel_size=kernel_size, dilation=dilation, padding=padding, stride=stride)
+
+
+def _conv2d_backward(ctx, grad):
+    # Through the im2col layout (only the forward pass is direct): with
+    # columns = unfold(x), out = W @ columns, so d columns = W.T @ d out (folded
+    # back onto x) and dW = d out @ columns.T at the stored positions.
+    x, indptr, indices, values = ctx.saved_tensors
+    grad_columns = grad.reshape(grad.shape[0], grad.shape[1], -1)
+    grad_x = grad_values = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        columns_grad = torch.ops.sparsegemm.csr_bmm_t(indptr, indices, values, ctx.cols,
+                                                      grad_columns)
+        grad_x = F.fold(columns_grad, x.shape[2:], **ctx.geometry)
+    if ctx.needs_input_grad[3]:
+        grad_values = torch.ops.sparsegemm.csr_sampled_dot(
+            indptr, indices, grad_columns, F.unfold(x, **ctx.geometry))
+    if ctx.needs_input_grad[9]:
+        grad_bias = grad.sum((0, 2, 3))
+    return grad_x, None, None, grad_values, None, None, None, None, None, grad_bias
+
+
+csr_conv2d.register_autograd(_conv2d_backward, setup_context=_conv2d_setup_context)

@@ -1,0 +1,13 @@
+// Direct convolution kernels compiled for the scalar level (flags set per file in CMakeLists.txt).
+#include <cstdint>
+
+#include "kernels/conv/conv_kernels.h"
+
+namespace sparsegemm {
+namespace scalar {
+
+#include "kernels/simd/simd_scalar.h"
+#include "kernels/conv/conv_kernels.inl"
+
+}  // namespace scalar
+}  // namespace sparsegemm

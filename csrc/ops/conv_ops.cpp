@@ -1,0 +1,175 @@
+#include "ops/conv_ops.h"
+
+#include <algorithm>
+#include <climits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "core/isa.h"
+#include "core/parallel.h"
+#include "kernels/conv/conv_kernels.h"
+#include "ops/buffer.h"
+
+namespace sparsegemm {
+
+namespace {
+
+void require(bool ok, const std::string& message) {
+  if (!ok) throw std::invalid_argument("conv2d: " + message);
+}
+
+std::string pair_str(int64_t a, int64_t b) {
+  return "(" + std::to_string(a) + ", " + std::to_string(b) + ")";
+}
+
+// Floor division and its remainder for b > 0 (C++ rounds toward zero).
+int64_t floor_div(int64_t a, int64_t b) { return a / b - (a % b < 0 ? 1 : 0); }
+int64_t floor_mod(int64_t a, int64_t b) { return a - floor_div(a, b) * b; }
+
+// The input as the kernels read it: for each image, stride_w column phases
+// (one when stride_w == 1), each holding every channel's rows; phase p holds
+// the input columns p, p + stride_w, p + 2 * stride_w, ... contiguously.
+struct InputLayout {
+  const void* data = nullptr;
+  int64_t image_stride = 0, phase_stride = 0, channel_stride = 0, row_stride = 0;
+  int64_t phases = 1;
+  int64_t in_w = 0;
+
+  // Valid columns in phase p.
+  int64_t phase_width(int64_t p) const { return std::max<int64_t>(0, (in_w - p + phases - 1) / phases); }
+};
+
+// Copies x into stride_w column phases (the layout above) so that output
+// columns x and x + 1 read adjacent input elements for every tap.
+template <typename T>
+void split_column_phases(const Conv2dGeometry& g, const T* x, int64_t batch, int64_t x_nstride,
+                         int64_t x_cstride, int64_t x_rstride, T* phases, const InputLayout& layout,
+                         int threads) {
+  parallel_for(threads, threads, [&](int64_t part) {
+    const int64_t planes = batch * g.in_channels;
+    for (int64_t plane = part; plane < planes; plane += threads) {
+      const int64_t n = plane / g.in_channels, ci = plane % g.in_channels;
+      const T* src = x + n * x_nstride + ci * x_cstride;
+      T* dst = phases + n * layout.image_stride + ci * layout.channel_stride;
+      for (int64_t p = 0; p < layout.phases; ++p) {
+        const int64_t width = layout.phase_width(p);
+        for (int64_t r = 0; r < g.in_h; ++r) {
+          const T* src_row = src + r * x_rstride + p;
+          T* dst_row = dst + p * layout.phase_stride + r * layout.row_stride;
+          for (int64_t j = 0; j < width; ++j) dst_row[j] = src_row[j * layout.phases];
+        }
+      }
+    }
+  });
+}
+
+// One tap per stored weight entry (see ConvTap), offsets relative to an image.
+template <typename T>
+std::vector<ConvTap> make_taps(const CsrMatrix<T>& w, const Conv2dGeometry& g, const InputLayout& layout) {
+  std::vector<ConvTap> taps(static_cast<size_t>(w.nnz()));
+  const int64_t taps_per_channel = g.kernel_h * g.kernel_w;
+  for (int64_t j = 0; j < w.nnz(); ++j) {
+    const int64_t column = w.column(j);
+    const int64_t ci = column / taps_per_channel, k = column % taps_per_channel;
+    const int64_t kh = k / g.kernel_w, kw = k % g.kernel_w;
+    const int64_t row = kh * g.dilation_h - g.pad_h;
+    const int64_t shift = kw * g.dilation_w - g.pad_w;  // input column for output column 0
+    const int64_t phase = floor_mod(shift, layout.phases);
+    const int64_t col = floor_div(shift, layout.phases);  // its column within the phase
+    const int64_t plane = ci * layout.channel_stride + phase * layout.phase_stride;
+    taps[j] = ConvTap{plane + row * layout.row_stride + col, static_cast<int32_t>(row),
+                      static_cast<int32_t>(col), static_cast<int32_t>(layout.phase_width(phase))};
+  }
+  return taps;
+}
+
+}  // namespace
+
+void validate_conv2d_geometry(const Conv2dGeometry& g, int64_t weight_cols) {
+  const auto fits32 = [](int64_t v) { return v <= INT32_MAX; };
+  require(g.in_channels >= 0, "in_channels must be non-negative, got " + std::to_string(g.in_channels));
+  require(g.in_h >= 1 && g.in_w >= 1, "the input image must be at least 1 x 1, got " + pair_str(g.in_h, g.in_w));
+  require(g.kernel_h >= 1 && g.kernel_w >= 1,
+          "kernel_size must be positive, got " + pair_str(g.kernel_h, g.kernel_w));
+  require(g.stride_h >= 1 && g.stride_w >= 1, "stride must be positive, got " + pair_str(g.stride_h, g.stride_w));
+  require(g.dilation_h >= 1 && g.dilation_w >= 1,
+          "dilation must be positive, got " + pair_str(g.dilation_h, g.dilation_w));
+  require(g.pad_h >= 0 && g.pad_w >= 0, "padding must be non-negative, got " + pair_str(g.pad_h, g.pad_w));
+  // Every field below 2^31 first, so the products that follow cannot overflow.
+  for (int64_t v : {g.in_channels, g.in_h, g.in_w, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w,
+                    g.pad_h, g.pad_w, g.dilation_h, g.dilation_w})
+    require(fits32(v), "every size, stride, padding and dilation must be below 2^31");
+  require(fits32(g.dilation_h * (g.kernel_h - 1)) && fits32(g.dilation_w * (g.kernel_w - 1)) &&
+              fits32(g.in_h + 2 * g.pad_h) && fits32(g.in_w + 2 * g.pad_w),
+          "the dilated kernel and the padded input must span fewer than 2^31 rows and columns");
+  require(g.in_h + 2 * g.pad_h >= g.dilation_h * (g.kernel_h - 1) + 1 &&
+              g.in_w + 2 * g.pad_w >= g.dilation_w * (g.kernel_w - 1) + 1,
+          "the dilated kernel " +
+              pair_str(g.dilation_h * (g.kernel_h - 1) + 1, g.dilation_w * (g.kernel_w - 1) + 1) +
+              " is larger than the padded input " + pair_str(g.in_h + 2 * g.pad_h, g.in_w + 2 * g.pad_w));
+  const int64_t expected_cols = g.in_channels * g.kernel_h * g.kernel_w;
+  require(weight_cols == expected_cols,
+          "the weight has " + std::to_string(weight_cols) + " columns but in_channels * kernel_h * kernel_w = " +
+              std::to_string(expected_cols));
+}
+
+template <typename T>
+void csr_conv2d(const CsrMatrix<T>& w, const Conv2dGeometry& g, const T* x, int64_t batch,
+                int64_t x_nstride, int64_t x_cstride, int64_t x_rstride, const T* bias, T* out,
+                int num_threads, const T* values) {
+  validate_conv2d_geometry(g, w.cols());
+  require(batch >= 0, "batch must be non-negative");
+  const int64_t out_channels = w.rows(), out_h = g.out_h(), out_w = g.out_w();
+  const int64_t out_plane = out_h * out_w;
+  if (batch == 0 || out_channels == 0) return;
+  const int threads =
+      threads_for_work(num_threads, (w.nnz() + out_channels) * out_plane * batch);
+
+  InputLayout layout;
+  layout.in_w = g.in_w;
+  ScratchBuffer<T> phase_copy(g.stride_w > 1 ? static_cast<size_t>(batch * g.stride_w * g.in_channels *
+                                                                   g.in_h * ((g.in_w + g.stride_w - 1) / g.stride_w))
+                                             : 0);
+  if (g.stride_w == 1) {
+    layout = InputLayout{x, x_nstride, 0, x_cstride, x_rstride, 1, g.in_w};
+  } else {
+    const int64_t row_stride = (g.in_w + g.stride_w - 1) / g.stride_w;
+    const int64_t channel_stride = g.in_h * row_stride, phase_stride = g.in_channels * channel_stride;
+    layout = InputLayout{phase_copy.data(), g.stride_w * phase_stride, phase_stride, channel_stride,
+                         row_stride, g.stride_w, g.in_w};
+    split_column_phases(g, x, batch, x_nstride, x_cstride, x_rstride, phase_copy.data(), layout, threads);
+  }
+  const std::vector<ConvTap> taps = make_taps(w, g, layout);
+
+  ConvPlan<T> plan;
+  plan.indptr = w.indptr().data();
+  plan.taps = taps.data();
+  plan.values = values != nullptr ? values : w.values().data();
+  plan.in_h = g.in_h;
+  plan.in_rstride = layout.row_stride;
+  plan.stride_h = g.stride_h;
+  plan.out_h = out_h;
+  plan.out_w = out_w;
+  plan.out_cstride = out_plane;
+  plan.out_rstride = out_w;
+
+  // Every image's channels split the same way, balanced by stored entries;
+  // part p is image p / ranges, channel range p % ranges.
+  const std::vector<int64_t> bounds = split_rows_by_cost(plan.indptr, out_channels, threads, 1);
+  const int64_t ranges = static_cast<int64_t>(bounds.size()) - 1;
+  const T* input = static_cast<const T*>(layout.data);
+  const ConvKernels<T>& kernels = conv_kernels<T>(active_isa());
+  parallel_for(threads, batch * ranges, [&](int64_t part) {
+    const int64_t n = part / ranges, range = part % ranges;
+    kernels.conv_channels(plan, bounds[range], bounds[range + 1], input + n * layout.image_stride, bias,
+                          out + n * out_channels * out_plane);
+  });
+}
+
+template void csr_conv2d<float>(const CsrMatrix<float>&, const Conv2dGeometry&, const float*, int64_t,
+                                int64_t, int64_t, int64_t, const float*, float*, int, const float*);
+template void csr_conv2d<double>(const CsrMatrix<double>&, const Conv2dGeometry&, const double*, int64_t,
+                                 int64_t, int64_t, int64_t, const double*, double*, int, const double*);
+
+}  // namespace sparsegemm
