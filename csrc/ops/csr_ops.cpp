@@ -4,106 +4,61 @@
 #include <climits>
 
 #include "core/isa.h"
-#include "core/parallel.h"
 #include "kernels/csr/csr_kernels.h"
-#include "kernels/transpose/transpose.h"
-#include "ops/buffer.h"
+#include "ops/product_driver.h"
 
 namespace sparsegemm {
 
 namespace {
 
-// Below this many multiply-adds a second thread costs more than it saves.
-constexpr int64_t kMinWorkPerThread = 1 << 15;
-
-int threads_for(int requested, int64_t work) {
-  const int threads = requested > 0 ? requested : default_num_threads();
-  const int64_t useful = std::max<int64_t>(1, work / kMinWorkPerThread);
-  return static_cast<int>(std::min<int64_t>(threads, useful));
-}
-
-// Runs kernel(row_begin, row_end) over row ranges balanced by stored entries.
-template <typename T, typename Kernel>
-void for_row_ranges(const CsrMatrix<T>& a, int threads, int64_t row_cost, const Kernel& kernel) {
-  const std::vector<int64_t> bounds = split_rows_by_cost(a.indptr().data(), a.rows(), threads, row_cost);
-  const int64_t parts = static_cast<int64_t>(bounds.size()) - 1;
-  parallel_for(threads, parts, [&](int64_t p) { kernel(bounds[p], bounds[p + 1]); });
-}
-
-bool gather_offsets_fit(int64_t cols, int64_t kstride) {
-  return cols <= 1 || (cols - 1) <= INT32_MAX / std::max<int64_t>(kstride, 1);
-}
-
-// The gather kernel over all rows: y(v, r) = bias[r] + a[r, :] . x(v, :).
+// CSR plugged into the shared drivers (ops/product_driver.h).
 template <typename T>
-void gather_product(const CsrMatrix<T>& a, const T* x, int64_t x_vstride, int64_t x_kstride,
-                    int64_t nvec, const T* bias, T* y, int64_t y_vstride, int64_t y_rstride,
-                    int num_threads) {
-  const CsrView<T> view = a.view();
-  const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
-  const int threads = threads_for(num_threads, (a.nnz() + a.rows()) * nvec);
-  for_row_ranges(a, threads, 4, [&](int64_t r0, int64_t r1) {
-    kernels.gather_rows(view, r0, r1, x, x_vstride, x_kstride, nvec, bias, y, y_vstride, y_rstride);
-  });
-}
+struct CsrProduct {
+  const CsrMatrix<T>& a;
 
-// The panel kernel over all rows: c = a @ b (+ bias), b with contiguous columns.
-template <typename T>
-void panel_product(const CsrMatrix<T>& a, const T* b, int64_t ldb, int64_t n, const T* bias, T* c,
-                   int64_t ldc, int num_threads) {
-  const CsrView<T> view = a.view();
-  const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
-  const int threads = threads_for(num_threads, (a.nnz() + a.rows()) * n);
-  for_row_ranges(a, threads, 2, [&](int64_t r0, int64_t r1) {
-    kernels.spmm_rows(view, r0, r1, b, ldb, n, bias, c, ldc);
-  });
-}
+  int64_t rows() const { return a.rows(); }
+  int64_t cols() const { return a.cols(); }
+  int64_t max_few_vectors() const { return kGatherMaxVectors; }
+  // The gather kernel's offsets (k * kstride) are 32-bit.
+  bool few_vector_strides_ok(int64_t kstride) const {
+    return a.cols() <= 1 || (a.cols() - 1) <= INT32_MAX / std::max<int64_t>(kstride, 1);
+  }
+
+  // The gather kernel over all rows: y(v, r) = bias[r] + a[r, :] . x(v, :).
+  void few_vectors(const T* x, int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias,
+                   T* y, int64_t y_vstride, int64_t y_rstride, int num_threads) const {
+    const CsrView<T> view = a.view();
+    const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
+    const int threads = driver::threads_for(num_threads, (a.nnz() + a.rows()) * nvec);
+    driver::for_row_ranges(a.indptr().data(), a.rows(), threads, 4, [&](int64_t r0, int64_t r1) {
+      kernels.gather_rows(view, r0, r1, x, x_vstride, x_kstride, nvec, bias, y, y_vstride, y_rstride);
+    });
+  }
+
+  // The panel kernel over all rows: c = a @ b (+ bias), b with contiguous columns.
+  void panel(const T* b, int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc,
+             int num_threads) const {
+    const CsrView<T> view = a.view();
+    const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
+    const int threads = driver::threads_for(num_threads, (a.nnz() + a.rows()) * n);
+    driver::for_row_ranges(a.indptr().data(), a.rows(), threads, 2, [&](int64_t r0, int64_t r1) {
+      kernels.spmm_rows(view, r0, r1, b, ldb, n, bias, c, ldc);
+    });
+  }
+};
 
 }  // namespace
 
 template <typename T>
 void csr_matmul(const CsrMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_cstride, int64_t n,
                 const T* bias, T* c, int64_t ldc, int num_threads) {
-  const int64_t rows = a.rows(), k = a.cols();
-  if (rows == 0 || n == 0) return;
-  if (n <= kGatherMaxVectors) {
-    // Vector v of the gather is column v of b; output (v, r) is c[r, v].
-    if (gather_offsets_fit(k, b_rstride)) {
-      gather_product(a, b, b_cstride, b_rstride, n, bias, c, 1, ldc, num_threads);
-    } else {
-      ScratchBuffer<T> bt(static_cast<size_t>(k * n));  // b transposed: n x k
-      transpose(b, k, n, b_rstride, b_cstride, bt.data(), k, num_threads);
-      gather_product(a, bt.data(), k, 1, n, bias, c, 1, ldc, num_threads);
-    }
-    return;
-  }
-  if (b_cstride == 1) {
-    panel_product(a, b, b_rstride, n, bias, c, ldc, num_threads);
-    return;
-  }
-  // Columns of b are not contiguous (e.g. Fortran order): copy to C order once.
-  ScratchBuffer<T> packed(static_cast<size_t>(k * n));
-  // packed(k, j) = b(k, j): a transpose of the n x k matrix b^T.
-  transpose(b, n, k, b_cstride, b_rstride, packed.data(), n, num_threads);
-  panel_product(a, packed.data(), n, n, bias, c, ldc, num_threads);
+  driver::matmul(CsrProduct<T>{a}, b, b_rstride, b_cstride, n, bias, c, ldc, num_threads);
 }
 
 template <typename T>
 void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
                 int64_t ldy, int num_threads) {
-  const int64_t out = w.rows(), in = w.cols();
-  if (batch == 0 || out == 0) return;
-  if (batch <= kGatherMaxVectors) {
-    // Rows of x are the vectors; y(v, r) = y[v, r].
-    gather_product(w, x, ldx, 1, batch, bias, y, ldy, 1, num_threads);
-    return;
-  }
-  // y^T = w @ x^T: the panel kernel wants the batch dimension contiguous.
-  ScratchBuffer<T> xt(static_cast<size_t>(in * batch));
-  ScratchBuffer<T> yt(static_cast<size_t>(out * batch));
-  transpose(x, batch, in, ldx, 1, xt.data(), batch, num_threads);
-  panel_product(w, xt.data(), batch, batch, bias, yt.data(), batch, num_threads);
-  transpose(yt.data(), out, batch, batch, 1, y, ldy, num_threads);
+  driver::linear(CsrProduct<T>{w}, x, ldx, batch, bias, y, ldy, num_threads);
 }
 
 #define SPARSEGEMM_INSTANTIATE_CSR_OPS(T)                                                          \

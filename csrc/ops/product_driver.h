@@ -1,0 +1,93 @@
+// What every sparse format's drivers share: thread counts, splitting rows by
+// stored entries, and the choice between the few-vector kernel and the panel
+// kernel (with the transposes around it) for a @ b and x @ w.T.
+//
+// A format plugs in through a small "product" type with:
+//   int64_t rows() const, cols() const;         // logical shape of the sparse operand
+//   int64_t max_few_vectors() const;            // up to this many vectors use few_vectors()
+//   bool few_vector_strides_ok(int64_t kstride) const;
+//   void few_vectors(const T* x, int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias,
+//                    T* y, int64_t y_vstride, int64_t y_rstride, int threads) const;
+//   void panel(const T* b, int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc,
+//              int threads) const;   // b with contiguous columns
+// (see ops/csr_ops.cpp and ops/bsr_ops.cpp).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "core/parallel.h"
+#include "kernels/transpose/transpose.h"
+#include "ops/buffer.h"
+
+namespace sparsegemm::driver {
+
+// Below this many multiply-adds a second thread costs more than it saves.
+constexpr int64_t kMinWorkPerThread = 1 << 15;
+
+inline int threads_for(int requested, int64_t work) {
+  const int threads = requested > 0 ? requested : default_num_threads();
+  const int64_t useful = std::max<int64_t>(1, work / kMinWorkPerThread);
+  return static_cast<int>(std::min<int64_t>(threads, useful));
+}
+
+// Runs kernel(row_begin, row_end) over ranges of [0, rows) balanced by the
+// entries that indptr counts, plus row_cost per row.
+template <typename Kernel>
+void for_row_ranges(const int64_t* indptr, int64_t rows, int threads, int64_t row_cost,
+                    const Kernel& kernel) {
+  const std::vector<int64_t> bounds = split_rows_by_cost(indptr, rows, threads, row_cost);
+  const int64_t parts = static_cast<int64_t>(bounds.size()) - 1;
+  parallel_for(threads, parts, [&](int64_t p) { kernel(bounds[p], bounds[p + 1]); });
+}
+
+// c = a @ b (+ bias). b is a.cols() x n with element (k, j) at b[k * b_rstride + j * b_cstride].
+template <typename T, typename Product>
+void matmul(const Product& a, const T* b, int64_t b_rstride, int64_t b_cstride, int64_t n,
+            const T* bias, T* c, int64_t ldc, int num_threads) {
+  const int64_t rows = a.rows(), k = a.cols();
+  if (rows == 0 || n == 0) return;
+  if (n <= a.max_few_vectors()) {
+    // Vector v is column v of b; output (v, r) is c[r, v].
+    if (a.few_vector_strides_ok(b_rstride)) {
+      a.few_vectors(b, b_cstride, b_rstride, n, bias, c, 1, ldc, num_threads);
+    } else {
+      ScratchBuffer<T> bt(static_cast<size_t>(k * n));  // b transposed: n x k
+      transpose(b, k, n, b_rstride, b_cstride, bt.data(), k, num_threads);
+      a.few_vectors(bt.data(), k, 1, n, bias, c, 1, ldc, num_threads);
+    }
+    return;
+  }
+  if (b_cstride == 1) {
+    a.panel(b, b_rstride, n, bias, c, ldc, num_threads);
+    return;
+  }
+  // Columns of b are not contiguous (e.g. Fortran order): copy to C order once.
+  ScratchBuffer<T> packed(static_cast<size_t>(k * n));
+  // packed(k, j) = b(k, j): a transpose of the n x k matrix b^T.
+  transpose(b, n, k, b_cstride, b_rstride, packed.data(), n, num_threads);
+  a.panel(packed.data(), n, n, bias, c, ldc, num_threads);
+}
+
+// The nn.Linear product y = x @ w.T (+ bias); x is batch x w.cols() with row
+// stride ldx (rows contiguous), y is batch x w.rows() with row stride ldy.
+template <typename T, typename Product>
+void linear(const Product& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
+            int64_t ldy, int num_threads) {
+  const int64_t out = w.rows(), in = w.cols();
+  if (batch == 0 || out == 0) return;
+  if (batch <= w.max_few_vectors()) {
+    // Rows of x are the vectors; y(v, r) = y[v, r].
+    w.few_vectors(x, ldx, 1, batch, bias, y, ldy, 1, num_threads);
+    return;
+  }
+  // y^T = w @ x^T: the panel kernel wants the batch dimension contiguous.
+  ScratchBuffer<T> xt(static_cast<size_t>(in * batch));
+  ScratchBuffer<T> yt(static_cast<size_t>(out * batch));
+  transpose(x, batch, in, ldx, 1, xt.data(), batch, num_threads);
+  w.panel(xt.data(), batch, batch, bias, yt.data(), batch, num_threads);
+  transpose(yt.data(), out, batch, batch, 1, y, ldy, num_threads);
+}
+
+}  // namespace sparsegemm::driver
