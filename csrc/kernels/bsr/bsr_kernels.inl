@@ -40,10 +40,6 @@ constexpr int tile_vectors() {
   return nv < 1 ? 1 : (nv > 4 ? 4 : nv);
 }
 
-// Block rows are processed in chunks of about this many stored values, so a
-// chunk of the sparse matrix stays in cache while every column tile of b
-// passes over it.
-constexpr int64_t kChunkValues = 1 << 14;
 // Blocks ahead whose rows of b are prefetched.
 constexpr int64_t kPrefetchBlocks = 8;
 
@@ -98,33 +94,33 @@ inline void panel_tile(const index_t* block_cols, const T* vals, int64_t nblocks
     }
 }
 
-// Arguments shared by every tile of one block row pass.
-template <typename T>
-struct TileArgs {
-  const index_t* block_cols;
-  const T* vals;
-  int64_t nblocks;
-  int64_t block_size;
-  int runtime_c;
-  int64_t cols;
-  const T* bias;
-  int rows_valid;
+// Calls fn(TileWidth<nv, masked>) for a run-time nv in [1, NV].
+template <int NV, bool kMaskedLast>
+struct TileWidth {
+  static constexpr int kNV = NV;
+  static constexpr bool kMasked = kMaskedLast;
 };
 
-// The last, partial column tile: nv <= NV vectors, the last one masked.
-template <typename T, int RT, int kC, int NV>
-inline void panel_tail_tile(int nv, const TileArgs<T>& t, const T* b, int64_t ldb, T* c, int64_t ldc,
-                            typename Vec<T>::mask last) {
+template <int NV, typename Fn>
+inline void with_tile_width(int nv, bool masked, const Fn& fn) {
   if constexpr (NV > 1) {
     if (nv < NV) {
-      panel_tail_tile<T, RT, kC, NV - 1>(nv, t, b, ldb, c, ldc, last);
+      with_tile_width<NV - 1>(nv, masked, fn);
       return;
     }
   }
-  panel_tile<T, RT, kC, NV, true>(t.block_cols, t.vals, t.nblocks, t.block_size, t.runtime_c, t.cols,
-                                  b, ldb, t.bias, t.rows_valid, c, ldc, last);
+  if (masked)
+    fn(TileWidth<NV, true>{});
+  else
+    fn(TileWidth<NV, false>{});
 }
 
+// Column tiles are the outer loop: one tile of b (a.cols x NV vectors) stays
+// in L2 while every block row of the range passes over it, and the blocks
+// (read sequentially) stream through once per tile. The n / L vectors are
+// spread evenly over the fewest tiles of at most NV vectors (64 columns with
+// at most 3 vectors per tile: 2 + 2, not 3 + 1), so no tile is left with too
+// few accumulators.
 template <typename T, int kR, int kC>
 void spmm_block_rows_impl(const BsrView<T>& a, int64_t br_begin, int64_t br_end, const T* b,
                           int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc) {
@@ -132,54 +128,33 @@ void spmm_block_rows_impl(const BsrView<T>& a, int64_t br_begin, int64_t br_end,
   constexpr int L = V::kLanes;
   constexpr int RT = tile_rows<T, kR>();
   constexpr int NV = tile_vectors<T, RT>();
-  constexpr int64_t kTileCols = static_cast<int64_t>(NV) * L;
   const int R = kR > 0 ? kR : a.block_rows_r;
   const int64_t block_size = static_cast<int64_t>(R) * a.block_cols_c;
-  const int64_t full_end = n / kTileCols * kTileCols;
-  const int64_t tail = n - full_end;
-  const int tail_vectors = static_cast<int>((tail + L - 1) / L);
-  const typename V::mask tail_mask = V::tail_mask(tail - (tail_vectors - 1) * static_cast<int64_t>(L));
+  const int64_t total_vectors = (n + L - 1) / L;
+  const typename V::mask tail_mask = V::tail_mask(n - (total_vectors - 1) * static_cast<int64_t>(L));
 
-  // Runs `tile(args, row0)` for every pass of RT rows of every block row in [b0, b1).
-  const auto for_each_pass = [&](int64_t b0, int64_t b1, const auto& tile) {
-    for (int64_t br = b0; br < b1; ++br) {
-      const int64_t first = a.indptr[br];
-      for (int pass_row = 0; pass_row < R; pass_row += RT) {
-        const int64_t row0 = br * R + pass_row;
-        if (row0 >= a.rows) break;  // the rest of this block row is padding
-        const int64_t valid = a.rows - row0 < RT ? a.rows - row0 : RT;
-        const TileArgs<T> args{a.indices + first,
-                               a.values + first * block_size + static_cast<int64_t>(pass_row) *
-                                                                   a.block_cols_c,
-                               a.indptr[br + 1] - first,
-                               block_size,
-                               a.block_cols_c,
-                               a.cols,
-                               bias ? bias + row0 : nullptr,
-                               static_cast<int>(valid)};
-        tile(args, row0);
+  int64_t col = 0;
+  for (int64_t vectors_left = total_vectors; vectors_left > 0;) {
+    const int64_t tiles_left = (vectors_left + NV - 1) / NV;
+    const int nv = static_cast<int>((vectors_left + tiles_left - 1) / tiles_left);
+    const bool masked = nv == vectors_left && n % L != 0;
+    with_tile_width<NV>(nv, masked, [&](auto width) {
+      using W = decltype(width);
+      for (int64_t br = br_begin; br < br_end; ++br) {
+        const int64_t first = a.indptr[br];
+        for (int pass_row = 0; pass_row < R; pass_row += RT) {
+          const int64_t row0 = br * R + pass_row;
+          if (row0 >= a.rows) break;  // the rest of this block row is padding
+          const int valid = static_cast<int>(a.rows - row0 < RT ? a.rows - row0 : RT);
+          panel_tile<T, RT, kC, W::kNV, W::kMasked>(
+              a.indices + first, a.values + first * block_size + pass_row * a.block_cols_c,
+              a.indptr[br + 1] - first, block_size, a.block_cols_c, a.cols, b + col, ldb,
+              bias ? bias + row0 : nullptr, valid, c + row0 * ldc + col, ldc, tail_mask);
+        }
       }
-    }
-  };
-
-  int64_t chunk_begin = br_begin;
-  while (chunk_begin < br_end) {
-    int64_t chunk_end = chunk_begin + 1;
-    while (chunk_end < br_end &&
-           (a.indptr[chunk_end + 1] - a.indptr[chunk_begin]) * block_size <= kChunkValues)
-      ++chunk_end;
-    for (int64_t col = 0; col < full_end; col += kTileCols)
-      for_each_pass(chunk_begin, chunk_end, [&](const TileArgs<T>& t, int64_t row0) {
-        panel_tile<T, RT, kC, NV, false>(t.block_cols, t.vals, t.nblocks, t.block_size, t.runtime_c,
-                                         t.cols, b + col, ldb, t.bias, t.rows_valid,
-                                         c + row0 * ldc + col, ldc, tail_mask);
-      });
-    if (tail > 0)
-      for_each_pass(chunk_begin, chunk_end, [&](const TileArgs<T>& t, int64_t row0) {
-        panel_tail_tile<T, RT, kC, NV>(tail_vectors, t, b + full_end, ldb, c + row0 * ldc + full_end,
-                                       ldc, tail_mask);
-      });
-    chunk_begin = chunk_end;
+    });
+    col += static_cast<int64_t>(nv) * L;
+    vectors_left -= nv;
   }
 }
 
@@ -231,23 +206,34 @@ inline void gemv_block_row_any(const index_t* block_cols, const T* vals, int64_t
   const int C = kC > 0 ? kC : runtime_c;
   const int64_t block_size = static_cast<int64_t>(R) * C;
   constexpr int kMaxR = kR > 0 ? kR : kMaxBlockEdge;
-  T acc[NVEC][kMaxR];
-  for (int v = 0; v < NVEC; ++v)
-    for (int i = 0; i < R; ++i) acc[v][i] = T(0);
-  for (int64_t j = 0; j < nblocks; ++j) {
+  // Independent accumulator sets for consecutive blocks, so that small blocks
+  // (4 x 1: one short vector of sums) are not bound by the FMA latency.
+  constexpr int kSets = kR == 0 ? 1 : (kR * NVEC <= 8 ? 4 : (kR * NVEC <= 32 ? 2 : 1));
+  T acc[kSets][NVEC][kMaxR];
+  for (int s = 0; s < kSets; ++s)
+    for (int v = 0; v < NVEC; ++v)
+      for (int i = 0; i < R; ++i) acc[s][v][i] = T(0);
+  const auto multiply_block = [&](int s, int64_t j) {
     const int64_t k0 = static_cast<int64_t>(block_cols[j]) * C;
-    const int64_t width = k0 + C <= cols ? C : cols - k0;
+    const int64_t width = k0 + C <= cols ? C : cols - k0;  // the last block column may be padded
     const T* w = vals + j * block_size;
     for (int64_t col = 0; col < width; ++col) {
       const T* xk = x + (k0 + col) * x_kstride;
       for (int v = 0; v < NVEC; ++v) {
         const T xv = xk[v * x_vstride];
-        for (int i = 0; i < R; ++i) acc[v][i] += w[i * C + col] * xv;
+        for (int i = 0; i < R; ++i) acc[s][v][i] += w[i * C + col] * xv;
       }
     }
-  }
+  };
+  int64_t j = 0;
+  for (; j + kSets <= nblocks; j += kSets)
+    for (int s = 0; s < kSets; ++s) multiply_block(s, j + s);
+  for (; j < nblocks; ++j) multiply_block(0, j);
+  for (int s = 1; s < kSets; ++s)
+    for (int v = 0; v < NVEC; ++v)
+      for (int i = 0; i < R; ++i) acc[0][v][i] += acc[s][v][i];
   for (int v = 0; v < NVEC; ++v)
-    for (int i = 0; i < R; ++i) out[v * R + i] = acc[v][i];
+    for (int i = 0; i < R; ++i) out[v * R + i] = acc[0][v][i];
 }
 
 template <typename T, int kR, int kC, int NVEC>
