@@ -80,6 +80,8 @@ inline void panel_tile(const index_t* block_cols, const T* vals, int64_t nblocks
     const T* wj = vals + j * block_size;
     if (kC == 1) {
       multiply_row_of_b(bj, wj);
+    } else if (kC > 1 && k0 + kC <= cols) {
+      for (int col = 0; col < kC; ++col) multiply_row_of_b(bj + col * ldb, wj + col);  // unrolled
     } else {
       const int64_t width = k0 + C <= cols ? C : cols - k0;  // the last block column may be padded
       for (int64_t col = 0; col < width; ++col) multiply_row_of_b(bj + col * ldb, wj + col);
@@ -215,14 +217,19 @@ inline void gemv_block_row_any(const index_t* block_cols, const T* vals, int64_t
       for (int i = 0; i < R; ++i) acc[s][v][i] = T(0);
   const auto multiply_block = [&](int s, int64_t j) {
     const int64_t k0 = static_cast<int64_t>(block_cols[j]) * C;
-    const int64_t width = k0 + C <= cols ? C : cols - k0;  // the last block column may be padded
     const T* w = vals + j * block_size;
-    for (int64_t col = 0; col < width; ++col) {
+    const auto multiply_column = [&](int64_t col) {
       const T* xk = x + (k0 + col) * x_kstride;
       for (int v = 0; v < NVEC; ++v) {
         const T xv = xk[v * x_vstride];
         for (int i = 0; i < R; ++i) acc[s][v][i] += w[i * C + col] * xv;
       }
+    };
+    if (kC > 0 && k0 + kC <= cols) {
+      for (int col = 0; col < kC; ++col) multiply_column(col);  // unrolled
+    } else {
+      const int64_t width = k0 + C <= cols ? C : cols - k0;  // the last block column may be padded
+      for (int64_t col = 0; col < width; ++col) multiply_column(col);
     }
   };
   int64_t j = 0;
