@@ -16,6 +16,7 @@ struct BsrProduct {
 
   int64_t rows() const { return a.rows(); }
   int64_t cols() const { return a.cols(); }
+  static constexpr bool kTransposedPanel = true;
   int64_t max_few_vectors() const { return kBsrFewVectorsMax; }
   bool few_vector_strides_ok(int64_t) const { return true; }  // no gathers: 64-bit offsets
   int64_t stored_values() const { return a.nblocks() * a.block_r() * a.block_c(); }
@@ -34,12 +35,23 @@ struct BsrProduct {
 
   void panel(const T* b, int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc,
              int num_threads) const {
+    run_panel(&BsrKernels<T>::spmm_block_rows, b, ldb, n, bias, c, ldc, num_threads);
+  }
+
+  void panel_transposed(const T* b, int64_t ldb, int64_t n, const T* bias, T* ct, int64_t ldct,
+                        int num_threads) const {
+    run_panel(&BsrKernels<T>::spmm_block_rows_transposed, b, ldb, n, bias, ct, ldct, num_threads);
+  }
+
+  template <typename Kernel>
+  void run_panel(Kernel BsrKernels<T>::*kernel, const T* b, int64_t ldb, int64_t n, const T* bias,
+                 T* c, int64_t ldc, int num_threads) const {
     const BsrView<T> view = a.view();
     const BsrKernels<T>& kernels = bsr_kernels<T>(active_isa());
     const int threads = driver::threads_for(num_threads, (stored_values() + a.rows()) * n);
     driver::for_row_ranges(a.indptr().data(), a.block_rows(), threads, 1,
                            [&](int64_t br0, int64_t br1) {
-                             kernels.spmm_block_rows(view, br0, br1, b, ldb, n, bias, c, ldc);
+                             (kernels.*kernel)(view, br0, br1, b, ldb, n, bias, c, ldc);
                            });
   }
 };

@@ -18,6 +18,7 @@ struct CsrProduct {
 
   int64_t rows() const { return a.rows(); }
   int64_t cols() const { return a.cols(); }
+  static constexpr bool kTransposedPanel = false;
   int64_t max_few_vectors() const { return kGatherMaxVectors; }
   // The gather kernel's offsets (k * kstride) are 32-bit.
   bool few_vector_strides_ok(int64_t kstride) const {

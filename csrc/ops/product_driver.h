@@ -10,6 +10,9 @@
 //                    T* y, int64_t y_vstride, int64_t y_rstride, int threads) const;
 //   void panel(const T* b, int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc,
 //              int threads) const;   // b with contiguous columns
+//   static constexpr bool kTransposedPanel;   // true if it also has:
+//   void panel_transposed(const T* b, int64_t ldb, int64_t n, const T* bias, T* ct, int64_t ldct,
+//                         int threads) const;   // ct = (a @ b + bias)^T
 // (see ops/csr_ops.cpp and ops/bsr_ops.cpp).
 #pragma once
 
@@ -84,8 +87,12 @@ void linear(const Product& w, const T* x, int64_t ldx, int64_t batch, const T* b
   }
   // y^T = w @ x^T: the panel kernel wants the batch dimension contiguous.
   ScratchBuffer<T> xt(static_cast<size_t>(in * batch));
-  ScratchBuffer<T> yt(static_cast<size_t>(out * batch));
   transpose(x, batch, in, ldx, 1, xt.data(), batch, num_threads);
+  if constexpr (Product::kTransposedPanel) {
+    w.panel_transposed(xt.data(), batch, batch, bias, y, ldy, num_threads);
+    return;
+  }
+  ScratchBuffer<T> yt(static_cast<size_t>(out * batch));
   w.panel(xt.data(), batch, batch, bias, yt.data(), batch, num_threads);
   transpose(yt.data(), out, batch, batch, 1, y, ldy, num_threads);
 }

@@ -27,6 +27,13 @@ struct BsrKernels {
   void (*spmm_block_rows)(const BsrView<T>& a, int64_t block_row_begin, int64_t block_row_end,
                           const T* b, int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc);
 
+  // The same product with c stored transposed: c(r, j) at ct[j * ldct + r]
+  // (ct is n x a.rows). This is nn.Linear's y = x @ a.T for b = x.T, written
+  // straight into y rather than through a transposed copy.
+  void (*spmm_block_rows_transposed)(const BsrView<T>& a, int64_t block_row_begin,
+                                     int64_t block_row_end, const T* b, int64_t ldb, int64_t n,
+                                     const T* bias, T* ct, int64_t ldct);
+
   // Few-vector product (batch 1 to a handful), streaming the blocks once:
   //   y(v, r) = bias[r] + sum_k a[r, k] * x(v, k)   for v < nvec
   // with x(v, k) = x[v * x_vstride + k * x_kstride] and

@@ -48,10 +48,14 @@ constexpr int64_t kPrefetchBlocks = 8;
 // column c of block j is vals[j * block_size + i * C + c]. Columns of a block
 // at or beyond `cols` (padding) are skipped, so b is never read past its end.
 // kMasked: the last of the NV vectors has only the lanes in `last` active.
-template <typename T, int RT, int kC, int NV, bool kMasked>
+// kTransposedOut: c is stored transposed, c(r, j) at c[j * ldc + r], for the
+// first tile_cols columns (the nn.Linear output y = (w @ x^T)^T, written in
+// place instead of through a transposed copy).
+template <typename T, int RT, int kC, int NV, bool kMasked, bool kTransposedOut>
 inline void panel_tile(const index_t* block_cols, const T* vals, int64_t nblocks, int64_t block_size,
                        int runtime_c, int64_t cols, const T* b, int64_t ldb, const T* bias,
-                       int rows_valid, T* c, int64_t ldc, typename Vec<T>::mask last) {
+                       int rows_valid, T* c, int64_t ldc, typename Vec<T>::mask last,
+                       int64_t tile_cols) {
   using V = Vec<T>;
   using reg = typename V::reg;
   constexpr int L = V::kLanes;
@@ -86,6 +90,15 @@ inline void panel_tile(const index_t* block_cols, const T* vals, int64_t nblocks
       const int64_t width = k0 + C <= cols ? C : cols - k0;  // the last block column may be padded
       for (int64_t col = 0; col < width; ++col) multiply_row_of_b(bj + col * ldb, wj + col);
     }
+  }
+  if constexpr (kTransposedOut) {
+    // Spill the tile, then write each output column's rows contiguously.
+    T spilled[RT][NV * L];
+    for (int i = 0; i < RT; ++i)
+      for (int v = 0; v < NV; ++v) V::store(&spilled[i][v * L], acc[i][v]);
+    for (int64_t j = 0; j < tile_cols; ++j)
+      for (int i = 0; i < rows_valid; ++i) c[j * ldc + i] = spilled[i][j];
+    return;
   }
   for (int i = 0; i < RT && i < rows_valid; ++i)
     for (int v = 0; v < NV; ++v) {
@@ -123,7 +136,7 @@ inline void with_tile_width(int nv, bool masked, const Fn& fn) {
 // spread evenly over the fewest tiles of at most NV vectors (64 columns with
 // at most 3 vectors per tile: 2 + 2, not 3 + 1), so no tile is left with too
 // few accumulators.
-template <typename T, int kR, int kC>
+template <typename T, int kR, int kC, bool kTransposedOut>
 void spmm_block_rows_impl(const BsrView<T>& a, int64_t br_begin, int64_t br_end, const T* b,
                           int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc) {
   using V = Vec<T>;
@@ -140,6 +153,7 @@ void spmm_block_rows_impl(const BsrView<T>& a, int64_t br_begin, int64_t br_end,
     const int64_t tiles_left = (vectors_left + NV - 1) / NV;
     const int nv = static_cast<int>((vectors_left + tiles_left - 1) / tiles_left);
     const bool masked = nv == vectors_left && n % L != 0;
+    const int64_t tile_cols = n - col < nv * L ? n - col : static_cast<int64_t>(nv) * L;
     with_tile_width<NV>(nv, masked, [&](auto width) {
       using W = decltype(width);
       for (int64_t br = br_begin; br < br_end; ++br) {
@@ -148,10 +162,11 @@ void spmm_block_rows_impl(const BsrView<T>& a, int64_t br_begin, int64_t br_end,
           const int64_t row0 = br * R + pass_row;
           if (row0 >= a.rows) break;  // the rest of this block row is padding
           const int valid = static_cast<int>(a.rows - row0 < RT ? a.rows - row0 : RT);
-          panel_tile<T, RT, kC, W::kNV, W::kMasked>(
+          T* out = kTransposedOut ? c + col * ldc + row0 : c + row0 * ldc + col;
+          panel_tile<T, RT, kC, W::kNV, W::kMasked, kTransposedOut>(
               a.indices + first, a.values + first * block_size + pass_row * a.block_cols_c,
               a.indptr[br + 1] - first, block_size, a.block_cols_c, a.cols, b + col, ldb,
-              bias ? bias + row0 : nullptr, valid, c + row0 * ldc + col, ldc, tail_mask);
+              bias ? bias + row0 : nullptr, valid, out, ldc, tail_mask, tile_cols);
         }
       }
     });
@@ -320,7 +335,18 @@ void spmm_block_rows(const BsrView<T>& a, int64_t br_begin, int64_t br_end, cons
                      int64_t n, const T* bias, T* c, int64_t ldc) {
   bsr_detail::dispatch_block_shape(a.block_rows_r, a.block_cols_c, [&](auto shape) {
     using S = decltype(shape);
-    bsr_detail::spmm_block_rows_impl<T, S::kR, S::kC>(a, br_begin, br_end, b, ldb, n, bias, c, ldc);
+    bsr_detail::spmm_block_rows_impl<T, S::kR, S::kC, false>(a, br_begin, br_end, b, ldb, n, bias,
+                                                             c, ldc);
+  });
+}
+
+template <typename T>
+void spmm_block_rows_transposed(const BsrView<T>& a, int64_t br_begin, int64_t br_end, const T* b,
+                                int64_t ldb, int64_t n, const T* bias, T* ct, int64_t ldct) {
+  bsr_detail::dispatch_block_shape(a.block_rows_r, a.block_cols_c, [&](auto shape) {
+    using S = decltype(shape);
+    bsr_detail::spmm_block_rows_impl<T, S::kR, S::kC, true>(a, br_begin, br_end, b, ldb, n, bias,
+                                                            ct, ldct);
   });
 }
 
@@ -337,7 +363,8 @@ void gemv_block_rows(const BsrView<T>& a, int64_t br_begin, int64_t br_end, cons
 
 template <typename T>
 const BsrKernels<T>& bsr_kernel_table() {
-  static const BsrKernels<T> table{&spmm_block_rows<T>, &gemv_block_rows<T>};
+  static const BsrKernels<T> table{&spmm_block_rows<T>, &spmm_block_rows_transposed<T>,
+                                   &gemv_block_rows<T>};
   return table;
 }
 
