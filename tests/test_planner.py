@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-
 import sparsegemm
 from sparsegemm import BSRMatrix, CSRMatrix, planner
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from sparsegemm import BSRMatrix, block_prune, magnitude_prune
 from sparsegemm.pruning import block_norms
 

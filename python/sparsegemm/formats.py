@@ -7,7 +7,7 @@ reach a kernel. The arrays it exposes are read-only views.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -87,8 +87,8 @@ class SparseFormat:
     ``_storage_arrays`` (values first) and ``_with_values``.
     """
 
-    __slots__ = ("_handle", "_dtype", "_converted", "__weakref__")
-    _CORE: dict[np.dtype, Any] = {}
+    __slots__ = ("__weakref__", "_converted", "_dtype", "_handle")
+    _CORE: ClassVar[dict[np.dtype, Any]] = {}
 
     def _set_handle(self, handle: Any) -> None:
         self._handle = handle

@@ -31,7 +31,7 @@ def _pruned_count(sparsity: Any, total: int) -> int:
     sparsity = float(sparsity)
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
-    return int(round(sparsity * total))
+    return round(sparsity * total)
 
 
 def magnitude_prune(W: Any, sparsity: float) -> np.ndarray:
