@@ -460,7 +460,11 @@ class BSRMatrix(SparseFormat):
 
     @property
     def nnz(self) -> int:
-        """Number of stored values: nnz_blocks * R * C (zeros inside blocks and padding included)."""
+        """Number of stored values: nnz_blocks * R * C (zeros inside blocks and padding included).
+
+        So ``density`` counts what the kernels multiply, and may exceed 1 for a
+        small matrix whose edge blocks are mostly padding.
+        """
         r, c = self.blocksize
         return self.nnz_blocks * r * c
 
