@@ -158,7 +158,7 @@ def test_replacement_values_in_core():
                                 values)
     replaced = matrix.with_data(values).to_dense().reshape(3, 2, 3, 3)
     np.testing.assert_allclose(out, reference_conv2d(x, replaced, padding=(1, 1)), rtol=1e-12)
-    with pytest.raises(ValueError, match="values must have nnz"):
+    with pytest.raises(ValueError, match="values must have 24 entries"):
         sparsegemm._core.csr_conv2d(matrix._handle, x, out, (3, 3), (1, 1), (1, 1), (1, 1), None, 1,
                                     values[:-1])
 

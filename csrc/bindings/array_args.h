@@ -71,14 +71,15 @@ const T* optional_bias(const py::object& bias, int64_t length) {
 }
 
 // Optional replacement values for a product with sparse matrix `a`: None, or
-// a contiguous vector of a.nnz() entries.
+// a contiguous vector with as many entries as a stores (a.values().size()).
 template <typename T, typename Matrix>
 const T* optional_values(const py::object& values, const Matrix& a) {
   if (values.is_none()) return nullptr;
   const auto arg = contiguous_vector_arg<T>(values.cast<py::array>(), "values");
-  if (arg.shape[0] != a.nnz())
-    throw py::value_error("values must have nnz = " + std::to_string(a.nnz()) + " entries, got " +
-                          std::to_string(arg.shape[0]));
+  const int64_t stored = static_cast<int64_t>(a.values().size());
+  if (arg.shape[0] != stored)
+    throw py::value_error("values must have " + std::to_string(stored) +
+                          " entries (one per stored value), got " + std::to_string(arg.shape[0]));
   return arg.data;
 }
 

@@ -5,6 +5,7 @@
 namespace sparsegemm::bindings {
 void register_runtime(pybind11::module_& m);
 void register_csr(pybind11::module_& m);
+void register_bsr(pybind11::module_& m);
 void register_conv(pybind11::module_& m);
 }  // namespace sparsegemm::bindings
 
@@ -12,5 +13,6 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "sparsegemm C++ kernels (private: use the sparsegemm package)";
   sparsegemm::bindings::register_runtime(m);
   sparsegemm::bindings::register_csr(m);
+  sparsegemm::bindings::register_bsr(m);
   sparsegemm::bindings::register_conv(m);
 }

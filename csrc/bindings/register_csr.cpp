@@ -5,6 +5,7 @@
 #include <string>
 
 #include "bindings/array_args.h"
+#include "bindings/products.h"
 #include "core/csr_matrix.h"
 #include "ops/csr_ops.h"
 
@@ -13,23 +14,6 @@ namespace sparsegemm::bindings {
 namespace py = pybind11;
 
 namespace {
-
-std::string shape_str(int64_t a, int64_t b) {
-  return "(" + std::to_string(a) + ", " + std::to_string(b) + ")";
-}
-
-py::array read_only(py::array array) {
-  py::detail::array_proxy(array.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
-  return array;
-}
-
-// A read-only numpy view of a vector owned by the matrix `owner`.
-template <typename V>
-py::array owned_view(const V& vec, py::handle owner) {
-  using E = typename V::value_type;
-  return read_only(py::array_t<E>({static_cast<py::ssize_t>(vec.size())},
-                                  {static_cast<py::ssize_t>(sizeof(E))}, vec.data(), owner));
-}
 
 template <typename T>
 void register_csr_dtype(py::module_& m, const char* class_name) {
@@ -111,30 +95,6 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
       });
 
   m.def(
-      "csr_matmul",
-      [](const Matrix& a, const py::array& b, const py::array& out, const py::object& bias,
-         int num_threads, const py::object& values) {
-        const auto barg = strided_arg<T>(b, "B", 2, false);
-        const auto oarg = strided_arg<T>(out, "out", 2, true);
-        if (barg.shape[0] != a.cols())
-          throw py::value_error("shape mismatch: A is " + shape_str(a.rows(), a.cols()) + " but B is " +
-                                shape_str(barg.shape[0], barg.shape[1]));
-        if (oarg.shape[0] != a.rows() || oarg.shape[1] != barg.shape[1])
-          throw py::value_error("out must have shape " + shape_str(a.rows(), barg.shape[1]) + ", got " +
-                                shape_str(oarg.shape[0], oarg.shape[1]));
-        if (oarg.shape[1] > 1 && oarg.strides[1] != 1)
-          throw py::value_error("out must have contiguous rows");
-        const T* bias_ptr = optional_bias<T>(bias, a.rows());
-        const T* values_ptr = optional_values<T>(values, a);
-        py::gil_scoped_release release;
-        csr_matmul(a, barg.data, barg.strides[0], barg.strides[1], barg.shape[1], bias_ptr, oarg.data,
-                   oarg.strides[0], num_threads, values_ptr);
-      },
-      py::arg("a"), py::arg("b"), py::arg("out"), py::arg("bias") = py::none(),
-      py::arg("num_threads") = 0, py::arg("values") = py::none(),
-      "out = a @ b (+ bias[:, None]); out must not overlap b. `values` (nnz) replaces a's values.");
-
-  m.def(
       "csr_sampled_dot",
       [](const Matrix& pattern, const py::array& a, const py::array& b, const py::array& out,
          int num_threads) {
@@ -159,31 +119,7 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
       py::arg("pattern"), py::arg("a"), py::arg("b"), py::arg("out"), py::arg("num_threads") = 0,
       "out[j] = a[r, :] . b[k, :] for each stored (r, k) of pattern (its values are ignored).");
 
-  m.def(
-      "csr_linear",
-      [](const Matrix& w, const py::array& x, const py::array& out, const py::object& bias,
-         int num_threads, const py::object& values) {
-        const auto xarg = strided_arg<T>(x, "x", 2, false);
-        const auto oarg = strided_arg<T>(out, "out", 2, true);
-        if (xarg.shape[1] != w.cols())
-          throw py::value_error("shape mismatch: x is " + shape_str(xarg.shape[0], xarg.shape[1]) +
-                                " but the weight is " + shape_str(w.rows(), w.cols()));
-        if (xarg.shape[1] > 1 && xarg.strides[1] != 1)
-          throw py::value_error("x must have contiguous rows");
-        if (oarg.shape[0] != xarg.shape[0] || oarg.shape[1] != w.rows())
-          throw py::value_error("out must have shape " + shape_str(xarg.shape[0], w.rows()) + ", got " +
-                                shape_str(oarg.shape[0], oarg.shape[1]));
-        if (oarg.shape[1] > 1 && oarg.strides[1] != 1)
-          throw py::value_error("out must have contiguous rows");
-        const T* bias_ptr = optional_bias<T>(bias, w.rows());
-        const T* values_ptr = optional_values<T>(values, w);
-        py::gil_scoped_release release;
-        csr_linear(w, xarg.data, xarg.strides[0], xarg.shape[0], bias_ptr, oarg.data, oarg.strides[0],
-                   num_threads, values_ptr);
-      },
-      py::arg("w"), py::arg("x"), py::arg("out"), py::arg("bias") = py::none(),
-      py::arg("num_threads") = 0, py::arg("values") = py::none(),
-      "out = x @ w.T (+ bias); out must not overlap x. `values` (nnz) replaces w's values.");
+  register_products<T, Matrix>(m, "csr_matmul", "csr_linear", &csr_matmul<T>, &csr_linear<T>);
 }
 
 }  // namespace

@@ -21,18 +21,25 @@ from ._runtime import (  # noqa: E402
     show_config,
     use_isa,
 )
-from .formats import CSRMatrix  # noqa: E402
+from .formats import BSRMatrix, CSRMatrix  # noqa: E402
 from .ops import conv2d, linear, sddmm, sparse_mm  # noqa: E402
+from .planner import Plan, plan  # noqa: E402
+from .pruning import block_prune, magnitude_prune  # noqa: E402
 
 _check_isa_environment()
 
 __all__ = [
+    "BSRMatrix",
     "CSRMatrix",
+    "Plan",
     "available_isas",
+    "block_prune",
     "conv2d",
     "get_isa",
     "get_num_threads",
     "linear",
+    "magnitude_prune",
+    "plan",
     "set_isa",
     "set_num_threads",
     "sddmm",

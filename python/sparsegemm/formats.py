@@ -7,7 +7,7 @@ reach a kernel. The arrays it exposes are read-only views.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -16,6 +16,7 @@ from . import _core
 from ._dtypes import kernel_dtype
 
 _CORE_CSR = {np.dtype(np.float32): _core.CsrMatrixF32, np.dtype(np.float64): _core.CsrMatrixF64}
+_CORE_BSR = {np.dtype(np.float32): _core.BsrMatrixF32, np.dtype(np.float64): _core.BsrMatrixF64}
 
 
 def _as_index_array(values: Any, name: str) -> np.ndarray:
@@ -41,7 +42,138 @@ def _check_shape(shape: Any) -> tuple[int, int]:
     return rows, cols
 
 
-class CSRMatrix:
+def _dense_operand(dense: Any, dtype: Any) -> tuple[np.ndarray, np.dtype]:
+    """A 2-d array in its kernel dtype with strides the core accepts (copies only if needed)."""
+    array = np.asarray(dense)
+    if array.ndim != 2:
+        raise ValueError(f"from_dense needs a 2-dimensional array, got shape {array.shape}")
+    target = kernel_dtype(array.dtype) if dtype is None else kernel_dtype(dtype)
+    if array.dtype != target:
+        array = array.astype(target)
+    if any(s < 0 or s % array.itemsize for s in array.strides):
+        array = np.ascontiguousarray(array)
+    _check_shape(array.shape)
+    return array, target
+
+
+def _check_threshold(threshold: Any) -> float:
+    threshold = float(threshold)
+    if not threshold >= 0:
+        raise ValueError(f"threshold must be a non-negative number, got {threshold}")
+    return threshold
+
+
+def _checked_index_arrays(
+    indices: Any, indptr: Any, index_limit: int, what: str = "column index"
+) -> tuple[np.ndarray, np.ndarray]:
+    """indices as contiguous int32 (checked to lie in [0, index_limit) before the
+    cast) and indptr as contiguous int32/int64; the core checks the rest."""
+    indices = _as_index_array(indices, "indices")
+    indptr = _as_index_array(indptr, "indptr")
+    if indices.size and (indices.min() < 0 or indices.max() >= index_limit):
+        bad = int(indices.min()) if indices.min() < 0 else int(indices.max())
+        raise ValueError(f"{what} {bad} is out of range [0, {index_limit})")
+    if indptr.dtype not in (np.int32, np.int64):
+        if indptr.size and (indptr.min() < 0 or indptr.max() >= 2**63):
+            raise ValueError("indptr entries must be in [0, 2**63)")
+        indptr = indptr.astype(np.int64)
+    return np.ascontiguousarray(indices, dtype=np.int32), np.ascontiguousarray(indptr)
+
+
+class SparseFormat:
+    """What every sparsegemm format shares: a validated C++ handle of one dtype.
+
+    Subclasses set ``_CORE`` (dtype -> C++ class) and implement ``nnz``,
+    ``_storage_nbytes``, ``_stored_values`` and ``_with_values``.
+    """
+
+    __slots__ = ("__weakref__", "_converted", "_dtype", "_handle")
+    _CORE: ClassVar[dict[np.dtype, Any]] = {}
+
+    def _set_handle(self, handle: Any) -> None:
+        self._handle = handle
+        self._dtype = next(dt for dt, cls in self._CORE.items() if isinstance(handle, cls))
+        self._converted: dict[np.dtype, Any] = {}
+
+    @classmethod
+    def _from_handle(cls, handle: Any) -> Any:
+        matrix = cls.__new__(cls)
+        matrix._set_handle(handle)
+        return matrix
+
+    @property
+    def nnz(self) -> int:
+        raise NotImplementedError
+
+    def _stored_values(self) -> np.ndarray:
+        """Every stored value (explicit zeros and block padding included)."""
+        raise NotImplementedError
+
+    def _storage_nbytes(self) -> int:
+        """Bytes the C++ core keeps for this matrix: values, indices and pointers."""
+        raise NotImplementedError
+
+    def _with_values(self, dtype: np.dtype) -> Any:
+        """A copy of this matrix with its values cast to ``dtype``."""
+        raise NotImplementedError
+
+    def to_dense(self) -> np.ndarray:
+        """The matrix as a C-ordered dense array."""
+        return self._handle.to_dense()
+
+    def toarray(self) -> np.ndarray:
+        """Alias of :meth:`to_dense`, as in scipy."""
+        return self.to_dense()
+
+    def astype(self, dtype: Any) -> Any:
+        """This matrix in float32 or float64 (cached; self if already that dtype)."""
+        target = kernel_dtype(dtype)
+        if target == self._dtype:
+            return self
+        if target not in self._converted:
+            self._converted[target] = self._with_values(target)
+        return self._converted[target]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self._handle.rows, self._handle.cols)
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def density(self) -> float:
+        """Stored entries over rows * cols (0 for an empty shape)."""
+        rows, cols = self.shape
+        return self.nnz / (rows * cols) if rows * cols else 0.0
+
+    @property
+    def sparsity(self) -> float:
+        """1 - density."""
+        return 1.0 - self.density
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    @property
+    def bytes_per_nonzero(self) -> float:
+        """Bytes of storage (values, indices, pointers) per nonzero value stored.
+
+        Explicitly stored zeros (such as the zero fill of BSR blocks) cost
+        storage but are not nonzeros. 0.0 when no nonzero is stored.
+        """
+        nonzeros = int(np.count_nonzero(self._stored_values()))
+        return self._storage_nbytes() / nonzeros if nonzeros else 0.0
+
+    def __matmul__(self, other: Any) -> np.ndarray:
+        from .ops import sparse_mm
+
+        return sparse_mm(self, other)
+
+
+class CSRMatrix(SparseFormat):
     """A compressed sparse row matrix of float32 or float64 values.
 
     Build one with :meth:`from_dense`, :meth:`from_scipy` or
@@ -56,7 +188,8 @@ class CSRMatrix:
     zeros: they contribute nothing, so ``0 * inf`` never arises from them.
     """
 
-    __slots__ = ("_handle", "_dtype", "_converted", "__weakref__")
+    __slots__ = ()
+    _CORE = _CORE_CSR
 
     def __init__(self, arg: Any, shape: tuple[int, int] | None = None, *, dtype: Any = None):
         if isinstance(arg, CSRMatrix):
@@ -75,17 +208,6 @@ class CSRMatrix:
                 "with shape; use CSRMatrix.from_dense for a dense array"
             )
 
-    def _set_handle(self, handle: Any) -> None:
-        self._handle = handle
-        self._dtype = np.dtype(np.float32 if isinstance(handle, _core.CsrMatrixF32) else np.float64)
-        self._converted: dict[np.dtype, CSRMatrix] = {}
-
-    @classmethod
-    def _from_handle(cls, handle: Any) -> CSRMatrix:
-        matrix = cls.__new__(cls)
-        matrix._set_handle(handle)
-        return matrix
-
     @classmethod
     def from_dense(cls, dense: Any, threshold: float = 0.0, *, dtype: Any = None) -> CSRMatrix:
         """Store the entries of a 2-d array with ``|a| > threshold``.
@@ -93,18 +215,8 @@ class CSRMatrix:
         The default threshold 0 keeps every nonzero. NaN entries are kept. Any
         memory order is accepted without a copy for float32/float64 input.
         """
-        array = np.asarray(dense)
-        if array.ndim != 2:
-            raise ValueError(f"from_dense needs a 2-dimensional array, got shape {array.shape}")
-        target = kernel_dtype(array.dtype) if dtype is None else kernel_dtype(dtype)
-        if array.dtype != target:
-            array = array.astype(target)
-        if any(s < 0 or s % array.itemsize for s in array.strides):
-            array = np.ascontiguousarray(array)
-        threshold = float(threshold)
-        if not threshold >= 0:
-            raise ValueError(f"threshold must be a non-negative number, got {threshold}")
-        _check_shape(array.shape)
+        array, target = _dense_operand(dense, dtype)
+        threshold = _check_threshold(threshold)
         return cls._from_handle(_CORE_CSR[target].from_dense(array, threshold))
 
     @classmethod
@@ -114,10 +226,7 @@ class CSRMatrix:
         The input is never modified: duplicates are summed and indices sorted
         on a copy when needed. Explicitly stored zeros are kept.
         """
-        if not sp.issparse(matrix):
-            raise TypeError(f"from_scipy needs a scipy.sparse matrix, got {type(matrix).__name__}")
-        if matrix.ndim != 2:
-            raise ValueError(f"only 2-d sparse matrices are supported, got {matrix.ndim}-d")
+        _check_scipy(matrix)
         csr = matrix.tocsr()
         if not csr.has_canonical_format:
             csr = csr.copy() if csr is matrix else csr
@@ -135,25 +244,11 @@ class CSRMatrix:
             shape=self.shape,
         )
 
-    def to_dense(self) -> np.ndarray:
-        """The matrix as a C-ordered dense array."""
-        return self._handle.to_dense()
-
-    def toarray(self) -> np.ndarray:
-        """Alias of :meth:`to_dense`, as in scipy."""
-        return self.to_dense()
-
-    def astype(self, dtype: Any) -> CSRMatrix:
-        """This matrix in float32 or float64 (cached; self if already that dtype)."""
-        target = kernel_dtype(dtype)
-        if target == self._dtype:
-            return self
-        if target not in self._converted:
-            self._converted[target] = CSRMatrix._from_handle(
-                _CORE_CSR[target].from_arrays(*self.shape, self.indptr, self.indices,
-                                              self.data.astype(target))
-            )
-        return self._converted[target]
+    def _with_values(self, dtype: np.dtype) -> CSRMatrix:
+        return CSRMatrix._from_handle(
+            _CORE_CSR[dtype].from_arrays(*self.shape, self.indptr, self.indices,
+                                         self.data.astype(dtype))
+        )
 
     def transpose(self) -> CSRMatrix:
         """The transpose, as a new CSRMatrix (K x M)."""
@@ -179,33 +274,18 @@ class CSRMatrix:
             raise ValueError(f"data must have shape ({self.nnz},), got {values.shape}")
         return CSRMatrix._from_handle(self._handle.with_values(values))
 
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self._handle.rows, self._handle.cols)
+    def _stored_values(self) -> np.ndarray:
+        return self.data
 
-    @property
-    def ndim(self) -> int:
-        return 2
+    def _storage_nbytes(self) -> int:
+        # Column indices are 16-bit in the core when cols <= 65536 (the
+        # `indices` property widens them to int32 for Python).
+        return self.nnz * self._handle.bytes_per_entry + self.indptr.nbytes
 
     @property
     def nnz(self) -> int:
         """Number of stored entries."""
         return self._handle.nnz
-
-    @property
-    def density(self) -> float:
-        """Stored entries over rows * cols (0 for an empty shape)."""
-        rows, cols = self.shape
-        return self.nnz / (rows * cols) if rows * cols else 0.0
-
-    @property
-    def sparsity(self) -> float:
-        """1 - density."""
-        return 1.0 - self.density
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self._dtype
 
     @property
     def indptr(self) -> np.ndarray:
@@ -222,15 +302,17 @@ class CSRMatrix:
         """Stored values, read-only."""
         return self._handle.data
 
-    def __matmul__(self, other: Any) -> np.ndarray:
-        from .ops import sparse_mm
-
-        return sparse_mm(self, other)
-
     def __repr__(self) -> str:
         rows, cols = self.shape
         return (f"<CSRMatrix {rows}x{cols}, {self.nnz} stored ({self.density:.1%} dense), "
                 f"dtype={self._dtype}>")
+
+
+def _check_scipy(matrix: Any) -> None:
+    if not sp.issparse(matrix):
+        raise TypeError(f"from_scipy needs a scipy.sparse matrix, got {type(matrix).__name__}")
+    if matrix.ndim != 2:
+        raise ValueError(f"only 2-d sparse matrices are supported, got {matrix.ndim}-d")
 
 
 def _build_handle(data: Any, indices: Any, indptr: Any, shape: Any, dtype: Any) -> Any:
@@ -239,19 +321,228 @@ def _build_handle(data: Any, indices: Any, indptr: Any, shape: Any, dtype: Any) 
     if values.ndim != 1:
         raise ValueError(f"data must be 1-dimensional, got shape {values.shape}")
     target = kernel_dtype(values.dtype if dtype is None else dtype)
-    indices = _as_index_array(indices, "indices")
-    indptr = _as_index_array(indptr, "indptr")
-    if indices.size and (indices.min() < 0 or indices.max() >= cols):
-        bad = int(indices.min()) if indices.min() < 0 else int(indices.max())
-        raise ValueError(f"column index {bad} is out of range [0, {cols})")
-    if indptr.dtype not in (np.int32, np.int64):
-        if indptr.size and (indptr.min() < 0 or indptr.max() >= 2**63):
-            raise ValueError("indptr entries must be in [0, 2**63)")
-        indptr = indptr.astype(np.int64)
+    indices, indptr = _checked_index_arrays(indices, indptr, cols)
     return _CORE_CSR[target].from_arrays(
-        rows,
-        cols,
-        np.ascontiguousarray(indptr),
-        np.ascontiguousarray(indices, dtype=np.int32),
-        np.ascontiguousarray(values, dtype=target),
+        rows, cols, indptr, indices, np.ascontiguousarray(values, dtype=target)
+    )
+
+
+MAX_BLOCK_EDGE = 64  # kMaxBlockEdge in csrc/core/bsr_matrix.h
+
+
+def _check_blocksize(blocksize: Any) -> tuple[int, int]:
+    try:
+        r, c = blocksize
+        ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (r, c))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"blocksize must be a pair of integers (R, C), got {blocksize!r}")
+    r, c = int(r), int(c)
+    if not (1 <= r <= MAX_BLOCK_EDGE and 1 <= c <= MAX_BLOCK_EDGE):
+        raise ValueError(f"blocksize must be in [1, {MAX_BLOCK_EDGE}] along each edge, got {(r, c)}")
+    return r, c
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class BSRMatrix(SparseFormat):
+    """A block compressed sparse row matrix of float32 or float64 values.
+
+    The matrix is cut into ``R x C`` blocks (``blocksize``); a stored block
+    keeps all of its ``R * C`` values, zeros included. Blocks of ``R x 1``
+    (4x1, 8x1, 16x1) and 4x4 have register-tiled kernels; other shapes run a
+    generic kernel. The shape need not divide by the block: edge blocks are
+    zero-padded in storage (``data`` shows the padding) and the padding never
+    reaches an operand or a result.
+
+    Build one with :meth:`from_dense`, :meth:`from_scipy` or
+    ``BSRMatrix((data, indices, indptr), shape=(M, K))`` as in scipy, where
+    ``data`` has shape (nblocks, R, C), ``indices`` are block columns (sorted
+    and unique in each block row) and ``indptr`` has one entry per block row
+    plus one. Padding entries of ``data`` must be zero.
+    """
+
+    __slots__ = ()
+    _CORE = _CORE_BSR
+
+    def __init__(
+        self,
+        arg: Any,
+        shape: tuple[int, int] | None = None,
+        *,
+        blocksize: tuple[int, int] | None = None,
+        dtype: Any = None,
+    ):
+        if isinstance(arg, BSRMatrix):
+            if blocksize is not None and _check_blocksize(blocksize) != arg.blocksize:
+                raise ValueError(f"cannot change the blocksize of a BSRMatrix ({arg.blocksize}) "
+                                 f"to {blocksize}; use BSRMatrix.from_dense(A.to_dense(), ...)")
+            source = arg.astype(dtype) if dtype is not None else arg
+            self._set_handle(source._handle)
+        elif sp.issparse(arg):
+            self._set_handle(BSRMatrix.from_scipy(arg, blocksize, dtype=dtype)._handle)
+        elif isinstance(arg, tuple) and len(arg) == 3:
+            if shape is None:
+                raise ValueError("shape is required with (data, indices, indptr)")
+            data, indices, indptr = arg
+            self._set_handle(_build_bsr_handle(data, indices, indptr, shape, blocksize, dtype))
+        else:
+            raise TypeError(
+                "BSRMatrix() takes a scipy.sparse matrix, a BSRMatrix or (data, indices, indptr) "
+                "with shape; use BSRMatrix.from_dense for a dense array"
+            )
+
+    @classmethod
+    def from_dense(
+        cls,
+        dense: Any,
+        blocksize: tuple[int, int] = (4, 1),
+        threshold: float = 0.0,
+        *,
+        dtype: Any = None,
+    ) -> BSRMatrix:
+        """Store every ``blocksize`` block holding an entry with ``|a| > threshold``.
+
+        The default threshold 0 keeps every block with a nonzero; NaN counts as
+        nonzero. Entries below the threshold inside a kept block are stored as
+        they are. Any memory order is accepted without a copy for
+        float32/float64 input.
+        """
+        array, target = _dense_operand(dense, dtype)
+        r, c = _check_blocksize(blocksize)
+        threshold = _check_threshold(threshold)
+        return cls._from_handle(_CORE_BSR[target].from_dense(array, (r, c), threshold))
+
+    @classmethod
+    def from_scipy(
+        cls, matrix: Any, blocksize: tuple[int, int] | None = None, *, dtype: Any = None
+    ) -> BSRMatrix:
+        """Convert a scipy.sparse matrix or array to BSR.
+
+        A scipy BSR input keeps its blocksize unless ``blocksize`` asks for
+        another; other formats use ``blocksize`` (default (4, 1)). Shapes that
+        do not divide by the block are padded. The input is never modified;
+        duplicates are summed. Explicitly stored zeros are kept.
+        """
+        _check_scipy(matrix)
+        if blocksize is None:
+            blocksize = matrix.blocksize if sp.issparse(matrix) and matrix.format == "bsr" else (4, 1)
+        r, c = _check_blocksize(blocksize)
+        rows, cols = matrix.shape
+        if matrix.format == "bsr" and matrix.blocksize == (r, c):
+            bsr = matrix
+            if not bsr.has_canonical_format:
+                bsr = bsr.copy()
+                bsr.sum_duplicates()
+        else:
+            # scipy blocks only shapes that divide by the block: pad with empty rows/columns.
+            coo = matrix.tocoo()
+            padded = (_ceil_div(rows, r) * r, _ceil_div(cols, c) * c)
+            bsr = sp.coo_array((coo.data, (coo.row, coo.col)), shape=padded).tobsr((r, c))
+            bsr.sum_duplicates()
+        return cls._from_handle(
+            _build_bsr_handle(bsr.data, bsr.indices, bsr.indptr, (rows, cols), (r, c), dtype)
+        )
+
+    def to_scipy(self, *, pad: bool = False) -> sp.bsr_array:
+        """A scipy ``bsr_array`` holding copies of this matrix's arrays.
+
+        scipy requires the shape to divide by the blocksize. When it does not,
+        this raises ValueError unless ``pad=True``, which returns the matrix
+        padded with zero rows/columns to the next multiple of the block.
+        """
+        rows, cols = self.shape
+        r, c = self.blocksize
+        padded = (_ceil_div(rows, r) * r, _ceil_div(cols, c) * c)
+        if padded != (rows, cols) and not pad:
+            raise ValueError(
+                f"scipy's bsr_array needs a shape that divides by the blocksize; {self.shape} does "
+                f"not divide by {self.blocksize}. Use to_scipy(pad=True) for the {padded} padded "
+                f"matrix, or to_dense()"
+            )
+        indptr = self.indptr
+        index_dtype = np.int32 if indptr[-1] < 2**31 else np.int64
+        return sp.bsr_array(
+            (self.data.copy(), self.indices.astype(index_dtype), indptr.astype(index_dtype)),
+            shape=padded,
+            blocksize=(r, c),
+        )
+
+    def _with_values(self, dtype: np.dtype) -> BSRMatrix:
+        return BSRMatrix._from_handle(
+            _CORE_BSR[dtype].from_arrays(*self.shape, self.blocksize, self.indptr, self.indices,
+                                         self._handle.data.astype(dtype))
+        )
+
+    def _stored_values(self) -> np.ndarray:
+        return self._handle.data
+
+    def _storage_nbytes(self) -> int:
+        return self._handle.data.nbytes + self.indices.nbytes + self.indptr.nbytes
+
+    @property
+    def blocksize(self) -> tuple[int, int]:
+        """(R, C): rows and columns of a block."""
+        r, c = self._handle.blocksize
+        return (r, c)
+
+    @property
+    def nnz_blocks(self) -> int:
+        """Number of stored blocks."""
+        return self._handle.nblocks
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored values: nnz_blocks * R * C (zeros inside blocks and padding included).
+
+        So ``density`` counts what the kernels multiply, and may exceed 1 for a
+        small matrix whose edge blocks are mostly padding.
+        """
+        r, c = self.blocksize
+        return self.nnz_blocks * r * c
+
+    @property
+    def indptr(self) -> np.ndarray:
+        """Block-row pointers, int64, read-only."""
+        return self._handle.indptr
+
+    @property
+    def indices(self) -> np.ndarray:
+        """Block-column indices, int32, read-only."""
+        return self._handle.indices
+
+    @property
+    def data(self) -> np.ndarray:
+        """Stored blocks, shape (nnz_blocks, R, C), read-only."""
+        return self._handle.data.reshape(self.nnz_blocks, *self.blocksize)
+
+    def __repr__(self) -> str:
+        rows, cols = self.shape
+        r, c = self.blocksize
+        return (f"<BSRMatrix {rows}x{cols}, blocksize {r}x{c}, {self.nnz_blocks} blocks "
+                f"({self.density:.1%} stored), dtype={self._dtype}>")
+
+
+def _build_bsr_handle(
+    data: Any, indices: Any, indptr: Any, shape: Any, blocksize: Any, dtype: Any
+) -> Any:
+    rows, cols = _check_shape(shape)
+    values = np.asarray(data)
+    if values.ndim == 3:
+        if blocksize is not None and _check_blocksize(blocksize) != values.shape[1:]:
+            raise ValueError(f"data holds {values.shape[1:]} blocks but blocksize is {blocksize}")
+        blocksize = values.shape[1:]
+    elif values.ndim != 1 or blocksize is None:
+        raise ValueError(
+            "data must have shape (nblocks, R, C), or be 1-dimensional with blocksize given; "
+            f"got shape {values.shape}"
+        )
+    r, c = _check_blocksize(blocksize)
+    target = kernel_dtype(values.dtype if dtype is None else dtype)
+    indices, indptr = _checked_index_arrays(indices, indptr, _ceil_div(cols, c), "block-column index")
+    return _CORE_BSR[target].from_arrays(
+        rows, cols, (r, c), indptr, indices, np.ascontiguousarray(values, dtype=target).reshape(-1)
     )

@@ -15,29 +15,44 @@ import scipy.sparse as sp
 from . import _core
 from ._dtypes import kernel_dtype
 from ._runtime import resolve_num_threads
-from .formats import CSRMatrix
+from .formats import BSRMatrix, CSRMatrix, SparseFormat
 
-SparseOperand = Any  # CSRMatrix or any scipy.sparse matrix/array
+SparseOperand = Any  # CSRMatrix, BSRMatrix or any scipy.sparse matrix/array
+
+# The C++ products for each format: (matmul, linear), same signatures.
+_PRODUCTS = {
+    CSRMatrix: (_core.csr_matmul, _core.csr_linear),
+    BSRMatrix: (_core.bsr_matmul, _core.bsr_linear),
+}
 
 
-def as_sparse_operand(matrix: SparseOperand, dtype: Any = None) -> CSRMatrix:
+def _products_for(matrix: SparseFormat) -> tuple[Any, Any]:
+    for cls, products in _PRODUCTS.items():
+        if isinstance(matrix, cls):
+            return products
+    raise TypeError(f"no kernels for {type(matrix).__name__}")
+
+
+def as_sparse_operand(matrix: SparseOperand, dtype: Any = None) -> SparseFormat:
     """``matrix`` as a sparsegemm format, converted to ``dtype`` if given.
 
     scipy.sparse input is converted (and validated) on every call, because scipy
     matrices are mutable and an edit could not be detected cheaply: convert once
     with :meth:`CSRMatrix.from_scipy` to reuse a matrix across calls.
     """
-    if isinstance(matrix, CSRMatrix):
+    if isinstance(matrix, SparseFormat):
         return matrix if dtype is None else matrix.astype(dtype)
     if sp.issparse(matrix):
         return CSRMatrix.from_scipy(matrix, dtype=dtype)
     if isinstance(matrix, np.ndarray):
         raise TypeError(
-            "A is a dense numpy array; wrap it with sparsegemm.CSRMatrix.from_dense(A) "
+            "A is a dense numpy array; wrap it with sparsegemm.CSRMatrix.from_dense(A) or "
+            "sparsegemm.BSRMatrix.from_dense(A, blocksize) "
             "(or use numpy's @ for dense x dense)"
         )
     raise TypeError(
-        f"A must be a sparsegemm.CSRMatrix or a scipy.sparse matrix, got {type(matrix).__name__}"
+        "A must be a sparsegemm.CSRMatrix, a sparsegemm.BSRMatrix or a scipy.sparse matrix, "
+        f"got {type(matrix).__name__}"
     )
 
 
@@ -77,7 +92,8 @@ def sparse_mm(
     Parameters
     ----------
     A
-        A :class:`CSRMatrix` or any scipy.sparse matrix/array.
+        A :class:`CSRMatrix`, a :class:`BSRMatrix` or any scipy.sparse
+        matrix/array (scipy input is converted to CSR).
     B
         Array-like of shape (K, N) or (K,), in any memory order (C, Fortran or
         strided views are read in place when the dtype already matches).
@@ -98,7 +114,7 @@ def sparse_mm(
     B = np.asarray(B)
     if B.ndim not in (1, 2):
         raise ValueError(f"B must be 1- or 2-dimensional, got shape {B.shape}")
-    a_dtype = A.dtype if isinstance(A, CSRMatrix) or sp.issparse(A) else None
+    a_dtype = A.dtype if isinstance(A, SparseFormat) or sp.issparse(A) else None
     if a_dtype is None:
         as_sparse_operand(A)  # raises the right TypeError
     dtype = kernel_dtype(a_dtype, B.dtype)
@@ -118,7 +134,8 @@ def sparse_mm(
         if result.ndim == 2 and result.shape[1] > 1 and result.strides[1] != result.itemsize:
             raise ValueError("out must have contiguous rows (C order)")
     out2 = result.reshape(rows, 1) if vector else result
-    _core.csr_matmul(A._handle, B2, out2, None, threads)
+    matmul, _ = _products_for(A)
+    matmul(A._handle, B2, out2, None, threads)
     return result
 
 
@@ -136,7 +153,8 @@ def linear(
     x
         Array-like of shape (..., in_features); any leading batch dimensions.
     weight
-        Sparse (out_features x in_features): a :class:`CSRMatrix` or scipy.sparse.
+        Sparse (out_features x in_features): a :class:`CSRMatrix`, a
+        :class:`BSRMatrix` or scipy.sparse (converted to CSR).
     bias
         Optional array-like of shape (out_features,).
 
@@ -149,7 +167,7 @@ def linear(
     x = np.asarray(x)
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension (..., in_features)")
-    if not (isinstance(weight, CSRMatrix) or sp.issparse(weight)):
+    if not (isinstance(weight, SparseFormat) or sp.issparse(weight)):
         as_sparse_operand(weight)  # raises the right TypeError
     dtypes = [weight.dtype, x.dtype] + ([np.asarray(bias).dtype] if bias is not None else [])
     dtype = kernel_dtype(*dtypes)
@@ -168,7 +186,8 @@ def linear(
     if x2.shape[0] and in_features > 1 and x2.strides[1] != x2.itemsize:
         x2 = np.ascontiguousarray(x2)
     result = np.empty((x2.shape[0], out_features), dtype=dtype)
-    _core.csr_linear(weight._handle, x2, result, bias_array, threads)
+    _, linear_product = _products_for(weight)
+    linear_product(weight._handle, x2, result, bias_array, threads)
     return result.reshape(*batch_shape, out_features)
 
 

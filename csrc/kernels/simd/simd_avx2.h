@@ -25,7 +25,7 @@ struct Vec<float> {
   using mask = __m256i;
   using ireg = __m256i;
   static constexpr int kLanes = 8;
-  static constexpr int kRegisters = 16;  // architectural vector registers
+  static constexpr int kRegisters = 16;  // ymm0-15: sizes register tiles
 
   static reg zero() { return _mm256_setzero_ps(); }
   static reg set1(float a) { return _mm256_set1_ps(a); }
@@ -67,7 +67,7 @@ struct Vec<double> {
   using mask = __m256i;  // 64-bit lanes, for loads and stores
   using ireg = __m128i;
   static constexpr int kLanes = 4;
-  static constexpr int kRegisters = 16;  // architectural vector registers
+  static constexpr int kRegisters = 16;  // ymm0-15: sizes register tiles
 
   static reg zero() { return _mm256_setzero_pd(); }
   static reg set1(double a) { return _mm256_set1_pd(a); }

@@ -22,7 +22,7 @@ struct Vec<float> {
   using mask = __mmask16;
   using ireg = __m512i;
   static constexpr int kLanes = 16;
-  static constexpr int kRegisters = 32;  // architectural vector registers
+  static constexpr int kRegisters = 32;  // zmm0-31: sizes register tiles
 
   static reg zero() { return _mm512_setzero_ps(); }
   static reg set1(float a) { return _mm512_set1_ps(a); }
@@ -57,7 +57,7 @@ struct Vec<double> {
   using mask = __mmask8;
   using ireg = __m256i;
   static constexpr int kLanes = 8;
-  static constexpr int kRegisters = 32;  // architectural vector registers
+  static constexpr int kRegisters = 32;  // zmm0-31: sizes register tiles
 
   static reg zero() { return _mm512_setzero_pd(); }
   static reg set1(double a) { return _mm512_set1_pd(a); }

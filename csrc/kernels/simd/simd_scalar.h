@@ -9,7 +9,7 @@ struct Vec {
   using mask = int;  // number of active lanes (0 or 1)
   using ireg = int32_t;
   static constexpr int kLanes = 1;
-  static constexpr int kRegisters = 16;  // floating-point registers (SSE)
+  static constexpr int kRegisters = 16;  // xmm0-15 hold the scalars: sizes register tiles
 
   static reg zero() { return T(0); }
   static reg set1(T a) { return a; }

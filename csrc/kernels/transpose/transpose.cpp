@@ -9,16 +9,20 @@ namespace sparsegemm {
 template <typename T>
 void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, int64_t src_cstride,
                T* dst, int64_t dst_ld, int num_threads) {
-  constexpr int64_t kTile = 32;
-  const int64_t row_tiles = (rows + kTile - 1) / kTile;
+  // Tiles of 8 source rows x 64 columns: when the source row stride is a
+  // multiple of 4 KiB (e.g. 4096 floats), every row of a tile falls in the
+  // same L1 set, so more than 8 rows (the L1 associativity) would evict each
+  // other on every element.
+  constexpr int64_t kRowTile = 8, kColTile = 64;
+  const int64_t row_tiles = (rows + kRowTile - 1) / kRowTile;
   const int threads = rows * cols < (1 << 16) ? 1 : num_threads;
   const int64_t parts = std::min<int64_t>(row_tiles, threads);
   parallel_for(threads, parts, [&](int64_t part) {
     const int64_t tile_begin = row_tiles * part / parts, tile_end = row_tiles * (part + 1) / parts;
-    for (int64_t i0 = tile_begin * kTile; i0 < std::min(rows, tile_end * kTile); i0 += kTile) {
-      const int64_t i1 = std::min(rows, i0 + kTile);
-      for (int64_t j0 = 0; j0 < cols; j0 += kTile) {
-        const int64_t j1 = std::min(cols, j0 + kTile);
+    for (int64_t i0 = tile_begin * kRowTile; i0 < std::min(rows, tile_end * kRowTile); i0 += kRowTile) {
+      const int64_t i1 = std::min(rows, i0 + kRowTile);
+      for (int64_t j0 = 0; j0 < cols; j0 += kColTile) {
+        const int64_t j1 = std::min(cols, j0 + kColTile);
         for (int64_t j = j0; j < j1; ++j)
           for (int64_t i = i0; i < i1; ++i) dst[j * dst_ld + i] = src[i * src_rstride + j * src_cstride];
       }

@@ -1,0 +1,87 @@
+// BSR matrices and products.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <utility>
+
+#include "bindings/array_args.h"
+#include "bindings/products.h"
+#include "core/bsr_matrix.h"
+#include "ops/bsr_ops.h"
+
+namespace sparsegemm::bindings {
+
+namespace py = pybind11;
+
+namespace {
+
+template <typename T>
+void register_bsr_dtype(py::module_& m, const char* class_name) {
+  using Matrix = BsrMatrix<T>;
+  py::class_<Matrix>(m, class_name)
+      .def_static(
+          "from_arrays",
+          [](int64_t rows, int64_t cols, std::pair<int, int> blocksize, const py::array& indptr,
+             const py::array& indices, const py::array& data) {
+            const auto idx = contiguous_vector_arg<index_t>(indices, "indices");
+            const auto val = contiguous_vector_arg<T>(data, "data");
+            if (indptr.dtype().is(py::dtype::of<int32_t>())) {
+              const auto ptr = contiguous_vector_arg<int32_t>(indptr, "indptr");
+              py::gil_scoped_release release;
+              return Matrix::from_arrays(rows, cols, blocksize.first, blocksize.second, ptr.data,
+                                         ptr.shape[0], idx.data, idx.shape[0], val.data, val.shape[0]);
+            }
+            const auto ptr = contiguous_vector_arg<int64_t>(indptr, "indptr");
+            py::gil_scoped_release release;
+            return Matrix::from_arrays(rows, cols, blocksize.first, blocksize.second, ptr.data,
+                                       ptr.shape[0], idx.data, idx.shape[0], val.data, val.shape[0]);
+          },
+          py::arg("rows"), py::arg("cols"), py::arg("blocksize"), py::arg("indptr"),
+          py::arg("indices"), py::arg("data"),
+          "Copy and validate BSR arrays: indptr (int32 or int64) per block row, int32 block-column "
+          "indices, and data holding nblocks * R * C values (flattened, row-major in a block).")
+      .def_static(
+          "from_dense",
+          [](const py::array& dense, std::pair<int, int> blocksize, T threshold) {
+            const auto arg = strided_arg<T>(dense, "dense", 2, false);
+            py::gil_scoped_release release;
+            return Matrix::from_dense(arg.shape[0], arg.shape[1], arg.data, arg.strides[0],
+                                      arg.strides[1], blocksize.first, blocksize.second, threshold);
+          },
+          py::arg("dense"), py::arg("blocksize"), py::arg("threshold"),
+          "Keep every block holding an entry with |a| > threshold (NaN counts as nonzero).")
+      .def_property_readonly("rows", &Matrix::rows)
+      .def_property_readonly("cols", &Matrix::cols)
+      .def_property_readonly("blocksize",
+                             [](const Matrix& a) { return std::make_pair(a.block_r(), a.block_c()); })
+      .def_property_readonly("nblocks", &Matrix::nblocks)
+      .def_property_readonly("indptr", [](py::object self) {
+        return owned_view(self.cast<const Matrix&>().indptr(), self);
+      })
+      .def_property_readonly("indices", [](py::object self) {
+        return owned_view(self.cast<const Matrix&>().indices(), self);
+      })
+      .def_property_readonly("data", [](py::object self) {
+        return owned_view(self.cast<const Matrix&>().values(), self);
+      })
+      .def("to_dense", [](const Matrix& a) {
+        py::array_t<T> out({a.rows(), a.cols()});
+        T* ptr = out.mutable_data();
+        py::gil_scoped_release release;
+        a.to_dense(ptr);
+        return out;
+      });
+
+  register_products<T, Matrix>(m, "bsr_matmul", "bsr_linear", &bsr_matmul<T>, &bsr_linear<T>);
+}
+
+}  // namespace
+
+void register_bsr(py::module_& m) {
+  register_bsr_dtype<float>(m, "BsrMatrixF32");
+  register_bsr_dtype<double>(m, "BsrMatrixF64");
+}
+
+}  // namespace sparsegemm::bindings

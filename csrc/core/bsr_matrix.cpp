@@ -1,0 +1,135 @@
+#include "core/bsr_matrix.h"
+
+#include <cmath>
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace sparsegemm {
+
+namespace {
+
+void check_block_shape(int block_r, int block_c) {
+  if (block_r < 1 || block_c < 1 || block_r > kMaxBlockEdge || block_c > kMaxBlockEdge)
+    throw std::invalid_argument("blocksize must be in [1, " + std::to_string(kMaxBlockEdge) +
+                                "] along each edge, got (" + std::to_string(block_r) + ", " +
+                                std::to_string(block_c) + ")");
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+template <typename T>
+template <typename IndptrT>
+BsrMatrix<T> BsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, int block_r, int block_c,
+                                       const IndptrT* indptr, int64_t indptr_len,
+                                       const index_t* indices, int64_t indices_len, const T* values,
+                                       int64_t values_len) {
+  check_dimensions(rows, cols);
+  check_block_shape(block_r, block_c);
+  const int64_t block_rows = ceil_div(rows, block_r), block_cols = ceil_div(cols, block_c);
+  // The block structure is a CSR pattern over (block_rows x block_cols).
+  try {
+    validate_csr_structure(block_rows, block_cols, indptr, indptr_len, indices, indices_len,
+                           indices_len);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(std::string("invalid BSR block structure (indices are block columns, "
+                                            "rows are block rows): ") + e.what());
+  }
+  const int64_t block_size = static_cast<int64_t>(block_r) * block_c;
+  if (values_len != indices_len * block_size)
+    throw std::invalid_argument("data must hold nblocks * R * C = " + std::to_string(indices_len) +
+                                " * " + std::to_string(block_size) + " = " +
+                                std::to_string(indices_len * block_size) + " values, got " +
+                                std::to_string(values_len));
+  // Padding outside the logical shape must be zero, so that a stored block
+  // means the same whatever shape a reader pads it to.
+  for (int64_t br = 0; br < block_rows; ++br)
+    for (int64_t j = indptr[br]; j < static_cast<int64_t>(indptr[br + 1]); ++j)
+      for (int i = 0; i < block_r; ++i)
+        for (int c = 0; c < block_c; ++c) {
+          const int64_t row = br * block_r + i, col = static_cast<int64_t>(indices[j]) * block_c + c;
+          if ((row >= rows || col >= cols) && values[j * block_size + i * block_c + c] != T(0))
+            throw std::invalid_argument(
+                "block " + std::to_string(j) + " has a nonzero value at (" + std::to_string(row) +
+                ", " + std::to_string(col) + "), outside the logical shape (" + std::to_string(rows) +
+                ", " + std::to_string(cols) + "); padding entries must be zero");
+        }
+  BsrMatrix m;
+  m.rows_ = rows;
+  m.cols_ = cols;
+  m.block_r_ = block_r;
+  m.block_c_ = block_c;
+  m.indptr_.assign(indptr, indptr + indptr_len);
+  m.indices_.assign(indices, indices + indices_len);
+  m.values_.assign(values, values + values_len);
+  return m;
+}
+
+template <typename T>
+BsrMatrix<T> BsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense, int64_t row_stride,
+                                      int64_t col_stride, int block_r, int block_c, T threshold) {
+  check_dimensions(rows, cols);
+  check_block_shape(block_r, block_c);
+  const int64_t block_rows = ceil_div(rows, block_r), block_cols = ceil_div(cols, block_c);
+  const int64_t block_size = static_cast<int64_t>(block_r) * block_c;
+  const auto element = [&](int64_t i, int64_t j) { return dense[i * row_stride + j * col_stride]; };
+  const auto kept = [&](int64_t br, int64_t bc) {
+    for (int64_t i = br * block_r; i < std::min(rows, (br + 1) * block_r); ++i)
+      for (int64_t j = bc * block_c; j < std::min(cols, (bc + 1) * block_c); ++j)
+        if (!(std::fabs(element(i, j)) <= threshold)) return true;
+    return false;
+  };
+  BsrMatrix m;
+  m.rows_ = rows;
+  m.cols_ = cols;
+  m.block_r_ = block_r;
+  m.block_c_ = block_c;
+  m.indptr_.resize(block_rows + 1);
+  m.indptr_[0] = 0;
+  for (int64_t br = 0; br < block_rows; ++br) {
+    for (int64_t bc = 0; bc < block_cols; ++bc)
+      if (kept(br, bc)) m.indices_.push_back(static_cast<index_t>(bc));
+    m.indptr_[br + 1] = static_cast<offset_t>(m.indices_.size());
+  }
+  m.values_.assign(m.indices_.size() * block_size, T(0));
+  for (int64_t br = 0; br < block_rows; ++br)
+    for (int64_t j = m.indptr_[br]; j < m.indptr_[br + 1]; ++j) {
+      const int64_t bc = m.indices_[j];
+      T* block = m.values_.data() + j * block_size;
+      for (int64_t i = br * block_r; i < std::min(rows, (br + 1) * block_r); ++i)
+        for (int64_t c = bc * block_c; c < std::min(cols, (bc + 1) * block_c); ++c)
+          block[(i - br * block_r) * block_c + (c - bc * block_c)] = element(i, c);
+    }
+  return m;
+}
+
+template <typename T>
+void BsrMatrix<T>::to_dense(T* out) const {
+  std::memset(out, 0, sizeof(T) * rows_ * cols_);
+  const int64_t block_size = static_cast<int64_t>(block_r_) * block_c_;
+  for (int64_t br = 0; br < block_rows(); ++br)
+    for (int64_t j = indptr_[br]; j < indptr_[br + 1]; ++j) {
+      const int64_t bc = indices_[j];
+      const T* block = values_.data() + j * block_size;
+      for (int64_t i = br * block_r_; i < std::min(rows_, (br + 1) * block_r_); ++i)
+        for (int64_t c = bc * block_c_; c < std::min(cols_, (bc + 1) * block_c_); ++c)
+          out[i * cols_ + c] = block[(i - br * block_r_) * block_c_ + (c - bc * block_c_)];
+    }
+}
+
+#define SPARSEGEMM_INSTANTIATE_BSR(T)                                                                \
+  template class BsrMatrix<T>;                                                                       \
+  template BsrMatrix<T> BsrMatrix<T>::from_arrays<int32_t>(int64_t, int64_t, int, int,              \
+                                                           const int32_t*, int64_t, const index_t*, \
+                                                           int64_t, const T*, int64_t);             \
+  template BsrMatrix<T> BsrMatrix<T>::from_arrays<int64_t>(int64_t, int64_t, int, int,              \
+                                                           const int64_t*, int64_t, const index_t*, \
+                                                           int64_t, const T*, int64_t);
+SPARSEGEMM_INSTANTIATE_BSR(float)
+SPARSEGEMM_INSTANTIATE_BSR(double)
+#undef SPARSEGEMM_INSTANTIATE_BSR
+
+}  // namespace sparsegemm

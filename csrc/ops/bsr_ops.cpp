@@ -1,0 +1,89 @@
+#include "ops/bsr_ops.h"
+
+#include "core/isa.h"
+#include "kernels/bsr/bsr_kernels.h"
+#include "ops/product_driver.h"
+
+namespace sparsegemm {
+
+namespace {
+
+// BSR plugged into the shared drivers (ops/product_driver.h). Threads get
+// ranges of block rows balanced by stored blocks.
+template <typename T>
+struct BsrProduct {
+  const BsrMatrix<T>& a;
+  const T* values = nullptr;
+
+  BsrView<T> view() const {
+    BsrView<T> v = a.view();
+    if (values != nullptr) v.values = values;
+    return v;
+  }
+
+  int64_t rows() const { return a.rows(); }
+  int64_t cols() const { return a.cols(); }
+  static constexpr bool kTransposedPanel = true;
+  int64_t max_few_vectors() const { return kBsrFewVectorsMax; }
+  bool few_vector_strides_ok(int64_t) const { return true; }  // no gathers: 64-bit offsets
+  int64_t stored_entries() const { return a.nblocks() * a.block_r() * a.block_c(); }
+
+  void few_vectors(const T* x, int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias,
+                   T* y, int64_t y_vstride, int64_t y_rstride, int num_threads) const {
+    const BsrView<T> view = this->view();
+    const BsrKernels<T>& kernels = bsr_kernels<T>(active_isa());
+    const int threads = threads_for_work(num_threads, (stored_entries() + a.rows()) * nvec);
+    driver::for_row_ranges(a.indptr().data(), a.block_rows(), threads, 1,
+                           [&](int64_t br0, int64_t br1) {
+                             kernels.gemv_block_rows(view, br0, br1, x, x_vstride, x_kstride, nvec,
+                                                     bias, y, y_vstride, y_rstride);
+                           });
+  }
+
+  void panel(const T* b, int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc,
+             int num_threads) const {
+    run_panel(&BsrKernels<T>::spmm_block_rows, b, ldb, n, bias, c, ldc, num_threads);
+  }
+
+  void panel_transposed(const T* b, int64_t ldb, int64_t n, const T* bias, T* ct, int64_t ldct,
+                        int num_threads) const {
+    run_panel(&BsrKernels<T>::spmm_block_rows_transposed, b, ldb, n, bias, ct, ldct, num_threads);
+  }
+
+  template <typename Kernel>
+  void run_panel(Kernel BsrKernels<T>::*kernel, const T* b, int64_t ldb, int64_t n, const T* bias,
+                 T* c, int64_t ldc, int num_threads) const {
+    const BsrView<T> view = this->view();
+    const BsrKernels<T>& kernels = bsr_kernels<T>(active_isa());
+    const int threads = threads_for_work(num_threads, (stored_entries() + a.rows()) * n);
+    driver::for_row_ranges(a.indptr().data(), a.block_rows(), threads, 1,
+                           [&](int64_t br0, int64_t br1) {
+                             (kernels.*kernel)(view, br0, br1, b, ldb, n, bias, c, ldc);
+                           });
+  }
+};
+
+}  // namespace
+
+template <typename T>
+void bsr_matmul(const BsrMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_cstride, int64_t n,
+                const T* bias, T* c, int64_t ldc, int num_threads, const T* values) {
+  driver::matmul(BsrProduct<T>{a, values}, b, b_rstride, b_cstride, n, bias, c, ldc, num_threads);
+}
+
+template <typename T>
+void bsr_linear(const BsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
+                int64_t ldy, int num_threads, const T* values) {
+  driver::linear(BsrProduct<T>{w, values}, x, ldx, batch, bias, y, ldy, num_threads);
+}
+
+#define SPARSEGEMM_INSTANTIATE_BSR_OPS(T)                                                          \
+  template void bsr_matmul<T>(const BsrMatrix<T>&, const T*, int64_t, int64_t, int64_t, const T*, \
+                              T*, int64_t, int, const T*);                                         \
+  template void bsr_linear<T>(const BsrMatrix<T>&, const T*, int64_t, int64_t, const T*, T*,      \
+                              int64_t, int, const T*);
+SPARSEGEMM_INSTANTIATE_BSR_OPS(float)
+SPARSEGEMM_INSTANTIATE_BSR_OPS(double)
+#undef SPARSEGEMM_INSTANTIATE_BSR_OPS
+
+}  // namespace sparsegemm

@@ -1,0 +1,111 @@
+// What every sparse format's drivers share: splitting rows by stored entries,
+// and the choice between the few-vector kernel and the panel kernel (with the
+// packing and transposes around it) for a @ b and x @ w.T.
+//
+// A format plugs in through a small "product" type with:
+//   int64_t rows() const, cols() const;         // logical shape of the sparse operand
+//   int64_t stored_entries() const;             // multiply-adds per dense vector
+//   int64_t max_few_vectors() const;            // up to this many vectors use few_vectors()
+//   bool few_vector_strides_ok(int64_t kstride) const;
+//   void few_vectors(const T* x, int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias,
+//                    T* y, int64_t y_vstride, int64_t y_rstride, int threads) const;
+//   void panel(const T* b, int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc,
+//              int threads) const;   // b with contiguous columns
+//   static constexpr bool kTransposedPanel;   // true if it also has:
+//   void panel_transposed(const T* b, int64_t ldb, int64_t n, const T* bias, T* ct, int64_t ldct,
+//                         int threads) const;   // ct = (a @ b + bias)^T
+// (see ops/csr_ops.cpp and ops/bsr_ops.cpp).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "core/parallel.h"
+#include "kernels/transpose/transpose.h"
+#include "ops/buffer.h"
+
+namespace sparsegemm::driver {
+
+// Runs kernel(row_begin, row_end) over ranges of [0, rows) balanced by the
+// entries that indptr counts, plus row_cost per row.
+template <typename Kernel>
+void for_row_ranges(const int64_t* indptr, int64_t rows, int threads, int64_t row_cost,
+                    const Kernel& kernel) {
+  const std::vector<int64_t> bounds = split_rows_by_cost(indptr, rows, threads, row_cost);
+  const int64_t parts = static_cast<int64_t>(bounds.size()) - 1;
+  parallel_for(threads, parts, [&](int64_t p) { kernel(bounds[p], bounds[p + 1]); });
+}
+
+// Row stride for a packed copy of a dense operand with n columns: rounded up
+// to whole cache lines, so every row starts on a line and no vector load of
+// the panel kernels straddles two lines.
+template <typename T>
+int64_t padded_stride(int64_t n) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  return (n + kLine - 1) / kLine * kLine;
+}
+
+template <typename T>
+bool cache_line_aligned(const T* p, int64_t ld) {
+  return reinterpret_cast<uintptr_t>(p) % 64 == 0 && (ld * static_cast<int64_t>(sizeof(T))) % 64 == 0;
+}
+
+// c = a @ b (+ bias). b is a.cols() x n with element (k, j) at b[k * b_rstride + j * b_cstride].
+template <typename T, typename Product>
+void matmul(const Product& a, const T* b, int64_t b_rstride, int64_t b_cstride, int64_t n,
+            const T* bias, T* c, int64_t ldc, int num_threads) {
+  const int64_t rows = a.rows(), k = a.cols();
+  if (rows == 0 || n == 0) return;
+  if (n <= a.max_few_vectors()) {
+    // Vector v is column v of b; output (v, r) is c[r, v].
+    if (a.few_vector_strides_ok(b_rstride)) {
+      a.few_vectors(b, b_cstride, b_rstride, n, bias, c, 1, ldc, num_threads);
+    } else {
+      ScratchBuffer<T> bt(static_cast<size_t>(k * n));  // b transposed: n x k
+      transpose(b, k, n, b_rstride, b_cstride, bt.data(), k, num_threads);
+      a.few_vectors(bt.data(), k, 1, n, bias, c, 1, ldc, num_threads);
+    }
+    return;
+  }
+  // Packing b costs k * n copies against stored_entries * n multiply-adds:
+  // worth it for aligned loads once each row of b is reused a few times, and
+  // needed when its columns are not contiguous (e.g. Fortran order).
+  const bool reused = a.stored_entries() >= 4 * k;
+  if (b_cstride == 1 && (!reused || cache_line_aligned(b, b_rstride))) {
+    a.panel(b, b_rstride, n, bias, c, ldc, num_threads);
+    return;
+  }
+  const int64_t ldp = padded_stride<T>(n);
+  ScratchBuffer<T> packed(static_cast<size_t>(k * ldp));
+  // packed(k, j) = b(k, j): the transpose of the n x k matrix b^T.
+  transpose(b, n, k, b_cstride, b_rstride, packed.data(), ldp, num_threads);
+  a.panel(packed.data(), ldp, n, bias, c, ldc, num_threads);
+}
+
+// The nn.Linear product y = x @ w.T (+ bias); x is batch x w.cols() with row
+// stride ldx (rows contiguous), y is batch x w.rows() with row stride ldy.
+template <typename T, typename Product>
+void linear(const Product& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
+            int64_t ldy, int num_threads) {
+  const int64_t out = w.rows(), in = w.cols();
+  if (batch == 0 || out == 0) return;
+  if (batch <= w.max_few_vectors()) {
+    // Rows of x are the vectors; y(v, r) = y[v, r].
+    w.few_vectors(x, ldx, 1, batch, bias, y, ldy, 1, num_threads);
+    return;
+  }
+  // y^T = w @ x^T: the panel kernels want the batch dimension contiguous.
+  const int64_t ldp = padded_stride<T>(batch);
+  ScratchBuffer<T> xt(static_cast<size_t>(in * ldp));
+  transpose(x, batch, in, ldx, 1, xt.data(), ldp, num_threads);
+  if constexpr (Product::kTransposedPanel) {
+    w.panel_transposed(xt.data(), ldp, batch, bias, y, ldy, num_threads);
+    return;
+  }
+  ScratchBuffer<T> yt(static_cast<size_t>(out * ldp));
+  w.panel(xt.data(), ldp, batch, bias, yt.data(), ldp, num_threads);
+  transpose(yt.data(), out, batch, ldp, 1, y, ldy, num_threads);
+}
+
+}  // namespace sparsegemm::driver

@@ -1,0 +1,412 @@
+"""Choosing a format by measuring: dense, CSR or a BSR block shape.
+
+:func:`plan` times ``x @ W.T`` for a weight ``W`` at a given batch on this
+machine (dense BLAS, CSR and every BSR block shape that could pay off),
+interleaving the contenders over several rounds and taking medians, and keeps
+a sparse format only when it beats the fastest dense contender by a margin (as
+LIBXSMM does): it never returns a sparse format that measured slower than
+dense. Decisions are cached in-process and, with ``cache_dir`` (or the
+``SPARSEGEMM_PLAN_CACHE`` environment variable), in a JSON file, keyed by the
+CPU model, ISA, shape, batch, threads, dtype and the nonzero pattern's
+statistics (nnz and each block shape's fill ratio).
+
+The torch layer is never imported here (torch is an optional extra): torch's
+``F.linear`` joins the dense contenders only when the caller has already
+imported torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import numpy as np
+
+from ._dtypes import kernel_dtype
+from ._runtime import get_isa, resolve_num_threads
+from .formats import BSRMatrix, CSRMatrix
+from .ops import linear
+
+# Candidate name -> blocksize (None: CSR).
+CANDIDATES: dict[str, tuple[int, int] | None] = {
+    "csr": None,
+    "bsr4x1": (4, 1),
+    "bsr8x1": (8, 1),
+    "bsr16x1": (16, 1),
+    "bsr4x4": (4, 4),
+}
+DENSE_NUMPY = "dense_numpy"
+DENSE_TORCH = "dense_torch"
+# A sparse format must be this many times faster than dense to be chosen.
+DEFAULT_MARGIN = 1.1
+# Skipped before timing: CSR above this density, and BSR storing more than
+# this fraction of the dense matrix (e.g. 16x1 blocks on unstructured weights),
+# since neither can then beat a dense GEMM.
+CSR_MAX_DENSITY = 0.5
+BSR_MAX_STORED_FRACTION = 0.75
+# Rounds whose dense medians differ by more than this are a slow VM phase:
+# measure again (at most MAX_EXTRA_ROUNDS times).
+ROUND_DISAGREEMENT = 1.35
+MAX_EXTRA_ROUNDS = 2
+
+Operand = Union[CSRMatrix, BSRMatrix, None]
+
+_PLAN_CACHE: dict[str, dict[str, Any]] = {}
+
+
+@dataclass
+class Plan:
+    """The outcome of :func:`plan`.
+
+    Attributes
+    ----------
+    format
+        "dense", "csr" or "bsr<R>x<C>" (e.g. "bsr4x1").
+    operand
+        The built weight for ``format`` (None for dense): pass it to
+        :func:`sparsegemm.linear`.
+    times
+        Median seconds per call of every contender timed, dense ones included
+        ("dense_numpy", and "dense_torch" when torch was imported).
+    dense_time
+        The fastest dense contender's median.
+    speedup
+        dense_time over the chosen format's time (1.0 for dense).
+    skipped
+        Candidates not timed, with the reason.
+    key
+        The cache key of this decision.
+    cached
+        True when the decision came from a cache instead of timings.
+    """
+
+    format: str
+    operand: Operand
+    times: dict[str, float]
+    dense_time: float
+    speedup: float
+    skipped: dict[str, str] = field(default_factory=dict)
+    key: str = ""
+    cached: bool = False
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _blocks_stored(W: np.ndarray, blocksize: tuple[int, int]) -> int:
+    """Blocks of ``blocksize`` holding a nonzero (NaN included), as BSRMatrix.from_dense keeps."""
+    r, c = blocksize
+    rows, cols = W.shape
+    padded = np.zeros((-(-rows // r) * r, -(-cols // c) * c), dtype=bool)
+    padded[:rows, :cols] = W != 0
+    return int(padded.reshape(padded.shape[0] // r, r, padded.shape[1] // c, c).any(axis=(1, 3)).sum())
+
+
+def pattern_statistics(W: np.ndarray, candidates: list[str]) -> dict[str, Any]:
+    """nnz, and for each BSR candidate its stored blocks and fill ratio (nnz / stored values)."""
+    nnz = int(np.count_nonzero(W))
+    stats: dict[str, Any] = {"nnz": nnz, "blocks": {}, "fill": {}}
+    for name in candidates:
+        blocksize = CANDIDATES[name]
+        if blocksize is None:
+            continue
+        blocks = _blocks_stored(W, blocksize)
+        stats["blocks"][name] = blocks
+        stored = blocks * blocksize[0] * blocksize[1]
+        stats["fill"][name] = round(nnz / stored, 3) if stored else 1.0
+    return stats
+
+
+def _skip_reason(name: str, shape: tuple[int, int], stats: dict[str, Any]) -> str | None:
+    size = shape[0] * shape[1]
+    if size == 0:
+        return None
+    blocksize = CANDIDATES[name]
+    if blocksize is None:
+        density = stats["nnz"] / size
+        if density > CSR_MAX_DENSITY:
+            return f"density {density:.2f} > {CSR_MAX_DENSITY}: CSR cannot beat dense"
+        return None
+    stored = stats["blocks"][name] * blocksize[0] * blocksize[1] / size
+    if stored > BSR_MAX_STORED_FRACTION:
+        return f"would store {stored:.2f} of the dense matrix (> {BSR_MAX_STORED_FRACTION})"
+    return None
+
+
+def _time_candidates(
+    runners: dict[str, Callable[[], Any]], repeats: int, rounds: int
+) -> dict[str, float]:
+    """Median seconds per call of each runner.
+
+    Contenders are interleaved: each round runs every contender as a block of
+    ``repeats`` calls after one warm-up call, with a short sleep between blocks
+    so one runtime's spinning thread pool does not tax the next. Rounds whose
+    dense medians disagree by more than ROUND_DISAGREEMENT are repeated. Tests
+    replace this function to inject timings.
+    """
+    samples: dict[str, list[list[float]]] = {name: [] for name in runners}
+    dense = next((n for n in (DENSE_NUMPY, DENSE_TORCH) if n in runners), None)
+
+    def run_round() -> None:
+        for name, run in runners.items():
+            run()
+            block = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                run()
+                block.append(time.perf_counter() - start)
+            samples[name].append(block)
+            time.sleep(0.005)
+
+    for _ in range(rounds):
+        run_round()
+    for _ in range(MAX_EXTRA_ROUNDS):
+        if dense is None:
+            break
+        medians = [float(np.median(block)) for block in samples[dense]]
+        if max(medians) <= ROUND_DISAGREEMENT * min(medians):
+            break
+        run_round()
+    return {name: float(np.median(np.concatenate(blocks))) for name, blocks in samples.items()}
+
+
+def _thread_limits(threads: int) -> Any:
+    """Limit numpy's BLAS (and torch, if imported) to ``threads`` while timing."""
+    import contextlib
+
+    stack = contextlib.ExitStack()
+    try:
+        import threadpoolctl
+
+        stack.enter_context(threadpoolctl.threadpool_limits(limits=threads, user_api="blas"))
+    except ImportError:
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        stack.callback(torch.set_num_threads, previous)
+    return stack
+
+
+def _build(name: str, W: np.ndarray) -> Operand:
+    blocksize = CANDIDATES.get(name)
+    if name == "dense":
+        return None
+    if blocksize is None:
+        return CSRMatrix.from_dense(W)
+    return BSRMatrix.from_dense(W, blocksize)
+
+
+def _cache_file(cache_dir: str | os.PathLike | None) -> Path | None:
+    directory = cache_dir if cache_dir is not None else os.environ.get("SPARSEGEMM_PLAN_CACHE")
+    return Path(directory) / "plans.json" if directory else None
+
+
+def _read_disk_cache(path: Path | None) -> dict[str, Any]:
+    if path is None or not path.exists():
+        return {}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # a damaged cache only costs a re-measurement
+
+
+def _write_disk_cache(path: Path, key: str, decision: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = _read_disk_cache(path)
+    entries[key] = decision
+    # Write then rename, so a concurrent reader never sees half a file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".plans", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(entries, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def clear_cache() -> None:
+    """Forget the decisions cached in this process (files on disk are kept)."""
+    _PLAN_CACHE.clear()
+
+
+def plan(
+    W: Any,
+    batch: int,
+    *,
+    candidates: list[str] | None = None,
+    num_threads: int | None = None,
+    dtype: Any = np.float32,
+    repeats: int = 5,
+    rounds: int = 3,
+    margin: float = DEFAULT_MARGIN,
+    cache: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+) -> Plan:
+    """Measure dense, CSR and BSR for ``x @ W.T`` at this batch and pick the fastest.
+
+    Parameters
+    ----------
+    W
+        Dense weight (out_features x in_features) with zeros where pruned.
+    batch
+        Rows of x the product will see (1 for a GEMV).
+    candidates
+        Sparse formats to consider, from :data:`CANDIDATES`; default all.
+    num_threads
+        Threads for every contender; default :func:`sparsegemm.get_num_threads`.
+    dtype
+        float32 or float64: the dtype the product runs in.
+    repeats, rounds
+        Calls per timed block, and interleaved rounds of blocks.
+    margin
+        A sparse format is chosen only if ``margin * its time < dense time``.
+    cache
+        Reuse and record decisions (in-process, and on disk with cache_dir).
+    cache_dir
+        Directory for ``plans.json``; default ``$SPARSEGEMM_PLAN_CACHE`` or no disk cache.
+
+    Returns
+    -------
+    Plan
+        The chosen format, its built operand and every measured time.
+    """
+    threads = resolve_num_threads(num_threads)
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    if repeats < 1 or rounds < 1:
+        raise ValueError("repeats and rounds must be positive")
+    if not margin >= 1.0:
+        raise ValueError(f"margin must be >= 1 (sparse must not be chosen when slower), got {margin}")
+    target = kernel_dtype(dtype)
+    weight = np.ascontiguousarray(np.asarray(W), dtype=target)
+    if weight.ndim != 2:
+        raise ValueError(f"W must be 2-dimensional, got shape {weight.shape}")
+    names = list(CANDIDATES) if candidates is None else list(candidates)
+    unknown = [n for n in names if n not in CANDIDATES]
+    if unknown:
+        raise ValueError(f"unknown candidates {unknown}; expected some of {list(CANDIDATES)}")
+
+    stats = pattern_statistics(weight, names)
+    key_fields = {
+        "cpu": _cpu_model(),
+        "isa": get_isa(),
+        "shape": list(weight.shape),
+        "batch": int(batch),
+        "threads": threads,
+        "dtype": str(target),
+        "nnz": stats["nnz"],
+        "fill": stats["fill"],
+        "candidates": names,
+        "margin": margin,
+        "torch": DENSE_TORCH if "torch" in sys.modules else None,
+    }
+    key = hashlib.sha1(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()
+    disk_path = _cache_file(cache_dir) if cache else None
+    if cache:
+        decision = _PLAN_CACHE.get(key) or _read_disk_cache(disk_path).get(key)
+        if decision is not None:
+            _PLAN_CACHE[key] = decision
+            return _plan_from_decision(decision, weight, key, cached=True)
+
+    skipped = {}
+    timed = []
+    for name in names:
+        reason = _skip_reason(name, weight.shape, stats)
+        if reason is None:
+            timed.append(name)
+        else:
+            skipped[name] = reason
+    operands = {name: _build(name, weight) for name in timed}
+    runners = _runners(weight, batch, threads, operands)
+    with _thread_limits(threads):
+        times = _time_candidates(runners, repeats, rounds)
+    decision = choose(times, margin)
+    decision["skipped"] = skipped
+    if cache:
+        _PLAN_CACHE[key] = decision
+        if disk_path is not None:
+            _write_disk_cache(disk_path, key, decision)
+    built = operands.get(decision["format"])
+    return _plan_from_decision(decision, weight, key, cached=False, operand=built)
+
+
+def choose(times: dict[str, float], margin: float = DEFAULT_MARGIN) -> dict[str, Any]:
+    """The decision for measured ``times``: the fastest sparse contender if it
+    beats the fastest dense one by ``margin``, else dense."""
+    dense_times = [t for name, t in times.items() if name in (DENSE_NUMPY, DENSE_TORCH)]
+    if not dense_times:
+        raise ValueError("times must include a dense contender")
+    dense_time = min(dense_times)
+    sparse = {name: t for name, t in times.items() if name in CANDIDATES}
+    chosen, chosen_time = "dense", dense_time
+    if sparse:
+        best = min(sparse, key=lambda n: (sparse[n], n))
+        if sparse[best] * margin < dense_time:
+            chosen, chosen_time = best, sparse[best]
+    return {
+        "format": chosen,
+        "times": dict(times),
+        "dense_time": dense_time,
+        "speedup": dense_time / chosen_time if chosen_time > 0 else 1.0,
+    }
+
+
+def _plan_from_decision(
+    decision: dict[str, Any], W: np.ndarray, key: str, *, cached: bool, operand: Operand = None
+) -> Plan:
+    fmt = decision["format"]
+    if operand is None and fmt != "dense":
+        operand = _build(fmt, W)
+    return Plan(
+        format=fmt,
+        operand=operand,
+        times=dict(decision["times"]),
+        dense_time=decision["dense_time"],
+        speedup=decision["speedup"],
+        skipped=dict(decision.get("skipped", {})),
+        key=key,
+        cached=cached,
+    )
+
+
+def _runners(
+    W: np.ndarray, batch: int, threads: int, operands: dict[str, Operand]
+) -> dict[str, Callable[[], Any]]:
+    """One callable per contender, each checked against the dense result first."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, W.shape[1])).astype(W.dtype)
+    expected = x.astype(np.float64) @ W.T.astype(np.float64)
+    scale = np.abs(x).astype(np.float64) @ np.abs(W.T).astype(np.float64)
+    tolerance = (1e-4 if W.dtype == np.float32 else 1e-10) * (scale + 1.0)
+
+    runners: dict[str, Callable[[], Any]] = {DENSE_NUMPY: lambda: x @ W.T}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        xt, wt = torch.from_numpy(x), torch.from_numpy(W)
+        runners[DENSE_TORCH] = lambda: torch.nn.functional.linear(xt, wt)
+    for name, operand in operands.items():
+        runners[name] = lambda op=operand: linear(x, op, num_threads=threads)
+    for name, run in runners.items():
+        result = np.asarray(run())
+        agree = (np.abs(result - expected) <= tolerance) | (result == expected)
+        agree |= np.isnan(result) & np.isnan(expected)
+        if not np.all(agree):
+            raise RuntimeError(f"planner: contender {name!r} disagrees with the dense product")
+    return runners
