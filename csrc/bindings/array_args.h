@@ -44,6 +44,13 @@ StridedArg<T> strided_arg(const py::array& array, const char* name, int ndim, bo
   return arg;
 }
 
+// True when a 2-d argument's rows are contiguous. An empty array has no rows to
+// read or write (numpy may give it zero strides), so it always qualifies.
+template <typename T>
+bool has_contiguous_rows(const StridedArg<T>& arg) {
+  return arg.shape[0] == 0 || arg.shape[1] <= 1 || arg.strides[1] == 1;
+}
+
 // A 1-d contiguous array of exactly dtype T.
 template <typename T>
 StridedArg<T> contiguous_vector_arg(const py::array& array, const char* name) {

@@ -7,6 +7,7 @@ which releases the GIL while it computes.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -115,7 +116,8 @@ def sparse_mm(
         result = np.empty(result_shape, dtype=dtype)
     else:
         result = _check_out(out, result_shape, dtype, B)
-        if result.ndim == 2 and result.shape[1] > 1 and result.strides[1] != result.itemsize:
+        if result.ndim == 2 and result.size and result.shape[1] > 1 \
+                and result.strides[1] != result.itemsize:
             raise ValueError("out must have contiguous rows (C order)")
     out2 = result.reshape(rows, 1) if vector else result
     _core.csr_matmul(A._handle, B2, out2, None, threads)
@@ -164,7 +166,8 @@ def linear(
         if bias_array.shape != (out_features,):
             raise ValueError(f"bias must have shape ({out_features},), got {bias_array.shape}")
     batch_shape = x.shape[:-1]
-    x2 = _kernel_ready(x, dtype).reshape(-1, in_features)  # copies only if not viewable
+    batch = math.prod(batch_shape)  # not reshape(-1, ...): that fails for in_features == 0
+    x2 = _kernel_ready(x, dtype).reshape(batch, in_features)  # copies only if not viewable
     if x2.shape[0] and in_features > 1 and x2.strides[1] != x2.itemsize:
         x2 = np.ascontiguousarray(x2)
     result = np.empty((x2.shape[0], out_features), dtype=dtype)
