@@ -125,7 +125,7 @@ def reference_linear(x: Any, weight: Any, bias: Any = None) -> tuple[np.ndarray,
     """(x @ W.T (+ bias), |x| @ |W|.T (+ |bias|)) in float64, for any leading dims of x."""
     x64 = np.asarray(x, dtype=np.float64)
     w64 = _as_scipy64(weight)
-    flat = x64.reshape(-1, x64.shape[-1])
+    flat = x64.reshape(int(np.prod(x64.shape[:-1])), x64.shape[-1])
     product = np.asarray(w64 @ flat.T).T
     magnitude = np.asarray(abs(w64) @ np.abs(flat).T).T
     if bias is not None:
