@@ -22,7 +22,9 @@ struct StridedArg {
 
 template <typename T>
 StridedArg<T> strided_arg(const py::array& array, const char* name, int ndim, bool writable) {
-  if (!py::isinstance<py::array_t<T>>(array) || !array.dtype().is(py::dtype::of<T>()))
+  // array_t's check compares dtypes with PyArray_EquivTypes: equal dtypes may be
+  // distinct objects (e.g. after astype), and byte-swapped ones are rejected.
+  if (!py::isinstance<py::array_t<T>>(array))
     throw py::type_error(std::string(name) + " must have dtype " +
                          std::string(py::str(py::dtype::of<T>())) + ", got " +
                          std::string(py::str(array.dtype())));
@@ -31,6 +33,9 @@ StridedArg<T> strided_arg(const py::array& array, const char* name, int ndim, bo
                           std::to_string(array.ndim()) + " dimensions");
   if (writable && !array.writeable())
     throw py::value_error(std::string(name) + " must be writeable");
+  // Kernels dereference T* directly: a misaligned base is undefined behaviour.
+  if ((array.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) == 0)
+    throw py::value_error(std::string(name) + " must be aligned to its item size");
   StridedArg<T> arg;
   arg.data = static_cast<T*>(const_cast<void*>(array.data()));
   for (int d = 0; d < ndim; ++d) {

@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _core
-from ._dtypes import kernel_dtype
+from ._dtypes import as_kernel_array, kernel_dtype
 
 _CORE_CSR = {np.dtype(np.float32): _core.CsrMatrixF32, np.dtype(np.float64): _core.CsrMatrixF64}
 
@@ -97,10 +97,7 @@ class CSRMatrix:
         if array.ndim != 2:
             raise ValueError(f"from_dense needs a 2-dimensional array, got shape {array.shape}")
         target = kernel_dtype(array.dtype) if dtype is None else kernel_dtype(dtype)
-        if array.dtype != target:
-            array = array.astype(target)
-        if any(s < 0 or s % array.itemsize for s in array.strides):
-            array = np.ascontiguousarray(array)
+        array = as_kernel_array(array, target)
         threshold = float(threshold)
         if not threshold >= 0:
             raise ValueError(f"threshold must be a non-negative number, got {threshold}")
@@ -227,7 +224,7 @@ def _build_handle(data: Any, indices: Any, indptr: Any, shape: Any, dtype: Any) 
     return _CORE_CSR[target].from_arrays(
         rows,
         cols,
-        np.ascontiguousarray(indptr),
-        np.ascontiguousarray(indices, dtype=np.int32),
-        np.ascontiguousarray(values, dtype=target),
+        np.require(indptr, requirements=["C", "A"]),
+        np.require(indices, np.int32, ["C", "A"]),
+        np.require(values, target, ["C", "A"]),
     )

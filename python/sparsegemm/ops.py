@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _core
-from ._dtypes import kernel_dtype
+from ._dtypes import as_kernel_array, kernel_dtype
 from ._runtime import resolve_num_threads
 from .formats import CSRMatrix
 
@@ -40,15 +40,6 @@ def as_sparse_operand(matrix: SparseOperand, dtype: Any = None) -> CSRMatrix:
     raise TypeError(
         f"A must be a sparsegemm.CSRMatrix or a scipy.sparse matrix, got {type(matrix).__name__}"
     )
-
-
-def _kernel_ready(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``array`` in ``dtype`` with strides the kernels accept (copies only if needed)."""
-    if array.dtype != dtype:
-        return array.astype(dtype)  # astype keeps the memory order
-    if any(s < 0 or s % array.itemsize for s in array.strides):
-        return np.ascontiguousarray(array)
-    return array
 
 
 def _check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, *inputs: np.ndarray) -> np.ndarray:
@@ -109,7 +100,7 @@ def sparse_mm(
         raise ValueError(f"shape mismatch: A is {A.shape} but B is {B.shape}; "
                          f"A.shape[1] must equal B.shape[0]")
     vector = B.ndim == 1
-    B2 = _kernel_ready(B, dtype)
+    B2 = as_kernel_array(B, dtype)
     B2 = B2.reshape(cols, 1) if vector else B2
     result_shape = (rows,) if vector else (rows, B2.shape[1])
     if out is None:
@@ -162,12 +153,12 @@ def linear(
                          f"x.shape[-1] must equal weight.shape[1]")
     bias_array = None
     if bias is not None:
-        bias_array = np.ascontiguousarray(bias, dtype=dtype)
+        bias_array = np.require(bias, dtype, ["C", "A"])
         if bias_array.shape != (out_features,):
             raise ValueError(f"bias must have shape ({out_features},), got {bias_array.shape}")
     batch_shape = x.shape[:-1]
     batch = math.prod(batch_shape)  # not reshape(-1, ...): that fails for in_features == 0
-    x2 = _kernel_ready(x, dtype).reshape(batch, in_features)  # copies only if not viewable
+    x2 = as_kernel_array(x, dtype).reshape(batch, in_features)  # copies only if not viewable
     if x2.shape[0] and in_features > 1 and x2.strides[1] != x2.itemsize:
         x2 = np.ascontiguousarray(x2)
     result = np.empty((x2.shape[0], out_features), dtype=dtype)
