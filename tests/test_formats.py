@@ -49,6 +49,13 @@ def test_from_dense_threshold():
     assert CSRMatrix.from_dense(dense, threshold=np.inf).nnz == 0
 
 
+def test_from_dense_threshold_is_not_rounded_to_float32():
+    # float32(0.1) = 0.10000000149 > 0.1: kept, although float32(0.1) > float32(0.1) is false.
+    matrix = CSRMatrix.from_dense(np.array([[0.1, 0.25]], np.float32), threshold=0.1)
+    assert matrix.nnz == 2
+    assert CSRMatrix.from_dense(np.array([[0.1]], np.float32), threshold=0.1000001).nnz == 0
+
+
 def test_from_dense_keeps_nan_and_inf():
     dense = np.array([[np.nan, 0.0, -np.inf], [0.0, np.inf, 1e-300]])
     matrix = CSRMatrix.from_dense(dense, threshold=1.0)

@@ -63,7 +63,7 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
           "Copy and validate CSR arrays (indptr int32 or int64, indices int32).")
       .def_static(
           "from_dense",
-          [](const py::array& dense, T threshold) {
+          [](const py::array& dense, double threshold) {
             const auto arg = strided_arg<T>(dense, "dense", 2, false);
             py::gil_scoped_release release;
             return Matrix::from_dense(arg.shape[0], arg.shape[1], arg.data, arg.strides[0],

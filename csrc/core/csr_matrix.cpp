@@ -89,7 +89,7 @@ CsrMatrix<T> CsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, const IndptrT
 
 template <typename T>
 CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense, int64_t row_stride,
-                                      int64_t col_stride, T threshold) {
+                                      int64_t col_stride, double threshold) {
   check_dimensions(rows, cols);
   CsrMatrix m;
   m.rows_ = rows;
@@ -102,7 +102,7 @@ CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense
     const T* row = dense + r * row_stride;
     for (int64_t c = 0; c < cols; ++c) {
       const T a = row[c * col_stride];
-      total += !(std::fabs(a) <= threshold);
+      total += !(std::fabs(static_cast<double>(a)) <= threshold);
     }
   }
   m.indices_.resize(total);
@@ -112,7 +112,7 @@ CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense
     const T* row = dense + r * row_stride;
     for (int64_t c = 0; c < cols; ++c) {
       const T a = row[c * col_stride];
-      if (!(std::fabs(a) <= threshold)) {
+      if (!(std::fabs(static_cast<double>(a)) <= threshold)) {
         m.indices_[k] = static_cast<index_t>(c);
         m.values_[k] = a;
         ++k;
