@@ -34,9 +34,11 @@ ubsan=$(gcc -print-file-name=libubsan.so)
 cd "$work"
 # detect_leaks=0: CPython leaks by design at exit. allocator_may_return_null=1:
 # the huge-request tests expect MemoryError, not an ASan abort.
+# --capture=sys: sanitizer reports go to fd 2, which pytest's default fd capture
+# would swallow when the process aborts.
 env LD_PRELOAD="$asan:$ubsan" \
   ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_error=1:detect_odr_violation=0 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   PYTHONPATH="$work" SPARSEGEMM_SANITIZED=1 \
-  python -m pytest -q -p no:cacheprovider tests "$@"
+  python -m pytest -q -p no:cacheprovider --capture=sys tests "$@"
 echo "sanitize.sh: no sanitizer findings"
