@@ -51,6 +51,8 @@ MALFORMED_CSR = {
     "shape_huge": ([], [], [0], (2**70, 1), ValueError, "2\\*\\*31"),
     "shape_three_dims": ([], [], [0], (0, 1, 1), ValueError, "pair of integers"),
     "shape_not_integers": ([], [], [0], ("a", 1), ValueError, "pair of integers"),
+    "shape_float": ([], [], [0, 0, 0], (2.7, 3), ValueError, "pair of integers"),
+    "shape_string": ([], [], [0], (0, "3"), ValueError, "pair of integers"),
     "shape_none_pair": ([], [], [0], None, ValueError, "shape is required"),
 }
 

@@ -7,6 +7,7 @@ reach a kernel. The arrays it exposes are read-only views.
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,8 @@ def _as_index_array(values: Any, name: str) -> np.ndarray:
 
 def _check_shape(shape: Any) -> tuple[int, int]:
     try:
-        rows, cols = (int(s) for s in shape)
+        # operator.index, not int(): 2.7 or "3" must not pass as a dimension.
+        rows, cols = (operator.index(s) for s in shape)
     except (TypeError, ValueError):
         raise ValueError(f"shape must be a pair of integers, got {shape!r}") from None
     if rows < 0 or cols < 0:
