@@ -120,6 +120,14 @@ def test_huge_dense_result_fails_before_allocating():
         matrix.to_dense()
 
 
+def test_huge_dense_input_rejected_before_conversion():
+    # A 2^31-row float32 view of one element: converting it to float64 first
+    # would allocate 32 GiB before the dimension check.
+    view = np.broadcast_to(np.float32(1.0), (2**31, 2))
+    with pytest.raises(ValueError, match="2\\*\\*31"):
+        CSRMatrix.from_dense(view)
+
+
 def test_huge_products_fail_before_allocating():
     matrix = CSRMatrix.from_dense(np.ones((2**20, 3)))
     wide_b = np.broadcast_to(np.ones(1), (3, 2**40))  # a 24 TiB view of one element

@@ -99,11 +99,11 @@ class CSRMatrix:
         if array.ndim != 2:
             raise ValueError(f"from_dense needs a 2-dimensional array, got shape {array.shape}")
         target = kernel_dtype(array.dtype) if dtype is None else kernel_dtype(dtype)
-        array = as_kernel_array(array, target)
         threshold = float(threshold)
         if not threshold >= 0:
             raise ValueError(f"threshold must be a non-negative number, got {threshold}")
-        _check_shape(array.shape)
+        _check_shape(array.shape)  # before any conversion copies a huge array
+        array = as_kernel_array(array, target)
         return cls._from_handle(_CORE_CSR[target].from_dense(array, threshold))
 
     @classmethod
