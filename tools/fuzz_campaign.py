@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,21 +56,30 @@ def main() -> int:
     parser.add_argument("--total", type=int, default=100_000,
                         help="examples to run, split evenly across the fuzz tests")
     parser.add_argument("--timeout", type=float, default=4 * 3600, help="per test, seconds")
+    parser.add_argument("--jobs", type=int, default=1, help="fuzz tests run at once")
     args = parser.parse_args()
     names = fuzz_test_names()
     per_test = -(-args.total // len(names))
-    print(f"{len(names)} fuzz tests x {per_test} examples", flush=True)
-    tried_total, problems = 0, []
-    for name in names:
-        start = time.perf_counter()
+    print(f"{len(names)} fuzz tests x {per_test} examples, {args.jobs} at a time", flush=True)
+    start = time.perf_counter()
+
+    def timed_run(name: str) -> tuple[int, int, str, float]:
         code, tried, tail = run_one(name, per_test, args.timeout)
-        tried_total += tried
-        status = {0: "ok", -999: "TIMEOUT"}.get(code, "CRASH" if code < 0 else "FAILED")
-        print(f"{name}: {status} (rc {code}), {tried} inputs, "
-              f"{time.perf_counter() - start:.0f} s", flush=True)
-        if code != 0:
-            problems.append(name)
-            print(tail, flush=True)
+        return code, tried, tail, time.perf_counter() - start
+
+    tried_total, problems = 0, []
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(timed_run, name): name for name in names}
+        for future in as_completed(futures):
+            name = futures[future]
+            code, tried, tail, finished_at = future.result()
+            tried_total += tried
+            status = {0: "ok", -999: "TIMEOUT"}.get(code, "CRASH" if code < 0 else "FAILED")
+            print(f"{name}: {status} (rc {code}), {tried} inputs, done after {finished_at:.0f} s",
+                  flush=True)
+            if code != 0:
+                problems.append(name)
+                print(tail, flush=True)
     print(f"total inputs tried: {tried_total}; failing or crashing tests: {problems or 'none'}")
     return 1 if problems else 0
 
