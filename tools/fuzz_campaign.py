@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """Long fuzzing campaign: the hypothesis tests of tests/test_fuzz.py, many more examples.
 
-Each fuzz test runs in its own pytest subprocess (so a crash in one -- a
-segfault or abort -- is reported and the others still run) with
-SPARSEGEMM_FUZZ_EXAMPLES examples. Hypothesis' statistics give the number of
-inputs actually tried. Exit status is non-zero if any test failed or crashed.
+The examples are split into rounds; each round of each fuzz test runs in its
+own pytest subprocess with its own seed (so a crash -- a segfault or abort --
+is reported and the rest still runs, and finished rounds are counted even if
+the campaign is stopped) with SPARSEGEMM_FUZZ_EXAMPLES examples. Hypothesis'
+statistics give the number of inputs actually tried. Exit status is non-zero
+if any round failed or crashed.
 
     PYTHONPATH=python nice -n 19 python tools/fuzz_campaign.py --total 100000
 """
@@ -33,11 +35,11 @@ def fuzz_test_names() -> list[str]:
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_fuzz")]
 
 
-def run_one(name: str, examples: int, timeout: float) -> tuple[int, int, str]:
+def run_one(name: str, examples: int, seed: int, timeout: float) -> tuple[int, int, str]:
     """(return code, inputs tried, output tail) of one fuzz test."""
     env = dict(os.environ, SPARSEGEMM_FUZZ_EXAMPLES=str(examples))
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-               "--hypothesis-show-statistics", "--hypothesis-seed", str(int(time.time())),
+               "--hypothesis-show-statistics", "--hypothesis-seed", str(seed),
                f"{FUZZ_FILE}::{name}"]
     try:
         result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
@@ -56,29 +58,33 @@ def main() -> int:
     parser.add_argument("--total", type=int, default=100_000,
                         help="examples to run, split evenly across the fuzz tests")
     parser.add_argument("--timeout", type=float, default=4 * 3600, help="per test, seconds")
-    parser.add_argument("--jobs", type=int, default=1, help="fuzz tests run at once")
+    parser.add_argument("--jobs", type=int, default=1, help="subprocesses run at once")
+    parser.add_argument("--rounds", type=int, default=5, help="subprocesses per fuzz test")
     args = parser.parse_args()
     names = fuzz_test_names()
-    per_test = -(-args.total // len(names))
-    print(f"{len(names)} fuzz tests x {per_test} examples, {args.jobs} at a time", flush=True)
+    per_round = -(-args.total // (len(names) * args.rounds))
+    print(f"{len(names)} fuzz tests x {args.rounds} rounds x {per_round} examples, "
+          f"{args.jobs} at a time", flush=True)
     start = time.perf_counter()
+    base_seed = int(time.time())
 
-    def timed_run(name: str) -> tuple[int, int, str, float]:
-        code, tried, tail = run_one(name, per_test, args.timeout)
+    def timed_run(name: str, round_index: int) -> tuple[int, int, str, float]:
+        code, tried, tail = run_one(name, per_round, base_seed + round_index, args.timeout)
         return code, tried, tail, time.perf_counter() - start
 
     tried_total, problems = 0, []
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(timed_run, name): name for name in names}
+        futures = {pool.submit(timed_run, name, r): (name, r)
+                   for r in range(args.rounds) for name in names}
         for future in as_completed(futures):
-            name = futures[future]
+            name, round_index = futures[future]
             code, tried, tail, finished_at = future.result()
             tried_total += tried
             status = {0: "ok", -999: "TIMEOUT"}.get(code, "CRASH" if code < 0 else "FAILED")
-            print(f"{name}: {status} (rc {code}), {tried} inputs, done after {finished_at:.0f} s",
-                  flush=True)
+            print(f"{name} round {round_index}: {status} (rc {code}), {tried} inputs, "
+                  f"done after {finished_at:.0f} s; {tried_total} inputs so far", flush=True)
             if code != 0:
-                problems.append(name)
+                problems.append(f"{name} round {round_index}")
                 print(tail, flush=True)
     print(f"total inputs tried: {tried_total}; failing or crashing tests: {problems or 'none'}")
     return 1 if problems else 0
