@@ -24,9 +24,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from hypothesis import HealthCheck, settings
-
 import sparsegemm
+from hypothesis import HealthCheck, settings
 
 # Hypothesis: no deadlines (the machine is shared and noisy); example counts are
 # set per test module so CI stays fast.
@@ -36,10 +35,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile("sparsegemm")
-
-# True when running under tools/sanitize.sh (ASan/UBSan make everything slower).
-SANITIZED = os.environ.get("SPARSEGEMM_SANITIZED") == "1"
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", default=False,
@@ -75,7 +70,7 @@ def make_random_sparse(rng: np.random.Generator, shape: tuple[int, int], density
     ``pattern``: 'uniform'; 'empty_rows' (every other row empty); 'skewed' (one
     row holds most of the entries).
     """
-    rows, cols = shape
+    rows = shape[0]
     values = rng.uniform(-1.0, 1.0, size=shape)
     values[values == 0] = 0.5  # a drawn 0.0 would silently lower the density
     if pattern == "uniform":
@@ -204,8 +199,8 @@ def run_python(code: str, *, env: dict[str, str] | None = None,
             child_env.pop(key, None)
         else:
             child_env[key] = value
-    return subprocess.run([sys.executable, "-c", code], env=child_env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-c", code], check=False, env=child_env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

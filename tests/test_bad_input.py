@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-
 from sparsegemm import CSRMatrix, _core, linear, sparse_mm
 
 I64_MAX = np.iinfo(np.int64).max

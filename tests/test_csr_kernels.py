@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import sparsegemm
 from sparsegemm import CSRMatrix, _core, linear, sparse_mm
 
@@ -310,10 +309,9 @@ def test_set_isa_rejects_unsupported_level():
 
 def test_use_isa_restores_on_error():
     before = sparsegemm.get_isa()
-    with pytest.raises(RuntimeError):
-        with sparsegemm.use_isa("scalar"):
-            assert sparsegemm.get_isa() == "scalar"
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), sparsegemm.use_isa("scalar"):
+        assert sparsegemm.get_isa() == "scalar"
+        raise RuntimeError("boom")
     assert sparsegemm.get_isa() == before
 
 

@@ -42,8 +42,8 @@ def run_one(name: str, examples: int, seed: int, timeout: float) -> tuple[int, i
                "--hypothesis-show-statistics", "--hypothesis-seed", str(seed),
                f"{FUZZ_FILE}::{name}"]
     try:
-        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                                timeout=timeout)
+        result = subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True,
+                                text=True, timeout=timeout)
     except subprocess.TimeoutExpired as expired:
         output = (expired.stdout or b"").decode(errors="replace") if isinstance(
             expired.stdout, bytes) else (expired.stdout or "")

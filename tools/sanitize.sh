@@ -39,6 +39,6 @@ cd "$work"
 env LD_PRELOAD="$asan:$ubsan" \
   ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_error=1:detect_odr_violation=0 \
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  PYTHONPATH="$work" SPARSEGEMM_SANITIZED=1 \
+  PYTHONPATH="$work" \
   python -m pytest -q -p no:cacheprovider --capture=sys tests "$@"
 echo "sanitize.sh: no sanitizer findings"
