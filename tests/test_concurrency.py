@@ -117,7 +117,8 @@ def test_gil_is_released_during_compute(rng):
                       + [window["end"]])
     longest_gap = float(np.diff(inside).max())
     assert duration > 0.05, "the call is too short to tell"
-    assert longest_gap < duration / 2, f"main thread stalled {longest_gap:.3f} s of a {duration:.3f} s call"
+    assert longest_gap < duration / 2, \
+        f"main thread stalled {longest_gap:.3f} s of a {duration:.3f} s call"
 
 
 def test_threadpoolctl_sees_our_openmp_and_settings_are_untouched(rng):
@@ -153,7 +154,8 @@ from sparsegemm import CSRMatrix, sparse_mm, linear
 torch.set_num_threads(2)
 sparsegemm.set_num_threads(2)
 rng = np.random.default_rng(0)
-dense = np.where(rng.random((400, 300)) < 0.2, rng.uniform(-1, 1, (400, 300)), 0.0).astype(np.float32)
+dense = np.where(rng.random((400, 300)) < 0.2, rng.uniform(-1, 1, (400, 300)), 0.0)
+dense = dense.astype(np.float32)
 a = CSRMatrix.from_dense(dense)
 b = rng.uniform(-1, 1, (300, 24)).astype(np.float32)
 expected = sparse_mm(a, b)

@@ -248,7 +248,8 @@ def test_isas_agree_with_scalar(random_sparse, rng):
 def test_isa_environment_variable(python_subprocess, value, expected):
     result = python_subprocess(
         "import warnings; warnings.simplefilter('error'); import sparsegemm; "
-        "print(sparsegemm.get_isa()); print(sparsegemm.show_config(print_out=False)['isa_override'])",
+        "print(sparsegemm.get_isa()); "
+        "print(sparsegemm.show_config(print_out=False)['isa_override'])",
         env={"SPARSEGEMM_ISA": value})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [expected, value]

@@ -203,8 +203,8 @@ def test_from_arrays_like_scipy():
 @pytest.mark.parametrize("index_dtype", [np.int8, np.uint16, np.int32, np.uint32, np.int64,
                                          np.uint64])
 def test_from_arrays_any_integer_index_dtype(index_dtype):
-    matrix = CSRMatrix((np.ones(2), np.array([1, 0], index_dtype), np.array([0, 1, 2], index_dtype)),
-                       shape=(2, 2))
+    indices, indptr = np.array([1, 0], index_dtype), np.array([0, 1, 2], index_dtype)
+    matrix = CSRMatrix((np.ones(2), indices, indptr), shape=(2, 2))
     np.testing.assert_array_equal(matrix.to_dense(), [[0, 1], [1, 0]])
 
 
