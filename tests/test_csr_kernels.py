@@ -229,6 +229,7 @@ def test_gather_offsets_beyond_32_bits(isa, dtype, n, tmp_path, rng, check_spars
     a = CSRMatrix.from_dense(np.array([[1.0, 2.0], [0.0, -3.0], [0.5, 0.0]], dtype))
     check_sparse_mm(sparse_mm(a, b), a, np.array(b))
     del b, storage
+    path.unlink()  # pytest keeps old temp dirs; don't leave 16 GB (sparse) files behind
 
 
 def test_isas_agree_with_scalar(random_sparse, rng):
