@@ -29,16 +29,20 @@ cp pyproject.toml "$work/"  # pytest settings: markers, filterwarnings = error
 cp tests/conftest.py tests/test_csr_kernels.py tests/test_api.py tests/test_formats.py \
   tests/test_bad_input.py tests/test_fuzz.py "$work/tests/"
 
-asan=$(gcc -print-file-name=libasan.so)
-ubsan=$(gcc -print-file-name=libubsan.so)
+ldd "$work"/sparsegemm/_core*.so | grep libasan > /dev/null ||
+  { echo "sanitize.sh: $build_dir/_core*.so is not an ASan build" >&2; exit 1; }
+
 cd "$work"
+export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
 # detect_leaks=0: CPython leaks by design at exit. allocator_may_return_null=1:
 # the huge-request tests expect MemoryError, not an ASan abort.
+export ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_error=1:detect_odr_violation=0
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+export PYTHONPATH="$work"
+# The tests must import the sanitized copy, whatever else is installed.
+python -c 'import sys, sparsegemm._core as c; assert c.__file__.startswith(sys.argv[1]), c.__file__' \
+  "$work"
 # --capture=sys: sanitizer reports go to fd 2, which pytest's default fd capture
 # would swallow when the process aborts.
-env LD_PRELOAD="$asan:$ubsan" \
-  ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:abort_on_error=1:detect_odr_violation=0 \
-  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  PYTHONPATH="$work" \
-  python -m pytest -q -p no:cacheprovider --capture=sys tests "$@"
+python -m pytest -q -p no:cacheprovider --capture=sys tests "$@"
 echo "sanitize.sh: no sanitizer findings"
