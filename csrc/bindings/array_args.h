@@ -28,7 +28,9 @@ template <typename T>
 StridedArg<T> strided_arg(const py::array& array, const char* name, int ndim, bool writable) {
   static_assert(kMaxArgDims == 4, "update StridedArg's initialisers");
   if (ndim < 0 || ndim > kMaxArgDims) throw std::logic_error("strided_arg: unsupported ndim");
-  if (!py::isinstance<py::array_t<T>>(array) || !array.dtype().is(py::dtype::of<T>()))
+  // array_t's check compares dtypes with PyArray_EquivTypes: equal dtypes may be
+  // distinct objects (e.g. after astype), and byte-swapped ones are rejected.
+  if (!py::isinstance<py::array_t<T>>(array))
     throw py::type_error(std::string(name) + " must have dtype " +
                          std::string(py::str(py::dtype::of<T>())) + ", got " +
                          std::string(py::str(array.dtype())));
@@ -37,6 +39,9 @@ StridedArg<T> strided_arg(const py::array& array, const char* name, int ndim, bo
                           std::to_string(array.ndim()) + " dimensions");
   if (writable && !array.writeable())
     throw py::value_error(std::string(name) + " must be writeable");
+  // Kernels dereference T* directly: a misaligned base is undefined behaviour.
+  if ((array.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) == 0)
+    throw py::value_error(std::string(name) + " must be aligned to its item size");
   StridedArg<T> arg;
   arg.data = static_cast<T*>(const_cast<void*>(array.data()));
   for (int d = 0; d < ndim; ++d) {
@@ -48,6 +53,13 @@ StridedArg<T> strided_arg(const py::array& array, const char* name, int ndim, bo
     arg.strides[d] = stride / static_cast<int64_t>(sizeof(T));
   }
   return arg;
+}
+
+// True when a 2-d argument's rows are contiguous. An empty array has no rows to
+// read or write (numpy may give it zero strides), so it always qualifies.
+template <typename T>
+bool has_contiguous_rows(const StridedArg<T>& arg) {
+  return arg.shape[0] == 0 || arg.shape[1] <= 1 || arg.strides[1] == 1;
 }
 
 // A 1-d contiguous array of exactly dtype T.

@@ -52,7 +52,7 @@ void register_products(py::module_& m, const char* matmul_name, const char* line
         if (oarg.shape[0] != a.rows() || oarg.shape[1] != barg.shape[1])
           throw py::value_error("out must have shape " + shape_str(a.rows(), barg.shape[1]) + ", got " +
                                 shape_str(oarg.shape[0], oarg.shape[1]));
-        if (oarg.shape[1] > 1 && oarg.strides[1] != 1)
+        if (!has_contiguous_rows(oarg))
           throw py::value_error("out must have contiguous rows");
         const T* bias_ptr = optional_bias<T>(bias, a.rows());
         const T* values_ptr = optional_values<T>(values, a);
@@ -73,12 +73,12 @@ void register_products(py::module_& m, const char* matmul_name, const char* line
         if (xarg.shape[1] != w.cols())
           throw py::value_error("shape mismatch: x is " + shape_str(xarg.shape[0], xarg.shape[1]) +
                                 " but the weight is " + shape_str(w.rows(), w.cols()));
-        if (xarg.shape[1] > 1 && xarg.strides[1] != 1)
+        if (!has_contiguous_rows(xarg))
           throw py::value_error("x must have contiguous rows");
         if (oarg.shape[0] != xarg.shape[0] || oarg.shape[1] != w.rows())
           throw py::value_error("out must have shape " + shape_str(xarg.shape[0], w.rows()) + ", got " +
                                 shape_str(oarg.shape[0], oarg.shape[1]));
-        if (oarg.shape[1] > 1 && oarg.strides[1] != 1)
+        if (!has_contiguous_rows(oarg))
           throw py::value_error("out must have contiguous rows");
         const T* bias_ptr = optional_bias<T>(bias, w.rows());
         const T* values_ptr = optional_values<T>(values, w);

@@ -44,7 +44,7 @@ void register_bsr_dtype(py::module_& m, const char* class_name) {
           "indices, and data holding nblocks * R * C values (flattened, row-major in a block).")
       .def_static(
           "from_dense",
-          [](const py::array& dense, std::pair<int, int> blocksize, T threshold) {
+          [](const py::array& dense, std::pair<int, int> blocksize, double threshold) {
             const auto arg = strided_arg<T>(dense, "dense", 2, false);
             py::gil_scoped_release release;
             return Matrix::from_dense(arg.shape[0], arg.shape[1], arg.data, arg.strides[0],

@@ -40,7 +40,7 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
           "Copy and validate CSR arrays (indptr int32 or int64, indices int32).")
       .def_static(
           "from_dense",
-          [](const py::array& dense, T threshold) {
+          [](const py::array& dense, double threshold) {
             const auto arg = strided_arg<T>(dense, "dense", 2, false);
             py::gil_scoped_release release;
             return Matrix::from_dense(arg.shape[0], arg.shape[1], arg.data, arg.strides[0],
@@ -56,9 +56,11 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
       .def_property_readonly(
           "indices",
           [](const Matrix& a) {
-            // A copy: 16-bit storage is widened to int32 for Python.
-            const std::vector<index_t> columns = a.column_indices();
-            return read_only(py::array_t<index_t>(static_cast<py::ssize_t>(columns.size()), columns.data()));
+            // A copy, since 16-bit storage is widened to int32 for Python. A
+            // capsule owns it, so numpy refuses to make the array writeable again.
+            auto* columns = new std::vector<index_t>(a.column_indices());
+            py::capsule owner(columns, [](void* p) { delete static_cast<std::vector<index_t>*>(p); });
+            return owned_view(*columns, owner);
           },
           "Column indices as int32 (a read-only copy).")
       .def_property_readonly("compact_indices", &Matrix::compact_indices,
@@ -107,7 +109,7 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
                                 ", a is " + shape_str(aarg.shape[0], aarg.shape[1]) + ", b is " +
                                 shape_str(barg.shape[0], barg.shape[1]) +
                                 "; need a (rows, n) and b (cols, n)");
-        if ((n > 1 && (aarg.strides[1] != 1 || barg.strides[1] != 1)))
+        if (!has_contiguous_rows(aarg) || !has_contiguous_rows(barg))
           throw py::value_error("a and b must have contiguous rows");
         if (oarg.shape[0] != pattern.nnz() || (oarg.shape[0] > 1 && oarg.strides[0] != 1))
           throw py::value_error("out must be contiguous with nnz = " + std::to_string(pattern.nnz()) +

@@ -70,7 +70,7 @@ BsrMatrix<T> BsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, int block_r, 
 
 template <typename T>
 BsrMatrix<T> BsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense, int64_t row_stride,
-                                      int64_t col_stride, int block_r, int block_c, T threshold) {
+                                      int64_t col_stride, int block_r, int block_c, double threshold) {
   check_dimensions(rows, cols);
   check_block_shape(block_r, block_c);
   const int64_t block_rows = ceil_div(rows, block_r), block_cols = ceil_div(cols, block_c);
@@ -79,7 +79,7 @@ BsrMatrix<T> BsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense
   const auto kept = [&](int64_t br, int64_t bc) {
     for (int64_t i = br * block_r; i < std::min(rows, (br + 1) * block_r); ++i)
       for (int64_t j = bc * block_c; j < std::min(cols, (bc + 1) * block_c); ++j)
-        if (!(std::fabs(element(i, j)) <= threshold)) return true;
+        if (!(std::fabs(static_cast<double>(element(i, j))) <= threshold)) return true;
     return false;
   };
   BsrMatrix m;

@@ -50,7 +50,7 @@ class BsrMatrix {
   // nonzero). `dense` is rows x cols with element (i, j) at
   // dense[i * row_stride + j * col_stride].
   static BsrMatrix from_dense(int64_t rows, int64_t cols, const T* dense, int64_t row_stride,
-                              int64_t col_stride, int block_r, int block_c, T threshold);
+                              int64_t col_stride, int block_r, int block_c, double threshold);
 
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }

@@ -93,7 +93,7 @@ CsrMatrix<T> CsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, const IndptrT
 
 template <typename T>
 CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense, int64_t row_stride,
-                                      int64_t col_stride, T threshold) {
+                                      int64_t col_stride, double threshold) {
   check_dimensions(rows, cols);
   CsrMatrix m;
   m.rows_ = rows;
@@ -109,7 +109,7 @@ CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense
     const T* row = dense + r * row_stride;
     for (int64_t c = 0; c < cols; ++c) {
       const T a = row[c * col_stride];
-      total += !(std::fabs(a) <= threshold);
+      total += !(std::fabs(static_cast<double>(a)) <= threshold);
     }
   }
   pattern.resize_indices(compact, total);
@@ -119,7 +119,7 @@ CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense
     const T* row = dense + r * row_stride;
     for (int64_t c = 0; c < cols; ++c) {
       const T a = row[c * col_stride];
-      if (!(std::fabs(a) <= threshold)) {
+      if (!(std::fabs(static_cast<double>(a)) <= threshold)) {
         pattern.set_index(compact, k, c);
         m.values_[k] = a;
         ++k;

@@ -53,9 +53,11 @@ class CsrMatrix {
                                int64_t values_len);
 
   // Keeps entries with |a| > threshold (NaN is kept: it is not provably zero).
+  // The threshold is a double and compared exactly: rounding it to float would
+  // change which float entries pass (float(0.1) > 0.1, but not > float(0.1)).
   // `dense` is rows x cols with element (i, j) at dense[i * row_stride + j * col_stride].
   static CsrMatrix from_dense(int64_t rows, int64_t cols, const T* dense, int64_t row_stride,
-                              int64_t col_stride, T threshold);
+                              int64_t col_stride, double threshold);
 
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }

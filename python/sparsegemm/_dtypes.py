@@ -28,3 +28,16 @@ def kernel_dtype(*dtypes: np.dtype) -> np.dtype:
     if result not in KERNEL_DTYPES:
         raise TypeError(f"unsupported dtype {result}; sparsegemm computes in float32 or float64")
     return result
+
+
+def as_kernel_array(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``array`` in ``dtype`` with a layout the kernels accept, copying only if needed.
+
+    Any non-negative strides that are whole items are read in place; negative
+    strides, misaligned data or byte-swapped/other dtypes are copied (C order).
+    """
+    if array.dtype != dtype:
+        return array.astype(dtype)  # astype keeps the memory order and aligns
+    if not array.flags.aligned or any(s < 0 or s % array.itemsize for s in array.strides):
+        return np.array(array, order="C", copy=True)
+    return array

@@ -7,13 +7,14 @@ reach a kernel. The arrays it exposes are read-only views.
 
 from __future__ import annotations
 
+import operator
 from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 
 from . import _core
-from ._dtypes import kernel_dtype
+from ._dtypes import as_kernel_array, kernel_dtype
 
 _CORE_CSR = {np.dtype(np.float32): _core.CsrMatrixF32, np.dtype(np.float64): _core.CsrMatrixF64}
 _CORE_BSR = {np.dtype(np.float32): _core.BsrMatrixF32, np.dtype(np.float64): _core.BsrMatrixF64}
@@ -32,7 +33,8 @@ def _as_index_array(values: Any, name: str) -> np.ndarray:
 
 def _check_shape(shape: Any) -> tuple[int, int]:
     try:
-        rows, cols = (int(s) for s in shape)
+        # operator.index, not int(): 2.7 or "3" must not pass as a dimension.
+        rows, cols = (operator.index(s) for s in shape)
     except (TypeError, ValueError):
         raise ValueError(f"shape must be a pair of integers, got {shape!r}") from None
     if rows < 0 or cols < 0:
@@ -48,12 +50,8 @@ def _dense_operand(dense: Any, dtype: Any) -> tuple[np.ndarray, np.dtype]:
     if array.ndim != 2:
         raise ValueError(f"from_dense needs a 2-dimensional array, got shape {array.shape}")
     target = kernel_dtype(array.dtype) if dtype is None else kernel_dtype(dtype)
-    if array.dtype != target:
-        array = array.astype(target)
-    if any(s < 0 or s % array.itemsize for s in array.strides):
-        array = np.ascontiguousarray(array)
-    _check_shape(array.shape)
-    return array, target
+    _check_shape(array.shape)  # before any conversion copies a huge array
+    return as_kernel_array(array, target), target
 
 
 def _check_threshold(threshold: Any) -> float:
@@ -77,7 +75,7 @@ def _checked_index_arrays(
         if indptr.size and (indptr.min() < 0 or indptr.max() >= 2**63):
             raise ValueError("indptr entries must be in [0, 2**63)")
         indptr = indptr.astype(np.int64)
-    return np.ascontiguousarray(indices, dtype=np.int32), np.ascontiguousarray(indptr)
+    return np.require(indices, np.int32, ["C", "A"]), np.require(indptr, requirements=["C", "A"])
 
 
 class SparseFormat:
@@ -269,7 +267,7 @@ class CSRMatrix(SparseFormat):
 
     def with_data(self, data: Any) -> CSRMatrix:
         """A matrix with this sparsity pattern (shared, not copied) and new values."""
-        values = np.ascontiguousarray(data, dtype=self._dtype)
+        values = np.require(data, self._dtype, ["C", "A"])
         if values.shape != (self.nnz,):
             raise ValueError(f"data must have shape ({self.nnz},), got {values.shape}")
         return CSRMatrix._from_handle(self._handle.with_values(values))
@@ -323,7 +321,7 @@ def _build_handle(data: Any, indices: Any, indptr: Any, shape: Any, dtype: Any) 
     target = kernel_dtype(values.dtype if dtype is None else dtype)
     indices, indptr = _checked_index_arrays(indices, indptr, cols)
     return _CORE_CSR[target].from_arrays(
-        rows, cols, indptr, indices, np.ascontiguousarray(values, dtype=target)
+        rows, cols, indptr, indices, np.require(values, target, ["C", "A"])
     )
 
 
@@ -544,5 +542,5 @@ def _build_bsr_handle(
     target = kernel_dtype(values.dtype if dtype is None else dtype)
     indices, indptr = _checked_index_arrays(indices, indptr, _ceil_div(cols, c), "block-column index")
     return _CORE_BSR[target].from_arrays(
-        rows, cols, (r, c), indptr, indices, np.ascontiguousarray(values, dtype=target).reshape(-1)
+        rows, cols, (r, c), indptr, indices, np.require(values, target, ["C", "A"]).reshape(-1)
     )

@@ -7,13 +7,14 @@ which releases the GIL while it computes.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
 from . import _core
-from ._dtypes import kernel_dtype
+from ._dtypes import as_kernel_array, kernel_dtype
 from ._runtime import resolve_num_threads
 from .formats import BSRMatrix, CSRMatrix, SparseFormat
 
@@ -54,15 +55,6 @@ def as_sparse_operand(matrix: SparseOperand, dtype: Any = None) -> SparseFormat:
         "A must be a sparsegemm.CSRMatrix, a sparsegemm.BSRMatrix or a scipy.sparse matrix, "
         f"got {type(matrix).__name__}"
     )
-
-
-def _kernel_ready(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """``array`` in ``dtype`` with strides the kernels accept (copies only if needed)."""
-    if array.dtype != dtype:
-        return array.astype(dtype)  # astype keeps the memory order
-    if any(s < 0 or s % array.itemsize for s in array.strides):
-        return np.ascontiguousarray(array)
-    return array
 
 
 def _check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, *inputs: np.ndarray) -> np.ndarray:
@@ -124,14 +116,15 @@ def sparse_mm(
         raise ValueError(f"shape mismatch: A is {A.shape} but B is {B.shape}; "
                          f"A.shape[1] must equal B.shape[0]")
     vector = B.ndim == 1
-    B2 = _kernel_ready(B, dtype)
+    B2 = as_kernel_array(B, dtype)
     B2 = B2.reshape(cols, 1) if vector else B2
     result_shape = (rows,) if vector else (rows, B2.shape[1])
     if out is None:
         result = np.empty(result_shape, dtype=dtype)
     else:
         result = _check_out(out, result_shape, dtype, B)
-        if result.ndim == 2 and result.shape[1] > 1 and result.strides[1] != result.itemsize:
+        if result.ndim == 2 and result.size and result.shape[1] > 1 \
+                and result.strides[1] != result.itemsize:
             raise ValueError("out must have contiguous rows (C order)")
     out2 = result.reshape(rows, 1) if vector else result
     matmul, _ = _products_for(A)
@@ -178,11 +171,12 @@ def linear(
                          f"x.shape[-1] must equal weight.shape[1]")
     bias_array = None
     if bias is not None:
-        bias_array = np.ascontiguousarray(bias, dtype=dtype)
+        bias_array = np.require(bias, dtype, ["C", "A"])
         if bias_array.shape != (out_features,):
             raise ValueError(f"bias must have shape ({out_features},), got {bias_array.shape}")
     batch_shape = x.shape[:-1]
-    x2 = _kernel_ready(x, dtype).reshape(-1, in_features)  # copies only if not viewable
+    batch = math.prod(batch_shape)  # not reshape(-1, ...): that fails for in_features == 0
+    x2 = as_kernel_array(x, dtype).reshape(batch, in_features)  # copies only if not viewable
     if x2.shape[0] and in_features > 1 and x2.strides[1] != x2.itemsize:
         x2 = np.ascontiguousarray(x2)
     result = np.empty((x2.shape[0], out_features), dtype=dtype)
@@ -218,8 +212,8 @@ def sddmm(
     if A.shape[0] != rows or B.shape[0] != cols or A.shape[1] != B.shape[1]:
         raise ValueError(f"shape mismatch: pattern is {pattern.shape}, A is {A.shape}, B is {B.shape}; "
                          f"need A (M, n) and B (K, n)")
-    A = np.ascontiguousarray(A, dtype=dtype)
-    B = np.ascontiguousarray(B, dtype=dtype)
+    A = np.require(A, dtype, ["C", "A"])
+    B = np.require(B, dtype, ["C", "A"])
     out = np.empty(pattern.nnz, dtype=dtype)
     _core.csr_sampled_dot(pattern._handle, A, B, out, threads)
     return out
@@ -307,10 +301,10 @@ def conv2d(
                          f"kernel_size {kernel}, padding {paddings}, dilation {dilations}")
     bias_array = None
     if bias is not None:
-        bias_array = np.ascontiguousarray(bias, dtype=dtype)
+        bias_array = np.require(bias, dtype, ["C", "A"])
         if bias_array.shape != (out_channels,):
             raise ValueError(f"bias must have shape ({out_channels},), got {bias_array.shape}")
-    x = _kernel_ready(x, dtype)
+    x = as_kernel_array(x, dtype)
     if width > 1 and x.strides[3] != x.itemsize:
         x = np.ascontiguousarray(x)
     result = np.empty((batch, out_channels, out_h, out_w), dtype=dtype)

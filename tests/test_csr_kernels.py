@@ -1,0 +1,325 @@
+"""CSR kernels on every ISA this CPU supports, against a float64 reference.
+
+``sparse_mm`` reaches ``_core.csr_matmul`` and ``linear`` reaches
+``_core.csr_linear``. Each takes the gather kernel for up to
+``kGatherMaxVectors`` (4) dense vectors and the panel kernel for more, so the
+vector counts below cover both paths and straddle every SIMD tile (1, 4, 8 and
+16 lanes; 4-vector panels).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sparsegemm
+from sparsegemm import CSRMatrix, _core, linear, sparse_mm
+
+GATHER_MAX_VECTORS = 4  # csrc/ops/csr_ops.h kGatherMaxVectors
+VECTOR_COUNTS = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100]
+DTYPES = [np.float32, np.float64]
+# (M, K): ones, odd sizes, and rows longer than any SIMD tile.
+SHAPES = [(1, 1), (1, 37), (37, 1), (13, 29), (7, 100)]
+PATTERNS = ["uniform", "empty_rows", "skewed"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", VECTOR_COUNTS)
+def test_sparse_mm_vector_counts(isa, dtype, n, random_sparse, rng, check_sparse_mm):
+    dense = random_sparse((23, 41), 0.4, dtype)
+    a = CSRMatrix.from_dense(dense)
+    b = rng.uniform(-1, 1, (41, n)).astype(dtype)
+    check_sparse_mm(sparse_mm(a, b, num_threads=1), a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", VECTOR_COUNTS)
+def test_linear_batch_sizes(isa, dtype, batch, random_sparse, rng, check_linear):
+    weight = CSRMatrix.from_dense(random_sparse((23, 41), 0.4, dtype))
+    x = rng.uniform(-1, 1, (batch, 41)).astype(dtype)
+    bias = rng.uniform(-1, 1, 23).astype(dtype)
+    check_linear(linear(x, weight, num_threads=1), x, weight)
+    check_linear(linear(x, weight, bias, num_threads=1), x, weight, bias)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 17])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_shapes_and_patterns(isa, dtype, shape, n, pattern, random_sparse, rng, check_sparse_mm,
+                             check_linear):
+    a = CSRMatrix.from_dense(random_sparse(shape, 0.5, dtype, pattern))
+    b = rng.uniform(-1, 1, (shape[1], n)).astype(dtype)
+    check_sparse_mm(sparse_mm(a, b), a, b)
+    x = np.ascontiguousarray(b.T)
+    check_linear(linear(x, a), x, a)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 4, 5, 33])
+@pytest.mark.parametrize("density", [0.0, 1.0])
+def test_all_zero_and_fully_dense(isa, dtype, n, density, random_sparse, rng, check_sparse_mm):
+    a = CSRMatrix.from_dense(random_sparse((19, 35), density, dtype))
+    assert a.nnz == round(density * 19 * 35)
+    b = rng.uniform(-1, 1, (35, n)).astype(dtype)
+    result = sparse_mm(a, b)
+    check_sparse_mm(result, a, b)
+    if density == 0.0:
+        assert not result.any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 3, 6, 40])
+@pytest.mark.parametrize("pattern", ["uniform", "skewed"])
+def test_threads_and_row_blocks(isa, dtype, n, pattern, random_sparse, rng, check_sparse_mm,
+                                check_linear):
+    # ~110k stored entries: several 32k-entry row blocks (csr_kernels.inl
+    # kRowBlockNnz) per thread, and enough work that the driver splits rows.
+    shape = (401, 500)
+    a = CSRMatrix.from_dense(random_sparse(shape, 0.55, dtype, pattern))
+    assert a.nnz > 3 * (1 << 15) or pattern == "skewed"
+    b = rng.uniform(-1, 1, (500, n)).astype(dtype)
+    serial = sparse_mm(a, b, num_threads=1)
+    check_sparse_mm(serial, a, b)
+    for threads in (2, 3):
+        # Each row is computed by one thread in a fixed order: bitwise equal.
+        np.testing.assert_array_equal(sparse_mm(a, b, num_threads=threads), serial)
+    x = np.ascontiguousarray(b.T)
+    serial_linear = linear(x, a, num_threads=1)
+    check_linear(serial_linear, x, a)
+    np.testing.assert_array_equal(linear(x, a, num_threads=2), serial_linear)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_row_holds_almost_everything(isa, dtype, rng, check_sparse_mm):
+    dense = np.zeros((64, 5000), dtype)
+    dense[10] = rng.uniform(-1, 1, 5000)
+    dense[::7, ::97] = 1.5
+    a = CSRMatrix.from_dense(dense)
+    for n in (1, 4, 9):
+        b = rng.uniform(-1, 1, (5000, n)).astype(dtype)
+        check_sparse_mm(sparse_mm(a, b, num_threads=2), a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m, k, n", [(0, 5, 3), (5, 0, 3), (5, 3, 0), (0, 0, 0), (0, 5, 9),
+                                     (5, 0, 9)])
+def test_zero_sized_dimensions(isa, dtype, m, k, n, rng):
+    a = CSRMatrix.from_dense(np.ones((m, k), dtype))
+    b = rng.uniform(-1, 1, (k, n)).astype(dtype)
+    result = sparse_mm(a, b)
+    assert result.shape == (m, n) and result.dtype == dtype
+    np.testing.assert_array_equal(result, np.zeros((m, n)))
+    y = linear(np.ones((n, k), dtype), a)
+    assert y.shape == (n, m)
+    np.testing.assert_array_equal(y, np.zeros((n, m)))
+    y = linear(np.ones((n, k), dtype), a, np.full(m, 2.0, dtype))
+    np.testing.assert_array_equal(y, np.full((n, m), 2.0))
+
+
+def _dense_operand_layouts(b: np.ndarray) -> dict[str, np.ndarray]:
+    """Views of the same values in different memory layouts (all equal to b)."""
+    k, n = b.shape
+    wide = np.zeros((2 * k, 2 * n), b.dtype)
+    wide[::2, ::2] = b
+    return {
+        "c": b,
+        "fortran": np.asfortranarray(b),
+        "row_and_column_strides": wide[::2, ::2],
+        "negative_rows": np.ascontiguousarray(b[::-1])[::-1],
+        "negative_columns": np.ascontiguousarray(b[:, ::-1])[:, ::-1],
+        "column_slice": np.concatenate([b, b], axis=1)[:, :n],
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 2, 4, 5, 16, 33])
+def test_dense_operand_memory_orders(isa, dtype, n, random_sparse, rng, check_sparse_mm,
+                                     check_linear):
+    a = CSRMatrix.from_dense(random_sparse((21, 30), 0.4, dtype))
+    b = rng.uniform(-1, 1, (30, n)).astype(dtype)
+    expected = sparse_mm(a, b)
+    for name, view in _dense_operand_layouts(b).items():
+        np.testing.assert_array_equal(view, b)
+        np.testing.assert_array_equal(sparse_mm(a, view), expected, err_msg=name)
+        x = view.T
+        check_linear(linear(x, a), x, a)
+    check_sparse_mm(expected, a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_vector_operand(isa, dtype, random_sparse, rng, check_sparse_mm, check_linear):
+    a = CSRMatrix.from_dense(random_sparse((17, 40), 0.3, dtype))
+    v = rng.uniform(-1, 1, 80).astype(dtype)
+    for vector in (v[:40], v[::2], v[::-2]):
+        result = sparse_mm(a, vector)
+        assert result.shape == (17,)
+        check_sparse_mm(result, a, vector)
+        y = linear(vector, a)
+        assert y.shape == (17,)
+        check_linear(y, vector, a)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 3, 8, 20])
+def test_out_argument(isa, dtype, n, random_sparse, rng, check_sparse_mm):
+    a = CSRMatrix.from_dense(random_sparse((15, 22), 0.5, dtype))
+    b = rng.uniform(-1, 1, (22, n)).astype(dtype)
+    out = np.full((15, n), np.nan, dtype)
+    assert sparse_mm(a, b, out=out) is out
+    check_sparse_mm(out, a, b)
+    # Rows of out need only be contiguous: a column slice of a wider array works
+    # and leaves the other columns alone.
+    wide = np.full((15, n + 3), -7.0, dtype)
+    sparse_mm(a, b, out=wide[:, :n])
+    check_sparse_mm(wide[:, :n], a, b)
+    assert (wide[:, n:] == -7.0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_out_vector_strided(isa, dtype, random_sparse, rng, check_sparse_mm):
+    a = CSRMatrix.from_dense(random_sparse((15, 22), 0.5, dtype))
+    v = rng.uniform(-1, 1, 22).astype(dtype)
+    storage = np.full(30, -7.0, dtype)
+    sparse_mm(a, v, out=storage[::2])
+    check_sparse_mm(storage[::2], a, v)
+    assert (storage[1::2] == -7.0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 4, 5, 40])
+def test_core_matmul_bias(isa, dtype, n, random_sparse, rng, check_sparse_mm):
+    a = CSRMatrix.from_dense(random_sparse((26, 18), 0.5, dtype, "empty_rows"))
+    b = rng.uniform(-1, 1, (18, n)).astype(dtype)
+    bias = rng.uniform(-1, 1, 26).astype(dtype)
+    out = np.empty((26, n), dtype)
+    _core.csr_matmul(a._handle, b, out, bias, 2)
+    check_sparse_mm(out, a, b, bias)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch_shape", [(), (1,), (6,), (2, 3), (2, 1, 5)])
+def test_linear_leading_dimensions(isa, dtype, batch_shape, random_sparse, rng, check_linear):
+    weight = CSRMatrix.from_dense(random_sparse((9, 14), 0.5, dtype))
+    bias = rng.uniform(-1, 1, 9).astype(dtype)
+    x = rng.uniform(-1, 1, batch_shape + (14,)).astype(dtype)
+    y = linear(x, weight, bias)
+    assert y.shape == batch_shape + (9,)
+    check_linear(y, x, weight, bias)
+    # Non-contiguous x: a transposed batch and a strided last dimension.
+    if len(batch_shape) >= 2:
+        xt = np.swapaxes(x, 0, 1)
+        check_linear(linear(xt, weight, bias), xt, weight, bias)
+    wide = np.repeat(x, 2, axis=-1)[..., ::2]
+    check_linear(linear(wide, weight), wide, weight)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 3, 4, 6])
+def test_gather_offsets_beyond_32_bits(isa, dtype, n, tmp_path, rng, check_sparse_mm):
+    # B's row stride exceeds 2^31 elements, so the 32-bit gather offsets cannot
+    # address it and the driver must transpose B first. A sparse file keeps the
+    # 16+ GB view cheap: only the pages touched are ever stored.
+    row_stride = 2**31 + 64
+    path = tmp_path / "huge_b.bin"
+    with open(path, "wb") as handle:
+        handle.truncate(2 * row_stride * np.dtype(dtype).itemsize)
+    storage = np.memmap(path, dtype=dtype, mode="r+", shape=(2, row_stride))
+    b = storage[:, :n]
+    b[...] = rng.uniform(-1, 1, (2, n))
+    a = CSRMatrix.from_dense(np.array([[1.0, 2.0], [0.0, -3.0], [0.5, 0.0]], dtype))
+    check_sparse_mm(sparse_mm(a, b), a, np.array(b))
+    del b, storage
+    path.unlink()  # pytest keeps old temp dirs; don't leave 16 GB (sparse) files behind
+
+
+def test_isas_agree_with_scalar(random_sparse, rng):
+    a = CSRMatrix.from_dense(random_sparse((50, 70), 0.3, np.float64))
+    b = rng.uniform(-1, 1, (70, 11))
+    with sparsegemm.use_isa("scalar"):
+        scalar = sparse_mm(a, b)
+    for isa_name in sparsegemm.available_isas():
+        with sparsegemm.use_isa(isa_name):
+            np.testing.assert_allclose(sparse_mm(a, b), scalar, rtol=1e-12, atol=1e-12)
+
+
+# --- the ISA override -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, expected", [("scalar", "scalar"), ("portable", "scalar")])
+def test_isa_environment_variable(python_subprocess, value, expected):
+    result = python_subprocess(
+        "import warnings; warnings.simplefilter('error'); import sparsegemm; "
+        "print(sparsegemm.get_isa()); "
+        "print(sparsegemm.show_config(print_out=False)['isa_override'])",
+        env={"SPARSEGEMM_ISA": value})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [expected, value]
+
+
+def test_isa_environment_variable_every_level(python_subprocess):
+    for level in sparsegemm.available_isas():
+        result = python_subprocess("import sparsegemm; print(sparsegemm.get_isa())",
+                                   env={"SPARSEGEMM_ISA": level})
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == level
+
+
+def test_bad_isa_environment_variable_warns(python_subprocess):
+    result = python_subprocess(
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import sparsegemm\n"
+        "print(sparsegemm.get_isa())\n"
+        "print([str(w.category.__name__) + ': ' + str(w.message) for w in caught])\n",
+        env={"SPARSEGEMM_ISA": "sse9000"})
+    assert result.returncode == 0, result.stderr
+    isa_line, warnings_line = result.stdout.splitlines()
+    assert isa_line == sparsegemm._core.best_isa()
+    assert "RuntimeWarning" in warnings_line and "sse9000" in warnings_line
+
+
+def test_unsupported_isa_environment_variable_warns(python_subprocess):
+    missing = [name for name in ("avx2", "avx512") if name not in sparsegemm.available_isas()]
+    if not missing:
+        pytest.skip("this CPU supports every ISA level")
+    result = python_subprocess(
+        "import warnings; warnings.simplefilter('always'); import sparsegemm; "
+        "print(sparsegemm.get_isa())", env={"SPARSEGEMM_ISA": missing[-1]})
+    assert result.stdout.strip() == sparsegemm._core.best_isa()
+    assert "not supported by this CPU" in result.stderr
+
+
+def test_set_isa_rejects_unknown_name():
+    before = sparsegemm.get_isa()
+    with pytest.raises(ValueError, match="unknown ISA"):
+        sparsegemm.set_isa("sse9000")
+    with pytest.raises(ValueError):
+        sparsegemm._core.set_active_isa("sse9000")
+    assert sparsegemm.get_isa() == before
+
+
+def test_set_isa_rejects_unsupported_level():
+    missing = [name for name in ("avx2", "avx512") if name not in sparsegemm.available_isas()]
+    if not missing:
+        pytest.skip("this CPU supports every ISA level")
+    before = sparsegemm.get_isa()
+    with pytest.raises(ValueError, match="cannot run"):
+        sparsegemm.set_isa(missing[0])
+    assert sparsegemm.get_isa() == before
+
+
+def test_use_isa_restores_on_error():
+    before = sparsegemm.get_isa()
+    with pytest.raises(RuntimeError), sparsegemm.use_isa("scalar"):
+        assert sparsegemm.get_isa() == "scalar"
+        raise RuntimeError("boom")
+    assert sparsegemm.get_isa() == before
+
+
+def test_set_isa_none_restores_best():
+    with sparsegemm.use_isa("scalar"):
+        sparsegemm.set_isa(None)
+        assert sparsegemm.get_isa() == sparsegemm._core.best_isa()
+    assert sparsegemm.available_isas()[0] == "scalar"
+    assert sparsegemm.available_isas()[-1] == sparsegemm._core.best_isa()

@@ -1,0 +1,105 @@
+"""Memory: no growth over many calls; >2^31-entry requests handled or rejected cheaply."""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sparsegemm import CSRMatrix, linear, sparse_mm
+
+CALLS = 10_000
+MAX_GROWTH_BYTES = 1 << 20
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _growth_over_calls(call, calls: int = CALLS) -> int:
+    for _ in range(200):  # warm up: allocator pools, OpenMP threads, caches
+        call()
+    gc.collect()
+    before = _rss_bytes()
+    for _ in range(calls):
+        call()
+    gc.collect()
+    return _rss_bytes() - before
+
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+
+
+@pytest.fixture
+def operands(rng):
+    # Small, so 10,000 calls take a second or two; the leak check counts calls, not bytes.
+    dense = np.where(rng.random((60, 50)) < 0.3, rng.uniform(-1, 1, (60, 50)), 0.0)
+    return CSRMatrix.from_dense(dense.astype(np.float32)), dense
+
+
+@pytest.mark.parametrize("n", [1, 9])
+def test_products_do_not_leak(operands, rng, n):
+    a, _ = operands
+    b = rng.uniform(-1, 1, (50, n)).astype(np.float32)
+    b_fortran = np.asfortranarray(b)  # takes the copy-to-scratch path
+    out = np.empty((60, n), np.float32)
+    x = np.ascontiguousarray(b.T)
+    bias = np.ones(60, np.float32)
+
+    def calls() -> None:
+        sparse_mm(a, b, num_threads=2)
+        sparse_mm(a, b_fortran, out=out, num_threads=2)
+        linear(x, a, bias, num_threads=2)
+
+    assert _growth_over_calls(calls) < MAX_GROWTH_BYTES
+
+
+def test_constructors_do_not_leak(operands):
+    a, dense = operands
+    scipy_matrix = sp.csr_array(dense)
+
+    def calls() -> None:
+        CSRMatrix.from_dense(dense, 0.5)
+        CSRMatrix.from_scipy(scipy_matrix)
+        CSRMatrix((a.data, a.indices, a.indptr), shape=a.shape).astype(np.float64)
+        a.to_dense()
+        a.to_scipy()
+
+    assert _growth_over_calls(calls, CALLS // 5) < MAX_GROWTH_BYTES
+
+
+def test_errors_do_not_leak(operands):
+    a, _ = operands
+    wrong = np.ones((7, 3), np.float32)
+
+    def calls() -> None:
+        with pytest.raises(ValueError):
+            sparse_mm(a, wrong)
+        with pytest.raises(ValueError):
+            CSRMatrix((np.ones(1), np.array([5]), np.array([0, 1])), shape=(1, 2))
+
+    assert _growth_over_calls(calls) < MAX_GROWTH_BYTES
+
+
+def test_more_than_2_31_entries_rejected_by_length_checks():
+    # indptr claims 2^31 + 1 entries while the arrays hold 1: rejected by the
+    # length check, with nothing of that size allocated.
+    before = _rss_bytes()
+    indptr = np.array([0, 2**31 + 1], np.int64)
+    with pytest.raises(ValueError, match=r"indptr\[-1\]"):
+        CSRMatrix((np.ones(1), np.zeros(1, np.int32), indptr), shape=(1, 2**31 - 1))
+    huge_row = np.array([0, 1, 2**33], np.int64)
+    with pytest.raises(ValueError):
+        CSRMatrix((np.ones(1), np.zeros(1, np.int32), huge_row), shape=(2, 4))
+    assert _rss_bytes() - before < MAX_GROWTH_BYTES
+
+
+def test_row_pointers_are_64_bit():
+    # The format stores int64 row pointers, so counts past 2^31 are representable;
+    # to_scipy keeps int32 only while they fit.
+    matrix = CSRMatrix.from_dense(np.eye(3))
+    assert matrix.indptr.dtype == np.int64
+    assert matrix.to_scipy().indptr.dtype == np.int32
