@@ -1,14 +1,9 @@
 import pytest
 
 torch = pytest.importorskip("torch")
-import sparsegemm
 from sparsegemm.torch import SparseConv2d, SparseLinear, SparseMultiheadAttention, sparsify
 from torch import nn
 from torch.nn.utils import prune as torch_prune
-
-needs_no_planner = pytest.mark.skipif(hasattr(sparsegemm, "plan"),
-                                      reason="checks the threshold rule used without the planner")
-
 
 def small_model(prune):
     torch.manual_seed(0)
@@ -21,12 +16,13 @@ def small_model(prune):
     return model
 
 
-@needs_no_planner
-def test_sparsify_converts_sparse_enough_layers(prune):
+def test_explicit_csr_converts_sparse_enough_layers_without_timing(prune, planner_times):
+    timer = planner_times()
     model = small_model(prune)
     x = torch.randn(2, 3, 4, 4)
     expected = model(x)
-    assert sparsify(model) is model
+    assert sparsify(model, format="csr") is model
+    assert timer.timed == []  # an explicit format is never timed
     assert isinstance(model[0], SparseConv2d)
     assert isinstance(model[2], nn.Conv2d)  # groups=2: left dense
     assert isinstance(model[5], SparseLinear)
