@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional
 
 import sparsegemm
 from sparsegemm.bench.e2e import MODELS_BY_KEY, e2e_table, run_e2e
@@ -30,7 +29,7 @@ from sparsegemm.bench.workloads import parse_pattern
 SPARSITY = 0.9
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", metavar="MODEL",
                         help=f"any of {', '.join(MODELS_BY_KEY)} (default: all)")

@@ -172,10 +172,11 @@ def test_format_choices(make_pair, planner_times):
 
 
 @pytest.mark.parametrize("times, expected", [
-    (dict(csr=0.5), ("csr", None)),
-    (dict(csr=0.8, bsr8x1=0.3), ("bsr", (8, 1))),
+    ({"csr": 0.5}, ("csr", None)),
+    ({"csr": 0.8, "bsr8x1": 0.3}, ("bsr", (8, 1))),
     # the planner keeps it dense; from_dense still returns the fastest sparse format timed
-    (dict(dense=1.0, csr=2.0, bsr4x1=3.0, bsr8x1=3.0, bsr16x1=3.0, bsr4x4=1.5), ("bsr", (4, 4))),
+    ({"dense": 1.0, "csr": 2.0, "bsr4x1": 3.0, "bsr8x1": 3.0, "bsr16x1": 3.0, "bsr4x4": 1.5},
+     ("bsr", (4, 4))),
 ])
 def test_from_dense_auto_follows_the_planner(make_pair, planner_times, times, expected):
     dense, _ = make_pair(sparsity=0.95)

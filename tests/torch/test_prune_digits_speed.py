@@ -53,10 +53,10 @@ def test_table_claims_no_speedup_when_the_planner_keeps_layers_dense(bench, prun
                                                                       planner_times):
     planner_times(dense=1.0, csr=3.0, bsr4x1=3.0, bsr8x1=3.0, bsr16x1=3.0, bsr4x4=3.0)
     model = pruned_cnn(bench, prune)
-    sparse, speed = bench.speed_hook(model, torch.randn(8, 64), repeats=1, calls=1)
+    _, speed = bench.speed_hook(model, torch.randn(8, 64), repeats=1, calls=1)
     assert speed.converted == 0 and speed.speedup is None
     assert "no gain" in speed.report
-    row = dict(model="cnn", config="unstructured-90", sparsity=0.9, total=0.8, params=10,
-               acc=99.0, drop=0.0, floor=1.0, speed=speed)
+    row = {"model": "cnn", "config": "unstructured-90", "sparsity": 0.9, "total": 0.8,
+           "params": 10, "acc": 99.0, "drop": 0.0, "floor": 1.0, "speed": speed}
     line = bench.format_rows([row]).splitlines()[2]
     assert "none" in line and "0/4" in line and line.rstrip().endswith("0/4")

@@ -5,6 +5,7 @@ from sparsegemm.torch import SparseConv2d, SparseLinear, SparseMultiheadAttentio
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+
 def small_model(prune):
     torch.manual_seed(0)
     model = nn.Sequential(

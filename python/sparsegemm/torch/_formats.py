@@ -10,7 +10,6 @@ this machine (with torch's thread count), and takes its decision, which may be
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -36,12 +35,12 @@ class FormatChoice:
     """
 
     format: str
-    blocksize: Optional[tuple[int, int]] = None
-    speedup: Optional[float] = None
-    planned: Optional[str] = None
+    blocksize: tuple[int, int] | None = None
+    speedup: float | None = None
+    planned: str | None = None
 
 
-def check_format(format: str, blocksize: Optional[tuple[int, int]]) -> FormatChoice:
+def check_format(format: str, blocksize: tuple[int, int] | None) -> FormatChoice:
     """Validate a request; for 'auto' the returned format stays 'auto' (see :func:`choose_format`)."""
     if format not in FORMAT_CHOICES:
         raise ValueError(f"format must be one of {FORMAT_CHOICES}, got {format!r}")
@@ -54,17 +53,17 @@ def check_format(format: str, blocksize: Optional[tuple[int, int]]) -> FormatCho
     return FormatChoice(format)
 
 
-def _fastest_sparse(times: dict[str, float]) -> Optional[str]:
+def _fastest_sparse(times: dict[str, float]) -> str | None:
     sparse = {name: t for name, t in times.items() if name in CANDIDATES}
     return min(sparse, key=lambda name: (sparse[name], name)) if sparse else None
 
 
-def _choice_for(name: str, speedup: Optional[float], planned: str) -> FormatChoice:
+def _choice_for(name: str, speedup: float | None, planned: str) -> FormatChoice:
     blocksize = CANDIDATES[name]
     return FormatChoice("csr" if blocksize is None else "bsr", blocksize, speedup, planned)
 
 
-def choose_format(weight: torch.Tensor, format: str, blocksize: Optional[tuple[int, int]], *,
+def choose_format(weight: torch.Tensor, format: str, blocksize: tuple[int, int] | None, *,
                   batch_hint: int, allow_bsr: bool = True,
                   fallback_to_sparse: bool = False) -> FormatChoice:
     """The storage for a 2-d ``weight`` (zeros where pruned).

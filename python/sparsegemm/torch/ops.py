@@ -449,7 +449,7 @@ csr_conv2d.register_autograd(_conv2d_backward, setup_context=_conv2d_setup_conte
 
 
 def _bsr_linear_setup_context(ctx, inputs, output):
-    x, indptr, indices, values, rows, cols, bias = inputs
+    x, indptr, indices, values, rows, cols, _bias = inputs
     ctx.save_for_backward(x, indptr, indices, values)
     ctx.shape = (rows, cols)
 

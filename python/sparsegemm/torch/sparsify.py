@@ -22,7 +22,7 @@ speedup, or the reason it stayed dense.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch import nn
@@ -47,7 +47,7 @@ class LayerReport:
     converted: bool
     format: str  # 'csr' or 'bsr<R>x<C>' when converted, 'dense' otherwise
     sparsity: float  # of the dense weight (fraction of zeros / pruned entries)
-    speedup: Optional[float]  # the planner's measurement; None when not measured
+    speedup: float | None  # the planner's measurement; None when not measured
     reason: str = ""
 
     @property
@@ -82,7 +82,7 @@ def _format_name(choice: FormatChoice) -> str:
 
 
 class _Converter:
-    def __init__(self, format: str, blocksize: Optional[tuple[int, int]], min_sparsity: float,
+    def __init__(self, format: str, blocksize: tuple[int, int] | None, min_sparsity: float,
                  min_speedup: float, batch_hint: int):
         check_format(format, blocksize)  # rejects bad requests before any layer is touched
         self.format = format
@@ -138,7 +138,7 @@ class _Converter:
         return sparse
 
     def _keep(self, module: nn.Module, name: str, kind: str, sparsity: float, reason: str,
-              speedup: Optional[float] = None) -> nn.Module:
+              speedup: float | None = None) -> nn.Module:
         self.report.append(LayerReport(name, kind, False, "dense", sparsity, speedup, reason))
         return module
 
@@ -194,7 +194,7 @@ def _convert_attention(mha: nn.MultiheadAttention, name: str,
 
 
 def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str = "auto",
-             blocksize: Optional[tuple[int, int]] = None,
+             blocksize: tuple[int, int] | None = None,
              min_sparsity: float = DEFAULT_MIN_SPARSITY, min_speedup: float = 1.0,
              batch_hint: int = 1) -> nn.Module:
     """Replace eligible dense layers of ``model`` by sparse ones, in place.
