@@ -174,3 +174,34 @@ def test_opcheck_bsr_ops():
     torch.library.opcheck(sparse_ops.bsr_sampled_dot,
                           (sparse.indptr, sparse.indices, torch.randn(3, 6, dtype=torch.float64),
                            torch.randn(3, 9, dtype=torch.float64), [4, 1]))
+
+
+def test_export_records_the_bsr_op(tmp_path):
+    sparse = SparseLinear.from_dense(block_pruned(24, 16, (4, 1)), format="bsr",
+                                     blocksize=(4, 1)).eval()
+    x = torch.randn(5, 24)
+    program = torch.export.export(sparse, (x,))
+    names = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert "sparsegemm.bsr_linear.default" in names
+    path = tmp_path / "bsr.pt2"
+    torch.export.save(program, path)
+    torch.testing.assert_close(torch.export.load(path).module()(x), sparse(x))
+
+
+def test_attention_projections_in_bsr(planner_times):
+    from sparsegemm.torch import SparseMultiheadAttention, sparsify
+
+    planner_times(dense=1.0, csr=0.9, bsr4x1=0.4)
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True).eval()
+    for module, name in [(m, "weight") for m in layer.modules() if isinstance(m, nn.Linear)] + [
+            (layer.self_attn, "in_proj_weight")]:
+        torch_prune.random_unstructured(module, name, amount=0.9)
+        torch_prune.remove(module, name)
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        expected = layer(x)
+        sparsify(layer, batch_hint=10)
+        assert isinstance(layer.self_attn, SparseMultiheadAttention)
+        assert layer.self_attn.q_proj.blocksize == (4, 1) and layer.linear1.blocksize == (4, 1)
+        torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)
