@@ -22,34 +22,116 @@ Run::
 
 Needs scikit-learn (``load_digits`` ships with it; no download).
 
-Speed columns will be added once ``sparsegemm.torch.sparsify`` exists: see
-:func:`speed_hook`.  No speed is measured or printed here yet.
+Speed: each pruned model (after ``prune.remove``) is converted with
+``sparsegemm.torch.sparsify(format="auto")``, which asks the planner, layer by
+layer at the batch each layer sees, whether a sparse format beats dense; then
+dense and sparsified inference at batch 256 on 2 threads are timed (medians of
+interleaved blocks), see :func:`speed_hook`. These layers are small, so the
+planner may keep them dense: the "sparse layers" column and the per-layer
+reports (printed as the run goes) say so, and no speedup is claimed then.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 import torch
 from sparsegemm import prune
+from sparsegemm.torch import SparsifyReport, sparsify
 from torch import nn
 
 # Accuracy floors: allowed drop in points (percent) vs the dense model.
 FLOORS = {"unstructured-90": 1.0, "block4x1-80": 1.5, "unstructured-95": 2.5}
 
 
-def speed_hook(model: nn.Module) -> nn.Module:
-    """HOOK FOR SPEED COLUMNS (not implemented yet).
+SPEED_BATCH = 256
+SPEED_THREADS = 2
 
-    Will become ``sparsegemm.torch.sparsify(model)`` once that exists, and a
-    timing of dense vs sparsified inference will be added to the table.  For
-    now it returns the model unchanged and nothing is timed.
+
+@dataclass
+class Speed:
+    """Dense vs sparsified inference of one pruned model."""
+
+    dense_ms: float
+    sparse_ms: float
+    converted: int  # layers sparsify made sparse
+    candidates: int  # Linear/Conv2d layers it looked at
+    report: str  # sparsify's per-layer report
+
+    @property
+    def speedup(self) -> Optional[float]:
+        """dense / sparse time, or None when no layer became sparse (nothing to claim)."""
+        return self.dense_ms / self.sparse_ms if self.converted else None
+
+
+def _product_rows(model: nn.Module, x: torch.Tensor) -> Dict[str, int]:
+    """For each Linear/Conv2d: the rows of the dense operand its product sees on ``x``
+    (batch rows for a Linear, batch x output pixels for a Conv2d)."""
+    rows: Dict[str, int] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            def record(module, inputs, output, name=name):
+                per_row = output.shape[1] if isinstance(module, nn.Conv2d) else output.shape[-1]
+                rows[name] = output.numel() // per_row
+            hooks.append(module.register_forward_hook(record))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return rows
+
+
+def _block_ms(run: Callable[[], object], calls: int) -> float:
+    """Mean milliseconds per call over one block of ``calls`` calls, after a warm-up call."""
+    run()
+    start = time.perf_counter()
+    for _ in range(calls):
+        run()
+    return (time.perf_counter() - start) / calls * 1e3
+
+
+def speed_hook(model: nn.Module, x: torch.Tensor, *, threads: int = SPEED_THREADS,
+               repeats: int = 15, calls: int = 5) -> tuple[nn.Module, Speed]:
+    """Sparsify a copy of the pruned ``model`` (after ``prune.remove``) and time both.
+
+    ``sparsify(format="auto")`` runs per layer with the batch that layer sees on
+    ``x`` as ``batch_hint``, so the planner decides each layer at its real size;
+    layers it measures no gain for stay dense. Dense and sparse inference on
+    ``x`` are then timed on ``threads`` threads: ``repeats`` interleaved blocks
+    of ``calls`` calls each, medians compared. Returns the sparsified model and
+    the :class:`Speed`.
     """
-    return model
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = model.eval()
+        sparse = copy.deepcopy(model)
+        hints = _product_rows(model, x)
+        reports = []
+        for hint in sorted(set(hints.values())):
+            sparsify(sparse, filter_fn=lambda module, name, hint=hint: hints.get(name) == hint,
+                     batch_hint=hint)
+            reports.extend(sparse.sparsegemm_report)
+        sparse.eval()
+        dense_ms, sparse_ms = [], []
+        with torch.inference_mode():
+            for _ in range(repeats):
+                dense_ms.append(_block_ms(lambda: model(x), calls))
+                sparse_ms.append(_block_ms(lambda: sparse(x), calls))
+    finally:
+        torch.set_num_threads(previous)
+    report = SparsifyReport(reports)
+    return sparse, Speed(statistics.median(dense_ms), statistics.median(sparse_ms),
+                         len(report.converted), len(report), str(report))
 
 
 # ---------------------------------------------------------------- data
@@ -262,6 +344,7 @@ def run(
                 acc=dacc,
                 drop=0.0,
                 floor=None,
+                speed=None,
                 seconds=time.perf_counter() - t0,
             )
         )
@@ -281,8 +364,8 @@ def run(
                 seed=seed,
                 skip_first_last=skip,
             )
-            pm = speed_hook(pm)
-            acc = accuracy(pm, data[2], data[3])
+            sparse_model, speed = speed_hook(pm, speed_input(data[2]))
+            acc = accuracy(sparse_model, data[2], data[3])  # the sparsified model's accuracy
             layers = prune.prunable_layers(pm, skip_first_last=False)
             sp = prune.sparsity(pm, layers=layers)
             z = sum(sp[n] * layers[n].weight.numel() for n in pruned_names)
@@ -297,6 +380,7 @@ def run(
                     acc=acc,
                     drop=dacc - acc,
                     floor=FLOORS.get(cname),
+                    speed=speed,
                     seconds=time.perf_counter() - t0,
                 )
             )
@@ -304,16 +388,31 @@ def run(
                 r = rows[-1]
                 print(
                     f"[{mname}] {cname}: acc {acc:.2f}% (drop {r['drop']:+.2f})  "
-                    f"({r['seconds']:.1f}s)",
+                    f"({r['seconds']:.1f}s)\n{speed.report}",
                     flush=True,
                 )
     return rows
 
 
+def speed_input(x_test: torch.Tensor) -> torch.Tensor:
+    """SPEED_BATCH rows of test inputs (repeated if the test set is smaller)."""
+    reps = -(-SPEED_BATCH // len(x_test))
+    return x_test.repeat(reps, 1)[:SPEED_BATCH].contiguous()
+
+
+def _speed_columns(speed: Optional[Speed]) -> str:
+    if speed is None:
+        return f"{'':>8} {'':>9} {'':>8} {'':>6}"
+    layers = f"{speed.converted}/{speed.candidates}"
+    speedup = "none" if speed.speedup is None else f"{speed.speedup:.2f}x"
+    return f"{speed.dense_ms:>8.3f} {speed.sparse_ms:>9.3f} {speedup:>8} {layers:>6}"
+
+
 def format_rows(rows: List[dict]) -> str:
     head = (
         f"{'model':<5} {'config':<16} {'sparsity':>8} {'total':>6} {'params':>8} "
-        f"{'acc %':>6} {'drop':>6} {'floor':>6} {'ok':>3}"
+        f"{'acc %':>6} {'drop':>6} {'floor':>6} {'ok':>3} "
+        f"{'dense ms':>8} {'sparse ms':>9} {'speedup':>8} {'sparse':>6}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -322,7 +421,7 @@ def format_rows(rows: List[dict]) -> str:
         lines.append(
             f"{r['model']:<5} {r['config']:<16} {r['sparsity']:>8.1%} {r['total']:>6.1%} "
             f"{r['params']:>8d} {r['acc']:>6.2f} {r['drop']:>+6.2f} "
-            f"{'' if fl is None else f'{fl:.1f}':>6} {ok:>3}"
+            f"{'' if fl is None else f'{fl:.1f}':>6} {ok:>3} {_speed_columns(r.get('speed'))}"
         )
     lines.append(
         "sparsity: of the pruned layers (all but first and last unless --prune-first-last); "
@@ -330,7 +429,11 @@ def format_rows(rows: List[dict]) -> str:
         "neurons/filters pruned (then removed by thinning, so the weights left are dense)."
     )
     lines.append(
-        "total: zeros over all Linear/Conv weights.  Speed: not measured yet (see speed_hook)."
+        "total: zeros over all Linear/Conv weights.  acc: of the sparsified model.  "
+        f"Speed: inference at batch {SPEED_BATCH}, {SPEED_THREADS} threads, medians of "
+        "interleaved blocks, dense pruned model vs sparsify(format='auto'); 'sparse' = layers "
+        "converted / layers considered; speedup 'none' = the planner kept every layer dense "
+        "(no gain measured at these sizes), so there is no sparse speedup to report."
     )
     lines.append(
         "Pruned models start from the dense weights and train further (AGP phase + fine-tuning), "

@@ -96,3 +96,53 @@ def test_cli_e2e_only_writes_its_files(monkeypatch, tmp_path, capsys):
     assert "tiny mlp" in capsys.readouterr().out
     assert (tmp_path / "e2e.csv").read_text().startswith("model,input_shape,sparsity")
     assert not (tmp_path / "results.csv").exists()
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("pattern", [Pattern(), Pattern((4, 1))])
+def test_options_are_ones_the_real_sparsify_accepts(pattern):
+    pytest.importorskip("torch")
+    import inspect
+
+    from sparsegemm.torch import sparsify
+
+    accepted = inspect.signature(sparsify).parameters
+    for fmt in ("auto", "csr", "bsr"):
+        options = e2e.sparsify_options(fmt, pattern, 64)
+        assert set(options) <= set(accepted), options
+        assert options["format"] == fmt
+    assert e2e.sparsify_options("bsr", pattern, 64).get("blocksize") == pattern.blocksize
+    assert e2e.sparsify_options("auto", pattern, 64)["batch_hint"] == 64
+
+
+@pytest.mark.torch
+def test_runs_with_the_real_sparsify_for_csr_and_bsr():
+    pytest.importorskip("torch")
+    rows, notes = e2e.run_e2e((0.9,), Pattern((4, 1)), 1, FAST, models=TINY, formats=("csr", "bsr"))
+    assert notes == []
+    assert [r["status"] for r in rows] == ["ok", "ok"], rows
+    assert "bsr4x1" in rows[1]["report"] and "csr" in rows[0]["report"]
+
+
+def _load_script():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[2] / "benchmarks" / "torch_end_to_end.py"
+    spec = importlib.util.spec_from_file_location("torch_end_to_end", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.torch
+def test_torch_end_to_end_script_wraps_the_suite(monkeypatch, capsys):
+    pytest.importorskip("torch")
+    script = _load_script()
+    tiny = e2e.E2EModel("tiny mlp", _tiny_mlp, 32, "tiny", 3.0, 4)
+    monkeypatch.setattr(script, "MODELS_BY_KEY", {"tiny": tiny})
+    assert script.main(["tiny", "--repeats", "1", "--threads", "1", "--formats", "csr"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny mlp" in out and "matched" in out and "3x" in out
+    with pytest.raises(SystemExit):
+        script.main(["nonexistent"])

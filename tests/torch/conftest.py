@@ -26,3 +26,41 @@ def prune():
 @pytest.fixture
 def tolerance():
     return _tolerance
+
+
+class FakePlannerTimer:
+    """Stands in for ``sparsegemm.planner._time_candidates``: fixed median seconds per
+    contender, so ``format='auto'`` decisions do not depend on this machine's load."""
+
+    def __init__(self, dense: float = 1.0, **sparse: float):
+        self.times = {"dense_numpy": dense, "dense_torch": dense}
+        self.times.update({"csr": 0.5, "bsr4x1": 1.0, "bsr8x1": 1.0, "bsr16x1": 1.0, "bsr4x4": 1.0})
+        self.times.update(sparse)
+        self.timed: list[list[str]] = []
+
+    def __call__(self, runners, repeats, rounds):
+        self.timed.append(sorted(runners))
+        return {name: self.times[name] for name in runners}
+
+
+@pytest.fixture(autouse=True)
+def planner_times(monkeypatch):
+    """Injects planner timings (default: CSR 2x faster than dense, BSR no faster).
+
+    Call ``planner_times(dense=..., csr=..., bsr4x1=...)`` in a test for other
+    timings; returns the fake timer, whose ``timed`` lists each call's contenders.
+    """
+    from sparsegemm import planner
+
+    monkeypatch.delenv("SPARSEGEMM_PLAN_CACHE", raising=False)
+    planner.clear_cache()
+
+    def install(dense: float = 1.0, **sparse: float) -> FakePlannerTimer:
+        planner.clear_cache()
+        timer = FakePlannerTimer(dense, **sparse)
+        monkeypatch.setattr(planner, "_time_candidates", timer)
+        return timer
+
+    install()
+    yield install
+    planner.clear_cache()

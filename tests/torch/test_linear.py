@@ -1,12 +1,13 @@
 import copy
 import io
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 import sparsegemm
 import torch.nn.functional as F
-from sparsegemm.torch import SparseLinear, clear_cache
+from sparsegemm.torch import SparseLinear
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
@@ -159,14 +160,32 @@ def test_train_eval_repr_and_to_dense(make_pair):
     torch.testing.assert_close(back.bias, dense.bias)
 
 
-def test_format_choices(make_pair):
+def test_format_choices(make_pair, planner_times):
     dense, _ = make_pair()
     with pytest.raises(ValueError, match="format"):
         SparseLinear.from_dense(dense, format="coo")
-    if not hasattr(sparsegemm, "BSRMatrix"):
-        with pytest.raises(NotImplementedError, match="bsr"):
-            SparseLinear.from_dense(dense, format="bsr", blocksize=(4, 1))
-    assert SparseLinear.from_dense(dense, format="auto").format == "csr"
+    with pytest.raises(ValueError, match="blocksize applies to format='bsr'"):
+        SparseLinear.from_dense(dense, format="csr", blocksize=(4, 1))
+    timer = planner_times()
+    assert SparseLinear.from_dense(dense).format == "csr"  # the default: CSR, not timed
+    assert timer.timed == []
+
+
+@pytest.mark.parametrize("times, expected", [
+    ({"csr": 0.5}, ("csr", None)),
+    ({"csr": 0.8, "bsr8x1": 0.3}, ("bsr", (8, 1))),
+    # the planner keeps it dense; from_dense still returns the fastest sparse format timed
+    ({"dense": 1.0, "csr": 2.0, "bsr4x1": 3.0, "bsr8x1": 3.0, "bsr16x1": 3.0, "bsr4x4": 1.5},
+     ("bsr", (4, 4))),
+])
+def test_from_dense_auto_follows_the_planner(make_pair, planner_times, times, expected):
+    dense, _ = make_pair(sparsity=0.95)
+    timer = planner_times(**times)
+    sparse = SparseLinear.from_dense(dense, format="auto", batch_hint=16)
+    assert timer.timed, "format='auto' must run the planner"
+    assert (sparse.format, sparse.blocksize) == expected
+    x = torch.randn(16, 37)
+    torch.testing.assert_close(sparse(x), dense(x), rtol=1e-5, atol=1e-5)
 
 
 def test_gradcheck_float64(make_pair):
@@ -176,10 +195,8 @@ def test_gradcheck_float64(make_pair):
     bias = sparse.bias.detach().clone().requires_grad_()
 
     def fn(x, values, bias):
-        # gradcheck perturbs inputs through .data, which bypasses the version counter
-        # the handle cache watches; a fresh clone per call gives the cache new storage.
-        return torch.ops.sparsegemm.csr_linear(x, sparse.indptr, sparse.indices, values.clone(), 7,
-                                               bias)
+        # gradcheck perturbs values in place through .data: the kernels must read them live.
+        return torch.ops.sparsegemm.csr_linear(x, sparse.indptr, sparse.indices, values, 7, bias)
 
     assert torch.autograd.gradcheck(fn, (x, values, bias))
 
@@ -218,30 +235,51 @@ def test_sgd_steps_equal_masked_dense():
         torch.testing.assert_close(sparse_layer.dense_weight(), dense_layer.weight)
 
 
-def test_eval_forward_reuses_the_handle(monkeypatch, make_pair):
+def test_pattern_is_built_once_and_values_are_passed_live(monkeypatch, make_pair):
+    from sparsegemm import _core
     from sparsegemm.torch import _cache
 
     _, sparse = make_pair()
     x = torch.randn(2, 37)
     sparse(x)
-    built = []
-    original = _cache.CSRMatrix.with_data
-    monkeypatch.setattr(_cache.CSRMatrix, "with_data", lambda self, d: built.append(1) or original(self, d))
+    built, passed = [], []
+    original_init = _cache.CSRMatrix.__init__
+    monkeypatch.setattr(_cache.CSRMatrix, "__init__",
+                        lambda self, *a, **k: built.append(1) or original_init(self, *a, **k))
+    original_linear = _core.csr_linear
+
+    def spy(handle, x, out, bias, threads, values):
+        passed.append(values)
+        return original_linear(handle, x, out, bias, threads, values)
+
+    monkeypatch.setattr(_core, "csr_linear", spy)
     with torch.no_grad():
         for _ in range(3):
             sparse(x)
-        assert built == []
-        sparse.values.add_(1.0)  # an in-place edit bumps the version: one rebuild
+        sparse.values.add_(1.0)
         sparse(x)
-        sparse(x)
-    assert built == [1]
+    assert built == []  # neither calls nor value edits rebuild the pattern
+    assert len(passed) == 4
+    # zero copy: the kernel reads the parameter's own memory
+    assert all(np.shares_memory(v, sparse.values.detach().numpy()) for v in passed)
 
 
-def test_data_edits_need_clear_cache(make_pair):
+def test_data_edits_are_seen_without_clear_cache(make_pair):
     dense, sparse = make_pair()
     x = torch.randn(2, 37)
-    before = sparse(x)
-    sparse.values.data.zero_()  # bypasses the version counter
-    torch.testing.assert_close(sparse(x), before)  # documented: not seen
-    clear_cache()
+    sparse(x)
+    sparse.values.data.zero_()  # bypasses the version counter: still seen
     torch.testing.assert_close(sparse(x), dense.bias.expand(2, -1))
+    sparse.values.data = torch.ones_like(sparse.values)  # a new tensor altogether
+    expected = x @ (sparse.dense_weight().t()) + dense.bias
+    torch.testing.assert_close(sparse(x), expected)
+
+
+def test_backward_sees_data_edits(make_pair):
+    _, sparse = make_pair(dtype=torch.float64)
+    x = torch.randn(3, 37, dtype=torch.float64, requires_grad=True)
+    sparse(x).sum().backward()
+    sparse.values.data.mul_(-2.0)
+    x2 = x.detach().clone().requires_grad_()
+    sparse(x2).sum().backward()
+    torch.testing.assert_close(x2.grad, -2.0 * x.grad)

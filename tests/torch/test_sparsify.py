@@ -1,13 +1,9 @@
 import pytest
 
 torch = pytest.importorskip("torch")
-import sparsegemm
 from sparsegemm.torch import SparseConv2d, SparseLinear, SparseMultiheadAttention, sparsify
 from torch import nn
 from torch.nn.utils import prune as torch_prune
-
-needs_no_planner = pytest.mark.skipif(hasattr(sparsegemm, "plan"),
-                                      reason="checks the threshold rule used without the planner")
 
 
 def small_model(prune):
@@ -21,12 +17,13 @@ def small_model(prune):
     return model
 
 
-@needs_no_planner
-def test_sparsify_converts_sparse_enough_layers(prune):
+def test_explicit_csr_converts_sparse_enough_layers_without_timing(prune, planner_times):
+    timer = planner_times()
     model = small_model(prune)
     x = torch.randn(2, 3, 4, 4)
     expected = model(x)
-    assert sparsify(model) is model
+    assert sparsify(model, format="csr") is model
+    assert timer.timed == []  # an explicit format is never timed
     assert isinstance(model[0], SparseConv2d)
     assert isinstance(model[2], nn.Conv2d)  # groups=2: left dense
     assert isinstance(model[5], SparseLinear)
@@ -131,3 +128,68 @@ def test_attention_matches_multihead_attention(batch_first):
     unbatched = torch.randn(5, 16)
     torch.testing.assert_close(sparse(unbatched, unbatched, unbatched)[0],
                                mha(unbatched, unbatched, unbatched)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_auto_takes_the_planners_format_and_blocksize(prune, planner_times):
+    timer = planner_times(dense=1.0, csr=0.6, bsr8x1=0.25)
+    model = nn.Sequential(prune(nn.Linear(64, 32), 0.9), nn.ReLU(), prune(nn.Linear(32, 16), 0.9))
+    x = torch.randn(8, 64)
+    expected = model(x)
+    sparsify(model, format="auto", batch_hint=8)
+    assert timer.timed  # measured
+    for index in (0, 2):
+        assert isinstance(model[index], SparseLinear)
+        assert model[index].format == "bsr" and model[index].blocksize == (8, 1)
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    report = {layer.name: layer for layer in model.sparsegemm_report}
+    assert report["0"].format == "bsr8x1" and report["0"].speedup == pytest.approx(4.0)
+    assert "bsr8x1" in str(model.sparsegemm_report) and "4.00x" in str(model.sparsegemm_report)
+
+
+def test_auto_keeps_a_layer_dense_when_the_planner_measures_no_gain(prune, planner_times):
+    planner_times(dense=1.0, csr=1.25, bsr4x1=2.0, bsr8x1=2.0, bsr16x1=2.0, bsr4x4=2.0)
+    model = nn.Sequential(prune(nn.Linear(32, 32), 0.9))
+    sparsify(model)  # format='auto' is the default
+    assert type(model[0]) is nn.Linear
+    layer = model.sparsegemm_report[0]
+    assert not layer.converted and layer.format == "dense"
+    assert "no gain" in layer.reason and layer.speedup == pytest.approx(0.8)
+
+
+def test_auto_min_speedup_and_convolutions_time_csr_only(prune, planner_times):
+    timer = planner_times(dense=1.0, csr=0.5)
+    model = nn.Sequential(prune(nn.Conv2d(4, 8, 3), 0.9), nn.Flatten(),
+                          prune(nn.Linear(8 * 4 * 4, 4), 0.9))
+    sparsify(model, min_speedup=3.0, batch_hint=16)
+    assert isinstance(model[0], nn.Conv2d) and isinstance(model[2], nn.Linear)
+    assert all("2.00x < 3.00x" in layer.reason for layer in model.sparsegemm_report)
+    conv_contenders = [t for t in timer.timed if "csr" in t and not any(
+        name.startswith("bsr") for name in t)]
+    assert conv_contenders, "the convolution should be timed against CSR only"
+    sparsify(model, min_speedup=1.5, batch_hint=16)
+    assert isinstance(model[0], SparseConv2d) and isinstance(model[2], SparseLinear)
+
+
+def test_explicit_bsr_with_blocksize(prune, planner_times):
+    timer = planner_times()
+    model = nn.Sequential(prune(nn.Conv2d(4, 8, 1), 0.9), nn.Flatten(),
+                          prune(nn.Linear(8 * 3 * 3, 8), 0.9))
+    x = torch.randn(2, 4, 3, 3)
+    expected = model(x)
+    sparsify(model, format="bsr", blocksize=(2, 2), min_sparsity=0.5)
+    assert timer.timed == []
+    assert model[2].format == "bsr" and model[2].blocksize == (2, 2)
+    assert model[0].format == "csr"  # no BSR convolution
+    report = {layer.name: layer for layer in model.sparsegemm_report}
+    assert report["2"].format == "bsr2x2" and report["2"].speedup is None
+    assert report["0"].format == "csr" and "stored as CSR" in report["0"].reason
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_format_arguments():
+    with pytest.raises(ValueError, match="blocksize applies"):
+        sparsify(nn.Sequential(nn.Linear(2, 2)), format="csr", blocksize=(4, 1))
+    with pytest.raises(ValueError, match="format must be"):
+        sparsify(nn.Sequential(nn.Linear(2, 2)), format="coo")
+    with pytest.raises(ValueError, match="batch_hint"):
+        sparsify(nn.Sequential(nn.Linear(2, 2)), batch_hint=0)

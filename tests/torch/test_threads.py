@@ -21,11 +21,11 @@ def restore_torch_threads():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_kernels_get_torch_thread_count(threads, monkeypatch, prune, restore_torch_threads):
     seen = []
-    for name in ("csr_linear", "csr_matmul", "csr_sampled_dot"):
+    for name in ("csr_linear", "csr_matmul", "csr_sampled_dot", "bsr_linear"):
         original = getattr(sparsegemm._core, name)
 
         def recording(*args, _original=original):
-            seen.append(args[-1])
+            seen.append(args[4])  # (handle, a, b or out, out or bias, num_threads, ...)
             return _original(*args)
 
         monkeypatch.setattr(sparsegemm._core, name, recording)
@@ -34,7 +34,9 @@ def test_kernels_get_torch_thread_count(threads, monkeypatch, prune, restore_tor
     torch.set_num_threads(threads)
     linear(torch.randn(3, 16, requires_grad=True)).sum().backward()
     conv(torch.randn(1, 4, 3, 3, requires_grad=True)).sum().backward()
-    assert len(seen) >= 6 and set(seen) == {threads}
+    blocked = SparseLinear.from_dense(prune(nn.Linear(16, 8), 0.8), format="bsr")
+    blocked(torch.randn(3, 16, requires_grad=True)).sum().backward()
+    assert len(seen) >= 8 and set(seen) == {threads}
 
 
 SCRIPT = """

@@ -27,6 +27,7 @@ E2E_COLUMNS = (
     "sparsity",
     "pattern",
     "format",
+    "floor",
     "status",
     "detail",
     "dense_time_s",
@@ -45,6 +46,12 @@ class E2EModel:
     build: Callable[[], Any]  # () -> (module, example input)
     #: Largest reduction length in the model, for the output tolerance.
     inner_dim: int
+    #: Short name for command lines (``benchmarks/torch_end_to_end.py mlp``).
+    key: str = ""
+    #: The speedup the project brief asks for at 90% unstructured sparsity (None: none).
+    floor: float | None = None
+    #: Rows of the dense operand each layer sees: the planner's ``batch_hint`` for 'auto'.
+    batch_hint: int = 1
 
 
 def _mlp() -> tuple[Any, Any]:
@@ -94,10 +101,12 @@ def _bottleneck() -> tuple[Any, Any]:
 
 
 MODELS = (
-    E2EModel("mlp 1024-4096-4096-4096-1024 (batch 64)", _mlp, 4096),
-    E2EModel("bert-base encoder layer (seq 128, batch 1)", _bert_layer, 3072),
-    E2EModel("resnet bottleneck 256ch 56x56 (batch 1)", _bottleneck, 576),
+    E2EModel("mlp 1024-4096-4096-4096-1024 (batch 64)", _mlp, 4096, "mlp", 3.0, 64),
+    E2EModel("bert-base encoder layer (seq 128, batch 1)", _bert_layer, 3072, "bert", 2.0, 128),
+    # batch_hint: a 1x1 convolution's product has batch * H * W columns.
+    E2EModel("resnet bottleneck 256ch 56x56 (batch 1)", _bottleneck, 576, "resnet", 1.5, 56 * 56),
 )
+MODELS_BY_KEY = {spec.key: spec for spec in MODELS}
 
 
 def prune_model(model: Any, sparsity: float, pattern: Pattern) -> None:
@@ -139,12 +148,22 @@ def load_sparsify() -> tuple[Callable[..., Any] | None, str]:
     return sparsify, ""
 
 
-def _sparsified(sparsify: Callable[..., Any], model: Any, fmt: str, pattern: Pattern) -> Any:
-    converted = copy.deepcopy(model)
+def sparsify_options(fmt: str, pattern: Pattern, batch_hint: int) -> dict[str, Any]:
+    """Keyword arguments for ``sparsegemm.torch.sparsify``: ``format``, plus ``blocksize``
+    (the pruning block) for 'bsr' and ``batch_hint`` for 'auto', which times layers."""
     options: dict[str, Any] = {"format": fmt}
     if fmt == "bsr" and pattern.blocksize is not None:
         options["blocksize"] = pattern.blocksize
-    result = sparsify(converted, **options)
+    if fmt == "auto":
+        options["batch_hint"] = batch_hint
+    return options
+
+
+def _sparsified(
+    sparsify: Callable[..., Any], model: Any, fmt: str, pattern: Pattern, batch_hint: int
+) -> Any:
+    converted = copy.deepcopy(model)
+    result = sparsify(converted, **sparsify_options(fmt, pattern, batch_hint))
     return converted if result is None else result  # in-place or returning, either works
 
 
@@ -190,11 +209,13 @@ def run_e2e(
                             "sparsity": sparsity,
                             "pattern": pattern.name,
                             "format": fmt,
+                            "floor": spec.floor,
                             "status": "ok",
                             "detail": "",
                         }
                         try:
-                            model = _sparsified(sparsify, dense, fmt, pattern)
+                            model = _sparsified(sparsify, dense, fmt, pattern, spec.batch_hint)
+                            row["report"] = str(getattr(model, "sparsegemm_report", ""))
                             row["max_rel_error"] = check_output(model(x), reference, spec.inner_dim)
                         except WrongResult as mismatch:
                             row.update(status="wrong", detail=str(mismatch))
@@ -225,20 +246,31 @@ def run_e2e(
     return rows, []
 
 
+def floor_verdict(row: dict[str, Any]) -> str:
+    """'meets 3.0x', 'BELOW 3.0x', or '-' without a floor or a speedup."""
+    floor = row.get("floor")
+    if floor is None or row["status"] != "ok" or np.isnan(row["speedup"]):
+        return "-"
+    return f"{'meets' if row['speedup'] >= floor else 'BELOW'} {floor:g}x"
+
+
 def e2e_table(rows: list[dict[str, Any]]) -> str:
+    """One line per row: dense and sparse medians, speedup, the floor, and whether the
+    sparsified model's output matched the dense one (status 'ok')."""
     lines = [
         (
             f"{'model':<44} {'sparsity':>8} {'format':<6} {'dense':>9} {'sparse':>9} "
-            f"{'speedup':>8}  status"
+            f"{'speedup':>8} {'floor':>11}  output"
         )
     ]
     for row in rows:
         dense = f"{row['dense_time_s'] * 1e3:7.2f}ms"
         sparse = f"{row['sparse_time_s'] * 1e3:7.2f}ms" if "sparse_time_s" in row else "-"
         speedup = "-" if np.isnan(row["speedup"]) else f"{row['speedup']:6.2f}x"
-        status = row["status"] + (f": {row['detail']}" if row["detail"] else "")
+        status = "matched" if row["status"] == "ok" else row["status"]
+        status += f": {row['detail']}" if row["detail"] else ""
         lines.append(
             f"{row['model']:<44} {row['sparsity']:8.2f} {row['format']:<6} {dense:>9} "
-            f"{sparse:>9} {speedup:>8}  {status}"
+            f"{sparse:>9} {speedup:>8} {floor_verdict(row):>11}  {status}"
         )
     return "\n".join(lines)

@@ -1,5 +1,7 @@
-"""PyTorch front end: sparse drop-ins for nn.Linear, nn.Conv2d and
-nn.MultiheadAttention, and :func:`sparsify` to convert a pruned model in place.
+"""PyTorch front end: sparse drop-ins for nn.Linear (CSR or BSR), nn.Conv2d (CSR)
+and nn.MultiheadAttention, and :func:`sparsify` to convert a pruned model in
+place (``format='auto'`` lets :func:`sparsegemm.plan` pick dense, CSR or a BSR
+blocksize per layer by measuring).
 
 Needs PyTorch (the ``sparsegemm[torch]`` extra). Importing this subpackage
 registers the ``torch.ops.sparsegemm`` custom ops; load it before

@@ -1,31 +1,36 @@
-"""Kernel handles for sparse weights held as torch tensors.
+"""Validated sparsity patterns for sparse weights held as torch tensors.
 
 A sparse weight lives in a module as tensors (``indptr``, ``indices`` and the
 ``values`` parameter) so that ``state_dict``, ``torch.export`` and optimizers
-see ordinary tensors. The kernels need a validated :class:`CSRMatrix`; building
-one copies and checks every index, so it is built once per pattern and kept
-here until the pattern's tensors are freed.
+see ordinary tensors. The kernels need a validated :class:`CSRMatrix` or
+:class:`BSRMatrix`; building one copies and checks every index, so it is built
+once per pattern and kept here until the pattern's tensors are freed.
 
-A cached handle is reused while the tensors are the same storages with the same
-``_version`` counters: in-place edits (optimizer steps, ``load_state_dict``,
-``with torch.no_grad(): values.mul_(...)``) bump the counter and the values are
-re-copied into the handle (``with_data``, sharing the validated pattern) on the
-next call. Edits through ``tensor.data`` bypass the version counter and are not
-seen; call :func:`clear_cache` after such an edit.
+Only the *pattern* is cached: every product passes the live ``values`` tensor
+to the kernel (as a zero-copy numpy view), so edits of any kind (optimizer
+steps, ``load_state_dict``, ``.data`` edits) are seen on the next call and the
+weight is never duplicated. The core matrix still owns one array of nnz zeros
+(the C++ formats always hold values); the kernels never read it.
+
+A cached pattern is reused while ``indptr`` and ``indices`` are the same
+storages with the same ``_version`` counters. Editing the *pattern* tensors
+through ``.data`` bypasses the counter; call :func:`clear_cache` after that.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from typing import Callable
+from typing import Callable, Union
 
 import numpy as np
 import torch
 
-from ..formats import CSRMatrix
+from ..formats import BSRMatrix, CSRMatrix
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+
+Pattern = Union[CSRMatrix, BSRMatrix]
 
 
 def _storage_ref(tensor: torch.Tensor, callback: Callable | None = None) -> weakref.ref:
@@ -34,53 +39,65 @@ def _storage_ref(tensor: torch.Tensor, callback: Callable | None = None) -> weak
     return weakref.ref(tensor.untyped_storage(), callback)
 
 
-def _same_storage(ref: weakref.ref, tensor: torch.Tensor) -> bool:
-    return ref() is tensor.untyped_storage()
-
-
 def as_numpy(tensor: torch.Tensor) -> np.ndarray:
     """A numpy view of a CPU tensor's memory (no copy)."""
     return tensor.detach().numpy()
 
 
-class _ValuesSlot:
-    """One matrix built from one state (storage, version, dtype) of a values tensor."""
+def values_array(values: torch.Tensor) -> np.ndarray:
+    """The stored values as the flat contiguous array the kernels take (a view when possible)."""
+    return as_numpy(values.contiguous()).reshape(-1)
 
-    __slots__ = ("key", "matrix", "storage")
 
-    def __init__(self, values: torch.Tensor, matrix: CSRMatrix):
-        self.key = (values.data_ptr(), values._version, values.dtype)
-        self.storage = _storage_ref(values)
-        self.matrix = matrix
-
-    def holds(self, values: torch.Tensor) -> bool:
-        return (self.key == (values.data_ptr(), values._version, values.dtype)
-                and _same_storage(self.storage, values))
+def transpose_bsr(pattern: BSRMatrix) -> tuple[BSRMatrix, np.ndarray]:
+    """The (cols x rows) transpose of a BSR pattern, with C x R blocks, and the block
+    permutation ``p``: block ``k`` of the transpose is ``blocks[p[k]].T``."""
+    rows, cols = pattern.shape
+    r, c = pattern.blocksize
+    indptr = pattern.indptr
+    block_rows = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
+    block_cols = pattern.indices.astype(np.int64)
+    permutation = np.lexsort((block_rows, block_cols))  # by block column, then block row
+    transposed_indptr = np.zeros(-(-cols // c) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(block_cols, minlength=len(transposed_indptr) - 1),
+              out=transposed_indptr[1:])
+    data = np.zeros((len(permutation), c, r), dtype=pattern.dtype)
+    transposed = BSRMatrix((data, block_rows[permutation].astype(np.int32), transposed_indptr),
+                           shape=(cols, rows))
+    return transposed, permutation
 
 
 class _PatternEntry:
-    """The validated pattern of one (indptr, indices) pair and its value slots."""
+    """The validated pattern of one (indptr, indices) pair, and its transpose once asked for."""
 
-    def __init__(self, indptr: torch.Tensor, indices: torch.Tensor, matrix: CSRMatrix,
+    def __init__(self, indptr: torch.Tensor, indices: torch.Tensor, matrix: Pattern,
                  on_free: Callable):
         self.versions = (indptr._version, indices._version)
         self.storages = (_storage_ref(indptr, on_free), _storage_ref(indices, on_free))
-        self.pattern = matrix
-        self.transpose: tuple[CSRMatrix, np.ndarray] | None = None
-        self.forward: _ValuesSlot | None = None
-        self.transposed: _ValuesSlot | None = None
+        self.matrix = matrix
+        self._transpose: tuple[Pattern, np.ndarray] | None = None
 
     def holds(self, indptr: torch.Tensor, indices: torch.Tensor) -> bool:
         return (self.versions == (indptr._version, indices._version)
-                and _same_storage(self.storages[0], indptr)
-                and _same_storage(self.storages[1], indices))
+                and self.storages[0]() is indptr.untyped_storage()
+                and self.storages[1]() is indices.untyped_storage())
 
     def freed(self) -> bool:
         return any(ref() is None for ref in self.storages)
 
+    def transpose(self) -> tuple[Pattern, np.ndarray]:
+        """(transposed pattern, permutation): values of the transpose are ``values[perm]``
+        (for BSR, each gathered block is also transposed)."""
+        if self._transpose is None:
+            if isinstance(self.matrix, CSRMatrix):
+                self._transpose = self.matrix.transpose_with_permutation()
+            else:
+                self._transpose = transpose_bsr(self.matrix)
+        return self._transpose
 
-class CsrHandleCache:
-    """Maps CSR tensors (indptr, indices, values) to kernel handles."""
+
+class PatternCache:
+    """Maps (indptr, indices, shape, blocksize, dtype) tensors to validated kernel patterns."""
 
     def __init__(self) -> None:
         self._entries: dict[tuple, _PatternEntry] = {}
@@ -93,69 +110,40 @@ class CsrHandleCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _entry(self, indptr: torch.Tensor, indices: torch.Tensor, shape: tuple[int, int],
-               values: torch.Tensor | None, dtype: torch.dtype) -> _PatternEntry:
-        key = (indptr.data_ptr(), indices.data_ptr(), indices.numel(), shape)
-        entry = self._entries.get(key)
-        if entry is not None and entry.holds(indptr, indices):
+    def entry(self, indptr: torch.Tensor, indices: torch.Tensor, shape: tuple[int, int],
+              dtype: torch.dtype, blocksize: tuple[int, int] | None = None) -> _PatternEntry:
+        """The pattern of a CSR (``blocksize`` None) or BSR weight, built on first use."""
+        key = (indptr.data_ptr(), indices.data_ptr(), indices.numel(), shape, blocksize, dtype)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.holds(indptr, indices):
+                return entry
+            np_indptr, np_indices = as_numpy(indptr), as_numpy(indices)
+            if blocksize is None:
+                zeros = np.zeros(indices.numel(), dtype=_NUMPY_DTYPES[dtype])
+                matrix: Pattern = CSRMatrix((zeros, np_indices, np_indptr), shape=shape)
+            else:
+                zeros = np.zeros((indices.numel(), *blocksize), dtype=_NUMPY_DTYPES[dtype])
+                matrix = BSRMatrix((zeros, np_indices, np_indptr), shape=shape)
+
+            def on_free(_ref: weakref.ref, key: tuple = key) -> None:
+                stale = self._entries.get(key)
+                if stale is not None and stale.freed():
+                    self._entries.pop(key, None)
+
+            entry = _PatternEntry(indptr, indices, matrix, on_free)
+            self._entries[key] = entry
             return entry
-        if values is None:
-            data = np.zeros(indices.numel(), dtype=_NUMPY_DTYPES[dtype])
-        else:
-            data = as_numpy(values.contiguous())
-        matrix = CSRMatrix((data, as_numpy(indices), as_numpy(indptr)), shape=shape)
-
-        def on_free(_ref: weakref.ref, key: tuple = key) -> None:
-            stale = self._entries.get(key)
-            if stale is not None and stale.freed():
-                self._entries.pop(key, None)
-
-        entry = _PatternEntry(indptr, indices, matrix, on_free)
-        if values is not None:
-            entry.forward = _ValuesSlot(values, matrix)
-        self._entries[key] = entry
-        return entry
-
-    def matrix(self, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
-               shape: tuple[int, int]) -> CSRMatrix:
-        """The (rows x cols) CSR matrix with these tensors' current contents."""
-        with self._lock:
-            entry = self._entry(indptr, indices, shape, values, values.dtype)
-            if entry.forward is None or not entry.forward.holds(values):
-                data = as_numpy(values.contiguous())
-                matrix = entry.pattern.astype(data.dtype).with_data(data)
-                entry.forward = _ValuesSlot(values, matrix)
-            return entry.forward.matrix
-
-    def pattern(self, indptr: torch.Tensor, indices: torch.Tensor, shape: tuple[int, int],
-                dtype: torch.dtype) -> CSRMatrix:
-        """A ``dtype`` matrix with this pattern, for kernels that ignore the values."""
-        with self._lock:
-            return self._entry(indptr, indices, shape, None, dtype).pattern.astype(
-                _NUMPY_DTYPES[dtype])
-
-    def transposed(self, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
-                   shape: tuple[int, int]) -> CSRMatrix:
-        """The transpose (cols x rows) of :meth:`matrix`, values gathered as values[perm]."""
-        with self._lock:
-            entry = self._entry(indptr, indices, shape, values, values.dtype)
-            if entry.transpose is None:
-                entry.transpose = entry.pattern.transpose_with_permutation()
-            if entry.transposed is None or not entry.transposed.holds(values):
-                pattern_t, permutation = entry.transpose
-                data = as_numpy(values.contiguous())
-                matrix = pattern_t.astype(data.dtype).with_data(data[permutation])
-                entry.transposed = _ValuesSlot(values, matrix)
-            return entry.transposed.matrix
 
 
-csr_handles = CsrHandleCache()
+patterns = PatternCache()
 
 
 def clear_cache() -> None:
-    """Forget every cached kernel handle (they are rebuilt on the next call).
+    """Forget every cached pattern (they are rebuilt on the next call).
 
-    Needed only after editing a sparse module's tensors through ``.data``,
-    which bypasses the version counter the cache relies on.
+    Values are always read live, so this is needed only after editing a sparse
+    module's ``indptr``/``indices`` through ``.data``, which bypasses the
+    version counter the cache relies on.
     """
-    csr_handles.clear()
+    patterns.clear()

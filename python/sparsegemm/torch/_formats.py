@@ -1,29 +1,91 @@
-"""Which sparse formats the torch modules can store, and how a request resolves.
+"""Which sparse format a torch module stores, and how a request resolves.
 
-Only CSR has torch ops so far. ``format='bsr'`` raises NotImplementedError until
-BSR ops are added next to the CSR ones in :mod:`.ops`; ``'auto'`` resolves to
-CSR here, and :func:`sparsegemm.torch.sparsify` asks ``sparsegemm.plan`` (when
-the package has it) whether a layer should stay dense.
+``format='csr'`` and ``'bsr'`` (with a ``blocksize``, default (4, 1)) are taken
+as asked, with no timing. ``'auto'`` asks :func:`sparsegemm.plan` to time dense,
+CSR and the BSR block shapes for the weight at ``batch_hint`` rows of input on
+this machine (with torch's thread count), and takes its decision, which may be
+"dense" when no sparse format measured faster.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
 import sparsegemm
 
+from ..formats import _check_blocksize
+from ..planner import CANDIDATES
+
 FORMAT_CHOICES = ("auto", "csr", "bsr")
-TORCH_FORMATS = ("csr",)  # formats with sparsegemm:: torch ops
+DEFAULT_BLOCKSIZE = (4, 1)
 
 
-def resolve_format(format: str, blocksize: tuple[int, int] | None) -> tuple[str, tuple | None]:
-    """The (format, blocksize) a module will store for a requested ``format``."""
+@dataclass(frozen=True)
+class FormatChoice:
+    """The resolved storage of one weight.
+
+    format: 'dense', 'csr' or 'bsr'; blocksize: (R, C) for 'bsr', else None;
+    speedup: the planner's measured dense time over the chosen sparse format's
+    time (for a 'dense' decision: over the fastest sparse contender's), None when
+    nothing was measured; planned: the planner's own name for its decision
+    ('dense', 'csr', 'bsr4x1', ...), None without the planner.
+    """
+
+    format: str
+    blocksize: tuple[int, int] | None = None
+    speedup: float | None = None
+    planned: str | None = None
+
+
+def check_format(format: str, blocksize: tuple[int, int] | None) -> FormatChoice:
+    """Validate a request; for 'auto' the returned format stays 'auto' (see :func:`choose_format`)."""
     if format not in FORMAT_CHOICES:
         raise ValueError(f"format must be one of {FORMAT_CHOICES}, got {format!r}")
     if format == "bsr":
-        if not hasattr(sparsegemm, "BSRMatrix"):
-            raise NotImplementedError("format='bsr' needs sparsegemm.BSRMatrix, which this build "
-                                      "of sparsegemm does not have; use format='csr'")
-        raise NotImplementedError("format='bsr' is not wired into sparsegemm.torch yet; "
-                                  "use format='csr'")
+        return FormatChoice("bsr", _check_blocksize(DEFAULT_BLOCKSIZE if blocksize is None
+                                                    else blocksize))
     if blocksize is not None:
-        raise ValueError("blocksize applies to format='bsr' only")
-    return "csr", None
+        raise ValueError(f"blocksize applies to format='bsr' only (format='auto' lets the planner "
+                         f"choose it), got format={format!r} with blocksize={blocksize}")
+    return FormatChoice(format)
+
+
+def _fastest_sparse(times: dict[str, float]) -> str | None:
+    sparse = {name: t for name, t in times.items() if name in CANDIDATES}
+    return min(sparse, key=lambda name: (sparse[name], name)) if sparse else None
+
+
+def _choice_for(name: str, speedup: float | None, planned: str) -> FormatChoice:
+    blocksize = CANDIDATES[name]
+    return FormatChoice("csr" if blocksize is None else "bsr", blocksize, speedup, planned)
+
+
+def choose_format(weight: torch.Tensor, format: str, blocksize: tuple[int, int] | None, *,
+                  batch_hint: int, allow_bsr: bool = True,
+                  fallback_to_sparse: bool = False) -> FormatChoice:
+    """The storage for a 2-d ``weight`` (zeros where pruned).
+
+    For 'auto' this runs :func:`sparsegemm.plan` (CSR only when ``allow_bsr``
+    is False). A 'dense' decision is returned as is, unless
+    ``fallback_to_sparse``: then the fastest sparse contender the planner timed
+    is used (CSR when it timed none), since the caller asked for a sparse module.
+    """
+    request = check_format(format, blocksize)
+    if request.format != "auto":
+        return request
+    plan = sparsegemm.plan(
+        weight.detach().cpu().numpy(), batch_hint,
+        candidates=None if allow_bsr else ["csr"],
+        num_threads=torch.get_num_threads(),
+        dtype=np.float64 if weight.dtype == torch.float64 else np.float32,
+    )
+    if plan.format != "dense":
+        return _choice_for(plan.format, float(plan.speedup), plan.format)
+    fastest = _fastest_sparse(plan.times)
+    speedup = plan.dense_time / plan.times[fastest] if fastest is not None else None
+    if fallback_to_sparse:
+        return _choice_for(fastest or "csr", speedup, plan.format)
+    return FormatChoice("dense", None, speedup, plan.format)

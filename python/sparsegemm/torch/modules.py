@@ -1,8 +1,11 @@
 """Drop-in replacements for nn.Linear and nn.Conv2d with sparse weights.
 
-The weight is stored as CSR tensors: ``indptr`` and ``indices`` buffers (the
-sparsity pattern, fixed) and a ``values`` parameter (the stored entries, which
-an optimizer may update). Products go through the ``sparsegemm::`` custom ops,
+The weight is stored as CSR or BSR tensors: ``indptr`` and ``indices`` buffers
+(the sparsity pattern, fixed) and a ``values`` parameter (the stored entries,
+which an optimizer may update): ``(nnz,)`` for CSR, ``(nblocks, R, C)`` for BSR,
+whose ``indptr``/``indices`` count block rows and block columns. A BSR block
+keeps all of its R*C entries, so training may fill in the zeros inside a
+stored block (never outside one, and never the padding past the matrix edge). Products go through the ``sparsegemm::`` custom ops,
 so the modules work under autograd, ``torch.compile`` and ``torch.export``.
 """
 
@@ -15,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..formats import CSRMatrix
+from ..formats import BSRMatrix, CSRMatrix
 from . import ops as _ops
 from ._cache import as_numpy
-from ._formats import resolve_format
+from ._formats import FormatChoice, check_format, choose_format
 
 __all__ = ["SparseConv2d", "SparseLinear", "masked_weight"]
 
@@ -48,8 +51,25 @@ def _csr_tensors(weight: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return indptr, cols.to(torch.int32), weight[rows, cols].clone()
 
 
+def _bsr_tensors(weight: Tensor, keep: Tensor,
+                 blocksize: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """BSR (indptr int64, indices int32, values (nblocks, R, C)) of the R x C blocks of a
+    2-d weight holding a kept entry; entries past the matrix edge are zero padding."""
+    r, c = blocksize
+    rows, cols = weight.shape
+    block_rows, block_cols = -(-rows // r), -(-cols // c)
+    padding = (0, block_cols * c - cols, 0, block_rows * r - rows)
+    weight = F.pad(weight * keep, padding).reshape(block_rows, r, block_cols, c)
+    kept = F.pad(keep, padding).reshape(block_rows, r, block_cols, c).any(dim=3).any(dim=1)
+    row_ids, col_ids = kept.nonzero(as_tuple=True)  # row-major: sorted within each block row
+    indptr = torch.zeros(block_rows + 1, dtype=torch.int64)
+    torch.cumsum(torch.bincount(row_ids, minlength=block_rows), 0, out=indptr[1:])
+    values = weight.permute(0, 2, 1, 3)[row_ids, col_ids].clone()
+    return indptr, col_ids.to(torch.int32), values
+
+
 class _SparseWeight(nn.Module):
-    """Shared storage of a CSR weight viewed as a (rows x cols) matrix.
+    """Shared storage of a CSR or BSR weight viewed as a (rows x cols) matrix.
 
     ``weight_shape`` is the dense weight's shape (e.g. (out, in, kh, kw)); the
     matrix is its first dimension by the product of the rest.
@@ -60,16 +80,22 @@ class _SparseWeight(nn.Module):
 
     def _init_sparse_weight(self, weight_shape: tuple[int, ...], nnz: int, *, format: str,
                             blocksize: tuple[int, int] | None, device: Any, dtype: Any) -> None:
-        if format != "csr":
-            raise ValueError(f"format must be 'csr' (use from_dense for 'auto'), got {format!r}")
+        if format not in ("csr", "bsr"):
+            raise ValueError(f"format must be 'csr' or 'bsr' (use from_dense for 'auto'), "
+                             f"got {format!r}")
+        choice = check_format(format, blocksize)
         dtype = torch.get_default_dtype() if dtype is None else dtype
         self.weight_shape = tuple(int(s) for s in weight_shape)
         self.format = format
-        self.blocksize = blocksize
+        self.blocksize = choice.blocksize
         rows = self.weight_shape[0]
-        self.register_buffer("indptr", torch.zeros(rows + 1, dtype=torch.int64, device=device))
+        if self.blocksize is None:
+            pointers, values_shape = rows + 1, (nnz,)
+        else:
+            pointers, values_shape = -(-rows // self.blocksize[0]) + 1, (nnz, *self.blocksize)
+        self.register_buffer("indptr", torch.zeros(pointers, dtype=torch.int64, device=device))
         self.register_buffer("indices", torch.zeros(nnz, dtype=torch.int32, device=device))
-        self.values = nn.Parameter(torch.zeros(nnz, dtype=dtype, device=device))
+        self.values = nn.Parameter(torch.zeros(values_shape, dtype=dtype, device=device))
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
@@ -77,18 +103,22 @@ class _SparseWeight(nn.Module):
 
     @property
     def nnz(self) -> int:
+        """Stored values (for BSR: every entry of every stored block, padding included)."""
         return self.values.numel()
 
     @property
     def sparsity(self) -> float:
-        """Fraction of the dense weight's entries that are not stored."""
+        """Fraction of the dense weight's entries that are not stored (at least 0)."""
         size = math.prod(self.weight_shape)
-        return 1.0 - self.nnz / size if size else 0.0
+        return max(0.0, 1.0 - self.nnz / size) if size else 0.0
 
     def _copy_from_dense(self, dense: nn.Module, weight: Tensor, keep: Tensor) -> None:
         """Take the kept entries of ``weight`` and a copy of ``dense``'s bias."""
-        indptr, indices, values = _csr_tensors(weight.reshape(self.matrix_shape),
-                                               keep.reshape(self.matrix_shape))
+        weight, keep = weight.reshape(self.matrix_shape), keep.reshape(self.matrix_shape)
+        if self.blocksize is None:
+            indptr, indices, values = _csr_tensors(weight, keep)
+        else:
+            indptr, indices, values = _bsr_tensors(weight, keep, self.blocksize)
         trainable = getattr(dense, "weight_orig", dense.weight).requires_grad
         self.indptr, self.indices = indptr, indices
         self.values = nn.Parameter(values, requires_grad=trainable)
@@ -98,18 +128,29 @@ class _SparseWeight(nn.Module):
         self.check_pattern()
 
     def check_pattern(self) -> None:
-        """Raise ValueError if indptr/indices do not form a valid CSR pattern."""
-        CSRMatrix((as_numpy(self.values), as_numpy(self.indices), as_numpy(self.indptr)),
-                  shape=self.matrix_shape)
+        """Raise ValueError if indptr/indices/values do not form a valid CSR or BSR weight."""
+        arrays = (as_numpy(self.values), as_numpy(self.indices), as_numpy(self.indptr))
+        if self.blocksize is None:
+            CSRMatrix(arrays, shape=self.matrix_shape)
+            return
+        if tuple(self.values.shape[1:]) != self.blocksize or self.values.dim() != 3:
+            raise ValueError(f"values must have shape (nblocks, {self.blocksize[0]}, "
+                             f"{self.blocksize[1]}), got {tuple(self.values.shape)}")
+        BSRMatrix(arrays, shape=self.matrix_shape)
 
     def dense_weight(self) -> Tensor:
         """The weight as a dense tensor of ``weight_shape`` (zeros where not stored)."""
         rows, cols = self.matrix_shape
-        row_ids = torch.repeat_interleave(torch.arange(rows, device=self.indptr.device),
+        r, c = self.blocksize or (1, 1)
+        block_rows = self.indptr.shape[0] - 1
+        block_cols = -(-cols // c)
+        row_ids = torch.repeat_interleave(torch.arange(block_rows, device=self.indptr.device),
                                           self.indptr.diff())
-        dense = torch.zeros((rows, cols), dtype=self.values.dtype, device=self.values.device)
-        dense[row_ids, self.indices.long()] = self.values.detach()
-        return dense.reshape(self.weight_shape)
+        blocks = torch.zeros((block_rows, block_cols, r, c), dtype=self.values.dtype,
+                             device=self.values.device)
+        blocks[row_ids, self.indices.long()] = self.values.detach().reshape(-1, r, c)
+        dense = blocks.permute(0, 2, 1, 3).reshape(block_rows * r, block_cols * c)
+        return dense[:rows, :cols].reshape(self.weight_shape).clone()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -133,7 +174,9 @@ class _SparseWeight(nn.Module):
 
     def _sparse_repr(self) -> str:
         text = f"format={self.format}, sparsity={self.sparsity:.1%}, nnz={self.nnz}"
-        return text + (f", blocksize={self.blocksize}" if self.blocksize is not None else "")
+        if self.blocksize is not None:
+            text += f", blocksize={self.blocksize}, nblocks={self.indices.numel()}"
+        return text
 
 
 class SparseLinear(_SparseWeight):
@@ -141,8 +184,9 @@ class SparseLinear(_SparseWeight):
 
     Build one from a pruned ``nn.Linear`` with :meth:`from_dense`. Constructing
     ``SparseLinear(in_features, out_features)`` directly gives an empty pattern
-    (all-zero weight), meant to receive a ``load_state_dict``. float32 and
-    float64 are supported; the input must have the weight's dtype.
+    (all-zero weight), meant to receive a ``load_state_dict`` (pass the same
+    ``format`` and ``blocksize``; ``nnz`` counts stored blocks for BSR). float32
+    and float64 are supported; the input must have the weight's dtype.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, nnz: int = 0,
@@ -157,24 +201,37 @@ class SparseLinear(_SparseWeight):
                      if bias else None)
 
     @classmethod
-    def from_dense(cls, linear: nn.Linear, *, format: str = "auto",
-                   blocksize: tuple[int, int] | None = None) -> SparseLinear:
+    def from_dense(cls, linear: nn.Linear, *, format: str = "csr",
+                   blocksize: tuple[int, int] | None = None, batch_hint: int = 1,
+                   choice: FormatChoice | None = None) -> SparseLinear:
         """A SparseLinear storing the nonzeros (or the prune mask) of ``linear``'s weight.
 
-        ``format``: 'csr', 'bsr' or 'auto' (see :func:`sparsegemm.torch.sparsify`).
-        The bias is copied; ``linear`` is not modified.
+        ``format``: 'csr'; 'bsr' with ``blocksize`` (R, C), default (4, 1), storing
+        every block that holds a kept entry; or 'auto', which times the weight
+        with :func:`sparsegemm.plan` at ``batch_hint`` input rows and stores the
+        format and blocksize it picks. If the planner would keep the layer
+        dense, 'auto' still returns the fastest sparse format it timed (use
+        :func:`sparsify` to leave such layers dense). ``choice`` (internal)
+        is an already resolved format. The bias is copied; ``linear`` is not
+        modified.
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"from_dense needs an nn.Linear, got {type(linear).__name__}")
         weight, keep = masked_weight(linear)
         _ops.check_kernel_dtype(weight.dtype, "the Linear's weight")
-        format, blocksize = resolve_format(format, blocksize)
+        if choice is None:
+            choice = choose_format(weight, format, blocksize, batch_hint=batch_hint,
+                                   fallback_to_sparse=True)
         module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                     format=format, blocksize=blocksize, device=weight.device, dtype=weight.dtype)
+                     format=choice.format, blocksize=choice.blocksize, device=weight.device,
+                     dtype=weight.dtype)
         module._copy_from_dense(linear, weight, keep)
         return module
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.blocksize is not None:
+            return torch.ops.sparsegemm.bsr_linear(x, self.indptr, self.indices, self.values,
+                                                   self.out_features, self.in_features, self.bias)
         return torch.ops.sparsegemm.csr_linear(x, self.indptr, self.indices, self.values,
                                                self.in_features, self.bias)
 
@@ -236,6 +293,8 @@ class SparseConv2d(_SparseWeight):
             self.padding: Any = padding
         else:
             self.padding = _pair(padding, "padding")
+        if format != "csr":
+            raise NotImplementedError(f"SparseConv2d stores CSR only, got format={format!r}")
         self.groups = 1
         self.padding_mode = "zeros"
         self._init_sparse_weight((out_channels, in_channels, *self.kernel_size), nnz,
@@ -244,21 +303,24 @@ class SparseConv2d(_SparseWeight):
                      if bias else None)
 
     @classmethod
-    def from_dense(cls, conv: nn.Conv2d, *, format: str = "auto",
+    def from_dense(cls, conv: nn.Conv2d, *, format: str = "csr",
                    blocksize: tuple[int, int] | None = None) -> SparseConv2d:
         """A SparseConv2d storing the nonzeros (or the prune mask) of ``conv``'s weight.
 
-        Raises ValueError for groups > 1 or a padding mode other than 'zeros'.
+        Convolutions store CSR only: ``format`` must be 'csr' or 'auto' (which
+        means CSR here). Raises ValueError for groups > 1 or a padding mode
+        other than 'zeros'.
         """
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"from_dense needs an nn.Conv2d, got {type(conv).__name__}")
         weight, keep = masked_weight(conv)
         _ops.check_kernel_dtype(weight.dtype, "the Conv2d's weight")
-        format, blocksize = resolve_format(format, blocksize)
+        if check_format(format, blocksize).format == "bsr":
+            raise NotImplementedError("SparseConv2d stores CSR only (there is no BSR convolution "
+                                      "kernel); use format='csr'")
         module = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                      conv.padding, conv.dilation, conv.groups, conv.bias is not None,
-                     conv.padding_mode, format=format, blocksize=blocksize, device=weight.device,
-                     dtype=weight.dtype)
+                     conv.padding_mode, format="csr", device=weight.device, dtype=weight.dtype)
         module._copy_from_dense(conv, weight, keep)
         return module
 

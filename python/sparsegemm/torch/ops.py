@@ -1,4 +1,4 @@
-"""PyTorch custom ops over the CSR kernels, in the ``sparsegemm::`` namespace.
+"""PyTorch custom ops over the CSR and BSR kernels, in the ``sparsegemm::`` namespace.
 
 Every op takes tensors only: a sparse (rows x cols) weight ``W`` is passed as
 ``indptr`` (int64, rows + 1), ``indices`` (int32, nnz), ``values`` (nnz) and
@@ -19,11 +19,20 @@ Ops (``...`` is any number of leading batch dimensions):
 * ``csr_bmm_t(indptr, indices, values, cols, g)``: ``W.T @ g[i]``, g (B, rows, N)
 * ``csr_sampled_dot(indptr, indices, a, b)``: ``sum_i (a[i] @ b[i].T)`` at W's stored
   positions, a (..., rows, n), b (..., cols, n): the gradient of ``values``.
+* ``bsr_linear(x, indptr, indices, values, rows, cols, bias)``: ``x @ W.T + bias`` for a BSR
+  weight, ``indptr`` per block row, block-column ``indices``, values (nblocks, R, C)
+* ``bsr_linear_t(g, indptr, indices, values, rows, cols)``: ``g @ W``, by the BSR kernel on
+  the transposed pattern (C x R blocks)
+* ``bsr_sampled_dot(indptr, indices, a, b, blocksize)``: ``a.T @ b`` at the stored blocks,
+  a (n, rows), b (n, cols): the gradient of BSR ``values``
 * ``csr_conv2d(x, indptr, indices, values, kernel_size, stride, padding, dilation, bias)``:
   ``F.conv2d`` (groups=1, symmetric zero padding) of x (N, Cin, H, W) with the weight
   W (Cout x Cin*KH*KW) computed directly, without an im2col matrix.
 
-``csr_linear``, ``csr_bmm`` and ``csr_conv2d`` are differentiable in their dense inputs,
+No op keeps a copy of ``values``: the cache holds the validated pattern only
+and each call hands the live tensor to the kernel.
+
+``csr_linear``, ``bsr_linear``, ``csr_bmm`` and ``csr_conv2d`` are differentiable in their dense inputs,
 ``values`` and ``bias``; the gradient of ``values`` covers the stored
 positions only, so the sparsity pattern never fills in.
 """
@@ -32,12 +41,13 @@ from __future__ import annotations
 
 from typing import List, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _core
-from ._cache import as_numpy, csr_handles
+from ._cache import as_numpy, patterns, values_array
 
 KERNEL_DTYPES = (torch.float32, torch.float64)
 
@@ -84,6 +94,16 @@ def _rows(indptr: Tensor) -> int:
     return indptr.shape[0] - 1
 
 
+def _linear(kernel, pattern, x: Tensor, values: np.ndarray, bias: Optional[Tensor]) -> Tensor:
+    """``x @ W.T + bias`` for x (..., cols) with W = ``pattern`` holding ``values``."""
+    rows, cols = pattern.shape
+    x2 = x.reshape(-1, cols).contiguous()
+    out = torch.empty((x2.shape[0], rows), dtype=x.dtype)
+    kernel(pattern._handle, as_numpy(x2), as_numpy(out), _bias_array(bias),
+           torch.get_num_threads(), values)
+    return out.view(*x.shape[:-1], rows)
+
+
 # csr_linear ---------------------------------------------------------------------------------
 
 @torch.library.custom_op("sparsegemm::csr_linear", mutates_args=())
@@ -93,12 +113,8 @@ def csr_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, cols:
     _check_operands("csr_linear", values, x=x, bias=bias)
     _check_last_dim("csr_linear", "x", x, cols)
     rows = _rows(indptr)
-    matrix = csr_handles.matrix(indptr, indices, values, (rows, cols))
-    x2 = x.reshape(-1, cols).contiguous()
-    out = torch.empty((x2.shape[0], rows), dtype=values.dtype)
-    _core.csr_linear(matrix._handle, as_numpy(x2), as_numpy(out), _bias_array(bias),
-                     torch.get_num_threads())
-    return out.view(*x.shape[:-1], rows)
+    pattern = patterns.entry(indptr, indices, (rows, cols), values.dtype).matrix
+    return _linear(_core.csr_linear, pattern, x, values_array(values), bias)
 
 
 @csr_linear.register_fake
@@ -114,12 +130,8 @@ def csr_linear_t(g: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, col
     _check_operands("csr_linear_t", values, g=g)
     rows = _rows(indptr)
     _check_last_dim("csr_linear_t", "g", g, rows)
-    transposed = csr_handles.transposed(indptr, indices, values, (rows, cols))
-    g2 = g.reshape(-1, rows).contiguous()
-    out = torch.empty((g2.shape[0], cols), dtype=values.dtype)
-    _core.csr_linear(transposed._handle, as_numpy(g2), as_numpy(out), None,
-                     torch.get_num_threads())
-    return out.view(*g.shape[:-1], cols)
+    transposed, permutation = patterns.entry(indptr, indices, (rows, cols), values.dtype).transpose()
+    return _linear(_core.csr_linear, transposed, g, values_array(values)[permutation], None)
 
 
 @csr_linear_t.register_fake
@@ -145,7 +157,7 @@ def csr_sampled_dot(indptr: Tensor, indices: Tensor, a: Tensor, b: Tensor) -> Te
     _check_operands("csr_sampled_dot", a, b=b)
     _sampled_dot_shapes(indptr, a, a, b)
     rows, cols, n = _rows(indptr), b.shape[-2], a.shape[-1]
-    pattern = csr_handles.pattern(indptr, indices, (rows, cols), a.dtype)
+    pattern = patterns.entry(indptr, indices, (rows, cols), a.dtype).matrix
     a3 = as_numpy(a.reshape(-1, rows, n).contiguous())
     b3 = as_numpy(b.reshape(-1, cols, n).contiguous())
     threads = torch.get_num_threads()
@@ -175,9 +187,9 @@ def csr_bmm(indptr: Tensor, indices: Tensor, values: Tensor, cols: int, b: Tenso
     _check_operands("csr_bmm", values, b=b, bias=bias)
     _check_batched("csr_bmm", "b", b, cols)
     rows = _rows(indptr)
-    matrix = csr_handles.matrix(indptr, indices, values, (rows, cols))
+    pattern = patterns.entry(indptr, indices, (rows, cols), values.dtype).matrix
     out = torch.empty((b.shape[0], rows, b.shape[2]), dtype=values.dtype)
-    _batched_matmul(matrix, b, out, bias)
+    _batched_matmul(pattern, values_array(values), b, out, bias)
     return out
 
 
@@ -194,9 +206,9 @@ def csr_bmm_t(indptr: Tensor, indices: Tensor, values: Tensor, cols: int, g: Ten
     _check_operands("csr_bmm_t", values, g=g)
     rows = _rows(indptr)
     _check_batched("csr_bmm_t", "g", g, rows)
-    transposed = csr_handles.transposed(indptr, indices, values, (rows, cols))
+    transposed, permutation = patterns.entry(indptr, indices, (rows, cols), values.dtype).transpose()
     out = torch.empty((g.shape[0], cols, g.shape[2]), dtype=values.dtype)
-    _batched_matmul(transposed, g, out, None)
+    _batched_matmul(transposed, values_array(values)[permutation], g, out, None)
     return out
 
 
@@ -207,14 +219,15 @@ def _(indptr, indices, values, cols, g):
     return g.new_empty((g.shape[0], cols, g.shape[2]), dtype=values.dtype)
 
 
-def _batched_matmul(matrix, b: Tensor, out: Tensor, bias: Optional[Tensor]) -> None:
+def _batched_matmul(pattern, values: np.ndarray, b: Tensor, out: Tensor,
+                    bias: Optional[Tensor]) -> None:
     # Each b[i] is (K x N) with N contiguous: the panel kernel reads it in place.
     b_array = as_numpy(b.contiguous())
     out_array = as_numpy(out)
     bias_array = _bias_array(bias)
     threads = torch.get_num_threads()
     for b_i, out_i in zip(b_array, out_array):
-        _core.csr_matmul(matrix._handle, b_i, out_i, bias_array, threads)
+        _core.csr_matmul(pattern._handle, b_i, out_i, bias_array, threads, values)
 
 
 # csr_conv2d -----------------------------------------------------------------------------------
@@ -256,11 +269,11 @@ def csr_conv2d(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, cols:
     """
     out_h, out_w = _check_conv(x, indptr, values, cols, kernel_size, stride, padding, dilation, bias)
     rows = _rows(indptr)
-    pattern = csr_handles.pattern(indptr, indices, (rows, cols), values.dtype)
+    pattern = patterns.entry(indptr, indices, (rows, cols), values.dtype).matrix
     out = torch.empty((x.shape[0], rows, out_h, out_w), dtype=values.dtype)
     _core.csr_conv2d(pattern._handle, as_numpy(x.contiguous()), as_numpy(out), kernel_size, stride,
                      padding, dilation, _bias_array(bias), torch.get_num_threads(),
-                     as_numpy(values.contiguous()))
+                     values_array(values))
     return out
 
 
@@ -268,6 +281,97 @@ def csr_conv2d(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, cols:
 def _(x, indptr, indices, values, cols, kernel_size, stride, padding, dilation, bias):
     out_h, out_w = _check_conv(x, indptr, values, cols, kernel_size, stride, padding, dilation, bias)
     return x.new_empty((x.shape[0], _rows(indptr), out_h, out_w), dtype=values.dtype)
+
+
+# bsr_linear -----------------------------------------------------------------------------------
+
+def _check_bsr(op: str, indptr: Tensor, values: Tensor, rows: int, cols: int) -> None:
+    if values.dim() != 3:
+        raise ValueError(f"sparsegemm.{op}: values must be (nblocks, R, C), got shape "
+                         f"{tuple(values.shape)}")
+    block_rows = -(-rows // values.shape[1])
+    if indptr.shape[0] != block_rows + 1:
+        raise ValueError(f"sparsegemm.{op}: indptr has {indptr.shape[0]} entries but {rows} rows "
+                         f"in blocks of {values.shape[1]} need {block_rows + 1}")
+
+
+@torch.library.custom_op("sparsegemm::bsr_linear", mutates_args=())
+def bsr_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, rows: int, cols: int,
+               bias: Optional[Tensor]) -> Tensor:
+    """``x @ W.T + bias`` for the BSR weight W (rows x cols): ``indptr`` per block row,
+    block-column ``indices`` and ``values`` of shape (nblocks, R, C)."""
+    _check_operands("bsr_linear", values, x=x, bias=bias)
+    _check_bsr("bsr_linear", indptr, values, rows, cols)
+    _check_last_dim("bsr_linear", "x", x, cols)
+    pattern = patterns.entry(indptr, indices, (rows, cols), values.dtype,
+                             tuple(values.shape[1:])).matrix
+    return _linear(_core.bsr_linear, pattern, x, values_array(values), bias)
+
+
+@bsr_linear.register_fake
+def _(x, indptr, indices, values, rows, cols, bias):
+    _check_operands("bsr_linear", values, x=x, bias=bias)
+    _check_bsr("bsr_linear", indptr, values, rows, cols)
+    _check_last_dim("bsr_linear", "x", x, cols)
+    return x.new_empty((*x.shape[:-1], rows), dtype=values.dtype)
+
+
+@torch.library.custom_op("sparsegemm::bsr_linear_t", mutates_args=())
+def bsr_linear_t(g: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, rows: int,
+                 cols: int) -> Tensor:
+    """``g @ W`` for g (..., rows): the input gradient of :func:`bsr_linear`.
+
+    Runs the BSR kernel on the transposed pattern (C x R blocks, built once per
+    pattern); each call gathers and transposes the blocks, ``values[perm].mT``.
+    """
+    _check_operands("bsr_linear_t", values, g=g)
+    _check_bsr("bsr_linear_t", indptr, values, rows, cols)
+    _check_last_dim("bsr_linear_t", "g", g, rows)
+    transposed, permutation = patterns.entry(indptr, indices, (rows, cols), values.dtype,
+                                             tuple(values.shape[1:])).transpose()
+    blocks_t = np.ascontiguousarray(as_numpy(values)[permutation].transpose(0, 2, 1))
+    return _linear(_core.bsr_linear, transposed, g, blocks_t.reshape(-1), None)
+
+
+@bsr_linear_t.register_fake
+def _(g, indptr, indices, values, rows, cols):
+    _check_operands("bsr_linear_t", values, g=g)
+    _check_bsr("bsr_linear_t", indptr, values, rows, cols)
+    _check_last_dim("bsr_linear_t", "g", g, rows)
+    return g.new_empty((*g.shape[:-1], cols), dtype=values.dtype)
+
+
+# Bounds the (n, blocks, R + C) gathers of bsr_sampled_dot, in elements.
+_BLOCK_GRAD_CHUNK = 1 << 22
+
+
+@torch.library.custom_op("sparsegemm::bsr_sampled_dot", mutates_args=())
+def bsr_sampled_dot(indptr: Tensor, indices: Tensor, a: Tensor, b: Tensor,
+                    blocksize: List[int]) -> Tensor:
+    """``a.T @ b`` at the stored blocks, as (nblocks, R, C), for a (n, rows), b (n, cols):
+    the gradient of a BSR weight's values (padding entries get zero)."""
+    _check_operands("bsr_sampled_dot", a, b=b)
+    r, c = blocksize
+    n, rows = a.shape
+    cols = b.shape[1]
+    a_blocks = F.pad(a, (0, (indptr.shape[0] - 1) * r - rows)).view(n, -1, r)
+    b_blocks = F.pad(b, (0, -(-cols // c) * c - cols)).view(n, -1, c)
+    block_rows = torch.repeat_interleave(torch.arange(indptr.shape[0] - 1), indptr.diff())
+    block_cols = indices.long()
+    out = a.new_empty((indices.shape[0], r, c))
+    # Small numpy-free einsum over chunks of blocks: correct first, not a tuned kernel.
+    chunk = max(1, _BLOCK_GRAD_CHUNK // max(1, n * (r + c)))
+    for start in range(0, indices.shape[0], chunk):
+        stop = start + chunk
+        out[start:stop] = torch.einsum("nbi,nbj->bij", a_blocks[:, block_rows[start:stop]],
+                                       b_blocks[:, block_cols[start:stop]])
+    return out
+
+
+@bsr_sampled_dot.register_fake
+def _(indptr, indices, a, b, blocksize):
+    _check_operands("bsr_sampled_dot", a, b=b)
+    return a.new_empty((indices.shape[0], blocksize[0], blocksize[1]))
 
 
 # autograd -------------------------------------------------------------------------------------
@@ -342,3 +446,26 @@ def _conv2d_backward(ctx, grad):
 
 
 csr_conv2d.register_autograd(_conv2d_backward, setup_context=_conv2d_setup_context)
+
+
+def _bsr_linear_setup_context(ctx, inputs, output):
+    x, indptr, indices, values, rows, cols, _bias = inputs
+    ctx.save_for_backward(x, indptr, indices, values)
+    ctx.shape = (rows, cols)
+
+
+def _bsr_linear_backward(ctx, grad):
+    x, indptr, indices, values = ctx.saved_tensors
+    rows, cols = ctx.shape
+    grad_x = grad_values = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.ops.sparsegemm.bsr_linear_t(grad, indptr, indices, values, rows, cols)
+    if ctx.needs_input_grad[3]:
+        grad_values = torch.ops.sparsegemm.bsr_sampled_dot(
+            indptr, indices, grad.reshape(-1, rows), x.reshape(-1, cols), list(values.shape[1:]))
+    if ctx.needs_input_grad[6]:
+        grad_bias = grad.reshape(-1, rows).sum(0)
+    return grad_x, None, None, grad_values, None, None, grad_bias
+
+
+bsr_linear.register_autograd(_bsr_linear_backward, setup_context=_bsr_linear_setup_context)

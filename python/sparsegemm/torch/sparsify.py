@@ -5,29 +5,29 @@ padding, and the four projections of ``nn.MultiheadAttention``):
 
 1. ``filter_fn(module, fully_qualified_name)`` must return True (default: all).
 2. The weight's sparsity must be at least ``min_sparsity``.
-3. If ``sparsegemm.plan`` exists, it measures the layer at ``batch_hint``
-   columns and the layer is converted only if the measured speedup is at
-   least ``min_speedup``. Without the planner nothing is measured and the
-   sparsity threshold alone decides: the default ``DEFAULT_MIN_SPARSITY = 0.7``
-   is a conservative guess for where unstructured CSR starts to beat dense
-   BLAS, not a calibrated figure.
+3. With ``format='auto'``, :func:`sparsegemm.plan` times the layer at
+   ``batch_hint`` input rows (dense, CSR and, for Linear layers, BSR block
+   shapes); the layer takes the format and blocksize it picks, and stays dense
+   when the planner keeps it dense or measures less than ``min_speedup``.
+   With ``format='csr'`` or ``'bsr'`` nothing is timed and the sparsity
+   threshold alone decides: the default ``DEFAULT_MIN_SPARSITY = 0.7`` is a
+   conservative guess for where unstructured CSR starts to beat dense BLAS,
+   not a calibrated figure. Convolutions store CSR only (also under 'bsr').
 
 The report (returned by :func:`sparsify` as ``model.sparsegemm_report``) lists
-every candidate layer with its format, sparsity and speedup or the reason it
-stayed dense.
+every candidate layer with its format (and blocksize), sparsity and measured
+speedup, or the reason it stayed dense.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch import nn
 
-import sparsegemm
-
-from ._formats import resolve_format
+from ._formats import FormatChoice, check_format, choose_format
 from .attention import SparseMultiheadAttention
 from .modules import SparseConv2d, SparseLinear, masked_weight
 
@@ -45,9 +45,9 @@ class LayerReport:
     name: str
     kind: str
     converted: bool
-    format: str  # 'csr' when converted, 'dense' otherwise
-    sparsity: float
-    speedup: Optional[float]  # the planner's measurement; None when not measured
+    format: str  # 'csr' or 'bsr<R>x<C>' when converted, 'dense' otherwise
+    sparsity: float  # of the dense weight (fraction of zeros / pruned entries)
+    speedup: float | None  # the planner's measurement; None when not measured
     reason: str = ""
 
     @property
@@ -63,9 +63,9 @@ class SparsifyReport(list):
         return [layer for layer in self if layer.converted]
 
     def __str__(self) -> str:
-        lines = [f"{'layer':40} {'kind':10} {'format':6} {'sparsity':>8} {'speedup':>12}  note"]
+        lines = [f"{'layer':40} {'kind':10} {'format':8} {'sparsity':>8} {'speedup':>12}  note"]
         for layer in self:
-            lines.append(f"{layer.name:40} {layer.kind:10} {layer.format:6} "
+            lines.append(f"{layer.name:40} {layer.kind:10} {layer.format:8} "
                          f"{layer.sparsity:8.1%} {layer.speedup_text:>12}  {layer.reason}")
         return "\n".join(lines)
 
@@ -75,22 +75,37 @@ def _sparsity(module: nn.Module) -> float:
     return 1.0 - keep.count_nonzero().item() / keep.numel() if keep.numel() else 0.0
 
 
+def _format_name(choice: FormatChoice) -> str:
+    if choice.blocksize is None:
+        return choice.format
+    return f"{choice.format}{choice.blocksize[0]}x{choice.blocksize[1]}"
+
+
 class _Converter:
-    def __init__(self, format: str, min_sparsity: float, min_speedup: float, batch_hint: int):
-        resolve_format(format, None)  # rejects unknown or unavailable formats up front
+    def __init__(self, format: str, blocksize: tuple[int, int] | None, min_sparsity: float,
+                 min_speedup: float, batch_hint: int):
+        check_format(format, blocksize)  # rejects bad requests before any layer is touched
         self.format = format
+        self.blocksize = blocksize
         self.min_sparsity = min_sparsity
         self.min_speedup = min_speedup
         self.batch_hint = batch_hint
-        self.plan = getattr(sparsegemm, "plan", None)
         self.report = SparsifyReport()
 
-    def _measure(self, module: nn.Module) -> Optional[float]:
-        if self.plan is None:
-            return None
+    def _choose(self, module: nn.Module) -> tuple[FormatChoice, str]:
+        """The storage for ``module``'s weight, and a note for the report."""
+        if isinstance(module, nn.Conv2d):
+            if self.format == "bsr":
+                return FormatChoice("csr"), "no BSR convolution: stored as CSR"
+            if self.format == "csr":
+                return FormatChoice("csr"), ""
         weight, _ = masked_weight(module)
-        plan = self.plan(weight.reshape(weight.shape[0], -1).double().numpy(), self.batch_hint)
-        return float(plan.speedup)
+        matrix = weight.reshape(weight.shape[0], -1)
+        # A Conv2d's product has batch * output pixels columns: batch_hint counts them.
+        choice = choose_format(matrix, self.format, self.blocksize, batch_hint=self.batch_hint,
+                               allow_bsr=not isinstance(module, nn.Conv2d))
+        note = "" if choice.planned is None else f"planner: {choice.planned}"
+        return choice, note
 
     def convert(self, module: nn.Module, name: str) -> nn.Module:
         """The module to use in place of ``module`` (itself if it stays dense)."""
@@ -104,17 +119,26 @@ class _Converter:
         sparsity = _sparsity(module)
         if sparsity < self.min_sparsity:
             return self._keep(module, name, kind, sparsity, f"sparsity below {self.min_sparsity:.0%}")
-        speedup = self._measure(module)
-        if speedup is not None and speedup < self.min_speedup:
+        choice, note = self._choose(module)
+        if choice.format == "dense":
             return self._keep(module, name, kind, sparsity,
-                              f"planner measured {speedup:.2f}x < {self.min_speedup:.2f}x", speedup)
-        sparse_type = SparseConv2d if isinstance(module, nn.Conv2d) else SparseLinear
-        sparse = sparse_type.from_dense(module, format=self.format)
-        self.report.append(LayerReport(name, kind, True, sparse.format, sparsity, speedup))
+                              "planner measured no gain (best sparse "
+                              f"{'not timed' if choice.speedup is None else f'{choice.speedup:.2f}x'})",
+                              choice.speedup)
+        if choice.speedup is not None and choice.speedup < self.min_speedup:
+            return self._keep(module, name, kind, sparsity,
+                              f"planner measured {choice.speedup:.2f}x < {self.min_speedup:.2f}x",
+                              choice.speedup)
+        if isinstance(module, nn.Conv2d):
+            sparse: nn.Module = SparseConv2d.from_dense(module, format="csr")
+        else:
+            sparse = SparseLinear.from_dense(module, choice=choice)
+        self.report.append(LayerReport(name, kind, True, _format_name(choice), sparsity,
+                                       choice.speedup, note))
         return sparse
 
     def _keep(self, module: nn.Module, name: str, kind: str, sparsity: float, reason: str,
-              speedup: Optional[float] = None) -> nn.Module:
+              speedup: float | None = None) -> nn.Module:
         self.report.append(LayerReport(name, kind, False, "dense", sparsity, speedup, reason))
         return module
 
@@ -170,6 +194,7 @@ def _convert_attention(mha: nn.MultiheadAttention, name: str,
 
 
 def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str = "auto",
+             blocksize: tuple[int, int] | None = None,
              min_sparsity: float = DEFAULT_MIN_SPARSITY, min_speedup: float = 1.0,
              batch_hint: int = 1) -> nn.Module:
     """Replace eligible dense layers of ``model`` by sparse ones, in place.
@@ -183,11 +208,15 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         ``filter_fn(module, fully_qualified_name) -> bool`` selects layers, as in
         torchao; MultiheadAttention is offered as one module.
     format
-        'auto', 'csr' or 'bsr' (see :func:`sparsegemm.torch._formats.resolve_format`).
+        'auto' (the planner times each layer and picks dense, CSR or a BSR
+        blocksize), 'csr' or 'bsr' (no timing).
+    blocksize
+        (R, C) blocks for ``format='bsr'``; default (4, 1). Not allowed otherwise.
     min_sparsity
         Layers with a smaller fraction of zeros stay dense.
     min_speedup
-        With ``sparsegemm.plan`` available, layers it measures below this stay dense.
+        With ``format='auto'``, layers the planner measures below this stay dense
+        (the planner itself already requires a 1.1x margin).
     batch_hint
         The number of dense columns the planner measures with (rows of x for a
         Linear; images x output pixels for a Conv2d).
@@ -198,7 +227,9 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
     """
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
-    converter = _Converter(format, min_sparsity, min_speedup, batch_hint)
+    if isinstance(batch_hint, bool) or not isinstance(batch_hint, int) or batch_hint < 1:
+        raise ValueError(f"batch_hint must be a positive integer, got {batch_hint!r}")
+    converter = _Converter(format, blocksize, min_sparsity, min_speedup, batch_hint)
     filter_fn = filter_fn or (lambda module, name: True)
     if isinstance(model, (nn.Linear, nn.Conv2d, nn.MultiheadAttention)):
         raise TypeError("sparsify converts the layers inside a model; for a single layer use "
