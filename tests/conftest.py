@@ -207,3 +207,13 @@ def run_python(code: str, *, env: dict[str, str] | None = None,
 def python_subprocess() -> Callable[..., Any]:
     """``python_subprocess(code, env=None, timeout=120)`` -> CompletedProcess (see run_python)."""
     return run_python
+
+
+@pytest.fixture(autouse=True)
+def _restore_runtime_settings():
+    """Undo a test's changes to the process-wide thread count and ISA."""
+    threads = sparsegemm._runtime._num_threads_setting
+    isa = sparsegemm.get_isa()
+    yield
+    sparsegemm.set_num_threads(threads)
+    sparsegemm.set_isa(isa)
