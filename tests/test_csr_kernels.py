@@ -323,3 +323,26 @@ def test_set_isa_none_restores_best():
         assert sparsegemm.get_isa() == sparsegemm._core.best_isa()
     assert sparsegemm.available_isas()[0] == "scalar"
     assert sparsegemm.available_isas()[-1] == sparsegemm._core.best_isa()
+
+
+@pytest.fixture(params=[True, False], ids=["hardware_gather", "scalar_loads"])
+def gather_mode(request):
+    """Both batch-1 CSR kernels, whichever one this CPU's default picks."""
+    previous = _core.prefer_hardware_gather()
+    _core.set_prefer_hardware_gather(request.param)
+    yield request.param
+    _core.set_prefer_hardware_gather(previous)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES + [(9, 70000)])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_batch_one_kernels(isa, gather_mode, dtype, shape, pattern, random_sparse, rng,
+                           check_sparse_mm, check_linear):
+    # (9, 70000): 32-bit column indices; the others store 16-bit ones.
+    density = 0.002 if shape[1] > 1000 else 0.4
+    a = CSRMatrix.from_dense(random_sparse(shape, density, dtype, pattern=pattern))
+    x = rng.uniform(-1, 1, (1, shape[1])).astype(dtype)
+    check_linear(linear(x, a, num_threads=2), x, a)
+    strided = rng.uniform(-1, 1, (shape[1], 3)).astype(dtype)[:, 1:2]  # x(k) at stride 3
+    check_sparse_mm(sparse_mm(a, strided, num_threads=2), a, strided)

@@ -24,6 +24,9 @@ void register_runtime(py::module_& m) {
   });
   m.def("set_active_isa", [](const std::string& name) { set_active_isa(parse_isa(name)); },
         py::arg("name"));
+  m.def("prefer_hardware_gather", &prefer_hardware_gather,
+        "Whether the batch-1 CSR kernel uses vector gathers (else scalar loads).");
+  m.def("set_prefer_hardware_gather", &set_prefer_hardware_gather, py::arg("hardware"));
   m.def("default_num_threads", &default_num_threads);
   m.def("openmp_runtime", [] { return std::string(openmp_runtime_name()); });
 }

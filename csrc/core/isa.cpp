@@ -84,4 +84,30 @@ void set_active_isa(Isa isa) {
   active_isa_slot().store(static_cast<int>(isa), std::memory_order_relaxed);
 }
 
+namespace {
+
+bool initial_gather_preference() {
+  const char* env = std::getenv("SPARSEGEMM_GATHER");
+  if (env != nullptr && std::string(env) == "hardware") return true;
+  if (env != nullptr && std::string(env) == "scalar") return false;
+#if defined(__x86_64__) || defined(__i386__)
+  return !__builtin_cpu_is("amd");
+#else
+  return false;
+#endif
+}
+
+std::atomic<bool>& gather_preference_slot() {
+  static std::atomic<bool> slot{initial_gather_preference()};
+  return slot;
+}
+
+}  // namespace
+
+bool prefer_hardware_gather() { return gather_preference_slot().load(std::memory_order_relaxed); }
+
+void set_prefer_hardware_gather(bool hardware) {
+  gather_preference_slot().store(hardware, std::memory_order_relaxed);
+}
+
 }  // namespace sparsegemm

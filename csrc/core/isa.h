@@ -28,4 +28,11 @@ std::vector<Isa> supported_isas();
 Isa active_isa();
 void set_active_isa(Isa isa);
 
+// Whether the batch-1 CSR kernel uses vector gathers (fast on Intel) or
+// scalar loads (faster where gathers are microcoded, as on AMD Zen). The
+// default follows the CPU vendor; SPARSEGEMM_GATHER=hardware|scalar or
+// set_prefer_hardware_gather() overrides it, so tests can run both.
+bool prefer_hardware_gather();
+void set_prefer_hardware_gather(bool hardware);
+
 }  // namespace sparsegemm

@@ -41,8 +41,9 @@ struct CsrProduct {
     const CsrView<T> v = view();
     const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
     const int threads = threads_for_work(num_threads, (a.nnz() + a.rows()) * nvec);
+    const auto dot_rows = prefer_hardware_gather() ? kernels.gather_rows : kernels.scalar_gather_rows;
     driver::for_row_ranges(a.indptr().data(), a.rows(), threads, 4, [&](int64_t r0, int64_t r1) {
-      kernels.gather_rows(v, r0, r1, x, x_vstride, x_kstride, nvec, bias, y, y_vstride, y_rstride);
+      dot_rows(v, r0, r1, x, x_vstride, x_kstride, nvec, bias, y, y_vstride, y_rstride);
     });
   }
 

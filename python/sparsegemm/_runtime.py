@@ -141,6 +141,7 @@ def show_config(*, print_out: bool = True) -> dict:
         "best_isa": _core.best_isa(),
         "available_isas": available_isas(),
         "isa_override": os.environ.get("SPARSEGEMM_ISA") or None,
+        "batch1_csr_kernel": "vector gathers" if _core.prefer_hardware_gather() else "scalar loads",
         "openmp_runtime": _core.openmp_runtime(),
         "num_threads": get_num_threads(),
         "numpy_blas": [
@@ -160,6 +161,7 @@ def show_config(*, print_out: bool = True) -> dict:
               f"available: {', '.join(config['available_isas'])})")
         if config["isa_override"]:
             print(f"  SPARSEGEMM_ISA: {config['isa_override']}")
+        print(f"  batch-1 CSR kernel: {config['batch1_csr_kernel']} (SPARSEGEMM_GATHER)")
         print(f"  OpenMP runtime: {config['openmp_runtime']}")
         print(f"  threads: {config['num_threads']}")
         if not config["numpy_blas"]:

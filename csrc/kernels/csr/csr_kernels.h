@@ -30,6 +30,11 @@ struct CsrKernels {
   void (*gather_rows)(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
                       int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias, T* y,
                       int64_t y_vstride, int64_t y_rstride);
+  // The same product with scalar loads of x instead of vector gathers (see
+  // prefer_hardware_gather() in core/isa.h for which one the drivers use).
+  void (*scalar_gather_rows)(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
+                             int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias,
+                             T* y, int64_t y_vstride, int64_t y_rstride);
 
   // Sampled dense-dense product at the stored positions (SDDMM):
   //   out[j] = sum_t a[r, t] * b[k, t]   for each stored (r, k) at position j, r in [row_begin, row_end)

@@ -157,20 +157,64 @@ inline T gather_row(const I* cols, const T* vals, int64_t nnz, const T* x, int32
   return V::reduce_add(V::add(even, odd));
 }
 
-template <typename T>
-void gather_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
-                 int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias, T* y,
-                 int64_t y_vstride, int64_t y_rstride) {
+// The same dot product with scalar loads: eight independent partial sums keep
+// the loads (index, value, x) rather than FMA latency the limit. Where gathers
+// are microcoded (AMD Zen 4) this is about 1.3x faster than the vector gather.
+template <typename T, typename I, bool UnitStride>
+inline T scalar_gather_row_impl(const I* cols, const T* vals, int64_t nnz, const T* x, int32_t kstride) {
+  constexpr int kSums = 8;
+  const auto at = [&](int64_t j) {
+    return UnitStride ? x[cols[j]] : x[static_cast<int64_t>(cols[j]) * kstride];
+  };
+  T sums[kSums] = {};
+  int64_t j = 0;
+  for (; j + kSums <= nnz; j += kSums)
+    for (int u = 0; u < kSums; ++u) sums[u] += vals[j + u] * at(j + u);
+  for (; j < nnz; ++j) sums[0] += vals[j] * at(j);
+  T total = T(0);
+  for (int u = 0; u < kSums; ++u) total += sums[u];
+  return total;
+}
+
+template <typename T, typename I>
+inline T scalar_gather_row(const I* cols, const T* vals, int64_t nnz, const T* x, int32_t kstride) {
+  return kstride == 1 ? scalar_gather_row_impl<T, I, true>(cols, vals, nnz, x, 1)
+                      : scalar_gather_row_impl<T, I, false>(cols, vals, nnz, x, kstride);
+}
+
+// y(v, r) = bias[r] + row r of a . x(v, :), with RowDot computing each dot product.
+template <typename T, typename RowDot>
+void dot_rows(const RowDot& row_dot, const CsrView<T>& a, int64_t row_begin, int64_t row_end,
+              const T* x, int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias, T* y,
+              int64_t y_vstride, int64_t y_rstride) {
   const int32_t kstride = static_cast<int32_t>(x_kstride);
   with_indices(a, [&](const auto* indices) {
     for (int64_t v = 0; v < nvec; ++v)
       for (int64_t r = row_begin; r < row_end; ++r) {
         const int64_t s = a.indptr[r];
-        const T sum = gather_row(indices + s, a.values + s, a.indptr[r + 1] - s, x + v * x_vstride,
+        const T sum = row_dot(indices + s, a.values + s, a.indptr[r + 1] - s, x + v * x_vstride,
                                  kstride);
         y[v * y_vstride + r * y_rstride] = sum + (bias ? bias[r] : T(0));
       }
   });
+}
+
+template <typename T>
+void gather_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
+                 int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias, T* y,
+                 int64_t y_vstride, int64_t y_rstride) {
+  dot_rows([](const auto* cols, const T* vals, int64_t nnz, const T* xv,
+              int32_t kstride) { return gather_row(cols, vals, nnz, xv, kstride); },
+           a, row_begin, row_end, x, x_vstride, x_kstride, nvec, bias, y, y_vstride, y_rstride);
+}
+
+template <typename T>
+void scalar_gather_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
+                        int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias, T* y,
+                        int64_t y_vstride, int64_t y_rstride) {
+  dot_rows([](const auto* cols, const T* vals, int64_t nnz, const T* xv,
+              int32_t kstride) { return scalar_gather_row(cols, vals, nnz, xv, kstride); },
+           a, row_begin, row_end, x, x_vstride, x_kstride, nvec, bias, y, y_vstride, y_rstride);
 }
 
 template <typename T>
@@ -203,7 +247,8 @@ void sampled_dot_rows(const CsrView<T>& pattern, int64_t row_begin, int64_t row_
 
 template <typename T>
 const CsrKernels<T>& csr_kernel_table() {
-  static const CsrKernels<T> table{&spmm_rows<T>, &gather_rows<T>, &sampled_dot_rows<T>};
+  static const CsrKernels<T> table{&spmm_rows<T>, &gather_rows<T>, &scalar_gather_rows<T>,
+                                   &sampled_dot_rows<T>};
   return table;
 }
 
