@@ -205,36 +205,29 @@ def _build_sparsegemm_bsr(problem: Problem) -> Callable[[], Any]:
     return lambda: sparsegemm.linear(x, weight, num_threads=threads)
 
 
-def planned_operand(plan: Any) -> Any:
-    """The weight object a ``sparsegemm.plan`` result multiplies with.
-
-    Accepts a plan that is itself a matrix, or one that carries it as
-    ``.matrix`` / ``.weight``.
-    """
-    for attribute in ("matrix", "weight"):
-        operand = getattr(plan, attribute, None)
-        if operand is not None:
-            return operand
-    if hasattr(plan, "shape") and hasattr(plan, "nnz"):
-        return plan
-    raise Unsupported(f"cannot find the matrix in sparsegemm.plan's result {plan!r}")
-
-
 def describe_plan(plan: Any) -> str:
-    """Short description of the planner's choice (its format and block size if it has them)."""
-    operand = planned_operand(plan)
-    fmt = getattr(plan, "format", None) or type(operand).__name__
-    blocksize = getattr(plan, "blocksize", None) or getattr(operand, "blocksize", None)
-    return f"{fmt} {blocksize[0]}x{blocksize[1]}" if blocksize else str(fmt)
+    """Short description of the planner's choice, e.g. "bsr4x1 (2.9x)" or "dense (numpy)"."""
+    if plan.operand is None:
+        return f"dense ({_fastest_dense(plan).removeprefix('dense_')})"
+    return f"{plan.format} ({plan.speedup:.2f}x)"
+
+
+def _fastest_dense(plan: Any) -> str:
+    dense = {name: t for name, t in plan.times.items() if name.startswith("dense_")}
+    return min(dense, key=dense.get) if dense else "dense_numpy"
 
 
 def _build_sparsegemm_auto(problem: Problem) -> Callable[[], Any]:
-    plan = sparsegemm.plan(problem.weight, problem.batch)
-    weight = planned_operand(plan)
-    x, threads = problem.x, problem.threads
+    """What a user of ``sparsegemm.plan`` runs: the chosen format, or the fastest dense."""
+    plan = sparsegemm.plan(problem.weight, problem.batch, num_threads=problem.threads)
+    if plan.operand is None:
+        builder = _build_torch_dense if _fastest_dense(plan) == "dense_torch" else _build_numpy_dense
+        call = builder(problem)
+    else:
+        weight, x, threads = plan.operand, problem.x, problem.threads
 
-    def call() -> Any:
-        return sparsegemm.linear(x, weight, num_threads=threads)
+        def call() -> Any:
+            return sparsegemm.linear(x, weight, num_threads=threads)
 
     call.choice = describe_plan(plan)  # type: ignore[attr-defined]  (shown in the report)
     return call
