@@ -104,8 +104,9 @@ def speed_hook(model: nn.Module, x: torch.Tensor, *, threads: int = SPEED_THREAD
     """Sparsify a copy of the pruned ``model`` (after ``prune.remove``) and time both.
 
     ``sparsify(format="auto")`` runs per layer with the batch that layer sees on
-    ``x`` as ``batch_hint``, so the planner decides each layer at its real size;
-    layers it measures no gain for stay dense. Dense and sparse inference on
+    ``x`` as ``batch_hint``, so the planner decides each Linear at its real size
+    (convolutions are timed as themselves on their input from ``x``); layers
+    with no measured gain stay dense. Dense and sparse inference on
     ``x`` are then timed on ``threads`` threads: ``repeats`` interleaved blocks
     of ``calls`` calls each, medians compared. Returns the sparsified model and
     the :class:`Speed`.
@@ -119,7 +120,7 @@ def speed_hook(model: nn.Module, x: torch.Tensor, *, threads: int = SPEED_THREAD
         reports = []
         for hint in sorted(set(hints.values())):
             sparsify(sparse, filter_fn=lambda module, name, hint=hint: hints.get(name) == hint,
-                     batch_hint=hint)
+                     batch_hint=hint, example_inputs=x)
             reports.extend(sparse.sparsegemm_report)
         sparse.eval()
         dense_ms, sparse_ms = [], []

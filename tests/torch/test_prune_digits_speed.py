@@ -33,8 +33,21 @@ def pruned_cnn(bench, prune):
     return model
 
 
-def test_speed_hook_uses_each_layers_batch_and_reports(bench, prune, planner_times):
+def _conv_timing(monkeypatch, fmt, speedup):
+    """Stand-in for timing a convolution on its real input (sparsify times convs itself)."""
+    import importlib
+
+    from sparsegemm.torch._formats import FormatChoice
+
+    sparsify_module = importlib.import_module("sparsegemm.torch.sparsify")
+
+    monkeypatch.setattr(sparsify_module, "_time_convolution",
+                        lambda module, x: FormatChoice(fmt, speedup=speedup))
+
+
+def test_speed_hook_uses_each_layers_batch_and_reports(bench, prune, planner_times, monkeypatch):
     timer = planner_times(dense=1.0, csr=0.5)  # CSR measured 2x faster everywhere
+    _conv_timing(monkeypatch, "csr", 2.0)
     model = pruned_cnn(bench, prune)
     x = torch.randn(32, 64)
     sparse, speed = bench.speed_hook(model, x, repeats=2, calls=1)
@@ -45,13 +58,14 @@ def test_speed_hook_uses_each_layers_batch_and_reports(bench, prune, planner_tim
     assert speed.speedup == pytest.approx(speed.dense_ms / speed.sparse_ms)
     # conv2 sees 32 images x 8x8 pixels, the Linear 32 rows: planned at those batches
     assert bench._product_rows(model, x) == {"1": 32 * 64, "4": 32 * 64, "9": 32, "11": 32}
-    assert len(timer.timed) >= 2
-    assert "planner: csr" in speed.report
+    assert len(timer.timed) >= 1  # the Linear; the convolution is timed as itself
+    assert "planner: csr" in speed.report and "timed on input" in speed.report
 
 
 def test_table_claims_no_speedup_when_the_planner_keeps_layers_dense(bench, prune,
-                                                                      planner_times):
+                                                                      planner_times, monkeypatch):
     planner_times(dense=1.0, csr=3.0, bsr4x1=3.0, bsr8x1=3.0, bsr16x1=3.0, bsr4x4=3.0)
+    _conv_timing(monkeypatch, "dense", 0.5)
     model = pruned_cnn(bench, prune)
     _, speed = bench.speed_hook(model, torch.randn(8, 64), repeats=1, calls=1)
     assert speed.converted == 0 and speed.speedup is None

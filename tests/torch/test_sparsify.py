@@ -156,18 +156,38 @@ def test_auto_keeps_a_layer_dense_when_the_planner_measures_no_gain(prune, plann
     assert "no gain" in layer.reason and layer.speedup == pytest.approx(0.8)
 
 
-def test_auto_min_speedup_and_convolutions_time_csr_only(prune, planner_times):
+def test_auto_min_speedup(prune, planner_times):
+    planner_times(dense=1.0, csr=0.5)
+    model = nn.Sequential(prune(nn.Linear(32, 16), 0.9), nn.ReLU(), prune(nn.Linear(16, 4), 0.9))
+    sparsify(model, min_speedup=3.0, batch_hint=16)
+    assert isinstance(model[0], nn.Linear) and isinstance(model[2], nn.Linear)
+    assert all("2.00x < 3.00x" in layer.reason for layer in model.sparsegemm_report)
+    sparsify(model, min_speedup=1.5, batch_hint=16)
+    assert isinstance(model[0], SparseLinear) and isinstance(model[2], SparseLinear)
+
+
+def test_auto_times_convolutions_as_themselves_on_the_example_input(prune, planner_times):
     timer = planner_times(dense=1.0, csr=0.5)
+    x = torch.randn(1, 4, 6, 6)
     model = nn.Sequential(prune(nn.Conv2d(4, 8, 3), 0.9), nn.Flatten(),
                           prune(nn.Linear(8 * 4 * 4, 4), 0.9))
-    sparsify(model, min_speedup=3.0, batch_hint=16)
-    assert isinstance(model[0], nn.Conv2d) and isinstance(model[2], nn.Linear)
-    assert all("2.00x < 3.00x" in layer.reason for layer in model.sparsegemm_report)
-    conv_contenders = [t for t in timer.timed if "csr" in t and not any(
-        name.startswith("bsr") for name in t)]
-    assert conv_contenders, "the convolution should be timed against CSR only"
-    sparsify(model, min_speedup=1.5, batch_hint=16)
-    assert isinstance(model[0], SparseConv2d) and isinstance(model[2], SparseLinear)
+    reference = model(x)
+    sparsify(model, batch_hint=1, example_inputs=x)
+    conv = model.sparsegemm_report[0]
+    assert conv.name == "0" and "timed on input (1, 4, 6, 6)" in (conv.reason or "")
+    assert conv.speedup is not None and conv.speedup > 0
+    assert conv.converted == (conv.speedup >= 1.1)
+    assert isinstance(model[0], SparseConv2d if conv.converted else nn.Conv2d)
+    assert len(timer.timed) == 1, "only the Linear layer goes through the planner"
+    torch.testing.assert_close(model(x), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_converts_untimed_convolutions_without_example_inputs(prune, planner_times):
+    planner_times()
+    model = nn.Sequential(prune(nn.Conv2d(4, 8, 3), 0.9))
+    sparsify(model)
+    assert isinstance(model[0], SparseConv2d)
+    assert "pass example_inputs" in model.sparsegemm_report[0].reason
 
 
 def test_explicit_bsr_with_blocksize(prune, planner_times):

@@ -148,22 +148,28 @@ def load_sparsify() -> tuple[Callable[..., Any] | None, str]:
     return sparsify, ""
 
 
-def sparsify_options(fmt: str, pattern: Pattern, batch_hint: int) -> dict[str, Any]:
+def sparsify_options(
+    fmt: str, pattern: Pattern, batch_hint: int, example_inputs: Any = None
+) -> dict[str, Any]:
     """Keyword arguments for ``sparsegemm.torch.sparsify``: ``format``, plus ``blocksize``
-    (the pruning block) for 'bsr' and ``batch_hint`` for 'auto', which times layers."""
+    (the pruning block) for 'bsr', and for 'auto', which times layers, ``batch_hint``
+    (Linear layers) and ``example_inputs`` (convolutions are timed on their real input)."""
     options: dict[str, Any] = {"format": fmt}
     if fmt == "bsr" and pattern.blocksize is not None:
         options["blocksize"] = pattern.blocksize
     if fmt == "auto":
         options["batch_hint"] = batch_hint
+        if example_inputs is not None:
+            options["example_inputs"] = example_inputs
     return options
 
 
 def _sparsified(
-    sparsify: Callable[..., Any], model: Any, fmt: str, pattern: Pattern, batch_hint: int
+    sparsify: Callable[..., Any], model: Any, fmt: str, pattern: Pattern, batch_hint: int,
+    example_inputs: Any,
 ) -> Any:
     converted = copy.deepcopy(model)
-    result = sparsify(converted, **sparsify_options(fmt, pattern, batch_hint))
+    result = sparsify(converted, **sparsify_options(fmt, pattern, batch_hint, example_inputs))
     return converted if result is None else result  # in-place or returning, either works
 
 
@@ -214,7 +220,7 @@ def run_e2e(
                             "detail": "",
                         }
                         try:
-                            model = _sparsified(sparsify, dense, fmt, pattern, spec.batch_hint)
+                            model = _sparsified(sparsify, dense, fmt, pattern, spec.batch_hint, x)
                             row["report"] = str(getattr(model, "sparsegemm_report", ""))
                             row["max_rel_error"] = check_output(model(x), reference, spec.inner_dim)
                         except WrongResult as mismatch:

@@ -64,12 +64,10 @@ def _choice_for(name: str, speedup: float | None, planned: str) -> FormatChoice:
 
 
 def choose_format(weight: torch.Tensor, format: str, blocksize: tuple[int, int] | None, *,
-                  batch_hint: int, allow_bsr: bool = True,
-                  fallback_to_sparse: bool = False) -> FormatChoice:
+                  batch_hint: int, fallback_to_sparse: bool = False) -> FormatChoice:
     """The storage for a 2-d ``weight`` (zeros where pruned).
 
-    For 'auto' this runs :func:`sparsegemm.plan` (CSR only when ``allow_bsr``
-    is False). A 'dense' decision is returned as is, unless
+    For 'auto' this runs :func:`sparsegemm.plan`. A 'dense' decision is returned as is, unless
     ``fallback_to_sparse``: then the fastest sparse contender the planner timed
     is used (CSR when it timed none), since the caller asked for a sparse module.
     """
@@ -78,7 +76,6 @@ def choose_format(weight: torch.Tensor, format: str, blocksize: tuple[int, int] 
         return request
     plan = sparsegemm.plan(
         weight.detach().cpu().numpy(), batch_hint,
-        candidates=None if allow_bsr else ["csr"],
         num_threads=torch.get_num_threads(),
         dtype=np.float64 if weight.dtype == torch.float64 else np.float32,
     )

@@ -13,6 +13,10 @@ padding, and the four projections of ``nn.MultiheadAttention``):
    threshold alone decides: the default ``DEFAULT_MIN_SPARSITY = 0.7`` is a
    conservative guess for where unstructured CSR starts to beat dense BLAS,
    not a calibrated figure. Convolutions store CSR only (also under 'bsr').
+   A Linear-shaped timing says little about a convolution (its sparse kernel
+   is a direct convolution, its dense one is torch's), so under 'auto' a
+   Conv2d is timed as itself, dense against sparse, on the input it sees in a
+   forward pass of ``example_inputs``; without them it is converted untimed.
 
 The report (returned by :func:`sparsify` as ``model.sparsegemm_report``) lists
 every candidate layer with its format (and blocksize), sparsity and measured
@@ -21,12 +25,15 @@ speedup, or the reason it stayed dense.
 
 from __future__ import annotations
 
+import statistics
+import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from ..planner import DEFAULT_MARGIN
 from ._formats import FormatChoice, check_format, choose_format
 from .attention import SparseMultiheadAttention
 from .modules import SparseConv2d, SparseLinear, masked_weight
@@ -81,15 +88,56 @@ def _format_name(choice: FormatChoice) -> str:
     return f"{choice.format}{choice.blocksize[0]}x{choice.blocksize[1]}"
 
 
+def _median_seconds(call: Callable[[], Any], repeats: int = 7) -> float:
+    call()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def _time_convolution(module: nn.Conv2d, x: torch.Tensor) -> FormatChoice:
+    """Dense ``module(x)`` against its CSR SparseConv2d, interleaved rounds, medians."""
+    sparse = SparseConv2d.from_dense(module, format="csr")
+    dense_times, sparse_times = [], []
+    for _ in range(3):
+        dense_times.append(_median_seconds(lambda: module(x)))
+        sparse_times.append(_median_seconds(lambda: sparse(x)))
+    speedup = statistics.median(dense_times) / statistics.median(sparse_times)
+    return FormatChoice("csr" if speedup >= DEFAULT_MARGIN else "dense", speedup=speedup)
+
+
+def _convolution_inputs(model: nn.Module, example_inputs: Any) -> dict[int, torch.Tensor]:
+    """The input each Conv2d of ``model`` sees in a forward pass of ``example_inputs``."""
+    seen: dict[int, torch.Tensor] = {}
+
+    def record(module: nn.Module, inputs: tuple) -> None:
+        seen.setdefault(id(module), inputs[0].detach().clone())
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules()
+             if isinstance(m, nn.Conv2d)]
+    try:
+        args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        model(*args)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
 class _Converter:
     def __init__(self, format: str, blocksize: tuple[int, int] | None, min_sparsity: float,
-                 min_speedup: float, batch_hint: int):
+                 min_speedup: float, batch_hint: int,
+                 conv_inputs: dict[int, torch.Tensor] | None = None):
         check_format(format, blocksize)  # rejects bad requests before any layer is touched
         self.format = format
         self.blocksize = blocksize
         self.min_sparsity = min_sparsity
         self.min_speedup = min_speedup
         self.batch_hint = batch_hint
+        self.conv_inputs = conv_inputs or {}
         self.report = SparsifyReport()
 
     def _choose(self, module: nn.Module) -> tuple[FormatChoice, str]:
@@ -99,11 +147,13 @@ class _Converter:
                 return FormatChoice("csr"), "no BSR convolution: stored as CSR"
             if self.format == "csr":
                 return FormatChoice("csr"), ""
+            x = self.conv_inputs.get(id(module))
+            if x is None:
+                return FormatChoice("csr"), "not timed: pass example_inputs to time convolutions"
+            return _time_convolution(module, x), f"timed on input {tuple(x.shape)}"
         weight, _ = masked_weight(module)
         matrix = weight.reshape(weight.shape[0], -1)
-        # A Conv2d's product has batch * output pixels columns: batch_hint counts them.
-        choice = choose_format(matrix, self.format, self.blocksize, batch_hint=self.batch_hint,
-                               allow_bsr=not isinstance(module, nn.Conv2d))
+        choice = choose_format(matrix, self.format, self.blocksize, batch_hint=self.batch_hint)
         note = "" if choice.planned is None else f"planner: {choice.planned}"
         return choice, note
 
@@ -121,9 +171,9 @@ class _Converter:
             return self._keep(module, name, kind, sparsity, f"sparsity below {self.min_sparsity:.0%}")
         choice, note = self._choose(module)
         if choice.format == "dense":
+            best = "not timed" if choice.speedup is None else f"{choice.speedup:.2f}x"
             return self._keep(module, name, kind, sparsity,
-                              "planner measured no gain (best sparse "
-                              f"{'not timed' if choice.speedup is None else f'{choice.speedup:.2f}x'})",
+                              f"measured no gain (best sparse {best})" + (f"; {note}" if note else ""),
                               choice.speedup)
         if choice.speedup is not None and choice.speedup < self.min_speedup:
             return self._keep(module, name, kind, sparsity,
@@ -196,7 +246,7 @@ def _convert_attention(mha: nn.MultiheadAttention, name: str,
 def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str = "auto",
              blocksize: tuple[int, int] | None = None,
              min_sparsity: float = DEFAULT_MIN_SPARSITY, min_speedup: float = 1.0,
-             batch_hint: int = 1) -> nn.Module:
+             batch_hint: int = 1, example_inputs: Any = None) -> nn.Module:
     """Replace eligible dense layers of ``model`` by sparse ones, in place.
 
     Parameters
@@ -218,8 +268,11 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         With ``format='auto'``, layers the planner measures below this stay dense
         (the planner itself already requires a 1.1x margin).
     batch_hint
-        The number of dense columns the planner measures with (rows of x for a
-        Linear; images x output pixels for a Conv2d).
+        The rows of x the planner measures each Linear with.
+    example_inputs
+        A tensor (or tuple of them) for one forward pass of ``model``: with
+        ``format='auto'`` each Conv2d is timed, dense against sparse, on the
+        input it receives there.
 
     Returns
     -------
@@ -229,12 +282,15 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
     if isinstance(batch_hint, bool) or not isinstance(batch_hint, int) or batch_hint < 1:
         raise ValueError(f"batch_hint must be a positive integer, got {batch_hint!r}")
-    converter = _Converter(format, blocksize, min_sparsity, min_speedup, batch_hint)
     filter_fn = filter_fn or (lambda module, name: True)
     if isinstance(model, (nn.Linear, nn.Conv2d, nn.MultiheadAttention)):
         raise TypeError("sparsify converts the layers inside a model; for a single layer use "
                         "SparseLinear.from_dense / SparseConv2d.from_dense")
     with torch.no_grad():
+        conv_inputs = (_convolution_inputs(model, example_inputs)
+                       if format == "auto" and example_inputs is not None else None)
+        converter = _Converter(format, blocksize, min_sparsity, min_speedup, batch_hint,
+                               conv_inputs)
         _walk(model, "", converter, filter_fn)
     model.sparsegemm_report = converter.report
     return model
