@@ -67,3 +67,25 @@ def test_import_orders(first, second):
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["ok", "2"]
+
+
+@pytest.mark.parametrize("calls", [pytest.param(1000, marks=pytest.mark.slow), 40])
+@pytest.mark.parametrize("fmt", ["csr", "bsr"])
+def test_many_python_threads_calling_one_module_match_serial(calls, fmt):
+    import concurrent.futures
+
+    torch.manual_seed(0)
+    dense = nn.Linear(96, 64)
+    with torch.no_grad():
+        dense.weight[torch.rand_like(dense.weight) < 0.8] = 0
+    module = SparseLinear.from_dense(dense, format=fmt).eval()
+    inputs = [torch.randn(1 + i % 5, 96) for i in range(16)]
+    with torch.no_grad():
+        serial = [module(x) for x in inputs]
+
+        def worker(index):
+            return all(torch.equal(module(inputs[index]), serial[index]) for _ in range(calls))
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+            results = list(pool.map(worker, range(16), timeout=300))
+    assert all(results)
