@@ -72,6 +72,16 @@ def _check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, *inputs: np.nd
     return out
 
 
+def _bias_operand(bias: Any, length: int, dtype: np.dtype) -> np.ndarray | None:
+    """``bias`` as a contiguous, aligned vector of ``length`` entries in ``dtype`` (or None)."""
+    if bias is None:
+        return None
+    bias_array = np.require(bias, dtype, ["C", "A"])
+    if bias_array.shape != (length,):
+        raise ValueError(f"bias must have shape ({length},), got {bias_array.shape}")
+    return bias_array
+
+
 def sparse_mm(
     A: SparseOperand,
     B: Any,
@@ -169,11 +179,7 @@ def linear(
     if x.shape[-1] != in_features:
         raise ValueError(f"shape mismatch: x is {x.shape} but weight is {weight.shape}; "
                          f"x.shape[-1] must equal weight.shape[1]")
-    bias_array = None
-    if bias is not None:
-        bias_array = np.require(bias, dtype, ["C", "A"])
-        if bias_array.shape != (out_features,):
-            raise ValueError(f"bias must have shape ({out_features},), got {bias_array.shape}")
+    bias_array = _bias_operand(bias, out_features, dtype)
     batch_shape = x.shape[:-1]
     batch = math.prod(batch_shape)  # not reshape(-1, ...): that fails for in_features == 0
     x2 = as_kernel_array(x, dtype).reshape(batch, in_features)  # copies only if not viewable
@@ -299,11 +305,7 @@ def conv2d(
     if out_h < 1 or out_w < 1:
         raise ValueError(f"the dilated kernel is larger than the padded input: x is {x.shape}, "
                          f"kernel_size {kernel}, padding {paddings}, dilation {dilations}")
-    bias_array = None
-    if bias is not None:
-        bias_array = np.require(bias, dtype, ["C", "A"])
-        if bias_array.shape != (out_channels,):
-            raise ValueError(f"bias must have shape ({out_channels},), got {bias_array.shape}")
+    bias_array = _bias_operand(bias, out_channels, dtype)
     x = as_kernel_array(x, dtype)
     if width > 1 and x.strides[3] != x.itemsize:
         x = np.ascontiguousarray(x)
