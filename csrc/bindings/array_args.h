@@ -71,6 +71,20 @@ StridedArg<T> contiguous_vector_arg(const py::array& array, const char* name) {
   return arg;
 }
 
+// Returns build(indptr_arg) with indptr as a contiguous int32 (scipy's
+// default) or int64 vector, and the GIL released while build runs.
+template <typename Build>
+auto with_indptr(const py::array& indptr, const Build& build) {
+  if (indptr.dtype().is(py::dtype::of<int32_t>())) {
+    const auto ptr = contiguous_vector_arg<int32_t>(indptr, "indptr");
+    py::gil_scoped_release release;
+    return build(ptr);
+  }
+  const auto ptr = contiguous_vector_arg<int64_t>(indptr, "indptr");
+  py::gil_scoped_release release;
+  return build(ptr);
+}
+
 // An optional bias: None, or a contiguous vector of `length` entries.
 template <typename T>
 const T* optional_bias(const py::object& bias, int64_t length) {

@@ -27,16 +27,10 @@ void register_bsr_dtype(py::module_& m, const char* class_name) {
              const py::array& indices, const py::array& data) {
             const auto idx = contiguous_vector_arg<index_t>(indices, "indices");
             const auto val = contiguous_vector_arg<T>(data, "data");
-            if (indptr.dtype().is(py::dtype::of<int32_t>())) {
-              const auto ptr = contiguous_vector_arg<int32_t>(indptr, "indptr");
-              py::gil_scoped_release release;
+            return with_indptr(indptr, [&](const auto& ptr) {
               return Matrix::from_arrays(rows, cols, blocksize.first, blocksize.second, ptr.data,
                                          ptr.shape[0], idx.data, idx.shape[0], val.data, val.shape[0]);
-            }
-            const auto ptr = contiguous_vector_arg<int64_t>(indptr, "indptr");
-            py::gil_scoped_release release;
-            return Matrix::from_arrays(rows, cols, blocksize.first, blocksize.second, ptr.data,
-                                       ptr.shape[0], idx.data, idx.shape[0], val.data, val.shape[0]);
+            });
           },
           py::arg("rows"), py::arg("cols"), py::arg("blocksize"), py::arg("indptr"),
           py::arg("indices"), py::arg("data"),
