@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import sparsegemm
 from sparsegemm import CSRMatrix, _core, linear, sparse_mm
 
 I64_MAX = np.iinfo(np.int64).max
@@ -260,3 +261,11 @@ def test_core_empty_operands_need_no_strides():
     empty_a = F64.from_dense(np.zeros((0, 3)), 0.0)
     _core.csr_matmul(empty_a, np.ones((3, 7)), np.empty((0, 7)))
     _core.csr_linear(GOOD_A, np.empty((0, 3)), np.empty((0, 3)))
+
+
+def test_csr_only_products_reject_bsr_with_a_clear_error():
+    weight = sparsegemm.BSRMatrix.from_dense(np.eye(8), blocksize=(4, 1))
+    with pytest.raises(TypeError, match="needs a CSRMatrix"):
+        sparsegemm.sddmm(weight, np.ones((8, 2)), np.ones((8, 2)))
+    with pytest.raises(TypeError, match="needs a CSRMatrix"):
+        sparsegemm.conv2d(np.ones((1, 8, 3, 3)), weight, 1)

@@ -34,17 +34,13 @@ def _products_for(matrix: SparseFormat) -> tuple[Any, Any]:
     raise TypeError(f"no kernels for {type(matrix).__name__}")
 
 
-def as_sparse_operand(matrix: SparseOperand, dtype: Any = None) -> SparseFormat:
-    """``matrix`` as a sparsegemm format, converted to ``dtype`` if given.
-
-    scipy.sparse input is converted (and validated) on every call, because scipy
-    matrices are mutable and an edit could not be detected cheaply: convert once
-    with :meth:`CSRMatrix.from_scipy` to reuse a matrix across calls.
-    """
-    if isinstance(matrix, SparseFormat):
-        return matrix if dtype is None else matrix.astype(dtype)
-    if sp.issparse(matrix):
-        return CSRMatrix.from_scipy(matrix, dtype=dtype)
+def _check_sparse_operand(matrix: Any, *, csr_only: bool = False) -> None:
+    """Raise TypeError unless ``matrix`` is a sparse operand the caller accepts."""
+    if csr_only and isinstance(matrix, BSRMatrix):
+        raise TypeError("this product needs a CSRMatrix (or scipy.sparse), got a BSRMatrix; "
+                        "convert it with CSRMatrix.from_dense(matrix.to_dense())")
+    if isinstance(matrix, SparseFormat) or sp.issparse(matrix):
+        return
     if isinstance(matrix, np.ndarray):
         raise TypeError(
             "A is a dense numpy array; wrap it with sparsegemm.CSRMatrix.from_dense(A) or "
@@ -55,6 +51,19 @@ def as_sparse_operand(matrix: SparseOperand, dtype: Any = None) -> SparseFormat:
         "A must be a sparsegemm.CSRMatrix, a sparsegemm.BSRMatrix or a scipy.sparse matrix, "
         f"got {type(matrix).__name__}"
     )
+
+
+def as_sparse_operand(matrix: SparseOperand, dtype: Any = None) -> SparseFormat:
+    """``matrix`` as a sparsegemm format, converted to ``dtype`` if given.
+
+    scipy.sparse input is converted (and validated) on every call, because scipy
+    matrices are mutable and an edit could not be detected cheaply: convert once
+    with :meth:`CSRMatrix.from_scipy` to reuse a matrix across calls.
+    """
+    _check_sparse_operand(matrix)
+    if isinstance(matrix, SparseFormat):
+        return matrix if dtype is None else matrix.astype(dtype)
+    return CSRMatrix.from_scipy(matrix, dtype=dtype)
 
 
 def _check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, *inputs: np.ndarray) -> np.ndarray:
@@ -116,10 +125,8 @@ def sparse_mm(
     B = np.asarray(B)
     if B.ndim not in (1, 2):
         raise ValueError(f"B must be 1- or 2-dimensional, got shape {B.shape}")
-    a_dtype = A.dtype if isinstance(A, SparseFormat) or sp.issparse(A) else None
-    if a_dtype is None:
-        as_sparse_operand(A)  # raises the right TypeError
-    dtype = kernel_dtype(a_dtype, B.dtype)
+    _check_sparse_operand(A)
+    dtype = kernel_dtype(A.dtype, B.dtype)
     A = as_sparse_operand(A, dtype)
     rows, cols = A.shape
     if B.shape[0] != cols:
@@ -170,8 +177,7 @@ def linear(
     x = np.asarray(x)
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension (..., in_features)")
-    if not (isinstance(weight, SparseFormat) or sp.issparse(weight)):
-        as_sparse_operand(weight)  # raises the right TypeError
+    _check_sparse_operand(weight)
     dtypes = [weight.dtype, x.dtype] + ([np.asarray(bias).dtype] if bias is not None else [])
     dtype = kernel_dtype(*dtypes)
     weight = as_sparse_operand(weight, dtype)
@@ -210,8 +216,7 @@ def sddmm(
     B = np.asarray(B)
     if A.ndim != 2 or B.ndim != 2:
         raise ValueError(f"A and B must be 2-dimensional, got shapes {A.shape} and {B.shape}")
-    if not (isinstance(pattern, CSRMatrix) or sp.issparse(pattern)):
-        as_sparse_operand(pattern)  # raises the right TypeError
+    _check_sparse_operand(pattern, csr_only=True)
     dtype = kernel_dtype(pattern.dtype, A.dtype, B.dtype)
     pattern = as_sparse_operand(pattern, dtype)
     rows, cols = pattern.shape
@@ -287,8 +292,7 @@ def conv2d(
     x = np.asarray(x)
     if x.ndim != 4:
         raise ValueError(f"x must be 4-dimensional (N, Cin, H, W), got shape {x.shape}")
-    if not (isinstance(weight, CSRMatrix) or sp.issparse(weight)):
-        as_sparse_operand(weight)  # raises the right TypeError
+    _check_sparse_operand(weight, csr_only=True)
     dtypes = [weight.dtype, x.dtype] + ([np.asarray(bias).dtype] if bias is not None else [])
     dtype = kernel_dtype(*dtypes)
     weight = as_sparse_operand(weight, dtype)
