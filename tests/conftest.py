@@ -217,3 +217,31 @@ def _restore_runtime_settings():
     yield
     sparsegemm.set_num_threads(threads)
     sparsegemm.set_isa(isa)
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """``benchmark_script(name)``: the module of ``benchmarks/<name>.py``, loaded once.
+
+    It is registered in sys.modules while the session runs (dataclasses look
+    their module up there) and removed at the end.
+    """
+    import importlib.util
+    import pathlib
+    import sys
+
+    loaded: dict[str, Any] = {}
+
+    def load(name: str) -> Any:
+        if name not in loaded:
+            path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            loaded[name] = module
+        return loaded[name]
+
+    yield load
+    for name in loaded:
+        sys.modules.pop(name, None)

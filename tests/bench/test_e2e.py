@@ -124,21 +124,10 @@ def test_runs_with_the_real_sparsify_for_csr_and_bsr():
     assert "bsr4x1" in rows[1]["report"] and "csr" in rows[0]["report"]
 
 
-def _load_script():
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).parents[2] / "benchmarks" / "torch_end_to_end.py"
-    spec = importlib.util.spec_from_file_location("torch_end_to_end", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.torch
-def test_torch_end_to_end_script_wraps_the_suite(monkeypatch, capsys):
+def test_torch_end_to_end_script_wraps_the_suite(monkeypatch, capsys, benchmark_script):
     pytest.importorskip("torch")
-    script = _load_script()
+    script = benchmark_script("torch_end_to_end")
     tiny = e2e.E2EModel("tiny mlp", _tiny_mlp, 32, "tiny", 3.0, 4)
     monkeypatch.setattr(script, "MODELS_BY_KEY", {"tiny": tiny})
     assert script.main(["tiny", "--repeats", "1", "--threads", "1", "--formats", "csr"]) == 0

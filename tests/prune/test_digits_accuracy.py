@@ -4,28 +4,15 @@ Fixed seeds, single thread; the floors have margin (measured drops are at
 or below zero with these settings), so this is not expected to be flaky.
 """
 
-import importlib.util
-import pathlib
-import sys
-
 import pytest
 import torch
 
 pytest.importorskip("sklearn")
 
-BENCH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "prune_digits.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("prune_digits", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["prune_digits"] = mod  # dataclasses look the module up
-    try:
-        spec.loader.exec_module(mod)
-        yield mod
-    finally:
-        sys.modules.pop("prune_digits", None)
+def bench(benchmark_script):
+    return benchmark_script("prune_digits")
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,6 @@
 """benchmarks/prune_digits.py's speed columns: sparsify after prune.remove, honest table."""
 
-import importlib.util
-import pathlib
-import sys
+import importlib
 
 import pytest
 
@@ -10,19 +8,10 @@ torch = pytest.importorskip("torch")
 from sparsegemm.torch import SparseConv2d, SparseLinear
 from torch import nn
 
-BENCH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "prune_digits.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("prune_digits", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["prune_digits"] = module  # dataclasses look the module up
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop("prune_digits", None)
+def bench(benchmark_script):
+    return benchmark_script("prune_digits")
 
 
 def pruned_cnn(bench, prune):
@@ -35,8 +24,6 @@ def pruned_cnn(bench, prune):
 
 def _conv_timing(monkeypatch, fmt, speedup):
     """Stand-in for timing a convolution on its real input (sparsify times convs itself)."""
-    import importlib
-
     from sparsegemm.torch._formats import FormatChoice
 
     sparsify_module = importlib.import_module("sparsegemm.torch.sparsify")
