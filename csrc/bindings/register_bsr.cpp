@@ -9,7 +9,7 @@
 #include "bindings/array_args.h"
 #include "bindings/products.h"
 #include "core/bsr_matrix.h"
-#include "ops/bsr_ops.h"
+#include "drivers/bsr_driver.h"
 
 namespace sparsegemm::bindings {
 

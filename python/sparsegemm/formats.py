@@ -325,7 +325,7 @@ def _build_handle(data: Any, indices: Any, indptr: Any, shape: Any, dtype: Any) 
     )
 
 
-MAX_BLOCK_EDGE = 64  # kMaxBlockEdge in csrc/core/bsr_matrix.h
+MAX_BLOCK_EDGE: int = _core.kernel_catalogue()["limits"]["max_block_edge"]
 
 
 def _check_blocksize(blocksize: Any) -> tuple[int, int]:
@@ -350,9 +350,10 @@ class BSRMatrix(SparseFormat):
     """A block compressed sparse row matrix of float32 or float64 values.
 
     The matrix is cut into ``R x C`` blocks (``blocksize``); a stored block
-    keeps all of its ``R * C`` values, zeros included. Blocks of ``R x 1``
-    (4x1, 8x1, 16x1) and 4x4 have register-tiled kernels; other shapes run a
-    generic kernel. The shape need not divide by the block: edge blocks are
+    keeps all of its ``R * C`` values, zeros included. The block shapes in
+    ``sparsegemm.kernel_catalogue()["bsr_block_shapes"]`` (1x1, 2x1, 4x1, 8x1,
+    16x1 and 4x4 in this release) have register-tiled kernels; other shapes run
+    a generic kernel. The shape need not divide by the block: edge blocks are
     zero-padded in storage (``data`` shows the padding) and the padding never
     reaches an operand or a result.
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..formats import BSRMatrix, CSRMatrix
 from . import ops as _ops
 from ._cache import as_numpy
-from ._formats import FormatChoice, check_format, choose_format
+from ._format_choice import FormatChoice, check_format, choose_format
 
 __all__ = ["SparseConv2d", "SparseLinear", "masked_weight"]
 
