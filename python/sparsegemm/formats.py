@@ -518,6 +518,23 @@ class BSRMatrix(SparseFormat):
         """Stored blocks, shape (nnz_blocks, R, C), read-only."""
         return self._handle.data.reshape(self.nnz_blocks, *self.blocksize)
 
+    def transpose(self) -> BSRMatrix:
+        """The transpose, as a new BSRMatrix (K x M) with C x R blocks."""
+        return self.transpose_with_permutation()[0]
+
+    @property
+    def T(self) -> BSRMatrix:  # noqa: N802  (numpy's name)
+        return self.transpose()
+
+    def transpose_with_permutation(self) -> tuple[BSRMatrix, np.ndarray]:
+        """The transpose and the int64 block permutation ``p``: ``T.data[k] == self.data[p[k]].T``.
+
+        With ``p``, values that change while the pattern stays fixed (fine-tuning)
+        are transposed without rebuilding the pattern.
+        """
+        handle, permutation = self._handle.transposed()
+        return BSRMatrix._from_handle(handle), permutation
+
     def __repr__(self) -> str:
         rows, cols = self.shape
         r, c = self.blocksize
