@@ -230,7 +230,12 @@ def sddmm(
     return out
 
 
-def _conv_pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length of a convolution along one axis, as torch computes it (< 1: no output)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def conv_pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each >= ``minimum``, as a pair."""
     pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
@@ -285,10 +290,10 @@ def conv2d(
         than the padded input, or ``weight.shape[1] != Cin*KH*KW``).
     """
     threads = resolve_num_threads(num_threads)
-    kernel = _conv_pair(kernel_size, "kernel_size", 1)
-    strides = _conv_pair(stride, "stride", 1)
-    paddings = _conv_pair(padding, "padding", 0)
-    dilations = _conv_pair(dilation, "dilation", 1)
+    kernel = conv_pair(kernel_size, "kernel_size", 1)
+    strides = conv_pair(stride, "stride", 1)
+    paddings = conv_pair(padding, "padding", 0)
+    dilations = conv_pair(dilation, "dilation", 1)
     x = np.asarray(x)
     if x.ndim != 4:
         raise ValueError(f"x must be 4-dimensional (N, Cin, H, W), got shape {x.shape}")
@@ -303,8 +308,8 @@ def conv2d(
                          f"and kernel_size is {kernel}; weight.shape[1] must be "
                          f"{in_channels * kernel[0] * kernel[1]} (Cin*KH*KW)")
     out_h, out_w = (
-        (size + 2 * pad - dil * (k - 1) - 1) // step + 1
-        for size, pad, dil, k, step in zip((height, width), paddings, dilations, kernel, strides)
+        conv_output_size(size, k, step, pad, dil)
+        for size, k, step, pad, dil in zip((height, width), kernel, strides, paddings, dilations)
     )
     if out_h < 1 or out_w < 1:
         raise ValueError(f"the dilated kernel is larger than the padded input: x is {x.shape}, "

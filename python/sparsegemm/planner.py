@@ -34,6 +34,7 @@ from ._dtypes import kernel_dtype
 from ._runtime import get_isa, kernel_catalogue, resolve_num_threads
 from .formats import BSRMatrix, CSRMatrix
 from .ops import linear
+from .pruning import all_zero_blocks
 
 # Blocks of fewer entries than this are never planned: a 1x1 or 2x1 block
 # stores one index per one or two values, no better than CSR's one per value,
@@ -119,11 +120,7 @@ def _cpu_model() -> str:
 
 def _blocks_stored(W: np.ndarray, blocksize: tuple[int, int]) -> int:
     """Blocks of ``blocksize`` holding a nonzero (NaN included), as BSRMatrix.from_dense keeps."""
-    r, c = blocksize
-    rows, cols = W.shape
-    padded = np.zeros((-(-rows // r) * r, -(-cols // c) * c), dtype=bool)
-    padded[:rows, :cols] = W != 0
-    return int(padded.reshape(padded.shape[0] // r, r, padded.shape[1] // c, c).any(axis=(1, 3)).sum())
+    return int((~all_zero_blocks(W, blocksize)).sum())
 
 
 def pattern_statistics(W: np.ndarray, candidates: list[str]) -> dict[str, Any]:

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _core
+from ..ops import conv_output_size
 from ._cache import as_numpy, patterns, values_array
 
 KERNEL_DTYPES = (torch.float32, torch.float64)
@@ -234,7 +235,7 @@ def _batched_matmul(pattern, values: np.ndarray, b: Tensor, out: Tensor,
 
 def _conv_output_size(x: Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
                       dilation: List[int]) -> List:
-    return [(size + 2 * pad - dil * (k - 1) - 1) // step + 1
+    return [conv_output_size(size, k, step, pad, dil)
             for size, k, step, pad, dil in zip(x.shape[2:], kernel_size, stride, padding, dilation)]
 
 
