@@ -152,9 +152,17 @@ class _SparseWeight(nn.Module):
                                      requires_grad=dense.bias.requires_grad)
         self.check_pattern()
 
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        # Refuse a dtype the ops cannot take (complex, say) here, at .to() time,
+        # rather than at the next forward; float16/bfloat16 compute in float32.
+        probe = fn(torch.empty(0, dtype=self.values.dtype, device=self.values.device))
+        _ops.check_kernel_dtype(probe.dtype, f"{type(self).__name__} converted to {probe.dtype}")
+        return super()._apply(fn, recurse)
+
     def check_pattern(self) -> None:
         """Raise ValueError if indptr/indices/values do not form a valid CSR or BSR weight."""
-        arrays = (as_numpy(self.values), as_numpy(self.indices), as_numpy(self.indptr))
+        values = self.values if self.values.dtype in _ops.KERNEL_DTYPES else self.values.float()
+        arrays = (as_numpy(values), as_numpy(self.indices), as_numpy(self.indptr))
         if self.blocksize is None:
             CSRMatrix(arrays, shape=self.matrix_shape)
             return
@@ -241,7 +249,11 @@ class SparseLinear(_SparseWeight):
     ``SparseLinear(in_features, out_features)`` directly gives an empty pattern
     (all-zero weight), meant to receive a ``load_state_dict`` (pass the same
     ``format`` and ``blocksize``; ``nnz`` counts stored blocks for BSR). float32
-    and float64 are supported; the input must have the weight's dtype.
+    and float64 are computed natively; float16 and bfloat16 (``.half()``,
+    ``.to(torch.bfloat16)``) are stored as such and computed in float32, as in
+    the numpy API; under ``torch.autocast`` the product runs in float32. The
+    input must have the weight's dtype (as in ``F.linear``). ``weight`` is a
+    read-only dense view, for code that reads it.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, nnz: int = 0,

@@ -38,6 +38,7 @@ from torch import nn
 from ..planner import DEFAULT_MARGIN
 from ._formats import FormatChoice, check_format, choose_format
 from .attention import SparseMultiheadAttention
+from .ops import STORAGE_DTYPES
 from .modules import SparseConv2d, SparseLinear, _linear_weight, is_linear_map, masked_weight
 
 __all__ = ["DEFAULT_MIN_SPARSITY", "LayerReport", "SparsifyReport", "sparsify"]
@@ -165,7 +166,7 @@ class _Converter:
         if isinstance(module, nn.Conv2d) and (module.groups != 1 or module.padding_mode != "zeros"):
             return self._keep(module, name, kind, _sparsity(module),
                               "groups > 1 or non-zero padding mode: not supported")
-        if module.weight.dtype not in (torch.float32, torch.float64):
+        if module.weight.dtype not in STORAGE_DTYPES:
             return self._keep(module, name, kind, _sparsity(module),
                               f"dtype {module.weight.dtype} not supported")
         sparsity = _sparsity(module)
