@@ -49,24 +49,6 @@ def values_array(values: torch.Tensor) -> np.ndarray:
     return as_numpy(values.contiguous()).reshape(-1)
 
 
-def transpose_bsr(pattern: BSRMatrix) -> tuple[BSRMatrix, np.ndarray]:
-    """The (cols x rows) transpose of a BSR pattern, with C x R blocks, and the block
-    permutation ``p``: block ``k`` of the transpose is ``blocks[p[k]].T``."""
-    rows, cols = pattern.shape
-    r, c = pattern.blocksize
-    indptr = pattern.indptr
-    block_rows = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
-    block_cols = pattern.indices.astype(np.int64)
-    permutation = np.lexsort((block_rows, block_cols))  # by block column, then block row
-    transposed_indptr = np.zeros(-(-cols // c) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(block_cols, minlength=len(transposed_indptr) - 1),
-              out=transposed_indptr[1:])
-    data = np.zeros((len(permutation), c, r), dtype=pattern.dtype)
-    transposed = BSRMatrix((data, block_rows[permutation].astype(np.int32), transposed_indptr),
-                           shape=(cols, rows))
-    return transposed, permutation
-
-
 class _PatternEntry:
     """The validated pattern of one (indptr, indices) pair, and its transpose once asked for."""
 
@@ -89,10 +71,7 @@ class _PatternEntry:
         """(transposed pattern, permutation): values of the transpose are ``values[perm]``
         (for BSR, each gathered block is also transposed)."""
         if self._transpose is None:
-            if isinstance(self.matrix, CSRMatrix):
-                self._transpose = self.matrix.transpose_with_permutation()
-            else:
-                self._transpose = transpose_bsr(self.matrix)
+            self._transpose = self.matrix.transpose_with_permutation()
         return self._transpose
 
 
