@@ -156,3 +156,31 @@ def test_bad_arguments(weight):
         sparsegemm.plan(weight, 4, candidates=["bsr3x3"])
     with pytest.raises(ValueError, match="margin"):
         sparsegemm.plan(weight, 4, margin=0.5)
+
+
+# --- dtypes and the dense plan ----------------------------------------------------------------
+
+def test_operand_keeps_the_weights_dtype(monkeypatch, weight):
+    monkeypatch.setattr(planner, "_time_candidates", FakeTimer(fake_times(1.0, csr=0.1)))
+    result = sparsegemm.plan(weight.astype(np.float64), 8, num_threads=1)
+    assert result.operand.dtype == np.float64
+    explicit = sparsegemm.plan(weight.astype(np.float64), 8, num_threads=1, dtype=np.float32)
+    assert explicit.operand.dtype == np.float32
+
+
+def test_a_dense_plan_still_multiplies(monkeypatch, weight):
+    monkeypatch.setattr(planner, "_time_candidates", FakeTimer(fake_times(0.5, csr=0.9)))
+    result = sparsegemm.plan(weight, 4, num_threads=1)
+    assert result.format == "dense" and result.operand is None
+    x = np.random.default_rng(1).standard_normal((4, weight.shape[1])).astype(np.float32)
+    bias = np.arange(weight.shape[0], dtype=np.float32)
+    np.testing.assert_allclose(result.linear(x, bias), x @ weight.T + bias, rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match="plan.linear"):
+        sparsegemm.linear(x, result.operand)
+
+
+def test_a_sparse_plan_multiplies_with_its_operand(monkeypatch, weight):
+    monkeypatch.setattr(planner, "_time_candidates", FakeTimer(fake_times(1.0, bsr8x1=0.1)))
+    result = sparsegemm.plan(weight, 4, num_threads=1)
+    x = np.ones((2, weight.shape[1]), dtype=np.float32)
+    np.testing.assert_allclose(result.linear(x), x @ weight.T, rtol=1e-5, atol=1e-5)

@@ -85,13 +85,16 @@ class SparseFormat:
     ``_storage_nbytes``, ``_stored_values`` and ``_with_values``.
     """
 
-    __slots__ = ("__weakref__", "_converted", "_dtype", "_handle")
+    __slots__ = ("__weakref__", "_converted", "_dtype", "_handle", "_transpose_of")
     _CORE: ClassVar[dict[np.dtype, Any]] = {}
+    # numpy hands ``ndarray @ A`` to A.__rmatmul__ instead of making A an object array.
+    __array_ufunc__ = None
 
     def _set_handle(self, handle: Any) -> None:
         self._handle = handle
         self._dtype = next(dt for dt, cls in self._CORE.items() if isinstance(handle, cls))
         self._converted: dict[np.dtype, Any] = {}
+        self._transpose_of: Any = None  # set on a transpose: the matrix it came from
 
     @classmethod
     def _from_handle(cls, handle: Any) -> Any:
@@ -122,6 +125,28 @@ class SparseFormat:
     def toarray(self) -> np.ndarray:
         """Alias of :meth:`to_dense`, as in scipy."""
         return self.to_dense()
+
+    def todense(self) -> np.ndarray:
+        """Alias of :meth:`to_dense`: an ndarray, as scipy's sparse arrays return."""
+        return self.to_dense()
+
+    def copy(self) -> Any:
+        """An independent copy (the arrays are copied and validated again)."""
+        rebuild, arguments = self.__reduce__()
+        return rebuild(*arguments)
+
+    def transpose(self) -> Any:
+        """The transpose, as a new matrix of this format (K x M)."""
+        transposed = self.transpose_with_permutation()[0]
+        transposed._transpose_of = self
+        return transposed
+
+    def transpose_with_permutation(self) -> tuple[Any, np.ndarray]:
+        raise NotImplementedError
+
+    @property
+    def T(self) -> Any:  # numpy's name
+        return self.transpose()
 
     def astype(self, dtype: Any) -> Any:
         """This matrix in float32 or float64 (cached; self if already that dtype)."""
@@ -166,9 +191,34 @@ class SparseFormat:
         return self._storage_nbytes() / nonzeros if nonzeros else 0.0
 
     def __matmul__(self, other: Any) -> np.ndarray:
+        """``A @ B`` for a dense ``B`` (K x N or K,); a dense ndarray comes back.
+
+        sparse @ sparse (another sparsegemm format or a scipy.sparse matrix)
+        raises TypeError: the kernels need one dense operand. Use
+        ``A.to_scipy() @ B`` for a sparse result, or densify one side.
+        """
         from .ops import sparse_mm
 
+        _refuse_sparse_product(self, other)
         return sparse_mm(self, other)
+
+    def __rmatmul__(self, other: Any) -> np.ndarray:
+        """``X @ A`` for a dense ``X`` (..., M): as ``sparsegemm.linear(X, A.T)``, so
+        ``x @ W.T`` is the ``F.linear`` form and reuses ``W`` itself."""
+        from .ops import linear
+
+        _refuse_sparse_product(other, self)
+        weight = self._transpose_of if self._transpose_of is not None else self.transpose()
+        return linear(other, weight)
+
+
+def _refuse_sparse_product(left: Any, right: Any) -> None:
+    if all(isinstance(m, SparseFormat) or sp.issparse(m) for m in (left, right)):
+        raise TypeError(
+            f"sparse @ sparse is not supported ({type(left).__name__} @ {type(right).__name__}): "
+            "sparsegemm multiplies a sparse matrix with a dense one. Convert with .to_scipy() "
+            "for a sparse product, or densify one side with .toarray()"
+        )
 
 
 class CSRMatrix(SparseFormat):
@@ -248,13 +298,8 @@ class CSRMatrix(SparseFormat):
                                          self.data.astype(dtype))
         )
 
-    def transpose(self) -> CSRMatrix:
-        """The transpose, as a new CSRMatrix (K x M)."""
-        return self.transpose_with_permutation()[0]
-
-    @property
-    def T(self) -> CSRMatrix:  # noqa: N802  (numpy's name)
-        return self.transpose()
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (CSRMatrix, ((self.data, self.indices, self.indptr), self.shape))
 
     def transpose_with_permutation(self) -> tuple[CSRMatrix, np.ndarray]:
         """The transpose and the int64 permutation ``p`` with ``T.data == self.data[p]``.
@@ -482,6 +527,9 @@ class BSRMatrix(SparseFormat):
     def _storage_nbytes(self) -> int:
         return self._handle.data.nbytes + self.indices.nbytes + self.indptr.nbytes
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BSRMatrix, ((self.data, self.indices, self.indptr), self.shape))
+
     @property
     def blocksize(self) -> tuple[int, int]:
         """(R, C): rows and columns of a block."""
@@ -518,16 +566,8 @@ class BSRMatrix(SparseFormat):
         """Stored blocks, shape (nnz_blocks, R, C), read-only."""
         return self._handle.data.reshape(self.nnz_blocks, *self.blocksize)
 
-    def transpose(self) -> BSRMatrix:
-        """The transpose, as a new BSRMatrix (K x M) with C x R blocks."""
-        return self.transpose_with_permutation()[0]
-
-    @property
-    def T(self) -> BSRMatrix:  # noqa: N802  (numpy's name)
-        return self.transpose()
-
     def transpose_with_permutation(self) -> tuple[BSRMatrix, np.ndarray]:
-        """The transpose and the int64 block permutation ``p``: ``T.data[k] == self.data[p[k]].T``.
+        """The (K x M) transpose, with C x R blocks, and the int64 block permutation ``p``: ``T.data[k] == self.data[p[k]].T``.
 
         With ``p``, values that change while the pattern stays fixed (fine-tuning)
         are transposed without rebuilding the pattern.

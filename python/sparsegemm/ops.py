@@ -41,6 +41,9 @@ def _check_sparse_operand(matrix: Any, *, csr_only: bool = False) -> None:
                         "convert it with CSRMatrix.from_dense(matrix.to_dense())")
     if isinstance(matrix, SparseFormat) or sp.issparse(matrix):
         return
+    if matrix is None:
+        raise TypeError("the sparse operand is None: a sparsegemm.Plan that keeps a layer dense "
+                        "has operand=None; call plan.linear(x, bias), which runs either kind")
     if isinstance(matrix, np.ndarray):
         raise TypeError(
             "A is a dense numpy array; wrap it with sparsegemm.CSRMatrix.from_dense(A) or "

@@ -80,8 +80,9 @@ class Plan:
     format
         "dense", "csr" or "bsr<R>x<C>" (e.g. "bsr4x1").
     operand
-        The built weight for ``format`` (None for dense): pass it to
-        :func:`sparsegemm.linear`.
+        The built weight for a sparse ``format``, in the plan's dtype: pass it
+        to :func:`sparsegemm.linear`. None when the plan keeps the layer dense;
+        :meth:`linear` runs either kind.
     times
         Median seconds per call of every contender timed, dense ones included
         ("dense_numpy", and "dense_torch" when torch was imported).
@@ -105,6 +106,16 @@ class Plan:
     skipped: dict[str, str] = field(default_factory=dict)
     key: str = ""
     cached: bool = False
+    dense_weight: np.ndarray | None = field(default=None, repr=False)
+
+    def linear(self, x: Any, bias: Any = None, *, num_threads: int | None = None) -> np.ndarray:
+        """``x @ W.T + bias`` in the chosen format (numpy's product for a dense plan)."""
+        if self.operand is not None:
+            return linear(x, self.operand, bias, num_threads=num_threads)
+        if self.dense_weight is None:
+            raise ValueError("this dense Plan holds no weight; multiply by W with numpy")
+        result = np.asarray(x) @ self.dense_weight.T
+        return result if bias is None else result + np.asarray(bias)
 
 
 def _cpu_model() -> str:
@@ -257,7 +268,7 @@ def plan(
     *,
     candidates: list[str] | None = None,
     num_threads: int | None = None,
-    dtype: Any = np.float32,
+    dtype: Any = None,
     repeats: int = 5,
     rounds: int = 3,
     margin: float = DEFAULT_MARGIN,
@@ -277,7 +288,9 @@ def plan(
     num_threads
         Threads for every contender; default :func:`sparsegemm.get_num_threads`.
     dtype
-        float32 or float64: the dtype the product runs in.
+        The dtype the product runs in, float32 or float64; default ``W``'s
+        own, by the rule of every product (float16 in float32, integers in
+        float64). The operand is built in this dtype.
     repeats, rounds
         Calls per timed block, and interleaved rounds of blocks.
     margin
@@ -299,8 +312,9 @@ def plan(
         raise ValueError("repeats and rounds must be positive")
     if not margin >= 1.0:
         raise ValueError(f"margin must be >= 1 (sparse must not be chosen when slower), got {margin}")
-    target = kernel_dtype(dtype)
-    weight = np.ascontiguousarray(np.asarray(W), dtype=target)
+    weight = np.asarray(W)
+    target = kernel_dtype(weight.dtype if dtype is None else dtype)
+    weight = np.ascontiguousarray(weight, dtype=target)
     if weight.ndim != 2:
         raise ValueError(f"W must be 2-dimensional, got shape {weight.shape}")
     names = list(CANDIDATES) if candidates is None else list(candidates)
@@ -388,6 +402,7 @@ def _plan_from_decision(
         skipped=dict(decision.get("skipped", {})),
         key=key,
         cached=cached,
+        dense_weight=W if fmt == "dense" else None,
     )
 
 

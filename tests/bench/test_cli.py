@@ -246,3 +246,28 @@ def test_python_dash_m_accepts_options_without_the_subcommand(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "numpy_dense" in done.stdout
+
+
+def test_console_help_is_the_top_level_help_in_any_environment(tmp_path):
+    without = _run_console(["--help"], tmp_path)
+    assert without.returncode == 0, without.stderr
+    assert without.stdout.startswith("usage: sparsegemm [-h] {bench}")
+    # With the spin settings already present no re-execution happens; the help is the same.
+    with_spin = subprocess.run(
+        [sys.executable, "-c", "import sys; from sparsegemm.bench.cli import main; "
+         "sys.argv = ['sparsegemm', '--help']; sys.exit(main())"],
+        env={**os.environ, **SPIN_ENV}, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert with_spin.stdout == without.stdout
+
+
+def test_bare_console_command_prints_help_and_runs_nothing(tmp_path):
+    done = _run_console([], tmp_path)
+    assert done.returncode == 2
+    assert done.stdout.startswith("usage: sparsegemm [-h] {bench}")
+    assert not (tmp_path / "bench_results").exists()
+
+
+def test_bench_flags_still_work_under_the_subcommand(capsys):
+    assert main(["bench", "--e2e", "--list-formats"]) == 0
+    assert "sgemm_csr" in capsys.readouterr().out

@@ -24,18 +24,36 @@ def zeros(m):
 
 def test_first_last_skipped_by_default_and_flag():
     m = mlp()
-    pruned = prune.prune_model(m, 0.5)
+    with pytest.warns(UserWarning, match=r"asked for 50.0% .* \['0', '6'\] stayed dense"):
+        pruned = prune.prune_model(m, 0.5)
     assert list(pruned) == ["2", "4"]
     assert not hasattr(m[0], "weight_mask") and not hasattr(m[6], "weight_mask")
     m2 = mlp()
     assert list(prune.prune_model(m2, 0.5, skip_first_last=False)) == ["0", "2", "4", "6"]
 
 
+def test_a_two_layer_model_pruned_with_the_defaults_warns_that_nothing_was_pruned():
+    m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.warns(UserWarning, match=r"pruned nothing.*\['0', '2'\]"):
+        assert prune.prune_model(m, 0.9) == {}
+    with pytest.warns(UserWarning, match="pruned nothing"):  # an explicit skip warns too here
+        prune.prune_model(m, 0.9, skip_first_last=True)
+
+
+def test_no_warning_when_every_layer_is_pruned_or_the_skip_is_chosen():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prune.prune_model(mlp(), 0.9, skip_first_last=False)
+        prune.prune_model(mlp(), 0.9, skip_first_last=True)
+
+
 def test_global_vs_layer():
     m = mlp()
     with torch.no_grad():
         m[2].weight.mul_(100.0)  # layer 2 much larger: global pruning takes from layer 4
-    prune.prune_model(m, 0.5, scope="global")
+    prune.prune_model(m, 0.5, scope="global", skip_first_last=True)
     n2, n4 = m[2].weight.numel(), m[4].weight.numel()
     assert zeros(m[2]) + zeros(m[4]) == round(0.5 * (n2 + n4))
     assert zeros(m[4]) == n4 and zeros(m[2]) < n2 // 2
@@ -43,7 +61,7 @@ def test_global_vs_layer():
     m = mlp()
     with torch.no_grad():
         m[2].weight.mul_(100.0)
-    prune.prune_model(m, 0.5, scope="layer")
+    prune.prune_model(m, 0.5, scope="layer", skip_first_last=True)
     assert zeros(m[2]) == n2 // 2 and zeros(m[4]) == n4 // 2
 
 
@@ -80,7 +98,7 @@ def test_filter_fn():
 
 def test_uses_torch_machinery_and_torch_remove():
     m = mlp()
-    prune.prune_model(m, 0.5)
+    prune.prune_model(m, 0.5, skip_first_last=True)
     assert tprune.is_pruned(m)
     assert isinstance(m[2].weight_orig, nn.Parameter)
     assert "weight_mask" in dict(m[2].named_buffers())
@@ -93,7 +111,7 @@ def test_uses_torch_machinery_and_torch_remove():
 
 def test_remove_hands_over_dense_with_zeros():
     m = mlp()
-    prune.prune_model(m, 0.7, prune.BlockNorm((4, 1)))
+    prune.prune_model(m, 0.7, prune.BlockNorm((4, 1)), skip_first_last=True)
     x = torch.randn(5, 8)
     y = m(x)
     before = prune.sparsity(m)
@@ -112,7 +130,7 @@ def test_torch_pruned_model_treated_identically():
     m = mlp()
     tprune.l1_unstructured(m[2], "weight", amount=0.3)
     torch_mask = m[2].weight_mask.clone()
-    prune.prune_model(m, 0.6, scope="layer")
+    prune.prune_model(m, 0.6, scope="layer", skip_first_last=True)
     hooks = [h for h in m[2]._forward_pre_hooks.values() if isinstance(h, tprune.BasePruningMethod)]
     assert len(hooks) == 1
     assert zeros(m[2]) == round(0.6 * m[2].weight.numel())
@@ -123,7 +141,7 @@ def test_torch_pruned_model_treated_identically():
 def test_same_result_as_torch_global_unstructured():
     m1, m2 = mlp(), mlp()
     m2.load_state_dict(m1.state_dict())
-    prune.prune_model(m1, 0.6)
+    prune.prune_model(m1, 0.6, skip_first_last=True)
     tprune.global_unstructured(
         [(m2[2], "weight"), (m2[4], "weight")], tprune.L1Unstructured, amount=0.6
     )
@@ -133,19 +151,19 @@ def test_same_result_as_torch_global_unstructured():
 
 def test_total_not_incremental_and_monotone():
     m = mlp()
-    prune.prune_model(m, 0.5, scope="layer")
+    prune.prune_model(m, 0.5, scope="layer", skip_first_last=True)
     first = m[2].weight_mask.clone()
-    prune.prune_model(m, 0.75, scope="layer")
+    prune.prune_model(m, 0.75, scope="layer", skip_first_last=True)
     assert zeros(m[2]) == round(0.75 * m[2].weight.numel())
     assert (m[2].weight_mask <= first).all()
-    prune.prune_model(m, 0.25, scope="layer")  # lower target: nothing revived
+    prune.prune_model(m, 0.25, scope="layer", skip_first_last=True)  # lower target: nothing revived
     assert zeros(m[2]) == round(0.75 * m[2].weight.numel())
 
 
 @pytest.mark.parametrize("opt_name", ["sgd", "adamw"])
 def test_masks_stay_fixed_through_training(opt_name):
     m = mlp()
-    prune.prune_model(m, 0.8)
+    prune.prune_model(m, 0.8, skip_first_last=True)
     masks = {i: m[i].weight_mask.clone() for i in (2, 4)}
     if opt_name == "sgd":
         opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-2)
@@ -165,7 +183,7 @@ def test_masks_stay_fixed_through_training(opt_name):
 
 def test_clone_after_forward():
     m = mlp()
-    prune.prune_model(m, 0.5)
+    prune.prune_model(m, 0.5, skip_first_last=True)
     m(torch.randn(2, 8)).sum().backward()
     c = prune.clone_model(m)
     x = torch.randn(3, 8)
@@ -195,10 +213,10 @@ def test_torch_structured_model_thins_and_removes():
 
 def test_taylor_second_round_on_masked_model():
     m = mlp()
-    prune.prune_model(m, 0.5)
+    prune.prune_model(m, 0.5, skip_first_last=True)
     x = torch.randn(16, 8)
     crit = prune.Taylor(lambda mod, b: mod(b).pow(2).mean(), [x])
-    prune.prune_model(m, 0.75, crit)
+    prune.prune_model(m, 0.75, crit, skip_first_last=True)
     assert prune.sparsity(m)["2"] + prune.sparsity(m)["4"] > 1.0
     n = m[2].weight.numel() + m[4].weight.numel()
     assert zeros(m[2]) + zeros(m[4]) == round(0.75 * n)

@@ -46,7 +46,7 @@ def _setup():
 
 def test_agp_schedule_object():
     m, step = _setup()
-    sched = prune.AGPSchedule(m, 0.75, start_step=2, n_steps=4, frequency=3)
+    sched = prune.AGPSchedule(m, 0.75, start_step=2, n_steps=4, frequency=3, skip_first_last=True)
     targets = []
     for t in range(20):
         r = sched.step(t)
@@ -67,7 +67,7 @@ def test_gradual_prune_masks_fixed_between_steps():
         seen.append((t, m[2].weight_mask.clone()))
         return loss
 
-    hist = prune.gradual_prune(m, wrapped, 0.9, n_prune_steps=5, steps_between=4, finetune_steps=6)
+    hist = prune.gradual_prune(m, wrapped, 0.9, n_prune_steps=5, steps_between=4, finetune_steps=6, skip_first_last=True)
     assert [h["step"] for h in hist] == [0, 4, 8, 12, 16, 20]
     assert hist[-1]["target"] == pytest.approx(0.9)
     assert prune.sparsity(m)["2"] == pytest.approx(round(0.9 * 1024) / 1024)
@@ -81,12 +81,12 @@ def test_gradual_prune_masks_fixed_between_steps():
 
 def test_gradual_prune_no_finetune_reaches_target():
     m, step = _setup()
-    hist = prune.gradual_prune(m, step, 0.5, n_prune_steps=3, steps_between=2)
+    hist = prune.gradual_prune(m, step, 0.5, n_prune_steps=3, steps_between=2, skip_first_last=True)
     assert hist[-1]["target"] == pytest.approx(0.5)
     assert prune.sparsity(m)["2"] == pytest.approx(0.5)
 
 
 def test_one_shot():
     m, _ = _setup()
-    prune.one_shot(m, 0.3, criterion=prune.BlockNorm((8, 1)))
+    prune.one_shot(m, 0.3, criterion=prune.BlockNorm((8, 1)), skip_first_last=True)
     assert prune.sparsity(m)["2"] == pytest.approx(38 / 128)  # 4x32 blocks, round(.3*128)=38

@@ -130,8 +130,10 @@ def test_conversion_errors(make_pair):
         SparseConv2d.from_dense(nn.Conv2d(4, 4, 3, groups=2))
     with pytest.raises(ValueError, match="padding_mode"):
         SparseConv2d.from_dense(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"))
+    int_conv = nn.Conv2d(4, 4, 3)
+    int_conv.weight = nn.Parameter(torch.ones(4, 4, 3, 3, dtype=torch.int32), requires_grad=False)
     with pytest.raises(TypeError, match="float32 or float64"):
-        SparseConv2d.from_dense(nn.Conv2d(4, 4, 3).half())
+        SparseConv2d.from_dense(int_conv)
     _, sparse = make_pair(4, 3, 3)
     with pytest.raises(ValueError, match="input channels"):
         sparse(torch.randn(1, 5, 6, 6))
@@ -146,3 +148,12 @@ def test_state_dict_to_dense_and_repr(make_pair):
     back = sparse.to_dense()
     torch.testing.assert_close(back.weight, dense.weight)
     assert "format=csr" in repr(sparse) and "kernel_size=(3, 3)" in repr(sparse)
+
+
+def test_half_convolution_computes_in_float32(make_pair):
+    dense, _ = make_pair(4, 3, 3)
+    sparse = SparseConv2d.from_dense(dense).half()
+    x = torch.randn(1, 4, 6, 6).half()
+    y = sparse(x)
+    assert y.dtype == torch.float16
+    torch.testing.assert_close(y, dense.float()(x.float()).half(), rtol=1e-2, atol=1e-2)

@@ -58,15 +58,49 @@ def test_all_zero_and_empty_rows():
     torch.testing.assert_close(sparse(x), dense(x))
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int32])
-def test_bad_module_dtype(dtype, make_pair):
-    dense = nn.Linear(4, 3)
+def test_bad_module_dtype(make_pair):
     with pytest.raises(TypeError, match="float32 or float64"):
-        SparseLinear.from_dense(dense.to(dtype) if dtype.is_floating_point else _int_linear())
+        SparseLinear.from_dense(_int_linear())
     _, sparse = make_pair()
-    if dtype.is_floating_point:
-        with pytest.raises(TypeError, match="float32 or float64"):
-            sparse.to(dtype)(torch.randn(2, 37, dtype=dtype))
+    with pytest.raises(TypeError, match="complex64"), pytest.warns(UserWarning, match="Complex"):
+        sparse.to(torch.complex64)  # refused by .to(), not at the next forward
+    assert sparse.values.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("format", ["csr", "bsr"])
+def test_half_and_bfloat16_compute_in_float32(dtype, format, make_pair):
+    dense, _ = make_pair()
+    sparse = SparseLinear.from_dense(dense, format=format).to(dtype)
+    assert sparse.values.dtype == dtype and sparse.bias.dtype == dtype
+    x = torch.randn(5, 37)
+    y = sparse(x.to(dtype))
+    assert y.dtype == dtype
+    expected = nn.functional.linear(x.to(dtype).float(), dense.weight.to(dtype).float(),
+                                    dense.bias.to(dtype).float())
+    torch.testing.assert_close(y.float(), expected.to(dtype).float(), rtol=1e-2, atol=1e-2)
+    y.sum().backward()
+    assert sparse.values.grad.dtype == dtype
+    assert SparseLinear.from_dense(dense.to(dtype)).values.dtype == dtype
+
+
+def test_autocast_runs_the_sparse_product_in_float32(make_pair):
+    dense, sparse = make_pair()
+    x = torch.randn(4, 37)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = sparse(x.to(torch.bfloat16))  # as an earlier autocast op hands it over
+        assert dense(x).dtype == torch.bfloat16  # what F.linear does; ours is float32
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, sparse(x.to(torch.bfloat16).float()))
+
+
+def test_a_meta_input_to_a_cpu_module_is_refused_as_by_linear(make_pair):
+    dense, sparse = make_pair()
+    x = torch.empty(2, 37, device="meta")
+    with pytest.raises((RuntimeError, ValueError)):
+        dense(x)
+    with pytest.raises(ValueError, match="meta"):
+        sparse(x)
 
 
 def _int_linear():

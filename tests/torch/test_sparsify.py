@@ -213,3 +213,24 @@ def test_bad_format_arguments():
         sparsify(nn.Sequential(nn.Linear(2, 2)), format="coo")
     with pytest.raises(ValueError, match="batch_hint"):
         sparsify(nn.Sequential(nn.Linear(2, 2)), batch_hint=0)
+
+
+class RenamedLinear(nn.Linear):
+    """A subclass that keeps nn.Linear's forward: a plain linear map."""
+
+
+class ScaledLinear(nn.Linear):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_linear_subclasses_are_converted_or_listed_with_the_reason(prune):
+    model = nn.Sequential(prune(RenamedLinear(8, 8), 0.9), prune(ScaledLinear(8, 8), 0.9))
+    x = torch.randn(3, 8)
+    expected = model(x)
+    sparsify(model, format="csr")
+    assert isinstance(model[0], SparseLinear) and isinstance(model[1], ScaledLinear)
+    report = {layer.name: layer for layer in model.sparsegemm_report}
+    assert report["0"].converted and report["0"].kind == "RenamedLinear"
+    assert not report["1"].converted and "own forward" in report["1"].reason
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)

@@ -384,15 +384,16 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sparsegemm`` console script."""
-    if argv is None:
-        argv = sys.argv[1:]
-        reexec_with_spin_env([sys.executable, "-m", MODULE, *argv])
+    console = argv is None
+    argv = sys.argv[1:] if console else list(argv)
     parser = build_parser()
-    args = parser.parse_args(list(argv))
+    args = parser.parse_args(argv)  # help and usage errors print here, the same in any environment
     if args.command != "bench":
         parser.print_help()
         return 2
-    args.argv = list(argv)[1:]
+    if console:  # argv starts with "bench", which `python -m` passes through unchanged
+        reexec_with_spin_env([sys.executable, "-m", MODULE, *argv])
+    args.argv = argv[1:]
     try:
         return run_bench(args)
     except (ValueError, argparse.ArgumentTypeError) as error:  # bad values or files: a message

@@ -12,7 +12,8 @@ attached, a plain ``weight`` after :func:`remove`).
 Quick start::
 
     from sparsegemm import prune
-    prune.prune_model(model, 0.9)                                   # global L1, 90 %
+    prune.prune_model(model, 0.9, skip_first_last=False)            # global L1, 90 % of all
+    prune.prune_model(model, 0.9)                # 90 % of all but the first and last (warns)
     prune.prune_model(model, 0.8, prune.BlockNorm((4, 1)))          # 4x1 blocks
     prune.prune_model(model, criterion=prune.NM(2, 4))              # 2:4
     prune.prune_model(model, 0.5, prune.ChannelNorm(2), scope="layer")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
+import warnings
 from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
@@ -266,11 +268,21 @@ def prune_model(
     *,
     scope: str = "global",
     overrides: Optional[Mapping[str, Optional[Amount]]] = None,
-    skip_first_last: bool = True,
+    skip_first_last: Optional[bool] = None,
     filter_fn: Optional[Callable[[nn.Module, str], bool]] = None,
     name: str = "weight",
 ) -> Dict[str, nn.Module]:
     """Prune a model's layers; returns the ``{name: module}`` that were pruned.
+
+    By default the first and the last prunable layer stay dense
+    (``skip_first_last``), so a fractional ``amount`` is met by the layers
+    pruned, not by the whole model: a 2-layer MLP gets nothing pruned, and
+    BERT at 0.9 ends near 0.8 overall. A ``UserWarning`` names the layers left
+    dense when nothing is pruned, or when (with ``skip_first_last`` left at
+    its default and no ``overrides``) the prunable layers end less sparse
+    than a fractional ``amount``; pass
+    ``skip_first_last=False`` to prune every layer, or ``True`` to keep the
+    skip without the warning.
 
     Args:
         amount: fraction in [0, 1] or integer count of units (elements,
@@ -287,7 +299,8 @@ def prune_model(
             their own with that amount (and leave the global pool).  An
             override also selects a layer that ``skip_first_last`` or
             ``filter_fn`` would have left out; ``None`` leaves the layer dense.
-        skip_first_last: leave the first and last prunable layer dense.
+        skip_first_last: leave the first and last prunable layer dense
+            (default True; see above for the warning).
         filter_fn: ``f(module, qualified_name) -> bool`` choosing layers.
 
     Global ranking compares raw scores across layers; for channel criteria
@@ -298,6 +311,8 @@ def prune_model(
     if scope not in ("global", "layer"):
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     overrides = dict(overrides or {})
+    skip_chosen = skip_first_last is not None
+    skip_first_last = True if skip_first_last is None else skip_first_last
     layers = prunable_layers(model, filter_fn=filter_fn, skip_first_last=skip_first_last, name=name)
     all_modules = dict(model.named_modules())
     for lname in overrides:
@@ -323,4 +338,31 @@ def prune_model(
             w = getattr(mod, name + "_orig", None)
             shape = (w if w is not None else getattr(mod, name)).shape
             apply_mask(mod, expand_units(keep, crit.granularity, shape), name)
+    # With overrides the caller set each layer's amount; there is no one target to miss.
+    _warn_if_short(model, amount, crit, targets, warn_short=not skip_chosen and not overrides,
+                   filter_fn=filter_fn, name=name)
     return targets
+
+
+def _warn_if_short(model: nn.Module, amount: Amount, crit: Criterion,
+                   targets: Dict[str, nn.Module], *, warn_short: bool,
+                   filter_fn: Optional[Callable[[nn.Module, str], bool]], name: str) -> None:
+    """Warn when nothing was pruned, or (``warn_short``) when the prunable layers
+    end less sparse than a fractional ``amount``; name the layers left dense."""
+    candidates = prunable_layers(model, filter_fn=filter_fn, skip_first_last=False, name=name)
+    dense = [n for n in candidates if n not in targets]
+    if not candidates:
+        return
+    if not targets:
+        warnings.warn(f"prune_model pruned nothing: the prunable layers {dense} were all left "
+                      f"dense (skip_first_last leaves the first and the last; pass "
+                      f"skip_first_last=False to prune them)", UserWarning, stacklevel=3)
+        return
+    if not warn_short or not crit.rankable or isinstance(amount, numbers.Integral):
+        return
+    achieved = sparsity(model, name, layers=candidates)["total"]
+    if achieved < float(amount) - 0.005:
+        warnings.warn(f"prune_model was asked for {float(amount):.1%} but the prunable layers are "
+                      f"{achieved:.1%} sparse: {dense} stayed dense (skip_first_last leaves the "
+                      f"first and the last). Pass skip_first_last=False to prune them, or True "
+                      f"to keep them dense without this warning", UserWarning, stacklevel=3)

@@ -15,6 +15,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from ._cache import clear_cache
 from .attention import SparseMultiheadAttention
+from .checkpoint import from_pretrained, load_sparsified
 from .modules import SparseConv2d, SparseLinear, masked_weight
 from .sparsify import LayerReport, SparsifyReport, sparsify
 
@@ -25,6 +26,8 @@ __all__ = [
     "SparseMultiheadAttention",
     "SparsifyReport",
     "clear_cache",
+    "from_pretrained",
+    "load_sparsified",
     "masked_weight",
     "sparsify",
 ]

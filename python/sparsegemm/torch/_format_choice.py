@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 import sparsegemm
@@ -74,11 +73,9 @@ def choose_format(weight: torch.Tensor, format: str, blocksize: tuple[int, int] 
     request = check_format(format, blocksize)
     if request.format != "auto":
         return request
-    plan = sparsegemm.plan(
-        weight.detach().cpu().numpy(), batch_hint,
-        num_threads=torch.get_num_threads(),
-        dtype=np.float64 if weight.dtype == torch.float64 else np.float32,
-    )
+    compute = torch.float64 if weight.dtype == torch.float64 else torch.float32  # half: float32
+    plan = sparsegemm.plan(weight.detach().to("cpu", compute).numpy(), batch_hint,
+                           num_threads=torch.get_num_threads())
     if plan.format != "dense":
         return _choice_for(plan.format, float(plan.speedup), plan.format)
     fastest = _fastest_sparse(plan.times)

@@ -39,10 +39,8 @@ class SparseMultiheadAttention(nn.Module):
     ``bias_k``/``bias_v``/``add_zero_attn``. Build it with :meth:`from_dense`.
     """
 
-    # nn.TransformerEncoderLayer reads these before taking its fused dense path,
+    # nn.TransformerEncoderLayer reads this before taking its fused dense path,
     # which needs a packed in-projection; there is none here, so it stays off.
-    in_proj_weight = None
-    in_proj_bias = None
     _qkv_same_embed_dim = False
 
     def __init__(self, q_proj: nn.Module, k_proj: nn.Module, v_proj: nn.Module,
@@ -86,6 +84,18 @@ class SparseMultiheadAttention(nn.Module):
                             None if mha.out_proj.bias is None else mha.out_proj.bias.detach())
         return cls(*projections, convert(out, "out_proj"), mha.num_heads, dropout=mha.dropout,
                    batch_first=mha.batch_first)
+
+    @property
+    def in_proj_weight(self) -> Tensor:
+        """The packed (3 * embed_dim, embed_dim) q, k, v weight of ``nn.MultiheadAttention``:
+        a dense copy, read-only, built on each access (for code that reads it)."""
+        return torch.cat([p.weight.detach() for p in (self.q_proj, self.k_proj, self.v_proj)])
+
+    @property
+    def in_proj_bias(self) -> Optional[Tensor]:
+        """The packed q, k, v bias (a copy), or None when the projections have none."""
+        biases = [p.bias for p in (self.q_proj, self.k_proj, self.v_proj)]
+        return None if any(b is None for b in biases) else torch.cat([b.detach() for b in biases])
 
     def _attention_mask(self, attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor],
                         batch: int, target: int, source: int, dtype: torch.dtype

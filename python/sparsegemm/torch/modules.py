@@ -12,6 +12,7 @@ so the modules work under autograd, ``torch.compile`` and ``torch.export``.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import torch
@@ -24,7 +25,25 @@ from . import ops as _ops
 from ._cache import as_numpy
 from ._format_choice import FormatChoice, check_format, choose_format
 
-__all__ = ["SparseConv2d", "SparseLinear", "masked_weight"]
+__all__ = ["SparseConv2d", "SparseLinear", "is_linear_map", "masked_weight"]
+
+
+def is_hf_conv1d(module: nn.Module) -> bool:
+    """True for Hugging Face's ``Conv1D`` (GPT-2's Linear, weight stored (in, out)).
+
+    transformers is only consulted when the caller has already imported it.
+    """
+    pytorch_utils = sys.modules.get("transformers.pytorch_utils")
+    conv1d = getattr(pytorch_utils, "Conv1D", None)
+    return conv1d is not None and isinstance(module, conv1d)
+
+
+def is_linear_map(module: nn.Module) -> bool:
+    """True for a module that :meth:`SparseLinear.from_dense` converts exactly: an
+    ``nn.Linear`` (or a subclass that keeps its forward) or Hugging Face's ``Conv1D``."""
+    if isinstance(module, nn.Linear):
+        return type(module).forward is nn.Linear.forward
+    return is_hf_conv1d(module)
 
 
 def masked_weight(module: nn.Module) -> tuple[Tensor, Tensor]:
@@ -41,6 +60,12 @@ def masked_weight(module: nn.Module) -> tuple[Tensor, Tensor]:
         return weight, mask != 0
     weight = module.weight.detach()
     return weight, weight != 0
+
+
+def _linear_weight(module: nn.Module) -> tuple[Tensor, Tensor]:
+    """:func:`masked_weight` of a linear map as (out_features, in_features)."""
+    weight, keep = masked_weight(module)
+    return (weight.t(), keep.t()) if is_hf_conv1d(module) else (weight, keep)
 
 
 def _csr_tensors(weight: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -128,9 +153,17 @@ class _SparseWeight(nn.Module):
                                      requires_grad=dense.bias.requires_grad)
         self.check_pattern()
 
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        # Refuse a dtype the ops cannot take (complex, say) here, at .to() time,
+        # rather than at the next forward; float16/bfloat16 compute in float32.
+        probe = fn(torch.empty(0, dtype=self.values.dtype, device=self.values.device))
+        _ops.check_kernel_dtype(probe.dtype, f"{type(self).__name__} converted to {probe.dtype}")
+        return super()._apply(fn, recurse)
+
     def check_pattern(self) -> None:
         """Raise ValueError if indptr/indices/values do not form a valid CSR or BSR weight."""
-        arrays = (as_numpy(self.values), as_numpy(self.indices), as_numpy(self.indptr))
+        values = self.values if self.values.dtype in _ops.KERNEL_DTYPES else self.values.float()
+        arrays = (as_numpy(values), as_numpy(self.indices), as_numpy(self.indptr))
         if self.blocksize is None:
             CSRMatrix(arrays, shape=self.matrix_shape)
             return
@@ -157,6 +190,10 @@ class _SparseWeight(nn.Module):
                               unexpected_keys, error_msgs):
         # A freshly constructed module holds an empty pattern: take the stored
         # pattern's sizes before the copy (the optimizer must be built after loading).
+        mismatch = self._stored_format_mismatch(state_dict.get(prefix + "values"))
+        if mismatch is not None:
+            error_msgs.append(f"{prefix or 'module'}: invalid sparse pattern: {mismatch}")
+            return
         for name in ("indptr", "indices", "values"):
             incoming = state_dict.get(prefix + name)
             current = getattr(self, name)
@@ -173,6 +210,32 @@ class _SparseWeight(nn.Module):
         except (ValueError, TypeError) as error:
             error_msgs.append(f"{prefix or 'module'}: invalid sparse pattern: {error}")
 
+    def _stored_format_mismatch(self, values: Any) -> str | None:
+        """Why a state dict's ``values`` cannot load here, or None: its shape records the
+        format, (nnz,) for CSR and (nblocks, R, C) for BSR with R x C blocks."""
+        if not isinstance(values, Tensor) or values.dim() not in (1, 3):
+            return None
+        blocksize = tuple(int(s) for s in values.shape[1:]) if values.dim() == 3 else None
+        if blocksize == self.blocksize:
+            return None
+        stored = "CSR" if blocksize is None else f"BSR with {blocksize} blocks"
+        held = "CSR" if self.blocksize is None else f"BSR with {self.blocksize} blocks"
+        build = ("format='csr'" if blocksize is None
+                 else f"format='bsr', blocksize={blocksize}")
+        return (f"the state dict holds a {stored} weight but this {type(self).__name__} stores "
+                f"{held}: construct it with {build}, or load the whole model with "
+                f"sparsegemm.torch.load_sparsified(model, state_dict)")
+
+    @property
+    def weight(self) -> Tensor:
+        """The weight as a dense tensor, read-only, built on each access.
+
+        For code that reads ``module.weight`` (utilities, fused fast paths,
+        dtype and device checks); it carries no gradient and writing to it
+        changes nothing. The module itself multiplies with the sparse storage.
+        """
+        return self.dense_weight()
+
     def _sparse_repr(self) -> str:
         text = f"format={self.format}, sparsity={self.sparsity:.1%}, nnz={self.nnz}"
         if self.blocksize is not None:
@@ -187,7 +250,11 @@ class SparseLinear(_SparseWeight):
     ``SparseLinear(in_features, out_features)`` directly gives an empty pattern
     (all-zero weight), meant to receive a ``load_state_dict`` (pass the same
     ``format`` and ``blocksize``; ``nnz`` counts stored blocks for BSR). float32
-    and float64 are supported; the input must have the weight's dtype.
+    and float64 are computed natively; float16 and bfloat16 (``.half()``,
+    ``.to(torch.bfloat16)``) are stored as such and computed in float32, as in
+    the numpy API; under ``torch.autocast`` the product runs in float32. The
+    input must have the weight's dtype (as in ``F.linear``). ``weight`` is a
+    read-only dense view, for code that reads it.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, nnz: int = 0,
@@ -207,6 +274,9 @@ class SparseLinear(_SparseWeight):
                    choice: FormatChoice | None = None) -> SparseLinear:
         """A SparseLinear storing the nonzeros (or the prune mask) of ``linear``'s weight.
 
+        ``linear`` is an ``nn.Linear`` or Hugging Face's ``Conv1D`` (GPT-2's
+        projections, whose weight is stored transposed).
+
         ``format``: 'csr'; 'bsr' with ``blocksize`` (R, C), default (4, 1), storing
         every block that holds a kept entry; or 'auto', which times the weight
         with :func:`sparsegemm.plan` at ``batch_hint`` input rows and stores the
@@ -216,14 +286,16 @@ class SparseLinear(_SparseWeight):
         is an already resolved format. The bias is copied; ``linear`` is not
         modified.
         """
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"from_dense needs an nn.Linear, got {type(linear).__name__}")
-        weight, keep = masked_weight(linear)
+        if not (isinstance(linear, nn.Linear) or is_hf_conv1d(linear)):
+            raise TypeError(f"from_dense needs an nn.Linear (or transformers' Conv1D), "
+                            f"got {type(linear).__name__}")
+        weight, keep = _linear_weight(linear)
         _ops.check_kernel_dtype(weight.dtype, "the Linear's weight")
         if choice is None:
             choice = choose_format(weight, format, blocksize, batch_hint=batch_hint,
                                    fallback_to_sparse=True)
-        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
+        out_features, in_features = weight.shape
+        module = cls(in_features, out_features, bias=linear.bias is not None,
                      format=choice.format, blocksize=choice.blocksize, device=weight.device,
                      dtype=weight.dtype)
         module._copy_from_dense(linear, weight, keep)

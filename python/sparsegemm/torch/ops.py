@@ -39,7 +39,8 @@ positions only, so the sparsity pattern never fills in.
 
 from __future__ import annotations
 
-from typing import List, Optional
+import functools
+from typing import Callable, List, Optional
 
 import numpy as np
 import torch
@@ -51,15 +52,33 @@ from ..ops import conv_geometry
 from ._cache import as_numpy, patterns, values_array
 
 KERNEL_DTYPES = (torch.float32, torch.float64)
+# Stored and returned in their own dtype, computed in float32 (the numpy face's
+# rule for float16), until kernels of their own exist.
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+STORAGE_DTYPES = KERNEL_DTYPES + HALF_DTYPES
 
 
 def check_kernel_dtype(dtype: torch.dtype, what: str) -> None:
-    """Raise TypeError unless ``dtype`` is one the kernels compute in."""
-    if dtype not in KERNEL_DTYPES:
+    """Raise TypeError unless ``dtype`` is one the ops take (float16/bfloat16 compute in float32)."""
+    if dtype not in STORAGE_DTYPES:
         raise TypeError(
             f"{what} has dtype {dtype}; sparsegemm kernels compute in float32 or float64 "
-            f"(convert with .float() or .double())"
+            f"(float16 and bfloat16 in float32; convert with .float() or .double())"
         )
+
+
+def _half_in_float32(impl: Callable) -> Callable:
+    """Run ``impl`` in float32 when its tensors are float16/bfloat16, and return that dtype."""
+    @functools.wraps(impl)
+    def wrapper(*args):
+        half = next((a.dtype for a in args if isinstance(a, Tensor) and a.dtype in HALF_DTYPES),
+                    None)
+        if half is None:
+            return impl(*args)
+        widened = [a.float() if isinstance(a, Tensor) and a.dtype in HALF_DTYPES else a
+                   for a in args]
+        return impl(*widened).to(half)
+    return wrapper
 
 
 def _check_operands(op: str, values: Tensor, **dense: Optional[Tensor]) -> None:
@@ -73,6 +92,9 @@ def _check_operands(op: str, values: Tensor, **dense: Optional[Tensor]) -> None:
         if tensor.device.type not in ("cpu", "meta"):
             raise ValueError(f"sparsegemm.{op}: {name} is on {tensor.device}; sparsegemm runs on "
                              f"the CPU")
+        if tensor.device != values.device:  # a meta input to a CPU weight, as F.linear refuses
+            raise ValueError(f"sparsegemm.{op}: {name} is on {tensor.device} but the sparse "
+                             f"weight is on {values.device}")
 
 
 def _check_last_dim(op: str, name: str, tensor: Tensor, size: int) -> None:
@@ -108,6 +130,7 @@ def _linear(kernel, pattern, x: Tensor, values: np.ndarray, bias: Optional[Tenso
 # csr_linear ---------------------------------------------------------------------------------
 
 @torch.library.custom_op("sparsegemm::csr_linear", mutates_args=())
+@_half_in_float32
 def csr_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, cols: int,
                bias: Optional[Tensor]) -> Tensor:
     """``x @ W.T + bias`` (F.linear) for W = (indptr, indices, values), W (rows x cols)."""
@@ -126,6 +149,7 @@ def _(x, indptr, indices, values, cols, bias):
 
 
 @torch.library.custom_op("sparsegemm::csr_linear_t", mutates_args=())
+@_half_in_float32
 def csr_linear_t(g: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, cols: int) -> Tensor:
     """``g @ W`` for g (..., rows): the input gradient of :func:`csr_linear`."""
     _check_operands("csr_linear_t", values, g=g)
@@ -153,6 +177,7 @@ def _sampled_dot_shapes(indptr: Tensor, values_like: Tensor, a: Tensor, b: Tenso
 
 
 @torch.library.custom_op("sparsegemm::csr_sampled_dot", mutates_args=())
+@_half_in_float32
 def csr_sampled_dot(indptr: Tensor, indices: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """``sum_i (a[i] @ b[i].T)`` at the stored positions of the pattern, in storage order."""
     _check_operands("csr_sampled_dot", a, b=b)
@@ -182,6 +207,7 @@ def _(indptr, indices, a, b):
 # csr_bmm --------------------------------------------------------------------------------------
 
 @torch.library.custom_op("sparsegemm::csr_bmm", mutates_args=())
+@_half_in_float32
 def csr_bmm(indptr: Tensor, indices: Tensor, values: Tensor, cols: int, b: Tensor,
             bias: Optional[Tensor]) -> Tensor:
     """``W @ b[i] + bias[:, None]`` for each i, b (B, cols, N): the layout of a convolution."""
@@ -202,6 +228,7 @@ def _(indptr, indices, values, cols, b, bias):
 
 
 @torch.library.custom_op("sparsegemm::csr_bmm_t", mutates_args=())
+@_half_in_float32
 def csr_bmm_t(indptr: Tensor, indices: Tensor, values: Tensor, cols: int, g: Tensor) -> Tensor:
     """``W.T @ g[i]`` for each i, g (B, rows, N): the input gradient of :func:`csr_bmm`."""
     _check_operands("csr_bmm_t", values, g=g)
@@ -246,6 +273,7 @@ def _check_conv(x: Tensor, indptr: Tensor, values: Tensor, cols: int, kernel_siz
 
 
 @torch.library.custom_op("sparsegemm::csr_conv2d", mutates_args=())
+@_half_in_float32
 def csr_conv2d(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, cols: int,
                kernel_size: List[int], stride: List[int], padding: List[int], dilation: List[int],
                bias: Optional[Tensor]) -> Tensor:
@@ -283,6 +311,7 @@ def _check_bsr(op: str, indptr: Tensor, values: Tensor, rows: int, cols: int) ->
 
 
 @torch.library.custom_op("sparsegemm::bsr_linear", mutates_args=())
+@_half_in_float32
 def bsr_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, rows: int, cols: int,
                bias: Optional[Tensor]) -> Tensor:
     """``x @ W.T + bias`` for the BSR weight W (rows x cols): ``indptr`` per block row,
@@ -304,6 +333,7 @@ def _(x, indptr, indices, values, rows, cols, bias):
 
 
 @torch.library.custom_op("sparsegemm::bsr_linear_t", mutates_args=())
+@_half_in_float32
 def bsr_linear_t(g: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, rows: int,
                  cols: int) -> Tensor:
     """``g @ W`` for g (..., rows): the input gradient of :func:`bsr_linear`.
@@ -333,6 +363,7 @@ _BLOCK_GRAD_CHUNK = 1 << 22
 
 
 @torch.library.custom_op("sparsegemm::bsr_sampled_dot", mutates_args=())
+@_half_in_float32
 def bsr_sampled_dot(indptr: Tensor, indices: Tensor, a: Tensor, b: Tensor,
                     blocksize: List[int]) -> Tensor:
     """``a.T @ b`` at the stored blocks, as (nblocks, R, C), for a (n, rows), b (n, cols):
@@ -456,3 +487,9 @@ def _bsr_linear_backward(ctx, grad):
 
 
 bsr_linear.register_autograd(_bsr_linear_backward, setup_context=_bsr_linear_setup_context)
+
+
+# Under torch.autocast a sparse product runs in float32 (there are no
+# reduced-precision kernels), as autocast's float32 ops do.
+for _op in ("csr_linear", "csr_bmm", "csr_conv2d", "bsr_linear"):
+    torch.library.register_autocast(f"sparsegemm::{_op}", "cpu", torch.float32)

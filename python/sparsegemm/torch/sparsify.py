@@ -1,7 +1,9 @@
 """Convert the sparse-enough layers of a model to sparse modules, in place.
 
-Selection, per layer (``nn.Linear``, ``nn.Conv2d`` with groups=1 and zero
-padding, and the four projections of ``nn.MultiheadAttention``):
+Selection, per layer (``nn.Linear`` and subclasses that keep its forward,
+Hugging Face's ``Conv1D`` (GPT-2), ``nn.Conv2d`` with groups=1 and zero
+padding, and the four projections of ``nn.MultiheadAttention``; a subclass of
+``nn.Linear`` or ``nn.Conv2d`` with its own forward is listed, not converted):
 
 1. ``filter_fn(module, fully_qualified_name)`` must return True (default: all).
 2. The weight's sparsity must be at least ``min_sparsity``.
@@ -36,7 +38,8 @@ from torch import nn
 from ..planner import DEFAULT_MARGIN
 from ._format_choice import FormatChoice, check_format, choose_format
 from .attention import SparseMultiheadAttention
-from .modules import SparseConv2d, SparseLinear, masked_weight
+from .ops import STORAGE_DTYPES
+from .modules import SparseConv2d, SparseLinear, _linear_weight, is_linear_map, masked_weight
 
 __all__ = ["DEFAULT_MIN_SPARSITY", "LayerReport", "SparsifyReport", "sparsify"]
 
@@ -151,7 +154,7 @@ class _Converter:
             if x is None:
                 return FormatChoice("csr"), "not timed: pass example_inputs to time convolutions"
             return _time_convolution(module, x), f"timed on input {tuple(x.shape)}"
-        weight, _ = masked_weight(module)
+        weight, _ = masked_weight(module) if isinstance(module, nn.Conv2d) else _linear_weight(module)
         matrix = weight.reshape(weight.shape[0], -1)
         choice = choose_format(matrix, self.format, self.blocksize, batch_hint=self.batch_hint)
         note = "" if choice.planned is None else f"planner: {choice.planned}"
@@ -163,7 +166,7 @@ class _Converter:
         if isinstance(module, nn.Conv2d) and (module.groups != 1 or module.padding_mode != "zeros"):
             return self._keep(module, name, kind, _sparsity(module),
                               "groups > 1 or non-zero padding mode: not supported")
-        if module.weight.dtype not in (torch.float32, torch.float64):
+        if module.weight.dtype not in STORAGE_DTYPES:
             return self._keep(module, name, kind, _sparsity(module),
                               f"dtype {module.weight.dtype} not supported")
         sparsity = _sparsity(module)
@@ -193,6 +196,10 @@ class _Converter:
         return module
 
 
+def _is_plain_conv2d(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and type(module).forward is nn.Conv2d.forward
+
+
 def _is_fused_transformer_layer(module: nn.Module) -> bool:
     return isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
 
@@ -211,10 +218,15 @@ def _walk(module: nn.Module, prefix: str, converter: _Converter, filter_fn: Filt
         if isinstance(child, nn.MultiheadAttention):
             if filter_fn(child, name):
                 replacement = _convert_attention(child, name, converter)
-        elif isinstance(child, (nn.Linear, nn.Conv2d)) and type(child).__module__.startswith(
-                "torch.nn"):
+        elif is_linear_map(child) or _is_plain_conv2d(child):
             if filter_fn(child, name):
                 replacement = converter.convert(child, name)
+        elif isinstance(child, (nn.Linear, nn.Conv2d)):
+            if filter_fn(child, name):
+                base = "Linear" if isinstance(child, nn.Linear) else "Conv2d"
+                converter.report.append(LayerReport(
+                    name, type(child).__name__, False, "dense", _sparsity(child), None,
+                    f"subclass of nn.{base} with its own forward: not converted"))
         else:
             changed |= _walk(child, name, converter, filter_fn)
         if replacement is not child:
