@@ -27,7 +27,6 @@ import sparsegemm
 from sparsegemm.bench import contenders as registry
 from sparsegemm.bench.environment import reexec_with_spin_env
 from sparsegemm.bench.harness import check_output
-from sparsegemm.bench.suite import thread_limits
 from sparsegemm.bench.workloads import (
     Point,
     WeightCache,
@@ -35,6 +34,7 @@ from sparsegemm.bench.workloads import (
     parse_shape,
     parse_sparsity,
 )
+from sparsegemm.timing import thread_limits
 
 
 def _block_median(calls: dict, repeats: int, block_s: float) -> dict[str, float]:
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if registry.unavailable_reason(registry.REGISTRY[n]) is None
     ]
     names = list(dict.fromkeys(names))
-    with thread_limits(threads, use_torch="torch_dense" in names):
+    with thread_limits(threads, include_torch="torch_dense" in names):
         calls = {}
         for name in names:
             try:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
@@ -34,6 +34,7 @@ from ._dtypes import kernel_dtype
 from ._runtime import get_isa, resolve_num_threads
 from .formats import BSRMatrix, CSRMatrix
 from .ops import linear
+from .timing import SLOW_PHASE_RATIO, TimingSettings, measure, thread_limits
 
 # Candidate name -> blocksize (None: CSR).
 CANDIDATES: dict[str, tuple[int, int] | None] = {
@@ -54,7 +55,7 @@ CSR_MAX_DENSITY = 0.5
 BSR_MAX_STORED_FRACTION = 0.75
 # Rounds whose dense medians differ by more than this are a slow VM phase:
 # measure again (at most MAX_EXTRA_ROUNDS times).
-ROUND_DISAGREEMENT = 1.35
+ROUND_DISAGREEMENT = SLOW_PHASE_RATIO
 MAX_EXTRA_ROUNDS = 2
 
 Operand = Union[CSRMatrix, BSRMatrix, None]
@@ -152,57 +153,24 @@ def _skip_reason(name: str, shape: tuple[int, int], stats: dict[str, Any]) -> st
 def _time_candidates(
     runners: dict[str, Callable[[], Any]], repeats: int, rounds: int
 ) -> dict[str, float]:
-    """Median seconds per call of each runner.
+    """Median seconds per call of each runner, timed by :func:`sparsegemm.timing.measure`.
 
     Contenders are interleaved: each round runs every contender as a block of
     ``repeats`` calls after one warm-up call, with a short sleep between blocks
-    so one runtime's spinning thread pool does not tax the next. Rounds whose
-    dense medians disagree by more than ROUND_DISAGREEMENT are repeated. Tests
-    replace this function to inject timings.
+    so one runtime's spinning thread pool does not tax the next. Rounds are
+    repeated while the dense reference's blocks disagree by more than
+    ROUND_DISAGREEMENT. Tests replace this function to inject timings.
     """
-    samples: dict[str, list[list[float]]] = {name: [] for name in runners}
-    dense = next((n for n in (DENSE_NUMPY, DENSE_TORCH) if n in runners), None)
-
-    def run_round() -> None:
-        for name, run in runners.items():
-            run()
-            block = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                run()
-                block.append(time.perf_counter() - start)
-            samples[name].append(block)
-            time.sleep(0.005)
-
-    for _ in range(rounds):
-        run_round()
-    for _ in range(MAX_EXTRA_ROUNDS):
-        if dense is None:
-            break
-        medians = [float(np.median(block)) for block in samples[dense]]
-        if max(medians) <= ROUND_DISAGREEMENT * min(medians):
-            break
-        run_round()
-    return {name: float(np.median(np.concatenate(blocks))) for name, blocks in samples.items()}
-
-
-def _thread_limits(threads: int) -> Any:
-    """Limit numpy's BLAS (and torch, if imported) to ``threads`` while timing."""
-    import contextlib
-
-    stack = contextlib.ExitStack()
-    try:
-        import threadpoolctl
-
-        stack.enter_context(threadpoolctl.threadpool_limits(limits=threads, user_api="blas"))
-    except ImportError:
-        pass
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        stack.callback(torch.set_num_threads, previous)
-    return stack
+    dense = [name for name in (DENSE_NUMPY, DENSE_TORCH) if name in runners][:1]
+    settings = TimingSettings(
+        rounds=rounds,
+        calls_per_block=repeats,
+        sleep_s=0.005,
+        max_remeasure=MAX_EXTRA_ROUNDS,
+        skip_warmup_above_s=math.inf,
+    )
+    timings = measure(runners, dense, settings).timings
+    return {name: timing.median for name, timing in timings.items()}
 
 
 def _build(name: str, W: np.ndarray) -> Operand:
@@ -335,7 +303,7 @@ def plan(
             skipped[name] = reason
     operands = {name: _build(name, weight) for name in timed}
     runners = _runners(weight, batch, threads, operands)
-    with _thread_limits(threads):
+    with thread_limits(threads):
         times = _time_candidates(runners, repeats, rounds)
     decision = choose(times, margin)
     decision["skipped"] = skipped

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
+from ..timing import thread_limits
 from . import contenders as registry
 from .harness import HarnessSettings, WrongResult, check_output, measure
 from .workloads import Point, WeightCache
@@ -61,31 +60,6 @@ class _Progress:
             self._bar.close()
         elif self.enabled:
             sys.stderr.write("\n")
-
-
-@contextlib.contextmanager
-def thread_limits(threads: int, use_torch: bool) -> Iterator[None]:
-    """Give numpy's BLAS and torch ``threads`` threads for the run (restored after)."""
-    previous_torch = None
-    if use_torch:
-        import torch
-
-        previous_torch = torch.get_num_threads()
-        torch.set_num_threads(threads)
-    try:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            limits: contextlib.AbstractContextManager = contextlib.nullcontext()
-        else:
-            limits = threadpool_limits(limits=threads, user_api="blas")
-        with limits:
-            yield
-    finally:
-        if previous_torch is not None:
-            import torch
-
-            torch.set_num_threads(previous_torch)
 
 
 def _row_base(
@@ -223,7 +197,7 @@ def run_suite(spec: SuiteSpec, *, progress: bool = True, seed: int = 0) -> list[
     rows: list[dict[str, Any]] = []
     bar = _Progress(len(spec.points), progress)
     try:
-        with thread_limits(spec.threads, uses_torch):
+        with thread_limits(spec.threads, include_torch=uses_torch):
             weight_cache: dict = {}
             for point in spec.points:
                 weight = cache.pruned(point)

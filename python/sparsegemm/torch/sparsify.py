@@ -26,7 +26,6 @@ speedup, or the reason it stayed dense.
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from ..planner import DEFAULT_MARGIN
+from ..timing import median_seconds
 from ._formats import FormatChoice, check_format, choose_format
 from .attention import SparseMultiheadAttention
 from .modules import SparseConv2d, SparseLinear, masked_weight
@@ -89,13 +89,7 @@ def _format_name(choice: FormatChoice) -> str:
 
 
 def _median_seconds(call: Callable[[], Any], repeats: int = 7) -> float:
-    call()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    return median_seconds(call, repeats)
 
 
 def _time_convolution(module: nn.Conv2d, x: torch.Tensor) -> FormatChoice:
