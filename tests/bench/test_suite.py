@@ -154,7 +154,7 @@ def test_conversions_are_reused_across_batches():
     point = Point(16, 32, 1, 0.5)
     weight, x = _operands(point)
     run_point(point, weight, x, _spec(["numpy_dense", "sgemm_csr"]), cache)
-    first = cache["sgemm_csr"]
+    first = cache["sgemm:csr"]
     run_point(
         Point(16, 32, 4, 0.5),
         weight,
@@ -162,7 +162,7 @@ def test_conversions_are_reused_across_batches():
         _spec(["numpy_dense", "sgemm_csr"]),
         cache,
     )
-    assert cache["sgemm_csr"] is first
+    assert cache["sgemm:csr"] is first
 
 
 def test_block_formats_and_planner_contenders_run_with_their_checks():
