@@ -259,3 +259,82 @@ def test_python_dash_m_accepts_options_without_the_subcommand(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "numpy_dense" in done.stdout
+
+
+def test_a_wrong_sparsegemm_result_is_listed_and_fails_the_run(monkeypatch, tmp_path, capsys):
+    from sparsegemm.bench import contenders as registry
+
+    monkeypatch.setitem(
+        registry.REGISTRY,
+        "sgemm_broken",
+        registry.Contender(
+            "sgemm_broken",
+            "returns twice the answer",
+            "sparse",
+            lambda p: lambda: 2.0 * (p.x @ p.weight.T),
+            is_sparsegemm=True,
+        ),
+    )
+    out = tmp_path / "out"
+    args = ["bench", "--quick-test", "--formats", "sgemm_broken", "--batch", "1"]
+    status = main([*args, "--sparsity", "0.9", "--out", str(out), "--no-progress", "--no-plot"])
+    assert status == 1
+    printed = capsys.readouterr()
+    assert "WRONG: sgemm_broken at 64x128 batch 1" in printed.out
+    assert "sparsegemm results were wrong" in printed.err
+    assert "WRONG: sgemm_broken" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("flag, expected", [("--cold", {"cold"}), ("--warm", {"warm"})])
+def test_cold_and_warm_apply_to_every_batch(flag, expected, tmp_path):
+    out = tmp_path / "out"
+    options = ["--formats", "sgemm_csr", "--sparsity", "0.9", "--batch", "1,64"]
+    assert main(["bench", "--quick-test", flag, *options, "--out", str(out), "--no-progress",
+                 "--no-plot"]) in (0,)
+    rows = load_json(str(out / "results.json"))["results"]
+    assert {r["cache"] for r in rows} == expected
+    assert load_json(str(out / "results.json"))["settings"]["cache"] == flag[2:]
+
+
+def test_by_default_small_batches_are_cold_and_large_ones_warm(quick_run):
+    rows = load_json(str(quick_run / "results.json"))["results"]
+    assert {(r["batch"], r["cache"]) for r in rows} == {(1, "cold"), (8, "cold")}
+    ok = [r for r in rows if r["status"] == "ok" and r["contender"] == "sgemm_csr"]
+    assert all(r["cold_copies"] > 1 for r in ok)  # a 32 KB weight needs many copies
+    metadata = load_json(str(quick_run / "results.json"))["metadata"]
+    assert metadata["last_level_cache"]["bytes"] > 0 and metadata["affinity"]["cpus"]
+    assert all(r["x_alignment"] in range(64) for r in ok)
+
+
+def test_processes_runs_fresh_processes_and_merges_them(tmp_path):
+    out = tmp_path / "out"
+    options = ["--formats", "sgemm_csr", "--sparsity", "0.9", "--batch", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "sparsegemm.bench", "--quick-test", *options, "--processes", "2",
+         "--out", str(out), "--no-progress", "--no-plot"],
+        capture_output=True, text=True, env=os.environ.copy(), timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    document = load_json(str(out / "results.json"))
+    rows = [r for r in document["results"] if r["contender"] == "sgemm_csr"]
+    assert rows and all(r["processes"] == 2 and len(r["process_speedups"]) == 2 for r in rows)
+    for row in rows:
+        assert row["speedup"] == pytest.approx(sum(row["process_speedups"]) / 2)
+        assert row["process_spread"] == pytest.approx(
+            max(row["process_speedups"]) / min(row["process_speedups"])
+        )
+    assert len(document["metadata"]["processes"]) == 2
+    assert (out / "process-1" / "results.json").exists()
+
+
+def test_last_level_cache_size_comes_from_sysfs_with_a_fallback(tmp_path):
+    from sparsegemm.bench.environment import FALLBACK_LLC_BYTES, last_level_cache_bytes
+
+    for index, (level, size) in enumerate(((1, "32K"), (2, "1024K"), (3, "96M"))):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        (folder / "level").write_text(f"{level}\n")
+        (folder / "size").write_text(f"{size}\n")
+    assert last_level_cache_bytes(str(tmp_path)) == (96 * 2**20, "sysfs L3")
+    size, source = last_level_cache_bytes(str(tmp_path / "missing"))
+    assert size > 0 and (source.startswith("sysconf") or size == FALLBACK_LLC_BYTES)
