@@ -7,8 +7,11 @@ a sparse format only when it beats the fastest dense contender by a margin (as
 LIBXSMM does): it never returns a sparse format that measured slower than
 dense. Decisions are cached in-process and, with ``cache_dir`` (or the
 ``SPARSEGEMM_PLAN_CACHE`` environment variable), in a JSON file, keyed by the
-CPU model, ISA, shape, batch, threads, dtype and the nonzero pattern's
-statistics (nnz and each block shape's fill ratio).
+CPU model, ISA, shape, batch, threads, dtype, the nonzero pattern itself (a
+hash, besides nnz and each block shape's fill ratio), the versions of
+sparsegemm, numpy and (when imported) torch, and the batch-1 gather choice
+(``SPARSEGEMM_GATHER``). A decision read from a cache has ``cached`` set: its
+times were measured on another call (possibly another process), not now.
 
 The torch layer is never imported here (torch is an optional extra): torch's
 ``F.linear`` joins the dense contenders only when the caller has already
@@ -30,6 +33,7 @@ from typing import Any, Callable, Union
 
 import numpy as np
 
+from . import _core
 from ._dtypes import kernel_dtype
 from ._runtime import get_isa, resolve_num_threads
 from .formats import BSRMatrix, CSRMatrix
@@ -108,6 +112,28 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _pattern_digest(W: np.ndarray) -> str:
+    """A hash of where ``W``'s nonzeros (NaN included) are."""
+    return hashlib.sha1(np.packbits(W != 0).tobytes()).hexdigest()
+
+
+def _software_versions() -> dict[str, Any]:
+    """What a timing also depends on: library versions and the batch-1 gather choice.
+
+    torch's version counts only when torch is imported (it then joins the dense
+    contenders).
+    """
+    from . import __version__
+
+    torch = sys.modules.get("torch")
+    return {
+        "sparsegemm": __version__,
+        "numpy": np.__version__,
+        "torch": getattr(torch, "__version__", None) if torch is not None else None,
+        "gather": "hardware" if _core.prefer_hardware_gather() else "scalar",
+    }
 
 
 def _blocks_stored(W: np.ndarray, blocksize: tuple[int, int]) -> int:
@@ -281,9 +307,11 @@ def plan(
         "dtype": str(target),
         "nnz": stats["nnz"],
         "fill": stats["fill"],
+        # Two layers with the same shape, nnz and fill are still two patterns.
+        "pattern": _pattern_digest(weight),
         "candidates": names,
         "margin": margin,
-        "torch": DENSE_TORCH if "torch" in sys.modules else None,
+        **_software_versions(),
     }
     key = hashlib.sha1(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()
     disk_path = _cache_file(cache_dir) if cache else None
