@@ -44,7 +44,6 @@ from sparsegemm.bench.workloads import (
 )
 from sparsegemm.timing import thread_limits
 
-
 MAX_COPIES = 1024
 
 
@@ -174,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             contender = registry.REGISTRY[name]
             build = contender.build
             if name == args.format and planned:
-                build = lambda problem: registry.sparsegemm_call(problem, planned)  # noqa: E731
+                build = lambda problem: registry.sparsegemm_call(problem, planned)
             footprint = (
                 weight.nbytes
                 if contender.kind == "dense"

@@ -173,14 +173,17 @@ def test_cache_key_separates_layers_with_the_same_shape_nnz_and_fill(monkeypatch
     assert a.key != b.key and not b.cached and timer.calls == 2
 
 
+def _flip_gather_choice(monkeypatch):
+    flipped = not planner._core.prefer_hardware_gather()
+    monkeypatch.setattr(planner._core, "prefer_hardware_gather", lambda: flipped)
+
+
 @pytest.mark.parametrize(
     "change",
     [
         lambda mp: mp.setattr(sparsegemm, "__version__", "99.0"),
         lambda mp: mp.setattr(np, "__version__", "99.0"),
-        lambda mp: mp.setattr(planner._core, "prefer_hardware_gather",
-                              (lambda flipped: lambda: flipped)(
-                                  not planner._core.prefer_hardware_gather())),
+        lambda mp: _flip_gather_choice(mp),
     ],
     ids=["sparsegemm version", "numpy version", "SPARSEGEMM_GATHER"],
 )

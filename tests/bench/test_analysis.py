@@ -92,7 +92,7 @@ def test_table_has_each_contender_and_quotes_the_planners_choice_not_the_fastest
 def test_a_kept_dense_point_never_appears_as_a_sparsegemm_figure():
     # The planner kept the weight dense at 0.5 and 0.9: numpy ran, and happened to be
     # faster than the torch baseline. Neither point may count as a sparsegemm win.
-    kept = dict(kept_dense=True, format="dense (numpy)")
+    kept = {"kept_dense": True, "format": "dense (numpy)"}
     rows = [
         _row("sgemm_auto", 0.5, 1.3, **kept),
         _row("sgemm_auto", 0.7, 1.2, format="csr"),

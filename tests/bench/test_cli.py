@@ -10,9 +10,9 @@ import sys
 
 import pytest
 import sparsegemm
-from sparsegemm.bench.environment import SPIN_ENV
 from sparsegemm.bench.cli import main
 from sparsegemm.bench.compare import compare_documents, compare_files
+from sparsegemm.bench.environment import SPIN_ENV
 from sparsegemm.bench.results import COLUMNS, load_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -78,6 +78,7 @@ def test_json_has_machine_metadata_and_break_even(quick_run):
             "calls_per_sample",
             "baseline",
             "baseline_time_s",
+            "best_dense",
             "useful_gflops",
             "effective_gflops",
             "baseline_gflops",

@@ -6,10 +6,20 @@ from sparsegemm.bench.processes import merge_rows
 
 def _row(speedup, status="ok", **extra):
     return {
-        "out_features": 8, "in_features": 8, "batch": 1, "sparsity": 0.9,
-        "pattern": "unstructured", "label": "", "dtype": "float32", "threads": 2,
-        "contender": "sgemm_csr", "status": status, "speedup": speedup,
-        "time_median_s": 1.0 / speedup if speedup else None, "steady": True, **extra,
+        "out_features": 8,
+        "in_features": 8,
+        "batch": 1,
+        "sparsity": 0.9,
+        "pattern": "unstructured",
+        "label": "",
+        "dtype": "float32",
+        "threads": 2,
+        "contender": "sgemm_csr",
+        "status": status,
+        "speedup": speedup,
+        "time_median_s": 1.0 / speedup if speedup else None,
+        "steady": True,
+        **extra,
     }
 
 

@@ -65,7 +65,12 @@ class Problem:
         Build this problem's contender first: the copy duplicates its conversions.
         """
         return Problem(
-            self.weight, self.x, self.pattern, self.threads, copy_cache, self.plans,
+            self.weight,
+            self.x,
+            self.pattern,
+            self.threads,
+            copy_cache,
+            self.plans,
             self.weight_cache,
         )
 
@@ -313,7 +318,9 @@ def _build_sparsegemm_auto(problem: Problem) -> Callable[[], Any]:
         builder = _build_torch_dense if dense == "dense_torch" else _build_numpy_dense
         kept = RanAs(f"dense ({dense.removeprefix('dense_')})", True, describe_plan(plan))
         return _label(builder(problem), kept)
-    return _label(sparsegemm_call(problem, plan.format), RanAs(plan.format, False, describe_plan(plan)))
+    return _label(
+        sparsegemm_call(problem, plan.format), RanAs(plan.format, False, describe_plan(plan))
+    )
 
 
 register(

@@ -75,10 +75,11 @@ def terminal_table(rows: Sequence[dict[str, Any]]) -> str:
     )
     for (m, k, pattern, batch), group in groups.items():
         baseline = baselines_label(group)
+        best = "/".join(sorted({r["best_dense"] for r in group if r.get("best_dense")})) or "-"
         cache = "/".join(sorted({r.get("cache", "warm") for r in group}))
         lines.append(
             f"\n{m}x{k}  batch {batch}  {pattern}  {cache}  (vs base = vs {baseline}; "
-            f"vs best = vs the fastest dense library; vs own0% = vs sparsegemm's kernel on the "
+            f"vs best = vs the fastest dense, {best}; vs own0% = vs sparsegemm's kernel on the "
             f"unpruned weight, same format; GFLOP/s: useful = 2*nnz*N/t, dense = 2*M*K*N/t of "
             f"the baseline)"
         )

@@ -50,6 +50,7 @@ COLUMNS: dict[str, str] = {
     "numpy and torch; otherwise torch F.linear, or numpy without torch)",
     "baseline_time_s": "the baseline's median seconds per call",
     "speedup": "baseline_time_s / time_median_s",
+    "best_dense": "the fastest dense contender at this point",
     "speedup_vs_best_dense": "fastest dense contender's median / time_median_s",
     "own_dense_time_s": "sparsegemm's own kernel, same format, on the weight before pruning "
     "(sparsity 0), timed in the same rounds",

@@ -16,11 +16,10 @@ import numpy as np
 
 from ..timing import thread_limits
 from . import contenders as registry
-from .environment import last_level_cache_bytes
 from .analysis import is_sparsegemm_figure, point_key
+from .environment import last_level_cache_bytes
 from .harness import SLOW_PHASE_RATIO, HarnessSettings, WrongResult, check_output, measure
 from .workloads import Point, WeightCache, parse_pattern
-
 
 #: Batches up to this are measured cold by default: a weight small enough to stay
 #: in the last-level cache across calls would flatter sparse formats (BENCHMARKING.md).
@@ -269,7 +268,8 @@ def run_point(
     measured = measure({**calls, **own_dense}, references, spec.harness, first_call_s)
     dense_times = {name: measured.timings[name].median for name in references}
     baseline = _baseline(point, dense_times)
-    best_dense = min(dense_times.values(), default=math.nan)
+    best_dense_name = min(dense_times, key=dense_times.__getitem__, default=None)
+    best_dense = dense_times[best_dense_name] if best_dense_name else math.nan
     baseline_time = dense_times[baseline] if baseline else math.nan
     dense_flops = 2.0 * point.out_features * point.in_features * point.batch
     useful_flops = 2.0 * int(np.count_nonzero(weight)) * point.batch
@@ -289,6 +289,7 @@ def run_point(
             calls_per_sample=timing.calls_per_sample,
             baseline=baseline,
             baseline_time_s=baseline_time,
+            best_dense=best_dense_name,
             useful_gflops=flops / median / 1e9,
             effective_gflops=dense_flops / median / 1e9,
             baseline_gflops=dense_flops / baseline_time / 1e9 if baseline else math.nan,
