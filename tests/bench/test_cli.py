@@ -339,3 +339,28 @@ def test_last_level_cache_size_comes_from_sysfs_with_a_fallback(tmp_path):
     assert last_level_cache_bytes(str(tmp_path)) == (96 * 2**20, "sysfs L3")
     size, source = last_level_cache_bytes(str(tmp_path / "missing"))
     assert size > 0 and (source.startswith("sysconf") or size == FALLBACK_LLC_BYTES)
+
+
+def test_a_kept_dense_point_never_reaches_a_sparsegemm_figure(monkeypatch, tmp_path):
+    # The planner keeps every weight dense: numpy runs, and at batch 8 it is faster
+    # than torch, the baseline. None of it may show up as a sparsegemm speedup.
+    def keep_dense(weight, batch, **kwargs):
+        return sparsegemm.Plan("dense", None, {"dense_numpy": 1.0}, 1.0, 1.0)
+
+    monkeypatch.setattr(sparsegemm, "plan", keep_dense)
+    out = tmp_path / "out"
+    options = ["--formats", "sgemm_auto", "--pattern", "unstructured", "--warm"]
+    assert main(["bench", "--quick-test", *options, "--out", str(out), "--no-progress"]) == 0
+    document = load_json(str(out / "results.json"))
+    auto = [r for r in document["results"] if r["contender"] == "sgemm_auto"]
+    assert auto and all(r["kept_dense"] and r["format"] == "dense (numpy)" for r in auto)
+    assert all(r["speedup"] != r["speedup"] for r in auto)  # NaN: no speedup
+    for entry in document["break_even"]:  # "n/a" when noise left every point out as suspect
+        assert entry["break_even_sparsity"] in ("never", "n/a") and entry["speedup_at_90"] is None
+    report = (out / "report.md").read_text()
+    assert "no sparse contender has a figure to plot" in report
+    for line in report.splitlines():
+        if line.startswith("| 64x128"):
+            cells = [cell.strip() for cell in line.split("|")[1:-1]]
+            assert cells[7:10] == ["-", "-", "-"] and cells[6] in ("never", "n/a")
+            assert cells[5] in ("sgemm_auto (kept dense (numpy))", "sgemm_auto (-)")

@@ -8,6 +8,7 @@ and ``--e2e`` (whole PyTorch blocks). ``--compare old.json new.json`` diffs runs
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -346,8 +347,10 @@ def _write_kernel_outputs(
         if crossover_plot(os.path.join(args.out, "crossover.png"), rows, table, title):
             plot_name = "crossover.png"
             written.append(os.path.join(args.out, plot_name))
-        else:
+        elif importlib.util.find_spec("matplotlib") is None:
             notes.append("no plot: matplotlib is not installed (pip install 'sparsegemm[bench]')")
+        else:
+            notes.append("no plot: no sparse contender has a figure to plot")
     report_path = os.path.join(args.out, "report.md")
     with open(report_path, "w", encoding="utf-8") as handle:
         handle.write(markdown_report(metadata, table, notes, plot_name, rows))
