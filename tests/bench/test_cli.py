@@ -100,8 +100,9 @@ def test_json_has_machine_metadata_and_break_even(quick_run):
 
 def test_report_states_break_even_per_shape_and_batch(quick_run):
     report = (quick_run / "report.md").read_text()
-    assert re.search(r"\| 64x128 \| unstructured \| 1 \| cold \|", report)
-    assert re.search(r"\| 64x128 \| unstructured \| 8 \| cold \|", report)
+    # a 64x128 weight is so small that even the most copies allowed may fit in the cache
+    assert re.search(r"\| 64x128 \| unstructured \| 1 \| [a-z /]*cold \|", report)
+    assert re.search(r"\| 64x128 \| unstructured \| 8 \| [a-z /]*cold \|", report)
     assert "| at 90% vs base | vs best | vs own 0% |" in report
     assert "skipped: sgemm_bsr at 4 points" in report  # rows that did not run are listed
 
@@ -286,22 +287,25 @@ def test_a_wrong_sparsegemm_result_is_listed_and_fails_the_run(monkeypatch, tmp_
     assert "WRONG: sgemm_broken" in (out / "report.md").read_text()
 
 
-@pytest.mark.parametrize("flag, expected", [("--cold", {"cold"}), ("--warm", {"warm"})])
+@pytest.mark.parametrize(
+    "flag, expected", [("--cold", {"cold", "partly cold"}), ("--warm", {"warm"})]
+)
 def test_cold_and_warm_apply_to_every_batch(flag, expected, tmp_path):
     out = tmp_path / "out"
     options = ["--formats", "sgemm_csr", "--sparsity", "0.9", "--batch", "1,64"]
     assert main(["bench", "--quick-test", flag, *options, "--out", str(out), "--no-progress",
                  "--no-plot"]) in (0,)
     rows = load_json(str(out / "results.json"))["results"]
-    assert {r["cache"] for r in rows} == expected
+    assert {r["cache"] for r in rows} <= expected and {r["batch"] for r in rows} == {1, 64}
     assert load_json(str(out / "results.json"))["settings"]["cache"] == flag[2:]
 
 
 def test_by_default_small_batches_are_cold_and_large_ones_warm(quick_run):
     rows = load_json(str(quick_run / "results.json"))["results"]
-    assert {(r["batch"], r["cache"]) for r in rows} == {(1, "cold"), (8, "cold")}
+    assert {r["batch"] for r in rows} == {1, 8}
+    assert {r["cache"] for r in rows} <= {"cold", "partly cold"}
     ok = [r for r in rows if r["status"] == "ok" and r["contender"] == "sgemm_csr"]
-    assert all(r["cold_copies"] > 1 for r in ok)  # a 32 KB weight needs many copies
+    assert all(r["cold_copies"] > 100 for r in ok)  # a 32 KB weight needs many copies
     metadata = load_json(str(quick_run / "results.json"))["metadata"]
     assert metadata["last_level_cache"]["bytes"] > 0 and metadata["affinity"]["cpus"]
     assert all(r["x_alignment"] in range(64) for r in ok)

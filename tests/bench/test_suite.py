@@ -298,10 +298,20 @@ def test_cold_copies_count():
     assert cold_copies(footprint_bytes=0, llc_bytes=100) == 1
 
 
+def test_a_rotation_capped_below_the_cache_is_labelled_partly_cold():
+    point = Point(16, 32, 1, 0.5)
+    spec = _spec(["numpy_dense", "sgemm_csr"], cache="cold")
+    spec.llc_bytes = 10**9  # no number of 16x32 copies reaches it
+    rows = {r["contender"]: r for r in run_point(point, *_operands(point), spec)}
+    assert rows["sgemm_csr"]["cache"] == "partly cold"
+    assert rows["sgemm_csr"]["cold_copies"] == MAX_COLD_COPIES
+
+
 @pytest.mark.parametrize(
     "cache, speedup, vs_best, reason",
     [
         ("warm", 12.0, 12.0, "warm run"),
+        ("partly cold", 12.0, 12.0, "partly cold run"),
         ("cold", 12.0, 5.0, "only against torch_dense"),
         ("cold", 12.0, 11.0, "dense runs below its best"),
         ("cold", 9.0, 9.0, ""),

@@ -37,7 +37,8 @@ COLUMNS: dict[str, str] = {
     "kept_dense": "True when the planner kept the weight dense: a dense library ran, so the row "
     "has no speedup and is never a sparsegemm figure",
     "cache": "cold (each call uses the next of several weight copies that together exceed the "
-    "last-level cache twice) or warm (one weight, called repeatedly)",
+    "last-level cache twice), partly cold (the most copies allowed still fit in it) or warm "
+    "(one weight, called repeatedly)",
     "cold_copies": "copies of the weight a cold run rotates through (1 when warm)",
     "time_median_s": "median seconds per call over the samples",
     "time_q1_s": "first quartile of the samples",

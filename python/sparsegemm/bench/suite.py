@@ -27,8 +27,9 @@ COLD_MAX_BATCH = 16
 #: A cold run rotates through copies of the weight that together hold at least
 #: this many times the last-level cache...
 COLD_CACHE_MULTIPLE = 2
-#: ...but never more copies than this.
-MAX_COLD_COPIES = 256
+#: ...but never more copies than this (a point whose copies then still fit in the
+#: cache is labelled "partly cold").
+MAX_COLD_COPIES = 1024
 CACHE_MODES = ("auto", "cold", "warm")
 
 
@@ -192,8 +193,9 @@ def above_work_ratio_reason(row: dict[str, Any]) -> str:
     if not any(value > ratio for value in speedups):
         return ""
     head = f"above 1/(1-s) = {ratio:.1f}x"
-    if row.get("cache") == "warm":
-        return f"{head}: warm run, the sparse weight may stay in cache while dense streams"
+    if row.get("cache") != "cold":
+        cache = row.get("cache")
+        return f"{head}: {cache} run, the sparse weight may stay in cache while dense streams"
     if not row.get("speedup_vs_best_dense", math.nan) > ratio:
         return f"{head} only against {row['baseline']}: that dense library runs slowly here"
     return f"{head} cold: dense runs below its best here (see the gain over own 0%)"
@@ -249,8 +251,11 @@ def run_point(
             copies = 1
             if cold:
                 kind = "dense" if ran.kept_dense else contender.kind
-                copies = cold_copies(_footprint_bytes(kind, weight), spec.llc_bytes)
+                footprint = _footprint_bytes(kind, weight)
+                copies = cold_copies(footprint, spec.llc_bytes)
                 call = _cold_call(contender.build, problem, call, copies)
+                if copies * footprint < spec.llc_bytes:
+                    row["cache"] = "partly cold"
             row["cold_copies"] = copies
         except registry.Unsupported as reason:
             row.update(status="skipped", detail=str(reason))
