@@ -379,3 +379,11 @@ def test_suspect_points_are_measured_again(monkeypatch):
     assert calls == [spec.points[0], spec.points[1], spec.points[0]]
     assert [r["sparsity"] for r in rows] == [0.5, 0.9]  # grid order kept
     assert rows[0]["remeasured"] == 1 and rows[0]["steady"] and not rows[0]["suspect"]
+
+
+def test_the_planners_choice_says_when_it_came_from_a_cache():
+    times = {"dense_numpy": 2.0, "csr": 1.0}
+    fresh = sparsegemm.Plan("csr", object(), times, 2.0, 2.0)
+    cached = sparsegemm.Plan("dense", None, times, 2.0, 1.0, cached=True)
+    assert registry.describe_plan(fresh) == "csr (2.00x)"
+    assert registry.describe_plan(cached) == "dense (numpy, cached)"
