@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -166,20 +168,50 @@ def test_auto_min_speedup(prune, planner_times):
     assert isinstance(model[0], SparseLinear) and isinstance(model[2], SparseLinear)
 
 
-def test_auto_times_convolutions_as_themselves_on_the_example_input(prune, planner_times):
+@pytest.mark.parametrize("sparse_seconds, converted", [(0.5, True), (1.0, False)])
+def test_auto_times_convolutions_as_themselves_on_the_example_input(
+        prune, planner_times, monkeypatch, sparse_seconds, converted):
+    sparsify_module = importlib.import_module("sparsegemm.torch.sparsify")
     timer = planner_times(dense=1.0, csr=0.5)
+    ran = []  # which convolution each timed call ran
+
+    def fake_median_seconds(call, repeats=7):
+        call()
+        return sparse_seconds if ran[-1] == "sparse" else 1.0
+
+    sparse_forward = SparseConv2d.forward
+
+    def recorded_sparse_forward(self, *args, **kwargs):
+        ran.append("sparse")
+        return sparse_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(sparsify_module, "_median_seconds", fake_median_seconds)
+    monkeypatch.setattr(SparseConv2d, "forward", recorded_sparse_forward)
     x = torch.randn(1, 4, 6, 6)
     model = nn.Sequential(prune(nn.Conv2d(4, 8, 3), 0.9), nn.Flatten(),
                           prune(nn.Linear(8 * 4 * 4, 4), 0.9))
+    model[0].register_forward_pre_hook(lambda module, inputs: ran.append("dense"))
     reference = model(x)
     sparsify(model, batch_hint=1, example_inputs=x)
     conv = model.sparsegemm_report[0]
     assert conv.name == "0" and "timed on input (1, 4, 6, 6)" in (conv.reason or "")
-    assert conv.speedup is not None and conv.speedup > 0
-    assert conv.converted == (conv.speedup >= 1.1)
-    assert isinstance(model[0], SparseConv2d if conv.converted else nn.Conv2d)
+    assert conv.speedup == pytest.approx(1.0 / sparse_seconds)
+    assert conv.converted is converted
+    assert isinstance(model[0], SparseConv2d if converted else nn.Conv2d)
     assert len(timer.timed) == 1, "only the Linear layer goes through the planner"
     torch.testing.assert_close(model(x), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_a_cached_planner_figure_is_marked_as_cached(prune, planner_times):
+    timer = planner_times(dense=1.0, csr=0.5)
+    layer = prune(nn.Linear(32, 32), 0.9)
+    first = sparsify(nn.Sequential(layer), batch_hint=4).sparsegemm_report[0]
+    twin = nn.Linear(32, 32)
+    twin.load_state_dict(layer.state_dict())
+    second = sparsify(nn.Sequential(twin), batch_hint=4).sparsegemm_report[0]
+    assert len(timer.timed) == 1  # the second layer's figure was not measured
+    assert not first.cached and first.speedup_text == "2.00x"
+    assert second.cached and second.speedup_text == "2.00x (cached)"
 
 
 def test_auto_converts_untimed_convolutions_without_example_inputs(prune, planner_times):

@@ -30,13 +30,15 @@ class FormatChoice:
     speedup: the planner's measured dense time over the chosen sparse format's
     time (for a 'dense' decision: over the fastest sparse contender's), None when
     nothing was measured; planned: the planner's own name for its decision
-    ('dense', 'csr', 'bsr4x1', ...), None without the planner.
+    ('dense', 'csr', 'bsr4x1', ...), None without the planner; cached: the
+    planner's decision came from its cache (measured earlier, not for this call).
     """
 
     format: str
     blocksize: tuple[int, int] | None = None
     speedup: float | None = None
     planned: str | None = None
+    cached: bool = False
 
 
 def check_format(format: str, blocksize: tuple[int, int] | None) -> FormatChoice:
@@ -57,9 +59,9 @@ def _fastest_sparse(times: dict[str, float]) -> str | None:
     return min(sparse, key=lambda name: (sparse[name], name)) if sparse else None
 
 
-def _choice_for(name: str, speedup: float | None, planned: str) -> FormatChoice:
+def _choice_for(name: str, speedup: float | None, planned: str, cached: bool) -> FormatChoice:
     blocksize = CANDIDATES[name]
-    return FormatChoice("csr" if blocksize is None else "bsr", blocksize, speedup, planned)
+    return FormatChoice("csr" if blocksize is None else "bsr", blocksize, speedup, planned, cached)
 
 
 def choose_format(weight: torch.Tensor, format: str, blocksize: tuple[int, int] | None, *,
@@ -77,9 +79,9 @@ def choose_format(weight: torch.Tensor, format: str, blocksize: tuple[int, int] 
     plan = sparsegemm.plan(weight.detach().to("cpu", compute).numpy(), batch_hint,
                            num_threads=torch.get_num_threads())
     if plan.format != "dense":
-        return _choice_for(plan.format, float(plan.speedup), plan.format)
+        return _choice_for(plan.format, float(plan.speedup), plan.format, plan.cached)
     fastest = _fastest_sparse(plan.times)
     speedup = plan.dense_time / plan.times[fastest] if fastest is not None else None
     if fallback_to_sparse:
-        return _choice_for(fastest or "csr", speedup, plan.format)
-    return FormatChoice("dense", None, speedup, plan.format)
+        return _choice_for(fastest or "csr", speedup, plan.format, plan.cached)
+    return FormatChoice("dense", None, speedup, plan.format, plan.cached)

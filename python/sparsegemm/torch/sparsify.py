@@ -28,7 +28,6 @@ speedup, or the reason it stayed dense.
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from ..planner import DEFAULT_MARGIN
+from ..timing import median_seconds
 from ._format_choice import FormatChoice, check_format, choose_format
 from .attention import SparseMultiheadAttention
 from .ops import STORAGE_DTYPES
@@ -59,10 +59,13 @@ class LayerReport:
     sparsity: float  # of the dense weight (fraction of zeros / pruned entries)
     speedup: float | None  # the planner's measurement; None when not measured
     reason: str = ""
+    cached: bool = False  # the speedup is the planner's cached figure, not measured now
 
     @property
     def speedup_text(self) -> str:
-        return "not measured" if self.speedup is None else f"{self.speedup:.2f}x"
+        if self.speedup is None:
+            return "not measured"
+        return f"{self.speedup:.2f}x" + (" (cached)" if self.cached else "")
 
 
 class SparsifyReport(list):
@@ -92,13 +95,7 @@ def _format_name(choice: FormatChoice) -> str:
 
 
 def _median_seconds(call: Callable[[], Any], repeats: int = 7) -> float:
-    call()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    return median_seconds(call, repeats)
 
 
 def _time_convolution(module: nn.Conv2d, x: torch.Tensor) -> FormatChoice:
@@ -177,22 +174,23 @@ class _Converter:
             best = "not timed" if choice.speedup is None else f"{choice.speedup:.2f}x"
             return self._keep(module, name, kind, sparsity,
                               f"measured no gain (best sparse {best})" + (f"; {note}" if note else ""),
-                              choice.speedup)
+                              choice.speedup, choice.cached)
         if choice.speedup is not None and choice.speedup < self.min_speedup:
             return self._keep(module, name, kind, sparsity,
                               f"planner measured {choice.speedup:.2f}x < {self.min_speedup:.2f}x",
-                              choice.speedup)
+                              choice.speedup, choice.cached)
         if isinstance(module, nn.Conv2d):
             sparse: nn.Module = SparseConv2d.from_dense(module, format="csr")
         else:
             sparse = SparseLinear.from_dense(module, choice=choice)
         self.report.append(LayerReport(name, kind, True, _format_name(choice), sparsity,
-                                       choice.speedup, note))
+                                       choice.speedup, note, choice.cached))
         return sparse
 
     def _keep(self, module: nn.Module, name: str, kind: str, sparsity: float, reason: str,
-              speedup: float | None = None) -> nn.Module:
-        self.report.append(LayerReport(name, kind, False, "dense", sparsity, speedup, reason))
+              speedup: float | None = None, cached: bool = False) -> nn.Module:
+        self.report.append(LayerReport(name, kind, False, "dense", sparsity, speedup, reason,
+                                       cached))
         return module
 
 
