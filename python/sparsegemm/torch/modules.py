@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..formats import BSRMatrix, CSRMatrix
 from . import ops as _ops
-from ._cache import as_numpy
+from ._cache import KernelOperands, as_numpy
 from ._formats import FormatChoice, check_format, choose_format
 
 __all__ = ["SparseConv2d", "SparseLinear", "masked_weight"]
@@ -86,6 +86,7 @@ class _SparseWeight(nn.Module):
         choice = check_format(format, blocksize)
         dtype = torch.get_default_dtype() if dtype is None else dtype
         self.weight_shape = tuple(int(s) for s in weight_shape)
+        self._matrix_shape = (self.weight_shape[0], math.prod(self.weight_shape[1:]))
         self.format = format
         self.blocksize = choice.blocksize
         rows = self.weight_shape[0]
@@ -96,10 +97,11 @@ class _SparseWeight(nn.Module):
         self.register_buffer("indptr", torch.zeros(pointers, dtype=torch.int64, device=device))
         self.register_buffer("indices", torch.zeros(nnz, dtype=torch.int32, device=device))
         self.values = nn.Parameter(torch.zeros(values_shape, dtype=dtype, device=device))
+        self._kernel_operands = KernelOperands()
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
-        return self.weight_shape[0], math.prod(self.weight_shape[1:])
+        return self._matrix_shape
 
     @property
     def nnz(self) -> int:
@@ -229,6 +231,15 @@ class SparseLinear(_SparseWeight):
         return module
 
     def forward(self, x: Tensor) -> Tensor:
+        # Straight from the registries: nn.Module.__getattr__ costs a microsecond or two a call.
+        parameters, buffers = self._parameters, self._buffers
+        values, bias = parameters["values"], parameters.get("bias")
+        if (_ops.can_call_kernel_directly(x, values, bias)
+                and x.dim() > 0 and x.shape[-1] == self.in_features):
+            # Inference fast path: the same kernel without the custom op's dispatch and checks.
+            operands = self._kernel_operands.get(buffers["indptr"], buffers["indices"], values,
+                                                 bias, self._matrix_shape, self.blocksize)
+            return _ops.linear_direct(x, *operands)
         if self.blocksize is not None:
             return torch.ops.sparsegemm.bsr_linear(x, self.indptr, self.indices, self.values,
                                                    self.out_features, self.in_features, self.bias)
