@@ -46,7 +46,7 @@ def test_filter_fn_gets_module_and_fully_qualified_name(prune):
         seen.append((type(module).__name__, name))
         return name == "0.0"
 
-    sparsify(model, filter_fn=only_inner, min_sparsity=0.5)
+    sparsify(model, filter_fn=only_inner, min_sparsity=0.5, batch_hint=1)
     assert ("Linear", "0.0") in seen and ("Linear", "1") in seen
     assert isinstance(model[0][0], SparseLinear) and isinstance(model[1], nn.Linear)
 
@@ -58,7 +58,7 @@ def test_models_pruned_with_torch_prune():
                                     pruning_method=torch_prune.L1Unstructured, amount=0.85)
     x = torch.randn(4, 12)
     expected = model(x)
-    sparsify(model, min_sparsity=0.5, min_speedup=0.0)
+    sparsify(model, min_sparsity=0.5, min_speedup=0.0, batch_hint=4)
     assert isinstance(model[0], SparseLinear) and isinstance(model[2], SparseLinear)
     torch.testing.assert_close(model(x), expected)
 
@@ -86,7 +86,7 @@ def test_transformer_encoder_layer(batch_first):
     with torch.no_grad():
         expected = layer(x)
         expected_masked = layer(x, src_key_padding_mask=mask)
-    sparsify(layer, min_sparsity=0.8, min_speedup=0.0)
+    sparsify(layer, min_sparsity=0.8, min_speedup=0.0, batch_hint=10)
     attention = layer.self_attn
     assert isinstance(attention, SparseMultiheadAttention)
     assert all(isinstance(getattr(attention, p), SparseLinear)
@@ -149,7 +149,7 @@ def test_auto_takes_the_planners_format_and_blocksize(prune, planner_times):
 def test_auto_keeps_a_layer_dense_when_the_planner_measures_no_gain(prune, planner_times):
     planner_times(dense=1.0, csr=1.25, bsr4x1=2.0, bsr8x1=2.0, bsr16x1=2.0, bsr4x4=2.0)
     model = nn.Sequential(prune(nn.Linear(32, 32), 0.9))
-    sparsify(model)  # format='auto' is the default
+    sparsify(model, batch_hint=1)  # format='auto' is the default
     assert type(model[0]) is nn.Linear
     layer = model.sparsegemm_report[0]
     assert not layer.converted and layer.format == "dense"

@@ -15,16 +15,19 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from ._cache import clear_cache
 from .attention import SparseMultiheadAttention
+from .auto import AutoSparseLinear, freeze
 from .modules import SparseConv2d, SparseLinear, masked_weight
 from .sparsify import LayerReport, SparsifyReport, sparsify
 
 __all__ = [
+    "AutoSparseLinear",
     "LayerReport",
     "SparseConv2d",
     "SparseLinear",
     "SparseMultiheadAttention",
     "SparsifyReport",
     "clear_cache",
+    "freeze",
     "masked_weight",
     "sparsify",
 ]

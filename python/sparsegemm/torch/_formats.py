@@ -38,6 +38,22 @@ class FormatChoice:
     blocksize: tuple[int, int] | None = None
     speedup: float | None = None
     planned: str | None = None
+    #: The fastest sparse contender the planner timed (its name), None when it timed none.
+    fastest_sparse: str | None = None
+
+    @property
+    def label(self) -> str:
+        """'dense', 'csr' or 'bsr<R>x<C>': the planner's names for formats."""
+        if self.blocksize is None:
+            return self.format
+        return f"{self.format}{self.blocksize[0]}x{self.blocksize[1]}"
+
+    def why_dense(self, margin: float) -> str:
+        """For a 'dense' decision of the planner: the best sparse candidate and how it fell short."""
+        if self.fastest_sparse is None or self.speedup is None:
+            return "no sparse candidate could be timed"
+        return (f"best sparse {self.fastest_sparse} measured {self.speedup:.2f}x, "
+                f"below the planner's {margin:.2f}x margin")
 
 
 def check_format(format: str, blocksize: tuple[int, int] | None) -> FormatChoice:
@@ -58,9 +74,11 @@ def _fastest_sparse(times: dict[str, float]) -> str | None:
     return min(sparse, key=lambda name: (sparse[name], name)) if sparse else None
 
 
-def _choice_for(name: str, speedup: float | None, planned: str) -> FormatChoice:
+def _choice_for(name: str, speedup: float | None, planned: str,
+                fastest_sparse: str | None) -> FormatChoice:
     blocksize = CANDIDATES[name]
-    return FormatChoice("csr" if blocksize is None else "bsr", blocksize, speedup, planned)
+    return FormatChoice("csr" if blocksize is None else "bsr", blocksize, speedup, planned,
+                        fastest_sparse)
 
 
 def choose_format(weight: torch.Tensor, format: str, blocksize: tuple[int, int] | None, *,
@@ -79,10 +97,10 @@ def choose_format(weight: torch.Tensor, format: str, blocksize: tuple[int, int] 
         num_threads=torch.get_num_threads(),
         dtype=np.float64 if weight.dtype == torch.float64 else np.float32,
     )
-    if plan.format != "dense":
-        return _choice_for(plan.format, float(plan.speedup), plan.format)
     fastest = _fastest_sparse(plan.times)
+    if plan.format != "dense":
+        return _choice_for(plan.format, float(plan.speedup), plan.format, fastest)
     speedup = plan.dense_time / plan.times[fastest] if fastest is not None else None
     if fallback_to_sparse:
-        return _choice_for(fastest or "csr", speedup, plan.format)
-    return FormatChoice("dense", None, speedup, plan.format)
+        return _choice_for(fastest or "csr", speedup, plan.format, fastest)
+    return FormatChoice("dense", None, speedup, plan.format, fastest)
