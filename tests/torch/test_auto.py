@@ -27,12 +27,14 @@ def test_no_arguments_decides_on_the_first_forward_per_row_bucket(prune, planner
     assert timer.timed == []  # nothing timed before a forward
     assert isinstance(model[0], AutoSparseLinear)
     assert "decides on the first forward" in str(model.sparsegemm_report)
+    assert model.sparsegemm_report[0].speedup_text == "not yet"
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
     assert len(timer.timed) == 2  # one plan per layer
     assert model[0].decisions[16].rows == 15
     assert model[0].decisions[16].choice.label == "bsr4x1"
     assert "rows 15: bsr4x1 4.00x" in str(model.sparsegemm_report)
+    assert model.sparsegemm_report[0].speedup_text == "per rows"
     model(torch.randn(9, 24))  # same bucket: no timing
     assert len(timer.timed) == 2
     model(torch.randn(2, 24))  # a new bucket: timed again

@@ -65,6 +65,8 @@ class LayerReport:
 
     @property
     def speedup_text(self) -> str:
+        if self.auto is not None:
+            return "per rows" if self.auto.decisions else "not yet"
         return "not measured" if self.speedup is None else f"{self.speedup:.2f}x"
 
     @property
