@@ -121,3 +121,15 @@ def test_copies_and_pickles_start_fresh(prune):
             assert torch.equal(clone(x), expected)
             clone.values.zero_()
         assert torch.equal(sparse(x), expected)
+
+
+def test_modules_pickled_before_the_inference_path_still_load(prune):
+    _, sparse = _module(prune)
+    state = sparse.__getstate__()
+    state = {key: value for key, value in state.items()
+             if key not in ("_kernel_operands", "_matrix_shape")}
+    old = SparseLinear.__new__(SparseLinear)
+    old.__setstate__(state)
+    x = torch.randn(2, 37)
+    with torch.no_grad():
+        assert torch.equal(old(x), sparse(x))

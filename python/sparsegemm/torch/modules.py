@@ -103,6 +103,14 @@ class _SparseWeight(nn.Module):
     def matrix_shape(self) -> tuple[int, int]:
         return self._matrix_shape
 
+    def __setstate__(self, state: dict) -> None:
+        # Modules pickled before the inference path existed lack its two attributes.
+        super().__setstate__(state)
+        if "_matrix_shape" not in self.__dict__:
+            self._matrix_shape = (self.weight_shape[0], math.prod(self.weight_shape[1:]))
+        if "_kernel_operands" not in self.__dict__:
+            self._kernel_operands = KernelOperands()
+
     @property
     def nnz(self) -> int:
         """Stored values (for BSR: every entry of every stored block, padding included)."""
