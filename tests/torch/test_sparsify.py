@@ -213,3 +213,35 @@ def test_bad_format_arguments():
         sparsify(nn.Sequential(nn.Linear(2, 2)), format="coo")
     with pytest.raises(ValueError, match="batch_hint"):
         sparsify(nn.Sequential(nn.Linear(2, 2)), batch_hint=0)
+
+
+@pytest.mark.parametrize("bias, affine", [(False, True), (True, False)])
+def test_eval_batchnorm_after_a_sparse_conv_is_folded(prune, bias, affine):
+    torch.manual_seed(0)
+    model = nn.Sequential(prune(nn.Conv2d(4, 8, 3, padding=1, bias=bias), 0.9),
+                          nn.BatchNorm2d(8, affine=affine), nn.ReLU(),
+                          prune(nn.Conv2d(8, 8, 1), 0.9), nn.BatchNorm2d(8))
+    with torch.no_grad():
+        for bn in (model[1], model[4]):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            if bn.affine:
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-1, 1)
+    model.eval()
+    x = torch.randn(2, 4, 6, 6)
+    expected = model(x)
+    sparsify(model, format="csr")
+    assert isinstance(model[0], SparseConv2d) and isinstance(model[1], nn.Identity)
+    assert isinstance(model[4], nn.Identity)
+    assert "folded BatchNorm2d 1" in model.sparsegemm_report[0].reason
+    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_training_batchnorm_and_dense_convs_are_left_alone(prune):
+    torch.manual_seed(0)
+    model = nn.Sequential(prune(nn.Conv2d(4, 8, 3), 0.9), nn.BatchNorm2d(8),
+                          prune(nn.Conv2d(8, 8, 1), 0.2), nn.BatchNorm2d(8).eval())
+    sparsify(model, format="csr")
+    assert isinstance(model[0], SparseConv2d) and isinstance(model[1], nn.BatchNorm2d)
+    assert isinstance(model[2], nn.Conv2d) and isinstance(model[3], nn.BatchNorm2d)

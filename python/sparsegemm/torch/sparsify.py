@@ -273,10 +273,39 @@ def _disable_fused_fast_path(module: nn.Module, inputs: tuple) -> None:
     dense fast path, which reads every ``.weight`` tensor directly."""
 
 
+def _foldable_batchnorm(module: nn.Module | None, channels: int) -> bool:
+    """True for an eval-mode BatchNorm2d with running statistics over ``channels``."""
+    return (type(module) is nn.BatchNorm2d and not module.training
+            and module.track_running_stats and module.running_mean is not None
+            and module.num_features == channels)
+
+
+def _fold_batchnorm(conv: SparseConv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold ``bn`` (eval mode) into the sparse ``conv`` that feeds it: each output
+    channel's stored values and bias are scaled and shifted as the BatchNorm would
+    scale and shift that channel (no entry is added, so the pattern is unchanged)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    scale, shift = scale.to(conv.values.dtype), shift.to(conv.values.dtype)
+    row_of_value = torch.repeat_interleave(torch.arange(conv.out_channels), conv.indptr.diff())
+    conv.values.mul_(scale[row_of_value])
+    bias = shift if conv.bias is None else conv.bias * scale + shift
+    conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=conv.values.requires_grad)
+
+
 def _walk(module: nn.Module, prefix: str, converter: _Converter, filter_fn: FilterFn) -> bool:
-    """Convert the children of ``module``; True if any descendant became sparse."""
+    """Convert the children of ``module``; True if any descendant became sparse.
+
+    In an ``nn.Sequential``, an eval-mode BatchNorm2d right after a Conv2d that
+    became sparse is folded into it and replaced by ``nn.Identity``.
+    """
     changed = False
-    for child_name, child in list(module.named_children()):
+    children = list(module.named_children())
+    for index, (child_name, child) in enumerate(children):
         name = f"{prefix}.{child_name}" if prefix else child_name
         replacement = child
         if isinstance(child, nn.MultiheadAttention):
@@ -286,6 +315,17 @@ def _walk(module: nn.Module, prefix: str, converter: _Converter, filter_fn: Filt
                 "torch.nn"):
             if filter_fn(child, name):
                 replacement = converter.convert(child, name)
+            following = children[index + 1] if index + 1 < len(children) else None
+            if (isinstance(replacement, SparseConv2d) and isinstance(module, nn.Sequential)
+                    and following is not None
+                    and _foldable_batchnorm(following[1], replacement.out_channels)):
+                _fold_batchnorm(replacement, following[1])
+                setattr(module, following[0], nn.Identity())
+                report = converter.report[-1]
+                bn_name = f"{prefix}.{following[0]}" if prefix else following[0]
+                report.reason = "; ".join(part for part in (report.reason,
+                                                            f"folded BatchNorm2d {bn_name}")
+                                          if part)
         else:
             changed |= _walk(child, name, converter, filter_fn)
         if replacement is not child:
@@ -352,6 +392,11 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         ``format='auto'`` each Linear is planned at the rows it receives there
         (leading dimensions flattened) and each Conv2d is timed, dense against
         sparse, on its input.
+
+    In an ``nn.Sequential``, an eval-mode ``BatchNorm2d`` right after a Conv2d
+    that becomes sparse is folded into its values and bias and replaced by
+    ``nn.Identity`` (one pass over the output fewer); the model then computes
+    the same in eval mode, but training it would no longer normalise there.
 
     With neither ``batch_hint`` nor ``example_inputs``, format 'auto' puts an
     :class:`~sparsegemm.torch.AutoSparseLinear` in place of each candidate
