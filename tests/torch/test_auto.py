@@ -53,7 +53,10 @@ def test_a_bucket_measured_without_gain_stays_dense_and_says_why(prune, planner_
     assert "below the planner's 1.10x margin" in str(model.sparsegemm_report)
     assert not model[0].variants  # no sparse copy built for nothing
     freeze(model)
-    assert type(model[0]) is nn.Linear
+    # The ReLU that followed moved into the layer; a dense layer gets it back beside it.
+    assert type(model[0]) is nn.Sequential and type(model[0][0]) is nn.Linear
+    assert type(model[0][1]) is nn.ReLU and type(model[1]) is nn.Identity
+    torch.testing.assert_close(model(x), expected)
 
 
 def test_freeze_replaces_agreeing_modules_and_never_times(prune, planner_times):
@@ -101,7 +104,8 @@ def test_example_inputs_plan_each_linear_at_its_rows(prune, planner_times):
     sparsify(model, example_inputs=x)
     assert type(model[0]) is SparseLinear and type(model[2]) is SparseLinear
     notes = [layer.reason for layer in model.sparsegemm_report]
-    assert notes == ["planned at 14 rows (rows seen in example_inputs)"] * 2
+    assert notes == ["planned at 14 rows (rows seen in example_inputs); fused ReLU 1",
+                     "planned at 14 rows (rows seen in example_inputs)"]
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -155,3 +159,26 @@ def test_tracing_never_times(prune, planner_times):
     assert timer.timed == []
     x = torch.randn(4, 24)
     torch.testing.assert_close(traced(x), model[2].dense(torch.relu(model[0].dense(x))))
+
+
+def test_fused_relu_and_gelu_give_the_unfused_output(prune, planner_times):
+    planner_times(dense=1.0, csr=0.5)
+    torch.manual_seed(0)
+    model = nn.Sequential(prune(nn.Linear(24, 32), 0.9), nn.ReLU(),
+                          prune(nn.Linear(32, 16), 0.9), nn.GELU(approximate="tanh"),
+                          prune(nn.Linear(16, 8), 0.9), nn.GELU())
+    x = torch.randn(5, 24)
+    expected = model(x)
+    sparsify(model)
+    assert [type(m).__name__ for m in model] == ["AutoSparseLinear", "Identity"] * 3
+    assert [m.activation for m in model[::2]] == ["relu", "gelu_tanh", "gelu"]
+    assert "fused ReLU 1" in model.sparsegemm_report[0].reason
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)  # with autograd
+    model(x).sum().backward()
+    freeze(model)
+    assert [m.activation for m in model[::2]] == ["relu", "gelu_tanh", "gelu"]
+    assert all(type(m) is SparseLinear for m in model[::2])
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..planner import DEFAULT_MARGIN
 from ._formats import FormatChoice, choose_format
-from .modules import SparseLinear, masked_weight
+from .modules import SparseLinear, apply_activation, masked_weight
 
 __all__ = ["AutoSparseLinear", "RowDecision", "freeze", "row_bucket"]
 
@@ -76,8 +76,13 @@ class AutoSparseLinear(nn.Module):
         self.variants = nn.ModuleDict()  # label ('csr', 'bsr4x1', ...) -> SparseLinear
         self.decisions: dict[int, RowDecision] = {}  # row bucket -> decision
         self.frozen = False
+        #: Applied to the output of whichever module runs (see modules.ACTIVATIONS).
+        self.activation: str | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        return apply_activation(self._product(x), self.activation)
+
+    def _product(self, x: Tensor) -> Tensor:
         if type(x) is not Tensor and not torch.compiler.is_compiling():
             # A proxy or tensor subclass (fx, export): no row count to time; never time.
             return self._module(self._nearest(None))(x)
@@ -133,11 +138,20 @@ class AutoSparseLinear(nn.Module):
                                                   for bucket in sorted(self.decisions))
 
     def resolved(self) -> nn.Module | None:
-        """The single module every decided bucket runs, or None if they differ."""
+        """The single module every decided bucket runs, with the fused activation, or None
+        if the buckets differ. A dense choice with an activation is an ``nn.Sequential``."""
         modules = {id(self._module(d)): self._module(d) for d in self.decisions.values()}
-        if not modules:
-            return self.dense
-        return next(iter(modules.values())) if len(modules) == 1 else None
+        if len(modules) > 1:
+            return None
+        module = next(iter(modules.values())) if modules else self.dense
+        if self.activation is None:
+            return module
+        if isinstance(module, SparseLinear):
+            module.activation = self.activation
+            return module
+        activation = (nn.ReLU() if self.activation == "relu"
+                      else nn.GELU("tanh" if self.activation == "gelu_tanh" else "none"))
+        return nn.Sequential(module, activation)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, " \

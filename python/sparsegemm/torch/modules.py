@@ -42,6 +42,37 @@ def masked_weight(module: nn.Module) -> tuple[Tensor, Tensor]:
     return weight, weight != 0
 
 
+# Activations a sparse module can apply to its output right after the product, while
+# it is hot in cache (sparsify moves a ReLU/GELU that follows a layer here).
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+
+
+def check_activation(activation: str | None) -> str | None:
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None or one of {ACTIVATIONS}, got {activation!r}")
+    return activation
+
+
+def activation_of(module: nn.Module) -> str | None:
+    """The fusable name of an ``nn.ReLU``/``nn.GELU`` module, else None."""
+    if type(module) is nn.ReLU:
+        return "relu"
+    if type(module) is nn.GELU:
+        return "gelu" if module.approximate == "none" else "gelu_tanh"
+    return None
+
+
+def apply_activation(y: Tensor, activation: str | None) -> Tensor:
+    """``activation`` applied to a layer's fresh output ``y`` (ReLU in place when no
+    gradient is recorded through ``y``)."""
+    if activation is None:
+        return y
+    if activation == "relu":
+        fresh = type(y) is Tensor and not y.requires_grad  # not a proxy, no graph through it
+        return torch.relu_(y) if fresh else torch.relu(y)
+    return F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
+
+
 def _csr_tensors(weight: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """CSR (indptr int64, indices int32, values) of the kept entries of a 2-d weight."""
     rows, cols = keep.nonzero(as_tuple=True)  # row-major order: sorted within each row
@@ -77,6 +108,8 @@ class _SparseWeight(nn.Module):
 
     indptr: Tensor
     indices: Tensor
+    #: Applied to the output right after the product (see :data:`ACTIVATIONS`); None: none.
+    activation: str | None = None
 
     def _init_sparse_weight(self, weight_shape: tuple[int, ...], nnz: int, *, format: str,
                             blocksize: tuple[int, int] | None, device: Any, dtype: Any) -> None:
@@ -186,6 +219,8 @@ class _SparseWeight(nn.Module):
         text = f"format={self.format}, sparsity={self.sparsity:.1%}, nnz={self.nnz}"
         if self.blocksize is not None:
             text += f", blocksize={self.blocksize}, nblocks={self.indices.numel()}"
+        if self.activation is not None:
+            text += f", activation={self.activation}"
         return text
 
 
@@ -239,6 +274,9 @@ class SparseLinear(_SparseWeight):
         return module
 
     def forward(self, x: Tensor) -> Tensor:
+        return apply_activation(self._product(x), self.activation)
+
+    def _product(self, x: Tensor) -> Tensor:
         # Straight from the registries: nn.Module.__getattr__ costs a microsecond or two a call.
         parameters, buffers = self._parameters, self._buffers
         values, bias = parameters["values"], parameters.get("bias")
@@ -255,7 +293,8 @@ class SparseLinear(_SparseWeight):
                                                self.in_features, self.bias)
 
     def to_dense(self) -> nn.Linear:
-        """An equivalent ``nn.Linear`` (a copy; zeros where entries are not stored)."""
+        """An equivalent ``nn.Linear`` (a copy; zeros where entries are not stored), without
+        the fused ``activation``."""
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
                            device=self.values.device, dtype=self.values.dtype)
         with torch.no_grad():
@@ -355,8 +394,11 @@ class SparseConv2d(_SparseWeight):
         return (pw, pw, ph, ph)
 
     def forward(self, x: Tensor) -> Tensor:
+        return apply_activation(self._product(x), self.activation)
+
+    def _product(self, x: Tensor) -> Tensor:
         if x.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d accepts
-            return self.forward(x.unsqueeze(0)).squeeze(0)
+            return self._product(x.unsqueeze(0)).squeeze(0)
         if x.dim() != 4:
             raise ValueError(f"SparseConv2d expects (N, C, H, W) or (C, H, W) input, "
                              f"got shape {tuple(x.shape)}")
@@ -379,7 +421,8 @@ class SparseConv2d(_SparseWeight):
             list(self.stride), [top, left], list(self.dilation), self.bias)
 
     def to_dense(self) -> nn.Conv2d:
-        """An equivalent ``nn.Conv2d`` (a copy; zeros where entries are not stored)."""
+        """An equivalent ``nn.Conv2d`` (a copy; zeros where entries are not stored), without
+        the fused ``activation``."""
         conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
                          self.padding, self.dilation, bias=self.bias is not None,
                          device=self.values.device, dtype=self.values.dtype)

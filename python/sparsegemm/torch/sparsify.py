@@ -40,7 +40,7 @@ from ..planner import DEFAULT_MARGIN
 from ._formats import FormatChoice, check_format, choose_format
 from .attention import SparseMultiheadAttention
 from .auto import AutoSparseLinear
-from .modules import SparseConv2d, SparseLinear, masked_weight
+from .modules import SparseConv2d, SparseLinear, activation_of, masked_weight
 
 __all__ = ["DEFAULT_MIN_SPARSITY", "LayerReport", "SparsifyReport", "sparsify"]
 
@@ -297,11 +297,33 @@ def _fold_batchnorm(conv: SparseConv2d, bn: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=conv.values.requires_grad)
 
 
+def _fuse_what_follows(sequential: nn.Sequential, following: list[tuple[str, nn.Module]],
+                       layer: nn.Module, prefix: str, report: LayerReport) -> None:
+    """Move into the converted ``layer`` what follows it in ``sequential``: an eval-mode
+    BatchNorm2d (folded into a SparseConv2d), then a ReLU or GELU (its ``activation``,
+    applied right after the product). Each is replaced by ``nn.Identity``."""
+    fused = []
+    rest = iter(following)
+    name, module = next(rest, ("", None))
+    if isinstance(layer, SparseConv2d) and _foldable_batchnorm(module, layer.out_channels):
+        _fold_batchnorm(layer, module)
+        setattr(sequential, name, nn.Identity())
+        fused.append(f"folded BatchNorm2d {prefix + '.' if prefix else ''}{name}")
+        name, module = next(rest, ("", None))
+    activation = activation_of(module) if module is not None else None
+    if activation is not None:
+        layer.activation = activation
+        setattr(sequential, name, nn.Identity())
+        fused.append(f"fused {type(module).__name__} {prefix + '.' if prefix else ''}{name}")
+    if fused:
+        report.reason = "; ".join([report.reason] + fused if report.reason else fused)
+
+
 def _walk(module: nn.Module, prefix: str, converter: _Converter, filter_fn: FilterFn) -> bool:
     """Convert the children of ``module``; True if any descendant became sparse.
 
-    In an ``nn.Sequential``, an eval-mode BatchNorm2d right after a Conv2d that
-    became sparse is folded into it and replaced by ``nn.Identity``.
+    In an ``nn.Sequential``, what follows a converted layer is fused into it
+    (:func:`_fuse_what_follows`).
     """
     changed = False
     children = list(module.named_children())
@@ -315,17 +337,9 @@ def _walk(module: nn.Module, prefix: str, converter: _Converter, filter_fn: Filt
                 "torch.nn"):
             if filter_fn(child, name):
                 replacement = converter.convert(child, name)
-            following = children[index + 1] if index + 1 < len(children) else None
-            if (isinstance(replacement, SparseConv2d) and isinstance(module, nn.Sequential)
-                    and following is not None
-                    and _foldable_batchnorm(following[1], replacement.out_channels)):
-                _fold_batchnorm(replacement, following[1])
-                setattr(module, following[0], nn.Identity())
-                report = converter.report[-1]
-                bn_name = f"{prefix}.{following[0]}" if prefix else following[0]
-                report.reason = "; ".join(part for part in (report.reason,
-                                                            f"folded BatchNorm2d {bn_name}")
-                                          if part)
+            if isinstance(module, nn.Sequential) and replacement is not child:
+                _fuse_what_follows(module, children[index + 1:], replacement, prefix,
+                                   converter.report[-1])
         else:
             changed |= _walk(child, name, converter, filter_fn)
         if replacement is not child:
@@ -393,10 +407,12 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         (leading dimensions flattened) and each Conv2d is timed, dense against
         sparse, on its input.
 
-    In an ``nn.Sequential``, an eval-mode ``BatchNorm2d`` right after a Conv2d
-    that becomes sparse is folded into its values and bias and replaced by
-    ``nn.Identity`` (one pass over the output fewer); the model then computes
-    the same in eval mode, but training it would no longer normalise there.
+    In an ``nn.Sequential``, what directly follows a converted layer moves into
+    it and is replaced by ``nn.Identity``: an eval-mode ``BatchNorm2d`` after a
+    sparse Conv2d is folded into its values and bias, and a ``ReLU``/``GELU``
+    becomes the layer's ``activation``, applied to its output right after the
+    product (one pass over the output fewer each). The model computes the same
+    in eval mode; training it would no longer normalise at a folded BatchNorm.
 
     With neither ``batch_hint`` nor ``example_inputs``, format 'auto' puts an
     :class:`~sparsegemm.torch.AutoSparseLinear` in place of each candidate
