@@ -130,6 +130,20 @@ def test_formats_that_would_store_nearly_dense_are_skipped(monkeypatch):
     assert result.format == "csr"
 
 
+@pytest.mark.parametrize("sparsity", [0.0, 0.5])
+def test_from_16_rows_every_bsr_shape_is_timed_even_on_a_dense_weight(monkeypatch, sparsity):
+    rng = np.random.default_rng(2)
+    weight = sparsegemm.magnitude_prune(rng.standard_normal((64, 64)), sparsity)
+    timer = FakeTimer(fake_times(1.0, bsr4x4=0.5))
+    monkeypatch.setattr(planner, "_time_candidates", timer)
+    result = sparsegemm.plan(weight, planner.DENSE_BSR_MIN_BATCH, num_threads=1)
+    assert set(planner.CANDIDATES) - {"csr"} <= set(timer.timed[0])
+    assert result.format == "bsr4x4"
+    planner.clear_cache()
+    below = sparsegemm.plan(weight, planner.DENSE_BSR_MIN_BATCH - 1, num_threads=1)
+    assert "bsr4x4" in below.skipped and "rows" in below.skipped["bsr4x4"]
+
+
 def test_choose_is_the_argmin_with_a_margin():
     times = {"dense_numpy": 2.0, "dense_torch": 1.0, "csr": 0.8, "bsr4x1": 0.5}
     assert planner.choose(times, 1.1)["format"] == "bsr4x1"

@@ -61,11 +61,16 @@ DENSE_NUMPY = "dense_numpy"
 DENSE_TORCH = "dense_torch"
 # A sparse format must be this many times faster than dense to be chosen.
 DEFAULT_MARGIN = 1.1
-# Skipped before timing: CSR above this density, and BSR storing more than
-# this fraction of the dense matrix (e.g. 16x1 blocks on unstructured weights),
-# since neither can then beat a dense GEMM.
+# Skipped before timing: CSR above this density, since it cannot then beat a
+# dense GEMM; and below DENSE_BSR_MIN_BATCH rows, BSR storing more than
+# BSR_MAX_STORED_FRACTION of the dense matrix (e.g. 16x1 blocks on unstructured
+# weights): a memory-bound product gains nothing from streaming as many bytes
+# as dense. From DENSE_BSR_MIN_BATCH rows up every BSR shape is timed, since
+# the BSR kernel can beat dense BLAS at batch 16-64 even on a dense weight
+# (zero-padded blocks) and below 50% sparsity (see BENCHMARKING.md).
 CSR_MAX_DENSITY = 0.5
 BSR_MAX_STORED_FRACTION = 0.75
+DENSE_BSR_MIN_BATCH = 16
 # Rounds whose dense medians differ by more than this are a slow VM phase:
 # measure again (at most MAX_EXTRA_ROUNDS times).
 ROUND_DISAGREEMENT = SLOW_PHASE_RATIO
@@ -176,7 +181,8 @@ def pattern_statistics(W: np.ndarray, candidates: list[str]) -> dict[str, Any]:
     return stats
 
 
-def _skip_reason(name: str, shape: tuple[int, int], stats: dict[str, Any]) -> str | None:
+def _skip_reason(name: str, shape: tuple[int, int], stats: dict[str, Any],
+                 batch: int) -> str | None:
     size = shape[0] * shape[1]
     if size == 0:
         return None
@@ -187,8 +193,9 @@ def _skip_reason(name: str, shape: tuple[int, int], stats: dict[str, Any]) -> st
             return f"density {density:.2f} > {CSR_MAX_DENSITY}: CSR cannot beat dense"
         return None
     stored = stats["blocks"][name] * blocksize[0] * blocksize[1] / size
-    if stored > BSR_MAX_STORED_FRACTION:
-        return f"would store {stored:.2f} of the dense matrix (> {BSR_MAX_STORED_FRACTION})"
+    if stored > BSR_MAX_STORED_FRACTION and batch < DENSE_BSR_MIN_BATCH:
+        return (f"would store {stored:.2f} of the dense matrix (> {BSR_MAX_STORED_FRACTION}) "
+                f"at {batch} rows (< {DENSE_BSR_MIN_BATCH})")
     return None
 
 
@@ -343,7 +350,7 @@ def plan(
     skipped = {}
     timed = []
     for name in names:
-        reason = _skip_reason(name, weight.shape, stats)
+        reason = _skip_reason(name, weight.shape, stats, int(batch))
         if reason is None:
             timed.append(name)
         else:

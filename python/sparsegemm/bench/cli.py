@@ -197,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the end-to-end suite (MLP, BERT layer, ResNet bottleneck)",
     )
     bench.add_argument("--e2e-only", action="store_true", help="run only the end-to-end suite")
+    bench.add_argument(
+        "--deepsparse-python",
+        metavar="PATH",
+        help="a python with DeepSparse (its own venv): adds it as an end-to-end contender",
+    )
     bench.add_argument("--no-plot", action="store_true")
     bench.add_argument("--no-progress", action="store_true")
     bench.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
@@ -367,7 +372,9 @@ def _run_e2e(args: argparse.Namespace, threads: int, notes: list[str], metadata:
     harness = _harness(args, PRESETS["full" if args.full else "quick"])
     rows: list[dict[str, Any]] = []
     for pattern in patterns:
-        pattern_rows, pattern_notes = run_e2e(sparsities, pattern, threads, harness)
+        pattern_rows, pattern_notes = run_e2e(
+            sparsities, pattern, threads, harness, deepsparse_python=args.deepsparse_python
+        )
         rows += pattern_rows
         notes += [n for n in pattern_notes if n not in notes]
     if not rows:
