@@ -75,8 +75,11 @@ inline void gemv_group(const BitmapView<T>& a, const T* values, int64_t r, const
       V::prefetch(vp[i] + kPrefetchAhead);
     }
     const T* xw = x + w * kWordBits;
+    // Fully unrolled, so the accumulators and shifts are static and stay in registers.
+#pragma GCC unroll 16
     for (int s = 0; s < S; ++s) {
       const typename V::reg xs = V::load(xw + s * L);
+#pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         const unsigned b = chunk_bits<T>(word[i], s);
         acc[i][s & 1] = E::template fmadd<Safe>(b, vp[i], xs, acc[i][s & 1]);
@@ -92,6 +95,7 @@ inline void gemv_group(const BitmapView<T>& a, const T* values, int64_t r, const
     for (int s = 0; s * L < rem; ++s) {
       const typename V::reg xs = (s + 1) * L <= rem ? V::load(xw + s * L)
                                                     : V::maskz_load(V::tail_mask(rem - s * L), xw + s * L);
+#pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         const unsigned b = chunk_bits<T>(word[i], s);
         acc[i][s & 1] = E::template fmadd<Safe>(b, vp[i], xs, acc[i][s & 1]);
@@ -156,6 +160,7 @@ inline void expand_words(const uint64_t* words, int64_t nwords, const T*& vp, T*
     constexpr int S = kWordBits / L;
     for (int64_t w = 0; w < nwords; ++w) {
       const uint64_t word = words[w];
+#pragma GCC unroll 16
       for (int s = 0; s < S; ++s) {
         const unsigned b = chunk_bits<T>(word, s);
         V::store(dst + w * kWordBits + s * L, BitExpand<T>::template load<Safe>(b, vp));
@@ -179,9 +184,12 @@ inline void tile_dot(const T (*tile)[kTileCols], int64_t width, const T* x, int6
   int64_t c = 0;
   for (; c + L <= width; c += L) {
     typename V::reg w[R];
+#pragma GCC unroll 4
     for (int i = 0; i < R; ++i) w[i] = V::load(tile[i] + c);
+#pragma GCC unroll 4
     for (int v = 0; v < VB; ++v) {
       const typename V::reg xv = V::load(x + v * x_vstride + c);
+#pragma GCC unroll 4
       for (int i = 0; i < R; ++i) sum[i][v] = V::fmadd(w[i], xv, sum[i][v]);
     }
   }
