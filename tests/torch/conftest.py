@@ -34,7 +34,7 @@ class FakePlannerTimer:
 
     def __init__(self, dense: float = 1.0, **sparse: float):
         self.times = {"dense_numpy": dense, "dense_torch": dense}
-        self.times.update({"csr": 0.5, "bsr4x1": 1.0, "bsr8x1": 1.0, "bsr16x1": 1.0, "bsr4x4": 1.0})
+        self.times.update({"csr": 0.5, "bitmap": 1.0, "bsr4x1": 1.0, "bsr8x1": 1.0, "bsr16x1": 1.0, "bsr4x4": 1.0})
         self.times.update(sparse)
         self.timed: list[list[str]] = []
 
