@@ -622,7 +622,6 @@ class BitmapMatrix(SparseFormat):
 
     def to_scipy(self) -> sp.csr_array:
         """A scipy ``csr_array`` with the same stored entries (copies)."""
-        rows, cols = self.shape
         indices = self.column_indices()
         offsets = self.offsets
         index_dtype = np.int32 if offsets[-1] < 2**31 else np.int64
