@@ -194,6 +194,13 @@ def _build_sparsegemm_csr(problem: Problem) -> Callable[[], Any]:
     return lambda: sparsegemm.linear(x, weight, num_threads=threads)
 
 
+def _build_sparsegemm_bitmap(problem: Problem) -> Callable[[], Any]:
+    weight = problem.cached("sgemm_bitmap",
+                            lambda: sparsegemm.BitmapMatrix.from_dense(problem.weight))
+    x, threads = problem.x, problem.threads
+    return lambda: sparsegemm.linear(x, weight, num_threads=threads)
+
+
 def _build_sparsegemm_bsr(problem: Problem) -> Callable[[], Any]:
     blocksize = problem.pattern.blocksize
     if blocksize is None:
@@ -276,6 +283,18 @@ register(
         "sparse",
         _build_sparsegemm_csr,
         is_sparsegemm=True,
+    )
+)
+
+
+register(
+    Contender(
+        "sgemm_bitmap",
+        "sparsegemm.linear, BitmapMatrix (1 bit per weight + packed values)",
+        "sparse",
+        _build_sparsegemm_bitmap,
+        is_sparsegemm=True,
+        quick_max_batch=16,
     )
 )
 
