@@ -145,3 +145,13 @@ def test_sparsify_bitmap_and_auto(planner_times):
     assert "bitmap" in timer.timed[0]
     report = {layer.name: layer for layer in auto.sparsegemm_report}
     assert report["0"].format == "bitmap" and report["0"].speedup == pytest.approx(2.5)
+
+
+def test_decoder_stack_benchmark_runs_and_checks_every_format(benchmark_script, capsys):
+    script = benchmark_script("decoder_stack")
+    assert script.main(["--hidden", "64", "--intermediate", "96", "--layers", "2", "--repeats",
+                        "1", "--rounds", "1", "--sparsities", "0.5,0.7"]) == 0
+    out = capsys.readouterr().out
+    for name in ("csr x", "bsr4x1 x", "bitmap x", "auto x"):
+        assert name in out
+    assert "50%" in out and "70%" in out
