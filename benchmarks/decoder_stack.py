@@ -35,7 +35,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-
 import sparsegemm
 
 ROUND_DISAGREEMENT = 1.35
@@ -195,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
               ("  auto x (layers)" if not args.no_auto else ""))
     print(header, flush=True)
     current = 0.0
-    for sparsity in sparsities:
-        prune_to(blocks, current, sparsity, rng)
-        current = sparsity
+    def one_sparsity(sparsity: float) -> str:
         dense_runners: dict[str, Callable[[], Any]] = {
             "numpy": lambda: stack_forward(blocks, x, numpy_linear)}
         if torch is not None:
@@ -243,9 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             del sparse_blocks
             gc.collect()
         if not args.no_auto and torch is not None:
-            from torch import nn
-
             from sparsegemm.torch import sparsify
+            from torch import nn
 
             class Block(nn.Module):
                 def __init__(self, b: dict[str, np.ndarray]):
@@ -285,7 +281,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{by:>6}  " + "  ".join(cells))
         if "auto" in results:
             line += f"  {results['auto'][0]:.2f}x ({results['auto'][1]:.1f} GB/s; {note})"
-        print(line, flush=True)
+        return line
+
+    for sparsity in sparsities:
+        prune_to(blocks, current, sparsity, rng)
+        current = sparsity
+        print(one_sparsity(sparsity), flush=True)
     print("\nRatios are dense time / format time, the dense time (the faster of numpy and "
           "torch) measured in the same interleaved rounds; GB/s are weight bytes streamed per "
           "second (dense's in the 'dense GB/s' column).")
