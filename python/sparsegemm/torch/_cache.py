@@ -160,7 +160,10 @@ class PatternCache:
             if entry is not None and entry.holds(bitmap, bitmap):
                 return entry
             words = as_numpy(bitmap.contiguous()).view(np.uint64)
-            nnz = int(np.bitwise_count(words).sum())
+            if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+                nnz = int(np.bitwise_count(words).sum())
+            else:
+                nnz = int(np.unpackbits(words.view(np.uint8)).sum(dtype=np.int64))
             zeros = np.zeros(nnz, dtype=_NUMPY_DTYPES[dtype])
             matrix = BitmapMatrix((zeros, words), shape=shape)
 
