@@ -16,14 +16,15 @@ import scipy.sparse as sp
 from . import _core
 from ._dtypes import as_kernel_array, kernel_dtype
 from ._runtime import resolve_num_threads
-from .formats import BSRMatrix, CSRMatrix, SparseFormat
+from .formats import BitmapMatrix, BSRMatrix, CSRMatrix, SparseFormat
 
-SparseOperand = Any  # CSRMatrix, BSRMatrix or any scipy.sparse matrix/array
+SparseOperand = Any  # CSRMatrix, BSRMatrix, BitmapMatrix or any scipy.sparse matrix/array
 
 # The C++ products for each format: (matmul, linear), same signatures.
 _PRODUCTS = {
     CSRMatrix: (_core.csr_matmul, _core.csr_linear),
     BSRMatrix: (_core.bsr_matmul, _core.bsr_linear),
+    BitmapMatrix: (_core.bitmap_matmul, _core.bitmap_linear),
 }
 
 
@@ -39,8 +40,9 @@ def _products_for(matrix: SparseFormat) -> tuple[Any, Any]:
 
 def _check_sparse_operand(matrix: Any, *, csr_only: bool = False) -> None:
     """Raise TypeError unless ``matrix`` is a sparse operand the caller accepts."""
-    if csr_only and isinstance(matrix, BSRMatrix):
-        raise TypeError("this product needs a CSRMatrix (or scipy.sparse), got a BSRMatrix; "
+    if csr_only and isinstance(matrix, SparseFormat) and not isinstance(matrix, CSRMatrix):
+        name = type(matrix).__name__
+        raise TypeError(f"this product needs a CSRMatrix (or scipy.sparse), got a {name}; "
                         "convert it with CSRMatrix.from_dense(matrix.to_dense())")
     if isinstance(matrix, SparseFormat) or sp.issparse(matrix):
         return
@@ -50,11 +52,11 @@ def _check_sparse_operand(matrix: Any, *, csr_only: bool = False) -> None:
     if isinstance(matrix, np.ndarray):
         raise TypeError(
             "A is a dense numpy array; wrap it with sparsegemm.CSRMatrix.from_dense(A) or "
-            "sparsegemm.BSRMatrix.from_dense(A, blocksize) "
+            "sparsegemm.BSRMatrix.from_dense(A, blocksize) or sparsegemm.BitmapMatrix.from_dense(A) "
             "(or use numpy's @ for dense x dense)"
         )
     raise TypeError(
-        "A must be a sparsegemm.CSRMatrix, a sparsegemm.BSRMatrix or a scipy.sparse matrix, "
+        "A must be a sparsegemm.CSRMatrix, BSRMatrix, BitmapMatrix or a scipy.sparse matrix, "
         f"got {type(matrix).__name__}"
     )
 
@@ -122,7 +124,7 @@ def sparse_mm(
     Parameters
     ----------
     A
-        A :class:`CSRMatrix`, a :class:`BSRMatrix` or any scipy.sparse
+        A :class:`CSRMatrix`, :class:`BSRMatrix`, :class:`BitmapMatrix` or any scipy.sparse
         matrix/array (scipy input is converted to CSR).
     B
         Array-like of shape (K, N) or (K,), in any memory order (C, Fortran or
@@ -183,7 +185,7 @@ def linear(
         Array-like of shape (..., in_features); any leading batch dimensions.
     weight
         Sparse (out_features x in_features): a :class:`CSRMatrix`, a
-        :class:`BSRMatrix` or scipy.sparse (converted to CSR).
+        :class:`BSRMatrix`, a :class:`BitmapMatrix` or scipy.sparse (converted to CSR).
     bias
         Optional array-like of shape (out_features,).
 
