@@ -14,6 +14,7 @@ Quick start::
     prune.prune_model(model, 0.8, prune.BlockNorm((4, 1)))          # 4x1 blocks
     prune.prune_model(model, criterion=prune.NM(2, 4))              # 2:4
     prune.prune_model(model, 0.5, prune.ChannelNorm(2), scope="layer")
+    prune.prune_pretrained(bert, calibration, 0.5, method="sparsegpt", pattern="2:4")
     small = prune.thin(model)                                       # drop pruned channels
     prune.remove(model)                                             # finalise
 
@@ -33,6 +34,16 @@ from .api import (
     prune_module,
     remove,
     sparsity,
+)
+from .calibrated import (
+    SparsityPattern,
+    Wanda,
+    find_blocks,
+    owl_sparsities,
+    parse_pattern,
+    prune_pretrained,
+    sparsegpt_prune,
+    wanda_importance,
 )
 from .criteria import (
     NM,
@@ -60,6 +71,15 @@ __all__ = [
     "Taylor",
     "Custom",
     "measure_activations",
+    "Wanda",
+    # calibration pruning of pretrained models
+    "prune_pretrained",
+    "SparsityPattern",
+    "parse_pattern",
+    "find_blocks",
+    "owl_sparsities",
+    "sparsegpt_prune",
+    "wanda_importance",
     # scope, masks, finalise
     "PRUNABLE_TYPES",
     "prunable_layers",
