@@ -250,14 +250,20 @@ def sparsegpt_prune(
     damp: float = 0.01,
     chunk: int = 128,
     keep: Optional[torch.Tensor] = None,
+    damping: str = "diagonal",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT on one ``[out, in]`` weight with input Hessian ``hessian`` (``X^T X / rows``).
 
     Returns ``(new_weight, keep_mask)``: the updated weight, already zero where
     ``keep_mask`` is False, in ``weight``'s dtype.  ``keep`` (optional) is an
-    existing mask whose pruned entries stay pruned.  ``damp`` is the fraction
-    of the mean Hessian diagonal added to it; input features that never fire
-    (zero diagonal) get weight zero and a unit diagonal.
+    existing mask whose pruned entries stay pruned.  Input features that never
+    fire (zero diagonal) get weight zero and a unit diagonal.
+
+    Damping makes ``H`` safely invertible.  ``damping="diagonal"`` (default)
+    adds ``damp * H_jj`` to each diagonal entry: scale-invariant, so a quiet
+    input feature is not swamped next to loud ones (transformer activations
+    span orders of magnitude).  ``damping="mean"`` adds ``damp * mean(diag H)``
+    to all, as in the SparseGPT paper; it overrates quiet features.
     """
     rows, cols = weight.shape
     if hessian.shape != (cols, cols):
@@ -269,7 +275,12 @@ def sparsegpt_prune(
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    h.diagonal().add_(damp * torch.diagonal(h).mean())
+    if damping == "diagonal":
+        h.diagonal().mul_(1.0 + damp)
+    elif damping == "mean":
+        h.diagonal().add_(damp * torch.diagonal(h).mean())
+    else:
+        raise ValueError(f"damping must be 'diagonal' or 'mean', got {damping!r}")
     # Upper Cholesky factor of H^-1: row i holds the OBS update for column i
     # once columns < i are fixed.
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
@@ -454,6 +465,7 @@ def prune_pretrained(
     blocks: Optional[Sequence[str]] = None,
     filter_fn: Optional[Callable[[nn.Module, str], bool]] = None,
     damp: float = 0.01,
+    damping: str = "diagonal",
     owl_threshold: float = 5.0,
     owl_spread: float = 0.08,
     max_batches: Optional[int] = None,
@@ -478,7 +490,8 @@ def prune_pretrained(
             :func:`find_blocks`.  Linears outside the blocks stay dense.
         filter_fn: ``f(module, qualified_name) -> bool`` to pick the Linears
             inside the blocks (default: all of them).
-        damp: SparseGPT's dampening, a fraction of the mean Hessian diagonal.
+        damp, damping: SparseGPT's dampening of the Hessian diagonal, see
+            :func:`sparsegpt_prune`.
         owl_threshold, owl_spread: OWL's outlier threshold ``M`` (times the
             layer's mean Wanda score) and sparsity spread ``lambda``.
         max_batches: use at most this many calibration batches.
@@ -525,7 +538,8 @@ def prune_pretrained(
                         for handle in handles:
                             handle.remove()
                 for name, layer in layers.items():
-                    _prune_layer(layer, method, parsed, sparsity, stats.get(name), damp)
+                    _prune_layer(layer, method, parsed, sparsity, stats.get(name), damp,
+                                 damping)
                     done[name] = parsed.fixed_sparsity if parsed.kind == "n:m" else sparsity
                 inputs = _run_block(block, inputs)
     finally:
@@ -534,12 +548,12 @@ def prune_pretrained(
 
 
 def _prune_layer(layer: nn.Linear, method: str, pattern: SparsityPattern, amount: float,
-                 stats: Optional[InputStatistics], damp: float) -> None:
+                 stats: Optional[InputStatistics], damp: float, damping: str) -> None:
     weight = _current_weight(layer)
     prior = existing_mask(layer)
     if method == "sparsegpt":
         new_weight, keep = sparsegpt_prune(weight, stats.hessian, pattern, amount, damp=damp,
-                                           keep=prior)
+                                           keep=prior, damping=damping)
         target = getattr(layer, "weight_orig", None)
         if target is None:
             target = layer.weight
