@@ -487,7 +487,9 @@ def prune_pretrained(
             (per block from the dense model's outlier ratios; needs a ranked
             pattern, not N:M).
         blocks: qualified names of the blocks, in execution order; default
-            :func:`find_blocks`.  Linears outside the blocks stay dense.
+            :func:`find_blocks`.  Linears outside the blocks stay dense, and so
+            do Linears that are never called as modules (their weight used
+            functionally, like ``nn.MultiheadAttention.out_proj``).
         filter_fn: ``f(module, qualified_name) -> bool`` to pick the Linears
             inside the blocks (default: all of them).
         damp, damping: SparseGPT's dampening of the Hessian diagonal, see
@@ -538,6 +540,8 @@ def prune_pretrained(
                         for handle in handles:
                             handle.remove()
                 for name, layer in layers.items():
+                    if name in stats and stats[name].rows == 0:
+                        continue  # never ran as a module (e.g. MultiheadAttention.out_proj)
                     _prune_layer(layer, method, parsed, sparsity, stats.get(name), damp,
                                  damping)
                     done[name] = parsed.fixed_sparsity if parsed.kind == "n:m" else sparsity
