@@ -15,6 +15,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from ._cache import clear_cache
 from .attention import SparseMultiheadAttention
+from .checkpoint import load_sparse, save_sparse
 from .modules import SparseConv2d, SparseLinear, masked_weight
 from .sparsify import LayerReport, SparsifyReport, sparsify
 
@@ -25,6 +26,8 @@ __all__ = [
     "SparseMultiheadAttention",
     "SparsifyReport",
     "clear_cache",
+    "load_sparse",
     "masked_weight",
+    "save_sparse",
     "sparsify",
 ]
