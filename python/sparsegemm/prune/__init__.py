@@ -38,6 +38,7 @@ from .api import (
 from .calibrated import (
     SparsityPattern,
     Wanda,
+    call_model,
     find_blocks,
     owl_sparsities,
     parse_pattern,
@@ -45,6 +46,7 @@ from .calibrated import (
     sparsegpt_prune,
     wanda_importance,
 )
+from .distill import distill, model_output
 from .criteria import (
     NM,
     Activation,
@@ -80,6 +82,10 @@ __all__ = [
     "owl_sparsities",
     "sparsegpt_prune",
     "wanda_importance",
+    "call_model",
+    # recovery
+    "distill",
+    "model_output",
     # scope, masks, finalise
     "PRUNABLE_TYPES",
     "prunable_layers",
