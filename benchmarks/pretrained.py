@@ -351,11 +351,15 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
     parser.add_argument("--distill-minutes", type=float, default=0.0,
                         help="also distill each point for this long (0: one-shot only)")
     parser.add_argument("--quick", action="store_true", help="50%% and 2:4 only, no timing")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice); 1 on a busy machine")
     parser.add_argument("--out", type=Path, default=Path("."))
     args = parser.parse_args(argv)
     if args.quick:
         args.amounts, args.no_timing = [0.5], True
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tokenizer = load_model()
     heldout = heldout_sentences(args.heldout)

@@ -10,6 +10,15 @@ from sparsegemm import prune
 from torch import nn
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny layers: one thread avoids oversubscription stalls on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _student_and_teacher(seed=0):
     torch.manual_seed(seed)
     teacher = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(),
