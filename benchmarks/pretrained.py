@@ -32,8 +32,10 @@ Run::
     PYTHONPATH=python python benchmarks/pretrained.py --distill-minutes 15 --amounts 0.7 \
         --methods wanda                                               # + recovery
 
-Writes ``pretrained.md`` (table) and ``pretrained.png`` (quality vs speedup)
-to ``--out``.
+Each timed point is also saved with :func:`sparsegemm.torch.save_sparse`; the
+table gives the file size and the bytes of the sparse layers as a fraction of
+their dense bytes.  Writes ``pretrained.md`` (table) and ``pretrained.png``
+(quality vs speedup) to ``--out``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import itertools
 import random
 import re
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,7 +248,7 @@ def time_forward(model, batch: dict, rounds: int = 5, repeats: int = 5) -> float
 def speedup(dense_model, pruned_model, batch: dict) -> Dict[str, float]:
     """Sparsify a copy of ``pruned_model`` (format='auto') and time it against the dense model,
     interleaving rounds so both see the same machine load."""
-    from sparsegemm.torch import sparsify
+    from sparsegemm.torch import save_sparse, sparsify
 
     sparse = prune.remove(prune.clone_model(pruned_model))
     rows = int(batch["input_ids"].numel())
@@ -256,7 +259,11 @@ def speedup(dense_model, pruned_model, batch: dict) -> Dict[str, float]:
         dense_t.append(time_forward(dense_model, batch, rounds=1))
         sparse_t.append(time_forward(sparse, batch, rounds=1))
     d, s = statistics.median(dense_t), statistics.median(sparse_t)
-    return {"dense_ms": d * 1e3, "sparse_ms": s * 1e3, "speedup": d / s, "converted": converted}
+    with tempfile.TemporaryDirectory() as tmp:
+        sizes = save_sparse(sparse, Path(tmp) / "model.safetensors")
+    stored = sizes["sparse_bytes"] / max(1, sizes["sparse_dense_bytes"])
+    return {"dense_ms": d * 1e3, "sparse_ms": s * 1e3, "speedup": d / s, "converted": converted,
+            "checkpoint": stored, "file_mb": sizes["file_bytes"] / 2**20}
 
 
 # ---------------------------------------------------------------- runner
@@ -304,13 +311,16 @@ def _distill_batches(tokenizer, count: int = 512, batch_size: int = 16) -> List[
 
 def table(rows: List[Row], batch_text: str) -> str:
     lines = [f"| method | target | sparsity | mean cosine | Spearman | prune s | dense ms | "
-             f"sparse ms | speedup ({batch_text}) |", "|" + "---|" * 9]
+             f"sparse ms | speedup ({batch_text}) | sparse layers | checkpoint |",
+             "|" + "---|" * 11]
     for r in rows:
         s = r.speed
         lines.append(f"| {r.method} | {r.target} | {r.sparsity:.1%} | {r.cosine:.4f} | "
                      f"{r.spearman:.4f} | {r.prune_s:.0f} | "
-                     + (f"{s['dense_ms']:.1f} | {s['sparse_ms']:.1f} | {s['speedup']:.2f}x |"
-                        if s else "- | - | - |"))
+                     + (f"{s['dense_ms']:.1f} | {s['sparse_ms']:.1f} | {s['speedup']:.2f}x | "
+                        f"{s['converted']} | {s['file_mb']:.1f} MB (sparse layers at "
+                        f"{s['checkpoint']:.0%} of dense) |"
+                        if s else "- | - | - | - | - |"))
     return "\n".join(lines)
 
 
