@@ -1,5 +1,6 @@
 """Calibration pruning (Wanda, SparseGPT, OWL) on synthetic layers and a tiny BERT."""
 
+import copy
 import math
 
 import pytest
@@ -293,3 +294,19 @@ def test_empty_calibration_and_models_without_blocks_are_rejected():
         prune.prune_pretrained(Plain(), [torch.randn(2, 4)])
     done = prune.prune_pretrained(Plain(), [torch.randn(2, 4)], blocks=["a"])
     assert list(done) == ["a"]
+
+
+def test_bias_correction_keeps_the_mean_output_on_calibration_inputs():
+    model = nn.Sequential(nn.Linear(32, 16), nn.Linear(16, 16))
+    x = torch.randn(256, 32) + 3.0  # inputs with a large mean
+    with torch.no_grad():
+        dense_mean = model[0](x).mean(dim=0)
+    uncorrected_model = copy.deepcopy(model)
+    prune.prune_pretrained(uncorrected_model, [x], 0.7,
+                           method="wanda")
+    prune.prune_pretrained(model, [x], 0.7, method="wanda", bias_correction=True)
+    with torch.no_grad():
+        corrected = model[0](x).mean(dim=0)
+        uncorrected = uncorrected_model[0](x).mean(dim=0)
+    assert torch.allclose(corrected, dense_mean, atol=1e-4)
+    assert not torch.allclose(uncorrected, dense_mean, atol=1e-2)

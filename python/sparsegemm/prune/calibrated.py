@@ -163,22 +163,32 @@ def _keep_highest_per_row(scores: torch.Tensor, amount: float) -> torch.Tensor:
 class InputStatistics:
     """Running statistics of one Linear's input rows ``x`` (the last dim is ``in``).
 
-    ``squared_norms[j] = sum x_j**2`` (Wanda's ``||X_j||**2``); with
+    ``squared_norms[j] = sum x_j**2`` (Wanda's ``||X_j||**2``), ``sums[j] =
+    sum x_j`` (for the mean input); with
     ``hessian=True`` also ``gram = sum x x^T`` (SparseGPT's ``H`` before
     damping).  ``rows`` counts the rows seen.  Kept in float64.
     """
 
     def __init__(self, in_features: int, *, hessian: bool = False):
         self.squared_norms = torch.zeros(in_features, dtype=torch.float64)
+        self.sums = torch.zeros(in_features, dtype=torch.float64)
         self.gram = torch.zeros(in_features, in_features, dtype=torch.float64) if hessian else None
         self.rows = 0
 
     def add(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).double()
         self.squared_norms += (x * x).sum(dim=0)
+        self.sums += x.sum(dim=0)
         if self.gram is not None:
             self.gram += x.T @ x
         self.rows += x.shape[0]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """The mean input row."""
+        if self.rows == 0:
+            raise RuntimeError("no calibration rows were recorded")
+        return self.sums / self.rows
 
     @property
     def norms(self) -> torch.Tensor:
@@ -466,6 +476,7 @@ def prune_pretrained(
     filter_fn: Optional[Callable[[nn.Module, str], bool]] = None,
     damp: float = 0.01,
     damping: str = "diagonal",
+    bias_correction: bool = False,
     owl_threshold: float = 5.0,
     owl_spread: float = 0.08,
     max_batches: Optional[int] = None,
@@ -494,6 +505,9 @@ def prune_pretrained(
             inside the blocks (default: all of them).
         damp, damping: SparseGPT's dampening of the Hessian diagonal, see
             :func:`sparsegpt_prune`.
+        bias_correction: after pruning a Linear with a bias, add ``(W - W_pruned)
+            @ mean(x)`` to it, so the mean output on the calibration inputs is
+            unchanged (Wanda and SparseGPT; magnitude records no inputs).
         owl_threshold, owl_spread: OWL's outlier threshold ``M`` (times the
             layer's mean Wanda score) and sparsity spread ``lambda``.
         max_batches: use at most this many calibration batches.
@@ -543,7 +557,7 @@ def prune_pretrained(
                     if name in stats and stats[name].rows == 0:
                         continue  # never ran as a module (e.g. MultiheadAttention.out_proj)
                     _prune_layer(layer, method, parsed, sparsity, stats.get(name), damp,
-                                 damping)
+                                 damping, bias_correction)
                     done[name] = parsed.fixed_sparsity if parsed.kind == "n:m" else sparsity
                 inputs = _run_block(block, inputs)
     finally:
@@ -552,8 +566,10 @@ def prune_pretrained(
 
 
 def _prune_layer(layer: nn.Linear, method: str, pattern: SparsityPattern, amount: float,
-                 stats: Optional[InputStatistics], damp: float, damping: str) -> None:
+                 stats: Optional[InputStatistics], damp: float, damping: str,
+                 bias_correction: bool) -> None:
     weight = _current_weight(layer)
+    before = weight.clone()
     prior = existing_mask(layer)
     if method == "sparsegpt":
         new_weight, keep = sparsegpt_prune(weight, stats.hessian, pattern, amount, damp=damp,
@@ -569,6 +585,10 @@ def _prune_layer(layer: nn.Linear, method: str, pattern: SparsityPattern, amount
             importance = importance * prior
         keep = select_mask(importance, pattern, amount)
     apply_mask(layer, keep)
+    if bias_correction and stats is not None and layer.bias is not None:
+        # The mean input now meets the pruned weight: move the mean output back.
+        removed = before.double() - _current_weight(layer).double()
+        layer.bias.data += (removed @ stats.mean).to(layer.bias.dtype)
 
 
 def _named_blocks(model: nn.Module, names: Optional[Sequence[str]]) -> List[Tuple[str, nn.Module]]:
