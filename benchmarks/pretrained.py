@@ -285,8 +285,10 @@ def run_point(model, tokenizer, calib, heldout, dense_emb, label, amount, patter
     prune.prune_pretrained(pruned, calib, amount, pattern=pattern, **METHODS[label])
     elapsed = time.perf_counter() - start
     if distill_minutes > 0:
-        prune.distill(pruned, model, _distill_batches(tokenizer), minutes=distill_minutes,
-                      output_fn=lambda out: out.last_hidden_state)
+        losses = prune.distill(pruned, model, _distill_batches(tokenizer), epochs=10**6,
+                               minutes=distill_minutes, lr=1e-4, hidden_weight=1.0)
+        print(f"  distilled {len(losses)} steps: loss {losses[0]:.4g} -> "
+              f"{statistics.mean(losses[-10:]):.4g}", flush=True)
         label += "+distill"
         elapsed = time.perf_counter() - start
     q = quality(dense_emb, embed(pruned, tokenizer, heldout))
