@@ -120,7 +120,8 @@ _TOPICS = {
                                        "failed on the build machine",
                                        "needs a review before merging",
                                        "fixed the login bug"]),
-    "finance": (["The central bank", "Stock prices", "The startup", "Inflation", "My savings account"],
+    "finance": (["The central bank", "Stock prices", "The startup", "Inflation",
+                 "My savings account"],
                 ["raised interest rates again", "fell sharply on Monday",
                  "secured new funding from investors", "reached a ten year high",
                  "barely earns any interest"]),
@@ -312,8 +313,8 @@ def _distill_batches(tokenizer, count: int = 512, batch_size: int = 16) -> List[
 
 
 def table(rows: List[Row], batch_text: str) -> str:
-    lines = [f"| method | target | sparsity | mean cosine | Spearman | prune s | dense ms | "
-             f"sparse ms | speedup ({batch_text}) | sparse layers | checkpoint |",
+    lines = [(f"| method | target | sparsity | mean cosine | Spearman | prune s | dense ms | "
+              f"sparse ms | speedup ({batch_text}) | sparse layers | checkpoint |"),
              "|" + "---|" * 11]
     for r in rows:
         s = r.speed

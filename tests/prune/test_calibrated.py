@@ -147,8 +147,8 @@ def test_sparsegpt_keeps_an_existing_mask():
 def test_sparsegpt_handles_inputs_that_never_fire():
     layer, x = _layer_and_inputs()
     x[:, :5] = 0
-    updated, keep = sparsegpt_prune(layer.weight.detach(), _calibrate(layer, x).hessian,
-                                    parse_pattern("2:4"), 0.5)
+    updated, _ = sparsegpt_prune(layer.weight.detach(), _calibrate(layer, x).hessian,
+                                 parse_pattern("2:4"), 0.5)
     assert torch.isfinite(updated).all()
     assert (updated[:, :5] == 0).all()
 

@@ -33,7 +33,6 @@ block's activations are held at a time.  Masks are left as
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -295,7 +294,10 @@ def sparsegpt_prune(
     # once columns < i are fixed.
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
     hinv = torch.linalg.cholesky(inverse, upper=True)
-    prior = torch.ones_like(w, dtype=torch.bool) if keep is None else keep.reshape(rows, cols).bool()
+    if keep is None:
+        prior = torch.ones_like(w, dtype=torch.bool)
+    else:
+        prior = keep.reshape(rows, cols).bool()
     mask = torch.ones_like(w, dtype=torch.bool)
     width = _chunk_width(pattern, chunk)
     for start in range(0, cols, width):

@@ -65,7 +65,7 @@ def _smallest_index_dtype(upper: int) -> torch.dtype:
 
 
 def _sparse_entry(qualified: str, module: nn.Module) -> Tuple[Dict[str, torch.Tensor], dict]:
-    rows, cols = module.matrix_shape
+    _, cols = module.matrix_shape
     block_cols = cols if module.blocksize is None else -(-cols // module.blocksize[1])
     indptr_dtype = torch.int32 if module.indptr[-1] < 2**31 else torch.int64
     tensors = {
