@@ -79,6 +79,14 @@ class SparsifyReport(list):
                          f"{layer.sparsity:8.1%} {layer.speedup_text:>12}  {layer.reason}")
         return "\n".join(lines)
 
+    __repr__ = __str__  # the table, also at a REPL
+
+    def merged_with(self, newer: SparsifyReport) -> SparsifyReport:
+        """This report with ``newer``'s rows: a layer in both takes its newer row."""
+        latest = {layer.name: layer for layer in newer}
+        rows = [latest.pop(layer.name, layer) for layer in self]
+        return SparsifyReport(rows + [layer for layer in newer if layer.name in latest])
+
 
 def _sparsity(module: nn.Module) -> float:
     _, keep = masked_weight(module)
@@ -284,11 +292,16 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
     example_inputs
         A tensor (or tuple of them) for one forward pass of ``model``: with
         ``format='auto'`` each Conv2d is timed, dense against sparse, on the
-        input it receives there.
+        input it receives there. Without them, ``format='auto'`` converts every
+        sparse-enough Conv2d to CSR untimed (the report says so).
 
     Returns
     -------
-    The same ``model``, with the report in ``model.sparsegemm_report``.
+    The same ``model``, with the report in ``model.sparsegemm_report`` (a
+    second call merges its rows into the report already there).
+
+    To save and reload a sparsified model, see :func:`load_sparsified` (a
+    ``state_dict``) and :func:`sparsegemm.torch.from_pretrained` (Hugging Face).
     """
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
@@ -304,5 +317,7 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         converter = _Converter(format, blocksize, min_sparsity, min_speedup, batch_hint,
                                conv_inputs)
         _walk(model, "", converter, filter_fn)
-    model.sparsegemm_report = converter.report
+    previous = getattr(model, "sparsegemm_report", None)
+    model.sparsegemm_report = (previous.merged_with(converter.report)
+                               if isinstance(previous, SparsifyReport) else converter.report)
     return model
