@@ -3,8 +3,14 @@
 import pytest
 
 torch = pytest.importorskip("torch")
-from sparsegemm.torch import (SparseConv2d, SparseLinear, SparseMultiheadAttention,
-                              from_pretrained, load_sparsified, sparsify)
+from sparsegemm.torch import (
+    SparseConv2d,
+    SparseLinear,
+    SparseMultiheadAttention,
+    from_pretrained,
+    load_sparsified,
+    sparsify,
+)
 from torch import nn
 
 

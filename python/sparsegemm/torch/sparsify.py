@@ -38,8 +38,8 @@ from torch import nn
 from ..planner import DEFAULT_MARGIN
 from ._formats import FormatChoice, check_format, choose_format
 from .attention import SparseMultiheadAttention
+from .modules import SparseConv2d, SparseLinear, is_linear_map, linear_map_weight, masked_weight
 from .ops import STORAGE_DTYPES
-from .modules import SparseConv2d, SparseLinear, _linear_weight, is_linear_map, masked_weight
 
 __all__ = ["DEFAULT_MIN_SPARSITY", "LayerReport", "SparsifyReport", "sparsify"]
 
@@ -162,7 +162,7 @@ class _Converter:
             if x is None:
                 return FormatChoice("csr"), "not timed: pass example_inputs to time convolutions"
             return _time_convolution(module, x), f"timed on input {tuple(x.shape)}"
-        weight, _ = masked_weight(module) if isinstance(module, nn.Conv2d) else _linear_weight(module)
+        weight, _ = masked_weight(module) if isinstance(module, nn.Conv2d) else linear_map_weight(module)
         matrix = weight.reshape(weight.shape[0], -1)
         choice = choose_format(matrix, self.format, self.blocksize, batch_hint=self.batch_hint)
         note = "" if choice.planned is None else f"planner: {choice.planned}"
@@ -198,10 +198,25 @@ class _Converter:
                                        choice.speedup, note))
         return sparse
 
+    def skip(self, module: nn.Module, name: str, reason: str) -> None:
+        """Report a candidate left as it is, without looking at it further."""
+        if isinstance(module, nn.MultiheadAttention):
+            weight = module.in_proj_weight  # None when q, k and v have their own sizes
+            sparsity = 0.0 if weight is None else 1.0 - weight.count_nonzero().item() / weight.numel()
+        else:
+            sparsity = _sparsity(module)
+        self._keep(module, name, type(module).__name__, sparsity, reason)
+
     def _keep(self, module: nn.Module, name: str, kind: str, sparsity: float, reason: str,
               speedup: float | None = None) -> nn.Module:
         self.report.append(LayerReport(name, kind, False, "dense", sparsity, speedup, reason))
         return module
+
+
+def _is_candidate(module: nn.Module) -> bool:
+    """A layer sparsify converts or lists in its report (with the reason it did not)."""
+    return (isinstance(module, (nn.MultiheadAttention, nn.Linear, nn.Conv2d))
+            or is_linear_map(module))
 
 
 def _is_plain_conv2d(module: nn.Module) -> bool:
@@ -223,20 +238,17 @@ def _walk(module: nn.Module, prefix: str, converter: _Converter, filter_fn: Filt
     for child_name, child in list(module.named_children()):
         name = f"{prefix}.{child_name}" if prefix else child_name
         replacement = child
-        if isinstance(child, nn.MultiheadAttention):
-            if filter_fn(child, name):
-                replacement = _convert_attention(child, name, converter)
-        elif is_linear_map(child) or _is_plain_conv2d(child):
-            if filter_fn(child, name):
-                replacement = converter.convert(child, name)
-        elif isinstance(child, (nn.Linear, nn.Conv2d)):
-            if filter_fn(child, name):
-                base = "Linear" if isinstance(child, nn.Linear) else "Conv2d"
-                converter.report.append(LayerReport(
-                    name, type(child).__name__, False, "dense", _sparsity(child), None,
-                    f"subclass of nn.{base} with its own forward: not converted"))
-        else:
+        if not _is_candidate(child):
             changed |= _walk(child, name, converter, filter_fn)
+        elif not filter_fn(child, name):
+            converter.skip(child, name, "left out by filter_fn")
+        elif isinstance(child, nn.MultiheadAttention):
+            replacement = _convert_attention(child, name, converter)
+        elif is_linear_map(child) or _is_plain_conv2d(child):
+            replacement = converter.convert(child, name)
+        else:
+            base = "Linear" if isinstance(child, nn.Linear) else "Conv2d"
+            converter.skip(child, name, f"subclass of nn.{base} with its own forward: not converted")
         if replacement is not child:
             setattr(module, child_name, replacement)
             changed = True
