@@ -20,7 +20,8 @@ import numpy as np
 import sparsegemm
 from sparsegemm import planner
 
-BLOCKSIZES = [(4, 1), (8, 1), (16, 1), (4, 4)]
+# The block shapes the planner may choose, from the kernel catalogue.
+BLOCKSIZES = [b for b in planner.CANDIDATES.values() if b is not None]
 
 
 def main() -> None:

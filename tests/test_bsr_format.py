@@ -178,3 +178,15 @@ def test_csr_shares_the_base_and_reports_bytes():
     # 4 float32 values, 4 16-bit column indices (cols <= 65536), 5 int64 row pointers
     assert C.bytes_per_nonzero == pytest.approx((4 * 4 + 4 * 2 + 5 * 8) / 4)
     assert C.astype(np.float64).dtype == np.float64
+
+
+@pytest.mark.parametrize("blocksize", [(4, 1), (1, 4), (3, 2), (4, 4)])
+@pytest.mark.parametrize("shape", [(0, 0), (1, 1), (9, 7), (16, 12)])
+def test_transpose_matches_dense_and_permutation_maps_blocks(blocksize, shape):
+    W = blocky(np.random.default_rng(7), shape, blocksize)
+    A = BSRMatrix.from_dense(W, blocksize)
+    T, permutation = A.transpose_with_permutation()
+    assert T.shape == shape[::-1] and T.blocksize == blocksize[::-1]
+    np.testing.assert_array_equal(T.to_dense(), W.T)
+    np.testing.assert_array_equal(A.T.to_dense(), W.T)
+    np.testing.assert_array_equal(T.data, A.data[permutation].transpose(0, 2, 1))

@@ -15,8 +15,11 @@ from sparsegemm import BSRMatrix, linear, sparse_mm
 
 ISAS = sparsegemm.available_isas()
 DTYPES = [np.float32, np.float64]
-# Specialised shapes first, then shapes that run the generic kernel.
-BLOCKSIZES = [(4, 1), (8, 1), (16, 1), (4, 4), (1, 1), (2, 1), (3, 2), (2, 5)]
+# Every specialised shape in the kernel catalogue, then shapes that run the
+# generic kernel.
+SPECIALISED_BLOCKSIZES = [tuple(s) for s in sparsegemm.kernel_catalogue()["bsr_block_shapes"]]
+GENERIC_BLOCKSIZES = [(3, 2), (2, 5)]
+BLOCKSIZES = SPECIALISED_BLOCKSIZES + GENERIC_BLOCKSIZES
 # Columns of the dense operand: the few-vector path (1-4), vector tails for
 # 4/8/16 lanes, and 1-4 vector tiles with and without tails.
 NS = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 33, 48, 63, 64, 65, 97]

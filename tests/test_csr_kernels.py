@@ -1,10 +1,10 @@
 """CSR kernels on every ISA this CPU supports, against a float64 reference.
 
 ``sparse_mm`` reaches ``_core.csr_matmul`` and ``linear`` reaches
-``_core.csr_linear``. Each takes the gather kernel for up to
-``kGatherMaxVectors`` (4) dense vectors and the panel kernel for more, so the
-vector counts below cover both paths and straddle every SIMD tile (1, 4, 8 and
-16 lanes; 4-vector panels).
+``_core.csr_linear``. Each takes the few-vector kernel for up to
+``kernel_catalogue()["limits"]["gather_max_vectors"]`` dense vectors and the
+panel kernel for more, so the vector counts below cover both paths and
+straddle every SIMD tile (1, 4, 8 and 16 lanes; 4-vector panels).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import sparsegemm
 from sparsegemm import CSRMatrix, _core, linear, sparse_mm
 
-GATHER_MAX_VECTORS = 4  # csrc/ops/csr_ops.h kGatherMaxVectors
+GATHER_MAX_VECTORS = sparsegemm.kernel_catalogue()["limits"]["gather_max_vectors"]
 VECTOR_COUNTS = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100]
 DTYPES = [np.float32, np.float64]
 # (M, K): ones, odd sizes, and rows longer than any SIMD tile.

@@ -59,9 +59,9 @@ def test_block_prune_non_divisible_shape_and_input_untouched():
 
 def test_block_prune_rejects_bad_arguments():
     W = np.ones((8, 8))
-    with pytest.raises(ValueError, match="sparsity"):
+    with pytest.raises(ValueError, match="amount"):
         block_prune(W, (4, 1), 1.5)
-    with pytest.raises(TypeError, match="sparsity"):
+    with pytest.raises(TypeError, match="amount"):
         block_prune(W, (4, 1), "half")
     with pytest.raises(ValueError, match="norm"):
         block_prune(W, (4, 1), 0.5, norm="max")
@@ -81,3 +81,34 @@ def test_magnitude_prune_removes_the_smallest_entries(sparsity):
     np.testing.assert_array_equal(pruned[~zeros], W[~zeros])
     if zeros.any() and (~zeros).any():
         assert np.abs(W[~zeros]).min() >= np.abs(W[zeros]).max()
+
+
+def test_ties_go_to_the_earlier_unit_and_nan_ranks_largest():
+    from sparsegemm.pruning import lowest_units
+
+    scores = np.array([3.0, 1.0, np.nan, 1.0, 1.0, 0.5])
+    assert lowest_units(scores, 2).tolist() == [1, 5]
+    assert lowest_units(scores, 3).tolist() == [1, 3, 5]
+    assert lowest_units(scores, 5).tolist() == [0, 1, 3, 4, 5]
+    assert lowest_units(scores, 6).tolist() == list(range(6))
+    with pytest.raises(ValueError, match="count"):
+        lowest_units(scores, 7)
+
+
+def test_edge_blocks_are_scored_as_full_blocks():
+    from sparsegemm.pruning import block_norms
+
+    # 5 x 1 with 4x1 blocks: the edge block holds one entry of 1; scaled to a
+    # full block it scores as four ones, the same as the full block above it.
+    np.testing.assert_allclose(block_norms(np.ones((5, 1)), (4, 1), "l1"), [[4.0], [4.0]])
+    np.testing.assert_allclose(block_norms(np.ones((5, 1)), (4, 1), "l2"), [[2.0], [2.0]])
+
+
+def test_amount_is_a_fraction_or_a_count():
+    W = np.arange(1, 21, dtype=np.float64).reshape(4, 5)
+    assert (magnitude_prune(W, 7) == 0).sum() == 7
+    assert (magnitude_prune(W, 0.35) == 0).sum() == 7
+    with pytest.raises(ValueError, match="larger than the number of units"):
+        magnitude_prune(W, 21)
+    with pytest.raises(TypeError, match="not bool"):
+        magnitude_prune(W, True)

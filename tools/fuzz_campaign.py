@@ -1,5 +1,9 @@
 #!/usr/bin/env python
-"""Long fuzzing campaign: the hypothesis tests of tests/test_fuzz.py, many more examples.
+"""Long fuzzing campaign: the hypothesis tests of tests/test_fuzz*.py, many more examples.
+
+Every format is covered: CSR (test_fuzz.py), BSR and the sparse convolution
+(test_fuzz_bsr_conv.py); a new format's fuzz tests join by living in a
+tests/test_fuzz*.py file with names starting ``test_fuzz``.
 
 The examples are split into rounds; each round of each fuzz test runs in its
 own pytest subprocess with its own seed (so a crash -- a segfault or abort --
@@ -9,6 +13,7 @@ statistics give the number of inputs actually tried. Exit status is non-zero
 if any round failed or crashed.
 
     PYTHONPATH=python nice -n 19 python tools/fuzz_campaign.py --total 100000
+    python tools/fuzz_campaign.py --total 3000 --rounds 1      # the reduced run CI does
 """
 
 from __future__ import annotations
@@ -24,15 +29,19 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-FUZZ_FILE = REPO / "tests" / "test_fuzz.py"
+FUZZ_FILES = sorted((REPO / "tests").glob("test_fuzz*.py"))
 # "- 1234 passing examples, 0 failing examples, 56 invalid examples"
 EXAMPLE_COUNTS = re.compile(r"(\d+) passing examples?, (\d+) failing examples?, (\d+) invalid")
 
 
 def fuzz_test_names() -> list[str]:
-    tree = ast.parse(FUZZ_FILE.read_text())
-    return [node.name for node in tree.body
-            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_fuzz")]
+    """Every fuzz test as a pytest node id (file::name)."""
+    names = []
+    for path in FUZZ_FILES:
+        tree = ast.parse(path.read_text())
+        names += [f"{path}::{node.name}" for node in tree.body
+                  if isinstance(node, ast.FunctionDef) and node.name.startswith("test_fuzz")]
+    return names
 
 
 def run_one(name: str, examples: int, seed: int, timeout: float) -> tuple[int, int, str]:
@@ -40,7 +49,7 @@ def run_one(name: str, examples: int, seed: int, timeout: float) -> tuple[int, i
     env = dict(os.environ, SPARSEGEMM_FUZZ_EXAMPLES=str(examples))
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                "--hypothesis-show-statistics", "--hypothesis-seed", str(seed),
-               f"{FUZZ_FILE}::{name}"]
+               name]
     try:
         result = subprocess.run(command, check=False, cwd=REPO, env=env, capture_output=True,
                                 text=True, timeout=timeout)

@@ -36,7 +36,7 @@ py::array owned_view(const V& vec, py::handle owner) {
 // Registers `matmul_name(a, b, out, bias=None, num_threads=0, values=None)` and
 // `linear_name(w, x, out, bias=None, num_threads=0, values=None)` for a Matrix
 // with rows(), cols() and values(), calling the C++ drivers with the signatures
-// of ops/csr_ops.h. `values` replaces the matrix's stored values for one call.
+// of drivers/csr_driver.h. `values` replaces the matrix's stored values for one call.
 template <typename T, typename Matrix, typename MatmulFn, typename LinearFn>
 void register_products(py::module_& m, const char* matmul_name, const char* linear_name,
                        MatmulFn matmul, LinearFn linear) {

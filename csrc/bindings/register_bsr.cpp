@@ -9,7 +9,7 @@
 #include "bindings/array_args.h"
 #include "bindings/products.h"
 #include "core/bsr_matrix.h"
-#include "ops/bsr_ops.h"
+#include "drivers/bsr_driver.h"
 
 namespace sparsegemm::bindings {
 
@@ -60,6 +60,18 @@ void register_bsr_dtype(py::module_& m, const char* class_name) {
       .def_property_readonly("data", [](py::object self) {
         return owned_view(self.cast<const Matrix&>().values(), self);
       })
+      .def(
+          "transposed",
+          [](const Matrix& a) {
+            py::array_t<int64_t> permutation(a.nblocks());
+            int64_t* perm = permutation.mutable_data();
+            py::gil_scoped_release release;
+            Matrix t = a.transposed(perm);
+            py::gil_scoped_acquire acquire;
+            return py::make_tuple(std::move(t), permutation);
+          },
+          "(transpose, permutation): block k of the transpose is block permutation[k] of self, "
+          "transposed.")
       .def("to_dense", [](const Matrix& a) {
         py::array_t<T> out({a.rows(), a.cols()});
         T* ptr = out.mutable_data();

@@ -8,7 +8,7 @@
 
 #include "bindings/array_args.h"
 #include "core/csr_matrix.h"
-#include "ops/conv_ops.h"
+#include "drivers/conv_driver.h"
 
 namespace sparsegemm::bindings {
 

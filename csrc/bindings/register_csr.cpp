@@ -7,7 +7,7 @@
 #include "bindings/array_args.h"
 #include "bindings/products.h"
 #include "core/csr_matrix.h"
-#include "ops/csr_ops.h"
+#include "drivers/csr_driver.h"
 
 namespace sparsegemm::bindings {
 

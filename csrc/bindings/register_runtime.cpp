@@ -1,4 +1,4 @@
-// ISA dispatch and threading controls.
+// ISA dispatch, threading controls and the kernel catalogue.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -7,6 +7,7 @@
 
 #include "core/isa.h"
 #include "core/parallel.h"
+#include "kernels/catalogue.h"
 
 namespace sparsegemm::bindings {
 
@@ -28,6 +29,30 @@ void register_runtime(py::module_& m) {
         "Whether the batch-1 CSR kernel uses vector gathers (else scalar loads).");
   m.def("set_prefer_hardware_gather", &set_prefer_hardware_gather, py::arg("hardware"));
   m.def("default_num_threads", &default_num_threads);
+  m.def(
+      "kernel_catalogue",
+      [] {
+        const KernelCatalogue& c = kernel_catalogue();
+        py::dict families;
+        for (const KernelFamily& f : c.families) families[f.name] = f.description;
+        py::list isas;
+        for (Isa isa : c.compiled_isas) isas.append(isa_name(isa));
+        py::list shapes;
+        for (const BlockShape& s : c.bsr_block_shapes) shapes.append(py::make_tuple(s.rows, s.cols));
+        py::dict limits;
+        limits["max_block_edge"] = c.max_block_edge;
+        limits["max_compact_cols"] = c.max_compact_cols;
+        limits["max_dimension"] = c.max_dimension;
+        limits["gather_max_vectors"] = c.gather_max_vectors;
+        py::dict out;
+        out["families"] = families;
+        out["isas"] = isas;
+        out["bsr_block_shapes"] = shapes;
+        out["limits"] = limits;
+        return out;
+      },
+      "What this build contains: kernel families, compiled ISA levels, the BSR block shapes "
+      "with specialised kernels and the format limits.");
   m.def("openmp_runtime", [] { return std::string(openmp_runtime_name()); });
 }
 

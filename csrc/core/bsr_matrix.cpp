@@ -107,6 +107,35 @@ BsrMatrix<T> BsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense
 }
 
 template <typename T>
+BsrMatrix<T> BsrMatrix<T>::transposed(int64_t* permutation) const {
+  BsrMatrix t;
+  t.rows_ = cols_;
+  t.cols_ = rows_;
+  t.block_r_ = block_c_;
+  t.block_c_ = block_r_;
+  const int64_t t_block_rows = block_cols();
+  t.indptr_.assign(t_block_rows + 1, 0);
+  for (index_t bc : indices_) ++t.indptr_[bc + 1];
+  for (int64_t b = 0; b < t_block_rows; ++b) t.indptr_[b + 1] += t.indptr_[b];
+  t.indices_.resize(indices_.size());
+  t.values_.resize(values_.size());
+  const int64_t block_size = static_cast<int64_t>(block_r_) * block_c_;
+  std::vector<offset_t> next(t.indptr_.begin(), t.indptr_.end() - 1);
+  // Visiting block rows in order keeps each block column's blocks sorted by row.
+  for (int64_t br = 0; br < block_rows(); ++br)
+    for (int64_t j = indptr_[br]; j < indptr_[br + 1]; ++j) {
+      const int64_t dst = next[indices_[j]]++;
+      t.indices_[dst] = static_cast<index_t>(br);
+      const T* block = values_.data() + j * block_size;
+      T* t_block = t.values_.data() + dst * block_size;
+      for (int i = 0; i < block_r_; ++i)
+        for (int c = 0; c < block_c_; ++c) t_block[c * block_r_ + i] = block[i * block_c_ + c];
+      if (permutation != nullptr) permutation[dst] = j;
+    }
+  return t;
+}
+
+template <typename T>
 void BsrMatrix<T>::to_dense(T* out) const {
   std::memset(out, 0, sizeof(T) * rows_ * cols_);
   const int64_t block_size = static_cast<int64_t>(block_r_) * block_c_;

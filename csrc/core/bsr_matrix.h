@@ -70,6 +70,12 @@ class BsrMatrix {
   // out is rows x cols, C order, and is fully overwritten.
   void to_dense(T* out) const;
 
+  // The (cols x rows) transpose, with C x R blocks. If permutation is not null
+  // (nblocks() entries), block k of the transpose is block permutation[k] of
+  // this matrix, transposed, so values that change while the pattern stays
+  // fixed can be transposed later without rebuilding.
+  BsrMatrix transposed(int64_t* permutation) const;
+
  private:
   BsrMatrix() = default;
   int64_t rows_ = 0;

@@ -38,6 +38,20 @@ def _check_isa_environment() -> None:
         )
 
 
+def kernel_catalogue() -> dict:
+    """What this build of the C++ core contains, as the one list everything reads.
+
+    Returns a dict with ``families`` (name -> description), ``isas`` (the levels
+    every family is compiled for; :func:`available_isas` says which this CPU
+    runs), ``bsr_block_shapes`` (the ``(R, C)`` block shapes with specialised
+    kernels; any other shape runs a generic kernel) and ``limits``
+    (``max_block_edge``, ``max_compact_cols``, ``max_dimension``,
+    ``gather_max_vectors``). The planner's candidates, the kernel tests and the
+    benchmarks read it, so a new kernel is one line in the C++ lists.
+    """
+    return _core.kernel_catalogue()
+
+
 def get_isa() -> str:
     """The instruction set the kernels dispatch to now: 'scalar', 'avx2' or 'avx512'."""
     return _core.active_isa()

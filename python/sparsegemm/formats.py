@@ -370,7 +370,7 @@ def _build_handle(data: Any, indices: Any, indptr: Any, shape: Any, dtype: Any) 
     )
 
 
-MAX_BLOCK_EDGE = 64  # kMaxBlockEdge in csrc/core/bsr_matrix.h
+MAX_BLOCK_EDGE: int = _core.kernel_catalogue()["limits"]["max_block_edge"]
 
 
 def _check_blocksize(blocksize: Any) -> tuple[int, int]:
@@ -395,9 +395,10 @@ class BSRMatrix(SparseFormat):
     """A block compressed sparse row matrix of float32 or float64 values.
 
     The matrix is cut into ``R x C`` blocks (``blocksize``); a stored block
-    keeps all of its ``R * C`` values, zeros included. Blocks of ``R x 1``
-    (4x1, 8x1, 16x1) and 4x4 have register-tiled kernels; other shapes run a
-    generic kernel. The shape need not divide by the block: edge blocks are
+    keeps all of its ``R * C`` values, zeros included. The block shapes in
+    ``sparsegemm.kernel_catalogue()["bsr_block_shapes"]`` (1x1, 2x1, 4x1, 8x1,
+    16x1 and 4x4 in this release) have register-tiled kernels; other shapes run
+    a generic kernel. The shape need not divide by the block: edge blocks are
     zero-padded in storage (``data`` shows the padding) and the padding never
     reaches an operand or a result.
 
@@ -529,23 +530,6 @@ class BSRMatrix(SparseFormat):
     def __reduce__(self) -> tuple[Any, ...]:
         return (BSRMatrix, ((self.data, self.indices, self.indptr), self.shape))
 
-    def transpose_with_permutation(self) -> tuple[BSRMatrix, np.ndarray]:
-        """The (K x M) transpose, with C x R blocks, and the block permutation ``p``:
-        block ``k`` of the transpose is ``self.data[p[k]].T``."""
-        rows, cols = self.shape
-        c = self.blocksize[1]
-        indptr = self.indptr
-        block_rows = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
-        block_cols = self.indices.astype(np.int64)
-        permutation = np.lexsort((block_rows, block_cols))  # by block column, then block row
-        transposed_indptr = np.zeros(_ceil_div(cols, c) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(block_cols, minlength=len(transposed_indptr) - 1),
-                  out=transposed_indptr[1:])
-        data = self.data[permutation].transpose(0, 2, 1)
-        transposed = BSRMatrix((data, block_rows[permutation].astype(np.int32), transposed_indptr),
-                               shape=(cols, rows))
-        return transposed, permutation
-
     @property
     def blocksize(self) -> tuple[int, int]:
         """(R, C): rows and columns of a block."""
@@ -581,6 +565,15 @@ class BSRMatrix(SparseFormat):
     def data(self) -> np.ndarray:
         """Stored blocks, shape (nnz_blocks, R, C), read-only."""
         return self._handle.data.reshape(self.nnz_blocks, *self.blocksize)
+
+    def transpose_with_permutation(self) -> tuple[BSRMatrix, np.ndarray]:
+        """The transpose (C x R blocks) and the int64 block permutation ``p``: ``T.data[k] == self.data[p[k]].T``.
+
+        With ``p``, values that change while the pattern stays fixed (fine-tuning)
+        are transposed without rebuilding the pattern.
+        """
+        handle, permutation = self._handle.transposed()
+        return BSRMatrix._from_handle(handle), permutation
 
     def __repr__(self) -> str:
         rows, cols = self.shape

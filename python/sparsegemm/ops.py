@@ -233,7 +233,44 @@ def sddmm(
     return out
 
 
-def _conv_pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """Output length of a convolution along one axis, as torch computes it (< 1: no output)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def conv_geometry(
+    x_shape: tuple[int, ...], weight_cols: int, kernel_size: Any, stride: Any, padding: Any,
+    dilation: Any,
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Check a convolution's geometry; the one set of messages for the numpy and torch faces.
+
+    Returns ``(kernel, stride, padding, dilation, (out_h, out_w))`` as int pairs.
+    Raises ValueError when x is not (N, Cin, H, W), the weight's columns are not
+    Cin*KH*KW, or the dilated kernel does not fit the padded input.
+    """
+    kernel = conv_pair(kernel_size, "kernel_size", 1)
+    strides = conv_pair(stride, "stride", 1)
+    paddings = conv_pair(padding, "padding", 0)
+    dilations = conv_pair(dilation, "dilation", 1)
+    if len(x_shape) != 4:
+        raise ValueError(f"x must be 4-dimensional (N, Cin, H, W), got shape {tuple(x_shape)}")
+    in_channels, height, width = x_shape[1:]
+    if weight_cols != in_channels * kernel[0] * kernel[1]:
+        raise ValueError(f"shape mismatch: the weight has {weight_cols} columns but x has "
+                         f"{in_channels} channels and kernel_size is {kernel}; the weight's "
+                         f"columns must be {in_channels * kernel[0] * kernel[1]} (Cin*KH*KW)")
+    out_h, out_w = (
+        conv_output_size(size, k, step, pad, dil)
+        for size, k, step, pad, dil in zip((height, width), kernel, strides, paddings, dilations)
+    )
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"the dilated kernel is larger than the padded input: x is "
+                         f"{tuple(x_shape)}, kernel_size {kernel}, padding {paddings}, "
+                         f"dilation {dilations}")
+    return kernel, strides, paddings, dilations, (out_h, out_w)
+
+
+def conv_pair(value: Any, name: str, minimum: int) -> tuple[int, int]:
     """An int or a pair of ints, each >= ``minimum``, as a pair."""
     pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
@@ -288,30 +325,15 @@ def conv2d(
         than the padded input, or ``weight.shape[1] != Cin*KH*KW``).
     """
     threads = resolve_num_threads(num_threads)
-    kernel = _conv_pair(kernel_size, "kernel_size", 1)
-    strides = _conv_pair(stride, "stride", 1)
-    paddings = _conv_pair(padding, "padding", 0)
-    dilations = _conv_pair(dilation, "dilation", 1)
     x = np.asarray(x)
-    if x.ndim != 4:
-        raise ValueError(f"x must be 4-dimensional (N, Cin, H, W), got shape {x.shape}")
     _check_sparse_operand(weight, csr_only=True)
+    kernel, strides, paddings, dilations, (out_h, out_w) = conv_geometry(
+        x.shape, weight.shape[1], kernel_size, stride, padding, dilation)
     dtypes = [weight.dtype, x.dtype] + ([np.asarray(bias).dtype] if bias is not None else [])
     dtype = kernel_dtype(*dtypes)
     weight = as_sparse_operand(weight, dtype)
-    out_channels, cols = weight.shape
-    batch, in_channels, height, width = x.shape
-    if cols != in_channels * kernel[0] * kernel[1]:
-        raise ValueError(f"shape mismatch: weight is {weight.shape} but x has {in_channels} channels "
-                         f"and kernel_size is {kernel}; weight.shape[1] must be "
-                         f"{in_channels * kernel[0] * kernel[1]} (Cin*KH*KW)")
-    out_h, out_w = (
-        (size + 2 * pad - dil * (k - 1) - 1) // step + 1
-        for size, pad, dil, k, step in zip((height, width), paddings, dilations, kernel, strides)
-    )
-    if out_h < 1 or out_w < 1:
-        raise ValueError(f"the dilated kernel is larger than the padded input: x is {x.shape}, "
-                         f"kernel_size {kernel}, padding {paddings}, dilation {dilations}")
+    out_channels = weight.shape[0]
+    batch, _, _, width = x.shape
     bias_array = _bias_operand(bias, out_channels, dtype)
     x = as_kernel_array(x, dtype)
     if width > 1 and x.strides[3] != x.itemsize:

@@ -31,18 +31,27 @@ from typing import Any, Callable, Union
 import numpy as np
 
 from ._dtypes import kernel_dtype
-from ._runtime import get_isa, resolve_num_threads
+from ._runtime import get_isa, kernel_catalogue, resolve_num_threads
 from .formats import BSRMatrix, CSRMatrix
 from .ops import linear
+from .pruning import all_zero_blocks
 
-# Candidate name -> blocksize (None: CSR).
-CANDIDATES: dict[str, tuple[int, int] | None] = {
-    "csr": None,
-    "bsr4x1": (4, 1),
-    "bsr8x1": (8, 1),
-    "bsr16x1": (16, 1),
-    "bsr4x4": (4, 4),
-}
+# Blocks of fewer entries than this are never planned: a 1x1 or 2x1 block
+# stores one index per one or two values, no better than CSR's one per value,
+# and runs a narrower register tile.
+MIN_PLANNED_BLOCK_ENTRIES = 4
+
+
+def _planned_candidates() -> dict[str, tuple[int, int] | None]:
+    """Candidate name -> blocksize (None: CSR), read from the kernel catalogue."""
+    candidates: dict[str, tuple[int, int] | None] = {"csr": None}
+    for r, c in kernel_catalogue()["bsr_block_shapes"]:
+        if r * c >= MIN_PLANNED_BLOCK_ENTRIES:
+            candidates[f"bsr{r}x{c}"] = (r, c)
+    return candidates
+
+
+CANDIDATES = _planned_candidates()
 DENSE_NUMPY = "dense_numpy"
 DENSE_TORCH = "dense_torch"
 # A sparse format must be this many times faster than dense to be chosen.
@@ -122,11 +131,7 @@ def _cpu_model() -> str:
 
 def _blocks_stored(W: np.ndarray, blocksize: tuple[int, int]) -> int:
     """Blocks of ``blocksize`` holding a nonzero (NaN included), as BSRMatrix.from_dense keeps."""
-    r, c = blocksize
-    rows, cols = W.shape
-    padded = np.zeros((-(-rows // r) * r, -(-cols // c) * c), dtype=bool)
-    padded[:rows, :cols] = W != 0
-    return int(padded.reshape(padded.shape[0] // r, r, padded.shape[1] // c, c).any(axis=(1, 3)).sum())
+    return int((~all_zero_blocks(W, blocksize)).sum())
 
 
 def pattern_statistics(W: np.ndarray, candidates: list[str]) -> dict[str, Any]:

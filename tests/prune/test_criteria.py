@@ -325,3 +325,17 @@ def test_activation_with_dataloader():
     loader = DataLoader(TensorDataset(x, torch.zeros(4)), batch_size=3)
     stats = prune.measure_activations(m, loader, {"0": m[0]})
     assert torch.allclose(stats["0"]["apoz"], torch.tensor([0.0, 0.75, 1.0], dtype=torch.float64))
+
+
+def test_torch_criteria_rank_as_the_numpy_core():
+    """One pruning story: prune_module and sparsegemm.block_prune zero the same blocks."""
+    import numpy as np
+    import sparsegemm
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((18, 7)).astype(np.float32)
+    w[4:8, 2] = w[0:4, 2]  # equal blocks: the tie rule decides
+    m = _set(_lin(18, 7), torch.from_numpy(w.copy()))
+    prune.prune_module(m, 0.5, prune.BlockNorm((4, 1), p=2))
+    expected = sparsegemm.block_prune(w, (4, 1), 0.5) != 0
+    np.testing.assert_array_equal(m.weight_mask.numpy() != 0, expected | (w == 0))

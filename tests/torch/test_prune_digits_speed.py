@@ -24,7 +24,7 @@ def pruned_cnn(bench, prune):
 
 def _conv_timing(monkeypatch, fmt, speedup):
     """Stand-in for timing a convolution on its real input (sparsify times convs itself)."""
-    from sparsegemm.torch._formats import FormatChoice
+    from sparsegemm.torch._format_choice import FormatChoice
 
     sparsify_module = importlib.import_module("sparsegemm.torch.sparsify")
 

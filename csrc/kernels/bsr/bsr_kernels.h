@@ -2,11 +2,11 @@
 //
 // Each ISA's kernels live in their own file (bsr_scalar.cpp, bsr_avx2.cpp,
 // bsr_avx512.cpp), compiled with that ISA's flags and written once in
-// bsr_kernels.inl against the Vec<T> traits of kernels/simd/. Block shapes
-// 1x1, 2x1, 4x1, 8x1, 16x1 and 4x4 have register-tiled kernels specialised at
+// bsr_kernels.inl against the Vec<T> traits of kernels/simd/. The block shapes
+// listed in bsr_block_shapes.inc have register-tiled kernels specialised at
 // compile time; any other R x C runs a generic (slower, still vectorised)
 // kernel. The functions are single-threaded and never allocate: the drivers in
-// ops/ split block rows across threads and own all buffers.
+// drivers/ split block rows across threads and own all buffers.
 #pragma once
 
 #include <cstdint>

@@ -303,8 +303,9 @@ void gemv_block_rows_impl(const BsrView<T>& a, int64_t br_begin, int64_t br_end,
   }
 }
 
-// Calls body(std::integral_constant R, C) for the specialised block shapes,
-// or with (0, 0) for any other shape.
+// Calls body(ShapeTag<R, C>) for the block shapes listed in
+// bsr_block_shapes.inc, or body(ShapeTag<0, 0>) (the generic kernel) for any
+// other shape.
 template <int R, int C>
 struct ShapeTag {
   static constexpr int kR = R;
@@ -313,18 +314,10 @@ struct ShapeTag {
 
 template <typename Body>
 void dispatch_block_shape(int r, int c, const Body& body) {
-  if (c == 1) {
-    switch (r) {
-      case 1: return body(ShapeTag<1, 1>{});
-      case 2: return body(ShapeTag<2, 1>{});
-      case 4: return body(ShapeTag<4, 1>{});
-      case 8: return body(ShapeTag<8, 1>{});
-      case 16: return body(ShapeTag<16, 1>{});
-      default: break;
-    }
-  } else if (r == 4 && c == 4) {
-    return body(ShapeTag<4, 4>{});
-  }
+#define SPARSEGEMM_BSR_BLOCK_SHAPE(R, C) \
+  if (r == (R) && c == (C)) return body(ShapeTag<R, C>{});
+#include "kernels/bsr/bsr_block_shapes.inc"
+#undef SPARSEGEMM_BSR_BLOCK_SHAPE
   body(ShapeTag<0, 0>{});
 }
 

@@ -2,7 +2,7 @@
 //
 // The weight is a CSR matrix with one row per output channel and columns
 // (ci, kh, kw) flattened as weight.reshape(Cout, Cin * KH * KW). The driver
-// (ops/conv_ops.cpp) turns each stored entry into a ConvTap: where in the input
+// (drivers/conv_driver.cpp) turns each stored entry into a ConvTap: where in the input
 // it reads for output (0, 0). The kernels, written once in conv_kernels.inl
 // against the Vec<T> traits and compiled per ISA (conv_scalar.cpp,
 // conv_avx2.cpp, conv_avx512.cpp), then accumulate

@@ -3,7 +3,7 @@
 // Each ISA's kernels live in their own file (csr_scalar.cpp, csr_avx2.cpp,
 // csr_avx512.cpp), compiled with that ISA's flags, and written once in
 // csr_kernels.inl against the Vec<T> traits of kernels/simd/. The functions
-// are single-threaded and never allocate: the drivers in core/ split rows
+// are single-threaded and never allocate: the drivers in drivers/ split rows
 // across threads and own all buffers.
 #pragma once
 
@@ -13,6 +13,12 @@
 #include "core/isa.h"
 
 namespace sparsegemm {
+
+// Up to this many dense vectors use the few-vector (gather or scalar-load)
+// kernels; the drivers use the panel kernel for more. Those kernels load one
+// element per stored entry and vector, so even two vectors run faster as a
+// (masked) panel.
+constexpr int64_t kGatherMaxVectors = 1;
 
 template <typename T>
 struct CsrKernels {

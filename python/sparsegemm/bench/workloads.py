@@ -15,6 +15,8 @@ from importlib import resources
 
 import numpy as np
 
+from .. import pruning
+
 QUICK_SHAPES = ((4096, 4096), (768, 3072))
 FULL_SHAPES = ((4096, 4096), (768, 3072), (3072, 768), (768, 768))
 DEFAULT_BATCHES = (1, 16, 64, 256)
@@ -160,32 +162,16 @@ def layer_grid(
 def magnitude_prune(weight: np.ndarray, sparsity: float, pattern: Pattern) -> np.ndarray:
     """A copy of ``weight`` with the smallest-magnitude entries (or blocks, by L2 norm) zeroed.
 
-    Exactly ``round(sparsity * count)`` entries or blocks are zeroed. Block pruning
-    needs the shape to be a multiple of the block size.
+    Exactly ``round(sparsity * count)`` entries or blocks are zeroed, by the
+    package's pruning core (:mod:`sparsegemm.pruning`). Block pruning needs the
+    shape to be a multiple of the block size, so every stored block is full.
     """
-    pruned = np.array(weight, copy=True)
     if pattern.blocksize is None:
-        scores = np.abs(pruned).ravel()
-        target = pruned.ravel()
-    else:
-        r, c = pattern.blocksize
-        rows, cols = pruned.shape
-        if rows % r or cols % c:
-            raise ValueError(f"shape {pruned.shape} is not a multiple of the block {r}x{c}")
-        blocks = pruned.reshape(rows // r, r, cols // c, c)
-        scores = np.sqrt(np.square(blocks, dtype=np.float64).sum(axis=(1, 3))).ravel()
-        target = None
-    drop = round(sparsity * scores.size)
-    if drop == 0:
-        return pruned
-    dropped = np.argpartition(scores, drop - 1)[:drop]
-    if target is not None:
-        target[dropped] = 0
-    else:
-        mask = np.ones(scores.size, dtype=bool)
-        mask[dropped] = False
-        blocks *= mask.reshape(rows // r, 1, cols // c, 1)
-    return pruned
+        return pruning.magnitude_prune(weight, sparsity)
+    r, c = pattern.blocksize
+    if weight.shape[0] % r or weight.shape[1] % c:
+        raise ValueError(f"shape {weight.shape} is not a multiple of the block {r}x{c}")
+    return pruning.block_prune(weight, pattern.blocksize, sparsity)
 
 
 class WeightCache:

@@ -1,6 +1,8 @@
 """sparsegemm.prune: pruning toolkit in pure PyTorch.
 
-Feels like ``torch.nn.utils.prune``: ``amount`` is a fraction or a count,
+Feels like ``torch.nn.utils.prune``: ``amount`` is a fraction or a count (of
+all units: see :mod:`sparsegemm.pruning`, the numpy core whose ranking, edge
+block and tie rules every criterion here shares),
 masks are ``weight_orig`` + ``weight_mask`` buffers attached by torch's own
 ``CustomFromMask`` machinery, and :func:`remove` finalises.  Every criterion
 ends in one contract, which is what ``sparsegemm.torch.sparsify`` consumes:
@@ -21,6 +23,15 @@ Quick start::
 Weights of convolutions are treated as ``out x (in*kh*kw)`` matrices
 (``weight.reshape(out, -1)``) for blocks and N:M; see :mod:`.criteria`.
 """
+
+try:
+    import torch  # noqa: F401
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "sparsegemm.prune needs PyTorch: pip install 'sparsegemm[torch]'. Without torch, "
+        "sparsegemm.pruning (magnitude_prune, block_prune) prunes numpy arrays."
+    ) from error
+
 
 from .api import (
     PRUNABLE_TYPES,

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
+from .. import pruning as core
+
 from .criteria import (
     Criterion,
     Magnitude,
@@ -42,27 +44,19 @@ __all__ = [
     "compute_num_to_prune",
 ]
 
-Amount = Union[int, float]
+Amount = core.Amount
 #: Module types pruned by default (weights with >= 2 dims).
 PRUNABLE_TYPES: Tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 # ---------------------------------------------------------------- amounts
 def compute_num_to_prune(amount: Amount, n: int) -> int:
-    """``amount`` as in ``torch.nn.utils.prune``: a float fraction in [0, 1] or an int count."""
-    if isinstance(amount, bool):
-        raise TypeError("amount must be an int or a float, not bool")
-    if isinstance(amount, numbers.Integral):
-        if amount < 0:
-            raise ValueError(f"amount={amount} must be >= 0")
-        if amount > n:
-            raise ValueError(f"amount={amount} is larger than the number of units ({n})")
-        return int(amount)
-    if isinstance(amount, numbers.Real):
-        if not 0.0 <= float(amount) <= 1.0:
-            raise ValueError(f"fractional amount={amount} must be in [0, 1]")
-        return int(round(float(amount) * n))
-    raise TypeError(f"amount must be an int or a float, got {type(amount).__name__}")
+    """``amount`` as in ``torch.nn.utils.prune``: a float fraction in [0, 1] or an int count.
+
+    The fraction is of all ``n`` units, already-pruned ones included (see
+    :mod:`sparsegemm.pruning` for how that differs from torch's iterative pruning).
+    """
+    return core.num_to_prune(amount, n)
 
 
 def _resolve_criterion(criterion) -> Criterion:
@@ -225,14 +219,16 @@ def _unit_scores(crit: Criterion, mod: nn.Module, name: str, lname: str) -> torc
 
 
 def _keep_lowest_pruned(scores: List[torch.Tensor], k: int) -> List[torch.Tensor]:
-    """Keep-masks for score tensors, pruning exactly the ``k`` lowest over all of them."""
-    flat = torch.cat([s.reshape(-1) for s in scores])
-    keep = torch.ones_like(flat, dtype=torch.bool)
-    if k > 0:
-        keep[torch.topk(flat, k, largest=False, sorted=False).indices] = False
+    """Keep-masks for score tensors, pruning exactly the ``k`` lowest over all of them.
+
+    Ranked by the numpy core, so ties go to the earlier unit as everywhere else.
+    """
+    flat = torch.cat([s.detach().reshape(-1).cpu().double() for s in scores]).numpy()
+    keep = torch.ones(flat.size, dtype=torch.bool)
+    keep[torch.from_numpy(core.lowest_units(flat, k))] = False
     out, i = [], 0
     for s in scores:
-        out.append(keep[i : i + s.numel()].reshape(s.shape))
+        out.append(keep[i : i + s.numel()].reshape(s.shape).to(s.device))
         i += s.numel()
     return out
 

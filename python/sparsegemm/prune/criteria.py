@@ -31,6 +31,8 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from .. import pruning as core
+
 __all__ = [
     "Criterion",
     "Magnitude",
@@ -88,35 +90,22 @@ def block_reduce(
 ) -> torch.Tensor:
     """Reduce ``t`` (viewed as ``out x rest``) over ``r x c`` blocks.
 
-    Returns a ``(ceil(out/r), ceil(rest/c))`` grid.  Edge blocks (when the
-    shape does not divide) are smaller; for ``op="norm"`` their norm is scaled
-    to a full block's size (``p``-th power mean times the block size), so that
-    a partial block is not penalised just for having fewer entries.
-    ``op="sum"`` gives the plain sum (used for grouped Taylor scores), and
-    ``op="all_zero"`` returns True where the block is all zero.
+    Returns a ``(ceil(out/r), ceil(rest/c))`` grid, computed by the numpy core
+    (:mod:`sparsegemm.pruning`) so every pruner shares its rules. For
+    ``op="norm"`` edge blocks are scored as if full (the core's one rule for
+    edge blocks); ``op="sum"`` gives the plain sum (used for grouped Taylor
+    scores), and ``op="all_zero"`` returns True where the block is all zero.
     """
-    r, c = _check_block(block)
-    m = _as_matrix(t)
-    rows, cols = m.shape
-    R, C = math.ceil(rows / r), math.ceil(cols / c)
-    pad = torch.zeros(R * r, C * c, dtype=m.dtype, device=m.device)
-    cnt = torch.zeros(R * r, C * c, dtype=torch.float64, device=m.device)
-    cnt[:rows, :cols] = 1
+    block = _check_block(block)
+    m = _as_matrix(t).detach().cpu()
     if op == "all_zero":
-        pad = pad.to(torch.bool)
-        pad[:rows, :cols] = m != 0
-        return ~pad.reshape(R, r, C, c).any(dim=3).any(dim=1)
+        return torch.from_numpy(core.all_zero_blocks(m.numpy(), block)).to(t.device)
     if op == "sum":
-        pad[:rows, :cols] = m
-        return pad.reshape(R, r, C, c).sum(dim=(1, 3))
+        return torch.from_numpy(core.block_sums(m.numpy(), block)).to(t.device)
     if op != "norm":
-        raise ValueError(op)
-    pad = pad.double()
-    pad[:rows, :cols] = m.double().abs() ** p
-    s = pad.reshape(R, r, C, c).sum(dim=(1, 3))
-    n = cnt.reshape(R, r, C, c).sum(dim=(1, 3))
-    s = s * (r * c) / n
-    return (s ** (1.0 / p)).to(m.dtype if m.is_floating_point() else torch.float32)
+        raise ValueError(f"op must be 'norm', 'sum' or 'all_zero', got {op!r}")
+    norms = torch.from_numpy(core.block_norms(m.double().numpy(), block, float(p)))
+    return norms.to(device=t.device, dtype=m.dtype if m.is_floating_point() else torch.float32)
 
 
 def expand_units(

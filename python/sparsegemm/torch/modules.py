@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..formats import BSRMatrix, CSRMatrix
+from ..ops import conv_pair
 from . import ops as _ops
 from ._cache import as_numpy
-from ._formats import FormatChoice, check_format, choose_format
+from ._format_choice import FormatChoice, check_format, choose_format
 
 __all__ = ["SparseConv2d", "SparseLinear", "is_linear_map", "masked_weight"]
 
@@ -331,15 +332,6 @@ class SparseLinear(_SparseWeight):
                 f"bias={self.bias is not None}, {self._sparse_repr()}")
 
 
-def _pair(value: Any, name: str) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    pair = tuple(int(v) for v in value)
-    if len(pair) != 2:
-        raise ValueError(f"{name} must be an int or a pair, got {value!r}")
-    return pair
-
-
 class SparseConv2d(_SparseWeight):
     """``nn.Conv2d`` (groups=1, zero padding) with a sparse weight.
 
@@ -363,9 +355,9 @@ class SparseConv2d(_SparseWeight):
             raise ValueError(f"SparseConv2d supports padding_mode='zeros' only, got {padding_mode!r}")
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.dilation = _pair(dilation, "dilation")
+        self.kernel_size = conv_pair(kernel_size, "kernel_size", 1)
+        self.stride = conv_pair(stride, "stride", 1)
+        self.dilation = conv_pair(dilation, "dilation", 1)
         if isinstance(padding, str):
             if padding not in ("same", "valid"):
                 raise ValueError(f"padding must be 'same', 'valid' or ints, got {padding!r}")
@@ -373,7 +365,7 @@ class SparseConv2d(_SparseWeight):
                 raise ValueError("padding='same' is not supported for strided convolutions")
             self.padding: Any = padding
         else:
-            self.padding = _pair(padding, "padding")
+            self.padding = conv_pair(padding, "padding", 0)
         if format != "csr":
             raise NotImplementedError(f"SparseConv2d stores CSR only, got format={format!r}")
         self.groups = 1

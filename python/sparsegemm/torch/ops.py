@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _core
+from ..ops import conv_geometry
 from ._cache import as_numpy, patterns, values_array
 
 KERNEL_DTYPES = (torch.float32, torch.float64)
@@ -259,30 +260,16 @@ def _batched_matmul(pattern, values: np.ndarray, b: Tensor, out: Tensor,
 
 # csr_conv2d -----------------------------------------------------------------------------------
 
-def _conv_output_size(x: Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
-                      dilation: List[int]) -> List:
-    return [(size + 2 * pad - dil * (k - 1) - 1) // step + 1
-            for size, k, step, pad, dil in zip(x.shape[2:], kernel_size, stride, padding, dilation)]
-
-
 def _check_conv(x: Tensor, indptr: Tensor, values: Tensor, cols: int, kernel_size: List[int],
                 stride: List[int], padding: List[int], dilation: List[int],
                 bias: Optional[Tensor]) -> List:
     _check_operands("csr_conv2d", values, x=x, bias=bias)
-    for name, pair, minimum in (("kernel_size", kernel_size, 1), ("stride", stride, 1),
-                                ("padding", padding, 0), ("dilation", dilation, 1)):
-        if len(pair) != 2 or min(pair) < minimum:
-            raise ValueError(f"sparsegemm.csr_conv2d: {name} must be two ints >= {minimum}, "
-                             f"got {list(pair)}")
-    if x.dim() != 4 or x.shape[1] * kernel_size[0] * kernel_size[1] != cols:
-        raise ValueError(f"sparsegemm.csr_conv2d: x must be (N, Cin, H, W) with Cin*KH*KW = {cols} "
-                         f"(the weight's columns), got shape {tuple(x.shape)} and kernel_size "
-                         f"{list(kernel_size)}")
-    out_size = _conv_output_size(x, kernel_size, stride, padding, dilation)
-    if out_size[0] < 1 or out_size[1] < 1:
-        raise ValueError(f"sparsegemm.csr_conv2d: the dilated kernel is larger than the padded input "
-                         f"{tuple(x.shape)}")
-    return out_size
+    try:
+        *_, out_size = conv_geometry(tuple(x.shape), cols, tuple(kernel_size), tuple(stride),
+                                     tuple(padding), tuple(dilation))
+    except ValueError as error:
+        raise ValueError(f"sparsegemm.csr_conv2d: {error}") from None
+    return list(out_size)
 
 
 @torch.library.custom_op("sparsegemm::csr_conv2d", mutates_args=())

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..planner import DEFAULT_MARGIN
-from ._formats import FormatChoice, check_format, choose_format
+from ._format_choice import FormatChoice, check_format, choose_format
 from .attention import SparseMultiheadAttention
 from .modules import SparseConv2d, SparseLinear, is_linear_map, linear_map_weight, masked_weight
 from .ops import STORAGE_DTYPES

@@ -1,4 +1,4 @@
-#include "ops/csr_ops.h"
+#include "drivers/csr_driver.h"
 
 #include <algorithm>
 #include <climits>
@@ -6,13 +6,13 @@
 #include "core/isa.h"
 #include "core/parallel.h"
 #include "kernels/csr/csr_kernels.h"
-#include "ops/product_driver.h"
+#include "drivers/product_driver.h"
 
 namespace sparsegemm {
 
 namespace {
 
-// CSR plugged into the shared drivers (ops/product_driver.h), optionally with
+// CSR plugged into the shared drivers (drivers/product_driver.h), optionally with
 // caller-owned values in place of the matrix's own.
 template <typename T>
 struct CsrProduct {

@@ -1,14 +1,14 @@
-#include "ops/bsr_ops.h"
+#include "drivers/bsr_driver.h"
 
 #include "core/isa.h"
 #include "kernels/bsr/bsr_kernels.h"
-#include "ops/product_driver.h"
+#include "drivers/product_driver.h"
 
 namespace sparsegemm {
 
 namespace {
 
-// BSR plugged into the shared drivers (ops/product_driver.h). Threads get
+// BSR plugged into the shared drivers (drivers/product_driver.h). Threads get
 // ranges of block rows balanced by stored blocks.
 template <typename T>
 struct BsrProduct {

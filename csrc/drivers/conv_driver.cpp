@@ -1,4 +1,4 @@
-#include "ops/conv_ops.h"
+#include "drivers/conv_driver.h"
 
 #include <algorithm>
 #include <climits>
@@ -9,7 +9,7 @@
 #include "core/isa.h"
 #include "core/parallel.h"
 #include "kernels/conv/conv_kernels.h"
-#include "ops/buffer.h"
+#include "drivers/buffer.h"
 
 namespace sparsegemm {
 

@@ -14,7 +14,7 @@
 //   static constexpr bool kTransposedPanel;   // true if it also has:
 //   void panel_transposed(const T* b, int64_t ldb, int64_t n, const T* bias, T* ct, int64_t ldct,
 //                         int threads) const;   // ct = (a @ b + bias)^T
-// (see ops/csr_ops.cpp and ops/bsr_ops.cpp).
+// (see drivers/csr_driver.cpp and drivers/bsr_driver.cpp).
 #pragma once
 
 #include <algorithm>
@@ -22,8 +22,8 @@
 #include <vector>
 
 #include "core/parallel.h"
-#include "kernels/transpose/transpose.h"
-#include "ops/buffer.h"
+#include "drivers/transpose.h"
+#include "drivers/buffer.h"
 
 namespace sparsegemm::driver {
 

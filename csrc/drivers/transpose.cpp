@@ -1,4 +1,4 @@
-#include "kernels/transpose/transpose.h"
+#include "drivers/transpose.h"
 
 #include <algorithm>
 

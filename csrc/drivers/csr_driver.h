@@ -36,9 +36,4 @@ template <typename T>
 void csr_sampled_dot(const CsrMatrix<T>& pattern, const T* a, int64_t lda, const T* b, int64_t ldb,
                      int64_t n, T* out, int num_threads);
 
-// Up to this many dense vectors use the gather kernel; more use the panel
-// kernel. Gathers load one element per stored entry and vector, so even two
-// vectors run faster as a (masked) panel.
-constexpr int64_t kGatherMaxVectors = 1;
-
 }  // namespace sparsegemm
