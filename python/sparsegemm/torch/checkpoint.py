@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import SparseMultiheadAttention
-from .modules import SparseConv2d, SparseLinear, linear_map_weight, is_linear_map
+from .modules import SparseConv2d, SparseLinear, is_linear_map, _linear_weight
 
 __all__ = ["from_pretrained", "load_sparsified"]
 
@@ -42,7 +42,7 @@ def sparse_layer_names(state_dict: Mapping[str, Any]) -> list[str]:
 
 def _empty_sparse_linear(dense: nn.Module, values: Tensor) -> SparseLinear:
     """A SparseLinear shaped like the linear map ``dense``, in the format ``values`` records."""
-    weight, _ = linear_map_weight(dense)
+    weight, _ = _linear_weight(dense)
     blocksize = tuple(values.shape[1:]) if values.dim() == 3 else None
     module = SparseLinear(weight.shape[1], weight.shape[0], bias=dense.bias is not None,
                           format="csr" if blocksize is None else "bsr", blocksize=blocksize,

@@ -62,7 +62,7 @@ def masked_weight(module: nn.Module) -> tuple[Tensor, Tensor]:
     return weight, weight != 0
 
 
-def linear_map_weight(module: nn.Module) -> tuple[Tensor, Tensor]:
+def _linear_weight(module: nn.Module) -> tuple[Tensor, Tensor]:
     """:func:`masked_weight` of a linear map as (out_features, in_features)."""
     weight, keep = masked_weight(module)
     return (weight.t(), keep.t()) if is_hf_conv1d(module) else (weight, keep)
@@ -298,7 +298,7 @@ class SparseLinear(_SparseWeight):
         if not (isinstance(linear, nn.Linear) or is_hf_conv1d(linear)):
             raise TypeError(f"from_dense needs an nn.Linear (or transformers' Conv1D), "
                             f"got {type(linear).__name__}")
-        weight, keep = linear_map_weight(linear)
+        weight, keep = _linear_weight(linear)
         _ops.check_kernel_dtype(weight.dtype, "the Linear's weight")
         if choice is None:
             choice = choose_format(weight, format, blocksize, batch_hint=batch_hint,

@@ -38,7 +38,7 @@ from torch import nn
 from ..planner import DEFAULT_MARGIN
 from ._format_choice import FormatChoice, check_format, choose_format
 from .attention import SparseMultiheadAttention
-from .modules import SparseConv2d, SparseLinear, is_linear_map, linear_map_weight, masked_weight
+from .modules import SparseConv2d, SparseLinear, is_linear_map, _linear_weight, masked_weight
 from .ops import STORAGE_DTYPES
 
 __all__ = ["DEFAULT_MIN_SPARSITY", "LayerReport", "SparsifyReport", "sparsify"]
@@ -162,7 +162,7 @@ class _Converter:
             if x is None:
                 return FormatChoice("csr"), "not timed: pass example_inputs to time convolutions"
             return _time_convolution(module, x), f"timed on input {tuple(x.shape)}"
-        weight, _ = masked_weight(module) if isinstance(module, nn.Conv2d) else linear_map_weight(module)
+        weight, _ = masked_weight(module) if isinstance(module, nn.Conv2d) else _linear_weight(module)
         matrix = weight.reshape(weight.shape[0], -1)
         choice = choose_format(matrix, self.format, self.blocksize, batch_hint=self.batch_hint)
         note = "" if choice.planned is None else f"planner: {choice.planned}"
