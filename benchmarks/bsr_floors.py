@@ -19,6 +19,7 @@ import argparse
 import numpy as np
 import sparsegemm
 from sparsegemm import planner
+from sparsegemm.timing import thread_limits
 
 # The block shapes the planner may choose, from the kernel catalogue.
 BLOCKSIZES = [b for b in planner.CANDIDATES.values() if b is not None]
@@ -36,7 +37,7 @@ def main() -> None:
 
     import torch
     import torch.nn.functional as F
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import threadpool_info
 
     torch.set_num_threads(args.threads)
     sparsegemm.show_config()
@@ -62,7 +63,7 @@ def main() -> None:
                 for name, run in runners.items():
                     np.testing.assert_allclose(np.asarray(run()), expected, rtol=1e-3, atol=1e-2,
                                                err_msg=name)
-                with threadpool_limits(limits=args.threads, user_api="blas"):
+                with thread_limits(args.threads):
                     times = planner._time_candidates(runners, args.repeats, args.rounds)
                 best_dense = min(times["dense_torch"], times["dense_numpy"])
                 label = f"bsr{blocksize[0]}x{blocksize[1]}"

@@ -1,18 +1,24 @@
 """End-to-end benchmarks of sparsegemm.torch against the same models run dense.
 
-    PYTHONPATH=python python benchmarks/torch_end_to_end.py [mlp|bert|resnet ...] [--threads N]
-        [--repeats N] [--pattern block:4x1] [--formats auto,csr] [--report]
+    PYTHONPATH=python python benchmarks/torch_end_to_end.py [mlp|bert|hfbert|resnet ...]
+        [--threads N] [--repeats N] [--pattern block:4x1] [--formats default,auto,csr]
+        [--sparsity 0.7,0.9] [--deepsparse-python /work/ds-venv/bin/python] [--report]
 
 A thin wrapper over the benchmark CLI's end-to-end suite
 (:mod:`sparsegemm.bench.e2e`, also run by ``python -m sparsegemm.bench bench
 --e2e-only``): the same models (MLP 1024-4096-4096-4096-1024 at batch 64, a
-BERT-base encoder layer at sequence 128, a ResNet-50 bottleneck at 56x56), the
-same magnitude pruning to 90% (unstructured, or whole blocks with
-``--pattern block:RxC``), ``sparsify`` per format, an output check against the
-dense pruned model, and the harness's interleaved medians. Per model it prints
-the dense and sparse times, the speedup, the floor from the project brief
-(MLP >= 3x, BERT layer >= 2x, ResNet bottleneck >= 1.5x) and whether the
-outputs matched. On a shared or loaded machine the numbers are indicative.
+BERT-base ``nn.TransformerEncoderLayer`` and an HF-style BERT layer with separate
+q/k/v/o Linears at sequence 128, a ResNet-50 bottleneck at 56x56), the same
+magnitude pruning (default 90%; unstructured, or whole blocks with
+``--pattern block:RxC``), ``sparsify`` per format ('default' is
+``sparsify(model)`` with no arguments, 'auto' the call told ``batch_hint`` and
+``example_inputs``), an output check against the dense pruned model, and the
+harness's interleaved medians. Per model it prints the dense and sparse times,
+the speedup, the floor from issue #10 (at 90%: MLP >= 5x, both BERT layers >= 3x,
+ResNet bottleneck >= 2x; at 70%: MLP >= 2.5x, HF BERT >= 1.8x), where the sparse
+model's time goes, DeepSparse's speedup and ours over it (with
+``--deepsparse-python``) and whether the outputs matched. On a shared or loaded
+machine the numbers are indicative.
 """
 
 from __future__ import annotations
@@ -44,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
                              "with a block pattern)")
     parser.add_argument("--report", action="store_true",
                         help="also print sparsify's per-layer report for each row")
+    parser.add_argument("--sparsity", default=str(SPARSITY),
+                        help=f"comma-separated sparsities (default {SPARSITY})")
+    parser.add_argument("--deepsparse-python", metavar="PATH",
+                        help="a python with DeepSparse (its own venv, e.g. "
+                             "/work/ds-venv/bin/python): adds it as a contender")
     args = parser.parse_args(argv)
     unknown = [name for name in args.models if name not in MODELS_BY_KEY]
     if unknown:
@@ -62,10 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     models = tuple(MODELS_BY_KEY[name] for name in args.models or MODELS_BY_KEY)
 
     sparsegemm.show_config()
-    print(f"torch {torch.__version__}, {threads} threads; {SPARSITY:.0%} sparsity, "
+    sparsities = tuple(float(s) for s in args.sparsity.split(","))
+    print(f"torch {torch.__version__}, {threads} threads; sparsity {sparsities}, "
           f"pattern {pattern.name}")
-    rows, notes = run_e2e((SPARSITY,), pattern, threads, HarnessSettings(rounds=args.repeats),
-                          models=models, formats=formats)
+    rows, notes = run_e2e(sparsities, pattern, threads, HarnessSettings(rounds=args.repeats),
+                          models=models, formats=formats,
+                          deepsparse_python=args.deepsparse_python)
     for note in notes:
         print(note)
     if not rows:

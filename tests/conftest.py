@@ -2,9 +2,11 @@
 
 Every product is checked against a float64 scipy reference that, like the
 kernels, sums only *stored* entries (so ``0 * inf`` never arises from a
-structural zero). The allowed error is the classical bound for a sum of
-``k`` products in the kernel's precision, so a test can only fail on a real
-error, never on rounding.
+structural zero). The allowed error of each output entry is the classical
+bound for a sum of ``k`` products in the kernel's precision, with ``k`` the
+entries stored in that row of the sparse matrix (not its column count, which
+would let a dropped entry pass on a wide matrix), so a test can only fail on a
+real error, never on rounding.
 
 Fixtures other test files can reuse:
 
@@ -132,11 +134,13 @@ def reference_linear(x: Any, weight: Any, bias: Any = None) -> tuple[np.ndarray,
 
 
 def assert_product_close(result: np.ndarray, expected: np.ndarray, magnitude: np.ndarray,
-                         terms: int, dtype: Any) -> None:
+                         terms: Any, dtype: Any) -> None:
     """``result`` equals ``expected`` within the rounding bound of ``terms`` products.
 
-    Non-finite expected entries must match exactly (NaN where NaN, same-signed
-    Inf). The bound ``2 (terms + 2) eps |A||B|`` holds for any summation order.
+    ``terms`` is a count, or an array of counts broadcasting against the result
+    (the stored entries behind each output entry). Non-finite expected entries
+    must match exactly (NaN where NaN, same-signed Inf). The bound
+    ``2 (terms + 2) eps |A||B|`` holds for any summation order.
     """
     assert result.shape == expected.shape, f"shape {result.shape}, expected {expected.shape}"
     assert result.dtype == np.dtype(dtype), f"dtype {result.dtype}, expected {np.dtype(dtype)}"
@@ -156,14 +160,20 @@ def assert_product_close(result: np.ndarray, expected: np.ndarray, magnitude: np
             f"expected {expected[index]!r} (bound {bound[index]:.3g})")
 
 
+def stored_per_row(a: Any) -> np.ndarray:
+    """Entries stored in each row of ``a`` (the terms each output entry sums)."""
+    return np.diff(_as_scipy64(a).indptr)
+
+
 @pytest.fixture(scope="session")
 def check_sparse_mm() -> Callable[..., None]:
     """``check_sparse_mm(result, a, b, bias=None)``: compare with the float64 reference."""
 
     def check(result: np.ndarray, a: Any, b: Any, bias: Any = None) -> None:
         expected, magnitude = reference_matmul(a, b, bias)
-        terms = max(1, _as_scipy64(a).shape[1])
-        assert_product_close(result, expected, magnitude, terms, result.dtype)
+        terms = stored_per_row(a)  # output rows are A's rows
+        assert_product_close(result, expected, magnitude,
+                             terms if expected.ndim == 1 else terms[:, None], result.dtype)
 
     return check
 
@@ -174,8 +184,8 @@ def check_linear() -> Callable[..., None]:
 
     def check(result: np.ndarray, x: Any, weight: Any, bias: Any = None) -> None:
         expected, magnitude = reference_linear(x, weight, bias)
-        terms = max(1, _as_scipy64(weight).shape[1])
-        assert_product_close(result, expected, magnitude, terms, result.dtype)
+        # output columns (the last axis) are the weight's rows
+        assert_product_close(result, expected, magnitude, stored_per_row(weight), result.dtype)
 
     return check
 

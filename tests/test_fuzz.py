@@ -116,6 +116,37 @@ def _mutate(draw, data, indices, indptr, shape):
     return kind, data, indices, indptr, shape
 
 
+def clearly_valid_csr(data, indices, indptr, shape) -> bool:
+    """True for a canonical CSR (sorted unique indices per row) in the plainest types:
+    native float32/float64 values, int32/int64 indices, a small non-negative shape.
+
+    Such operands must be accepted; other inputs may or may not be, so a test
+    that swallows a clear error asserts this is False for the rejected input.
+    """
+    try:
+        rows, cols = (int(side) for side in shape)
+    except (TypeError, ValueError):
+        return False
+    if not (0 <= rows <= 1000 and 0 <= cols <= 1000):
+        return False
+    arrays = [np.asarray(a) for a in (data, indices, indptr)]
+    if any(a.ndim != 1 or not a.dtype.isnative for a in arrays):
+        return False
+    data, indices, indptr = arrays
+    if data.dtype not in (np.float32, np.float64):
+        return False
+    if indices.dtype not in (np.int32, np.int64) or indptr.dtype not in (np.int32, np.int64):
+        return False
+    if len(indptr) != rows + 1 or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+        return False
+    if indptr[-1] != len(indices) or len(data) != len(indices):
+        return False
+    if len(indices) and (indices.min() < 0 or indices.max() >= cols):
+        return False
+    return all(np.all(np.diff(indices[start:end]) > 0)
+               for start, end in zip(indptr[:-1], indptr[1:]))
+
+
 def assert_matches_scipy(matrix: CSRMatrix, data, indices, indptr, shape) -> None:
     """An accepted matrix must be a valid canonical CSR that scipy reads the same way."""
     reference = sp.csr_array((np.asarray(data).astype(np.float64), np.asarray(indices),
@@ -156,8 +187,18 @@ def test_fuzz_csr_random_arrays(data, indices, indptr, shape):
     try:
         matrix = CSRMatrix((data, indices, indptr), shape=shape)
     except CLEAR_ERRORS:
+        assert not clearly_valid_csr(data, indices, indptr, shape), "a valid CSR was rejected"
         return
     assert_matches_scipy(matrix, data, indices, indptr, shape)
+
+
+def test_clearly_valid_csr_knows_valid_from_invalid():
+    data, indices, indptr = np.array([1.0, 2.0]), np.array([0, 2]), np.array([0, 1, 2])
+    assert clearly_valid_csr(data, indices, indptr, (2, 3))
+    assert not clearly_valid_csr(data, indices, indptr, (2, 2))  # index 2 out of range
+    assert not clearly_valid_csr(data, indices[::-1].copy(), np.array([0, 2, 2]), (2, 3))
+    assert not clearly_valid_csr(data[:1], indices, indptr, (2, 3))
+    assert not clearly_valid_csr(data.astype(">f8"), indices, indptr, (2, 3))
 
 
 @fuzz_settings
@@ -304,10 +345,53 @@ def test_fuzz_core_products(b, out, bias, b_layout, out_layout, linear_op, threa
     try:
         entry(handle, b, out, bias, threads)
     except CLEAR_ERRORS:
+        assert not clearly_valid_core_product(
+            dense.shape, matrix_dtype, b, out, bias, linear_op, threads
+        ), "valid operands were rejected"
         return
     # Accepted: the operands were consistent, and out holds the product.
     b64 = b.astype(np.float64)
     expected = b64 @ dense.T if linear_op else dense @ b64
+    if bias is not None:
+        expected = expected + (bias if linear_op else bias[:, None])
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def clearly_valid_core_product(shape, dtype, b, out, bias, linear_op, threads) -> bool:
+    """True when a core product's operands are consistent in the plainest way: the
+    matrix's dtype throughout, C-contiguous, aligned, writeable ``out``, matching
+    shapes, a contiguous bias of the right length (or None), threads >= 1."""
+    rows, cols = shape
+    arrays = [b, out] + ([] if bias is None else [bias])
+    if any(a.dtype != np.dtype(dtype) or not a.dtype.isnative or not a.flags.c_contiguous
+           or not a.flags.aligned for a in arrays):
+        return False
+    if b.ndim != 2 or out.ndim != 2 or not out.flags.writeable or threads < 1:
+        return False
+    if linear_op:
+        expected_out, bias_length, inner = (b.shape[0], rows), rows, b.shape[1]
+    else:
+        expected_out, bias_length, inner = (rows, b.shape[1]), rows, b.shape[0]
+    if inner != cols or out.shape != expected_out:
+        return False
+    return bias is None or bias.shape == (bias_length,)
+
+
+@fuzz_settings
+@given(rows=st.integers(0, 7), cols=st.integers(0, 7), n=st.integers(0, 7),
+       dtype=st.sampled_from([np.float32, np.float64]), linear_op=st.booleans(),
+       with_bias=st.booleans(), threads=st.integers(1, 4), data_=st.data())
+def test_fuzz_core_products_accept_valid_operands(rows, cols, n, dtype, linear_op, with_bias,
+                                                  threads, data_):
+    values = data_.draw(hnp.arrays(np.float64, (rows, cols), elements=st.sampled_from([0, 1, -2])))
+    b = data_.draw(hnp.arrays(dtype, (n, cols) if linear_op else (cols, n),
+                              elements=st.sampled_from([0, 1, -1, 2])))
+    out = np.full((n, rows) if linear_op else (rows, n), np.nan, dtype)
+    bias = np.linspace(-1, 1, rows).astype(dtype) if with_bias else None
+    assert clearly_valid_core_product((rows, cols), dtype, b, out, bias, linear_op, threads)
+    handle = CSRMatrix.from_dense(values.astype(dtype))._handle
+    (_core.csr_linear if linear_op else _core.csr_matmul)(handle, b, out, bias, threads)
+    expected = b @ values.T if linear_op else values @ b
     if bias is not None:
         expected = expected + (bias if linear_op else bias[:, None])
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
@@ -327,6 +411,8 @@ def test_fuzz_core_from_arrays(rows, cols, indptr, indices, data):
     try:
         handle = cls.from_arrays(rows, cols, indptr, indices, data)
     except CLEAR_ERRORS:
+        assert not clearly_valid_csr(data, indices, indptr, (rows, cols)), \
+            "a valid CSR was rejected"
         return
     matrix = CSRMatrix._from_handle(handle)
     assert_matches_scipy(matrix, data, indices, indptr, (rows, cols))

@@ -130,6 +130,20 @@ def test_formats_that_would_store_nearly_dense_are_skipped(monkeypatch):
     assert result.format == "csr"
 
 
+@pytest.mark.parametrize("sparsity", [0.0, 0.5])
+def test_from_16_rows_every_bsr_shape_is_timed_even_on_a_dense_weight(monkeypatch, sparsity):
+    rng = np.random.default_rng(2)
+    weight = sparsegemm.magnitude_prune(rng.standard_normal((64, 64)), sparsity)
+    timer = FakeTimer(fake_times(1.0, bsr4x4=0.5))
+    monkeypatch.setattr(planner, "_time_candidates", timer)
+    result = sparsegemm.plan(weight, planner.DENSE_BSR_MIN_BATCH, num_threads=1)
+    assert set(planner.CANDIDATES) - {"csr"} <= set(timer.timed[0])
+    assert result.format == "bsr4x4"
+    planner.clear_cache()
+    below = sparsegemm.plan(weight, planner.DENSE_BSR_MIN_BATCH - 1, num_threads=1)
+    assert "bsr4x4" in below.skipped and "rows" in below.skipped["bsr4x4"]
+
+
 def test_choose_is_the_argmin_with_a_margin():
     times = {"dense_numpy": 2.0, "dense_torch": 1.0, "csr": 0.8, "bsr4x1": 0.5}
     assert planner.choose(times, 1.1)["format"] == "bsr4x1"
@@ -139,14 +153,63 @@ def test_choose_is_the_argmin_with_a_margin():
         planner.choose({"csr": 1.0})
 
 
-def test_real_timing_end_to_end(weight):
-    # Real measurements, tiny: only checks that everything runs and agrees.
-    result = sparsegemm.plan(weight, 3, num_threads=1, repeats=1, rounds=1, cache=False)
-    assert result.format in {"dense", *planner.CANDIDATES}
-    assert result.speedup >= 1.0
-    chosen = result.times[result.format] if result.format != "dense" else result.dense_time
-    assert chosen <= result.dense_time
-    assert all(t > 0 for t in result.times.values())
+def test_real_timing_picks_sparse_where_sparse_cannot_lose():
+    # Real measurements. 1 stored entry in 10,000 at batch 1: CSR reads ~0.1% of the
+    # bytes dense does, so any machine picks a sparse format, by far.
+    rng = np.random.default_rng(3)
+    weight = np.zeros((1024, 1024), np.float32)
+    weight.flat[rng.choice(weight.size, 100, replace=False)] = 1.0
+    result = sparsegemm.plan(weight, 1, num_threads=1, repeats=3, rounds=2, cache=False)
+    assert result.format in planner.CANDIDATES, result.times
+    assert result.speedup > 3.0, result.times
+    x = rng.standard_normal((1, 1024)).astype(np.float32)
+    np.testing.assert_allclose(sparsegemm.linear(x, result.operand), x @ weight.T, atol=1e-5)
+
+
+def test_a_dense_weight_stays_dense_without_timing_a_sparse_format(monkeypatch):
+    timer = FakeTimer(fake_times(1.0, csr=0.01, bsr4x1=0.01))
+    monkeypatch.setattr(planner, "_time_candidates", timer)
+    dense = np.random.default_rng(4).standard_normal((32, 32)).astype(np.float32)
+    result = sparsegemm.plan(dense, 8, num_threads=1)
+    assert result.format == "dense" and set(result.skipped) == set(planner.CANDIDATES)
+    assert timer.timed == [["dense_numpy"]] or timer.timed == [["dense_numpy", "dense_torch"]]
+
+
+def test_cache_key_separates_layers_with_the_same_shape_nnz_and_fill(monkeypatch):
+    timer = FakeTimer(fake_times(1.0, csr=0.1))
+    monkeypatch.setattr(planner, "_time_candidates", timer)
+    first = np.zeros((64, 64), np.float32)
+    second = np.zeros((64, 64), np.float32)
+    first[::16, ::16] = 1.0  # one entry per 16x1, 4x4, ... block in both
+    second[1::16, ::16] = 1.0
+    a = sparsegemm.plan(first, 4, num_threads=1)
+    b = sparsegemm.plan(second, 4, num_threads=1)
+    assert a.key != b.key and not b.cached and timer.calls == 2
+
+
+def _flip_gather_choice(monkeypatch):
+    flipped = not planner._core.prefer_hardware_gather()
+    monkeypatch.setattr(planner._core, "prefer_hardware_gather", lambda: flipped)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda mp: mp.setattr(sparsegemm, "__version__", "99.0"),
+        lambda mp: mp.setattr(np, "__version__", "99.0"),
+        lambda mp: _flip_gather_choice(mp),
+    ],
+    ids=["sparsegemm version", "numpy version", "SPARSEGEMM_GATHER"],
+)
+def test_a_decision_cached_under_other_software_is_not_reused(monkeypatch, weight, tmp_path,
+                                                              change):
+    timer = FakeTimer(fake_times(1.0, bsr8x1=0.2))
+    monkeypatch.setattr(planner, "_time_candidates", timer)
+    first = sparsegemm.plan(weight, 16, num_threads=1, cache_dir=tmp_path)
+    planner.clear_cache()
+    change(monkeypatch)
+    second = sparsegemm.plan(weight, 16, num_threads=1, cache_dir=tmp_path)
+    assert second.key != first.key and not second.cached and timer.calls == 2
 
 
 def test_bad_arguments(weight):

@@ -39,6 +39,9 @@ def as_kernel_array(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """
     if array.dtype != dtype:
         return array.astype(dtype)  # astype keeps the memory order and aligns
+    flags = array.flags
+    if flags.c_contiguous and flags.aligned:  # the common case, checked cheaply
+        return array
     if not array.flags.aligned or any(s < 0 or s % array.itemsize for s in array.strides):
         return np.array(array, order="C", copy=True)
     return array

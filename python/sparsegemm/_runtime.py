@@ -8,6 +8,7 @@ else :func:`set_num_threads`, else the ``SPARSEGEMM_NUM_THREADS`` or
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import warnings
 from typing import Iterator
@@ -106,6 +107,14 @@ def get_num_threads() -> int:
     """The thread count used when a call does not pass ``num_threads``."""
     if _num_threads_setting is not None:
         return _num_threads_setting
+    return _default_num_threads()
+
+
+@functools.lru_cache(maxsize=None)
+def _default_num_threads() -> int:
+    # Read once, at the first call (as OpenMP reads OMP_NUM_THREADS once at start-up):
+    # the environment lookups and the affinity syscall would otherwise cost several
+    # microseconds on every product call.
     return _env_threads() or _usable_cpus()
 
 

@@ -567,7 +567,7 @@ class BSRMatrix(SparseFormat):
         return self._handle.data.reshape(self.nnz_blocks, *self.blocksize)
 
     def transpose_with_permutation(self) -> tuple[BSRMatrix, np.ndarray]:
-        """The transpose (C x R blocks) and the int64 block permutation ``p``: ``T.data[k] == self.data[p[k]].T``.
+        """The (K x M) transpose, with C x R blocks, and the int64 block permutation ``p``: ``T.data[k] == self.data[p[k]].T``.
 
         With ``p``, values that change while the pattern stays fixed (fine-tuning)
         are transposed without rebuilding the pattern.

@@ -28,7 +28,10 @@ _PRODUCTS = {
 
 
 def _products_for(matrix: SparseFormat) -> tuple[Any, Any]:
-    for cls, products in _PRODUCTS.items():
+    products = _PRODUCTS.get(type(matrix))
+    if products is not None:
+        return products
+    for cls, products in _PRODUCTS.items():  # subclasses
         if isinstance(matrix, cls):
             return products
     raise TypeError(f"no kernels for {type(matrix).__name__}")
@@ -92,6 +95,19 @@ def _bias_operand(bias: Any, length: int, dtype: np.dtype) -> np.ndarray | None:
     if bias_array.shape != (length,):
         raise ValueError(f"bias must have shape ({length},), got {bias_array.shape}")
     return bias_array
+
+
+def _matching_kernel_dtype(x: np.ndarray, weight: Any, bias: Any) -> np.dtype | None:
+    """The common dtype when ``x``, a sparsegemm-format ``weight`` and a numpy ``bias``
+    (or None) already share a kernel dtype, else None. The cheap case of
+    :func:`kernel_dtype` that every well-prepared call takes."""
+    if not isinstance(weight, SparseFormat):
+        return None
+    dtype = weight.dtype
+    if x.dtype != dtype or (bias is not None and (type(bias) is not np.ndarray
+                                                  or bias.dtype != dtype)):
+        return None
+    return dtype
 
 
 def sparse_mm(
@@ -181,9 +197,11 @@ def linear(
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension (..., in_features)")
     _check_sparse_operand(weight)
-    dtypes = [weight.dtype, x.dtype] + ([np.asarray(bias).dtype] if bias is not None else [])
-    dtype = kernel_dtype(*dtypes)
-    weight = as_sparse_operand(weight, dtype)
+    dtype = _matching_kernel_dtype(x, weight, bias)
+    if dtype is None:  # mixed or non-kernel dtypes: promote and convert
+        dtypes = [weight.dtype, x.dtype] + ([np.asarray(bias).dtype] if bias is not None else [])
+        dtype = kernel_dtype(*dtypes)
+        weight = as_sparse_operand(weight, dtype)
     out_features, in_features = weight.shape
     if x.shape[-1] != in_features:
         raise ValueError(f"shape mismatch: x is {x.shape} but weight is {weight.shape}; "
@@ -197,7 +215,7 @@ def linear(
     result = np.empty((x2.shape[0], out_features), dtype=dtype)
     _, linear_product = _products_for(weight)
     linear_product(weight._handle, x2, result, bias_array, threads)
-    return result.reshape(*batch_shape, out_features)
+    return result if x.ndim == 2 else result.reshape(*batch_shape, out_features)
 
 
 def sddmm(

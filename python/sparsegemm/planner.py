@@ -7,8 +7,11 @@ a sparse format only when it beats the fastest dense contender by a margin (as
 LIBXSMM does): it never returns a sparse format that measured slower than
 dense. Decisions are cached in-process and, with ``cache_dir`` (or the
 ``SPARSEGEMM_PLAN_CACHE`` environment variable), in a JSON file, keyed by the
-CPU model, ISA, shape, batch, threads, dtype and the nonzero pattern's
-statistics (nnz and each block shape's fill ratio).
+CPU model, ISA, shape, batch, threads, dtype, the nonzero pattern itself (a
+hash, besides nnz and each block shape's fill ratio), the versions of
+sparsegemm, numpy and (when imported) torch, and the batch-1 gather choice
+(``SPARSEGEMM_GATHER``). A decision read from a cache has ``cached`` set: its
+times were measured on another call (possibly another process), not now.
 
 The torch layer is never imported here (torch is an optional extra): torch's
 ``F.linear`` joins the dense contenders only when the caller has already
@@ -19,22 +22,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
 import numpy as np
 
+from . import _core
 from ._dtypes import kernel_dtype
 from ._runtime import get_isa, kernel_catalogue, resolve_num_threads
 from .formats import BSRMatrix, CSRMatrix
 from .ops import linear
 from .pruning import all_zero_blocks
+from .timing import SLOW_PHASE_RATIO, TimingSettings, measure, thread_limits
 
 # Blocks of fewer entries than this are never planned: a 1x1 or 2x1 block
 # stores one index per one or two values, no better than CSR's one per value,
@@ -56,14 +61,19 @@ DENSE_NUMPY = "dense_numpy"
 DENSE_TORCH = "dense_torch"
 # A sparse format must be this many times faster than dense to be chosen.
 DEFAULT_MARGIN = 1.1
-# Skipped before timing: CSR above this density, and BSR storing more than
-# this fraction of the dense matrix (e.g. 16x1 blocks on unstructured weights),
-# since neither can then beat a dense GEMM.
+# Skipped before timing: CSR above this density, since it cannot then beat a
+# dense GEMM; and below DENSE_BSR_MIN_BATCH rows, BSR storing more than
+# BSR_MAX_STORED_FRACTION of the dense matrix (e.g. 16x1 blocks on unstructured
+# weights): a memory-bound product gains nothing from streaming as many bytes
+# as dense. From DENSE_BSR_MIN_BATCH rows up every BSR shape is timed, since
+# the BSR kernel can beat dense BLAS at batch 16-64 even on a dense weight
+# (zero-padded blocks) and below 50% sparsity (see BENCHMARKING.md).
 CSR_MAX_DENSITY = 0.5
 BSR_MAX_STORED_FRACTION = 0.75
+DENSE_BSR_MIN_BATCH = 16
 # Rounds whose dense medians differ by more than this are a slow VM phase:
 # measure again (at most MAX_EXTRA_ROUNDS times).
-ROUND_DISAGREEMENT = 1.35
+ROUND_DISAGREEMENT = SLOW_PHASE_RATIO
 MAX_EXTRA_ROUNDS = 2
 
 Operand = Union[CSRMatrix, BSRMatrix, None]
@@ -129,6 +139,28 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _pattern_digest(W: np.ndarray) -> str:
+    """A hash of where ``W``'s nonzeros (NaN included) are."""
+    return hashlib.sha1(np.packbits(W != 0).tobytes()).hexdigest()
+
+
+def _software_versions() -> dict[str, Any]:
+    """What a timing also depends on: library versions and the batch-1 gather choice.
+
+    torch's version counts only when torch is imported (it then joins the dense
+    contenders).
+    """
+    from . import __version__
+
+    torch = sys.modules.get("torch")
+    return {
+        "sparsegemm": __version__,
+        "numpy": np.__version__,
+        "torch": getattr(torch, "__version__", None) if torch is not None else None,
+        "gather": "hardware" if _core.prefer_hardware_gather() else "scalar",
+    }
+
+
 def _blocks_stored(W: np.ndarray, blocksize: tuple[int, int]) -> int:
     """Blocks of ``blocksize`` holding a nonzero (NaN included), as BSRMatrix.from_dense keeps."""
     return int((~all_zero_blocks(W, blocksize)).sum())
@@ -149,7 +181,8 @@ def pattern_statistics(W: np.ndarray, candidates: list[str]) -> dict[str, Any]:
     return stats
 
 
-def _skip_reason(name: str, shape: tuple[int, int], stats: dict[str, Any]) -> str | None:
+def _skip_reason(name: str, shape: tuple[int, int], stats: dict[str, Any],
+                 batch: int) -> str | None:
     size = shape[0] * shape[1]
     if size == 0:
         return None
@@ -160,65 +193,33 @@ def _skip_reason(name: str, shape: tuple[int, int], stats: dict[str, Any]) -> st
             return f"density {density:.2f} > {CSR_MAX_DENSITY}: CSR cannot beat dense"
         return None
     stored = stats["blocks"][name] * blocksize[0] * blocksize[1] / size
-    if stored > BSR_MAX_STORED_FRACTION:
-        return f"would store {stored:.2f} of the dense matrix (> {BSR_MAX_STORED_FRACTION})"
+    if stored > BSR_MAX_STORED_FRACTION and batch < DENSE_BSR_MIN_BATCH:
+        return (f"would store {stored:.2f} of the dense matrix (> {BSR_MAX_STORED_FRACTION}) "
+                f"at {batch} rows (< {DENSE_BSR_MIN_BATCH})")
     return None
 
 
 def _time_candidates(
     runners: dict[str, Callable[[], Any]], repeats: int, rounds: int
 ) -> dict[str, float]:
-    """Median seconds per call of each runner.
+    """Median seconds per call of each runner, timed by :func:`sparsegemm.timing.measure`.
 
     Contenders are interleaved: each round runs every contender as a block of
     ``repeats`` calls after one warm-up call, with a short sleep between blocks
-    so one runtime's spinning thread pool does not tax the next. Rounds whose
-    dense medians disagree by more than ROUND_DISAGREEMENT are repeated. Tests
-    replace this function to inject timings.
+    so one runtime's spinning thread pool does not tax the next. Rounds are
+    repeated while the dense reference's blocks disagree by more than
+    ROUND_DISAGREEMENT. Tests replace this function to inject timings.
     """
-    samples: dict[str, list[list[float]]] = {name: [] for name in runners}
-    dense = next((n for n in (DENSE_NUMPY, DENSE_TORCH) if n in runners), None)
-
-    def run_round() -> None:
-        for name, run in runners.items():
-            run()
-            block = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                run()
-                block.append(time.perf_counter() - start)
-            samples[name].append(block)
-            time.sleep(0.005)
-
-    for _ in range(rounds):
-        run_round()
-    for _ in range(MAX_EXTRA_ROUNDS):
-        if dense is None:
-            break
-        medians = [float(np.median(block)) for block in samples[dense]]
-        if max(medians) <= ROUND_DISAGREEMENT * min(medians):
-            break
-        run_round()
-    return {name: float(np.median(np.concatenate(blocks))) for name, blocks in samples.items()}
-
-
-def _thread_limits(threads: int) -> Any:
-    """Limit numpy's BLAS (and torch, if imported) to ``threads`` while timing."""
-    import contextlib
-
-    stack = contextlib.ExitStack()
-    try:
-        import threadpoolctl
-
-        stack.enter_context(threadpoolctl.threadpool_limits(limits=threads, user_api="blas"))
-    except ImportError:
-        pass
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        stack.callback(torch.set_num_threads, previous)
-    return stack
+    dense = [name for name in (DENSE_NUMPY, DENSE_TORCH) if name in runners][:1]
+    settings = TimingSettings(
+        rounds=rounds,
+        calls_per_block=repeats,
+        sleep_s=0.005,
+        max_remeasure=MAX_EXTRA_ROUNDS,
+        skip_warmup_above_s=math.inf,
+    )
+    timings = measure(runners, dense, settings).timings
+    return {name: timing.median for name, timing in timings.items()}
 
 
 def _build(name: str, W: np.ndarray) -> Operand:
@@ -332,9 +333,11 @@ def plan(
         "dtype": str(target),
         "nnz": stats["nnz"],
         "fill": stats["fill"],
+        # Two layers with the same shape, nnz and fill are still two patterns.
+        "pattern": _pattern_digest(weight),
         "candidates": names,
         "margin": margin,
-        "torch": DENSE_TORCH if "torch" in sys.modules else None,
+        **_software_versions(),
     }
     key = hashlib.sha1(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()
     disk_path = _cache_file(cache_dir) if cache else None
@@ -347,14 +350,14 @@ def plan(
     skipped = {}
     timed = []
     for name in names:
-        reason = _skip_reason(name, weight.shape, stats)
+        reason = _skip_reason(name, weight.shape, stats, int(batch))
         if reason is None:
             timed.append(name)
         else:
             skipped[name] = reason
     operands = {name: _build(name, weight) for name in timed}
     runners = _runners(weight, batch, threads, operands)
-    with _thread_limits(threads):
+    with thread_limits(threads):
         times = _time_candidates(runners, repeats, rounds)
     decision = choose(times, margin)
     decision["skipped"] = skipped

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 import sparsegemm
-from sparsegemm.bench.environment import SPIN_ENV
 from sparsegemm.bench.cli import main
 from sparsegemm.bench.compare import compare_documents, compare_files
+from sparsegemm.bench.environment import SPIN_ENV
 from sparsegemm.bench.results import COLUMNS, load_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -48,6 +48,9 @@ def test_csv_has_the_documented_columns_and_sane_rows(quick_run):
     for row in ok:
         assert float(row["time_median_s"]) > 0
         assert float(row["time_q1_s"]) <= float(row["time_median_s"]) <= float(row["time_q3_s"])
+        if row["kept_dense"] == "True":  # a dense library ran: no sparse speedup
+            assert row["speedup"] == "" and row["format"].startswith("dense")
+            continue
         assert float(row["speedup"]) == pytest.approx(
             float(row["baseline_time_s"]) / float(row["time_median_s"])
         )
@@ -75,12 +78,21 @@ def test_json_has_machine_metadata_and_break_even(quick_run):
             "calls_per_sample",
             "baseline",
             "baseline_time_s",
+            "best_dense",
             "useful_gflops",
             "effective_gflops",
             "baseline_gflops",
             "max_rel_error",
             "remeasured",
             "steady",
+            "cold_copies",
+            "own_dense_time_s",
+            "flag",
+            "processes",
+            "process_speedups",
+            "process_spread",
+            "x_alignment",
+            "weight_alignment",
         }
         for r in document["results"]
     )
@@ -88,9 +100,11 @@ def test_json_has_machine_metadata_and_break_even(quick_run):
 
 def test_report_states_break_even_per_shape_and_batch(quick_run):
     report = (quick_run / "report.md").read_text()
-    assert re.search(r"\| 64x128 \| unstructured \| 1 \|", report)
-    assert re.search(r"\| 64x128 \| unstructured \| 8 \|", report)
-    assert "speedup at 90%" in report
+    # a 64x128 weight is so small that even the most copies allowed may fit in the cache
+    assert re.search(r"\| 64x128 \| unstructured \| 1 \| [a-z /]*cold \|", report)
+    assert re.search(r"\| 64x128 \| unstructured \| 8 \| [a-z /]*cold \|", report)
+    assert "| at 90% vs base | vs best | vs own 0% |" in report
+    assert "skipped: sgemm_bsr at 4 points" in report  # rows that did not run are listed
 
 
 def test_readme_documents_every_column():
@@ -158,7 +172,8 @@ def test_no_subcommand_prints_help(capsys):
 
 def test_importing_the_bench_does_not_import_torch():
     code = (
-        "import sys, sparsegemm.bench.cli, sparsegemm.bench.suite, sparsegemm.bench.e2e; "
+        "import sys, sparsegemm.timing, sparsegemm.bench.cli, sparsegemm.bench.suite, "
+        "sparsegemm.bench.e2e; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy())
@@ -271,3 +286,110 @@ def test_bare_console_command_prints_help_and_runs_nothing(tmp_path):
 def test_bench_flags_still_work_under_the_subcommand(capsys):
     assert main(["bench", "--e2e", "--list-formats"]) == 0
     assert "sgemm_csr" in capsys.readouterr().out
+
+
+def test_a_wrong_sparsegemm_result_is_listed_and_fails_the_run(monkeypatch, tmp_path, capsys):
+    from sparsegemm.bench import contenders as registry
+
+    monkeypatch.setitem(
+        registry.REGISTRY,
+        "sgemm_broken",
+        registry.Contender(
+            "sgemm_broken",
+            "returns twice the answer",
+            "sparse",
+            lambda p: lambda: 2.0 * (p.x @ p.weight.T),
+            is_sparsegemm=True,
+        ),
+    )
+    out = tmp_path / "out"
+    args = ["bench", "--quick-test", "--formats", "sgemm_broken", "--batch", "1"]
+    status = main([*args, "--sparsity", "0.9", "--out", str(out), "--no-progress", "--no-plot"])
+    assert status == 1
+    printed = capsys.readouterr()
+    assert "WRONG: sgemm_broken at 64x128 batch 1" in printed.out
+    assert "sparsegemm results were wrong" in printed.err
+    assert "WRONG: sgemm_broken" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "flag, expected", [("--cold", {"cold", "partly cold"}), ("--warm", {"warm"})]
+)
+def test_cold_and_warm_apply_to_every_batch(flag, expected, tmp_path):
+    out = tmp_path / "out"
+    options = ["--formats", "sgemm_csr", "--sparsity", "0.9", "--batch", "1,64"]
+    assert main(["bench", "--quick-test", flag, *options, "--out", str(out), "--no-progress",
+                 "--no-plot"]) in (0,)
+    rows = load_json(str(out / "results.json"))["results"]
+    assert {r["cache"] for r in rows} <= expected and {r["batch"] for r in rows} == {1, 64}
+    assert load_json(str(out / "results.json"))["settings"]["cache"] == flag[2:]
+
+
+def test_by_default_small_batches_are_cold_and_large_ones_warm(quick_run):
+    rows = load_json(str(quick_run / "results.json"))["results"]
+    assert {r["batch"] for r in rows} == {1, 8}
+    assert {r["cache"] for r in rows} <= {"cold", "partly cold"}
+    ok = [r for r in rows if r["status"] == "ok" and r["contender"] == "sgemm_csr"]
+    assert all(r["cold_copies"] > 100 for r in ok)  # a 32 KB weight needs many copies
+    metadata = load_json(str(quick_run / "results.json"))["metadata"]
+    assert metadata["last_level_cache"]["bytes"] > 0 and metadata["affinity"]["cpus"]
+    assert all(r["x_alignment"] in range(64) for r in ok)
+
+
+def test_processes_runs_fresh_processes_and_merges_them(tmp_path):
+    out = tmp_path / "out"
+    options = ["--formats", "sgemm_csr", "--sparsity", "0.9", "--batch", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "sparsegemm.bench", "--quick-test", *options, "--processes", "2",
+         "--out", str(out), "--no-progress", "--no-plot"],
+        capture_output=True, text=True, env=os.environ.copy(), timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    document = load_json(str(out / "results.json"))
+    rows = [r for r in document["results"] if r["contender"] == "sgemm_csr"]
+    assert rows and all(r["processes"] == 2 and len(r["process_speedups"]) == 2 for r in rows)
+    for row in rows:
+        assert row["speedup"] == pytest.approx(sum(row["process_speedups"]) / 2)
+        assert row["process_spread"] == pytest.approx(
+            max(row["process_speedups"]) / min(row["process_speedups"])
+        )
+    assert len(document["metadata"]["processes"]) == 2
+    assert (out / "process-1" / "results.json").exists()
+
+
+def test_last_level_cache_size_comes_from_sysfs_with_a_fallback(tmp_path):
+    from sparsegemm.bench.environment import FALLBACK_LLC_BYTES, last_level_cache_bytes
+
+    for index, (level, size) in enumerate(((1, "32K"), (2, "1024K"), (3, "96M"))):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        (folder / "level").write_text(f"{level}\n")
+        (folder / "size").write_text(f"{size}\n")
+    assert last_level_cache_bytes(str(tmp_path)) == (96 * 2**20, "sysfs L3")
+    size, source = last_level_cache_bytes(str(tmp_path / "missing"))
+    assert size > 0 and (source.startswith("sysconf") or size == FALLBACK_LLC_BYTES)
+
+
+def test_a_kept_dense_point_never_reaches_a_sparsegemm_figure(monkeypatch, tmp_path):
+    # The planner keeps every weight dense: numpy runs, and at batch 8 it is faster
+    # than torch, the baseline. None of it may show up as a sparsegemm speedup.
+    def keep_dense(weight, batch, **kwargs):
+        return sparsegemm.Plan("dense", None, {"dense_numpy": 1.0}, 1.0, 1.0)
+
+    monkeypatch.setattr(sparsegemm, "plan", keep_dense)
+    out = tmp_path / "out"
+    options = ["--formats", "sgemm_auto", "--pattern", "unstructured", "--warm"]
+    assert main(["bench", "--quick-test", *options, "--out", str(out), "--no-progress"]) == 0
+    document = load_json(str(out / "results.json"))
+    auto = [r for r in document["results"] if r["contender"] == "sgemm_auto"]
+    assert auto and all(r["kept_dense"] and r["format"] == "dense (numpy)" for r in auto)
+    assert all(r["speedup"] != r["speedup"] for r in auto)  # NaN: no speedup
+    for entry in document["break_even"]:  # "n/a" when noise left every point out as suspect
+        assert entry["break_even_sparsity"] in ("never", "n/a") and entry["speedup_at_90"] is None
+    report = (out / "report.md").read_text()
+    assert "no sparse contender has a figure to plot" in report
+    for line in report.splitlines():
+        if line.startswith("| 64x128"):
+            cells = [cell.strip() for cell in line.split("|")[1:-1]]
+            assert cells[7:10] == ["-", "-", "-"] and cells[6] in ("never", "n/a")
+            assert cells[5] in ("sgemm_auto (kept dense (numpy))", "sgemm_auto (-)")

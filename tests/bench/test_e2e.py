@@ -34,8 +34,8 @@ def test_runs_checks_and_times_with_a_sparsify(monkeypatch):
     pytest.importorskip("torch")
     calls = []
 
-    def identity_sparsify(model, format="auto", **options):
-        calls.append(format)
+    def identity_sparsify(model, **options):
+        calls.append(options.get("format", "no arguments"))
         return model
 
     def wrong_sparsify(model, format="auto", **options):
@@ -49,13 +49,15 @@ def test_runs_checks_and_times_with_a_sparsify(monkeypatch):
         monkeypatch.setitem(sys.modules, "sparsegemm.torch", fake)
         rows, notes = e2e.run_e2e((0.5, 0.9), Pattern(), 1, FAST, models=TINY)
         assert notes == []
-        assert len(rows) == 4  # 2 sparsities x formats auto, csr
+        assert len(rows) == 6  # 2 sparsities x formats default, auto, csr
         assert {r["status"] for r in rows} == {status}, rows
         if status == "ok":
             assert all(r["speedup"] > 0 and r["max_rel_error"] < 1e-5 for r in rows)
+            # No sparse layers: the time splits between dense layers and the rest.
+            assert all(r["sparse_layers_s"] == 0 and r["dense_layers_s"] > 0 for r in rows)
         else:
             assert all(np.isnan(r["speedup"]) for r in rows)
-    assert calls == ["auto", "csr", "auto", "csr"]
+    assert calls == ["no arguments", "auto", "csr"] * 2
     assert "tiny mlp" in e2e.e2e_table(rows)
 
 
@@ -113,6 +115,7 @@ def test_options_are_ones_the_real_sparsify_accepts(pattern):
         assert options["format"] == fmt
     assert e2e.sparsify_options("bsr", pattern, 64).get("blocksize") == pattern.blocksize
     assert e2e.sparsify_options("auto", pattern, 64)["batch_hint"] == 64
+    assert e2e.sparsify_options("default", pattern, 64) == {}
 
 
 @pytest.mark.torch
@@ -122,6 +125,29 @@ def test_runs_with_the_real_sparsify_for_csr_and_bsr():
     assert notes == []
     assert [r["status"] for r in rows] == ["ok", "ok"], rows
     assert "bsr4x1" in rows[1]["report"] and "csr" in rows[0]["report"]
+    assert all(r["sparse_layers_s"] > 0 for r in rows)
+    assert "sparse" in e2e.e2e_table(rows)
+
+
+@pytest.mark.torch
+def test_default_format_decides_on_the_check_and_deepsparse_is_skipped_with_a_note(tmp_path):
+    pytest.importorskip("torch")
+    tiny = e2e.E2EModel("tiny mlp", _tiny_mlp, 32, exportable=True)
+    missing = str(tmp_path / "no-such-python")
+    rows, notes = e2e.run_e2e((0.9,), Pattern(), 1, FAST, models=(tiny,), formats=("default",),
+                              deepsparse_python=missing)
+    assert [r["status"] for r in rows] == ["ok"], rows
+    assert "rows 4:" in rows[0]["report"]  # decided on the output check, shown in the report
+    assert notes == [f"DeepSparse skipped: {missing} does not exist"]
+    assert "deepsparse_speedup" not in rows[0]
+
+
+def test_hf_bert_layer_is_exportable_and_floors_follow_sparsity():
+    by_key = e2e.MODELS_BY_KEY
+    assert by_key["hfbert"].exportable and by_key["mlp"].exportable
+    assert not by_key["bert"].exportable  # nn.TransformerEncoderLayer: fused fast path
+    assert by_key["mlp"].floor_for(0.9) == 5.0 and by_key["mlp"].floor_for(0.7) == 2.5
+    assert by_key["hfbert"].floor_for(0.7) == 1.8 and by_key["bert"].floor_for(0.7) is None
 
 
 @pytest.mark.torch
@@ -135,3 +161,21 @@ def test_torch_end_to_end_script_wraps_the_suite(monkeypatch, capsys, benchmark_
     assert "tiny mlp" in out and "matched" in out and "3x" in out
     with pytest.raises(SystemExit):
         script.main(["nonexistent"])
+
+
+@pytest.mark.torch
+def test_deepsparse_contender_when_a_venv_is_given(monkeypatch):
+    """Runs only with SPARSEGEMM_DEEPSPARSE_PYTHON set (DeepSparse needs its own venv)."""
+    import os
+
+    python = os.environ.get("SPARSEGEMM_DEEPSPARSE_PYTHON")
+    if not python:
+        pytest.skip("set SPARSEGEMM_DEEPSPARSE_PYTHON to a python with DeepSparse")
+    pytest.importorskip("torch")
+    tiny = e2e.E2EModel("tiny mlp", _tiny_mlp, 32, exportable=True)
+    rows, notes = e2e.run_e2e((0.9,), Pattern(), 1, FAST, models=(tiny,), formats=("csr",),
+                              deepsparse_python=python)
+    assert rows[0]["deepsparse_speedup"] > 0, notes
+    assert rows[0]["vs_deepsparse"] == pytest.approx(rows[0]["speedup"]
+                                                     / rows[0]["deepsparse_speedup"])
+    assert any(note.startswith("DeepSparse 1.") for note in notes)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from sparsegemm.bench import harness
+from sparsegemm import timing
 from sparsegemm.bench.harness import (
     HarnessSettings,
     Timing,
@@ -77,7 +77,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch):
     fake = FakeClock()
-    monkeypatch.setattr(harness, "time", fake)
+    monkeypatch.setattr(timing, "time", fake)
     return fake
 
 

@@ -1,16 +1,28 @@
 """One point through the contenders: checks, skips, baselines."""
 
+import math
+
 import numpy as np
 import pytest
+import sparsegemm
 from sparsegemm.bench import contenders as registry
+from sparsegemm.bench.analysis import break_even_table, is_sparsegemm_figure
 from sparsegemm.bench.harness import HarnessSettings
-from sparsegemm.bench.suite import SuiteSpec, run_point, run_suite
+from sparsegemm.bench.suite import (
+    MAX_COLD_COPIES,
+    SuiteSpec,
+    above_work_ratio_reason,
+    cold_copies,
+    run_point,
+    run_suite,
+    suspect_points,
+)
 from sparsegemm.bench.workloads import Pattern, Point, WeightCache
 
 FAST = HarnessSettings(rounds=2, target_block_s=0.0002, max_calls=2, sleep_s=0.0, max_remeasure=0)
 
 
-def _spec(names, quick=False):
+def _spec(names, quick=False, cache="warm"):
     return SuiteSpec(
         points=[],
         contenders=names,
@@ -18,6 +30,7 @@ def _spec(names, quick=False):
         threads=1,
         harness=FAST,
         quick=quick,
+        cache=cache,
     )
 
 
@@ -154,7 +167,7 @@ def test_conversions_are_reused_across_batches():
     point = Point(16, 32, 1, 0.5)
     weight, x = _operands(point)
     run_point(point, weight, x, _spec(["numpy_dense", "sgemm_csr"]), cache)
-    first = cache["sgemm_csr"]
+    first = cache["sgemm:csr"]
     run_point(
         Point(16, 32, 4, 0.5),
         weight,
@@ -162,7 +175,7 @@ def test_conversions_are_reused_across_batches():
         _spec(["numpy_dense", "sgemm_csr"]),
         cache,
     )
-    assert cache["sgemm_csr"] is first
+    assert cache["sgemm:csr"] is first
 
 
 def test_block_formats_and_planner_contenders_run_with_their_checks():
@@ -192,3 +205,185 @@ def test_progress_falls_back_to_a_stderr_line_without_tqdm(monkeypatch, capsys):
     assert len(rows) == 2
     err = capsys.readouterr().err
     assert "[1/2]" in err and "[2/2]" in err and "8x8 b=2" in err
+
+
+def _dense_plan(weight, batch, **kwargs):
+    """A planner decision that keeps the weight dense, numpy fastest."""
+    return sparsegemm.Plan("dense", None, {"dense_numpy": 1.0, "csr": 2.0}, 1.0, 1.0)
+
+
+def test_a_point_the_planner_kept_dense_is_labelled_and_has_no_sparse_speedup(monkeypatch):
+    monkeypatch.setattr(sparsegemm, "plan", _dense_plan)
+    point = Point(16, 32, 4, 0.9)
+    rows = {
+        r["contender"]: r
+        for r in run_point(point, *_operands(point), _spec(["numpy_dense", "sgemm_auto"]))
+    }
+    auto = rows["sgemm_auto"]
+    assert auto["status"] == "ok" and auto["kept_dense"] and auto["format"] == "dense (numpy)"
+    assert math.isnan(auto["speedup"]) and math.isnan(auto["speedup_vs_best_dense"])
+    assert not is_sparsegemm_figure(auto)
+    assert break_even_table([auto])[0]["break_even_sparsity"] == "never"
+
+
+def test_the_planner_decides_once_per_batch_and_never_from_a_cache(monkeypatch):
+    decisions = []
+
+    def recording_plan(weight, batch, **kwargs):
+        decisions.append((batch, kwargs.get("cache")))
+        return _dense_plan(weight, batch)
+
+    monkeypatch.setattr(sparsegemm, "plan", recording_plan)
+    point = Point(16, 32, 2, 0.9)
+    run_point(point, *_operands(point), _spec(["numpy_dense", "sgemm_auto"], cache="cold"))
+    assert decisions == [(2, False)]  # one decision for all cold copies, never cached
+
+
+def test_each_sparsegemm_format_is_compared_with_its_own_kernel_at_zero_sparsity():
+    point = Point(16, 32, 4, 0.75, Pattern((4, 4)))
+    cache = WeightCache(np.float32)
+    weight, x = cache.pruned(point), cache.inputs(point.batch, point.in_features)
+    unpruned_cache: dict = {}
+    rows = {
+        r["contender"]: r
+        for r in run_point(
+            point,
+            weight,
+            x,
+            _spec(["numpy_dense", "sgemm_csr", "sgemm_bsr"]),
+            unpruned=cache.dense(16, 32),
+            unpruned_cache=unpruned_cache,
+        )
+    }
+    for name, format in (("sgemm_csr", "csr"), ("sgemm_bsr", "bsr4x4")):
+        row = rows[name]
+        assert row["format"] == format
+        assert row["speedup_vs_own_dense"] == pytest.approx(
+            row["own_dense_time_s"] / row["time_median_s"]
+        )
+        operand = unpruned_cache[f"sgemm:{format}"]
+        assert operand.nnz == 16 * 32  # the unpruned weight, stored in the same format
+    assert math.isnan(rows["numpy_dense"]["speedup_vs_own_dense"])
+
+
+def test_cold_points_rotate_through_copies_that_exceed_the_cache():
+    point = Point(16, 32, 1, 0.5)
+    weight, x = _operands(point)
+    nnz_bytes = np.count_nonzero(weight) * 4
+    spec = _spec(["numpy_dense", "sgemm_csr", "scipy_csr"], cache="auto")
+    spec.llc_bytes = 10 * nnz_bytes
+    weight_cache: dict = {}
+    rows = {r["contender"]: r for r in run_point(point, weight, x, spec, weight_cache)}
+    assert rows["sgemm_csr"]["cache"] == "cold"
+    assert rows["sgemm_csr"]["cold_copies"] == 2 * 10  # twice the cache over the stored values
+    assert rows["numpy_dense"]["cold_copies"] == math.ceil(20 * nnz_bytes / weight.nbytes)
+    copies = [weight_cache["sgemm:csr"]] + [
+        weight_cache[f"cold copy {i}"]["sgemm:csr"] for i in range(1, 20)
+    ]
+    addresses = {matrix.data.ctypes.data for matrix in copies}
+    assert len(addresses) == 20  # each copy in its own memory
+    for matrix in copies:
+        np.testing.assert_array_equal(matrix.to_dense(), weight)
+    assert weight_cache["cold copy 1"]["scipy_csr"] is not weight_cache["scipy_csr"]
+    # batch 64 is warm by default: one copy
+    big = Point(16, 32, 64, 0.5)
+    row = {r["contender"]: r for r in run_point(big, *_operands(big), spec)}["sgemm_csr"]
+    assert row["cache"] == "warm" and row["cold_copies"] == 1
+
+
+def test_cold_copies_count():
+    assert cold_copies(footprint_bytes=10, llc_bytes=100) == 20
+    assert cold_copies(footprint_bytes=1000, llc_bytes=100) == 1
+    assert cold_copies(footprint_bytes=1, llc_bytes=10**9) == MAX_COLD_COPIES
+    assert cold_copies(footprint_bytes=0, llc_bytes=100) == 1
+
+
+def test_a_rotation_capped_below_the_cache_is_labelled_partly_cold():
+    point = Point(16, 32, 1, 0.5)
+    spec = _spec(["numpy_dense", "sgemm_csr"], cache="cold")
+    spec.llc_bytes = 10**9  # no number of 16x32 copies reaches it
+    rows = {r["contender"]: r for r in run_point(point, *_operands(point), spec)}
+    assert rows["sgemm_csr"]["cache"] == "partly cold"
+    assert rows["sgemm_csr"]["cold_copies"] == MAX_COLD_COPIES
+
+
+@pytest.mark.parametrize(
+    "cache, speedup, vs_best, reason",
+    [
+        ("warm", 12.0, 12.0, "warm run"),
+        ("partly cold", 12.0, 12.0, "partly cold run"),
+        ("cold", 12.0, 5.0, "only against torch_dense"),
+        ("cold", 12.0, 11.0, "dense runs below its best"),
+        ("cold", 9.0, 9.0, ""),
+    ],
+)
+def test_speedups_above_the_work_ratio_are_flagged_with_the_reason(cache, speedup, vs_best, reason):
+    row = {
+        "actual_sparsity": 0.9,
+        "cache": cache,
+        "speedup": speedup,
+        "speedup_vs_best_dense": vs_best,
+        "baseline": "torch_dense",
+    }
+    flag = above_work_ratio_reason(row)
+    assert (reason in flag) and (bool(flag) == bool(reason))
+
+
+def _series_row(sparsity, speedup, **extra):
+    return {
+        "out_features": 16,
+        "in_features": 32,
+        "batch": 1,
+        "sparsity": sparsity,
+        "pattern": "unstructured",
+        "label": "",
+        "contender": "sgemm_csr",
+        "status": "ok",
+        "kind": "sparse",
+        "is_sparsegemm": True,
+        "kept_dense": False,
+        "speedup": speedup,
+        "steady": True,
+        **extra,
+    }
+
+
+def test_unsteady_and_out_of_line_points_are_suspect():
+    rows = [
+        _series_row(0.5, 1.0),
+        _series_row(0.7, 3.0),
+        _series_row(0.8, 2.0),  # falls by 1.5x as sparsity rises: 0.7 and 0.8 are suspect
+        _series_row(0.9, 2.2, steady=False),
+        _series_row(0.95, 2.3, process_spread=1.6),
+    ]
+    suspects = {point.sparsity: reason for point, reason in suspect_points(rows).items()}
+    assert set(suspects) == {0.7, 0.8, 0.9, 0.95}
+    assert "falls from 3.00x" in suspects[0.7] and "unsteady" in suspects[0.9]
+    assert "processes disagree" in suspects[0.95]
+
+
+def test_suspect_points_are_measured_again(monkeypatch):
+    from sparsegemm.bench import suite
+
+    calls = []
+
+    def fake_run_point(point, *args, **kwargs):
+        calls.append(point)
+        # the first measurement of the first point is unsteady, the rest calm and monotone
+        return [_series_row(point.sparsity, 10 * point.sparsity, steady=len(calls) > 1)]
+
+    monkeypatch.setattr(suite, "run_point", fake_run_point)
+    spec = _spec(["numpy_dense", "sgemm_csr"])
+    spec.points = [Point(16, 32, 1, 0.5), Point(16, 32, 1, 0.9)]
+    rows = run_suite(spec, progress=False)
+    assert calls == [spec.points[0], spec.points[1], spec.points[0]]
+    assert [r["sparsity"] for r in rows] == [0.5, 0.9]  # grid order kept
+    assert rows[0]["remeasured"] == 1 and rows[0]["steady"] and not rows[0]["suspect"]
+
+
+def test_the_planners_choice_says_when_it_came_from_a_cache():
+    times = {"dense_numpy": 2.0, "csr": 1.0}
+    fresh = sparsegemm.Plan("csr", object(), times, 2.0, 2.0)
+    cached = sparsegemm.Plan("dense", None, times, 2.0, 1.0, cached=True)
+    assert registry.describe_plan(fresh) == "csr (2.00x)"
+    assert registry.describe_plan(cached) == "dense (numpy, cached)"

@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -46,7 +48,7 @@ def test_filter_fn_gets_module_and_fully_qualified_name(prune):
         seen.append((type(module).__name__, name))
         return name == "0.0"
 
-    sparsify(model, filter_fn=only_inner, min_sparsity=0.5)
+    sparsify(model, filter_fn=only_inner, min_sparsity=0.5, batch_hint=1)
     assert ("Linear", "0.0") in seen and ("Linear", "1") in seen
     assert isinstance(model[0][0], SparseLinear) and isinstance(model[1], nn.Linear)
     left_out = model.sparsegemm_report[-1]  # listed, with the reason
@@ -60,7 +62,7 @@ def test_models_pruned_with_torch_prune():
                                     pruning_method=torch_prune.L1Unstructured, amount=0.85)
     x = torch.randn(4, 12)
     expected = model(x)
-    sparsify(model, min_sparsity=0.5, min_speedup=0.0)
+    sparsify(model, min_sparsity=0.5, min_speedup=0.0, batch_hint=4)
     assert isinstance(model[0], SparseLinear) and isinstance(model[2], SparseLinear)
     torch.testing.assert_close(model(x), expected)
 
@@ -88,7 +90,7 @@ def test_transformer_encoder_layer(batch_first):
     with torch.no_grad():
         expected = layer(x)
         expected_masked = layer(x, src_key_padding_mask=mask)
-    sparsify(layer, min_sparsity=0.8, min_speedup=0.0)
+    sparsify(layer, min_sparsity=0.8, min_speedup=0.0, batch_hint=10)
     attention = layer.self_attn
     assert isinstance(attention, SparseMultiheadAttention)
     assert all(isinstance(getattr(attention, p), SparseLinear)
@@ -151,7 +153,7 @@ def test_auto_takes_the_planners_format_and_blocksize(prune, planner_times):
 def test_auto_keeps_a_layer_dense_when_the_planner_measures_no_gain(prune, planner_times):
     planner_times(dense=1.0, csr=1.25, bsr4x1=2.0, bsr8x1=2.0, bsr16x1=2.0, bsr4x4=2.0)
     model = nn.Sequential(prune(nn.Linear(32, 32), 0.9))
-    sparsify(model)  # format='auto' is the default
+    sparsify(model, batch_hint=1)  # format='auto' is the default
     assert type(model[0]) is nn.Linear
     layer = model.sparsegemm_report[0]
     assert not layer.converted and layer.format == "dense"
@@ -168,20 +170,50 @@ def test_auto_min_speedup(prune, planner_times):
     assert isinstance(model[0], SparseLinear) and isinstance(model[2], SparseLinear)
 
 
-def test_auto_times_convolutions_as_themselves_on_the_example_input(prune, planner_times):
+@pytest.mark.parametrize("sparse_seconds, converted", [(0.5, True), (1.0, False)])
+def test_auto_times_convolutions_as_themselves_on_the_example_input(
+        prune, planner_times, monkeypatch, sparse_seconds, converted):
+    sparsify_module = importlib.import_module("sparsegemm.torch.sparsify")
     timer = planner_times(dense=1.0, csr=0.5)
+    ran = []  # which convolution each timed call ran
+
+    def fake_median_seconds(call, repeats=7):
+        call()
+        return sparse_seconds if ran[-1] == "sparse" else 1.0
+
+    sparse_forward = SparseConv2d.forward
+
+    def recorded_sparse_forward(self, *args, **kwargs):
+        ran.append("sparse")
+        return sparse_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(sparsify_module, "_median_seconds", fake_median_seconds)
+    monkeypatch.setattr(SparseConv2d, "forward", recorded_sparse_forward)
     x = torch.randn(1, 4, 6, 6)
     model = nn.Sequential(prune(nn.Conv2d(4, 8, 3), 0.9), nn.Flatten(),
                           prune(nn.Linear(8 * 4 * 4, 4), 0.9))
+    model[0].register_forward_pre_hook(lambda module, inputs: ran.append("dense"))
     reference = model(x)
     sparsify(model, batch_hint=1, example_inputs=x)
     conv = model.sparsegemm_report[0]
     assert conv.name == "0" and "timed on input (1, 4, 6, 6)" in (conv.reason or "")
-    assert conv.speedup is not None and conv.speedup > 0
-    assert conv.converted == (conv.speedup >= 1.1)
-    assert isinstance(model[0], SparseConv2d if conv.converted else nn.Conv2d)
+    assert conv.speedup == pytest.approx(1.0 / sparse_seconds)
+    assert conv.converted is converted
+    assert isinstance(model[0], SparseConv2d if converted else nn.Conv2d)
     assert len(timer.timed) == 1, "only the Linear layer goes through the planner"
     torch.testing.assert_close(model(x), reference, rtol=1e-4, atol=1e-5)
+
+
+def test_a_cached_planner_figure_is_marked_as_cached(prune, planner_times):
+    timer = planner_times(dense=1.0, csr=0.5)
+    layer = prune(nn.Linear(32, 32), 0.9)
+    first = sparsify(nn.Sequential(layer), batch_hint=4).sparsegemm_report[0]
+    twin = nn.Linear(32, 32)
+    twin.load_state_dict(layer.state_dict())
+    second = sparsify(nn.Sequential(twin), batch_hint=4).sparsegemm_report[0]
+    assert len(timer.timed) == 1  # the second layer's figure was not measured
+    assert not first.cached and first.speedup_text == "2.00x"
+    assert second.cached and second.speedup_text == "2.00x (cached)"
 
 
 def test_auto_converts_untimed_convolutions_without_example_inputs(prune, planner_times):
@@ -236,3 +268,35 @@ def test_linear_subclasses_are_converted_or_listed_with_the_reason(prune):
     assert report["0"].converted and report["0"].kind == "RenamedLinear"
     assert not report["1"].converted and "own forward" in report["1"].reason
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias, affine", [(False, True), (True, False)])
+def test_eval_batchnorm_after_a_sparse_conv_is_folded(prune, bias, affine):
+    torch.manual_seed(0)
+    model = nn.Sequential(prune(nn.Conv2d(4, 8, 3, padding=1, bias=bias), 0.9),
+                          nn.BatchNorm2d(8, affine=affine), nn.ReLU(),
+                          prune(nn.Conv2d(8, 8, 1), 0.9), nn.BatchNorm2d(8))
+    with torch.no_grad():
+        for bn in (model[1], model[4]):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            if bn.affine:
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-1, 1)
+    model.eval()
+    x = torch.randn(2, 4, 6, 6)
+    expected = model(x)
+    sparsify(model, format="csr")
+    assert isinstance(model[0], SparseConv2d) and isinstance(model[1], nn.Identity)
+    assert isinstance(model[4], nn.Identity)
+    assert "folded BatchNorm2d 1" in model.sparsegemm_report[0].reason
+    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_training_batchnorm_and_dense_convs_are_left_alone(prune):
+    torch.manual_seed(0)
+    model = nn.Sequential(prune(nn.Conv2d(4, 8, 3), 0.9), nn.BatchNorm2d(8),
+                          prune(nn.Conv2d(8, 8, 1), 0.2), nn.BatchNorm2d(8).eval())
+    sparsify(model, format="csr")
+    assert isinstance(model[0], SparseConv2d) and isinstance(model[1], nn.BatchNorm2d)
+    assert isinstance(model[2], nn.Conv2d) and isinstance(model[3], nn.BatchNorm2d)

@@ -8,6 +8,7 @@ and ``--e2e`` (whole PyTorch blocks). ``--compare old.json new.json`` diffs runs
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -24,9 +25,16 @@ from .analysis import break_even_table
 from .compare import compare_files
 from .environment import machine_metadata, missing_spin_env, reexec_with_spin_env
 from .harness import HarnessSettings
-from .report import break_even_lines, machine_summary, markdown_report, terminal_table
+from .processes import merge_rows, run_children
+from .report import (
+    break_even_lines,
+    machine_summary,
+    markdown_report,
+    terminal_table,
+    wrong_sparsegemm_rows,
+)
 from .results import dump_json, write_csv, write_json
-from .suite import SuiteSpec, run_suite
+from .suite import COLD_MAX_BATCH, SuiteSpec, mark_suspects, run_suite
 from .workloads import (
     DEFAULT_BATCHES,
     DEFAULT_BLOCK_PATTERN,
@@ -156,6 +164,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     bench.add_argument("--repeats", type=_positive_int, help="samples (rounds) per contender")
+    cache = bench.add_mutually_exclusive_group()
+    cache.add_argument(
+        "--cold",
+        dest="cache",
+        action="store_const",
+        const="cold",
+        help="every batch cold: each call uses the next of several weight copies that together "
+        "exceed the last-level cache (default: cold for batch <= 16, warm above)",
+    )
+    cache.add_argument(
+        "--warm",
+        dest="cache",
+        action="store_const",
+        const="warm",
+        help="every batch warm: one weight, called repeatedly (it may stay in cache)",
+    )
+    bench.set_defaults(cache="auto")
+    bench.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run the suite in N fresh processes and merge them (medians, with the spread)",
+    )
     bench.add_argument(
         "--out", default="bench_results", metavar="DIR", help="default: bench_results/"
     )
@@ -165,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also run the end-to-end suite (MLP, BERT layer, ResNet bottleneck)",
     )
     bench.add_argument("--e2e-only", action="store_true", help="run only the end-to-end suite")
+    bench.add_argument(
+        "--deepsparse-python",
+        metavar="PATH",
+        help="a python with DeepSparse (its own venv): adds it as an end-to-end contender",
+    )
     bench.add_argument("--no-plot", action="store_true")
     bench.add_argument("--no-progress", action="store_true")
     bench.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
@@ -239,6 +276,8 @@ def _harness(args: argparse.Namespace, preset: SuitePreset) -> HarnessSettings:
 def _run_kernel_suite(
     args: argparse.Namespace, preset: SuitePreset, threads: int, notes: list[str]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    if args.processes > 1:
+        return _run_in_processes(args, notes)
     if args.pattern:
         patterns = [parse_pattern(p) for p in _split(args.pattern)]
     else:
@@ -252,6 +291,7 @@ def _run_kernel_suite(
         threads=threads,
         harness=_harness(args, preset),
         quick=preset.quick,
+        cache=args.cache,
     )
     if not args.no_progress:
         print(
@@ -260,6 +300,26 @@ def _run_kernel_suite(
             file=sys.stderr,
         )
     rows = run_suite(spec, progress=not args.no_progress, seed=args.seed)
+    return rows, break_even_table(rows)
+
+
+def _run_in_processes(
+    args: argparse.Namespace, notes: list[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The kernel suite in ``args.processes`` fresh processes, merged."""
+    documents = run_children(args.argv, args.processes, args.out)
+    rows = merge_rows([document["results"] for document in documents])
+    mark_suspects(rows)
+    for document in documents:
+        notes += [note for note in document["notes"] if note not in notes]
+    args.process_metadata = [
+        {key: document["metadata"].get(key) for key in ("date", "affinity", "spin_env")}
+        for document in documents
+    ]
+    notes.append(
+        f"{args.processes} fresh processes (see process-*/): each figure is the median of the "
+        "per-process figures; process_spread says how far apart they were"
+    )
     return rows, break_even_table(rows)
 
 
@@ -292,11 +352,13 @@ def _write_kernel_outputs(
         if crossover_plot(os.path.join(args.out, "crossover.png"), rows, table, title):
             plot_name = "crossover.png"
             written.append(os.path.join(args.out, plot_name))
-        else:
+        elif importlib.util.find_spec("matplotlib") is None:
             notes.append("no plot: matplotlib is not installed (pip install 'sparsegemm[bench]')")
+        else:
+            notes.append("no plot: no sparse contender has a figure to plot")
     report_path = os.path.join(args.out, "report.md")
     with open(report_path, "w", encoding="utf-8") as handle:
-        handle.write(markdown_report(metadata, table, notes, plot_name))
+        handle.write(markdown_report(metadata, table, notes, plot_name, rows))
     return written + [report_path]
 
 
@@ -310,7 +372,9 @@ def _run_e2e(args: argparse.Namespace, threads: int, notes: list[str], metadata:
     harness = _harness(args, PRESETS["full" if args.full else "quick"])
     rows: list[dict[str, Any]] = []
     for pattern in patterns:
-        pattern_rows, pattern_notes = run_e2e(sparsities, pattern, threads, harness)
+        pattern_rows, pattern_notes = run_e2e(
+            sparsities, pattern, threads, harness, deepsparse_python=args.deepsparse_python
+        )
         rows += pattern_rows
         notes += [n for n in pattern_notes if n not in notes]
     if not rows:
@@ -335,6 +399,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.compare:
         print(compare_files(*args.compare))
         return 0
+    if args.processes > 1 and (args.e2e or args.e2e_only):
+        raise ValueError("--processes applies to the kernel suite, not to --e2e")
     started = time.perf_counter()
     preset_name = "full" if args.full else "quick-test" if args.quick_test else "quick"
     preset = PRESETS[preset_name]
@@ -358,12 +424,17 @@ def run_bench(args: argparse.Namespace) -> int:
     rows: list = []
     if not args.e2e_only:
         rows, table = _run_kernel_suite(args, preset, threads, notes)
+        if getattr(args, "process_metadata", None):
+            metadata["processes"] = args.process_metadata
     if args.e2e or args.e2e_only:
         written += _run_e2e(args, threads, notes, metadata)
     print(machine_summary(metadata))
     if not args.e2e_only:
         print(terminal_table(rows))
-        print("\nBreak-even sparsity (sparse faster above it) and speedup at 90%:")
+        print(
+            "\nBreak-even sparsity (sparse faster above it) and speedups at 90% "
+            "(* = sparsegemm's headline: the planner's choice):"
+        )
         print(break_even_lines(table))
         settings = {
             "suite": preset_name,
@@ -371,6 +442,9 @@ def run_bench(args: argparse.Namespace) -> int:
             "dtype": args.dtype,
             "threads": threads,
             "seed": args.seed,
+            "cache": args.cache,
+            "cold_max_batch": COLD_MAX_BATCH,
+            "processes": args.processes,
         }
         written += _write_kernel_outputs(args, rows, table, metadata, settings, notes)
     for note in notes:
@@ -379,6 +453,14 @@ def run_bench(args: argparse.Namespace) -> int:
         f"\nwrote {', '.join(written) or 'nothing'} in {time.perf_counter() - started:.0f} s "
         f"on {metadata['cpu_model']} ({threads} threads)"
     )
+    wrong = wrong_sparsegemm_rows(rows)
+    if wrong:
+        print(
+            f"error: {len(wrong)} sparsegemm results were wrong or failed (listed under "
+            "'Not measured' above)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -39,14 +39,40 @@ class Problem:
     x: np.ndarray  # (batch, in_features), C order
     pattern: Pattern
     threads: int
-    #: Converted weights, kept while the next problems share this weight.
+    #: Converted weights, kept while the next problems share this weight. Each
+    #: copy of a cold run has its own, so its conversions live at other addresses.
     weight_cache: dict = field(default_factory=dict, repr=False)
+    #: The planner's decisions by batch, shared by every copy of a cold run
+    #: (the copies must run the format that was planned once).
+    plans: dict = field(default_factory=dict, repr=False)
+    #: For a copy of a cold run: the first copy's conversions, duplicated here
+    #: instead of converted again (see :func:`duplicate`).
+    template_cache: dict | None = field(default=None, repr=False)
 
     def cached(self, key: str, make: Callable[[], Any]) -> Any:
         """``make()`` once per weight: conversions are reused across batches."""
         if key not in self.weight_cache:
-            self.weight_cache[key] = make()
+            template = self.template_cache
+            if template is not None and key in template:
+                self.weight_cache[key] = duplicate(template[key])
+            else:
+                self.weight_cache[key] = make()
         return self.weight_cache[key]
+
+    def cold_copy(self, copy_cache: dict) -> Problem:
+        """The same problem with its weight's conversions at other addresses.
+
+        Build this problem's contender first: the copy duplicates its conversions.
+        """
+        return Problem(
+            self.weight,
+            self.x,
+            self.pattern,
+            self.threads,
+            copy_cache,
+            self.plans,
+            self.weight_cache,
+        )
 
     @property
     def batch(self) -> int:
@@ -57,6 +83,37 @@ class Problem:
         import torch
 
         return torch.from_numpy(self.x), self.cached("torch", lambda: torch.from_numpy(self.weight))
+
+
+def duplicate(value: Any) -> Any:
+    """A copy of a converted weight in new memory, so a cold run can rotate through copies."""
+    if isinstance(value, np.ndarray) or sp.issparse(value):
+        return value.copy()
+    if isinstance(value, (sparsegemm.CSRMatrix, sparsegemm.BSRMatrix)):
+        return value._with_values(value.dtype)  # copies values and indices
+    if hasattr(value, "clone"):  # a torch tensor, dense or compressed
+        return value.clone()
+    raise TypeError(f"cannot duplicate a {type(value).__name__} for a cold run")
+
+
+@dataclass(frozen=True)
+class RanAs:
+    """What a built call really runs: sparsegemm's ``format`` ("csr", "bsr4x4"), or
+    a dense library when the planner kept the weight dense (``kept_dense``)."""
+
+    format: str = ""
+    kept_dense: bool = False
+    note: str = ""  # shown in the report, e.g. the planner's own measurement
+
+
+def ran_as(call: Callable[[], Any]) -> RanAs:
+    """The :class:`RanAs` label of a built call (empty for other libraries' contenders)."""
+    return getattr(call, "ran_as", RanAs())
+
+
+def _label(call: Callable[[], Any], ran: RanAs) -> Callable[[], Any]:
+    call.ran_as = ran  # type: ignore[attr-defined]
+    return call
 
 
 @dataclass(frozen=True)
@@ -154,7 +211,8 @@ def _build_torch_dense(problem: Problem) -> Callable[[], Any]:
 
 
 def _build_numpy_dense(problem: Problem) -> Callable[[], Any]:
-    x, weight_t = problem.x, problem.weight.T  # a transposed view: BLAS reads it in place
+    # A transposed view: BLAS reads it in place. Cached, so cold copies duplicate it.
+    x, weight_t = problem.x, problem.cached("dense", lambda: problem.weight).T
     return lambda: x @ weight_t
 
 
@@ -188,28 +246,55 @@ def _build_torch_bsr(problem: Problem) -> Callable[[], Any]:
     return lambda: torch.mm(weight, x.t()).t()
 
 
-def _build_sparsegemm_csr(problem: Problem) -> Callable[[], Any]:
-    weight = problem.cached("sgemm_csr", lambda: sparsegemm.CSRMatrix.from_dense(problem.weight))
+def format_name(blocksize: tuple[int, int] | None) -> str:
+    """sparsegemm's name of a format: "csr", or "bsr<R>x<C>" (the planner's names)."""
+    return "csr" if blocksize is None else f"bsr{blocksize[0]}x{blocksize[1]}"
+
+
+def blocksize_of(format: str) -> tuple[int, int] | None:
+    """The inverse of :func:`format_name`."""
+    if format == "csr":
+        return None
+    rows, cols = format.removeprefix("bsr").split("x")
+    return int(rows), int(cols)
+
+
+def sparsegemm_call(problem: Problem, format: str) -> Callable[[], Any]:
+    """``sparsegemm.linear`` with the weight in ``format``, converted once per weight."""
+    blocksize = blocksize_of(format)
+
+    def convert() -> Any:
+        if blocksize is None:
+            return sparsegemm.CSRMatrix.from_dense(problem.weight)
+        return sparsegemm.BSRMatrix.from_dense(problem.weight, blocksize=blocksize)
+
+    weight = problem.cached(f"sgemm:{format}", convert)
     x, threads = problem.x, problem.threads
     return lambda: sparsegemm.linear(x, weight, num_threads=threads)
+
+
+def _build_sparsegemm_csr(problem: Problem) -> Callable[[], Any]:
+    return _label(sparsegemm_call(problem, "csr"), RanAs("csr"))
 
 
 def _build_sparsegemm_bsr(problem: Problem) -> Callable[[], Any]:
     blocksize = problem.pattern.blocksize
     if blocksize is None:
         raise Unsupported("needs a block pattern (BSR of an unstructured weight stores its zeros)")
-    weight = problem.cached(
-        "sgemm_bsr", lambda: sparsegemm.BSRMatrix.from_dense(problem.weight, blocksize=blocksize)
-    )
-    x, threads = problem.x, problem.threads
-    return lambda: sparsegemm.linear(x, weight, num_threads=threads)
+    format = format_name(blocksize)
+    return _label(sparsegemm_call(problem, format), RanAs(format))
 
 
 def describe_plan(plan: Any) -> str:
-    """Short description of the planner's choice, e.g. "bsr4x1 (2.9x)" or "dense (numpy)"."""
+    """Short description of the planner's choice, e.g. "bsr4x1 (2.9x)" or "dense (numpy)".
+
+    The figure in brackets is the planner's own measurement, made before the
+    benchmark timed anything; "cached" says it was not measured for this weight.
+    """
+    cached = ", cached" if plan.cached else ""
     if plan.operand is None:
-        return f"dense ({_fastest_dense(plan).removeprefix('dense_')})"
-    return f"{plan.format} ({plan.speedup:.2f}x)"
+        return f"dense ({_fastest_dense(plan).removeprefix('dense_')}{cached})"
+    return f"{plan.format} ({plan.speedup:.2f}x{cached})"
 
 
 def _fastest_dense(plan: Any) -> str:
@@ -218,19 +303,24 @@ def _fastest_dense(plan: Any) -> str:
 
 
 def _build_sparsegemm_auto(problem: Problem) -> Callable[[], Any]:
-    """What a user of ``sparsegemm.plan`` runs: the chosen format, or the fastest dense."""
-    plan = sparsegemm.plan(problem.weight, problem.batch, num_threads=problem.threads)
+    """What a user of ``sparsegemm.plan`` runs: the chosen format, or the fastest dense.
+
+    The planner decides from its own measurement, once per batch (every copy of a
+    cold run runs the same decision), and never from a cache on disk.
+    """
+    if problem.batch not in problem.plans:
+        problem.plans[problem.batch] = sparsegemm.plan(
+            problem.weight, problem.batch, num_threads=problem.threads, cache=False
+        )
+    plan = problem.plans[problem.batch]
     if plan.operand is None:
-        builder = _build_torch_dense if _fastest_dense(plan) == "dense_torch" else _build_numpy_dense
-        call = builder(problem)
-    else:
-        weight, x, threads = plan.operand, problem.x, problem.threads
-
-        def call() -> Any:
-            return sparsegemm.linear(x, weight, num_threads=threads)
-
-    call.choice = describe_plan(plan)  # type: ignore[attr-defined]  (shown in the report)
-    return call
+        dense = _fastest_dense(plan)
+        builder = _build_torch_dense if dense == "dense_torch" else _build_numpy_dense
+        kept = RanAs(f"dense ({dense.removeprefix('dense_')})", True, describe_plan(plan))
+        return _label(builder(problem), kept)
+    return _label(
+        sparsegemm_call(problem, plan.format), RanAs(plan.format, False, describe_plan(plan))
+    )
 
 
 register(

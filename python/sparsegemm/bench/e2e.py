@@ -5,18 +5,29 @@ packed input projection), which gives the dense reference; a copy is converted
 with ``sparsegemm.torch.sparsify`` and must give the same output before it is
 timed. ``sparsify`` is imported only here, when the suite runs, so the rest of
 the benchmark works without it (and without torch).
+
+Formats: ``default`` is ``sparsify(model)`` with no arguments, as a newcomer
+calls it (each Linear decides on its first forward, which the output check
+makes); ``auto`` is the told call (``batch_hint`` and ``example_inputs``);
+``csr`` and ``bsr`` are untimed conversions. Beside each speedup, a separate
+pass with forward hooks splits the sparse model's time into sparse layers,
+dense layers (Linear/Conv2d) and everything else. With ``deepsparse_python``
+(a Python that has DeepSparse, e.g. its own venv) each exportable model is
+also run by DeepSparse in that interpreter (:mod:`.deepsparse_worker`), timed
+there against torch dense, and compared by ratios to that same-process dense.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from .harness import HarnessSettings, WrongResult, check_output, measure
+from .harness import HarnessSettings, WrongResult, check_output, measure, tolerance
 from .workloads import Pattern, magnitude_prune
 
 E2E_SPARSITIES = (0.5, 0.8, 0.9, 0.95)
@@ -37,7 +48,15 @@ E2E_COLUMNS = (
     "sparse_q3_s",
     "max_rel_error",
     "steady",
+    "sparse_layers_s",
+    "dense_layers_s",
+    "other_s",
+    "deepsparse_speedup",
+    "vs_deepsparse",
 )
+
+#: sparsify formats run by default: no arguments, told, and untimed CSR.
+E2E_FORMATS = ("default", "auto", "csr")
 
 
 @dataclass(frozen=True)
@@ -52,6 +71,13 @@ class E2EModel:
     floor: float | None = None
     #: Rows of the dense operand each layer sees: the planner's ``batch_hint`` for 'auto'.
     batch_hint: int = 1
+    #: The floor at 70% sparsity (None: none).
+    floor_70: float | None = None
+    #: Whether ONNX export (hence DeepSparse) works for it.
+    exportable: bool = False
+
+    def floor_for(self, sparsity: float) -> float | None:
+        return {0.9: self.floor, 0.7: self.floor_70}.get(round(sparsity, 2))
 
 
 def _mlp() -> tuple[Any, Any]:
@@ -72,6 +98,41 @@ def _bert_layer() -> tuple[Any, Any]:
     from torch import nn
 
     return nn.TransformerEncoderLayer(768, 12, 3072, batch_first=True), torch.randn(1, 128, 768)
+
+
+def _hf_bert_layer() -> tuple[Any, Any]:
+    import torch
+    from torch import nn
+
+    class HFBertLayer(nn.Module):
+        """A BERT-base layer as Hugging Face writes it: separate query, key, value and
+        output Linears, eager softmax attention, post-LayerNorm, GELU feed-forward."""
+
+        def __init__(self, hidden: int = 768, heads: int = 12, intermediate: int = 3072):
+            super().__init__()
+            self.heads = heads
+            self.query = nn.Linear(hidden, hidden)
+            self.key = nn.Linear(hidden, hidden)
+            self.value = nn.Linear(hidden, hidden)
+            self.attention_output = nn.Linear(hidden, hidden)
+            self.attention_norm = nn.LayerNorm(hidden)
+            self.intermediate = nn.Linear(hidden, intermediate)
+            self.output = nn.Linear(intermediate, hidden)
+            self.output_norm = nn.LayerNorm(hidden)
+
+        def forward(self, x: Any) -> Any:
+            batch, seq, hidden = x.shape
+
+            def split(t: Any) -> Any:
+                return t.view(batch, seq, self.heads, hidden // self.heads).transpose(1, 2)
+
+            q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+            scores = q @ k.transpose(-1, -2) * (hidden // self.heads) ** -0.5
+            context = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(batch, seq, hidden)
+            x = self.attention_norm(x + self.attention_output(context))
+            return self.output_norm(x + self.output(nn.functional.gelu(self.intermediate(x))))
+
+    return HFBertLayer(), torch.randn(1, 128, 768)
 
 
 def _bottleneck() -> tuple[Any, Any]:
@@ -100,11 +161,14 @@ def _bottleneck() -> tuple[Any, Any]:
     return Bottleneck(), torch.randn(1, 256, 56, 56)
 
 
+# Floors: the speedups issue #10 asks of sparsify(model) with no arguments.
 MODELS = (
-    E2EModel("mlp 1024-4096-4096-4096-1024 (batch 64)", _mlp, 4096, "mlp", 3.0, 64),
-    E2EModel("bert-base encoder layer (seq 128, batch 1)", _bert_layer, 3072, "bert", 2.0, 128),
+    E2EModel("mlp 1024-4096-4096-4096-1024 (batch 64)", _mlp, 4096, "mlp", 5.0, 64, 2.5, True),
+    E2EModel("bert-base encoder layer (seq 128, batch 1)", _bert_layer, 3072, "bert", 3.0, 128),
+    E2EModel("hf-style bert-base layer (seq 128, batch 1)", _hf_bert_layer, 3072, "hfbert", 3.0,
+             128, 1.8, True),
     # batch_hint: a 1x1 convolution's product has batch * H * W columns.
-    E2EModel("resnet bottleneck 256ch 56x56 (batch 1)", _bottleneck, 576, "resnet", 1.5, 56 * 56),
+    E2EModel("resnet bottleneck 256ch 56x56 (batch 1)", _bottleneck, 576, "resnet", 2.0, 56 * 56),
 )
 MODELS_BY_KEY = {spec.key: spec for spec in MODELS}
 
@@ -151,9 +215,11 @@ def load_sparsify() -> tuple[Callable[..., Any] | None, str]:
 def sparsify_options(
     fmt: str, pattern: Pattern, batch_hint: int, example_inputs: Any = None
 ) -> dict[str, Any]:
-    """Keyword arguments for ``sparsegemm.torch.sparsify``: ``format``, plus ``blocksize``
+    """Keyword arguments for ``sparsegemm.torch.sparsify``: none for 'default'; else ``format``, plus ``blocksize``
     (the pruning block) for 'bsr', and for 'auto', which times layers, ``batch_hint``
     (Linear layers) and ``example_inputs`` (convolutions are timed on their real input)."""
+    if fmt == "default":
+        return {}  # sparsify(model), as a newcomer calls it
     options: dict[str, Any] = {"format": fmt}
     if fmt == "bsr" and pattern.blocksize is not None:
         options["blocksize"] = pattern.blocksize
@@ -173,6 +239,51 @@ def _sparsified(
     return converted if result is None else result  # in-place or returning, either works
 
 
+def layer_time_breakdown(model: Any, x: Any, calls: int = 5) -> dict[str, float]:
+    """Seconds per forward of ``model(x)`` in sparse layers, dense Linear/Conv2d layers and
+    everything else, from forward hooks on those leaf layers over ``calls`` calls (after
+    one warm-up). The hooks cost a little and keep fused Transformer layers off their
+    fast path, so this is a separate pass from the timed one: read it as shares."""
+    import time
+
+    from torch import nn
+
+    sparse_module = sys.modules.get("sparsegemm.torch")
+    sparse_kinds = tuple(getattr(sparse_module, name) for name in ("SparseLinear", "SparseConv2d")
+                         if hasattr(sparse_module, name))
+    spent = {"sparse_layers_s": 0.0, "dense_layers_s": 0.0}
+    started: dict[int, float] = {}
+
+    def before(module: Any, inputs: Any) -> None:
+        started[id(module)] = time.perf_counter()
+
+    def after(key: str) -> Callable[..., None]:
+        def hook(module: Any, inputs: Any, output: Any) -> None:
+            spent[key] += time.perf_counter() - started.pop(id(module))
+        return hook
+
+    hooks = []
+    for module in model.modules():
+        key = ("sparse_layers_s" if sparse_kinds and isinstance(module, sparse_kinds)
+               else "dense_layers_s" if type(module) in (nn.Linear, nn.Conv2d) else None)
+        if key is not None:
+            hooks += [module.register_forward_pre_hook(before),
+                      module.register_forward_hook(after(key))]
+    try:
+        model(x)
+        spent.update(sparse_layers_s=0.0, dense_layers_s=0.0)
+        start = time.perf_counter()
+        for _ in range(calls):
+            model(x)
+        total = (time.perf_counter() - start) / calls
+    finally:
+        for hook in hooks:
+            hook.remove()
+    shares = {key: value / calls for key, value in spent.items()}
+    shares["other_s"] = max(0.0, total - sum(shares.values()))
+    return shares
+
+
 def run_e2e(
     sparsities: tuple[float, ...],
     pattern: Pattern,
@@ -180,19 +291,25 @@ def run_e2e(
     settings: HarnessSettings,
     models: tuple[E2EModel, ...] | None = None,
     formats: tuple[str, ...] | None = None,
+    deepsparse_python: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows (one per model, sparsity and format) and notes. Empty rows when it cannot run.
 
-    ``models`` defaults to :data:`MODELS`; ``formats`` to auto and csr (and bsr
-    with a block pattern).
+    ``models`` defaults to :data:`MODELS`; ``formats`` to :data:`E2E_FORMATS` (and
+    bsr with a block pattern). ``deepsparse_python``: an interpreter with DeepSparse
+    to run the exportable models in as a contender (skipped, with a note, when it
+    cannot).
     """
     sparsify, reason = load_sparsify()
     if sparsify is None:
         return [], [f"end-to-end suite skipped: {reason}"]
     import torch
 
+    from . import deepsparse_worker
+
     if formats is None:
-        formats = ("auto", "csr") + (("bsr",) if pattern.blocksize else ())
+        formats = E2E_FORMATS + (("bsr",) if pattern.blocksize else ())
+    notes: list[str] = []
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     rows = []
@@ -207,6 +324,7 @@ def run_e2e(
                     prune_model(dense, sparsity, pattern)
                     reference = dense(x).double().numpy()
                     calls = {"dense": lambda model=dense, x=x: model(x)}
+                    models_by_format = {}
                     fmt_rows = {}
                     for fmt in formats:
                         row = fmt_rows[fmt] = {
@@ -215,14 +333,15 @@ def run_e2e(
                             "sparsity": sparsity,
                             "pattern": pattern.name,
                             "format": fmt,
-                            "floor": spec.floor,
+                            "floor": spec.floor_for(sparsity),
                             "status": "ok",
                             "detail": "",
                         }
                         try:
                             model = _sparsified(sparsify, dense, fmt, pattern, spec.batch_hint, x)
-                            row["report"] = str(getattr(model, "sparsegemm_report", ""))
+                            # The check is the first forward: 'default' layers decide here.
                             row["max_rel_error"] = check_output(model(x), reference, spec.inner_dim)
+                            row["report"] = str(getattr(model, "sparsegemm_report", ""))
                         except WrongResult as mismatch:
                             row.update(status="wrong", detail=str(mismatch))
                             continue
@@ -230,8 +349,20 @@ def run_e2e(
                             row.update(status="error", detail=f"{type(error).__name__}: {error}")
                             continue
                         calls[fmt] = lambda model=model, x=x: model(x)
+                        models_by_format[fmt] = model
                     measured = measure(calls, ["dense"], settings)
                     dense_time = measured.timings["dense"].median
+                    contender = None
+                    if deepsparse_python and spec.exportable:
+                        contender, note = deepsparse_worker.run(
+                            deepsparse_python, dense, x, threads, settings.rounds,
+                            tolerance(np.float32, spec.inner_dim))
+                        if note and note not in notes:
+                            notes.append(note)
+                    elif deepsparse_python:
+                        note = f"DeepSparse skipped for {spec.name}: not exported to ONNX here"
+                        if note not in notes:
+                            notes.append(note)
                     for fmt, row in fmt_rows.items():
                         timing = measured.timings.get(fmt)
                         if timing is None:
@@ -246,10 +377,14 @@ def run_e2e(
                                 sparse_q3_s=q3,
                                 steady=measured.steady,
                             )
+                            row.update(layer_time_breakdown(models_by_format[fmt], x))
+                            if contender is not None:
+                                row["deepsparse_speedup"] = contender["speedup"]
+                                row["vs_deepsparse"] = row["speedup"] / contender["speedup"]
                         rows.append(row)
     finally:
         torch.set_num_threads(previous_threads)
-    return rows, []
+    return rows, notes
 
 
 def floor_verdict(row: dict[str, Any]) -> str:
@@ -260,23 +395,39 @@ def floor_verdict(row: dict[str, Any]) -> str:
     return f"{'meets' if row['speedup'] >= floor else 'BELOW'} {floor:g}x"
 
 
+def _breakdown_text(row: dict[str, Any]) -> str:
+    """'sparse 61% dense 12% other 27%' of the sparse model's time, or '-'."""
+    parts = [row.get(key) for key in ("sparse_layers_s", "dense_layers_s", "other_s")]
+    if any(part is None for part in parts) or sum(parts) <= 0:
+        return "-"
+    total = sum(parts)
+    return " ".join(f"{name} {part / total:3.0%}"
+                    for name, part in zip(("sparse", "dense", "other"), parts))
+
+
 def e2e_table(rows: list[dict[str, Any]]) -> str:
-    """One line per row: dense and sparse medians, speedup, the floor, and whether the
-    sparsified model's output matched the dense one (status 'ok')."""
+    """One line per row: dense and sparse medians, speedup, the floor, where the sparse
+    model's time goes, DeepSparse's speedup over its own dense run and ours over it
+    (when run), and whether the sparsified model's output matched the dense one."""
     lines = [
         (
-            f"{'model':<44} {'sparsity':>8} {'format':<6} {'dense':>9} {'sparse':>9} "
-            f"{'speedup':>8} {'floor':>11}  output"
+            f"{'model':<44} {'sparsity':>8} {'format':<7} {'dense':>9} {'sparse':>9} "
+            f"{'speedup':>8} {'floor':>11}  {'time in layers':<30} {'deepsparse':>10} "
+            f"{'vs ds':>6}  output"
         )
     ]
     for row in rows:
         dense = f"{row['dense_time_s'] * 1e3:7.2f}ms"
         sparse = f"{row['sparse_time_s'] * 1e3:7.2f}ms" if "sparse_time_s" in row else "-"
         speedup = "-" if np.isnan(row["speedup"]) else f"{row['speedup']:6.2f}x"
+        deepsparse = (f"{row['deepsparse_speedup']:6.2f}x" if "deepsparse_speedup" in row
+                      else "-")
+        versus = f"{row['vs_deepsparse']:5.2f}x" if "vs_deepsparse" in row else "-"
         status = "matched" if row["status"] == "ok" else row["status"]
         status += f": {row['detail']}" if row["detail"] else ""
         lines.append(
-            f"{row['model']:<44} {row['sparsity']:8.2f} {row['format']:<6} {dense:>9} "
-            f"{sparse:>9} {speedup:>8} {floor_verdict(row):>11}  {status}"
+            f"{row['model']:<44} {row['sparsity']:8.2f} {row['format']:<7} {dense:>9} "
+            f"{sparse:>9} {speedup:>8} {floor_verdict(row):>11}  {_breakdown_text(row):<30} "
+            f"{deepsparse:>10} {versus:>6}  {status}"
         )
     return "\n".join(lines)

@@ -61,6 +61,52 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+#: Assumed when neither sysfs nor sysconf says how big the last-level cache is
+#: (the 32 MB L3 of the machine BENCHMARKING.md describes).
+FALLBACK_LLC_BYTES = 32 * 2**20
+
+
+def _parse_cache_size(text: str) -> int:
+    """sysfs cache sizes look like ``32768K`` or ``1M``."""
+    text = text.strip().upper()
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * scale
+
+
+def last_level_cache_bytes(sysfs: str = "/sys/devices/system/cpu/cpu0/cache") -> tuple[int, str]:
+    """The size of the largest cache level of CPU 0, and where the figure came from.
+
+    Reads sysfs (Linux), then ``os.sysconf``, else assumes :data:`FALLBACK_LLC_BYTES`.
+    """
+    sizes = []
+    try:
+        for entry in sorted(os.listdir(sysfs)):
+            if entry.startswith("index"):
+                with open(os.path.join(sysfs, entry, "level"), encoding="utf-8") as handle:
+                    level = int(handle.read())
+                with open(os.path.join(sysfs, entry, "size"), encoding="utf-8") as handle:
+                    sizes.append((level, _parse_cache_size(handle.read())))
+    except (OSError, ValueError):
+        sizes = []
+    if sizes:
+        return max(sizes)[1], f"sysfs L{max(sizes)[0]}"
+    for name in ("SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
+        try:
+            size = os.sysconf(name)
+        except (ValueError, OSError, AttributeError):
+            continue
+        if size and size > 0:
+            return int(size), f"sysconf {name}"
+    return FALLBACK_LLC_BYTES, "fallback (size unknown)"
+
+
+def thread_affinity() -> dict[str, Any]:
+    """The CPUs this process may run on and the OpenMP binding settings."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    names = ("OMP_PROC_BIND", "OMP_PLACES", "GOMP_CPU_AFFINITY", "KMP_AFFINITY")
+    return {"cpus": cpus, **{name: os.environ.get(name) for name in names}}
+
+
 def _version(module: str) -> str | None:
     try:
         return __import__(module).__version__
@@ -120,6 +166,8 @@ def machine_metadata(threads: int) -> dict[str, Any]:
         "threadpools": blas_info(),
         "spin_env": {k: os.environ.get(k) for k in SPIN_ENV},
         "spin_env_applied": not missing_spin_env(),
+        "affinity": thread_affinity(),
+        "last_level_cache": dict(zip(("bytes", "source"), last_level_cache_bytes())),
     }
 
 

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .analysis import BEST_SPARSEGEMM, best_sparsegemm_rows
+from .analysis import headline_rows
 
 _SPEEDUP_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50)
 
@@ -33,8 +33,9 @@ def crossover_plot(
 ) -> bool:
     """Write the PNG; returns False (writing nothing) when matplotlib is missing.
 
-    Solid lines: the fastest sparsegemm format per batch; dashed: the fastest
-    other sparse library. Circles on the 1x line mark break-even sparsities.
+    Solid lines: sparsegemm's headline contender per batch (the planner's choice
+    when it ran; points it kept dense are left out); dashed: the fastest other
+    sparse library. Circles on the 1x line mark break-even sparsities.
     """
     try:
         import matplotlib
@@ -44,7 +45,7 @@ def crossover_plot(
         from matplotlib import ticker
     except ImportError:
         return False
-    ours = best_sparsegemm_rows(rows)
+    ours = headline_rows(rows)
     peers = _best_peer_rows(rows)
     panels = list(
         dict.fromkeys((r["out_features"], r["in_features"], r["pattern"]) for r in ours + peers)
@@ -77,8 +78,8 @@ def crossover_plot(
                     entry["in_features"],
                     entry["pattern"],
                     entry["batch"],
-                    entry["contender"],
-                ) == (m, k, pattern, batch, BEST_SPARSEGEMM) and isinstance(
+                    entry["headline"],
+                ) == (m, k, pattern, batch, True) and isinstance(
                     entry["break_even_sparsity"], float
                 ):
                     axis.plot(
@@ -98,9 +99,12 @@ def crossover_plot(
         axis.set_xlabel("sparsity")
         axis.set_ylabel("speedup over dense")
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(
-            fontsize="small", title="solid: sparsegemm\ndashed: best peer", title_fontsize="small"
-        )
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(
+                fontsize="small",
+                title="solid: sparsegemm (planned)\ndashed: best peer",
+                title_fontsize="small",
+            )
     for axis in list(axes.flat)[len(panels) :]:
         axis.set_visible(False)
     figure.suptitle(title)

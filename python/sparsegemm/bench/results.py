@@ -30,7 +30,16 @@ COLUMNS: dict[str, str] = {
     "is_sparsegemm": "True for sparsegemm's own contenders",
     "threading": "multi-threaded or single-threaded",
     "status": "ok; skipped (cannot run this point); wrong (output check failed, not timed); error",
-    "detail": "reason for a status other than ok, or the planner's choice for sgemm_auto",
+    "detail": "reason for a status other than ok, or the planner's choice for sgemm_auto "
+    "with its own measured speedup (made before the benchmark timed anything)",
+    "format": "the format sparsegemm ran (csr, bsr4x4, ...), or the dense library sgemm_auto "
+    "ran when the planner kept the weight dense",
+    "kept_dense": "True when the planner kept the weight dense: a dense library ran, so the row "
+    "has no speedup and is never a sparsegemm figure",
+    "cache": "cold (each call uses the next of several weight copies that together exceed the "
+    "last-level cache twice), partly cold (the most copies allowed still fit in it) or warm "
+    "(one weight, called repeatedly)",
+    "cold_copies": "copies of the weight a cold run rotates through (1 when warm)",
     "time_median_s": "median seconds per call over the samples",
     "time_q1_s": "first quartile of the samples",
     "time_q3_s": "third quartile of the samples",
@@ -42,13 +51,26 @@ COLUMNS: dict[str, str] = {
     "numpy and torch; otherwise torch F.linear, or numpy without torch)",
     "baseline_time_s": "the baseline's median seconds per call",
     "speedup": "baseline_time_s / time_median_s",
+    "best_dense": "the fastest dense contender at this point",
     "speedup_vs_best_dense": "fastest dense contender's median / time_median_s",
+    "own_dense_time_s": "sparsegemm's own kernel, same format, on the weight before pruning "
+    "(sparsity 0), timed in the same rounds",
+    "speedup_vs_own_dense": "own_dense_time_s / time_median_s: the gain sparsity itself brings",
+    "flag": "why a speedup above 1/(1-sparsity) is suspect, else empty",
     "useful_gflops": "2*nnz*batch / time: the work the contender had to do",
     "effective_gflops": "2*M*K*batch / time: the dense-equivalent rate",
     "baseline_gflops": "2*M*K*batch / baseline_time_s",
     "max_rel_error": "max |y - y_ref| / max |y_ref| against a float64 dense product",
-    "remeasured": "extra attempts made because the dense reference was unsteady",
+    "remeasured": "extra attempts made because the dense reference was unsteady, plus one when "
+    "the point was measured again as suspect",
     "steady": "False if the dense reference's samples still disagreed by over 1.35x",
+    "suspect": "why the point is left out of break-evens (unsteady or out of line even after "
+    "re-measuring), else empty",
+    "processes": "fresh processes the figure is the median of (--processes)",
+    "process_speedups": "each process's speedup, when measured in several processes",
+    "process_spread": "max / min of process_speedups (1.0 = the processes agree)",
+    "x_alignment": "address of x modulo 64 bytes (0 = cache-line aligned)",
+    "weight_alignment": "address of the pruned dense weight modulo 64 bytes",
 }
 
 
@@ -115,7 +137,12 @@ def load_json(path: str) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("schema") != SCHEMA:
         raise ValueError(f"{path} is not a sparsegemm bench result (schema {SCHEMA!r})")
     for row in document["results"]:
-        for column in ("speedup", "speedup_vs_best_dense", "time_median_s"):
+        for column in (
+            "speedup",
+            "speedup_vs_best_dense",
+            "speedup_vs_own_dense",
+            "time_median_s",
+        ):
             if row.get(column) is None:
                 row[column] = math.nan
     return document

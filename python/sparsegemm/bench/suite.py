@@ -2,24 +2,45 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
+import itertools
 import math
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
+from ..timing import thread_limits
 from . import contenders as registry
-from .harness import HarnessSettings, WrongResult, check_output, measure
-from .workloads import Point, WeightCache
+from .analysis import is_sparsegemm_figure, point_key
+from .environment import last_level_cache_bytes
+from .harness import SLOW_PHASE_RATIO, HarnessSettings, WrongResult, check_output, measure
+from .workloads import Point, WeightCache, parse_pattern
+
+#: Batches up to this are measured cold by default: a weight small enough to stay
+#: in the last-level cache across calls would flatter sparse formats (BENCHMARKING.md).
+COLD_MAX_BATCH = 16
+#: A cold run rotates through copies of the weight that together hold at least
+#: this many times the last-level cache...
+COLD_CACHE_MULTIPLE = 2
+#: ...but never more copies than this (a point whose copies then still fit in the
+#: cache is labelled "partly cold").
+MAX_COLD_COPIES = 1024
+CACHE_MODES = ("auto", "cold", "warm")
 
 
 @dataclass
 class SuiteSpec:
-    """Everything a run needs besides the machine."""
+    """Everything a run needs besides the machine.
+
+    ``cache``: "cold" rotates each contender through copies of its weight that
+    exceed the last-level cache (``llc_bytes``), "warm" calls one copy, "auto"
+    is cold for batches up to :data:`COLD_MAX_BATCH`.
+    """
 
     points: list[Point]
     contenders: list[str]
@@ -27,6 +48,15 @@ class SuiteSpec:
     threads: int
     harness: HarnessSettings
     quick: bool = False  # applies the contenders' quick-suite trims
+    cache: str = "auto"
+    llc_bytes: int = field(default_factory=lambda: last_level_cache_bytes()[0])
+
+    def __post_init__(self) -> None:
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
+
+    def is_cold(self, batch: int) -> bool:
+        return self.cache == "cold" or (self.cache == "auto" and batch <= COLD_MAX_BATCH)
 
 
 class _Progress:
@@ -63,31 +93,6 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-@contextlib.contextmanager
-def thread_limits(threads: int, use_torch: bool) -> Iterator[None]:
-    """Give numpy's BLAS and torch ``threads`` threads for the run (restored after)."""
-    previous_torch = None
-    if use_torch:
-        import torch
-
-        previous_torch = torch.get_num_threads()
-        torch.set_num_threads(threads)
-    try:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            limits: contextlib.AbstractContextManager = contextlib.nullcontext()
-        else:
-            limits = threadpool_limits(limits=threads, user_api="blas")
-        with limits:
-            yield
-    finally:
-        if previous_torch is not None:
-            import torch
-
-            torch.set_num_threads(previous_torch)
-
-
 def _row_base(
     point: Point, weight: np.ndarray, spec: SuiteSpec, contender: registry.Contender
 ) -> dict:
@@ -107,6 +112,9 @@ def _row_base(
         "threading": contender.threading,
         "status": "ok",
         "detail": "",
+        "format": "",
+        "kept_dense": False,
+        "cache": "cold" if spec.is_cold(point.batch) else "warm",
     }
 
 
@@ -131,22 +139,95 @@ def _baseline(point: Point, dense_times: dict[str, float]) -> str | None:
     return "torch_dense"
 
 
+def cold_copies(footprint_bytes: int, llc_bytes: int) -> int:
+    """How many copies of a weight of ``footprint_bytes`` a cold run rotates through:
+    together at least :data:`COLD_CACHE_MULTIPLE` times the last-level cache."""
+    if footprint_bytes <= 0:
+        return 1
+    needed = math.ceil(COLD_CACHE_MULTIPLE * llc_bytes / footprint_bytes)
+    return max(1, min(MAX_COLD_COPIES, needed))
+
+
+def _footprint_bytes(kind: str, weight: np.ndarray) -> int:
+    """A lower bound of the weight bytes one call reads: all of a dense weight,
+    the stored values of a sparse one (indices only add to it)."""
+    if kind == "dense":
+        return weight.nbytes
+    return int(np.count_nonzero(weight)) * weight.itemsize
+
+
+def _rotating(calls: list[Callable[[], Any]]) -> Callable[[], Any]:
+    """One call that runs the next of ``calls`` each time (cold runs)."""
+    if len(calls) == 1:
+        return calls[0]
+    cycle = itertools.cycle(calls)
+    return lambda: next(cycle)()
+
+
+def _cold_call(
+    build: Callable[[registry.Problem], Callable[[], Any]],
+    problem: registry.Problem,
+    first: Callable[[], Any],
+    copies: int,
+) -> Callable[[], Any]:
+    """``first`` and ``copies - 1`` more calls on copies of the weight, rotated.
+
+    The copies' conversions are kept in the problem's cache for the next batch.
+    """
+    calls = [first]
+    for index in range(1, copies):
+        copy_cache = problem.weight_cache.setdefault(f"cold copy {index}", {})
+        calls.append(build(problem.cold_copy(copy_cache)))
+    return _rotating(calls)
+
+
+def work_ratio(actual_sparsity: float) -> float:
+    """1 / (1 - s): the dense work over the sparse work."""
+    return math.inf if actual_sparsity >= 1.0 else 1.0 / (1.0 - actual_sparsity)
+
+
+def above_work_ratio_reason(row: dict[str, Any]) -> str:
+    """Why a speedup above 1/(1-s) is suspect (empty when it is not above)."""
+    ratio = work_ratio(row["actual_sparsity"])
+    speedups = [row.get("speedup", math.nan), row.get("speedup_vs_best_dense", math.nan)]
+    if not any(value > ratio for value in speedups):
+        return ""
+    head = f"above 1/(1-s) = {ratio:.1f}x"
+    if row.get("cache") != "cold":
+        cache = row.get("cache")
+        return f"{head}: {cache} run, the sparse weight may stay in cache while dense streams"
+    if not row.get("speedup_vs_best_dense", math.nan) > ratio:
+        return f"{head} only against {row['baseline']}: that dense library runs slowly here"
+    return f"{head} cold: dense runs below its best here (see the gain over own 0%)"
+
+
+def _alignment(array: np.ndarray) -> int:
+    """The array's address modulo 64 (0 = cache-line aligned)."""
+    return int(array.ctypes.data % 64)
+
+
 def run_point(
     point: Point,
     weight: np.ndarray,
     x: np.ndarray,
     spec: SuiteSpec,
     weight_cache: dict | None = None,
+    unpruned: np.ndarray | None = None,
+    unpruned_cache: dict | None = None,
 ) -> list[dict[str, Any]]:
     """Check, time and compare every contender on one point.
 
     ``weight_cache`` keeps converted weights for the next point with the same
-    weight (the grid runs all batches of a weight in a row).
+    weight (the grid runs all batches of a weight in a row). With ``unpruned``,
+    the weight before pruning, each sparsegemm format that ran is also timed on
+    it (sparsegemm's own kernel at 0% sparsity, in the same rounds), its
+    conversions kept in ``unpruned_cache``.
     """
     weight_cache = {} if weight_cache is None else weight_cache
     problem = registry.Problem(
         weight=weight, x=x, pattern=point.pattern, threads=spec.threads, weight_cache=weight_cache
     )
+    cold = spec.is_cold(point.batch)
     weight64 = problem.cached("float64", lambda: weight.astype(np.float64))
     reference = x.astype(np.float64) @ weight64.T
     rows: dict[str, dict[str, Any]] = {}
@@ -165,6 +246,17 @@ def run_point(
             result = call()
             first_call_s[name] = time.perf_counter() - started
             row["max_rel_error"] = check_output(result, reference, point.in_features)
+            ran = registry.ran_as(call)
+            row.update(format=ran.format, kept_dense=ran.kept_dense, detail=ran.note)
+            copies = 1
+            if cold:
+                kind = "dense" if ran.kept_dense else contender.kind
+                footprint = _footprint_bytes(kind, weight)
+                copies = cold_copies(footprint, spec.llc_bytes)
+                call = _cold_call(contender.build, problem, call, copies)
+                if copies * footprint < spec.llc_bytes:
+                    row["cache"] = "partly cold"
+            row["cold_copies"] = copies
         except registry.Unsupported as reason:
             row.update(status="skipped", detail=str(reason))
             continue
@@ -174,22 +266,25 @@ def run_point(
         except Exception as error:  # noqa: BLE001  (a peer library failing must not stop the suite)
             row.update(status="error", detail=f"{type(error).__name__}: {error}")
             continue
-        row["detail"] = getattr(call, "choice", "")
         calls[name] = call
 
+    own_dense = _own_dense_calls(rows, calls, point, x, spec, unpruned, unpruned_cache)
     references = [name for name in calls if registry.REGISTRY[name].kind == "dense"]
-    measured = measure(calls, references, spec.harness, first_call_s)
+    measured = measure({**calls, **own_dense}, references, spec.harness, first_call_s)
     dense_times = {name: measured.timings[name].median for name in references}
     baseline = _baseline(point, dense_times)
-    best_dense = min(dense_times.values(), default=math.nan)
+    best_dense_name = min(dense_times, key=dense_times.__getitem__, default=None)
+    best_dense = dense_times[best_dense_name] if best_dense_name else math.nan
     baseline_time = dense_times[baseline] if baseline else math.nan
     dense_flops = 2.0 * point.out_features * point.in_features * point.batch
     useful_flops = 2.0 * int(np.count_nonzero(weight)) * point.batch
-    for name, timing in measured.timings.items():
+    for name in calls:
+        timing = measured.timings[name]
+        row = rows[name]
         median = timing.median
         q1, q3 = timing.quartiles
         flops = dense_flops if registry.REGISTRY[name].kind == "dense" else useful_flops
-        rows[name].update(
+        row.update(
             time_median_s=median,
             time_q1_s=q1,
             time_q3_s=q3,
@@ -199,39 +294,174 @@ def run_point(
             calls_per_sample=timing.calls_per_sample,
             baseline=baseline,
             baseline_time_s=baseline_time,
-            speedup=baseline_time / median,
-            speedup_vs_best_dense=best_dense / median,
+            best_dense=best_dense_name,
             useful_gflops=flops / median / 1e9,
             effective_gflops=dense_flops / median / 1e9,
             baseline_gflops=dense_flops / baseline_time / 1e9 if baseline else math.nan,
             remeasured=measured.remeasured,
             steady=measured.steady,
+            x_alignment=_alignment(x),
+            weight_alignment=_alignment(weight),
         )
+        if row["kept_dense"]:
+            continue  # a dense library ran: it has no sparse speedup
+        row.update(speedup=baseline_time / median, speedup_vs_best_dense=best_dense / median)
+        own = OWN_DENSE_PREFIX + row["format"]
+        if row["is_sparsegemm"] and own in measured.timings:
+            row["own_dense_time_s"] = measured.timings[own].median
+            row["speedup_vs_own_dense"] = row["own_dense_time_s"] / median
+        row["flag"] = above_work_ratio_reason(row)
     for row in rows.values():
-        row.setdefault("speedup", math.nan)
-        row.setdefault("speedup_vs_best_dense", math.nan)
+        for column in ("speedup", "speedup_vs_best_dense", "speedup_vs_own_dense"):
+            row.setdefault(column, math.nan)
     return list(rows.values())
 
 
-def run_suite(spec: SuiteSpec, *, progress: bool = True, seed: int = 0) -> list[dict[str, Any]]:
-    """Run every point of ``spec``; rows come back in grid order."""
+#: Name prefix of the extra calls that time sparsegemm's own kernel at 0% sparsity.
+OWN_DENSE_PREFIX = "own 0%: "
+
+
+def _own_dense_calls(
+    rows: dict[str, dict[str, Any]],
+    calls: dict[str, Callable[[], Any]],
+    point: Point,
+    x: np.ndarray,
+    spec: SuiteSpec,
+    unpruned: np.ndarray | None,
+    unpruned_cache: dict | None,
+) -> dict[str, Callable[[], Any]]:
+    """sparsegemm's kernel on the unpruned weight, for each format that ran here."""
+    if unpruned is None:
+        return {}
+    cache = {} if unpruned_cache is None else unpruned_cache
+    problem = registry.Problem(unpruned, x, point.pattern, spec.threads, cache)
+    formats = {
+        rows[name]["format"]
+        for name in calls
+        if rows[name]["is_sparsegemm"] and not rows[name]["kept_dense"] and rows[name]["format"]
+    }
+    own = {}
+    for format in sorted(formats):
+        build = functools.partial(registry.sparsegemm_call, format=format)
+        call = build(problem)
+        if spec.is_cold(point.batch):
+            copies = cold_copies(unpruned.nbytes, spec.llc_bytes)
+            call = _cold_call(build, problem, call, copies)
+        own[OWN_DENSE_PREFIX + format] = call
+    return own
+
+
+#: A sparse speedup that falls by more than this from one grid sparsity to the
+#: next higher one is out of line (run-to-run noise here is about 15%).
+NON_MONOTONE_DROP = 1.15
+
+
+def suspect_points(rows: Sequence[dict[str, Any]]) -> dict[Point, str]:
+    """Points whose sparsegemm figures cannot be trusted as measured, with the reason.
+
+    Unsteady: the dense reference's samples disagreed (``steady`` False), or the
+    processes of a ``--processes`` run disagree. Out of line: a sparsegemm
+    contender's speedup falls by more than :data:`NON_MONOTONE_DROP` as sparsity
+    rises (both points are suspect).
+    """
+    suspects: dict[Point, str] = {}
+    series: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        if row.get("suspect"):  # e.g. merged from a process that still found it suspect
+            suspects.setdefault(_point_of(row), row["suspect"])
+        if not row.get("steady", True):
+            suspects.setdefault(_point_of(row), "unsteady dense reference")
+        if row.get("process_spread", 1.0) > SLOW_PHASE_RATIO:
+            suspects.setdefault(
+                _point_of(row), f"processes disagree ({row['process_spread']:.2f}x apart)"
+            )
+        if is_sparsegemm_figure(row):
+            series[(*point_key(row), row["contender"])].append(row)
+    for points in series.values():
+        points.sort(key=lambda r: r["sparsity"])
+        for lower, higher in zip(points, points[1:]):
+            if higher["speedup"] * NON_MONOTONE_DROP < lower["speedup"]:
+                reason = (
+                    f"{higher['contender']} speedup falls from {lower['speedup']:.2f}x at "
+                    f"{lower['sparsity']:g} to {higher['speedup']:.2f}x at {higher['sparsity']:g}"
+                )
+                suspects.setdefault(_point_of(lower), reason)
+                suspects.setdefault(_point_of(higher), reason)
+    return suspects
+
+
+def _point_of(row: dict[str, Any]) -> Point:
+    return Point(
+        row["out_features"],
+        row["in_features"],
+        row["batch"],
+        row["sparsity"],
+        parse_pattern(row["pattern"]),
+        row["label"],
+    )
+
+
+def mark_suspects(rows: list[dict[str, Any]]) -> dict[Point, str]:
+    """Set ``suspect`` on every row of a suspect point (cleared elsewhere); returns them."""
+    suspects = suspect_points(rows)
+    for row in rows:
+        row["suspect"] = suspects.get(_point_of(row), "")
+    return suspects
+
+
+def run_suite(
+    spec: SuiteSpec, *, progress: bool = True, seed: int = 0, remeasure: bool = True
+) -> list[dict[str, Any]]:
+    """Run every point of ``spec``; rows come back in grid order.
+
+    With ``remeasure``, suspect points (see :func:`suspect_points`) are measured
+    once more and their rows replaced; points still suspect keep a ``suspect``
+    reason, which leaves them out of break-evens.
+    """
     unknown = [name for name in spec.contenders if name not in registry.REGISTRY]
     if unknown:
         raise ValueError(f"unknown contenders {unknown}; known: {sorted(registry.REGISTRY)}")
     uses_torch = any(registry.REGISTRY[name].needs_torch for name in spec.contenders)
     cache = WeightCache(spec.dtype, seed=seed)
-    rows: list[dict[str, Any]] = []
+    by_point: dict[Point, list[dict[str, Any]]] = {}
     bar = _Progress(len(spec.points), progress)
     try:
-        with thread_limits(spec.threads, uses_torch):
-            weight_cache: dict = {}
+        with thread_limits(spec.threads, include_torch=uses_torch):
+            runner = _PointRunner(spec, cache)
             for point in spec.points:
-                weight = cache.pruned(point)
-                if weight_cache.get("weight") is not weight:
-                    weight_cache = {"weight": weight}
-                x = cache.inputs(point.batch, point.in_features)
-                rows.extend(run_point(point, weight, x, spec, weight_cache))
+                by_point[point] = runner.run(point)
                 bar.step(f"{point.shape_name} b={point.batch} s={point.sparsity:g} {point.pattern}")
+            suspects = mark_suspects([r for rows in by_point.values() for r in rows])
+            if remeasure and suspects:
+                for point in suspects:
+                    if point in by_point:
+                        by_point[point] = runner.run(point)
+                        for row in by_point[point]:
+                            row["remeasured"] = row.get("remeasured", 0) + 1
+                mark_suspects([r for rows in by_point.values() for r in rows])
     finally:
         bar.close()
-    return rows
+    return [row for rows in by_point.values() for row in rows]
+
+
+class _PointRunner:
+    """Runs points in grid order, keeping conversions while the weight stays the same."""
+
+    def __init__(self, spec: SuiteSpec, cache: WeightCache):
+        self.spec, self.cache = spec, cache
+        self.weight_cache: dict = {}
+        self.unpruned_cache: dict = {}
+
+    def run(self, point: Point) -> list[dict[str, Any]]:
+        weight = self.cache.pruned(point)
+        unpruned = self.cache.dense(point.out_features, point.in_features)
+        if self.weight_cache.get("weight") is not weight:
+            self.weight_cache = {"weight": weight}
+        if self.unpruned_cache.get("weight") is not unpruned:
+            self.unpruned_cache = {"weight": unpruned}
+        x = self.cache.inputs(point.batch, point.in_features)
+        return run_point(
+            point, weight, x, self.spec, self.weight_cache, unpruned, self.unpruned_cache
+        )

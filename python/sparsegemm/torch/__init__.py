@@ -15,17 +15,20 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from ._cache import clear_cache
 from .attention import SparseMultiheadAttention
+from .auto import AutoSparseLinear, freeze
 from .checkpoint import from_pretrained, load_sparsified
 from .modules import SparseConv2d, SparseLinear, masked_weight
 from .sparsify import LayerReport, SparsifyReport, sparsify
 
 __all__ = [
+    "AutoSparseLinear",
     "LayerReport",
     "SparseConv2d",
     "SparseLinear",
     "SparseMultiheadAttention",
     "SparsifyReport",
     "clear_cache",
+    "freeze",
     "from_pretrained",
     "load_sparsified",
     "masked_weight",

@@ -76,15 +76,21 @@ class _PatternEntry:
 
 
 class PatternCache:
-    """Maps (indptr, indices, shape, blocksize, dtype) tensors to validated kernel patterns."""
+    """Maps (indptr, indices, shape, blocksize, dtype) tensors to validated kernel patterns.
+
+    ``generation`` counts :meth:`clear` calls, so a module that keeps its own
+    reference to an entry (see :class:`PatternMemo`) knows when to drop it.
+    """
 
     def __init__(self) -> None:
         self._entries: dict[tuple, _PatternEntry] = {}
         self._lock = threading.Lock()
+        self.generation = 0
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self.generation += 1
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -116,6 +122,54 @@ class PatternCache:
 
 
 patterns = PatternCache()
+
+
+class KernelOperands:
+    """One module's shortcut to what its kernel reads, for the per-call inference path.
+
+    Holds the validated pattern from :data:`patterns` and numpy views of the
+    ``values`` and ``bias`` tensors. They are reused while the module holds the
+    very same tensor objects, ``indptr``/``indices`` keep their ``_version``
+    counters, ``values``/``bias`` keep their memory (``data_ptr``) and
+    :func:`clear_cache` has not run since; otherwise they are looked up again
+    (a new pattern is validated once, in :data:`patterns`). In-place edits of
+    the values are seen, since the views share their memory.
+    """
+
+    __slots__ = ("_tensors", "_key", "operands")
+
+    def __init__(self) -> None:
+        # The tensors themselves (not their ids, which Python may reuse once freed).
+        self._tensors: tuple = ()
+        self._key: tuple = ()
+        #: (pattern, values as the flat array the kernel takes, bias array or None)
+        self.operands: tuple = ()
+
+    # A copied or pickled module starts empty (a pattern is not picklable).
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    def __deepcopy__(self, memo: dict) -> KernelOperands:
+        return KernelOperands()
+
+    def get(self, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
+            bias: torch.Tensor | None, shape: tuple[int, int],
+            blocksize: tuple[int, int] | None = None) -> tuple:
+        """(pattern, values array, bias array or None) for these tensors."""
+        # A dtype or device change (module.double()) gives values new memory: a new data_ptr.
+        key = (indptr._version, indices._version, values.data_ptr(),
+               None if bias is None else bias.data_ptr(), patterns.generation)
+        tensors = self._tensors
+        if (not tensors or tensors[0] is not indptr or tensors[1] is not indices
+                or tensors[2] is not values or tensors[3] is not bias or key != self._key):
+            pattern = patterns.entry(indptr, indices, shape, values.dtype, blocksize).matrix
+            bias_array = None if bias is None else as_numpy(bias.contiguous())
+            self.operands = (pattern, values_array(values), bias_array)
+            self._tensors, self._key = (indptr, indices, values, bias), key
+        return self.operands
 
 
 def clear_cache() -> None:

@@ -30,13 +30,31 @@ class FormatChoice:
     speedup: the planner's measured dense time over the chosen sparse format's
     time (for a 'dense' decision: over the fastest sparse contender's), None when
     nothing was measured; planned: the planner's own name for its decision
-    ('dense', 'csr', 'bsr4x1', ...), None without the planner.
+    ('dense', 'csr', 'bsr4x1', ...), None without the planner; cached: the
+    planner's decision came from its cache (measured earlier, not for this call).
     """
 
     format: str
     blocksize: tuple[int, int] | None = None
     speedup: float | None = None
     planned: str | None = None
+    cached: bool = False
+    #: The fastest sparse contender the planner timed (its name), None when it timed none.
+    fastest_sparse: str | None = None
+
+    @property
+    def label(self) -> str:
+        """'dense', 'csr' or 'bsr<R>x<C>': the planner's names for formats."""
+        if self.blocksize is None:
+            return self.format
+        return f"{self.format}{self.blocksize[0]}x{self.blocksize[1]}"
+
+    def why_dense(self, margin: float) -> str:
+        """For a 'dense' decision of the planner: the best sparse candidate and how it fell short."""
+        if self.fastest_sparse is None or self.speedup is None:
+            return "no sparse candidate could be timed"
+        return (f"best sparse {self.fastest_sparse} measured {self.speedup:.2f}x, "
+                f"below the planner's {margin:.2f}x margin")
 
 
 def check_format(format: str, blocksize: tuple[int, int] | None) -> FormatChoice:
@@ -57,9 +75,11 @@ def _fastest_sparse(times: dict[str, float]) -> str | None:
     return min(sparse, key=lambda name: (sparse[name], name)) if sparse else None
 
 
-def _choice_for(name: str, speedup: float | None, planned: str) -> FormatChoice:
+def _choice_for(name: str, speedup: float | None, planned: str, cached: bool,
+                fastest_sparse: str | None) -> FormatChoice:
     blocksize = CANDIDATES[name]
-    return FormatChoice("csr" if blocksize is None else "bsr", blocksize, speedup, planned)
+    return FormatChoice("csr" if blocksize is None else "bsr", blocksize, speedup, planned,
+                        cached=cached, fastest_sparse=fastest_sparse)
 
 
 def choose_format(weight: torch.Tensor, format: str, blocksize: tuple[int, int] | None, *,
@@ -76,10 +96,11 @@ def choose_format(weight: torch.Tensor, format: str, blocksize: tuple[int, int] 
     compute = torch.float64 if weight.dtype == torch.float64 else torch.float32  # half: float32
     plan = sparsegemm.plan(weight.detach().to("cpu", compute).numpy(), batch_hint,
                            num_threads=torch.get_num_threads())
-    if plan.format != "dense":
-        return _choice_for(plan.format, float(plan.speedup), plan.format)
     fastest = _fastest_sparse(plan.times)
+    if plan.format != "dense":
+        return _choice_for(plan.format, float(plan.speedup), plan.format, plan.cached, fastest)
     speedup = plan.dense_time / plan.times[fastest] if fastest is not None else None
     if fallback_to_sparse:
-        return _choice_for(fastest or "csr", speedup, plan.format)
-    return FormatChoice("dense", None, speedup, plan.format)
+        return _choice_for(fastest or "csr", speedup, plan.format, plan.cached, fastest)
+    return FormatChoice("dense", None, speedup, plan.format, cached=plan.cached,
+                        fastest_sparse=fastest)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..formats import BSRMatrix, CSRMatrix
 from ..ops import conv_pair
 from . import ops as _ops
-from ._cache import as_numpy
+from ._cache import KernelOperands, as_numpy
 from ._format_choice import FormatChoice, check_format, choose_format
 
 __all__ = ["SparseConv2d", "SparseLinear", "is_linear_map", "masked_weight"]
@@ -68,6 +68,37 @@ def _linear_weight(module: nn.Module) -> tuple[Tensor, Tensor]:
     return (weight.t(), keep.t()) if is_hf_conv1d(module) else (weight, keep)
 
 
+# Activations a sparse module can apply to its output right after the product, while
+# it is hot in cache (sparsify moves a ReLU/GELU that follows a layer here).
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+
+
+def check_activation(activation: str | None) -> str | None:
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None or one of {ACTIVATIONS}, got {activation!r}")
+    return activation
+
+
+def activation_of(module: nn.Module) -> str | None:
+    """The fusable name of an ``nn.ReLU``/``nn.GELU`` module, else None."""
+    if type(module) is nn.ReLU:
+        return "relu"
+    if type(module) is nn.GELU:
+        return "gelu" if module.approximate == "none" else "gelu_tanh"
+    return None
+
+
+def apply_activation(y: Tensor, activation: str | None) -> Tensor:
+    """``activation`` applied to a layer's fresh output ``y`` (ReLU in place when no
+    gradient is recorded through ``y``)."""
+    if activation is None:
+        return y
+    if activation == "relu":
+        fresh = type(y) is Tensor and not y.requires_grad  # not a proxy, no graph through it
+        return torch.relu_(y) if fresh else torch.relu(y)
+    return F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
+
+
 def _csr_tensors(weight: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """CSR (indptr int64, indices int32, values) of the kept entries of a 2-d weight."""
     rows, cols = keep.nonzero(as_tuple=True)  # row-major order: sorted within each row
@@ -103,6 +134,8 @@ class _SparseWeight(nn.Module):
 
     indptr: Tensor
     indices: Tensor
+    #: Applied to the output right after the product (see :data:`ACTIVATIONS`); None: none.
+    activation: str | None = None
 
     def _init_sparse_weight(self, weight_shape: tuple[int, ...], nnz: int, *, format: str,
                             blocksize: tuple[int, int] | None, device: Any, dtype: Any) -> None:
@@ -112,6 +145,7 @@ class _SparseWeight(nn.Module):
         choice = check_format(format, blocksize)
         dtype = torch.get_default_dtype() if dtype is None else dtype
         self.weight_shape = tuple(int(s) for s in weight_shape)
+        self._matrix_shape = (self.weight_shape[0], math.prod(self.weight_shape[1:]))
         self.format = format
         self.blocksize = choice.blocksize
         rows = self.weight_shape[0]
@@ -122,10 +156,19 @@ class _SparseWeight(nn.Module):
         self.register_buffer("indptr", torch.zeros(pointers, dtype=torch.int64, device=device))
         self.register_buffer("indices", torch.zeros(nnz, dtype=torch.int32, device=device))
         self.values = nn.Parameter(torch.zeros(values_shape, dtype=dtype, device=device))
+        self._kernel_operands = KernelOperands()
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
-        return self.weight_shape[0], math.prod(self.weight_shape[1:])
+        return self._matrix_shape
+
+    def __setstate__(self, state: dict) -> None:
+        # Modules pickled before the inference path existed lack its two attributes.
+        super().__setstate__(state)
+        if "_matrix_shape" not in self.__dict__:
+            self._matrix_shape = (self.weight_shape[0], math.prod(self.weight_shape[1:]))
+        if "_kernel_operands" not in self.__dict__:
+            self._kernel_operands = KernelOperands()
 
     @property
     def nnz(self) -> int:
@@ -249,6 +292,8 @@ class _SparseWeight(nn.Module):
                 f"stored={self.stored_fraction:.1%}, nnz={self.nnz}")
         if self.blocksize is not None:
             text += f", blocksize={self.blocksize}, nblocks={self.indices.numel()}"
+        if self.activation is not None:
+            text += f", activation={self.activation}"
         return text
 
 
@@ -311,6 +356,18 @@ class SparseLinear(_SparseWeight):
         return module
 
     def forward(self, x: Tensor) -> Tensor:
+        return apply_activation(self._product(x), self.activation)
+
+    def _product(self, x: Tensor) -> Tensor:
+        # Straight from the registries: nn.Module.__getattr__ costs a microsecond or two a call.
+        parameters, buffers = self._parameters, self._buffers
+        values, bias = parameters["values"], parameters.get("bias")
+        if (_ops.can_call_kernel_directly(x, values, bias)
+                and x.dim() > 0 and x.shape[-1] == self.in_features):
+            # Inference fast path: the same kernel without the custom op's dispatch and checks.
+            operands = self._kernel_operands.get(buffers["indptr"], buffers["indices"], values,
+                                                 bias, self._matrix_shape, self.blocksize)
+            return _ops.linear_direct(x, *operands)
         if self.blocksize is not None:
             return torch.ops.sparsegemm.bsr_linear(x, self.indptr, self.indices, self.values,
                                                    self.out_features, self.in_features, self.bias)
@@ -318,7 +375,8 @@ class SparseLinear(_SparseWeight):
                                                self.in_features, self.bias)
 
     def to_dense(self) -> nn.Linear:
-        """An equivalent ``nn.Linear`` (a copy; zeros where entries are not stored)."""
+        """An equivalent ``nn.Linear`` (a copy; zeros where entries are not stored), without
+        the fused ``activation``."""
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
                            device=self.values.device, dtype=self.values.dtype)
         with torch.no_grad():
@@ -409,8 +467,11 @@ class SparseConv2d(_SparseWeight):
         return (pw, pw, ph, ph)
 
     def forward(self, x: Tensor) -> Tensor:
+        return apply_activation(self._product(x), self.activation)
+
+    def _product(self, x: Tensor) -> Tensor:
         if x.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d accepts
-            return self.forward(x.unsqueeze(0)).squeeze(0)
+            return self._product(x.unsqueeze(0)).squeeze(0)
         if x.dim() != 4:
             raise ValueError(f"SparseConv2d expects (N, C, H, W) or (C, H, W) input, "
                              f"got shape {tuple(x.shape)}")
@@ -433,7 +494,8 @@ class SparseConv2d(_SparseWeight):
             list(self.stride), [top, left], list(self.dilation), self.bias)
 
     def to_dense(self) -> nn.Conv2d:
-        """An equivalent ``nn.Conv2d`` (a copy; zeros where entries are not stored)."""
+        """An equivalent ``nn.Conv2d`` (a copy; zeros where entries are not stored), without
+        the fused ``activation``."""
         conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
                          self.padding, self.dilation, bias=self.bias is not None,
                          device=self.values.device, dtype=self.values.dtype)

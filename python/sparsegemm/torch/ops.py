@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _core
+from ..formats import CSRMatrix
 from ..ops import conv_geometry
 from ._cache import as_numpy, patterns, values_array
 
@@ -125,6 +126,41 @@ def _linear(kernel, pattern, x: Tensor, values: np.ndarray, bias: Optional[Tenso
     kernel(pattern._handle, as_numpy(x2), as_numpy(out), _bias_array(bias),
            torch.get_num_threads(), values)
     return out.view(*x.shape[:-1], rows)
+
+
+# the direct path -----------------------------------------------------------------------------
+
+def can_call_kernel_directly(x: Tensor, values: Tensor, bias: Optional[Tensor]) -> bool:
+    """True when a module may skip the custom op and call the kernel on numpy views.
+
+    That is when nothing needs what the op provides: no gradient is recorded
+    (grad mode off, e.g. ``no_grad``/``inference_mode``, or nothing requires
+    grad), torch.compile/export is not tracing, and ``x`` is a plain CPU tensor
+    of the weight's dtype. Anything else (a wrong shape included) goes through
+    the op, which gives the same result or raises its clear error.
+    """
+    if torch.compiler.is_compiling() or type(x) is not Tensor:
+        return False
+    if x.dtype != values.dtype or x.device.type != "cpu":
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or values.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return False
+    return True
+
+
+def linear_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndarray]) -> Tensor:
+    """``x @ W.T + bias`` by the kernel of ``pattern`` (a CSRMatrix or BSRMatrix) holding
+    ``values``, without the op's dispatch: only after :func:`can_call_kernel_directly`
+    and with ``x.shape[-1]`` checked."""
+    kernel = _core.csr_linear if type(pattern) is CSRMatrix else _core.bsr_linear
+    handle = pattern._handle
+    rows, cols = handle.rows, handle.cols
+    matrix = x.dim() == 2
+    x2 = x if matrix and x.is_contiguous() else x.reshape(-1, cols).contiguous()
+    out = torch.empty((x2.shape[0], rows), dtype=x.dtype)
+    kernel(handle, as_numpy(x2), out.numpy(), bias, torch.get_num_threads(), values)
+    return out if matrix else out.view(*x.shape[:-1], rows)
 
 
 # csr_linear ---------------------------------------------------------------------------------

@@ -7,9 +7,12 @@ padding, and the four projections of ``nn.MultiheadAttention``; a subclass of
 
 1. ``filter_fn(module, fully_qualified_name)`` must return True (default: all).
 2. The weight's sparsity must be at least ``min_sparsity``.
-3. With ``format='auto'``, :func:`sparsegemm.plan` times the layer at
-   ``batch_hint`` input rows (dense, CSR and, for Linear layers, BSR block
-   shapes); the layer takes the format and blocksize it picks, and stays dense
+3. With ``format='auto'``, :func:`sparsegemm.plan` times each Linear at the
+   input rows it really sees (dense, CSR and BSR block shapes): the rows it
+   receives in a forward pass of ``example_inputs``, else ``batch_hint``, else
+   at run time on its first forward per row bucket (an
+   :class:`~sparsegemm.torch.AutoSparseLinear`; :func:`~sparsegemm.torch.freeze`
+   fixes the choices). The layer takes the format and blocksize it picks, and stays dense
    when the planner keeps it dense or measures less than ``min_speedup``.
    With ``format='csr'`` or ``'bsr'`` nothing is timed and the sparsity
    threshold alone decides: the default ``DEFAULT_MIN_SPARSITY = 0.7`` is a
@@ -28,17 +31,25 @@ speedup, or the reason it stayed dense.
 from __future__ import annotations
 
 import statistics
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..planner import DEFAULT_MARGIN
+from ..timing import median_seconds
 from ._format_choice import FormatChoice, check_format, choose_format
 from .attention import SparseMultiheadAttention
-from .modules import SparseConv2d, SparseLinear, is_linear_map, _linear_weight, masked_weight
+from .auto import AutoSparseLinear
+from .modules import (
+    SparseConv2d,
+    SparseLinear,
+    _linear_weight,
+    activation_of,
+    is_linear_map,
+    masked_weight,
+)
 from .ops import STORAGE_DTYPES
 
 __all__ = ["DEFAULT_MIN_SPARSITY", "LayerReport", "SparsifyReport", "sparsify"]
@@ -59,10 +70,24 @@ class LayerReport:
     sparsity: float  # of the dense weight (fraction of zeros / pruned entries)
     speedup: float | None  # the planner's measurement; None when not measured
     reason: str = ""
+    cached: bool = False  # the speedup is the planner's cached figure, not measured now
+    #: For format 'auto': the module deciding at run time, whose decisions the report shows.
+    auto: AutoSparseLinear | None = None
 
     @property
     def speedup_text(self) -> str:
-        return "not measured" if self.speedup is None else f"{self.speedup:.2f}x"
+        if self.auto is not None:
+            return "per rows" if self.auto.decisions else "not yet"
+        if self.speedup is None:
+            return "not measured"
+        return f"{self.speedup:.2f}x" + (" (cached)" if self.cached else "")
+
+    @property
+    def note(self) -> str:
+        """The reason, and for an 'auto' layer its decisions so far."""
+        if self.auto is None:
+            return self.reason
+        return "; ".join(part for part in (self.auto.describe(), self.reason) if part)
 
 
 class SparsifyReport(list):
@@ -76,7 +101,7 @@ class SparsifyReport(list):
         lines = [f"{'layer':40} {'kind':10} {'format':8} {'sparsity':>8} {'speedup':>12}  note"]
         for layer in self:
             lines.append(f"{layer.name:40} {layer.kind:10} {layer.format:8} "
-                         f"{layer.sparsity:8.1%} {layer.speedup_text:>12}  {layer.reason}")
+                         f"{layer.sparsity:8.1%} {layer.speedup_text:>12}  {layer.note}")
         return "\n".join(lines)
 
     __repr__ = __str__  # the table, also at a REPL
@@ -93,20 +118,8 @@ def _sparsity(module: nn.Module) -> float:
     return 1.0 - keep.count_nonzero().item() / keep.numel() if keep.numel() else 0.0
 
 
-def _format_name(choice: FormatChoice) -> str:
-    if choice.blocksize is None:
-        return choice.format
-    return f"{choice.format}{choice.blocksize[0]}x{choice.blocksize[1]}"
-
-
 def _median_seconds(call: Callable[[], Any], repeats: int = 7) -> float:
-    call()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    return median_seconds(call, repeats)
 
 
 def _time_convolution(module: nn.Conv2d, x: torch.Tensor) -> FormatChoice:
@@ -120,56 +133,116 @@ def _time_convolution(module: nn.Conv2d, x: torch.Tensor) -> FormatChoice:
     return FormatChoice("csr" if speedup >= DEFAULT_MARGIN else "dense", speedup=speedup)
 
 
-def _convolution_inputs(model: nn.Module, example_inputs: Any) -> dict[int, torch.Tensor]:
-    """The input each Conv2d of ``model`` sees in a forward pass of ``example_inputs``."""
-    seen: dict[int, torch.Tensor] = {}
+@dataclass
+class _ExampleShapes:
+    """What the layers of a model see in one forward pass of ``example_inputs``."""
 
-    def record(module: nn.Module, inputs: tuple) -> None:
-        seen.setdefault(id(module), inputs[0].detach().clone())
+    conv_inputs: dict[int, torch.Tensor] = field(default_factory=dict)  # id(Conv2d) -> input
+    linear_rows: dict[int, list[int]] = field(default_factory=dict)  # id(Linear) -> rows per call
+    # id(MultiheadAttention) -> (query rows, key rows, value rows) of its first call
+    attention_rows: dict[int, tuple[int, int, int]] = field(default_factory=dict)
 
-    hooks = [m.register_forward_pre_hook(record) for m in model.modules()
-             if isinstance(m, nn.Conv2d)]
+    def rows_of(self, module: nn.Module) -> int | None:
+        """The row count to plan ``module`` at: the most frequent one it saw (ties: the largest)."""
+        seen = self.linear_rows.get(id(module))
+        if not seen:
+            return None
+        return max(set(seen), key=lambda rows: (seen.count(rows), rows))
+
+
+def _rows(x: torch.Tensor) -> int:
+    return x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+
+
+def _record_example_shapes(model: nn.Module, example_inputs: Any) -> _ExampleShapes:
+    """One forward pass of ``example_inputs`` recording each layer's input.
+
+    Every Linear's input rows (leading dims flattened), each MultiheadAttention's
+    query/key/value rows and each Conv2d's input. The hooks also keep fused
+    Transformer layers off their fast path for this pass, so every layer runs
+    as a module and is seen.
+    """
+    shapes = _ExampleShapes()
+
+    def record_conv(module: nn.Module, inputs: tuple) -> None:
+        shapes.conv_inputs.setdefault(id(module), inputs[0].detach().clone())
+
+    def record_linear(module: nn.Module, inputs: tuple) -> None:
+        shapes.linear_rows.setdefault(id(module), []).append(_rows(inputs[0]))
+
+    def record_attention(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        names = ("query", "key", "value")
+        tensors = [args[i] if i < len(args) else kwargs.get(name) for i, name in enumerate(names)]
+        if all(isinstance(t, torch.Tensor) for t in tensors):
+            shapes.attention_rows.setdefault(id(module), tuple(_rows(t) for t in tensors))
+
+    hooks = []
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            hooks.append(module.register_forward_pre_hook(record_conv))
+        elif isinstance(module, nn.Linear):
+            hooks.append(module.register_forward_pre_hook(record_linear))
+        elif isinstance(module, nn.MultiheadAttention):
+            hooks.append(module.register_forward_pre_hook(record_attention, with_kwargs=True))
     try:
         args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
         model(*args)
     finally:
         for hook in hooks:
             hook.remove()
-    return seen
+    return shapes
 
 
 class _Converter:
     def __init__(self, format: str, blocksize: tuple[int, int] | None, min_sparsity: float,
-                 min_speedup: float, batch_hint: int,
-                 conv_inputs: dict[int, torch.Tensor] | None = None):
+                 min_speedup: float, batch_hint: int | None, shapes: _ExampleShapes | None = None):
         check_format(format, blocksize)  # rejects bad requests before any layer is touched
         self.format = format
         self.blocksize = blocksize
         self.min_sparsity = min_sparsity
         self.min_speedup = min_speedup
         self.batch_hint = batch_hint
-        self.conv_inputs = conv_inputs or {}
+        self.shapes = shapes or _ExampleShapes()
         self.report = SparsifyReport()
 
-    def _choose(self, module: nn.Module) -> tuple[FormatChoice, str]:
-        """The storage for ``module``'s weight, and a note for the report."""
+    def _choose(self, module: nn.Module, rows: int | None) -> tuple[FormatChoice, str]:
+        """The storage for ``module``'s weight, and a note for the report.
+
+        A Linear under 'auto' is planned at ``rows`` (seen in the example pass),
+        else at ``batch_hint``; with neither it is format 'auto' (decided at run time).
+        """
         if isinstance(module, nn.Conv2d):
             if self.format == "bsr":
                 return FormatChoice("csr"), "no BSR convolution: stored as CSR"
             if self.format == "csr":
                 return FormatChoice("csr"), ""
-            x = self.conv_inputs.get(id(module))
+            x = self.shapes.conv_inputs.get(id(module))
             if x is None:
                 return FormatChoice("csr"), "not timed: pass example_inputs to time convolutions"
             return _time_convolution(module, x), f"timed on input {tuple(x.shape)}"
-        weight, _ = masked_weight(module) if isinstance(module, nn.Conv2d) else _linear_weight(module)
+        if self.format == "auto":
+            rows = rows if rows is not None else self.shapes.rows_of(module)
+            source = "rows seen in example_inputs"
+            if rows is None:
+                rows, source = self.batch_hint, "batch_hint"
+            if rows is None:
+                return FormatChoice("auto"), ""
+        else:
+            rows, source = 1, ""  # not timed
+        weight, _ = _linear_weight(module)
         matrix = weight.reshape(weight.shape[0], -1)
-        choice = choose_format(matrix, self.format, self.blocksize, batch_hint=self.batch_hint)
-        note = "" if choice.planned is None else f"planner: {choice.planned}"
+        choice = choose_format(matrix, self.format, self.blocksize, batch_hint=rows)
+        note = "" if choice.planned is None else f"planned at {rows} rows ({source})"
+        if choice.format == "dense":
+            note = f"{choice.why_dense(DEFAULT_MARGIN)}; {note}"
         return choice, note
 
-    def convert(self, module: nn.Module, name: str) -> nn.Module:
-        """The module to use in place of ``module`` (itself if it stays dense)."""
+    def convert(self, module: nn.Module, name: str, rows: int | None = None) -> nn.Module:
+        """The module to use in place of ``module`` (itself if it stays dense).
+
+        ``rows``: the input rows to plan a Linear at, when the caller knows them
+        (attention projections); by default those seen in the example pass.
+        """
         kind = type(module).__name__
         if isinstance(module, nn.Conv2d) and (module.groups != 1 or module.padding_mode != "zeros"):
             return self._keep(module, name, kind, _sparsity(module),
@@ -180,22 +253,24 @@ class _Converter:
         sparsity = _sparsity(module)
         if sparsity < self.min_sparsity:
             return self._keep(module, name, kind, sparsity, f"sparsity below {self.min_sparsity:.0%}")
-        choice, note = self._choose(module)
+        choice, note = self._choose(module, rows)
+        if choice.format == "auto":
+            auto = AutoSparseLinear(module, min_speedup=self.min_speedup)
+            self.report.append(LayerReport(name, kind, True, "auto", sparsity, None, "", auto=auto))
+            return auto
         if choice.format == "dense":
-            best = "not timed" if choice.speedup is None else f"{choice.speedup:.2f}x"
-            return self._keep(module, name, kind, sparsity,
-                              f"measured no gain (best sparse {best})" + (f"; {note}" if note else ""),
-                              choice.speedup)
+            return self._keep(module, name, kind, sparsity, f"measured no gain: {note}",
+                              choice.speedup, choice.cached)
         if choice.speedup is not None and choice.speedup < self.min_speedup:
             return self._keep(module, name, kind, sparsity,
                               f"planner measured {choice.speedup:.2f}x < {self.min_speedup:.2f}x",
-                              choice.speedup)
+                              choice.speedup, choice.cached)
         if isinstance(module, nn.Conv2d):
             sparse: nn.Module = SparseConv2d.from_dense(module, format="csr")
         else:
             sparse = SparseLinear.from_dense(module, choice=choice)
-        self.report.append(LayerReport(name, kind, True, _format_name(choice), sparsity,
-                                       choice.speedup, note))
+        self.report.append(LayerReport(name, kind, True, choice.label, sparsity,
+                                       choice.speedup, note, cached=choice.cached))
         return sparse
 
     def skip(self, module: nn.Module, name: str, reason: str) -> None:
@@ -208,8 +283,9 @@ class _Converter:
         self._keep(module, name, type(module).__name__, sparsity, reason)
 
     def _keep(self, module: nn.Module, name: str, kind: str, sparsity: float, reason: str,
-              speedup: float | None = None) -> nn.Module:
-        self.report.append(LayerReport(name, kind, False, "dense", sparsity, speedup, reason))
+              speedup: float | None = None, cached: bool = False) -> nn.Module:
+        self.report.append(LayerReport(name, kind, False, "dense", sparsity, speedup, reason,
+                                       cached))
         return module
 
 
@@ -232,10 +308,61 @@ def _disable_fused_fast_path(module: nn.Module, inputs: tuple) -> None:
     dense fast path, which reads every ``.weight`` tensor directly."""
 
 
+def _foldable_batchnorm(module: nn.Module | None, channels: int) -> bool:
+    """True for an eval-mode BatchNorm2d with running statistics over ``channels``."""
+    return (type(module) is nn.BatchNorm2d and not module.training
+            and module.track_running_stats and module.running_mean is not None
+            and module.num_features == channels)
+
+
+def _fold_batchnorm(conv: SparseConv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold ``bn`` (eval mode) into the sparse ``conv`` that feeds it: each output
+    channel's stored values and bias are scaled and shifted as the BatchNorm would
+    scale and shift that channel (no entry is added, so the pattern is unchanged)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    scale, shift = scale.to(conv.values.dtype), shift.to(conv.values.dtype)
+    row_of_value = torch.repeat_interleave(torch.arange(conv.out_channels), conv.indptr.diff())
+    conv.values.mul_(scale[row_of_value])
+    bias = shift if conv.bias is None else conv.bias * scale + shift
+    conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=conv.values.requires_grad)
+
+
+def _fuse_what_follows(sequential: nn.Sequential, following: list[tuple[str, nn.Module]],
+                       layer: nn.Module, prefix: str, report: LayerReport) -> None:
+    """Move into the converted ``layer`` what follows it in ``sequential``: an eval-mode
+    BatchNorm2d (folded into a SparseConv2d), then a ReLU or GELU (its ``activation``,
+    applied right after the product). Each is replaced by ``nn.Identity``."""
+    fused = []
+    rest = iter(following)
+    name, module = next(rest, ("", None))
+    if isinstance(layer, SparseConv2d) and _foldable_batchnorm(module, layer.out_channels):
+        _fold_batchnorm(layer, module)
+        setattr(sequential, name, nn.Identity())
+        fused.append(f"folded BatchNorm2d {prefix + '.' if prefix else ''}{name}")
+        name, module = next(rest, ("", None))
+    activation = activation_of(module) if module is not None else None
+    if activation is not None:
+        layer.activation = activation
+        setattr(sequential, name, nn.Identity())
+        fused.append(f"fused {type(module).__name__} {prefix + '.' if prefix else ''}{name}")
+    if fused:
+        report.reason = "; ".join([report.reason] + fused if report.reason else fused)
+
+
 def _walk(module: nn.Module, prefix: str, converter: _Converter, filter_fn: FilterFn) -> bool:
-    """Convert the children of ``module``; True if any descendant became sparse."""
+    """Convert the children of ``module``; True if any descendant became sparse.
+
+    In an ``nn.Sequential``, what follows a converted layer is fused into it
+    (:func:`_fuse_what_follows`).
+    """
     changed = False
-    for child_name, child in list(module.named_children()):
+    children = list(module.named_children())
+    for index, (child_name, child) in enumerate(children):
         name = f"{prefix}.{child_name}" if prefix else child_name
         replacement = child
         if not _is_candidate(child):
@@ -246,9 +373,13 @@ def _walk(module: nn.Module, prefix: str, converter: _Converter, filter_fn: Filt
             replacement = _convert_attention(child, name, converter)
         elif is_linear_map(child) or _is_plain_conv2d(child):
             replacement = converter.convert(child, name)
+            if isinstance(module, nn.Sequential) and replacement is not child:
+                _fuse_what_follows(module, children[index + 1:], replacement, prefix,
+                                   converter.report[-1])
         else:
             base = "Linear" if isinstance(child, nn.Linear) else "Conv2d"
-            converter.skip(child, name, f"subclass of nn.{base} with its own forward: not converted")
+            converter.skip(child, name,
+                           f"subclass of nn.{base} with its own forward: not converted")
         if replacement is not child:
             setattr(module, child_name, replacement)
             changed = True
@@ -265,9 +396,12 @@ def _convert_attention(mha: nn.MultiheadAttention, name: str,
                                             "add_bias_kv/add_zero_attn not supported"))
         return mha
     converted = []
+    query_rows, key_rows, value_rows = converter.shapes.attention_rows.get(id(mha),
+                                                                           (None, None, None))
+    rows = {"q_proj": query_rows, "k_proj": key_rows, "v_proj": value_rows, "out_proj": query_rows}
 
     def convert(linear: nn.Linear, projection: str) -> nn.Module:
-        module = converter.convert(linear, f"{name}.{projection}")
+        module = converter.convert(linear, f"{name}.{projection}", rows[projection])
         converted.append(module is not linear)
         return module
 
@@ -277,8 +411,8 @@ def _convert_attention(mha: nn.MultiheadAttention, name: str,
 
 def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str = "auto",
              blocksize: tuple[int, int] | None = None,
-             min_sparsity: float = DEFAULT_MIN_SPARSITY, min_speedup: float = 1.0,
-             batch_hint: int = 1, example_inputs: Any = None) -> nn.Module:
+             min_sparsity: float | None = None, min_speedup: float = 1.0,
+             batch_hint: int | None = None, example_inputs: Any = None) -> nn.Module:
     """Replace eligible dense layers of ``model`` by sparse ones, in place.
 
     Parameters
@@ -295,17 +429,36 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
     blocksize
         (R, C) blocks for ``format='bsr'``; default (4, 1). Not allowed otherwise.
     min_sparsity
-        Layers with a smaller fraction of zeros stay dense.
+        Layers with a smaller fraction of zeros stay dense. Default: 0 for
+        'auto' (the planner decides, and never keeps a format slower than
+        dense: a BSR weight can beat dense BLAS even at low sparsity), and
+        ``DEFAULT_MIN_SPARSITY`` for 'csr' and 'bsr', which are not timed.
     min_speedup
         With ``format='auto'``, layers the planner measures below this stay dense
         (the planner itself already requires a 1.1x margin).
     batch_hint
-        The rows of x the planner measures each Linear with.
+        The rows of x the planner measures each Linear with, for Linears
+        ``example_inputs`` does not reach (or without them).
     example_inputs
         A tensor (or tuple of them) for one forward pass of ``model``: with
-        ``format='auto'`` each Conv2d is timed, dense against sparse, on the
-        input it receives there. Without them, ``format='auto'`` converts every
+        ``format='auto'`` each Linear is planned at the rows it receives there
+        (leading dimensions flattened) and each Conv2d is timed, dense against
+        sparse, on its input. Without them, ``format='auto'`` converts every
         sparse-enough Conv2d to CSR untimed (the report says so).
+
+    In an ``nn.Sequential``, what directly follows a converted layer moves into
+    it and is replaced by ``nn.Identity``: an eval-mode ``BatchNorm2d`` after a
+    sparse Conv2d is folded into its values and bias, and a ``ReLU``/``GELU``
+    becomes the layer's ``activation``, applied to its output right after the
+    product (one pass over the output fewer each). The model computes the same
+    in eval mode; training it would no longer normalise at a folded BatchNorm.
+
+    With neither ``batch_hint`` nor ``example_inputs``, format 'auto' puts an
+    :class:`~sparsegemm.torch.AutoSparseLinear` in place of each candidate
+    Linear: it times its candidates on the first forward of each new row count
+    (bucketed by powers of two) and keeps the choice, which the report shows.
+    Call :func:`~sparsegemm.torch.freeze` afterwards to fix the choices (before
+    export or compile, or for reproducible runs).
 
     Returns
     -------
@@ -315,19 +468,21 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
     To save and reload a sparsified model, see :func:`load_sparsified` (a
     ``state_dict``) and :func:`sparsegemm.torch.from_pretrained` (Hugging Face).
     """
+    if min_sparsity is None:
+        min_sparsity = 0.0 if format == "auto" else DEFAULT_MIN_SPARSITY
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity must be in [0, 1], got {min_sparsity}")
-    if isinstance(batch_hint, bool) or not isinstance(batch_hint, int) or batch_hint < 1:
+    if batch_hint is not None and (isinstance(batch_hint, bool) or not isinstance(batch_hint, int)
+                                   or batch_hint < 1):
         raise ValueError(f"batch_hint must be a positive integer, got {batch_hint!r}")
     filter_fn = filter_fn or (lambda module, name: True)
     if isinstance(model, (nn.Linear, nn.Conv2d, nn.MultiheadAttention)):
         raise TypeError("sparsify converts the layers inside a model; for a single layer use "
                         "SparseLinear.from_dense / SparseConv2d.from_dense")
     with torch.no_grad():
-        conv_inputs = (_convolution_inputs(model, example_inputs)
-                       if format == "auto" and example_inputs is not None else None)
-        converter = _Converter(format, blocksize, min_sparsity, min_speedup, batch_hint,
-                               conv_inputs)
+        shapes = (_record_example_shapes(model, example_inputs)
+                  if format == "auto" and example_inputs is not None else None)
+        converter = _Converter(format, blocksize, min_sparsity, min_speedup, batch_hint, shapes)
         _walk(model, "", converter, filter_fn)
     previous = getattr(model, "sparsegemm_report", None)
     model.sparsegemm_report = (previous.merged_with(converter.report)

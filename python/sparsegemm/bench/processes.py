@@ -1,0 +1,113 @@
+"""``sparsegemm bench --processes N``: the same suite in N fresh processes, merged.
+
+A process starts with its own memory layout, thread placement and allocator
+state, so a figure that only one process saw shows up as a spread between
+processes. Each child runs the suite with ``--processes 1`` into its own folder
+(its own ``results.json``, with its affinity and alignment); the parent merges:
+each ratio is the median of the per-process ratios (every ratio is measured
+within one process, interleaved), and ``process_spread`` is how far apart they
+were.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .results import load_json
+
+#: Columns that identify a row across processes.
+ROW_KEY = (
+    "out_features",
+    "in_features",
+    "batch",
+    "sparsity",
+    "pattern",
+    "label",
+    "dtype",
+    "threads",
+    "contender",
+)
+#: Per-process figures merged as medians.
+MEDIAN_COLUMNS = (
+    "time_median_s",
+    "baseline_time_s",
+    "own_dense_time_s",
+    "speedup",
+    "speedup_vs_best_dense",
+    "speedup_vs_own_dense",
+    "useful_gflops",
+    "effective_gflops",
+    "baseline_gflops",
+)
+
+
+def child_command(argv: Sequence[str], out: str) -> list[str]:
+    """The command of one child: the parent's options, one process, its own folder."""
+    return [
+        sys.executable,
+        "-m",
+        "sparsegemm.bench",
+        "bench",
+        *argv,
+        "--processes",
+        "1",
+        "--out",
+        out,
+        "--no-plot",
+        "--no-progress",
+    ]
+
+
+def run_children(argv: Sequence[str], processes: int, out: str) -> list[dict[str, Any]]:
+    """Run the suite in ``processes`` fresh processes, one after the other; their documents."""
+    documents = []
+    for index in range(processes):
+        folder = os.path.join(out, f"process-{index + 1}")
+        print(f"sparsegemm bench: process {index + 1} of {processes} -> {folder}", file=sys.stderr)
+        done = subprocess.run(child_command(argv, folder), check=False)
+        if done.returncode not in (0, 1):  # 1: a sparsegemm contender was wrong; still merged
+            raise RuntimeError(f"process {index + 1} failed with status {done.returncode}")
+        documents.append(load_json(os.path.join(folder, "results.json")))
+    return documents
+
+
+def merge_rows(row_lists: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per key: medians of the per-process figures, and their spread.
+
+    A row that was not ok in some process keeps that process's status (a wrong
+    answer in one process is a wrong answer); a point unsteady in any process is
+    unsteady.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for rows in row_lists:
+        for row in rows:
+            groups.setdefault(tuple(row.get(k) for k in ROW_KEY), []).append(row)
+    merged = []
+    for group in groups.values():
+        failed = [r for r in group if r["status"] != "ok"]
+        row = dict(failed[0] if failed else group[0])
+        row["processes"] = len(group)
+        if not failed:
+            for column in MEDIAN_COLUMNS:
+                values = [_number(r.get(column)) for r in group]
+                values = [v for v in values if not math.isnan(v)]
+                row[column] = statistics.median(values) if values else math.nan
+            speedups = [_number(r.get("speedup")) for r in group]
+            speedups = [v for v in speedups if not math.isnan(v)]
+            row["process_speedups"] = speedups
+            row["process_spread"] = max(speedups) / min(speedups) if speedups else 1.0
+            row["steady"] = all(r.get("steady", True) for r in group)
+            row["x_alignment"] = sorted({r.get("x_alignment") for r in group}, key=str)
+            row["weight_alignment"] = sorted({r.get("weight_alignment") for r in group}, key=str)
+        merged.append(row)
+    return merged
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)

@@ -1,0 +1,221 @@
+"""The one timing loop of sparsegemm, and the one thread-limit context.
+
+The planner (:func:`sparsegemm.plan`), the benchmark (``sparsegemm bench``) and
+``sparsegemm.torch.sparsify`` all time calls with :func:`measure` and limit
+thread pools with :func:`thread_limits`. How :func:`measure` times (see
+BENCHMARKING.md for why):
+
+- the calls run in rounds inside one process; in each round each call sleeps a
+  few milliseconds (so another runtime's idle pool stops spinning), makes one
+  warm-up call, then times a block of calls; the block's mean per call is one
+  sample, and the round order rotates so no call always goes first;
+- a call's figure is the median of its samples, with quartiles and min/max;
+- a slow call (many milliseconds) skips the warm-up, which only matters for
+  waking thread pools, and a call whose samples would overrun
+  ``max_contender_s`` takes fewer samples (its sample count shows it);
+- the VM sometimes snaps multi-threaded calls to multiples of its 4 ms tick for
+  seconds at a time: when the reference calls' samples disagree by more than
+  :data:`SLOW_PHASE_RATIO`, everything is measured again, and the calmest
+  attempt is kept (and flagged if none was calm).
+
+This module is part of the numpy layer: torch is never imported here unless a
+caller asks :func:`thread_limits` to limit it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable
+
+SLOW_PHASE_RATIO = 1.35
+
+
+@contextlib.contextmanager
+def thread_limits(threads: int, *, include_torch: bool = False) -> Iterator[None]:
+    """Give numpy's BLAS and torch ``threads`` threads inside the block (restored after).
+
+    torch is limited when it is already imported, or imported here when
+    ``include_torch`` (for callers that build torch contenders inside the block).
+    Without threadpoolctl numpy's BLAS keeps its own setting.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            pass
+        else:
+            stack.enter_context(threadpool_limits(limits=threads, user_api="blas"))
+        if include_torch:
+            import torch  # noqa: F401  (registers itself in sys.modules)
+        torch_module = sys.modules.get("torch")
+        if torch_module is not None:
+            stack.callback(torch_module.set_num_threads, torch_module.get_num_threads())
+            torch_module.set_num_threads(threads)
+        yield
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: one sample per round, each the mean of a block of calls."""
+
+    samples: tuple[float, ...]
+    calls_per_sample: int
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def quartiles(self) -> tuple[float, float]:
+        if len(self.samples) < 2:
+            return self.samples[0], self.samples[0]
+        q1, _, q3 = statistics.quantiles(self.samples, n=4, method="inclusive")
+        return q1, q3
+
+    @property
+    def spread(self) -> float:
+        """max / min of the samples (1.0 = perfectly steady)."""
+        if min(self.samples) > 0:
+            return max(self.samples) / min(self.samples)
+        return 1.0 if max(self.samples) == 0 else math.inf
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """How hard to measure. ``rounds`` is the number of samples per call.
+
+    A block lasts about ``target_block_s`` and holds at most ``max_calls`` calls,
+    unless ``calls_per_block`` fixes its size.
+    """
+
+    rounds: int = 5
+    target_block_s: float = 0.01
+    max_calls: int = 50
+    sleep_s: float = 0.003  # pause before each block
+    max_remeasure: int = 1  # extra attempts when the references are unsteady
+    skip_warmup_above_s: float = 0.02  # calls this long need no warm-up call
+    max_contender_s: float = math.inf  # rough time budget per call per attempt
+    calls_per_block: int | None = None
+
+    def __post_init__(self) -> None:
+        if (
+            self.rounds < 1
+            or self.max_calls < 1
+            or self.max_remeasure < 0
+            or (self.calls_per_block is not None and self.calls_per_block < 1)
+        ):
+            raise ValueError(f"invalid timing settings {self}")
+
+
+@dataclass(frozen=True)
+class PointTimings:
+    timings: dict[str, Timing]
+    remeasured: int  # extra attempts made
+    steady: bool  # the kept attempt's references were within SLOW_PHASE_RATIO
+
+
+def _calls_for(seconds_per_call: float, settings: TimingSettings) -> int:
+    if settings.calls_per_block is not None:
+        return settings.calls_per_block
+    if seconds_per_call <= 0:
+        return settings.max_calls
+    return max(1, min(settings.max_calls, math.ceil(settings.target_block_s / seconds_per_call)))
+
+
+def _time_block(call: Callable[[], Any], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter() - start) / calls
+
+
+@dataclass
+class _Plan:
+    """How one call is measured, fixed from its first call."""
+
+    calls: int
+    rounds: int
+    warm_up: bool
+
+
+def _plan_for(seconds_per_call: float, settings: TimingSettings) -> _Plan:
+    calls = _calls_for(seconds_per_call, settings)
+    warm_up = seconds_per_call < settings.skip_warmup_above_s
+    cost_per_round = seconds_per_call * (calls + warm_up)
+    rounds = settings.rounds
+    if cost_per_round > 0 and settings.max_contender_s < rounds * cost_per_round:
+        rounds = max(1, math.floor(settings.max_contender_s / cost_per_round))
+    return _Plan(calls, rounds, warm_up)
+
+
+def _one_attempt(
+    calls: Mapping[str, Callable[[], Any]], settings: TimingSettings, plans: dict[str, _Plan]
+) -> dict[str, Timing]:
+    names = list(calls)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(settings.rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            plan = plans.get(name)
+            if plan is not None and len(samples[name]) >= plan.rounds:
+                continue
+            time.sleep(settings.sleep_s)
+            call = calls[name]
+            if plan is None:  # first visit: a warm-up call that also sizes the blocks
+                warm_start = time.perf_counter()
+                call()
+                plan = plans[name] = _plan_for(time.perf_counter() - warm_start, settings)
+            elif plan.warm_up:
+                call()
+            samples[name].append(_time_block(call, plan.calls))
+    return {name: Timing(tuple(samples[name]), plans[name].calls) for name in names}
+
+
+def measure(
+    calls: Mapping[str, Callable[[], Any]],
+    reference_names: list[str],
+    settings: TimingSettings,
+    first_call_s: Mapping[str, float] | None = None,
+) -> PointTimings:
+    """Time ``calls`` interleaved; measure again while the references are unsteady.
+
+    ``first_call_s`` may give each call's duration of an earlier call (an output
+    check). For a long call that sizes its blocks and saves an extra call; a
+    short first call is dominated by cold-start costs (thread creation, page
+    faults), so short ones are sized by a warm-up call as usual.
+    """
+    if not calls:
+        return PointTimings({}, 0, True)
+    plans = {
+        name: _plan_for(seconds, settings)
+        for name, seconds in (first_call_s or {}).items()
+        if name in calls and seconds >= settings.skip_warmup_above_s
+    }
+    best = _one_attempt(calls, settings, plans)
+    best_spread = _reference_spread(best, reference_names)
+    remeasured = 0
+    while best_spread > SLOW_PHASE_RATIO and remeasured < settings.max_remeasure:
+        remeasured += 1
+        timings = _one_attempt(calls, settings, plans)
+        spread = _reference_spread(timings, reference_names)
+        if spread < best_spread:
+            best, best_spread = timings, spread
+    return PointTimings(best, remeasured, best_spread <= SLOW_PHASE_RATIO)
+
+
+def _reference_spread(timings: dict[str, Timing], reference_names: list[str]) -> float:
+    return max((timings[name].spread for name in reference_names if name in timings), default=1.0)
+
+
+def median_seconds(call: Callable[[], Any], repeats: int = 7) -> float:
+    """Median seconds of ``repeats`` single calls of ``call``, after one warm-up call."""
+    settings = TimingSettings(
+        rounds=repeats, calls_per_block=1, sleep_s=0.0, max_remeasure=0, skip_warmup_above_s=0.0
+    )
+    return measure({"call": call}, [], settings).timings["call"].median

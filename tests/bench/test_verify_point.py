@@ -1,0 +1,61 @@
+"""benchmarks/verify_point.py: the independent check of a suite figure."""
+
+import json
+
+import numpy as np
+
+
+def _results(tmp_path, **row):
+    base = {
+        "out_features": 16,
+        "in_features": 32,
+        "batch": 1,
+        "sparsity": 0.9,
+        "pattern": "unstructured",
+        "dtype": "float32",
+        "threads": 1,
+        "status": "ok",
+        "contender": "sgemm_auto",
+        "format": "csr",
+        "kept_dense": False,
+        "cache": "cold",
+        "speedup": 1.0,
+        "baseline": "numpy_dense",
+    }
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"results": [{**base, **row}]}))
+    return str(path)
+
+
+ARGS = ["16x32", "1", "0.9", "sgemm_auto", "--threads", "1", "--repeats", "20", "--block-ms", "0.2"]
+
+
+def test_a_point_the_suite_kept_dense_has_nothing_to_verify(benchmark_script, tmp_path, capsys):
+    verify = benchmark_script("verify_point")
+    path = _results(tmp_path, kept_dense=True, format="dense (numpy)")
+    assert verify.main([*ARGS, "--against", path]) == 0
+    assert "kept this weight dense" in capsys.readouterr().out
+
+
+def test_it_runs_the_suites_format_and_cache_mode_and_flags_disagreement(
+    benchmark_script, tmp_path, capsys
+):
+    verify = benchmark_script("verify_point")
+    path = _results(tmp_path, format="bsr4x1", speedup=1000.0)
+    assert verify.main([*ARGS, "--against", path]) == 1
+    out = capsys.readouterr().out
+    assert "cold" in out and "sgemm_auto (bsr4x1)" in out and "DISAGREES" in out
+
+
+def test_cold_rotation_converts_separate_copies(benchmark_script, monkeypatch):
+    verify = benchmark_script("verify_point")
+    monkeypatch.setattr(verify, "last_level_cache_bytes", lambda: (1000, "test"))
+    seen = []
+    weight = np.zeros(4)
+    call, copies = verify._cold_rotation(
+        lambda copy: lambda: seen.append(id(copy)), weight, lambda w: w, footprint_bytes=100
+    )
+    assert copies == 20
+    for _ in range(40):
+        call()
+    assert len(set(seen)) == 20

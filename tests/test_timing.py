@@ -1,0 +1,52 @@
+"""The shared timing loop and thread-limit context (planner, bench and sparsify use them)."""
+
+import importlib
+
+import pytest
+from sparsegemm import timing
+
+
+def test_median_seconds_makes_one_warm_up_then_single_timed_calls(monkeypatch):
+    now = [0.0]
+    durations = iter([5.0, 3.0, 1.0, 2.0])  # warm-up, then three timed calls
+
+    class Clock:
+        @staticmethod
+        def perf_counter():
+            return now[0]
+
+        @staticmethod
+        def sleep(seconds):
+            now[0] += seconds
+
+    def call():
+        now[0] += next(durations)
+
+    monkeypatch.setattr(timing, "time", Clock)
+    assert timing.median_seconds(call, repeats=3) == 2.0
+
+
+def test_thread_limits_sets_and_restores_torch_threads():
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    with timing.thread_limits(1, include_torch=True):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_thread_limits_limits_numpy_blas():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with timing.thread_limits(1):
+        blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+        assert blas and all(i["num_threads"] == 1 for i in blas)
+
+
+def test_planner_bench_and_sparsify_share_the_timing_loop():
+    from sparsegemm import planner
+    from sparsegemm.bench import harness, suite
+
+    assert harness.measure is timing.measure and suite.thread_limits is timing.thread_limits
+    assert planner.measure is timing.measure and planner.thread_limits is timing.thread_limits
+    pytest.importorskip("torch")
+    sparsify_module = importlib.import_module("sparsegemm.torch.sparsify")
+    assert sparsify_module.median_seconds is timing.median_seconds

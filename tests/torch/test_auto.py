@@ -1,0 +1,184 @@
+"""sparsify(model) as a newcomer calls it: layers plan on the rows they really see."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from sparsegemm.torch import (AutoSparseLinear, SparseLinear, SparseMultiheadAttention, freeze,
+                              sparsify)
+from sparsegemm.torch.auto import row_bucket
+from torch import nn
+
+
+def mlp(prune):
+    torch.manual_seed(0)
+    return nn.Sequential(prune(nn.Linear(24, 32), 0.9), nn.ReLU(), prune(nn.Linear(32, 8), 0.9))
+
+
+def test_row_bucket():
+    assert [row_bucket(r) for r in (0, 1, 2, 3, 4, 5, 128, 129)] == [1, 1, 2, 4, 4, 8, 128, 256]
+
+
+def test_no_arguments_decides_on_the_first_forward_per_row_bucket(prune, planner_times):
+    timer = planner_times(dense=1.0, csr=0.5, bsr4x1=0.25)
+    model = mlp(prune)
+    x = torch.randn(3, 5, 24)  # 15 rows
+    expected = model(x)
+    sparsify(model)
+    assert timer.timed == []  # nothing timed before a forward
+    assert isinstance(model[0], AutoSparseLinear)
+    assert "decides on the first forward" in str(model.sparsegemm_report)
+    assert model.sparsegemm_report[0].speedup_text == "not yet"
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    assert len(timer.timed) == 2  # one plan per layer
+    assert model[0].decisions[16].rows == 15
+    assert model[0].decisions[16].choice.label == "bsr4x1"
+    assert "rows 15: bsr4x1 4.00x" in str(model.sparsegemm_report)
+    assert model.sparsegemm_report[0].speedup_text == "per rows"
+    model(torch.randn(9, 24))  # same bucket: no timing
+    assert len(timer.timed) == 2
+    model(torch.randn(2, 24))  # a new bucket: timed again
+    assert len(timer.timed) == 4 and sorted(model[2].decisions) == [2, 16]
+
+
+def test_a_bucket_measured_without_gain_stays_dense_and_says_why(prune, planner_times):
+    planner_times(dense=1.0, csr=2.0, bsr4x1=1.5, bsr8x1=3.0, bsr16x1=3.0, bsr4x4=3.0)
+    model = mlp(prune)
+    x = torch.randn(4, 24)
+    expected = model(x)
+    sparsify(model)
+    torch.testing.assert_close(model(x), expected)
+    decision = model[0].decisions[4]
+    assert decision.choice.format == "dense" and "bsr4x1 measured 0.67x" in decision.reason
+    assert "below the planner's 1.10x margin" in str(model.sparsegemm_report)
+    assert not model[0].variants  # no sparse copy built for nothing
+    freeze(model)
+    # The ReLU that followed moved into the layer; a dense layer gets it back beside it.
+    assert type(model[0]) is nn.Sequential and type(model[0][0]) is nn.Linear
+    assert type(model[0][1]) is nn.ReLU and type(model[1]) is nn.Identity
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_freeze_replaces_agreeing_modules_and_never_times(prune, planner_times):
+    timer = planner_times(dense=1.0, csr=0.5)
+    model = mlp(prune)
+    sparsify(model)
+    x = torch.randn(8, 24)
+    expected = model(x)
+    assert freeze(model) is model
+    assert type(model[0]) is SparseLinear and model[0].format == "csr"
+    timed = len(timer.timed)
+    torch.testing.assert_close(model(torch.randn(1000, 24)).shape, torch.Size([1000, 8]))
+    torch.testing.assert_close(model(x), expected)
+    assert len(timer.timed) == timed
+
+
+def test_frozen_module_with_differing_buckets_maps_unseen_rows_to_the_nearest(prune, planner_times):
+    timer = planner_times(dense=1.0, csr=0.5)
+    layer = AutoSparseLinear(prune(nn.Linear(24, 8), 0.9))
+    x1, x64 = torch.randn(1, 24), torch.randn(64, 24)
+    layer(x1)
+    planner_times(dense=1.0, csr=2.0, bsr4x1=0.5)
+    layer(x64)
+    assert layer.decisions[1].choice.label == "csr" and layer.decisions[64].choice.label == "bsr4x1"
+    model = nn.Sequential(layer)
+    freeze(model)
+    assert model[0] is layer and layer.frozen
+    timer = planner_times()
+    reference = layer.dense(torch.randn(1, 24))  # dense reference module is kept
+    assert reference.shape == (1, 8)
+    for rows in (2, 48, 500):
+        x = torch.randn(rows, 24)
+        torch.testing.assert_close(layer(x), layer.dense(x), rtol=1e-5, atol=1e-5)
+    assert timer.timed == []
+    assert layer._nearest(row_bucket(2)) is layer.decisions[1]
+    assert layer._nearest(row_bucket(500)) is layer.decisions[64]
+    assert "(frozen)" in repr(layer)
+
+
+def test_example_inputs_plan_each_linear_at_its_rows(prune, planner_times):
+    planner_times(dense=1.0, csr=0.5)
+    model = mlp(prune)
+    x = torch.randn(2, 7, 24)
+    expected = model(x)
+    sparsify(model, example_inputs=x)
+    assert type(model[0]) is SparseLinear and type(model[2]) is SparseLinear
+    notes = [layer.reason for layer in model.sparsegemm_report]
+    assert notes == ["planned at 14 rows (rows seen in example_inputs); fused ReLU 1",
+                     "planned at 14 rows (rows seen in example_inputs)"]
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_example_inputs_reach_a_fused_transformer_layer(planner_times, prune):
+    planner_times(dense=1.0, csr=0.5)
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True).eval()
+    for linear in (layer.linear1, layer.linear2, layer.self_attn.out_proj):
+        prune(linear, 0.9)
+    with torch.no_grad():
+        layer.self_attn.in_proj_weight.mul_(torch.rand(96, 32) > 0.9)
+    x = torch.randn(3, 10, 32)
+    with torch.no_grad():
+        expected = layer(x)
+        sparsify(layer, example_inputs=x)
+    assert isinstance(layer.self_attn, SparseMultiheadAttention)
+    notes = {entry.name: entry.reason for entry in layer.sparsegemm_report}
+    assert set(notes) == {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                          "self_attn.out_proj", "linear1", "linear2"}
+    assert all(note == "planned at 30 rows (rows seen in example_inputs)" for note in notes.values())
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_layers_inside_attention(planner_times, prune):
+    planner_times(dense=1.0, csr=0.5)
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    prune(mha.out_proj, 0.9)
+    with torch.no_grad():
+        mha.in_proj_weight.mul_(torch.rand(48, 16) > 0.9)
+    model = nn.Sequential()
+    model.add_module("attn", mha)
+    q = torch.randn(2, 5, 16)
+    expected, _ = mha(q, q, q)
+    sparsify(model)
+    attention = model.attn
+    assert isinstance(attention.q_proj, AutoSparseLinear)
+    out, _ = attention(q, q, q)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    assert attention.q_proj.decisions[16].rows == 10
+    freeze(model)
+    assert type(attention.q_proj) is SparseLinear
+
+
+def test_tracing_never_times(prune, planner_times):
+    timer = planner_times()
+    model = mlp(prune)
+    sparsify(model)
+    traced = torch.fx.symbolic_trace(model)  # proxies: no row count, nothing timed
+    assert timer.timed == []
+    x = torch.randn(4, 24)
+    torch.testing.assert_close(traced(x), model[2].dense(torch.relu(model[0].dense(x))))
+
+
+def test_fused_relu_and_gelu_give_the_unfused_output(prune, planner_times):
+    planner_times(dense=1.0, csr=0.5)
+    torch.manual_seed(0)
+    model = nn.Sequential(prune(nn.Linear(24, 32), 0.9), nn.ReLU(),
+                          prune(nn.Linear(32, 16), 0.9), nn.GELU(approximate="tanh"),
+                          prune(nn.Linear(16, 8), 0.9), nn.GELU())
+    x = torch.randn(5, 24)
+    expected = model(x)
+    sparsify(model)
+    assert [type(m).__name__ for m in model] == ["AutoSparseLinear", "Identity"] * 3
+    assert [m.activation for m in model[::2]] == ["relu", "gelu_tanh", "gelu"]
+    assert "fused ReLU 1" in model.sparsegemm_report[0].reason
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)  # with autograd
+    model(x).sum().backward()
+    freeze(model)
+    assert [m.activation for m in model[::2]] == ["relu", "gelu_tanh", "gelu"]
+    assert all(type(m) is SparseLinear for m in model[::2])
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)

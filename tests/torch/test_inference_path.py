@@ -1,0 +1,135 @@
+"""The inference fast path of SparseLinear: the kernel called directly, without the custom op,
+when no gradient is recorded. It must give the op's exact output and see every weight edit."""
+
+import copy
+import pickle
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from sparsegemm.torch import SparseLinear, clear_cache
+from sparsegemm.torch import modules as sparse_modules
+from torch import nn
+
+
+@pytest.fixture
+def direct_calls(monkeypatch):
+    """Counts calls of the direct path."""
+    calls = []
+    original = sparse_modules._ops.linear_direct
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return original(*args)
+
+    monkeypatch.setattr(sparse_modules._ops, "linear_direct", counting)
+    return calls
+
+
+def _module(prune, format="csr", blocksize=None, bias=True, dtype=torch.float32):
+    torch.manual_seed(0)
+    dense = prune(nn.Linear(37, 29, bias=bias, dtype=dtype), 0.8)
+    return dense, SparseLinear.from_dense(dense, format=format, blocksize=blocksize)
+
+
+def _through_op(module, x):
+    """The custom op's result (grad mode on and values requiring grad force it)."""
+    with torch.enable_grad():
+        return module(x).detach()
+
+
+@pytest.mark.parametrize("format, blocksize", [("csr", None), ("bsr", (4, 1)), ("bsr", (4, 4))])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(37,), (1, 37), (5, 37), (2, 3, 37)])
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_direct_path_equals_custom_op(prune, direct_calls, format, blocksize, bias, shape, context):
+    dense, sparse = _module(prune, format, blocksize, bias)
+    x = torch.randn(shape)
+    expected = _through_op(sparse, x)
+    assert not direct_calls
+    with context():
+        out = sparse(x)
+    assert len(direct_calls) == 1
+    assert torch.equal(out, expected)
+    torch.testing.assert_close(out, dense(x).detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_non_contiguous_input_and_float64(prune, direct_calls):
+    _, sparse = _module(prune, dtype=torch.float64)
+    x = torch.randn(37, 6, dtype=torch.float64).t()
+    with torch.no_grad():
+        out = sparse(x)
+    assert direct_calls and torch.equal(out, _through_op(sparse, x))
+
+
+def test_grad_mode_takes_the_op(prune, direct_calls):
+    _, sparse = _module(prune)
+    sparse(torch.randn(3, 37)).sum().backward()
+    assert not direct_calls and sparse.values.grad is not None
+    # Nothing requires grad: no graph to record, so the direct path is fine.
+    sparse.requires_grad_(False)
+    sparse(torch.randn(3, 37))
+    assert len(direct_calls) == 1
+
+
+def test_wrong_input_raises_the_op_error(prune, direct_calls):
+    _, sparse = _module(prune)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="shape mismatch"):
+            sparse(torch.randn(3, 36))
+        with pytest.raises(TypeError, match="dtype"):
+            sparse(torch.randn(3, 37, dtype=torch.float64))
+    assert not direct_calls
+
+
+def test_sees_in_place_edits_and_replaced_tensors(prune):
+    dense, sparse = _module(prune)
+    x = torch.randn(4, 37)
+    with torch.no_grad():
+        sparse(x)  # fills the module's shortcut
+        sparse.values.mul_(2)
+        sparse.bias.add_(1)
+        torch.testing.assert_close(sparse(x), 2 * (dense(x) - dense.bias) + dense.bias + 1)
+        sparse.values.data = torch.zeros_like(sparse.values)
+        torch.testing.assert_close(sparse(x), (dense.bias + 1).expand(4, -1))
+        other = SparseLinear.from_dense(prune(nn.Linear(37, 29), 0.5, seed=3))
+        sparse.load_state_dict(other.state_dict())
+        assert torch.equal(sparse(x), other(x))
+        sparse.double()
+        assert torch.equal(sparse(x.double()), other.double()(x.double()))
+
+
+def test_pattern_edit_after_clear_cache(prune):
+    _, sparse = _module(prune)
+    x = torch.randn(2, 37)
+    with torch.no_grad():
+        sparse(x)
+        # Each row's entries moved to its first columns; .data bypasses the version counter.
+        counts = sparse.indptr.diff()
+        starts = torch.repeat_interleave(sparse.indptr[:-1], counts)
+        sparse.indices.data = (torch.arange(sparse.nnz) - starts).to(torch.int32)
+        clear_cache()
+        torch.testing.assert_close(sparse(x), sparse.to_dense()(x))
+
+
+def test_copies_and_pickles_start_fresh(prune):
+    _, sparse = _module(prune)
+    x = torch.randn(2, 37)
+    with torch.no_grad():
+        expected = sparse(x)
+        for clone in (copy.deepcopy(sparse), pickle.loads(pickle.dumps(sparse))):
+            assert torch.equal(clone(x), expected)
+            clone.values.zero_()
+        assert torch.equal(sparse(x), expected)
+
+
+def test_modules_pickled_before_the_inference_path_still_load(prune):
+    _, sparse = _module(prune)
+    state = sparse.__getstate__()
+    state = {key: value for key, value in state.items()
+             if key not in ("_kernel_operands", "_matrix_shape")}
+    old = SparseLinear.__new__(SparseLinear)
+    old.__setstate__(state)
+    x = torch.randn(2, 37)
+    with torch.no_grad():
+        assert torch.equal(old(x), sparse(x))

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Re-measure every figure of the README into docs/results/<figure>/, one command
+# per figure (the same commands the README shows), then check the floors with
+# benchmarks/verify_point.py. Run it on a quiet machine, from the repository root:
+#
+#   tools/readme_figures.sh              # every figure, then the floor check
+#   tools/readme_figures.sh crossover    # one figure (see the names below)
+#
+# Each folder keeps results.json and report.md (committed); the CSV and, except
+# for the crossover plot, the PNG are ignored by docs/results/.gitignore.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}python"
+bench=(python -m sparsegemm.bench)
+out=docs/results
+
+figure() {  # figure NAME ARGS...: run one README figure's command
+    local name=$1
+    shift
+    if [[ $# -gt 0 && ( -z "${only:-}" || "$only" == "$name" ) ]]; then
+        echo "== $name: sparsegemm bench $* --out $out/$name" >&2
+        "${bench[@]}" "$@" --out "$out/$name" --no-progress
+    fi
+}
+
+only=${1:-}
+# The crossover table and plot: the quick suite, 3 fresh processes per point.
+figure crossover --processes 3
+# Best block shape at 90% and the BSR break-even at batch >= 16.
+figure block-shapes --shape 4096x4096 --batch 1,64,256 --sparsity 0.3,0.4,0.9 \
+    --pattern block:4x1,block:8x1,block:16x1,block:4x4 --formats sgemm_bsr --no-plot
+# BERT FFN layers at batch 128, 90% blocks.
+figure bert-ffn --shape 768x3072,3072x768 --batch 128 --sparsity 0.9 \
+    --pattern block:8x1,block:16x1 --formats sgemm_auto,sgemm_bsr --no-plot
+# End to end (MLP, BERT layer, ResNet bottleneck) at 90%, unstructured and 4x1 blocks.
+figure e2e --e2e-only --sparsity 0.9 --pattern unstructured,block:4x1 --no-plot
+# The floors of issue #14: the same points cold and warm, checked by verify_point.
+figure floors-cold --shape 4096x4096,768x3072 --batch 1,16,64,256 --sparsity 0.9 \
+    --pattern unstructured,block:4x4 --formats sgemm_auto --cold --no-plot
+figure floors-warm --shape 4096x4096,768x3072 --batch 1,16,64,256 --sparsity 0.9 \
+    --pattern unstructured,block:4x4 --formats sgemm_auto --warm --no-plot
+
+if [[ -z "$only" || "$only" == floors ]]; then
+    status=0
+    for mode in cold warm; do
+        for shape in 4096x4096 768x3072; do
+            for pattern in unstructured block:4x4; do
+                for batch in 1 16 64 256; do
+                    python benchmarks/verify_point.py "$shape" "$batch" 0.9 sgemm_auto \
+                        --pattern "$pattern" --"$mode" \
+                        --against "$out/floors-$mode/results.json" || status=1
+                done
+            done
+        done
+    done
+    exit $status
+fi
