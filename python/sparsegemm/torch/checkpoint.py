@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import SparseMultiheadAttention
-from .modules import SparseConv2d, SparseLinear, is_linear_map, _linear_weight
+from .modules import SparseConv2d, SparseLinear, _linear_weight, is_linear_map
 
 __all__ = ["from_pretrained", "load_sparsified"]
 

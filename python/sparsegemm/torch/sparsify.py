@@ -275,11 +275,12 @@ class _Converter:
 
     def skip(self, module: nn.Module, name: str, reason: str) -> None:
         """Report a candidate left as it is, without looking at it further."""
-        if isinstance(module, nn.MultiheadAttention):
-            weight = module.in_proj_weight  # None when q, k and v have their own sizes
-            sparsity = 0.0 if weight is None else 1.0 - weight.count_nonzero().item() / weight.numel()
-        else:
+        sparsity = 0.0
+        if not isinstance(module, nn.MultiheadAttention):
             sparsity = _sparsity(module)
+        elif module.in_proj_weight is not None:  # None when q, k and v have their own sizes
+            packed = module.in_proj_weight
+            sparsity = 1.0 - packed.count_nonzero().item() / packed.numel()
         self._keep(module, name, type(module).__name__, sparsity, reason)
 
     def _keep(self, module: nn.Module, name: str, kind: str, sparsity: float, reason: str,
