@@ -3,6 +3,7 @@ ways, ``.T``, ``copy``, ``todense``/``toarray`` and pickling."""
 
 import copy
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,3 +61,11 @@ def test_pickle_deepcopy_and_copy(index):
         assert type(clone) is type(A) and clone is not A
         assert clone.dtype == A.dtype and clone.shape == A.shape and clone.nnz == A.nnz
         np.testing.assert_array_equal(clone.toarray(), dense)
+
+
+def test_mixed_dtypes_follow_numpys_promotion_as_the_readme_says():
+    A = CSRMatrix.from_dense(pruned(dtype=np.float32))
+    assert (A @ np.ones((9, 2), dtype=np.int8)).dtype == np.float32  # as float32 @ int8
+    assert (A @ np.ones((9, 2), dtype=np.int32)).dtype == np.float64  # as float32 @ int32
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert "float32 @ int8" in readme

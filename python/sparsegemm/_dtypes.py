@@ -10,9 +10,10 @@ KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 def kernel_dtype(*dtypes: np.dtype) -> np.dtype:
     """The dtype a product of these operands is computed and returned in.
 
-    numpy's promotion rules decide, then: float16 computes in float32; bool and
-    integers compute in float64 (as ``int @ float`` does in numpy). Complex,
-    object and other dtypes raise TypeError.
+    numpy's promotion rules decide (``float32`` with ``int8`` stays float32, with
+    ``int32`` becomes float64), then: float16 computes in float32; a bool or
+    integer result (no float operand) computes in float64. Complex, object and
+    other dtypes raise TypeError.
     """
     for dtype in dtypes:
         dtype = np.dtype(dtype)

@@ -150,10 +150,11 @@ def _numpy_blas() -> list[dict]:
     return [info for info in infos if info.get("user_api") == "blas"]
 
 
-def show_config(*, print_out: bool = True) -> dict:
+def show_config(*, print_out: bool = True) -> dict | None:
     """Report the version, SIMD level, OpenMP runtime, threads and numpy's BLAS.
 
-    Like ``numpy.show_runtime()``. Returns the same facts as a dict.
+    Like ``numpy.show_runtime()``: prints and returns None (so a REPL echoes
+    nothing more); with ``print_out=False`` returns the facts as a dict instead.
     """
     from . import __version__
 
@@ -192,4 +193,5 @@ def show_config(*, print_out: bool = True) -> dict:
         for b in config["numpy_blas"]:
             print(f"  numpy BLAS: {b['library']} {b['version']}, kernel {b['kernel']}, "
                   f"{b['threads']} threads")
+        return None
     return config

@@ -269,8 +269,8 @@ def test_console_help_is_the_top_level_help_in_any_environment(tmp_path):
     assert without.stdout.startswith("usage: sparsegemm [-h] {bench}")
     # With the spin settings already present no re-execution happens; the help is the same.
     with_spin = subprocess.run(
-        [sys.executable, "-c", "import sys; from sparsegemm.bench.cli import main; "
-         "sys.argv = ['sparsegemm', '--help']; sys.exit(main())"],
+        [sys.executable, "-c", ("import sys; from sparsegemm.bench.cli import main; "
+                                "sys.argv = ['sparsegemm', '--help']; sys.exit(main())")],
         env={**os.environ, **SPIN_ENV}, capture_output=True, text=True, timeout=120, check=False,
     )
     assert with_spin.stdout == without.stdout

@@ -3,8 +3,14 @@
 import pytest
 
 torch = pytest.importorskip("torch")
-from sparsegemm.torch import (SparseConv2d, SparseLinear, SparseMultiheadAttention,
-                              from_pretrained, load_sparsified, sparsify)
+from sparsegemm.torch import (
+    SparseConv2d,
+    SparseLinear,
+    SparseMultiheadAttention,
+    from_pretrained,
+    load_sparsified,
+    sparsify,
+)
 from torch import nn
 
 
@@ -130,4 +136,27 @@ def test_gpt2_conv1d_layers_are_converted_saved_and_reloaded(tmp_path):
     model.save_pretrained(tmp_path)
     loaded = from_pretrained(transformers.GPT2LMHeadModel, tmp_path)
     assert loaded.transformer.h[0].attn.c_proj.blocksize == (4, 1)
+    torch.testing.assert_close(loaded(ids).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gpt2_with_the_default_sparsify_decides_freezes_and_reloads(tmp_path, planner_times):
+    transformers = pytest.importorskip("transformers")
+    from sparsegemm.torch import freeze
+
+    planner_times(dense=1.0, csr=0.1)  # CSR wins wherever it is timed
+    config = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2,
+                                     n_positions=16, bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    _prune_linear_maps(model, 0.9)
+    ids = torch.randint(0, 64, (1, 6))
+    expected = model(ids).logits
+    sparsify(model)  # Conv1D layers become AutoSparseLinear, deciding on the first forward
+    torch.testing.assert_close(model(ids).logits, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="freeze"):
+        load_sparsified(transformers.GPT2LMHeadModel(config), model.state_dict())
+    freeze(model)
+    assert isinstance(model.transformer.h[0].mlp.c_fc, SparseLinear)
+    model.save_pretrained(tmp_path)
+    loaded = from_pretrained(transformers.GPT2LMHeadModel, tmp_path)
     torch.testing.assert_close(loaded(ids).logits, expected, rtol=1e-5, atol=1e-5)

@@ -41,3 +41,29 @@ def test_sparsified_attention_still_has_in_proj_weight(prune):
     assert isinstance(model[0].q_proj, SparseLinear)
     torch.testing.assert_close(model[0].in_proj_weight, packed, rtol=0, atol=0)
     torch.testing.assert_close(model[0].in_proj_bias, bias, rtol=0, atol=0)
+
+
+def test_bsr_repr_and_the_report_show_the_same_weight_sparsity():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.rand(64, 64) > 0.9)
+    sparsify(model, format="bsr", blocksize=(4, 1))
+    layer, row = model[0], model.sparsegemm_report[0]
+    assert layer.sparsity == pytest.approx(row.sparsity)
+    assert layer.stored_fraction > 1 - row.sparsity  # whole 4x1 blocks are stored
+    assert f"sparsity={row.sparsity:.1%} (zeros in the weight)" in repr(layer)
+
+
+def test_the_report_prints_as_a_table_at_a_repl_and_a_second_sparsify_merges(prune):
+    model = nn.Sequential(prune(nn.Linear(8, 8), 0.9), prune(nn.Linear(8, 8), 0.9))
+    sparsify(model, format="csr", filter_fn=lambda module, name: name == "0")
+    assert repr(model.sparsegemm_report) == str(model.sparsegemm_report)
+    assert repr(model.sparsegemm_report).startswith("layer")
+    sparsify(model, format="csr")
+    assert [layer.name for layer in model.sparsegemm_report] == ["0", "1"]
+    assert all(layer.converted for layer in model.sparsegemm_report)
+
+
+def test_help_says_auto_converts_convolutions_untimed_without_example_inputs():
+    assert "converts every" in sparsify.__doc__ and "untimed" in sparsify.__doc__

@@ -81,6 +81,8 @@ def test_half_and_bfloat16_compute_in_float32(dtype, format, make_pair):
     torch.testing.assert_close(y.float(), expected.to(dtype).float(), rtol=1e-2, atol=1e-2)
     y.sum().backward()
     assert sparse.values.grad.dtype == dtype
+    with torch.no_grad():  # the inference path too
+        torch.testing.assert_close(sparse(x.to(dtype)), y.detach())
     assert SparseLinear.from_dense(dense.to(dtype)).values.dtype == dtype
 
 

@@ -51,6 +51,8 @@ def test_filter_fn_gets_module_and_fully_qualified_name(prune):
     sparsify(model, filter_fn=only_inner, min_sparsity=0.5, batch_hint=1)
     assert ("Linear", "0.0") in seen and ("Linear", "1") in seen
     assert isinstance(model[0][0], SparseLinear) and isinstance(model[1], nn.Linear)
+    left_out = model.sparsegemm_report[-1]  # listed, with the reason
+    assert left_out.name == "1" and not left_out.converted and "filter_fn" in left_out.reason
 
 
 def test_models_pruned_with_torch_prune():

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..planner import DEFAULT_MARGIN
 from ._format_choice import FormatChoice, choose_format
-from .modules import SparseLinear, apply_activation, masked_weight
+from .modules import SparseLinear, _linear_weight, apply_activation, is_hf_conv1d
 
 __all__ = ["AutoSparseLinear", "RowDecision", "freeze", "row_bucket"]
 
@@ -67,10 +67,10 @@ class AutoSparseLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear, *, min_speedup: float = 1.0):
         super().__init__()
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"AutoSparseLinear needs an nn.Linear, got {type(linear).__name__}")
-        self.in_features = linear.in_features
-        self.out_features = linear.out_features
+        if not (isinstance(linear, nn.Linear) or is_hf_conv1d(linear)):
+            raise TypeError(f"AutoSparseLinear needs an nn.Linear (or transformers' Conv1D), "
+                            f"got {type(linear).__name__}")
+        self.out_features, self.in_features = _linear_weight(linear)[0].shape
         self.min_speedup = min_speedup
         self.dense = linear
         self.variants = nn.ModuleDict()  # label ('csr', 'bsr4x1', ...) -> SparseLinear
@@ -98,7 +98,7 @@ class AutoSparseLinear(nn.Module):
     def decide(self, rows: int) -> RowDecision:
         """Time the candidates at ``rows`` rows and keep the decision for its bucket."""
         with torch.no_grad():
-            weight, _ = masked_weight(self.dense)
+            weight, _ = _linear_weight(self.dense)  # (out, in), also for a Conv1D
             choice = choose_format(weight, "auto", None, batch_hint=max(1, rows))
         reason = ""
         if choice.format == "dense":

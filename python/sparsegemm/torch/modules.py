@@ -198,9 +198,17 @@ class _SparseWeight(nn.Module):
 
     @property
     def sparsity(self) -> float:
-        """Fraction of the dense weight's entries that are not stored (at least 0)."""
+        """Fraction of the weight's entries that are zero, stored or not: the weight
+        sparsity that :func:`sparsify`'s report shows (a BSR block's zeros count)."""
         size = math.prod(self.weight_shape)
-        return max(0.0, 1.0 - self.nnz / size) if size else 0.0
+        return 1.0 - int(self.values.detach().count_nonzero()) / size if size else 0.0
+
+    @property
+    def stored_fraction(self) -> float:
+        """Stored values over the weight's entries: what the kernels multiply (for BSR,
+        every entry of every stored block, padding included, so it may exceed 1)."""
+        size = math.prod(self.weight_shape)
+        return self.nnz / size if size else 0.0
 
     def _copy_from_dense(self, dense: nn.Module, weight: Tensor, keep: Tensor) -> None:
         """Take the kept entries of ``weight`` and a copy of ``dense``'s bias."""
@@ -319,7 +327,8 @@ class _SparseWeight(nn.Module):
         return self.dense_weight()
 
     def _sparse_repr(self) -> str:
-        text = f"format={self.format}, sparsity={self.sparsity:.1%}, nnz={self.nnz}"
+        text = (f"format={self.format}, sparsity={self.sparsity:.1%} (zeros in the weight), "
+                f"stored={self.stored_fraction:.1%}, nnz={self.nnz}")
         if self.blocksize is not None:
             text += f", blocksize={self.blocksize}, nblocks={self.indices.numel()}"
         if self.activation is not None:

@@ -142,13 +142,13 @@ def can_call_kernel_directly(x: Tensor, values: Tensor, bias: Optional[Tensor]) 
     That is when nothing needs what the op provides: no gradient is recorded
     (grad mode off, e.g. ``no_grad``/``inference_mode``, or nothing requires
     grad), torch.compile/export is not tracing, and ``x`` is a plain CPU tensor
-    of the weight's dtype. Anything else (a wrong shape included) goes through
+    of the weight's dtype, float32 or float64. Anything else (a wrong shape included) goes through
     the op, which gives the same result or raises its clear error.
     """
     if torch.compiler.is_compiling() or type(x) is not Tensor:
         return False
-    if x.dtype != values.dtype or x.device.type != "cpu":
-        return False
+    if x.dtype != values.dtype or x.device.type != "cpu" or x.dtype in HALF_DTYPES:
+        return False  # half types: the op computes them in float32
     if torch.is_grad_enabled() and (x.requires_grad or values.requires_grad
                                     or (bias is not None and bias.requires_grad)):
         return False

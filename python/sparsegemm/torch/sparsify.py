@@ -104,6 +104,14 @@ class SparsifyReport(list):
                          f"{layer.sparsity:8.1%} {layer.speedup_text:>12}  {layer.note}")
         return "\n".join(lines)
 
+    __repr__ = __str__  # the table, also at a REPL
+
+    def merged_with(self, newer: SparsifyReport) -> SparsifyReport:
+        """This report with ``newer``'s rows: a layer in both takes its newer row."""
+        latest = {layer.name: layer for layer in newer}
+        rows = [latest.pop(layer.name, layer) for layer in self]
+        return SparsifyReport(rows + [layer for layer in newer if layer.name in latest])
+
 
 def _sparsity(module: nn.Module) -> float:
     _, keep = masked_weight(module)
@@ -266,11 +274,27 @@ class _Converter:
                                        choice.speedup, note, cached=choice.cached))
         return sparse
 
+    def skip(self, module: nn.Module, name: str, reason: str) -> None:
+        """Report a candidate left as it is, without looking at it further."""
+        sparsity = 0.0
+        if not isinstance(module, nn.MultiheadAttention):
+            sparsity = _sparsity(module)
+        elif module.in_proj_weight is not None:  # None when q, k and v have their own sizes
+            packed = module.in_proj_weight
+            sparsity = 1.0 - packed.count_nonzero().item() / packed.numel()
+        self._keep(module, name, type(module).__name__, sparsity, reason)
+
     def _keep(self, module: nn.Module, name: str, kind: str, sparsity: float, reason: str,
               speedup: float | None = None, cached: bool = False) -> nn.Module:
         self.report.append(LayerReport(name, kind, False, "dense", sparsity, speedup, reason,
                                        cached))
         return module
+
+
+def _is_candidate(module: nn.Module) -> bool:
+    """A layer sparsify converts or lists in its report (with the reason it did not)."""
+    return (isinstance(module, (nn.MultiheadAttention, nn.Linear, nn.Conv2d))
+            or is_linear_map(module))
 
 
 def _is_plain_conv2d(module: nn.Module) -> bool:
@@ -343,23 +367,21 @@ def _walk(module: nn.Module, prefix: str, converter: _Converter, filter_fn: Filt
     for index, (child_name, child) in enumerate(children):
         name = f"{prefix}.{child_name}" if prefix else child_name
         replacement = child
-        if isinstance(child, nn.MultiheadAttention):
-            if filter_fn(child, name):
-                replacement = _convert_attention(child, name, converter)
+        if not _is_candidate(child):
+            changed |= _walk(child, name, converter, filter_fn)
+        elif not filter_fn(child, name):
+            converter.skip(child, name, "left out by filter_fn")
+        elif isinstance(child, nn.MultiheadAttention):
+            replacement = _convert_attention(child, name, converter)
         elif is_linear_map(child) or _is_plain_conv2d(child):
-            if filter_fn(child, name):
-                replacement = converter.convert(child, name)
+            replacement = converter.convert(child, name)
             if isinstance(module, nn.Sequential) and replacement is not child:
                 _fuse_what_follows(module, children[index + 1:], replacement, prefix,
                                    converter.report[-1])
-        elif isinstance(child, (nn.Linear, nn.Conv2d)):
-            if filter_fn(child, name):
-                base = "Linear" if isinstance(child, nn.Linear) else "Conv2d"
-                converter.report.append(LayerReport(
-                    name, type(child).__name__, False, "dense", _sparsity(child), None,
-                    f"subclass of nn.{base} with its own forward: not converted"))
         else:
-            changed |= _walk(child, name, converter, filter_fn)
+            base = "Linear" if isinstance(child, nn.Linear) else "Conv2d"
+            converter.skip(child, name,
+                           f"subclass of nn.{base} with its own forward: not converted")
         if replacement is not child:
             setattr(module, child_name, replacement)
             changed = True
@@ -423,7 +445,8 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         A tensor (or tuple of them) for one forward pass of ``model``: with
         ``format='auto'`` each Linear is planned at the rows it receives there
         (leading dimensions flattened) and each Conv2d is timed, dense against
-        sparse, on its input.
+        sparse, on its input. Without them, ``format='auto'`` converts every
+        sparse-enough Conv2d to CSR untimed (the report says so).
 
     In an ``nn.Sequential``, what directly follows a converted layer moves into
     it and is replaced by ``nn.Identity``: an eval-mode ``BatchNorm2d`` after a
@@ -441,7 +464,11 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
 
     Returns
     -------
-    The same ``model``, with the report in ``model.sparsegemm_report``.
+    The same ``model``, with the report in ``model.sparsegemm_report`` (a
+    second call merges its rows into the report already there).
+
+    To save and reload a sparsified model, see :func:`load_sparsified` (a
+    ``state_dict``) and :func:`sparsegemm.torch.from_pretrained` (Hugging Face).
     """
     if min_sparsity is None:
         min_sparsity = 0.0 if format == "auto" else DEFAULT_MIN_SPARSITY
@@ -459,5 +486,7 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
                   if format == "auto" and example_inputs is not None else None)
         converter = _Converter(format, blocksize, min_sparsity, min_speedup, batch_hint, shapes)
         _walk(model, "", converter, filter_fn)
-    model.sparsegemm_report = converter.report
+    previous = getattr(model, "sparsegemm_report", None)
+    model.sparsegemm_report = (previous.merged_with(converter.report)
+                               if isinstance(previous, SparsifyReport) else converter.report)
     return model
