@@ -69,6 +69,11 @@ def as_sparse_operand(matrix: SparseOperand, dtype: Any = None) -> SparseFormat:
     with :meth:`CSRMatrix.from_scipy` to reuse a matrix across calls.
     """
     _check_sparse_operand(matrix)
+    return _as_format(matrix, dtype)
+
+
+def _as_format(matrix: SparseOperand, dtype: Any) -> SparseFormat:
+    """:func:`as_sparse_operand` for a caller that has already checked ``matrix``."""
     if isinstance(matrix, SparseFormat):
         return matrix if dtype is None else matrix.astype(dtype)
     return CSRMatrix.from_scipy(matrix, dtype=dtype)
@@ -148,7 +153,7 @@ def sparse_mm(
         raise ValueError(f"B must be 1- or 2-dimensional, got shape {B.shape}")
     _check_sparse_operand(A)
     dtype = kernel_dtype(A.dtype, B.dtype)
-    A = as_sparse_operand(A, dtype)
+    A = _as_format(A, dtype)
     rows, cols = A.shape
     if B.shape[0] != cols:
         raise ValueError(f"shape mismatch: A is {A.shape} but B is {B.shape}; "
@@ -203,7 +208,7 @@ def linear(
     if dtype is None:  # mixed or non-kernel dtypes: promote and convert
         dtypes = [weight.dtype, x.dtype] + ([np.asarray(bias).dtype] if bias is not None else [])
         dtype = kernel_dtype(*dtypes)
-        weight = as_sparse_operand(weight, dtype)
+        weight = _as_format(weight, dtype)
     out_features, in_features = weight.shape
     if x.shape[-1] != in_features:
         raise ValueError(f"shape mismatch: x is {x.shape} but weight is {weight.shape}; "
@@ -241,7 +246,7 @@ def sddmm(
         raise ValueError(f"A and B must be 2-dimensional, got shapes {A.shape} and {B.shape}")
     _check_sparse_operand(pattern, csr_only=True)
     dtype = kernel_dtype(pattern.dtype, A.dtype, B.dtype)
-    pattern = as_sparse_operand(pattern, dtype)
+    pattern = _as_format(pattern, dtype)
     rows, cols = pattern.shape
     if A.shape[0] != rows or B.shape[0] != cols or A.shape[1] != B.shape[1]:
         raise ValueError(f"shape mismatch: pattern is {pattern.shape}, A is {A.shape}, B is {B.shape}; "
@@ -351,7 +356,7 @@ def conv2d(
         x.shape, weight.shape[1], kernel_size, stride, padding, dilation)
     dtypes = [weight.dtype, x.dtype] + ([np.asarray(bias).dtype] if bias is not None else [])
     dtype = kernel_dtype(*dtypes)
-    weight = as_sparse_operand(weight, dtype)
+    weight = _as_format(weight, dtype)
     out_channels = weight.shape[0]
     batch, _, _, width = x.shape
     bias_array = _bias_operand(bias, out_channels, dtype)

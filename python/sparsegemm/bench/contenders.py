@@ -389,36 +389,22 @@ register(
 )
 
 
-def register_optional_sparsegemm_formats() -> None:
-    """Register sparsegemm's BSR and planner contenders if this build has them.
+register(
+    Contender(
+        "sgemm_bsr",
+        "sparsegemm.linear, BSRMatrix (the pattern's block)",
+        "sparse",
+        _build_sparsegemm_bsr,
+        is_sparsegemm=True,
+    )
+)
+register(
+    Contender(
+        "sgemm_auto",
+        "sparsegemm.plan's choice of format",
+        "sparse",
+        _build_sparsegemm_auto,
+        is_sparsegemm=True,
+    )
+)
 
-    They arrive with the BSR work; until then the registry simply lacks them.
-    """
-    if hasattr(sparsegemm, "BSRMatrix"):
-        register(
-            Contender(
-                "sgemm_bsr",
-                "sparsegemm.linear, BSRMatrix (the pattern's block)",
-                "sparse",
-                _build_sparsegemm_bsr,
-                is_sparsegemm=True,
-            )
-        )
-    if hasattr(sparsegemm, "plan"):
-        register(
-            Contender(
-                "sgemm_auto",
-                "sparsegemm.plan's choice of format",
-                "sparse",
-                _build_sparsegemm_auto,
-                is_sparsegemm=True,
-            )
-        )
-
-
-register_optional_sparsegemm_formats()
-
-
-def has_block_formats() -> bool:
-    """True once sparsegemm has BSR kernels (block patterns then join the default suites)."""
-    return "sgemm_bsr" in REGISTRY
