@@ -25,7 +25,8 @@ void register_bitmap_dtype(py::module_& m, const char* class_name) {
             const auto words = contiguous_vector_arg<uint64_t>(bits, "bits");
             const auto val = contiguous_vector_arg<T>(data, "data");
             py::gil_scoped_release release;
-            return Matrix::from_arrays(rows, cols, words.data, words.shape[0], val.data, val.shape[0]);
+            return Matrix::from_arrays(rows, cols, words.data, words.shape[0], val.data,
+                                       val.shape[0]);
           },
           py::arg("rows"), py::arg("cols"), py::arg("bits"), py::arg("data"),
           "Copy and validate a bitmap: bits (uint64, rows * ceil(cols / 64) words, row-major, "
@@ -57,15 +58,15 @@ void register_bitmap_dtype(py::module_& m, const char* class_name) {
       .def_property_readonly("nnz", &Matrix::nnz)
       .def_property_readonly("words_per_row", &Matrix::words_per_row)
       .def_property_readonly("storage_bytes", &Matrix::storage_bytes)
-      .def_property_readonly("bits", [](py::object self) {
-        return owned_view(self.cast<const Matrix&>().bits(), self);
-      })
-      .def_property_readonly("offsets", [](py::object self) {
-        return owned_view(self.cast<const Matrix&>().offsets(), self);
-      })
-      .def_property_readonly("data", [](py::object self) {
-        return owned_view(self.cast<const Matrix&>().values(), self);
-      })
+      .def_property_readonly(
+          "bits",
+          [](py::object self) { return owned_view(self.cast<const Matrix&>().bits(), self); })
+      .def_property_readonly(
+          "offsets",
+          [](py::object self) { return owned_view(self.cast<const Matrix&>().offsets(), self); })
+      .def_property_readonly(
+          "data",
+          [](py::object self) { return owned_view(self.cast<const Matrix&>().values(), self); })
       .def(
           "with_values",
           [](const Matrix& a, const py::array& values) {

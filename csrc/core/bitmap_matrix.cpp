@@ -32,18 +32,21 @@ int64_t BitmapMatrix<T>::count_offsets() {
 
 template <typename T>
 BitmapMatrix<T> BitmapMatrix<T>::from_arrays(int64_t rows, int64_t cols, const uint64_t* bits,
-                                             int64_t bits_len, const T* values, int64_t values_len) {
+                                             int64_t bits_len, const T* values,
+                                             int64_t values_len) {
   check_dimensions(rows, cols);
   const int64_t wpr = bitmap_words_per_row(cols);
   if (bits_len != rows * wpr)
-    throw std::invalid_argument("bits must have rows * ceil(cols / 64) = " + std::to_string(rows * wpr) +
-                                " words, got " + std::to_string(bits_len));
+    throw std::invalid_argument(
+        "bits must have rows * ceil(cols / 64) = " + std::to_string(rows * wpr) + " words, got " +
+        std::to_string(bits_len));
   const uint64_t tail = tail_bits_mask(cols);
   if (tail != 0)
     for (int64_t r = 0; r < rows; ++r)
       if ((bits[r * wpr + wpr - 1] & tail) != 0)
-        throw std::invalid_argument("row " + std::to_string(r) + " has a bit set past the last column (" +
-                                    std::to_string(cols) + " columns): bits past cols must be zero");
+        throw std::invalid_argument("row " + std::to_string(r) +
+                                    " has a bit set past the last column (" + std::to_string(cols) +
+                                    " columns): bits past cols must be zero");
   BitmapMatrix m;
   m.rows_ = rows;
   m.cols_ = cols;
@@ -70,7 +73,8 @@ BitmapMatrix<T> BitmapMatrix<T>::from_csr_arrays(int64_t rows, int64_t cols, con
   m.bits_.assign(rows * wpr, 0);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = indptr[r]; j < static_cast<int64_t>(indptr[r + 1]); ++j)
-      m.bits_[r * wpr + indices[j] / kBitmapWordBits] |= uint64_t(1) << (indices[j] % kBitmapWordBits);
+      m.bits_[r * wpr + indices[j] / kBitmapWordBits] |= uint64_t(1)
+                                                         << (indices[j] % kBitmapWordBits);
   m.count_offsets();
   // Sorted, unique indices: the CSR order within a row is the bitmap order.
   m.values_.assign(values, values + values_len);
@@ -79,7 +83,8 @@ BitmapMatrix<T> BitmapMatrix<T>::from_csr_arrays(int64_t rows, int64_t cols, con
 
 template <typename T>
 BitmapMatrix<T> BitmapMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense,
-                                            int64_t row_stride, int64_t col_stride, double threshold) {
+                                            int64_t row_stride, int64_t col_stride,
+                                            double threshold) {
   check_dimensions(rows, cols);
   const int64_t wpr = bitmap_words_per_row(cols);
   BitmapMatrix m;
@@ -91,7 +96,8 @@ BitmapMatrix<T> BitmapMatrix<T>::from_dense(int64_t rows, int64_t cols, const T*
     const T* row = dense + r * row_stride;
     uint64_t* words = m.bits_.data() + r * wpr;
     for (int64_t c = 0; c < cols; ++c)
-      if (kept(row[c * col_stride])) words[c / kBitmapWordBits] |= uint64_t(1) << (c % kBitmapWordBits);
+      if (kept(row[c * col_stride]))
+        words[c / kBitmapWordBits] |= uint64_t(1) << (c % kBitmapWordBits);
   }
   m.values_.resize(m.count_offsets());
   int64_t k = 0;
@@ -119,8 +125,8 @@ void BitmapMatrix<T>::to_dense(T* out) const {
 template <typename T>
 BitmapMatrix<T> BitmapMatrix<T>::with_values(const T* values, int64_t values_len) const {
   if (values_len != nnz())
-    throw std::invalid_argument("values must have nnz = " + std::to_string(nnz()) + " entries, got " +
-                                std::to_string(values_len));
+    throw std::invalid_argument("values must have nnz = " + std::to_string(nnz()) +
+                                " entries, got " + std::to_string(values_len));
   BitmapMatrix m;
   m.rows_ = rows_;
   m.cols_ = cols_;
@@ -130,11 +136,11 @@ BitmapMatrix<T> BitmapMatrix<T>::with_values(const T* values, int64_t values_len
   return m;
 }
 
-#define SPARSEGEMM_INSTANTIATE_BITMAP(T)                                                            \
-  template class BitmapMatrix<T>;                                                                   \
-  template BitmapMatrix<T> BitmapMatrix<T>::from_csr_arrays<int32_t>(                               \
-      int64_t, int64_t, const int32_t*, int64_t, const index_t*, int64_t, const T*, int64_t);      \
-  template BitmapMatrix<T> BitmapMatrix<T>::from_csr_arrays<int64_t>(                               \
+#define SPARSEGEMM_INSTANTIATE_BITMAP(T)                                                      \
+  template class BitmapMatrix<T>;                                                             \
+  template BitmapMatrix<T> BitmapMatrix<T>::from_csr_arrays<int32_t>(                         \
+      int64_t, int64_t, const int32_t*, int64_t, const index_t*, int64_t, const T*, int64_t); \
+  template BitmapMatrix<T> BitmapMatrix<T>::from_csr_arrays<int64_t>(                         \
       int64_t, int64_t, const int64_t*, int64_t, const index_t*, int64_t, const T*, int64_t);
 SPARSEGEMM_INSTANTIATE_BITMAP(float)
 SPARSEGEMM_INSTANTIATE_BITMAP(double)

@@ -30,10 +30,10 @@ template <typename T>
 struct BitmapView {
   int64_t rows = 0;
   int64_t cols = 0;
-  int64_t words_per_row = 0;           // ceil(cols / 64)
-  const uint64_t* bits = nullptr;      // rows * words_per_row words, bits past cols zero
-  const offset_t* offsets = nullptr;   // rows + 1 entries: offsets[r] = values before row r
-  const T* values = nullptr;           // offsets[rows] entries, row-major
+  int64_t words_per_row = 0;          // ceil(cols / 64)
+  const uint64_t* bits = nullptr;     // rows * words_per_row words, bits past cols zero
+  const offset_t* offsets = nullptr;  // rows + 1 entries: offsets[r] = values before row r
+  const T* values = nullptr;          // offsets[rows] entries, row-major
   int64_t nnz() const { return offsets[rows]; }
 };
 
@@ -66,7 +66,8 @@ class BitmapMatrix {
   const std::vector<offset_t>& offsets() const { return offsets_; }
   const std::vector<T>& values() const { return values_; }
   BitmapView<T> view() const {
-    return BitmapView<T>{rows_, cols_, words_per_row(), bits_.data(), offsets_.data(), values_.data()};
+    return BitmapView<T>{rows_,        cols_,           words_per_row(),
+                         bits_.data(), offsets_.data(), values_.data()};
   }
   // Bytes of storage: values, bits and row offsets.
   int64_t storage_bytes() const {

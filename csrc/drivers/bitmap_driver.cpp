@@ -81,7 +81,8 @@ struct BitmapProduct {
 template <typename T>
 void bitmap_matmul(const BitmapMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_cstride,
                    int64_t n, const T* bias, T* c, int64_t ldc, int num_threads, const T* values) {
-  driver::matmul(BitmapProduct<T>{a, values}, b, b_rstride, b_cstride, n, bias, c, ldc, num_threads);
+  driver::matmul(BitmapProduct<T>{a, values}, b, b_rstride, b_cstride, n, bias, c, ldc,
+                 num_threads);
 }
 
 template <typename T>
@@ -90,10 +91,10 @@ void bitmap_linear(const BitmapMatrix<T>& w, const T* x, int64_t ldx, int64_t ba
   driver::linear(BitmapProduct<T>{w, values}, x, ldx, batch, bias, y, ldy, num_threads);
 }
 
-#define SPARSEGEMM_INSTANTIATE_BITMAP_OPS(T)                                                         \
-  template void bitmap_matmul<T>(const BitmapMatrix<T>&, const T*, int64_t, int64_t, int64_t,       \
-                                 const T*, T*, int64_t, int, const T*);                             \
-  template void bitmap_linear<T>(const BitmapMatrix<T>&, const T*, int64_t, int64_t, const T*, T*,  \
+#define SPARSEGEMM_INSTANTIATE_BITMAP_OPS(T)                                                       \
+  template void bitmap_matmul<T>(const BitmapMatrix<T>&, const T*, int64_t, int64_t, int64_t,      \
+                                 const T*, T*, int64_t, int, const T*);                            \
+  template void bitmap_linear<T>(const BitmapMatrix<T>&, const T*, int64_t, int64_t, const T*, T*, \
                                  int64_t, int, const T*);
 SPARSEGEMM_INSTANTIATE_BITMAP_OPS(float)
 SPARSEGEMM_INSTANTIATE_BITMAP_OPS(double)

@@ -20,7 +20,9 @@ struct ExpandTableF64 {
   alignas(32) int32_t lanes[16][8];  // pairs of 32-bit indices per 64-bit lane
 };
 
-constexpr int32_t with_sign(int32_t v) { return static_cast<int32_t>(static_cast<uint32_t>(v) | 0x80000000u); }
+constexpr int32_t with_sign(int32_t v) {
+  return static_cast<int32_t>(static_cast<uint32_t>(v) | 0x80000000u);
+}
 
 constexpr ExpandTableF32 make_expand_table_f32() {
   ExpandTableF32 t{};
@@ -60,7 +62,8 @@ struct BitExpand;
 template <>
 struct BitExpand<float> {
   static __m256i index(unsigned bits) {
-    return _mm256_load_si256(reinterpret_cast<const __m256i*>(bitmap_detail::kExpandF32.lanes[bits]));
+    return _mm256_load_si256(
+        reinterpret_cast<const __m256i*>(bitmap_detail::kExpandF32.lanes[bits]));
   }
   template <bool Safe>
   static __m256 packed(unsigned bits, const float* p) {
@@ -89,7 +92,8 @@ struct BitExpand<float> {
 template <>
 struct BitExpand<double> {
   static __m256i index(unsigned bits) {
-    return _mm256_load_si256(reinterpret_cast<const __m256i*>(bitmap_detail::kExpandF64.lanes[bits]));
+    return _mm256_load_si256(
+        reinterpret_cast<const __m256i*>(bitmap_detail::kExpandF64.lanes[bits]));
   }
   template <bool Safe>
   static __m256d packed(unsigned bits, const double* p) {

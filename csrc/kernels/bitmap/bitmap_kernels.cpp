@@ -5,9 +5,12 @@ namespace sparsegemm {
 template <typename T>
 const BitmapKernels<T>& bitmap_kernels(Isa isa) {
   switch (isa) {
-    case Isa::Avx512: return avx512::bitmap_kernel_table<T>();
-    case Isa::Avx2: return avx2::bitmap_kernel_table<T>();
-    case Isa::Scalar: break;
+    case Isa::Avx512:
+      return avx512::bitmap_kernel_table<T>();
+    case Isa::Avx2:
+      return avx2::bitmap_kernel_table<T>();
+    case Isa::Scalar:
+      break;
   }
   return scalar::bitmap_kernel_table<T>();
 }

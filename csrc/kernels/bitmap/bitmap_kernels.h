@@ -43,13 +43,16 @@ template <typename T>
 const BitmapKernels<T>& bitmap_kernels(Isa isa);
 
 namespace scalar {
-template <typename T> const BitmapKernels<T>& bitmap_kernel_table();
+template <typename T>
+const BitmapKernels<T>& bitmap_kernel_table();
 }
 namespace avx2 {
-template <typename T> const BitmapKernels<T>& bitmap_kernel_table();
+template <typename T>
+const BitmapKernels<T>& bitmap_kernel_table();
 }
 namespace avx512 {
-template <typename T> const BitmapKernels<T>& bitmap_kernel_table();
+template <typename T>
+const BitmapKernels<T>& bitmap_kernel_table();
 }
 
 }  // namespace sparsegemm

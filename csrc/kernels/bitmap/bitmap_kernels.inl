@@ -93,8 +93,9 @@ inline void gemv_group(const BitmapView<T>& a, const T* values, int64_t r, const
     for (int i = 0; i < R; ++i) word[i] = words[i][full];
     const T* xw = x + full * kWordBits;
     for (int s = 0; s * L < rem; ++s) {
-      const typename V::reg xs = (s + 1) * L <= rem ? V::load(xw + s * L)
-                                                    : V::maskz_load(V::tail_mask(rem - s * L), xw + s * L);
+      const typename V::reg xs = (s + 1) * L <= rem
+                                     ? V::load(xw + s * L)
+                                     : V::maskz_load(V::tail_mask(rem - s * L), xw + s * L);
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         const unsigned b = chunk_bits<T>(word[i], s);
@@ -118,8 +119,9 @@ void gemv_rows(const BitmapView<T>& a, int64_t row_begin, int64_t row_end, const
     const T* xv = x + v * x_vstride;
     if constexpr (L == 1) {
       for (int64_t r = row_begin; r < row_end; ++r)
-        put(v, r, row_dot_by_bits(a.bits + r * a.words_per_row, a.words_per_row,
-                                  a.values + a.offsets[r], xv));
+        put(v, r,
+            row_dot_by_bits(a.bits + r * a.words_per_row, a.words_per_row, a.values + a.offsets[r],
+                            xv));
     } else {
       // A plain load at a row's read position reads L values: fine while
       // they lie inside the values array, i.e. up to L values before its end.
@@ -230,17 +232,27 @@ void small_batch_group(const BitmapView<T>& a, int64_t r, const T* x, int64_t x_
       const int64_t nwords = (width + kWordBits - 1) / kWordBits;
       for (int i = 0; i < R; ++i) {
         const uint64_t* words = a.bits + (r + i) * a.words_per_row + kb / kWordBits;
-        if (safe[i]) expand_words<T, true>(words, nwords, vp[i], tile[i]);
-        else expand_words<T, false>(words, nwords, vp[i], tile[i]);
+        if (safe[i])
+          expand_words<T, true>(words, nwords, vp[i], tile[i]);
+        else
+          expand_words<T, false>(words, nwords, vp[i], tile[i]);
       }
       const T* xb = xc + kb;
       int v = 0;
-      for (; v + 4 <= nv; v += 4) tile_dot<T, R, 4>(tile, width, xb + v * x_vstride, x_vstride, acc, v);
+      for (; v + 4 <= nv; v += 4)
+        tile_dot<T, R, 4>(tile, width, xb + v * x_vstride, x_vstride, acc, v);
       switch (nv - v) {
-        case 3: tile_dot<T, R, 3>(tile, width, xb + v * x_vstride, x_vstride, acc, v); break;
-        case 2: tile_dot<T, R, 2>(tile, width, xb + v * x_vstride, x_vstride, acc, v); break;
-        case 1: tile_dot<T, R, 1>(tile, width, xb + v * x_vstride, x_vstride, acc, v); break;
-        default: break;
+        case 3:
+          tile_dot<T, R, 3>(tile, width, xb + v * x_vstride, x_vstride, acc, v);
+          break;
+        case 2:
+          tile_dot<T, R, 2>(tile, width, xb + v * x_vstride, x_vstride, acc, v);
+          break;
+        case 1:
+          tile_dot<T, R, 1>(tile, width, xb + v * x_vstride, x_vstride, acc, v);
+          break;
+        default:
+          break;
       }
     }
     for (int i = 0; i < R; ++i)
