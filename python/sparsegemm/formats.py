@@ -90,7 +90,7 @@ class SparseFormat:
     """
 
     __slots__ = ("__weakref__", "_converted", "_dtype", "_handle", "_transpose_of")
-    _CORE: ClassVar[dict[np.dtype, Any]] = {}
+    _CORE: ClassVar[dict[Any, Any]] = {}
     # numpy hands ``ndarray @ A`` to A.__rmatmul__ instead of making A an object array.
     __array_ufunc__ = None
 
@@ -136,8 +136,15 @@ class SparseFormat:
 
     def copy(self) -> Any:
         """An independent copy (the arrays are copied and validated again)."""
-        rebuild, arguments = self.__reduce__()
+        rebuild, arguments = self._reduce()
         return rebuild(*arguments)
+
+    def _reduce(self) -> tuple[Any, tuple[Any, ...]]:
+        """(class, constructor arguments): what pickling and :meth:`copy` rebuild from."""
+        raise NotImplementedError
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return self._reduce()
 
     def transpose(self) -> Any:
         """The transpose, as a new matrix of this format (K x M)."""
@@ -302,7 +309,7 @@ class CSRMatrix(SparseFormat):
                                          self.data.astype(dtype))
         )
 
-    def __reduce__(self) -> tuple[Any, ...]:
+    def _reduce(self) -> tuple[Any, tuple[Any, ...]]:
         return (CSRMatrix, ((self.data, self.indices, self.indptr), self.shape))
 
     def transpose_with_permutation(self) -> tuple[CSRMatrix, np.ndarray]:
@@ -531,7 +538,7 @@ class BSRMatrix(SparseFormat):
     def _storage_nbytes(self) -> int:
         return self._handle.data.nbytes + self.indices.nbytes + self.indptr.nbytes
 
-    def __reduce__(self) -> tuple[Any, ...]:
+    def _reduce(self) -> tuple[Any, tuple[Any, ...]]:
         return (BSRMatrix, ((self.data, self.indices, self.indptr), self.shape))
 
     @property
@@ -745,7 +752,7 @@ class BitmapMatrix(SparseFormat):
         """Stored values, row-major, read-only."""
         return self._handle.data
 
-    def __reduce__(self) -> tuple[Any, ...]:
+    def _reduce(self) -> tuple[Any, tuple[Any, ...]]:
         return (BitmapMatrix, ((self.data, self.bits), self.shape))
 
     def transpose_with_permutation(self) -> tuple[BitmapMatrix, np.ndarray]:

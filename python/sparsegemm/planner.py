@@ -476,6 +476,7 @@ def _runners(
         weights = [torch.from_numpy(w) for w in dense_copies]
         runners[DENSE_TORCH] = _rotating(weights, lambda w: torch.nn.functional.linear(xt, w))
     for name, operand in operands.items():
+        assert operand is not None  # only sparse candidates are built
         extra = cold_copies(operand._storage_nbytes()) - 1 if cold else 0
         # Separately built copies: a shared pattern would stay cache-resident.
         copies = [operand] + [_build(name, W) for _ in range(extra)]

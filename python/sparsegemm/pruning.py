@@ -39,6 +39,7 @@ def num_to_prune(amount: Any, total: int) -> int:
     if isinstance(amount, bool):
         raise TypeError("amount must be an int count or a float fraction, not bool")
     if isinstance(amount, numbers.Integral):
+        amount = int(amount)
         if amount < 0:
             raise ValueError(f"amount={amount} must be >= 0")
         if amount > total:
@@ -118,7 +119,7 @@ def block_sums(W: Any, blocksize: tuple[int, int]) -> np.ndarray:
 def all_zero_blocks(W: Any, blocksize: tuple[int, int]) -> np.ndarray:
     """True for every block of W (as ``out x rest``) that holds only zeros."""
     nonzero = _as_matrix(W) != 0
-    return ~_block_grid(nonzero, _check_blocksize(blocksize), False).any(axis=(1, 3))
+    return np.asarray(~_block_grid(nonzero, _check_blocksize(blocksize), False).any(axis=(1, 3)))
 
 
 def block_norms(W: Any, blocksize: tuple[int, int], norm: Union[str, float] = "l2") -> np.ndarray:

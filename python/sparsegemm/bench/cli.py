@@ -456,7 +456,7 @@ def run_bench(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``sparsegemm`` console script."""
     console = argv is None
-    argv = sys.argv[1:] if console else list(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)  # help and usage errors print here, the same in any environment
     if args.command != "bench":

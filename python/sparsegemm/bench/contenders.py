@@ -306,7 +306,7 @@ def describe_plan(plan: Any) -> str:
 
 def _fastest_dense(plan: Any) -> str:
     dense = {name: t for name, t in plan.times.items() if name.startswith("dense_")}
-    return min(dense, key=dense.get) if dense else "dense_numpy"
+    return min(dense, key=lambda name: dense[name]) if dense else "dense_numpy"
 
 
 def _build_sparsegemm_auto(problem: Problem) -> Callable[[], Any]:

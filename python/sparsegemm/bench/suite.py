@@ -378,7 +378,7 @@ def suspect_points(rows: Sequence[dict[str, Any]]) -> dict[Point, str]:
                 _point_of(row), f"processes disagree ({row['process_spread']:.2f}x apart)"
             )
         if is_sparsegemm_figure(row):
-            series[(*point_key(row), row["contender"])].append(row)
+            series[tuple(point_key(row)) + (row["contender"],)].append(row)
     for points in series.values():
         points.sort(key=lambda r: r["sparsity"])
         for lower, higher in zip(points, points[1:]):

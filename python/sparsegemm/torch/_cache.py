@@ -190,7 +190,7 @@ class KernelOperands:
         return {}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__()
+        KernelOperands.__init__(self)
 
     def __deepcopy__(self, memo: dict) -> KernelOperands:
         return KernelOperands()

@@ -106,7 +106,7 @@ class AutoSparseLinear(nn.Module):
         elif choice.speedup is not None and choice.speedup < self.min_speedup:
             reason = f"measured {choice.speedup:.2f}x < min_speedup {self.min_speedup:.2f}x"
             choice = FormatChoice("dense", None, choice.speedup, choice.planned,
-                                  choice.fastest_sparse)
+                                  cached=choice.cached, fastest_sparse=choice.fastest_sparse)
         if choice.format != "dense" and choice.label not in self.variants:
             variant = SparseLinear.from_dense(self.dense, choice=choice)
             self.variants[choice.label] = variant.train(self.training)

@@ -43,7 +43,7 @@ def sparse_layer_names(state_dict: Mapping[str, Any]) -> list[str]:
 def _empty_sparse_linear(dense: nn.Module, values: Tensor) -> SparseLinear:
     """A SparseLinear shaped like the linear map ``dense``, in the format ``values`` records."""
     weight, _ = _linear_weight(dense)
-    blocksize = tuple(values.shape[1:]) if values.dim() == 3 else None
+    blocksize = (values.shape[1], values.shape[2]) if values.dim() == 3 else None
     module = SparseLinear(weight.shape[1], weight.shape[0], bias=dense.bias is not None,
                           format="csr" if blocksize is None else "bsr", blocksize=blocksize,
                           device=weight.device, dtype=weight.dtype)

@@ -362,7 +362,7 @@ def bsr_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, rows:
     _check_bsr("bsr_linear", indptr, values, rows, cols)
     _check_last_dim("bsr_linear", "x", x, cols)
     pattern = patterns.entry(indptr, indices, (rows, cols), values.dtype,
-                             tuple(values.shape[1:])).matrix
+                             (values.shape[1], values.shape[2])).matrix
     return _linear(_core.bsr_linear, pattern, x, values_array(values), bias)
 
 
@@ -387,7 +387,7 @@ def bsr_linear_t(g: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, row
     _check_bsr("bsr_linear_t", indptr, values, rows, cols)
     _check_last_dim("bsr_linear_t", "g", g, rows)
     transposed, permutation = patterns.entry(indptr, indices, (rows, cols), values.dtype,
-                                             tuple(values.shape[1:])).transpose()
+                                             (values.shape[1], values.shape[2])).transpose()
     blocks_t = np.ascontiguousarray(as_numpy(values)[permutation].transpose(0, 2, 1))
     return _linear(_core.bsr_linear, transposed, g, blocks_t.reshape(-1), None)
 
