@@ -43,7 +43,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 from sparsegemm import prune
-from sparsegemm.torch import SparsifyReport, sparsify
+from sparsegemm.torch import sparsify
 from torch import nn
 
 # Accuracy floors: allowed drop in points (percent) vs the dense model.
@@ -117,11 +117,9 @@ def speed_hook(model: nn.Module, x: torch.Tensor, *, threads: int = SPEED_THREAD
         model = model.eval()
         sparse = copy.deepcopy(model)
         hints = _product_rows(model, x)
-        reports = []
-        for hint in sorted(set(hints.values())):
+        for hint in sorted(set(hints.values())):  # each call adds its layers to the report
             sparsify(sparse, filter_fn=lambda module, name, hint=hint: hints.get(name) == hint,
                      batch_hint=hint, example_inputs=x)
-            reports.extend(sparse.sparsegemm_report)
         sparse.eval()
         dense_ms, sparse_ms = [], []
         with torch.inference_mode():
@@ -130,7 +128,7 @@ def speed_hook(model: nn.Module, x: torch.Tensor, *, threads: int = SPEED_THREAD
                 sparse_ms.append(_block_ms(lambda: sparse(x), calls))
     finally:
         torch.set_num_threads(previous)
-    report = SparsifyReport(reports)
+    report = sparse.sparsegemm_report
     return sparse, Speed(statistics.median(dense_ms), statistics.median(sparse_ms),
                          len(report.converted), len(report), str(report))
 
