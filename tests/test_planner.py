@@ -42,7 +42,7 @@ def weight():
 
 def fake_times(dense, **sparse):
     times = {"dense_numpy": dense, "dense_torch": dense * 1.5}
-    times.update({"csr": 1.0, "bsr4x1": 1.0, "bsr8x1": 1.0, "bsr16x1": 1.0, "bsr4x4": 1.0})
+    times.update({"csr": 1.0, "bitmap": 1.0, "bsr4x1": 1.0, "bsr8x1": 1.0, "bsr16x1": 1.0, "bsr4x4": 1.0})
     times.update(sparse)
     return times
 
@@ -137,7 +137,8 @@ def test_from_16_rows_every_bsr_shape_is_timed_even_on_a_dense_weight(monkeypatc
     timer = FakeTimer(fake_times(1.0, bsr4x4=0.5))
     monkeypatch.setattr(planner, "_time_candidates", timer)
     result = sparsegemm.plan(weight, planner.DENSE_BSR_MIN_BATCH, num_threads=1)
-    assert set(planner.CANDIDATES) - {"csr"} <= set(timer.timed[0])
+    bsr_shapes = {name for name in planner.CANDIDATES if name.startswith("bsr")}
+    assert bsr_shapes <= set(timer.timed[0])
     assert result.format == "bsr4x4"
     planner.clear_cache()
     below = sparsegemm.plan(weight, planner.DENSE_BSR_MIN_BATCH - 1, num_threads=1)
@@ -247,3 +248,59 @@ def test_a_sparse_plan_multiplies_with_its_operand(monkeypatch, weight):
     result = sparsegemm.plan(weight, 4, num_threads=1)
     x = np.ones((2, weight.shape[1]), dtype=np.float32)
     np.testing.assert_allclose(result.linear(x), x @ weight.T, rtol=1e-5, atol=1e-5)
+
+
+def test_picks_the_bitmap_when_it_is_fastest(monkeypatch):
+    rng = np.random.default_rng(3)
+    unstructured = sparsegemm.magnitude_prune(rng.standard_normal((64, 96)), 0.4)
+    monkeypatch.setattr(planner, "_time_candidates", FakeTimer(fake_times(1.0, bitmap=0.4)))
+    result = sparsegemm.plan(unstructured.astype(np.float32), 1, num_threads=1)
+    assert result.format == "bitmap" and isinstance(result.operand, sparsegemm.BitmapMatrix)
+    np.testing.assert_array_equal(result.operand.to_dense(), unstructured.astype(np.float32))
+    assert "csr" in result.skipped  # CSR at 60% density is not timed; the bitmap is
+    assert result.speedup == pytest.approx(2.5)
+
+
+def test_nearly_dense_weights_skip_the_bitmap(monkeypatch):
+    rng = np.random.default_rng(4)
+    nearly_dense = sparsegemm.magnitude_prune(rng.standard_normal((32, 64)), 0.05)
+    timer = FakeTimer(fake_times(1.0))
+    monkeypatch.setattr(planner, "_time_candidates", timer)
+    result = sparsegemm.plan(nearly_dense, 1, num_threads=1)
+    assert "bitmap" in result.skipped and "bitmap" not in timer.timed[0]
+
+
+def test_cold_copies_exceed_twice_the_last_level_cache():
+    llc = 32 * 1024 * 1024
+    assert planner.cold_copies(64 * 1024 * 1024, llc) == 1
+    assert planner.cold_copies(10 * 1024 * 1024, llc) == 7  # 70 MB > 64 MB
+    assert planner.cold_copies(1, llc) == planner.MAX_COLD_COPIES
+    assert planner.last_level_cache_bytes() > 0
+
+
+def test_small_batches_rotate_separately_built_copies(monkeypatch, weight):
+    # A small weight at batch <= 16 is timed through enough copies to leave the cache.
+    built = []
+    real_build = planner._build
+
+    def counting_build(name, W):
+        built.append(name)
+        return real_build(name, W)
+
+    monkeypatch.setattr(planner, "_build", counting_build)
+    monkeypatch.setattr(planner, "last_level_cache_bytes", lambda: 1024 * 1024)
+    seen = {}
+
+    def timer(runners, repeats, rounds):
+        seen.update(runners)
+        return {name: 1.0 for name in runners}
+
+    monkeypatch.setattr(planner, "_time_candidates", timer)
+    sparsegemm.plan(weight, 4, num_threads=1, candidates=["csr", "bitmap"], cache=False)
+    copies = {name: built.count(name) for name in ("csr", "bitmap")}
+    csr = sparsegemm.CSRMatrix.from_dense(weight)
+    assert copies["csr"] == planner.cold_copies(csr._storage_nbytes(), 1024 * 1024) > 1
+    assert copies["bitmap"] > 1
+    built.clear()
+    sparsegemm.plan(weight, 64, num_threads=1, candidates=["csr", "bitmap"], cache=False)
+    assert sorted(built) == ["bitmap", "csr"]  # large batches: one warm operand each

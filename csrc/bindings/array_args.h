@@ -35,8 +35,8 @@ StridedArg<T> strided_arg(const py::array& array, const char* name, int ndim, bo
                          std::string(py::str(py::dtype::of<T>())) + ", got " +
                          std::string(py::str(array.dtype())));
   if (array.ndim() != ndim)
-    throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-dimensional, got " +
-                          std::to_string(array.ndim()) + " dimensions");
+    throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) +
+                          "-dimensional, got " + std::to_string(array.ndim()) + " dimensions");
   if (writable && !array.writeable())
     throw py::value_error(std::string(name) + " must be writeable");
   // Kernels dereference T* directly: a misaligned base is undefined behaviour.

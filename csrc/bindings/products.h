@@ -47,13 +47,12 @@ void register_products(py::module_& m, const char* matmul_name, const char* line
         const auto barg = strided_arg<T>(b, "B", 2, false);
         const auto oarg = strided_arg<T>(out, "out", 2, true);
         if (barg.shape[0] != a.cols())
-          throw py::value_error("shape mismatch: A is " + shape_str(a.rows(), a.cols()) + " but B is " +
-                                shape_str(barg.shape[0], barg.shape[1]));
+          throw py::value_error("shape mismatch: A is " + shape_str(a.rows(), a.cols()) +
+                                " but B is " + shape_str(barg.shape[0], barg.shape[1]));
         if (oarg.shape[0] != a.rows() || oarg.shape[1] != barg.shape[1])
-          throw py::value_error("out must have shape " + shape_str(a.rows(), barg.shape[1]) + ", got " +
-                                shape_str(oarg.shape[0], oarg.shape[1]));
-        if (!has_contiguous_rows(oarg))
-          throw py::value_error("out must have contiguous rows");
+          throw py::value_error("out must have shape " + shape_str(a.rows(), barg.shape[1]) +
+                                ", got " + shape_str(oarg.shape[0], oarg.shape[1]));
+        if (!has_contiguous_rows(oarg)) throw py::value_error("out must have contiguous rows");
         const T* bias_ptr = optional_bias<T>(bias, a.rows());
         const T* values_ptr = optional_values<T>(values, a);
         py::gil_scoped_release release;
@@ -73,13 +72,11 @@ void register_products(py::module_& m, const char* matmul_name, const char* line
         if (xarg.shape[1] != w.cols())
           throw py::value_error("shape mismatch: x is " + shape_str(xarg.shape[0], xarg.shape[1]) +
                                 " but the weight is " + shape_str(w.rows(), w.cols()));
-        if (!has_contiguous_rows(xarg))
-          throw py::value_error("x must have contiguous rows");
+        if (!has_contiguous_rows(xarg)) throw py::value_error("x must have contiguous rows");
         if (oarg.shape[0] != xarg.shape[0] || oarg.shape[1] != w.rows())
-          throw py::value_error("out must have shape " + shape_str(xarg.shape[0], w.rows()) + ", got " +
-                                shape_str(oarg.shape[0], oarg.shape[1]));
-        if (!has_contiguous_rows(oarg))
-          throw py::value_error("out must have contiguous rows");
+          throw py::value_error("out must have shape " + shape_str(xarg.shape[0], w.rows()) +
+                                ", got " + shape_str(oarg.shape[0], oarg.shape[1]));
+        if (!has_contiguous_rows(oarg)) throw py::value_error("out must have contiguous rows");
         const T* bias_ptr = optional_bias<T>(bias, w.rows());
         const T* values_ptr = optional_values<T>(values, w);
         py::gil_scoped_release release;

@@ -29,7 +29,8 @@ void register_bsr_dtype(py::module_& m, const char* class_name) {
             const auto val = contiguous_vector_arg<T>(data, "data");
             return with_indptr(indptr, [&](const auto& ptr) {
               return Matrix::from_arrays(rows, cols, blocksize.first, blocksize.second, ptr.data,
-                                         ptr.shape[0], idx.data, idx.shape[0], val.data, val.shape[0]);
+                                         ptr.shape[0], idx.data, idx.shape[0], val.data,
+                                         val.shape[0]);
             });
           },
           py::arg("rows"), py::arg("cols"), py::arg("blocksize"), py::arg("indptr"),
@@ -48,18 +49,18 @@ void register_bsr_dtype(py::module_& m, const char* class_name) {
           "Keep every block holding an entry with |a| > threshold (NaN counts as nonzero).")
       .def_property_readonly("rows", &Matrix::rows)
       .def_property_readonly("cols", &Matrix::cols)
-      .def_property_readonly("blocksize",
-                             [](const Matrix& a) { return std::make_pair(a.block_r(), a.block_c()); })
+      .def_property_readonly(
+          "blocksize", [](const Matrix& a) { return std::make_pair(a.block_r(), a.block_c()); })
       .def_property_readonly("nblocks", &Matrix::nblocks)
-      .def_property_readonly("indptr", [](py::object self) {
-        return owned_view(self.cast<const Matrix&>().indptr(), self);
-      })
-      .def_property_readonly("indices", [](py::object self) {
-        return owned_view(self.cast<const Matrix&>().indices(), self);
-      })
-      .def_property_readonly("data", [](py::object self) {
-        return owned_view(self.cast<const Matrix&>().values(), self);
-      })
+      .def_property_readonly(
+          "indptr",
+          [](py::object self) { return owned_view(self.cast<const Matrix&>().indptr(), self); })
+      .def_property_readonly(
+          "indices",
+          [](py::object self) { return owned_view(self.cast<const Matrix&>().indices(), self); })
+      .def_property_readonly(
+          "data",
+          [](py::object self) { return owned_view(self.cast<const Matrix&>().values(), self); })
       .def(
           "transposed",
           [](const Matrix& a) {

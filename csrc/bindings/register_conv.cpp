@@ -49,21 +49,22 @@ void register_conv_dtype(py::module_& m) {
             throw py::value_error("out must have shape (" + std::to_string(expected[0]) + ", " +
                                   std::to_string(expected[1]) + ", " + std::to_string(expected[2]) +
                                   ", " + std::to_string(expected[3]) + ")");
-        const int64_t contiguous[4] = {expected[1] * expected[2] * expected[3], expected[2] * expected[3],
-                                       expected[3], 1};
+        const int64_t contiguous[4] = {expected[1] * expected[2] * expected[3],
+                                       expected[2] * expected[3], expected[3], 1};
         for (int d = 0; d < 4; ++d)
           if (out.size() > 0 && expected[d] > 1 && oarg.strides[d] != contiguous[d])
             throw py::value_error("out must be C-contiguous");
         const T* bias_ptr = optional_bias<T>(bias, w.rows());
         const T* values_ptr = optional_values<T>(values, w);
         py::gil_scoped_release release;
-        csr_conv2d(w, g, xarg.data, xarg.shape[0], xarg.strides[0], xarg.strides[1], xarg.strides[2],
-                   bias_ptr, oarg.data, num_threads, values_ptr);
+        csr_conv2d(w, g, xarg.data, xarg.shape[0], xarg.strides[0], xarg.strides[1],
+                   xarg.strides[2], bias_ptr, oarg.data, num_threads, values_ptr);
       },
       py::arg("w"), py::arg("x"), py::arg("out"), py::arg("kernel_size"), py::arg("stride"),
-      py::arg("padding"), py::arg("dilation"), py::arg("bias") = py::none(), py::arg("num_threads") = 0,
-      py::arg("values") = py::none(),
-      "out = conv2d(x, w) (+ bias) with zero padding; w is Cout x (Cin*KH*KW), x (N, Cin, H, W) with "
+      py::arg("padding"), py::arg("dilation"), py::arg("bias") = py::none(),
+      py::arg("num_threads") = 0, py::arg("values") = py::none(),
+      "out = conv2d(x, w) (+ bias) with zero padding; w is Cout x (Cin*KH*KW), x (N, Cin, H, W) "
+      "with "
       "contiguous rows, out (N, Cout, OH, OW) C-contiguous and not overlapping x. `values` (nnz) "
       "replaces w's values.");
 }

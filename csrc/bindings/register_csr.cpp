@@ -44,25 +44,26 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
       .def_property_readonly("rows", &Matrix::rows)
       .def_property_readonly("cols", &Matrix::cols)
       .def_property_readonly("nnz", &Matrix::nnz)
-      .def_property_readonly("indptr", [](py::object self) {
-        return owned_view(self.cast<const Matrix&>().indptr(), self);
-      })
+      .def_property_readonly(
+          "indptr",
+          [](py::object self) { return owned_view(self.cast<const Matrix&>().indptr(), self); })
       .def_property_readonly(
           "indices",
           [](const Matrix& a) {
             // A copy, since 16-bit storage is widened to int32 for Python. A
             // capsule owns it, so numpy refuses to make the array writeable again.
             auto* columns = new std::vector<index_t>(a.column_indices());
-            py::capsule owner(columns, [](void* p) { delete static_cast<std::vector<index_t>*>(p); });
+            py::capsule owner(columns,
+                              [](void* p) { delete static_cast<std::vector<index_t>*>(p); });
             return owned_view(*columns, owner);
           },
           "Column indices as int32 (a read-only copy).")
       .def_property_readonly("compact_indices", &Matrix::compact_indices,
                              "Whether column indices are stored in 16 bits.")
       .def_property_readonly("bytes_per_entry", &Matrix::bytes_per_entry)
-      .def_property_readonly("data", [](py::object self) {
-        return owned_view(self.cast<const Matrix&>().values(), self);
-      })
+      .def_property_readonly(
+          "data",
+          [](py::object self) { return owned_view(self.cast<const Matrix&>().values(), self); })
       .def(
           "transposed",
           [](const Matrix& a) {
@@ -98,19 +99,20 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
         const auto barg = strided_arg<T>(b, "b", 2, false);
         const auto oarg = strided_arg<T>(out, "out", 1, true);
         const int64_t n = aarg.shape[1];
-        if (aarg.shape[0] != pattern.rows() || barg.shape[0] != pattern.cols() || barg.shape[1] != n)
-          throw py::value_error("shape mismatch: pattern is " + shape_str(pattern.rows(), pattern.cols()) +
-                                ", a is " + shape_str(aarg.shape[0], aarg.shape[1]) + ", b is " +
-                                shape_str(barg.shape[0], barg.shape[1]) +
-                                "; need a (rows, n) and b (cols, n)");
+        if (aarg.shape[0] != pattern.rows() || barg.shape[0] != pattern.cols() ||
+            barg.shape[1] != n)
+          throw py::value_error(
+              "shape mismatch: pattern is " + shape_str(pattern.rows(), pattern.cols()) +
+              ", a is " + shape_str(aarg.shape[0], aarg.shape[1]) + ", b is " +
+              shape_str(barg.shape[0], barg.shape[1]) + "; need a (rows, n) and b (cols, n)");
         if (!has_contiguous_rows(aarg) || !has_contiguous_rows(barg))
           throw py::value_error("a and b must have contiguous rows");
         if (oarg.shape[0] != pattern.nnz() || (oarg.shape[0] > 1 && oarg.strides[0] != 1))
-          throw py::value_error("out must be contiguous with nnz = " + std::to_string(pattern.nnz()) +
-                                " entries");
+          throw py::value_error(
+              "out must be contiguous with nnz = " + std::to_string(pattern.nnz()) + " entries");
         py::gil_scoped_release release;
-        csr_sampled_dot(pattern, aarg.data, aarg.strides[0], barg.data, barg.strides[0], n, oarg.data,
-                        num_threads);
+        csr_sampled_dot(pattern, aarg.data, aarg.strides[0], barg.data, barg.strides[0], n,
+                        oarg.data, num_threads);
       },
       py::arg("pattern"), py::arg("a"), py::arg("b"), py::arg("out"), py::arg("num_threads") = 0,
       "out[j] = a[r, :] . b[k, :] for each stored (r, k) of pattern (its values are ignored).");

@@ -14,17 +14,20 @@ namespace sparsegemm::bindings {
 namespace py = pybind11;
 
 void register_runtime(py::module_& m) {
-  m.def("active_isa", [] { return std::string(isa_name(active_isa())); },
-        "The instruction set the kernels currently dispatch to.");
-  m.def("best_isa", [] { return std::string(isa_name(best_supported_isa())); },
-        "The highest instruction set this CPU supports.");
+  m.def(
+      "active_isa", [] { return std::string(isa_name(active_isa())); },
+      "The instruction set the kernels currently dispatch to.");
+  m.def(
+      "best_isa", [] { return std::string(isa_name(best_supported_isa())); },
+      "The highest instruction set this CPU supports.");
   m.def("supported_isas", [] {
     std::vector<std::string> names;
     for (Isa isa : supported_isas()) names.emplace_back(isa_name(isa));
     return names;
   });
-  m.def("set_active_isa", [](const std::string& name) { set_active_isa(parse_isa(name)); },
-        py::arg("name"));
+  m.def(
+      "set_active_isa", [](const std::string& name) { set_active_isa(parse_isa(name)); },
+      py::arg("name"));
   m.def("prefer_hardware_gather", &prefer_hardware_gather,
         "Whether the batch-1 CSR kernel uses vector gathers (else scalar loads).");
   m.def("set_prefer_hardware_gather", &set_prefer_hardware_gather, py::arg("hardware"));
@@ -38,7 +41,8 @@ void register_runtime(py::module_& m) {
         py::list isas;
         for (Isa isa : c.compiled_isas) isas.append(isa_name(isa));
         py::list shapes;
-        for (const BlockShape& s : c.bsr_block_shapes) shapes.append(py::make_tuple(s.rows, s.cols));
+        for (const BlockShape& s : c.bsr_block_shapes)
+          shapes.append(py::make_tuple(s.rows, s.cols));
         py::dict limits;
         limits["max_block_edge"] = c.max_block_edge;
         limits["max_compact_cols"] = c.max_compact_cols;

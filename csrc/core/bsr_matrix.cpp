@@ -35,8 +35,10 @@ BsrMatrix<T> BsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, int block_r, 
     validate_csr_structure(block_rows, block_cols, indptr, indptr_len, indices, indices_len,
                            indices_len);
   } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(std::string("invalid BSR block structure (indices are block columns, "
-                                            "rows are block rows): ") + e.what());
+    throw std::invalid_argument(
+        std::string("invalid BSR block structure (indices are block columns, "
+                    "rows are block rows): ") +
+        e.what());
   }
   const int64_t block_size = static_cast<int64_t>(block_r) * block_c;
   if (values_len != indices_len * block_size)
@@ -50,12 +52,14 @@ BsrMatrix<T> BsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, int block_r, 
     for (int64_t j = indptr[br]; j < static_cast<int64_t>(indptr[br + 1]); ++j)
       for (int i = 0; i < block_r; ++i)
         for (int c = 0; c < block_c; ++c) {
-          const int64_t row = br * block_r + i, col = static_cast<int64_t>(indices[j]) * block_c + c;
+          const int64_t row = br * block_r + i,
+                        col = static_cast<int64_t>(indices[j]) * block_c + c;
           if ((row >= rows || col >= cols) && values[j * block_size + i * block_c + c] != T(0))
-            throw std::invalid_argument(
-                "block " + std::to_string(j) + " has a nonzero value at (" + std::to_string(row) +
-                ", " + std::to_string(col) + "), outside the logical shape (" + std::to_string(rows) +
-                ", " + std::to_string(cols) + "); padding entries must be zero");
+            throw std::invalid_argument("block " + std::to_string(j) + " has a nonzero value at (" +
+                                        std::to_string(row) + ", " + std::to_string(col) +
+                                        "), outside the logical shape (" + std::to_string(rows) +
+                                        ", " + std::to_string(cols) +
+                                        "); padding entries must be zero");
         }
   BsrMatrix m;
   m.rows_ = rows;
@@ -69,8 +73,9 @@ BsrMatrix<T> BsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, int block_r, 
 }
 
 template <typename T>
-BsrMatrix<T> BsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense, int64_t row_stride,
-                                      int64_t col_stride, int block_r, int block_c, double threshold) {
+BsrMatrix<T> BsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense,
+                                      int64_t row_stride, int64_t col_stride, int block_r,
+                                      int block_c, double threshold) {
   check_dimensions(rows, cols);
   check_block_shape(block_r, block_c);
   const int64_t block_rows = ceil_div(rows, block_r), block_cols = ceil_div(cols, block_c);
@@ -149,14 +154,14 @@ void BsrMatrix<T>::to_dense(T* out) const {
     }
 }
 
-#define SPARSEGEMM_INSTANTIATE_BSR(T)                                                                \
-  template class BsrMatrix<T>;                                                                       \
-  template BsrMatrix<T> BsrMatrix<T>::from_arrays<int32_t>(int64_t, int64_t, int, int,              \
-                                                           const int32_t*, int64_t, const index_t*, \
-                                                           int64_t, const T*, int64_t);             \
-  template BsrMatrix<T> BsrMatrix<T>::from_arrays<int64_t>(int64_t, int64_t, int, int,              \
-                                                           const int64_t*, int64_t, const index_t*, \
-                                                           int64_t, const T*, int64_t);
+#define SPARSEGEMM_INSTANTIATE_BSR(T)                                                         \
+  template class BsrMatrix<T>;                                                                \
+  template BsrMatrix<T> BsrMatrix<T>::from_arrays<int32_t>(                                   \
+      int64_t, int64_t, int, int, const int32_t*, int64_t, const index_t*, int64_t, const T*, \
+      int64_t);                                                                               \
+  template BsrMatrix<T> BsrMatrix<T>::from_arrays<int64_t>(                                   \
+      int64_t, int64_t, int, int, const int64_t*, int64_t, const index_t*, int64_t, const T*, \
+      int64_t);
 SPARSEGEMM_INSTANTIATE_BSR(float)
 SPARSEGEMM_INSTANTIATE_BSR(double)
 #undef SPARSEGEMM_INSTANTIATE_BSR

@@ -18,12 +18,12 @@ namespace sparsegemm {
 
 template <typename T>
 struct BsrView {
-  int64_t rows = 0;        // logical shape
+  int64_t rows = 0;  // logical shape
   int64_t cols = 0;
-  int block_rows_r = 1;    // R: rows per block
-  int block_cols_c = 1;    // C: columns per block
-  int64_t block_rows = 0;  // ceil(rows / R)
-  int64_t block_cols = 0;  // ceil(cols / C)
+  int block_rows_r = 1;              // R: rows per block
+  int block_cols_c = 1;              // C: columns per block
+  int64_t block_rows = 0;            // ceil(rows / R)
+  int64_t block_cols = 0;            // ceil(cols / C)
   const offset_t* indptr = nullptr;  // block_rows + 1 entries
   const index_t* indices = nullptr;  // block-column indices, strictly increasing per block row
   const T* values = nullptr;         // nblocks * R * C, block-major, row-major inside a block
@@ -63,8 +63,8 @@ class BsrMatrix {
   const std::vector<index_t>& indices() const { return indices_; }
   const std::vector<T>& values() const { return values_; }
   BsrView<T> view() const {
-    return {rows_, cols_, block_r_, block_c_, block_rows(), block_cols(),
-            indptr_.data(), indices_.data(), values_.data()};
+    return {rows_,        cols_,          block_r_,        block_c_,      block_rows(),
+            block_cols(), indptr_.data(), indices_.data(), values_.data()};
   }
 
   // out is rows x cols, C order, and is fully overwritten.

@@ -12,8 +12,9 @@ void check_dimensions(int64_t rows, int64_t cols) {
     throw std::invalid_argument("shape must be non-negative, got (" + std::to_string(rows) + ", " +
                                 std::to_string(cols) + ")");
   if (rows > kMaxDimension || cols > kMaxDimension)
-    throw std::invalid_argument("each dimension must be below 2^31 (column indices are 32-bit), got (" +
-                                std::to_string(rows) + ", " + std::to_string(cols) + ")");
+    throw std::invalid_argument(
+        "each dimension must be below 2^31 (column indices are 32-bit), got (" +
+        std::to_string(rows) + ", " + std::to_string(cols) + ")");
 }
 
 namespace {
@@ -37,12 +38,14 @@ void validate_impl(int64_t rows, int64_t cols, const IndptrT* indptr, int64_t in
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t begin = indptr[r], end = indptr[r + 1];
     if (end < begin)
-      throw std::invalid_argument("indptr must be non-decreasing, but indptr[" + std::to_string(r + 1) +
-                                  "] = " + std::to_string(end) + " < indptr[" + std::to_string(r) +
+      throw std::invalid_argument("indptr must be non-decreasing, but indptr[" +
+                                  std::to_string(r + 1) + "] = " + std::to_string(end) +
+                                  " < indptr[" + std::to_string(r) +
                                   "] = " + std::to_string(begin));
     if (end > indices_len)
       throw std::invalid_argument("indptr[" + std::to_string(r + 1) + "] = " + std::to_string(end) +
-                                  " exceeds the number of stored entries " + std::to_string(indices_len));
+                                  " exceeds the number of stored entries " +
+                                  std::to_string(indices_len));
     int64_t previous = -1;
     for (int64_t j = begin; j < end; ++j) {
       const int64_t c = indices[j];
@@ -51,10 +54,10 @@ void validate_impl(int64_t rows, int64_t cols, const IndptrT* indptr, int64_t in
                                     std::to_string(j) + " (row " + std::to_string(r) +
                                     ") is out of range [0, " + std::to_string(cols) + ")");
       if (c <= previous)
-        throw std::invalid_argument("column indices must be sorted and unique within each row; row " +
-                                    std::to_string(r) + " has " + std::to_string(previous) +
-                                    " followed by " + std::to_string(c) +
-                                    " (call sum_duplicates()/sort_indices() on scipy input)");
+        throw std::invalid_argument(
+            "column indices must be sorted and unique within each row; row " + std::to_string(r) +
+            " has " + std::to_string(previous) + " followed by " + std::to_string(c) +
+            " (call sum_duplicates()/sort_indices() on scipy input)");
       previous = c;
     }
   }
@@ -75,8 +78,8 @@ void validate_csr_structure(int64_t rows, int64_t cols, const int32_t* indptr, i
 template <typename T>
 template <typename IndptrT>
 CsrMatrix<T> CsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, const IndptrT* indptr,
-                                       int64_t indptr_len, const index_t* indices, int64_t indices_len,
-                                       const T* values, int64_t values_len) {
+                                       int64_t indptr_len, const index_t* indices,
+                                       int64_t indices_len, const T* values, int64_t values_len) {
   validate_csr_structure(rows, cols, indptr, indptr_len, indices, indices_len, values_len);
   CsrMatrix m;
   m.rows_ = rows;
@@ -92,8 +95,8 @@ CsrMatrix<T> CsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, const IndptrT
 }
 
 template <typename T>
-CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense, int64_t row_stride,
-                                      int64_t col_stride, double threshold) {
+CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense,
+                                      int64_t row_stride, int64_t col_stride, double threshold) {
   check_dimensions(rows, cols);
   CsrMatrix m;
   m.rows_ = rows;
@@ -183,12 +186,12 @@ CsrMatrix<T> CsrMatrix<T>::with_values(const T* values, int64_t values_len) cons
   return m;
 }
 
-#define SPARSEGEMM_INSTANTIATE_CSR(T)                                                                 \
-  template class CsrMatrix<T>;                                                                        \
-  template CsrMatrix<T> CsrMatrix<T>::from_arrays<int32_t>(int64_t, int64_t, const int32_t*, int64_t, \
-                                                           const index_t*, int64_t, const T*, int64_t); \
-  template CsrMatrix<T> CsrMatrix<T>::from_arrays<int64_t>(int64_t, int64_t, const int64_t*, int64_t, \
-                                                           const index_t*, int64_t, const T*, int64_t);
+#define SPARSEGEMM_INSTANTIATE_CSR(T)                                                         \
+  template class CsrMatrix<T>;                                                                \
+  template CsrMatrix<T> CsrMatrix<T>::from_arrays<int32_t>(                                   \
+      int64_t, int64_t, const int32_t*, int64_t, const index_t*, int64_t, const T*, int64_t); \
+  template CsrMatrix<T> CsrMatrix<T>::from_arrays<int64_t>(                                   \
+      int64_t, int64_t, const int64_t*, int64_t, const index_t*, int64_t, const T*, int64_t);
 SPARSEGEMM_INSTANTIATE_CSR(float)
 SPARSEGEMM_INSTANTIATE_CSR(double)
 #undef SPARSEGEMM_INSTANTIATE_CSR

@@ -48,9 +48,9 @@ class CsrMatrix {
  public:
   // Copies and validates. IndptrT is int32_t or int64_t.
   template <typename IndptrT>
-  static CsrMatrix from_arrays(int64_t rows, int64_t cols, const IndptrT* indptr, int64_t indptr_len,
-                               const index_t* indices, int64_t indices_len, const T* values,
-                               int64_t values_len);
+  static CsrMatrix from_arrays(int64_t rows, int64_t cols, const IndptrT* indptr,
+                               int64_t indptr_len, const index_t* indices, int64_t indices_len,
+                               const T* values, int64_t values_len);
 
   // Keeps entries with |a| > threshold (NaN is kept: it is not provably zero).
   // The threshold is a double and compared exactly: rounding it to float would
@@ -74,7 +74,10 @@ class CsrMatrix {
   std::vector<index_t> column_indices() const;
   CsrView<T> view() const {
     CsrView<T> v{rows_, cols_, pattern_->indptr.data(), nullptr, nullptr, values_.data()};
-    if (compact_indices()) v.indices16 = pattern_->indices16.data(); else v.indices = pattern_->indices.data();
+    if (compact_indices())
+      v.indices16 = pattern_->indices16.data();
+    else
+      v.indices = pattern_->indices.data();
     return v;
   }
   // Bytes of storage per stored entry (value + column index), for reports.
@@ -100,11 +103,16 @@ class CsrMatrix {
     std::vector<index_t> indices;            // when cols > kMaxCompactCols
     std::vector<compact_index_t> indices16;  // when cols <= kMaxCompactCols
     void resize_indices(bool compact, int64_t nnz) {
-      if (compact) indices16.resize(nnz); else indices.resize(nnz);
+      if (compact)
+        indices16.resize(nnz);
+      else
+        indices.resize(nnz);
     }
     void set_index(bool compact, int64_t j, int64_t col) {
-      if (compact) indices16[j] = static_cast<compact_index_t>(col);
-      else indices[j] = static_cast<index_t>(col);
+      if (compact)
+        indices16[j] = static_cast<compact_index_t>(col);
+      else
+        indices[j] = static_cast<index_t>(col);
     }
   };
   CsrMatrix() = default;

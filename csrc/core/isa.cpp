@@ -8,9 +8,12 @@ namespace sparsegemm {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
-    case Isa::Scalar: return "scalar";
-    case Isa::Avx2: return "avx2";
-    case Isa::Avx512: return "avx512";
+    case Isa::Scalar:
+      return "scalar";
+    case Isa::Avx2:
+      return "avx2";
+    case Isa::Avx512:
+      return "avx512";
   }
   return "unknown";
 }
@@ -24,7 +27,8 @@ Isa parse_isa(const std::string& name) {
 
 bool isa_supported(Isa isa) {
   switch (isa) {
-    case Isa::Scalar: return true;
+    case Isa::Scalar:
+      return true;
 #if defined(__x86_64__) || defined(__i386__)
     // __builtin_cpu_supports also checks that the OS saves the vector state (XCR0).
     case Isa::Avx2:
@@ -34,7 +38,8 @@ bool isa_supported(Isa isa) {
              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
              isa_supported(Isa::Avx2);
 #else
-    default: return false;
+    default:
+      return false;
 #endif
   }
   return false;

@@ -48,7 +48,10 @@ std::vector<int64_t> split_rows_by_cost(const int64_t* indptr, int64_t rows, int
     int64_t lo = bounds[p - 1], hi = rows;
     while (lo < hi) {
       const int64_t mid = lo + (hi - lo) / 2;
-      if (cost_before(mid) < target) lo = mid + 1; else hi = mid;
+      if (cost_before(mid) < target)
+        lo = mid + 1;
+      else
+        hi = mid;
     }
     bounds[p] = lo;
   }

@@ -51,7 +51,7 @@ struct BsrProduct {
   }
 
   template <typename Kernel>
-  void run_panel(Kernel BsrKernels<T>::*kernel, const T* b, int64_t ldb, int64_t n, const T* bias,
+  void run_panel(Kernel BsrKernels<T>::* kernel, const T* b, int64_t ldb, int64_t n, const T* bias,
                  T* c, int64_t ldc, int num_threads) const {
     const BsrView<T> view = this->view();
     const BsrKernels<T>& kernels = bsr_kernels<T>(active_isa());
@@ -77,9 +77,9 @@ void bsr_linear(const BsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, c
   driver::linear(BsrProduct<T>{w, values}, x, ldx, batch, bias, y, ldy, num_threads);
 }
 
-#define SPARSEGEMM_INSTANTIATE_BSR_OPS(T)                                                          \
+#define SPARSEGEMM_INSTANTIATE_BSR_OPS(T)                                                         \
   template void bsr_matmul<T>(const BsrMatrix<T>&, const T*, int64_t, int64_t, int64_t, const T*, \
-                              T*, int64_t, int, const T*);                                         \
+                              T*, int64_t, int, const T*);                                        \
   template void bsr_linear<T>(const BsrMatrix<T>&, const T*, int64_t, int64_t, const T*, T*,      \
                               int64_t, int, const T*);
 SPARSEGEMM_INSTANTIATE_BSR_OPS(float)

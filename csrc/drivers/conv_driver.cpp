@@ -37,7 +37,9 @@ struct InputLayout {
   int64_t in_w = 0;
 
   // Valid columns in phase p.
-  int64_t phase_width(int64_t p) const { return std::max<int64_t>(0, (in_w - p + phases - 1) / phases); }
+  int64_t phase_width(int64_t p) const {
+    return std::max<int64_t>(0, (in_w - p + phases - 1) / phases);
+  }
 };
 
 // Copies x into stride_w column phases (the layout above) so that output
@@ -66,7 +68,8 @@ void split_column_phases(const Conv2dGeometry& g, const T* x, int64_t batch, int
 
 // One tap per stored weight entry (see ConvTap), offsets relative to an image.
 template <typename T>
-std::vector<ConvTap> make_taps(const CsrMatrix<T>& w, const Conv2dGeometry& g, const InputLayout& layout) {
+std::vector<ConvTap> make_taps(const CsrMatrix<T>& w, const Conv2dGeometry& g,
+                               const InputLayout& layout) {
   std::vector<ConvTap> taps(static_cast<size_t>(w.nnz()));
   const int64_t taps_per_channel = g.kernel_h * g.kernel_w;
   for (int64_t j = 0; j < w.nnz(); ++j) {
@@ -88,14 +91,18 @@ std::vector<ConvTap> make_taps(const CsrMatrix<T>& w, const Conv2dGeometry& g, c
 
 void validate_conv2d_geometry(const Conv2dGeometry& g, int64_t weight_cols) {
   const auto fits32 = [](int64_t v) { return v <= INT32_MAX; };
-  require(g.in_channels >= 0, "in_channels must be non-negative, got " + std::to_string(g.in_channels));
-  require(g.in_h >= 1 && g.in_w >= 1, "the input image must be at least 1 x 1, got " + pair_str(g.in_h, g.in_w));
+  require(g.in_channels >= 0,
+          "in_channels must be non-negative, got " + std::to_string(g.in_channels));
+  require(g.in_h >= 1 && g.in_w >= 1,
+          "the input image must be at least 1 x 1, got " + pair_str(g.in_h, g.in_w));
   require(g.kernel_h >= 1 && g.kernel_w >= 1,
           "kernel_size must be positive, got " + pair_str(g.kernel_h, g.kernel_w));
-  require(g.stride_h >= 1 && g.stride_w >= 1, "stride must be positive, got " + pair_str(g.stride_h, g.stride_w));
+  require(g.stride_h >= 1 && g.stride_w >= 1,
+          "stride must be positive, got " + pair_str(g.stride_h, g.stride_w));
   require(g.dilation_h >= 1 && g.dilation_w >= 1,
           "dilation must be positive, got " + pair_str(g.dilation_h, g.dilation_w));
-  require(g.pad_h >= 0 && g.pad_w >= 0, "padding must be non-negative, got " + pair_str(g.pad_h, g.pad_w));
+  require(g.pad_h >= 0 && g.pad_w >= 0,
+          "padding must be non-negative, got " + pair_str(g.pad_h, g.pad_w));
   // Every field below 2^31 first, so the products that follow cannot overflow.
   for (int64_t v : {g.in_channels, g.in_h, g.in_w, g.kernel_h, g.kernel_w, g.stride_h, g.stride_w,
                     g.pad_h, g.pad_w, g.dilation_h, g.dilation_w})
@@ -107,11 +114,12 @@ void validate_conv2d_geometry(const Conv2dGeometry& g, int64_t weight_cols) {
               g.in_w + 2 * g.pad_w >= g.dilation_w * (g.kernel_w - 1) + 1,
           "the dilated kernel " +
               pair_str(g.dilation_h * (g.kernel_h - 1) + 1, g.dilation_w * (g.kernel_w - 1) + 1) +
-              " is larger than the padded input " + pair_str(g.in_h + 2 * g.pad_h, g.in_w + 2 * g.pad_w));
+              " is larger than the padded input " +
+              pair_str(g.in_h + 2 * g.pad_h, g.in_w + 2 * g.pad_w));
   const int64_t expected_cols = g.in_channels * g.kernel_h * g.kernel_w;
   require(weight_cols == expected_cols,
-          "the weight has " + std::to_string(weight_cols) + " columns but in_channels * kernel_h * kernel_w = " +
-              std::to_string(expected_cols));
+          "the weight has " + std::to_string(weight_cols) +
+              " columns but in_channels * kernel_h * kernel_w = " + std::to_string(expected_cols));
 }
 
 template <typename T>
@@ -123,22 +131,29 @@ void csr_conv2d(const CsrMatrix<T>& w, const Conv2dGeometry& g, const T* x, int6
   const int64_t out_channels = w.rows(), out_h = g.out_h(), out_w = g.out_w();
   const int64_t out_plane = out_h * out_w;
   if (batch == 0 || out_channels == 0) return;
-  const int threads =
-      threads_for_work(num_threads, (w.nnz() + out_channels) * out_plane * batch);
+  const int threads = threads_for_work(num_threads, (w.nnz() + out_channels) * out_plane * batch);
 
   InputLayout layout;
   layout.in_w = g.in_w;
-  ScratchBuffer<T> phase_copy(g.stride_w > 1 ? static_cast<size_t>(batch * g.stride_w * g.in_channels *
-                                                                   g.in_h * ((g.in_w + g.stride_w - 1) / g.stride_w))
-                                             : 0);
+  ScratchBuffer<T> phase_copy(
+      g.stride_w > 1 ? static_cast<size_t>(batch * g.stride_w * g.in_channels * g.in_h *
+                                           ((g.in_w + g.stride_w - 1) / g.stride_w))
+                     : 0);
   if (g.stride_w == 1) {
     layout = InputLayout{x, x_nstride, 0, x_cstride, x_rstride, 1, g.in_w};
   } else {
     const int64_t row_stride = (g.in_w + g.stride_w - 1) / g.stride_w;
-    const int64_t channel_stride = g.in_h * row_stride, phase_stride = g.in_channels * channel_stride;
-    layout = InputLayout{phase_copy.data(), g.stride_w * phase_stride, phase_stride, channel_stride,
-                         row_stride, g.stride_w, g.in_w};
-    split_column_phases(g, x, batch, x_nstride, x_cstride, x_rstride, phase_copy.data(), layout, threads);
+    const int64_t channel_stride = g.in_h * row_stride,
+                  phase_stride = g.in_channels * channel_stride;
+    layout = InputLayout{phase_copy.data(),
+                         g.stride_w * phase_stride,
+                         phase_stride,
+                         channel_stride,
+                         row_stride,
+                         g.stride_w,
+                         g.in_w};
+    split_column_phases(g, x, batch, x_nstride, x_cstride, x_rstride, phase_copy.data(), layout,
+                        threads);
   }
   const std::vector<ConvTap> taps = make_taps(w, g, layout);
 
@@ -162,14 +177,16 @@ void csr_conv2d(const CsrMatrix<T>& w, const Conv2dGeometry& g, const T* x, int6
   const ConvKernels<T>& kernels = conv_kernels<T>(active_isa());
   parallel_for(threads, batch * ranges, [&](int64_t part) {
     const int64_t n = part / ranges, range = part % ranges;
-    kernels.conv_channels(plan, bounds[range], bounds[range + 1], input + n * layout.image_stride, bias,
-                          out + n * out_channels * out_plane);
+    kernels.conv_channels(plan, bounds[range], bounds[range + 1], input + n * layout.image_stride,
+                          bias, out + n * out_channels * out_plane);
   });
 }
 
-template void csr_conv2d<float>(const CsrMatrix<float>&, const Conv2dGeometry&, const float*, int64_t,
-                                int64_t, int64_t, int64_t, const float*, float*, int, const float*);
-template void csr_conv2d<double>(const CsrMatrix<double>&, const Conv2dGeometry&, const double*, int64_t,
-                                 int64_t, int64_t, int64_t, const double*, double*, int, const double*);
+template void csr_conv2d<float>(const CsrMatrix<float>&, const Conv2dGeometry&, const float*,
+                                int64_t, int64_t, int64_t, int64_t, const float*, float*, int,
+                                const float*);
+template void csr_conv2d<double>(const CsrMatrix<double>&, const Conv2dGeometry&, const double*,
+                                 int64_t, int64_t, int64_t, int64_t, const double*, double*, int,
+                                 const double*);
 
 }  // namespace sparsegemm

@@ -41,7 +41,8 @@ struct CsrProduct {
     const CsrView<T> v = view();
     const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
     const int threads = threads_for_work(num_threads, (a.nnz() + a.rows()) * nvec);
-    const auto dot_rows = prefer_hardware_gather() ? kernels.gather_rows : kernels.scalar_gather_rows;
+    const auto dot_rows =
+        prefer_hardware_gather() ? kernels.gather_rows : kernels.scalar_gather_rows;
     driver::for_row_ranges(a.indptr().data(), a.rows(), threads, 4, [&](int64_t r0, int64_t r1) {
       dot_rows(v, r0, r1, x, x_vstride, x_kstride, nvec, bias, y, y_vstride, y_rstride);
     });
@@ -85,11 +86,11 @@ void csr_sampled_dot(const CsrMatrix<T>& pattern, const T* a, int64_t lda, const
                          });
 }
 
-#define SPARSEGEMM_INSTANTIATE_CSR_OPS(T)                                                          \
+#define SPARSEGEMM_INSTANTIATE_CSR_OPS(T)                                                         \
   template void csr_matmul<T>(const CsrMatrix<T>&, const T*, int64_t, int64_t, int64_t, const T*, \
-                              T*, int64_t, int, const T*);                                         \
+                              T*, int64_t, int, const T*);                                        \
   template void csr_linear<T>(const CsrMatrix<T>&, const T*, int64_t, int64_t, const T*, T*,      \
-                              int64_t, int, const T*);                                             \
+                              int64_t, int, const T*);                                            \
   template void csr_sampled_dot<T>(const CsrMatrix<T>&, const T*, int64_t, const T*, int64_t,     \
                                    int64_t, T*, int);
 SPARSEGEMM_INSTANTIATE_CSR_OPS(float)

@@ -48,7 +48,8 @@ int64_t padded_stride(int64_t n) {
 
 template <typename T>
 bool cache_line_aligned(const T* p, int64_t ld) {
-  return reinterpret_cast<uintptr_t>(p) % 64 == 0 && (ld * static_cast<int64_t>(sizeof(T))) % 64 == 0;
+  return reinterpret_cast<uintptr_t>(p) % 64 == 0 &&
+         (ld * static_cast<int64_t>(sizeof(T))) % 64 == 0;
 }
 
 // c = a @ b (+ bias). b is a.cols() x n with element (k, j) at b[k * b_rstride + j * b_cstride].

@@ -19,18 +19,21 @@ void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, in
   const int64_t parts = std::min<int64_t>(row_tiles, threads);
   parallel_for(threads, parts, [&](int64_t part) {
     const int64_t tile_begin = row_tiles * part / parts, tile_end = row_tiles * (part + 1) / parts;
-    for (int64_t i0 = tile_begin * kRowTile; i0 < std::min(rows, tile_end * kRowTile); i0 += kRowTile) {
+    for (int64_t i0 = tile_begin * kRowTile; i0 < std::min(rows, tile_end * kRowTile);
+         i0 += kRowTile) {
       const int64_t i1 = std::min(rows, i0 + kRowTile);
       for (int64_t j0 = 0; j0 < cols; j0 += kColTile) {
         const int64_t j1 = std::min(cols, j0 + kColTile);
         for (int64_t j = j0; j < j1; ++j)
-          for (int64_t i = i0; i < i1; ++i) dst[j * dst_ld + i] = src[i * src_rstride + j * src_cstride];
+          for (int64_t i = i0; i < i1; ++i)
+            dst[j * dst_ld + i] = src[i * src_rstride + j * src_cstride];
       }
     }
   });
 }
 
-template void transpose<float>(const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t, int);
+template void transpose<float>(const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t,
+                               int);
 template void transpose<double>(const double*, int64_t, int64_t, int64_t, int64_t, double*, int64_t,
                                 int);
 

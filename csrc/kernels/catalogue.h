@@ -28,10 +28,10 @@ struct KernelCatalogue {
   std::vector<KernelFamily> families;
   std::vector<Isa> compiled_isas;  // every family has one file per level
   std::vector<BlockShape> bsr_block_shapes;
-  int max_block_edge;               // BSR block edges are in [1, max_block_edge]
-  int64_t max_compact_cols;         // CSR stores 16-bit column indices up to this
-  int64_t max_dimension;            // rows and columns of any format
-  int64_t gather_max_vectors;       // CSR few-vector kernels up to this many vectors
+  int max_block_edge;          // BSR block edges are in [1, max_block_edge]
+  int64_t max_compact_cols;    // CSR stores 16-bit column indices up to this
+  int64_t max_dimension;       // rows and columns of any format
+  int64_t gather_max_vectors;  // CSR few-vector kernels up to this many vectors
 };
 
 const KernelCatalogue& kernel_catalogue();

@@ -22,7 +22,7 @@ from ._runtime import (  # noqa: E402
     show_config,
     use_isa,
 )
-from .formats import BSRMatrix, CSRMatrix  # noqa: E402
+from .formats import BitmapMatrix, BSRMatrix, CSRMatrix  # noqa: E402
 from .ops import conv2d, linear, sddmm, sparse_mm  # noqa: E402
 from .planner import Plan, plan  # noqa: E402
 from .pruning import block_prune, magnitude_prune  # noqa: E402
@@ -31,6 +31,7 @@ _check_isa_environment()
 
 __all__ = [
     "BSRMatrix",
+    "BitmapMatrix",
     "CSRMatrix",
     "Plan",
     "available_isas",

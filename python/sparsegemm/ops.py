@@ -16,14 +16,15 @@ import scipy.sparse as sp
 from . import _core
 from ._dtypes import as_kernel_array, kernel_dtype
 from ._runtime import resolve_num_threads
-from .formats import BSRMatrix, CSRMatrix, SparseFormat
+from .formats import BitmapMatrix, BSRMatrix, CSRMatrix, SparseFormat
 
-SparseOperand = Any  # CSRMatrix, BSRMatrix or any scipy.sparse matrix/array
+SparseOperand = Any  # CSRMatrix, BSRMatrix, BitmapMatrix or any scipy.sparse matrix/array
 
 # The C++ products for each format: (matmul, linear), same signatures.
 _PRODUCTS = {
     CSRMatrix: (_core.csr_matmul, _core.csr_linear),
     BSRMatrix: (_core.bsr_matmul, _core.bsr_linear),
+    BitmapMatrix: (_core.bitmap_matmul, _core.bitmap_linear),
 }
 
 
@@ -39,8 +40,9 @@ def _products_for(matrix: SparseFormat) -> tuple[Any, Any]:
 
 def _check_sparse_operand(matrix: Any, *, csr_only: bool = False) -> None:
     """Raise TypeError unless ``matrix`` is a sparse operand the caller accepts."""
-    if csr_only and isinstance(matrix, BSRMatrix):
-        raise TypeError("this product needs a CSRMatrix (or scipy.sparse), got a BSRMatrix; "
+    if csr_only and isinstance(matrix, SparseFormat) and not isinstance(matrix, CSRMatrix):
+        name = type(matrix).__name__
+        raise TypeError(f"this product needs a CSRMatrix (or scipy.sparse), got a {name}; "
                         "convert it with CSRMatrix.from_dense(matrix.to_dense())")
     if isinstance(matrix, SparseFormat) or sp.issparse(matrix):
         return
@@ -50,11 +52,11 @@ def _check_sparse_operand(matrix: Any, *, csr_only: bool = False) -> None:
     if isinstance(matrix, np.ndarray):
         raise TypeError(
             "A is a dense numpy array; wrap it with sparsegemm.CSRMatrix.from_dense(A) or "
-            "sparsegemm.BSRMatrix.from_dense(A, blocksize) "
+            "sparsegemm.BSRMatrix.from_dense(A, blocksize) or sparsegemm.BitmapMatrix.from_dense(A) "
             "(or use numpy's @ for dense x dense)"
         )
     raise TypeError(
-        "A must be a sparsegemm.CSRMatrix, a sparsegemm.BSRMatrix or a scipy.sparse matrix, "
+        "A must be a sparsegemm.CSRMatrix, BSRMatrix, BitmapMatrix or a scipy.sparse matrix, "
         f"got {type(matrix).__name__}"
     )
 
@@ -67,6 +69,11 @@ def as_sparse_operand(matrix: SparseOperand, dtype: Any = None) -> SparseFormat:
     with :meth:`CSRMatrix.from_scipy` to reuse a matrix across calls.
     """
     _check_sparse_operand(matrix)
+    return _as_format(matrix, dtype)
+
+
+def _as_format(matrix: SparseOperand, dtype: Any) -> SparseFormat:
+    """:func:`as_sparse_operand` for a caller that has already checked ``matrix``."""
     if isinstance(matrix, SparseFormat):
         return matrix if dtype is None else matrix.astype(dtype)
     return CSRMatrix.from_scipy(matrix, dtype=dtype)
@@ -122,7 +129,7 @@ def sparse_mm(
     Parameters
     ----------
     A
-        A :class:`CSRMatrix`, a :class:`BSRMatrix` or any scipy.sparse
+        A :class:`CSRMatrix`, :class:`BSRMatrix`, :class:`BitmapMatrix` or any scipy.sparse
         matrix/array (scipy input is converted to CSR).
     B
         Array-like of shape (K, N) or (K,), in any memory order (C, Fortran or
@@ -146,7 +153,7 @@ def sparse_mm(
         raise ValueError(f"B must be 1- or 2-dimensional, got shape {B.shape}")
     _check_sparse_operand(A)
     dtype = kernel_dtype(A.dtype, B.dtype)
-    A = as_sparse_operand(A, dtype)
+    A = _as_format(A, dtype)
     rows, cols = A.shape
     if B.shape[0] != cols:
         raise ValueError(f"shape mismatch: A is {A.shape} but B is {B.shape}; "
@@ -183,7 +190,7 @@ def linear(
         Array-like of shape (..., in_features); any leading batch dimensions.
     weight
         Sparse (out_features x in_features): a :class:`CSRMatrix`, a
-        :class:`BSRMatrix` or scipy.sparse (converted to CSR).
+        :class:`BSRMatrix`, a :class:`BitmapMatrix` or scipy.sparse (converted to CSR).
     bias
         Optional array-like of shape (out_features,).
 
@@ -201,7 +208,7 @@ def linear(
     if dtype is None:  # mixed or non-kernel dtypes: promote and convert
         dtypes = [weight.dtype, x.dtype] + ([np.asarray(bias).dtype] if bias is not None else [])
         dtype = kernel_dtype(*dtypes)
-        weight = as_sparse_operand(weight, dtype)
+        weight = _as_format(weight, dtype)
     out_features, in_features = weight.shape
     if x.shape[-1] != in_features:
         raise ValueError(f"shape mismatch: x is {x.shape} but weight is {weight.shape}; "
@@ -239,7 +246,7 @@ def sddmm(
         raise ValueError(f"A and B must be 2-dimensional, got shapes {A.shape} and {B.shape}")
     _check_sparse_operand(pattern, csr_only=True)
     dtype = kernel_dtype(pattern.dtype, A.dtype, B.dtype)
-    pattern = as_sparse_operand(pattern, dtype)
+    pattern = _as_format(pattern, dtype)
     rows, cols = pattern.shape
     if A.shape[0] != rows or B.shape[0] != cols or A.shape[1] != B.shape[1]:
         raise ValueError(f"shape mismatch: pattern is {pattern.shape}, A is {A.shape}, B is {B.shape}; "
@@ -349,7 +356,7 @@ def conv2d(
         x.shape, weight.shape[1], kernel_size, stride, padding, dilation)
     dtypes = [weight.dtype, x.dtype] + ([np.asarray(bias).dtype] if bias is not None else [])
     dtype = kernel_dtype(*dtypes)
-    weight = as_sparse_operand(weight, dtype)
+    weight = _as_format(weight, dtype)
     out_channels = weight.shape[0]
     batch, _, _, width = x.shape
     bias_array = _bias_operand(bias, out_channels, dtype)

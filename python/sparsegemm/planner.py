@@ -1,7 +1,7 @@
-"""Choosing a format by measuring: dense, CSR or a BSR block shape.
+"""Choosing a format by measuring: dense, CSR, a bitmap or a BSR block shape.
 
 :func:`plan` times ``x @ W.T`` for a weight ``W`` at a given batch on this
-machine (dense BLAS, CSR and every BSR block shape that could pay off),
+machine (dense BLAS, CSR, the bitmap and every BSR block shape that could pay off),
 interleaving the contenders over several rounds and taking medians, and keeps
 a sparse format only when it beats the fastest dense contender by a margin (as
 LIBXSMM does): it never returns a sparse format that measured slower than
@@ -12,6 +12,13 @@ hash, besides nnz and each block shape's fill ratio), the versions of
 sparsegemm, numpy and (when imported) torch, and the batch-1 gather choice
 (``SPARSEGEMM_GATHER``). A decision read from a cache has ``cached`` set: its
 times were measured on another call (possibly another process), not now.
+
+At batch <= COLD_MAX_BATCH the product streams the weight from memory in a
+real network (many layers evict each other's weights), so each contender is
+timed cold: every call takes the next of enough copies of its operand (dense
+array or sparse matrix, each built separately) that together they exceed
+twice the last-level cache. Timing one weight in a loop would keep a small
+sparse weight cache-resident while its dense twin streams, and flatter it.
 
 The torch layer is never imported here (torch is an optional extra): torch's
 ``F.linear`` joins the dense contenders only when the caller has already
@@ -36,11 +43,12 @@ import numpy as np
 from . import _core
 from ._dtypes import kernel_dtype
 from ._runtime import get_isa, kernel_catalogue, resolve_num_threads
-from .formats import BSRMatrix, CSRMatrix
+from .formats import BitmapMatrix, BSRMatrix, CSRMatrix
 from .ops import linear
 from .pruning import all_zero_blocks
 from .timing import SLOW_PHASE_RATIO, TimingSettings, measure, thread_limits
 
+BITMAP = "bitmap"
 # Blocks of fewer entries than this are never planned: a 1x1 or 2x1 block
 # stores one index per one or two values, no better than CSR's one per value,
 # and runs a narrower register tile.
@@ -48,8 +56,8 @@ MIN_PLANNED_BLOCK_ENTRIES = 4
 
 
 def _planned_candidates() -> dict[str, tuple[int, int] | None]:
-    """Candidate name -> blocksize (None: CSR), read from the kernel catalogue."""
-    candidates: dict[str, tuple[int, int] | None] = {"csr": None}
+    """Candidate name -> blocksize (None: CSR or the bitmap), BSR shapes from the kernel catalogue."""
+    candidates: dict[str, tuple[int, int] | None] = {"csr": None, BITMAP: None}
     for r, c in kernel_catalogue()["bsr_block_shapes"]:
         if r * c >= MIN_PLANNED_BLOCK_ENTRIES:
             candidates[f"bsr{r}x{c}"] = (r, c)
@@ -71,12 +79,21 @@ DEFAULT_MARGIN = 1.1
 CSR_MAX_DENSITY = 0.5
 BSR_MAX_STORED_FRACTION = 0.75
 DENSE_BSR_MIN_BATCH = 16
+# The bitmap above this density: it moves 4d + 1/8 bytes per float32 weight,
+# within the margin of dense's 4.
+BITMAP_MAX_DENSITY = 0.9
 # Rounds whose dense medians differ by more than this are a slow VM phase:
 # measure again (at most MAX_EXTRA_ROUNDS times).
 ROUND_DISAGREEMENT = SLOW_PHASE_RATIO
 MAX_EXTRA_ROUNDS = 2
+# Batches up to this are timed cold (see the module docstring).
+COLD_MAX_BATCH = 16
+# At most this many copies of one operand for cold timing.
+MAX_COLD_COPIES = 64
+# Last-level cache size when sysfs does not say.
+DEFAULT_LLC_BYTES = 32 * 1024 * 1024
 
-Operand = Union[CSRMatrix, BSRMatrix, None]
+Operand = Union[CSRMatrix, BSRMatrix, BitmapMatrix, None]
 
 _PLAN_CACHE: dict[str, dict[str, Any]] = {}
 
@@ -88,7 +105,7 @@ class Plan:
     Attributes
     ----------
     format
-        "dense", "csr" or "bsr<R>x<C>" (e.g. "bsr4x1").
+        "dense", "csr", "bitmap" or "bsr<R>x<C>" (e.g. "bsr4x1").
     operand
         The built weight for a sparse ``format``, in the plan's dtype: pass it
         to :func:`sparsegemm.linear`. None when the plan keeps the layer dense;
@@ -187,6 +204,11 @@ def _skip_reason(name: str, shape: tuple[int, int], stats: dict[str, Any],
     if size == 0:
         return None
     blocksize = CANDIDATES[name]
+    if name == BITMAP:
+        density = stats["nnz"] / size
+        if density > BITMAP_MAX_DENSITY:
+            return f"density {density:.2f} > {BITMAP_MAX_DENSITY}: the bitmap cannot beat dense"
+        return None
     if blocksize is None:
         density = stats["nnz"] / size
         if density > CSR_MAX_DENSITY:
@@ -222,10 +244,33 @@ def _time_candidates(
     return {name: timing.median for name, timing in timings.items()}
 
 
+def last_level_cache_bytes() -> int:
+    """Size of the last-level cache (sysfs index3, else index2), or DEFAULT_LLC_BYTES."""
+    for index in ("index3", "index2"):
+        try:
+            with open(f"/sys/devices/system/cpu/cpu0/cache/{index}/size") as f:
+                text = f.read().strip().upper()
+        except OSError:
+            continue
+        scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
+        digits = text[:-1] if text[-1:] in "KMG" else text
+        if digits.isdigit() and int(digits) > 0:
+            return int(digits) * scale
+    return DEFAULT_LLC_BYTES
+
+
+def cold_copies(nbytes: int, llc_bytes: int | None = None) -> int:
+    """Copies of an ``nbytes`` operand that together exceed twice the last-level cache."""
+    llc = last_level_cache_bytes() if llc_bytes is None else llc_bytes
+    return int(min(MAX_COLD_COPIES, max(1, -(-2 * llc // max(1, nbytes)))))
+
+
 def _build(name: str, W: np.ndarray) -> Operand:
     blocksize = CANDIDATES.get(name)
     if name == "dense":
         return None
+    if name == BITMAP:
+        return BitmapMatrix.from_dense(W)
     if blocksize is None:
         return CSRMatrix.from_dense(W)
     return BSRMatrix.from_dense(W, blocksize)
@@ -276,14 +321,15 @@ def plan(
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
 ) -> Plan:
-    """Measure dense, CSR and BSR for ``x @ W.T`` at this batch and pick the fastest.
+    """Measure dense, CSR, the bitmap and BSR for ``x @ W.T`` at this batch and pick the fastest.
 
     Parameters
     ----------
     W
         Dense weight (out_features x in_features) with zeros where pruned.
     batch
-        Rows of x the product will see (1 for a GEMV).
+        Rows of x the product will see (1 for a GEMV). Up to COLD_MAX_BATCH
+        the contenders are timed with their weights out of cache.
     candidates
         Sparse formats to consider, from :data:`CANDIDATES`; default all.
     num_threads
@@ -338,6 +384,7 @@ def plan(
         "candidates": names,
         "margin": margin,
         **_software_versions(),
+        "timing": "cold" if batch <= COLD_MAX_BATCH else "warm",
     }
     key = hashlib.sha1(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()
     disk_path = _cache_file(cache_dir) if cache else None
@@ -419,13 +466,20 @@ def _runners(
     scale = np.abs(x).astype(np.float64) @ np.abs(W.T).astype(np.float64)
     tolerance = (1e-4 if W.dtype == np.float32 else 1e-10) * (scale + 1.0)
 
-    runners: dict[str, Callable[[], Any]] = {DENSE_NUMPY: lambda: x @ W.T}
+    cold = batch <= COLD_MAX_BATCH
+    dense_copies = [W] + [W.copy() for _ in range(cold_copies(W.nbytes) - 1 if cold else 0)]
+    runners: dict[str, Callable[[], Any]] = {
+        DENSE_NUMPY: _rotating(dense_copies, lambda w: x @ w.T)}
     torch = sys.modules.get("torch")
     if torch is not None:
-        xt, wt = torch.from_numpy(x), torch.from_numpy(W)
-        runners[DENSE_TORCH] = lambda: torch.nn.functional.linear(xt, wt)
+        xt = torch.from_numpy(x)
+        weights = [torch.from_numpy(w) for w in dense_copies]
+        runners[DENSE_TORCH] = _rotating(weights, lambda w: torch.nn.functional.linear(xt, w))
     for name, operand in operands.items():
-        runners[name] = lambda op=operand: linear(x, op, num_threads=threads)
+        extra = cold_copies(operand._storage_nbytes()) - 1 if cold else 0
+        # Separately built copies: a shared pattern would stay cache-resident.
+        copies = [operand] + [_build(name, W) for _ in range(extra)]
+        runners[name] = _rotating(copies, lambda op: linear(x, op, num_threads=threads))
     for name, run in runners.items():
         result = np.asarray(run())
         agree = (np.abs(result - expected) <= tolerance) | (result == expected)
@@ -433,3 +487,18 @@ def _runners(
         if not np.all(agree):
             raise RuntimeError(f"planner: contender {name!r} disagrees with the dense product")
     return runners
+
+
+def _rotating(operands: list[Any], call: Callable[[Any], Any]) -> Callable[[], Any]:
+    """A runner calling ``call`` on the next operand of ``operands`` each time."""
+    if len(operands) == 1:
+        only = operands[0]
+        return lambda: call(only)
+    state = {"next": 0}
+
+    def run() -> Any:
+        i = state["next"]
+        state["next"] = (i + 1) % len(operands)
+        return call(operands[i])
+
+    return run

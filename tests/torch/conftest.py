@@ -34,7 +34,7 @@ class FakePlannerTimer:
 
     def __init__(self, dense: float = 1.0, **sparse: float):
         self.times = {"dense_numpy": dense, "dense_torch": dense}
-        self.times.update({"csr": 0.5, "bsr4x1": 1.0, "bsr8x1": 1.0, "bsr16x1": 1.0, "bsr4x4": 1.0})
+        self.times.update({"csr": 0.5, "bitmap": 2.0, "bsr4x1": 1.0, "bsr8x1": 1.0, "bsr16x1": 1.0, "bsr4x4": 1.0})
         self.times.update(sparse)
         self.timed: list[list[str]] = []
 
@@ -45,7 +45,8 @@ class FakePlannerTimer:
 
 @pytest.fixture(autouse=True)
 def planner_times(monkeypatch):
-    """Injects planner timings (default: CSR 2x faster than dense, BSR no faster).
+    """Injects planner timings (default: CSR 2x faster than dense, BSR no faster, the bitmap
+    2x slower).
 
     Call ``planner_times(dense=..., csr=..., bsr4x1=...)`` in a test for other
     timings; returns the fake timer, whose ``timed`` lists each call's contenders.

@@ -43,7 +43,7 @@ def test_speed_hook_uses_each_layers_batch_and_reports(bench, prune, planner_tim
     torch.testing.assert_close(sparse(x), model(x), rtol=1e-4, atol=1e-5)
     # Under 'auto' every layer is a candidate: the unpruned first conv is timed too (and the
     # stand-in timing says CSR wins); the unpruned last Linear measures no gain.
-    assert speed.converted == 3 and speed.candidates == 4
+    assert speed.converted == 3 and speed.candidates == 4, speed.report
     assert isinstance(sparse[11], nn.Linear)
     assert speed.speedup == pytest.approx(speed.dense_ms / speed.sparse_ms)
     # conv2 sees 32 images x 8x8 pixels, the Linear 32 rows: planned at those batches

@@ -5,9 +5,12 @@ namespace sparsegemm {
 template <typename T>
 const BsrKernels<T>& bsr_kernels(Isa isa) {
   switch (isa) {
-    case Isa::Avx512: return avx512::bsr_kernel_table<T>();
-    case Isa::Avx2: return avx2::bsr_kernel_table<T>();
-    case Isa::Scalar: break;
+    case Isa::Avx512:
+      return avx512::bsr_kernel_table<T>();
+    case Isa::Avx2:
+      return avx2::bsr_kernel_table<T>();
+    case Isa::Scalar:
+      break;
   }
   return scalar::bsr_kernel_table<T>();
 }

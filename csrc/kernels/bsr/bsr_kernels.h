@@ -49,13 +49,16 @@ template <typename T>
 const BsrKernels<T>& bsr_kernels(Isa isa);
 
 namespace scalar {
-template <typename T> const BsrKernels<T>& bsr_kernel_table();
+template <typename T>
+const BsrKernels<T>& bsr_kernel_table();
 }
 namespace avx2 {
-template <typename T> const BsrKernels<T>& bsr_kernel_table();
+template <typename T>
+const BsrKernels<T>& bsr_kernel_table();
 }
 namespace avx512 {
-template <typename T> const BsrKernels<T>& bsr_kernel_table();
+template <typename T>
+const BsrKernels<T>& bsr_kernel_table();
 }
 
 }  // namespace sparsegemm

@@ -24,14 +24,20 @@ namespace bsr_detail {
 // Accumulators get about three quarters of the registers; the rest hold the
 // loaded vectors of b and the broadcast block value.
 template <typename T>
-constexpr int accumulator_registers() { return Vec<T>::kRegisters * 3 / 4; }
+constexpr int accumulator_registers() {
+  return Vec<T>::kRegisters * 3 / 4;
+}
 
 template <typename T>
-constexpr int max_tile_rows() { return Vec<T>::kRegisters >= 32 ? 8 : 4; }
+constexpr int max_tile_rows() {
+  return Vec<T>::kRegisters >= 32 ? 8 : 4;
+}
 
 // Rows of the register tile for blocks of height R (R == 0: generic, one row).
 template <typename T, int R>
-constexpr int tile_rows() { return R == 0 ? 1 : (R < max_tile_rows<T>() ? R : max_tile_rows<T>()); }
+constexpr int tile_rows() {
+  return R == 0 ? 1 : (R < max_tile_rows<T>() ? R : max_tile_rows<T>());
+}
 
 // Vectors of columns in the register tile for RT rows.
 template <typename T, int RT>
@@ -52,9 +58,9 @@ constexpr int64_t kPrefetchBlocks = 8;
 // first tile_cols columns (the nn.Linear output y = (w @ x^T)^T, written in
 // place instead of through a transposed copy).
 template <typename T, int RT, int kC, int NV, bool kMasked, bool kTransposedOut>
-inline void panel_tile(const index_t* block_cols, const T* vals, int64_t nblocks, int64_t block_size,
-                       int runtime_c, int64_t cols, const T* b, int64_t ldb, const T* bias,
-                       int rows_valid, T* c, int64_t ldc, typename Vec<T>::mask last,
+inline void panel_tile(const index_t* block_cols, const T* vals, int64_t nblocks,
+                       int64_t block_size, int runtime_c, int64_t cols, const T* b, int64_t ldb,
+                       const T* bias, int rows_valid, T* c, int64_t ldc, typename Vec<T>::mask last,
                        int64_t tile_cols) {
   using V = Vec<T>;
   using reg = typename V::reg;
@@ -146,7 +152,8 @@ void spmm_block_rows_impl(const BsrView<T>& a, int64_t br_begin, int64_t br_end,
   const int R = kR > 0 ? kR : a.block_rows_r;
   const int64_t block_size = static_cast<int64_t>(R) * a.block_cols_c;
   const int64_t total_vectors = (n + L - 1) / L;
-  const typename V::mask tail_mask = V::tail_mask(n - (total_vectors - 1) * static_cast<int64_t>(L));
+  const typename V::mask tail_mask =
+      V::tail_mask(n - (total_vectors - 1) * static_cast<int64_t>(L));
 
   int64_t col = 0;
   for (int64_t vectors_left = total_vectors; vectors_left > 0;) {
@@ -216,9 +223,9 @@ inline void gemv_block_row_vectors(const index_t* block_cols, const T* vals, int
 // rows, accumulated in a fixed-size array (vectorised by the compiler when R
 // and C are compile-time). Padding columns of the last block column are skipped.
 template <typename T, int kR, int kC, int NVEC>
-inline void gemv_block_row_any(const index_t* block_cols, const T* vals, int64_t nblocks, int runtime_r,
-                               int runtime_c, int64_t cols, const T* x, int64_t x_vstride,
-                               int64_t x_kstride, T* out) {
+inline void gemv_block_row_any(const index_t* block_cols, const T* vals, int64_t nblocks,
+                               int runtime_r, int runtime_c, int64_t cols, const T* x,
+                               int64_t x_vstride, int64_t x_kstride, T* out) {
   const int R = kR > 0 ? kR : runtime_r;
   const int C = kC > 0 ? kC : runtime_c;
   const int64_t block_size = static_cast<int64_t>(R) * C;
@@ -259,8 +266,9 @@ inline void gemv_block_row_any(const index_t* block_cols, const T* vals, int64_t
 }
 
 template <typename T, int kR, int kC, int NVEC>
-void gemv_group(const BsrView<T>& a, int64_t br_begin, int64_t br_end, const T* x, int64_t x_vstride,
-                int64_t x_kstride, const T* bias, T* y, int64_t y_vstride, int64_t y_rstride) {
+void gemv_group(const BsrView<T>& a, int64_t br_begin, int64_t br_end, const T* x,
+                int64_t x_vstride, int64_t x_kstride, const T* bias, T* y, int64_t y_vstride,
+                int64_t y_rstride) {
   constexpr int L = Vec<T>::kLanes;
   constexpr bool kRowVectors = kC == 1 && kR > 0 && kR % L == 0;
   constexpr int kMaxR = kR > 0 ? kR : kMaxBlockEdge;
@@ -295,10 +303,22 @@ void gemv_block_rows_impl(const BsrView<T>& a, int64_t br_begin, int64_t br_end,
     const T* xg = x + v0 * x_vstride;
     T* yg = y + v0 * y_vstride;
     switch (group) {
-      case 1: gemv_group<T, kR, kC, 1>(a, br_begin, br_end, xg, x_vstride, x_kstride, bias, yg, y_vstride, y_rstride); break;
-      case 2: gemv_group<T, kR, kC, 2>(a, br_begin, br_end, xg, x_vstride, x_kstride, bias, yg, y_vstride, y_rstride); break;
-      case 3: gemv_group<T, kR, kC, 3>(a, br_begin, br_end, xg, x_vstride, x_kstride, bias, yg, y_vstride, y_rstride); break;
-      default: gemv_group<T, kR, kC, 4>(a, br_begin, br_end, xg, x_vstride, x_kstride, bias, yg, y_vstride, y_rstride); break;
+      case 1:
+        gemv_group<T, kR, kC, 1>(a, br_begin, br_end, xg, x_vstride, x_kstride, bias, yg, y_vstride,
+                                 y_rstride);
+        break;
+      case 2:
+        gemv_group<T, kR, kC, 2>(a, br_begin, br_end, xg, x_vstride, x_kstride, bias, yg, y_vstride,
+                                 y_rstride);
+        break;
+      case 3:
+        gemv_group<T, kR, kC, 3>(a, br_begin, br_end, xg, x_vstride, x_kstride, bias, yg, y_vstride,
+                                 y_rstride);
+        break;
+      default:
+        gemv_group<T, kR, kC, 4>(a, br_begin, br_end, xg, x_vstride, x_kstride, bias, yg, y_vstride,
+                                 y_rstride);
+        break;
     }
   }
 }

@@ -41,7 +41,8 @@ struct ConvPlan {
   int64_t in_rstride = 0;           // elements between input rows
   int64_t stride_h = 1;
   int64_t out_h = 0, out_w = 0;
-  int64_t out_cstride = 0, out_rstride = 0;  // output element (co, y, x) at co*cstride + y*rstride + x
+  int64_t out_cstride = 0,
+          out_rstride = 0;  // output element (co, y, x) at co*cstride + y*rstride + x
 };
 
 template <typename T>
@@ -59,13 +60,16 @@ template <typename T>
 const ConvKernels<T>& conv_kernels(Isa isa);
 
 namespace scalar {
-template <typename T> const ConvKernels<T>& conv_kernel_table();
+template <typename T>
+const ConvKernels<T>& conv_kernel_table();
 }
 namespace avx2 {
-template <typename T> const ConvKernels<T>& conv_kernel_table();
+template <typename T>
+const ConvKernels<T>& conv_kernel_table();
 }
 namespace avx512 {
-template <typename T> const ConvKernels<T>& conv_kernel_table();
+template <typename T>
+const ConvKernels<T>& conv_kernel_table();
 }
 
 }  // namespace sparsegemm

@@ -24,14 +24,14 @@ constexpr int block_rows() {
 // taps are [tap_begin, tap_end); NV = ceil(active / lanes). `out` points at
 // output (y0, x0).
 template <typename T, int NV, int R>
-void conv_block(const ConvPlan<T>& plan, int64_t tap_begin, int64_t tap_end, const T* in, int64_t y0,
-                int64_t x0, int64_t active, T bias, T* out) {
+void conv_block(const ConvPlan<T>& plan, int64_t tap_begin, int64_t tap_end, const T* in,
+                int64_t y0, int64_t x0, int64_t active, T bias, T* out) {
   using V = Vec<T>;
   constexpr int L = V::kLanes;
   typename V::reg acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = V::set1(bias);
-  const int64_t in_row0 = y0 * plan.stride_h;       // input row under output row y0, before the tap
+  const int64_t in_row0 = y0 * plan.stride_h;  // input row under output row y0, before the tap
   const int64_t row_step = plan.stride_h * plan.in_rstride;  // input elements between output rows
   const int64_t block_base = in_row0 * plan.in_rstride + x0;
   for (int64_t j = tap_begin; j < tap_end; ++j) {
@@ -70,14 +70,17 @@ void conv_block(const ConvPlan<T>& plan, int64_t tap_begin, int64_t tap_end, con
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) {
       T* dst = out + r * plan.out_rstride + v * L;
-      if ((v + 1) * L <= active) V::store(dst, acc[r][v]);
-      else V::mask_store(dst, V::tail_mask(active - v * L), acc[r][v]);
+      if ((v + 1) * L <= active)
+        V::store(dst, acc[r][v]);
+      else
+        V::mask_store(dst, V::tail_mask(active - v * L), acc[r][v]);
     }
 }
 
 // All chunks of output rows [y0, y0 + R) of one channel.
 template <typename T, int R>
-void conv_rows(const ConvPlan<T>& plan, int64_t co, const T* in, const T* bias, int64_t y0, T* out) {
+void conv_rows(const ConvPlan<T>& plan, int64_t co, const T* in, const T* bias, int64_t y0,
+               T* out) {
   constexpr int64_t L = Vec<T>::kLanes;
   constexpr int64_t kChunk = kChunkVectors * L;
   const int64_t j0 = plan.indptr[co], j1 = plan.indptr[co + 1];
@@ -86,10 +89,18 @@ void conv_rows(const ConvPlan<T>& plan, int64_t co, const T* in, const T* bias, 
   for (int64_t x0 = 0; x0 < plan.out_w; x0 += kChunk) {
     const int64_t active = plan.out_w - x0 < kChunk ? plan.out_w - x0 : kChunk;
     switch ((active + L - 1) / L) {
-      case 1: conv_block<T, 1, R>(plan, j0, j1, in, y0, x0, active, b, out_row + x0); break;
-      case 2: conv_block<T, 2, R>(plan, j0, j1, in, y0, x0, active, b, out_row + x0); break;
-      case 3: conv_block<T, 3, R>(plan, j0, j1, in, y0, x0, active, b, out_row + x0); break;
-      default: conv_block<T, 4, R>(plan, j0, j1, in, y0, x0, active, b, out_row + x0); break;
+      case 1:
+        conv_block<T, 1, R>(plan, j0, j1, in, y0, x0, active, b, out_row + x0);
+        break;
+      case 2:
+        conv_block<T, 2, R>(plan, j0, j1, in, y0, x0, active, b, out_row + x0);
+        break;
+      case 3:
+        conv_block<T, 3, R>(plan, j0, j1, in, y0, x0, active, b, out_row + x0);
+        break;
+      default:
+        conv_block<T, 4, R>(plan, j0, j1, in, y0, x0, active, b, out_row + x0);
+        break;
     }
   }
 }

@@ -5,9 +5,12 @@ namespace sparsegemm {
 template <typename T>
 const CsrKernels<T>& csr_kernels(Isa isa) {
   switch (isa) {
-    case Isa::Avx512: return avx512::csr_kernel_table<T>();
-    case Isa::Avx2: return avx2::csr_kernel_table<T>();
-    case Isa::Scalar: break;
+    case Isa::Avx512:
+      return avx512::csr_kernel_table<T>();
+    case Isa::Avx2:
+      return avx2::csr_kernel_table<T>();
+    case Isa::Scalar:
+      break;
   }
   return scalar::csr_kernel_table<T>();
 }

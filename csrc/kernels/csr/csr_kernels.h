@@ -43,7 +43,8 @@ struct CsrKernels {
                              T* y, int64_t y_vstride, int64_t y_rstride);
 
   // Sampled dense-dense product at the stored positions (SDDMM):
-  //   out[j] = sum_t a[r, t] * b[k, t]   for each stored (r, k) at position j, r in [row_begin, row_end)
+  //   out[j] = sum_t a[r, t] * b[k, t]   for each stored (r, k) at position j, r in [row_begin,
+  //   row_end)
   // a is a.rows x n and b is a.cols x n, each with contiguous rows (strides lda, ldb).
   // a's values are not read; this computes e.g. the gradient of a sparse weight.
   void (*sampled_dot_rows)(const CsrView<T>& pattern, int64_t row_begin, int64_t row_end,
@@ -55,13 +56,16 @@ template <typename T>
 const CsrKernels<T>& csr_kernels(Isa isa);
 
 namespace scalar {
-template <typename T> const CsrKernels<T>& csr_kernel_table();
+template <typename T>
+const CsrKernels<T>& csr_kernel_table();
 }
 namespace avx2 {
-template <typename T> const CsrKernels<T>& csr_kernel_table();
+template <typename T>
+const CsrKernels<T>& csr_kernel_table();
 }
 namespace avx512 {
-template <typename T> const CsrKernels<T>& csr_kernel_table();
+template <typename T>
+const CsrKernels<T>& csr_kernel_table();
 }
 
 }  // namespace sparsegemm

@@ -21,7 +21,10 @@ constexpr int64_t kRowBlockNnz = 1 << 20;
 // Calls body(indices) with the matrix's column indices in their stored width.
 template <typename T, typename Body>
 inline void with_indices(const CsrView<T>& a, const Body& body) {
-  if (a.indices16 != nullptr) body(a.indices16); else body(a.indices);
+  if (a.indices16 != nullptr)
+    body(a.indices16);
+  else
+    body(a.indices);
 }
 
 // Independent accumulator sets for a tile of NV vectors: enough FMAs in flight
@@ -49,23 +52,29 @@ inline void spmm_row_panel(const I* cols, const T* vals, int64_t nnz, const T* b
       const T* row = b + static_cast<int64_t>(cols[j + u]) * ldb;
       const typename V::reg w = V::set1(vals[j + u]);
       for (int v = 0; v < NV; ++v) {
-        if constexpr (Masked) acc[u * NV + v] = V::fmadd(w, V::maskz_load(m, row + v * L), acc[u * NV + v]);
-        else acc[u * NV + v] = V::fmadd(w, V::load(row + v * L), acc[u * NV + v]);
+        if constexpr (Masked)
+          acc[u * NV + v] = V::fmadd(w, V::maskz_load(m, row + v * L), acc[u * NV + v]);
+        else
+          acc[u * NV + v] = V::fmadd(w, V::load(row + v * L), acc[u * NV + v]);
       }
     }
   for (; j < nnz; ++j) {
     const T* row = b + static_cast<int64_t>(cols[j]) * ldb;
     const typename V::reg w = V::set1(vals[j]);
     for (int v = 0; v < NV; ++v) {
-      if constexpr (Masked) acc[v] = V::fmadd(w, V::maskz_load(m, row + v * L), acc[v]);
-      else acc[v] = V::fmadd(w, V::load(row + v * L), acc[v]);
+      if constexpr (Masked)
+        acc[v] = V::fmadd(w, V::maskz_load(m, row + v * L), acc[v]);
+      else
+        acc[v] = V::fmadd(w, V::load(row + v * L), acc[v]);
     }
   }
   for (int u = 1; u < U; ++u)
     for (int v = 0; v < NV; ++v) acc[v] = V::add(acc[v], acc[u * NV + v]);
   for (int v = 0; v < NV; ++v) {
-    if constexpr (Masked) V::mask_store(c + v * L, m, acc[v]);
-    else V::store(c + v * L, acc[v]);
+    if constexpr (Masked)
+      V::mask_store(c + v * L, m, acc[v]);
+    else
+      V::store(c + v * L, acc[v]);
   }
 }
 
@@ -109,7 +118,8 @@ void spmm_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T*
                int64_t n, const T* bias, T* c, int64_t ldc) {
   // The widest panel whose slice of b (a.cols rows) stays in the L2 cache.
   const auto panel_bytes = [&](int vectors) {
-    return static_cast<int64_t>(vectors) * Vec<T>::kLanes * static_cast<int64_t>(sizeof(T)) * a.cols;
+    return static_cast<int64_t>(vectors) * Vec<T>::kLanes * static_cast<int64_t>(sizeof(T)) *
+           a.cols;
   };
   with_indices(a, [&](const auto* indices) {
     if (panel_bytes(4) <= kPanelCacheBytes)
@@ -161,7 +171,8 @@ inline T gather_row(const I* cols, const T* vals, int64_t nnz, const T* x, int32
 // the loads (index, value, x) rather than FMA latency the limit. Where gathers
 // are microcoded (AMD Zen 4) this is about 1.3x faster than the vector gather.
 template <typename T, typename I, bool UnitStride>
-inline T scalar_gather_row_impl(const I* cols, const T* vals, int64_t nnz, const T* x, int32_t kstride) {
+inline T scalar_gather_row_impl(const I* cols, const T* vals, int64_t nnz, const T* x,
+                                int32_t kstride) {
   constexpr int kSums = 8;
   const auto at = [&](int64_t j) {
     return UnitStride ? x[cols[j]] : x[static_cast<int64_t>(cols[j]) * kstride];
@@ -192,8 +203,8 @@ void dot_rows(const RowDot& row_dot, const CsrView<T>& a, int64_t row_begin, int
     for (int64_t v = 0; v < nvec; ++v)
       for (int64_t r = row_begin; r < row_end; ++r) {
         const int64_t s = a.indptr[r];
-        const T sum = row_dot(indices + s, a.values + s, a.indptr[r + 1] - s, x + v * x_vstride,
-                                 kstride);
+        const T sum =
+            row_dot(indices + s, a.values + s, a.indptr[r + 1] - s, x + v * x_vstride, kstride);
         y[v * y_vstride + r * y_rstride] = sum + (bias ? bias[r] : T(0));
       }
   });

@@ -46,7 +46,9 @@ struct Vec<float> {
   static ireg load_indices(const uint16_t* p) {
     return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
-  static ireg scale_indices(ireg i, int32_t s) { return _mm256_mullo_epi32(i, _mm256_set1_epi32(s)); }
+  static ireg scale_indices(ireg i, int32_t s) {
+    return _mm256_mullo_epi32(i, _mm256_set1_epi32(s));
+  }
   static reg gather(ireg i, const float* base) { return _mm256_i32gather_ps(base, i, 4); }
   static reg maskz_gather(mask m, ireg i, const float* base) {
     return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, i, _mm256_castsi256_ps(m), 4);

@@ -9,7 +9,9 @@ namespace avx512_detail {
 // Bit i set for lo <= i < hi, i < Lanes.
 template <typename Mask, int Lanes>
 inline Mask range_mask(int64_t lo, int64_t hi) {
-  const auto clamp = [](int64_t v) { return static_cast<unsigned>(v < 0 ? 0 : v > Lanes ? Lanes : v); };
+  const auto clamp = [](int64_t v) {
+    return static_cast<unsigned>(v < 0 ? 0 : v > Lanes ? Lanes : v);
+  };
   const uint32_t below_hi = (1u << clamp(hi)) - 1u, below_lo = (1u << clamp(lo)) - 1u;
   return static_cast<Mask>(below_hi & ~below_lo);
 }
@@ -34,14 +36,18 @@ struct Vec<float> {
     return active >= 16 ? mask(0xFFFF) : static_cast<mask>((1u << active) - 1u);
   }
   // Lanes i with lo <= i < hi (bounds may lie outside [0, 16]).
-  static mask range_mask(int64_t lo, int64_t hi) { return avx512_detail::range_mask<mask, 16>(lo, hi); }
+  static mask range_mask(int64_t lo, int64_t hi) {
+    return avx512_detail::range_mask<mask, 16>(lo, hi);
+  }
   static reg maskz_load(mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
   static void mask_store(float* p, mask m, reg a) { _mm512_mask_storeu_ps(p, m, a); }
   static ireg load_indices(const int32_t* p) { return _mm512_loadu_si512(p); }
   static ireg load_indices(const uint16_t* p) {
     return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
-  static ireg scale_indices(ireg i, int32_t s) { return _mm512_mullo_epi32(i, _mm512_set1_epi32(s)); }
+  static ireg scale_indices(ireg i, int32_t s) {
+    return _mm512_mullo_epi32(i, _mm512_set1_epi32(s));
+  }
   static reg gather(ireg i, const float* base) { return _mm512_i32gather_ps(i, base, 4); }
   static reg maskz_gather(mask m, ireg i, const float* base) {
     return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, i, base, 4);
@@ -69,7 +75,9 @@ struct Vec<double> {
     return active >= 8 ? mask(0xFF) : static_cast<mask>((1u << active) - 1u);
   }
   // Lanes i with lo <= i < hi (bounds may lie outside [0, 8]).
-  static mask range_mask(int64_t lo, int64_t hi) { return avx512_detail::range_mask<mask, 8>(lo, hi); }
+  static mask range_mask(int64_t lo, int64_t hi) {
+    return avx512_detail::range_mask<mask, 8>(lo, hi);
+  }
   static reg maskz_load(mask m, const double* p) { return _mm512_maskz_loadu_pd(m, p); }
   static void mask_store(double* p, mask m, reg a) { _mm512_mask_storeu_pd(p, m, a); }
   static ireg load_indices(const int32_t* p) {
@@ -78,7 +86,9 @@ struct Vec<double> {
   static ireg load_indices(const uint16_t* p) {
     return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
-  static ireg scale_indices(ireg i, int32_t s) { return _mm256_mullo_epi32(i, _mm256_set1_epi32(s)); }
+  static ireg scale_indices(ireg i, int32_t s) {
+    return _mm256_mullo_epi32(i, _mm256_set1_epi32(s));
+  }
   static reg gather(ireg i, const double* base) { return _mm512_i32gather_pd(i, base, 8); }
   static reg maskz_gather(mask m, ireg i, const double* base) {
     return _mm512_mask_i32gather_pd(_mm512_setzero_pd(), m, i, base, 8);

@@ -217,10 +217,6 @@ def _list_formats() -> str:
             f"{contender.name:<12} {contender.kind:<6} {contender.description} "
             f"({contender.threading}){status}"
         )
-    if not registry.has_block_formats():
-        lines.append(
-            "(sparsegemm BSR formats appear here once this build has sparsegemm.BSRMatrix)"
-        )
     return "\n".join(lines)
 
 
@@ -240,11 +236,6 @@ def choose_contenders(requested: str | None, notes: list[str]) -> list[str]:
             chosen.append(name)
     if "scipy_csr" in chosen:
         notes.append("scipy_csr is single-threaded (scipy.sparse has no threaded product)")
-    if not registry.has_block_formats():
-        notes.append(
-            "sparsegemm has no BSRMatrix in this build: block formats and the planner "
-            "are not benchmarked"
-        )
     return chosen
 
 
@@ -281,9 +272,7 @@ def _run_kernel_suite(
     if args.pattern:
         patterns = [parse_pattern(p) for p in _split(args.pattern)]
     else:
-        patterns = [Pattern()]
-        if registry.has_block_formats():
-            patterns.append(parse_pattern(DEFAULT_BLOCK_PATTERN))
+        patterns = [Pattern(), parse_pattern(DEFAULT_BLOCK_PATTERN)]
     spec = SuiteSpec(
         points=_points(args, preset, patterns),
         contenders=choose_contenders(args.formats, notes),

@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 import sparsegemm
+from .. import formats
 
 from .workloads import Pattern
 
@@ -89,8 +90,8 @@ def duplicate(value: Any) -> Any:
     """A copy of a converted weight in new memory, so a cold run can rotate through copies."""
     if isinstance(value, np.ndarray) or sp.issparse(value):
         return value.copy()
-    if isinstance(value, (sparsegemm.CSRMatrix, sparsegemm.BSRMatrix)):
-        return value._with_values(value.dtype)  # copies values and indices
+    if isinstance(value, formats.SparseFormat):
+        return value.copy()  # copies values and indices
     if hasattr(value, "clone"):  # a torch tensor, dense or compressed
         return value.clone()
     raise TypeError(f"cannot duplicate a {type(value).__name__} for a cold run")
@@ -252,8 +253,8 @@ def format_name(blocksize: tuple[int, int] | None) -> str:
 
 
 def blocksize_of(format: str) -> tuple[int, int] | None:
-    """The inverse of :func:`format_name`."""
-    if format == "csr":
+    """The inverse of :func:`format_name` (None for the unblocked formats, CSR and bitmap)."""
+    if format in ("csr", "bitmap"):
         return None
     rows, cols = format.removeprefix("bsr").split("x")
     return int(rows), int(cols)
@@ -264,6 +265,8 @@ def sparsegemm_call(problem: Problem, format: str) -> Callable[[], Any]:
     blocksize = blocksize_of(format)
 
     def convert() -> Any:
+        if format == "bitmap":
+            return sparsegemm.BitmapMatrix.from_dense(problem.weight)
         if blocksize is None:
             return sparsegemm.CSRMatrix.from_dense(problem.weight)
         return sparsegemm.BSRMatrix.from_dense(problem.weight, blocksize=blocksize)
@@ -275,6 +278,10 @@ def sparsegemm_call(problem: Problem, format: str) -> Callable[[], Any]:
 
 def _build_sparsegemm_csr(problem: Problem) -> Callable[[], Any]:
     return _label(sparsegemm_call(problem, "csr"), RanAs("csr"))
+
+
+def _build_sparsegemm_bitmap(problem: Problem) -> Callable[[], Any]:
+    return _label(sparsegemm_call(problem, "bitmap"), RanAs("bitmap"))
 
 
 def _build_sparsegemm_bsr(problem: Problem) -> Callable[[], Any]:
@@ -370,36 +377,34 @@ register(
 )
 
 
-def register_optional_sparsegemm_formats() -> None:
-    """Register sparsegemm's BSR and planner contenders if this build has them.
-
-    They arrive with the BSR work; until then the registry simply lacks them.
-    """
-    if hasattr(sparsegemm, "BSRMatrix"):
-        register(
-            Contender(
-                "sgemm_bsr",
-                "sparsegemm.linear, BSRMatrix (the pattern's block)",
-                "sparse",
-                _build_sparsegemm_bsr,
-                is_sparsegemm=True,
-            )
-        )
-    if hasattr(sparsegemm, "plan"):
-        register(
-            Contender(
-                "sgemm_auto",
-                "sparsegemm.plan's choice of format",
-                "sparse",
-                _build_sparsegemm_auto,
-                is_sparsegemm=True,
-            )
-        )
+register(
+    Contender(
+        "sgemm_bitmap",
+        "sparsegemm.linear, BitmapMatrix (1 bit per weight + packed values)",
+        "sparse",
+        _build_sparsegemm_bitmap,
+        is_sparsegemm=True,
+        quick_max_batch=16,
+    )
+)
 
 
-register_optional_sparsegemm_formats()
+register(
+    Contender(
+        "sgemm_bsr",
+        "sparsegemm.linear, BSRMatrix (the pattern's block)",
+        "sparse",
+        _build_sparsegemm_bsr,
+        is_sparsegemm=True,
+    )
+)
+register(
+    Contender(
+        "sgemm_auto",
+        "sparsegemm.plan's choice of format",
+        "sparse",
+        _build_sparsegemm_auto,
+        is_sparsegemm=True,
+    )
+)
 
-
-def has_block_formats() -> bool:
-    """True once sparsegemm has BSR kernels (block patterns then join the default suites)."""
-    return "sgemm_bsr" in REGISTRY

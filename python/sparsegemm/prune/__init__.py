@@ -17,6 +17,7 @@ Quick start::
     prune.prune_model(model, 0.8, prune.BlockNorm((4, 1)))          # 4x1 blocks
     prune.prune_model(model, criterion=prune.NM(2, 4))              # 2:4
     prune.prune_model(model, 0.5, prune.ChannelNorm(2), scope="layer")
+    prune.prune_pretrained(bert, calibration, 0.5, method="sparsegpt", pattern="2:4")
     small = prune.thin(model)                                       # drop pruned channels
     prune.remove(model)                                             # finalise
 
@@ -46,6 +47,18 @@ from .api import (
     remove,
     sparsity,
 )
+from .calibrated import (
+    SparsityPattern,
+    Wanda,
+    call_model,
+    find_blocks,
+    owl_sparsities,
+    parse_pattern,
+    prune_pretrained,
+    sparsegpt_prune,
+    wanda_importance,
+)
+from .distill import distill, model_output
 from .criteria import (
     NM,
     Activation,
@@ -72,6 +85,19 @@ __all__ = [
     "Taylor",
     "Custom",
     "measure_activations",
+    "Wanda",
+    # calibration pruning of pretrained models
+    "prune_pretrained",
+    "SparsityPattern",
+    "parse_pattern",
+    "find_blocks",
+    "owl_sparsities",
+    "sparsegpt_prune",
+    "wanda_importance",
+    "call_model",
+    # recovery
+    "distill",
+    "model_output",
     # scope, masks, finalise
     "PRUNABLE_TYPES",
     "prunable_layers",

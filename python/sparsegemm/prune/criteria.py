@@ -46,6 +46,7 @@ __all__ = [
     "existing_mask",
     "block_reduce",
     "expand_units",
+    "keep_n_of_m",
 ]
 
 Granularity = Union[str, Tuple[int, int]]  # "element", "channel" or (r, c)
@@ -139,6 +140,21 @@ def _reduce_elements(scores: torch.Tensor, granularity: Granularity, p: float) -
     if granularity == "channel":
         return torch.linalg.vector_norm(_as_matrix(scores).double(), ord=p, dim=1).float()
     return block_reduce(scores, granularity, p)
+
+
+def keep_n_of_m(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Boolean keep-mask of a 2-D ``scores`` matrix: the ``n`` highest of every group of
+    ``m`` consecutive entries of each row (a trailing partial group of ``g`` keeps
+    ``min(n, g)``)."""
+    rows, cols = scores.shape
+    groups_per_row = math.ceil(cols / m)
+    padded = torch.full((rows, groups_per_row * m), -math.inf, dtype=torch.float64)
+    padded[:, :cols] = scores
+    groups = padded.reshape(rows, groups_per_row, m)
+    keep = torch.zeros_like(groups, dtype=torch.bool)
+    if n > 0:
+        keep.scatter_(2, torch.topk(groups, n, dim=2).indices, True)
+    return keep.reshape(rows, groups_per_row * m)[:, :cols]
 
 
 # ---------------------------------------------------------------- base class
@@ -245,16 +261,7 @@ class NM(Criterion):
         old = existing_mask(module, name)
         if old is not None:
             mat = mat.masked_fill(_as_matrix(old) == 0, -math.inf)
-        rows, cols = mat.shape
-        G = math.ceil(cols / self.m)
-        padded = torch.full((rows, G * self.m), -math.inf, dtype=mat.dtype)
-        padded[:, :cols] = mat
-        groups = padded.reshape(rows, G, self.m)
-        keep = torch.zeros_like(groups, dtype=torch.bool)
-        if self.n > 0:
-            idx = torch.topk(groups, self.n, dim=2).indices
-            keep.scatter_(2, idx, True)
-        keep = keep.reshape(rows, G * self.m)[:, :cols]
+        keep = keep_n_of_m(mat, self.n, self.m)
         if old is not None:
             keep &= _as_matrix(old) != 0
         return keep.reshape(w.shape)

@@ -17,6 +17,7 @@ from ._cache import clear_cache
 from .attention import SparseMultiheadAttention
 from .auto import AutoSparseLinear, freeze
 from .checkpoint import from_pretrained, load_sparsified
+from .compact import load_sparse, save_sparse
 from .modules import SparseConv2d, SparseLinear, masked_weight
 from .sparsify import LayerReport, SparsifyReport, sparsify
 
@@ -30,7 +31,9 @@ __all__ = [
     "clear_cache",
     "freeze",
     "from_pretrained",
+    "load_sparse",
     "load_sparsified",
     "masked_weight",
+    "save_sparse",
     "sparsify",
 ]

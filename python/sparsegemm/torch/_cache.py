@@ -26,11 +26,11 @@ from typing import Callable, Union
 import numpy as np
 import torch
 
-from ..formats import BSRMatrix, CSRMatrix
+from ..formats import BitmapMatrix, BSRMatrix, CSRMatrix
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 
-Pattern = Union[CSRMatrix, BSRMatrix]
+Pattern = Union[CSRMatrix, BSRMatrix, BitmapMatrix]
 
 
 def _storage_ref(tensor: torch.Tensor, callback: Callable | None = None) -> weakref.ref:
@@ -58,6 +58,7 @@ class _PatternEntry:
         self.storages = (_storage_ref(indptr, on_free), _storage_ref(indices, on_free))
         self.matrix = matrix
         self._transpose: tuple[Pattern, np.ndarray] | None = None
+        self._csr: CSRMatrix | None = None
 
     def holds(self, indptr: torch.Tensor, indices: torch.Tensor) -> bool:
         return (self.versions == (indptr._version, indices._version)
@@ -67,11 +68,24 @@ class _PatternEntry:
     def freed(self) -> bool:
         return any(ref() is None for ref in self.storages)
 
+    def csr(self) -> CSRMatrix:
+        """The pattern as CSR (for a bitmap: the same entries in the same order)."""
+        if isinstance(self.matrix, BitmapMatrix):
+            if self._csr is None:
+                bitmap = self.matrix
+                self._csr = CSRMatrix((np.zeros(bitmap.nnz, bitmap.dtype),
+                                       bitmap.column_indices().astype(np.int32), bitmap.offsets),
+                                      shape=bitmap.shape)
+            return self._csr
+        assert isinstance(self.matrix, CSRMatrix)
+        return self.matrix
+
     def transpose(self) -> tuple[Pattern, np.ndarray]:
         """(transposed pattern, permutation): values of the transpose are ``values[perm]``
-        (for BSR, each gathered block is also transposed)."""
+        (for BSR, each gathered block is also transposed; a bitmap's transpose is CSR)."""
         if self._transpose is None:
-            self._transpose = self.matrix.transpose_with_permutation()
+            source = self.csr() if isinstance(self.matrix, BitmapMatrix) else self.matrix
+            self._transpose = source.transpose_with_permutation()
         return self._transpose
 
 
@@ -117,6 +131,32 @@ class PatternCache:
                     self._entries.pop(key, None)
 
             entry = _PatternEntry(indptr, indices, matrix, on_free)
+            self._entries[key] = entry
+            return entry
+
+
+    def bitmap_entry(self, bitmap: torch.Tensor, shape: tuple[int, int],
+                     dtype: torch.dtype) -> _PatternEntry:
+        """The pattern of a bitmap weight (``bitmap``: int64 words, (rows, ceil(cols / 64)))."""
+        key = ("bitmap", bitmap.data_ptr(), bitmap.numel(), shape, dtype)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.holds(bitmap, bitmap):
+                return entry
+            words = as_numpy(bitmap.contiguous()).view(np.uint64)
+            if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+                nnz = int(np.bitwise_count(words).sum())
+            else:
+                nnz = int(np.unpackbits(words.view(np.uint8)).sum(dtype=np.int64))
+            zeros = np.zeros(nnz, dtype=_NUMPY_DTYPES[dtype])
+            matrix = BitmapMatrix((zeros, words), shape=shape)
+
+            def on_free(_ref: weakref.ref, key: tuple = key) -> None:
+                stale = self._entries.get(key)
+                if stale is not None and stale.freed():
+                    self._entries.pop(key, None)
+
+            entry = _PatternEntry(bitmap, bitmap, matrix, on_free)
             self._entries[key] = entry
             return entry
 

@@ -1,8 +1,8 @@
 """Which sparse format a torch module stores, and how a request resolves.
 
-``format='csr'`` and ``'bsr'`` (with a ``blocksize``, default (4, 1)) are taken
-as asked, with no timing. ``'auto'`` asks :func:`sparsegemm.plan` to time dense,
-CSR and the BSR block shapes for the weight at ``batch_hint`` rows of input on
+``format='csr'``, ``'bitmap'`` and ``'bsr'`` (with a ``blocksize``, default (4, 1)) are
+taken as asked, with no timing. ``'auto'`` asks :func:`sparsegemm.plan` to time dense,
+CSR, the bitmap and the BSR block shapes for the weight at ``batch_hint`` rows of input on
 this machine (with torch's thread count), and takes its decision, which may be
 "dense" when no sparse format measured faster.
 """
@@ -16,9 +16,9 @@ import torch
 import sparsegemm
 
 from ..formats import _check_blocksize
-from ..planner import CANDIDATES
+from ..planner import BITMAP, CANDIDATES
 
-FORMAT_CHOICES = ("auto", "csr", "bsr")
+FORMAT_CHOICES = ("auto", "csr", "bsr", "bitmap")
 DEFAULT_BLOCKSIZE = (4, 1)
 
 
@@ -26,7 +26,7 @@ DEFAULT_BLOCKSIZE = (4, 1)
 class FormatChoice:
     """The resolved storage of one weight.
 
-    format: 'dense', 'csr' or 'bsr'; blocksize: (R, C) for 'bsr', else None;
+    format: 'dense', 'csr', 'bitmap' or 'bsr'; blocksize: (R, C) for 'bsr', else None;
     speedup: the planner's measured dense time over the chosen sparse format's
     time (for a 'dense' decision: over the fastest sparse contender's), None when
     nothing was measured; planned: the planner's own name for its decision
@@ -77,6 +77,9 @@ def _fastest_sparse(times: dict[str, float]) -> str | None:
 
 def _choice_for(name: str, speedup: float | None, planned: str, cached: bool,
                 fastest_sparse: str | None) -> FormatChoice:
+    if name == BITMAP:
+        return FormatChoice("bitmap", None, speedup, planned, cached=cached,
+                            fastest_sparse=fastest_sparse)
     blocksize = CANDIDATES[name]
     return FormatChoice("csr" if blocksize is None else "bsr", blocksize, speedup, planned,
                         cached=cached, fastest_sparse=fastest_sparse)

@@ -25,6 +25,12 @@ Ops (``...`` is any number of leading batch dimensions):
   the transposed pattern (C x R blocks)
 * ``bsr_sampled_dot(indptr, indices, a, b, blocksize)``: ``a.T @ b`` at the stored blocks,
   a (n, rows), b (n, cols): the gradient of BSR ``values``
+* ``bitmap_linear(x, bitmap, values, cols, bias)``: ``x @ W.T + bias`` for a bitmap weight,
+  ``bitmap`` int64 words (rows, ceil(cols / 64)) (bit ``c % 64`` of word ``c // 64`` marks
+  column ``c``), values (nnz,) row-major
+* ``bitmap_linear_t(g, bitmap, values, cols)``: ``g @ W``, by the CSR kernel on the transpose
+* ``bitmap_sampled_dot(bitmap, a, b, cols, nnz)``: ``a @ b.T`` at the stored positions, a (rows, n),
+  b (cols, n): the gradient of bitmap ``values``
 * ``csr_conv2d(x, indptr, indices, values, kernel_size, stride, padding, dilation, bias)``:
   ``F.conv2d`` (groups=1, symmetric zero padding) of x (N, Cin, H, W) with the weight
   W (Cout x Cin*KH*KW) computed directly, without an im2col matrix.
@@ -32,7 +38,7 @@ Ops (``...`` is any number of leading batch dimensions):
 No op keeps a copy of ``values``: the cache holds the validated pattern only
 and each call hands the live tensor to the kernel.
 
-``csr_linear``, ``bsr_linear``, ``csr_bmm`` and ``csr_conv2d`` are differentiable in their dense inputs,
+``csr_linear``, ``bsr_linear``, ``bitmap_linear``, ``csr_bmm`` and ``csr_conv2d`` are differentiable in their dense inputs,
 ``values`` and ``bias``; the gradient of ``values`` covers the stored
 positions only, so the sparsity pattern never fills in.
 """
@@ -525,7 +531,112 @@ def _bsr_linear_backward(ctx, grad):
 bsr_linear.register_autograd(_bsr_linear_backward, setup_context=_bsr_linear_setup_context)
 
 
+# bitmap_linear --------------------------------------------------------------------------------
+
+def _check_bitmap(op: str, bitmap: Tensor, cols: int) -> None:
+    words = -(-cols // 64)
+    if bitmap.dim() != 2 or bitmap.shape[1] != words or bitmap.dtype != torch.int64:
+        raise ValueError(f"sparsegemm.{op}: bitmap must be int64 of shape (rows, {words}) "
+                         f"(ceil(cols / 64) words per row), got {bitmap.dtype} "
+                         f"{tuple(bitmap.shape)}")
+
+
+@torch.library.custom_op("sparsegemm::bitmap_linear", mutates_args=())
+def bitmap_linear(x: Tensor, bitmap: Tensor, values: Tensor, cols: int,
+                  bias: Optional[Tensor]) -> Tensor:
+    """``x @ W.T + bias`` for the bitmap weight W (rows x cols) = (bitmap, values)."""
+    _check_operands("bitmap_linear", values, x=x, bias=bias)
+    _check_bitmap("bitmap_linear", bitmap, cols)
+    _check_last_dim("bitmap_linear", "x", x, cols)
+    pattern = patterns.bitmap_entry(bitmap, (bitmap.shape[0], cols), values.dtype).matrix
+    return _linear(_core.bitmap_linear, pattern, x, values_array(values), bias)
+
+
+@bitmap_linear.register_fake
+def _(x, bitmap, values, cols, bias):
+    _check_operands("bitmap_linear", values, x=x, bias=bias)
+    _check_bitmap("bitmap_linear", bitmap, cols)
+    _check_last_dim("bitmap_linear", "x", x, cols)
+    return x.new_empty((*x.shape[:-1], bitmap.shape[0]), dtype=values.dtype)
+
+
+@torch.library.custom_op("sparsegemm::bitmap_linear_t", mutates_args=())
+def bitmap_linear_t(g: Tensor, bitmap: Tensor, values: Tensor, cols: int) -> Tensor:
+    """``g @ W`` for g (..., rows): the input gradient of :func:`bitmap_linear`."""
+    _check_operands("bitmap_linear_t", values, g=g)
+    _check_bitmap("bitmap_linear_t", bitmap, cols)
+    _check_last_dim("bitmap_linear_t", "g", g, bitmap.shape[0])
+    entry = patterns.bitmap_entry(bitmap, (bitmap.shape[0], cols), values.dtype)
+    transposed, permutation = entry.transpose()
+    return _linear(_core.csr_linear, transposed, g, values_array(values)[permutation], None)
+
+
+@bitmap_linear_t.register_fake
+def _(g, bitmap, values, cols):
+    _check_operands("bitmap_linear_t", values, g=g)
+    _check_bitmap("bitmap_linear_t", bitmap, cols)
+    _check_last_dim("bitmap_linear_t", "g", g, bitmap.shape[0])
+    return g.new_empty((*g.shape[:-1], cols), dtype=values.dtype)
+
+
+def _bitmap_sampled_shapes(bitmap: Tensor, a: Tensor, b: Tensor, cols: int) -> None:
+    rows = bitmap.shape[0]
+    if a.dim() != 2 or b.dim() != 2 or a.shape[0] != rows or b.shape != (cols, a.shape[1]):
+        raise ValueError(f"sparsegemm.bitmap_sampled_dot: need a ({rows}, n) and b ({cols}, n), "
+                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
+
+
+@torch.library.custom_op("sparsegemm::bitmap_sampled_dot", mutates_args=())
+def bitmap_sampled_dot(bitmap: Tensor, a: Tensor, b: Tensor, cols: int, nnz: int) -> Tensor:
+    """``a @ b.T`` at the ``nnz`` stored positions of the bitmap, in storage order."""
+    _check_operands("bitmap_sampled_dot", a, b=b)
+    _check_bitmap("bitmap_sampled_dot", bitmap, cols)
+    _bitmap_sampled_shapes(bitmap, a, b, cols)
+    entry = patterns.bitmap_entry(bitmap, (bitmap.shape[0], cols), a.dtype)
+    pattern = entry.csr()
+    if pattern.nnz != nnz:
+        raise ValueError(f"sparsegemm.bitmap_sampled_dot: the bitmap stores {pattern.nnz} "
+                         f"entries, not nnz = {nnz}")
+    out = torch.empty(nnz, dtype=a.dtype)
+    _core.csr_sampled_dot(pattern._handle, as_numpy(a.contiguous()), as_numpy(b.contiguous()),
+                          as_numpy(out), torch.get_num_threads())
+    return out
+
+
+@bitmap_sampled_dot.register_fake
+def _(bitmap, a, b, cols, nnz):
+    _check_operands("bitmap_sampled_dot", a, b=b)
+    _check_bitmap("bitmap_sampled_dot", bitmap, cols)
+    _bitmap_sampled_shapes(bitmap, a, b, cols)
+    return a.new_empty((nnz,))
+
+
+def _bitmap_linear_setup_context(ctx, inputs, output):
+    x, bitmap, values, cols, _bias = inputs
+    ctx.save_for_backward(x, bitmap, values)
+    ctx.cols = cols
+
+
+def _bitmap_linear_backward(ctx, grad):
+    x, bitmap, values = ctx.saved_tensors
+    rows, cols = bitmap.shape[0], ctx.cols
+    grad_x = grad_values = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.ops.sparsegemm.bitmap_linear_t(grad, bitmap, values, cols)
+    if ctx.needs_input_grad[2]:
+        # dW = dY.T @ X sampled at the stored positions.
+        grad_values = torch.ops.sparsegemm.bitmap_sampled_dot(
+            bitmap, grad.reshape(-1, rows).t(), x.reshape(-1, cols).t(), cols, values.shape[0])
+    if ctx.needs_input_grad[4]:
+        grad_bias = grad.reshape(-1, rows).sum(0)
+    return grad_x, None, grad_values, None, grad_bias
+
+
+bitmap_linear.register_autograd(_bitmap_linear_backward,
+                                setup_context=_bitmap_linear_setup_context)
+
+
 # Under torch.autocast a sparse product runs in float32 (there are no
 # reduced-precision kernels), as autocast's float32 ops do.
-for _op in ("csr_linear", "csr_bmm", "csr_conv2d", "bsr_linear"):
+for _op in ("csr_linear", "csr_bmm", "csr_conv2d", "bsr_linear", "bitmap_linear"):
     torch.library.register_autocast(f"sparsegemm::{_op}", "cpu", torch.float32)

@@ -8,16 +8,16 @@ padding, and the four projections of ``nn.MultiheadAttention``; a subclass of
 1. ``filter_fn(module, fully_qualified_name)`` must return True (default: all).
 2. The weight's sparsity must be at least ``min_sparsity``.
 3. With ``format='auto'``, :func:`sparsegemm.plan` times each Linear at the
-   input rows it really sees (dense, CSR and BSR block shapes): the rows it
+   input rows it really sees (dense, CSR, the bitmap and BSR block shapes): the rows it
    receives in a forward pass of ``example_inputs``, else ``batch_hint``, else
    at run time on its first forward per row bucket (an
    :class:`~sparsegemm.torch.AutoSparseLinear`; :func:`~sparsegemm.torch.freeze`
    fixes the choices). The layer takes the format and blocksize it picks, and stays dense
    when the planner keeps it dense or measures less than ``min_speedup``.
-   With ``format='csr'`` or ``'bsr'`` nothing is timed and the sparsity
+   With ``format='csr'``, ``'bitmap'`` or ``'bsr'`` nothing is timed and the sparsity
    threshold alone decides: the default ``DEFAULT_MIN_SPARSITY = 0.7`` is a
    conservative guess for where unstructured CSR starts to beat dense BLAS,
-   not a calibrated figure. Convolutions store CSR only (also under 'bsr').
+   not a calibrated figure. Convolutions store CSR only (also under 'bsr' and 'bitmap').
    A Linear-shaped timing says little about a convolution (its sparse kernel
    is a direct convolution, its dense one is torch's), so under 'auto' a
    Conv2d is timed as itself, dense against sparse, on the input it sees in a
@@ -67,7 +67,7 @@ class LayerReport:
     name: str
     kind: str
     converted: bool
-    format: str  # 'csr' or 'bsr<R>x<C>' when converted, 'dense' otherwise
+    format: str  # 'csr', 'bitmap' or 'bsr<R>x<C>' when converted, 'dense' otherwise
     sparsity: float  # of the dense weight (fraction of zeros / pruned entries)
     speedup: float | None  # the planner's measurement; None when not measured
     reason: str = ""
@@ -217,8 +217,9 @@ class _Converter:
         else at ``batch_hint``; with neither it is format 'auto' (decided at run time).
         """
         if isinstance(module, nn.Conv2d):
-            if self.format == "bsr":
-                return FormatChoice("csr"), "no BSR convolution: stored as CSR"
+            if self.format in ("bsr", "bitmap"):
+                kind = "BSR" if self.format == "bsr" else "bitmap"
+                return FormatChoice("csr"), f"no {kind} convolution: stored as CSR"
             if self.format == "csr":
                 return FormatChoice("csr"), ""
             x = self.shapes.conv_inputs.get(id(module))
@@ -430,8 +431,8 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         ``filter_fn(module, fully_qualified_name) -> bool`` selects layers, as in
         torchao; MultiheadAttention is offered as one module.
     format
-        'auto' (the planner times each layer and picks dense, CSR or a BSR
-        blocksize), 'csr' or 'bsr' (no timing).
+        'auto' (the planner times each layer and picks dense, CSR, the bitmap or
+        a BSR blocksize), 'csr', 'bitmap' or 'bsr' (no timing).
     blocksize
         (R, C) blocks for ``format='bsr'``; default (4, 1). Not allowed otherwise.
     min_sparsity

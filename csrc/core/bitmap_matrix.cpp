@@ -1,0 +1,149 @@
+#include "core/bitmap_matrix.h"
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace sparsegemm {
+
+namespace {
+
+// Bits of a row's last word that lie past the last column.
+uint64_t tail_bits_mask(int64_t cols) {
+  const int64_t used = cols % kBitmapWordBits;
+  return used == 0 ? 0 : ~((uint64_t(1) << used) - 1);
+}
+
+}  // namespace
+
+template <typename T>
+int64_t BitmapMatrix<T>::count_offsets() {
+  const int64_t wpr = words_per_row();
+  offsets_.resize(rows_ + 1);
+  offsets_[0] = 0;
+  int64_t total = 0;
+  for (int64_t r = 0; r < rows_; ++r) {
+    for (int64_t w = 0; w < wpr; ++w) total += __builtin_popcountll(bits_[r * wpr + w]);
+    offsets_[r + 1] = total;
+  }
+  return total;
+}
+
+template <typename T>
+BitmapMatrix<T> BitmapMatrix<T>::from_arrays(int64_t rows, int64_t cols, const uint64_t* bits,
+                                             int64_t bits_len, const T* values,
+                                             int64_t values_len) {
+  check_dimensions(rows, cols);
+  const int64_t wpr = bitmap_words_per_row(cols);
+  if (bits_len != rows * wpr)
+    throw std::invalid_argument(
+        "bits must have rows * ceil(cols / 64) = " + std::to_string(rows * wpr) + " words, got " +
+        std::to_string(bits_len));
+  const uint64_t tail = tail_bits_mask(cols);
+  if (tail != 0)
+    for (int64_t r = 0; r < rows; ++r)
+      if ((bits[r * wpr + wpr - 1] & tail) != 0)
+        throw std::invalid_argument("row " + std::to_string(r) +
+                                    " has a bit set past the last column (" + std::to_string(cols) +
+                                    " columns): bits past cols must be zero");
+  BitmapMatrix m;
+  m.rows_ = rows;
+  m.cols_ = cols;
+  m.bits_.assign(bits, bits + bits_len);
+  const int64_t total = m.count_offsets();
+  if (values_len != total)
+    throw std::invalid_argument("data must have one value per set bit (" + std::to_string(total) +
+                                "), got " + std::to_string(values_len));
+  m.values_.assign(values, values + values_len);
+  return m;
+}
+
+template <typename T>
+template <typename IndptrT>
+BitmapMatrix<T> BitmapMatrix<T>::from_csr_arrays(int64_t rows, int64_t cols, const IndptrT* indptr,
+                                                 int64_t indptr_len, const index_t* indices,
+                                                 int64_t indices_len, const T* values,
+                                                 int64_t values_len) {
+  validate_csr_structure(rows, cols, indptr, indptr_len, indices, indices_len, values_len);
+  const int64_t wpr = bitmap_words_per_row(cols);
+  BitmapMatrix m;
+  m.rows_ = rows;
+  m.cols_ = cols;
+  m.bits_.assign(rows * wpr, 0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = indptr[r]; j < static_cast<int64_t>(indptr[r + 1]); ++j)
+      m.bits_[r * wpr + indices[j] / kBitmapWordBits] |= uint64_t(1)
+                                                         << (indices[j] % kBitmapWordBits);
+  m.count_offsets();
+  // Sorted, unique indices: the CSR order within a row is the bitmap order.
+  m.values_.assign(values, values + values_len);
+  return m;
+}
+
+template <typename T>
+BitmapMatrix<T> BitmapMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense,
+                                            int64_t row_stride, int64_t col_stride,
+                                            double threshold) {
+  check_dimensions(rows, cols);
+  const int64_t wpr = bitmap_words_per_row(cols);
+  BitmapMatrix m;
+  m.rows_ = rows;
+  m.cols_ = cols;
+  m.bits_.assign(rows * wpr, 0);
+  const auto kept = [threshold](T a) { return !(std::fabs(static_cast<double>(a)) <= threshold); };
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = dense + r * row_stride;
+    uint64_t* words = m.bits_.data() + r * wpr;
+    for (int64_t c = 0; c < cols; ++c)
+      if (kept(row[c * col_stride]))
+        words[c / kBitmapWordBits] |= uint64_t(1) << (c % kBitmapWordBits);
+  }
+  m.values_.resize(m.count_offsets());
+  int64_t k = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = dense + r * row_stride;
+    for (int64_t c = 0; c < cols; ++c) {
+      const T a = row[c * col_stride];
+      if (kept(a)) m.values_[k++] = a;
+    }
+  }
+  return m;
+}
+
+template <typename T>
+void BitmapMatrix<T>::to_dense(T* out) const {
+  std::memset(out, 0, sizeof(T) * rows_ * cols_);
+  const int64_t wpr = words_per_row();
+  int64_t k = 0;
+  for (int64_t r = 0; r < rows_; ++r)
+    for (int64_t w = 0; w < wpr; ++w)
+      for (uint64_t word = bits_[r * wpr + w]; word != 0; word &= word - 1)
+        out[r * cols_ + w * kBitmapWordBits + __builtin_ctzll(word)] = values_[k++];
+}
+
+template <typename T>
+BitmapMatrix<T> BitmapMatrix<T>::with_values(const T* values, int64_t values_len) const {
+  if (values_len != nnz())
+    throw std::invalid_argument("values must have nnz = " + std::to_string(nnz()) +
+                                " entries, got " + std::to_string(values_len));
+  BitmapMatrix m;
+  m.rows_ = rows_;
+  m.cols_ = cols_;
+  m.bits_ = bits_;
+  m.offsets_ = offsets_;
+  m.values_.assign(values, values + values_len);
+  return m;
+}
+
+#define SPARSEGEMM_INSTANTIATE_BITMAP(T)                                                      \
+  template class BitmapMatrix<T>;                                                             \
+  template BitmapMatrix<T> BitmapMatrix<T>::from_csr_arrays<int32_t>(                         \
+      int64_t, int64_t, const int32_t*, int64_t, const index_t*, int64_t, const T*, int64_t); \
+  template BitmapMatrix<T> BitmapMatrix<T>::from_csr_arrays<int64_t>(                         \
+      int64_t, int64_t, const int64_t*, int64_t, const index_t*, int64_t, const T*, int64_t);
+SPARSEGEMM_INSTANTIATE_BITMAP(float)
+SPARSEGEMM_INSTANTIATE_BITMAP(double)
+#undef SPARSEGEMM_INSTANTIATE_BITMAP
+
+}  // namespace sparsegemm

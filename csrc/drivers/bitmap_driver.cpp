@@ -1,0 +1,103 @@
+#include "drivers/bitmap_driver.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "core/isa.h"
+#include "core/parallel.h"
+#include "kernels/bitmap/bitmap_kernels.h"
+#include "drivers/transpose.h"
+#include "drivers/buffer.h"
+#include "drivers/product_driver.h"
+
+namespace sparsegemm {
+
+namespace {
+
+// Whether every x(v, k) = x[v * vstride + k], v < nvec, k < cols, is finite.
+template <typename T>
+bool all_finite(const T* x, int64_t vstride, int64_t nvec, int64_t cols) {
+  for (int64_t v = 0; v < nvec; ++v) {
+    const T* row = x + v * vstride;
+    bool finite = true;
+    for (int64_t k = 0; k < cols; ++k) finite &= std::isfinite(row[k]);
+    if (!finite) return false;
+  }
+  return true;
+}
+
+// The bitmap plugged into the shared drivers (drivers/product_driver.h). Every
+// vector count runs few_vectors(), so the panel path is only a fallback.
+template <typename T>
+struct BitmapProduct {
+  const BitmapMatrix<T>& a;
+  const T* values = nullptr;
+
+  BitmapView<T> view() const {
+    BitmapView<T> v = a.view();
+    if (values != nullptr) v.values = values;
+    return v;
+  }
+
+  int64_t rows() const { return a.rows(); }
+  int64_t cols() const { return a.cols(); }
+  int64_t stored_entries() const { return a.nnz(); }
+  static constexpr bool kTransposedPanel = false;
+  // The small-batch kernel reuses each expanded tile for 16 vectors at a
+  // time, so it serves any batch (for large ones dense BLAS wins anyway).
+  int64_t max_few_vectors() const { return INT64_MAX; }
+  // The kernels read each vector's entries contiguously.
+  bool few_vector_strides_ok(int64_t kstride) const { return kstride == 1 || a.cols() <= 1; }
+
+  void few_vectors(const T* x, int64_t x_vstride, int64_t /*x_kstride*/, int64_t nvec,
+                   const T* bias, T* y, int64_t y_vstride, int64_t y_rstride,
+                   int num_threads) const {
+    const BitmapView<T> v = view();
+    const BitmapKernels<T>& kernels = bitmap_kernels<T>(active_isa());
+    // Every bitmap chunk costs work whether or not its bits are set.
+    const int64_t per_row = std::max<int64_t>(1, a.cols() / 4);
+    const int threads = threads_for_work(num_threads, (a.nnz() + a.rows() * per_row) * nvec);
+    const bool tiles = nvec >= 2 && all_finite(x, x_vstride, nvec, a.cols());
+    const auto kernel = tiles ? kernels.small_batch_rows : kernels.gemv_rows;
+    driver::for_row_ranges(a.offsets().data(), a.rows(), threads, per_row,
+                           [&](int64_t r0, int64_t r1) {
+                             kernel(v, r0, r1, x, x_vstride, nvec, bias, y, y_vstride, y_rstride);
+                           });
+  }
+
+  // c = a @ b (+ bias) for b with contiguous columns: through b transposed.
+  void panel(const T* b, int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc,
+             int num_threads) const {
+    const int64_t k = a.cols();
+    ScratchBuffer<T> bt(static_cast<size_t>(std::max<int64_t>(1, k * n)));
+    transpose(b, k, n, ldb, 1, bt.data(), k, num_threads);
+    few_vectors(bt.data(), k, 1, n, bias, c, 1, ldc, num_threads);
+  }
+};
+
+}  // namespace
+
+template <typename T>
+void bitmap_matmul(const BitmapMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_cstride,
+                   int64_t n, const T* bias, T* c, int64_t ldc, int num_threads, const T* values) {
+  driver::matmul(BitmapProduct<T>{a, values}, b, b_rstride, b_cstride, n, bias, c, ldc,
+                 num_threads);
+}
+
+template <typename T>
+void bitmap_linear(const BitmapMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias,
+                   T* y, int64_t ldy, int num_threads, const T* values) {
+  driver::linear(BitmapProduct<T>{w, values}, x, ldx, batch, bias, y, ldy, num_threads);
+}
+
+#define SPARSEGEMM_INSTANTIATE_BITMAP_OPS(T)                                                       \
+  template void bitmap_matmul<T>(const BitmapMatrix<T>&, const T*, int64_t, int64_t, int64_t,      \
+                                 const T*, T*, int64_t, int, const T*);                            \
+  template void bitmap_linear<T>(const BitmapMatrix<T>&, const T*, int64_t, int64_t, const T*, T*, \
+                                 int64_t, int, const T*);
+SPARSEGEMM_INSTANTIATE_BITMAP_OPS(float)
+SPARSEGEMM_INSTANTIATE_BITMAP_OPS(double)
+#undef SPARSEGEMM_INSTANTIATE_BITMAP_OPS
+
+}  // namespace sparsegemm

@@ -1,0 +1,37 @@
+// BitExpand<T> for AVX-512: L bits of the bitmap (L = 16 floats or 8
+// doubles) are the mask of an expand load, which reads exactly
+// popcount(bits) packed values and places them in the lanes whose bit is set
+// (zeros elsewhere). It never reads past the last value it places, so Safe
+// (see bitmap_expand_avx2.h) changes nothing here.
+// Included inside an ISA namespace after simd_avx512.h; the including file
+// provides <immintrin.h>.
+
+template <typename T>
+struct BitExpand;
+
+template <>
+struct BitExpand<float> {
+  template <bool Safe>
+  static __m512 load(unsigned bits, const float* p) {
+    return _mm512_maskz_expandloadu_ps(static_cast<__mmask16>(bits), p);
+  }
+  // acc + expanded * x in lanes whose bit is set; other lanes keep acc.
+  template <bool Safe>
+  static __m512 fmadd(unsigned bits, const float* p, __m512 x, __m512 acc) {
+    const __mmask16 k = static_cast<__mmask16>(bits);
+    return _mm512_mask3_fmadd_ps(_mm512_maskz_expandloadu_ps(k, p), x, acc, k);
+  }
+};
+
+template <>
+struct BitExpand<double> {
+  template <bool Safe>
+  static __m512d load(unsigned bits, const double* p) {
+    return _mm512_maskz_expandloadu_pd(static_cast<__mmask8>(bits), p);
+  }
+  template <bool Safe>
+  static __m512d fmadd(unsigned bits, const double* p, __m512d x, __m512d acc) {
+    const __mmask8 k = static_cast<__mmask8>(bits);
+    return _mm512_mask3_fmadd_pd(_mm512_maskz_expandloadu_pd(k, p), x, acc, k);
+  }
+};

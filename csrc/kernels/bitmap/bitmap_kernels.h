@@ -1,0 +1,58 @@
+// Bitmap x dense kernels: the per-ISA function table and how to get it.
+//
+// Each ISA's kernels live in their own file (bitmap_scalar.cpp,
+// bitmap_avx2.cpp, bitmap_avx512.cpp), compiled with that ISA's flags, and
+// are written once in bitmap_kernels.inl against the Vec<T> traits of
+// kernels/simd/ plus BitExpand<T> (bitmap_expand_<isa>.h), which turns a few
+// bits of the bitmap and the packed values behind them into one vector. The
+// functions are single-threaded and never allocate: the drivers in drivers/ split
+// rows across threads.
+#pragma once
+
+#include <cstdint>
+
+#include "core/bitmap_matrix.h"
+#include "core/isa.h"
+
+namespace sparsegemm {
+
+template <typename T>
+struct BitmapKernels {
+  // y(v, r) = bias[r] + sum_k a[r, k] * x(v, k)   for v < nvec, r in [row_begin, row_end)
+  // with x(v, k) = x[v * x_vstride + k] (k contiguous, a.cols entries per vector)
+  // and y(v, r) = y[v * y_vstride + r * y_rstride]. bias may be null.
+  //
+  // gemv_rows streams the bitmap once per vector and multiplies stored
+  // entries only (as CSR does: x's Inf/NaN at an unstored column never reach y).
+  // Several rows are walked together so their value loads overlap.
+  void (*gemv_rows)(const BitmapView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
+                    int64_t x_vstride, int64_t nvec, const T* bias, T* y, int64_t y_vstride,
+                    int64_t y_rstride);
+  // The same product for several vectors: a tile of rows x 256 columns is
+  // expanded once (zeros where bits are clear) and multiplied with up to 16
+  // vectors from registers. Requires every x(v, k) to be finite, since the
+  // expanded zeros are multiplied (0 * Inf would give NaN where gemv_rows
+  // gives a number); the drivers check.
+  void (*small_batch_rows)(const BitmapView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
+                           int64_t x_vstride, int64_t nvec, const T* bias, T* y, int64_t y_vstride,
+                           int64_t y_rstride);
+};
+
+// The kernels for one ISA. The caller must check isa_supported(isa).
+template <typename T>
+const BitmapKernels<T>& bitmap_kernels(Isa isa);
+
+namespace scalar {
+template <typename T>
+const BitmapKernels<T>& bitmap_kernel_table();
+}
+namespace avx2 {
+template <typename T>
+const BitmapKernels<T>& bitmap_kernel_table();
+}
+namespace avx512 {
+template <typename T>
+const BitmapKernels<T>& bitmap_kernel_table();
+}
+
+}  // namespace sparsegemm

@@ -1,0 +1,285 @@
+// Bitmap kernels written once against Vec<T> (kernels/simd/) and BitExpand<T>
+// (bitmap_expand_<isa>.h). This file is included inside an ISA namespace by
+// bitmap_<isa>.cpp after those headers; it must not include headers itself.
+//
+// Batch-1 kernel (gemv_rows): each 64-bit word of a row is cut into 64 / L
+// chunks of L bits; a chunk's bits expand the next packed values into a
+// vector, which is multiplied with the matching L entries of x. The packed
+// position of the next chunk depends on the popcount of this one, so each
+// row's loads form a chain: kGemvRows rows are walked together, sharing the
+// loads of x, so the chains of different rows overlap.
+//
+// Small-batch kernel (small_batch_rows): a tile of rows x kTileCols columns
+// is expanded into a dense buffer on the stack once, then multiplied with up
+// to kVectorChunk vectors, 4 at a time from registers: the expansion is paid
+// once per tile while the FMAs run at dense speed.
+//
+// The scalar level (kLanes == 1) walks the set bits instead.
+
+constexpr int64_t kWordBits = 64;
+// Rows the batch-1 kernel walks together.
+constexpr int kGemvRows = 4;
+// Values prefetched ahead of each row's read position (in elements).
+constexpr int64_t kPrefetchAhead = 256;
+// Columns of a tile the small-batch kernel expands at once (whole words).
+constexpr int64_t kTileCols = 256;
+// Dense vectors that share one expanded tile.
+constexpr int kVectorChunk = 16;
+
+// Chunk s (L bits) of a word.
+template <typename T>
+inline unsigned chunk_bits(uint64_t word, int s) {
+  constexpr int L = Vec<T>::kLanes;
+  static_assert(L > 1 && L < 64, "vector levels only");
+  return static_cast<unsigned>((word >> (s * L)) & ((uint64_t(1) << L) - 1));
+}
+
+// Scalar level: row . x by walking set bits (x is read at stored columns only).
+template <typename T>
+inline T row_dot_by_bits(const uint64_t* words, int64_t nwords, const T* vals, const T* x) {
+  T sums[4] = {};
+  int u = 0;
+  for (int64_t w = 0; w < nwords; ++w) {
+    const T* xw = x + w * kWordBits;
+    for (uint64_t word = words[w]; word != 0; word &= word - 1) {
+      sums[u & 3] += *vals++ * xw[__builtin_ctzll(word)];
+      ++u;
+    }
+  }
+  return (sums[0] + sums[1]) + (sums[2] + sums[3]);
+}
+
+// Vector levels: sums[i] = row (r + i) . x for i < R. With Safe, values are
+// read by masked loads only (for rows near the end of the values array).
+template <typename T, int R, bool Safe>
+inline void gemv_group(const BitmapView<T>& a, const T* values, int64_t r, const T* x, T* sums) {
+  using V = Vec<T>;
+  using E = BitExpand<T>;
+  constexpr int L = V::kLanes;
+  constexpr int S = kWordBits / L;
+  const int64_t wpr = a.words_per_row;
+  const int64_t full = a.cols / kWordBits;
+  const int rem = static_cast<int>(a.cols % kWordBits);
+  typename V::reg acc[R][2];
+  const uint64_t* words[R];
+  const T* vp[R];
+  for (int i = 0; i < R; ++i) {
+    acc[i][0] = acc[i][1] = V::zero();
+    words[i] = a.bits + (r + i) * wpr;
+    vp[i] = values + a.offsets[r + i];
+  }
+  for (int64_t w = 0; w < full; ++w) {
+    uint64_t word[R];
+    for (int i = 0; i < R; ++i) {
+      word[i] = words[i][w];
+      V::prefetch(vp[i] + kPrefetchAhead);
+    }
+    const T* xw = x + w * kWordBits;
+    // Fully unrolled, so the accumulators and shifts are static and stay in registers.
+#pragma GCC unroll 16
+    for (int s = 0; s < S; ++s) {
+      const typename V::reg xs = V::load(xw + s * L);
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) {
+        const unsigned b = chunk_bits<T>(word[i], s);
+        acc[i][s & 1] = E::template fmadd<Safe>(b, vp[i], xs, acc[i][s & 1]);
+        vp[i] += __builtin_popcount(b);
+      }
+    }
+  }
+  if (rem != 0) {
+    // The last word: x is read only up to its last column.
+    uint64_t word[R];
+    for (int i = 0; i < R; ++i) word[i] = words[i][full];
+    const T* xw = x + full * kWordBits;
+    for (int s = 0; s * L < rem; ++s) {
+      const typename V::reg xs = (s + 1) * L <= rem
+                                     ? V::load(xw + s * L)
+                                     : V::maskz_load(V::tail_mask(rem - s * L), xw + s * L);
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) {
+        const unsigned b = chunk_bits<T>(word[i], s);
+        acc[i][s & 1] = E::template fmadd<Safe>(b, vp[i], xs, acc[i][s & 1]);
+        vp[i] += __builtin_popcount(b);
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i) sums[i] = V::reduce_add(V::add(acc[i][0], acc[i][1]));
+}
+
+template <typename T>
+void gemv_rows(const BitmapView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
+               int64_t x_vstride, int64_t nvec, const T* bias, T* y, int64_t y_vstride,
+               int64_t y_rstride) {
+  constexpr int L = Vec<T>::kLanes;
+  const auto put = [&](int64_t v, int64_t r, T sum) {
+    y[v * y_vstride + r * y_rstride] = sum + (bias ? bias[r] : T(0));
+  };
+  for (int64_t v = 0; v < nvec; ++v) {
+    const T* xv = x + v * x_vstride;
+    if constexpr (L == 1) {
+      for (int64_t r = row_begin; r < row_end; ++r)
+        put(v, r,
+            row_dot_by_bits(a.bits + r * a.words_per_row, a.words_per_row, a.values + a.offsets[r],
+                            xv));
+    } else {
+      // A plain load at a row's read position reads L values: fine while
+      // they lie inside the values array, i.e. up to L values before its end.
+      const int64_t total = a.nnz();
+      T sums[kGemvRows];
+      int64_t r = row_begin;
+      for (; r + kGemvRows <= row_end; r += kGemvRows) {
+        if (a.offsets[r + kGemvRows] + L <= total)
+          gemv_group<T, kGemvRows, false>(a, a.values, r, xv, sums);
+        else
+          gemv_group<T, kGemvRows, true>(a, a.values, r, xv, sums);
+        for (int i = 0; i < kGemvRows; ++i) put(v, r + i, sums[i]);
+      }
+      for (; r < row_end; ++r) {
+        if (a.offsets[r + 1] + L <= total)
+          gemv_group<T, 1, false>(a, a.values, r, xv, sums);
+        else
+          gemv_group<T, 1, true>(a, a.values, r, xv, sums);
+        put(v, r, sums[0]);
+      }
+    }
+  }
+}
+
+// Expands nwords words of one row into dst (nwords * 64 entries, zeros where
+// bits are clear), reading packed values from vp onwards and advancing it.
+template <typename T, bool Safe>
+inline void expand_words(const uint64_t* words, int64_t nwords, const T*& vp, T* dst) {
+  using V = Vec<T>;
+  constexpr int L = V::kLanes;
+  if constexpr (L == 1) {
+    for (int64_t w = 0; w < nwords; ++w) {
+      T* d = dst + w * kWordBits;
+      for (int64_t c = 0; c < kWordBits; ++c) d[c] = T(0);
+      for (uint64_t word = words[w]; word != 0; word &= word - 1) d[__builtin_ctzll(word)] = *vp++;
+    }
+  } else {
+    constexpr int S = kWordBits / L;
+    for (int64_t w = 0; w < nwords; ++w) {
+      const uint64_t word = words[w];
+#pragma GCC unroll 16
+      for (int s = 0; s < S; ++s) {
+        const unsigned b = chunk_bits<T>(word, s);
+        V::store(dst + w * kWordBits + s * L, BitExpand<T>::template load<Safe>(b, vp));
+        vp += __builtin_popcount(b);
+      }
+    }
+  }
+}
+
+// acc[i][v0 + v] += tile[i][0:width] . xs(v)[0:width] for i < R, v < VB, where
+// xs(v) = x + v * x_vstride. tile rows hold whole words (zeros past width);
+// x is read only below width.
+template <typename T, int R, int VB>
+inline void tile_dot(const T (*tile)[kTileCols], int64_t width, const T* x, int64_t x_vstride,
+                     typename Vec<T>::reg (*acc)[kVectorChunk], int v0) {
+  using V = Vec<T>;
+  constexpr int L = V::kLanes;
+  typename V::reg sum[R][VB];
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < VB; ++v) sum[i][v] = acc[i][v0 + v];
+  int64_t c = 0;
+  for (; c + L <= width; c += L) {
+    typename V::reg w[R];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) w[i] = V::load(tile[i] + c);
+#pragma GCC unroll 4
+    for (int v = 0; v < VB; ++v) {
+      const typename V::reg xv = V::load(x + v * x_vstride + c);
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) sum[i][v] = V::fmadd(w[i], xv, sum[i][v]);
+    }
+  }
+  if (c < width) {
+    const typename V::mask m = V::tail_mask(width - c);
+    typename V::reg w[R];
+    for (int i = 0; i < R; ++i) w[i] = V::load(tile[i] + c);
+    for (int v = 0; v < VB; ++v) {
+      const typename V::reg xv = V::maskz_load(m, x + v * x_vstride + c);
+      for (int i = 0; i < R; ++i) sum[i][v] = V::fmadd(w[i], xv, sum[i][v]);
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < VB; ++v) acc[i][v0 + v] = sum[i][v];
+}
+
+// Rows [r, r + R) times every vector, kVectorChunk vectors per pass.
+template <typename T, int R>
+void small_batch_group(const BitmapView<T>& a, int64_t r, const T* x, int64_t x_vstride,
+                       int64_t nvec, const T* bias, T* y, int64_t y_vstride, int64_t y_rstride) {
+  using V = Vec<T>;
+  constexpr int L = V::kLanes;
+  alignas(64) T tile[R][kTileCols];
+  typename V::reg acc[R][kVectorChunk];
+  const int64_t total = a.nnz();
+  for (int64_t v0 = 0; v0 < nvec; v0 += kVectorChunk) {
+    const int nv = static_cast<int>(nvec - v0 < kVectorChunk ? nvec - v0 : kVectorChunk);
+    const T* xc = x + v0 * x_vstride;
+    const T* vp[R];
+    bool safe[R];
+    for (int i = 0; i < R; ++i) {
+      for (int v = 0; v < nv; ++v) acc[i][v] = V::zero();
+      vp[i] = a.values + a.offsets[r + i];
+      safe[i] = a.offsets[r + i + 1] + L > total;
+    }
+    for (int64_t kb = 0; kb < a.cols; kb += kTileCols) {
+      const int64_t width = a.cols - kb < kTileCols ? a.cols - kb : kTileCols;
+      const int64_t nwords = (width + kWordBits - 1) / kWordBits;
+      for (int i = 0; i < R; ++i) {
+        const uint64_t* words = a.bits + (r + i) * a.words_per_row + kb / kWordBits;
+        if (safe[i])
+          expand_words<T, true>(words, nwords, vp[i], tile[i]);
+        else
+          expand_words<T, false>(words, nwords, vp[i], tile[i]);
+      }
+      const T* xb = xc + kb;
+      int v = 0;
+      for (; v + 4 <= nv; v += 4)
+        tile_dot<T, R, 4>(tile, width, xb + v * x_vstride, x_vstride, acc, v);
+      switch (nv - v) {
+        case 3:
+          tile_dot<T, R, 3>(tile, width, xb + v * x_vstride, x_vstride, acc, v);
+          break;
+        case 2:
+          tile_dot<T, R, 2>(tile, width, xb + v * x_vstride, x_vstride, acc, v);
+          break;
+        case 1:
+          tile_dot<T, R, 1>(tile, width, xb + v * x_vstride, x_vstride, acc, v);
+          break;
+        default:
+          break;
+      }
+    }
+    for (int i = 0; i < R; ++i)
+      for (int v = 0; v < nv; ++v)
+        y[(v0 + v) * y_vstride + (r + i) * y_rstride] =
+            V::reduce_add(acc[i][v]) + (bias ? bias[r + i] : T(0));
+  }
+}
+
+template <typename T>
+void small_batch_rows(const BitmapView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
+                      int64_t x_vstride, int64_t nvec, const T* bias, T* y, int64_t y_vstride,
+                      int64_t y_rstride) {
+  // Rows per tile: R x 4 accumulators plus R weight vectors must fit the registers.
+  constexpr int R = Vec<T>::kRegisters >= 32 ? 4 : 2;
+  int64_t r = row_begin;
+  for (; r + R <= row_end; r += R)
+    small_batch_group<T, R>(a, r, x, x_vstride, nvec, bias, y, y_vstride, y_rstride);
+  for (; r < row_end; ++r)
+    small_batch_group<T, 1>(a, r, x, x_vstride, nvec, bias, y, y_vstride, y_rstride);
+}
+
+template <typename T>
+const BitmapKernels<T>& bitmap_kernel_table() {
+  static const BitmapKernels<T> table{&gemv_rows<T>, &small_batch_rows<T>};
+  return table;
+}
+
+template const BitmapKernels<float>& bitmap_kernel_table<float>();
+template const BitmapKernels<double>& bitmap_kernel_table<double>();

@@ -1,0 +1,133 @@
+"""Recovery after pruning: distil the dense model into the pruned one, masks held fixed.
+
+Needs only unlabeled inputs: the dense *teacher* and the pruned *student*
+see the same batch; the loss is the mean squared error between their final
+outputs, plus (``hidden_weight > 0``) the mean over blocks of the MSE between
+their hidden states after each block (the blocks of
+:func:`~sparsegemm.prune.find_blocks`).  After every optimizer step the
+masks are re-applied (:func:`~sparsegemm.prune.apply_masks`), so pruned
+weights stay exactly zero also under AdamW's weight decay.
+
+Distributed: call it in every process of an initialised
+``torch.distributed`` group (gloo on CPU) with each process's share of the
+global batch; the student is wrapped in ``DistributedDataParallel``, whose
+gradient averaging makes a step equal to the single-process step on the
+whole global batch (the losses are means over equal shares).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable, List, Optional
+
+import torch
+from torch import nn
+
+from .api import apply_masks
+from .calibrated import _hidden_state, call_model, find_blocks
+
+__all__ = ["distill", "model_output"]
+
+
+def model_output(output: Any) -> torch.Tensor:
+    """The tensor to match: the output itself, ``last_hidden_state``/``logits`` of a
+    Hugging Face output, or the first element of a tuple."""
+    if isinstance(output, torch.Tensor):
+        return output
+    for name in ("last_hidden_state", "logits"):
+        value = getattr(output, name, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    return _hidden_state(output)
+
+
+def _record_block_outputs(model: nn.Module, store: List[torch.Tensor]):
+    handles = []
+    for _, block in find_blocks(model):
+        def hook(module, inputs, output):
+            store.append(_hidden_state(output))
+
+        handles.append(block.register_forward_hook(hook))
+    return handles
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: Iterable,
+    *,
+    epochs: int = 1,
+    max_steps: Optional[int] = None,
+    minutes: Optional[float] = None,
+    lr: float = 1e-4,
+    weight_decay: float = 0.0,
+    hidden_weight: float = 0.0,
+    output_fn: Callable[[Any], torch.Tensor] = model_output,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+) -> List[float]:
+    """Train ``student`` to reproduce ``teacher`` on unlabeled ``data``; returns the losses.
+
+    Args:
+        data: batches of model inputs (see :func:`~sparsegemm.prune.call_model`);
+            iterated ``epochs`` times unless ``max_steps`` or ``minutes`` stop first.
+        lr, weight_decay: of the AdamW optimizer made when ``optimizer`` is None.
+        hidden_weight: weight of the per-block hidden-state MSE (0: final output only).
+        output_fn: maps a model's output to the tensor compared.
+
+    Both models run in eval mode (no dropout: a step is a deterministic
+    function of the batch).  The teacher is never modified.  In an
+    initialised ``torch.distributed`` group of more than one process, the
+    student is trained through ``DistributedDataParallel``; pass each process
+    its share of every global batch.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if hidden_weight < 0:
+        raise ValueError(f"hidden_weight must be >= 0, got {hidden_weight}")
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the student has no trainable parameters")
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    distributed = (torch.distributed.is_available() and torch.distributed.is_initialized()
+                   and torch.distributed.get_world_size() > 1)
+    runner: nn.Module = student
+    if distributed:
+        runner = nn.parallel.DistributedDataParallel(student)
+    student_states: List[torch.Tensor] = []
+    teacher_states: List[torch.Tensor] = []
+    handles = []
+    if hidden_weight > 0:
+        handles = (_record_block_outputs(student, student_states)
+                   + _record_block_outputs(teacher, teacher_states))
+    was_training = (student.training, teacher.training)
+    student.eval()
+    teacher.eval()
+    losses: List[float] = []
+    deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
+    try:
+        for _ in range(epochs):
+            for batch in data:
+                if (max_steps is not None and len(losses) >= max_steps) or (
+                        deadline is not None and time.monotonic() >= deadline):
+                    return losses
+                student_states.clear()
+                teacher_states.clear()
+                with torch.no_grad():
+                    target = output_fn(call_model(teacher, batch))
+                loss = nn.functional.mse_loss(output_fn(call_model(runner, batch)), target)
+                if hidden_weight > 0:
+                    pairs = list(zip(student_states, teacher_states))
+                    loss = loss + hidden_weight * sum(
+                        nn.functional.mse_loss(s, t.detach()) for s, t in pairs) / len(pairs)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                apply_masks(student)
+                losses.append(loss.item())
+    finally:
+        for handle in handles:
+            handle.remove()
+        student.train(was_training[0])
+        teacher.train(was_training[1])
+    return losses

@@ -1,0 +1,96 @@
+"""Distillation recovery: masks fixed, loss goes down, DDP equals one process."""
+
+import copy
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from sparsegemm import prune
+from torch import nn
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny layers: one thread avoids oversubscription stalls on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _student_and_teacher(seed=0):
+    torch.manual_seed(seed)
+    teacher = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(),
+                            nn.Linear(32, 4))
+    student = copy.deepcopy(teacher)
+    prune.prune_model(student, 0.7, scope="layer", skip_first_last=False)
+    return student, teacher
+
+
+def _global_batches(count=6, rows=8, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(rows, 8, generator=generator) for _ in range(count)]
+
+
+def _masks(model):
+    return {n: m.weight_mask.clone() for n, m in model.named_modules() if hasattr(m, "weight_mask")}
+
+
+def _check_masks_held(student, masks):
+    for name, module in student.named_modules():
+        if name in masks:
+            assert torch.equal(module.weight_mask, masks[name])
+            assert (module.weight_orig[masks[name] == 0] == 0).all(), name
+
+
+def test_distillation_lowers_the_loss_and_keeps_masks():
+    student, teacher = _student_and_teacher()
+    masks = _masks(student)
+    teacher_state = copy.deepcopy(teacher.state_dict())
+    losses = prune.distill(student, teacher, _global_batches(), epochs=20, lr=1e-2,
+                           weight_decay=0.1, hidden_weight=0.5)
+    assert len(losses) == 120
+    assert sum(losses[-6:]) < 0.5 * sum(losses[:6])
+    _check_masks_held(student, masks)
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value, teacher_state[key])
+
+
+def test_distill_stops_at_max_steps_and_rejects_bad_arguments():
+    student, teacher = _student_and_teacher()
+    assert len(prune.distill(student, teacher, _global_batches(), epochs=5, max_steps=3)) == 3
+    with pytest.raises(ValueError, match="epochs"):
+        prune.distill(student, teacher, [], epochs=0)
+    with pytest.raises(ValueError, match="hidden_weight"):
+        prune.distill(student, teacher, [], hidden_weight=-1)
+
+
+def _ddp_worker(rank, world_size, init_file, result_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world_size)
+    try:
+        torch.set_num_threads(1)
+        student, teacher = _student_and_teacher()
+        share = [batch.chunk(world_size)[rank] for batch in _global_batches()]
+        prune.distill(student, teacher, share, epochs=3, lr=1e-2, hidden_weight=0.5)
+        if rank == 0:
+            torch.save({"state": student.state_dict()}, result_file)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # spawns two processes that import torch
+def test_two_process_ddp_equals_one_process_on_the_global_batch(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "result.pt")),
+             nprocs=2, join=True)
+    distributed = torch.load(tmp_path / "result.pt")["state"]
+    student, teacher = _student_and_teacher()
+    masks = _masks(student)
+    prune.distill(student, teacher, _global_batches(), epochs=3, lr=1e-2, hidden_weight=0.5)
+    single = student.state_dict()
+    assert set(distributed) == set(single)
+    for key in single:
+        torch.testing.assert_close(distributed[key], single[key], rtol=1e-5, atol=1e-6)
+    student.load_state_dict(distributed)
+    _check_masks_held(student, masks)

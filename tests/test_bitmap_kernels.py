@@ -1,0 +1,219 @@
+"""Bitmap kernels on every ISA this CPU supports, against a float64 reference.
+
+``linear`` and ``sparse_mm`` reach ``_core.bitmap_linear`` / ``bitmap_matmul``,
+which run the batch-1 kernel (gemv_rows) for one vector, the small-batch
+kernel (a tile of 2 or 4 rows x 256 columns expanded once, 16 vectors per
+pass, 4 at a time) for several finite vectors, and the batch-1 kernel per
+vector when a vector holds Inf/NaN. Column counts straddle the SIMD chunk
+(1, 4, 8, 16 lanes), the 64-bit word and the 256-column tile; vector counts
+straddle 4 and 16. The AVX-512 level is skipped where the CPU lacks it (the
+``isa`` fixture only yields levels this CPU runs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sparsegemm import BitmapMatrix, _core, linear, sparse_mm
+
+DTYPES = [np.float32, np.float64]
+COLS = [1, 7, 8, 9, 15, 16, 17, 33, 63, 64, 65, 255, 256, 257, 300]
+BATCHES = [1, 2, 3, 4, 5, 8, 15, 16, 17, 33]
+PATTERNS = ["uniform", "empty_rows", "skewed"]
+
+
+def reference_operand(a: BitmapMatrix) -> sp.csr_array:
+    """The stored entries only (so 0 * inf never arises from an unstored one)."""
+    return a.to_scipy()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cols", COLS)
+@pytest.mark.parametrize("batch", [1, 3, 17])
+def test_linear_columns(isa, dtype, cols, batch, random_sparse, rng, check_linear):
+    # 13 rows: groups of 4 (batch 1) and 2 or 4 (small batch) plus a remainder.
+    a = BitmapMatrix.from_dense(random_sparse((13, cols), 0.5, dtype))
+    x = rng.uniform(-1, 1, (batch, cols)).astype(dtype)
+    bias = rng.uniform(-1, 1, 13).astype(dtype)
+    check_linear(linear(x, a, num_threads=1), x, reference_operand(a))
+    check_linear(linear(x, a, bias, num_threads=1), x, reference_operand(a), bias)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.5, 0.7, 1.0])
+def test_linear_batches_and_densities(isa, dtype, batch, density, random_sparse, rng, check_linear):
+    a = BitmapMatrix.from_dense(random_sparse((23, 130), density, dtype))
+    assert a.nnz == round(a.nnz)  # (all-zero: nnz 0, fully dense: every bit)
+    x = rng.uniform(-1, 1, (batch, 130)).astype(dtype)
+    result = linear(x, a, num_threads=1)
+    check_linear(result, x, reference_operand(a))
+    if density == 0.0:
+        assert a.nnz == 0 and not result.any()
+    if density == 1.0:
+        assert a.nnz == 23 * 130
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (1, 37), (37, 1), (13, 29), (7, 100), (5, 513)])
+@pytest.mark.parametrize("n", [1, 2, 4, 5, 16, 17])
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_shapes_and_patterns(isa, dtype, shape, n, pattern, random_sparse, rng, check_sparse_mm,
+                             check_linear):
+    a = BitmapMatrix.from_dense(random_sparse(shape, 0.5, dtype, pattern))
+    b = rng.uniform(-1, 1, (shape[1], n)).astype(dtype)
+    check_sparse_mm(sparse_mm(a, b), reference_operand(a), b)
+    x = np.ascontiguousarray(b.T)
+    check_linear(linear(x, a), x, reference_operand(a))
+
+
+def _layouts(b: np.ndarray) -> dict[str, np.ndarray]:
+    k, n = b.shape
+    wide = np.zeros((2 * k, 2 * n), b.dtype)
+    wide[::2, ::2] = b
+    return {
+        "c": b,
+        "fortran": np.asfortranarray(b),
+        "strided": wide[::2, ::2],
+        "negative_rows": np.ascontiguousarray(b[::-1])[::-1],
+        "column_slice": np.concatenate([b, b], axis=1)[:, :n],
+    }
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 33])
+def test_dense_operand_memory_orders(isa, dtype, n, random_sparse, rng, check_sparse_mm,
+                                     check_linear):
+    a = BitmapMatrix.from_dense(random_sparse((21, 70), 0.4, dtype))
+    b = rng.uniform(-1, 1, (70, n)).astype(dtype)
+    expected = sparse_mm(a, b)
+    check_sparse_mm(expected, reference_operand(a), b)
+    for name, view in _layouts(b).items():
+        np.testing.assert_array_equal(sparse_mm(a, view), expected, err_msg=name)
+        x = view.T
+        check_linear(linear(x, a), x, reference_operand(a))
+    v = rng.uniform(-1, 1, 140).astype(dtype)
+    for vector in (v[:70], v[::2]):
+        check_sparse_mm(sparse_mm(a, vector), reference_operand(a), vector)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 3, 6, 40])
+@pytest.mark.parametrize("pattern", ["uniform", "skewed"])
+def test_threads(isa, dtype, n, pattern, random_sparse, rng, check_linear):
+    a = BitmapMatrix.from_dense(random_sparse((401, 500), 0.55, dtype, pattern))
+    x = rng.uniform(-1, 1, (n, 500)).astype(dtype)
+    serial = linear(x, a, num_threads=1)
+    check_linear(serial, x, reference_operand(a))
+    for threads in (2, 3):
+        # Each row is computed by one thread in a fixed order: bitwise equal.
+        np.testing.assert_array_equal(linear(x, a, num_threads=threads), serial)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [1, 2, 7])
+def test_unstored_entries_never_multiply_inf(isa, dtype, batch, rng, check_linear):
+    # Every kernel must give the CSR answer: Inf/NaN in x at unstored columns vanish.
+    W = np.zeros((9, 70), dtype)
+    W[:, ::3] = rng.uniform(-1, 1, (9, 24))
+    a = BitmapMatrix.from_dense(W)
+    x = rng.uniform(-1, 1, (batch, 70)).astype(dtype)
+    x[:, 1] = np.inf
+    x[0, 2] = np.nan
+    result = linear(x, a)
+    assert np.isfinite(result).all()
+    check_linear(result, x, reference_operand(a))
+    x[-1, 3] = np.inf  # a stored column: Inf propagates
+    result = linear(x, a)
+    check_linear(result, x, reference_operand(a))
+    assert np.isinf(result[-1]).any()
+
+
+_GUARD_PAGE_SCRIPT = """
+import ctypes, mmap, sys
+import numpy as np
+import sparsegemm
+from sparsegemm import BitmapMatrix, _core
+
+isa, dtype, batch = sys.argv[1], np.dtype(sys.argv[2]), int(sys.argv[3])
+sparsegemm.set_isa(isa)
+rng = np.random.default_rng(0)
+W = np.where(rng.random((10, 200)) < 0.6, rng.uniform(-1, 1, (10, 200)), 0).astype(dtype)
+W[-1] = rng.uniform(-1, 1, 200)  # the last row is full
+a = BitmapMatrix.from_dense(W)
+# The values end exactly where an unreadable page starts: any read past them faults.
+page = mmap.PAGESIZE
+nbytes = a.nnz * dtype.itemsize
+readable = -(-nbytes // page) * page
+region = mmap.mmap(-1, readable + page)
+base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+libc = ctypes.CDLL(None)
+assert libc.mprotect(ctypes.c_void_p(base + readable), page, 0) == 0  # PROT_NONE
+values = np.frombuffer(region, dtype=dtype, count=a.nnz, offset=readable - nbytes)
+values[:] = a.data * 2
+x = rng.uniform(-1, 1, (batch, 200)).astype(dtype)
+out = np.empty((batch, 10), dtype)
+_core.bitmap_linear(a._handle, x, out, None, 1, values)
+tol = 1e-4 if dtype == np.float32 else 1e-12
+np.testing.assert_allclose(out, x @ (2 * W.astype(np.float64)).T, rtol=tol, atol=tol)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("batch", [1, 4, 16])
+def test_replacement_values_are_not_read_past_their_end(isa, dtype, batch, python_subprocess):
+    # Caller-owned values (as the torch op passes) have no padding: the kernels
+    # must not read past the last one (the last rows take the masked path).
+    argv = f"import sys; sys.argv = ['-', {isa!r}, {dtype!r}, '{batch}']\n"
+    result = python_subprocess(argv + _GUARD_PAGE_SCRIPT)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m, k, n", [(0, 5, 3), (5, 0, 3), (5, 3, 0), (0, 0, 0), (5, 0, 17)])
+def test_zero_sized_dimensions(isa, dtype, m, k, n, rng):
+    a = BitmapMatrix.from_dense(np.ones((m, k), dtype))
+    b = rng.uniform(-1, 1, (k, n)).astype(dtype)
+    result = sparse_mm(a, b)
+    assert result.shape == (m, n) and result.dtype == dtype
+    np.testing.assert_array_equal(result, np.zeros((m, n)))
+    y = linear(np.ones((n, k), dtype), a, np.full(m, 2.0, dtype))
+    np.testing.assert_array_equal(y, np.full((n, m), 2.0))
+
+
+def test_bad_input_is_rejected_before_any_kernel():
+    a = BitmapMatrix.from_dense(np.eye(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="shape mismatch"):
+        linear(np.ones((2, 5), np.float32), a)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        sparse_mm(a, np.ones((5, 2), np.float32))
+    with pytest.raises(ValueError, match="bias"):
+        linear(np.ones((2, 4), np.float32), a, np.ones(3))
+    out = np.empty((4, 2), np.float32)
+    with pytest.raises(ValueError, match="out"):
+        sparse_mm(a, np.ones((4, 3), np.float32), out=out)
+    with pytest.raises(ValueError, match="values must have 4 entries"):
+        _core.bitmap_linear(a._handle, np.ones((1, 4), np.float32), np.empty((1, 4), np.float32),
+                            None, 1, np.ones(3, np.float32))
+
+
+@settings(max_examples=60)
+@given(
+    rows=st.integers(0, 20),
+    cols=st.integers(0, 140),
+    batch=st.integers(1, 20),
+    density=st.sampled_from([0.0, 0.2, 0.5, 0.8, 1.0]),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_linear_matches_numpy(rows, cols, batch, density, dtype, seed, check_linear):
+    rng = np.random.default_rng(seed)
+    W = np.where(rng.random((rows, cols)) < density, rng.uniform(-1, 1, (rows, cols)), 0)
+    a = BitmapMatrix.from_dense(W.astype(dtype))
+    np.testing.assert_array_equal(a.to_dense(), W.astype(dtype))
+    x = rng.uniform(-1, 1, (batch, cols)).astype(dtype)
+    check_linear(linear(x, a), x, reference_operand(a))
