@@ -65,5 +65,14 @@ def test_the_report_prints_as_a_table_at_a_repl_and_a_second_sparsify_merges(pru
     assert all(layer.converted for layer in model.sparsegemm_report)
 
 
+def test_a_layer_filter_fn_declines_later_keeps_its_earlier_row(prune):
+    model = nn.Sequential(prune(nn.Linear(8, 8), 0.9), nn.Linear(8, 8))
+    sparsify(model, format="csr")
+    before = [(layer.name, layer.reason) for layer in model.sparsegemm_report]
+    assert "sparsity below" in before[1][1]
+    sparsify(model, format="csr", filter_fn=lambda module, name: False)
+    assert [(layer.name, layer.reason) for layer in model.sparsegemm_report] == before
+
+
 def test_help_says_auto_converts_convolutions_untimed_without_example_inputs():
     assert "converts every" in sparsify.__doc__ and "untimed" in sparsify.__doc__

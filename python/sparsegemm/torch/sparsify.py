@@ -55,6 +55,7 @@ from .ops import STORAGE_DTYPES
 __all__ = ["DEFAULT_MIN_SPARSITY", "LayerReport", "SparsifyReport", "sparsify"]
 
 DEFAULT_MIN_SPARSITY = 0.7
+FILTERED_OUT = "left out by filter_fn"  # the report's reason for a layer filter_fn declined
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -107,9 +108,13 @@ class SparsifyReport(list):
     __repr__ = __str__  # the table, also at a REPL
 
     def merged_with(self, newer: SparsifyReport) -> SparsifyReport:
-        """This report with ``newer``'s rows: a layer in both takes its newer row."""
+        """This report with ``newer``'s rows: a layer in both takes its newer row, unless
+        the newer call's ``filter_fn`` left it out (then what the earlier call did stands)."""
         latest = {layer.name: layer for layer in newer}
-        rows = [latest.pop(layer.name, layer) for layer in self]
+        rows = []
+        for layer in self:
+            update = latest.pop(layer.name, None)
+            rows.append(layer if update is None or update.reason == FILTERED_OUT else update)
         return SparsifyReport(rows + [layer for layer in newer if layer.name in latest])
 
 
@@ -370,7 +375,7 @@ def _walk(module: nn.Module, prefix: str, converter: _Converter, filter_fn: Filt
         if not _is_candidate(child):
             changed |= _walk(child, name, converter, filter_fn)
         elif not filter_fn(child, name):
-            converter.skip(child, name, "left out by filter_fn")
+            converter.skip(child, name, FILTERED_OUT)
         elif isinstance(child, nn.MultiheadAttention):
             replacement = _convert_attention(child, name, converter)
         elif is_linear_map(child) or _is_plain_conv2d(child):
