@@ -182,3 +182,18 @@ def test_fused_relu_and_gelu_give_the_unfused_output(prune, planner_times):
     assert all(type(m) is SparseLinear for m in model[::2])
     with torch.inference_mode():
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_model_with_fused_activations_exports(prune, planner_times):
+    planner_times(dense=1.0, csr=0.5)
+    model = mlp(prune)
+    x = torch.randn(16, 24)
+    expected = model(x)
+    sparsify(model)
+    model(x)
+    freeze(model)
+    assert type(model[0]) is SparseLinear and model[0].activation == "relu"
+    timer = planner_times()
+    program = torch.export.export(model, (x,))
+    torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-5)
+    assert timer.timed == []
