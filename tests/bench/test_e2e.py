@@ -179,3 +179,12 @@ def test_deepsparse_contender_when_a_venv_is_given(monkeypatch):
     assert rows[0]["vs_deepsparse"] == pytest.approx(rows[0]["speedup"]
                                                      / rows[0]["deepsparse_speedup"])
     assert any(note.startswith("DeepSparse 1.") for note in notes)
+
+
+def test_default_versus_told_line():
+    rows = [{"model": "m", "sparsity": 0.9, "format": fmt, "status": "ok", "speedup": speedup}
+            for fmt, speedup in (("default", 2.7), ("auto", 3.0), ("csr", 1.0))]
+    assert e2e.default_versus_told(rows) == ["default / told speedup, m at 0.90: 0.90 (meets 0.9)"]
+    rows[0]["speedup"] = 2.0
+    assert "BELOW" in e2e.default_versus_told(rows)[0]
+    assert e2e.default_versus_told(rows[1:]) == []

@@ -124,8 +124,10 @@ def test_example_inputs_reach_a_fused_transformer_layer(planner_times, prune):
     assert isinstance(layer.self_attn, SparseMultiheadAttention)
     notes = {entry.name: entry.reason for entry in layer.sparsegemm_report}
     assert set(notes) == {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                          "self_attn.out_proj", "linear1", "linear2"}
-    assert all(note == "planned at 30 rows (rows seen in example_inputs)" for note in notes.values())
+                          "self_attn.out_proj", "self_attn.in_proj", "linear1", "linear2"}
+    assert all(note.startswith("planned at 30 rows (rows seen in example_inputs)")
+               for note in notes.values())
+    assert "q, k, v stacked" in notes["self_attn.in_proj"]
     with torch.no_grad():
         torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)
 
@@ -146,9 +148,12 @@ def test_auto_layers_inside_attention(planner_times, prune):
     assert isinstance(attention.q_proj, AutoSparseLinear)
     out, _ = attention(q, q, q)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
-    assert attention.q_proj.decisions[16].rows == 10
+    # Self-attention runs the stacked q, k, v projection: it decides; q_proj never ran.
+    assert attention.in_proj.decisions[16].rows == 10 and not attention.q_proj.decisions
     freeze(model)
-    assert type(attention.q_proj) is SparseLinear
+    assert type(attention.in_proj) is SparseLinear and attention.in_proj.out_features == 48
+    assert type(attention.q_proj) is nn.Linear  # undecided: frozen dense
+    torch.testing.assert_close(attention(q, q, q)[0], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_tracing_never_times(prune, planner_times):
@@ -182,3 +187,18 @@ def test_fused_relu_and_gelu_give_the_unfused_output(prune, planner_times):
     assert all(type(m) is SparseLinear for m in model[::2])
     with torch.inference_mode():
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_model_with_fused_activations_exports(prune, planner_times):
+    planner_times(dense=1.0, csr=0.5)
+    model = mlp(prune)
+    x = torch.randn(16, 24)
+    expected = model(x)
+    sparsify(model)
+    model(x)
+    freeze(model)
+    assert type(model[0]) is SparseLinear and model[0].activation == "relu"
+    timer = planner_times()
+    program = torch.export.export(model, (x,))
+    torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-5)
+    assert timer.timed == []

@@ -160,3 +160,15 @@ def test_gpt2_with_the_default_sparsify_decides_freezes_and_reloads(tmp_path, pl
     model.save_pretrained(tmp_path)
     loaded = from_pretrained(transformers.GPT2LMHeadModel, tmp_path)
     torch.testing.assert_close(loaded(ids).logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_bitmap_layer_reloads(prune, tmp_path):
+    net = pruned_net(prune)
+    sparsify(net, format="bitmap", min_sparsity=0.5)
+    assert net.first.format == "bitmap"
+    x = inputs()
+    expected = net(*x)
+    torch.save(net.state_dict(), tmp_path / "bitmap.pt")
+    loaded = load_sparsified(Net().eval(), torch.load(tmp_path / "bitmap.pt"))
+    assert loaded.first.format == "bitmap"
+    torch.testing.assert_close(loaded(*x), expected)

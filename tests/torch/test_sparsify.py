@@ -300,3 +300,31 @@ def test_training_batchnorm_and_dense_convs_are_left_alone(prune):
     sparsify(model, format="csr")
     assert isinstance(model[0], SparseConv2d) and isinstance(model[1], nn.BatchNorm2d)
     assert isinstance(model[2], nn.Conv2d) and isinstance(model[3], nn.BatchNorm2d)
+
+
+def test_self_attention_makes_one_stacked_qkv_product(prune):
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    prune(mha.out_proj, 0.9)
+    with torch.no_grad():
+        mha.in_proj_weight.mul_(torch.rand(48, 16) > 0.9)
+    model = nn.Sequential()
+    model.add_module("attn", mha)
+    x, memory = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    expected_self, _ = mha(x, x, x)
+    expected_cross, _ = mha(x, memory, memory)
+    sparsify(model, format="csr")
+    attention = model.attn
+    assert isinstance(attention.in_proj, SparseLinear) and attention.in_proj.out_features == 48
+    calls = []
+    for name in ("q_proj", "k_proj", "v_proj", "in_proj"):
+        getattr(attention, name).register_forward_hook(
+            lambda module, inputs, output, name=name: calls.append(name))
+    for context in (torch.no_grad, torch.enable_grad):
+        with context():
+            torch.testing.assert_close(attention(x, x, x)[0], expected_self, rtol=1e-4, atol=1e-5)
+    assert calls == ["in_proj", "in_proj"]
+    calls.clear()
+    out, _ = attention(x, memory, memory)  # cross-attention: the separate projections
+    torch.testing.assert_close(out, expected_cross, rtol=1e-4, atol=1e-5)
+    assert calls == ["q_proj", "k_proj", "v_proj"]

@@ -5,7 +5,8 @@
 projections cannot be swapped for sparse ones. This module computes the same
 function with four projection modules (``q_proj``, ``k_proj``, ``v_proj``,
 ``out_proj``), each an ``nn.Linear`` or a :class:`SparseLinear`, and
-``F.scaled_dot_product_attention`` in between.
+``F.scaled_dot_product_attention`` in between. An optional ``in_proj`` holds
+q, k and v stacked, so self-attention makes one product instead of three.
 """
 
 from __future__ import annotations
@@ -45,9 +46,12 @@ class SparseMultiheadAttention(nn.Module):
 
     def __init__(self, q_proj: nn.Module, k_proj: nn.Module, v_proj: nn.Module,
                  out_proj: nn.Module, num_heads: int, *, dropout: float = 0.0,
-                 batch_first: bool = False):
+                 batch_first: bool = False, in_proj: nn.Module | None = None):
         super().__init__()
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = q_proj, k_proj, v_proj, out_proj
+        # Optional: q, k and v stacked ((3 * embed_dim) x embed_dim), one product in place of
+        # three when query, key and value are the same tensor (self-attention).
+        self.in_proj = in_proj
         self.embed_dim = q_proj.out_features
         if self.embed_dim % num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {num_heads}")
@@ -136,7 +140,10 @@ class SparseMultiheadAttention(nn.Module):
         def heads(t: Tensor) -> Tensor:
             return t.view(batch, -1, self.num_heads, self.head_dim).transpose(1, 2)
 
-        q, k, v = heads(self.q_proj(q_in)), heads(self.k_proj(k_in)), heads(self.v_proj(v_in))
+        if self.in_proj is not None and query is key and key is value:
+            q, k, v = (heads(t) for t in self.in_proj(q_in).split(self.embed_dim, dim=-1))
+        else:
+            q, k, v = heads(self.q_proj(q_in)), heads(self.k_proj(k_in)), heads(self.v_proj(v_in))
         if is_causal and attn_mask is None:
             raise RuntimeError("Need attn_mask if specifying the is_causal hint")
         causal_only = is_causal and key_padding_mask is None and not need_weights

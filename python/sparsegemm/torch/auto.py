@@ -20,7 +20,8 @@ the nearest decided one. Under ``torch.compile`` (or any tracing) an unfrozen
 module never times either: it runs what it has already decided, or dense.
 
 The module is for inference: its dense weight and the sparse copies it builds
-are separate parameters, so train the dense model (or a frozen one).
+are separate parameters, so train the dense model (or a frozen one), and
+freeze before saving a ``state_dict`` (its keys depend on what was decided).
 """
 
 from __future__ import annotations

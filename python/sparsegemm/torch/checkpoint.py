@@ -35,17 +35,20 @@ def sparse_layer_names(state_dict: Mapping[str, Any]) -> list[str]:
         if key == "values" or key.endswith(".values"):
             name = key[: -len("values")].rstrip(".")
             prefix = f"{name}." if name else ""
-            if all(prefix + part in state_dict for part in _SPARSE_KEYS):
+            if (all(prefix + part in state_dict for part in _SPARSE_KEYS)
+                    or prefix + "bitmap" in state_dict):
                 names.append(name)
     return names
 
 
-def _empty_sparse_linear(dense: nn.Module, values: Tensor) -> SparseLinear:
-    """A SparseLinear shaped like the linear map ``dense``, in the format ``values`` records."""
+def _empty_sparse_linear(dense: nn.Module, values: Tensor, bitmap: bool = False) -> SparseLinear:
+    """A SparseLinear shaped like the linear map ``dense``, in the format the state dict
+    records: a ``bitmap`` key, else BSR when ``values`` holds blocks, else CSR."""
     weight, _ = _linear_weight(dense)
     blocksize = (values.shape[1], values.shape[2]) if values.dim() == 3 else None
+    format = "bitmap" if bitmap else ("csr" if blocksize is None else "bsr")
     module = SparseLinear(weight.shape[1], weight.shape[0], bias=dense.bias is not None,
-                          format="csr" if blocksize is None else "bsr", blocksize=blocksize,
+                          format=format, blocksize=blocksize,
                           device=weight.device, dtype=weight.dtype)
     module.values.requires_grad_(weight.requires_grad)
     return module
@@ -69,9 +72,20 @@ def _sparse_attention(mha: nn.MultiheadAttention, name: str,
     """``mha`` split into projections, each sparse where ``state_dict`` records it so."""
     def convert(linear: nn.Linear, projection: str) -> nn.Module:
         values = state_dict.get(f"{name}.{projection}.values")
-        return linear if values is None else _empty_sparse_linear(linear, values)
+        if values is None:
+            return linear
+        return _empty_sparse_linear(linear, values, f"{name}.{projection}.bitmap" in state_dict)
 
-    return SparseMultiheadAttention.from_dense(mha, convert).train(mha.training)
+    attention = SparseMultiheadAttention.from_dense(mha, convert)
+    stacked = state_dict.get(f"{name}.in_proj.values")
+    if stacked is not None:  # q, k and v stacked for self-attention (see sparsify)
+        e = mha.embed_dim
+        like = mha.out_proj.weight
+        dense = nn.Linear(e, 3 * e, bias=f"{name}.in_proj.bias" in state_dict,
+                          device=like.device, dtype=like.dtype)
+        attention.in_proj = _empty_sparse_linear(dense, stacked,
+                                                 f"{name}.in_proj.bitmap" in state_dict)
+    return attention.train(mha.training)
 
 
 def convert_recorded_layers(model: nn.Module, state_dict: Mapping[str, Any]) -> list[str]:
@@ -85,6 +99,8 @@ def convert_recorded_layers(model: nn.Module, state_dict: Mapping[str, Any]) -> 
         parent_name = name.rpartition(".")[0]
         try:
             parent = model.get_submodule(parent_name)
+            if isinstance(parent, SparseMultiheadAttention):  # converted with a sibling
+                continue
             if isinstance(parent, nn.MultiheadAttention):  # a projection of a packed attention
                 _set_submodule(model, parent_name,
                                _sparse_attention(parent, parent_name, state_dict))
@@ -101,7 +117,8 @@ def convert_recorded_layers(model: nn.Module, state_dict: Mapping[str, Any]) -> 
             continue  # already sparse: its own load takes the stored pattern
         values = state_dict[f"{name}.values"]
         if is_linear_map(module):
-            replacement: nn.Module = _empty_sparse_linear(module, values)
+            replacement: nn.Module = _empty_sparse_linear(module, values,
+                                                          f"{name}.bitmap" in state_dict)
         elif isinstance(module, nn.Conv2d):
             replacement = _empty_sparse_conv(module)
         else:

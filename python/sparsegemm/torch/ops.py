@@ -147,7 +147,7 @@ def can_call_kernel_directly(x: Tensor, values: Tensor, bias: Optional[Tensor]) 
     """
     if torch.compiler.is_compiling() or type(x) is not Tensor:
         return False
-    if x.dtype != values.dtype or x.device.type != "cpu" or x.dtype in HALF_DTYPES:
+    if x.dtype != values.dtype or not x.is_cpu or x.dtype in HALF_DTYPES:
         return False  # half types: the op computes them in float32
     if torch.is_grad_enabled() and (x.requires_grad or values.requires_grad
                                     or (bias is not None and bias.requires_grad)):
@@ -165,7 +165,8 @@ def linear_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndar
     matrix = x.dim() == 2
     x2 = x if matrix and x.is_contiguous() else x.reshape(-1, cols).contiguous()
     out = torch.empty((x2.shape[0], rows), dtype=x.dtype)
-    kernel(handle, as_numpy(x2), out.numpy(), bias, torch.get_num_threads(), values)
+    x_array = x2.detach().numpy() if x2.requires_grad else x2.numpy()
+    kernel(handle, x_array, out.numpy(), bias, torch.get_num_threads(), values)
     return out if matrix else out.view(*x.shape[:-1], rows)
 
 

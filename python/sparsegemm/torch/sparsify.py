@@ -40,7 +40,7 @@ from torch import nn
 from ..planner import DEFAULT_MARGIN
 from ..timing import median_seconds
 from ._format_choice import FormatChoice, check_format, choose_format
-from .attention import SparseMultiheadAttention
+from .attention import SparseMultiheadAttention, _split_linear
 from .auto import AutoSparseLinear
 from .modules import (
     SparseConv2d,
@@ -413,6 +413,16 @@ def _convert_attention(mha: nn.MultiheadAttention, name: str,
         return module
 
     attention = SparseMultiheadAttention.from_dense(mha, convert)
+    if mha._qkv_same_embed_dim and all(converted[:3]):
+        # Self-attention (query is key is value) then makes one product, of q, k and v stacked.
+        bias = None if mha.in_proj_bias is None else mha.in_proj_bias.detach()
+        stacked = _split_linear(mha.in_proj_weight.detach(), bias)
+        fused = converter.convert(stacked, f"{name}.in_proj", query_rows)
+        if fused is not stacked:
+            attention.in_proj = fused
+            report = converter.report[-1]
+            report.reason = "; ".join(part for part in (
+                report.reason, "q, k, v stacked: one product when query is key is value") if part)
     return attention.train(mha.training) if any(converted) else mha
 
 
