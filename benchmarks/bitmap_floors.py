@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+
 import sparsegemm
 from sparsegemm import planner
 
@@ -42,9 +43,10 @@ def main() -> None:
     parser.add_argument("--no-csr", action="store_true", help="skip the CSR contender")
     args = parser.parse_args()
 
-    import torch
     import torch.nn.functional as F
     from threadpoolctl import threadpool_info, threadpool_limits
+
+    import torch
 
     torch.set_num_threads(args.threads)
     sparsegemm.show_config()

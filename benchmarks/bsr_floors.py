@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+
 import sparsegemm
 from sparsegemm import planner
 from sparsegemm.timing import thread_limits
@@ -35,9 +36,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    import torch
     import torch.nn.functional as F
     from threadpoolctl import threadpool_info
+
+    import torch
 
     torch.set_num_threads(args.threads)
     sparsegemm.show_config()

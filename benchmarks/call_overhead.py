@@ -34,13 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="default: torch's")
     args = parser.parse_args(argv)
 
-    import torch
-    from torch import nn
-
     import sparsegemm
+    import torch
     from sparsegemm import _core
     from sparsegemm.bench.harness import HarnessSettings, check_output, measure
     from sparsegemm.torch import SparseLinear
+    from torch import nn
 
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)

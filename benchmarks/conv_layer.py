@@ -27,9 +27,10 @@ os.environ.setdefault("KMP_BLOCKTIME", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
 import sparsegemm  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from sparsegemm import _core  # noqa: E402
 
 

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
 import sparsegemm
 
 ROUND_DISAGREEMENT = 1.35
@@ -161,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads
     sparsegemm.set_num_threads(threads)
     try:
-        import torch
         import torch.nn.functional as F
+
+        import torch
 
         torch.set_num_threads(threads)
     except ImportError:

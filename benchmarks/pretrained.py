@@ -50,9 +50,10 @@ import re
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Optional
 
 import torch
 from sparsegemm import prune
@@ -153,7 +154,7 @@ _FRAMES = ["{s} {v}.", "Yesterday, {s_lower} {v}.", "I heard that {s_lower} {v}.
            "Nobody expected that {s_lower} {v}.", "{s} {v}, according to the news."]
 
 
-def heldout_sentences(count: int = 240, seed: int = 0) -> List[str]:
+def heldout_sentences(count: int = 240, seed: int = 0) -> list[str]:
     """``count`` varied English sentences from templates (10 topics; held out from calibration).
 
     Sentences share topics, subjects and predicates in varying combinations,
@@ -172,7 +173,7 @@ def heldout_sentences(count: int = 240, seed: int = 0) -> List[str]:
     return pool[:count]
 
 
-def calibration_sentences(count: int = 128, seed: int = 0) -> List[str]:
+def calibration_sentences(count: int = 128, seed: int = 0) -> list[str]:
     """Unlabeled English sentences from the docstrings of standard-library modules."""
     import collections
     import email
@@ -207,9 +208,9 @@ def calibration_sentences(count: int = 128, seed: int = 0) -> List[str]:
     return out[:count]
 
 
-def calibration_batches(tokenizer, sentences: Sequence[str], batch_size: int = 16) -> List[dict]:
+def calibration_batches(tokenizer, sentences: Sequence[str], batch_size: int = 16) -> list[dict]:
     """Tokenised sentences grouped by token length: batches with no padding."""
-    by_length: Dict[int, List[List[int]]] = {}
+    by_length: dict[int, list[list[int]]] = {}
     for sentence in sentences:
         ids = tokenizer(sentence, truncation=True, max_length=128)["input_ids"]
         by_length.setdefault(len(ids), []).append(ids)
@@ -222,7 +223,7 @@ def calibration_batches(tokenizer, sentences: Sequence[str], batch_size: int = 1
 
 
 # ---------------------------------------------------------------- quality
-def quality(dense: torch.Tensor, pruned: torch.Tensor) -> Dict[str, float]:
+def quality(dense: torch.Tensor, pruned: torch.Tensor) -> dict[str, float]:
     """Mean cosine of matching embeddings, and Spearman of pairwise similarities."""
     from scipy.stats import spearmanr
 
@@ -247,7 +248,7 @@ def time_forward(model, batch: dict, rounds: int = 5, repeats: int = 5) -> float
     return statistics.median(samples)
 
 
-def speedup(dense_model, pruned_model, batch: dict) -> Dict[str, float]:
+def speedup(dense_model, pruned_model, batch: dict) -> dict[str, float]:
     """Sparsify a copy of ``pruned_model`` (format='auto') and time it against the dense model,
     interleaving rounds so both see the same machine load."""
     from sparsegemm.torch import save_sparse, sparsify
@@ -280,7 +281,7 @@ class Row:
     cosine: float
     spearman: float
     prune_s: float
-    speed: Dict[str, float] = field(default_factory=dict)
+    speed: dict[str, float] = field(default_factory=dict)
 
 
 def run_point(model, tokenizer, calib, heldout, dense_emb, label, amount, pattern,
@@ -310,13 +311,13 @@ def run_point(model, tokenizer, calib, heldout, dense_emb, label, amount, patter
     return row
 
 
-def _distill_batches(tokenizer, count: int = 512, batch_size: int = 16) -> List[dict]:
+def _distill_batches(tokenizer, count: int = 512, batch_size: int = 16) -> list[dict]:
     """Unlabeled distillation inputs: docstring sentences not used for calibration."""
     sentences = calibration_sentences(count + 128, seed=1)
     return calibration_batches(tokenizer, sentences, batch_size)
 
 
-def table(rows: List[Row], batch_text: str) -> str:
+def table(rows: list[Row], batch_text: str) -> str:
     lines = [(f"| method | target | sparsity | mean cosine | Spearman | prune s | dense ms | "
               f"sparse ms | speedup ({batch_text}) | sparse layers | checkpoint |"),
              "|" + "---|" * 11]
@@ -331,7 +332,7 @@ def table(rows: List[Row], batch_text: str) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: List[Row], path: Path) -> None:
+def plot(rows: list[Row], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -355,7 +356,7 @@ def plot(rows: List[Row], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
+def main(argv: Optional[Sequence[str]] = None) -> list[Row]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--amounts", nargs="+", type=float, default=[0.5, 0.6, 0.7, 0.8, 0.9])

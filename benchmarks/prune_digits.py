@@ -39,7 +39,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Optional
 
 import torch
 from sparsegemm import prune
@@ -70,10 +70,10 @@ class Speed:
         return self.dense_ms / self.sparse_ms if self.converted else None
 
 
-def _product_rows(model: nn.Module, x: torch.Tensor) -> Dict[str, int]:
+def _product_rows(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     """For each Linear/Conv2d: the rows of the dense operand its product sees on ``x``
     (batch rows for a Linear, batch x output pixels for a Conv2d)."""
-    rows: Dict[str, int] = {}
+    rows: dict[str, int] = {}
     hooks = []
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)):
@@ -259,7 +259,7 @@ def train_dense(make, data, epochs: int, seed: int = 0, lr: float = 2e-3) -> nn.
     return model
 
 
-CONFIGS: Dict[str, dict] = {
+CONFIGS: dict[str, dict] = {
     "unstructured-90": dict(amount=0.90, criterion="l1", scope="global"),
     "block4x1-80": dict(amount=0.80, criterion=prune.BlockNorm((4, 1)), scope="global"),
     "channels-50": dict(amount=0.50, criterion=prune.ChannelNorm(2), scope="layer", thin=True),
@@ -330,7 +330,7 @@ def run(
     seed: int = 0,
     verbose: bool = True,
     prune_first_last: bool = False,
-) -> List[dict]:
+) -> list[dict]:
     """Train dense, then prune+fine-tune each config; one row per (model, config).
 
     ``prune_first_last=True`` also prunes the first and last layer for the
@@ -419,7 +419,7 @@ def _speed_columns(speed: Optional[Speed]) -> str:
     return f"{speed.dense_ms:>8.3f} {speed.sparse_ms:>9.3f} {speedup:>8} {layers:>6}"
 
 
-def format_rows(rows: List[dict]) -> str:
+def format_rows(rows: list[dict]) -> str:
     head = (
         f"{'model':<5} {'config':<16} {'sparsity':>8} {'total':>6} {'params':>8} "
         f"{'acc %':>6} {'drop':>6} {'floor':>6} {'ok':>3} "
@@ -453,7 +453,7 @@ def format_rows(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer epochs")
     ap.add_argument("--models", default="mlp,cnn,wide",

@@ -31,6 +31,7 @@ import sys
 import time
 
 import numpy as np
+
 import sparsegemm
 from sparsegemm.bench import contenders as registry
 from sparsegemm.bench.environment import last_level_cache_bytes, reexec_with_spin_env

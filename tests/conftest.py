@@ -26,8 +26,9 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import scipy.sparse as sp
-import sparsegemm
 from hypothesis import HealthCheck, settings
+
+import sparsegemm
 
 # Hypothesis: no deadlines (the machine is shared and noisy); example counts are
 # set per test module so CI stays fast.

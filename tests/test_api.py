@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
-import sparsegemm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+import sparsegemm
 from sparsegemm import CSRMatrix, linear, sparse_mm
 
 # --- dtype promotion (python/sparsegemm/_dtypes.py) -------------------------------------------

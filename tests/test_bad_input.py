@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
 import sparsegemm
 from sparsegemm import CSRMatrix, _core, linear, sparse_mm
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
 import sparsegemm
 from sparsegemm import BitmapMatrix, CSRMatrix, linear, sddmm
 

@@ -17,6 +17,7 @@ import pytest
 import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from sparsegemm import BitmapMatrix, _core, linear, sparse_mm
 
 DTYPES = [np.float32, np.float64]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 import sparsegemm
 from sparsegemm import BSRMatrix, linear, sparse_mm
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 import sparsegemm
 from sparsegemm import BSRMatrix, planner
 from sparsegemm.formats import MAX_BLOCK_EDGE

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+
 import sparsegemm
 from sparsegemm import CSRMatrix, linear, sparse_mm
 

@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
 import sparsegemm
 
 ISAS = sparsegemm.available_isas()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 import sparsegemm
 from sparsegemm import CSRMatrix, _core, linear, sparse_mm
 

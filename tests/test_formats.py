@@ -7,6 +7,7 @@ import gc
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
 from sparsegemm import CSRMatrix
 
 SCIPY_FORMATS = ["csr", "csc", "coo", "bsr", "lil", "dok", "dia"]

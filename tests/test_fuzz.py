@@ -15,10 +15,11 @@ import os
 
 import numpy as np
 import scipy.sparse as sp
-import sparsegemm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+import sparsegemm
 from sparsegemm import CSRMatrix, _core, linear, sparse_mm
 
 FUZZ_EXAMPLES = int(os.environ.get("SPARSEGEMM_FUZZ_EXAMPLES", "30"))

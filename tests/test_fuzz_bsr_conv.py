@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-import sparsegemm
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+import sparsegemm
 from sparsegemm import BSRMatrix, conv2d, linear, sparse_mm
 from test_fuzz import (
     CLEAR_ERRORS,

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+
 import sparsegemm
 from sparsegemm import BSRMatrix, CSRMatrix, planner
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from sparsegemm import BSRMatrix, block_prune, magnitude_prune
 from sparsegemm.pruning import block_norms
 

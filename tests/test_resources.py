@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
 from sparsegemm import CSRMatrix, linear, sparse_mm
 
 CALLS = 10_000

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
+
 from sparsegemm import BSRMatrix, CSRMatrix
 
 

@@ -11,7 +11,7 @@ import contextlib
 import functools
 import os
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 from . import _core
 
@@ -110,7 +110,7 @@ def get_num_threads() -> int:
     return _default_num_threads()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _default_num_threads() -> int:
     # Read once, at the first call (as OpenMP reads OMP_NUM_THREADS once at start-up):
     # the environment lookups and the affinity syscall would otherwise cost several

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+
 from sparsegemm.bench.analysis import (
     break_even,
     break_even_table,

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+
 import sparsegemm
 from sparsegemm.bench.cli import main
 from sparsegemm.bench.compare import compare_documents, compare_files

@@ -5,6 +5,7 @@ import types
 
 import numpy as np
 import pytest
+
 from sparsegemm.bench import e2e
 from sparsegemm.bench.harness import HarnessSettings
 from sparsegemm.bench.workloads import Pattern

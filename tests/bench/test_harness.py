@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from sparsegemm import timing
 from sparsegemm.bench.harness import (
     HarnessSettings,

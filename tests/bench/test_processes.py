@@ -1,6 +1,7 @@
 """Merging the rows of --processes runs."""
 
 import pytest
+
 from sparsegemm.bench.processes import merge_rows
 
 

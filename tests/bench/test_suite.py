@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+
 import sparsegemm
 from sparsegemm.bench import contenders as registry
 from sparsegemm.bench.analysis import break_even_table, is_sparsegemm_figure

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from sparsegemm.bench.workloads import (
     Pattern,
     grid,

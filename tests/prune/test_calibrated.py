@@ -4,6 +4,7 @@ import copy
 import math
 
 import pytest
+
 import torch
 from sparsegemm import prune
 from sparsegemm.prune.calibrated import (

@@ -1,9 +1,10 @@
 import math
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import torch
 from sparsegemm import prune
 from sparsegemm.prune.criteria import block_reduce
 from torch import nn
@@ -330,6 +331,7 @@ def test_activation_with_dataloader():
 def test_torch_criteria_rank_as_the_numpy_core():
     """One pruning story: prune_module and sparsegemm.block_prune zero the same blocks."""
     import numpy as np
+
     import sparsegemm
 
     rng = np.random.default_rng(5)

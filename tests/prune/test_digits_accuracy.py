@@ -5,6 +5,7 @@ or below zero with these settings), so this is not expected to be flaky.
 """
 
 import pytest
+
 import torch
 
 pytest.importorskip("sklearn")

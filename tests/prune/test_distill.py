@@ -3,9 +3,10 @@
 import copy
 
 import pytest
-import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+import torch
 from sparsegemm import prune
 from torch import nn
 

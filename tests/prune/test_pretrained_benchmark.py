@@ -1,6 +1,7 @@
 """benchmarks/pretrained.py: its text and metrics; the real model's floors when installed."""
 
 import pytest
+
 import torch
 
 

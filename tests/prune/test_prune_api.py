@@ -1,8 +1,9 @@
 import pytest
+from torch.nn.utils import prune as tprune
+
 import torch
 from sparsegemm import prune
 from torch import nn
-from torch.nn.utils import prune as tprune
 
 
 def mlp():

@@ -1,7 +1,8 @@
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
+
+import torch
 from sparsegemm import prune
 from torch import nn
 

@@ -1,4 +1,5 @@
 import pytest
+
 import torch
 from sparsegemm import prune
 from torch import nn

@@ -1,6 +1,7 @@
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import torch
 from sparsegemm import prune
 from torch import nn
 

@@ -3,8 +3,13 @@
 import pytest
 
 torch = pytest.importorskip("torch")
-from sparsegemm.torch import (AutoSparseLinear, SparseLinear, SparseMultiheadAttention, freeze,
-                              sparsify)
+from sparsegemm.torch import (
+    AutoSparseLinear,
+    SparseLinear,
+    SparseMultiheadAttention,
+    freeze,
+    sparsify,
+)
 from sparsegemm.torch.auto import row_bucket
 from torch import nn
 

@@ -4,10 +4,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import numpy as np
+from torch.nn.utils import prune as torch_prune
+
 import sparsegemm
 from sparsegemm.torch import SparseConv2d, SparseLinear, sparsify
 from torch import nn
-from torch.nn.utils import prune as torch_prune
 
 
 def pruned(in_features, out_features, *, dtype=torch.float32, density=0.5, seed=0):

@@ -5,10 +5,11 @@ import copy
 import pytest
 
 torch = pytest.importorskip("torch")
+from torch.nn.utils import prune as torch_prune
+
 from sparsegemm.torch import SparseLinear
 from sparsegemm.torch import ops as sparse_ops
 from torch import nn
-from torch.nn.utils import prune as torch_prune
 
 BLOCKSIZES = [(4, 1), (8, 1), (4, 4), (3, 5), (1, 1)]
 

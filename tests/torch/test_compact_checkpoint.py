@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 import torch
 from sparsegemm import prune
 from sparsegemm.torch import SparseConv2d, SparseLinear, sparsify

@@ -1,8 +1,9 @@
 import pytest
 
 torch = pytest.importorskip("torch")
-import sparsegemm
 import torch.nn.functional as F
+
+import sparsegemm
 from sparsegemm.torch import SparseConv2d
 from torch import nn
 

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-import sparsegemm
 import torch.nn.functional as F
+from torch.nn.utils import prune as torch_prune
+
+import sparsegemm
 from sparsegemm.torch import SparseLinear
 from torch import nn
-from torch.nn.utils import prune as torch_prune
 
 
 @pytest.fixture

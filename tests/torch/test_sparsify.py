@@ -3,9 +3,10 @@ import importlib
 import pytest
 
 torch = pytest.importorskip("torch")
+from torch.nn.utils import prune as torch_prune
+
 from sparsegemm.torch import SparseConv2d, SparseLinear, SparseMultiheadAttention, sparsify
 from torch import nn
-from torch.nn.utils import prune as torch_prune
 
 
 def small_model(prune):

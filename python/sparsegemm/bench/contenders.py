@@ -23,8 +23,8 @@ import numpy as np
 import scipy.sparse as sp
 
 import sparsegemm
-from .. import formats
 
+from .. import formats
 from .workloads import Pattern
 
 

@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import numpy as np
+
     import torch
 
     torch.set_num_threads(args.threads)

@@ -58,7 +58,6 @@ from .calibrated import (
     sparsegpt_prune,
     wanda_importance,
 )
-from .distill import distill, model_output
 from .criteria import (
     NM,
     Activation,
@@ -70,6 +69,7 @@ from .criteria import (
     Taylor,
     measure_activations,
 )
+from .distill import distill, model_output
 from .schedule import AGPSchedule, agp_sparsity, gradual_prune, one_shot
 from .sensitivity import format_table, plot_sensitivity, sensitivity_analysis
 from .thinning import dead_channels, thin

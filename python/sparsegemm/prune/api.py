@@ -12,14 +12,15 @@ import copy
 import math
 import numbers
 import warnings
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from collections.abc import Mapping
+from typing import Callable, Optional
+
+from torch.nn.utils import prune as tprune
 
 import torch
 from torch import nn
-from torch.nn.utils import prune as tprune
 
 from .. import pruning as core
-
 from .criteria import (
     Criterion,
     Magnitude,
@@ -46,7 +47,7 @@ __all__ = [
 
 Amount = core.Amount
 #: Module types pruned by default (weights with >= 2 dims).
-PRUNABLE_TYPES: Tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+PRUNABLE_TYPES: tuple[type, ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 # ---------------------------------------------------------------- amounts
@@ -76,7 +77,7 @@ def prunable_layers(
     filter_fn: Optional[Callable[[nn.Module, str], bool]] = None,
     skip_first_last: bool = True,
     name: str = "weight",
-) -> Dict[str, nn.Module]:
+) -> dict[str, nn.Module]:
     """Ordered ``{qualified_name: module}`` of layers to prune.
 
     By default: every Linear/Conv1d/2d/3d, in ``named_modules()`` order (which
@@ -85,7 +86,7 @@ def prunable_layers(
     sensitive and the cheapest.  ``filter_fn(module, name) -> bool`` (the
     ``torchao`` convention) replaces the type test.
     """
-    out: Dict[str, nn.Module] = {}
+    out: dict[str, nn.Module] = {}
     for qname, mod in model.named_modules():
         if filter_fn is not None:
             ok = filter_fn(mod, qname)
@@ -185,11 +186,11 @@ def clone_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
-def sparsity(model: nn.Module, name: str = "weight", *, layers=None) -> Dict[str, float]:
+def sparsity(model: nn.Module, name: str = "weight", *, layers=None) -> dict[str, float]:
     """Fraction of zeros of the effective weight of each prunable layer, plus ``"total"``."""
     if layers is None:
         layers = prunable_layers(model, skip_first_last=False, name=name)
-    out: Dict[str, float] = {}
+    out: dict[str, float] = {}
     z = n = 0
     for lname, mod in layers.items():
         w = effective_weight(mod, name)
@@ -218,7 +219,7 @@ def _unit_scores(crit: Criterion, mod: nn.Module, name: str, lname: str) -> torc
     return s
 
 
-def _keep_lowest_pruned(scores: List[torch.Tensor], k: int) -> List[torch.Tensor]:
+def _keep_lowest_pruned(scores: list[torch.Tensor], k: int) -> list[torch.Tensor]:
     """Keep-masks for score tensors, pruning exactly the ``k`` lowest over all of them.
 
     Ranked by the numpy core, so ties go to the earlier unit as everywhere else.
@@ -271,7 +272,7 @@ def prune_model(
     skip_first_last: Optional[bool] = None,
     filter_fn: Optional[Callable[[nn.Module, str], bool]] = None,
     name: str = "weight",
-) -> Dict[str, nn.Module]:
+) -> dict[str, nn.Module]:
     """Prune a model's layers; returns the ``{name: module}`` that were pruned.
 
     By default the first and the last prunable layer stay dense
@@ -345,7 +346,7 @@ def prune_model(
 
 
 def _warn_if_short(model: nn.Module, amount: Amount, crit: Criterion,
-                   targets: Dict[str, nn.Module], *, warn_short: bool,
+                   targets: dict[str, nn.Module], *, warn_short: bool,
                    filter_fn: Optional[Callable[[nn.Module, str], bool]], name: str) -> None:
     """Warn when nothing was pruned, or (``warn_short``) when the prunable layers
     end less sparse than a fractional ``amount``; name the layers left dense."""

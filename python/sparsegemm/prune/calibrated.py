@@ -34,8 +34,9 @@ block's activations are held at a time.  Masks are left as
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -77,7 +78,7 @@ class SparsityPattern:
     kind: str
     n: int = 0
     m: int = 0
-    block: Tuple[int, int] = (1, 1)
+    block: tuple[int, int] = (1, 1)
 
     @property
     def fixed_sparsity(self) -> Optional[float]:
@@ -91,7 +92,7 @@ class SparsityPattern:
         return "unstructured"
 
 
-PatternLike = Union[None, str, Tuple[int, int], NM, SparsityPattern]
+PatternLike = Union[None, str, tuple[int, int], NM, SparsityPattern]
 
 
 def parse_pattern(pattern: PatternLike) -> SparsityPattern:
@@ -205,12 +206,12 @@ class InputStatistics:
 
 def record_input_statistics(
     layers: Mapping[str, nn.Module], *, hessian: bool = False
-) -> Tuple[Dict[str, InputStatistics], List[Any]]:
+) -> tuple[dict[str, InputStatistics], list[Any]]:
     """Attach forward hooks accumulating :class:`InputStatistics` for each Linear.
 
     Returns ``(statistics, handles)``; call ``handle.remove()`` on each handle when done.
     """
-    stats: Dict[str, InputStatistics] = {}
+    stats: dict[str, InputStatistics] = {}
     handles = []
     for name, layer in layers.items():
         if not isinstance(layer, nn.Linear):
@@ -260,7 +261,7 @@ def sparsegpt_prune(
     chunk: int = 128,
     keep: Optional[torch.Tensor] = None,
     damping: str = "diagonal",
-) -> Tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT on one ``[out, in]`` weight with input Hessian ``hessian`` (``X^T X / rows``).
 
     Returns ``(new_weight, keep_mask)``: the updated weight, already zero where
@@ -338,7 +339,7 @@ def owl_sparsities(
     *,
     spread: float = 0.08,
     sizes: Optional[Sequence[int]] = None,
-) -> List[float]:
+) -> list[float]:
     """OWL's per-block sparsities from each block's outlier ratio.
 
     Ratios are mapped linearly onto ``[amount - spread, amount + spread]``
@@ -368,14 +369,14 @@ def _outlier_ratio(importances: Sequence[torch.Tensor], threshold: float) -> flo
 
 
 # ---------------------------------------------------------------- blocks and inputs
-def find_blocks(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The blocks to calibrate one after another, in execution order.
 
     The repeated layers of a transformer: the ``nn.ModuleList`` whose children
     all share one type and hold the most parameters (``encoder.layer`` of a
     BERT).  Without one, the children of an ``nn.Sequential`` model.
     """
-    best: Optional[Tuple[int, str, nn.ModuleList]] = None
+    best: Optional[tuple[int, str, nn.ModuleList]] = None
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) >= 2:
             if len({type(child) for child in module}) == 1:
@@ -409,8 +410,8 @@ class _InputsCaptured(Exception):
 
 def _capture_block_inputs(
     model: nn.Module, first_block: nn.Module, calibration: Iterable, max_batches: Optional[int]
-) -> List[Tuple[tuple, dict]]:
-    captured: List[Tuple[tuple, dict]] = []
+) -> list[tuple[tuple, dict]]:
+    captured: list[tuple[tuple, dict]] = []
 
     def hook(module, args, kwargs):
         captured.append((_detach(args), _detach(kwargs)))
@@ -455,7 +456,7 @@ def _hidden_state(output: Any) -> torch.Tensor:
     raise TypeError(f"cannot find the hidden state in a block output of type {type(output)}")
 
 
-def _with_hidden_state(args: tuple, kwargs: dict, hidden: torch.Tensor) -> Tuple[tuple, dict]:
+def _with_hidden_state(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
     """The next block's call: the same arguments with the hidden state replaced."""
     if args:
         return (hidden.detach(),) + tuple(args[1:]), kwargs
@@ -464,7 +465,7 @@ def _with_hidden_state(args: tuple, kwargs: dict, hidden: torch.Tensor) -> Tuple
     raise TypeError("the block received no positional argument and no hidden_states keyword")
 
 
-def _run_block(block: nn.Module, inputs: List[Tuple[tuple, dict]]) -> List[Tuple[tuple, dict]]:
+def _run_block(block: nn.Module, inputs: list[tuple[tuple, dict]]) -> list[tuple[tuple, dict]]:
     return [_with_hidden_state(a, k, _hidden_state(block(*a, **k))) for a, k in inputs]
 
 
@@ -485,7 +486,7 @@ def prune_pretrained(
     owl_threshold: float = 5.0,
     owl_spread: float = 0.08,
     max_batches: Optional[int] = None,
-) -> Dict[str, float]:
+) -> dict[str, float]:
     """Prune every Linear inside ``model``'s blocks from calibration data, block by block.
 
     Args:
@@ -547,9 +548,9 @@ def prune_pretrained(
             else:
                 sparsities = [amount] * len(block_list)
             inputs = _capture_block_inputs(model, block_list[0][1], calibration, max_batches)
-            done: Dict[str, float] = {}
+            done: dict[str, float] = {}
             for (_, block), layers, sparsity in zip(block_list, layers_per_block, sparsities):
-                stats: Dict[str, InputStatistics] = {}
+                stats: dict[str, InputStatistics] = {}
                 if layers and method != "magnitude":
                     stats, handles = record_input_statistics(layers, hessian=method == "sparsegpt")
                     try:
@@ -596,7 +597,7 @@ def _prune_layer(layer: nn.Linear, method: str, pattern: SparsityPattern, amount
         layer.bias.data += (removed @ stats.mean).to(layer.bias.dtype)
 
 
-def _named_blocks(model: nn.Module, names: Optional[Sequence[str]]) -> List[Tuple[str, nn.Module]]:
+def _named_blocks(model: nn.Module, names: Optional[Sequence[str]]) -> list[tuple[str, nn.Module]]:
     if names is None:
         return find_blocks(model)
     modules = dict(model.named_modules())
@@ -608,7 +609,7 @@ def _named_blocks(model: nn.Module, names: Optional[Sequence[str]]) -> List[Tupl
     return [(n, modules[n]) for n in names]
 
 
-def _block_layers(prefix: str, block: nn.Module, filter_fn) -> Dict[str, nn.Linear]:
+def _block_layers(prefix: str, block: nn.Module, filter_fn) -> dict[str, nn.Linear]:
     layers = {}
     for name, module in block.named_modules():
         qualified = f"{prefix}.{name}" if name else prefix
@@ -625,7 +626,7 @@ def _reiterable(data: Iterable, times: int) -> Iterable:
 
 
 def _owl_allocation(model, block_list, layers_per_block, calibration, amount, threshold,
-                    spread, max_batches) -> List[float]:
+                    spread, max_batches) -> list[float]:
     """Per-block sparsities from Wanda-score outliers of the dense model (one sequential pass)."""
     inputs = _capture_block_inputs(model, block_list[0][1], calibration, max_batches)
     ratios, sizes = [], []
@@ -660,11 +661,11 @@ class Wanda(Criterion):
     scores blocks by the sum of their entries' scores.  Linear layers only.
     """
 
-    def __init__(self, data: Iterable, block: Optional[Tuple[int, int]] = None,
+    def __init__(self, data: Iterable, block: Optional[tuple[int, int]] = None,
                  max_batches: Optional[int] = None):
         self.data, self.max_batches = data, max_batches
         self.granularity = "element" if block is None else parse_pattern(tuple(block)).block
-        self.norms: Dict[str, torch.Tensor] = {}
+        self.norms: dict[str, torch.Tensor] = {}
 
     def prepare(self, model, layers):
         stats, handles = record_input_statistics(layers)

@@ -26,7 +26,8 @@ Conventions
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -49,7 +50,7 @@ __all__ = [
     "keep_n_of_m",
 ]
 
-Granularity = Union[str, Tuple[int, int]]  # "element", "channel" or (r, c)
+Granularity = Union[str, tuple[int, int]]  # "element", "channel" or (r, c)
 
 
 # ---------------------------------------------------------------- helpers
@@ -79,7 +80,7 @@ def _as_matrix(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-def _check_block(block: Sequence[int]) -> Tuple[int, int]:
+def _check_block(block: Sequence[int]) -> tuple[int, int]:
     r, c = (int(block[0]), int(block[1]))
     if r < 1 or c < 1:
         raise ValueError(f"block must be positive, got {block}")
@@ -87,7 +88,7 @@ def _check_block(block: Sequence[int]) -> Tuple[int, int]:
 
 
 def block_reduce(
-    t: torch.Tensor, block: Tuple[int, int], p: float = 1, *, op: str = "norm"
+    t: torch.Tensor, block: tuple[int, int], p: float = 1, *, op: str = "norm"
 ) -> torch.Tensor:
     """Reduce ``t`` (viewed as ``out x rest``) over ``r x c`` blocks.
 

@@ -18,7 +18,8 @@ whole global batch (the losses are means over equal shares).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, List, Optional
+from collections.abc import Iterable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -41,7 +42,7 @@ def model_output(output: Any) -> torch.Tensor:
     return _hidden_state(output)
 
 
-def _record_block_outputs(model: nn.Module, store: List[torch.Tensor]):
+def _record_block_outputs(model: nn.Module, store: list[torch.Tensor]):
     handles = []
     for _, block in find_blocks(model):
         def hook(module, inputs, output):
@@ -64,7 +65,7 @@ def distill(
     hidden_weight: float = 0.0,
     output_fn: Callable[[Any], torch.Tensor] = model_output,
     optimizer: Optional[torch.optim.Optimizer] = None,
-) -> List[float]:
+) -> list[float]:
     """Train ``student`` to reproduce ``teacher`` on unlabeled ``data``; returns the losses.
 
     Args:
@@ -94,8 +95,8 @@ def distill(
     runner: nn.Module = student
     if distributed:
         runner = nn.parallel.DistributedDataParallel(student)
-    student_states: List[torch.Tensor] = []
-    teacher_states: List[torch.Tensor] = []
+    student_states: list[torch.Tensor] = []
+    teacher_states: list[torch.Tensor] = []
     handles = []
     if hidden_weight > 0:
         handles = (_record_block_outputs(student, student_states)
@@ -103,7 +104,7 @@ def distill(
     was_training = (student.training, teacher.training)
     student.eval()
     teacher.eval()
-    losses: List[float] = []
+    losses: list[float] = []
     deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
     try:
         for _ in range(epochs):

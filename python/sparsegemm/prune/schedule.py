@@ -13,7 +13,7 @@ exactly zero.
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Optional
 
 from torch import nn
 
@@ -63,7 +63,7 @@ class AGPSchedule:
         self.s_f, self.s_i = final_sparsity, initial_sparsity
         self.t0, self.n, self.dt = start_step, n_steps, frequency
         self.prune_kwargs = prune_kwargs
-        self.history: List[Dict[str, float]] = []
+        self.history: list[dict[str, float]] = []
 
     def target(self, t: int) -> float:
         return agp_sparsity(t, self.s_f, self.s_i, self.t0, self.n, self.dt)
@@ -103,7 +103,7 @@ def gradual_prune(
     finetune_steps: int = 0,
     initial_sparsity: float = 0.0,
     **prune_kwargs,
-) -> List[Dict[str, float]]:
+) -> list[dict[str, float]]:
     """Prune → fine-tune → prune ... with the AGP schedule, over your training step.
 
     ``train_step(t)`` must do one training step (forward, backward,

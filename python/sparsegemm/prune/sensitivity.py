@@ -8,7 +8,8 @@ Layers whose metric falls fast deserve lower amounts (see ``overrides`` in
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Callable, Optional
 
 from torch import nn
 
@@ -28,7 +29,7 @@ def sensitivity_analysis(
     layers: Optional[Sequence[str]] = None,
     skip_first_last: bool = False,
     name: str = "weight",
-) -> List[Dict[str, object]]:
+) -> list[dict[str, object]]:
     """Return rows ``{"layer", "sparsity", "metric"}`` for every layer x sparsity.
 
     ``eval_fn(model) -> float`` evaluates a model (higher = better, e.g.
@@ -43,7 +44,7 @@ def sensitivity_analysis(
     unknown = [n for n in layers if n not in dict(model.named_modules())]
     if unknown:
         raise KeyError(f"unknown layers: {unknown}")
-    rows: List[Dict[str, object]] = []
+    rows: list[dict[str, object]] = []
     for lname in layers:
         for s in sparsities:
             trial = clone_model(model)
@@ -60,7 +61,7 @@ def sensitivity_analysis(
     return rows
 
 
-def format_table(rows: List[Dict[str, object]], metric_name: str = "metric") -> str:
+def format_table(rows: list[dict[str, object]], metric_name: str = "metric") -> str:
     """Pretty table: one line per layer, one column per sparsity."""
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     sps = sorted({r["sparsity"] for r in rows})
@@ -74,7 +75,7 @@ def format_table(rows: List[Dict[str, object]], metric_name: str = "metric") -> 
     return "\n".join(lines)
 
 
-def plot_sensitivity(rows: List[Dict[str, object]], path: str, metric_name: str = "metric") -> str:
+def plot_sensitivity(rows: list[dict[str, object]], path: str, metric_name: str = "metric") -> str:
     """Write a PNG line plot (one line per layer) to ``path``; needs matplotlib."""
     import matplotlib
 

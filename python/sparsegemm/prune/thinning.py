@@ -31,7 +31,7 @@ dependency graph.
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -78,7 +78,7 @@ def _zero_padding_conv(conv: nn.Conv2d) -> bool:
     return any(p != 0 for p in conv.padding)
 
 
-def _chain(mods: List[nn.Module], i: int):
+def _chain(mods: list[nn.Module], i: int):
     """Find the consumer of producer ``mods[i]``; return (j, middle, flatten) or None."""
     prod = mods[i]
     conv = isinstance(prod, nn.Conv2d)
@@ -110,7 +110,7 @@ def _chain(mods: List[nn.Module], i: int):
     return None
 
 
-def _constants(prod: nn.Module, middle: List[nn.Module]) -> Optional[torch.Tensor]:
+def _constants(prod: nn.Module, middle: list[nn.Module]) -> Optional[torch.Tensor]:
     """Output of each channel when its weight row is zero (bias through the middle modules).
 
     Returns None when a middle module would make the constant position-dependent.

@@ -24,6 +24,7 @@ import weakref
 from typing import Callable, Union
 
 import numpy as np
+
 import torch
 
 from ..formats import BitmapMatrix, BSRMatrix, CSRMatrix

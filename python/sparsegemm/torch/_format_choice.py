@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 import sparsegemm
+import torch
 
 from ..formats import _check_blocksize
 from ..planner import BITMAP, CANDIDATES

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-import torch
 import torch.nn.functional as F
+
+import torch
 from torch import Tensor, nn
 
 __all__ = ["SparseMultiheadAttention"]

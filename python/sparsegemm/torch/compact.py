@@ -33,9 +33,11 @@ import json
 import math
 import os
 import struct
-from typing import Any, Dict, Mapping, Tuple, Union
+from collections.abc import Mapping
+from typing import Any, Union
 
 import numpy as np
+
 import torch
 from torch import nn
 
@@ -64,7 +66,7 @@ def _smallest_index_dtype(upper: int) -> torch.dtype:
     return torch.int32
 
 
-def _sparse_entry(qualified: str, module: nn.Module) -> Tuple[Dict[str, torch.Tensor], dict]:
+def _sparse_entry(qualified: str, module: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
     _, cols = module.matrix_shape
     block_cols = cols if module.blocksize is None else -(-cols // module.blocksize[1])
     indptr_dtype = torch.int32 if module.indptr[-1] < 2**31 else torch.int64
@@ -75,7 +77,7 @@ def _sparse_entry(qualified: str, module: nn.Module) -> Tuple[Dict[str, torch.Te
     }
     if module.bias is not None:
         tensors[f"{qualified}.bias"] = module.bias.detach()
-    info: Dict[str, Any] = {
+    info: dict[str, Any] = {
         "class": type(module).__name__,
         "format": module.format,
         "blocksize": list(module.blocksize) if module.blocksize is not None else None,
@@ -93,7 +95,7 @@ def _sparse_entry(qualified: str, module: nn.Module) -> Tuple[Dict[str, torch.Te
     return tensors, info
 
 
-def save_sparse(model: nn.Module, path: PathLike) -> Dict[str, int]:
+def save_sparse(model: nn.Module, path: PathLike) -> dict[str, int]:
     """Write ``model`` to ``path`` (safetensors) storing only the kept entries of sparse layers.
 
     Returns ``{"file_bytes": ..., "sparse_bytes": ..., "sparse_dense_bytes": ...}``:
@@ -102,9 +104,9 @@ def save_sparse(model: nn.Module, path: PathLike) -> Dict[str, int]:
     """
     from safetensors.torch import save_file
 
-    tensors: Dict[str, torch.Tensor] = {}
-    sparse_info: Dict[str, dict] = {}
-    masked_info: Dict[str, dict] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    sparse_info: dict[str, dict] = {}
+    masked_info: dict[str, dict] = {}
     sparse_bytes = dense_bytes = 0
     covered = set()
     for qualified, module in model.named_modules():
@@ -146,7 +148,7 @@ def checkpoint_bytes(path: PathLike) -> int:
     return os.path.getsize(path)
 
 
-def _read_header(handle) -> Tuple[dict, int]:
+def _read_header(handle) -> tuple[dict, int]:
     (length,) = struct.unpack("<Q", handle.read(8))
     if length > 100 * 2**20:
         raise ValueError(f"not a safetensors file: header of {length} bytes")
@@ -237,7 +239,7 @@ def load_sparse(model: nn.Module, path: PathLike, *, strict: bool = True) -> nn.
                              f"(version {FORMAT_VERSION})")
         entries = {k: v for k, v in header.items() if k != "__metadata__"}
         used: set = set()
-        loaded: Dict[str, torch.Tensor] = {}
+        loaded: dict[str, torch.Tensor] = {}
 
         def take(key: str, as_dtype: torch.dtype | None = None) -> torch.Tensor:
             if key not in entries:

@@ -19,8 +19,9 @@ import sys
 from typing import Any
 
 import numpy as np
-import torch
 import torch.nn.functional as F
+
+import torch
 from torch import Tensor, nn
 
 from ..formats import BitmapMatrix, BSRMatrix, CSRMatrix

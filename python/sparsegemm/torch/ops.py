@@ -49,8 +49,9 @@ import functools
 from typing import Callable, List, Optional
 
 import numpy as np
-import torch
 import torch.nn.functional as F
+
+import torch
 from torch import Tensor
 
 from .. import _core
