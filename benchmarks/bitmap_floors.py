@@ -79,7 +79,9 @@ def main() -> None:
                 x = rng.standard_normal((batch, cols), dtype=np.float32)
                 xt = torch.from_numpy(x)
                 runners = {
-                    "dense_torch": planner._rotating(torch_copies, lambda w, xt=xt: F.linear(xt, w)),
+                    "dense_torch": planner._rotating(
+                        torch_copies, lambda w, xt=xt: F.linear(xt, w)
+                    ),
                     "dense_numpy": planner._rotating(dense_copies, lambda w, x=x: x @ w.T),
                     "bitmap": planner._rotating(
                         bitmaps, lambda a, x=x: sparsegemm.linear(x, a, num_threads=threads)),

@@ -47,7 +47,8 @@ def main() -> None:
                            for i in threadpool_info()])
     rng = np.random.default_rng(0)
     dense = rng.standard_normal((args.size, args.size)).astype(np.float32)
-    print(f"{'batch':>5} {'sparsity':>8} {'format':>10} {'ms':>9} {'vs torch':>9} {'vs best dense':>13}")
+    print(f"{'batch':>5} {'sparsity':>8} {'format':>10} {'ms':>9} {'vs torch':>9} "
+          f"{'vs best dense':>13}")
     for sparsity in args.sparsities:
         for blocksize in BLOCKSIZES:
             W = sparsegemm.block_prune(dense, blocksize, sparsity)
@@ -71,7 +72,8 @@ def main() -> None:
                 label = f"bsr{blocksize[0]}x{blocksize[1]}"
                 print(f"{batch:>5} {sparsity:>8.2f} {label:>10} {times['bsr'] * 1e3:>9.3f} "
                       f"{times['dense_torch'] / times['bsr']:>8.2f}x "
-                      f"{best_dense / times['bsr']:>12.2f}x   (torch {times['dense_torch'] * 1e3:.3f} ms,"
+                      f"{best_dense / times['bsr']:>12.2f}x   "
+                      f"(torch {times['dense_torch'] * 1e3:.3f} ms,"
                       f" numpy {times['dense_numpy'] * 1e3:.3f} ms)", flush=True)
 
 

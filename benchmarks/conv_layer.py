@@ -93,7 +93,8 @@ def main() -> None:
     useful = 2 * matrix.nnz * args.size * args.size * args.batch
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"  {name:11s} {median * 1e3:8.3f} ms  ({useful / median / 1e9:6.1f} useful GFLOP/s)  "
+        print(f"  {name:11s} {median * 1e3:8.3f} ms  "
+              f"({useful / median / 1e9:6.1f} useful GFLOP/s)  "
               f"{dense_median / median:5.2f}x vs dense  [min {min(values) * 1e3:.3f} ms]")
 
 

@@ -47,7 +47,9 @@ def silu(g: np.ndarray) -> np.ndarray:
     return g / (1.0 + np.exp(-g))
 
 
-def make_weights(layers: int, hidden: int, intermediate: int, seed: int) -> list[dict[str, np.ndarray]]:
+def make_weights(
+    layers: int, hidden: int, intermediate: int, seed: int
+) -> list[dict[str, np.ndarray]]:
     """Per block: gate and up (intermediate x hidden), down (hidden x intermediate), float32."""
     rng = np.random.default_rng(seed)
     blocks = []
@@ -279,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             gc.collect()
         cells = [f"{results[f][0]:>6.2f}x ({results[f][1]:>5.1f})".rjust(18) for f in formats]
         dense_time, by = dense_best
-        line = (f"{sparsity:>8.0%} {dense_time * 1e3:>9.2f} {dense_bytes / dense_time / 1e9:>10.1f} "
+        line = (f"{sparsity:>8.0%} {dense_time * 1e3:>9.2f} "
+                f"{dense_bytes / dense_time / 1e9:>10.1f} "
                 f"{by:>6}  " + "  ".join(cells))
         if "auto" in results:
             line += f"  {results['auto'][0]:.2f}x ({results['auto'][1]:.1f} GB/s; {note})"

@@ -107,9 +107,11 @@ def embed(model, tokenizer, sentences: Sequence[str], batch_size: int = 64) -> t
 # ---------------------------------------------------------------- text
 _TOPICS = {
     "weather": (["The storm", "A light drizzle", "The heat wave", "Thick fog", "The first snow"],
-                ["closed the mountain roads", "kept everyone indoors", "arrived earlier than forecast",
-                 "ruined the harvest", "cleared by the afternoon"]),
-    "cooking": (["My grandmother", "The new chef", "A street vendor", "The bakery", "Our neighbour"],
+                ["closed the mountain roads", "kept everyone indoors",
+                 "arrived earlier than forecast", "ruined the harvest",
+                 "cleared by the afternoon"]),
+    "cooking": (["My grandmother", "The new chef", "A street vendor", "The bakery",
+                 "Our neighbour"],
                 ["makes the best lemon cake in town", "burned the rice again",
                  "serves spicy noodles at midnight", "taught me to knead bread",
                  "grows tomatoes for the sauce"]),

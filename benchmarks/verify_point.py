@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             contender = registry.REGISTRY[name]
             build = contender.build
             if name == args.format and planned:
-                build = lambda problem: registry.sparsegemm_call(problem, planned)
+                def build(problem):
+                    return registry.sparsegemm_call(problem, planned)
             footprint = (
                 weight.nbytes
                 if contender.kind == "dense"
@@ -182,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             try:
                 if cold:
-                    calls[name], copies[name] = _cold_rotation(build, weight, problem_for, footprint)
+                    calls[name], copies[name] = _cold_rotation(
+                        build, weight, problem_for, footprint
+                    )
                 else:
                     calls[name], copies[name] = build(problem_for(weight)), 1
             except registry.Unsupported as reason:

@@ -1,4 +1,5 @@
-"""The direct sparse convolution (sparsegemm.conv2d) against a float64 numpy reference on every ISA."""
+"""The direct sparse convolution (sparsegemm.conv2d) against a float64 numpy reference on every
+ISA."""
 
 import itertools
 
@@ -106,9 +107,10 @@ def test_empty_zero_and_dense_weights(isa, dtype):
 
 def test_empty_batch_channels_and_outputs():
     bias = np.arange(4.0)
-    no_inputs = sparsegemm.conv2d(np.ones((2, 0, 5, 5)), sparsegemm.CSRMatrix.from_dense(np.zeros((4, 0))),
-                                  3, bias=bias)
-    np.testing.assert_array_equal(no_inputs, np.broadcast_to(bias[None, :, None, None], (2, 4, 3, 3)))
+    no_inputs = sparsegemm.conv2d(np.ones((2, 0, 5, 5)),
+                                  sparsegemm.CSRMatrix.from_dense(np.zeros((4, 0))), 3, bias=bias)
+    np.testing.assert_array_equal(no_inputs,
+                                  np.broadcast_to(bias[None, :, None, None], (2, 4, 3, 3)))
     weight = sparsegemm.CSRMatrix.from_dense(np.ones((4, 18)))
     assert sparsegemm.conv2d(np.ones((0, 2, 5, 5)), weight, 3).shape == (0, 4, 3, 3)
     no_outputs = sparsegemm.CSRMatrix.from_dense(np.ones((0, 18)))

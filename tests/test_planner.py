@@ -43,7 +43,8 @@ def weight():
 
 def fake_times(dense, **sparse):
     times = {"dense_numpy": dense, "dense_torch": dense * 1.5}
-    times.update({"csr": 1.0, "bitmap": 1.0, "bsr4x1": 1.0, "bsr8x1": 1.0, "bsr16x1": 1.0, "bsr4x4": 1.0})
+    times.update({"csr": 1.0, "bitmap": 1.0, "bsr4x1": 1.0, "bsr8x1": 1.0, "bsr16x1": 1.0,
+                  "bsr4x4": 1.0})
     times.update(sparse)
     return times
 

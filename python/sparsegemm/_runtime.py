@@ -33,7 +33,8 @@ def _check_isa_environment() -> None:
         )
     elif name not in _core.supported_isas():
         warnings.warn(
-            f"SPARSEGEMM_ISA={requested!r} is not supported by this CPU; using {_core.active_isa()!r}",
+            f"SPARSEGEMM_ISA={requested!r} is not supported by this CPU; "
+            f"using {_core.active_isa()!r}",
             RuntimeWarning,
             stacklevel=3,
         )

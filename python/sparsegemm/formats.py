@@ -394,7 +394,9 @@ def _check_blocksize(blocksize: Any) -> tuple[int, int]:
         raise ValueError(f"blocksize must be a pair of integers (R, C), got {blocksize!r}")
     r, c = int(r), int(c)
     if not (1 <= r <= MAX_BLOCK_EDGE and 1 <= c <= MAX_BLOCK_EDGE):
-        raise ValueError(f"blocksize must be in [1, {MAX_BLOCK_EDGE}] along each edge, got {(r, c)}")
+        raise ValueError(
+            f"blocksize must be in [1, {MAX_BLOCK_EDGE}] along each edge, got {(r, c)}"
+        )
     return r, c
 
 
@@ -484,7 +486,9 @@ class BSRMatrix(SparseFormat):
         """
         _check_scipy(matrix)
         if blocksize is None:
-            blocksize = matrix.blocksize if sp.issparse(matrix) and matrix.format == "bsr" else (4, 1)
+            blocksize = (
+                matrix.blocksize if sp.issparse(matrix) and matrix.format == "bsr" else (4, 1)
+            )
         r, c = _check_blocksize(blocksize)
         rows, cols = matrix.shape
         if matrix.format == "bsr" and matrix.blocksize == (r, c):
@@ -578,7 +582,8 @@ class BSRMatrix(SparseFormat):
         return self._handle.data.reshape(self.nnz_blocks, *self.blocksize)
 
     def transpose_with_permutation(self) -> tuple[BSRMatrix, np.ndarray]:
-        """The (K x M) transpose, with C x R blocks, and the int64 block permutation ``p``: ``T.data[k] == self.data[p[k]].T``.
+        """The (K x M) transpose, with C x R blocks, and the int64 block permutation ``p``:
+        ``T.data[k] == self.data[p[k]].T``.
 
         With ``p``, values that change while the pattern stays fixed (fine-tuning)
         are transposed without rebuilding the pattern.
@@ -609,7 +614,9 @@ def _build_bsr_handle(
         )
     r, c = _check_blocksize(blocksize)
     target = kernel_dtype(values.dtype if dtype is None else dtype)
-    indices, indptr = _checked_index_arrays(indices, indptr, _ceil_div(cols, c), "block-column index")
+    indices, indptr = _checked_index_arrays(
+        indices, indptr, _ceil_div(cols, c), "block-column index"
+    )
     return _CORE_BSR[target].from_arrays(
         rows, cols, (r, c), indptr, indices, np.require(values, target, ["C", "A"]).reshape(-1)
     )

@@ -52,7 +52,8 @@ def _check_sparse_operand(matrix: Any, *, csr_only: bool = False) -> None:
     if isinstance(matrix, np.ndarray):
         raise TypeError(
             "A is a dense numpy array; wrap it with sparsegemm.CSRMatrix.from_dense(A) or "
-            "sparsegemm.BSRMatrix.from_dense(A, blocksize) or sparsegemm.BitmapMatrix.from_dense(A) "
+            "sparsegemm.BSRMatrix.from_dense(A, blocksize) or "
+            "sparsegemm.BitmapMatrix.from_dense(A) "
             "(or use numpy's @ for dense x dense)"
         )
     raise TypeError(
@@ -79,7 +80,9 @@ def _as_format(matrix: SparseOperand, dtype: Any) -> SparseFormat:
     return CSRMatrix.from_scipy(matrix, dtype=dtype)
 
 
-def _check_out(out: Any, shape: tuple[int, ...], dtype: np.dtype, *inputs: np.ndarray) -> np.ndarray:
+def _check_out(
+    out: Any, shape: tuple[int, ...], dtype: np.dtype, *inputs: np.ndarray
+) -> np.ndarray:
     if not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
     if out.shape != shape:
@@ -249,7 +252,8 @@ def sddmm(
     pattern = _as_format(pattern, dtype)
     rows, cols = pattern.shape
     if A.shape[0] != rows or B.shape[0] != cols or A.shape[1] != B.shape[1]:
-        raise ValueError(f"shape mismatch: pattern is {pattern.shape}, A is {A.shape}, B is {B.shape}; "
+        raise ValueError(f"shape mismatch: pattern is {pattern.shape}, A is {A.shape}, "
+                         f"B is {B.shape}; "
                          f"need A (M, n) and B (K, n)")
     A = np.require(A, dtype, ["C", "A"])
     B = np.require(B, dtype, ["C", "A"])

@@ -56,7 +56,8 @@ MIN_PLANNED_BLOCK_ENTRIES = 4
 
 
 def _planned_candidates() -> dict[str, tuple[int, int] | None]:
-    """Candidate name -> blocksize (None: CSR or the bitmap), BSR shapes from the kernel catalogue."""
+    """Candidate name -> blocksize (None: CSR or the bitmap), BSR shapes from the kernel
+    catalogue."""
     candidates: dict[str, tuple[int, int] | None] = {"csr": None, BITMAP: None}
     for r, c in kernel_catalogue()["bsr_block_shapes"]:
         if r * c >= MIN_PLANNED_BLOCK_ENTRIES:
@@ -358,7 +359,9 @@ def plan(
     if repeats < 1 or rounds < 1:
         raise ValueError("repeats and rounds must be positive")
     if not margin >= 1.0:
-        raise ValueError(f"margin must be >= 1 (sparse must not be chosen when slower), got {margin}")
+        raise ValueError(
+            f"margin must be >= 1 (sparse must not be chosen when slower), got {margin}"
+        )
     weight = np.asarray(W)
     target = kernel_dtype(weight.dtype if dtype is None else dtype)
     weight = np.ascontiguousarray(weight, dtype=target)

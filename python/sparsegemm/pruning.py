@@ -86,7 +86,9 @@ def _check_blocksize(blocksize: Any) -> tuple[int, int]:
     try:
         r, c = (int(v) for v in blocksize)
     except (TypeError, ValueError):
-        raise ValueError(f"blocksize must be a pair of positive integers, got {blocksize!r}") from None
+        raise ValueError(
+            f"blocksize must be a pair of positive integers, got {blocksize!r}"
+        ) from None
     if r < 1 or c < 1:
         raise ValueError(f"blocksize must be a pair of positive integers, got {blocksize!r}")
     return r, c

@@ -68,7 +68,8 @@ def test_gradual_prune_masks_fixed_between_steps():
         seen.append((t, m[2].weight_mask.clone()))
         return loss
 
-    hist = prune.gradual_prune(m, wrapped, 0.9, n_prune_steps=5, steps_between=4, finetune_steps=6, skip_first_last=True)
+    hist = prune.gradual_prune(m, wrapped, 0.9, n_prune_steps=5, steps_between=4, finetune_steps=6,
+                               skip_first_last=True)
     assert [h["step"] for h in hist] == [0, 4, 8, 12, 16, 20]
     assert hist[-1]["target"] == pytest.approx(0.9)
     assert prune.sparsity(m)["2"] == pytest.approx(round(0.9 * 1024) / 1024)

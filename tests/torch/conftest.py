@@ -15,7 +15,9 @@ def _prune(module, sparsity: float, seed: int = 0):
 
 
 def _tolerance(dtype):
-    return {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-10}
+    if dtype == torch.float32:
+        return {"rtol": 1e-5, "atol": 1e-5}
+    return {"rtol": 1e-10, "atol": 1e-10}
 
 
 @pytest.fixture
@@ -34,7 +36,8 @@ class FakePlannerTimer:
 
     def __init__(self, dense: float = 1.0, **sparse: float):
         self.times = {"dense_numpy": dense, "dense_torch": dense}
-        self.times.update({"csr": 0.5, "bitmap": 2.0, "bsr4x1": 1.0, "bsr8x1": 1.0, "bsr16x1": 1.0, "bsr4x4": 1.0})
+        self.times.update({"csr": 0.5, "bitmap": 2.0, "bsr4x1": 1.0, "bsr8x1": 1.0, "bsr16x1": 1.0,
+                           "bsr4x4": 1.0})
         self.times.update(sparse)
         self.timed: list[list[str]] = []
 

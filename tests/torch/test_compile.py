@@ -79,14 +79,15 @@ def test_opcheck_linear_ops(op, make_args, prune):
     sparse = SparseLinear.from_dense(prune(nn.Linear(6, 5, dtype=torch.float64), 0.5))
     x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(op, make_args(sparse, x),
-                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration",
-                                      "test_aot_dispatch_dynamic"))
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_autograd_registration", "test_aot_dispatch_dynamic"))
 
 
 def test_opcheck_bmm_ops(prune):
     sparse = SparseConv2d.from_dense(prune(nn.Conv2d(4, 5, 1, dtype=torch.float64), 0.5))
     b = torch.randn(2, 4, 7, dtype=torch.float64, requires_grad=True)
-    utils = ("test_schema", "test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic")
+    utils = ("test_schema", "test_faketensor", "test_autograd_registration",
+             "test_aot_dispatch_dynamic")
     torch.library.opcheck(sparse_ops.csr_bmm, (sparse.indptr, sparse.indices, sparse.values, 4, b,
                                                sparse.bias), test_utils=utils)
     torch.library.opcheck(sparse_ops.csr_sampled_dot,
@@ -97,7 +98,9 @@ def test_opcheck_bmm_ops(prune):
 def test_opcheck_conv2d_op(prune):
     sparse = SparseConv2d.from_dense(prune(nn.Conv2d(3, 4, 3, dtype=torch.float64), 0.5))
     x = torch.randn(2, 3, 6, 7, dtype=torch.float64, requires_grad=True)
-    utils = ("test_schema", "test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic")
-    torch.library.opcheck(sparse_ops.csr_conv2d, (x, sparse.indptr, sparse.indices, sparse.values, 27,
-                                                  [3, 3], [1, 2], [1, 0], [1, 1], sparse.bias),
+    utils = ("test_schema", "test_faketensor", "test_autograd_registration",
+             "test_aot_dispatch_dynamic")
+    torch.library.opcheck(sparse_ops.csr_conv2d,
+                          (x, sparse.indptr, sparse.indices, sparse.values, 27,
+                           [3, 3], [1, 2], [1, 0], [1, 1], sparse.bias),
                           test_utils=utils)

@@ -23,7 +23,8 @@ CASES = [
     dict(in_channels=8, out_channels=6, kernel_size=1, padding=1, bias=False),
     dict(in_channels=5, out_channels=7, kernel_size=3, padding=1),
     dict(in_channels=5, out_channels=7, kernel_size=3, stride=2, padding=1),
-    dict(in_channels=5, out_channels=7, kernel_size=(3, 2), stride=(1, 2), padding=(2, 0), dilation=(2, 1)),
+    dict(in_channels=5, out_channels=7, kernel_size=(3, 2), stride=(1, 2), padding=(2, 0),
+         dilation=(2, 1)),
     dict(in_channels=5, out_channels=7, kernel_size=3, padding="same", dilation=2),
     dict(in_channels=5, out_channels=7, kernel_size=(4, 3), padding="same"),
     dict(in_channels=5, out_channels=7, kernel_size=3, padding="valid", bias=False),
@@ -38,7 +39,8 @@ def test_forward_matches_conv2d(case, dtype, make_pair, tolerance):
     case = dict(case)
     dense, sparse = make_pair(case.pop("in_channels"), case.pop("out_channels"),
                               case.pop("kernel_size"), dtype=dtype, **case)
-    for shape in ((2, dense.in_channels, 9, 11), (1, dense.in_channels, 5, 4), (dense.in_channels, 6, 7)):
+    for shape in ((2, dense.in_channels, 9, 11), (1, dense.in_channels, 5, 4),
+                  (dense.in_channels, 6, 7)):
         x = torch.randn(shape, dtype=dtype)
         torch.testing.assert_close(sparse(x), dense(x), **tolerance(dtype))
 
@@ -106,7 +108,9 @@ def test_gradcheck_float64(kernel_size, make_pair):
 
     def fn(x, values, bias):
         # values.clone(): see test_linear.test_gradcheck_float64 (gradcheck edits .data)
-        columns = F.unfold(x, kernel_size, padding=kernel_size // 2) if kernel_size > 1 else x.flatten(2)
+        columns = (
+            F.unfold(x, kernel_size, padding=kernel_size // 2) if kernel_size > 1 else x.flatten(2)
+        )
         return torch.ops.sparsegemm.csr_bmm(sparse.indptr, sparse.indices, values.clone(),
                                             sparse.matrix_shape[1], columns, bias)
 

@@ -24,7 +24,8 @@ def make_pair(prune):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(1, 37), (3, 37), (5, 37), (17, 37), (2, 9, 37), (2, 3, 4, 37), (37,)])
+@pytest.mark.parametrize("shape",
+                         [(1, 37), (3, 37), (5, 37), (17, 37), (2, 9, 37), (2, 3, 4, 37), (37,)])
 def test_forward_matches_dense(dtype, bias, shape, make_pair, tolerance):
     dense, sparse = make_pair(bias=bias, dtype=dtype)
     x = torch.randn(shape, dtype=dtype)
@@ -259,7 +260,7 @@ def test_sgd_steps_equal_masked_dense():
                                  SparseLinear.from_dense(dense_model[2]))
     dense_opt = torch.optim.SGD(dense_model.parameters(), lr=0.1, momentum=0.9)
     sparse_opt = torch.optim.SGD(sparse_model.parameters(), lr=0.1, momentum=0.9)
-    for step in range(4):
+    for _ in range(4):
         x = torch.randn(8, 20, dtype=torch.float64)
         target = torch.randn(8, 10, dtype=torch.float64)
         for model, opt in ((dense_model, dense_opt), (sparse_model, sparse_opt)):
@@ -268,7 +269,8 @@ def test_sgd_steps_equal_masked_dense():
             opt.step()
     x = torch.randn(5, 20, dtype=torch.float64)
     torch.testing.assert_close(sparse_model(x), dense_model(x))
-    for sparse_layer, dense_layer in ((sparse_model[0], dense_model[0]), (sparse_model[2], dense_model[2])):
+    for sparse_layer, dense_layer in ((sparse_model[0], dense_model[0]),
+                                      (sparse_model[2], dense_model[2])):
         torch.testing.assert_close(sparse_layer.dense_weight(), dense_layer.weight)
 
 

@@ -63,7 +63,8 @@ def test_import_orders(first, second):
     env = dict(os.environ)
     source = os.path.dirname(os.path.dirname(sparsegemm.__file__))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(SCRIPT).format(first=first, second=second)],
+    result = subprocess.run([sys.executable, "-c",
+                             textwrap.dedent(SCRIPT).format(first=first, second=second)],
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["ok", "2"]

@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     onnx_path = os.path.splitext(args.model)[0] + ".onnx"
     torch.onnx.export(model, (x,), onnx_path, input_names=["x"], output_names=["y"],
                       opset_version=17, dynamo=False,
-                      training=torch.onnx.TrainingMode.PRESERVE)  # an exported module has no train()
+                      # an exported module has no train()
+                      training=torch.onnx.TrainingMode.PRESERVE)
     import deepsparse
 
     engine = deepsparse.compile_model(onnx_path, batch_size=x.shape[0], num_cores=args.threads)

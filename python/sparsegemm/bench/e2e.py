@@ -128,7 +128,9 @@ def _hf_bert_layer() -> tuple[Any, Any]:
 
             q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
             scores = q @ k.transpose(-1, -2) * (hidden // self.heads) ** -0.5
-            context = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(batch, seq, hidden)
+            context = (
+                (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(batch, seq, hidden)
+            )
             x = self.attention_norm(x + self.attention_output(context))
             return self.output_norm(x + self.output(nn.functional.gelu(self.intermediate(x))))
 
@@ -215,9 +217,10 @@ def load_sparsify() -> tuple[Callable[..., Any] | None, str]:
 def sparsify_options(
     fmt: str, pattern: Pattern, batch_hint: int, example_inputs: Any = None
 ) -> dict[str, Any]:
-    """Keyword arguments for ``sparsegemm.torch.sparsify``: none for 'default'; else ``format``, plus ``blocksize``
-    (the pruning block) for 'bsr', and for 'auto', which times layers, ``batch_hint``
-    (Linear layers) and ``example_inputs`` (convolutions are timed on their real input)."""
+    """Keyword arguments for ``sparsegemm.torch.sparsify``: none for 'default'; else ``format``,
+    plus ``blocksize`` (the pruning block) for 'bsr', and for 'auto', which times layers,
+    ``batch_hint`` (Linear layers) and ``example_inputs`` (convolutions are timed on their
+    real input)."""
     if fmt == "default":
         return {}  # sparsify(model), as a newcomer calls it
     options: dict[str, Any] = {"format": fmt}

@@ -49,7 +49,8 @@ class FormatChoice:
         return f"{self.format}{self.blocksize[0]}x{self.blocksize[1]}"
 
     def why_dense(self, margin: float) -> str:
-        """For a 'dense' decision of the planner: the best sparse candidate and how it fell short."""
+        """For a 'dense' decision of the planner: the best sparse candidate and how it fell
+        short."""
         if self.fastest_sparse is None or self.speedup is None:
             return "no sparse candidate could be timed"
         return (f"best sparse {self.fastest_sparse} measured {self.speedup:.2f}x, "
@@ -57,7 +58,8 @@ class FormatChoice:
 
 
 def check_format(format: str, blocksize: tuple[int, int] | None) -> FormatChoice:
-    """Validate a request; for 'auto' the returned format stays 'auto' (see :func:`choose_format`)."""
+    """Validate a request; for 'auto' the returned format stays 'auto'
+    (see :func:`choose_format`)."""
     if format not in FORMAT_CHOICES:
         raise ValueError(f"format must be one of {FORMAT_CHOICES}, got {format!r}")
     if format == "bsr":

@@ -55,7 +55,9 @@ class SparseMultiheadAttention(nn.Module):
         self.in_proj = in_proj
         self.embed_dim = q_proj.out_features
         if self.embed_dim % num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {num_heads}")
+            raise ValueError(
+                f"embed_dim {self.embed_dim} is not divisible by num_heads {num_heads}"
+            )
         self.num_heads = num_heads
         self.head_dim = self.embed_dim // num_heads
         self.dropout = dropout
@@ -73,7 +75,9 @@ class SparseMultiheadAttention(nn.Module):
         if not isinstance(mha, nn.MultiheadAttention):
             raise TypeError(f"from_dense needs an nn.MultiheadAttention, got {type(mha).__name__}")
         if mha.bias_k is not None or mha.add_zero_attn:
-            raise ValueError("SparseMultiheadAttention does not support add_bias_kv or add_zero_attn")
+            raise ValueError(
+                "SparseMultiheadAttention does not support add_bias_kv or add_zero_attn"
+            )
         if convert is None:
             def convert(linear: nn.Linear, name: str) -> nn.Module:
                 return SparseLinear.from_dense(linear)

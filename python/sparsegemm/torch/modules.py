@@ -454,7 +454,9 @@ class SparseConv2d(_SparseWeight):
         if groups != 1:
             raise ValueError(f"SparseConv2d supports groups=1 only, got groups={groups}")
         if padding_mode != "zeros":
-            raise ValueError(f"SparseConv2d supports padding_mode='zeros' only, got {padding_mode!r}")
+            raise ValueError(
+                f"SparseConv2d supports padding_mode='zeros' only, got {padding_mode!r}"
+            )
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
         self.kernel_size = conv_pair(kernel_size, "kernel_size", 1)

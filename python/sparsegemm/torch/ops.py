@@ -38,9 +38,9 @@ Ops (``...`` is any number of leading batch dimensions):
 No op keeps a copy of ``values``: the cache holds the validated pattern only
 and each call hands the live tensor to the kernel.
 
-``csr_linear``, ``bsr_linear``, ``bitmap_linear``, ``csr_bmm`` and ``csr_conv2d`` are differentiable in their dense inputs,
-``values`` and ``bias``; the gradient of ``values`` covers the stored
-positions only, so the sparsity pattern never fills in.
+``csr_linear``, ``bsr_linear``, ``bitmap_linear``, ``csr_bmm`` and ``csr_conv2d`` are
+differentiable in their dense inputs, ``values`` and ``bias``; the gradient of ``values``
+covers the stored positions only, so the sparsity pattern never fills in.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ STORAGE_DTYPES = KERNEL_DTYPES + HALF_DTYPES
 
 
 def check_kernel_dtype(dtype: torch.dtype, what: str) -> None:
-    """Raise TypeError unless ``dtype`` is one the ops take (float16/bfloat16 compute in float32)."""
+    """Raise TypeError unless ``dtype`` is one the ops take (float16/bfloat16 compute in
+    float32)."""
     if dtype not in STORAGE_DTYPES:
         raise TypeError(
             f"{what} has dtype {dtype}; sparsegemm kernels compute in float32 or float64 "
@@ -199,7 +200,9 @@ def csr_linear_t(g: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, col
     _check_operands("csr_linear_t", values, g=g)
     rows = _rows(indptr)
     _check_last_dim("csr_linear_t", "g", g, rows)
-    transposed, permutation = patterns.entry(indptr, indices, (rows, cols), values.dtype).transpose()
+    transposed, permutation = patterns.entry(
+        indptr, indices, (rows, cols), values.dtype
+    ).transpose()
     return _linear(_core.csr_linear, transposed, g, values_array(values)[permutation], None)
 
 
@@ -216,7 +219,8 @@ def _sampled_dot_shapes(indptr: Tensor, values_like: Tensor, a: Tensor, b: Tenso
     rows = _rows(indptr)
     if (a.dim() < 2 or a.shape[:-2] != b.shape[:-2] or a.shape[-2] != rows
             or a.shape[-1] != b.shape[-1]):
-        raise ValueError(f"sparsegemm.csr_sampled_dot: need a (..., {rows}, n) and b (..., cols, n) "
+        raise ValueError(f"sparsegemm.csr_sampled_dot: need a (..., {rows}, n) "
+                         f"and b (..., cols, n) "
                          f"with the same leading dims, got {tuple(a.shape)} and {tuple(b.shape)}")
 
 
@@ -278,7 +282,9 @@ def csr_bmm_t(indptr: Tensor, indices: Tensor, values: Tensor, cols: int, g: Ten
     _check_operands("csr_bmm_t", values, g=g)
     rows = _rows(indptr)
     _check_batched("csr_bmm_t", "g", g, rows)
-    transposed, permutation = patterns.entry(indptr, indices, (rows, cols), values.dtype).transpose()
+    transposed, permutation = patterns.entry(
+        indptr, indices, (rows, cols), values.dtype
+    ).transpose()
     out = torch.empty((g.shape[0], cols, g.shape[2]), dtype=values.dtype)
     _batched_matmul(transposed, values_array(values)[permutation], g, out, None)
     return out
@@ -326,7 +332,9 @@ def csr_conv2d(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, cols:
     W (Cout, Cin, KH, KW) is stored as the Cout x (Cin*KH*KW) matrix (indptr, indices,
     values); the kernel reads ``values`` in place (no copy into the cached handle).
     """
-    out_h, out_w = _check_conv(x, indptr, values, cols, kernel_size, stride, padding, dilation, bias)
+    out_h, out_w = _check_conv(
+        x, indptr, values, cols, kernel_size, stride, padding, dilation, bias
+    )
     rows = _rows(indptr)
     pattern = patterns.entry(indptr, indices, (rows, cols), values.dtype).matrix
     out = torch.empty((x.shape[0], rows, out_h, out_w), dtype=values.dtype)
@@ -338,7 +346,9 @@ def csr_conv2d(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, cols:
 
 @csr_conv2d.register_fake
 def _(x, indptr, indices, values, cols, kernel_size, stride, padding, dilation, bias):
-    out_h, out_w = _check_conv(x, indptr, values, cols, kernel_size, stride, padding, dilation, bias)
+    out_h, out_w = _check_conv(
+        x, indptr, values, cols, kernel_size, stride, padding, dilation, bias
+    )
     return x.new_empty((x.shape[0], _rows(indptr), out_h, out_w), dtype=values.dtype)
 
 

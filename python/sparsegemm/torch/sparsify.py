@@ -258,7 +258,9 @@ class _Converter:
                               f"dtype {module.weight.dtype} not supported")
         sparsity = _sparsity(module)
         if sparsity < self.min_sparsity:
-            return self._keep(module, name, kind, sparsity, f"sparsity below {self.min_sparsity:.0%}")
+            return self._keep(
+                module, name, kind, sparsity, f"sparsity below {self.min_sparsity:.0%}"
+            )
         choice, note = self._choose(module, rows)
         if choice.format == "auto":
             auto = AutoSparseLinear(module, min_speedup=self.min_speedup)
