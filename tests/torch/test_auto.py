@@ -207,3 +207,21 @@ def test_frozen_model_with_fused_activations_exports(prune, planner_times):
     program = torch.export.export(model, (x,))
     torch.testing.assert_close(program.module()(x), expected, rtol=1e-5, atol=1e-5)
     assert timer.timed == []
+
+
+def test_a_transformer_encoder_layer_runs_after_sparsify_with_no_arguments(planner_times):
+    """nn.TransformerEncoderLayer reads its attention's in_proj_weight/in_proj_bias, which
+    read the projections' .weight and .bias: an undecided AutoSparseLinear must have them."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0).eval()
+    with torch.no_grad():
+        for module in layer.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.mul_(torch.rand_like(module.weight) > 0.9)
+        layer.self_attn.in_proj_weight.mul_(torch.rand_like(layer.self_attn.in_proj_weight) > 0.9)
+    x = torch.randn(5, 2, 32)
+    with torch.no_grad():
+        expected = layer(x)
+        sparsify(layer)
+        assert layer.self_attn.in_proj_bias is not None
+        torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)

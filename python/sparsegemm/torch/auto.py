@@ -80,6 +80,16 @@ class AutoSparseLinear(nn.Module):
         #: Applied to the output of whichever module runs (see modules.ACTIVATIONS).
         self.activation: str | None = None
 
+    @property
+    def weight(self) -> Tensor:
+        """The (out_features, in_features) weight it decides for, for code that reads
+        ``module.weight`` (``nn.TransformerEncoderLayer``, packed attention views)."""
+        return _linear_weight(self.dense)[0]
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.dense.bias
+
     def forward(self, x: Tensor) -> Tensor:
         return apply_activation(self._product(x), self.activation)
 
