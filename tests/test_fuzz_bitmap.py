@@ -9,10 +9,11 @@ reference. ``tools/fuzz_campaign.py`` runs these with many more examples.
 from __future__ import annotations
 
 import numpy as np
-import sparsegemm
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+import sparsegemm
 from sparsegemm import BitmapMatrix, linear, sparse_mm
 from test_fuzz import (
     CLEAR_ERRORS,

@@ -2,8 +2,9 @@
 """Long fuzzing campaign: the hypothesis tests of tests/test_fuzz*.py, many more examples.
 
 Every format is covered: CSR (test_fuzz.py), BSR and the sparse convolution
-(test_fuzz_bsr_conv.py) and the bitmap (test_fuzz_bitmap.py); a new format's fuzz tests join by living in a
-tests/test_fuzz*.py file with names starting ``test_fuzz``.
+(test_fuzz_bsr_conv.py) and the bitmap (test_fuzz_bitmap.py); a new format's
+fuzz tests join by living in a tests/test_fuzz*.py file with names starting
+``test_fuzz``.
 
 The examples are split into rounds; each round of each fuzz test runs in its
 own pytest subprocess with its own seed (so a crash -- a segfault or abort --
