@@ -24,7 +24,7 @@ def _script_figures() -> dict[str, list[str]]:
     figures = {}
     for line in script.splitlines():
         tokens = shlex.split(line, comments=True)
-        if len(tokens) >= 3 and tokens[0] == "figure":
+        if len(tokens) >= 2 and tokens[0] == "figure":
             figures[tokens[1]] = tokens[2:]
     return figures
 

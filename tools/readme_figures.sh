@@ -17,15 +17,16 @@ out=docs/results
 figure() {  # figure NAME ARGS...: run one README figure's command
     local name=$1
     shift
-    if [[ $# -gt 0 && ( -z "${only:-}" || "$only" == "$name" ) ]]; then
+    if [[ -z "${only:-}" || "$only" == "$name" ]]; then
         echo "== $name: sparsegemm bench $* --out $out/$name" >&2
         "${bench[@]}" "$@" --out "$out/$name" --no-progress
     fi
 }
 
 only=${1:-}
-# The crossover table and plot: the quick suite, 3 fresh processes per point.
-figure crossover --processes 3
+# The crossover table and plot: the quick suite (add --processes 3 to repeat each
+# point in fresh processes; the committed run is a single process).
+figure crossover
 # Best block shape at 90% and the BSR break-even at batch >= 16.
 figure block-shapes --shape 4096x4096 --batch 1,64,256 --sparsity 0.3,0.4,0.9 \
     --pattern block:4x1,block:8x1,block:16x1,block:4x4 --formats sgemm_bsr --no-plot
