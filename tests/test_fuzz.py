@@ -275,6 +275,20 @@ def dense_operands(draw, rows: int, *, vector_ok: bool = True):
     return relayout(array, draw(st.sampled_from(LAYOUTS)))
 
 
+def format_product(a, b, threads, isa_index, as_linear):
+    """``linear(b.T, a)`` or ``sparse_mm(a, b)`` on one of the CPU's ISAs, for the fuzz tests
+    of every format; None after a clear error, which only invalid operands may raise."""
+    isas = sparsegemm.available_isas()
+    with sparsegemm.use_isa(isas[isa_index % len(isas)]):
+        try:
+            return (linear(b.T, a, num_threads=threads) if as_linear
+                    else sparse_mm(a, b, num_threads=threads))
+        except CLEAR_ERRORS:
+            assert (b.ndim not in (1, 2) or b.shape[0] != a.shape[1] or b.dtype.kind == "c"), \
+                "valid operands were rejected"
+            return None
+
+
 @fuzz_settings
 @given(parts=csr_parts(), dtype=st.sampled_from([np.float32, np.float64]), data_=st.data(),
        threads=st.integers(1, 3), isa_index=st.integers(0, 2))

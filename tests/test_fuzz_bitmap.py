@@ -13,14 +13,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import sparsegemm
-from sparsegemm import BitmapMatrix, linear, sparse_mm
+from sparsegemm import BitmapMatrix
 from test_fuzz import (
     CLEAR_ERRORS,
     FLOATS,
     LAYOUTS,
     VALUE_DTYPES,
     dense_operands,
+    format_product,
     fuzz_settings,
     relayout,
 )
@@ -125,15 +125,9 @@ def test_fuzz_bitmap_products(parts, dtype, data_, threads, isa_index, as_linear
     a = BitmapMatrix((data.astype(dtype), bits), shape=shape)
     b = data_.draw(dense_operands(shape[1]))
     as_linear = as_linear and b.ndim == 2  # linear(x) reads x's last axis: x = b.T
-    isas = sparsegemm.available_isas()
-    with sparsegemm.use_isa(isas[isa_index % len(isas)]):
-        try:
-            result = (linear(b.T, a, num_threads=threads) if as_linear
-                      else sparse_mm(a, b, num_threads=threads))
-        except CLEAR_ERRORS:
-            assert (b.ndim not in (1, 2) or b.shape[0] != shape[1] or b.dtype.kind == "c"), \
-                "valid operands were rejected"
-            return
+    result = format_product(a, b, threads, isa_index, as_linear)
+    if result is None:
+        return
     stored = a.to_dense().astype(np.float64)
     with np.errstate(all="ignore"):
         # Unstored entries never multiply b, so Inf/NaN in b reach only the rows that store

@@ -14,8 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-import sparsegemm
-from sparsegemm import BSRMatrix, conv2d, linear, sparse_mm
+from sparsegemm import BSRMatrix, conv2d
 from test_fuzz import (
     CLEAR_ERRORS,
     EXTREME_INTS,
@@ -24,6 +23,7 @@ from test_fuzz import (
     LAYOUTS,
     VALUE_DTYPES,
     dense_operands,
+    format_product,
     fuzz_settings,
     relayout,
 )
@@ -121,15 +121,9 @@ def test_fuzz_bsr_products(parts, dtype, data_, threads, isa_index, as_linear):
     a = BSRMatrix((data.astype(dtype), indices, indptr), shape=shape, blocksize=blocksize)
     b = data_.draw(dense_operands(shape[1]))
     as_linear = as_linear and b.ndim == 2  # linear(x) reads x's last axis: x = b.T
-    isas = sparsegemm.available_isas()
-    with sparsegemm.use_isa(isas[isa_index % len(isas)]):
-        try:
-            result = (linear(b.T, a, num_threads=threads) if as_linear
-                      else sparse_mm(a, b, num_threads=threads))
-        except CLEAR_ERRORS:
-            assert (b.ndim not in (1, 2) or b.shape[0] != shape[1] or b.dtype.kind == "c"), \
-                "valid operands were rejected"
-            return
+    result = format_product(a, b, threads, isa_index, as_linear)
+    if result is None:
+        return
     with np.errstate(all="ignore"):
         reference = a.to_dense().astype(np.float64) @ b.astype(np.float64)
         if as_linear:
