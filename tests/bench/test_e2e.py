@@ -128,6 +128,29 @@ def test_runs_with_the_real_sparsify_for_csr_and_bsr():
     assert "bsr4x1" in rows[1]["report"] and "csr" in rows[0]["report"]
     assert all(r["sparse_layers_s"] > 0 for r in rows)
     assert "sparse" in e2e.e2e_table(rows)
+    # quantize_dynamic, the no-pruning alternative, ran in the same rounds
+    for row in rows:
+        assert row["int8_dyn_speedup"] > 0
+        assert row["vs_int8_dyn"] == pytest.approx(
+            row["speedup"] / row["int8_dyn_speedup"], rel=1e-9
+        )
+
+
+@pytest.mark.torch
+def test_int8_alternative_is_checked_and_skipped_without_a_linear():
+    torch = pytest.importorskip("torch")
+    model, x = _tiny_mlp()
+    reference = model(x).double().detach().numpy()
+    quantized, note = e2e.int8_dynamic_model(model, x, reference)
+    assert quantized is not None and note == ""
+    assert isinstance(quantized[0], torch.ao.nn.quantized.dynamic.Linear)
+    _, note = e2e.int8_dynamic_model(model, x, 3.0 * reference)  # a wrong reference
+    assert "off" in note
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
+    assert e2e.int8_dynamic_model(conv, torch.randn(1, 3, 8, 8), reference) == (
+        None,
+        "no Linear to quantize",
+    )
 
 
 @pytest.mark.torch

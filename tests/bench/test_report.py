@@ -48,8 +48,11 @@ ROWS = [
         speedup=12.0,
         speedup_vs_best_dense=11.0,
         speedup_vs_own_dense=3.0,
+        alternative="torch_int8_dyn",
+        speedup_vs_alternative=4.0,
         flag="above 1/(1-s) = 10.0x cold: dense runs below its best",
     ),
+    _row("torch_int8_dyn", kind="alternative", ours=False, speedup=3.0),
     _row("sgemm_csr", format="csr", speedup=3.0, speedup_vs_own_dense=2.5),
     _row("sgemm_bsr", status="wrong", detail="max error 0.5 of max |y| exceeds 0.001"),
     _row("torch_bsr", ours=False, status="skipped", detail="needs a block pattern"),
@@ -63,6 +66,8 @@ def test_terminal_table_names_both_references_flags_and_what_did_not_run():
     )
     auto = next(line for line in text.splitlines() if " sgemm_auto " in line)
     assert "bsr4x4" in auto and "12.00x" in auto and "11.00x" in auto and "3.00x" in auto
+    assert "4.00x" in auto  # vs the int8/bf16 alternative
+    assert "vs alt = vs the fastest int8/bf16 dense alternative" in text
     assert "above 1/(1-s) = 10.0x" in auto
     assert "WRONG: sgemm_bsr at 64x128 batch 16 sparsity 0.9" in text
     assert "skipped: torch_bsr at 1 points: needs a block pattern" in text
@@ -79,7 +84,7 @@ def test_terminal_table_labels_a_kept_dense_row_and_gives_it_no_speedup():
     line = next(row for row in terminal_table([kept]).splitlines() if " sgemm_auto " in row)
     assert "kept dense by the planner" in line and "not a sparsegemm figure" in line
     figures, _ = line.split("  (", 1)
-    assert figures.split()[-5:-2] == ["-", "-", "-"]  # vs base, vs best, vs own 0%
+    assert figures.split()[-6:-2] == ["-"] * 4  # vs base, vs best, vs own 0%, vs alternative
 
 
 def test_markdown_report_quotes_the_planners_format_and_lists_rows_that_did_not_run():
@@ -97,7 +102,7 @@ def test_markdown_report_quotes_the_planners_format_and_lists_rows_that_did_not_
     text = markdown_report(metadata, break_even_table(ROWS), [], None, ROWS)
     row = next(line for line in text.splitlines() if line.startswith("| 64x128"))
     cells = [cell.strip() for cell in row.split("|")[1:-1]]
-    assert cells[3:10] == [
+    assert cells[3:12] == [
         "cold",
         "torch_dense",
         "sgemm_auto (bsr4x4)",
@@ -105,6 +110,8 @@ def test_markdown_report_quotes_the_planners_format_and_lists_rows_that_did_not_
         "12.00x",
         "11.00x",
         "3.00x",
+        "4.00x (torch_int8_dyn)",
+        "torch_int8_dyn 3.00x",
     ]
-    assert "above 1/(1-s)" in cells[11]
+    assert "above 1/(1-s)" in cells[13]
     assert "- WRONG: sgemm_bsr" in text and "32 MiB (sysfs L3)" in text

@@ -388,3 +388,47 @@ def test_the_planners_choice_says_when_it_came_from_a_cache():
     cached = sparsegemm.Plan("dense", None, times, 2.0, 1.0, cached=True)
     assert registry.describe_plan(fresh) == "csr (2.00x)"
     assert registry.describe_plan(cached) == "dense (numpy, cached)"
+
+
+def test_int8_and_bf16_alternatives_are_checked_loosely_and_compared_with_sparsegemm(
+    monkeypatch,
+):
+    pytest.importorskip("torch")
+    point = Point(256, 512, 4, 0.9, Pattern())
+    names = ["torch_dense", "torch_int8_dyn", "torch_bf16", "sgemm_csr"]
+    rows = {r["contender"]: r for r in run_point(point, *_operands(point), _spec(names))}
+    for name in ("torch_int8_dyn", "torch_bf16"):
+        row = rows[name]
+        assert row["status"] == "ok" and row["kind"] == "alternative"
+        # Quantized results differ from the float product, yet by little.
+        assert 0 < row["max_rel_error"] <= registry.REGISTRY[name].approximate_tolerance
+        assert not is_sparsegemm_figure(row)
+    ours = rows["sgemm_csr"]
+    fastest = min(("torch_int8_dyn", "torch_bf16"), key=lambda n: rows[n]["time_median_s"])
+    assert ours["alternative"] == fastest
+    assert ours["speedup_vs_alternative"] == pytest.approx(
+        rows[fastest]["time_median_s"] / ours["time_median_s"]
+    )
+    assert rows["torch_dense"]["baseline"] == "torch_dense"  # never an alternative
+
+    # An alternative far off the float product is reported wrong, not timed.
+    broken = registry.Contender(
+        "fake_int8",
+        "int8 gone wrong",
+        "alternative",
+        lambda p: lambda: 1.2 * (p.x @ p.weight.T),
+        approximate_tolerance=0.05,
+    )
+    monkeypatch.setitem(registry.REGISTRY, "fake_int8", broken)
+    row = next(r for r in run_point(point, *_operands(point), _spec(["fake_int8"])))
+    assert row["status"] == "wrong" and "relative Frobenius error" in row["detail"]
+
+
+def test_alternatives_stream_their_own_itemsize_in_cold_runs():
+    pytest.importorskip("torch")
+    point = Point(256, 512, 1, 0.9, Pattern())
+    spec = _spec(["numpy_dense", "torch_int8_dyn"], cache="cold")
+    spec.llc_bytes = 4 * 256 * 512  # four fp32 weights' worth
+    rows = {r["contender"]: r for r in run_point(point, *_operands(point), spec)}
+    # int8 weights are a quarter of fp32: four times the copies to exceed the cache.
+    assert rows["torch_int8_dyn"]["cold_copies"] == 4 * rows["numpy_dense"]["cold_copies"]

@@ -148,6 +148,8 @@ def break_even_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     "speedup_at_90": _value(figure_at_90, "speedup"),
                     "speedup_vs_best_dense_at_90": _value(figure_at_90, "speedup_vs_best_dense"),
                     "speedup_vs_own_dense_at_90": _value(figure_at_90, "speedup_vs_own_dense"),
+                    "speedup_vs_alternative_at_90": _value(figure_at_90, "speedup_vs_alternative"),
+                    "alternative_at_90": (figure_at_90 or {}).get("alternative") or None,
                     "format_at_90": at_90.get("format") or contender if at_90 else None,
                     "kept_dense_at_90": bool(at_90 and at_90.get("kept_dense")),
                     "flag_at_90": (figure_at_90 or {}).get("flag", ""),
@@ -157,6 +159,16 @@ def break_even_table(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
     return table
+
+
+def alternatives_at_90(rows: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, float]]:
+    """Per point key, each alternative's (int8/bf16 dense) speedup over the baseline at 90%."""
+    found: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for row in rows:
+        if row["status"] == "ok" and row["kind"] == "alternative" and is_usable(row):
+            if abs(row["sparsity"] - 0.9) < 1e-9 and not math.isnan(row["speedup"]):
+                found[point_key(row)][row["contender"]] = row["speedup"]
+    return dict(found)
 
 
 def _value(row: dict[str, Any] | None, column: str) -> float | None:

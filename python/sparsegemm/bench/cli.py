@@ -156,7 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--formats",
         metavar="NAMES",
-        help="comma-separated contenders (see --list-formats); the dense references always run",
+        help=(
+            "comma-separated contenders (see --list-formats); the dense references and the "
+            "int8/bf16 alternatives always run"
+        ),
     )
     bench.add_argument("--list-formats", action="store_true", help="list the contenders and exit")
     bench.add_argument(
@@ -221,12 +224,13 @@ def _list_formats() -> str:
 
 
 def choose_contenders(requested: str | None, notes: list[str]) -> list[str]:
-    """The contenders to run: the dense references plus the requested (default: all)."""
+    """The contenders to run: the dense references and the int8/bf16 alternatives, plus the
+    requested (default: all)."""
     names = _split([requested]) if requested else list(registry.REGISTRY)
     unknown = [name for name in names if name not in registry.REGISTRY]
     if unknown:
         raise ValueError(f"unknown formats {unknown}; choose from {sorted(registry.REGISTRY)}")
-    dense = [c.name for c in registry.REGISTRY.values() if c.kind == "dense"]
+    dense = [c.name for c in registry.REGISTRY.values() if c.kind in ("dense", "alternative")]
     chosen = []
     for name in dict.fromkeys(dense + names):
         reason = registry.unavailable_reason(registry.REGISTRY[name])

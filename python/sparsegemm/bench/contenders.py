@@ -13,6 +13,7 @@ torch contender is built, so the module works without it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import warnings
 from collections.abc import Iterator
@@ -94,6 +95,8 @@ def duplicate(value: Any) -> Any:
         return value.copy()  # copies values and indices
     if hasattr(value, "clone"):  # a torch tensor, dense or compressed
         return value.clone()
+    if hasattr(value, "state_dict"):  # a torch module (quantize_dynamic's packed weights)
+        return copy.deepcopy(value)
     raise TypeError(f"cannot duplicate a {type(value).__name__} for a cold run")
 
 
@@ -121,7 +124,9 @@ def _label(call: Callable[[], Any], ran: RanAs) -> Callable[[], Any]:
 class Contender:
     """One way to compute ``x @ weight.T``.
 
-    ``kind`` is ``"dense"`` for the references, ``"sparse"`` otherwise.
+    ``kind`` is ``"dense"`` for the references, ``"alternative"`` for the cheaper
+    dense options a user could pick instead of pruning (int8, bf16: approximate
+    results, checked to ``approximate_tolerance``), ``"sparse"`` otherwise.
     ``threading`` is shown in the report (e.g. scipy is single-threaded).
     ``quick_max_batch`` and ``quick_unstructured_only`` trim slow contenders
     from the quick suite.
@@ -136,6 +141,11 @@ class Contender:
     quick_max_batch: int | None = None
     quick_unstructured_only: bool = False
     is_sparsegemm: bool = False
+    #: Relative Frobenius error allowed for an approximate (quantized) result;
+    #: None means exact up to float rounding (harness.tolerance).
+    approximate_tolerance: float | None = None
+    #: Bytes per weight entry a dense-layout contender streams (None: the problem's dtype).
+    weight_itemsize: int | None = None
 
 
 REGISTRY: dict[str, Contender] = {}
@@ -163,7 +173,10 @@ def as_numpy(result: Any) -> np.ndarray:
     if isinstance(result, np.ndarray):
         return result
     if hasattr(result, "detach"):
-        return result.detach().contiguous().numpy()
+        result = result.detach()
+        if not result.dtype.is_floating_point or result.dtype.itemsize < 4:
+            result = result.float()  # numpy has no bfloat16
+        return result.contiguous().numpy()
     return np.asarray(result)
 
 
@@ -208,6 +221,40 @@ def _build_torch_dense(problem: Problem) -> Callable[[], Any]:
     import torch.nn.functional as F
 
     x, weight = problem.torch_operands()
+    return lambda: F.linear(x, weight)
+
+
+def _build_torch_int8_dynamic(problem: Problem) -> Callable[[], Any]:
+    """torch's ``quantize_dynamic`` (int8 weights, activations quantized per call) on
+    the pruned weight: the no-pruning-needed option (FBGEMM/x86 engine)."""
+    import torch
+
+    x, _ = problem.torch_operands()
+
+    def quantize() -> Any:
+        layer = torch.nn.Linear(problem.weight.shape[1], problem.weight.shape[0], bias=False)
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(problem.weight))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization is marked deprecated
+            return torch.ao.quantization.quantize_dynamic(
+                torch.nn.Sequential(layer), {torch.nn.Linear}, dtype=torch.qint8
+            )
+
+    model = problem.cached("torch_int8_dynamic", quantize)
+    return lambda: model(x)
+
+
+def _build_torch_bf16_dense(problem: Problem) -> Callable[[], Any]:
+    """``F.linear`` with bfloat16 weight and input (a model run in bf16)."""
+    import torch.nn.functional as F
+
+    import torch
+
+    x = torch.from_numpy(problem.x).to(torch.bfloat16)  # a bf16 model's activations are bf16
+    weight = problem.cached(
+        "torch_bf16", lambda: torch.from_numpy(problem.weight).to(torch.bfloat16)
+    )
     return lambda: F.linear(x, weight)
 
 
@@ -336,6 +383,28 @@ register(
     )
 )
 register(Contender("numpy_dense", "numpy x @ W.T, dense (its BLAS)", "dense", _build_numpy_dense))
+register(
+    Contender(
+        "torch_int8_dyn",
+        "torch quantize_dynamic, int8 dense weight (what a user could pick instead of pruning)",
+        "alternative",
+        _build_torch_int8_dynamic,
+        needs_torch=True,
+        approximate_tolerance=0.05,
+        weight_itemsize=1,
+    )
+)
+register(
+    Contender(
+        "torch_bf16",
+        "torch F.linear in bfloat16, dense (x and W in bf16)",
+        "alternative",
+        _build_torch_bf16_dense,
+        needs_torch=True,
+        approximate_tolerance=0.02,
+        weight_itemsize=2,
+    )
+)
 register(
     Contender(
         "scipy_csr",

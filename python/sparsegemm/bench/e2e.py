@@ -15,6 +15,10 @@ dense layers (Linear/Conv2d) and everything else. With ``deepsparse_python``
 (a Python that has DeepSparse, e.g. its own venv) each exportable model is
 also run by DeepSparse in that interpreter (:mod:`.deepsparse_worker`), timed
 there against torch dense, and compared by ratios to that same-process dense.
+The alternative a user could pick instead of pruning, torch's ``quantize_dynamic``
+(int8 Linear weights, FBGEMM), is timed in the same rounds for every model with a
+Linear (its output checked to a relative error): ``int8_dyn_speedup`` is its
+speedup over dense, ``vs_int8_dyn`` ours over it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .harness import HarnessSettings, WrongResult, check_output, measure, tolerance
+from .harness import (
+    HarnessSettings,
+    WrongResult,
+    check_approximate,
+    check_output,
+    measure,
+    tolerance,
+)
 from .workloads import Pattern, magnitude_prune
 
 E2E_SPARSITIES = (0.5, 0.8, 0.9, 0.95)
@@ -53,7 +64,12 @@ E2E_COLUMNS = (
     "other_s",
     "deepsparse_speedup",
     "vs_deepsparse",
+    "int8_dyn_speedup",
+    "vs_int8_dyn",
 )
+
+#: Relative Frobenius error allowed for the whole int8 (quantize_dynamic) model.
+INT8_MODEL_TOLERANCE = 0.1
 
 #: sparsify formats run by default: no arguments, told, and untimed CSR.
 E2E_FORMATS = ("default", "auto", "csr")
@@ -287,6 +303,27 @@ def layer_time_breakdown(model: Any, x: Any, calls: int = 5) -> dict[str, float]
     return shares
 
 
+def int8_dynamic_model(dense: Any, x: Any, reference: np.ndarray) -> tuple[Any, str]:
+    """``quantize_dynamic`` of ``dense`` (its Linears), checked against ``reference``;
+    (None, why) when the model has no Linear or the check fails."""
+    import torch
+
+    if not any(isinstance(m, torch.nn.Linear) for m in dense.modules()):
+        return None, "no Linear to quantize"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization is marked deprecated
+        model = torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(dense), {torch.nn.Linear}, dtype=torch.qint8
+        )
+    try:
+        check_approximate(model(x), reference, INT8_MODEL_TOLERANCE)
+    except WrongResult as mismatch:
+        return None, f"quantize_dynamic's output is off: {mismatch}"
+    return model, ""
+
+
 def run_e2e(
     sparsities: tuple[float, ...],
     pattern: Pattern,
@@ -327,6 +364,11 @@ def run_e2e(
                     prune_model(dense, sparsity, pattern)
                     reference = dense(x).double().numpy()
                     calls = {"dense": lambda model=dense, x=x: model(x)}
+                    int8_model, int8_note = int8_dynamic_model(dense, x, reference)
+                    if int8_model is not None:
+                        calls["int8_dyn"] = lambda model=int8_model, x=x: model(x)
+                    elif int8_note != "no Linear to quantize":
+                        notes.append(f"{spec.name} at {sparsity:g}: {int8_note}")
                     models_by_format = {}
                     fmt_rows = {}
                     for fmt in formats:
@@ -355,6 +397,7 @@ def run_e2e(
                         models_by_format[fmt] = model
                     measured = measure(calls, ["dense"], settings)
                     dense_time = measured.timings["dense"].median
+                    int8_timing = measured.timings.get("int8_dyn")
                     contender = None
                     if deepsparse_python and spec.exportable:
                         contender, note = deepsparse_worker.run(
@@ -381,6 +424,9 @@ def run_e2e(
                                 steady=measured.steady,
                             )
                             row.update(layer_time_breakdown(models_by_format[fmt], x))
+                            if int8_timing is not None:
+                                row["int8_dyn_speedup"] = dense_time / int8_timing.median
+                                row["vs_int8_dyn"] = int8_timing.median / timing.median
                             if contender is not None:
                                 row["deepsparse_speedup"] = contender["speedup"]
                                 row["vs_deepsparse"] = row["speedup"] / contender["speedup"]
@@ -411,12 +457,13 @@ def _breakdown_text(row: dict[str, Any]) -> str:
 def e2e_table(rows: list[dict[str, Any]]) -> str:
     """One line per row: dense and sparse medians, speedup, the floor, where the sparse
     model's time goes, DeepSparse's speedup over its own dense run and ours over it
-    (when run), and whether the sparsified model's output matched the dense one."""
+    (when run), quantize_dynamic's speedup and ours over it, and whether the
+    sparsified model's output matched the dense one."""
     lines = [
         (
             f"{'model':<44} {'sparsity':>8} {'format':<7} {'dense':>9} {'sparse':>9} "
             f"{'speedup':>8} {'floor':>11}  {'time in layers':<30} {'deepsparse':>10} "
-            f"{'vs ds':>6}  output"
+            f"{'vs ds':>6} {'int8 dyn':>8} {'vs int8':>7}  output"
         )
     ]
     for row in rows:
@@ -426,12 +473,14 @@ def e2e_table(rows: list[dict[str, Any]]) -> str:
         deepsparse = (f"{row['deepsparse_speedup']:6.2f}x" if "deepsparse_speedup" in row
                       else "-")
         versus = f"{row['vs_deepsparse']:5.2f}x" if "vs_deepsparse" in row else "-"
+        int8 = f"{row['int8_dyn_speedup']:6.2f}x" if "int8_dyn_speedup" in row else "-"
+        vs_int8 = f"{row['vs_int8_dyn']:5.2f}x" if "vs_int8_dyn" in row else "-"
         status = "matched" if row["status"] == "ok" else row["status"]
         status += f": {row['detail']}" if row["detail"] else ""
         lines.append(
             f"{row['model']:<44} {row['sparsity']:8.2f} {row['format']:<7} {dense:>9} "
             f"{sparse:>9} {speedup:>8} {floor_verdict(row):>11}  {_breakdown_text(row):<30} "
-            f"{deepsparse:>10} {versus:>6}  {status}"
+            f"{deepsparse:>10} {versus:>6} {int8:>8} {vs_int8:>7}  {status}"
         )
     return "\n".join(lines + default_versus_told(rows))
 

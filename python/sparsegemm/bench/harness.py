@@ -24,6 +24,7 @@ __all__ = [
     "PointTimings",
     "Timing",
     "WrongResult",
+    "check_approximate",
     "check_output",
     "measure",
     "tolerance",
@@ -55,4 +56,18 @@ def check_output(result: Any, reference: np.ndarray, inner_dim: int) -> float:
     allowed = tolerance(actual.dtype, inner_dim)
     if not error <= allowed:  # also catches NaN
         raise WrongResult(f"max error {error:.3g} of max |y| exceeds {allowed:.3g}")
+    return error
+
+
+def check_approximate(result: Any, reference: np.ndarray, allowed: float) -> float:
+    """The relative Frobenius error of a quantized ``result``; raises :class:`WrongResult`
+    above ``allowed`` (int8 and bf16 results differ from the float product by design)."""
+    actual = as_numpy(result)
+    if actual.shape != reference.shape:
+        raise WrongResult(f"shape {actual.shape}, expected {reference.shape}")
+    scale = max(float(np.linalg.norm(reference)), np.finfo(np.float64).tiny)
+    with np.errstate(invalid="ignore", over="ignore"):
+        error = float(np.linalg.norm(actual.astype(np.float64) - reference)) / scale
+    if not error <= allowed:
+        raise WrongResult(f"relative Frobenius error {error:.3g} exceeds {allowed:.3g}")
     return error

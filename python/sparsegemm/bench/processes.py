@@ -41,6 +41,7 @@ MEDIAN_COLUMNS = (
     "speedup",
     "speedup_vs_best_dense",
     "speedup_vs_own_dense",
+    "speedup_vs_alternative",
     "useful_gflops",
     "effective_gflops",
     "baseline_gflops",

@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from .analysis import baselines_label, format_break_even, point_key
+from .analysis import alternatives_at_90, baselines_label, format_break_even, point_key
 from .environment import numpy_blas_summary
 
 
@@ -71,7 +71,7 @@ def terminal_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = []
     header = (
         f"{'sparsity':>8} {'contender':<12} {'format':<8} {'time':>9} {'[q1..q3 spread]':>17} "
-        f"{'vs base':>8} {'vs best':>8} {'vs own0%':>8} {'useful':>8} {'dense':>8}"
+        f"{'vs base':>8} {'vs best':>8} {'vs own0%':>8} {'vs alt':>8} {'useful':>8} {'dense':>8}"
     )
     for (m, k, pattern, batch), group in groups.items():
         baseline = baselines_label(group)
@@ -80,8 +80,8 @@ def terminal_table(rows: Sequence[dict[str, Any]]) -> str:
         lines.append(
             f"\n{m}x{k}  batch {batch}  {pattern}  {cache}  (vs base = vs {baseline}; "
             f"vs best = vs the fastest dense, {best}; vs own0% = vs sparsegemm's kernel on the "
-            f"unpruned weight, same format; GFLOP/s: useful = 2*nnz*N/t, dense = 2*M*K*N/t of "
-            f"the baseline)"
+            f"unpruned weight, same format; vs alt = vs the fastest int8/bf16 dense alternative; "
+            f"GFLOP/s: useful = 2*nnz*N/t, dense = 2*M*K*N/t of the baseline)"
         )
         lines.append(header)
         for row in sorted(
@@ -93,7 +93,8 @@ def terminal_table(rows: Sequence[dict[str, Any]]) -> str:
                 f"{_fmt_time(row['time_median_s']):>9} "
                 f"{spread:>17} {_fmt_speedup(row['speedup']):>8} "
                 f"{_fmt_speedup(row['speedup_vs_best_dense']):>8} "
-                f"{_fmt_speedup(row.get('speedup_vs_own_dense')):>8} {row['useful_gflops']:8.1f} "
+                f"{_fmt_speedup(row.get('speedup_vs_own_dense')):>8} "
+                f"{_fmt_speedup(row.get('speedup_vs_alternative')):>8} {row['useful_gflops']:8.1f} "
                 f"{row['baseline_gflops']:8.1f}{_row_note(row)}"
             )
     not_run = not_run_lines(rows)
@@ -134,7 +135,8 @@ def break_even_lines(table: Sequence[dict[str, Any]]) -> str:
     lines = [
         (
             f"{'shape':>10} {'pattern':<13} {'batch':>5} {'contender':<13} {'format':<14} "
-            f"{'break-even':>10} {'@90% vs base':>12} {'vs best':>8} {'vs own0%':>8}"
+            f"{'break-even':>10} {'@90% vs base':>12} {'vs best':>8} {'vs own0%':>8} "
+            f"{'vs alt':>8}"
         )
     ]
     for entry in table:
@@ -145,7 +147,8 @@ def break_even_lines(table: Sequence[dict[str, Any]]) -> str:
             f"{format_break_even(entry['break_even_sparsity']):>10} "
             f"{_fmt_speedup(entry['speedup_at_90']):>12} "
             f"{_fmt_speedup(entry['speedup_vs_best_dense_at_90']):>8} "
-            f"{_fmt_speedup(entry['speedup_vs_own_dense_at_90']):>8}"
+            f"{_fmt_speedup(entry['speedup_vs_own_dense_at_90']):>8} "
+            f"{_fmt_speedup(entry.get('speedup_vs_alternative_at_90')):>8}"
             + (f"  ({entry['flag_at_90']})" if entry["flag_at_90"] else "")
             + (f"  (left out as suspect: {entry['excluded']})" if entry["excluded"] else "")
         )
@@ -201,7 +204,10 @@ def markdown_report(
             "Batch 1 is compared with the faster of numpy and torch dense, other batches with "
             "torch `F.linear` ('vs base') and with the fastest dense library ('vs best'). "
             "'vs own 0%' is the gain over sparsegemm's own kernel on the unpruned weight, in the "
-            "same format: the part of the speedup that sparsity itself brings. The sparsegemm "
+            "same format: the part of the speedup that sparsity itself brings. 'vs int8/bf16' "
+            "compares with the faster of the alternatives a user could pick instead of pruning, "
+            "torch `quantize_dynamic` (int8 dense) and `F.linear` in bfloat16, whose own "
+            "speedups over the baseline are the 'alternatives' column. The sparsegemm "
             "figure is one contender fixed in advance (the planner's choice, from its own "
             "measurement, with the format it ran); where the planner kept the weight dense "
             "there is no sparsegemm figure."
@@ -213,10 +219,12 @@ def markdown_report(
     lines += [
         (
             "| shape | pattern | batch | cache | vs | sparsegemm (format at 90%) | break-even "
-            "| at 90% vs base | vs best | vs own 0% | best peer at 90% | flags |"
+            "| at 90% vs base | vs best | vs own 0% | vs int8/bf16 | alternatives at 90% vs base "
+            "| best peer at 90% | flags |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    alternatives = alternatives_at_90(rows)
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for entry in table:
         groups[point_key(entry)].append(entry)
@@ -235,8 +243,15 @@ def markdown_report(
         )
         baseline = "/".join(sorted({part for e in entries for part in e["baseline"].split("/")}))
         cache = "/".join(sorted({part for e in entries for part in e["cache"].split("/")}))
+        alternative_text = (
+            ", ".join(
+                f"{name} {value:.2f}x"
+                for name, value in sorted(alternatives.get((m, k, pattern, batch), {}).items())
+            )
+            or "-"
+        )
         if ours is None:
-            cells = ["-"] * 5
+            cells = ["-"] * 6
             flags = ""
         else:
             cells = [
@@ -245,6 +260,7 @@ def markdown_report(
                 _md_speedup(ours["speedup_at_90"]),
                 _md_speedup(ours["speedup_vs_best_dense_at_90"]),
                 _md_speedup(ours["speedup_vs_own_dense_at_90"]),
+                _md_alternative(ours),
             ]
             flags = "; ".join(
                 part
@@ -257,7 +273,7 @@ def markdown_report(
         lines.append(
             f"| {m}x{k} | {pattern} | {batch} | {cache} | {baseline} | "
             + " | ".join(cells)
-            + f" | {peer_text} | {flags} |"
+            + f" | {alternative_text} | {peer_text} | {flags} |"
         )
     not_run = not_run_lines(rows)
     if not_run:
@@ -266,6 +282,11 @@ def markdown_report(
     if notes:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
+
+
+def _md_alternative(entry: dict[str, Any]) -> str:
+    value = entry.get("speedup_vs_alternative_at_90")
+    return "-" if value is None else f"{value:.2f}x ({entry['alternative_at_90']})"
 
 
 def _md_speedup(value: float | None) -> str:

@@ -26,7 +26,8 @@ COLUMNS: dict[str, str] = {
     "dtype": "float32 or float64",
     "threads": "thread count given to every multi-threaded contender",
     "contender": "registry name, e.g. torch_dense, sgemm_csr",
-    "kind": "dense (a reference) or sparse",
+    "kind": "dense (a reference); alternative (int8 or bf16 dense: what a user could pick "
+    "instead of pruning, checked to a relative error); or sparse",
     "is_sparsegemm": "True for sparsegemm's own contenders",
     "threading": "multi-threaded or single-threaded",
     "status": "ok; skipped (cannot run this point); wrong (output check failed, not timed); error",
@@ -56,11 +57,14 @@ COLUMNS: dict[str, str] = {
     "own_dense_time_s": "sparsegemm's own kernel, same format, on the weight before pruning "
     "(sparsity 0), timed in the same rounds",
     "speedup_vs_own_dense": "own_dense_time_s / time_median_s: the gain sparsity itself brings",
+    "alternative": "the fastest alternative (int8/bf16 dense) at this point, for sparsegemm rows",
+    "speedup_vs_alternative": "that alternative's median / time_median_s",
     "flag": "why a speedup above 1/(1-sparsity) is suspect, else empty",
     "useful_gflops": "2*nnz*batch / time: the work the contender had to do",
     "effective_gflops": "2*M*K*batch / time: the dense-equivalent rate",
     "baseline_gflops": "2*M*K*batch / baseline_time_s",
-    "max_rel_error": "max |y - y_ref| / max |y_ref| against a float64 dense product",
+    "max_rel_error": "max |y - y_ref| / max |y_ref| against a float64 dense product "
+    "(alternatives: the relative Frobenius error)",
     "remeasured": "extra attempts made because the dense reference was unsteady, plus one when "
     "the point was measured again as suspect",
     "steady": "False if the dense reference's samples still disagreed by over 1.35x",
@@ -141,6 +145,7 @@ def load_json(path: str) -> dict[str, Any]:
             "speedup",
             "speedup_vs_best_dense",
             "speedup_vs_own_dense",
+            "speedup_vs_alternative",
             "time_median_s",
         ):
             if row.get(column) is None:

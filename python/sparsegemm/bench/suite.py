@@ -18,7 +18,14 @@ from ..timing import thread_limits
 from . import contenders as registry
 from .analysis import is_sparsegemm_figure, point_key
 from .environment import last_level_cache_bytes
-from .harness import SLOW_PHASE_RATIO, HarnessSettings, WrongResult, check_output, measure
+from .harness import (
+    SLOW_PHASE_RATIO,
+    HarnessSettings,
+    WrongResult,
+    check_approximate,
+    check_output,
+    measure,
+)
 from .workloads import Point, WeightCache, parse_pattern
 
 #: Batches up to this are measured cold by default: a weight small enough to stay
@@ -114,6 +121,7 @@ def _row_base(
         "detail": "",
         "format": "",
         "kept_dense": False,
+        "alternative": "",
         "cache": "cold" if spec.is_cold(point.batch) else "warm",
     }
 
@@ -148,12 +156,14 @@ def cold_copies(footprint_bytes: int, llc_bytes: int) -> int:
     return max(1, min(MAX_COLD_COPIES, needed))
 
 
-def _footprint_bytes(kind: str, weight: np.ndarray) -> int:
-    """A lower bound of the weight bytes one call reads: all of a dense weight,
-    the stored values of a sparse one (indices only add to it)."""
-    if kind == "dense":
-        return weight.nbytes
-    return int(np.count_nonzero(weight)) * weight.itemsize
+def _footprint_bytes(kind: str, weight: np.ndarray, itemsize: int | None = None) -> int:
+    """A lower bound of the weight bytes one call reads: all of a dense (or dense
+    int8/bf16 alternative's) weight, the stored values of a sparse one (indices only
+    add to it)."""
+    itemsize = itemsize or weight.itemsize
+    if kind in ("dense", "alternative"):
+        return weight.size * itemsize
+    return int(np.count_nonzero(weight)) * itemsize
 
 
 def _rotating(calls: list[Callable[[], Any]]) -> Callable[[], Any]:
@@ -245,13 +255,18 @@ def run_point(
             started = time.perf_counter()
             result = call()
             first_call_s[name] = time.perf_counter() - started
-            row["max_rel_error"] = check_output(result, reference, point.in_features)
+            if contender.approximate_tolerance is None:
+                row["max_rel_error"] = check_output(result, reference, point.in_features)
+            else:
+                row["max_rel_error"] = check_approximate(
+                    result, reference, contender.approximate_tolerance
+                )
             ran = registry.ran_as(call)
             row.update(format=ran.format, kept_dense=ran.kept_dense, detail=ran.note)
             copies = 1
             if cold:
                 kind = "dense" if ran.kept_dense else contender.kind
-                footprint = _footprint_bytes(kind, weight)
+                footprint = _footprint_bytes(kind, weight, contender.weight_itemsize)
                 copies = cold_copies(footprint, spec.llc_bytes)
                 call = _cold_call(contender.build, problem, call, copies)
                 if copies * footprint < spec.llc_bytes:
@@ -276,6 +291,12 @@ def run_point(
     best_dense_name = min(dense_times, key=dense_times.__getitem__, default=None)
     best_dense = dense_times[best_dense_name] if best_dense_name else math.nan
     baseline_time = dense_times[baseline] if baseline else math.nan
+    alternatives = {
+        name: measured.timings[name].median
+        for name in calls
+        if registry.REGISTRY[name].kind == "alternative"
+    }
+    fastest_alternative = min(alternatives, key=alternatives.__getitem__, default=None)
     dense_flops = 2.0 * point.out_features * point.in_features * point.batch
     useful_flops = 2.0 * int(np.count_nonzero(weight)) * point.batch
     for name in calls:
@@ -283,7 +304,7 @@ def run_point(
         row = rows[name]
         median = timing.median
         q1, q3 = timing.quartiles
-        flops = dense_flops if registry.REGISTRY[name].kind == "dense" else useful_flops
+        flops = useful_flops if registry.REGISTRY[name].kind == "sparse" else dense_flops
         row.update(
             time_median_s=median,
             time_q1_s=q1,
@@ -310,9 +331,17 @@ def run_point(
         if row["is_sparsegemm"] and own in measured.timings:
             row["own_dense_time_s"] = measured.timings[own].median
             row["speedup_vs_own_dense"] = row["own_dense_time_s"] / median
+        if row["is_sparsegemm"] and fastest_alternative is not None:
+            row["alternative"] = fastest_alternative
+            row["speedup_vs_alternative"] = alternatives[fastest_alternative] / median
         row["flag"] = above_work_ratio_reason(row)
     for row in rows.values():
-        for column in ("speedup", "speedup_vs_best_dense", "speedup_vs_own_dense"):
+        for column in (
+            "speedup",
+            "speedup_vs_best_dense",
+            "speedup_vs_own_dense",
+            "speedup_vs_alternative",
+        ):
             row.setdefault(column, math.nan)
     return list(rows.values())
 
