@@ -13,11 +13,19 @@ with the dense model on **held-out** sentences (generated from templates in
 
 * ``cosine``: mean cosine between each sentence's pruned and dense embeddings;
 * ``spearman``: Spearman correlation of all pairwise sentence similarities,
-  pruned vs dense (does the model still rank pairs the same way?).
+  pruned vs dense (does the model still rank pairs the same way?);
+* ``cosine, held-out docstrings``: the mean cosine on 240 docstring sentences
+  that neither calibration nor distillation saw (a second register).
 
-Calibration text is unlabeled: sentences of the Python standard library's
-docstrings (:func:`calibration_sentences`), batched by token length so that
-no padding enters the statistics.
+Calibration text is unlabeled (:func:`text_split`): half short everyday
+sentences from templates of their own (:func:`everyday_sentences`: other
+topics, subjects, predicates and frames than the held-out ones), half
+sentences of the Python standard library's docstrings
+(:func:`docstring_sentences`), batched by token length so that no padding
+enters the statistics. Calibrating on the register a model serves matters:
+SparseGPT at 50 % reached 0.872 on the everyday held-out set when calibrated
+on docstrings alone, 0.923 with everyday text alone (but 0.830 on held-out
+docstrings) and 0.924 / 0.949 with the mix.
 
 Speed: the pruned model (masks finalised) is converted by
 ``sparsegemm.torch.sparsify(format="auto")`` (the planner times each layer at
@@ -162,21 +170,78 @@ def heldout_sentences(count: int = 240, seed: int = 0) -> list[str]:
     Sentences share topics, subjects and predicates in varying combinations,
     so pairwise similarities spread from near-paraphrases to unrelated.
     """
-    rng = random.Random(seed)
-    pool = []
-    for subjects, verbs in _TOPICS.values():
-        for s, v in itertools.product(subjects, verbs):
-            frame = rng.choice(_FRAMES)
-            s_lower = s[0].lower() + s[1:]
-            pool.append(frame.format(s=s, v=v, s_lower=s_lower))
-    rng.shuffle(pool)
+    pool = _template_sentences(_TOPICS, _FRAMES, seed)
     if count > len(pool):
         raise ValueError(f"at most {len(pool)} held-out sentences")
     return pool[:count]
 
 
-def calibration_sentences(count: int = 128, seed: int = 0) -> list[str]:
-    """Unlabeled English sentences from the docstrings of standard-library modules."""
+# Calibration text in the same register as the held-out sentences (short everyday
+# English), on other topics, with other subjects, predicates and frames: no
+# held-out sentence, subject or predicate appears here.
+_EVERYDAY_TOPICS = {
+    "school": (["The teacher", "A shy student", "The principal", "Our class", "The librarian"],
+               ["handed back the exams", "organised a trip to the museum",
+                "forgot the homework at home", "read a poem aloud", "stayed late to help"]),
+    "shopping": (["The supermarket", "My brother", "A small bookshop", "The market stall",
+                  "Our neighbour's son"],
+                 ["sold out of fresh bread", "bought a second-hand bicycle",
+                  "closes early on Sundays", "offered a discount on shoes", "lost the receipt"]),
+    "gardening": (["The roses", "My father", "An old apple tree", "The vegetable patch",
+                   "A family of rabbits"],
+                  ["bloomed late this year", "needs watering every morning",
+                   "was planted by my grandfather", "ate all the lettuce", "survived the frost"]),
+    "city": (["The bus driver", "A new bridge", "The city council", "Traffic", "The old cinema"],
+             ["opened to the public", "reopened after the repairs", "voted to build a park",
+              "was terrible during the parade", "changed the route"]),
+    "family": (["My cousin", "The twins", "Our uncle", "The baby", "Grandma"],
+               ["moved to another country", "celebrated a birthday at the lake",
+                "learned to ride a bike", "called us every Sunday", "started a new job"]),
+    "work": (["The manager", "A colleague", "The printer", "The meeting", "Our office"],
+             ["postponed the deadline", "was broken again", "ran over by an hour",
+              "moved to the fifth floor", "thanked the whole team"]),
+    "home": (["The kitchen sink", "My roommate", "The heating", "A loud neighbour",
+              "The living room"],
+             ["started leaking last night", "painted the walls blue",
+              "stopped working in January", "played drums until midnight",
+              "needs new curtains"]),
+    "nature": (["The river", "A thunderstorm", "The forest", "Autumn leaves", "The lake"],
+               ["flooded the low fields", "woke the whole village", "turned golden in October",
+                "froze over in winter", "is home to many birds"]),
+    "art": (["The painter", "A young poet", "The museum", "The sculpture", "A photographer"],
+            ["won a national prize", "exhibited portraits of fishermen", "was stolen in the night",
+             "captured the sunrise over the bay", "wrote about her childhood"]),
+    "games": (["The chess club", "My nephew", "A board game", "The puzzle", "Our team"],
+              ["met every Thursday evening", "beat me at cards", "took hours to finish",
+               "was missing three pieces", "lost the quiz by one point"]),
+}
+_EVERYDAY_FRAMES = ["{s} {v}.", "Last week, {s_lower} {v}.", "She told me that {s_lower} {v}.",
+                    "It is true that {s_lower} {v}.", "{s} {v}, as usual.",
+                    "Apparently {s_lower} {v}."]
+
+
+def _template_sentences(topics: dict, frames: Sequence[str], seed: int) -> list[str]:
+    """Every subject with every predicate of its topic, each in a random frame, shuffled."""
+    rng = random.Random(seed)
+    pool = []
+    for subjects, verbs in topics.values():
+        for s, v in itertools.product(subjects, verbs):
+            s_lower = s[0].lower() + s[1:]
+            pool.append(rng.choice(frames).format(s=s, v=v, s_lower=s_lower))
+    rng.shuffle(pool)
+    return pool
+
+
+def everyday_sentences() -> list[str]:
+    """250 short everyday sentences for calibration and distillation (other topics than
+    :func:`heldout_sentences`)."""
+    return _template_sentences(_EVERYDAY_TOPICS, _EVERYDAY_FRAMES, seed=1)
+
+
+def docstring_sentences(seed: int = 0) -> list[str]:
+    """Unlabeled English sentences from the docstrings of standard-library modules,
+    shuffled (about 700): :func:`text_split` cuts them into calibration, held-out
+    and distillation parts."""
     import collections
     import email
     import http.client
@@ -205,9 +270,32 @@ def calibration_sentences(count: int = 128, seed: int = 0) -> list[str]:
                         seen.add(sentence)
                         out.append(sentence)
     random.Random(seed).shuffle(out)
-    if len(out) < count:
-        raise RuntimeError(f"found only {len(out)} calibration sentences")
-    return out[:count]
+    return out
+
+
+@dataclass
+class TextSplit:
+    """Disjoint unlabeled texts: calibration, distillation and the held-out docstrings."""
+
+    calibration: list[str]
+    distillation: list[str]
+    heldout_docstrings: list[str]
+
+
+def text_split(calibration: int = 256, heldout_docstrings: int = 240) -> TextSplit:
+    """Calibration is half everyday sentences (:func:`everyday_sentences`), half
+    docstrings; the next docstrings are held out (a second quality test, in the
+    calibration's other register); distillation gets the rest of both."""
+    everyday, docs = everyday_sentences(), docstring_sentences()
+    half = calibration // 2
+    if half > len(everyday) or calibration - half + heldout_docstrings > len(docs):
+        raise ValueError(f"at most {2 * len(everyday)} calibration sentences")
+    from_docs = calibration - half
+    return TextSplit(
+        calibration=everyday[:half] + docs[:from_docs],
+        distillation=everyday[half:] + docs[from_docs + heldout_docstrings:],
+        heldout_docstrings=docs[from_docs:from_docs + heldout_docstrings],
+    )
 
 
 def calibration_batches(tokenizer, sentences: Sequence[str], batch_size: int = 16) -> list[dict]:
@@ -282,51 +370,54 @@ class Row:
     sparsity: float
     cosine: float
     spearman: float
+    docs_cosine: float
     prune_s: float
     speed: dict[str, float] = field(default_factory=dict)
 
 
 def run_point(model, tokenizer, calib, heldout, dense_emb, label, amount, pattern,
-              timing_batch=None, distill_minutes: float = 0.0) -> Row:
+              timing_batch=None, distill_minutes: float = 0.0, texts=None) -> Row:
+    """Prune a copy of ``model`` (and distill it), then measure it. ``heldout`` and
+    ``dense_emb`` are dicts by held-out set ("everyday", "docstrings")."""
+    texts = texts or text_split()
     pruned = copy.deepcopy(model)
     start = time.perf_counter()
     prune.prune_pretrained(pruned, calib, amount, pattern=pattern, **METHODS[label])
     elapsed = time.perf_counter() - start
     if distill_minutes > 0:
-        losses = prune.distill(pruned, model, _distill_batches(tokenizer), epochs=10**6,
+        losses = prune.distill(pruned, model,
+                               calibration_batches(tokenizer, texts.distillation), epochs=10**6,
                                minutes=distill_minutes, lr=1e-4, hidden_weight=1.0)
         print(f"  distilled {len(losses)} steps: loss {losses[0]:.4g} -> "
               f"{statistics.mean(losses[-10:]):.4g}", flush=True)
         label += "+distill"
         elapsed = time.perf_counter() - start
-    q = quality(dense_emb, embed(pruned, tokenizer, heldout))
+    q = quality(dense_emb["everyday"], embed(pruned, tokenizer, heldout["everyday"]))
+    q_docs = quality(dense_emb["docstrings"], embed(pruned, tokenizer, heldout["docstrings"]))
     target = str(prune.parse_pattern(pattern)) if pattern else f"{amount:.0%}"
     layers = {n: m for n, m in pruned.named_modules() if hasattr(m, "weight_mask")}
     zeros = sum(int((m.weight_mask == 0).sum()) for m in layers.values())
     total = sum(m.weight_mask.numel() for m in layers.values())
-    row = Row(label, target, zeros / total, q["cosine"], q["spearman"], elapsed)
+    row = Row(label, target, zeros / total, q["cosine"], q["spearman"], q_docs["cosine"],
+              elapsed)
     if timing_batch is not None:
         row.speed = speedup(model, pruned, timing_batch)
     print(f"{row.method:16} {row.target:6} sparsity {row.sparsity:6.1%}  cosine {row.cosine:.4f}  "
-          f"spearman {row.spearman:.4f}  ({row.prune_s:.0f} s)"
+          f"spearman {row.spearman:.4f}  docstrings {row.docs_cosine:.4f}  "
+          f"({row.prune_s:.0f} s)"
           + (f"  speedup {row.speed['speedup']:.2f}x" if row.speed else ""), flush=True)
     return row
 
 
-def _distill_batches(tokenizer, count: int = 512, batch_size: int = 16) -> list[dict]:
-    """Unlabeled distillation inputs: docstring sentences not used for calibration."""
-    sentences = calibration_sentences(count + 128, seed=1)
-    return calibration_batches(tokenizer, sentences, batch_size)
-
-
 def table(rows: list[Row], batch_text: str) -> str:
-    lines = [(f"| method | target | sparsity | mean cosine | Spearman | prune s | dense ms | "
-              f"sparse ms | speedup ({batch_text}) | sparse layers | checkpoint |"),
-             "|" + "---|" * 11]
+    lines = [(f"| method | target | sparsity | mean cosine | Spearman | cosine, held-out "
+              f"docstrings | prune s | dense ms | sparse ms | speedup ({batch_text}) | "
+              f"sparse layers | checkpoint |"),
+             "|" + "---|" * 12]
     for r in rows:
         s = r.speed
         lines.append(f"| {r.method} | {r.target} | {r.sparsity:.1%} | {r.cosine:.4f} | "
-                     f"{r.spearman:.4f} | {r.prune_s:.0f} | "
+                     f"{r.spearman:.4f} | {r.docs_cosine:.4f} | {r.prune_s:.0f} | "
                      + (f"{s['dense_ms']:.1f} | {s['sparse_ms']:.1f} | {s['speedup']:.2f}x | "
                         f"{s['converted']} | {s['file_mb']:.1f} MB (sparse layers at "
                         f"{s['checkpoint']:.0%} of dense) |"
@@ -363,7 +454,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Row]:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--amounts", nargs="+", type=float, default=[0.5, 0.6, 0.7, 0.8, 0.9])
     parser.add_argument("--patterns", nargs="*", default=["2:4"])
-    parser.add_argument("--calibration", type=int, default=128, help="calibration sentences")
+    parser.add_argument("--calibration", type=int, default=256,
+                        help="calibration sentences, half everyday and half docstrings")
     parser.add_argument("--heldout", type=int, default=240, help="held-out sentences")
     parser.add_argument("--batch", type=int, default=8, help="timing: sentences per batch")
     parser.add_argument("--seq", type=int, default=128, help="timing: tokens per sentence")
@@ -382,15 +474,18 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Row]:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tokenizer = load_model()
-    heldout = heldout_sentences(args.heldout)
-    calib = calibration_batches(tokenizer, calibration_sentences(args.calibration))
-    dense_emb = embed(model, tokenizer, heldout)
+    texts = text_split(args.calibration)
+    heldout = {"everyday": heldout_sentences(args.heldout),
+               "docstrings": texts.heldout_docstrings}
+    calib = calibration_batches(tokenizer, texts.calibration)
+    dense_emb = {name: embed(model, tokenizer, sentences) for name, sentences in heldout.items()}
     timing_batch = None
     if not args.no_timing:
         ids = torch.randint(1000, 20000, (args.batch, args.seq))
         timing_batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     batch_text = f"batch {args.batch} x seq {args.seq}, {torch.get_num_threads()} threads"
-    print(f"held-out {len(heldout)} sentences, calibration {args.calibration} sentences in "
+    print(f"held-out {len(heldout['everyday'])} everyday + {len(texts.heldout_docstrings)} "
+          f"docstring sentences, calibration {args.calibration} sentences in "
           f"{len(calib)} batches; timing {batch_text}", flush=True)
     rows = []
     points = [(a, None) for a in args.amounts] + [(None, p) for p in args.patterns]
@@ -400,7 +495,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Row]:
                 continue  # OWL spreads a sparsity; N:M fixes it
             rows.append(run_point(model, tokenizer, calib, heldout, dense_emb, label,
                                   amount if amount is not None else 0.5, pattern, timing_batch,
-                                  args.distill_minutes))
+                                  args.distill_minutes, texts))
     text = table(rows, batch_text)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -101,6 +101,10 @@ def _bias_operand(bias: Any, length: int, dtype: np.dtype) -> np.ndarray | None:
     """``bias`` as a contiguous, aligned vector of ``length`` entries in ``dtype`` (or None)."""
     if bias is None:
         return None
+    if type(bias) is np.ndarray and bias.dtype == dtype and bias.shape == (length,):
+        flags = bias.flags
+        if flags.c_contiguous and flags.aligned:  # the common case, without np.require
+            return bias
     bias_array = np.require(bias, dtype, ["C", "A"])
     if bias_array.shape != (length,):
         raise ValueError(f"bias must have shape ({length},), got {bias_array.shape}")

@@ -9,7 +9,9 @@ import torch
 from sparsegemm import prune
 from sparsegemm.prune.calibrated import (
     InputStatistics,
+    _groups_by_shared_input,
     parse_pattern,
+    retarget_to_dense_inputs,
     select_mask,
     sparsegpt_prune,
     wanda_importance,
@@ -271,6 +273,8 @@ def test_wanda_criterion_in_prune_model():
         (dict(pattern="2:4", allocation="owl"), ValueError, "OWL"),
         (dict(amount=1.5), ValueError, "fractional amount"),
         (dict(blocks=["nope"]), KeyError, "nope"),
+        (dict(sequential="module"), ValueError, "sequential must be"),
+        (dict(reconstruct="output"), ValueError, "reconstruct must be"),
     ],
 )
 def test_bad_arguments_are_rejected(kwargs, error, match):
@@ -311,3 +315,95 @@ def test_bias_correction_keeps_the_mean_output_on_calibration_inputs():
         uncorrected = uncorrected_model[0](x).mean(dim=0)
     assert torch.allclose(corrected, dense_mean, atol=1e-4)
     assert not torch.allclose(uncorrected, dense_mean, atol=1e-2)
+
+
+class _AttentionLikeBlock(nn.Module):
+    """q, k and v read the same input; then an output projection and a feed-forward pair."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(width, width) for _ in range(3))
+        self.o = nn.Linear(width, width)
+        self.up, self.down = nn.Linear(width, 2 * width), nn.Linear(2 * width, width)
+
+    def forward(self, x):
+        attended = torch.softmax(self.q(x) @ self.k(x).transpose(-1, -2), -1) @ self.v(x)
+        h = x + self.o(attended)
+        return h + self.down(torch.relu(self.up(h)))
+
+
+def test_layers_that_share_an_input_form_one_group_in_call_order():
+    block = _AttentionLikeBlock()
+    layers = dict(block.named_children())
+    groups = _groups_by_shared_input(block, layers, [((torch.randn(2, 5, 8),), {})])
+    assert [sorted(g) for g in groups] == [["k", "q", "v"], ["o"], ["up"], ["down"]]
+
+
+@pytest.mark.parametrize("sequential", ["layer", "block"])
+def test_layer_sequential_calibrates_each_layer_on_the_pruned_ones_before_it(sequential):
+    block = _Block(16)
+    dense_up = copy.deepcopy(block.up)
+    x = torch.randn(64, 16)
+    gate = torch.tensor(1.0)
+
+    class Wrapped(nn.Module):  # the block takes a keyword; the blocks are model.0
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([block])
+
+        def forward(self, x):
+            return self.blocks[0](x, gate=gate)
+
+    prune.prune_pretrained(Wrapped(), [x], 0.75, method="wanda", sequential=sequential,
+                           blocks=["blocks.0"])
+
+    def down_mask(up):
+        with torch.no_grad():
+            norms = torch.relu(up(x)).norm(dim=0)
+        w = block.down.weight_orig.detach()
+        return select_mask(wanda_importance(w, norms), parse_pattern(None), 0.75)
+
+    expected = down_mask(block.up if sequential == "layer" else dense_up)
+    assert not torch.equal(down_mask(block.up), down_mask(dense_up))  # the test can tell
+    assert torch.equal(block.down.weight_mask.bool(), expected)
+
+
+def test_retargeting_is_the_identity_where_inputs_agree_and_fits_dense_outputs_otherwise():
+    torch.manual_seed(0)
+    weight = torch.randn(6, 10, dtype=torch.float64)
+    x_pruned = torch.randn(200, 10, dtype=torch.float64)
+    same = InputStatistics(10, hessian=True)
+    same.add(x_pruned)
+    same.add_cross(x_pruned, x_pruned)
+    torch.testing.assert_close(retarget_to_dense_inputs(weight, same, 0.1, "diagonal"), weight)
+
+    # a drift the pruned inputs can represent: the dense outputs are reachable exactly
+    x_dense = x_pruned @ (torch.eye(10, dtype=torch.float64)
+                          + 0.3 * torch.randn(10, 10, dtype=torch.float64))
+    drifted = InputStatistics(10, hessian=True)
+    drifted.add(x_pruned)
+    drifted.add_cross(x_dense, x_pruned)
+    target = x_dense @ weight.T
+
+    def error(w):
+        return (target - x_pruned @ w.T).norm().item()
+
+    retargeted = retarget_to_dense_inputs(weight, drifted, 0.0, "diagonal")
+    least_squares = torch.linalg.lstsq(x_pruned, target).solution.T
+    torch.testing.assert_close(retargeted, least_squares)
+    assert error(retargeted) < 1e-9 * error(weight)
+
+
+def test_sparsegpt_reconstructs_the_dense_models_outputs_by_default():
+    torch.manual_seed(0)
+    model = _TinyTransformer(width=16, depth=3).eval()
+    dense = copy.deepcopy(model)
+    batches = [{"features": torch.randn(4, 6, 4), "gate": torch.tensor(0.5)} for _ in range(4)]
+    errors = {}
+    for reconstruct in ("dense", "pruned"):
+        pruned = copy.deepcopy(model)
+        prune.prune_pretrained(pruned, batches, 0.6, method="sparsegpt", reconstruct=reconstruct)
+        with torch.no_grad():
+            errors[reconstruct] = sum(
+                (pruned(**b) - dense(**b)).pow(2).sum().item() for b in batches)
+    assert errors["dense"] < errors["pruned"]

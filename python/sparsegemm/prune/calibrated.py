@@ -33,6 +33,7 @@ block's activations are held at a time.  Masks are left as
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -173,6 +174,8 @@ class InputStatistics:
         self.squared_norms = torch.zeros(in_features, dtype=torch.float64)
         self.sums = torch.zeros(in_features, dtype=torch.float64)
         self.gram = torch.zeros(in_features, in_features, dtype=torch.float64) if hessian else None
+        #: sum x_dense^T x (the dense model's input rows against these), when paired
+        self.cross: Optional[torch.Tensor] = None
         self.rows = 0
 
     def add(self, x: torch.Tensor) -> None:
@@ -182,6 +185,14 @@ class InputStatistics:
         if self.gram is not None:
             self.gram += x.T @ x
         self.rows += x.shape[0]
+
+    def add_cross(self, dense_x: torch.Tensor, x: torch.Tensor) -> None:
+        """Accumulate ``dense_x^T x`` for rows paired with those of :meth:`add`."""
+        dense_x = dense_x.detach().reshape(-1, dense_x.shape[-1]).double()
+        x = x.detach().reshape(-1, x.shape[-1]).double()
+        if self.cross is None:
+            self.cross = torch.zeros(dense_x.shape[1], x.shape[1], dtype=torch.float64)
+        self.cross += dense_x.T @ x
 
     @property
     def mean(self) -> torch.Tensor:
@@ -251,6 +262,20 @@ def _chunk_width(pattern: SparsityPattern, chunk: int) -> int:
     return max(align, (chunk // align) * align)
 
 
+def _damped(hessian: torch.Tensor, damp: float, damping: str) -> torch.Tensor:
+    """``hessian`` in float64 with its diagonal dampened (features that never fire get 1)."""
+    h = hessian.detach().double().clone()
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    if damping == "diagonal":
+        h.diagonal().mul_(1.0 + damp)
+    elif damping == "mean":
+        h.diagonal().add_(damp * torch.diagonal(h).mean())
+    else:
+        raise ValueError(f"damping must be 'diagonal' or 'mean', got {damping!r}")
+    return h
+
+
 def sparsegpt_prune(
     weight: torch.Tensor,
     hessian: torch.Tensor,
@@ -284,16 +309,9 @@ def sparsegpt_prune(
     if damp < 0:
         raise ValueError(f"damp must be >= 0, got {damp}")
     w = weight.detach().double().clone()
-    h = hessian.detach().double().clone()
-    dead = torch.diagonal(h) == 0
-    h[dead, dead] = 1.0
+    dead = torch.diagonal(hessian) == 0
     w[:, dead] = 0.0
-    if damping == "diagonal":
-        h.diagonal().mul_(1.0 + damp)
-    elif damping == "mean":
-        h.diagonal().add_(damp * torch.diagonal(h).mean())
-    else:
-        raise ValueError(f"damping must be 'diagonal' or 'mean', got {damping!r}")
+    h = _damped(hessian, damp, damping)
     # Upper Cholesky factor of H^-1: row i holds the OBS update for column i
     # once columns < i are fixed.
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
@@ -486,6 +504,8 @@ def prune_pretrained(
     owl_threshold: float = 5.0,
     owl_spread: float = 0.08,
     max_batches: Optional[int] = None,
+    sequential: str = "layer",
+    reconstruct: str = "dense",
 ) -> dict[str, float]:
     """Prune every Linear inside ``model``'s blocks from calibration data, block by block.
 
@@ -517,6 +537,12 @@ def prune_pretrained(
         owl_threshold, owl_spread: OWL's outlier threshold ``M`` (times the
             layer's mean Wanda score) and sparsity spread ``lambda``.
         max_batches: use at most this many calibration batches.
+        sequential: ``"layer"`` (default) calibrates each group of a block's
+            Linears on the outputs of the groups pruned before it (query, key and
+            value, which share their input, form one group; then the attention
+            output, then each feed-forward Linear), one pass of the block per
+            group, as SparseGPT's "true sequential" mode; ``"block"`` records
+            every Linear of a block in one pass of the dense block (faster).
 
     Returns ``{layer_name: sparsity it was pruned to}``.  The model is left in
     its original train/eval mode, with ``torch.nn.utils.prune`` masks attached.
@@ -525,6 +551,10 @@ def prune_pretrained(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if allocation not in ALLOCATIONS:
         raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}")
+    if reconstruct not in ("dense", "pruned"):
+        raise ValueError(f"reconstruct must be 'dense' or 'pruned', got {reconstruct!r}")
+    if sequential not in ("layer", "block"):
+        raise ValueError(f"sequential must be 'layer' or 'block', got {sequential!r}")
     compute_num_to_prune(float(amount), 1)  # validates the fraction
     amount = float(amount)
     parsed = parse_pattern(pattern)
@@ -549,26 +579,138 @@ def prune_pretrained(
                 sparsities = [amount] * len(block_list)
             inputs = _capture_block_inputs(model, block_list[0][1], calibration, max_batches)
             done: dict[str, float] = {}
-            for (_, block), layers, sparsity in zip(block_list, layers_per_block, sparsities):
-                stats: dict[str, InputStatistics] = {}
-                if layers and method != "magnitude":
-                    stats, handles = record_input_statistics(layers, hessian=method == "sparsegpt")
-                    try:
-                        for args, kwargs in inputs:
-                            block(*args, **kwargs)
-                    finally:
-                        for handle in handles:
-                            handle.remove()
-                for name, layer in layers.items():
-                    if name in stats and stats[name].rows == 0:
-                        continue  # never ran as a module (e.g. MultiheadAttention.out_proj)
-                    _prune_layer(layer, method, parsed, sparsity, stats.get(name), damp,
-                                 damping, bias_correction)
-                    done[name] = parsed.fixed_sparsity if parsed.kind == "n:m" else sparsity
+            dense_blocks = dense_layers = dense_inputs = None
+            if method == "sparsegpt" and reconstruct == "dense":
+                dense_model = copy.deepcopy(model)
+                dense_list = _named_blocks(dense_model, [name for name, _ in block_list])
+                dense_blocks = [block for _, block in dense_list]
+                dense_layers = [_block_layers(name, block, filter_fn)
+                                for name, block in dense_list]
+                dense_inputs = inputs
+            for index, ((_, block), layers, sparsity) in enumerate(
+                    zip(block_list, layers_per_block, sparsities)):
+                if method == "magnitude" or sequential == "block":
+                    groups = [layers]
+                else:
+                    groups = _groups_by_shared_input(block, layers, inputs[:1])
+                for group in groups:
+                    # Each group is calibrated on what the groups pruned before it produce.
+                    stats: dict[str, InputStatistics] = {}
+                    if group and dense_blocks is not None:
+                        stats = _paired_block_statistics(
+                            block, group, inputs, dense_blocks[index],
+                            {name: dense_layers[index][name] for name in group}, dense_inputs)
+                    elif group and method != "magnitude":
+                        stats = _block_statistics(block, group, inputs, method == "sparsegpt")
+                    for name, layer in group.items():
+                        if name in stats and stats[name].rows == 0:
+                            continue  # never ran as a module (e.g. MultiheadAttention.out_proj)
+                        _prune_layer(layer, method, parsed, sparsity, stats.get(name), damp,
+                                     damping, bias_correction)
+                        done[name] = parsed.fixed_sparsity if parsed.kind == "n:m" else sparsity
                 inputs = _run_block(block, inputs)
+                if dense_blocks is not None:
+                    dense_inputs = _run_block(dense_blocks[index], dense_inputs)
     finally:
         model.train(was_training)
     return done
+
+
+def _block_statistics(
+    block: nn.Module, layers: Mapping[str, nn.Linear], inputs: list[tuple[tuple, dict]],
+    hessian: bool,
+) -> dict[str, InputStatistics]:
+    """``layers``' input statistics over one pass of ``block`` on ``inputs``."""
+    stats, handles = record_input_statistics(layers, hessian=hessian)
+    try:
+        for args, kwargs in inputs:
+            block(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return stats
+
+
+def _paired_block_statistics(
+    block: nn.Module, layers: Mapping[str, nn.Linear], inputs: list[tuple[tuple, dict]],
+    dense_block: nn.Module, dense_layers: Mapping[str, nn.Linear],
+    dense_inputs: list[tuple[tuple, dict]],
+) -> dict[str, InputStatistics]:
+    """SparseGPT statistics of ``layers`` plus, per layer, the cross term between the
+    dense model's input rows (``dense_block`` on ``dense_inputs``) and the pruned
+    model's, batch by batch."""
+    stats = {name: InputStatistics(layer.in_features, hessian=True)
+             for name, layer in layers.items()}
+    seen: dict[tuple[str, str], torch.Tensor] = {}
+    handles = []
+    for side, modules in (("pruned", layers), ("dense", dense_layers)):
+        for name, layer in modules.items():
+            def hook(module, args, output, key=(side, name)):
+                seen[key] = args[0]
+            handles.append(layer.register_forward_hook(hook))
+    try:
+        for (args, kwargs), (dense_args, dense_kwargs) in zip(inputs, dense_inputs):
+            seen.clear()
+            dense_block(*dense_args, **dense_kwargs)
+            block(*args, **kwargs)
+            for name, record in stats.items():
+                if ("pruned", name) in seen:
+                    record.add(seen[("pruned", name)])
+                    record.add_cross(seen[("dense", name)], seen[("pruned", name)])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return stats
+
+
+def _groups_by_shared_input(block: nn.Module, layers: Mapping[str, nn.Linear],
+                            inputs: list[tuple[tuple, dict]]) -> list[dict[str, nn.Linear]]:
+    """``layers`` in the order the block calls them, those that read the same input
+    tensor (an attention's query, key and value) grouped; layers never called last."""
+    order: list[tuple[str, int]] = []
+    handles = []
+    for name, layer in layers.items():
+        def hook(module, args, name=name):
+            order.append((name, id(args[0])))
+        handles.append(layer.register_forward_pre_hook(hook))
+    try:
+        for args, kwargs in inputs:
+            block(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    groups: list[dict[str, nn.Linear]] = []
+    seen: set[str] = set()
+    previous_input = None
+    for name, input_id in order:
+        if name in seen:
+            continue
+        seen.add(name)
+        if not groups or input_id != previous_input:
+            groups.append({})
+        groups[-1][name] = layers[name]
+        previous_input = input_id
+    never_called = {name: layer for name, layer in layers.items() if name not in seen}
+    return groups + ([never_called] if never_called else [])
+
+
+def retarget_to_dense_inputs(weight: torch.Tensor, stats: InputStatistics, damp: float,
+                             damping: str) -> torch.Tensor:
+    """The weight that best maps the pruned model's inputs ``X`` to the dense layer's
+    outputs on the dense model's inputs ``X_d``: ``W X_d^T X (X^T X)^-1``, written as
+    ``W + W (X_d^T X - X^T X) (X^T X + damping)^-1`` so that it is ``W`` itself where
+    the inputs agree, whatever the damping.
+
+    SparseGPT then prunes it against ``X^T X``; together they minimise
+    ``||X_d W^T - X W_pruned^T||``, so each layer also absorbs the error the
+    layers pruned before it left in its inputs.
+    """
+    h = stats.hessian
+    gap = stats.cross / stats.rows - h  # zero where the inputs still agree
+    w = weight.double()
+    # W + W (C - H) H_damped^-1: the damping regularises only the correction.
+    correction = torch.linalg.solve(_damped(h, damp, damping), (w @ gap).T).T
+    return (w + correction).to(weight.dtype)
 
 
 def _prune_layer(layer: nn.Linear, method: str, pattern: SparsityPattern, amount: float,
@@ -578,6 +720,8 @@ def _prune_layer(layer: nn.Linear, method: str, pattern: SparsityPattern, amount
     before = weight.clone()
     prior = existing_mask(layer)
     if method == "sparsegpt":
+        if stats.cross is not None:
+            weight = retarget_to_dense_inputs(weight, stats, damp, damping)
         new_weight, keep = sparsegpt_prune(weight, stats.hessian, pattern, amount, damp=damp,
                                            keep=prior, damping=damping)
         target = getattr(layer, "weight_orig", None)
