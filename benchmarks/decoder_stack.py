@@ -3,7 +3,7 @@ and the planner's choice, with the weights streaming from memory on every call.
 
     PYTHONPATH=python python benchmarks/decoder_stack.py [--small] [--threads 2]
         [--sparsities 0.3,0.5,0.7,0.9] [--repeats 15] [--batch 1] [--no-auto]
-        [--formats csr,bsr4x1,bitmap]
+        [--formats csr,bsr4x1,bitmap] [--int8]
 
 Each block is ``h = h + down(silu(gate(h)) * up(h))`` with gate and up
 ``hidden -> intermediate`` and down ``intermediate -> hidden`` (default 4 blocks
@@ -22,6 +22,12 @@ between blocks; rounds are repeated when the dense rounds disagree by more than
 the best dense *measured in the same rounds*, and the weight bytes each format
 streamed per second (dense's next to it). "auto" is ``sparsegemm.torch.sparsify``
 with ``format='auto'`` at ``batch_hint`` = the batch: the planner picks per layer.
+
+``--int8`` adds the int8 road: torch's ``quantize_dynamic`` of the dense stack
+("int8-dyn", FBGEMM, no pruning needed) and ``sparsify(model,
+weight_dtype="int8")`` ("int8-sparse": int8 bitmap weights), both checked to a
+relative error of 5% against the float stack; the last column is int8-sparse's
+speedup over int8-dyn in the same rounds.
 """
 
 from __future__ import annotations
@@ -114,6 +120,28 @@ def time_rounds(runners: dict[str, Callable[[], Any]], repeats: int, rounds: int
     return {name: [t for block in blocks for t in block] for name, blocks in samples.items()}
 
 
+def torch_stack(blocks: list[dict[str, np.ndarray]]) -> Any:
+    """The stack as an ``nn.Sequential`` of blocks of bias-free ``nn.Linear`` (sharing the
+    numpy weights' memory)."""
+    import torch.nn.functional as F
+
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, b: dict[str, np.ndarray]):
+            super().__init__()
+            for k, w in b.items():
+                layer = nn.Linear(w.shape[1], w.shape[0], bias=False)
+                layer.weight = nn.Parameter(torch.from_numpy(w), requires_grad=False)
+                setattr(self, k, layer)
+
+        def forward(self, h: Any) -> Any:
+            return h + self.down(F.silu(self.gate(h)) * self.up(h))
+
+    return nn.Sequential(*(Block(b) for b in blocks)).eval()
+
+
 def build_format(name: str, W: np.ndarray) -> Any:
     if name == "csr":
         return sparsegemm.CSRMatrix.from_dense(W)
@@ -154,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--formats", default=",".join(SPARSE_FORMATS),
                         help=f"comma-separated, from {', '.join(SPARSE_FORMATS)}")
     parser.add_argument("--no-auto", action="store_true", help="skip sparsify(format='auto')")
+    parser.add_argument("--int8", action="store_true",
+                        help="also time quantize_dynamic and sparsify(weight_dtype='int8')")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     hidden, intermediate = (1024, 2752) if args.small else (4096, 11008)
@@ -195,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
 
     header = (f"{'sparsity':>8} {'dense ms':>9} {'dense GB/s':>10} {'by':>6}  " +
               "  ".join(f"{f + ' x (GB/s)':>18}" for f in formats) +
-              ("  auto x (layers)" if not args.no_auto else ""))
+              ("  auto x (layers)" if not args.no_auto else "") +
+              ("  int8-dyn x  int8-sparse x  sparse/dyn" if args.int8 else ""))
     print(header, flush=True)
     current = 0.0
     def one_sparsity(sparsity: float) -> str:
@@ -220,11 +251,16 @@ def main(argv: list[str] | None = None) -> int:
         dense_best = (np.inf, "")
         note = ""
 
-        def measure(name: str, run: Callable[[], Any], nbytes: int) -> None:
+        def measure(name: str, run: Callable[[], Any], nbytes: int,
+                    relative_error: float | None = None) -> None:
             nonlocal dense_best
             got = run()
             got = got.detach().numpy() if hasattr(got, "detach") else np.asarray(got)
-            if not np.allclose(got, expected, rtol=1e-3, atol=1e-3 * scale):
+            if relative_error is not None:  # quantized: close, not equal
+                error = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+                if not error <= relative_error:
+                    raise RuntimeError(f"{name} at {sparsity:.0%}: relative error {error:.3g}")
+            elif not np.allclose(got, expected, rtol=1e-3, atol=1e-3 * scale):
                 raise RuntimeError(f"{name} at {sparsity:.0%} disagrees with the dense stack")
             with thread_limits(threads):
                 samples = time_rounds({**dense_runners, name: run}, args.repeats, args.rounds,
@@ -245,20 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             gc.collect()
         if not args.no_auto and torch is not None:
             from sparsegemm.torch import sparsify
-            from torch import nn
 
-            class Block(nn.Module):
-                def __init__(self, b: dict[str, np.ndarray]):
-                    super().__init__()
-                    for k, w in b.items():
-                        layer = nn.Linear(w.shape[1], w.shape[0], bias=False)
-                        layer.weight = nn.Parameter(torch.from_numpy(w), requires_grad=False)
-                        setattr(self, k, layer)
-
-                def forward(self, h: Any) -> Any:
-                    return h + self.down(F.silu(self.gate(h)) * self.up(h))
-
-            model = nn.Sequential(*(Block(b) for b in blocks))
+            model = torch_stack(blocks)
             with torch.no_grad():
                 sparsify(model, format="auto", batch_hint=args.batch, min_sparsity=0.0)
             chosen = [layer.format for layer in model.sparsegemm_report if layer.kind == "Linear"]
@@ -266,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             note = ",".join(f"{f}:{n}" for f, n in counts.items())
             nbytes = 0
             for module in model.modules():
-                if isinstance(module, nn.Linear):
+                if isinstance(module, torch.nn.Linear):
                     nbytes += module.weight.numel() * 4
                 elif hasattr(module, "values") and hasattr(module, "format"):
                     nbytes += sum(t.numel() * t.element_size() for t in module.buffers())
@@ -279,6 +303,27 @@ def main(argv: list[str] | None = None) -> int:
             measure("auto", auto_forward, nbytes)
             del model
             gc.collect()
+        if args.int8 and torch is not None:
+            import warnings
+
+            from sparsegemm.torch import sparsify
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.ao.quantization is marked deprecated
+                dynamic = torch.ao.quantization.quantize_dynamic(
+                    torch_stack(blocks), {torch.nn.Linear}, dtype=torch.qint8)
+            measure("int8-dyn", lambda: dynamic(xt), dense_bytes // 4, relative_error=0.05)
+            del dynamic
+            int8_model = sparsify(torch_stack(blocks), weight_dtype="int8", min_sparsity=0.0)
+            nbytes = sum(t.numel() * t.element_size() for t in int8_model.buffers())
+
+            def int8_forward() -> Any:
+                with torch.no_grad():
+                    return int8_model(xt)
+
+            measure("int8-sparse", int8_forward, nbytes, relative_error=0.05)
+            del int8_model
+            gc.collect()
         cells = [f"{results[f][0]:>6.2f}x ({results[f][1]:>5.1f})".rjust(18) for f in formats]
         dense_time, by = dense_best
         line = (f"{sparsity:>8.0%} {dense_time * 1e3:>9.2f} "
@@ -286,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{by:>6}  " + "  ".join(cells))
         if "auto" in results:
             line += f"  {results['auto'][0]:.2f}x ({results['auto'][1]:.1f} GB/s; {note})"
+        if "int8-sparse" in results:
+            dyn, ours = results["int8-dyn"][0], results["int8-sparse"][0]
+            line += f"  {dyn:>9.2f}x  {ours:>12.2f}x  {ours / dyn:>9.2f}x"
         return line
 
     for sparsity in sparsities:

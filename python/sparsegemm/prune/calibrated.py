@@ -622,13 +622,18 @@ def _block_statistics(
 ) -> dict[str, InputStatistics]:
     """``layers``' input statistics over one pass of ``block`` on ``inputs``."""
     stats, handles = record_input_statistics(layers, hessian=hessian)
+    _run_hooked(block, inputs, handles)
+    return stats
+
+
+def _run_hooked(block: nn.Module, inputs: list[tuple[tuple, dict]], handles: list) -> None:
+    """Run ``block`` on every input, then remove the hooks ``handles``."""
     try:
         for args, kwargs in inputs:
             block(*args, **kwargs)
     finally:
         for handle in handles:
             handle.remove()
-    return stats
 
 
 def _paired_block_statistics(
@@ -673,12 +678,7 @@ def _groups_by_shared_input(block: nn.Module, layers: Mapping[str, nn.Linear],
         def hook(module, args, name=name):
             order.append((name, id(args[0])))
         handles.append(layer.register_forward_pre_hook(hook))
-    try:
-        for args, kwargs in inputs:
-            block(*args, **kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    _run_hooked(block, inputs, handles)
     groups: list[dict[str, nn.Linear]] = []
     seen: set[str] = set()
     previous_input = None

@@ -1,5 +1,5 @@
-"""PyTorch front end: sparse drop-ins for nn.Linear (CSR or BSR), nn.Conv2d (CSR)
-and nn.MultiheadAttention, and :func:`sparsify` to convert a pruned model in
+"""PyTorch front end: sparse drop-ins for nn.Linear (CSR, BSR or bitmap; int8 with
+:class:`SparseLinearInt8`), nn.Conv2d (CSR) and nn.MultiheadAttention, and :func:`sparsify` to convert a pruned model in
 place (``format='auto'`` lets :func:`sparsegemm.plan` pick dense, CSR or a BSR
 blocksize per layer by measuring).
 
@@ -19,6 +19,7 @@ from .auto import AutoSparseLinear, freeze
 from .checkpoint import from_pretrained, load_sparsified
 from .compact import load_sparse, save_sparse
 from .modules import SparseConv2d, SparseLinear, masked_weight
+from .quantized import SparseLinearInt8
 from .sparsify import LayerReport, SparsifyReport, sparsify
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "LayerReport",
     "SparseConv2d",
     "SparseLinear",
+    "SparseLinearInt8",
     "SparseMultiheadAttention",
     "SparsifyReport",
     "clear_cache",

@@ -221,3 +221,9 @@ def clear_cache() -> None:
     version counter the cache relies on.
     """
     patterns.clear()
+    for cache in other_caches:
+        cache.clear()
+
+
+#: Caches of other weight kinds (their modules register them) that clear_cache empties too.
+other_caches: list = []

@@ -104,6 +104,17 @@ def apply_activation(y: Tensor, activation: str | None) -> Tensor:
     return F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
 
 
+def linear_holding(weight: Tensor, bias: Tensor | None) -> nn.Linear:
+    """A new ``nn.Linear`` holding copies of ``weight`` (out, in) and ``bias``."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
+                       device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+    return linear
+
+
 def _csr_tensors(weight: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """CSR (indptr int64, indices int32, values) of the kept entries of a 2-d weight."""
     rows, cols = keep.nonzero(as_tuple=True)  # row-major order: sorted within each row
@@ -421,13 +432,7 @@ class SparseLinear(_SparseWeight):
     def to_dense(self) -> nn.Linear:
         """An equivalent ``nn.Linear`` (a copy; zeros where entries are not stored), without
         the fused ``activation``."""
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                           device=self.values.device, dtype=self.values.dtype)
-        with torch.no_grad():
-            linear.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                linear.bias.copy_(self.bias)
-        return linear
+        return linear_holding(self.dense_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -51,11 +51,15 @@ from .modules import (
     masked_weight,
 )
 from .ops import STORAGE_DTYPES
+from .quantized import SparseLinearInt8
 
 __all__ = ["DEFAULT_MIN_SPARSITY", "LayerReport", "SparsifyReport", "sparsify"]
 
 DEFAULT_MIN_SPARSITY = 0.7
 FILTERED_OUT = "left out by filter_fn"  # the report's reason for a layer filter_fn declined
+
+#: What ``sparsify(weight_dtype=...)`` takes: None keeps each layer's dtype.
+WEIGHT_DTYPES = (None, "int8")
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -200,8 +204,12 @@ def _record_example_shapes(model: nn.Module, example_inputs: Any) -> _ExampleSha
 
 class _Converter:
     def __init__(self, format: str, blocksize: tuple[int, int] | None, min_sparsity: float,
-                 min_speedup: float, batch_hint: int | None, shapes: _ExampleShapes | None = None):
+                 min_speedup: float, batch_hint: int | None, shapes: _ExampleShapes | None = None,
+                 weight_dtype: str | None = None):
         check_format(format, blocksize)  # rejects bad requests before any layer is touched
+        if weight_dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"weight_dtype must be one of {WEIGHT_DTYPES}, got {weight_dtype!r}")
+        self.weight_dtype = weight_dtype
         self.format = format
         self.blocksize = blocksize
         self.min_sparsity = min_sparsity
@@ -261,6 +269,11 @@ class _Converter:
             return self._keep(
                 module, name, kind, sparsity, f"sparsity below {self.min_sparsity:.0%}"
             )
+        if self.weight_dtype == "int8" and not isinstance(module, nn.Conv2d):
+            sparse_int8 = SparseLinearInt8.from_dense(module)
+            self.report.append(LayerReport(name, kind, True, SparseLinearInt8.format, sparsity,
+                                           None, "int8 values, x quantized per row"))
+            return sparse_int8
         choice, note = self._choose(module, rows)
         if choice.format == "auto":
             auto = AutoSparseLinear(module, min_speedup=self.min_speedup)
@@ -400,6 +413,9 @@ def _walk(module: nn.Module, prefix: str, converter: _Converter, filter_fn: Filt
 
 def _convert_attention(mha: nn.MultiheadAttention, name: str,
                        converter: _Converter) -> nn.Module:
+    if converter.weight_dtype == "int8":
+        converter.skip(mha, name, "int8 weights: nn.MultiheadAttention stays dense")
+        return mha
     if mha.bias_k is not None or mha.add_zero_attn:
         converter.report.append(LayerReport(name, "MultiheadAttention", False, "dense", 0.0, None,
                                             "add_bias_kv/add_zero_attn not supported"))
@@ -431,7 +447,8 @@ def _convert_attention(mha: nn.MultiheadAttention, name: str,
 def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str = "auto",
              blocksize: tuple[int, int] | None = None,
              min_sparsity: float | None = None, min_speedup: float = 1.0,
-             batch_hint: int | None = None, example_inputs: Any = None) -> nn.Module:
+             batch_hint: int | None = None, example_inputs: Any = None,
+             weight_dtype: str | None = None) -> nn.Module:
     """Replace eligible dense layers of ``model`` by sparse ones, in place.
 
     Parameters
@@ -464,6 +481,12 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         (leading dimensions flattened) and each Conv2d is timed, dense against
         sparse, on its input. Without them, ``format='auto'`` converts every
         sparse-enough Conv2d to CSR untimed (the report says so).
+    weight_dtype
+        None keeps each layer's dtype. ``"int8"`` stores every Linear with at
+        least ``min_sparsity`` zeros as a :class:`~sparsegemm.torch.SparseLinearInt8`
+        (int8 values, one scale per output row, inputs quantized per row at
+        each call; inference only), with no planning: the format is the int8
+        bitmap. Conv2d layers are unaffected and MultiheadAttention stays dense.
 
     In an ``nn.Sequential``, what directly follows a converted layer moves into
     it and is replaced by ``nn.Identity``: an eval-mode ``BatchNorm2d`` after a
@@ -501,7 +524,8 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
     with torch.no_grad():
         shapes = (_record_example_shapes(model, example_inputs)
                   if format == "auto" and example_inputs is not None else None)
-        converter = _Converter(format, blocksize, min_sparsity, min_speedup, batch_hint, shapes)
+        converter = _Converter(format, blocksize, min_sparsity, min_speedup, batch_hint, shapes,
+                               weight_dtype)
         _walk(model, "", converter, filter_fn)
     previous = getattr(model, "sparsegemm_report", None)
     model.sparsegemm_report = (previous.merged_with(converter.report)
