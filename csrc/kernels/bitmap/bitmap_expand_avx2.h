@@ -1,5 +1,5 @@
-// BitExpand<T> for AVX2: L bits of the bitmap (L = 8 floats or 4 doubles)
-// and the packed values behind them become one vector. AVX2 has no expand
+// BitExpand<V> for AVX2: L bits of the bitmap (L = 8 floats or bfloat16s, 4
+// doubles) and the packed values behind them become one vector. AVX2 has no expand
 // instruction, so a table indexed by the bits gives, for each lane, the
 // position of its value among the packed ones (vpermps/vpermd indices); the
 // table entry's sign bit marks the lanes whose bit is set, which blendv reads.
@@ -7,9 +7,9 @@
 // With Safe = false the next L packed values are read with a plain unaligned
 // load, which may read up to L - 1 values past the last one this call uses:
 // the caller guarantees they lie inside the values array. With Safe = true
-// only popcount(bits) values are read (a masked load).
+// only popcount(bits) values are read (a masked load; a copy for bfloat16).
 // Included inside an ISA namespace after simd_avx2.h; the including file
-// provides <immintrin.h>.
+// provides <immintrin.h> and <cstring>.
 
 namespace bitmap_detail {
 
@@ -72,20 +72,53 @@ struct BitExpand<float> {
     else
       return _mm256_loadu_ps(p);
   }
-  // Lane i holds the next stored value if bit i is set, else zero.
-  template <bool Safe>
-  static __m256 load(unsigned bits, const float* p) {
+  // Lane i holds the next packed value if bit i is set, else zero.
+  static __m256 expand(unsigned bits, __m256 packed) {
     const __m256i idx = index(bits);
-    const __m256 v = _mm256_permutevar8x32_ps(packed<Safe>(bits, p), idx);
+    const __m256 v = _mm256_permutevar8x32_ps(packed, idx);
     return _mm256_blendv_ps(_mm256_setzero_ps(), v, _mm256_castsi256_ps(idx));
   }
   // acc + expanded * x in lanes whose bit is set; other lanes keep acc (so an
   // unstored entry never multiplies x).
+  static __m256 expand_fmadd(unsigned bits, __m256 packed, __m256 x, __m256 acc) {
+    const __m256i idx = index(bits);
+    const __m256 v = _mm256_permutevar8x32_ps(packed, idx);
+    return _mm256_blendv_ps(acc, _mm256_fmadd_ps(v, x, acc), _mm256_castsi256_ps(idx));
+  }
+  template <bool Safe>
+  static __m256 load(unsigned bits, const float* p) {
+    return expand(bits, packed<Safe>(bits, p));
+  }
   template <bool Safe>
   static __m256 fmadd(unsigned bits, const float* p, __m256 x, __m256 acc) {
-    const __m256i idx = index(bits);
-    const __m256 v = _mm256_permutevar8x32_ps(packed<Safe>(bits, p), idx);
-    return _mm256_blendv_ps(acc, _mm256_fmadd_ps(v, x, acc), _mm256_castsi256_ps(idx));
+    return expand_fmadd(bits, packed<Safe>(bits, p), x, acc);
+  }
+};
+
+// bfloat16 values expand as floats once widened: 8 packed values (16 bytes)
+// become the upper halves of 8 float lanes, exactly.
+template <>
+struct BitExpand<bfloat16_t> {
+  template <bool Safe>
+  static __m256 packed(unsigned bits, const bfloat16_t* p) {
+    __m128i halves;
+    if constexpr (Safe) {
+      // AVX2 has no 16-bit masked load: copy only the values this chunk uses.
+      alignas(16) uint16_t used[8] = {};
+      std::memcpy(used, p, __builtin_popcount(bits) * sizeof(bfloat16_t));
+      halves = _mm_load_si128(reinterpret_cast<const __m128i*>(used));
+    } else {
+      halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    }
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(halves), 16));
+  }
+  template <bool Safe>
+  static __m256 load(unsigned bits, const bfloat16_t* p) {
+    return BitExpand<float>::expand(bits, packed<Safe>(bits, p));
+  }
+  template <bool Safe>
+  static __m256 fmadd(unsigned bits, const bfloat16_t* p, __m256 x, __m256 acc) {
+    return BitExpand<float>::expand_fmadd(bits, packed<Safe>(bits, p), x, acc);
   }
 };
 
