@@ -248,3 +248,80 @@ def test_bad_input_raises_clearly():
         _core.bitmap_linear(a._handle, np.ones((1, 4)), np.empty((1, 4)), None, 1, None)
     with pytest.raises(ValueError, match="data must have shape"):
         a.with_data(np.zeros(3, np.uint16))
+
+
+# torch: SparseLinear(format="bitmap") of a bfloat16 module -----------------------------------
+
+def _pruned_bf16_linear(torch, in_features, out_features, *, bias=True, density=0.5, seed=0):
+    torch.manual_seed(seed)
+    linear = torch.nn.Linear(in_features, out_features, bias=bias).to(torch.bfloat16)
+    with torch.no_grad():
+        linear.weight.mul_(torch.rand(out_features, in_features) < density)
+    return linear
+
+
+@pytest.mark.parametrize("shape", [(1,), (5,), (2, 3), (17,), ()])
+@pytest.mark.parametrize("bias", [True, False])
+def test_torch_bf16_module_within_bf16_rounding_of_dense(isa, shape, bias):
+    torch = pytest.importorskip("torch")
+    from sparsegemm.torch import SparseLinear
+
+    dense = _pruned_bf16_linear(torch, 130, 29, bias=bias)
+    sparse = SparseLinear.from_dense(dense, format="bitmap")
+    assert sparse.values.dtype == torch.bfloat16 and sparse.nnz == int((dense.weight != 0).sum())
+    x = torch.randn(*shape, 130).to(torch.bfloat16)
+    y = sparse(x)
+    assert y.dtype == torch.bfloat16 and y.shape == dense(x).shape
+    # Against the exact product of the same bfloat16 operands: the float32 sum
+    # rounded once to bfloat16 (half an ulp, 2**-9 relative), as the dense module.
+    w64 = dense.weight.double()
+    exact = x.double() @ w64.T + (dense.bias.double() if bias else 0)
+    magnitude = x.double().abs() @ w64.abs().T + (dense.bias.double().abs() if bias else 0)
+    slack = 140 * 2**-24 * magnitude + 1e-30
+    for result in (y, dense(x)):
+        assert ((result.double() - exact).abs() <= 2**-8 * exact.abs() + slack).all()
+
+
+def test_torch_bf16_values_reach_the_kernel_without_a_copy():
+    torch = pytest.importorskip("torch")
+    from sparsegemm.torch import SparseLinear
+    from sparsegemm.torch._cache import values_array
+
+    sparse = SparseLinear.from_dense(_pruned_bf16_linear(torch, 64, 8), format="bitmap")
+    array = values_array(sparse.values)
+    assert array.dtype == np.uint16 and array.ctypes.data == sparse.values.data_ptr()
+    before = sparse(torch.ones(1, 64, dtype=torch.bfloat16))
+    with torch.no_grad():
+        sparse.values.mul_(2)  # read live, as the other dtypes
+    after = sparse(torch.ones(1, 64, dtype=torch.bfloat16))
+    torch.testing.assert_close(after.float() - sparse.bias.float(),
+                               2 * (before.float() - sparse.bias.float()), rtol=2**-7, atol=1e-2)
+
+
+def test_torch_bf16_autograd_matches_dense():
+    torch = pytest.importorskip("torch")
+    from sparsegemm.torch import SparseLinear
+
+    dense = _pruned_bf16_linear(torch, 70, 9)
+    sparse = SparseLinear.from_dense(dense, format="bitmap")
+    x = torch.randn(4, 70).to(torch.bfloat16).requires_grad_()
+    x_dense = x.detach().clone().requires_grad_()
+    sparse(x).float().pow(2).sum().backward()
+    dense(x_dense).float().pow(2).sum().backward()
+    assert sparse.values.grad.dtype == torch.bfloat16
+    tolerance = {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(x.grad, x_dense.grad, **tolerance)
+    torch.testing.assert_close(sparse.bias.grad, dense.bias.grad, **tolerance)
+    torch.testing.assert_close(sparse.values.grad, dense.weight.grad[dense.weight != 0],
+                               **tolerance)
+
+
+def test_torch_float16_bitmap_module_computes_in_float32():
+    torch = pytest.importorskip("torch")
+    from sparsegemm.torch import SparseLinear
+
+    dense = _pruned_bf16_linear(torch, 40, 6).to(torch.float16)
+    sparse = SparseLinear.from_dense(dense, format="bitmap")
+    x = torch.randn(3, 40).to(torch.float16)
+    expected = torch.nn.functional.linear(x.float(), dense.weight.float(), dense.bias.float())
+    torch.testing.assert_close(sparse(x), expected.to(torch.float16))
