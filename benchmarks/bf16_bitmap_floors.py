@@ -78,7 +78,8 @@ def main() -> None:
                            W.size * 2 * (1 - sparsity))
 
             def module(weight=weight_bf16):
-                linear = torch.nn.Linear(cols, rows, bias=False, dtype=torch.bfloat16)
+                linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False,
+                                         dtype=torch.bfloat16)
                 with torch.no_grad():
                     linear.weight.copy_(weight)
                 return SparseLinear.from_dense(linear, format="bitmap")
