@@ -104,3 +104,25 @@ def test_torch_float16_bitmap_module_computes_in_float32():
     x = torch.randn(3, 40).to(torch.float16)
     expected = torch.nn.functional.linear(x.float(), dense.weight.float(), dense.bias.float())
     torch.testing.assert_close(sparse(x), expected.to(torch.float16))
+
+
+def test_float32_module_with_bfloat16_weights():
+    dense = _pruned_bf16_linear(90, 13).float()
+    dense.weight.data += 1e-3 * (dense.weight != 0)  # not bfloat16 numbers any more
+    sparse = SparseLinear.from_dense(dense, format="bitmap", weight_dtype=torch.bfloat16)
+    assert sparse.values.dtype == torch.bfloat16 and sparse.bias.dtype == torch.float32
+    rounded = dense.weight.to(torch.bfloat16).float()
+    x = torch.randn(3, 90, requires_grad=True)
+    y = sparse(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, rounded, dense.bias),
+                               rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    assert x.grad.dtype == torch.float32 and sparse.values.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(x.grad, rounded.sum(0).expand(3, -1), rtol=1e-5, atol=1e-5)
+    compiled = torch.compile(sparse, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), y)
+    with pytest.raises(ValueError, match="format='bitmap'"):
+        SparseLinear.from_dense(dense, format="csr", weight_dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="weight_dtype"):
+        SparseLinear.from_dense(dense, format="bitmap", weight_dtype=torch.float16)

@@ -28,8 +28,10 @@ Ops (``...`` is any number of leading batch dimensions):
 * ``bitmap_linear(x, bitmap, values, cols, bias)``: ``x @ W.T + bias`` for a bitmap weight,
   ``bitmap`` int64 words (rows, ceil(cols / 64)) (bit ``c % 64`` of word ``c // 64`` marks
   column ``c``), values (nnz,) row-major. bfloat16 values are read as stored by the
-  bfloat16-valued kernel (x and bias are converted to float32 once per call, the output
-  back to bfloat16); float16 values are widened to float32 on each call.
+  bfloat16-valued kernel: with bfloat16 x and bias, those are converted to float32 once per
+  call and the output back to bfloat16; float32 x and bias (a float32 module storing
+  bfloat16 weights) are used as they are and the output is float32. float16 values are
+  widened to float32 on each call.
 * ``bitmap_linear_t(g, bitmap, values, cols)``: ``g @ W``, by the CSR kernel on the transpose
 * ``bitmap_sampled_dot(bitmap, a, b, cols, nnz)``: ``a @ b.T`` at the stored positions, a (rows, n),
   b (cols, n): the gradient of bitmap ``values``
@@ -560,7 +562,7 @@ def _check_bitmap(op: str, bitmap: Tensor, cols: int) -> None:
 def bitmap_linear(x: Tensor, bitmap: Tensor, values: Tensor, cols: int,
                   bias: Optional[Tensor]) -> Tensor:
     """``x @ W.T + bias`` for the bitmap weight W (rows x cols) = (bitmap, values)."""
-    _check_operands("bitmap_linear", values, x=x, bias=bias)
+    _check_bitmap_operands(x, values, bias)
     _check_bitmap("bitmap_linear", bitmap, cols)
     _check_last_dim("bitmap_linear", "x", x, cols)
     if values.dtype == torch.bfloat16:
@@ -568,8 +570,17 @@ def bitmap_linear(x: Tensor, bitmap: Tensor, values: Tensor, cols: int,
         pattern = patterns.bitmap_entry(bitmap, (bitmap.shape[0], cols), values.dtype).matrix
         y = _linear(_core.bitmap_linear, pattern, x.float(), values_array(values),
                     None if bias is None else bias.float())
-        return y.to(torch.bfloat16)
+        return y.to(x.dtype)
     return _bitmap_linear_widened(x, bitmap, values, cols, bias)
+
+
+def _check_bitmap_operands(x: Tensor, values: Tensor, bias: Optional[Tensor]) -> None:
+    """As :func:`_check_operands`, but bfloat16 values also take float32 x and bias."""
+    if values.dtype == torch.bfloat16 and x.dtype == torch.float32:
+        _check_operands("bitmap_linear", x, bias=bias)
+        _check_operands("bitmap_linear", values, x=x.new_empty(0, dtype=values.dtype))
+    else:
+        _check_operands("bitmap_linear", values, x=x, bias=bias)
 
 
 @_half_in_float32
@@ -581,10 +592,10 @@ def _bitmap_linear_widened(x: Tensor, bitmap: Tensor, values: Tensor, cols: int,
 
 @bitmap_linear.register_fake
 def _(x, bitmap, values, cols, bias):
-    _check_operands("bitmap_linear", values, x=x, bias=bias)
+    _check_bitmap_operands(x, values, bias)
     _check_bitmap("bitmap_linear", bitmap, cols)
     _check_last_dim("bitmap_linear", "x", x, cols)
-    return x.new_empty((*x.shape[:-1], bitmap.shape[0]), dtype=values.dtype)
+    return x.new_empty((*x.shape[:-1], bitmap.shape[0]))
 
 
 @torch.library.custom_op("sparsegemm::bitmap_linear_t", mutates_args=())
@@ -651,11 +662,13 @@ def _bitmap_linear_backward(ctx, grad):
     rows, cols = bitmap.shape[0], ctx.cols
     grad_x = grad_values = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_x = torch.ops.sparsegemm.bitmap_linear_t(grad, bitmap, values, cols)
+        # bfloat16 values of a float32 product widen: the gradient stays float32.
+        grad_x = torch.ops.sparsegemm.bitmap_linear_t(grad, bitmap, values.to(grad.dtype), cols)
     if ctx.needs_input_grad[2]:
         # dW = dY.T @ X sampled at the stored positions.
         grad_values = torch.ops.sparsegemm.bitmap_sampled_dot(
-            bitmap, grad.reshape(-1, rows).t(), x.reshape(-1, cols).t(), cols, values.shape[0])
+            bitmap, grad.reshape(-1, rows).t(), x.reshape(-1, cols).t(), cols, values.shape[0]
+        ).to(values.dtype)
     if ctx.needs_input_grad[4]:
         grad_bias = grad.reshape(-1, rows).sum(0)
     return grad_x, None, grad_values, None, grad_bias
