@@ -169,12 +169,17 @@ class SparseFormat:
 
     def astype(self, dtype: Any) -> Any:
         """This matrix in float32 or float64 (cached; self if already that dtype)."""
-        target = kernel_dtype(dtype)
+        target = self._value_dtype_key(dtype)
         if target == self._dtype:
             return self
         if target not in self._converted:
             self._converted[target] = self._with_values(target)
         return self._converted[target]
+
+    @staticmethod
+    def _value_dtype_key(dtype: Any) -> Any:
+        """The key of ``_CORE`` that stores values of ``dtype``."""
+        return kernel_dtype(dtype)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -748,12 +753,11 @@ class BitmapMatrix(SparseFormat):
     def astype(self, dtype: Any) -> BitmapMatrix:
         """This matrix with float32, float64 or ``'bfloat16'`` values (cached; self if
         already so)."""
-        target = _bitmap_value_dtype(dtype)
-        if target == self._dtype:
-            return self
-        if target not in self._converted:
-            self._converted[target] = self._with_values(target)
-        return self._converted[target]
+        return super().astype(dtype)
+
+    @staticmethod
+    def _value_dtype_key(dtype: Any) -> Any:
+        return _bitmap_value_dtype(dtype)
 
     def _with_values(self, dtype: Any) -> BitmapMatrix:
         rows, cols = self.shape
