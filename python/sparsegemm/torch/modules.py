@@ -346,7 +346,9 @@ class SparseLinear(_SparseWeight):
     ``format`` and ``blocksize``; ``nnz`` counts stored blocks for BSR). float32
     and float64 are computed natively; float16 and bfloat16 (``.half()``,
     ``.to(torch.bfloat16)``) are stored as such and computed in float32, as in
-    the numpy API; under ``torch.autocast`` the product runs in float32. The
+    the numpy API (the bitmap format's kernel reads bfloat16 values as stored;
+    the other formats widen them on each call); under ``torch.autocast`` the
+    product runs in float32. The
     input must have the weight's dtype (as in ``F.linear``). ``weight`` is a
     read-only dense view, for code that reads it.
     """
