@@ -9,6 +9,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/bfloat16.h"
+
 namespace sparsegemm::bindings {
 
 namespace py = pybind11;
@@ -71,6 +73,30 @@ StridedArg<T> contiguous_vector_arg(const py::array& array, const char* name) {
   return arg;
 }
 
+// The numpy dtype that carries stored values of type V: V itself, or uint16
+// bit patterns for bfloat16 (numpy has no bfloat16 dtype).
+template <typename V>
+struct NumpyCarrier {
+  using type = V;
+};
+template <>
+struct NumpyCarrier<bfloat16_t> {
+  using type = uint16_t;
+};
+
+// A 1-d contiguous vector of stored values of type V, given in its carrier dtype.
+template <typename V>
+StridedArg<V> value_vector_arg(const py::array& array, const char* name) {
+  using Carrier = typename NumpyCarrier<V>::type;
+  static_assert(sizeof(Carrier) == sizeof(V), "a carrier holds the value's bytes");
+  const StridedArg<Carrier> carried = contiguous_vector_arg<Carrier>(array, name);
+  StridedArg<V> arg;
+  arg.data = reinterpret_cast<V*>(carried.data);
+  arg.shape[0] = carried.shape[0];
+  arg.strides[0] = carried.strides[0];
+  return arg;
+}
+
 // Returns build(indptr_arg) with indptr as a contiguous int32 (scipy's
 // default) or int64 vector, and the GIL released while build runs.
 template <typename Build>
@@ -97,11 +123,12 @@ const T* optional_bias(const py::object& bias, int64_t length) {
 }
 
 // Optional replacement values for a product with sparse matrix `a`: None, or
-// a contiguous vector with as many entries as a stores (a.values().size()).
-template <typename T, typename Matrix>
-const T* optional_values(const py::object& values, const Matrix& a) {
+// a contiguous vector with as many entries as a stores (a.values().size()),
+// of a's stored value type V (in its carrier dtype, see NumpyCarrier).
+template <typename V, typename Matrix>
+const V* optional_values(const py::object& values, const Matrix& a) {
   if (values.is_none()) return nullptr;
-  const auto arg = contiguous_vector_arg<T>(values.cast<py::array>(), "values");
+  const auto arg = value_vector_arg<V>(values.cast<py::array>(), "values");
   const int64_t stored = static_cast<int64_t>(a.values().size());
   if (arg.shape[0] != stored)
     throw py::value_error("values must have " + std::to_string(stored) +

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "bindings/array_args.h"
@@ -25,21 +26,27 @@ inline py::array read_only(py::array array) {
   return array;
 }
 
-// A read-only numpy view of a vector owned by the matrix `owner`.
+// A read-only numpy view of a vector owned by the matrix `owner`, in the
+// element's carrier dtype (uint16 bit patterns for bfloat16).
 template <typename V>
 py::array owned_view(const V& vec, py::handle owner) {
-  using E = typename V::value_type;
+  using E = typename NumpyCarrier<typename V::value_type>::type;
   return read_only(py::array_t<E>({static_cast<py::ssize_t>(vec.size())},
-                                  {static_cast<py::ssize_t>(sizeof(E))}, vec.data(), owner));
+                                  {static_cast<py::ssize_t>(sizeof(E))},
+                                  reinterpret_cast<const E*>(vec.data()), owner));
 }
 
 // Registers `matmul_name(a, b, out, bias=None, num_threads=0, values=None)` and
 // `linear_name(w, x, out, bias=None, num_threads=0, values=None)` for a Matrix
 // with rows(), cols() and values(), calling the C++ drivers with the signatures
-// of drivers/csr_driver.h. `values` replaces the matrix's stored values for one call.
+// of drivers/csr_driver.h. T is the dense operands' type (b, out, x, bias);
+// `values` replaces the matrix's stored values for one call and has their type,
+// which may differ (bfloat16 values computed in float).
 template <typename T, typename Matrix, typename MatmulFn, typename LinearFn>
 void register_products(py::module_& m, const char* matmul_name, const char* linear_name,
                        MatmulFn matmul, LinearFn linear) {
+  using Stored =
+      typename std::decay_t<decltype(std::declval<const Matrix&>().values())>::value_type;
   m.def(
       matmul_name,
       [matmul](const Matrix& a, const py::array& b, const py::array& out, const py::object& bias,
@@ -54,7 +61,7 @@ void register_products(py::module_& m, const char* matmul_name, const char* line
                                 ", got " + shape_str(oarg.shape[0], oarg.shape[1]));
         if (!has_contiguous_rows(oarg)) throw py::value_error("out must have contiguous rows");
         const T* bias_ptr = optional_bias<T>(bias, a.rows());
-        const T* values_ptr = optional_values<T>(values, a);
+        const Stored* values_ptr = optional_values<Stored>(values, a);
         py::gil_scoped_release release;
         matmul(a, barg.data, barg.strides[0], barg.strides[1], barg.shape[1], bias_ptr, oarg.data,
                oarg.strides[0], num_threads, values_ptr);
@@ -78,7 +85,7 @@ void register_products(py::module_& m, const char* matmul_name, const char* line
                                 ", got " + shape_str(oarg.shape[0], oarg.shape[1]));
         if (!has_contiguous_rows(oarg)) throw py::value_error("out must have contiguous rows");
         const T* bias_ptr = optional_bias<T>(bias, w.rows());
-        const T* values_ptr = optional_values<T>(values, w);
+        const Stored* values_ptr = optional_values<Stored>(values, w);
         py::gil_scoped_release release;
         linear(w, xarg.data, xarg.strides[0], xarg.shape[0], bias_ptr, oarg.data, oarg.strides[0],
                num_threads, values_ptr);

@@ -1,4 +1,7 @@
-// Bitmap matrices and products.
+// Bitmap matrices and products, for float, double and bfloat16 values. A
+// bfloat16 matrix takes and gives its values as uint16 bit patterns (numpy has
+// no bfloat16), is built from and densified to float32, and multiplies float32
+// operands.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -15,15 +18,16 @@ namespace py = pybind11;
 
 namespace {
 
-template <typename T>
+template <typename V>
 void register_bitmap_dtype(py::module_& m, const char* class_name) {
-  using Matrix = BitmapMatrix<T>;
+  using Matrix = BitmapMatrix<V>;
+  using T = compute_t<V>;
   py::class_<Matrix>(m, class_name)
       .def_static(
           "from_arrays",
           [](int64_t rows, int64_t cols, const py::array& bits, const py::array& data) {
             const auto words = contiguous_vector_arg<uint64_t>(bits, "bits");
-            const auto val = contiguous_vector_arg<T>(data, "data");
+            const auto val = value_vector_arg<V>(data, "data");
             py::gil_scoped_release release;
             return Matrix::from_arrays(rows, cols, words.data, words.shape[0], val.data,
                                        val.shape[0]);
@@ -36,7 +40,7 @@ void register_bitmap_dtype(py::module_& m, const char* class_name) {
           [](int64_t rows, int64_t cols, const py::array& indptr, const py::array& indices,
              const py::array& data) {
             const auto idx = contiguous_vector_arg<index_t>(indices, "indices");
-            const auto val = contiguous_vector_arg<T>(data, "data");
+            const auto val = value_vector_arg<V>(data, "data");
             return with_indptr(indptr, [&](const auto& ptr) {
               return Matrix::from_csr_arrays(rows, cols, ptr.data, ptr.shape[0], idx.data,
                                              idx.shape[0], val.data, val.shape[0]);
@@ -70,7 +74,7 @@ void register_bitmap_dtype(py::module_& m, const char* class_name) {
       .def(
           "with_values",
           [](const Matrix& a, const py::array& values) {
-            const auto arg = contiguous_vector_arg<T>(values, "values");
+            const auto arg = value_vector_arg<V>(values, "values");
             py::gil_scoped_release release;
             return a.with_values(arg.data, arg.shape[0]);
           },
@@ -83,8 +87,8 @@ void register_bitmap_dtype(py::module_& m, const char* class_name) {
         return out;
       });
 
-  register_products<T, Matrix>(m, "bitmap_matmul", "bitmap_linear", &bitmap_matmul<T>,
-                               &bitmap_linear<T>);
+  register_products<T, Matrix>(m, "bitmap_matmul", "bitmap_linear", &bitmap_matmul<V>,
+                               &bitmap_linear<V>);
 }
 
 }  // namespace
@@ -92,6 +96,7 @@ void register_bitmap_dtype(py::module_& m, const char* class_name) {
 void register_bitmap(py::module_& m) {
   register_bitmap_dtype<float>(m, "BitmapMatrixF32");
   register_bitmap_dtype<double>(m, "BitmapMatrixF64");
+  register_bitmap_dtype<bfloat16_t>(m, "BitmapMatrixBF16");
 }
 
 }  // namespace sparsegemm::bindings

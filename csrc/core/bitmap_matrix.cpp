@@ -82,44 +82,47 @@ BitmapMatrix<T> BitmapMatrix<T>::from_csr_arrays(int64_t rows, int64_t cols, con
 }
 
 template <typename T>
-BitmapMatrix<T> BitmapMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense,
+BitmapMatrix<T> BitmapMatrix<T>::from_dense(int64_t rows, int64_t cols, const compute_t<T>* dense,
                                             int64_t row_stride, int64_t col_stride,
                                             double threshold) {
+  using Stored = StoredValue<T>;
   check_dimensions(rows, cols);
   const int64_t wpr = bitmap_words_per_row(cols);
   BitmapMatrix m;
   m.rows_ = rows;
   m.cols_ = cols;
   m.bits_.assign(rows * wpr, 0);
-  const auto kept = [threshold](T a) { return !(std::fabs(static_cast<double>(a)) <= threshold); };
+  const auto kept = [threshold](T a) {
+    return !(std::fabs(static_cast<double>(Stored::widen(a))) <= threshold);
+  };
+  const auto entry = [&](int64_t r, int64_t c) {
+    return Stored::narrow(dense[r * row_stride + c * col_stride]);
+  };
   for (int64_t r = 0; r < rows; ++r) {
-    const T* row = dense + r * row_stride;
     uint64_t* words = m.bits_.data() + r * wpr;
     for (int64_t c = 0; c < cols; ++c)
-      if (kept(row[c * col_stride]))
-        words[c / kBitmapWordBits] |= uint64_t(1) << (c % kBitmapWordBits);
+      if (kept(entry(r, c))) words[c / kBitmapWordBits] |= uint64_t(1) << (c % kBitmapWordBits);
   }
   m.values_.resize(m.count_offsets());
   int64_t k = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* row = dense + r * row_stride;
+  for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c) {
-      const T a = row[c * col_stride];
+      const T a = entry(r, c);
       if (kept(a)) m.values_[k++] = a;
     }
-  }
   return m;
 }
 
 template <typename T>
-void BitmapMatrix<T>::to_dense(T* out) const {
-  std::memset(out, 0, sizeof(T) * rows_ * cols_);
+void BitmapMatrix<T>::to_dense(compute_t<T>* out) const {
+  std::memset(out, 0, sizeof(compute_t<T>) * rows_ * cols_);
   const int64_t wpr = words_per_row();
   int64_t k = 0;
   for (int64_t r = 0; r < rows_; ++r)
     for (int64_t w = 0; w < wpr; ++w)
       for (uint64_t word = bits_[r * wpr + w]; word != 0; word &= word - 1)
-        out[r * cols_ + w * kBitmapWordBits + __builtin_ctzll(word)] = values_[k++];
+        out[r * cols_ + w * kBitmapWordBits + __builtin_ctzll(word)] =
+            StoredValue<T>::widen(values_[k++]);
 }
 
 template <typename T>
@@ -144,6 +147,7 @@ BitmapMatrix<T> BitmapMatrix<T>::with_values(const T* values, int64_t values_len
       int64_t, int64_t, const int64_t*, int64_t, const index_t*, int64_t, const T*, int64_t);
 SPARSEGEMM_INSTANTIATE_BITMAP(float)
 SPARSEGEMM_INSTANTIATE_BITMAP(double)
+SPARSEGEMM_INSTANTIATE_BITMAP(bfloat16_t)
 #undef SPARSEGEMM_INSTANTIATE_BITMAP
 
 }  // namespace sparsegemm

@@ -9,6 +9,10 @@
 // beats CSR (sizeof(T) + 2 bytes per stored entry) below ~85% sparsity and
 // dense (sizeof(T)) above ~3%.
 //
+// T is float, double or bfloat16_t (core/bfloat16.h): bfloat16 values are
+// stored in 2 bytes and computed in float32, so from_dense takes and to_dense
+// gives compute_t<T> (float for bfloat16).
+//
 // BitmapMatrix owns validated arrays; BitmapView is the pointer bundle the
 // kernels take.
 #pragma once
@@ -16,6 +20,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/bfloat16.h"
 #include "core/csr_matrix.h"  // index_t, offset_t, check_dimensions
 
 namespace sparsegemm {
@@ -55,8 +60,10 @@ class BitmapMatrix {
 
   // Keeps entries with |a| > threshold (NaN is kept), as CsrMatrix::from_dense.
   // `dense` is rows x cols with element (i, j) at dense[i * row_stride + j * col_stride].
-  static BitmapMatrix from_dense(int64_t rows, int64_t cols, const T* dense, int64_t row_stride,
-                                 int64_t col_stride, double threshold);
+  // For bfloat16 each entry is rounded first (to nearest even) and the
+  // threshold applies to the rounded value, so nothing that rounds to zero is stored.
+  static BitmapMatrix from_dense(int64_t rows, int64_t cols, const compute_t<T>* dense,
+                                 int64_t row_stride, int64_t col_stride, double threshold);
 
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
@@ -76,7 +83,7 @@ class BitmapMatrix {
   }
 
   // out is rows x cols, C order, and is fully overwritten.
-  void to_dense(T* out) const;
+  void to_dense(compute_t<T>* out) const;
 
   // The same pattern with other values (values_len must equal nnz()).
   BitmapMatrix with_values(const T* values, int64_t values_len) const;

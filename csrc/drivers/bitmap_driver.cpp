@@ -29,13 +29,14 @@ bool all_finite(const T* x, int64_t vstride, int64_t nvec, int64_t cols) {
 
 // The bitmap plugged into the shared drivers (drivers/product_driver.h). Every
 // vector count runs few_vectors(), so the panel path is only a fallback.
-template <typename T>
+template <typename V>
 struct BitmapProduct {
-  const BitmapMatrix<T>& a;
-  const T* values = nullptr;
+  using T = compute_t<V>;
+  const BitmapMatrix<V>& a;
+  const V* values = nullptr;
 
-  BitmapView<T> view() const {
-    BitmapView<T> v = a.view();
+  BitmapView<V> view() const {
+    BitmapView<V> v = a.view();
     if (values != nullptr) v.values = values;
     return v;
   }
@@ -53,8 +54,8 @@ struct BitmapProduct {
   void few_vectors(const T* x, int64_t x_vstride, int64_t /*x_kstride*/, int64_t nvec,
                    const T* bias, T* y, int64_t y_vstride, int64_t y_rstride,
                    int num_threads) const {
-    const BitmapView<T> v = view();
-    const BitmapKernels<T>& kernels = bitmap_kernels<T>(active_isa());
+    const BitmapView<V> v = view();
+    const BitmapKernels<V>& kernels = bitmap_kernels<V>(active_isa());
     // Every bitmap chunk costs work whether or not its bits are set.
     const int64_t per_row = std::max<int64_t>(1, a.cols() / 4);
     const int threads = threads_for_work(num_threads, (a.nnz() + a.rows() * per_row) * nvec);
@@ -78,26 +79,27 @@ struct BitmapProduct {
 
 }  // namespace
 
-template <typename T>
-void bitmap_matmul(const BitmapMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_cstride,
-                   int64_t n, const T* bias, T* c, int64_t ldc, int num_threads, const T* values) {
-  driver::matmul(BitmapProduct<T>{a, values}, b, b_rstride, b_cstride, n, bias, c, ldc,
+template <typename V, typename T>
+void bitmap_matmul(const BitmapMatrix<V>& a, const T* b, int64_t b_rstride, int64_t b_cstride,
+                   int64_t n, const T* bias, T* c, int64_t ldc, int num_threads, const V* values) {
+  driver::matmul(BitmapProduct<V>{a, values}, b, b_rstride, b_cstride, n, bias, c, ldc,
                  num_threads);
 }
 
-template <typename T>
-void bitmap_linear(const BitmapMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias,
-                   T* y, int64_t ldy, int num_threads, const T* values) {
-  driver::linear(BitmapProduct<T>{w, values}, x, ldx, batch, bias, y, ldy, num_threads);
+template <typename V, typename T>
+void bitmap_linear(const BitmapMatrix<V>& w, const T* x, int64_t ldx, int64_t batch, const T* bias,
+                   T* y, int64_t ldy, int num_threads, const V* values) {
+  driver::linear(BitmapProduct<V>{w, values}, x, ldx, batch, bias, y, ldy, num_threads);
 }
 
-#define SPARSEGEMM_INSTANTIATE_BITMAP_OPS(T)                                                       \
-  template void bitmap_matmul<T>(const BitmapMatrix<T>&, const T*, int64_t, int64_t, int64_t,      \
-                                 const T*, T*, int64_t, int, const T*);                            \
-  template void bitmap_linear<T>(const BitmapMatrix<T>&, const T*, int64_t, int64_t, const T*, T*, \
-                                 int64_t, int, const T*);
-SPARSEGEMM_INSTANTIATE_BITMAP_OPS(float)
-SPARSEGEMM_INSTANTIATE_BITMAP_OPS(double)
+#define SPARSEGEMM_INSTANTIATE_BITMAP_OPS(V, T)                                                   \
+  template void bitmap_matmul<V, T>(const BitmapMatrix<V>&, const T*, int64_t, int64_t, int64_t,  \
+                                    const T*, T*, int64_t, int, const V*);                        \
+  template void bitmap_linear<V, T>(const BitmapMatrix<V>&, const T*, int64_t, int64_t, const T*, \
+                                    T*, int64_t, int, const V*);
+SPARSEGEMM_INSTANTIATE_BITMAP_OPS(float, float)
+SPARSEGEMM_INSTANTIATE_BITMAP_OPS(double, double)
+SPARSEGEMM_INSTANTIATE_BITMAP_OPS(bfloat16_t, float)
 #undef SPARSEGEMM_INSTANTIATE_BITMAP_OPS
 
 }  // namespace sparsegemm

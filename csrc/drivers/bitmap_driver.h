@@ -11,7 +11,8 @@
 namespace sparsegemm {
 
 // As for CSR (drivers/csr_driver.h), `values` (a.nnz() entries) replaces the stored
-// values when not null.
+// values when not null. V is the stored value type; b, bias and c (x, bias and
+// y) have its compute type compute_t<V> (float for bfloat16 values).
 //
 // Every number of dense vectors runs a few-vector kernel: one vector the
 // batch-1 kernel, several the small-batch kernel (a tile of the bitmap
@@ -23,16 +24,16 @@ namespace sparsegemm {
 // b is a.cols() x n with element (k, j) at b[k * b_rstride + j * b_cstride];
 // c is a.rows() x n, C order with row stride ldc. bias has a.rows() entries or is null.
 // num_threads <= 0 means default_num_threads().
-template <typename T>
-void bitmap_matmul(const BitmapMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_cstride,
+template <typename V, typename T = compute_t<V>>
+void bitmap_matmul(const BitmapMatrix<V>& a, const T* b, int64_t b_rstride, int64_t b_cstride,
                    int64_t n, const T* bias, T* c, int64_t ldc, int num_threads,
-                   const T* values = nullptr);
+                   const V* values = nullptr);
 
 // The nn.Linear product: y = x @ w.T (+ bias).
 // x is batch x w.cols() with row stride ldx (rows contiguous); y is batch x w.rows(),
 // row stride ldy. bias has w.rows() entries or is null.
-template <typename T>
-void bitmap_linear(const BitmapMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias,
-                   T* y, int64_t ldy, int num_threads, const T* values = nullptr);
+template <typename V, typename T = compute_t<V>>
+void bitmap_linear(const BitmapMatrix<V>& w, const T* x, int64_t ldx, int64_t batch, const T* bias,
+                   T* y, int64_t ldy, int num_threads, const V* values = nullptr);
 
 }  // namespace sparsegemm

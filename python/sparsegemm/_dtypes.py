@@ -45,3 +45,32 @@ def as_kernel_array(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if not array.flags.aligned or any(s < 0 or s % array.itemsize for s in array.strides):
         return np.array(array, order="C", copy=True)
     return array
+
+
+# bfloat16 stored values (the bitmap format only). numpy has no bfloat16 dtype,
+# so it is spelt as a string and its values travel as uint16 bit patterns: the
+# upper half of the float32 with the same value.
+BFLOAT16 = "bfloat16"
+
+
+def is_bfloat16(dtype: object) -> bool:
+    """True for ``'bfloat16'`` (or a dtype named so, such as ml_dtypes.bfloat16)."""
+    if isinstance(dtype, str):
+        return dtype == BFLOAT16
+    return getattr(dtype, "name", getattr(dtype, "__name__", None)) == BFLOAT16
+
+
+def bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    """float values rounded to bfloat16 (to nearest even, as torch rounds), as uint16 bits.
+
+    Every NaN becomes the quiet NaN 0x7FC0, as in torch's scalar conversion.
+    """
+    wide = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    rounded = ((wide + (np.uint32(0x7FFF) + ((wide >> 16) & 1))) >> 16).astype(np.uint16)
+    rounded[np.isnan(values)] = 0x7FC0
+    return rounded
+
+
+def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) as float32 values (exact)."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)

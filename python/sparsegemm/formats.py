@@ -14,13 +14,21 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _core
-from ._dtypes import as_kernel_array, kernel_dtype
+from ._dtypes import (
+    BFLOAT16,
+    as_kernel_array,
+    bfloat16_bits,
+    bfloat16_to_float32,
+    is_bfloat16,
+    kernel_dtype,
+)
 
 _CORE_CSR = {np.dtype(np.float32): _core.CsrMatrixF32, np.dtype(np.float64): _core.CsrMatrixF64}
 _CORE_BSR = {np.dtype(np.float32): _core.BsrMatrixF32, np.dtype(np.float64): _core.BsrMatrixF64}
-_CORE_BITMAP = {
+_CORE_BITMAP: dict[Any, Any] = {
     np.dtype(np.float32): _core.BitmapMatrixF32,
     np.dtype(np.float64): _core.BitmapMatrixF64,
+    BFLOAT16: _core.BitmapMatrixBF16,
 }
 
 
@@ -161,12 +169,17 @@ class SparseFormat:
 
     def astype(self, dtype: Any) -> Any:
         """This matrix in float32 or float64 (cached; self if already that dtype)."""
-        target = kernel_dtype(dtype)
+        target = self._value_dtype_key(dtype)
         if target == self._dtype:
             return self
         if target not in self._converted:
             self._converted[target] = self._with_values(target)
         return self._converted[target]
+
+    @staticmethod
+    def _value_dtype_key(dtype: Any) -> Any:
+        """The key of ``_CORE`` that stores values of ``dtype``."""
+        return kernel_dtype(dtype)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -641,6 +654,17 @@ class BitmapMatrix(SparseFormat):
     ``BitmapMatrix((data, bits), shape=(M, K))``. As with CSR, entries that are
     not stored never multiply the dense operand (no ``0 * inf`` from them), and
     explicitly stored zeros (from scipy) are kept.
+
+    ``dtype="bfloat16"`` stores the values as bfloat16 (2 bytes each, 1.125
+    bytes per weight at 50% sparsity), rounded to nearest even from float32
+    exactly as torch rounds (float64 input is rounded to float32 first; every
+    NaN becomes bfloat16's quiet NaN). numpy has no bfloat16, so such a matrix
+    gives :attr:`data` as uint16 bit patterns (the upper half of the float32 of
+    the same value) and takes them in ``(data, bits)`` with ``dtype="bfloat16"``
+    (float data is rounded). Its :attr:`dtype` is float32, the dtype its
+    products compute in and return (float32 operands are used as they are; a
+    float64 operand converts the matrix to float64, as numpy promotes), and
+    :meth:`to_dense` gives float32. :attr:`value_dtype` says 'bfloat16'.
     """
 
     __slots__ = ()
@@ -668,10 +692,17 @@ class BitmapMatrix(SparseFormat):
         """Store the entries of a 2-d array with ``|a| > threshold`` (NaN is kept).
 
         Any memory order is accepted without a copy for float32/float64 input.
+        With ``dtype="bfloat16"`` each entry is rounded to bfloat16 first and the
+        threshold applies to the rounded value (what rounds to zero is not stored).
         """
-        array, target = _dense_operand(dense, dtype)
+        if is_bfloat16(dtype):
+            array, _ = _dense_operand(dense, np.float32)
+            core: Any = _core.BitmapMatrixBF16
+        else:
+            array, target = _dense_operand(dense, dtype)
+            core = _CORE_BITMAP[target]
         threshold = _check_threshold(threshold)
-        return cls._from_handle(_CORE_BITMAP[target].from_dense(array, threshold))
+        return cls._from_handle(core.from_dense(array, threshold))
 
     @classmethod
     def from_scipy(cls, matrix: Any, *, dtype: Any = None) -> BitmapMatrix:
@@ -687,10 +718,10 @@ class BitmapMatrix(SparseFormat):
             csr.sum_duplicates()
         rows, cols = _check_shape(csr.shape)
         values = np.asarray(csr.data)
-        target = kernel_dtype(values.dtype if dtype is None else dtype)
+        target = _bitmap_value_dtype(values.dtype if dtype is None else dtype)
         indices, indptr = _checked_index_arrays(csr.indices, csr.indptr, cols)
         return cls._from_handle(_CORE_BITMAP[target].from_csr_arrays(
-            rows, cols, indptr, indices, np.require(values, target, ["C", "A"])))
+            rows, cols, indptr, indices, _bitmap_values(values, target)))
 
     def to_scipy(self) -> sp.csr_array:
         """A scipy ``csr_array`` with the same stored entries (copies)."""
@@ -698,7 +729,8 @@ class BitmapMatrix(SparseFormat):
         offsets = self.offsets
         index_dtype = np.int32 if offsets[-1] < 2**31 else np.int64
         return sp.csr_array(
-            (self.data.copy(), indices.astype(index_dtype), offsets.astype(index_dtype)),
+            (self._float_values().copy(), indices.astype(index_dtype),
+             offsets.astype(index_dtype)),
             shape=self.shape,
         )
 
@@ -711,20 +743,44 @@ class BitmapMatrix(SparseFormat):
         return np.nonzero(mask)[1].astype(np.int64)
 
     def with_data(self, data: Any) -> BitmapMatrix:
-        """A matrix with this bitmap and new values (one per stored entry)."""
-        values = np.require(data, self._dtype, ["C", "A"])
+        """A matrix with this bitmap and new values (one per stored entry; for
+        bfloat16, uint16 bit patterns or floats to round)."""
+        values = _bitmap_values(np.asarray(data), self._dtype)
         if values.shape != (self.nnz,):
             raise ValueError(f"data must have shape ({self.nnz},), got {values.shape}")
         return BitmapMatrix._from_handle(self._handle.with_values(values))
 
-    def _with_values(self, dtype: np.dtype) -> BitmapMatrix:
+    def astype(self, dtype: Any) -> BitmapMatrix:
+        """This matrix with float32, float64 or ``'bfloat16'`` values (cached; self if
+        already so)."""
+        return super().astype(dtype)
+
+    @staticmethod
+    def _value_dtype_key(dtype: Any) -> Any:
+        return _bitmap_value_dtype(dtype)
+
+    def _with_values(self, dtype: Any) -> BitmapMatrix:
         rows, cols = self.shape
         return BitmapMatrix._from_handle(
             _CORE_BITMAP[dtype].from_arrays(rows, cols, self._handle.bits,
-                                            self.data.astype(dtype)))
+                                            _bitmap_values(self._float_values(), dtype)))
+
+    def _float_values(self) -> np.ndarray:
+        """The stored values as floats (bfloat16 widened to float32, exactly)."""
+        return bfloat16_to_float32(self.data) if self._dtype == BFLOAT16 else self.data
 
     def _stored_values(self) -> np.ndarray:
-        return self.data
+        return self._float_values()
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype products compute in and return: float32 for bfloat16 values."""
+        return np.dtype(np.float32) if self._dtype == BFLOAT16 else self._dtype
+
+    @property
+    def value_dtype(self) -> Any:
+        """The stored values' dtype: float32, float64 or the string ``'bfloat16'``."""
+        return self._dtype
 
     def _storage_nbytes(self) -> int:
         return int(self._handle.storage_bytes)
@@ -756,18 +812,21 @@ class BitmapMatrix(SparseFormat):
 
     @property
     def data(self) -> np.ndarray:
-        """Stored values, row-major, read-only."""
+        """Stored values, row-major, read-only (bfloat16: uint16 bit patterns)."""
         return self._handle.data
 
     def _reduce(self) -> tuple[Any, tuple[Any, ...]]:
+        if self._dtype == BFLOAT16:
+            return (_bfloat16_bitmap, (self.data, self.bits, self.shape))
         return (BitmapMatrix, ((self.data, self.bits), self.shape))
 
     def transpose_with_permutation(self) -> tuple[BitmapMatrix, np.ndarray]:
         """The (K x M) transpose and the int64 permutation ``p`` with ``T.data == self.data[p]``."""
-        as_csr = CSRMatrix((self.data, self.column_indices().astype(np.int32), self.offsets),
-                           shape=self.shape)
+        as_csr = CSRMatrix((self._float_values(), self.column_indices().astype(np.int32),
+                            self.offsets), shape=self.shape)
         transposed, permutation = as_csr.transpose_with_permutation()
-        return BitmapMatrix.from_scipy(transposed.to_scipy()), permutation
+        # Widened bfloat16 values round back to themselves.
+        return BitmapMatrix.from_scipy(transposed.to_scipy(), dtype=self._dtype), permutation
 
     def __repr__(self) -> str:
         rows, cols = self.shape
@@ -775,12 +834,35 @@ class BitmapMatrix(SparseFormat):
                 f"dtype={self._dtype}>")
 
 
+def _bfloat16_bitmap(data: np.ndarray, bits: np.ndarray, shape: tuple[int, int]) -> BitmapMatrix:
+    """A bfloat16 BitmapMatrix from its bit patterns (what pickling rebuilds from)."""
+    return BitmapMatrix((data, bits), shape, dtype=BFLOAT16)
+
+
+def _bitmap_value_dtype(dtype: Any) -> Any:
+    """The key of :data:`_CORE_BITMAP` for a requested value dtype."""
+    return BFLOAT16 if is_bfloat16(dtype) else kernel_dtype(dtype)
+
+
+def _bitmap_values(values: np.ndarray, target: Any) -> np.ndarray:
+    """``values`` as the contiguous array the core takes for ``target`` values: for
+    bfloat16, uint16 data are bit patterns and anything else is rounded."""
+    if target != BFLOAT16:
+        return np.require(values, target, ["C", "A"])
+    if values.dtype == np.uint16:
+        return np.require(values, requirements=["C", "A"])
+    if values.dtype.kind not in "biuf":
+        raise TypeError(f"bfloat16 data must be uint16 bit patterns or real numbers, "
+                        f"got {values.dtype}")
+    return bfloat16_bits(values)
+
+
 def _build_bitmap_handle(data: Any, bits: Any, shape: Any, dtype: Any) -> Any:
     rows, cols = _check_shape(shape)
     values = np.asarray(data)
     if values.ndim != 1:
         raise ValueError(f"data must be 1-dimensional, got shape {values.shape}")
-    target = kernel_dtype(values.dtype if dtype is None else dtype)
+    target = _bitmap_value_dtype(values.dtype if dtype is None else dtype)
     words = np.asarray(bits)
     if words.dtype.kind not in "iu" and words.size:
         raise TypeError(f"bits must have an integer dtype (uint64 words), got {words.dtype}")
@@ -793,5 +875,4 @@ def _build_bitmap_handle(data: Any, bits: Any, shape: Any, dtype: Any) -> Any:
             raise ValueError("bits must be non-negative words")
         words = words.astype(np.uint64)
     words = np.require(words.reshape(-1).view(np.uint64), requirements=["C", "A"])
-    return _CORE_BITMAP[target].from_arrays(rows, cols, words,
-                                            np.require(values, target, ["C", "A"]))
+    return _CORE_BITMAP[target].from_arrays(rows, cols, words, _bitmap_values(values, target))

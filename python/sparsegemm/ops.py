@@ -76,7 +76,8 @@ def as_sparse_operand(matrix: SparseOperand, dtype: Any = None) -> SparseFormat:
 def _as_format(matrix: SparseOperand, dtype: Any) -> SparseFormat:
     """:func:`as_sparse_operand` for a caller that has already checked ``matrix``."""
     if isinstance(matrix, SparseFormat):
-        return matrix if dtype is None else matrix.astype(dtype)
+        # A bfloat16 bitmap computes in float32: its dtype, so it is used as it is.
+        return matrix if dtype is None or matrix.dtype == dtype else matrix.astype(dtype)
     return CSRMatrix.from_scipy(matrix, dtype=dtype)
 
 

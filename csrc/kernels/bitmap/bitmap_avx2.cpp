@@ -1,6 +1,7 @@
 // Bitmap kernels compiled for the avx2 level (flags set per file in CMakeLists.txt).
 #include <immintrin.h>
 #include <cstdint>
+#include <cstring>
 
 #include "kernels/bitmap/bitmap_kernels.h"
 
@@ -10,6 +11,9 @@ namespace avx2 {
 #include "kernels/simd/simd_avx2.h"
 #include "kernels/bitmap/bitmap_expand_avx2.h"
 #include "kernels/bitmap/bitmap_kernels.inl"
+
+// bfloat16 values, float compute (the AVX-512 level reuses the AVX2 table).
+template const BitmapKernels<bfloat16_t>& bitmap_kernel_table<bfloat16_t>();
 
 }  // namespace avx2
 }  // namespace sparsegemm

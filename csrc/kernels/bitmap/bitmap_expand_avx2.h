@@ -1,5 +1,5 @@
-// BitExpand<T> for AVX2: L bits of the bitmap (L = 8 floats or 4 doubles)
-// and the packed values behind them become one vector. AVX2 has no expand
+// BitExpand<V> for AVX2: L bits of the bitmap (L = 8 floats or bfloat16s, 4
+// doubles) and the packed values behind them become one vector. AVX2 has no expand
 // instruction, so a table indexed by the bits gives, for each lane, the
 // position of its value among the packed ones (vpermps/vpermd indices); the
 // table entry's sign bit marks the lanes whose bit is set, which blendv reads.
@@ -7,9 +7,9 @@
 // With Safe = false the next L packed values are read with a plain unaligned
 // load, which may read up to L - 1 values past the last one this call uses:
 // the caller guarantees they lie inside the values array. With Safe = true
-// only popcount(bits) values are read (a masked load).
+// only popcount(bits) values are read (a masked load; a copy for bfloat16).
 // Included inside an ISA namespace after simd_avx2.h; the including file
-// provides <immintrin.h>.
+// provides <immintrin.h> and <cstring>.
 
 namespace bitmap_detail {
 
@@ -51,7 +51,29 @@ constexpr ExpandTableF64 make_expand_table_f64() {
   return t;
 }
 
+// Byte shuffles for bfloat16 values (see BitExpand<bfloat16_t>).
+struct ExpandTableBF16 {
+  alignas(32) uint8_t bytes[256][32];
+};
+
+constexpr ExpandTableBF16 make_expand_table_bf16() {
+  constexpr uint8_t kZero = 0x80;  // pshufb writes zero for an index with bit 7 set
+  ExpandTableBF16 t{};
+  for (int m = 0; m < 256; ++m) {
+    int k = 0;
+    for (int i = 0; i < 8; ++i) {
+      const bool set = (m >> i) & 1;
+      t.bytes[m][4 * i] = t.bytes[m][4 * i + 1] = kZero;  // the float's low mantissa bits
+      t.bytes[m][4 * i + 2] = set ? static_cast<uint8_t>(2 * k) : kZero;
+      t.bytes[m][4 * i + 3] = set ? static_cast<uint8_t>(2 * k + 1) : kZero;
+      k += set;
+    }
+  }
+  return t;
+}
+
 inline constexpr ExpandTableF32 kExpandF32 = make_expand_table_f32();
+inline constexpr ExpandTableBF16 kExpandBF16 = make_expand_table_bf16();
 inline constexpr ExpandTableF64 kExpandF64 = make_expand_table_f64();
 
 }  // namespace bitmap_detail
@@ -86,6 +108,44 @@ struct BitExpand<float> {
     const __m256i idx = index(bits);
     const __m256 v = _mm256_permutevar8x32_ps(packed<Safe>(bits, p), idx);
     return _mm256_blendv_ps(acc, _mm256_fmadd_ps(v, x, acc), _mm256_castsi256_ps(idx));
+  }
+};
+
+// bfloat16 values: one byte shuffle both expands and widens them. The 8
+// packed values (16 bytes) are broadcast to both 128-bit halves, and a
+// table entry per bitmap byte moves value k's two bytes into the upper half
+// of lane i's float (k = set bits below bit i), zeroing every other byte, so
+// a lane whose bit is clear is exactly +0.0. The entry read as 8 int32 has
+// its sign bit set in exactly the clear lanes (0x80808080), which blendv reads.
+// One shuffle per 8 values, where widening first (vpmovzxwd, a shift, then
+// the float table's vpermps and blend) takes two shuffles and a shift.
+template <>
+struct BitExpand<bfloat16_t> {
+  static __m256i shuffle(unsigned bits) {
+    return _mm256_load_si256(
+        reinterpret_cast<const __m256i*>(bitmap_detail::kExpandBF16.bytes[bits]));
+  }
+  template <bool Safe>
+  static __m256i packed(unsigned bits, const bfloat16_t* p) {
+    if constexpr (Safe) {
+      // AVX2 has no 16-bit masked load: copy only the values this chunk uses.
+      alignas(16) uint16_t used[8] = {};
+      std::memcpy(used, p, __builtin_popcount(bits) * sizeof(bfloat16_t));
+      return _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(used)));
+    } else {
+      return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    }
+  }
+  template <bool Safe>
+  static __m256 load(unsigned bits, const bfloat16_t* p) {
+    return _mm256_castsi256_ps(_mm256_shuffle_epi8(packed<Safe>(bits, p), shuffle(bits)));
+  }
+  // acc + expanded * x in lanes whose bit is set; other lanes keep acc.
+  template <bool Safe>
+  static __m256 fmadd(unsigned bits, const bfloat16_t* p, __m256 x, __m256 acc) {
+    const __m256i table = shuffle(bits);
+    const __m256 v = _mm256_castsi256_ps(_mm256_shuffle_epi8(packed<Safe>(bits, p), table));
+    return _mm256_blendv_ps(_mm256_fmadd_ps(v, x, acc), acc, _mm256_castsi256_ps(table));
   }
 };
 

@@ -1,21 +1,29 @@
 #include "kernels/bitmap/bitmap_kernels.h"
 
+#include <type_traits>
+
 namespace sparsegemm {
 
-template <typename T>
-const BitmapKernels<T>& bitmap_kernels(Isa isa) {
+template <typename V>
+const BitmapKernels<V>& bitmap_kernels(Isa isa) {
   switch (isa) {
     case Isa::Avx512:
-      return avx512::bitmap_kernel_table<T>();
+      // No AVX-512 bfloat16 kernels yet (none could be run where they were
+      // written): the AVX2 ones, which every AVX-512 CPU runs, serve that level.
+      if constexpr (std::is_same_v<V, bfloat16_t>)
+        return avx2::bitmap_kernel_table<V>();
+      else
+        return avx512::bitmap_kernel_table<V>();
     case Isa::Avx2:
-      return avx2::bitmap_kernel_table<T>();
+      return avx2::bitmap_kernel_table<V>();
     case Isa::Scalar:
       break;
   }
-  return scalar::bitmap_kernel_table<T>();
+  return scalar::bitmap_kernel_table<V>();
 }
 
 template const BitmapKernels<float>& bitmap_kernels<float>(Isa);
 template const BitmapKernels<double>& bitmap_kernels<double>(Isa);
+template const BitmapKernels<bfloat16_t>& bitmap_kernels<bfloat16_t>(Isa);
 
 }  // namespace sparsegemm

@@ -7,6 +7,11 @@
 // bits of the bitmap and the packed values behind them into one vector. The
 // functions are single-threaded and never allocate: the drivers in drivers/ split
 // rows across threads.
+//
+// V is the stored value type and T = compute_t<V> the type of x, bias, y and
+// every sum: float/float, double/double, or bfloat16_t values computed in
+// float (BitExpand<bfloat16_t> widens them as it expands). The AVX-512 level
+// has no bfloat16 kernels of its own: bitmap_kernels() hands out AVX2's there.
 #pragma once
 
 #include <cstdint>
@@ -16,8 +21,9 @@
 
 namespace sparsegemm {
 
-template <typename T>
+template <typename V>
 struct BitmapKernels {
+  using T = compute_t<V>;
   // y(v, r) = bias[r] + sum_k a[r, k] * x(v, k)   for v < nvec, r in [row_begin, row_end)
   // with x(v, k) = x[v * x_vstride + k] (k contiguous, a.cols entries per vector)
   // and y(v, r) = y[v * y_vstride + r * y_rstride]. bias may be null.
@@ -25,7 +31,7 @@ struct BitmapKernels {
   // gemv_rows streams the bitmap once per vector and multiplies stored
   // entries only (as CSR does: x's Inf/NaN at an unstored column never reach y).
   // Several rows are walked together so their value loads overlap.
-  void (*gemv_rows)(const BitmapView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
+  void (*gemv_rows)(const BitmapView<V>& a, int64_t row_begin, int64_t row_end, const T* x,
                     int64_t x_vstride, int64_t nvec, const T* bias, T* y, int64_t y_vstride,
                     int64_t y_rstride);
   // The same product for several vectors: a tile of rows x 256 columns is
@@ -33,26 +39,26 @@ struct BitmapKernels {
   // vectors from registers. Requires every x(v, k) to be finite, since the
   // expanded zeros are multiplied (0 * Inf would give NaN where gemv_rows
   // gives a number); the drivers check.
-  void (*small_batch_rows)(const BitmapView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
+  void (*small_batch_rows)(const BitmapView<V>& a, int64_t row_begin, int64_t row_end, const T* x,
                            int64_t x_vstride, int64_t nvec, const T* bias, T* y, int64_t y_vstride,
                            int64_t y_rstride);
 };
 
 // The kernels for one ISA. The caller must check isa_supported(isa).
-template <typename T>
-const BitmapKernels<T>& bitmap_kernels(Isa isa);
+template <typename V>
+const BitmapKernels<V>& bitmap_kernels(Isa isa);
 
 namespace scalar {
-template <typename T>
-const BitmapKernels<T>& bitmap_kernel_table();
+template <typename V>
+const BitmapKernels<V>& bitmap_kernel_table();
 }
 namespace avx2 {
-template <typename T>
-const BitmapKernels<T>& bitmap_kernel_table();
+template <typename V>
+const BitmapKernels<V>& bitmap_kernel_table();
 }
 namespace avx512 {
-template <typename T>
-const BitmapKernels<T>& bitmap_kernel_table();
+template <typename V>
+const BitmapKernels<V>& bitmap_kernel_table();
 }
 
 }  // namespace sparsegemm

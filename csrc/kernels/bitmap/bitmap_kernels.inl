@@ -1,4 +1,4 @@
-// Bitmap kernels written once against Vec<T> (kernels/simd/) and BitExpand<T>
+// Bitmap kernels written once against Vec<T> (kernels/simd/) and BitExpand<V>
 // (bitmap_expand_<isa>.h). This file is included inside an ISA namespace by
 // bitmap_<isa>.cpp after those headers; it must not include headers itself.
 //
@@ -15,6 +15,9 @@
 // once per tile while the FMAs run at dense speed.
 //
 // The scalar level (kLanes == 1) walks the set bits instead.
+//
+// V is the stored value type, T = compute_t<V> the compute type (see
+// bitmap_kernels.h): Vec<T> does the arithmetic, BitExpand<V> reads values.
 
 constexpr int64_t kWordBits = 64;
 // Rows the batch-1 kernel walks together.
@@ -35,14 +38,14 @@ inline unsigned chunk_bits(uint64_t word, int s) {
 }
 
 // Scalar level: row . x by walking set bits (x is read at stored columns only).
-template <typename T>
-inline T row_dot_by_bits(const uint64_t* words, int64_t nwords, const T* vals, const T* x) {
+template <typename V, typename T = compute_t<V>>
+inline T row_dot_by_bits(const uint64_t* words, int64_t nwords, const V* vals, const T* x) {
   T sums[4] = {};
   int u = 0;
   for (int64_t w = 0; w < nwords; ++w) {
     const T* xw = x + w * kWordBits;
     for (uint64_t word = words[w]; word != 0; word &= word - 1) {
-      sums[u & 3] += *vals++ * xw[__builtin_ctzll(word)];
+      sums[u & 3] += StoredValue<V>::widen(*vals++) * xw[__builtin_ctzll(word)];
       ++u;
     }
   }
@@ -51,34 +54,34 @@ inline T row_dot_by_bits(const uint64_t* words, int64_t nwords, const T* vals, c
 
 // Vector levels: sums[i] = row (r + i) . x for i < R. With Safe, values are
 // read by masked loads only (for rows near the end of the values array).
-template <typename T, int R, bool Safe>
-inline void gemv_group(const BitmapView<T>& a, const T* values, int64_t r, const T* x, T* sums) {
-  using V = Vec<T>;
-  using E = BitExpand<T>;
-  constexpr int L = V::kLanes;
+template <typename V, int R, bool Safe, typename T = compute_t<V>>
+inline void gemv_group(const BitmapView<V>& a, int64_t r, const T* x, T* sums) {
+  using Vt = Vec<T>;
+  using E = BitExpand<V>;
+  constexpr int L = Vt::kLanes;
   constexpr int S = kWordBits / L;
   const int64_t wpr = a.words_per_row;
   const int64_t full = a.cols / kWordBits;
   const int rem = static_cast<int>(a.cols % kWordBits);
-  typename V::reg acc[R][2];
+  typename Vt::reg acc[R][2];
   const uint64_t* words[R];
-  const T* vp[R];
+  const V* vp[R];
   for (int i = 0; i < R; ++i) {
-    acc[i][0] = acc[i][1] = V::zero();
+    acc[i][0] = acc[i][1] = Vt::zero();
     words[i] = a.bits + (r + i) * wpr;
-    vp[i] = values + a.offsets[r + i];
+    vp[i] = a.values + a.offsets[r + i];
   }
   for (int64_t w = 0; w < full; ++w) {
     uint64_t word[R];
     for (int i = 0; i < R; ++i) {
       word[i] = words[i][w];
-      V::prefetch(vp[i] + kPrefetchAhead);
+      Vt::prefetch(vp[i] + kPrefetchAhead);
     }
     const T* xw = x + w * kWordBits;
     // Fully unrolled, so the accumulators and shifts are static and stay in registers.
 #pragma GCC unroll 16
     for (int s = 0; s < S; ++s) {
-      const typename V::reg xs = V::load(xw + s * L);
+      const typename Vt::reg xs = Vt::load(xw + s * L);
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         const unsigned b = chunk_bits<T>(word[i], s);
@@ -93,9 +96,9 @@ inline void gemv_group(const BitmapView<T>& a, const T* values, int64_t r, const
     for (int i = 0; i < R; ++i) word[i] = words[i][full];
     const T* xw = x + full * kWordBits;
     for (int s = 0; s * L < rem; ++s) {
-      const typename V::reg xs = (s + 1) * L <= rem
-                                     ? V::load(xw + s * L)
-                                     : V::maskz_load(V::tail_mask(rem - s * L), xw + s * L);
+      const typename Vt::reg xs = (s + 1) * L <= rem
+                                      ? Vt::load(xw + s * L)
+                                      : Vt::maskz_load(Vt::tail_mask(rem - s * L), xw + s * L);
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         const unsigned b = chunk_bits<T>(word[i], s);
@@ -104,11 +107,11 @@ inline void gemv_group(const BitmapView<T>& a, const T* values, int64_t r, const
       }
     }
   }
-  for (int i = 0; i < R; ++i) sums[i] = V::reduce_add(V::add(acc[i][0], acc[i][1]));
+  for (int i = 0; i < R; ++i) sums[i] = Vt::reduce_add(Vt::add(acc[i][0], acc[i][1]));
 }
 
-template <typename T>
-void gemv_rows(const BitmapView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
+template <typename V, typename T = compute_t<V>>
+void gemv_rows(const BitmapView<V>& a, int64_t row_begin, int64_t row_end, const T* x,
                int64_t x_vstride, int64_t nvec, const T* bias, T* y, int64_t y_vstride,
                int64_t y_rstride) {
   constexpr int L = Vec<T>::kLanes;
@@ -130,16 +133,16 @@ void gemv_rows(const BitmapView<T>& a, int64_t row_begin, int64_t row_end, const
       int64_t r = row_begin;
       for (; r + kGemvRows <= row_end; r += kGemvRows) {
         if (a.offsets[r + kGemvRows] + L <= total)
-          gemv_group<T, kGemvRows, false>(a, a.values, r, xv, sums);
+          gemv_group<V, kGemvRows, false>(a, r, xv, sums);
         else
-          gemv_group<T, kGemvRows, true>(a, a.values, r, xv, sums);
+          gemv_group<V, kGemvRows, true>(a, r, xv, sums);
         for (int i = 0; i < kGemvRows; ++i) put(v, r + i, sums[i]);
       }
       for (; r < row_end; ++r) {
         if (a.offsets[r + 1] + L <= total)
-          gemv_group<T, 1, false>(a, a.values, r, xv, sums);
+          gemv_group<V, 1, false>(a, r, xv, sums);
         else
-          gemv_group<T, 1, true>(a, a.values, r, xv, sums);
+          gemv_group<V, 1, true>(a, r, xv, sums);
         put(v, r, sums[0]);
       }
     }
@@ -148,15 +151,16 @@ void gemv_rows(const BitmapView<T>& a, int64_t row_begin, int64_t row_end, const
 
 // Expands nwords words of one row into dst (nwords * 64 entries, zeros where
 // bits are clear), reading packed values from vp onwards and advancing it.
-template <typename T, bool Safe>
-inline void expand_words(const uint64_t* words, int64_t nwords, const T*& vp, T* dst) {
-  using V = Vec<T>;
-  constexpr int L = V::kLanes;
+template <typename V, bool Safe, typename T = compute_t<V>>
+inline void expand_words(const uint64_t* words, int64_t nwords, const V*& vp, T* dst) {
+  using Vt = Vec<T>;
+  constexpr int L = Vt::kLanes;
   if constexpr (L == 1) {
     for (int64_t w = 0; w < nwords; ++w) {
       T* d = dst + w * kWordBits;
       for (int64_t c = 0; c < kWordBits; ++c) d[c] = T(0);
-      for (uint64_t word = words[w]; word != 0; word &= word - 1) d[__builtin_ctzll(word)] = *vp++;
+      for (uint64_t word = words[w]; word != 0; word &= word - 1)
+        d[__builtin_ctzll(word)] = StoredValue<V>::widen(*vp++);
     }
   } else {
     constexpr int S = kWordBits / L;
@@ -165,7 +169,7 @@ inline void expand_words(const uint64_t* words, int64_t nwords, const T*& vp, T*
 #pragma GCC unroll 16
       for (int s = 0; s < S; ++s) {
         const unsigned b = chunk_bits<T>(word, s);
-        V::store(dst + w * kWordBits + s * L, BitExpand<T>::template load<Safe>(b, vp));
+        Vt::store(dst + w * kWordBits + s * L, BitExpand<V>::template load<Safe>(b, vp));
         vp += __builtin_popcount(b);
       }
     }
@@ -178,30 +182,30 @@ inline void expand_words(const uint64_t* words, int64_t nwords, const T*& vp, T*
 template <typename T, int R, int VB>
 inline void tile_dot(const T (*tile)[kTileCols], int64_t width, const T* x, int64_t x_vstride,
                      typename Vec<T>::reg (*acc)[kVectorChunk], int v0) {
-  using V = Vec<T>;
-  constexpr int L = V::kLanes;
-  typename V::reg sum[R][VB];
+  using Vt = Vec<T>;
+  constexpr int L = Vt::kLanes;
+  typename Vt::reg sum[R][VB];
   for (int i = 0; i < R; ++i)
     for (int v = 0; v < VB; ++v) sum[i][v] = acc[i][v0 + v];
   int64_t c = 0;
   for (; c + L <= width; c += L) {
-    typename V::reg w[R];
+    typename Vt::reg w[R];
 #pragma GCC unroll 4
-    for (int i = 0; i < R; ++i) w[i] = V::load(tile[i] + c);
+    for (int i = 0; i < R; ++i) w[i] = Vt::load(tile[i] + c);
 #pragma GCC unroll 4
     for (int v = 0; v < VB; ++v) {
-      const typename V::reg xv = V::load(x + v * x_vstride + c);
+      const typename Vt::reg xv = Vt::load(x + v * x_vstride + c);
 #pragma GCC unroll 4
-      for (int i = 0; i < R; ++i) sum[i][v] = V::fmadd(w[i], xv, sum[i][v]);
+      for (int i = 0; i < R; ++i) sum[i][v] = Vt::fmadd(w[i], xv, sum[i][v]);
     }
   }
   if (c < width) {
-    const typename V::mask m = V::tail_mask(width - c);
-    typename V::reg w[R];
-    for (int i = 0; i < R; ++i) w[i] = V::load(tile[i] + c);
+    const typename Vt::mask m = Vt::tail_mask(width - c);
+    typename Vt::reg w[R];
+    for (int i = 0; i < R; ++i) w[i] = Vt::load(tile[i] + c);
     for (int v = 0; v < VB; ++v) {
-      const typename V::reg xv = V::maskz_load(m, x + v * x_vstride + c);
-      for (int i = 0; i < R; ++i) sum[i][v] = V::fmadd(w[i], xv, sum[i][v]);
+      const typename Vt::reg xv = Vt::maskz_load(m, x + v * x_vstride + c);
+      for (int i = 0; i < R; ++i) sum[i][v] = Vt::fmadd(w[i], xv, sum[i][v]);
     }
   }
   for (int i = 0; i < R; ++i)
@@ -209,21 +213,21 @@ inline void tile_dot(const T (*tile)[kTileCols], int64_t width, const T* x, int6
 }
 
 // Rows [r, r + R) times every vector, kVectorChunk vectors per pass.
-template <typename T, int R>
-void small_batch_group(const BitmapView<T>& a, int64_t r, const T* x, int64_t x_vstride,
+template <typename V, int R, typename T = compute_t<V>>
+void small_batch_group(const BitmapView<V>& a, int64_t r, const T* x, int64_t x_vstride,
                        int64_t nvec, const T* bias, T* y, int64_t y_vstride, int64_t y_rstride) {
-  using V = Vec<T>;
-  constexpr int L = V::kLanes;
+  using Vt = Vec<T>;
+  constexpr int L = Vt::kLanes;
   alignas(64) T tile[R][kTileCols];
-  typename V::reg acc[R][kVectorChunk];
+  typename Vt::reg acc[R][kVectorChunk];
   const int64_t total = a.nnz();
   for (int64_t v0 = 0; v0 < nvec; v0 += kVectorChunk) {
     const int nv = static_cast<int>(nvec - v0 < kVectorChunk ? nvec - v0 : kVectorChunk);
     const T* xc = x + v0 * x_vstride;
-    const T* vp[R];
+    const V* vp[R];
     bool safe[R];
     for (int i = 0; i < R; ++i) {
-      for (int v = 0; v < nv; ++v) acc[i][v] = V::zero();
+      for (int v = 0; v < nv; ++v) acc[i][v] = Vt::zero();
       vp[i] = a.values + a.offsets[r + i];
       safe[i] = a.offsets[r + i + 1] + L > total;
     }
@@ -233,9 +237,9 @@ void small_batch_group(const BitmapView<T>& a, int64_t r, const T* x, int64_t x_
       for (int i = 0; i < R; ++i) {
         const uint64_t* words = a.bits + (r + i) * a.words_per_row + kb / kWordBits;
         if (safe[i])
-          expand_words<T, true>(words, nwords, vp[i], tile[i]);
+          expand_words<V, true>(words, nwords, vp[i], tile[i]);
         else
-          expand_words<T, false>(words, nwords, vp[i], tile[i]);
+          expand_words<V, false>(words, nwords, vp[i], tile[i]);
       }
       const T* xb = xc + kb;
       int v = 0;
@@ -258,26 +262,28 @@ void small_batch_group(const BitmapView<T>& a, int64_t r, const T* x, int64_t x_
     for (int i = 0; i < R; ++i)
       for (int v = 0; v < nv; ++v)
         y[(v0 + v) * y_vstride + (r + i) * y_rstride] =
-            V::reduce_add(acc[i][v]) + (bias ? bias[r + i] : T(0));
+            Vt::reduce_add(acc[i][v]) + (bias ? bias[r + i] : T(0));
   }
 }
 
-template <typename T>
-void small_batch_rows(const BitmapView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
+template <typename V, typename T = compute_t<V>>
+void small_batch_rows(const BitmapView<V>& a, int64_t row_begin, int64_t row_end, const T* x,
                       int64_t x_vstride, int64_t nvec, const T* bias, T* y, int64_t y_vstride,
                       int64_t y_rstride) {
   // Rows per tile: R x 4 accumulators plus R weight vectors must fit the registers.
   constexpr int R = Vec<T>::kRegisters >= 32 ? 4 : 2;
   int64_t r = row_begin;
   for (; r + R <= row_end; r += R)
-    small_batch_group<T, R>(a, r, x, x_vstride, nvec, bias, y, y_vstride, y_rstride);
+    small_batch_group<V, R>(a, r, x, x_vstride, nvec, bias, y, y_vstride, y_rstride);
   for (; r < row_end; ++r)
-    small_batch_group<T, 1>(a, r, x, x_vstride, nvec, bias, y, y_vstride, y_rstride);
+    small_batch_group<V, 1>(a, r, x, x_vstride, nvec, bias, y, y_vstride, y_rstride);
 }
 
-template <typename T>
-const BitmapKernels<T>& bitmap_kernel_table() {
-  static const BitmapKernels<T> table{&gemv_rows<T>, &small_batch_rows<T>};
+// The bfloat16 tables are instantiated by the scalar and AVX2 files only (see
+// bitmap_kernels.h).
+template <typename V>
+const BitmapKernels<V>& bitmap_kernel_table() {
+  static const BitmapKernels<V> table{&gemv_rows<V>, &small_batch_rows<V>};
   return table;
 }
 

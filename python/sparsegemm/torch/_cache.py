@@ -27,6 +27,7 @@ import numpy as np
 
 import torch
 
+from .._dtypes import BFLOAT16
 from ..formats import BitmapMatrix, BSRMatrix, CSRMatrix
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
@@ -46,8 +47,12 @@ def as_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def values_array(values: torch.Tensor) -> np.ndarray:
-    """The stored values as the flat contiguous array the kernels take (a view when possible)."""
-    return as_numpy(values.contiguous()).reshape(-1)
+    """The stored values as the flat contiguous array the kernels take (a view when
+    possible; bfloat16 values as their uint16 bit patterns, which numpy can hold)."""
+    values = values.contiguous()
+    if values.dtype == torch.bfloat16:
+        return as_numpy(values.view(torch.int16)).view(np.uint16).reshape(-1)
+    return as_numpy(values).reshape(-1)
 
 
 class _PatternEntry:
@@ -149,8 +154,11 @@ class PatternCache:
                 nnz = int(np.bitwise_count(words).sum())
             else:
                 nnz = int(np.unpackbits(words.view(np.uint8)).sum(dtype=np.int64))
-            zeros = np.zeros(nnz, dtype=_NUMPY_DTYPES[dtype])
-            matrix = BitmapMatrix((zeros, words), shape=shape)
+            if dtype == torch.bfloat16:  # the bfloat16-valued kernels
+                matrix = BitmapMatrix((np.zeros(nnz, np.uint16), words), shape=shape,
+                                      dtype=BFLOAT16)
+            else:
+                matrix = BitmapMatrix((np.zeros(nnz, _NUMPY_DTYPES[dtype]), words), shape=shape)
 
             def on_free(_ref: weakref.ref, key: tuple = key) -> None:
                 stale = self._entries.get(key)

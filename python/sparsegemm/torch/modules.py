@@ -357,7 +357,9 @@ class SparseLinear(_SparseWeight):
     ``format`` and ``blocksize``; ``nnz`` counts stored blocks for BSR). float32
     and float64 are computed natively; float16 and bfloat16 (``.half()``,
     ``.to(torch.bfloat16)``) are stored as such and computed in float32, as in
-    the numpy API; under ``torch.autocast`` the product runs in float32. The
+    the numpy API (the bitmap format's kernel reads bfloat16 values as stored;
+    the other formats widen them on each call); under ``torch.autocast`` the
+    product runs in float32. The
     input must have the weight's dtype (as in ``F.linear``). ``weight`` is a
     read-only dense view, for code that reads it.
     """
@@ -376,7 +378,8 @@ class SparseLinear(_SparseWeight):
     @classmethod
     def from_dense(cls, linear: nn.Linear, *, format: str = "csr",
                    blocksize: tuple[int, int] | None = None, batch_hint: int = 1,
-                   choice: FormatChoice | None = None) -> SparseLinear:
+                   choice: FormatChoice | None = None,
+                   weight_dtype: Any = None) -> SparseLinear:
         """A SparseLinear storing the nonzeros (or the prune mask) of ``linear``'s weight.
 
         ``linear`` is an ``nn.Linear`` or Hugging Face's ``Conv1D`` (GPT-2's
@@ -391,6 +394,12 @@ class SparseLinear(_SparseWeight):
         :func:`sparsify` to leave such layers dense). ``choice`` (internal)
         is an already resolved format. The bias is copied; ``linear`` is not
         modified.
+
+        ``weight_dtype=torch.bfloat16`` (format 'bitmap', float32 ``linear``)
+        stores the kept values rounded to bfloat16, at 2 bytes each, while the
+        module keeps float32 input, bias and output: its forward runs the
+        bfloat16-valued kernel. A bfloat16 ``linear`` stores bfloat16 values
+        without it.
         """
         if not (isinstance(linear, nn.Linear) or is_hf_conv1d(linear)):
             raise TypeError(f"from_dense needs an nn.Linear (or transformers' Conv1D), "
@@ -405,7 +414,19 @@ class SparseLinear(_SparseWeight):
                      format=choice.format, blocksize=choice.blocksize, device=weight.device,
                      dtype=weight.dtype)
         module._copy_from_dense(linear, weight, keep)
+        if weight_dtype is not None:
+            module._store_weight_dtype(weight_dtype)
         return module
+
+    def _store_weight_dtype(self, weight_dtype: Any) -> None:
+        """Keep the values in ``weight_dtype`` (bfloat16, bitmap format, float32 module)."""
+        if weight_dtype not in (torch.bfloat16, "bfloat16"):
+            raise TypeError(f"weight_dtype must be torch.bfloat16 (or None), got {weight_dtype!r}")
+        if self.format != "bitmap" or self.values.dtype != torch.float32:
+            raise ValueError(f"weight_dtype=torch.bfloat16 needs format='bitmap' and a float32 "
+                             f"module, got format={self.format!r} and {self.values.dtype}")
+        self.values = nn.Parameter(self.values.detach().to(torch.bfloat16),
+                                   requires_grad=self.values.requires_grad)
 
     def forward(self, x: Tensor) -> Tensor:
         return apply_activation(self._product(x), self.activation)

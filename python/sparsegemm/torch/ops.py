@@ -27,7 +27,11 @@ Ops (``...`` is any number of leading batch dimensions):
   a (n, rows), b (n, cols): the gradient of BSR ``values``
 * ``bitmap_linear(x, bitmap, values, cols, bias)``: ``x @ W.T + bias`` for a bitmap weight,
   ``bitmap`` int64 words (rows, ceil(cols / 64)) (bit ``c % 64`` of word ``c // 64`` marks
-  column ``c``), values (nnz,) row-major
+  column ``c``), values (nnz,) row-major. bfloat16 values are read as stored by the
+  bfloat16-valued kernel: with bfloat16 x and bias, those are converted to float32 once per
+  call and the output back to bfloat16; float32 x and bias (a float32 module storing
+  bfloat16 weights) are used as they are and the output is float32. float16 values are
+  widened to float32 on each call.
 * ``bitmap_linear_t(g, bitmap, values, cols)``: ``g @ W``, by the CSR kernel on the transpose
 * ``bitmap_sampled_dot(bitmap, a, b, cols, nnz)``: ``a @ b.T`` at the stored positions, a (rows, n),
   b (cols, n): the gradient of bitmap ``values``
@@ -61,7 +65,8 @@ from ._cache import as_numpy, patterns, values_array
 
 KERNEL_DTYPES = (torch.float32, torch.float64)
 # Stored and returned in their own dtype, computed in float32 (the numpy face's
-# rule for float16), until kernels of their own exist.
+# rule for float16). The ops widen the stored values on every call, except the
+# bitmap op, whose kernel reads bfloat16 values as stored.
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 STORAGE_DTYPES = KERNEL_DTYPES + HALF_DTYPES
 
@@ -557,22 +562,44 @@ def _check_bitmap(op: str, bitmap: Tensor, cols: int) -> None:
 def bitmap_linear(x: Tensor, bitmap: Tensor, values: Tensor, cols: int,
                   bias: Optional[Tensor]) -> Tensor:
     """``x @ W.T + bias`` for the bitmap weight W (rows x cols) = (bitmap, values)."""
-    _check_operands("bitmap_linear", values, x=x, bias=bias)
+    _check_bitmap_operands(x, values, bias)
     _check_bitmap("bitmap_linear", bitmap, cols)
     _check_last_dim("bitmap_linear", "x", x, cols)
+    if values.dtype == torch.bfloat16:
+        # The stored values go to the kernel as they are: only x, bias and y convert.
+        pattern = patterns.bitmap_entry(bitmap, (bitmap.shape[0], cols), values.dtype).matrix
+        y = _linear(_core.bitmap_linear, pattern, x.float(), values_array(values),
+                    None if bias is None else bias.float())
+        return y.to(x.dtype)
+    return _bitmap_linear_widened(x, bitmap, values, cols, bias)
+
+
+def _check_bitmap_operands(x: Tensor, values: Tensor, bias: Optional[Tensor]) -> None:
+    """As :func:`_check_operands`, but bfloat16 values also take float32 x and bias."""
+    if values.dtype == torch.bfloat16 and x.dtype == torch.float32:
+        _check_operands("bitmap_linear", x, bias=bias)
+        _check_operands("bitmap_linear", values, x=x.new_empty(0, dtype=values.dtype))
+    else:
+        _check_operands("bitmap_linear", values, x=x, bias=bias)
+
+
+@_half_in_float32
+def _bitmap_linear_widened(x: Tensor, bitmap: Tensor, values: Tensor, cols: int,
+                           bias: Optional[Tensor]) -> Tensor:
     pattern = patterns.bitmap_entry(bitmap, (bitmap.shape[0], cols), values.dtype).matrix
     return _linear(_core.bitmap_linear, pattern, x, values_array(values), bias)
 
 
 @bitmap_linear.register_fake
 def _(x, bitmap, values, cols, bias):
-    _check_operands("bitmap_linear", values, x=x, bias=bias)
+    _check_bitmap_operands(x, values, bias)
     _check_bitmap("bitmap_linear", bitmap, cols)
     _check_last_dim("bitmap_linear", "x", x, cols)
-    return x.new_empty((*x.shape[:-1], bitmap.shape[0]), dtype=values.dtype)
+    return x.new_empty((*x.shape[:-1], bitmap.shape[0]))
 
 
 @torch.library.custom_op("sparsegemm::bitmap_linear_t", mutates_args=())
+@_half_in_float32
 def bitmap_linear_t(g: Tensor, bitmap: Tensor, values: Tensor, cols: int) -> Tensor:
     """``g @ W`` for g (..., rows): the input gradient of :func:`bitmap_linear`."""
     _check_operands("bitmap_linear_t", values, g=g)
@@ -599,6 +626,7 @@ def _bitmap_sampled_shapes(bitmap: Tensor, a: Tensor, b: Tensor, cols: int) -> N
 
 
 @torch.library.custom_op("sparsegemm::bitmap_sampled_dot", mutates_args=())
+@_half_in_float32
 def bitmap_sampled_dot(bitmap: Tensor, a: Tensor, b: Tensor, cols: int, nnz: int) -> Tensor:
     """``a @ b.T`` at the ``nnz`` stored positions of the bitmap, in storage order."""
     _check_operands("bitmap_sampled_dot", a, b=b)
@@ -634,11 +662,13 @@ def _bitmap_linear_backward(ctx, grad):
     rows, cols = bitmap.shape[0], ctx.cols
     grad_x = grad_values = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_x = torch.ops.sparsegemm.bitmap_linear_t(grad, bitmap, values, cols)
+        # bfloat16 values of a float32 product widen: the gradient stays float32.
+        grad_x = torch.ops.sparsegemm.bitmap_linear_t(grad, bitmap, values.to(grad.dtype), cols)
     if ctx.needs_input_grad[2]:
         # dW = dY.T @ X sampled at the stored positions.
         grad_values = torch.ops.sparsegemm.bitmap_sampled_dot(
-            bitmap, grad.reshape(-1, rows).t(), x.reshape(-1, cols).t(), cols, values.shape[0])
+            bitmap, grad.reshape(-1, rows).t(), x.reshape(-1, cols).t(), cols, values.shape[0]
+        ).to(values.dtype)
     if ctx.needs_input_grad[4]:
         grad_bias = grad.reshape(-1, rows).sum(0)
     return grad_x, None, grad_values, None, grad_bias
