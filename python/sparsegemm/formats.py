@@ -781,6 +781,13 @@ def _build_bitmap_handle(data: Any, bits: Any, shape: Any, dtype: Any) -> Any:
     if values.ndim != 1:
         raise ValueError(f"data must be 1-dimensional, got shape {values.shape}")
     target = kernel_dtype(values.dtype if dtype is None else dtype)
+    return _CORE_BITMAP[target].from_arrays(rows, cols, bitmap_words(bits, rows, cols),
+                                            np.require(values, target, ["C", "A"]))
+
+
+def bitmap_words(bits: Any, rows: int, cols: int) -> np.ndarray:
+    """``bits`` ((rows, ceil(cols / 64)) or flat, any integer dtype) as the contiguous
+    uint64 words the core takes; the core checks the bits past ``cols``."""
     words = np.asarray(bits)
     if words.dtype.kind not in "iu" and words.size:
         raise TypeError(f"bits must have an integer dtype (uint64 words), got {words.dtype}")
@@ -792,6 +799,4 @@ def _build_bitmap_handle(data: Any, bits: Any, shape: Any, dtype: Any) -> Any:
         if words.size and words.min() < 0:
             raise ValueError("bits must be non-negative words")
         words = words.astype(np.uint64)
-    words = np.require(words.reshape(-1).view(np.uint64), requirements=["C", "A"])
-    return _CORE_BITMAP[target].from_arrays(rows, cols, words,
-                                            np.require(values, target, ["C", "A"]))
+    return np.require(words.reshape(-1).view(np.uint64), requirements=["C", "A"])
