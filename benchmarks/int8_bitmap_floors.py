@@ -80,7 +80,7 @@ def main() -> None:
             dense = cold_operands(W.copy, lambda w: w.nbytes, llc)
             torch_dense = [torch.from_numpy(w) for w in dense]
             # FBGEMM's packed int8 weight: one byte per weight.
-            qint8 = cold_operands(lambda W=W: quantized_module(W), lambda m: W.size, llc)
+            qint8 = cold_operands(lambda W=W: quantized_module(W), lambda _, size=W.size: size, llc)
             int8 = cold_operands(lambda W=W: sparsegemm.Int8BitmapMatrix.from_dense(W),
                                  lambda a: a.storage_bytes, llc)
             for batch in args.batches:
