@@ -625,7 +625,41 @@ def _build_bsr_handle(
 BITMAP_WORD_BITS = 64  # kBitmapWordBits in csrc/core/bitmap_matrix.h
 
 
-class BitmapMatrix(SparseFormat):
+class BitmapArrays:
+    """The arrays of a bitmap-stored matrix (:class:`BitmapMatrix` and
+    :class:`sparsegemm.Int8BitmapMatrix`), read from its C++ handle."""
+
+    __slots__ = ()
+    _handle: Any
+    shape: Any
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored entries (set bits)."""
+        return self._handle.nnz
+
+    @property
+    def words_per_row(self) -> int:
+        """uint64 words per row: ceil(cols / 64)."""
+        return self._handle.words_per_row
+
+    @property
+    def bits(self) -> np.ndarray:
+        """The bitmap, uint64 of shape (rows, words_per_row), read-only."""
+        return self._handle.bits.reshape(self.shape[0], self.words_per_row)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Position of each row's first stored value, int64 (rows + 1), read-only."""
+        return self._handle.offsets
+
+    @property
+    def data(self) -> np.ndarray:
+        """Stored values, row-major, read-only."""
+        return self._handle.data
+
+
+class BitmapMatrix(BitmapArrays, SparseFormat):
     """A bitmap matrix: one bit per entry plus the stored values, packed.
 
     Row ``r`` owns ``ceil(cols / 64)`` uint64 words (:attr:`bits`, shape
@@ -733,31 +767,6 @@ class BitmapMatrix(SparseFormat):
     def nbytes(self) -> int:
         """Bytes of storage: values, bits and row offsets."""
         return self._storage_nbytes()
-
-    @property
-    def nnz(self) -> int:
-        """Number of stored entries (set bits)."""
-        return self._handle.nnz
-
-    @property
-    def words_per_row(self) -> int:
-        """uint64 words per row: ceil(cols / 64)."""
-        return self._handle.words_per_row
-
-    @property
-    def bits(self) -> np.ndarray:
-        """The bitmap, uint64 of shape (rows, words_per_row), read-only."""
-        return self._handle.bits.reshape(self.shape[0], self.words_per_row)
-
-    @property
-    def offsets(self) -> np.ndarray:
-        """Position of each row's first stored value, int64 (rows + 1), read-only."""
-        return self._handle.offsets
-
-    @property
-    def data(self) -> np.ndarray:
-        """Stored values, row-major, read-only."""
-        return self._handle.data
 
     def _reduce(self) -> tuple[Any, tuple[Any, ...]]:
         return (BitmapMatrix, ((self.data, self.bits), self.shape))

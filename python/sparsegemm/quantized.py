@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _core
 from ._runtime import resolve_num_threads
-from .formats import _check_shape, _check_threshold, bitmap_words
+from .formats import BitmapArrays, _check_shape, _check_threshold, bitmap_words
 
 MAX_INT8_COLS = 2**31 // 127**2  # kMaxInt8Cols in csrc/core/int8_bitmap_matrix.h
 
@@ -42,7 +42,7 @@ def _float32_operand(array: Any, name: str) -> np.ndarray:
     return result if result.dtype == np.float32 else result.astype(np.float32)
 
 
-class Int8BitmapMatrix:
+class Int8BitmapMatrix(BitmapArrays):
     """A pruned weight quantized to int8 (one scale per row), stored as a bitmap.
 
     Build one with :meth:`from_dense` (quantizes) or
@@ -54,7 +54,6 @@ class Int8BitmapMatrix:
     """
 
     __slots__ = ("__weakref__", "_handle")
-    _handle: Any
 
     def __init__(self, arg: Any, shape: tuple[int, int] | None = None):
         if isinstance(arg, Int8BitmapMatrix):
@@ -99,11 +98,6 @@ class Int8BitmapMatrix:
         return 2
 
     @property
-    def nnz(self) -> int:
-        """Stored entries (set bits), including kept weights that quantized to 0."""
-        return self._handle.nnz
-
-    @property
     def density(self) -> float:
         rows, cols = self.shape
         return self.nnz / (rows * cols) if rows * cols else 0.0
@@ -111,25 +105,6 @@ class Int8BitmapMatrix:
     @property
     def sparsity(self) -> float:
         return 1.0 - self.density
-
-    @property
-    def words_per_row(self) -> int:
-        return self._handle.words_per_row
-
-    @property
-    def bits(self) -> np.ndarray:
-        """The bitmap, uint64 of shape (rows, words_per_row), read-only."""
-        return self._handle.bits.reshape(self.shape[0], self.words_per_row)
-
-    @property
-    def offsets(self) -> np.ndarray:
-        """Position of each row's first stored value, int64 (rows + 1), read-only."""
-        return self._handle.offsets
-
-    @property
-    def data(self) -> np.ndarray:
-        """Stored int8 values, row-major, read-only."""
-        return self._handle.data
 
     @property
     def scales(self) -> np.ndarray:
