@@ -21,7 +21,9 @@ namespace int8_kernels {
 
 constexpr int64_t kWordBits = 64;
 constexpr int kChunkBits = 16;  // bitmap bits per expanded vector
-constexpr int kGemvRows = 4;
+// Rows the batch-1 kernel walks together: with 4 their read positions, words
+// and accumulators no longer fit the 16 general and vector registers.
+constexpr int kGemvRows = 2;
 // Bytes prefetched ahead of each row's read position.
 constexpr int64_t kPrefetchAhead = 256;
 // Columns of a tile the small-batch kernel expands at once (whole words).
