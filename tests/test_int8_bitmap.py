@@ -142,6 +142,16 @@ def test_linear_matches_the_quantized_reference(isa, batch, cols, rng):
             np.abs(result - expected).max())
 
 
+@pytest.mark.parametrize("batch", [1, 6])
+def test_linear_reads_rows_with_a_stride(isa, batch, rng):
+    w = Int8BitmapMatrix.from_dense(random_weight(rng, 17, 129, 0.5))
+    wide = rng.standard_normal((batch, 301)).astype(np.float32)
+    x = wide[:, 5:134]  # contiguous rows, row stride 301: read in place
+    np.testing.assert_array_equal(w.linear(x), w.linear(np.ascontiguousarray(x)))
+    expected, magnitude = reference_linear(w, x)
+    assert np.all(np.abs(w.linear(x) - expected) <= 4e-7 * magnitude + 1e-30)
+
+
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9])
 @pytest.mark.parametrize("batch", [1, 8])
 def test_linear_is_close_to_the_float_product(isa, sparsity, batch, rng):
