@@ -89,7 +89,8 @@ struct Int8Expand {
     __m128i packed;
     if constexpr (Safe) {
       alignas(16) int8_t copy[16] = {};
-      __builtin_memcpy(copy, p, static_cast<size_t>(used));
+      // A loop, not memcpy: p may be null (no values stored) when used is 0.
+      for (int i = 0; i < used; ++i) copy[i] = p[i];
       packed = _mm_load_si128(reinterpret_cast<const __m128i*>(copy));
     } else {
       packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
