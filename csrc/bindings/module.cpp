@@ -7,6 +7,7 @@ void register_runtime(pybind11::module_& m);
 void register_csr(pybind11::module_& m);
 void register_bsr(pybind11::module_& m);
 void register_bitmap(pybind11::module_& m);
+void register_int8_bitmap(pybind11::module_& m);
 void register_conv(pybind11::module_& m);
 }  // namespace sparsegemm::bindings
 
@@ -16,5 +17,6 @@ PYBIND11_MODULE(_core, m) {
   sparsegemm::bindings::register_csr(m);
   sparsegemm::bindings::register_bsr(m);
   sparsegemm::bindings::register_bitmap(m);
+  sparsegemm::bindings::register_int8_bitmap(m);
   sparsegemm::bindings::register_conv(m);
 }

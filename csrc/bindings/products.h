@@ -36,6 +36,21 @@ py::array owned_view(const V& vec, py::handle owner) {
                                   reinterpret_cast<const E*>(vec.data()), owner));
 }
 
+// The checks of x @ w.T for a rows x cols weight: x is batch x cols and out
+// batch x rows, both with contiguous rows.
+template <typename X, typename Out>
+void check_linear_operands(int64_t rows, int64_t cols, const StridedArg<X>& x,
+                           const StridedArg<Out>& out) {
+  if (x.shape[1] != cols)
+    throw py::value_error("shape mismatch: x is " + shape_str(x.shape[0], x.shape[1]) +
+                          " but the weight is " + shape_str(rows, cols));
+  if (!has_contiguous_rows(x)) throw py::value_error("x must have contiguous rows");
+  if (out.shape[0] != x.shape[0] || out.shape[1] != rows)
+    throw py::value_error("out must have shape " + shape_str(x.shape[0], rows) + ", got " +
+                          shape_str(out.shape[0], out.shape[1]));
+  if (!has_contiguous_rows(out)) throw py::value_error("out must have contiguous rows");
+}
+
 // Registers `matmul_name(a, b, out, bias=None, num_threads=0, values=None)` and
 // `linear_name(w, x, out, bias=None, num_threads=0, values=None)` for a Matrix
 // with rows(), cols() and values(), calling the C++ drivers with the signatures
@@ -76,14 +91,7 @@ void register_products(py::module_& m, const char* matmul_name, const char* line
                int num_threads, const py::object& values) {
         const auto xarg = strided_arg<T>(x, "x", 2, false);
         const auto oarg = strided_arg<T>(out, "out", 2, true);
-        if (xarg.shape[1] != w.cols())
-          throw py::value_error("shape mismatch: x is " + shape_str(xarg.shape[0], xarg.shape[1]) +
-                                " but the weight is " + shape_str(w.rows(), w.cols()));
-        if (!has_contiguous_rows(xarg)) throw py::value_error("x must have contiguous rows");
-        if (oarg.shape[0] != xarg.shape[0] || oarg.shape[1] != w.rows())
-          throw py::value_error("out must have shape " + shape_str(xarg.shape[0], w.rows()) +
-                                ", got " + shape_str(oarg.shape[0], oarg.shape[1]));
-        if (!has_contiguous_rows(oarg)) throw py::value_error("out must have contiguous rows");
+        check_linear_operands(w.rows(), w.cols(), xarg, oarg);
         const T* bias_ptr = optional_bias<T>(bias, w.rows());
         const Stored* values_ptr = optional_values<Stored>(values, w);
         py::gil_scoped_release release;

@@ -148,6 +148,7 @@ BitmapMatrix<T> BitmapMatrix<T>::with_values(const T* values, int64_t values_len
 SPARSEGEMM_INSTANTIATE_BITMAP(float)
 SPARSEGEMM_INSTANTIATE_BITMAP(double)
 SPARSEGEMM_INSTANTIATE_BITMAP(bfloat16_t)
+SPARSEGEMM_INSTANTIATE_BITMAP(int8_t)  // the int8 family's storage (core/int8_bitmap_matrix.h)
 #undef SPARSEGEMM_INSTANTIATE_BITMAP
 
 }  // namespace sparsegemm

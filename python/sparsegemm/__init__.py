@@ -26,6 +26,7 @@ from .formats import BitmapMatrix, BSRMatrix, CSRMatrix  # noqa: E402
 from .ops import conv2d, linear, sddmm, sparse_mm  # noqa: E402
 from .planner import Plan, plan  # noqa: E402
 from .pruning import block_prune, magnitude_prune  # noqa: E402
+from .quantized import Int8BitmapMatrix  # noqa: E402
 
 _check_isa_environment()
 
@@ -33,6 +34,7 @@ __all__ = [
     "BSRMatrix",
     "BitmapMatrix",
     "CSRMatrix",
+    "Int8BitmapMatrix",
     "Plan",
     "available_isas",
     "block_prune",

@@ -638,7 +638,41 @@ def _build_bsr_handle(
 BITMAP_WORD_BITS = 64  # kBitmapWordBits in csrc/core/bitmap_matrix.h
 
 
-class BitmapMatrix(SparseFormat):
+class BitmapArrays:
+    """The arrays of a bitmap-stored matrix (:class:`BitmapMatrix` and
+    :class:`sparsegemm.Int8BitmapMatrix`), read from its C++ handle."""
+
+    __slots__ = ()
+    _handle: Any
+    shape: Any
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored entries (set bits)."""
+        return self._handle.nnz
+
+    @property
+    def words_per_row(self) -> int:
+        """uint64 words per row: ceil(cols / 64)."""
+        return self._handle.words_per_row
+
+    @property
+    def bits(self) -> np.ndarray:
+        """The bitmap, uint64 of shape (rows, words_per_row), read-only."""
+        return self._handle.bits.reshape(self.shape[0], self.words_per_row)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """Position of each row's first stored value, int64 (rows + 1), read-only."""
+        return self._handle.offsets
+
+    @property
+    def data(self) -> np.ndarray:
+        """Stored values, row-major, read-only (bfloat16: uint16 bit patterns)."""
+        return self._handle.data
+
+
+class BitmapMatrix(BitmapArrays, SparseFormat):
     """A bitmap matrix: one bit per entry plus the stored values, packed.
 
     Row ``r`` owns ``ceil(cols / 64)`` uint64 words (:attr:`bits`, shape
@@ -790,31 +824,6 @@ class BitmapMatrix(SparseFormat):
         """Bytes of storage: values, bits and row offsets."""
         return self._storage_nbytes()
 
-    @property
-    def nnz(self) -> int:
-        """Number of stored entries (set bits)."""
-        return self._handle.nnz
-
-    @property
-    def words_per_row(self) -> int:
-        """uint64 words per row: ceil(cols / 64)."""
-        return self._handle.words_per_row
-
-    @property
-    def bits(self) -> np.ndarray:
-        """The bitmap, uint64 of shape (rows, words_per_row), read-only."""
-        return self._handle.bits.reshape(self.shape[0], self.words_per_row)
-
-    @property
-    def offsets(self) -> np.ndarray:
-        """Position of each row's first stored value, int64 (rows + 1), read-only."""
-        return self._handle.offsets
-
-    @property
-    def data(self) -> np.ndarray:
-        """Stored values, row-major, read-only (bfloat16: uint16 bit patterns)."""
-        return self._handle.data
-
     def _reduce(self) -> tuple[Any, tuple[Any, ...]]:
         if self._dtype == BFLOAT16:
             return (_bfloat16_bitmap, (self.data, self.bits, self.shape))
@@ -863,6 +872,13 @@ def _build_bitmap_handle(data: Any, bits: Any, shape: Any, dtype: Any) -> Any:
     if values.ndim != 1:
         raise ValueError(f"data must be 1-dimensional, got shape {values.shape}")
     target = _bitmap_value_dtype(values.dtype if dtype is None else dtype)
+    return _CORE_BITMAP[target].from_arrays(rows, cols, bitmap_words(bits, rows, cols),
+                                            _bitmap_values(values, target))
+
+
+def bitmap_words(bits: Any, rows: int, cols: int) -> np.ndarray:
+    """``bits`` ((rows, ceil(cols / 64)) or flat, any integer dtype) as the contiguous
+    uint64 words the core takes; the core checks the bits past ``cols``."""
     words = np.asarray(bits)
     if words.dtype.kind not in "iu" and words.size:
         raise TypeError(f"bits must have an integer dtype (uint64 words), got {words.dtype}")
@@ -874,5 +890,4 @@ def _build_bitmap_handle(data: Any, bits: Any, shape: Any, dtype: Any) -> Any:
         if words.size and words.min() < 0:
             raise ValueError("bits must be non-negative words")
         words = words.astype(np.uint64)
-    words = np.require(words.reshape(-1).view(np.uint64), requirements=["C", "A"])
-    return _CORE_BITMAP[target].from_arrays(rows, cols, words, _bitmap_values(values, target))
+    return np.require(words.reshape(-1).view(np.uint64), requirements=["C", "A"])

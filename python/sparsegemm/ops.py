@@ -17,6 +17,7 @@ from . import _core
 from ._dtypes import as_kernel_array, kernel_dtype
 from ._runtime import resolve_num_threads
 from .formats import BitmapMatrix, BSRMatrix, CSRMatrix, SparseFormat
+from .quantized import Int8BitmapMatrix
 
 SparseOperand = Any  # CSRMatrix, BSRMatrix, BitmapMatrix or any scipy.sparse matrix/array
 
@@ -198,7 +199,9 @@ def linear(
         Array-like of shape (..., in_features); any leading batch dimensions.
     weight
         Sparse (out_features x in_features): a :class:`CSRMatrix`, a
-        :class:`BSRMatrix`, a :class:`BitmapMatrix` or scipy.sparse (converted to CSR).
+        :class:`BSRMatrix`, a :class:`BitmapMatrix` or scipy.sparse (converted to CSR),
+        or an :class:`Int8BitmapMatrix` (``x`` quantized to int8 per row, float32 result;
+        see :meth:`Int8BitmapMatrix.linear`).
     bias
         Optional array-like of shape (out_features,).
 
@@ -207,6 +210,8 @@ def linear(
     numpy.ndarray
         Shape (..., out_features), in the promoted dtype of ``x`` and ``weight``.
     """
+    if isinstance(weight, Int8BitmapMatrix):
+        return weight.linear(x, bias, num_threads=num_threads)
     threads = resolve_num_threads(num_threads)
     x = np.asarray(x)
     if x.ndim == 0:
