@@ -8,9 +8,10 @@ import pytest
 import sparsegemm
 
 torch = pytest.importorskip("torch")
-from torch import nn  # noqa: E402
+from torch.nn.utils import prune as torch_prune  # noqa: E402
 
 from sparsegemm.torch import SparseLinear, SparseLinearInt8, clear_cache, sparsify  # noqa: E402
+from torch import nn  # noqa: E402
 
 
 def _pruned_linear(in_features=96, out_features=40, sparsity=0.7, bias=True, seed=0):
@@ -45,9 +46,9 @@ def test_matches_the_numpy_int8_kernel_exactly_and_the_float_layer_closely(bias)
     torch.testing.assert_close(module.to_dense().weight, torch.from_numpy(matrix.to_dense()))
 
 
-def test_masks_of_torch_prune_and_hf_style_entry_points():
+def test_masks_of_torch_prune_and_the_sparse_linear_entry_point():
     linear = nn.Linear(64, 16)
-    torch.nn.utils.prune.l1_unstructured(linear, "weight", amount=0.8)
+    torch_prune.l1_unstructured(linear, "weight", amount=0.8)
     module = SparseLinear.from_dense(linear, weight_dtype="int8")
     assert isinstance(module, SparseLinearInt8)
     assert module.nnz == int(linear.weight_mask.sum())
@@ -125,8 +126,8 @@ def test_digits_accuracy_matches_torch_quantize_dynamic(benchmark_script):
     model = bench.train_dense(bench.make_mlp, data, epochs=30).eval()
     for module in model:
         if isinstance(module, nn.Linear):
-            torch.nn.utils.prune.l1_unstructured(module, "weight", amount=0.7)
-            torch.nn.utils.prune.remove(module, "weight")
+            torch_prune.l1_unstructured(module, "weight", amount=0.7)
+            torch_prune.remove(module, "weight")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dynamic = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
@@ -136,5 +137,5 @@ def test_digits_accuracy_matches_torch_quantize_dynamic(benchmark_script):
     accuracy_float = bench.accuracy(model, x_test, y_test)
     accuracy_dynamic = bench.accuracy(dynamic, x_test, y_test)
     accuracy_ours = bench.accuracy(ours, x_test, y_test)
-    assert accuracy_float > 0.9
-    assert abs(accuracy_ours - accuracy_dynamic) <= 0.005
+    assert accuracy_float > 90  # percent
+    assert abs(accuracy_ours - accuracy_dynamic) <= 0.5  # points, the floor

@@ -1,7 +1,8 @@
 """PyTorch front end: sparse drop-ins for nn.Linear (CSR, BSR or bitmap; int8 with
-:class:`SparseLinearInt8`), nn.Conv2d (CSR) and nn.MultiheadAttention, and :func:`sparsify` to convert a pruned model in
-place (``format='auto'`` lets :func:`sparsegemm.plan` pick dense, CSR or a BSR
-blocksize per layer by measuring).
+:class:`SparseLinearInt8`), nn.Conv2d (CSR) and nn.MultiheadAttention, and
+:func:`sparsify` to convert a pruned model in place (``format='auto'`` lets
+:func:`sparsegemm.plan` pick dense, CSR, the bitmap or a BSR blocksize per layer
+by measuring).
 
 Needs PyTorch (the ``sparsegemm[torch]`` extra). Importing this subpackage
 registers the ``torch.ops.sparsegemm`` custom ops; load it before

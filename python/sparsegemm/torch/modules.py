@@ -400,7 +400,16 @@ class SparseLinear(_SparseWeight):
         module keeps float32 input, bias and output: its forward runs the
         bfloat16-valued kernel. A bfloat16 ``linear`` stores bfloat16 values
         without it.
+
+        ``weight_dtype="int8"`` (or ``torch.int8``) returns a
+        :class:`~sparsegemm.torch.SparseLinearInt8` instead: the kept weights
+        quantized to int8 per output row in the int8 bitmap format (inference
+        only; ``format`` and ``blocksize`` do not apply).
         """
+        if weight_dtype in (torch.int8, "int8"):
+            from .quantized import SparseLinearInt8  # imports this module
+
+            return SparseLinearInt8.from_dense(linear)  # type: ignore[return-value]
         if not (isinstance(linear, nn.Linear) or is_hf_conv1d(linear)):
             raise TypeError(f"from_dense needs an nn.Linear (or transformers' Conv1D), "
                             f"got {type(linear).__name__}")
@@ -421,7 +430,8 @@ class SparseLinear(_SparseWeight):
     def _store_weight_dtype(self, weight_dtype: Any) -> None:
         """Keep the values in ``weight_dtype`` (bfloat16, bitmap format, float32 module)."""
         if weight_dtype not in (torch.bfloat16, "bfloat16"):
-            raise TypeError(f"weight_dtype must be torch.bfloat16 (or None), got {weight_dtype!r}")
+            raise TypeError(f"weight_dtype must be torch.bfloat16, 'int8' (or None), "
+                            f"got {weight_dtype!r}")
         if self.format != "bitmap" or self.values.dtype != torch.float32:
             raise ValueError(f"weight_dtype=torch.bfloat16 needs format='bitmap' and a float32 "
                              f"module, got format={self.format!r} and {self.values.dtype}")

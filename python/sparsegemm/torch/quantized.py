@@ -133,6 +133,10 @@ class SparseLinearInt8(nn.Module):
 
     format = "int8-bitmap"
     weight_dtype = torch.int8
+    bitmap: Tensor
+    values: Tensor
+    scales: Tensor
+    bias: Optional[nn.Parameter]
     #: Applied to the output right after the product (sparsify fuses a following ReLU/GELU).
     activation: Optional[str] = None
 
@@ -171,8 +175,9 @@ class SparseLinearInt8(nn.Module):
             np.array(matrix.bits).view(np.int64).reshape(out_features, -1)))
         module.values.copy_(torch.from_numpy(np.array(matrix.data)))
         module.scales.copy_(torch.from_numpy(np.array(matrix.scales)))
-        if linear.bias is not None:
-            module.bias.data.copy_(linear.bias.detach().float())
+        source_bias: Any = linear.bias
+        if module.bias is not None:
+            module.bias.data.copy_(source_bias.detach().float())
         return module
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
