@@ -432,3 +432,20 @@ def test_alternatives_stream_their_own_itemsize_in_cold_runs():
     rows = {r["contender"]: r for r in run_point(point, *_operands(point), spec)}
     # int8 weights are a quarter of fp32: four times the copies to exceed the cache.
     assert rows["torch_int8_dyn"]["cold_copies"] == 4 * rows["numpy_dense"]["cold_copies"]
+
+
+def test_int8_and_bf16_sparse_contenders_run_their_formats_against_their_own_zero_percent():
+    pytest.importorskip("torch")
+    point = Point(128, 256, 4, 0.7, Pattern())
+    weight, x = _operands(point)
+    unpruned = WeightCache(np.float32).pruned(Point(128, 256, 4, 0.0, Pattern()))
+    names = ["numpy_dense", "torch_int8_dyn", "sgemm_int8", "sgemm_bf16"]
+    rows = {r["contender"]: r for r in run_point(point, weight, x, _spec(names),
+                                                  unpruned=unpruned, unpruned_cache={})}
+    for name, format, bound in (("sgemm_int8", "int8-bitmap", 0.05),
+                                ("sgemm_bf16", "bf16-bitmap", 0.02)):
+        row = rows[name]
+        assert row["status"] == "ok" and row["format"] == format
+        assert 0 < row["max_rel_error"] <= bound  # quantized values: close, not equal
+        assert is_sparsegemm_figure(row) and row["speedup_vs_own_dense"] > 0
+        assert row["alternative"] == "torch_int8_dyn"

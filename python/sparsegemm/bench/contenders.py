@@ -91,8 +91,8 @@ def duplicate(value: Any) -> Any:
     """A copy of a converted weight in new memory, so a cold run can rotate through copies."""
     if isinstance(value, np.ndarray) or sp.issparse(value):
         return value.copy()
-    if isinstance(value, formats.SparseFormat):
-        return value.copy()  # copies values and indices
+    if isinstance(value, (formats.SparseFormat, sparsegemm.Int8BitmapMatrix)):
+        return value.copy()  # copies values and indices (and scales)
     if hasattr(value, "clone"):  # a torch tensor, dense or compressed
         return value.clone()
     if hasattr(value, "state_dict"):  # a torch module (quantize_dynamic's packed weights)
@@ -300,8 +300,9 @@ def format_name(blocksize: tuple[int, int] | None) -> str:
 
 
 def blocksize_of(format: str) -> tuple[int, int] | None:
-    """The inverse of :func:`format_name` (None for the unblocked formats, CSR and bitmap)."""
-    if format in ("csr", "bitmap"):
+    """The inverse of :func:`format_name` (None for the unblocked formats: CSR and the
+    bitmaps)."""
+    if format in ("csr", "bitmap") or format in QUANTIZED_FORMATS:
         return None
     rows, cols = format.removeprefix("bsr").split("x")
     return int(rows), int(cols)
@@ -314,6 +315,8 @@ def sparsegemm_call(problem: Problem, format: str) -> Callable[[], Any]:
     def convert() -> Any:
         if format == "bitmap":
             return sparsegemm.BitmapMatrix.from_dense(problem.weight)
+        if format in QUANTIZED_FORMATS:
+            return QUANTIZED_FORMATS[format](problem.weight)
         if blocksize is None:
             return sparsegemm.CSRMatrix.from_dense(problem.weight)
         return sparsegemm.BSRMatrix.from_dense(problem.weight, blocksize=blocksize)
@@ -329,6 +332,17 @@ def _build_sparsegemm_csr(problem: Problem) -> Callable[[], Any]:
 
 def _build_sparsegemm_bitmap(problem: Problem) -> Callable[[], Any]:
     return _label(sparsegemm_call(problem, "bitmap"), RanAs("bitmap"))
+
+
+#: sparsegemm's formats with int8 or bfloat16 values: name -> conversion of a float weight.
+QUANTIZED_FORMATS: dict[str, Callable[[np.ndarray], Any]] = {
+    "int8-bitmap": lambda weight: sparsegemm.Int8BitmapMatrix.from_dense(weight),
+    "bf16-bitmap": lambda weight: sparsegemm.BitmapMatrix.from_dense(weight, dtype="bfloat16"),
+}
+
+
+def _build_sparsegemm_quantized(format: str) -> Callable[[Problem], Callable[[], Any]]:
+    return lambda problem: _label(sparsegemm_call(problem, format), RanAs(format))
 
 
 def _build_sparsegemm_bsr(problem: Problem) -> Callable[[], Any]:
@@ -458,6 +472,31 @@ register(
 )
 
 
+register(
+    Contender(
+        "sgemm_int8",
+        "sparsegemm.linear, Int8BitmapMatrix (int8 values, one scale per row, x quantized "
+        "per row)",
+        "sparse",
+        _build_sparsegemm_quantized("int8-bitmap"),
+        is_sparsegemm=True,
+        quick_max_batch=16,
+        approximate_tolerance=0.05,
+        weight_itemsize=1,
+    )
+)
+register(
+    Contender(
+        "sgemm_bf16",
+        "sparsegemm.linear, BitmapMatrix with bfloat16 values (float32 x and y)",
+        "sparse",
+        _build_sparsegemm_quantized("bf16-bitmap"),
+        is_sparsegemm=True,
+        quick_max_batch=16,
+        approximate_tolerance=0.02,
+        weight_itemsize=2,
+    )
+)
 register(
     Contender(
         "sgemm_bsr",
