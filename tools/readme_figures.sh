@@ -14,6 +14,18 @@ export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}python"
 bench=(python -m sparsegemm.bench)
 out=docs/results
 
+script_figure() {  # script_figure NAME SCRIPT ARGS...: a benchmarks/ script's output, kept
+    local name=$1 script=$2
+    shift 2
+    if [[ -z "${only:-}" || "$only" == "$name" ]]; then
+        echo "== $name: python benchmarks/$script $*" >&2
+        mkdir -p "$out/$name"
+        { echo "\$ OMP_WAIT_POLICY=passive KMP_BLOCKTIME=1 python benchmarks/$script $*"
+          OMP_WAIT_POLICY=passive KMP_BLOCKTIME=1 python "benchmarks/$script" "$@"
+        } | tee "$out/$name/output.txt"
+    fi
+}
+
 figure() {  # figure NAME ARGS...: run one README figure's command
     local name=$1
     shift
@@ -40,6 +52,14 @@ figure floors-cold --shape 4096x4096,768x3072 --batch 1,16,64,256 --sparsity 0.9
     --pattern unstructured,block:4x4 --formats sgemm_auto --cold --no-plot
 figure floors-warm --shape 4096x4096,768x3072 --batch 1,16,64,256 --sparsity 0.9 \
     --pattern unstructured,block:4x4 --formats sgemm_auto --warm --no-plot
+# Quantized sparse weights against torch's int8 and bf16 dense (batch 1 and 16, cold).
+script_figure int8-floors int8_bitmap_floors.py --threads 2 --batches 1 16 \
+    --sparsities 0.5 0.7 0.9 --repeats 5 --rounds 3
+script_figure bf16-floors bf16_bitmap_floors.py --threads 2 --batches 1 16 \
+    --sparsities 0 0.5 0.9 --repeats 5 --rounds 3
+# The Llama-style MLP stack at 70%: int8 sparse against quantize_dynamic, batch 1.
+script_figure decoder-int8 decoder_stack.py --threads 2 --sparsities 0.7 --formats bitmap \
+    --no-auto --int8 --repeats 5 --rounds 3
 
 if [[ -z "$only" || "$only" == floors ]]; then
     status=0
