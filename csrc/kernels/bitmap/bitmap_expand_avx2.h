@@ -130,7 +130,8 @@ struct BitExpand<bfloat16_t> {
     if constexpr (Safe) {
       // AVX2 has no 16-bit masked load: copy only the values this chunk uses.
       alignas(16) uint16_t used[8] = {};
-      std::memcpy(used, p, __builtin_popcount(bits) * sizeof(bfloat16_t));
+      const int count = __builtin_popcount(bits);
+      if (count > 0) std::memcpy(used, p, count * sizeof(bfloat16_t));  // p may be null if none
       return _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(used)));
     } else {
       return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
