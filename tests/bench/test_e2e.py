@@ -146,6 +146,16 @@ def test_int8_alternative_is_checked_and_skipped_without_a_linear():
     assert isinstance(quantized[0], torch.ao.nn.quantized.dynamic.Linear)
     _, note = e2e.int8_dynamic_model(model, x, 3.0 * reference)  # a wrong reference
     assert "off" in note
+    class ReadsWeight(torch.nn.Module):  # like a fused fast path: reads .weight directly
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(16, 8)
+
+        def forward(self, x):
+            return x @ self.linear.weight.T
+
+    quantized, note = e2e.int8_dynamic_model(ReadsWeight(), x, reference)
+    assert quantized is None and "does not run" in note
     conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
     assert e2e.int8_dynamic_model(conv, torch.randn(1, 3, 8, 8), reference) == (
         None,
