@@ -90,7 +90,39 @@ def _checked_index_arrays(
     return np.require(indices, np.int32, ["C", "A"]), np.require(indptr, requirements=["C", "A"])
 
 
-class SparseFormat:
+class MatrixShape:
+    """``shape``, ``ndim``, ``density`` and ``sparsity`` of a matrix whose core handle
+    has ``rows`` and ``cols`` and which counts its stored entries in ``nnz``."""
+
+    __slots__ = ()
+    _handle: Any
+
+    @property
+    def nnz(self) -> int:
+        """Stored entries (the subclass's count)."""
+        raise NotImplementedError
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self._handle.rows, self._handle.cols)
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def density(self) -> float:
+        """Stored entries over rows * cols (0 for an empty shape)."""
+        rows, cols = self.shape
+        return self.nnz / (rows * cols) if rows * cols else 0.0
+
+    @property
+    def sparsity(self) -> float:
+        """1 - density."""
+        return 1.0 - self.density
+
+
+class SparseFormat(MatrixShape):
     """What every sparsegemm format shares: a validated C++ handle of one dtype.
 
     Subclasses set ``_CORE`` (dtype -> C++ class) and implement ``nnz``,
@@ -113,10 +145,6 @@ class SparseFormat:
         matrix = cls.__new__(cls)
         matrix._set_handle(handle)
         return matrix
-
-    @property
-    def nnz(self) -> int:
-        raise NotImplementedError
 
     def _stored_values(self) -> np.ndarray:
         """Every stored value (explicit zeros and block padding included)."""
@@ -180,25 +208,6 @@ class SparseFormat:
     def _value_dtype_key(dtype: Any) -> Any:
         """The key of ``_CORE`` that stores values of ``dtype``."""
         return kernel_dtype(dtype)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self._handle.rows, self._handle.cols)
-
-    @property
-    def ndim(self) -> int:
-        return 2
-
-    @property
-    def density(self) -> float:
-        """Stored entries over rows * cols (0 for an empty shape)."""
-        rows, cols = self.shape
-        return self.nnz / (rows * cols) if rows * cols else 0.0
-
-    @property
-    def sparsity(self) -> float:
-        """1 - density."""
-        return 1.0 - self.density
 
     @property
     def dtype(self) -> np.dtype:

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import _core
 from ._runtime import resolve_num_threads
-from .formats import BitmapArrays, _check_shape, _check_threshold, bitmap_words
+from .formats import BitmapArrays, MatrixShape, _check_shape, _check_threshold, bitmap_words
 
 MAX_INT8_COLS = 2**31 // 127**2  # kMaxInt8Cols in csrc/core/int8_bitmap_matrix.h
 
@@ -42,7 +42,7 @@ def _float32_operand(array: Any, name: str) -> np.ndarray:
     return result if result.dtype == np.float32 else result.astype(np.float32)
 
 
-class Int8BitmapMatrix(BitmapArrays):
+class Int8BitmapMatrix(BitmapArrays, MatrixShape):
     """A pruned weight quantized to int8 (one scale per row), stored as a bitmap.
 
     Build one with :meth:`from_dense` (quantizes) or
@@ -88,23 +88,6 @@ class Int8BitmapMatrix(BitmapArrays):
             array = np.ascontiguousarray(array)
         return cls._from_handle(_core.Int8BitmapMatrix.from_dense(array,
                                                                   _check_threshold(threshold)))
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self._handle.rows, self._handle.cols)
-
-    @property
-    def ndim(self) -> int:
-        return 2
-
-    @property
-    def density(self) -> float:
-        rows, cols = self.shape
-        return self.nnz / (rows * cols) if rows * cols else 0.0
-
-    @property
-    def sparsity(self) -> float:
-        return 1.0 - self.density
 
     @property
     def scales(self) -> np.ndarray:

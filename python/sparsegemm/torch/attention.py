@@ -18,18 +18,15 @@ import torch.nn.functional as F
 import torch
 from torch import Tensor, nn
 
+from .modules import linear_holding
+
 __all__ = ["SparseMultiheadAttention"]
 
 ProjectionConverter = Callable[[nn.Linear, str], nn.Module]
 
 
 def _split_linear(weight: Tensor, bias: Optional[Tensor]) -> nn.Linear:
-    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None,
-                       device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        linear.weight.copy_(weight)
-        if bias is not None:
-            linear.bias.copy_(bias)
+    linear = linear_holding(weight, bias)
     linear.weight.requires_grad_(weight.requires_grad)
     return linear
 
