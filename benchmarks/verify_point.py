@@ -18,6 +18,11 @@ suite: cold for batch <= 16. With ``--against`` the mode and, for
 ``sgemm_auto``, the format are taken from the suite's row, so both time the
 same kernel the same way. Exit status 1 when ``--against`` disagrees by more
 than ``--tolerance``.
+
+``--processes N`` measures in N fresh processes (memory layout, page placement
+and thread wake-ups differ between processes) and compares the median of their
+speedups, as ``sparsegemm bench --processes N`` merges its own. Against such a
+suite run, process i times the format the suite's process i ran.
 """
 
 
@@ -27,7 +32,9 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -128,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="must match the suite's --seed")
     parser.add_argument("--against", metavar="RESULTS_JSON", help="compare with a suite run")
     parser.add_argument("--tolerance", type=float, default=0.2)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="measure in N fresh processes; compare their median speedup")
+    parser.add_argument("--process-index", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--speedup-out", help=argparse.SUPPRESS)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--cold", dest="cache", action="store_const", const="cold")
     mode.add_argument("--warm", dest="cache", action="store_const", const="warm")
@@ -136,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("use at least 20 repeats")
     if args.format not in registry.REGISTRY:
         parser.error(f"unknown format {args.format!r}; known: {sorted(registry.REGISTRY)}")
+    if args.processes < 1:
+        parser.error("--processes must be >= 1")
+    if args.processes > 1:
+        return _in_processes(argv if argv is not None else sys.argv[1:], args)
     m, k = parse_shape(args.shape)
     point = Point(m, k, args.batch, parse_sparsity(args.sparsity), parse_pattern(args.pattern))
     threads = args.threads or sparsegemm.get_num_threads()
@@ -148,11 +163,18 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if row.get("kept_dense"):
             print(f"the suite's planner kept this weight dense ({row['format']}): no sparse figure")
+            if args.speedup_out:
+                with open(args.speedup_out, "w", encoding="utf-8") as handle:
+                    json.dump({"speedup": None, "format": row["format"]}, handle)
             return 0
     cold = (args.cache or (row or {}).get("cache") or ("cold" if point.batch <= 16 else "warm"))
     cold = cold == "cold"
-    # the format the suite's row ran (sgemm_auto's choice), else the contender itself
-    planned = (row or {}).get("format") if args.format == "sgemm_auto" else None
+    # the format the suite's row ran (sgemm_auto's choice), else the contender itself;
+    # with a suite run in several processes, the one its process of this index ran
+    planned = None
+    if args.format == "sgemm_auto" and row is not None:
+        formats = row.get("process_formats") or [row.get("format")]
+        planned = formats[args.process_index % len(formats)]
 
     cache = WeightCache(np.dtype(args.dtype), seed=args.seed)
     weight, x = cache.pruned(point), cache.inputs(point.batch, point.in_features)
@@ -210,15 +232,57 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<12} {seconds * 1e3:9.3f} ms  ({copies[name]} weight copies)")
     ran = f" ({planned})" if planned else ""
     print(f"  speedup of {args.format}{ran} vs {baseline}: {speedup:.2f}x")
-    if row is None:
-        return 0
+    if args.speedup_out:
+        with open(args.speedup_out, "w", encoding="utf-8") as handle:
+            json.dump({"speedup": speedup, "format": planned or args.format}, handle)
+    return 0 if row is None else _compare(speedup, row, args.tolerance)
+
+
+def _compare(speedup: float, row: dict, tolerance: float) -> int:
     ratio = speedup / row["speedup"]
-    agrees = abs(ratio - 1.0) <= args.tolerance
+    agrees = abs(ratio - 1.0) <= tolerance
     print(
         f"  suite said {row['speedup']:.2f}x (vs {row['baseline']}): ratio {ratio:.2f} -> "
-        f"{'agrees' if agrees else 'DISAGREES'} within {args.tolerance:.0%}"
+        f"{'agrees' if agrees else 'DISAGREES'} within {tolerance:.0%}"
     )
     return 0 if agrees else 1
+
+
+def _in_processes(argv: list[str], args: argparse.Namespace) -> int:
+    """Run this point in ``args.processes`` fresh processes; compare their median speedup."""
+    speedups = []
+    with tempfile.TemporaryDirectory() as folder:
+        for index in range(args.processes):
+            out = os.path.join(folder, f"process-{index}.json")
+            command = [sys.executable, os.path.abspath(__file__), *argv, "--processes", "1",
+                       "--process-index", str(index), "--speedup-out", out]
+            if args.against:
+                command.extend(["--tolerance", "inf"])  # each process only reports
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            if done.returncode != 0 or not os.path.exists(out):
+                print(done.stdout + done.stderr)
+                print(f"process {index + 1} failed (status {done.returncode})")
+                return 2
+            with open(out, encoding="utf-8") as handle:
+                measured = json.load(handle)
+            if measured["speedup"] is None:
+                print(done.stdout)
+                return 0
+            speedups.append(measured["speedup"])
+            print(f"  process {index + 1}: {measured['format']} {measured['speedup']:.2f}x")
+    speedup = statistics.median(speedups)
+    print(f"  median of {args.processes} processes: {speedup:.2f}x "
+          f"(spread {max(speedups) / min(speedups):.2f}x)")
+    if not args.against:
+        return 0
+    m, k = parse_shape(args.shape)
+    point = Point(m, k, args.batch, parse_sparsity(args.sparsity), parse_pattern(args.pattern))
+    threads = args.threads or sparsegemm.get_num_threads()
+    row = _suite_row(args.against, point, args.format, args.dtype, threads)
+    if row is None:
+        print(f"no matching ok row in {args.against}")
+        return 2
+    return _compare(speedup, row, args.tolerance)
 
 
 if __name__ == "__main__":

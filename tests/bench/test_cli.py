@@ -91,6 +91,7 @@ def test_json_has_machine_metadata_and_break_even(quick_run):
             "flag",
             "processes",
             "process_speedups",
+            "process_formats",
             "process_spread",
             "x_alignment",
             "weight_alignment",
@@ -354,6 +355,7 @@ def test_processes_runs_fresh_processes_and_merges_them(tmp_path):
         assert row["process_spread"] == pytest.approx(
             max(row["process_speedups"]) / min(row["process_speedups"])
         )
+        assert row["process_formats"] == ["csr", "csr"]
     assert len(document["metadata"]["processes"]) == 2
     assert (out / "process-1" / "results.json").exists()
 

@@ -70,7 +70,7 @@ PRESETS = {
         DEFAULT_BATCHES,
         QUICK_SPARSITIES,
         HarnessSettings(
-            rounds=5, target_block_s=0.01, max_calls=50, max_remeasure=1, max_contender_s=0.3
+            rounds=5, target_block_s=0.01, max_calls=1000, max_remeasure=1, max_contender_s=0.3
         ),
         True,
         "quick suite: 5 samples per contender (blocks of ~10 ms; fewer samples for a contender "

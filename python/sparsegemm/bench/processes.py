@@ -102,6 +102,8 @@ def merge_rows(row_lists: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, 
             speedups = [_number(r.get("speedup")) for r in group]
             speedups = [v for v in speedups if not math.isnan(v)]
             row["process_speedups"] = speedups
+            # the planner decides in each process: which format each one ran
+            row["process_formats"] = [r.get("format") for r in group]
             row["process_spread"] = max(speedups) / min(speedups) if speedups else 1.0
             row["steady"] = all(r.get("steady", True) for r in group)
             row["x_alignment"] = sorted({r.get("x_alignment") for r in group}, key=str)

@@ -72,6 +72,7 @@ COLUMNS: dict[str, str] = {
     "re-measuring), else empty",
     "processes": "fresh processes the figure is the median of (--processes)",
     "process_speedups": "each process's speedup, when measured in several processes",
+    "process_formats": "the format each process ran (sgemm_auto's planner decides per process)",
     "process_spread": "max / min of process_speedups (1.0 = the processes agree)",
     "x_alignment": "address of x modulo 64 bytes (0 = cache-line aligned)",
     "weight_alignment": "address of the pruned dense weight modulo 64 bytes",
