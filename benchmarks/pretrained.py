@@ -338,6 +338,15 @@ def time_forward(model, batch: dict, rounds: int = 5, repeats: int = 5) -> float
     return statistics.median(samples)
 
 
+def interleaved_times(dense_model, other_model, batch: dict) -> tuple[float, float]:
+    """Median forward seconds of both models, in interleaved rounds (same machine load)."""
+    dense_t, other_t = [], []
+    for _ in range(3):
+        dense_t.append(time_forward(dense_model, batch, rounds=1))
+        other_t.append(time_forward(other_model, batch, rounds=1))
+    return statistics.median(dense_t), statistics.median(other_t)
+
+
 def speedup(dense_model, pruned_model, batch: dict) -> dict[str, float]:
     """Sparsify a copy of ``pruned_model`` (format='auto') and time it against the dense model,
     interleaving rounds so both see the same machine load."""
@@ -347,11 +356,7 @@ def speedup(dense_model, pruned_model, batch: dict) -> dict[str, float]:
     rows = int(batch["input_ids"].numel())
     sparsify(sparse, format="auto", batch_hint=rows, min_sparsity=0.3)
     converted = len(sparse.sparsegemm_report.converted)
-    dense_t, sparse_t = [], []
-    for _ in range(3):
-        dense_t.append(time_forward(dense_model, batch, rounds=1))
-        sparse_t.append(time_forward(sparse, batch, rounds=1))
-    d, s = statistics.median(dense_t), statistics.median(sparse_t)
+    d, s = interleaved_times(dense_model, sparse, batch)
     # Storage: every pruned layer as CSR (the planner's BSR picks store padded blocks).
     compact = sparsify(prune.remove(prune.clone_model(pruned_model)), format="csr",
                        min_sparsity=0.3)
@@ -409,6 +414,37 @@ def run_point(model, tokenizer, calib, heldout, dense_emb, label, amount, patter
     return row
 
 
+STRUCTURED = "structured (thinned)"
+
+
+def run_structured_point(model, tokenizer, calib, heldout, dense_emb, amount,
+                         timing_batch=None) -> Row:
+    """Remove ``amount`` of every block's FFN neurons and heads (calibration scores), thin
+    the model into smaller dense layers, then measure it like the sparse points."""
+    start = time.perf_counter()
+    thinned = prune.prune_structure(model, calib, amount)
+    elapsed = time.perf_counter() - start
+    q = quality(dense_emb["everyday"], embed(thinned, tokenizer, heldout["everyday"]))
+    q_docs = quality(dense_emb["docstrings"], embed(thinned, tokenizer, heldout["docstrings"]))
+
+    def block_weights(m):
+        return sum(layer.weight.numel() for layout in prune.block_layouts(m)
+                   for layer in (layout.ffn_up, layout.ffn_down, *layout.qkv,
+                                 layout.attention_out))
+
+    removed = 1.0 - block_weights(thinned) / block_weights(model)
+    row = Row(STRUCTURED, f"-{amount:.0%} units", removed, q["cosine"], q["spearman"],
+              q_docs["cosine"], elapsed)
+    if timing_batch is not None:
+        d, t = interleaved_times(model, thinned, timing_batch)
+        row.speed = {"dense_ms": d * 1e3, "sparse_ms": t * 1e3, "speedup": d / t,
+                     "converted": 0, "checkpoint": 1.0 - removed, "file_mb": float("nan")}
+    print(f"{row.method:16} {row.target:6} weights removed {row.sparsity:6.1%}  cosine "
+          f"{row.cosine:.4f}  spearman {row.spearman:.4f}  docstrings {row.docs_cosine:.4f}"
+          + (f"  speedup {row.speed['speedup']:.2f}x" if row.speed else ""), flush=True)
+    return row
+
+
 def table(rows: list[Row], batch_text: str) -> str:
     lines = [(f"| method | target | sparsity | mean cosine | Spearman | cosine, held-out "
               f"docstrings | prune s | dense ms | sparse ms | speedup ({batch_text}) | "
@@ -419,8 +455,10 @@ def table(rows: list[Row], batch_text: str) -> str:
         lines.append(f"| {r.method} | {r.target} | {r.sparsity:.1%} | {r.cosine:.4f} | "
                      f"{r.spearman:.4f} | {r.docs_cosine:.4f} | {r.prune_s:.0f} | "
                      + (f"{s['dense_ms']:.1f} | {s['sparse_ms']:.1f} | {s['speedup']:.2f}x | "
-                        f"{s['converted']} | {s['file_mb']:.1f} MB (sparse layers at "
-                        f"{s['checkpoint']:.0%} of dense) |"
+                        + (f"none (dense, thinned) | block weights at {s['checkpoint']:.0%} |"
+                           if r.method == STRUCTURED else
+                           f"{s['converted']} | {s['file_mb']:.1f} MB (sparse layers at "
+                           f"{s['checkpoint']:.0%} of dense) |")
                         if s else "- | - | - | - | - |"))
     return "\n".join(lines)
 
@@ -437,7 +475,10 @@ def plot(rows: list[Row], path: Path) -> None:
                if r.method == method and r.speed]
         if not pts:
             continue
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=method)
+        style = "s--" if method == STRUCTURED else "o-"
+        label = ("structured: FFN neurons + heads removed, thinned to dense"
+                 if method == STRUCTURED else method)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
         for x, y, t in pts:
             ax.annotate(t, (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
     ax.axvline(1.0, color="grey", lw=0.5)
@@ -459,6 +500,9 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Row]:
     parser.add_argument("--heldout", type=int, default=240, help="held-out sentences")
     parser.add_argument("--batch", type=int, default=8, help="timing: sentences per batch")
     parser.add_argument("--seq", type=int, default=128, help="timing: tokens per sentence")
+    parser.add_argument("--structured", nargs="*", type=float, default=[0.25, 0.5, 0.75],
+                        help="the other road: fractions of FFN neurons and heads removed and "
+                             "thinned (prune.prune_structure); none to skip")
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--distill-minutes", type=float, default=0.0,
                         help="also distill each point for this long (0: one-shot only)")
@@ -468,7 +512,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Row]:
     parser.add_argument("--out", type=Path, default=Path("."))
     args = parser.parse_args(argv)
     if args.quick:
-        args.amounts, args.no_timing = [0.5], True
+        args.amounts, args.no_timing, args.structured = [0.5], True, []
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -496,6 +540,9 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Row]:
             rows.append(run_point(model, tokenizer, calib, heldout, dense_emb, label,
                                   amount if amount is not None else 0.5, pattern, timing_batch,
                                   args.distill_minutes, texts))
+    for amount in args.structured:
+        rows.append(run_structured_point(model, tokenizer, calib, heldout, dense_emb, amount,
+                                         timing_batch))
     text = table(rows, batch_text)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)

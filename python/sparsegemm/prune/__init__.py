@@ -19,6 +19,7 @@ Quick start::
     prune.prune_model(model, 0.5, prune.ChannelNorm(2), scope="layer")
     prune.prune_pretrained(bert, calibration, 0.5, method="sparsegpt", pattern="2:4")
     small = prune.thin(model)                                       # drop pruned channels
+    small = prune.prune_structure(bert, calibration, 0.5)   # half the FFN neurons and heads
     prune.remove(model)                                             # finalise
 
 Weights of convolutions are treated as ``out x (in*kh*kw)`` matrices
@@ -72,6 +73,7 @@ from .criteria import (
 from .distill import distill, model_output
 from .schedule import AGPSchedule, agp_sparsity, gradual_prune, one_shot
 from .sensitivity import format_table, plot_sensitivity, sensitivity_analysis
+from .structured import TransformerBlockLayout, block_layouts, prune_structure
 from .thinning import dead_channels, thin
 
 __all__ = [
@@ -122,4 +124,8 @@ __all__ = [
     # thinning
     "thin",
     "dead_channels",
+    # structured pruning of transformer blocks (FFN neurons, heads), thinned
+    "prune_structure",
+    "block_layouts",
+    "TransformerBlockLayout",
 ]
