@@ -69,6 +69,8 @@ from sparsegemm import prune
 # Floors of the issue (held-out mean cosine vs dense).
 FLOORS = {"50%": 0.91, "2:4": 0.83, "70%+distill": 0.85}
 SPEED_FLOORS = {0.7: 1.3, 0.9: 2.5}
+# AdamW peak rate of the distillation (cosine schedule, embeddings frozen).
+DISTILL_LR = 3e-4
 
 METHODS = {  # label -> prune_pretrained arguments
     "magnitude": dict(method="magnitude"),
@@ -238,7 +240,18 @@ def everyday_sentences() -> list[str]:
     return _template_sentences(_EVERYDAY_TOPICS, _EVERYDAY_FRAMES, seed=1)
 
 
-def docstring_sentences(seed: int = 0) -> list[str]:
+def everyday_variants() -> list[str]:
+    """Every everyday subject and predicate in every frame (1,500 sentences): more
+    unlabeled text of the same register for distillation."""
+    pool = []
+    for subjects, verbs in _EVERYDAY_TOPICS.values():
+        for s, v, frame in itertools.product(subjects, verbs, _EVERYDAY_FRAMES):
+            pool.append(frame.format(s=s, v=v, s_lower=s[0].lower() + s[1:]))
+    random.Random(2).shuffle(pool)
+    return pool
+
+
+def docstring_sentences(seed: int = 0, modules: Optional[Sequence] = None) -> list[str]:
     """Unlabeled English sentences from the docstrings of standard-library modules,
     shuffled (about 700): :func:`text_split` cuts them into calibration, held-out
     and distillation parts."""
@@ -254,8 +267,9 @@ def docstring_sentences(seed: int = 0) -> list[str]:
     import threading
     import unittest
 
-    modules = [collections, email, http.client, json, logging, os.path, pathlib, shutil,
-               subprocess, threading, unittest, argparse, random, statistics, inspect]
+    if modules is None:
+        modules = [collections, email, http.client, json, logging, os.path, pathlib, shutil,
+                   subprocess, threading, unittest, argparse, random, statistics, inspect]
     seen, out = set(), []
     for module in modules:
         docs = [inspect.getdoc(module) or ""]
@@ -296,6 +310,35 @@ def text_split(calibration: int = 256, heldout_docstrings: int = 240) -> TextSpl
         distillation=everyday[half:] + docs[from_docs + heldout_docstrings:],
         heldout_docstrings=docs[from_docs:from_docs + heldout_docstrings],
     )
+
+
+def distillation_sentences(texts: TextSplit) -> list[str]:
+    """The distillation part of ``texts``, plus the everyday sentences in all their frames
+    and docstrings of other standard-library modules, minus every calibration and
+    held-out sentence."""
+    import asyncio
+    import csv
+    import datetime
+    import decimal
+    import functools
+    import socket
+    import string
+    import tarfile
+    import textwrap
+    import urllib.request
+    import zipfile
+
+    extra_modules = [asyncio, csv, datetime, decimal, functools, socket, tarfile, textwrap,
+                     string, urllib.request, zipfile]
+    excluded = set(texts.calibration) | set(texts.heldout_docstrings)
+    seen, out = set(), []
+    for sentence in (texts.distillation + everyday_variants()
+                     + docstring_sentences(modules=extra_modules)):
+        if sentence not in excluded and sentence not in seen:
+            seen.add(sentence)
+            out.append(sentence)
+    random.Random(3).shuffle(out)
+    return out
 
 
 def calibration_batches(tokenizer, sentences: Sequence[str], batch_size: int = 16) -> list[dict]:
@@ -391,8 +434,10 @@ def run_point(model, tokenizer, calib, heldout, dense_emb, label, amount, patter
     elapsed = time.perf_counter() - start
     if distill_minutes > 0:
         losses = prune.distill(pruned, model,
-                               calibration_batches(tokenizer, texts.distillation), epochs=10**6,
-                               minutes=distill_minutes, lr=1e-4, hidden_weight=1.0)
+                               calibration_batches(tokenizer, distillation_sentences(texts)),
+                               epochs=10**6, minutes=distill_minutes, lr=DISTILL_LR,
+                               hidden_weight=1.0, schedule="cosine",
+                               frozen=(torch.nn.Embedding,))
         print(f"  distilled {len(losses)} steps: loss {losses[0]:.4g} -> "
               f"{statistics.mean(losses[-10:]):.4g}", flush=True)
         label += "+distill"

@@ -67,6 +67,64 @@ def test_distill_stops_at_max_steps_and_rejects_bad_arguments():
         prune.distill(student, teacher, [], hidden_weight=-1)
 
 
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    from sparsegemm.prune.distill import _cosine_factor
+
+    assert _cosine_factor(0.0, 0.1) < 0.05
+    assert _cosine_factor(0.1, 0.1) == pytest.approx(1.0)
+    assert _cosine_factor(0.55, 0.1) == pytest.approx(0.5)
+    assert _cosine_factor(1.0, 0.1) == pytest.approx(0.0, abs=1e-12)
+    factors = [_cosine_factor(i / 100, 0.1) for i in range(10, 101)]
+    assert all(a >= b for a, b in zip(factors, factors[1:]))
+
+
+def test_cosine_schedule_sets_the_rate_per_step_and_restores_it():
+    student, teacher = _student_and_teacher()
+    optimizer = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=0.1)
+    seen = []
+    step = optimizer.step
+
+    def recording_step(*args, **kwargs):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    optimizer.step = recording_step
+    prune.distill(student, teacher, _global_batches(), epochs=4, max_steps=20,
+                  optimizer=optimizer, schedule="cosine", warmup=0.1)
+    assert len(seen) == 20
+    assert seen[0] < seen[2] and max(seen) <= 0.1 + 1e-12 and seen[-1] < 0.01
+    assert optimizer.param_groups[0]["lr"] == 0.1
+
+
+def test_frozen_module_types_are_not_trained():
+    student, teacher = _student_and_teacher()
+    student = nn.Sequential(nn.LayerNorm(8), student)
+    teacher = nn.Sequential(nn.LayerNorm(8), teacher)
+    linears = [m for m in student.modules() if isinstance(m, nn.Linear)]
+
+    def effective(m):  # masked weights (apply_masks zeroes weight_orig's pruned entries)
+        return [(m.weight_orig * m.weight_mask).detach(), m.bias.detach()]
+
+    before = [t.clone() for m in linears for t in effective(m)]
+    norm_before = student[0].weight.clone()
+    prune.distill(student, teacher, _global_batches(), epochs=2, lr=1e-2, frozen=(nn.Linear,))
+    after = [t for m in linears for t in effective(m)]
+    assert all(torch.equal(a, b) for a, b in zip(after, before))
+    assert not torch.equal(student[0].weight, norm_before)  # the rest trains
+    assert all(p.requires_grad for p in student.parameters())  # restored
+    with pytest.raises(ValueError, match="no trainable"):
+        prune.distill(student, teacher, _global_batches(), frozen=(nn.Linear, nn.LayerNorm))
+    assert all(p.requires_grad for p in student.parameters())
+
+
+def test_bad_schedule_arguments_are_refused():
+    student, teacher = _student_and_teacher()
+    with pytest.raises(ValueError, match="schedule"):
+        prune.distill(student, teacher, _global_batches(), schedule="linear")
+    with pytest.raises(ValueError, match="warmup"):
+        prune.distill(student, teacher, _global_batches(), schedule="cosine", warmup=1.0)
+
+
 def _ddp_worker(rank, world_size, init_file, result_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world_size)

@@ -30,6 +30,16 @@ def test_heldout_sentences_are_many_varied_and_apart_from_calibration(bench):
     assert not phrases(bench._TOPICS) & phrases(bench._EVERYDAY_TOPICS)
 
 
+def test_distillation_text_is_larger_and_apart_from_calibration_and_heldout(bench):
+    texts = bench.text_split(256, 240)
+    distillation = bench.distillation_sentences(texts)
+    assert len(distillation) == len(set(distillation)) > 3 * len(texts.distillation)
+    assert set(texts.distillation) <= set(distillation)
+    heldout = set(texts.heldout_docstrings) | set(bench.heldout_sentences(240))
+    apart = set(texts.calibration) | heldout
+    assert not set(distillation) & apart
+
+
 def test_quality_is_one_for_identical_embeddings_and_drops_with_noise(bench):
     embeddings = torch.nn.functional.normalize(torch.randn(50, 16), dim=-1)
     same = bench.quality(embeddings, embeddings)

@@ -17,6 +17,7 @@ whole global batch (the losses are means over equal shares).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from typing import Any, Callable, Optional
@@ -65,6 +66,9 @@ def distill(
     hidden_weight: float = 0.0,
     output_fn: Callable[[Any], torch.Tensor] = model_output,
     optimizer: Optional[torch.optim.Optimizer] = None,
+    schedule: str = "constant",
+    warmup: float = 0.05,
+    frozen: tuple[type, ...] = (),
 ) -> list[float]:
     """Train ``student`` to reproduce ``teacher`` on unlabeled ``data``; returns the losses.
 
@@ -74,6 +78,13 @@ def distill(
         lr, weight_decay: of the AdamW optimizer made when ``optimizer`` is None.
         hidden_weight: weight of the per-block hidden-state MSE (0: final output only).
         output_fn: maps a model's output to the tensor compared.
+        schedule: "constant", or "cosine": the learning rate rises linearly over
+            the first ``warmup`` of the run, then decays to zero along a cosine.
+            Progress is measured in steps against ``max_steps``, or in time
+            against ``minutes`` (whichever stops the run first), else in epochs.
+        frozen: module types whose parameters are not trained (e.g.
+            ``(nn.Embedding,)``: a vocabulary table is most of a small model's
+            parameters and gets almost no signal from a short run).
 
     Both models run in eval mode (no dropout: a step is a deterministic
     function of the batch).  The teacher is never modified.  In an
@@ -85,8 +96,19 @@ def distill(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if hidden_weight < 0:
         raise ValueError(f"hidden_weight must be >= 0, got {hidden_weight}")
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+    if not 0.0 <= warmup < 1.0:
+        raise ValueError(f"warmup must be in [0, 1), got {warmup}")
+    # frozen parameters skip their gradients too (restored in the finally below)
+    frozen_params = [p for m in student.modules() if isinstance(m, frozen)
+                     for p in m.parameters(recurse=False) if p.requires_grad]
+    for p in frozen_params:
+        p.requires_grad_(False)
     trainable = [p for p in student.parameters() if p.requires_grad]
     if not trainable:
+        for p in frozen_params:
+            p.requires_grad_(True)
         raise ValueError("the student has no trainable parameters")
     if optimizer is None:
         optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
@@ -105,13 +127,31 @@ def distill(
     student.eval()
     teacher.eval()
     losses: list[float] = []
-    deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
+    started = time.monotonic()
+    deadline = None if minutes is None else started + 60.0 * minutes
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    batches_per_epoch = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
+
+    def progress(epoch: int) -> float:
+        done = []
+        if max_steps is not None:
+            done.append(len(losses) / max_steps)
+        if deadline is not None:
+            done.append((time.monotonic() - started) / (deadline - started))
+        if not done and batches_per_epoch:
+            done.append(len(losses) / (epochs * batches_per_epoch))
+        return min(1.0, max(done, default=epoch / epochs))
+
     try:
-        for _ in range(epochs):
+        for epoch in range(epochs):
             for batch in data:
                 if (max_steps is not None and len(losses) >= max_steps) or (
                         deadline is not None and time.monotonic() >= deadline):
                     return losses
+                if schedule == "cosine":
+                    factor = _cosine_factor(progress(epoch), warmup)
+                    for group, base in zip(optimizer.param_groups, base_lrs):
+                        group["lr"] = base * factor
                 student_states.clear()
                 teacher_states.clear()
                 with torch.no_grad():
@@ -131,4 +171,15 @@ def distill(
             handle.remove()
         student.train(was_training[0])
         teacher.train(was_training[1])
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base
+        for p in frozen_params:
+            p.requires_grad_(True)
     return losses
+
+
+def _cosine_factor(progress: float, warmup: float) -> float:
+    """Learning-rate factor: linear warm-up to 1, then a cosine decay to 0."""
+    if progress < warmup:
+        return (progress + 1e-3) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (progress - warmup) / (1.0 - warmup)))

@@ -21,7 +21,8 @@ its average output; the rest of its contribution is lost.
 
 Block layout (found per block among its ``nn.Linear`` modules):
 
-* FFN: a pair ``up`` (d -> h) and ``down`` (h -> d) with h != d.
+* FFN: a pair ``up`` (d -> h) and ``down`` (h -> d) with h != d, ``up``
+  defined first.
 * Attention: a module with ``attention_head_size`` (Hugging Face) or
   ``head_dim`` whose ``query``/``key``/``value`` (or ``q_proj``/``k_proj``/
   ``v_proj``) Linears give the heads, and the block's remaining Linear that
@@ -95,10 +96,31 @@ def block_layouts(model: nn.Module) -> list[TransformerBlockLayout]:
     layouts = []
     for name, block in find_blocks(model):
         linears = [m for m in block.modules() if isinstance(m, nn.Linear)]
+        attention, qkv = _find_attention(block)
+        attention_out = None
+        if attention is not None:
+            # the first Linear after the projections that maps the context back to the width
+            inside = {id(m) for m in attention.modules()}
+            after = linears[max(linears.index(layer) for layer in qkv) + 1 :]
+            candidates = [
+                m
+                for m in after
+                if id(m) not in inside
+                and m.in_features == qkv[2].out_features
+                and m.out_features == qkv[0].in_features
+            ]
+            if not candidates:
+                raise ValueError(
+                    f"block {name!r}: no attention output projection reading the "
+                    f"{qkv[2].out_features}-wide context"
+                )
+            attention_out = candidates[0]
+        rest = [m for m in linears if m is not attention_out and all(m is not p for p in qkv)]
+        # up before down in the block's definition order (the pair's mirror image matches too)
         pairs = [
             (up, down)
-            for up in linears
-            for down in linears
+            for i, up in enumerate(rest)
+            for down in rest[i + 1 :]
             if up.out_features == down.in_features
             and up.in_features == down.out_features
             and up.out_features != up.in_features
@@ -109,22 +131,6 @@ def block_layouts(model: nn.Module) -> list[TransformerBlockLayout]:
                 f"Linears, found {len(pairs)}"
             )
         up, down = pairs[0]
-        attention, qkv = _find_attention(block)
-        attention_out = None
-        if attention is not None:
-            inside = {id(m) for m in attention.modules()}
-            width = qkv[2].out_features
-            rest = [
-                m
-                for m in linears
-                if id(m) not in inside and m is not up and m is not down and m.in_features == width
-            ]
-            if len(rest) != 1:
-                raise ValueError(
-                    f"block {name!r}: expected one attention output projection reading the "
-                    f"{width}-wide context, found {len(rest)}"
-                )
-            attention_out = rest[0]
         layouts.append(TransformerBlockLayout(name, up, down, attention, qkv, attention_out))
     return layouts
 
