@@ -70,10 +70,10 @@ PRESETS = {
         DEFAULT_BATCHES,
         QUICK_SPARSITIES,
         HarnessSettings(
-            rounds=5, target_block_s=0.01, max_calls=1000, max_remeasure=1, max_contender_s=0.3
+            rounds=5, target_block_s=0.02, max_calls=1000, max_remeasure=1, max_contender_s=0.3
         ),
         True,
-        "quick suite: 5 samples per contender (blocks of ~10 ms; fewer samples for a contender "
+        "quick suite: 5 samples per contender (blocks of ~20 ms; fewer samples for a contender "
         "that would take over ~0.3 s per point, see the samples column), one re-measurement at "
         "most; scipy only at batch <= 16; scipy and torch CSR only on unstructured weights. "
         "Run --full for the whole grid with more samples",
