@@ -10,6 +10,7 @@
 #include <string>
 
 #include "core/bfloat16.h"
+#include "core/csr_matrix.h"  // values_or_stored
 
 namespace sparsegemm::bindings {
 
@@ -123,13 +124,14 @@ const T* optional_bias(const py::object& bias, int64_t length) {
 }
 
 // Optional replacement values for a product with sparse matrix `a`: None, or
-// a contiguous vector with as many entries as a stores (a.values().size()),
-// of a's stored value type V (in its carrier dtype, see NumpyCarrier).
+// a contiguous vector with as many entries as a product reads (a.values_size()),
+// of a's stored value type V (in its carrier dtype, see NumpyCarrier). A
+// pattern-only `a` needs them: None raises ValueError here, before the GIL goes.
 template <typename V, typename Matrix>
 const V* optional_values(const py::object& values, const Matrix& a) {
-  if (values.is_none()) return nullptr;
+  if (values.is_none()) return values_or_stored<Matrix, V>(a, nullptr);
   const auto arg = value_vector_arg<V>(values.cast<py::array>(), "values");
-  const int64_t stored = static_cast<int64_t>(a.values().size());
+  const int64_t stored = a.values_size();
   if (arg.shape[0] != stored)
     throw py::value_error("values must have " + std::to_string(stored) +
                           " entries (one per stored value), got " + std::to_string(arg.shape[0]));

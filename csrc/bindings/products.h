@@ -53,7 +53,7 @@ void check_linear_operands(int64_t rows, int64_t cols, const StridedArg<X>& x,
 
 // Registers `matmul_name(a, b, out, bias=None, num_threads=0, values=None)` and
 // `linear_name(w, x, out, bias=None, num_threads=0, values=None)` for a Matrix
-// with rows(), cols() and values(), calling the C++ drivers with the signatures
+// with rows(), cols(), values() and values_size(), calling the C++ drivers with the signatures
 // of drivers/csr_driver.h. T is the dense operands' type (b, out, x, bias);
 // `values` replaces the matrix's stored values for one call and has their type,
 // which may differ (bfloat16 values computed in float).

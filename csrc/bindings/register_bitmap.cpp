@@ -36,6 +36,15 @@ void register_bitmap_dtype(py::module_& m, const char* class_name) {
           "Copy and validate a bitmap: bits (uint64, rows * ceil(cols / 64) words, row-major, "
           "bits past cols zero) and data (one value per set bit, row-major).")
       .def_static(
+          "pattern_from_arrays",
+          [](int64_t rows, int64_t cols, const py::array& bits) {
+            const auto words = contiguous_vector_arg<uint64_t>(bits, "bits");
+            py::gil_scoped_release release;
+            return Matrix::pattern_from_arrays(rows, cols, words.data, words.shape[0]);
+          },
+          py::arg("rows"), py::arg("cols"), py::arg("bits"),
+          "Copy and validate bits without values: products need values=.")
+      .def_static(
           "from_csr_arrays",
           [](int64_t rows, int64_t cols, const py::array& indptr, const py::array& indices,
              const py::array& data) {
@@ -62,6 +71,8 @@ void register_bitmap_dtype(py::module_& m, const char* class_name) {
       .def_property_readonly("nnz", &Matrix::nnz)
       .def_property_readonly("words_per_row", &Matrix::words_per_row)
       .def_property_readonly("storage_bytes", &Matrix::storage_bytes)
+      .def_property_readonly("has_values", &Matrix::has_values,
+                             "False for a pattern-only matrix (see pattern_from_arrays).")
       .def_property_readonly(
           "bits",
           [](py::object self) { return owned_view(self.cast<const Matrix&>().bits(), self); })

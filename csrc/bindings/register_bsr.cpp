@@ -38,6 +38,19 @@ void register_bsr_dtype(py::module_& m, const char* class_name) {
           "Copy and validate BSR arrays: indptr (int32 or int64) per block row, int32 block-column "
           "indices, and data holding nblocks * R * C values (flattened, row-major in a block).")
       .def_static(
+          "pattern_from_arrays",
+          [](int64_t rows, int64_t cols, std::pair<int, int> blocksize, const py::array& indptr,
+             const py::array& indices) {
+            const auto idx = contiguous_vector_arg<index_t>(indices, "indices");
+            return with_indptr(indptr, [&](const auto& ptr) {
+              return Matrix::pattern_from_arrays(rows, cols, blocksize.first, blocksize.second,
+                                                 ptr.data, ptr.shape[0], idx.data, idx.shape[0]);
+            });
+          },
+          py::arg("rows"), py::arg("cols"), py::arg("blocksize"), py::arg("indptr"),
+          py::arg("indices"),
+          "Copy and validate a block structure without values: products need values=.")
+      .def_static(
           "from_dense",
           [](const py::array& dense, std::pair<int, int> blocksize, double threshold) {
             const auto arg = strided_arg<T>(dense, "dense", 2, false);
@@ -52,6 +65,9 @@ void register_bsr_dtype(py::module_& m, const char* class_name) {
       .def_property_readonly(
           "blocksize", [](const Matrix& a) { return std::make_pair(a.block_r(), a.block_c()); })
       .def_property_readonly("nblocks", &Matrix::nblocks)
+      .def_property_readonly("storage_bytes", &Matrix::storage_bytes)
+      .def_property_readonly("has_values", &Matrix::has_values,
+                             "False for a pattern-only matrix (see pattern_from_arrays).")
       .def_property_readonly(
           "indptr",
           [](py::object self) { return owned_view(self.cast<const Matrix&>().indptr(), self); })

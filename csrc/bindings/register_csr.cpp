@@ -33,6 +33,17 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
           py::arg("rows"), py::arg("cols"), py::arg("indptr"), py::arg("indices"), py::arg("data"),
           "Copy and validate CSR arrays (indptr int32 or int64, indices int32).")
       .def_static(
+          "pattern_from_arrays",
+          [](int64_t rows, int64_t cols, const py::array& indptr, const py::array& indices) {
+            const auto idx = contiguous_vector_arg<index_t>(indices, "indices");
+            return with_indptr(indptr, [&](const auto& ptr) {
+              return Matrix::pattern_from_arrays(rows, cols, ptr.data, ptr.shape[0], idx.data,
+                                                 idx.shape[0]);
+            });
+          },
+          py::arg("rows"), py::arg("cols"), py::arg("indptr"), py::arg("indices"),
+          "Copy and validate a CSR structure without values: products need values=.")
+      .def_static(
           "from_dense",
           [](const py::array& dense, double threshold) {
             const auto arg = strided_arg<T>(dense, "dense", 2, false);
@@ -61,6 +72,9 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
       .def_property_readonly("compact_indices", &Matrix::compact_indices,
                              "Whether column indices are stored in 16 bits.")
       .def_property_readonly("bytes_per_entry", &Matrix::bytes_per_entry)
+      .def_property_readonly("storage_bytes", &Matrix::storage_bytes)
+      .def_property_readonly("has_values", &Matrix::has_values,
+                             "False for a pattern-only matrix (see pattern_from_arrays).")
       .def_property_readonly(
           "data",
           [](py::object self) { return owned_view(self.cast<const Matrix&>().values(), self); })

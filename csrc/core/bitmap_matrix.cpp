@@ -31,9 +31,8 @@ int64_t BitmapMatrix<T>::count_offsets() {
 }
 
 template <typename T>
-BitmapMatrix<T> BitmapMatrix<T>::from_arrays(int64_t rows, int64_t cols, const uint64_t* bits,
-                                             int64_t bits_len, const T* values,
-                                             int64_t values_len) {
+BitmapMatrix<T> BitmapMatrix<T>::pattern_from_arrays(int64_t rows, int64_t cols,
+                                                     const uint64_t* bits, int64_t bits_len) {
   check_dimensions(rows, cols);
   const int64_t wpr = bitmap_words_per_row(cols);
   if (bits_len != rows * wpr)
@@ -50,11 +49,21 @@ BitmapMatrix<T> BitmapMatrix<T>::from_arrays(int64_t rows, int64_t cols, const u
   BitmapMatrix m;
   m.rows_ = rows;
   m.cols_ = cols;
+  m.has_values_ = false;
   m.bits_.assign(bits, bits + bits_len);
-  const int64_t total = m.count_offsets();
-  if (values_len != total)
-    throw std::invalid_argument("data must have one value per set bit (" + std::to_string(total) +
+  m.count_offsets();
+  return m;
+}
+
+template <typename T>
+BitmapMatrix<T> BitmapMatrix<T>::from_arrays(int64_t rows, int64_t cols, const uint64_t* bits,
+                                             int64_t bits_len, const T* values,
+                                             int64_t values_len) {
+  BitmapMatrix m = pattern_from_arrays(rows, cols, bits, bits_len);
+  if (values_len != m.nnz())
+    throw std::invalid_argument("data must have one value per set bit (" + std::to_string(m.nnz()) +
                                 "), got " + std::to_string(values_len));
+  m.has_values_ = true;
   m.values_.assign(values, values + values_len);
   return m;
 }
@@ -115,6 +124,7 @@ BitmapMatrix<T> BitmapMatrix<T>::from_dense(int64_t rows, int64_t cols, const co
 
 template <typename T>
 void BitmapMatrix<T>::to_dense(compute_t<T>* out) const {
+  const std::vector<T>& vals = values();
   std::memset(out, 0, sizeof(compute_t<T>) * rows_ * cols_);
   const int64_t wpr = words_per_row();
   int64_t k = 0;
@@ -122,7 +132,7 @@ void BitmapMatrix<T>::to_dense(compute_t<T>* out) const {
     for (int64_t w = 0; w < wpr; ++w)
       for (uint64_t word = bits_[r * wpr + w]; word != 0; word &= word - 1)
         out[r * cols_ + w * kBitmapWordBits + __builtin_ctzll(word)] =
-            StoredValue<T>::widen(values_[k++]);
+            StoredValue<T>::widen(vals[k++]);
 }
 
 template <typename T>
@@ -135,6 +145,7 @@ BitmapMatrix<T> BitmapMatrix<T>::with_values(const T* values, int64_t values_len
   m.cols_ = cols_;
   m.bits_ = bits_;
   m.offsets_ = offsets_;
+  m.has_values_ = true;
   m.values_.assign(values, values + values_len);
   return m;
 }

@@ -13,8 +13,8 @@
 // stored in 2 bytes and computed in float32, so from_dense takes and to_dense
 // gives compute_t<T> (float for bfloat16).
 //
-// BitmapMatrix owns validated arrays; BitmapView is the pointer bundle the
-// kernels take.
+// BitmapMatrix owns validated arrays (or only bits and offsets: pattern-only,
+// see core/csr_matrix.h); BitmapView is the pointer bundle the kernels take.
 #pragma once
 
 #include <cstdint>
@@ -38,7 +38,7 @@ struct BitmapView {
   int64_t words_per_row = 0;          // ceil(cols / 64)
   const uint64_t* bits = nullptr;     // rows * words_per_row words, bits past cols zero
   const offset_t* offsets = nullptr;  // rows + 1 entries: offsets[r] = values before row r
-  const T* values = nullptr;          // offsets[rows] entries, row-major
+  const T* values = nullptr;          // offsets[rows] entries, row-major; null: pattern-only
   int64_t nnz() const { return offsets[rows]; }
 };
 
@@ -50,6 +50,10 @@ class BitmapMatrix {
   // defect: a wrong length, or a bit set past the last column of a row.
   static BitmapMatrix from_arrays(int64_t rows, int64_t cols, const uint64_t* bits,
                                   int64_t bits_len, const T* values, int64_t values_len);
+
+  // The same checks of the bits without values: a pattern-only matrix.
+  static BitmapMatrix pattern_from_arrays(int64_t rows, int64_t cols, const uint64_t* bits,
+                                          int64_t bits_len);
 
   // From validated-on-the-way CSR arrays (see validate_csr_structure): every
   // stored entry, explicit zeros included, gets its bit. IndptrT is int32_t or int64_t.
@@ -68,15 +72,22 @@ class BitmapMatrix {
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
   int64_t words_per_row() const { return bitmap_words_per_row(cols_); }
-  int64_t nnz() const { return static_cast<int64_t>(values_.size()); }
+  int64_t nnz() const { return offsets_.back(); }
+  // Values a product reads (the length of its `values` argument): nnz().
+  int64_t values_size() const { return nnz(); }
   const std::vector<uint64_t>& bits() const { return bits_; }
   const std::vector<offset_t>& offsets() const { return offsets_; }
-  const std::vector<T>& values() const { return values_; }
+  bool has_values() const { return has_values_; }
+  // Throws std::invalid_argument for a pattern-only matrix.
+  const std::vector<T>& values() const {
+    if (!has_values_) throw_pattern_only();
+    return values_;
+  }
   BitmapView<T> view() const {
     return BitmapView<T>{rows_,        cols_,           words_per_row(),
-                         bits_.data(), offsets_.data(), values_.data()};
+                         bits_.data(), offsets_.data(), stored_values()};
   }
-  // Bytes of storage: values, bits and row offsets.
+  // Bytes of storage: values (if stored), bits and row offsets.
   int64_t storage_bytes() const {
     return static_cast<int64_t>(values_.size() * sizeof(T) + bits_.size() * sizeof(uint64_t) +
                                 offsets_.size() * sizeof(offset_t));
@@ -85,7 +96,8 @@ class BitmapMatrix {
   // out is rows x cols, C order, and is fully overwritten.
   void to_dense(compute_t<T>* out) const;
 
-  // The same pattern with other values (values_len must equal nnz()).
+  // The same pattern with other values (values_len must equal nnz()), also
+  // from a pattern-only matrix.
   BitmapMatrix with_values(const T* values, int64_t values_len) const;
 
  private:
@@ -97,7 +109,10 @@ class BitmapMatrix {
   int64_t cols_ = 0;
   std::vector<uint64_t> bits_;
   std::vector<offset_t> offsets_;
-  std::vector<T> values_;
+  bool has_values_ = true;
+  std::vector<T> values_;  // empty when !has_values_
+  // What a view points its kernels at: null for a pattern-only matrix.
+  const T* stored_values() const { return has_values_ ? values_.data() : nullptr; }
 };
 
 }  // namespace sparsegemm

@@ -23,10 +23,9 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 template <typename T>
 template <typename IndptrT>
-BsrMatrix<T> BsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, int block_r, int block_c,
-                                       const IndptrT* indptr, int64_t indptr_len,
-                                       const index_t* indices, int64_t indices_len, const T* values,
-                                       int64_t values_len) {
+BsrMatrix<T> BsrMatrix<T>::pattern_from_arrays(int64_t rows, int64_t cols, int block_r, int block_c,
+                                               const IndptrT* indptr, int64_t indptr_len,
+                                               const index_t* indices, int64_t indices_len) {
   check_dimensions(rows, cols);
   check_block_shape(block_r, block_c);
   const int64_t block_rows = ceil_div(rows, block_r), block_cols = ceil_div(cols, block_c);
@@ -40,6 +39,25 @@ BsrMatrix<T> BsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, int block_r, 
                     "rows are block rows): ") +
         e.what());
   }
+  BsrMatrix m;
+  m.rows_ = rows;
+  m.cols_ = cols;
+  m.block_r_ = block_r;
+  m.block_c_ = block_c;
+  m.has_values_ = false;
+  m.indptr_.assign(indptr, indptr + indptr_len);
+  m.indices_.assign(indices, indices + indices_len);
+  return m;
+}
+
+template <typename T>
+template <typename IndptrT>
+BsrMatrix<T> BsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, int block_r, int block_c,
+                                       const IndptrT* indptr, int64_t indptr_len,
+                                       const index_t* indices, int64_t indices_len, const T* values,
+                                       int64_t values_len) {
+  BsrMatrix m =
+      pattern_from_arrays(rows, cols, block_r, block_c, indptr, indptr_len, indices, indices_len);
   const int64_t block_size = static_cast<int64_t>(block_r) * block_c;
   if (values_len != indices_len * block_size)
     throw std::invalid_argument("data must hold nblocks * R * C = " + std::to_string(indices_len) +
@@ -48,7 +66,7 @@ BsrMatrix<T> BsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, int block_r, 
                                 std::to_string(values_len));
   // Padding outside the logical shape must be zero, so that a stored block
   // means the same whatever shape a reader pads it to.
-  for (int64_t br = 0; br < block_rows; ++br)
+  for (int64_t br = 0; br < m.block_rows(); ++br)
     for (int64_t j = indptr[br]; j < static_cast<int64_t>(indptr[br + 1]); ++j)
       for (int i = 0; i < block_r; ++i)
         for (int c = 0; c < block_c; ++c) {
@@ -61,13 +79,7 @@ BsrMatrix<T> BsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, int block_r, 
                                         ", " + std::to_string(cols) +
                                         "); padding entries must be zero");
         }
-  BsrMatrix m;
-  m.rows_ = rows;
-  m.cols_ = cols;
-  m.block_r_ = block_r;
-  m.block_c_ = block_c;
-  m.indptr_.assign(indptr, indptr + indptr_len);
-  m.indices_.assign(indices, indices + indices_len);
+  m.has_values_ = true;
   m.values_.assign(values, values + values_len);
   return m;
 }
@@ -118,6 +130,7 @@ BsrMatrix<T> BsrMatrix<T>::transposed(int64_t* permutation) const {
   t.cols_ = rows_;
   t.block_r_ = block_c_;
   t.block_c_ = block_r_;
+  t.has_values_ = has_values_;
   const int64_t t_block_rows = block_cols();
   t.indptr_.assign(t_block_rows + 1, 0);
   for (index_t bc : indices_) ++t.indptr_[bc + 1];
@@ -131,10 +144,12 @@ BsrMatrix<T> BsrMatrix<T>::transposed(int64_t* permutation) const {
     for (int64_t j = indptr_[br]; j < indptr_[br + 1]; ++j) {
       const int64_t dst = next[indices_[j]]++;
       t.indices_[dst] = static_cast<index_t>(br);
-      const T* block = values_.data() + j * block_size;
-      T* t_block = t.values_.data() + dst * block_size;
-      for (int i = 0; i < block_r_; ++i)
-        for (int c = 0; c < block_c_; ++c) t_block[c * block_r_ + i] = block[i * block_c_ + c];
+      if (has_values_) {
+        const T* block = values_.data() + j * block_size;
+        T* t_block = t.values_.data() + dst * block_size;
+        for (int i = 0; i < block_r_; ++i)
+          for (int c = 0; c < block_c_; ++c) t_block[c * block_r_ + i] = block[i * block_c_ + c];
+      }
       if (permutation != nullptr) permutation[dst] = j;
     }
   return t;
@@ -142,12 +157,13 @@ BsrMatrix<T> BsrMatrix<T>::transposed(int64_t* permutation) const {
 
 template <typename T>
 void BsrMatrix<T>::to_dense(T* out) const {
+  const std::vector<T>& vals = values();
   std::memset(out, 0, sizeof(T) * rows_ * cols_);
   const int64_t block_size = static_cast<int64_t>(block_r_) * block_c_;
   for (int64_t br = 0; br < block_rows(); ++br)
     for (int64_t j = indptr_[br]; j < indptr_[br + 1]; ++j) {
       const int64_t bc = indices_[j];
-      const T* block = values_.data() + j * block_size;
+      const T* block = vals.data() + j * block_size;
       for (int64_t i = br * block_r_; i < std::min(rows_, (br + 1) * block_r_); ++i)
         for (int64_t c = bc * block_c_; c < std::min(cols_, (bc + 1) * block_c_); ++c)
           out[i * cols_ + c] = block[(i - br * block_r_) * block_c_ + (c - bc * block_c_)];
@@ -161,7 +177,11 @@ void BsrMatrix<T>::to_dense(T* out) const {
       int64_t);                                                                               \
   template BsrMatrix<T> BsrMatrix<T>::from_arrays<int64_t>(                                   \
       int64_t, int64_t, int, int, const int64_t*, int64_t, const index_t*, int64_t, const T*, \
-      int64_t);
+      int64_t);                                                                               \
+  template BsrMatrix<T> BsrMatrix<T>::pattern_from_arrays<int32_t>(                           \
+      int64_t, int64_t, int, int, const int32_t*, int64_t, const index_t*, int64_t);          \
+  template BsrMatrix<T> BsrMatrix<T>::pattern_from_arrays<int64_t>(                           \
+      int64_t, int64_t, int, int, const int64_t*, int64_t, const index_t*, int64_t);
 SPARSEGEMM_INSTANTIATE_BSR(float)
 SPARSEGEMM_INSTANTIATE_BSR(double)
 #undef SPARSEGEMM_INSTANTIATE_BSR

@@ -5,8 +5,9 @@
 // R * C values (row-major inside the block), zeros included. The logical shape
 // need not divide by the block: the last block row / column is zero-padded in
 // storage, and kernels never read or write the dense operands outside the
-// logical shape. BsrMatrix owns validated arrays; BsrView is the pointer
-// bundle the kernels take.
+// logical shape. BsrMatrix owns validated arrays (or only the block structure:
+// pattern-only, see core/csr_matrix.h); BsrView is the pointer bundle the
+// kernels take.
 #pragma once
 
 #include <cstdint>
@@ -26,7 +27,7 @@ struct BsrView {
   int64_t block_cols = 0;            // ceil(cols / C)
   const offset_t* indptr = nullptr;  // block_rows + 1 entries
   const index_t* indices = nullptr;  // block-column indices, strictly increasing per block row
-  const T* values = nullptr;         // nblocks * R * C, block-major, row-major inside a block
+  const T* values = nullptr;  // nblocks * R * C, block-major, row-major in a block; null: pattern
   int64_t nblocks() const { return indptr[block_rows]; }
 };
 
@@ -46,6 +47,12 @@ class BsrMatrix {
                                const IndptrT* indptr, int64_t indptr_len, const index_t* indices,
                                int64_t indices_len, const T* values, int64_t values_len);
 
+  // The same checks of the block structure without values: a pattern-only matrix.
+  template <typename IndptrT>
+  static BsrMatrix pattern_from_arrays(int64_t rows, int64_t cols, int block_r, int block_c,
+                                       const IndptrT* indptr, int64_t indptr_len,
+                                       const index_t* indices, int64_t indices_len);
+
   // Keeps every block holding an entry with |a| > threshold (NaN counts as
   // nonzero). `dense` is rows x cols with element (i, j) at
   // dense[i * row_stride + j * col_stride].
@@ -61,10 +68,22 @@ class BsrMatrix {
   int64_t nblocks() const { return static_cast<int64_t>(indices_.size()); }
   const std::vector<offset_t>& indptr() const { return indptr_; }
   const std::vector<index_t>& indices() const { return indices_; }
-  const std::vector<T>& values() const { return values_; }
+  // Values a product reads (the length of its `values` argument): nblocks * R * C.
+  int64_t values_size() const { return nblocks() * block_r_ * block_c_; }
+  bool has_values() const { return has_values_; }
+  // Throws std::invalid_argument for a pattern-only matrix.
+  const std::vector<T>& values() const {
+    if (!has_values_) throw_pattern_only();
+    return values_;
+  }
+  // Bytes of storage: values (if stored), block-column indices and block-row pointers.
+  int64_t storage_bytes() const {
+    return static_cast<int64_t>(values_.size() * sizeof(T) + indices_.size() * sizeof(index_t) +
+                                indptr_.size() * sizeof(offset_t));
+  }
   BsrView<T> view() const {
-    return {rows_,        cols_,          block_r_,        block_c_,      block_rows(),
-            block_cols(), indptr_.data(), indices_.data(), values_.data()};
+    return {rows_,        cols_,          block_r_,        block_c_,       block_rows(),
+            block_cols(), indptr_.data(), indices_.data(), stored_values()};
   }
 
   // out is rows x cols, C order, and is fully overwritten.
@@ -73,7 +92,8 @@ class BsrMatrix {
   // The (cols x rows) transpose, with C x R blocks. If permutation is not null
   // (nblocks() entries), block k of the transpose is block permutation[k] of
   // this matrix, transposed, so values that change while the pattern stays
-  // fixed can be transposed later without rebuilding.
+  // fixed can be transposed later without rebuilding. The transpose of a
+  // pattern-only matrix is pattern-only.
   BsrMatrix transposed(int64_t* permutation) const;
 
  private:
@@ -84,7 +104,10 @@ class BsrMatrix {
   int block_c_ = 1;
   std::vector<offset_t> indptr_;
   std::vector<index_t> indices_;
-  std::vector<T> values_;
+  bool has_values_ = true;
+  std::vector<T> values_;  // empty when !has_values_
+  // What a view points its kernels at: null for a pattern-only matrix.
+  const T* stored_values() const { return has_values_ ? values_.data() : nullptr; }
 };
 
 }  // namespace sparsegemm

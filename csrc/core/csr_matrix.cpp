@@ -17,6 +17,11 @@ void check_dimensions(int64_t rows, int64_t cols) {
         std::to_string(rows) + ", " + std::to_string(cols) + ")");
 }
 
+void throw_pattern_only() {
+  throw std::invalid_argument(
+      "this matrix holds only a sparsity pattern, no values; pass values= to the product");
+}
+
 namespace {
 
 template <typename IndptrT>
@@ -77,21 +82,41 @@ void validate_csr_structure(int64_t rows, int64_t cols, const int32_t* indptr, i
 
 template <typename T>
 template <typename IndptrT>
-CsrMatrix<T> CsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, const IndptrT* indptr,
-                                       int64_t indptr_len, const index_t* indices,
-                                       int64_t indices_len, const T* values, int64_t values_len) {
-  validate_csr_structure(rows, cols, indptr, indptr_len, indices, indices_len, values_len);
+CsrMatrix<T> CsrMatrix<T>::copy_pattern(int64_t rows, int64_t cols, const IndptrT* indptr,
+                                        int64_t indptr_len, const index_t* indices,
+                                        int64_t indices_len) {
   CsrMatrix m;
   m.rows_ = rows;
   m.cols_ = cols;
+  m.has_values_ = false;
   Pattern& pattern = m.reset_pattern();
   pattern.indptr.assign(indptr, indptr + indptr_len);
   if (m.compact_indices())
     pattern.indices16.assign(indices, indices + indices_len);  // validated: every index < cols
   else
     pattern.indices.assign(indices, indices + indices_len);
+  return m;
+}
+
+template <typename T>
+template <typename IndptrT>
+CsrMatrix<T> CsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, const IndptrT* indptr,
+                                       int64_t indptr_len, const index_t* indices,
+                                       int64_t indices_len, const T* values, int64_t values_len) {
+  validate_csr_structure(rows, cols, indptr, indptr_len, indices, indices_len, values_len);
+  CsrMatrix m = copy_pattern(rows, cols, indptr, indptr_len, indices, indices_len);
+  m.has_values_ = true;
   m.values_.assign(values, values + values_len);
   return m;
+}
+
+template <typename T>
+template <typename IndptrT>
+CsrMatrix<T> CsrMatrix<T>::pattern_from_arrays(int64_t rows, int64_t cols, const IndptrT* indptr,
+                                               int64_t indptr_len, const index_t* indices,
+                                               int64_t indices_len) {
+  validate_csr_structure(rows, cols, indptr, indptr_len, indices, indices_len, indices_len);
+  return copy_pattern(rows, cols, indptr, indptr_len, indices, indices_len);
 }
 
 template <typename T>
@@ -135,10 +160,11 @@ CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense
 
 template <typename T>
 void CsrMatrix<T>::to_dense(T* out) const {
+  const std::vector<T>& vals = values();
   std::memset(out, 0, sizeof(T) * rows_ * cols_);
   const std::vector<offset_t>& ptr = indptr();
   for (int64_t r = 0; r < rows_; ++r)
-    for (int64_t j = ptr[r]; j < ptr[r + 1]; ++j) out[r * cols_ + column(j)] = values_[j];
+    for (int64_t j = ptr[r]; j < ptr[r + 1]; ++j) out[r * cols_ + column(j)] = vals[j];
 }
 
 template <typename T>
@@ -147,6 +173,7 @@ CsrMatrix<T> CsrMatrix<T>::transposed(int64_t* permutation) const {
   CsrMatrix t;
   t.rows_ = cols_;
   t.cols_ = rows_;
+  t.has_values_ = has_values_;
   Pattern& pattern = t.reset_pattern();
   const bool compact = t.compact_indices();
   std::vector<offset_t>& t_indptr = pattern.indptr;
@@ -161,7 +188,7 @@ CsrMatrix<T> CsrMatrix<T>::transposed(int64_t* permutation) const {
     for (int64_t j = ptr[r]; j < ptr[r + 1]; ++j) {
       const int64_t dst = next[column(j)]++;
       pattern.set_index(compact, dst, r);
-      t.values_[dst] = values_[j];
+      if (has_values_) t.values_[dst] = values_[j];
       if (permutation != nullptr) permutation[dst] = j;
     }
   return t;
@@ -182,6 +209,7 @@ CsrMatrix<T> CsrMatrix<T>::with_values(const T* values, int64_t values_len) cons
   m.rows_ = rows_;
   m.cols_ = cols_;
   m.pattern_ = pattern_;  // shared, not copied
+  m.has_values_ = true;
   m.values_.assign(values, values + values_len);
   return m;
 }
@@ -191,7 +219,11 @@ CsrMatrix<T> CsrMatrix<T>::with_values(const T* values, int64_t values_len) cons
   template CsrMatrix<T> CsrMatrix<T>::from_arrays<int32_t>(                                   \
       int64_t, int64_t, const int32_t*, int64_t, const index_t*, int64_t, const T*, int64_t); \
   template CsrMatrix<T> CsrMatrix<T>::from_arrays<int64_t>(                                   \
-      int64_t, int64_t, const int64_t*, int64_t, const index_t*, int64_t, const T*, int64_t);
+      int64_t, int64_t, const int64_t*, int64_t, const index_t*, int64_t, const T*, int64_t); \
+  template CsrMatrix<T> CsrMatrix<T>::pattern_from_arrays<int32_t>(                           \
+      int64_t, int64_t, const int32_t*, int64_t, const index_t*, int64_t);                    \
+  template CsrMatrix<T> CsrMatrix<T>::pattern_from_arrays<int64_t>(                           \
+      int64_t, int64_t, const int64_t*, int64_t, const index_t*, int64_t);
 SPARSEGEMM_INSTANTIATE_CSR(float)
 SPARSEGEMM_INSTANTIATE_CSR(double)
 #undef SPARSEGEMM_INSTANTIATE_CSR

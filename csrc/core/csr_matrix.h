@@ -3,6 +3,12 @@
 // CsrMatrix owns its arrays and is only constructed through validating
 // factories, so a kernel never sees malformed indices. CsrView is the plain
 // pointer bundle that kernels take.
+//
+// Every format (CSR, BSR, bitmap) may also be pattern-only: built from its
+// structure alone, it stores no values, and every product must be given them
+// (a caller such as the torch modules owns the live values and passes them on
+// each call, so a stored copy would be dead memory). Whatever reads stored
+// values throws std::invalid_argument on such a matrix (see values_or_stored).
 #pragma once
 
 #include <cstdint>
@@ -29,9 +35,19 @@ struct CsrView {
   // exactly one of these is set (indices16 when cols <= kMaxCompactCols).
   const index_t* indices = nullptr;
   const compact_index_t* indices16 = nullptr;
-  const T* values = nullptr;  // indptr[rows] entries
+  const T* values = nullptr;  // indptr[rows] entries; null for a pattern-only matrix
   int64_t nnz() const { return indptr[rows]; }
 };
+
+// Thrown by whatever reads the stored values of a pattern-only matrix.
+[[noreturn]] void throw_pattern_only();
+
+// The values a product of `a` multiplies by: `replacement` when not null, else
+// a's stored values (throws std::invalid_argument if a holds only a pattern).
+template <typename Matrix, typename V>
+const V* values_or_stored(const Matrix& a, const V* replacement) {
+  return replacement != nullptr ? replacement : a.values().data();
+}
 
 // Throws std::invalid_argument naming the first defect found. Checks lengths,
 // indptr[0] == 0, monotone indptr, indptr[rows] == nnz, and that column indices
@@ -52,6 +68,12 @@ class CsrMatrix {
                                int64_t indptr_len, const index_t* indices, int64_t indices_len,
                                const T* values, int64_t values_len);
 
+  // The same checks without values: a pattern-only matrix of indices_len entries.
+  template <typename IndptrT>
+  static CsrMatrix pattern_from_arrays(int64_t rows, int64_t cols, const IndptrT* indptr,
+                                       int64_t indptr_len, const index_t* indices,
+                                       int64_t indices_len);
+
   // Keeps entries with |a| > threshold (NaN is kept: it is not provably zero).
   // The threshold is a double and compared exactly: rounding it to float would
   // change which float entries pass (float(0.1) > 0.1, but not > float(0.1)).
@@ -61,9 +83,16 @@ class CsrMatrix {
 
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
-  int64_t nnz() const { return static_cast<int64_t>(values_.size()); }
+  int64_t nnz() const { return pattern_->indptr.back(); }
+  // Values a product reads (the length of its `values` argument): nnz().
+  int64_t values_size() const { return nnz(); }
   const std::vector<offset_t>& indptr() const { return pattern_->indptr; }
-  const std::vector<T>& values() const { return values_; }
+  bool has_values() const { return has_values_; }
+  // Throws std::invalid_argument for a pattern-only matrix.
+  const std::vector<T>& values() const {
+    if (!has_values_) throw_pattern_only();
+    return values_;
+  }
   // Whether column indices are stored in 16 bits (see kMaxCompactCols).
   bool compact_indices() const { return cols_ <= kMaxCompactCols; }
   // Column index of stored entry j.
@@ -73,16 +102,21 @@ class CsrMatrix {
   // All column indices, widened to 32 bits (a copy).
   std::vector<index_t> column_indices() const;
   CsrView<T> view() const {
-    CsrView<T> v{rows_, cols_, pattern_->indptr.data(), nullptr, nullptr, values_.data()};
+    CsrView<T> v{rows_, cols_, pattern_->indptr.data(), nullptr, nullptr, stored_values()};
     if (compact_indices())
       v.indices16 = pattern_->indices16.data();
     else
       v.indices = pattern_->indices.data();
     return v;
   }
-  // Bytes of storage per stored entry (value + column index), for reports.
+  // Bytes of storage per stored entry (value, if stored, + column index), for reports.
   int64_t bytes_per_entry() const {
-    return static_cast<int64_t>(sizeof(T)) + (compact_indices() ? 2 : 4);
+    return (has_values_ ? static_cast<int64_t>(sizeof(T)) : 0) + (compact_indices() ? 2 : 4);
+  }
+  // Bytes of storage: values (if stored), column indices and row pointers.
+  int64_t storage_bytes() const {
+    return nnz() * bytes_per_entry() +
+           static_cast<int64_t>(pattern_->indptr.size() * sizeof(offset_t));
   }
 
   // out is rows x cols, C order, and is fully overwritten.
@@ -90,10 +124,12 @@ class CsrMatrix {
 
   // The transpose (cols x rows), and in `permutation` (nnz entries, may be null)
   // the position in this matrix of each stored entry of the transpose, so new
-  // values can be transposed later as values[permutation].
+  // values can be transposed later as values[permutation]. The transpose of a
+  // pattern-only matrix is pattern-only.
   CsrMatrix transposed(int64_t* permutation) const;
 
-  // The same sparsity pattern with other values (values_len must equal nnz()).
+  // The same sparsity pattern with other values (values_len must equal nnz()),
+  // also from a pattern-only matrix.
   CsrMatrix with_values(const T* values, int64_t values_len) const;
 
  private:
@@ -116,6 +152,10 @@ class CsrMatrix {
     }
   };
   CsrMatrix() = default;
+  // A pattern-only matrix holding copies of validated arrays.
+  template <typename IndptrT>
+  static CsrMatrix copy_pattern(int64_t rows, int64_t cols, const IndptrT* indptr,
+                                int64_t indptr_len, const index_t* indices, int64_t indices_len);
   // Gives this matrix a new, empty pattern and returns it for filling in.
   Pattern& reset_pattern() {
     auto fresh = std::make_shared<Pattern>();
@@ -127,7 +167,10 @@ class CsrMatrix {
   int64_t rows_ = 0;
   int64_t cols_ = 0;
   std::shared_ptr<const Pattern> pattern_;
-  std::vector<T> values_;
+  bool has_values_ = true;
+  std::vector<T> values_;  // empty when !has_values_
+  // What a view points its kernels at: null for a pattern-only matrix.
+  const T* stored_values() const { return has_values_ ? values_.data() : nullptr; }
 };
 
 // Largest dimension a CSR matrix may have: column indices are 32-bit.

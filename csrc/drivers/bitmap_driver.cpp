@@ -33,11 +33,11 @@ template <typename V>
 struct BitmapProduct {
   using T = compute_t<V>;
   const BitmapMatrix<V>& a;
-  const V* values = nullptr;
+  const V* values = nullptr;  // what the kernels read: the caller's or a's own (values_or_stored)
 
   BitmapView<V> view() const {
     BitmapView<V> v = a.view();
-    if (values != nullptr) v.values = values;
+    v.values = values;
     return v;
   }
 
@@ -82,14 +82,15 @@ struct BitmapProduct {
 template <typename V, typename T>
 void bitmap_matmul(const BitmapMatrix<V>& a, const T* b, int64_t b_rstride, int64_t b_cstride,
                    int64_t n, const T* bias, T* c, int64_t ldc, int num_threads, const V* values) {
-  driver::matmul(BitmapProduct<V>{a, values}, b, b_rstride, b_cstride, n, bias, c, ldc,
-                 num_threads);
+  driver::matmul(BitmapProduct<V>{a, values_or_stored(a, values)}, b, b_rstride, b_cstride, n, bias,
+                 c, ldc, num_threads);
 }
 
 template <typename V, typename T>
 void bitmap_linear(const BitmapMatrix<V>& w, const T* x, int64_t ldx, int64_t batch, const T* bias,
                    T* y, int64_t ldy, int num_threads, const V* values) {
-  driver::linear(BitmapProduct<V>{w, values}, x, ldx, batch, bias, y, ldy, num_threads);
+  driver::linear(BitmapProduct<V>{w, values_or_stored(w, values)}, x, ldx, batch, bias, y, ldy,
+                 num_threads);
 }
 
 #define SPARSEGEMM_INSTANTIATE_BITMAP_OPS(V, T)                                                   \

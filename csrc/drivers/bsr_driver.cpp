@@ -13,11 +13,11 @@ namespace {
 template <typename T>
 struct BsrProduct {
   const BsrMatrix<T>& a;
-  const T* values = nullptr;
+  const T* values = nullptr;  // what the kernels read: the caller's or a's own (values_or_stored)
 
   BsrView<T> view() const {
     BsrView<T> v = a.view();
-    if (values != nullptr) v.values = values;
+    v.values = values;
     return v;
   }
 
@@ -68,13 +68,15 @@ struct BsrProduct {
 template <typename T>
 void bsr_matmul(const BsrMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_cstride, int64_t n,
                 const T* bias, T* c, int64_t ldc, int num_threads, const T* values) {
-  driver::matmul(BsrProduct<T>{a, values}, b, b_rstride, b_cstride, n, bias, c, ldc, num_threads);
+  driver::matmul(BsrProduct<T>{a, values_or_stored(a, values)}, b, b_rstride, b_cstride, n, bias, c,
+                 ldc, num_threads);
 }
 
 template <typename T>
 void bsr_linear(const BsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
                 int64_t ldy, int num_threads, const T* values) {
-  driver::linear(BsrProduct<T>{w, values}, x, ldx, batch, bias, y, ldy, num_threads);
+  driver::linear(BsrProduct<T>{w, values_or_stored(w, values)}, x, ldx, batch, bias, y, ldy,
+                 num_threads);
 }
 
 #define SPARSEGEMM_INSTANTIATE_BSR_OPS(T)                                                         \

@@ -10,7 +10,7 @@
 
 namespace sparsegemm {
 
-// As for CSR (drivers/csr_driver.h), `values` (a.values().size() entries, padding
+// As for CSR (drivers/csr_driver.h), `values` (a.values_size() entries, padding
 // included) replaces the stored values when not null.
 
 // c = a @ b (+ bias[:, None]).

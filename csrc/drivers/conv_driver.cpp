@@ -160,7 +160,7 @@ void csr_conv2d(const CsrMatrix<T>& w, const Conv2dGeometry& g, const T* x, int6
   ConvPlan<T> plan;
   plan.indptr = w.indptr().data();
   plan.taps = taps.data();
-  plan.values = values != nullptr ? values : w.values().data();
+  plan.values = values_or_stored(w, values);
   plan.in_h = g.in_h;
   plan.in_rstride = layout.row_stride;
   plan.stride_h = g.stride_h;

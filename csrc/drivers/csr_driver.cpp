@@ -17,7 +17,7 @@ namespace {
 template <typename T>
 struct CsrProduct {
   const CsrMatrix<T>& a;
-  const T* values = nullptr;
+  const T* values = nullptr;  // what the kernels read: the caller's or a's own (values_or_stored)
 
   int64_t rows() const { return a.rows(); }
   int64_t cols() const { return a.cols(); }
@@ -31,7 +31,7 @@ struct CsrProduct {
 
   CsrView<T> view() const {
     CsrView<T> v = a.view();
-    if (values != nullptr) v.values = values;
+    v.values = values;
     return v;
   }
 
@@ -65,13 +65,15 @@ struct CsrProduct {
 template <typename T>
 void csr_matmul(const CsrMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_cstride, int64_t n,
                 const T* bias, T* c, int64_t ldc, int num_threads, const T* values) {
-  driver::matmul(CsrProduct<T>{a, values}, b, b_rstride, b_cstride, n, bias, c, ldc, num_threads);
+  driver::matmul(CsrProduct<T>{a, values_or_stored(a, values)}, b, b_rstride, b_cstride, n, bias, c,
+                 ldc, num_threads);
 }
 
 template <typename T>
 void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
                 int64_t ldy, int num_threads, const T* values) {
-  driver::linear(CsrProduct<T>{w, values}, x, ldx, batch, bias, y, ldy, num_threads);
+  driver::linear(CsrProduct<T>{w, values_or_stored(w, values)}, x, ldx, batch, bias, y, ldy,
+                 num_threads);
 }
 
 template <typename T>

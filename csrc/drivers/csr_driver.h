@@ -12,7 +12,9 @@ namespace sparsegemm {
 
 // Every product takes an optional `values` (a.nnz() entries): when not null it
 // replaces the matrix's stored values, so a caller that owns changing values
-// (a training framework) can reuse one validated structure without copies.
+// (a training framework) can reuse one validated structure without copies. A
+// pattern-only matrix (core/csr_matrix.h) stores none, so there it is required
+// (std::invalid_argument when null).
 
 // c = a @ b (+ bias[:, None]).
 // b is a.cols() x n with element (k, j) at b[k * b_rstride + j * b_cstride];

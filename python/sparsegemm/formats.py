@@ -3,6 +3,12 @@
 A format object owns validated copies of its arrays (checked once, when it is
 built), so products never re-check indices and a malformed array can never
 reach a kernel. The arrays it exposes are read-only views.
+
+Each format's ``pattern`` classmethod builds a pattern-only matrix: the
+structure without values, for a caller that owns the values and passes them
+to every product (``values=`` of the ``_core`` products, as the torch modules
+do). It stores no value array; what would read stored values (``data``,
+``to_dense``, a product without ``values=``) raises ValueError.
 """
 
 from __future__ import annotations
@@ -126,7 +132,7 @@ class SparseFormat(MatrixShape):
     """What every sparsegemm format shares: a validated C++ handle of one dtype.
 
     Subclasses set ``_CORE`` (dtype -> C++ class) and implement ``nnz``,
-    ``_storage_nbytes``, ``_stored_values`` and ``_with_values``.
+    ``_stored_values``, ``_with_values``, ``_reduce_values`` and ``_reduce_pattern``.
     """
 
     __slots__ = ("__weakref__", "_converted", "_dtype", "_handle", "_transpose_of")
@@ -151,8 +157,18 @@ class SparseFormat(MatrixShape):
         raise NotImplementedError
 
     def _storage_nbytes(self) -> int:
-        """Bytes the C++ core keeps for this matrix: values, indices and pointers."""
-        raise NotImplementedError
+        """Bytes the C++ core keeps for this matrix: values (if stored), indices and pointers."""
+        return int(self._handle.storage_bytes)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of storage: values (none for a pattern-only matrix), indices and pointers."""
+        return self._storage_nbytes()
+
+    @property
+    def has_values(self) -> bool:
+        """False for a pattern-only matrix (see the format's ``pattern``)."""
+        return bool(self._handle.has_values)
 
     def _with_values(self, dtype: np.dtype) -> Any:
         """A copy of this matrix with its values cast to ``dtype``."""
@@ -176,7 +192,15 @@ class SparseFormat(MatrixShape):
         return rebuild(*arguments)
 
     def _reduce(self) -> tuple[Any, tuple[Any, ...]]:
-        """(class, constructor arguments): what pickling and :meth:`copy` rebuild from."""
+        """(callable, arguments): what pickling and :meth:`copy` rebuild from."""
+        return self._reduce_values() if self.has_values else self._reduce_pattern()
+
+    def _reduce_values(self) -> tuple[Any, tuple[Any, ...]]:
+        """:meth:`_reduce` of a matrix holding values."""
+        raise NotImplementedError
+
+    def _reduce_pattern(self) -> tuple[Any, tuple[Any, ...]]:
+        """:meth:`_reduce` of a pattern-only matrix: its ``pattern`` call."""
         raise NotImplementedError
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
@@ -316,6 +340,17 @@ class CSRMatrix(SparseFormat):
             _build_handle(csr.data, csr.indices, csr.indptr, csr.shape, dtype)
         )
 
+    @classmethod
+    def pattern(cls, indptr: Any, indices: Any, shape: tuple[int, int],
+                dtype: Any = np.float32) -> CSRMatrix:
+        """A pattern-only matrix: validated ``indptr`` and ``indices`` (as for
+        ``(data, indices, indptr)``) and no values, for products given ``values=``."""
+        rows, cols = _check_shape(shape)
+        indices, indptr = _checked_index_arrays(indices, indptr, cols)
+        return cls._from_handle(
+            _CORE_CSR[kernel_dtype(dtype)].pattern_from_arrays(rows, cols, indptr, indices)
+        )
+
     def to_scipy(self) -> sp.csr_array:
         """A scipy ``csr_array`` holding copies of this matrix's arrays."""
         indptr = self.indptr
@@ -331,8 +366,11 @@ class CSRMatrix(SparseFormat):
                                          self.data.astype(dtype))
         )
 
-    def _reduce(self) -> tuple[Any, tuple[Any, ...]]:
+    def _reduce_values(self) -> tuple[Any, tuple[Any, ...]]:
         return (CSRMatrix, ((self.data, self.indices, self.indptr), self.shape))
+
+    def _reduce_pattern(self) -> tuple[Any, tuple[Any, ...]]:
+        return (CSRMatrix.pattern, (self.indptr, self.indices, self.shape, self._dtype))
 
     def transpose_with_permutation(self) -> tuple[CSRMatrix, np.ndarray]:
         """The transpose and the int64 permutation ``p`` with ``T.data == self.data[p]``.
@@ -352,11 +390,6 @@ class CSRMatrix(SparseFormat):
 
     def _stored_values(self) -> np.ndarray:
         return self.data
-
-    def _storage_nbytes(self) -> int:
-        # Column indices are 16-bit in the core when cols <= 65536 (the
-        # `indices` property widens them to int32 for Python).
-        return self.nnz * self._handle.bytes_per_entry + self.indptr.nbytes
 
     @property
     def nnz(self) -> int:
@@ -381,7 +414,11 @@ class CSRMatrix(SparseFormat):
     def __repr__(self) -> str:
         rows, cols = self.shape
         return (f"<CSRMatrix {rows}x{cols}, {self.nnz} stored ({self.density:.1%} dense), "
-                f"dtype={self._dtype}>")
+                f"dtype={self._dtype}{_pattern_note(self)}>")
+
+
+def _pattern_note(matrix: SparseFormat) -> str:
+    return "" if matrix.has_values else ", pattern only"
 
 
 def _check_scipy(matrix: Any) -> None:
@@ -528,6 +565,21 @@ class BSRMatrix(SparseFormat):
             _build_bsr_handle(bsr.data, bsr.indices, bsr.indptr, (rows, cols), (r, c), dtype)
         )
 
+    @classmethod
+    def pattern(cls, indptr: Any, indices: Any, shape: tuple[int, int],
+                blocksize: tuple[int, int], dtype: Any = np.float32) -> BSRMatrix:
+        """A pattern-only matrix: validated block-row ``indptr`` and block-column
+        ``indices`` (as for ``(data, indices, indptr)``) and no values, for
+        products given ``values=`` (nnz_blocks * R * C of them)."""
+        rows, cols = _check_shape(shape)
+        r, c = _check_blocksize(blocksize)
+        indices, indptr = _checked_index_arrays(
+            indices, indptr, _ceil_div(cols, c), "block-column index"
+        )
+        return cls._from_handle(
+            _CORE_BSR[kernel_dtype(dtype)].pattern_from_arrays(rows, cols, (r, c), indptr, indices)
+        )
+
     def to_scipy(self, *, pad: bool = False) -> sp.bsr_array:
         """A scipy ``bsr_array`` holding copies of this matrix's arrays.
 
@@ -561,11 +613,12 @@ class BSRMatrix(SparseFormat):
     def _stored_values(self) -> np.ndarray:
         return self._handle.data
 
-    def _storage_nbytes(self) -> int:
-        return self._handle.data.nbytes + self.indices.nbytes + self.indptr.nbytes
-
-    def _reduce(self) -> tuple[Any, tuple[Any, ...]]:
+    def _reduce_values(self) -> tuple[Any, tuple[Any, ...]]:
         return (BSRMatrix, ((self.data, self.indices, self.indptr), self.shape))
+
+    def _reduce_pattern(self) -> tuple[Any, tuple[Any, ...]]:
+        return (BSRMatrix.pattern,
+                (self.indptr, self.indices, self.shape, self.blocksize, self._dtype))
 
     @property
     def blocksize(self) -> tuple[int, int]:
@@ -617,7 +670,7 @@ class BSRMatrix(SparseFormat):
         rows, cols = self.shape
         r, c = self.blocksize
         return (f"<BSRMatrix {rows}x{cols}, blocksize {r}x{c}, {self.nnz_blocks} blocks "
-                f"({self.density:.1%} stored), dtype={self._dtype}>")
+                f"({self.density:.1%} stored), dtype={self._dtype}{_pattern_note(self)}>")
 
 
 def _build_bsr_handle(
@@ -766,6 +819,14 @@ class BitmapMatrix(BitmapArrays, SparseFormat):
         return cls._from_handle(_CORE_BITMAP[target].from_csr_arrays(
             rows, cols, indptr, indices, _bitmap_values(values, target)))
 
+    @classmethod
+    def pattern(cls, bits: Any, shape: tuple[int, int], dtype: Any = np.float32) -> BitmapMatrix:
+        """A pattern-only matrix: validated ``bits`` (as for ``(data, bits)``) and no
+        values, for products given ``values=`` (for ``dtype="bfloat16"``, uint16 bit patterns)."""
+        rows, cols = _check_shape(shape)
+        return cls._from_handle(_CORE_BITMAP[_bitmap_value_dtype(dtype)].pattern_from_arrays(
+            rows, cols, bitmap_words(bits, rows, cols)))
+
     def to_scipy(self) -> sp.csr_array:
         """A scipy ``csr_array`` with the same stored entries (copies)."""
         indices = self.column_indices()
@@ -825,18 +886,13 @@ class BitmapMatrix(BitmapArrays, SparseFormat):
         """The stored values' dtype: float32, float64 or the string ``'bfloat16'``."""
         return self._dtype
 
-    def _storage_nbytes(self) -> int:
-        return int(self._handle.storage_bytes)
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of storage: values, bits and row offsets."""
-        return self._storage_nbytes()
-
-    def _reduce(self) -> tuple[Any, tuple[Any, ...]]:
+    def _reduce_values(self) -> tuple[Any, tuple[Any, ...]]:
         if self._dtype == BFLOAT16:
             return (_bfloat16_bitmap, (self.data, self.bits, self.shape))
         return (BitmapMatrix, ((self.data, self.bits), self.shape))
+
+    def _reduce_pattern(self) -> tuple[Any, tuple[Any, ...]]:
+        return (BitmapMatrix.pattern, (self.bits, self.shape, self._dtype))
 
     def transpose_with_permutation(self) -> tuple[BitmapMatrix, np.ndarray]:
         """The (K x M) transpose and the int64 permutation ``p`` with ``T.data == self.data[p]``."""
@@ -849,7 +905,7 @@ class BitmapMatrix(BitmapArrays, SparseFormat):
     def __repr__(self) -> str:
         rows, cols = self.shape
         return (f"<BitmapMatrix {rows}x{cols}, {self.nnz} stored ({self.density:.1%} dense), "
-                f"dtype={self._dtype}>")
+                f"dtype={self._dtype}{_pattern_note(self)}>")
 
 
 def _bfloat16_bitmap(data: np.ndarray, bits: np.ndarray, shape: tuple[int, int]) -> BitmapMatrix:

@@ -2,15 +2,16 @@
 
 A sparse weight lives in a module as tensors (``indptr``, ``indices`` and the
 ``values`` parameter) so that ``state_dict``, ``torch.export`` and optimizers
-see ordinary tensors. The kernels need a validated :class:`CSRMatrix` or
-:class:`BSRMatrix`; building one copies and checks every index, so it is built
-once per pattern and kept here until the pattern's tensors are freed.
+see ordinary tensors. The kernels need a validated :class:`CSRMatrix`,
+:class:`BSRMatrix` or :class:`BitmapMatrix`; building one copies and checks
+every index, so it is built once per pattern and kept here until the
+pattern's tensors are freed.
 
-Only the *pattern* is cached: every product passes the live ``values`` tensor
-to the kernel (as a zero-copy numpy view), so edits of any kind (optimizer
-steps, ``load_state_dict``, ``.data`` edits) are seen on the next call and the
-weight is never duplicated. The core matrix still owns one array of nnz zeros
-(the C++ formats always hold values); the kernels never read it.
+Only the *pattern* is cached, as a pattern-only matrix (``has_values`` False:
+the structure and no value array): every product passes the live ``values``
+tensor to the kernel (as a zero-copy numpy view), so edits of any kind
+(optimizer steps, ``load_state_dict``, ``.data`` edits) are seen on the next
+call and the weight is never duplicated.
 
 A cached pattern is reused while ``indptr`` and ``indices`` are the same
 storages with the same ``_version`` counters. Editing the *pattern* tensors
@@ -79,9 +80,8 @@ class _PatternEntry:
         if isinstance(self.matrix, BitmapMatrix):
             if self._csr is None:
                 bitmap = self.matrix
-                self._csr = CSRMatrix((np.zeros(bitmap.nnz, bitmap.dtype),
-                                       bitmap.column_indices().astype(np.int32), bitmap.offsets),
-                                      shape=bitmap.shape)
+                self._csr = CSRMatrix.pattern(bitmap.offsets, bitmap.column_indices(),
+                                              bitmap.shape, bitmap.dtype)
             return self._csr
         assert isinstance(self.matrix, CSRMatrix)
         return self.matrix
@@ -125,21 +125,12 @@ class PatternCache:
                 return entry
             np_indptr, np_indices = as_numpy(indptr), as_numpy(indices)
             if blocksize is None:
-                zeros = np.zeros(indices.numel(), dtype=_NUMPY_DTYPES[dtype])
-                matrix: Pattern = CSRMatrix((zeros, np_indices, np_indptr), shape=shape)
+                matrix: Pattern = CSRMatrix.pattern(np_indptr, np_indices, shape,
+                                                    _NUMPY_DTYPES[dtype])
             else:
-                zeros = np.zeros((indices.numel(), *blocksize), dtype=_NUMPY_DTYPES[dtype])
-                matrix = BSRMatrix((zeros, np_indices, np_indptr), shape=shape)
-
-            def on_free(_ref: weakref.ref, key: tuple = key) -> None:
-                stale = self._entries.get(key)
-                if stale is not None and stale.freed():
-                    self._entries.pop(key, None)
-
-            entry = _PatternEntry(indptr, indices, matrix, on_free)
-            self._entries[key] = entry
-            return entry
-
+                matrix = BSRMatrix.pattern(np_indptr, np_indices, shape, blocksize,
+                                           _NUMPY_DTYPES[dtype])
+            return self._add(key, indptr, indices, matrix)
 
     def bitmap_entry(self, bitmap: torch.Tensor, shape: tuple[int, int],
                      dtype: torch.dtype) -> _PatternEntry:
@@ -150,24 +141,22 @@ class PatternCache:
             if entry is not None and entry.holds(bitmap, bitmap):
                 return entry
             words = as_numpy(bitmap.contiguous()).view(np.uint64)
-            if hasattr(np, "bitwise_count"):  # numpy >= 2.0
-                nnz = int(np.bitwise_count(words).sum())
-            else:
-                nnz = int(np.unpackbits(words.view(np.uint8)).sum(dtype=np.int64))
-            if dtype == torch.bfloat16:  # the bfloat16-valued kernels
-                matrix = BitmapMatrix((np.zeros(nnz, np.uint16), words), shape=shape,
-                                      dtype=BFLOAT16)
-            else:
-                matrix = BitmapMatrix((np.zeros(nnz, _NUMPY_DTYPES[dtype]), words), shape=shape)
+            # bfloat16 values go to the bfloat16-valued kernels as they are.
+            value_dtype = BFLOAT16 if dtype == torch.bfloat16 else _NUMPY_DTYPES[dtype]
+            return self._add(key, bitmap, bitmap, BitmapMatrix.pattern(words, shape, value_dtype))
 
-            def on_free(_ref: weakref.ref, key: tuple = key) -> None:
-                stale = self._entries.get(key)
-                if stale is not None and stale.freed():
-                    self._entries.pop(key, None)
+    def _add(self, key: tuple, indptr: torch.Tensor, indices: torch.Tensor,
+             matrix: Pattern) -> _PatternEntry:
+        """Caches ``matrix`` under ``key`` until either tensor's storage is freed (lock held)."""
 
-            entry = _PatternEntry(bitmap, bitmap, matrix, on_free)
-            self._entries[key] = entry
-            return entry
+        def on_free(_ref: weakref.ref, key: tuple = key) -> None:
+            stale = self._entries.get(key)
+            if stale is not None and stale.freed():
+                self._entries.pop(key, None)
+
+        entry = _PatternEntry(indptr, indices, matrix, on_free)
+        self._entries[key] = entry
+        return entry
 
 
 patterns = PatternCache()
