@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -64,8 +64,10 @@ class TransformerBlockLayout:
     @property
     def head_size(self) -> int:
         assert self.attention is not None
-        size = getattr(self.attention, "attention_head_size", None)
-        return int(size if size is not None else self.attention.head_dim)
+        size: Any = getattr(self.attention, "attention_head_size", None)
+        if size is None:
+            size = self.attention.head_dim
+        return int(size)
 
     @property
     def heads(self) -> int:
@@ -172,7 +174,7 @@ def _fold_mean(layer: nn.Linear, columns: torch.Tensor, mean: torch.Tensor) -> N
         if layer.bias is None:
             layer.bias = nn.Parameter(shift.to(layer.weight.dtype))
         else:
-            layer.bias += shift.to(layer.bias.dtype)
+            layer.bias.add_(shift.to(layer.bias.dtype))
 
 
 def _keep_rows(layer: nn.Linear, keep: torch.Tensor) -> None:
@@ -282,8 +284,7 @@ def _remove_heads(
         _keep_rows(projection, keep)
     _keep_columns(layout.attention_out, keep)
     kept_heads = heads - int(removed_heads.numel())
-    for attribute in ("num_attention_heads", "num_heads"):
+    for attribute, value in (("num_attention_heads", kept_heads), ("num_heads", kept_heads),
+                             ("all_head_size", kept_heads * size)):
         if isinstance(getattr(layout.attention, attribute, None), int):
-            setattr(layout.attention, attribute, kept_heads)
-    if isinstance(getattr(layout.attention, "all_head_size", None), int):
-        layout.attention.all_head_size = kept_heads * size
+            setattr(layout.attention, attribute, value)
