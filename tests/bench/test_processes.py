@@ -35,3 +35,18 @@ def test_ratios_are_medians_of_the_processes_with_their_spread():
 def test_a_wrong_answer_in_one_process_is_a_wrong_answer():
     (row,) = merge_rows([[_row(2.0)], [_row(None, status="wrong", detail="max error")]])
     assert row["status"] == "wrong" and row["detail"] == "max error"
+
+
+def test_the_merged_row_is_the_format_most_processes_ran():
+    kept = _row(None, format="dense (torch)", kept_dense=True)
+    (row,) = merge_rows([[kept], [_row(2.0, format="csr")], [_row(4.0, format="csr")]])
+    assert row["format"] == "csr" and not row["kept_dense"]
+    assert row["speedup"] == 3.0  # the process that kept it dense has no sparse figure
+    assert row["process_formats"] == ["dense (torch)", "csr", "csr"]
+
+
+def test_where_most_processes_kept_the_weight_dense_the_row_has_no_sparse_figure():
+    kept = _row(None, format="dense (torch)", kept_dense=True)
+    (row,) = merge_rows([[kept], [dict(kept)], [_row(4.0, format="csr")]])
+    assert row["kept_dense"] and row["format"] == "dense (torch)"
+    assert row["speedup"] != row["speedup"]  # NaN

@@ -59,3 +59,25 @@ def test_cold_rotation_converts_separate_copies(benchmark_script, monkeypatch):
     for _ in range(40):
         call()
     assert len(set(seen)) == 20
+
+
+def test_processes_measure_in_fresh_processes_each_with_its_suite_process_format(
+    benchmark_script, tmp_path, capsys
+):
+    verify = benchmark_script("verify_point")
+    path = _results(tmp_path, format="csr", process_formats=["csr", "bsr4x1"], speedup=1000.0)
+    assert verify.main([*ARGS, "--processes", "2", "--against", path]) == 1
+    out = capsys.readouterr().out
+    assert "process 1: csr" in out and "process 2: bsr4x1" in out
+    assert "median of 2 processes" in out and "DISAGREES" in out
+
+
+def test_a_process_whose_planner_kept_the_weight_dense_is_left_out(
+    benchmark_script, tmp_path, capsys
+):
+    verify = benchmark_script("verify_point")
+    path = _results(tmp_path, format="csr", process_formats=["dense (torch)", "csr"], speedup=1e3)
+    assert verify.main([*ARGS, "--processes", "2", "--against", path]) == 1
+    out = capsys.readouterr().out
+    assert "process 1: dense (torch), no sparse figure" in out and "process 2: csr" in out
+    assert "median of 1 processes" in out

@@ -92,13 +92,17 @@ def merge_rows(row_lists: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, 
     merged = []
     for group in groups.values():
         failed = [r for r in group if r["status"] != "ok"]
-        row = dict(failed[0] if failed else group[0])
+        row = dict(failed[0] if failed else _majority_format(group))
         row["processes"] = len(group)
         if not failed:
             for column in MEDIAN_COLUMNS:
+                # a process whose planner kept the weight dense has no sparse figure
                 values = [_number(r.get(column)) for r in group]
                 values = [v for v in values if not math.isnan(v)]
                 row[column] = statistics.median(values) if values else math.nan
+            if row.get("kept_dense"):
+                for column in SPARSE_COLUMNS:
+                    row[column] = math.nan
             speedups = [_number(r.get("speedup")) for r in group]
             speedups = [v for v in speedups if not math.isnan(v)]
             row["process_speedups"] = speedups
@@ -110,6 +114,19 @@ def merge_rows(row_lists: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, 
             row["weight_alignment"] = sorted({r.get("weight_alignment") for r in group}, key=str)
         merged.append(row)
     return merged
+
+
+#: Figures a row has only where sparsegemm ran sparse (not where the planner kept dense).
+SPARSE_COLUMNS = ("speedup", "speedup_vs_best_dense", "speedup_vs_own_dense",
+                  "speedup_vs_alternative")
+
+
+def _majority_format(group: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The row of the first process that ran the format most processes ran (the planner
+    decides per process; where most kept the weight dense, the merged row is kept dense)."""
+    formats = [r.get("format") for r in group]
+    majority = max(dict.fromkeys(formats), key=formats.count)
+    return next(r for r in group if r.get("format") == majority)
 
 
 def _number(value: Any) -> float:
