@@ -279,7 +279,7 @@ def _in_processes(argv: list[str], args: argparse.Namespace) -> int:
     if not speedups:
         return 0
     speedup = statistics.median(speedups)
-    print(f"  median of {args.processes} processes: {speedup:.2f}x "
+    print(f"  median of {len(speedups)} processes: {speedup:.2f}x "
           f"(spread {max(speedups) / min(speedups):.2f}x)")
     if not args.against:
         return 0

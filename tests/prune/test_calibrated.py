@@ -18,14 +18,7 @@ from sparsegemm.prune.calibrated import (
 )
 from torch import nn
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny layers: one thread avoids oversubscription stalls on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PATTERNS = [None, "2:4", "4:8", (1, 4), (4, 1), (4, 4), (16, 1)]
 

@@ -10,14 +10,7 @@ import torch
 from sparsegemm import prune
 from torch import nn
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny layers: one thread avoids oversubscription stalls on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _student_and_teacher(seed=0):

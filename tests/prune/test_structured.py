@@ -8,13 +8,7 @@ import torch
 from sparsegemm import prune
 from torch import nn
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_bert(heads=4, hidden=32, intermediate=48):
