@@ -149,24 +149,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown format {args.format!r}; known: {sorted(registry.REGISTRY)}")
     if args.processes < 1:
         parser.error("--processes must be >= 1")
-    if args.processes > 1:
-        return _in_processes(argv if argv is not None else sys.argv[1:], args)
     m, k = parse_shape(args.shape)
     point = Point(m, k, args.batch, parse_sparsity(args.sparsity), parse_pattern(args.pattern))
     threads = args.threads or sparsegemm.get_num_threads()
-
     row = None
     if args.against:
         row = _suite_row(args.against, point, args.format, args.dtype, threads)
         if row is None:
             print(f"no matching ok row in {args.against}")
             return 2
-        if row.get("kept_dense"):
-            print(f"the suite's planner kept this weight dense ({row['format']}): no sparse figure")
-            if args.speedup_out:
-                with open(args.speedup_out, "w", encoding="utf-8") as handle:
-                    json.dump({"speedup": None, "format": row["format"]}, handle)
-            return 0
+    if args.processes > 1:
+        return _in_processes(argv if argv is not None else sys.argv[1:], args, row)
+    if row is not None and row.get("kept_dense"):
+        print(f"the suite's planner kept this weight dense ({row['format']}): no sparse figure")
+        _report(args, None, row["format"])
+        return 0
     cold = (args.cache or (row or {}).get("cache") or ("cold" if point.batch <= 16 else "warm"))
     cold = cold == "cold"
     # the format the suite's row ran (sgemm_auto's choice), else the contender itself;
@@ -177,9 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         planned = formats[args.process_index % len(formats)]
         if planned.startswith("dense"):  # that suite process kept the weight dense
             print(f"the suite's process {args.process_index + 1} kept this weight dense")
-            if args.speedup_out:
-                with open(args.speedup_out, "w", encoding="utf-8") as handle:
-                    json.dump({"speedup": None, "format": planned}, handle)
+            _report(args, None, planned)
             return 0
 
     cache = WeightCache(np.dtype(args.dtype), seed=args.seed)
@@ -238,10 +233,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<12} {seconds * 1e3:9.3f} ms  ({copies[name]} weight copies)")
     ran = f" ({planned})" if planned else ""
     print(f"  speedup of {args.format}{ran} vs {baseline}: {speedup:.2f}x")
+    _report(args, speedup, planned or args.format)
+    return 0 if row is None else _compare(speedup, row, args.tolerance)
+
+
+def _report(args: argparse.Namespace, speedup: float | None, ran: str) -> None:
+    """A child of --processes writes its figure (None: no sparse figure) for its parent."""
     if args.speedup_out:
         with open(args.speedup_out, "w", encoding="utf-8") as handle:
-            json.dump({"speedup": speedup, "format": planned or args.format}, handle)
-    return 0 if row is None else _compare(speedup, row, args.tolerance)
+            json.dump({"speedup": speedup, "format": ran}, handle)
 
 
 def _compare(speedup: float, row: dict, tolerance: float) -> int:
@@ -254,8 +254,9 @@ def _compare(speedup: float, row: dict, tolerance: float) -> int:
     return 0 if agrees else 1
 
 
-def _in_processes(argv: list[str], args: argparse.Namespace) -> int:
-    """Run this point in ``args.processes`` fresh processes; compare their median speedup."""
+def _in_processes(argv: list[str], args: argparse.Namespace, row: dict | None) -> int:
+    """Run this point in ``args.processes`` fresh processes; compare their median speedup
+    with the suite's ``row`` (None: no comparison)."""
     speedups = []
     with tempfile.TemporaryDirectory() as folder:
         for index in range(args.processes):
@@ -281,16 +282,7 @@ def _in_processes(argv: list[str], args: argparse.Namespace) -> int:
     speedup = statistics.median(speedups)
     print(f"  median of {len(speedups)} processes: {speedup:.2f}x "
           f"(spread {max(speedups) / min(speedups):.2f}x)")
-    if not args.against:
-        return 0
-    m, k = parse_shape(args.shape)
-    point = Point(m, k, args.batch, parse_sparsity(args.sparsity), parse_pattern(args.pattern))
-    threads = args.threads or sparsegemm.get_num_threads()
-    row = _suite_row(args.against, point, args.format, args.dtype, threads)
-    if row is None:
-        print(f"no matching ok row in {args.against}")
-        return 2
-    return _compare(speedup, row, args.tolerance)
+    return 0 if row is None else _compare(speedup, row, args.tolerance)
 
 
 if __name__ == "__main__":
