@@ -33,6 +33,22 @@ def test_sparse_mm_vector_counts(isa, dtype, n, random_sparse, rng, check_sparse
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("row_stride", [128, 144, 256])
+def test_sparse_mm_row_stride_in_lines(isa, dtype, row_stride, random_sparse, rng,
+                                       check_sparse_mm):
+    # b's rows an even (128, 256) or odd (144 floats = 9 lines) number of cache
+    # lines apart: the CSR driver packs b into an odd-line stride in the first case
+    # (product_driver.h conflict_free_stride) and reads it in place in the second.
+    a = CSRMatrix.from_dense(random_sparse((37, 300), 0.5, dtype))
+    wide = rng.uniform(-1, 1, (300, row_stride)).astype(dtype)
+    for n in (64, 100, row_stride):
+        b = wide[:, :n]
+        check_sparse_mm(sparse_mm(a, b, num_threads=2), a, b)
+    x = np.ascontiguousarray(wide.T)
+    check_sparse_mm(linear(x, a, num_threads=2).T, a, wide)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", VECTOR_COUNTS)
 def test_linear_batch_sizes(isa, dtype, batch, random_sparse, rng, check_linear):
     weight = CSRMatrix.from_dense(random_sparse((23, 41), 0.4, dtype))

@@ -44,6 +44,7 @@ struct BitmapProduct {
   int64_t rows() const { return a.rows(); }
   int64_t cols() const { return a.cols(); }
   int64_t stored_entries() const { return a.nnz(); }
+  static constexpr bool kConflictFreeStride = false;
   static constexpr bool kTransposedPanel = false;
   // The small-batch kernel reuses each expanded tile for 16 vectors at a
   // time, so it serves any batch (for large ones dense BLAS wins anyway).

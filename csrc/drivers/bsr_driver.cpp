@@ -23,6 +23,7 @@ struct BsrProduct {
 
   int64_t rows() const { return a.rows(); }
   int64_t cols() const { return a.cols(); }
+  static constexpr bool kConflictFreeStride = false;
   static constexpr bool kTransposedPanel = true;
   int64_t max_few_vectors() const { return kBsrFewVectorsMax; }
   bool few_vector_strides_ok(int64_t) const { return true; }  // no gathers: 64-bit offsets

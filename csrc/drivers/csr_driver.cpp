@@ -22,6 +22,7 @@ struct CsrProduct {
   int64_t rows() const { return a.rows(); }
   int64_t cols() const { return a.cols(); }
   int64_t stored_entries() const { return a.nnz(); }
+  static constexpr bool kConflictFreeStride = true;
   static constexpr bool kTransposedPanel = false;
   int64_t max_few_vectors() const { return kGatherMaxVectors; }
   // The gather kernel's offsets (k * kstride) are 32-bit.
