@@ -258,6 +258,7 @@ def _in_processes(argv: list[str], args: argparse.Namespace, row: dict | None) -
     """Run this point in ``args.processes`` fresh processes; compare their median speedup
     with the suite's ``row`` (None: no comparison)."""
     speedups = []
+    suite_format = (row or {}).get("format") if args.format == "sgemm_auto" else None
     with tempfile.TemporaryDirectory() as folder:
         for index in range(args.processes):
             out = os.path.join(folder, f"process-{index}.json")
@@ -274,6 +275,12 @@ def _in_processes(argv: list[str], args: argparse.Namespace, row: dict | None) -
                 measured = json.load(handle)
             if measured["speedup"] is None:  # kept dense there: no sparse figure to compare
                 print(f"  process {index + 1}: {measured['format']}, no sparse figure")
+                continue
+            if suite_format and measured["format"] != suite_format:
+                # the suite's figure is the median of the processes that ran its format
+                print(f"  process {index + 1}: {measured['format']} "
+                      f"{measured['speedup']:.2f}x, not the suite's format ({suite_format}): "
+                      "left out")
                 continue
             speedups.append(measured["speedup"])
             print(f"  process {index + 1}: {measured['format']} {measured['speedup']:.2f}x")

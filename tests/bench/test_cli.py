@@ -90,6 +90,7 @@ def test_json_has_machine_metadata_and_break_even(quick_run):
             "own_dense_time_s",
             "flag",
             "processes",
+            "format_processes",
             "process_speedups",
             "process_formats",
             "process_spread",
@@ -358,6 +359,30 @@ def test_processes_runs_fresh_processes_and_merges_them(tmp_path):
         assert row["process_formats"] == ["csr", "csr"]
     assert len(document["metadata"]["processes"]) == 2
     assert (out / "process-1" / "results.json").exists()
+
+    # --merge merges the saved process folders again, without measuring
+    first = load_json(str(out / "process-1" / "results.json"))
+    changed = next(r for r in first["results"] if r["contender"] == "sgemm_csr")
+    changed["speedup"] = 1000.0
+    with open(out / "process-1" / "results.json", "w") as handle:
+        json.dump(first, handle)
+    done = subprocess.run(
+        [sys.executable, "-m", "sparsegemm.bench", "--quick-test", *options, "--processes", "2",
+         "--merge", "--out", str(out), "--no-progress", "--no-plot"],
+        capture_output=True, text=True, env=os.environ.copy(), timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    merged = load_json(str(out / "results.json"))
+    row = next(r for r in merged["results"] if r["contender"] == "sgemm_csr"
+               and r["batch"] == changed["batch"] and r["sparsity"] == changed["sparsity"]
+               and r["out_features"] == changed["out_features"])
+    assert 1000.0 in row["process_speedups"]
+    missing = subprocess.run(
+        [sys.executable, "-m", "sparsegemm.bench", *options, "--processes", "3", "--merge",
+         "--out", str(out), "--no-progress", "--no-plot"],
+        capture_output=True, text=True, env=os.environ.copy(), timeout=300, check=False,
+    )
+    assert missing.returncode != 0 and "process-3" in missing.stderr
 
 
 def test_last_level_cache_size_comes_from_sysfs_with_a_fallback(tmp_path):

@@ -43,6 +43,20 @@ def test_the_merged_row_is_the_format_most_processes_ran():
     assert row["format"] == "csr" and not row.get("kept_dense")
     assert row["speedup"] == 3.0  # the process that kept it dense has no sparse figure
     assert row["process_formats"] == ["dense (torch)", "csr", "csr"]
+    assert row["format_processes"] == 2
+
+
+def test_a_minority_formats_timings_do_not_enter_the_majority_formats_figure():
+    # measured: three processes ran bsr4x1 at ~13x, two bsr4x4 at ~7x; the median
+    # of all five (10.2x) was neither format's figure
+    rows = [[_row(s, format=f, time_median_s=1.0 / s)] for s, f in
+            [(6.6, "bsr4x4"), (7.7, "bsr4x4"), (10.2, "bsr4x1"), (14.0, "bsr4x1"),
+             (14.9, "bsr4x1")]]
+    (row,) = merge_rows(rows)
+    assert row["format"] == "bsr4x1" and row["format_processes"] == 3
+    assert row["speedup"] == 14.0 and row["time_median_s"] == pytest.approx(1 / 14.0)
+    assert row["process_speedups"] == [6.6, 7.7, 10.2, 14.0, 14.9]  # all still shown
+    assert row["process_spread"] == pytest.approx(14.9 / 10.2)
 
 
 def test_where_most_processes_kept_the_weight_dense_the_row_has_no_sparse_figure():

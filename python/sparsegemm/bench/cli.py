@@ -25,7 +25,7 @@ from .analysis import break_even_table
 from .compare import compare_files
 from .environment import machine_metadata, missing_spin_env, reexec_with_spin_env
 from .harness import HarnessSettings
-from .processes import merge_rows, run_children
+from .processes import load_children, merge_rows, run_children
 from .report import (
     break_even_lines,
     machine_summary,
@@ -192,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the suite in N fresh processes and merge them (medians, with the spread)",
     )
     bench.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --processes N: merge the process-1..N/ folders an earlier run left in "
+        "--out again, without measuring (e.g. after the merge rules changed)",
+    )
+    bench.add_argument(
         "--out", default="bench_results", metavar="DIR", help="default: bench_results/"
     )
     bench.add_argument(
@@ -300,7 +306,10 @@ def _run_in_processes(
     args: argparse.Namespace, notes: list[str]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The kernel suite in ``args.processes`` fresh processes, merged."""
-    documents = run_children(args.argv, args.processes, args.out)
+    if args.merge:
+        documents = load_children(args.processes, args.out)
+    else:
+        documents = run_children(args.argv, args.processes, args.out)
     rows = merge_rows([document["results"] for document in documents])
     mark_suspects(rows)
     for document in documents:
@@ -310,8 +319,8 @@ def _run_in_processes(
         for document in documents
     ]
     notes.append(
-        f"{args.processes} fresh processes (see process-*/): each figure is the median of the "
-        "per-process figures; process_spread says how far apart they were"
+        f"{args.processes} fresh processes (see process-*/): each figure is the median over "
+        "the processes that ran the row's format; process_spread says how far apart they were"
     )
     return rows, break_even_table(rows)
 
@@ -392,6 +401,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.compare:
         print(compare_files(*args.compare))
         return 0
+    if args.merge and args.processes < 2:
+        raise ValueError("--merge re-merges a --processes N run: give the same --processes N")
     if args.processes > 1 and (args.e2e or args.e2e_only):
         raise ValueError("--processes applies to the kernel suite, not to --e2e")
     started = time.perf_counter()

@@ -78,8 +78,23 @@ def run_children(argv: Sequence[str], processes: int, out: str) -> list[dict[str
     return documents
 
 
+def load_children(processes: int, out: str) -> list[dict[str, Any]]:
+    """The documents an earlier run left in ``out``/process-1..``processes``."""
+    documents = []
+    for index in range(processes):
+        path = os.path.join(out, f"process-{index + 1}", "results.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--merge: no {path} (was --processes {processes} run there?)")
+        documents.append(load_json(path))
+    return documents
+
+
 def merge_rows(row_lists: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
     """One row per key: medians of the per-process figures, and their spread.
+
+    The planner decides in each process, so processes may run different formats:
+    the row takes the format most of them ran, and its figures are the medians
+    over those processes only (``format_processes`` counts them).
 
     A row that was not ok in some process keeps that process's status (a wrong
     answer in one process is a wrong answer); a point unsteady in any process is
@@ -95,19 +110,23 @@ def merge_rows(row_lists: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, 
         row = dict(failed[0] if failed else _majority_format(group))
         row["processes"] = len(group)
         if not failed:
+            # The figures are those of the processes that ran the row's format: a
+            # median mixing in another format's timings would not be this format's.
+            ran_format = [r for r in group if r.get("format") == row.get("format")]
             for column in MEDIAN_COLUMNS:
                 # a process whose planner kept the weight dense has no sparse figure
-                values = [_number(r.get(column)) for r in group]
+                values = [_number(r.get(column)) for r in ran_format]
                 values = [v for v in values if not math.isnan(v)]
                 row[column] = statistics.median(values) if values else math.nan
             if row.get("kept_dense"):
                 for column in SPARSE_COLUMNS:
                     row[column] = math.nan
-            speedups = [_number(r.get("speedup")) for r in group]
-            speedups = [v for v in speedups if not math.isnan(v)]
-            row["process_speedups"] = speedups
-            # the planner decides in each process: which format each one ran
+            row["format_processes"] = len(ran_format)
+            # every process's figure and format, including the ones left out above
+            row["process_speedups"] = [_number(r.get("speedup")) for r in group]
             row["process_formats"] = [r.get("format") for r in group]
+            speedups = [_number(r.get("speedup")) for r in ran_format]
+            speedups = [v for v in speedups if not math.isnan(v)]
             row["process_spread"] = max(speedups) / min(speedups) if speedups else 1.0
             row["steady"] = all(r.get("steady", True) for r in group)
             row["x_alignment"] = sorted({r.get("x_alignment") for r in group}, key=str)

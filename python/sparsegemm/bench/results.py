@@ -70,10 +70,14 @@ COLUMNS: dict[str, str] = {
     "steady": "False if the dense reference's samples still disagreed by over 1.35x",
     "suspect": "why the point is left out of break-evens (unsteady or out of line even after "
     "re-measuring), else empty",
-    "processes": "fresh processes the figure is the median of (--processes)",
-    "process_speedups": "each process's speedup, when measured in several processes",
+    "processes": "fresh processes the point was measured in (--processes)",
+    "format_processes": "of those, the ones that ran this row's format: the figures are "
+    "their medians",
+    "process_speedups": "each process's speedup, when measured in several processes "
+    "(null where it kept the weight dense)",
     "process_formats": "the format each process ran (sgemm_auto's planner decides per process)",
-    "process_spread": "max / min of process_speedups (1.0 = the processes agree)",
+    "process_spread": "max / min of the speedups of the processes that ran this row's format "
+    "(1.0 = they agree)",
     "x_alignment": "address of x modulo 64 bytes (0 = cache-line aligned)",
     "weight_alignment": "address of the pruned dense weight modulo 64 bytes",
 }
