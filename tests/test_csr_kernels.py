@@ -37,8 +37,8 @@ def test_sparse_mm_vector_counts(isa, dtype, n, random_sparse, rng, check_sparse
 def test_sparse_mm_row_stride_in_lines(isa, dtype, row_stride, random_sparse, rng,
                                        check_sparse_mm):
     # b's rows an even (128, 256) or odd (144 floats = 9 lines) number of cache
-    # lines apart: the CSR driver packs b into an odd-line stride in the first case
-    # (product_driver.h conflict_free_stride) and reads it in place in the second.
+    # lines apart, read in place or packed; linear packs x^T with an odd number of
+    # lines per row (product_driver.h conflict_free_stride) whatever the batch.
     a = CSRMatrix.from_dense(random_sparse((37, 300), 0.5, dtype))
     wide = rng.uniform(-1, 1, (300, row_stride)).astype(dtype)
     for n in (64, 100, row_stride):
