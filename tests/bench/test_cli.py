@@ -382,7 +382,8 @@ def test_processes_runs_fresh_processes_and_merges_them(tmp_path):
          "--out", str(out), "--no-progress", "--no-plot"],
         capture_output=True, text=True, env=os.environ.copy(), timeout=300, check=False,
     )
-    assert missing.returncode != 0 and "process-3" in missing.stderr
+    assert missing.returncode == 2 and "error: --merge: no" in missing.stderr
+    assert "process-3" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_last_level_cache_size_comes_from_sysfs_with_a_fallback(tmp_path):

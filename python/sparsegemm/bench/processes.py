@@ -84,7 +84,7 @@ def load_children(processes: int, out: str) -> list[dict[str, Any]]:
     for index in range(processes):
         path = os.path.join(out, f"process-{index + 1}", "results.json")
         if not os.path.exists(path):
-            raise FileNotFoundError(f"--merge: no {path} (was --processes {processes} run there?)")
+            raise ValueError(f"--merge: no {path} (was --processes {processes} run there?)")
         documents.append(load_json(path))
     return documents
 
