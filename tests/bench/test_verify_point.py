@@ -61,13 +61,20 @@ def test_cold_rotation_converts_separate_copies(benchmark_script, monkeypatch):
     assert len(set(seen)) == 20
 
 
+def _verify_in_two_processes(benchmark_script, tmp_path, capsys, process_formats):
+    """verify_point --processes 2 against a suite row (csr, 1000x) whose two processes
+    ran ``process_formats``: its exit status and output."""
+    verify = benchmark_script("verify_point")
+    path = _results(tmp_path, format="csr", process_formats=process_formats, speedup=1000.0)
+    status = verify.main([*ARGS, "--processes", "2", "--against", path])
+    return status, capsys.readouterr().out
+
+
 def test_processes_measure_in_fresh_processes_each_with_its_suite_process_format(
     benchmark_script, tmp_path, capsys
 ):
-    verify = benchmark_script("verify_point")
-    path = _results(tmp_path, format="csr", process_formats=["csr", "bsr4x1"], speedup=1000.0)
-    assert verify.main([*ARGS, "--processes", "2", "--against", path]) == 1
-    out = capsys.readouterr().out
+    status, out = _verify_in_two_processes(benchmark_script, tmp_path, capsys, ["csr", "bsr4x1"])
+    assert status == 1
     assert "process 1: csr" in out and "process 2: bsr4x1" in out
     # as in the suite's merge, only the processes that ran the row's format count
     assert "not the suite's format (csr): left out" in out
@@ -77,9 +84,9 @@ def test_processes_measure_in_fresh_processes_each_with_its_suite_process_format
 def test_a_process_whose_planner_kept_the_weight_dense_is_left_out(
     benchmark_script, tmp_path, capsys
 ):
-    verify = benchmark_script("verify_point")
-    path = _results(tmp_path, format="csr", process_formats=["dense (torch)", "csr"], speedup=1e3)
-    assert verify.main([*ARGS, "--processes", "2", "--against", path]) == 1
-    out = capsys.readouterr().out
+    status, out = _verify_in_two_processes(
+        benchmark_script, tmp_path, capsys, ["dense (torch)", "csr"]
+    )
+    assert status == 1
     assert "process 1: dense (torch), no sparse figure" in out and "process 2: csr" in out
     assert "median of 1 processes" in out

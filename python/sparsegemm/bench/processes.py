@@ -113,10 +113,10 @@ def merge_rows(row_lists: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, 
             # The figures are those of the processes that ran the row's format: a
             # median mixing in another format's timings would not be this format's.
             ran_format = [r for r in group if r.get("format") == row.get("format")]
-            for column in MEDIAN_COLUMNS:
-                # a process whose planner kept the weight dense has no sparse figure
-                values = [_number(r.get(column)) for r in ran_format]
-                values = [v for v in values if not math.isnan(v)]
+            # a process whose planner kept the weight dense has no sparse figure
+            measured = {column: [v for v in (_number(r.get(column)) for r in ran_format)
+                                 if not math.isnan(v)] for column in MEDIAN_COLUMNS}
+            for column, values in measured.items():
                 row[column] = statistics.median(values) if values else math.nan
             if row.get("kept_dense"):
                 for column in SPARSE_COLUMNS:
@@ -125,8 +125,7 @@ def merge_rows(row_lists: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, 
             # every process's figure and format, including the ones left out above
             row["process_speedups"] = [_number(r.get("speedup")) for r in group]
             row["process_formats"] = [r.get("format") for r in group]
-            speedups = [_number(r.get("speedup")) for r in ran_format]
-            speedups = [v for v in speedups if not math.isnan(v)]
+            speedups = measured["speedup"]
             row["process_spread"] = max(speedups) / min(speedups) if speedups else 1.0
             row["steady"] = all(r.get("steady", True) for r in group)
             row["x_alignment"] = sorted({r.get("x_alignment") for r in group}, key=str)
