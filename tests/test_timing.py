@@ -51,3 +51,31 @@ def test_planner_bench_and_sparsify_share_the_timing_loop():
     pytest.importorskip("torch")
     sparsify_module = importlib.import_module("sparsegemm.torch.sparsify")
     assert sparsify_module.median_seconds is timing.median_seconds
+
+
+def test_a_slow_wake_up_call_does_not_shrink_the_blocks(monkeypatch):
+    """The first call after the sleep pays the pools' wake-up (here 10x a steady call);
+    the block is sized from the steady calls after it, so it lasts target_block_s."""
+    now = [0.0]
+    calls_made = [0]
+
+    class Clock:
+        @staticmethod
+        def perf_counter():
+            return now[0]
+
+        @staticmethod
+        def sleep(seconds):
+            now[0] += seconds
+
+    def call():
+        calls_made[0] += 1
+        now[0] += 1e-3 if calls_made[0] == 1 else 1e-4
+
+    monkeypatch.setattr(timing, "time", Clock)
+    settings = timing.TimingSettings(
+        rounds=3, target_block_s=0.02, max_calls=1000, sleep_s=0.003, max_remeasure=0
+    )
+    result = timing.measure({"short": call}, [], settings).timings["short"]
+    assert result.calls_per_sample == 200  # 20 ms / 0.1 ms, not 20 ms / 1 ms
+    assert result.samples == pytest.approx((1e-4, 1e-4, 1e-4))

@@ -9,6 +9,8 @@ BENCHMARKING.md for why):
   few milliseconds (so another runtime's idle pool stops spinning), makes one
   warm-up call, then times a block of calls; the block's mean per call is one
   sample, and the round order rotates so no call always goes first;
+- a block's size is fixed on the call's first visit from a short probe after
+  its warm-up call (the warm-up itself pays the wake-up, so it would size short);
 - a call's figure is the median of its samples, with quartiles and min/max;
 - a slow call (many milliseconds) skips the warm-up, which only matters for
   waking thread pools, and a call whose samples would overrun
@@ -154,6 +156,30 @@ def _plan_for(seconds_per_call: float, settings: TimingSettings) -> _Plan:
     return _Plan(calls, rounds, warm_up)
 
 
+def _awake_seconds_per_call(call: Callable[[], Any], settings: TimingSettings) -> float:
+    """Seconds per call once the thread pools are awake, from a short probe.
+
+    The first call after the sleep pays the pools' wake-up: a 100 us call sized
+    from it alone got blocks of 7-42 calls (3-5 ms, not ``target_block_s``), whose
+    first slow calls then weighed on every sample. So a short call is sized from
+    the mean of the calls that follow it, within a tenth of ``target_block_s``.
+    """
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    if first >= settings.skip_warmup_above_s or settings.calls_per_block is not None:
+        return first
+    probe_s = settings.target_block_s / 10
+    calls = 0
+    start = time.perf_counter()
+    while True:
+        call()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= probe_s or calls >= settings.max_calls:
+            return elapsed / calls
+
+
 def _one_attempt(
     calls: Mapping[str, Callable[[], Any]], settings: TimingSettings, plans: dict[str, _Plan]
 ) -> dict[str, Timing]:
@@ -167,10 +193,8 @@ def _one_attempt(
                 continue
             time.sleep(settings.sleep_s)
             call = calls[name]
-            if plan is None:  # first visit: a warm-up call that also sizes the blocks
-                warm_start = time.perf_counter()
-                call()
-                plan = plans[name] = _plan_for(time.perf_counter() - warm_start, settings)
+            if plan is None:  # first visit: warm-up calls that also size the blocks
+                plan = plans[name] = _plan_for(_awake_seconds_per_call(call, settings), settings)
             elif plan.warm_up:
                 call()
             samples[name].append(_time_block(call, plan.calls))

@@ -48,9 +48,11 @@ def test_every_contender_is_timed_in_every_round_after_a_warm_up(clock):
     result = measure(calls, ["a"], FAST)
     assert set(result.timings) == {"a", "b", "c"}
     assert all(len(t.samples) == 3 for t in result.timings.values())
-    # one warm-up plus a block of max_calls per round, rounds rotate the order
-    assert log.count("a") == 3 * (1 + 3)
-    first_of_each_round = [log[i * 12] for i in range(3)]
+    # one warm-up plus a block of max_calls per round, and on the first visit a probe of
+    # max_calls that sizes the blocks; rounds rotate the order
+    assert log.count("a") == 3 + 3 * (1 + 3)
+    first_round_length = 3 * (1 + 3 + 3)
+    first_of_each_round = [log[0], log[first_round_length], log[first_round_length + 12]]
     assert first_of_each_round == ["a", "b", "c"]
 
 
@@ -150,6 +152,7 @@ def test_a_long_first_call_sizes_the_blocks_but_a_short_one_does_not():
     result = measure(calls, [], settings, first_call_s={"long": 1.0, "short": 0.001})
     assert result.timings["long"].samples and len(result.timings["long"].samples) == 1
     assert counts["long"] == 1
-    # "short" is sized by its own warm-up (really ~0 s): max_calls per block, warm-up each round
+    # "short" is sized by its own warm-up and a probe of max_calls calls (really ~0 s each):
+    # max_calls per block, a warm-up each round
     assert result.timings["short"].calls_per_sample == 4
-    assert counts["short"] == 2 * (1 + 4)
+    assert counts["short"] == 4 + 2 * (1 + 4)
