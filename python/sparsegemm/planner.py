@@ -87,6 +87,13 @@ BITMAP_MAX_DENSITY = 0.9
 # measure again (at most MAX_EXTRA_ROUNDS times).
 ROUND_DISAGREEMENT = SLOW_PHASE_RATIO
 MAX_EXTRA_ROUNDS = 2
+# A timed block lasts about this long (at least `repeats` calls, at most
+# PLAN_MAX_CALLS). Blocks of 5 sub-millisecond calls after the sleep were
+# bimodal between processes: at 768x3072 batch 1 every format read 600-900 us
+# in some processes and 60-160 us in others, so the choice flipped between
+# csr, bsr4x1 and dense; 4 ms blocks gave csr at 85-93 us in every process.
+PLAN_BLOCK_S = 0.004
+PLAN_MAX_CALLS = 1000
 # Batches up to this are timed cold (see the module docstring).
 COLD_MAX_BATCH = 16
 # At most this many copies of one operand for cold timing.
@@ -228,7 +235,8 @@ def _time_candidates(
     """Median seconds per call of each runner, timed by :func:`sparsegemm.timing.measure`.
 
     Contenders are interleaved: each round runs every contender as a block of
-    ``repeats`` calls after one warm-up call, with a short sleep between blocks
+    at least ``repeats`` calls lasting about PLAN_BLOCK_S, after one warm-up
+    call, with a short sleep between blocks
     so one runtime's spinning thread pool does not tax the next. Rounds are
     repeated while the dense reference's blocks disagree by more than
     ROUND_DISAGREEMENT. Tests replace this function to inject timings.
@@ -236,7 +244,9 @@ def _time_candidates(
     dense = [name for name in (DENSE_NUMPY, DENSE_TORCH) if name in runners][:1]
     settings = TimingSettings(
         rounds=rounds,
-        calls_per_block=repeats,
+        target_block_s=PLAN_BLOCK_S,
+        min_calls=repeats,
+        max_calls=max(repeats, PLAN_MAX_CALLS),
         sleep_s=0.005,
         max_remeasure=MAX_EXTRA_ROUNDS,
         skip_warmup_above_s=math.inf,
@@ -340,7 +350,8 @@ def plan(
         own, by the rule of every product (float16 in float32, integers in
         float64). The operand is built in this dtype.
     repeats, rounds
-        Calls per timed block, and interleaved rounds of blocks.
+        The fewest calls in a timed block (a block lasts about PLAN_BLOCK_S),
+        and the interleaved rounds of blocks.
     margin
         A sparse format is chosen only if ``margin * its time < dense time``.
     cache

@@ -92,8 +92,8 @@ class Timing:
 class TimingSettings:
     """How hard to measure. ``rounds`` is the number of samples per call.
 
-    A block lasts about ``target_block_s`` and holds at most ``max_calls`` calls,
-    unless ``calls_per_block`` fixes its size.
+    A block lasts about ``target_block_s`` and holds at least ``min_calls`` and
+    at most ``max_calls`` calls, unless ``calls_per_block`` fixes its size.
     """
 
     rounds: int = 5
@@ -104,11 +104,13 @@ class TimingSettings:
     skip_warmup_above_s: float = 0.02  # calls this long need no warm-up call
     max_contender_s: float = math.inf  # rough time budget per call per attempt
     calls_per_block: int | None = None
+    min_calls: int = 1
 
     def __post_init__(self) -> None:
         if (
             self.rounds < 1
-            or self.max_calls < 1
+            or self.min_calls < 1
+            or self.max_calls < self.min_calls
             or self.max_remeasure < 0
             or (self.calls_per_block is not None and self.calls_per_block < 1)
         ):
@@ -127,7 +129,8 @@ def _calls_for(seconds_per_call: float, settings: TimingSettings) -> int:
         return settings.calls_per_block
     if seconds_per_call <= 0:
         return settings.max_calls
-    return max(1, min(settings.max_calls, math.ceil(settings.target_block_s / seconds_per_call)))
+    calls = math.ceil(settings.target_block_s / seconds_per_call)
+    return max(settings.min_calls, min(settings.max_calls, calls))
 
 
 def _time_block(call: Callable[[], Any], calls: int) -> float:
