@@ -79,3 +79,61 @@ def test_a_slow_wake_up_call_does_not_shrink_the_blocks(monkeypatch):
     result = timing.measure({"short": call}, [], settings).timings["short"]
     assert result.calls_per_sample == 200  # 20 ms / 0.1 ms, not 20 ms / 1 ms
     assert result.samples == pytest.approx((1e-4, 1e-4, 1e-4))
+
+
+def _fake_clock(monkeypatch):
+    now = [0.0]
+
+    class Clock:
+        @staticmethod
+        def perf_counter():
+            return now[0]
+
+        @staticmethod
+        def sleep(seconds):
+            now[0] += seconds
+
+    monkeypatch.setattr(timing, "time", Clock)
+    return now
+
+
+# binary fractions of a second, so the fake clock's sums are exact
+@pytest.mark.parametrize("seconds_per_call, calls", [(2**-10, 5), (2**-13, 32), (2**-20, 1000)])
+def test_blocks_last_the_target_within_min_and_max_calls(monkeypatch, seconds_per_call, calls):
+    now = _fake_clock(monkeypatch)
+
+    def call():
+        now[0] += seconds_per_call
+
+    settings = timing.TimingSettings(
+        rounds=2, target_block_s=2**-8, min_calls=5, max_calls=1000, sleep_s=0.0,
+        max_remeasure=0,
+    )
+    assert timing.measure({"c": call}, [], settings).timings["c"].calls_per_sample == calls
+
+
+def test_min_calls_above_max_calls_is_rejected():
+    with pytest.raises(ValueError):
+        timing.TimingSettings(min_calls=10, max_calls=5)
+
+
+def test_the_planner_times_blocks_of_about_plan_block_s(monkeypatch):
+    """Blocks of 5 sub-millisecond calls read 600-900 us instead of 60-160 us in some
+    processes; the planner's blocks now last PLAN_BLOCK_S, with at least `repeats` calls."""
+    from sparsegemm import planner
+
+    now = _fake_clock(monkeypatch)
+    counts = {"fast": 0, "slow": 0}
+    durations = {"fast": 1e-4, "slow": 1e-2}
+
+    def runner(name):
+        def call():
+            counts[name] += 1
+            now[0] += durations[name]
+        return call
+
+    times = planner._time_candidates({name: runner(name) for name in counts}, 5, 1)
+    assert times == pytest.approx(durations)
+    block = round(planner.PLAN_BLOCK_S / durations["fast"])
+    assert counts["fast"] >= block  # one block of PLAN_BLOCK_S, besides warm-up and probe
+    assert counts["slow"] <= 5 + 2  # a slow call keeps `repeats` calls (plus warm-up, probe)
