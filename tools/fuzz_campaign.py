@@ -11,7 +11,7 @@ own pytest subprocess with its own seed (so a crash -- a segfault or abort --
 is reported and the rest still runs, and finished rounds are counted even if
 the campaign is stopped) with SPARSEGEMM_FUZZ_EXAMPLES examples. Hypothesis'
 statistics give the number of inputs actually tried. Exit status is non-zero
-if any round failed or crashed.
+if any round failed or crashed, or passed without any inputs counted.
 
     PYTHONPATH=python nice -n 19 python tools/fuzz_campaign.py --total 100000
     python tools/fuzz_campaign.py --total 3000 --rounds 1      # the reduced run CI does
@@ -32,7 +32,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 FUZZ_FILES = sorted((REPO / "tests").glob("test_fuzz*.py"))
 # "- 1234 passing examples, 0 failing examples, 56 invalid examples"
-EXAMPLE_COUNTS = re.compile(r"(\d+) passing examples?, (\d+) failing examples?, (\d+) invalid")
+# Hypothesis' statistics line: "5 passing examples, 0 failing examples, 0 invalid
+# examples" up to 6.15x, "5 passing, 0 failing, and 0 invalid test cases" later.
+EXAMPLE_COUNTS = re.compile(
+    r"(\d+) passing(?: examples?)?, (\d+) failing(?: examples?)?, (?:and )?(\d+) invalid"
+)
 
 
 def fuzz_test_names() -> list[str]:
@@ -95,6 +99,9 @@ def main() -> int:
                   f"done after {finished_at:.0f} s; {tried_total} inputs so far", flush=True)
             if code != 0:
                 problems.append(f"{name} round {round_index}")
+                print(tail, flush=True)
+            elif tried == 0:  # passed, but no statistics were read: nothing is known
+                problems.append(f"{name} round {round_index} (no inputs counted)")
                 print(tail, flush=True)
     print(f"total inputs tried: {tried_total}; failing or crashing tests: {problems or 'none'}")
     return 1 if problems else 0
