@@ -225,3 +225,23 @@ def test_a_transformer_encoder_layer_runs_after_sparsify_with_no_arguments(plann
         sparsify(layer)
         assert layer.self_attn.in_proj_bias is not None
         torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "bsr4x1", "bitmap"])
+def test_a_first_forward_under_inference_mode_builds_usable_variants(prune, planner_times, fmt):
+    """The usual inference call: sparsify(model), then forward inside torch.inference_mode.
+    The variant built there must not hold inference tensors (it crashed on their missing
+    version counter) and must still train afterwards."""
+    planner_times(dense=1.0, **{fmt: 0.25})
+    model = mlp(prune)
+    x = torch.randn(4, 24)
+    expected = model(x)
+    sparsify(model)
+    with torch.inference_mode():
+        first = model(x)
+        second = model(x)
+    torch.testing.assert_close(first, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(second, expected, rtol=1e-5, atol=1e-5)
+    assert model[0].decisions[4].choice.label == fmt
+    assert not any(t.is_inference() for t in model.state_dict().values())
+    model(x).sum().backward()  # fine-tuning after an inference-mode first forward
