@@ -256,3 +256,34 @@ def benchmark_script():
     yield load
     for name in loaded:
         sys.modules.pop(name, None)
+
+
+class FakeClock:
+    """Deterministic time for sparsegemm.timing: calls advance it by what they claim to take."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+    def call_taking(self, durations):
+        durations = iter(durations)
+
+        def call():
+            self.now += next(durations)
+
+        return call
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A FakeClock in place of the time module sparsegemm.timing reads."""
+    from sparsegemm import timing
+
+    fake = FakeClock()
+    monkeypatch.setattr(timing, "time", fake)
+    return fake

@@ -1,29 +1,15 @@
 """The shared timing loop and thread-limit context (planner, bench and sparsify use them)."""
 
 import importlib
+import itertools
 
 import pytest
 
 from sparsegemm import timing
 
 
-def test_median_seconds_makes_one_warm_up_then_single_timed_calls(monkeypatch):
-    now = [0.0]
-    durations = iter([5.0, 3.0, 1.0, 2.0])  # warm-up, then three timed calls
-
-    class Clock:
-        @staticmethod
-        def perf_counter():
-            return now[0]
-
-        @staticmethod
-        def sleep(seconds):
-            now[0] += seconds
-
-    def call():
-        now[0] += next(durations)
-
-    monkeypatch.setattr(timing, "time", Clock)
+def test_median_seconds_makes_one_warm_up_then_single_timed_calls(clock):
+    call = clock.call_taking([5.0, 3.0, 1.0, 2.0])  # warm-up, then three timed calls
     assert timing.median_seconds(call, repeats=3) == 2.0
 
 
@@ -53,26 +39,10 @@ def test_planner_bench_and_sparsify_share_the_timing_loop():
     assert sparsify_module.median_seconds is timing.median_seconds
 
 
-def test_a_slow_wake_up_call_does_not_shrink_the_blocks(monkeypatch):
+def test_a_slow_wake_up_call_does_not_shrink_the_blocks(clock):
     """The first call after the sleep pays the pools' wake-up (here 10x a steady call);
     the block is sized from the steady calls after it, so it lasts target_block_s."""
-    now = [0.0]
-    calls_made = [0]
-
-    class Clock:
-        @staticmethod
-        def perf_counter():
-            return now[0]
-
-        @staticmethod
-        def sleep(seconds):
-            now[0] += seconds
-
-    def call():
-        calls_made[0] += 1
-        now[0] += 1e-3 if calls_made[0] == 1 else 1e-4
-
-    monkeypatch.setattr(timing, "time", Clock)
+    call = clock.call_taking(itertools.chain([1e-3], itertools.repeat(1e-4)))
     settings = timing.TimingSettings(
         rounds=3, target_block_s=0.02, max_calls=1000, sleep_s=0.003, max_remeasure=0
     )
@@ -81,30 +51,10 @@ def test_a_slow_wake_up_call_does_not_shrink_the_blocks(monkeypatch):
     assert result.samples == pytest.approx((1e-4, 1e-4, 1e-4))
 
 
-def _fake_clock(monkeypatch):
-    now = [0.0]
-
-    class Clock:
-        @staticmethod
-        def perf_counter():
-            return now[0]
-
-        @staticmethod
-        def sleep(seconds):
-            now[0] += seconds
-
-    monkeypatch.setattr(timing, "time", Clock)
-    return now
-
-
 # binary fractions of a second, so the fake clock's sums are exact
 @pytest.mark.parametrize("seconds_per_call, calls", [(2**-10, 5), (2**-13, 32), (2**-20, 1000)])
-def test_blocks_last_the_target_within_min_and_max_calls(monkeypatch, seconds_per_call, calls):
-    now = _fake_clock(monkeypatch)
-
-    def call():
-        now[0] += seconds_per_call
-
+def test_blocks_last_the_target_within_min_and_max_calls(clock, seconds_per_call, calls):
+    call = clock.call_taking(itertools.repeat(seconds_per_call))
     settings = timing.TimingSettings(
         rounds=2, target_block_s=2**-8, min_calls=5, max_calls=1000, sleep_s=0.0,
         max_remeasure=0,
@@ -117,19 +67,18 @@ def test_min_calls_above_max_calls_is_rejected():
         timing.TimingSettings(min_calls=10, max_calls=5)
 
 
-def test_the_planner_times_blocks_of_about_plan_block_s(monkeypatch):
+def test_the_planner_times_blocks_of_about_plan_block_s(clock):
     """Blocks of 5 sub-millisecond calls read 600-900 us instead of 60-160 us in some
     processes; the planner's blocks now last PLAN_BLOCK_S, with at least `repeats` calls."""
     from sparsegemm import planner
 
-    now = _fake_clock(monkeypatch)
     counts = {"fast": 0, "slow": 0}
     durations = {"fast": 1e-4, "slow": 1e-2}
 
     def runner(name):
         def call():
             counts[name] += 1
-            now[0] += durations[name]
+            clock.now += durations[name]
         return call
 
     times = planner._time_candidates({name: runner(name) for name in counts}, 5, 1)

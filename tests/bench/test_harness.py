@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from sparsegemm import timing
 from sparsegemm.bench.harness import (
     HarnessSettings,
     Timing,
@@ -54,34 +53,6 @@ def test_every_contender_is_timed_in_every_round_after_a_warm_up(clock):
     first_round_length = 3 * (1 + 3 + 3)
     first_of_each_round = [log[0], log[first_round_length], log[first_round_length + 12]]
     assert first_of_each_round == ["a", "b", "c"]
-
-
-class FakeClock:
-    """Deterministic time for the harness: calls advance it by what they claim to take."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def perf_counter(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
-
-    def call_taking(self, durations):
-        durations = iter(durations)
-
-        def call():
-            self.now += next(durations)
-
-        return call
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    fake = FakeClock()
-    monkeypatch.setattr(timing, "time", fake)
-    return fake
 
 
 def test_unsteady_reference_is_remeasured_and_flagged(clock):
