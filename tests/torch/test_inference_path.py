@@ -133,3 +133,32 @@ def test_modules_pickled_before_the_inference_path_still_load(prune):
     x = torch.randn(2, 37)
     with torch.no_grad():
         assert torch.equal(old(x), sparse(x))
+
+
+@pytest.mark.parametrize("build", ["csr", "bsr", "bitmap", "int8", "conv"])
+def test_modules_built_inside_inference_mode_run_there_and_train_after(prune, build):
+    """Converting a model inside torch.inference_mode made inference-tensor storage:
+    the first forward crashed (no version counter for the operand cache) and nothing
+    could be fine-tuned later."""
+    from sparsegemm.torch import SparseConv2d
+    from sparsegemm.torch.quantized import SparseLinearInt8
+
+    torch.manual_seed(0)
+    if build == "conv":
+        dense, x = prune(nn.Conv2d(4, 8, 3), 0.8), torch.randn(1, 4, 8, 8)
+    else:
+        dense, x = prune(nn.Linear(64, 16), 0.8), torch.randn(3, 64)
+    with torch.inference_mode():
+        if build == "conv":
+            module = SparseConv2d.from_dense(dense)
+        elif build == "int8":
+            module = SparseLinearInt8.from_dense(dense)
+        else:
+            module = SparseLinear.from_dense(dense, format=build)
+        out = module(x)
+    expected = dense(x).detach()
+    tolerance = 0.05 if build == "int8" else 1e-5
+    torch.testing.assert_close(out, expected, rtol=tolerance, atol=tolerance)
+    assert not any(t.is_inference() for t in module.state_dict().values())
+    if build != "int8":  # int8 weights are frozen buffers
+        module(x).sum().backward()

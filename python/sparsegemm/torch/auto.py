@@ -119,11 +119,7 @@ class AutoSparseLinear(nn.Module):
             choice = FormatChoice("dense", None, choice.speedup, choice.planned,
                                   cached=choice.cached, fastest_sparse=choice.fastest_sparse)
         if choice.format != "dense" and choice.label not in self.variants:
-            # Built outside inference mode even when the first forward runs inside it:
-            # inference tensors as buffers have no version counter (the operand cache
-            # keys on it) and could not be saved for backward when fine-tuning later.
-            with torch.inference_mode(False):
-                variant = SparseLinear.from_dense(self.dense, choice=choice)
+            variant = SparseLinear.from_dense(self.dense, choice=choice)
             self.variants[choice.label] = variant.train(self.training)
         decision = RowDecision(rows, choice, reason)
         self.decisions[row_bucket(rows)] = decision

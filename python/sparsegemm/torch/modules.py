@@ -222,6 +222,10 @@ class _SparseWeight(nn.Module):
         size = math.prod(self.weight_shape)
         return self.nnz / size if size else 0.0
 
+    # Storage is made outside inference mode even when a module is built inside it:
+    # inference tensors have no version counter (the operand caches key on it) and
+    # cannot be saved for backward, so the module could neither run nor be fine-tuned.
+    @torch.inference_mode(False)
     def _copy_from_dense(self, dense: nn.Module, weight: Tensor, keep: Tensor) -> None:
         """Take the kept entries of ``weight`` and a copy of ``dense``'s bias."""
         weight, keep = weight.reshape(self.matrix_shape), keep.reshape(self.matrix_shape)
@@ -364,6 +368,7 @@ class SparseLinear(_SparseWeight):
     read-only dense view, for code that reads it.
     """
 
+    @torch.inference_mode(False)  # see _copy_from_dense
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, nnz: int = 0,
                  format: str = "csr", blocksize: tuple[int, int] | None = None,
                  device: Any = None, dtype: Any = None):
@@ -482,6 +487,7 @@ class SparseConv2d(_SparseWeight):
     still goes through ``F.unfold``/``F.fold``.
     """
 
+    @torch.inference_mode(False)  # see _copy_from_dense
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
                  padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True,
                  padding_mode: str = "zeros", *, nnz: int = 0, format: str = "csr",

@@ -140,6 +140,9 @@ class SparseLinearInt8(nn.Module):
     #: Applied to the output right after the product (sparsify fuses a following ReLU/GELU).
     activation: Optional[str] = None
 
+    # Buffers outside inference mode even when built inside it: inference tensors have
+    # no version counter, which the operand cache keys on.
+    @torch.inference_mode(False)
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, nnz: int = 0,
                  device: Any = None):
         super().__init__()
