@@ -73,12 +73,20 @@ def _cold_rotation(build, weight: np.ndarray, problem_for, footprint_bytes: int)
     return call, len(calls)
 
 
-def _block_median(calls: dict, repeats: int, block_s: float) -> dict[str, float]:
+def _block_median(calls: dict, repeats: int, block_s: float) -> tuple[dict, dict]:
     sizes = {}
     for name, call in calls.items():
-        start = time.perf_counter()
+        # size each block from the calls after a first one: the first pays the thread
+        # pools' wake-up and the cache refill, so sized from it alone a short call
+        # gets short blocks whose slow first calls weigh on every sample
         call()
-        sizes[name] = max(1, min(500, round(block_s / max(time.perf_counter() - start, 1e-7))))
+        probe = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < block_s / 10 and probe < 500:
+            call()
+            probe += 1
+        per_call = (time.perf_counter() - start) / probe
+        sizes[name] = max(1, min(500, round(block_s / max(per_call, 1e-7))))
     samples: dict[str, list[float]] = {name: [] for name in calls}
     names = list(calls)
     for repeat in range(repeats):
@@ -89,7 +97,7 @@ def _block_median(calls: dict, repeats: int, block_s: float) -> dict[str, float]
             for _ in range(sizes[name]):
                 calls[name]()
             samples[name].append((time.perf_counter() - start) / sizes[name])
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {name: statistics.median(values) for name, values in samples.items()}, sizes
 
 
 def _suite_row(path: str, point: Point, fmt: str, dtype: str, threads: int) -> dict | None:
@@ -215,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} cannot run this point: {reason}")
                 return 2
             check_output(calls[name](), reference, k)
-        medians = _block_median(calls, args.repeats, args.block_ms / 1e3)
+        medians, block_calls = _block_median(calls, args.repeats, args.block_ms / 1e3)
 
     dense = {n: t for n, t in medians.items() if registry.REGISTRY[n].kind == "dense"}
     baseline = (
@@ -230,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         f"interleaved repeats (median):"
     )
     for name, seconds in medians.items():
-        print(f"  {name:<12} {seconds * 1e3:9.3f} ms  ({copies[name]} weight copies)")
+        print(f"  {name:<12} {seconds * 1e3:9.3f} ms  ({copies[name]} weight copies, "
+              f"blocks of {block_calls[name]} calls)")
     ran = f" ({planned})" if planned else ""
     print(f"  speedup of {args.format}{ran} vs {baseline}: {speedup:.2f}x")
     _report(args, speedup, planned or args.format)

@@ -1,8 +1,10 @@
 """benchmarks/verify_point.py: the independent check of a suite figure."""
 
+import itertools
 import json
 
 import numpy as np
+import pytest
 
 
 def _results(tmp_path, **row):
@@ -90,3 +92,14 @@ def test_a_process_whose_planner_kept_the_weight_dense_is_left_out(
     assert status == 1
     assert "process 1: dense (torch), no sparse figure" in out and "process 2: csr" in out
     assert "median of 1 processes" in out
+
+
+def test_a_slow_first_call_does_not_shrink_the_blocks(benchmark_script, monkeypatch, clock):
+    """The first call pays the wake-up and cache refill (here 10x a steady call); the
+    block is sized from the calls after it, so it lasts block_s, as the suite's do."""
+    verify = benchmark_script("verify_point")
+    monkeypatch.setattr(verify, "time", clock)
+    call = clock.call_taking(itertools.chain([1e-3], itertools.repeat(1e-4)))
+    medians, sizes = verify._block_median({"short": call}, repeats=3, block_s=0.02)
+    assert sizes == {"short": 200}  # 20 ms / 0.1 ms, not 20 ms / 1 ms
+    assert medians["short"] == pytest.approx(1e-4)
