@@ -222,3 +222,35 @@ def test_default_versus_told_line():
     rows[0]["speedup"] = 2.0
     assert "BELOW" in e2e.default_versus_told(rows)[0]
     assert e2e.default_versus_told(rows[1:]) == []
+
+
+def test_cli_merges_end_to_end_runs_of_several_processes(tmp_path, capsys):
+    """--processes N --merge re-reads what N children wrote; each figure is their median."""
+    import json
+
+    from sparsegemm.bench.cli import main
+
+    base = {"model": "tiny mlp", "input_shape": "4x16", "sparsity": 0.9,
+            "pattern": "unstructured", "format": "default", "floor": None, "status": "ok",
+            "detail": "", "dense_time_s": 1e-3, "max_rel_error": 1e-7, "steady": True}
+    for index, speedup in enumerate((2.0, 3.0, 7.0), 1):
+        folder = tmp_path / f"process-{index}"
+        folder.mkdir()
+        row = {**base, "speedup": speedup, "sparse_time_s": 1e-3 / speedup}
+        document = {"schema": "sparsegemm-bench/1", "metadata": {"date": f"d{index}"},
+                    "results": [row],
+                    "notes": ["a child's note"]}
+        (folder / "e2e.json").write_text(json.dumps(document))
+    argv = ["bench", "--e2e-only", "--processes", "3", "--merge", "--out", str(tmp_path),
+            "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "3 processes, spread 3.50x" in printed and "a child's note" in printed
+    merged = json.loads((tmp_path / "e2e.json").read_text())
+    (row,) = merged["results"]
+    assert row["speedup"] == 3.0 and row["process_speedups"] == [2.0, 3.0, 7.0]
+    assert [p["date"] for p in merged["metadata"]["processes"]] == ["d1", "d2", "d3"]
+    (tmp_path / "process-3" / "e2e.json").unlink()
+    with pytest.raises(SystemExit) as error:
+        main(argv)
+    assert error.value.code == 2 and "process-3" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sparsegemm.bench.processes import merge_rows
+from sparsegemm.bench.processes import merge_e2e_rows, merge_rows
 
 
 def _row(speedup, status="ok", **extra):
@@ -64,3 +64,43 @@ def test_where_most_processes_kept_the_weight_dense_the_row_has_no_sparse_figure
     (row,) = merge_rows([[kept], [dict(kept)], [_row(4.0, format="csr")]])
     assert row["kept_dense"] and row["format"] == "dense (torch)"
     assert row["speedup"] != row["speedup"]  # NaN
+
+
+def _e2e_row(speedup, status="ok", **extra):
+    return {
+        "model": "MLP",
+        "input_shape": "64x1024",
+        "sparsity": 0.9,
+        "pattern": "unstructured",
+        "format": "default",
+        "status": status,
+        "detail": "",
+        "dense_time_s": 1.0,
+        "sparse_time_s": 1.0 / speedup if speedup else None,
+        "speedup": speedup,
+        "max_rel_error": 1e-6,
+        "steady": True,
+        **extra,
+    }
+
+
+def test_end_to_end_rows_merge_to_medians_with_every_process_figure():
+    rows = merge_e2e_rows([
+        [_e2e_row(4.0, max_rel_error=1e-6), _e2e_row(2.0, format="csr")],
+        [_e2e_row(5.0, max_rel_error=3e-6, vs_deepsparse=0.8), _e2e_row(2.2, format="csr")],
+        [_e2e_row(9.0, steady=False), _e2e_row(2.1, format="csr")],
+    ])
+    default, csr = rows
+    assert default["speedup"] == 5.0 and default["processes"] == 3
+    assert default["sparse_time_s"] == pytest.approx(1 / 5.0)
+    assert default["process_speedups"] == [4.0, 5.0, 9.0]
+    assert default["process_spread"] == pytest.approx(9.0 / 4.0)
+    assert default["max_rel_error"] == 3e-6  # the worst process
+    assert not default["steady"]
+    assert default["vs_deepsparse"] == 0.8  # only one process ran DeepSparse
+    assert csr["format"] == "csr" and csr["speedup"] == 2.1 and csr["steady"]
+
+
+def test_an_end_to_end_mismatch_in_one_process_is_a_mismatch():
+    (row,) = merge_e2e_rows([[_e2e_row(4.0)], [_e2e_row(None, status="wrong", detail="off")]])
+    assert row["status"] == "wrong" and row["detail"] == "off"

@@ -25,7 +25,7 @@ from .analysis import break_even_table
 from .compare import compare_files
 from .environment import machine_metadata, missing_spin_env, reexec_with_spin_env
 from .harness import HarnessSettings
-from .processes import load_children, merge_rows, run_children
+from .processes import load_children, merge_e2e_rows, merge_rows, run_children
 from .report import (
     break_even_lines,
     machine_summary,
@@ -33,7 +33,7 @@ from .report import (
     terminal_table,
     wrong_sparsegemm_rows,
 )
-from .results import dump_json, write_csv, write_json
+from .results import SCHEMA, dump_json, write_csv, write_json
 from .suite import COLD_MAX_BATCH, SuiteSpec, mark_suspects, run_suite
 from .workloads import (
     DEFAULT_BATCHES,
@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=1,
         metavar="N",
-        help="run the suite in N fresh processes and merge them (medians, with the spread)",
+        help="run the suites (kernel and --e2e) in N fresh processes and merge them "
+        "(medians, with the spread)",
     )
     bench.add_argument(
         "--merge",
@@ -275,10 +276,14 @@ def _harness(args: argparse.Namespace, preset: SuitePreset) -> HarnessSettings:
 
 
 def _run_kernel_suite(
-    args: argparse.Namespace, preset: SuitePreset, threads: int, notes: list[str]
+    args: argparse.Namespace,
+    preset: SuitePreset,
+    threads: int,
+    notes: list[str],
+    children: dict[str, list[dict[str, Any]]] | None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    if args.processes > 1:
-        return _run_in_processes(args, notes)
+    if children is not None:
+        return _merge_children(args, children["kernel"], notes)
     if args.pattern:
         patterns = [parse_pattern(p) for p in _split(args.pattern)]
     else:
@@ -302,22 +307,25 @@ def _run_kernel_suite(
     return rows, break_even_table(rows)
 
 
-def _run_in_processes(
-    args: argparse.Namespace, notes: list[str]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The kernel suite in ``args.processes`` fresh processes, merged."""
+def _children(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]] | None:
+    """With ``--processes N``: every suite's documents from N fresh processes (or, with
+    ``--merge``, from the folders an earlier run left); None for a single process."""
+    if args.processes < 2:
+        return None
+    suites = ([] if args.e2e_only else ["kernel"]) + (["e2e"] if args.e2e or args.e2e_only else [])
     if args.merge:
-        documents = load_children(args.processes, args.out)
-    else:
-        documents = run_children(args.argv, args.processes, args.out)
+        return load_children(args.processes, args.out, suites)
+    return run_children(args.argv, args.processes, args.out, suites)
+
+
+def _merge_children(
+    args: argparse.Namespace, documents: list[dict[str, Any]], notes: list[str]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The kernel suite's rows from ``args.processes`` fresh processes, merged."""
     rows = merge_rows([document["results"] for document in documents])
     mark_suspects(rows)
     for document in documents:
         notes += [note for note in document["notes"] if note not in notes]
-    args.process_metadata = [
-        {key: document["metadata"].get(key) for key in ("date", "affinity", "spin_env")}
-        for document in documents
-    ]
     notes.append(
         f"{args.processes} fresh processes (see process-*/): each figure is the median over "
         "the processes that ran the row's format; process_spread says how far apart they were"
@@ -364,32 +372,54 @@ def _write_kernel_outputs(
     return written + [report_path]
 
 
-def _run_e2e(args: argparse.Namespace, threads: int, notes: list[str], metadata: dict) -> list[str]:
+def _run_e2e(
+    args: argparse.Namespace,
+    threads: int,
+    notes: list[str],
+    metadata: dict,
+    children: dict[str, list[dict[str, Any]]] | None,
+) -> list[str]:
     import csv
 
     from .e2e import E2E_COLUMNS, E2E_SPARSITIES, e2e_table, run_e2e
 
-    patterns = [parse_pattern(p) for p in _split(args.pattern)] or [Pattern()]
-    sparsities = tuple(parse_sparsity(s) for s in _split(args.sparsity)) or E2E_SPARSITIES
-    harness = _harness(args, PRESETS["full" if args.full else "quick"])
+    e2e_notes: list[str] = []
     rows: list[dict[str, Any]] = []
-    for pattern in patterns:
-        pattern_rows, pattern_notes = run_e2e(
-            sparsities, pattern, threads, harness, deepsparse_python=args.deepsparse_python
+    if children is not None:
+        documents = children["e2e"]
+        rows = merge_e2e_rows([document["results"] for document in documents])
+        for document in documents:
+            e2e_notes += [n for n in document.get("notes", ()) if n not in e2e_notes]
+        e2e_notes.append(
+            f"end to end: {args.processes} fresh processes; each figure is the median of "
+            "theirs (process_speedups and process_spread in e2e.json)"
         )
-        rows += pattern_rows
-        notes += [n for n in pattern_notes if n not in notes]
+    else:
+        patterns = [parse_pattern(p) for p in _split(args.pattern)] or [Pattern()]
+        sparsities = tuple(parse_sparsity(s) for s in _split(args.sparsity)) or E2E_SPARSITIES
+        harness = _harness(args, PRESETS["full" if args.full else "quick"])
+        for pattern in patterns:
+            pattern_rows, pattern_notes = run_e2e(
+                sparsities, pattern, threads, harness, deepsparse_python=args.deepsparse_python
+            )
+            rows += pattern_rows
+            e2e_notes += [n for n in pattern_notes if n not in e2e_notes]
+    notes += [n for n in e2e_notes if n not in notes]
+    json_path = os.path.join(args.out, "e2e.json")
+    # written even without rows: its notes say why (a --processes parent reads them)
+    with open(json_path, "w", encoding="utf-8") as handle:
+        dump_json(
+            handle, {"schema": SCHEMA, "metadata": metadata, "results": rows, "notes": e2e_notes}
+        )
     if not rows:
-        return []
+        return [json_path]
     print("\nEnd-to-end (dense = the pruned model before sparsify):")
     print(e2e_table(rows))
-    csv_path, json_path = os.path.join(args.out, "e2e.csv"), os.path.join(args.out, "e2e.json")
+    csv_path = os.path.join(args.out, "e2e.csv")
     with open(csv_path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(E2E_COLUMNS), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    with open(json_path, "w", encoding="utf-8") as handle:
-        dump_json(handle, {"metadata": metadata, "results": rows})
     return [csv_path, json_path]
 
 
@@ -403,8 +433,6 @@ def run_bench(args: argparse.Namespace) -> int:
         return 0
     if args.merge and args.processes < 2:
         raise ValueError("--merge re-merges a --processes N run: give the same --processes N")
-    if args.processes > 1 and (args.e2e or args.e2e_only):
-        raise ValueError("--processes applies to the kernel suite, not to --e2e")
     started = time.perf_counter()
     preset_name = "full" if args.full else "quick-test" if args.quick_test else "quick"
     preset = PRESETS[preset_name]
@@ -426,12 +454,17 @@ def run_bench(args: argparse.Namespace) -> int:
     metadata["command"] = " ".join(["sparsegemm bench", *getattr(args, "argv", [])])
     written: list[str] = []
     rows: list = []
+    children = _children(args)
+    if children is not None:
+        documents = next(iter(children.values()))
+        metadata["processes"] = [
+            {key: document["metadata"].get(key) for key in ("date", "affinity", "spin_env")}
+            for document in documents
+        ]
     if not args.e2e_only:
-        rows, table = _run_kernel_suite(args, preset, threads, notes)
-        if getattr(args, "process_metadata", None):
-            metadata["processes"] = args.process_metadata
+        rows, table = _run_kernel_suite(args, preset, threads, notes, children)
     if args.e2e or args.e2e_only:
-        written += _run_e2e(args, threads, notes, metadata)
+        written += _run_e2e(args, threads, notes, metadata, children)
     print(machine_summary(metadata))
     if not args.e2e_only:
         print(terminal_table(rows))

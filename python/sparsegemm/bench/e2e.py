@@ -479,6 +479,8 @@ def e2e_table(rows: list[dict[str, Any]]) -> str:
         vs_int8 = f"{row['vs_int8_dyn']:5.2f}x" if "vs_int8_dyn" in row else "-"
         status = "matched" if row["status"] == "ok" else row["status"]
         status += f": {row['detail']}" if row["detail"] else ""
+        if "process_spread" in row:  # merged from --processes N
+            status += f" ({row['processes']} processes, spread {row['process_spread']:.2f}x)"
         lines.append(
             f"{row['model']:<44} {row['sparsity']:8.2f} {row['format']:<7} {dense:>9} "
             f"{sparse:>9} {speedup:>8} {floor_verdict(row):>11}  {_breakdown_text(row):<30} "

@@ -1,4 +1,4 @@
-"""``sparsegemm bench --processes N``: the same suite in N fresh processes, merged.
+"""``sparsegemm bench --processes N``: the same suites in N fresh processes, merged.
 
 A process starts with its own memory layout, thread placement and allocator
 state, so a figure that only one process saw shows up as a spread between
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .results import load_json
+from .results import load_document, load_json
 
 #: Columns that identify a row across processes.
 ROW_KEY = (
@@ -65,27 +65,39 @@ def child_command(argv: Sequence[str], out: str) -> list[str]:
     ]
 
 
-def run_children(argv: Sequence[str], processes: int, out: str) -> list[dict[str, Any]]:
-    """Run the suite in ``processes`` fresh processes, one after the other; their documents."""
-    documents = []
+#: What a child writes: the kernel suite's document and the end-to-end suite's.
+CHILD_FILES = {"kernel": "results.json", "e2e": "e2e.json"}
+#: How each is read (end-to-end rows have no kernel columns to fill in).
+CHILD_LOADERS = {"kernel": load_json, "e2e": load_document}
+
+
+def run_children(
+    argv: Sequence[str], processes: int, out: str, suites: Sequence[str] = ("kernel",)
+) -> dict[str, list[dict[str, Any]]]:
+    """Run the bench in ``processes`` fresh processes, one after the other; each suite's
+    documents (``suites``: keys of :data:`CHILD_FILES`), in process order."""
     for index in range(processes):
         folder = os.path.join(out, f"process-{index + 1}")
         print(f"sparsegemm bench: process {index + 1} of {processes} -> {folder}", file=sys.stderr)
         done = subprocess.run(child_command(argv, folder), check=False)
         if done.returncode not in (0, 1):  # 1: a sparsegemm contender was wrong; still merged
             raise RuntimeError(f"process {index + 1} failed with status {done.returncode}")
-        documents.append(load_json(os.path.join(folder, "results.json")))
-    return documents
+    return load_children(processes, out, suites, after_run=True)
 
 
-def load_children(processes: int, out: str) -> list[dict[str, Any]]:
-    """The documents an earlier run left in ``out``/process-1..``processes``."""
-    documents = []
+def load_children(
+    processes: int, out: str, suites: Sequence[str] = ("kernel",), *, after_run: bool = False
+) -> dict[str, list[dict[str, Any]]]:
+    """The documents the children left in ``out``/process-1..``processes``."""
+    documents: dict[str, list[dict[str, Any]]] = {suite: [] for suite in suites}
     for index in range(processes):
-        path = os.path.join(out, f"process-{index + 1}", "results.json")
-        if not os.path.exists(path):
-            raise ValueError(f"--merge: no {path} (was --processes {processes} run there?)")
-        documents.append(load_json(path))
+        for suite in suites:
+            path = os.path.join(out, f"process-{index + 1}", CHILD_FILES[suite])
+            if not os.path.exists(path):
+                if after_run:
+                    raise RuntimeError(f"process {index + 1} wrote no {path}")
+                raise ValueError(f"--merge: no {path} (was --processes {processes} run there?)")
+            documents[suite].append(CHILD_LOADERS[suite](path))
     return documents
 
 
@@ -149,3 +161,55 @@ def _majority_format(group: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
+
+
+#: Columns that identify an end-to-end row across processes.
+E2E_ROW_KEY = ("model", "input_shape", "sparsity", "pattern", "format")
+#: Per-process end-to-end figures merged as medians (each ratio measured within a process).
+E2E_MEDIAN_COLUMNS = (
+    "dense_time_s",
+    "sparse_time_s",
+    "speedup",
+    "sparse_q1_s",
+    "sparse_q3_s",
+    "sparse_layers_s",
+    "dense_layers_s",
+    "other_s",
+    "deepsparse_speedup",
+    "vs_deepsparse",
+    "int8_dyn_speedup",
+    "vs_int8_dyn",
+)
+
+
+def merge_e2e_rows(row_lists: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One end-to-end row per model, sparsity, pattern and format: the medians of the
+    processes' figures, every process's speedup and their spread.
+
+    A row that failed or mismatched in any process keeps that process's status; its
+    worst output error is kept, and it is steady only if it was steady everywhere.
+    A figure some processes lack (DeepSparse skipped there) is the median of the rest.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for rows in row_lists:
+        for row in rows:
+            groups.setdefault(tuple(row.get(k) for k in E2E_ROW_KEY), []).append(row)
+    merged = []
+    for group in groups.values():
+        failed = [r for r in group if r["status"] != "ok"]
+        row = dict(failed[0] if failed else group[0])
+        row["processes"] = len(group)
+        for column in E2E_MEDIAN_COLUMNS:
+            values = [v for v in (_number(r.get(column)) for r in group) if not math.isnan(v)]
+            if values:
+                row[column] = statistics.median(values)
+        errors = [v for v in (_number(r.get("max_rel_error")) for r in group) if not math.isnan(v)]
+        if errors:
+            row["max_rel_error"] = max(errors)
+        row["steady"] = all(r.get("steady", True) for r in group)
+        speedups = [_number(r.get("speedup")) for r in group]
+        row["process_speedups"] = speedups
+        measured = [v for v in speedups if not math.isnan(v) and v > 0]
+        row["process_spread"] = max(measured) / min(measured) if measured else 1.0
+        merged.append(row)
+    return merged

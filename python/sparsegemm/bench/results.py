@@ -136,15 +136,7 @@ def dump_json(handle: Any, document: dict[str, Any]) -> None:
 
 def load_json(path: str) -> dict[str, Any]:
     """A results JSON written by :func:`write_json`; ValueError if it is not one."""
-    if not os.path.isfile(path):
-        raise ValueError(f"no such results file: {path}")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
-        raise ValueError(f"{path} is not a sparsegemm bench result (schema {SCHEMA!r})")
+    document = load_document(path)
     for row in document["results"]:
         for column in (
             "speedup",
@@ -155,4 +147,19 @@ def load_json(path: str) -> dict[str, Any]:
         ):
             if row.get(column) is None:
                 row[column] = math.nan
+    return document
+
+
+def load_document(path: str) -> dict[str, Any]:
+    """Any JSON document of the bench (results.json, e2e.json), as written: ValueError
+    if it is not one."""
+    if not os.path.isfile(path):
+        raise ValueError(f"no such results file: {path}")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(document, dict) or document.get("schema") != SCHEMA:
+        raise ValueError(f"{path} is not a sparsegemm bench result (schema {SCHEMA!r})")
     return document
