@@ -135,16 +135,22 @@ class SparseFormat(MatrixShape):
     ``_stored_values``, ``_with_values``, ``_reduce_values`` and ``_reduce_pattern``.
     """
 
-    __slots__ = ("__weakref__", "_converted", "_dtype", "_handle", "_transpose_of")
+    __slots__ = ("__weakref__", "_converted", "_dtype", "_handle", "_shape", "_transpose_of")
     _CORE: ClassVar[dict[Any, Any]] = {}
     # numpy hands ``ndarray @ A`` to A.__rmatmul__ instead of making A an object array.
     __array_ufunc__ = None
 
     def _set_handle(self, handle: Any) -> None:
         self._handle = handle
+        # kept, not read from the handle each time: every product call checks it
+        self._shape = (handle.rows, handle.cols)
         self._dtype = next(dt for dt, cls in self._CORE.items() if isinstance(handle, cls))
         self._converted: dict[np.dtype, Any] = {}
         self._transpose_of: Any = None  # set on a transpose: the matrix it came from
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._shape
 
     @classmethod
     def _from_handle(cls, handle: Any) -> Any:

@@ -99,14 +99,20 @@ def _check_out(
     return out
 
 
+def _is_ready_bias(bias: Any, length: int, dtype: np.dtype) -> bool:
+    """True for None or a contiguous, aligned numpy vector of ``length`` in ``dtype``."""
+    if bias is None:
+        return True
+    if type(bias) is not np.ndarray or bias.dtype != dtype or bias.shape != (length,):
+        return False
+    flags = bias.flags
+    return flags.c_contiguous and flags.aligned
+
+
 def _bias_operand(bias: Any, length: int, dtype: np.dtype) -> np.ndarray | None:
     """``bias`` as a contiguous, aligned vector of ``length`` entries in ``dtype`` (or None)."""
-    if bias is None:
-        return None
-    if type(bias) is np.ndarray and bias.dtype == dtype and bias.shape == (length,):
-        flags = bias.flags
-        if flags.c_contiguous and flags.aligned:  # the common case, without np.require
-            return bias
+    if _is_ready_bias(bias, length, dtype):
+        return bias
     bias_array = np.require(bias, dtype, ["C", "A"])
     if bias_array.shape != (length,):
         raise ValueError(f"bias must have shape ({length},), got {bias_array.shape}")
@@ -210,9 +216,22 @@ def linear(
     numpy.ndarray
         Shape (..., out_features), in the promoted dtype of ``x`` and ``weight``.
     """
+    threads = resolve_num_threads(num_threads)
+    products = _PRODUCTS.get(type(weight))
+    if products is not None and type(x) is np.ndarray and x.ndim == 2:
+        # The common call, checked in a few attribute reads: a 2-D C-ordered x and a
+        # bias (or None) already in the weight's dtype. Anything else takes the
+        # general path below, which converts or explains.
+        dtype = weight.dtype
+        out_features, in_features = weight.shape
+        x_flags = x.flags
+        if (x.dtype == dtype and x.shape[1] == in_features and x_flags.c_contiguous
+                and x_flags.aligned and _is_ready_bias(bias, out_features, dtype)):
+            result = np.empty((x.shape[0], out_features), dtype=dtype)
+            products[1](weight._handle, x, result, bias, threads)
+            return result
     if isinstance(weight, Int8BitmapMatrix):
         return weight.linear(x, bias, num_threads=num_threads)
-    threads = resolve_num_threads(num_threads)
     x = np.asarray(x)
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension (..., in_features)")
