@@ -216,12 +216,29 @@ def test_deepsparse_contender_when_a_venv_is_given(monkeypatch):
 
 
 def test_default_versus_told_line():
-    rows = [{"model": "m", "sparsity": 0.9, "format": fmt, "status": "ok", "speedup": speedup}
+    rows = [{"model": "m", "sparsity": 0.9, "pattern": "unstructured", "format": fmt,
+             "status": "ok", "speedup": speedup}
             for fmt, speedup in (("default", 2.7), ("auto", 3.0), ("csr", 1.0))]
-    assert e2e.default_versus_told(rows) == ["default / told speedup, m at 0.90: 0.90 (meets 0.9)"]
+    assert e2e.default_versus_told(rows) == [
+        "default / told speedup, m at 0.90 unstructured: 0.90 (meets 0.9)"
+    ]
     rows[0]["speedup"] = 2.0
     assert "BELOW" in e2e.default_versus_told(rows)[0]
     assert e2e.default_versus_told(rows[1:]) == []
+
+
+def test_default_versus_told_keeps_each_pattern_apart():
+    """With two patterns in one run, the second's rows used to overwrite the first's."""
+    rows = [{"model": "m", "sparsity": 0.9, "pattern": pattern, "format": fmt, "status": "ok",
+             "speedup": speedup}
+            for pattern, fmt, speedup in (("unstructured", "default", 2.0),
+                                          ("unstructured", "auto", 4.0),
+                                          ("block:4x1", "default", 3.0),
+                                          ("block:4x1", "auto", 3.0))]
+    assert e2e.default_versus_told(rows) == [
+        "default / told speedup, m at 0.90 unstructured: 0.50 (BELOW 0.9)",
+        "default / told speedup, m at 0.90 block:4x1: 1.00 (meets 0.9)",
+    ]
 
 
 def test_cli_merges_end_to_end_runs_of_several_processes(tmp_path, capsys):

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .e2e import E2E_COLUMNS
 from .results import load_document, load_json
 
 #: Columns that identify a row across processes.
@@ -112,12 +113,8 @@ def merge_rows(row_lists: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, 
     answer in one process is a wrong answer); a point unsteady in any process is
     unsteady.
     """
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for rows in row_lists:
-        for row in rows:
-            groups.setdefault(tuple(row.get(k) for k in ROW_KEY), []).append(row)
     merged = []
-    for group in groups.values():
+    for group in _groups(row_lists, ROW_KEY):
         failed = [r for r in group if r["status"] != "ok"]
         row = dict(failed[0] if failed else _majority_format(group))
         row["processes"] = len(group)
@@ -159,26 +156,28 @@ def _majority_format(group: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return next(r for r in group if r.get("format") == majority)
 
 
+def _groups(
+    row_lists: Sequence[Sequence[dict[str, Any]]], key: Sequence[str]
+) -> list[list[dict[str, Any]]]:
+    """The processes' rows grouped by their values of ``key``, in first-seen order."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for rows in row_lists:
+        for row in rows:
+            groups.setdefault(tuple(row.get(k) for k in key), []).append(row)
+    return list(groups.values())
+
+
 def _number(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
 #: Columns that identify an end-to-end row across processes.
 E2E_ROW_KEY = ("model", "input_shape", "sparsity", "pattern", "format")
-#: Per-process end-to-end figures merged as medians (each ratio measured within a process).
-E2E_MEDIAN_COLUMNS = (
-    "dense_time_s",
-    "sparse_time_s",
-    "speedup",
-    "sparse_q1_s",
-    "sparse_q3_s",
-    "sparse_layers_s",
-    "dense_layers_s",
-    "other_s",
-    "deepsparse_speedup",
-    "vs_deepsparse",
-    "int8_dyn_speedup",
-    "vs_int8_dyn",
+#: Per-process end-to-end figures merged as medians (each ratio measured within a
+#: process): every time and every speedup column.
+E2E_MEDIAN_COLUMNS = tuple(
+    column for column in E2E_COLUMNS
+    if column.endswith(("_s", "speedup")) or column.startswith("vs_")
 )
 
 
@@ -190,12 +189,8 @@ def merge_e2e_rows(row_lists: Sequence[Sequence[dict[str, Any]]]) -> list[dict[s
     worst output error is kept, and it is steady only if it was steady everywhere.
     A figure some processes lack (DeepSparse skipped there) is the median of the rest.
     """
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for rows in row_lists:
-        for row in rows:
-            groups.setdefault(tuple(row.get(k) for k in E2E_ROW_KEY), []).append(row)
     merged = []
-    for group in groups.values():
+    for group in _groups(row_lists, E2E_ROW_KEY):
         failed = [r for r in group if r["status"] != "ok"]
         row = dict(failed[0] if failed else group[0])
         row["processes"] = len(group)
