@@ -496,7 +496,7 @@ def default_versus_told(rows: list[dict[str, Any]]) -> list[str]:
     speedups: dict[tuple[str, float, str], dict[str, float]] = {}
     for row in rows:
         if row["status"] == "ok" and not np.isnan(row["speedup"]):
-            key = (row["model"], row["sparsity"], row.get("pattern", "unstructured"))
+            key = (row["model"], row["sparsity"], row["pattern"])
             speedups.setdefault(key, {})[row["format"]] = row["speedup"]
     lines = []
     for (model, sparsity, pattern), by_format in speedups.items():

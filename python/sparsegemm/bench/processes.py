@@ -66,17 +66,16 @@ def child_command(argv: Sequence[str], out: str) -> list[str]:
     ]
 
 
-#: What a child writes: the kernel suite's document and the end-to-end suite's.
-CHILD_FILES = {"kernel": "results.json", "e2e": "e2e.json"}
-#: How each is read (end-to-end rows have no kernel columns to fill in).
-CHILD_LOADERS = {"kernel": load_json, "e2e": load_document}
+#: What a child writes per suite, and how it is read (end-to-end rows have no kernel
+#: columns to fill in): the kernel suite's document and the end-to-end suite's.
+CHILD_DOCUMENTS = {"kernel": ("results.json", load_json), "e2e": ("e2e.json", load_document)}
 
 
 def run_children(
-    argv: Sequence[str], processes: int, out: str, suites: Sequence[str] = ("kernel",)
+    argv: Sequence[str], processes: int, out: str, suites: Sequence[str]
 ) -> dict[str, list[dict[str, Any]]]:
     """Run the bench in ``processes`` fresh processes, one after the other; each suite's
-    documents (``suites``: keys of :data:`CHILD_FILES`), in process order."""
+    documents (``suites``: keys of :data:`CHILD_DOCUMENTS`), in process order."""
     for index in range(processes):
         folder = os.path.join(out, f"process-{index + 1}")
         print(f"sparsegemm bench: process {index + 1} of {processes} -> {folder}", file=sys.stderr)
@@ -87,18 +86,19 @@ def run_children(
 
 
 def load_children(
-    processes: int, out: str, suites: Sequence[str] = ("kernel",), *, after_run: bool = False
+    processes: int, out: str, suites: Sequence[str], *, after_run: bool = False
 ) -> dict[str, list[dict[str, Any]]]:
     """The documents the children left in ``out``/process-1..``processes``."""
     documents: dict[str, list[dict[str, Any]]] = {suite: [] for suite in suites}
     for index in range(processes):
         for suite in suites:
-            path = os.path.join(out, f"process-{index + 1}", CHILD_FILES[suite])
+            name, load = CHILD_DOCUMENTS[suite]
+            path = os.path.join(out, f"process-{index + 1}", name)
             if not os.path.exists(path):
                 if after_run:
                     raise RuntimeError(f"process {index + 1} wrote no {path}")
                 raise ValueError(f"--merge: no {path} (was --processes {processes} run there?)")
-            documents[suite].append(CHILD_LOADERS[suite](path))
+            documents[suite].append(load(path))
     return documents
 
 
