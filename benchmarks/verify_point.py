@@ -145,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=0.2)
     parser.add_argument("--processes", type=int, default=1,
                         help="measure in N fresh processes; compare their median speedup")
+    parser.add_argument(
+        "--speedups-from", metavar="DIR",
+        help="measure nothing: take the median of the figures single processes saved "
+        "in DIR/process-N/ (see benchmarks/floors_check.py)",
+    )
     parser.add_argument("--process-index", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--speedup-out", help=argparse.SUPPRESS)
     mode = parser.add_mutually_exclusive_group()
@@ -166,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         if row is None:
             print(f"no matching ok row in {args.against}")
             return 2
+    if args.speedups_from:
+        return _median_against(_saved_processes(args), args, row)
     if args.processes > 1:
         return _in_processes(argv if argv is not None else sys.argv[1:], args, row)
     if row is not None and row.get("kept_dense"):
@@ -263,11 +270,15 @@ def _compare(speedup: float, row: dict, tolerance: float) -> int:
     return 0 if agrees else 1
 
 
+def point_file_name(shape: str, batch: int, pattern: str) -> str:
+    """The file a process's figure for one point is kept in (see --speedups-from)."""
+    return f"{shape}-{pattern.replace(':', '')}-b{batch}.json"
+
+
 def _in_processes(argv: list[str], args: argparse.Namespace, row: dict | None) -> int:
     """Run this point in ``args.processes`` fresh processes; compare their median speedup
     with the suite's ``row`` (None: no comparison)."""
-    speedups = []
-    suite_format = (row or {}).get("format") if args.format == "sgemm_auto" else None
+    measured = []
     with tempfile.TemporaryDirectory() as folder:
         for index in range(args.processes):
             out = os.path.join(folder, f"process-{index}.json")
@@ -281,20 +292,46 @@ def _in_processes(argv: list[str], args: argparse.Namespace, row: dict | None) -
                 print(f"process {index + 1} failed (status {done.returncode})")
                 return 2
             with open(out, encoding="utf-8") as handle:
-                measured = json.load(handle)
-            if measured["speedup"] is None:  # kept dense there: no sparse figure to compare
-                print(f"  process {index + 1}: {measured['format']}, no sparse figure")
-                continue
-            if suite_format and measured["format"] != suite_format:
-                # the suite's figure is the median of the processes that ran its format
-                print(f"  process {index + 1}: {measured['format']} "
-                      f"{measured['speedup']:.2f}x, not the suite's format ({suite_format}): "
-                      "left out")
-                continue
-            speedups.append(measured["speedup"])
-            print(f"  process {index + 1}: {measured['format']} {measured['speedup']:.2f}x")
+                measured.append(json.load(handle))
+    return _median_against(measured, args, row)
+
+
+def _saved_processes(args: argparse.Namespace) -> list[dict]:
+    """The figures earlier single processes saved for this point under
+    ``args.speedups_from``/process-N/ (as benchmarks/floors_check.py runs them)."""
+    name = point_file_name(args.shape, args.batch, args.pattern)
+    folders = sorted(
+        (entry for entry in os.listdir(args.speedups_from) if entry.startswith("process-")),
+        key=lambda entry: int(entry.split("-", 1)[1]),
+    )
+    measured = []
+    for folder in folders:
+        path = os.path.join(args.speedups_from, folder, name)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as handle:
+                measured.append(json.load(handle))
+    return measured
+
+
+def _median_against(measured: list[dict], args: argparse.Namespace, row: dict | None) -> int:
+    """The median of the processes' speedups, compared with the suite's ``row``."""
+    speedups = []
+    suite_format = (row or {}).get("format") if args.format == "sgemm_auto" else None
+    for index, figure in enumerate(measured):
+        if figure["speedup"] is None:  # kept dense there: no sparse figure to compare
+            print(f"  process {index + 1}: {figure['format']}, no sparse figure")
+            continue
+        if suite_format and figure["format"] != suite_format:
+            # the suite's figure is the median of the processes that ran its format
+            print(f"  process {index + 1}: {figure['format']} "
+                  f"{figure['speedup']:.2f}x, not the suite's format ({suite_format}): "
+                  "left out")
+            continue
+        speedups.append(figure["speedup"])
+        print(f"  process {index + 1}: {figure['format']} {figure['speedup']:.2f}x")
     if not speedups:
-        return 0
+        print("  no process measured a sparse figure to compare")
+        return 0 if row is None or row.get("kept_dense") else 2
     speedup = statistics.median(speedups)
     print(f"  median of {len(speedups)} processes: {speedup:.2f}x "
           f"(spread {max(speedups) / min(speedups):.2f}x)")
