@@ -58,10 +58,10 @@ script_figure decoder-int8 decoder_stack.py --threads 2 --sparsities 0.7 --forma
     --no-auto --int8 --repeats 5 --rounds 3
 
 if [[ -z "$only" || "$only" == floors ]]; then
-    # The floors of issue #14, cold and warm: 5 fresh suite processes (floors-cold/,
+    # The floors of issue #14, cold and warm: 7 fresh suite processes (floors-cold/,
     # floors-warm/), each followed by the separate harness (benchmarks/verify_point.py)
     # on every point in fresh processes of its own, so both sample the same minutes;
     # then each point's medians are compared. Its output is kept as evidence.
-    echo "== floors: python benchmarks/floors_check.py --processes 5 --out $out" >&2
-    python benchmarks/floors_check.py --processes 5 --out "$out" | tee "$out/floors-verify.txt"
+    echo "== floors: python benchmarks/floors_check.py --processes 7 --out $out" >&2
+    python benchmarks/floors_check.py --processes 7 --out "$out" | tee "$out/floors-verify.txt"
 fi
