@@ -437,7 +437,7 @@ def run_point(model, tokenizer, calib, heldout, dense_emb, label, amount, patter
                                calibration_batches(tokenizer, distillation_sentences(texts)),
                                epochs=10**6, minutes=distill_minutes, lr=DISTILL_LR,
                                hidden_weight=1.0, schedule="cosine",
-                               frozen=(torch.nn.Embedding,))
+                               frozen=(torch.nn.Embedding,), cache_teacher=True)
         print(f"  distilled {len(losses)} steps: loss {losses[0]:.4g} -> "
               f"{statistics.mean(losses[-10:]):.4g}", flush=True)
         label += "+distill"

@@ -51,6 +51,25 @@ def test_distillation_lowers_the_loss_and_keeps_masks():
         assert torch.equal(value, teacher_state[key])
 
 
+def test_a_cached_teacher_runs_once_per_batch_and_trains_the_same():
+    batches = _global_batches()
+    plain_student, teacher = _student_and_teacher()
+    cached_student, _ = _student_and_teacher()
+    teacher_calls = []
+    teacher.register_forward_hook(lambda *args: teacher_calls.append(1))
+    settings = dict(epochs=3, lr=1e-2, hidden_weight=0.5)
+    plain = prune.distill(plain_student, teacher, batches, **settings)
+    assert len(teacher_calls) == 18
+    teacher_calls.clear()
+    cached = prune.distill(cached_student, teacher, batches, cache_teacher=True, **settings)
+    assert len(teacher_calls) == 6
+    assert cached == plain
+    for key, value in plain_student.state_dict().items():
+        assert torch.equal(value, cached_student.state_dict()[key]), key
+    with pytest.raises(TypeError, match="sequence of batches"):
+        prune.distill(cached_student, teacher, iter(batches), cache_teacher=True)
+
+
 def test_distill_stops_at_max_steps_and_rejects_bad_arguments():
     student, teacher = _student_and_teacher()
     assert len(prune.distill(student, teacher, _global_batches(), epochs=5, max_steps=3)) == 3
