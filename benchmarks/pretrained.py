@@ -424,7 +424,8 @@ class Row:
 
 
 def run_point(model, tokenizer, calib, heldout, dense_emb, label, amount, pattern,
-              timing_batch=None, distill_minutes: float = 0.0, texts=None) -> Row:
+              timing_batch=None, distill_minutes: float = 0.0, texts=None,
+              distill_lr: float = DISTILL_LR) -> Row:
     """Prune a copy of ``model`` (and distill it), then measure it. ``heldout`` and
     ``dense_emb`` are dicts by held-out set ("everyday", "docstrings")."""
     texts = texts or text_split()
@@ -435,7 +436,7 @@ def run_point(model, tokenizer, calib, heldout, dense_emb, label, amount, patter
     if distill_minutes > 0:
         losses = prune.distill(pruned, model,
                                calibration_batches(tokenizer, distillation_sentences(texts)),
-                               epochs=10**6, minutes=distill_minutes, lr=DISTILL_LR,
+                               epochs=10**6, minutes=distill_minutes, lr=distill_lr,
                                hidden_weight=1.0, schedule="cosine",
                                frozen=(torch.nn.Embedding,), cache_teacher=True)
         print(f"  distilled {len(losses)} steps: loss {losses[0]:.4g} -> "
@@ -551,6 +552,8 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Row]:
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--distill-minutes", type=float, default=0.0,
                         help="also distill each point for this long (0: one-shot only)")
+    parser.add_argument("--distill-lr", type=float, default=DISTILL_LR,
+                        help="peak AdamW rate of the distillation (cosine schedule)")
     parser.add_argument("--quick", action="store_true", help="50%% and 2:4 only, no timing")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice); 1 on a busy machine")
@@ -584,7 +587,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Row]:
                 continue  # OWL spreads a sparsity; N:M fixes it
             rows.append(run_point(model, tokenizer, calib, heldout, dense_emb, label,
                                   amount if amount is not None else 0.5, pattern, timing_batch,
-                                  args.distill_minutes, texts))
+                                  args.distill_minutes, texts, args.distill_lr))
     for amount in args.structured:
         rows.append(run_structured_point(model, tokenizer, calib, heldout, dense_emb, amount,
                                          timing_batch))
