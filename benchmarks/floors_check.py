@@ -29,6 +29,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import verify_point  # noqa: E402  (the separate harness, beside this script)
+from sparsegemm.bench.processes import child_command  # noqa: E402
 
 SHAPES = ("4096x4096", "768x3072")
 PATTERNS = ("unstructured", "block:4x4")
@@ -38,11 +39,12 @@ FORMAT = "sgemm_auto"
 
 
 def suite_arguments(mode: str) -> list[str]:
-    """The suite's options for one cache mode (the README's floors-MODE command)."""
+    """The suite's options for one cache mode (the README's floors-MODE command, whose
+    processes add --no-plot themselves)."""
     return [
         "--shape", ",".join(SHAPES), "--batch", ",".join(map(str, BATCHES)),
         "--sparsity", SPARSITY, "--pattern", ",".join(PATTERNS), "--formats", FORMAT,
-        f"--{mode}", "--no-plot",
+        f"--{mode}",
     ]
 
 
@@ -68,12 +70,11 @@ def measure_mode(mode: str, processes: int, out: str) -> None:
     """The interleaved measurements of one mode: suite process, then its checks, N times."""
     folder = os.path.join(out, f"floors-{mode}")
     shutil.rmtree(os.path.join(folder, "verify"), ignore_errors=True)
-    bench = [sys.executable, "-m", "sparsegemm.bench", "bench"]
     for index in range(1, processes + 1):
         print(f"== {mode}: suite process {index} of {processes}", flush=True)
         suite_folder = os.path.join(folder, f"process-{index}")
-        status = _run([*bench, *suite_arguments(mode), "--processes", "1",
-                       "--out", suite_folder, "--no-progress"], quiet=True)
+        # the same command as a child of `sparsegemm bench --processes N`
+        status = _run(child_command(suite_arguments(mode), suite_folder), quiet=True)
         if status != 0:
             raise SystemExit(f"suite process {index} failed (status {status})")
         verify_folder = os.path.join(folder, "verify", f"process-{index}")
@@ -88,8 +89,9 @@ def measure_mode(mode: str, processes: int, out: str) -> None:
             if status != 0:
                 print(f"  verify process failed (status {status}): this point has no figure "
                       f"from process {index}", flush=True)
-    status = _run([*bench, *suite_arguments(mode), "--processes", str(processes), "--merge",
-                   "--out", folder, "--no-progress"], quiet=True)
+    status = _run([sys.executable, "-m", "sparsegemm.bench", "bench", *suite_arguments(mode),
+                   "--no-plot", "--processes", str(processes), "--merge", "--out", folder,
+                   "--no-progress"], quiet=True)
     if status != 0:
         raise SystemExit(f"merging the suite's processes failed (status {status})")
 

@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from .test_verify_point import _results
+
 
 def _save(folder, process, name, speedup, fmt):
     path = folder / f"process-{process}"
@@ -12,15 +14,9 @@ def _save(folder, process, name, speedup, fmt):
 
 
 def _suite_row(tmp_path, **row):
-    base = {
-        "out_features": 16, "in_features": 32, "batch": 1, "sparsity": 0.9,
-        "pattern": "block:4x4", "dtype": "float32", "threads": 1, "status": "ok",
-        "contender": "sgemm_auto", "format": "bsr4x1", "kept_dense": False, "cache": "warm",
-        "speedup": 4.0, "baseline": "numpy_dense",
-    }
-    path = tmp_path / "results.json"
-    path.write_text(json.dumps({"results": [{**base, **row}]}))
-    return str(path)
+    """A suite results.json like test_verify_point's, for a warm 4x4-block point."""
+    base = dict(pattern="block:4x4", format="bsr4x1", cache="warm", speedup=4.0)
+    return _results(tmp_path, **{**base, **row})
 
 
 ARGS = ["16x32", "1", "0.9", "sgemm_auto", "--pattern", "block:4x4", "--threads", "1"]
