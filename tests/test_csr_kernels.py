@@ -49,13 +49,30 @@ def test_sparse_mm_row_stride_in_lines(isa, dtype, row_stride, random_sparse, rn
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("batch", VECTOR_COUNTS)
-def test_linear_batch_sizes(isa, dtype, batch, random_sparse, rng, check_linear):
-    weight = CSRMatrix.from_dense(random_sparse((23, 41), 0.4, dtype))
+@pytest.mark.parametrize("batch", VECTOR_COUNTS + [600])
+@pytest.mark.parametrize("density", [0.1, 0.4])
+def test_linear_batch_sizes(isa, dtype, batch, density, random_sparse, rng, check_linear):
+    # Density 0.1 (and 600 rows) takes the packed-panel path of linear, 0.4 the
+    # strided one (drivers/csr_driver.cpp prefer_packed_panels).
+    weight = CSRMatrix.from_dense(random_sparse((23, 41), density, dtype))
     x = rng.uniform(-1, 1, (batch, 41)).astype(dtype)
     bias = rng.uniform(-1, 1, 23).astype(dtype)
     check_linear(linear(x, weight, num_threads=1), x, weight)
     check_linear(linear(x, weight, bias, num_threads=1), x, weight, bias)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("in_features", [4100, 8200])
+@pytest.mark.parametrize("batch", [2, 17, 40, 129])
+def test_linear_with_narrower_packed_panels(isa, dtype, in_features, batch, random_sparse, rng,
+                                            check_linear):
+    # linear packs x^T in panels as wide as fit the L2 budget (csr_kernels.inl
+    # panel_vectors): 4 vectors up to 4096 columns of the weight (AVX2 floats),
+    # then 2, then 1; the last panel is zero-padded.
+    weight = CSRMatrix.from_dense(random_sparse((9, in_features), 0.02, dtype))
+    x = rng.uniform(-1, 1, (batch, in_features)).astype(dtype)
+    bias = rng.uniform(-1, 1, 9).astype(dtype)
+    check_linear(linear(x, weight, bias, num_threads=2), x, weight, bias)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -46,6 +46,7 @@ struct BitmapProduct {
   int64_t stored_entries() const { return a.nnz(); }
   static constexpr bool kConflictFreeStride = false;
   static constexpr bool kTransposedPanel = false;
+  static constexpr bool kPackedPanel = false;
   // The small-batch kernel reuses each expanded tile for 16 vectors at a
   // time, so it serves any batch (for large ones dense BLAS wins anyway).
   int64_t max_few_vectors() const { return INT64_MAX; }

@@ -25,6 +25,7 @@ struct BsrProduct {
   int64_t cols() const { return a.cols(); }
   static constexpr bool kConflictFreeStride = false;
   static constexpr bool kTransposedPanel = true;
+  static constexpr bool kPackedPanel = false;
   int64_t max_few_vectors() const { return kBsrFewVectorsMax; }
   bool few_vector_strides_ok(int64_t) const { return true; }  // no gathers: 64-bit offsets
   int64_t stored_entries() const { return a.nblocks() * a.block_r() * a.block_c(); }

@@ -15,6 +15,11 @@
 //   static constexpr bool kTransposedPanel;   // true if it also has:
 //   void panel_transposed(const T* b, int64_t ldb, int64_t n, const T* bias, T* ct, int64_t ldct,
 //                         int threads) const;   // ct = (a @ b + bias)^T
+//   static constexpr bool kPackedPanel;       // true if it also has:
+//   int64_t packed_panel_columns() const;     // P, the columns of a packed panel
+//   bool prefer_packed_panels(int64_t panels) const;  // pack x^T for this many panels?
+//   void panel_packed(const T* packed, int64_t panels, const T* bias, T* c, int64_t ldc,
+//                     int threads) const;   // b packed by pack_panels(..., P, ...)
 // (see drivers/csr_driver.cpp and drivers/bsr_driver.cpp).
 #pragma once
 
@@ -122,6 +127,18 @@ void linear(const Product& w, const T* x, int64_t ldx, int64_t batch, const T* b
     return;
   }
   // y^T = w @ x^T: the panel kernels want the batch dimension contiguous.
+  if constexpr (Product::kPackedPanel) {
+    const int64_t panel = w.packed_panel_columns(), panels = (batch + panel - 1) / panel;
+    if (w.prefer_packed_panels(panels)) {
+      const int64_t ldt = panels * panel;
+      ScratchBuffer<T> packed(static_cast<size_t>(in * ldt));
+      pack_panels(x, batch, in, ldx, panel, packed.data(), num_threads);
+      ScratchBuffer<T> yt(static_cast<size_t>(out * ldt));
+      w.panel_packed(packed.data(), panels, bias, yt.data(), ldt, num_threads);
+      transpose(yt.data(), out, batch, ldt, 1, y, ldy, num_threads);
+      return;
+    }
+  }
   const int64_t ldp = packed_stride<Product, T>(batch);
   ScratchBuffer<T> xt(static_cast<size_t>(in * ldp));
   transpose(x, batch, in, ldx, 1, xt.data(), ldp, num_threads);

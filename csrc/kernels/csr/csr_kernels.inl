@@ -113,21 +113,70 @@ void spmm_rows_nv(const CsrView<T>& a, const I* indices, int64_t row_begin, int6
   }
 }
 
+// Vectors per column panel: the widest panel whose slice of b (a.cols rows)
+// stays in the L2 cache.
+template <typename T>
+int panel_vectors(int64_t cols) {
+  const auto panel_bytes = [&](int vectors) {
+    return static_cast<int64_t>(vectors) * Vec<T>::kLanes * static_cast<int64_t>(sizeof(T)) * cols;
+  };
+  return panel_bytes(4) <= kPanelCacheBytes ? 4 : panel_bytes(2) <= kPanelCacheBytes ? 2 : 1;
+}
+
 template <typename T>
 void spmm_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* b, int64_t ldb,
                int64_t n, const T* bias, T* c, int64_t ldc) {
-  // The widest panel whose slice of b (a.cols rows) stays in the L2 cache.
-  const auto panel_bytes = [&](int vectors) {
-    return static_cast<int64_t>(vectors) * Vec<T>::kLanes * static_cast<int64_t>(sizeof(T)) *
-           a.cols;
-  };
+  const int vectors = panel_vectors<T>(a.cols);
   with_indices(a, [&](const auto* indices) {
-    if (panel_bytes(4) <= kPanelCacheBytes)
+    if (vectors == 4)
       spmm_rows_nv<T, 4>(a, indices, row_begin, row_end, b, ldb, n, bias, c, ldc);
-    else if (panel_bytes(2) <= kPanelCacheBytes)
+    else if (vectors == 2)
       spmm_rows_nv<T, 2>(a, indices, row_begin, row_end, b, ldb, n, bias, c, ldc);
     else
       spmm_rows_nv<T, 1>(a, indices, row_begin, row_end, b, ldb, n, bias, c, ldc);
+  });
+}
+
+template <typename T>
+int64_t packed_panel_columns(int64_t cols) {
+  return static_cast<int64_t>(panel_vectors<T>(cols)) * Vec<T>::kLanes;
+}
+
+// The panel product over b packed panel by panel (see CsrKernels::spmm_rows_packed):
+// row blocks, then panels, then the rows of the block, as spmm_rows_nv.
+template <typename T, int NV, typename I>
+void spmm_rows_packed_nv(const CsrView<T>& a, const I* indices, int64_t row_begin,
+                         int64_t row_end, const T* packed, int64_t panels, const T* bias, T* c,
+                         int64_t ldc) {
+  constexpr int64_t kPanel = static_cast<int64_t>(NV) * Vec<T>::kLanes;
+  int64_t block_begin = row_begin;
+  while (block_begin < row_end) {
+    int64_t block_end = block_begin + 1;
+    while (block_end < row_end && a.indptr[block_end + 1] - a.indptr[block_begin] <= kRowBlockNnz)
+      ++block_end;
+    for (int64_t p = 0; p < panels; ++p) {
+      const T* panel = packed + p * a.cols * kPanel;
+      for (int64_t r = block_begin; r < block_end; ++r) {
+        const int64_t s = a.indptr[r];
+        spmm_row_panel<T, NV, false>(indices + s, a.values + s, a.indptr[r + 1] - s, panel, kPanel,
+                                     bias ? bias[r] : T(0), c + r * ldc + p * kPanel, 0);
+      }
+    }
+    block_begin = block_end;
+  }
+}
+
+template <typename T>
+void spmm_rows_packed(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* packed,
+                      int64_t panels, const T* bias, T* c, int64_t ldc) {
+  const int vectors = panel_vectors<T>(a.cols);
+  with_indices(a, [&](const auto* indices) {
+    if (vectors == 4)
+      spmm_rows_packed_nv<T, 4>(a, indices, row_begin, row_end, packed, panels, bias, c, ldc);
+    else if (vectors == 2)
+      spmm_rows_packed_nv<T, 2>(a, indices, row_begin, row_end, packed, panels, bias, c, ldc);
+    else
+      spmm_rows_packed_nv<T, 1>(a, indices, row_begin, row_end, packed, panels, bias, c, ldc);
   });
 }
 
@@ -258,8 +307,9 @@ void sampled_dot_rows(const CsrView<T>& pattern, int64_t row_begin, int64_t row_
 
 template <typename T>
 const CsrKernels<T>& csr_kernel_table() {
-  static const CsrKernels<T> table{&spmm_rows<T>, &gather_rows<T>, &scalar_gather_rows<T>,
-                                   &sampled_dot_rows<T>};
+  static const CsrKernels<T> table{&spmm_rows<T>,          &packed_panel_columns<T>,
+                                   &spmm_rows_packed<T>,   &gather_rows<T>,
+                                   &scalar_gather_rows<T>, &sampled_dot_rows<T>};
   return table;
 }
 
