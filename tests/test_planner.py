@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import sparsegemm
-from sparsegemm import BSRMatrix, CSRMatrix, planner
+from sparsegemm import BSRMatrix, CSRMatrix, planner, timing
 
 
 @pytest.fixture(autouse=True)
@@ -306,3 +306,32 @@ def test_small_batches_rotate_separately_built_copies(monkeypatch, weight):
     built.clear()
     sparsegemm.plan(weight, 64, num_threads=1, candidates=["csr", "bitmap"], cache=False)
     assert sorted(built) == ["bitmap", "csr"]  # large batches: one warm operand each
+
+
+def test_dense_names_the_references_timed(monkeypatch, weight):
+    timer = FakeTimer(fake_times(dense=10.0))
+    monkeypatch.setattr(planner, "_time_candidates", timer)
+    planner.plan(weight, 32, dense=("numpy",), cache=False)
+    assert "dense_numpy" in timer.timed[0] and "dense_torch" not in timer.timed[0]
+    pytest.importorskip("torch")
+    planner.plan(weight, 32, dense=("torch",), cache=False)
+    assert "dense_torch" in timer.timed[1] and "dense_numpy" not in timer.timed[1]
+
+
+@pytest.mark.parametrize("dense", [(), ("blas",), ("numpy", "cupy")])
+def test_bad_dense_references(weight, dense):
+    with pytest.raises(ValueError, match="dense must name"):
+        planner.plan(weight, 32, dense=dense)
+
+
+def test_numpy_blocks_are_followed_by_the_openblas_pause(monkeypatch, weight):
+    seen = {}
+
+    def spy(calls, references, settings, first_call_s=None):
+        seen["settings"] = settings
+        return timing.PointTimings({name: timing.Timing((1.0,), 1) for name in calls}, 0, True)
+
+    monkeypatch.setattr(planner, "measure", spy)
+    planner.plan(weight, 32, cache=False)
+    assert seen["settings"].settle_after == ("dense_numpy",)
+    assert seen["settings"].settle_s == planner.openblas_spin_seconds()

@@ -86,3 +86,32 @@ def test_the_planner_times_blocks_of_about_plan_block_s(clock):
     block = round(planner.PLAN_BLOCK_S / durations["fast"])
     assert counts["fast"] >= block  # one block of PLAN_BLOCK_S, besides warm-up and probe
     assert counts["slow"] <= 5 + 2  # a slow call keeps `repeats` calls (plus warm-up, probe)
+
+
+def test_a_settling_contender_is_followed_by_its_pause(clock):
+    # OpenBLAS's workers spin after each call; the next contender must not be
+    # timed while they do.
+    pauses = []
+    sleep = clock.sleep
+
+    def recording_sleep(seconds):
+        pauses.append(seconds)
+        sleep(seconds)
+
+    clock.sleep = recording_sleep
+    settings = timing.TimingSettings(rounds=3, calls_per_block=2, sleep_s=0.001,
+                                     settle_after=("numpy",), settle_s=0.25)
+    calls = {"numpy": clock.call_taking(itertools.repeat(0.01)),
+             "sparse": clock.call_taking(itertools.repeat(0.01))}
+    timing.measure(calls, ["numpy"], settings)
+    assert pauses.count(0.25) == 3  # once after each of numpy's three blocks
+
+
+@pytest.mark.parametrize("value, exponent", [(None, 28), ("20", 20), ("2", 4), ("40", 30),
+                                             ("junk", 28)])
+def test_openblas_spin_follows_its_thread_timeout(monkeypatch, value, exponent):
+    if value is None:
+        monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
+    else:
+        monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", value)
+    assert timing.openblas_spin_seconds() == 2.0 ** exponent / 1.5e9

@@ -46,7 +46,13 @@ from ._runtime import get_isa, kernel_catalogue, resolve_num_threads
 from .formats import BitmapMatrix, BSRMatrix, CSRMatrix
 from .ops import linear
 from .pruning import all_zero_blocks
-from .timing import SLOW_PHASE_RATIO, TimingSettings, measure, thread_limits
+from .timing import (
+    SLOW_PHASE_RATIO,
+    TimingSettings,
+    measure,
+    openblas_spin_seconds,
+    thread_limits,
+)
 
 BITMAP = "bitmap"
 # Blocks of fewer entries than this are never planned: a 1x1 or 2x1 block
@@ -243,6 +249,8 @@ def _time_candidates(
     """
     dense = [name for name in (DENSE_NUMPY, DENSE_TORCH) if name in runners][:1]
     settings = TimingSettings(
+        settle_after=(DENSE_NUMPY,),
+        settle_s=openblas_spin_seconds(),
         rounds=rounds,
         target_block_s=PLAN_BLOCK_S,
         min_calls=repeats,
@@ -331,6 +339,7 @@ def plan(
     margin: float = DEFAULT_MARGIN,
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
+    dense: tuple[str, ...] = ("numpy", "torch"),
 ) -> Plan:
     """Measure dense, CSR, the bitmap and BSR for ``x @ W.T`` at this batch and pick the fastest.
 
@@ -358,6 +367,13 @@ def plan(
         Reuse and record decisions (in-process, and on disk with cache_dir).
     cache_dir
         Directory for ``plans.json``; default ``$SPARSEGEMM_PLAN_CACHE`` or no disk cache.
+    dense
+        The dense products to beat: ``"numpy"`` (``x @ W.T``, its BLAS) and/or
+        ``"torch"`` (``F.linear``, timed when torch is imported). sparsify
+        passes ``("torch",)``: what the module would run instead. numpy's
+        OpenBLAS threads spin for about 0.13 s after each call and would tax
+        the next contender, so each of its blocks is followed by a pause
+        (``timing.openblas_spin_seconds``).
 
     Returns
     -------
@@ -369,6 +385,11 @@ def plan(
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
     if repeats < 1 or rounds < 1:
         raise ValueError("repeats and rounds must be positive")
+    dense = tuple(dense)
+    if not dense or any(d not in ("numpy", "torch") for d in dense):
+        raise ValueError(f"dense must name 'numpy' and/or 'torch', got {dense!r}")
+    if dense == ("torch",) and "torch" not in sys.modules:
+        raise ValueError("dense=('torch',) needs torch imported")
     if not margin >= 1.0:
         raise ValueError(
             f"margin must be >= 1 (sparse must not be chosen when slower), got {margin}"
@@ -397,6 +418,7 @@ def plan(
         "pattern": _pattern_digest(weight),
         "candidates": names,
         "margin": margin,
+        "dense": sorted(dense),
         **_software_versions(),
         "timing": "cold" if batch <= COLD_MAX_BATCH else "warm",
     }
@@ -417,7 +439,7 @@ def plan(
         else:
             skipped[name] = reason
     operands = {name: _build(name, weight) for name in timed}
-    runners = _runners(weight, batch, threads, operands)
+    runners = _runners(weight, batch, threads, operands, dense)
     with thread_limits(threads):
         times = _time_candidates(runners, repeats, rounds)
     decision = choose(times, margin)
@@ -471,7 +493,8 @@ def _plan_from_decision(
 
 
 def _runners(
-    W: np.ndarray, batch: int, threads: int, operands: dict[str, Operand]
+    W: np.ndarray, batch: int, threads: int, operands: dict[str, Operand],
+    dense: tuple[str, ...] = ("numpy", "torch"),
 ) -> dict[str, Callable[[], Any]]:
     """One callable per contender, each checked against the dense result first."""
     rng = np.random.default_rng(0)
@@ -482,10 +505,11 @@ def _runners(
 
     cold = batch <= COLD_MAX_BATCH
     dense_copies = [W] + [W.copy() for _ in range(cold_copies(W.nbytes) - 1 if cold else 0)]
-    runners: dict[str, Callable[[], Any]] = {
-        DENSE_NUMPY: _rotating(dense_copies, lambda w: x @ w.T)}
+    runners: dict[str, Callable[[], Any]] = {}
+    if "numpy" in dense:
+        runners[DENSE_NUMPY] = _rotating(dense_copies, lambda w: x @ w.T)
     torch = sys.modules.get("torch")
-    if torch is not None:
+    if torch is not None and "torch" in dense:
         xt = torch.from_numpy(x)
         weights = [torch.from_numpy(w) for w in dense_copies]
         runners[DENSE_TORCH] = _rotating(weights, lambda w: torch.nn.functional.linear(xt, w))

@@ -88,6 +88,25 @@ class Timing:
         return 1.0 if max(self.samples) == 0 else math.inf
 
 
+def openblas_spin_seconds() -> float:
+    """How long OpenBLAS's idle worker threads may keep spinning after a call.
+
+    Its pthreads builds (numpy's and scipy's wheels) spin 2**OPENBLAS_THREAD_TIMEOUT
+    cycles (default 28, clamped to 4-30) before they sleep: about 130 ms measured
+    on Zen 3, a whole core each. On 2 cores, a sparse product timed in that window
+    ran 2x slower (13x for its first block), so timings that interleave an
+    OpenBLAS contender with others pause this long after it. Counted at 1.5 GHz,
+    a slow clock, so the pause outlasts the spin.
+    """
+    import os
+
+    try:
+        exponent = int(os.environ.get("OPENBLAS_THREAD_TIMEOUT", "28"))
+    except ValueError:
+        exponent = 28
+    return 2.0 ** min(30, max(4, exponent)) / 1.5e9
+
+
 @dataclass(frozen=True)
 class TimingSettings:
     """How hard to measure. ``rounds`` is the number of samples per call.
@@ -105,6 +124,10 @@ class TimingSettings:
     max_contender_s: float = math.inf  # rough time budget per call per attempt
     calls_per_block: int | None = None
     min_calls: int = 1
+    # Names whose block is followed by a pause of settle_s, for a runtime whose
+    # worker threads keep spinning after a call (see openblas_spin_seconds).
+    settle_after: tuple[str, ...] = ()
+    settle_s: float = 0.0
 
     def __post_init__(self) -> None:
         if (
@@ -201,6 +224,8 @@ def _one_attempt(
             elif plan.warm_up:
                 call()
             samples[name].append(_time_block(call, plan.calls))
+            if name in settings.settle_after:
+                time.sleep(settings.settle_s)
     return {name: Timing(tuple(samples[name]), plans[name].calls) for name in names}
 
 

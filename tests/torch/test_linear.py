@@ -221,6 +221,9 @@ def test_from_dense_auto_follows_the_planner(make_pair, planner_times, times, ex
     timer = planner_times(**times)
     sparse = SparseLinear.from_dense(dense, format="auto", batch_hint=16)
     assert timer.timed, "format='auto' must run the planner"
+    # against torch's own product, what the module would run if left dense; numpy's
+    # would also leave OpenBLAS threads spinning over the sparse contenders
+    assert "dense_torch" in timer.timed[0] and "dense_numpy" not in timer.timed[0]
     assert (sparse.format, sparse.blocksize) == expected
     x = torch.randn(16, 37)
     torch.testing.assert_close(sparse(x), dense(x), rtol=1e-5, atol=1e-5)

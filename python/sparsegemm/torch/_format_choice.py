@@ -98,8 +98,9 @@ def choose_format(weight: torch.Tensor, format: str, blocksize: tuple[int, int] 
     if request.format != "auto":
         return request
     compute = torch.float64 if weight.dtype == torch.float64 else torch.float32  # half: float32
+    # Against torch's own product: what the module would run if left dense.
     plan = sparsegemm.plan(weight.detach().to("cpu", compute).numpy(), batch_hint,
-                           num_threads=torch.get_num_threads())
+                           num_threads=torch.get_num_threads(), dense=("torch",))
     fastest = _fastest_sparse(plan.times)
     if plan.format != "dense":
         return _choice_for(plan.format, float(plan.speedup), plan.format, plan.cached, fastest)
