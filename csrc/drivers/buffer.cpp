@@ -62,8 +62,9 @@ void release(void* block, size_t bytes) {
   // Over the limits: free the smallest blocks first (the large ones are the
   // costly ones to fault in again).
   while (cache.blocks.size() > kMaxCachedBlocks || cache.total > kMaxCachedBytes) {
-    auto smallest = std::min_element(cache.blocks.begin(), cache.blocks.end(),
-                                     [](const Block& a, const Block& b) { return a.bytes < b.bytes; });
+    auto smallest =
+        std::min_element(cache.blocks.begin(), cache.blocks.end(),
+                         [](const Block& a, const Block& b) { return a.bytes < b.bytes; });
     std::free(smallest->data);
     cache.total -= smallest->bytes;
     cache.blocks.erase(smallest);

@@ -33,8 +33,8 @@ void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, in
 }
 
 template <typename T>
-void pack_panels(const T* src, int64_t rows, int64_t cols, int64_t src_rstride,
-                 int64_t panel_rows, T* dst, int num_threads) {
+void pack_panels(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, int64_t panel_rows,
+                 T* dst, int num_threads) {
   const int64_t panels = (rows + panel_rows - 1) / panel_rows;
   const int threads = rows * cols < (1 << 16) ? 1 : num_threads;
   const int64_t parts = std::min<int64_t>(panels, threads);
@@ -57,7 +57,6 @@ template void transpose<double>(const double*, int64_t, int64_t, int64_t, int64_
                                 int);
 
 template void pack_panels<float>(const float*, int64_t, int64_t, int64_t, int64_t, float*, int);
-template void pack_panels<double>(const double*, int64_t, int64_t, int64_t, int64_t, double*,
-                                  int);
+template void pack_panels<double>(const double*, int64_t, int64_t, int64_t, int64_t, double*, int);
 
 }  // namespace sparsegemm

@@ -18,7 +18,7 @@ void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, in
 // The last panel's columns past `rows` are zero. dst holds
 // ceil(rows / panel_rows) * panel_rows * cols elements.
 template <typename T>
-void pack_panels(const T* src, int64_t rows, int64_t cols, int64_t src_rstride,
-                 int64_t panel_rows, T* dst, int num_threads);
+void pack_panels(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, int64_t panel_rows,
+                 T* dst, int num_threads);
 
 }  // namespace sparsegemm

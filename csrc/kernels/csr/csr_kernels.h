@@ -38,8 +38,8 @@ struct CsrKernels {
   // 384-3072 columns of a.
   //   c[r, 0:panels * P] = bias[r] + sum_j a[r, j] * b[j, 0:panels * P]
   int64_t (*packed_panel_columns)(int64_t cols);
-  void (*spmm_rows_packed)(const CsrView<T>& a, int64_t row_begin, int64_t row_end,
-                           const T* packed, int64_t panels, const T* bias, T* c, int64_t ldc);
+  void (*spmm_rows_packed)(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* packed,
+                           int64_t panels, const T* bias, T* c, int64_t ldc);
 
   // Gather product, for a single dense vector (batch 1; nvec > 1 loops over vectors):
   //   y(v, r) = bias[r] + sum_j a[r, j] * x(v, j)   for v < nvec, r in [row_begin, row_end)

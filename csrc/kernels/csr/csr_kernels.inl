@@ -145,9 +145,8 @@ int64_t packed_panel_columns(int64_t cols) {
 // The panel product over b packed panel by panel (see CsrKernels::spmm_rows_packed):
 // row blocks, then panels, then the rows of the block, as spmm_rows_nv.
 template <typename T, int NV, typename I>
-void spmm_rows_packed_nv(const CsrView<T>& a, const I* indices, int64_t row_begin,
-                         int64_t row_end, const T* packed, int64_t panels, const T* bias, T* c,
-                         int64_t ldc) {
+void spmm_rows_packed_nv(const CsrView<T>& a, const I* indices, int64_t row_begin, int64_t row_end,
+                         const T* packed, int64_t panels, const T* bias, T* c, int64_t ldc) {
   constexpr int64_t kPanel = static_cast<int64_t>(NV) * Vec<T>::kLanes;
   int64_t block_begin = row_begin;
   while (block_begin < row_end) {
@@ -307,9 +306,8 @@ void sampled_dot_rows(const CsrView<T>& pattern, int64_t row_begin, int64_t row_
 
 template <typename T>
 const CsrKernels<T>& csr_kernel_table() {
-  static const CsrKernels<T> table{&spmm_rows<T>,          &packed_panel_columns<T>,
-                                   &spmm_rows_packed<T>,   &gather_rows<T>,
-                                   &scalar_gather_rows<T>, &sampled_dot_rows<T>};
+  static const CsrKernels<T> table{&spmm_rows<T>,   &packed_panel_columns<T>, &spmm_rows_packed<T>,
+                                   &gather_rows<T>, &scalar_gather_rows<T>,   &sampled_dot_rows<T>};
   return table;
 }
 
