@@ -71,6 +71,4 @@ void release(void* block, size_t bytes) {
   }
 }
 
-size_t cached_bytes() { return thread_cache().total; }
-
 }  // namespace sparsegemm::scratch

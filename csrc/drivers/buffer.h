@@ -14,8 +14,6 @@ void* acquire(size_t bytes);
 // Hands a block from acquire() back: kept for the next call on this thread
 // (up to a few blocks and kMaxCachedBytes in all), freed otherwise.
 void release(void* block, size_t bytes);
-// Bytes this thread's cache holds now (for tests).
-size_t cached_bytes();
 }  // namespace scratch
 
 // Scratch arrays live for one product call, and the packed operands of a

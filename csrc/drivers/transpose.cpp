@@ -6,6 +6,14 @@
 
 namespace sparsegemm {
 
+namespace {
+// Threads for copying rows x cols elements: one below 64k, where waking
+// another costs more than it copies.
+int copy_threads(int64_t rows, int64_t cols, int num_threads) {
+  return rows * cols < (1 << 16) ? 1 : num_threads;
+}
+}  // namespace
+
 template <typename T>
 void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, int64_t src_cstride,
                T* dst, int64_t dst_ld, int num_threads) {
@@ -15,7 +23,7 @@ void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, in
   // other on every element.
   constexpr int64_t kRowTile = 8, kColTile = 64;
   const int64_t row_tiles = (rows + kRowTile - 1) / kRowTile;
-  const int threads = rows * cols < (1 << 16) ? 1 : num_threads;
+  const int threads = copy_threads(rows, cols, num_threads);
   const int64_t parts = std::min<int64_t>(row_tiles, threads);
   parallel_for(threads, parts, [&](int64_t part) {
     const int64_t tile_begin = row_tiles * part / parts, tile_end = row_tiles * (part + 1) / parts;
@@ -36,7 +44,7 @@ template <typename T>
 void pack_panels(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, int64_t panel_rows,
                  T* dst, int num_threads) {
   const int64_t panels = (rows + panel_rows - 1) / panel_rows;
-  const int threads = rows * cols < (1 << 16) ? 1 : num_threads;
+  const int threads = copy_threads(rows, cols, num_threads);
   const int64_t parts = std::min<int64_t>(panels, threads);
   parallel_for(threads, parts, [&](int64_t part) {
     for (int64_t p = panels * part / parts; p < panels * (part + 1) / parts; ++p) {

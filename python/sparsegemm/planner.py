@@ -74,6 +74,8 @@ def _planned_candidates() -> dict[str, tuple[int, int] | None]:
 CANDIDATES = _planned_candidates()
 DENSE_NUMPY = "dense_numpy"
 DENSE_TORCH = "dense_torch"
+# The dense products plan() beats by default: numpy's x @ W.T and torch's F.linear.
+DENSE_REFERENCES = ("numpy", "torch")
 # A sparse format must be this many times faster than dense to be chosen.
 DEFAULT_MARGIN = 1.1
 # Skipped before timing: CSR above this density, since it cannot then beat a
@@ -339,7 +341,7 @@ def plan(
     margin: float = DEFAULT_MARGIN,
     cache: bool = True,
     cache_dir: str | os.PathLike | None = None,
-    dense: tuple[str, ...] = ("numpy", "torch"),
+    dense: tuple[str, ...] = DENSE_REFERENCES,
 ) -> Plan:
     """Measure dense, CSR, the bitmap and BSR for ``x @ W.T`` at this batch and pick the fastest.
 
@@ -386,7 +388,7 @@ def plan(
     if repeats < 1 or rounds < 1:
         raise ValueError("repeats and rounds must be positive")
     dense = tuple(dense)
-    if not dense or any(d not in ("numpy", "torch") for d in dense):
+    if not dense or any(d not in DENSE_REFERENCES for d in dense):
         raise ValueError(f"dense must name 'numpy' and/or 'torch', got {dense!r}")
     if dense == ("torch",) and "torch" not in sys.modules:
         raise ValueError("dense=('torch',) needs torch imported")
@@ -494,7 +496,7 @@ def _plan_from_decision(
 
 def _runners(
     W: np.ndarray, batch: int, threads: int, operands: dict[str, Operand],
-    dense: tuple[str, ...] = ("numpy", "torch"),
+    dense: tuple[str, ...] = DENSE_REFERENCES,
 ) -> dict[str, Callable[[], Any]]:
     """One callable per contender, each checked against the dense result first."""
     rng = np.random.default_rng(0)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import statistics
 import sys
 import time
@@ -98,8 +99,6 @@ def openblas_spin_seconds() -> float:
     OpenBLAS contender with others pause this long after it. Counted at 1.5 GHz,
     a slow clock, so the pause outlasts the spin.
     """
-    import os
-
     try:
         exponent = int(os.environ.get("OPENBLAS_THREAD_TIMEOUT", "28"))
     except ValueError:

@@ -78,39 +78,50 @@ inline void spmm_row_panel(const I* cols, const T* vals, int64_t nnz, const T* b
   }
 }
 
-// Rows in blocks (so a block of a stays in the last-level cache), then column
-// panels of NV vectors, then the rows of the block.
-template <typename T, int NV, typename I>
-void spmm_rows_nv(const CsrView<T>& a, const I* indices, int64_t row_begin, int64_t row_end,
-                  const T* b, int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc) {
-  constexpr int L = Vec<T>::kLanes;
-  constexpr int64_t kPanel = static_cast<int64_t>(NV) * L;
+// Calls body(block_begin, block_end) for consecutive blocks of [row_begin,
+// row_end) holding about kRowBlockNnz stored entries each, so a block of a
+// stays in the last-level cache across the column panels.
+template <typename T, typename Body>
+inline void for_row_blocks(const CsrView<T>& a, int64_t row_begin, int64_t row_end,
+                           const Body& body) {
   int64_t block_begin = row_begin;
   while (block_begin < row_end) {
     int64_t block_end = block_begin + 1;
     while (block_end < row_end && a.indptr[block_end + 1] - a.indptr[block_begin] <= kRowBlockNnz)
       ++block_end;
-    int64_t col = 0;
-    for (; col + kPanel <= n; col += kPanel)
-      for (int64_t r = block_begin; r < block_end; ++r) {
-        const int64_t s = a.indptr[r];
-        spmm_row_panel<T, NV, false>(indices + s, a.values + s, a.indptr[r + 1] - s, b + col, ldb,
-                                     bias ? bias[r] : T(0), c + r * ldc + col, 0);
-      }
-    for (; col + L <= n; col += L)
-      for (int64_t r = block_begin; r < block_end; ++r) {
-        const int64_t s = a.indptr[r];
-        spmm_row_panel<T, 1, false>(indices + s, a.values + s, a.indptr[r + 1] - s, b + col, ldb,
-                                    bias ? bias[r] : T(0), c + r * ldc + col, 0);
-      }
-    if (col < n)
-      for (int64_t r = block_begin; r < block_end; ++r) {
-        const int64_t s = a.indptr[r];
-        spmm_row_panel<T, 1, true>(indices + s, a.values + s, a.indptr[r + 1] - s, b + col, ldb,
-                                   bias ? bias[r] : T(0), c + r * ldc + col, n - col);
-      }
+    body(block_begin, block_end);
     block_begin = block_end;
   }
+}
+
+// Rows [r0, r1) of a times one panel of b (row stride ldb) into c's columns
+// [col, col + NV vectors), or `active` columns when Masked.
+template <typename T, int NV, bool Masked, typename I>
+inline void rows_times_panel(const CsrView<T>& a, const I* indices, int64_t r0, int64_t r1,
+                             const T* b, int64_t ldb, const T* bias, T* c, int64_t ldc, int64_t col,
+                             int64_t active) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t s = a.indptr[r];
+    spmm_row_panel<T, NV, Masked>(indices + s, a.values + s, a.indptr[r + 1] - s, b, ldb,
+                                  bias ? bias[r] : T(0), c + r * ldc + col, active);
+  }
+}
+
+// Rows in blocks, then column panels of NV vectors, then the rows of the block.
+template <typename T, int NV, typename I>
+void spmm_rows_nv(const CsrView<T>& a, const I* indices, int64_t row_begin, int64_t row_end,
+                  const T* b, int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc) {
+  constexpr int L = Vec<T>::kLanes;
+  constexpr int64_t kPanel = static_cast<int64_t>(NV) * L;
+  for_row_blocks(a, row_begin, row_end, [&](int64_t r0, int64_t r1) {
+    int64_t col = 0;
+    for (; col + kPanel <= n; col += kPanel)
+      rows_times_panel<T, NV, false>(a, indices, r0, r1, b + col, ldb, bias, c, ldc, col, 0);
+    for (; col + L <= n; col += L)
+      rows_times_panel<T, 1, false>(a, indices, r0, r1, b + col, ldb, bias, c, ldc, col, 0);
+    if (col < n)
+      rows_times_panel<T, 1, true>(a, indices, r0, r1, b + col, ldb, bias, c, ldc, col, n - col);
+  });
 }
 
 // Vectors per column panel: the widest panel whose slice of b (a.cols rows)
@@ -123,17 +134,32 @@ int panel_vectors(int64_t cols) {
   return panel_bytes(4) <= kPanelCacheBytes ? 4 : panel_bytes(2) <= kPanelCacheBytes ? 2 : 1;
 }
 
-template <typename T>
-void spmm_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* b, int64_t ldb,
-               int64_t n, const T* bias, T* c, int64_t ldc) {
+template <int NV>
+struct PanelVectors {
+  static constexpr int value = NV;
+};
+
+// Calls body(PanelVectors<NV>{}) with NV = panel_vectors<T>(cols), and a's
+// column indices in their stored width.
+template <typename T, typename Body>
+inline void with_panel_kernel(const CsrView<T>& a, const Body& body) {
   const int vectors = panel_vectors<T>(a.cols);
   with_indices(a, [&](const auto* indices) {
     if (vectors == 4)
-      spmm_rows_nv<T, 4>(a, indices, row_begin, row_end, b, ldb, n, bias, c, ldc);
+      body(PanelVectors<4>{}, indices);
     else if (vectors == 2)
-      spmm_rows_nv<T, 2>(a, indices, row_begin, row_end, b, ldb, n, bias, c, ldc);
+      body(PanelVectors<2>{}, indices);
     else
-      spmm_rows_nv<T, 1>(a, indices, row_begin, row_end, b, ldb, n, bias, c, ldc);
+      body(PanelVectors<1>{}, indices);
+  });
+}
+
+template <typename T>
+void spmm_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* b, int64_t ldb,
+               int64_t n, const T* bias, T* c, int64_t ldc) {
+  with_panel_kernel(a, [&](auto vectors, const auto* indices) {
+    spmm_rows_nv<T, decltype(vectors)::value>(a, indices, row_begin, row_end, b, ldb, n, bias, c,
+                                              ldc);
   });
 }
 
@@ -144,38 +170,17 @@ int64_t packed_panel_columns(int64_t cols) {
 
 // The panel product over b packed panel by panel (see CsrKernels::spmm_rows_packed):
 // row blocks, then panels, then the rows of the block, as spmm_rows_nv.
-template <typename T, int NV, typename I>
-void spmm_rows_packed_nv(const CsrView<T>& a, const I* indices, int64_t row_begin, int64_t row_end,
-                         const T* packed, int64_t panels, const T* bias, T* c, int64_t ldc) {
-  constexpr int64_t kPanel = static_cast<int64_t>(NV) * Vec<T>::kLanes;
-  int64_t block_begin = row_begin;
-  while (block_begin < row_end) {
-    int64_t block_end = block_begin + 1;
-    while (block_end < row_end && a.indptr[block_end + 1] - a.indptr[block_begin] <= kRowBlockNnz)
-      ++block_end;
-    for (int64_t p = 0; p < panels; ++p) {
-      const T* panel = packed + p * a.cols * kPanel;
-      for (int64_t r = block_begin; r < block_end; ++r) {
-        const int64_t s = a.indptr[r];
-        spmm_row_panel<T, NV, false>(indices + s, a.values + s, a.indptr[r + 1] - s, panel, kPanel,
-                                     bias ? bias[r] : T(0), c + r * ldc + p * kPanel, 0);
-      }
-    }
-    block_begin = block_end;
-  }
-}
-
 template <typename T>
 void spmm_rows_packed(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* packed,
                       int64_t panels, const T* bias, T* c, int64_t ldc) {
-  const int vectors = panel_vectors<T>(a.cols);
-  with_indices(a, [&](const auto* indices) {
-    if (vectors == 4)
-      spmm_rows_packed_nv<T, 4>(a, indices, row_begin, row_end, packed, panels, bias, c, ldc);
-    else if (vectors == 2)
-      spmm_rows_packed_nv<T, 2>(a, indices, row_begin, row_end, packed, panels, bias, c, ldc);
-    else
-      spmm_rows_packed_nv<T, 1>(a, indices, row_begin, row_end, packed, panels, bias, c, ldc);
+  with_panel_kernel(a, [&](auto vectors, const auto* indices) {
+    constexpr int NV = decltype(vectors)::value;
+    constexpr int64_t kPanel = static_cast<int64_t>(NV) * Vec<T>::kLanes;
+    for_row_blocks(a, row_begin, row_end, [&](int64_t r0, int64_t r1) {
+      for (int64_t p = 0; p < panels; ++p)
+        rows_times_panel<T, NV, false>(a, indices, r0, r1, packed + p * a.cols * kPanel, kPanel,
+                                       bias, c, ldc, p * kPanel, 0);
+    });
   });
 }
 
