@@ -76,6 +76,30 @@ def test_linear_with_narrower_packed_panels(isa, dtype, in_features, batch, rand
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("in_features", [401, 1700])
+@pytest.mark.parametrize("batch", [512, 545])
+def test_linear_in_column_chunks(isa, dtype, in_features, batch, random_sparse, rng, check_linear):
+    # At 16+ panels and density >= 0.25 the packed kernel runs in column
+    # chunks that keep its slice of x^T in L1 (csr_kernels.inl
+    # panel_chunk_columns): rows are cut into per-chunk segments, later chunks
+    # add to the output. Rows 0-2 are empty, dense and empty in the first chunk.
+    dense = random_sparse((37, in_features), 0.5, dtype)
+    dense[0] = 0
+    dense[1] = rng.uniform(-1, 1, in_features)
+    dense[2, :in_features // 2] = 0
+    weight = CSRMatrix.from_dense(dense)
+    chunk = weight._handle.panel_chunk_columns
+    # Every ISA path chunks these shapes: the portable one (one lane per
+    # vector) only beyond 1536 columns.
+    assert chunk > 0 or (isa == "scalar" and in_features <= 1536)
+    assert chunk < in_features
+    x = rng.uniform(-1, 1, (batch, in_features)).astype(dtype)
+    bias = rng.uniform(-1, 1, 37).astype(dtype)
+    check_linear(linear(x, weight, bias, num_threads=2), x, weight, bias)
+    check_linear(linear(x, weight, num_threads=1), x, weight)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("n", [1, 3, 4, 5, 17])
 @pytest.mark.parametrize("pattern", PATTERNS)

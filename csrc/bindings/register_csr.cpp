@@ -72,6 +72,9 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
       .def_property_readonly("compact_indices", &Matrix::compact_indices,
                              "Whether column indices are stored in 16 bits.")
       .def_property_readonly("bytes_per_entry", &Matrix::bytes_per_entry)
+      .def_property_readonly("panel_chunk_columns", &csr_panel_chunk_columns<T>,
+                             "Column chunk width of linear's packed panel kernel on the active "
+                             "ISA (0: unchunked).")
       .def_property_readonly("storage_bytes", &Matrix::storage_bytes)
       .def_property_readonly("has_values", &Matrix::has_values,
                              "False for a pattern-only matrix (see pattern_from_arrays).")

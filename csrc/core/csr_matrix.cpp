@@ -201,6 +201,29 @@ std::vector<index_t> CsrMatrix<T>::column_indices() const {
 }
 
 template <typename T>
+const offset_t* CsrMatrix<T>::column_chunk_bounds(int64_t chunk_cols) const {
+  if (chunk_cols <= 0) throw std::invalid_argument("column_chunk_bounds: chunk_cols must be > 0");
+  const Pattern& pattern = *pattern_;
+  std::lock_guard<std::mutex> lock(pattern.chunk_bounds_mutex);
+  std::vector<offset_t>& bounds = pattern.chunk_bounds[chunk_cols];
+  if (!bounds.empty()) return bounds.data();
+  const int64_t chunks = (cols_ + chunk_cols - 1) / chunk_cols;
+  bounds.resize(static_cast<size_t>(rows_ * (chunks + 1) + 1));  // + 1: never empty when rows_ == 0
+  for (int64_t r = 0; r < rows_; ++r) {
+    offset_t j = pattern.indptr[r];
+    const offset_t end = pattern.indptr[r + 1];
+    offset_t* row_bounds = bounds.data() + r * (chunks + 1);
+    for (int64_t k = 0; k < chunks; ++k) {
+      row_bounds[k] = j;
+      const int64_t chunk_end = (k + 1) * chunk_cols;
+      while (j < end && column(j) < chunk_end) ++j;
+    }
+    row_bounds[chunks] = end;
+  }
+  return bounds.data();
+}
+
+template <typename T>
 CsrMatrix<T> CsrMatrix<T>::with_values(const T* values, int64_t values_len) const {
   if (values_len != nnz())
     throw std::invalid_argument("values must have nnz = " + std::to_string(nnz()) +

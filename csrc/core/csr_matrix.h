@@ -12,7 +12,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 namespace sparsegemm {
@@ -36,7 +38,13 @@ struct CsrView {
   const index_t* indices = nullptr;
   const compact_index_t* indices16 = nullptr;
   const T* values = nullptr;  // indptr[rows] entries; null for a pattern-only matrix
+  // Optional: each row cut into segments by column chunks of chunk_cols
+  // columns (see CsrMatrix::column_chunk_bounds). When set, the panel kernels
+  // run chunk by chunk so the slice of the dense operand they read stays in L1.
+  int64_t chunk_cols = 0;
+  const offset_t* chunk_bounds = nullptr;
   int64_t nnz() const { return indptr[rows]; }
+  int64_t chunks() const { return chunk_cols > 0 ? (cols + chunk_cols - 1) / chunk_cols : 1; }
 };
 
 // Thrown by whatever reads the stored values of a pattern-only matrix.
@@ -109,6 +117,14 @@ class CsrMatrix {
       v.indices = pattern_->indices.data();
     return v;
   }
+  // Where each row's stored entries cross the column chunks [k * chunk_cols,
+  // (k + 1) * chunk_cols): entry r * (chunks + 1) + k is the position of row
+  // r's first entry at or after column k * chunk_cols (so k = 0 gives
+  // indptr[r], k = chunks gives indptr[r + 1]). Computed on first use for each
+  // chunk width and kept with the pattern (thread-safe; valid while any
+  // matrix sharing the pattern lives).
+  const offset_t* column_chunk_bounds(int64_t chunk_cols) const;
+
   // Bytes of storage per stored entry (value, if stored, + column index), for reports.
   int64_t bytes_per_entry() const {
     return (has_values_ ? static_cast<int64_t>(sizeof(T)) : 0) + (compact_indices() ? 2 : 4);
@@ -138,6 +154,10 @@ class CsrMatrix {
     std::vector<offset_t> indptr;
     std::vector<index_t> indices;            // when cols > kMaxCompactCols
     std::vector<compact_index_t> indices16;  // when cols <= kMaxCompactCols
+    // column_chunk_bounds by chunk width; derived from the fields above, so
+    // filled in lazily even though the pattern is otherwise immutable.
+    mutable std::mutex chunk_bounds_mutex;
+    mutable std::map<int64_t, std::vector<offset_t>> chunk_bounds;
     void resize_indices(bool compact, int64_t nnz) {
       if (compact)
         indices16.resize(nnz);

@@ -31,6 +31,12 @@ template <typename T>
 void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
                 int64_t ldy, int num_threads, const T* values = nullptr);
 
+// Width of the column chunks the packed panel kernel of csr_linear runs in
+// for `a` on the active ISA (0: unchunked). Chunks keep the slice of x^T a
+// chunk reads in L1; see kernels/csr/csr_kernels.inl.
+template <typename T>
+int64_t csr_panel_chunk_columns(const CsrMatrix<T>& a);
+
 // Gradient of a sparse weight at its stored positions only:
 //   out[j] = sum_t a[r, t] * b[k, t] for each stored (r, k) of `pattern` at position j.
 // a is pattern.rows() x n, b is pattern.cols() x n, rows contiguous (strides lda, ldb).

@@ -22,6 +22,11 @@ constexpr int64_t kGatherMaxVectors = 1;
 
 template <typename T>
 struct CsrKernels {
+  // Column chunk width for the panel kernels (CsrView::chunk_cols), 0 for
+  // none: where it is > 0, callers pass a view with chunk bounds of that
+  // width (CsrMatrix::column_chunk_bounds) to spmm_rows and spmm_rows_packed.
+  int64_t (*panel_chunk_columns)(int64_t rows, int64_t cols, int64_t nnz);
+
   // Panel product, for dense operands with many columns:
   //   c[r, 0:n] = bias[r] + sum_j a[r, j] * b[j, 0:n]   for r in [row_begin, row_end)
   // b is a.cols x n with row stride ldb (columns contiguous); c has row stride ldc.
