@@ -7,7 +7,7 @@
 #include "core/isa.h"
 #include "core/parallel.h"
 #include "kernels/bitmap/bitmap_kernels.h"
-#include "drivers/transpose.h"
+#include "drivers/transpose_driver.h"
 #include "drivers/buffer.h"
 #include "drivers/product_driver.h"
 

@@ -28,7 +28,7 @@
 #include <vector>
 
 #include "core/parallel.h"
-#include "drivers/transpose.h"
+#include "drivers/transpose_driver.h"
 #include "drivers/buffer.h"
 
 namespace sparsegemm::driver {

@@ -1,8 +1,10 @@
-#include "drivers/transpose.h"
+#include "drivers/transpose_driver.h"
 
 #include <algorithm>
 
+#include "core/isa.h"
 #include "core/parallel.h"
+#include "kernels/transpose/transpose_kernels.h"
 
 namespace sparsegemm {
 
@@ -25,6 +27,7 @@ void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, in
   const int64_t row_tiles = (rows + kRowTile - 1) / kRowTile;
   const int threads = copy_threads(rows, cols, num_threads);
   const int64_t parts = std::min<int64_t>(row_tiles, threads);
+  const auto tile = transpose_kernels<T>(active_isa()).tile;
   parallel_for(threads, parts, [&](int64_t part) {
     const int64_t tile_begin = row_tiles * part / parts, tile_end = row_tiles * (part + 1) / parts;
     for (int64_t i0 = tile_begin * kRowTile; i0 < std::min(rows, tile_end * kRowTile);
@@ -32,6 +35,11 @@ void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, in
       const int64_t i1 = std::min(rows, i0 + kRowTile);
       for (int64_t j0 = 0; j0 < cols; j0 += kColTile) {
         const int64_t j1 = std::min(cols, j0 + kColTile);
+        if (src_cstride == 1) {
+          tile(src + i0 * src_rstride + j0, i1 - i0, j1 - j0, src_rstride, dst + j0 * dst_ld + i0,
+               dst_ld);
+          continue;
+        }
         for (int64_t j = j0; j < j1; ++j)
           for (int64_t i = i0; i < i1; ++i)
             dst[j * dst_ld + i] = src[i * src_rstride + j * src_cstride];

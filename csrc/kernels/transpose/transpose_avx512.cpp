@@ -1,0 +1,14 @@
+// Transpose tiles compiled for the avx512 level (flags set per file in CMakeLists.txt).
+#include <immintrin.h>
+#include <cstdint>
+
+#include "kernels/transpose/transpose_kernels.h"
+
+namespace sparsegemm {
+namespace avx512 {
+
+#include "kernels/transpose/transpose_avx2_blocks.h"
+#include "kernels/transpose/transpose_kernels.inl"
+
+}  // namespace avx512
+}  // namespace sparsegemm
