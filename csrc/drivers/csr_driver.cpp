@@ -78,6 +78,21 @@ struct CsrProduct {
     return csr_kernels<T>(active_isa()).packed_panel_columns(a.cols());
   }
 
+  // Rows of a packed panel are one cache line longer than the panel unless the
+  // kernel runs in column chunks. With rows exactly 128 bytes apart (AVX2
+  // floats) the unchunked kernel ran at 13-19 GF/s on one core against 30-37
+  // with 192-384 byte rows (4096x1024, batch 64, density 0.3, standalone
+  // harness), and in the library a 4096x4096 layer at batch 64, density
+  // 0.1-0.2, ran 1.9-2.2x faster padded (in-process A/B, 2 threads); the MLP
+  // of issue 10 at 90% went from 3.3-3.7x to 5.1-6.1x over dense. The chunked
+  // kernel measured slower padded (0.86-0.96x), so its rows stay packed.
+  int64_t packed_panel_stride() const {
+    const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
+    const int64_t columns = kernels.packed_panel_columns(a.cols());
+    const bool chunked = kernels.panel_chunk_columns(a.rows(), a.cols(), a.nnz()) > 0;
+    return chunked ? columns : columns + 64 / static_cast<int64_t>(sizeof(T));
+  }
+
   // Packed panels (x^T in contiguous panels, csr_kernels.h) against the strided
   // panel kernel, nn.Linear shapes on Zen 3, AVX2, 2 threads, same process:
   // 1.06-1.32x faster at densities 0.05-0.2 (384-3072 columns, 128-1024 rows)
@@ -90,14 +105,14 @@ struct CsrProduct {
   }
 
   // The panel kernel over x^T packed by pack_panels: c = a @ b (+ bias), panels * P columns.
-  void panel_packed(const T* packed, int64_t panels, const T* bias, T* c, int64_t ldc,
-                    int num_threads) const {
+  void panel_packed(const T* packed, int64_t panel_ld, int64_t panels, const T* bias, T* c,
+                    int64_t ldc, int num_threads) const {
     const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
     const CsrView<T> v = chunked_view(kernels);
     const int64_t columns = panels * kernels.packed_panel_columns(a.cols());
     const int threads = threads_for_work(num_threads, (a.nnz() + a.rows()) * columns);
     driver::for_row_ranges(a.indptr().data(), a.rows(), threads, 2, [&](int64_t r0, int64_t r1) {
-      kernels.spmm_rows_packed(v, r0, r1, packed, panels, bias, c, ldc);
+      kernels.spmm_rows_packed(v, r0, r1, packed, panel_ld, panels, bias, c, ldc);
     });
   }
 };

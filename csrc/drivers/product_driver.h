@@ -17,9 +17,10 @@
 //                         int threads) const;   // ct = (a @ b + bias)^T
 //   static constexpr bool kPackedPanel;       // true if it also has:
 //   int64_t packed_panel_columns() const;     // P, the columns of a packed panel
+//   int64_t packed_panel_stride() const;      // row stride of a packed panel, >= P
 //   bool prefer_packed_panels(int64_t panels) const;  // pack x^T for this many panels?
-//   void panel_packed(const T* packed, int64_t panels, const T* bias, T* c, int64_t ldc,
-//                     int threads) const;   // b packed by pack_panels(..., P, ...)
+//   void panel_packed(const T* packed, int64_t panel_ld, int64_t panels, const T* bias, T* c,
+//                     int64_t ldc, int threads) const;   // b packed by pack_panels
 // (see drivers/csr_driver.cpp and drivers/bsr_driver.cpp).
 #pragma once
 
@@ -131,10 +132,11 @@ void linear(const Product& w, const T* x, int64_t ldx, int64_t batch, const T* b
     const int64_t panel = w.packed_panel_columns(), panels = (batch + panel - 1) / panel;
     if (w.prefer_packed_panels(panels)) {
       const int64_t ldt = panels * panel;
-      ScratchBuffer<T> packed(static_cast<size_t>(in * ldt));
-      pack_panels(x, batch, in, ldx, panel, packed.data(), num_threads);
+      const int64_t panel_ld = w.packed_panel_stride();
+      ScratchBuffer<T> packed(static_cast<size_t>(in * panels * panel_ld));
+      pack_panels(x, batch, in, ldx, panel, panel_ld, packed.data(), num_threads);
       ScratchBuffer<T> yt(static_cast<size_t>(out * ldt));
-      w.panel_packed(packed.data(), panels, bias, yt.data(), ldt, num_threads);
+      w.panel_packed(packed.data(), panel_ld, panels, bias, yt.data(), ldt, num_threads);
       transpose(yt.data(), out, batch, ldt, 1, y, ldy, num_threads);
       return;
     }

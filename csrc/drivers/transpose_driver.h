@@ -13,12 +13,13 @@ void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, in
 
 // Packs the transpose of src (rows x cols, row stride src_rstride, columns
 // contiguous) panel by panel: panel p holds source rows [p * panel_rows,
-// (p + 1) * panel_rows) as a contiguous cols x panel_rows block, so
-// dst[(p * cols + k) * panel_rows + i] = src[(p * panel_rows + i) * src_rstride + k].
-// The last panel's columns past `rows` are zero. dst holds
-// ceil(rows / panel_rows) * panel_rows * cols elements.
+// (p + 1) * panel_rows) as a contiguous cols x panel_rows block with row
+// stride panel_ld >= panel_rows, so
+// dst[(p * cols + k) * panel_ld + i] = src[(p * panel_rows + i) * src_rstride + k].
+// The last panel's columns past `rows` are zero; the padding past panel_rows
+// is not written. dst holds ceil(rows / panel_rows) * panel_ld * cols elements.
 template <typename T>
 void pack_panels(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, int64_t panel_rows,
-                 T* dst, int num_threads);
+                 int64_t panel_ld, T* dst, int num_threads);
 
 }  // namespace sparsegemm

@@ -249,14 +249,14 @@ int64_t packed_panel_columns(int64_t cols) {
 // row blocks, then panels, then the rows of the block, as spmm_rows_nv.
 template <typename T>
 void spmm_rows_packed(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* packed,
-                      int64_t panels, const T* bias, T* c, int64_t ldc) {
+                      int64_t panel_ld, int64_t panels, const T* bias, T* c, int64_t ldc) {
   with_panel_kernel(a, [&](auto vectors, const auto* indices) {
     constexpr int NV = decltype(vectors)::value;
     constexpr int64_t kPanel = static_cast<int64_t>(NV) * Vec<T>::kLanes;
     for_row_blocks(a, row_begin, row_end, [&](int64_t r0, int64_t r1) {
       for (int64_t p = 0; p < panels; ++p)
-        rows_times_full_panel<T, NV>(a, indices, r0, r1, packed + p * a.cols * kPanel, kPanel, bias,
-                                     c, ldc, p * kPanel);
+        rows_times_full_panel<T, NV>(a, indices, r0, r1, packed + p * a.cols * panel_ld, panel_ld,
+                                     bias, c, ldc, p * kPanel);
     });
   });
 }
