@@ -39,8 +39,9 @@ struct CsrView {
   const compact_index_t* indices16 = nullptr;
   const T* values = nullptr;  // indptr[rows] entries; null for a pattern-only matrix
   // Optional: each row cut into segments by column chunks of chunk_cols
-  // columns (see CsrMatrix::column_chunk_bounds). When set, the panel kernels
-  // run chunk by chunk so the slice of the dense operand they read stays in L1.
+  // columns (see CsrMatrix::column_chunk_bounds). When set, the packed panel
+  // kernel runs chunk by chunk so the slice of the dense operand it reads
+  // stays in L1.
   int64_t chunk_cols = 0;
   const offset_t* chunk_bounds = nullptr;
   int64_t nnz() const { return indptr[rows]; }

@@ -37,12 +37,17 @@ struct CsrProduct {
     return v;
   }
 
+  // Column chunk width of the packed panel kernel for this matrix (0: none).
+  int64_t chunk_columns(const CsrKernels<T>& kernels) const {
+    return kernels.panel_chunk_columns(a.rows(), a.cols(), a.nnz());
+  }
+
   // view() with the column chunks the packed panel kernel wants, if any.
   // Only the packed kernel runs chunked: over a strided b, chunks measured
   // 0.5-0.8x of the unchunked kernel (Zen 3, 128-256 rows at density 0.3).
   CsrView<T> chunked_view(const CsrKernels<T>& kernels) const {
     CsrView<T> v = view();
-    const int64_t chunk_cols = kernels.panel_chunk_columns(a.rows(), a.cols(), a.nnz());
+    const int64_t chunk_cols = chunk_columns(kernels);
     if (chunk_cols > 0) {
       v.chunk_cols = chunk_cols;
       v.chunk_bounds = a.column_chunk_bounds(chunk_cols);
@@ -89,7 +94,7 @@ struct CsrProduct {
   int64_t packed_panel_stride() const {
     const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
     const int64_t columns = kernels.packed_panel_columns(a.cols());
-    const bool chunked = kernels.panel_chunk_columns(a.rows(), a.cols(), a.nnz()) > 0;
+    const bool chunked = chunk_columns(kernels) > 0;
     return chunked ? columns : columns + 64 / static_cast<int64_t>(sizeof(T));
   }
 
@@ -135,7 +140,7 @@ void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, c
 
 template <typename T>
 int64_t csr_panel_chunk_columns(const CsrMatrix<T>& a) {
-  return csr_kernels<T>(active_isa()).panel_chunk_columns(a.rows(), a.cols(), a.nnz());
+  return CsrProduct<T>{a}.chunk_columns(csr_kernels<T>(active_isa()));
 }
 
 template <typename T>

@@ -22,9 +22,9 @@ constexpr int64_t kGatherMaxVectors = 1;
 
 template <typename T>
 struct CsrKernels {
-  // Column chunk width for the panel kernels (CsrView::chunk_cols), 0 for
-  // none: where it is > 0, callers pass a view with chunk bounds of that
-  // width (CsrMatrix::column_chunk_bounds) to spmm_rows and spmm_rows_packed.
+  // Column chunk width for spmm_rows_packed (CsrView::chunk_cols), 0 for
+  // none: where it is > 0, callers pass it a view with chunk bounds of that
+  // width (CsrMatrix::column_chunk_bounds). spmm_rows ignores chunk bounds.
   int64_t (*panel_chunk_columns)(int64_t rows, int64_t cols, int64_t nnz);
 
   // Panel product, for dense operands with many columns:

@@ -223,7 +223,7 @@ void spmm_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T*
   });
 }
 
-// Columns per chunk for the full-panel kernels (CsrView::chunk_cols), or 0
+// Columns per chunk for the packed panel kernel (CsrView::chunk_cols), or 0
 // where chunking does not pay: b's panel already fits the L1 budget, or a
 // row's segments would be short (density * chunk width < kMinChunkSegment).
 // Chunks are even in width, so none is a sliver.
