@@ -251,6 +251,28 @@ def everyday_variants() -> list[str]:
     return pool
 
 
+def common_word_sentences(count: int = 3000, seed: int = 0) -> list[str]:
+    """``count`` strings of 6-14 random common English words (Faker's ``en_US`` word
+    list, about 1,000 words), each capitalised and ending in a full stop.
+
+    They are not grammatical, but they cover the everyday vocabulary that the
+    templates and docstrings miss, which is what the student has to relearn on
+    held-out topics: adding 3,000 of them to the distillation text lifted 70 %
+    SparseGPT + 14 minutes of distillation from 0.841 to 0.877 (held-out everyday
+    mean cosine; docstrings 0.926 -> 0.914).  Needs ``faker``
+    (``pip install 'sparsegemm[pretrained]'``)."""
+    try:
+        from faker import Faker
+    except ImportError as error:
+        raise ImportError("distillation text needs faker: pip install 'sparsegemm[pretrained]'"
+                          ) from error
+    fake = Faker("en_US")
+    fake.seed_instance(seed)
+    rng = random.Random(seed)
+    return [fake.sentence(nb_words=rng.randint(6, 14), variable_nb_words=False)
+            for _ in range(count)]
+
+
 def docstring_sentences(seed: int = 0, modules: Optional[Sequence] = None) -> list[str]:
     """Unlabeled English sentences from the docstrings of standard-library modules,
     shuffled (about 700): :func:`text_split` cuts them into calibration, held-out
@@ -313,9 +335,9 @@ def text_split(calibration: int = 256, heldout_docstrings: int = 240) -> TextSpl
 
 
 def distillation_sentences(texts: TextSplit) -> list[str]:
-    """The distillation part of ``texts``, plus the everyday sentences in all their frames
-    and docstrings of other standard-library modules, minus every calibration and
-    held-out sentence."""
+    """The distillation part of ``texts``, plus the everyday sentences in all their frames,
+    docstrings of other standard-library modules and :func:`common_word_sentences`,
+    minus every calibration and held-out sentence."""
     import asyncio
     import csv
     import datetime
@@ -333,7 +355,7 @@ def distillation_sentences(texts: TextSplit) -> list[str]:
     excluded = set(texts.calibration) | set(texts.heldout_docstrings)
     seen, out = set(), []
     for sentence in (texts.distillation + everyday_variants()
-                     + docstring_sentences(modules=extra_modules)):
+                     + docstring_sentences(modules=extra_modules) + common_word_sentences()):
         if sentence not in excluded and sentence not in seen:
             seen.add(sentence)
             out.append(sentence)
