@@ -3,6 +3,7 @@
     PYTHONPATH=python python benchmarks/torch_end_to_end.py [mlp|bert|hfbert|resnet ...]
         [--threads N] [--repeats N] [--pattern block:4x1] [--formats default,auto,csr]
         [--sparsity 0.7,0.9] [--deepsparse-python /work/ds-venv/bin/python] [--report]
+        [--cold]
 
 A thin wrapper over the benchmark CLI's end-to-end suite
 (:mod:`sparsegemm.bench.e2e`, also run by ``python -m sparsegemm.bench bench
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--formats", default=None,
                         help="comma-separated sparsify formats (default: auto,csr, plus bsr "
                              "with a block pattern)")
+    parser.add_argument("--cold", action="store_true",
+                        help="rotate every torch contender through copies of its model that "
+                             "hold twice the last-level cache, so no call finds its weights "
+                             "in cache (default: warm, one model called repeatedly)")
     parser.add_argument("--report", action="store_true",
                         help="also print sparsify's per-layer report for each row")
     parser.add_argument("--sparsity", default=str(SPARSITY),
@@ -78,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
           f"pattern {pattern.name}")
     rows, notes = run_e2e(sparsities, pattern, threads, HarnessSettings(rounds=args.repeats),
                           models=models, formats=formats,
-                          deepsparse_python=args.deepsparse_python)
+                          deepsparse_python=args.deepsparse_python, cold=args.cold)
     for note in notes:
         print(note)
     if not rows:

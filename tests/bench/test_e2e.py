@@ -271,3 +271,59 @@ def test_cli_merges_end_to_end_runs_of_several_processes(tmp_path, capsys):
     with pytest.raises(SystemExit) as error:
         main(argv)
     assert error.value.code == 2 and "process-3" in capsys.readouterr().err
+
+
+def test_cold_copy_count_holds_twice_the_cache_within_bounds():
+    assert e2e.cold_copy_count(10 << 20, 32 << 20) == 7  # ceil(64 / 10)
+    assert e2e.cold_copy_count(100 << 20, 32 << 20) == 1  # one copy is already past it
+    assert e2e.cold_copy_count(1, 32 << 20) == e2e.MAX_COLD_MODEL_COPIES
+    assert e2e.cold_copy_count(0, 32 << 20) == e2e.MAX_COLD_MODEL_COPIES
+
+
+def test_rotating_call_runs_each_model_in_turn():
+    seen = []
+    models = [lambda x, i=i: seen.append((i, x)) for i in range(3)]
+    call = e2e.rotating_call(models, "x")
+    for _ in range(7):
+        call()
+    assert seen == [(i % 3, "x") for i in range(7)]
+
+
+@pytest.mark.torch
+def test_model_bytes_of_a_forward_counts_only_the_modules_it_calls():
+    torch = pytest.importorskip("torch")
+
+    class SkipsOne(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = torch.nn.Linear(16, 8)
+            self.unused = torch.nn.Linear(16, 1000)
+            self.register_buffer("table", torch.zeros(10))
+
+        def forward(self, x):
+            return self.used(x)
+
+    model = SkipsOne()
+    used = (16 * 8 + 8 + 10) * 4  # the called Linear, and the buffer of the called root
+    assert e2e.model_bytes(model, torch.randn(2, 16)) == used
+    assert e2e.model_bytes(model) == used + (16 * 1000 + 1000) * 4
+    # a tensor shared by two modules counts once
+    model.unused.weight = model.used.weight
+    assert e2e.model_bytes(model) == used + 1000 * 4
+
+
+@pytest.mark.torch
+def test_cold_run_rotates_every_contender_through_copies_past_the_cache():
+    pytest.importorskip("torch")
+    tiny_cache = 64 << 10  # 64 KiB: the tiny MLP's copies must hold 128 KiB
+    rows, notes = e2e.run_e2e((0.9,), Pattern(), 1, FAST, models=TINY, formats=("csr",),
+                              cold=True, llc_bytes=tiny_cache)
+    assert notes == []
+    (row,) = rows
+    assert row["status"] == "ok" and row["cache"] == "cold"
+    dense_bytes = (16 * 32 + 32 + 32 * 8 + 8) * 4
+    assert row["dense_cold_copies"] == e2e.cold_copy_count(dense_bytes, tiny_cache) > 1
+    assert row["cold_copies"] > row["dense_cold_copies"]  # the sparse model is smaller
+    assert row["speedup"] > 0 and "cold:" in e2e.e2e_table(rows)
+    warm, _ = e2e.run_e2e((0.9,), Pattern(), 1, FAST, models=TINY, formats=("csr",))
+    assert warm[0]["cache"] == "warm" and warm[0].get("cold_copies", 1) == 1

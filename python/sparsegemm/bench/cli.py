@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_const",
         const="cold",
         help="every batch cold: each call uses the next of several weight copies that together "
-        "exceed the last-level cache (default: cold for batch <= 16, warm above)",
+        "exceed the last-level cache (default: cold for batch <= 16, warm above); the "
+        "end-to-end suite rotates through model copies (default: warm)",
     )
     cache.add_argument(
         "--warm",
@@ -400,7 +401,8 @@ def _run_e2e(
         harness = _harness(args, PRESETS["full" if args.full else "quick"])
         for pattern in patterns:
             pattern_rows, pattern_notes = run_e2e(
-                sparsities, pattern, threads, harness, deepsparse_python=args.deepsparse_python
+                sparsities, pattern, threads, harness, deepsparse_python=args.deepsparse_python,
+                cold=args.cache == "cold",
             )
             rows += pattern_rows
             e2e_notes += [n for n in pattern_notes if n not in e2e_notes]

@@ -15,6 +15,11 @@ dense layers (Linear/Conv2d) and everything else. With ``deepsparse_python``
 (a Python that has DeepSparse, e.g. its own venv) each exportable model is
 also run by DeepSparse in that interpreter (:mod:`.deepsparse_worker`), timed
 there against torch dense, and compared by ratios to that same-process dense.
+With ``cold=True`` every contender rotates through deep copies of its model that
+together hold at least twice the last-level cache, so each call finds its
+weights evicted, as the layers of a model larger than the cache find theirs
+(DeepSparse, in its own process, stays warm). The default is warm: one model
+called repeatedly, as a small model runs in a loop.
 The alternative a user could pick instead of pruning, torch's ``quantize_dynamic``
 (int8 Linear weights, FBGEMM), is timed in the same rounds for every model with a
 Linear (its output checked to a relative error): ``int8_dyn_speedup`` is its
@@ -66,10 +71,19 @@ E2E_COLUMNS = (
     "vs_deepsparse",
     "int8_dyn_speedup",
     "vs_int8_dyn",
+    "cache",
+    "cold_copies",
+    "dense_cold_copies",
 )
 
 #: Relative Frobenius error allowed for the whole int8 (quantize_dynamic) model.
 INT8_MODEL_TOLERANCE = 0.1
+
+#: A cold run's copies of one model hold at least this many times the last-level
+#: cache, but there are never more than MAX_COLD_MODEL_COPIES of them (a model whose
+#: activations outweigh its weights is then only partly cold; cold_copies says how many).
+COLD_CACHE_MULTIPLE = 2
+MAX_COLD_MODEL_COPIES = 64
 
 #: sparsify formats run by default: no arguments, told, and untimed CSR.
 E2E_FORMATS = ("default", "auto", "csr")
@@ -326,6 +340,68 @@ def int8_dynamic_model(dense: Any, x: Any, reference: np.ndarray) -> tuple[Any, 
     return model, ""
 
 
+def _tensor_bytes(tensors: Any) -> int:
+    """Bytes of ``tensors``' storages, each counted once."""
+    seen, total = set(), 0
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            total += storage.nbytes()
+    return total
+
+
+def model_bytes(model: Any, x: Any = None) -> int:
+    """Bytes of a module's parameters and buffers; with ``x``, only those of the
+    modules that a forward pass on ``x`` calls (a sparsify 'auto' layer keeps its
+    dense Linear beside the variant it runs, which a call never reads)."""
+    if x is None:
+        return _tensor_bytes(list(model.parameters()) + list(model.buffers()))
+    called = []
+    handles = [m.register_forward_pre_hook(lambda module, _: called.append(module))
+               for m in model.modules()]
+    try:
+        model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return _tensor_bytes([t for module in called
+                          for t in list(module.parameters(recurse=False))
+                          + list(module.buffers(recurse=False))])
+
+
+def cold_copy_count(nbytes: int, llc_bytes: int) -> int:
+    """Copies of a model of ``nbytes`` that hold COLD_CACHE_MULTIPLE x ``llc_bytes``
+    (at least 1, at most MAX_COLD_MODEL_COPIES)."""
+    wanted = math.ceil(COLD_CACHE_MULTIPLE * llc_bytes / max(1, nbytes))
+    return max(1, min(MAX_COLD_MODEL_COPIES, wanted))
+
+
+def rotating_call(models: list[Any], x: Any) -> Callable[[], Any]:
+    """A call that runs the next of ``models`` on ``x`` each time, round robin."""
+    position = [0]
+
+    def call() -> Any:
+        model = models[position[0]]
+        position[0] = (position[0] + 1) % len(models)
+        return model(x)
+
+    return call
+
+
+def contender_call(model: Any, x: Any, llc_bytes: int | None) -> tuple[Callable[[], Any], int]:
+    """The timed call for ``model`` and its number of copies: warm (one model) when
+    ``llc_bytes`` is None, else rotating through deep copies past the cache. Every
+    copy runs once here, so none is timed on its first call."""
+    if llc_bytes is None:
+        return (lambda: model(x)), 1
+    count = cold_copy_count(model_bytes(model, x), llc_bytes)
+    copies = [model] + [copy.deepcopy(model) for _ in range(count - 1)]
+    for each in copies:
+        each(x)
+    return rotating_call(copies, x), len(copies)
+
+
 def run_e2e(
     sparsities: tuple[float, ...],
     pattern: Pattern,
@@ -334,13 +410,16 @@ def run_e2e(
     models: tuple[E2EModel, ...] | None = None,
     formats: tuple[str, ...] | None = None,
     deepsparse_python: str | None = None,
+    cold: bool = False,
+    llc_bytes: int | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows (one per model, sparsity and format) and notes. Empty rows when it cannot run.
 
     ``models`` defaults to :data:`MODELS`; ``formats`` to :data:`E2E_FORMATS` (and
     bsr with a block pattern). ``deepsparse_python``: an interpreter with DeepSparse
     to run the exportable models in as a contender (skipped, with a note, when it
-    cannot).
+    cannot). ``cold``: time every torch contender over copies of its model that
+    exceed the last-level cache (``llc_bytes``, default: this machine's).
     """
     sparsify, reason = load_sparsify()
     if sparsify is None:
@@ -352,6 +431,11 @@ def run_e2e(
     if formats is None:
         formats = E2E_FORMATS + (("bsr",) if pattern.blocksize else ())
     notes: list[str] = []
+    if cold and llc_bytes is None:
+        from .environment import last_level_cache_bytes
+
+        llc_bytes = last_level_cache_bytes()[0]
+    cold_llc = llc_bytes if cold else None
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     rows = []
@@ -365,10 +449,13 @@ def run_e2e(
                     dense = copy.deepcopy(base)
                     prune_model(dense, sparsity, pattern)
                     reference = dense(x).double().numpy()
-                    calls = {"dense": lambda model=dense, x=x: model(x)}
+                    copies: dict[str, int] = {}
+                    calls = {}
+                    calls["dense"], copies["dense"] = contender_call(dense, x, cold_llc)
                     int8_model, int8_note = int8_dynamic_model(dense, x, reference)
                     if int8_model is not None:
-                        calls["int8_dyn"] = lambda model=int8_model, x=x: model(x)
+                        calls["int8_dyn"], copies["int8_dyn"] = contender_call(
+                            int8_model, x, cold_llc)
                     elif int8_note != "no Linear to quantize":
                         notes.append(f"{spec.name} at {sparsity:g}: {int8_note}")
                     models_by_format = {}
@@ -383,6 +470,7 @@ def run_e2e(
                             "floor": spec.floor_for(sparsity),
                             "status": "ok",
                             "detail": "",
+                            "cache": "cold" if cold else "warm",
                         }
                         try:
                             model = _sparsified(sparsify, dense, fmt, pattern, spec.batch_hint, x)
@@ -395,7 +483,7 @@ def run_e2e(
                         except Exception as error:  # noqa: BLE001  (report it, keep going)
                             row.update(status="error", detail=f"{type(error).__name__}: {error}")
                             continue
-                        calls[fmt] = lambda model=model, x=x: model(x)
+                        calls[fmt], row["cold_copies"] = contender_call(model, x, cold_llc)
                         models_by_format[fmt] = model
                     measured = measure(calls, ["dense"], settings)
                     dense_time = measured.timings["dense"].median
@@ -407,6 +495,10 @@ def run_e2e(
                             tolerance(np.float32, spec.inner_dim))
                         if note and note not in notes:
                             notes.append(note)
+                        if cold and contender is not None:
+                            note = "DeepSparse is timed warm in its own process (no cold mode)"
+                            if note not in notes:
+                                notes.append(note)
                     elif deepsparse_python:
                         note = f"DeepSparse skipped for {spec.name}: not exported to ONNX here"
                         if note not in notes:
@@ -419,6 +511,7 @@ def run_e2e(
                             q1, q3 = timing.quartiles
                             row.update(
                                 dense_time_s=dense_time,
+                                dense_cold_copies=copies["dense"],
                                 sparse_time_s=timing.median,
                                 speedup=dense_time / timing.median,
                                 sparse_q1_s=q1,
@@ -479,6 +572,9 @@ def e2e_table(rows: list[dict[str, Any]]) -> str:
         vs_int8 = f"{row['vs_int8_dyn']:5.2f}x" if "vs_int8_dyn" in row else "-"
         status = "matched" if row["status"] == "ok" else row["status"]
         status += f": {row['detail']}" if row["detail"] else ""
+        if row.get("cache") == "cold" and "cold_copies" in row:
+            status += (f" (cold: {row['cold_copies']} copies, dense "
+                       f"{row.get('dense_cold_copies', '?')})")
         if "process_spread" in row:  # merged from --processes N
             status += f" ({row['processes']} processes, spread {row['process_spread']:.2f}x)"
         lines.append(
