@@ -83,19 +83,23 @@ struct CsrProduct {
     return csr_kernels<T>(active_isa()).packed_panel_columns(a.cols());
   }
 
-  // Rows of a packed panel are one cache line longer than the panel unless the
-  // kernel runs in column chunks. With rows exactly 128 bytes apart (AVX2
-  // floats) the unchunked kernel ran at 13-19 GF/s on one core against 30-37
-  // with 192-384 byte rows (4096x1024, batch 64, density 0.3, standalone
-  // harness), and in the library a 4096x4096 layer at batch 64, density
-  // 0.1-0.2, ran 1.9-2.2x faster padded (in-process A/B, 2 threads); the MLP
-  // of issue 10 at 90% went from 3.3-3.7x to 5.1-6.1x over dense. The chunked
-  // kernel measured slower padded (0.86-0.96x), so its rows stay packed.
+  // Rows of a packed panel are one cache line longer than the panel when the
+  // panel (a.cols() rows) takes at least kPaddedPanelBytes and the kernel does
+  // not run in column chunks. With rows exactly 128 bytes apart (AVX2 floats)
+  // the unchunked kernel ran at 13-19 GF/s on one core against 30-37 with
+  // 192-384 byte rows (4096x1024, batch 64, density 0.3, standalone harness),
+  // and in the library a 4096x4096 layer at batch 64, density 0.1-0.2, ran
+  // 1.2-2.2x faster padded (in-process A/B, 2 threads). Smaller panels lost
+  // or broke even padded: 384x1536 at 1024 rows, density 0.1-0.2, ran 1.07-1.13x
+  // faster unpadded; 384-3072 columns at 64-1024 rows were within 2%. The
+  // chunked kernel measured slower padded (0.86-0.96x), so its rows stay packed.
+  static constexpr int64_t kPaddedPanelBytes = 256 * 1024;
   int64_t packed_panel_stride() const {
     const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
     const int64_t columns = kernels.packed_panel_columns(a.cols());
-    const bool chunked = chunk_columns(kernels) > 0;
-    return chunked ? columns : columns + 64 / static_cast<int64_t>(sizeof(T));
+    const int64_t panel_bytes = a.cols() * columns * static_cast<int64_t>(sizeof(T));
+    const bool padded = panel_bytes >= kPaddedPanelBytes && chunk_columns(kernels) == 0;
+    return padded ? columns + 64 / static_cast<int64_t>(sizeof(T)) : columns;
   }
 
   // Packed panels (x^T in contiguous panels, csr_kernels.h) against the strided
