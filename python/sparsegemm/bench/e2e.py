@@ -44,6 +44,7 @@ from .harness import (
     measure,
     tolerance,
 )
+from .suite import cold_copies
 from .workloads import Pattern, magnitude_prune
 
 E2E_SPARSITIES = (0.5, 0.8, 0.9, 0.95)
@@ -79,10 +80,10 @@ E2E_COLUMNS = (
 #: Relative Frobenius error allowed for the whole int8 (quantize_dynamic) model.
 INT8_MODEL_TOLERANCE = 0.1
 
-#: A cold run's copies of one model hold at least this many times the last-level
-#: cache, but there are never more than MAX_COLD_MODEL_COPIES of them (a model whose
-#: activations outweigh its weights is then only partly cold; cold_copies says how many).
-COLD_CACHE_MULTIPLE = 2
+#: A cold run's copies of one model hold suite.COLD_CACHE_MULTIPLE times the
+#: last-level cache, as the kernel suite's weight copies do, but there are never
+#: more than this many deep copies of a model (a model whose activations outweigh
+#: its weights is then only partly cold; cold_copies says how many).
 MAX_COLD_MODEL_COPIES = 64
 
 #: sparsify formats run by default: no arguments, told, and untimed CSR.
@@ -371,10 +372,9 @@ def model_bytes(model: Any, x: Any = None) -> int:
 
 
 def cold_copy_count(nbytes: int, llc_bytes: int) -> int:
-    """Copies of a model of ``nbytes`` that hold COLD_CACHE_MULTIPLE x ``llc_bytes``
-    (at least 1, at most MAX_COLD_MODEL_COPIES)."""
-    wanted = math.ceil(COLD_CACHE_MULTIPLE * llc_bytes / max(1, nbytes))
-    return max(1, min(MAX_COLD_MODEL_COPIES, wanted))
+    """Copies of a model of ``nbytes`` for a cold run (:func:`.suite.cold_copies`, at
+    most MAX_COLD_MODEL_COPIES); a model with no tensors counts as one byte."""
+    return cold_copies(max(1, nbytes), llc_bytes, MAX_COLD_MODEL_COPIES)
 
 
 def rotating_call(models: list[Any], x: Any) -> Callable[[], Any]:
@@ -449,13 +449,11 @@ def run_e2e(
                     dense = copy.deepcopy(base)
                     prune_model(dense, sparsity, pattern)
                     reference = dense(x).double().numpy()
-                    copies: dict[str, int] = {}
                     calls = {}
-                    calls["dense"], copies["dense"] = contender_call(dense, x, cold_llc)
+                    calls["dense"], dense_copies = contender_call(dense, x, cold_llc)
                     int8_model, int8_note = int8_dynamic_model(dense, x, reference)
                     if int8_model is not None:
-                        calls["int8_dyn"], copies["int8_dyn"] = contender_call(
-                            int8_model, x, cold_llc)
+                        calls["int8_dyn"], _ = contender_call(int8_model, x, cold_llc)
                     elif int8_note != "no Linear to quantize":
                         notes.append(f"{spec.name} at {sparsity:g}: {int8_note}")
                     models_by_format = {}
@@ -511,7 +509,7 @@ def run_e2e(
                             q1, q3 = timing.quartiles
                             row.update(
                                 dense_time_s=dense_time,
-                                dense_cold_copies=copies["dense"],
+                                dense_cold_copies=dense_copies,
                                 sparse_time_s=timing.median,
                                 speedup=dense_time / timing.median,
                                 sparse_q1_s=q1,

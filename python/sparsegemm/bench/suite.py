@@ -147,13 +147,14 @@ def _baseline(point: Point, dense_times: dict[str, float]) -> str | None:
     return "torch_dense"
 
 
-def cold_copies(footprint_bytes: int, llc_bytes: int) -> int:
+def cold_copies(footprint_bytes: int, llc_bytes: int, max_copies: int = MAX_COLD_COPIES) -> int:
     """How many copies of a weight of ``footprint_bytes`` a cold run rotates through:
-    together at least :data:`COLD_CACHE_MULTIPLE` times the last-level cache."""
+    together at least :data:`COLD_CACHE_MULTIPLE` times the last-level cache, and
+    no more than ``max_copies``."""
     if footprint_bytes <= 0:
         return 1
     needed = math.ceil(COLD_CACHE_MULTIPLE * llc_bytes / footprint_bytes)
-    return max(1, min(MAX_COLD_COPIES, needed))
+    return max(1, min(max_copies, needed))
 
 
 def _footprint_bytes(kind: str, weight: np.ndarray, itemsize: int | None = None) -> int:
