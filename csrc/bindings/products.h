@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "bindings/array_args.h"
+#include "core/activation.h"
 
 namespace sparsegemm::bindings {
 
@@ -51,8 +52,21 @@ void check_linear_operands(int64_t rows, int64_t cols, const StridedArg<X>& x,
   if (!has_contiguous_rows(out)) throw py::value_error("out must have contiguous rows");
 }
 
+// The activation named by a linear call's `activation` argument (None or a name).
+inline Activation parse_activation(const py::object& activation) {
+  if (activation.is_none()) return Activation::None;
+  if (py::isinstance<py::str>(activation)) {
+    const std::string name = activation.cast<std::string>();
+    if (name == "relu") return Activation::Relu;
+    if (name == "gelu") return Activation::Gelu;
+    if (name == "gelu_tanh") return Activation::GeluTanh;
+  }
+  throw py::value_error("activation must be None, 'relu', 'gelu' or 'gelu_tanh', got " +
+                        py::repr(activation).cast<std::string>());
+}
+
 // Registers `matmul_name(a, b, out, bias=None, num_threads=0, values=None)` and
-// `linear_name(w, x, out, bias=None, num_threads=0, values=None)` for a Matrix
+// `linear_name(w, x, out, bias=None, num_threads=0, values=None, activation=None)` for a Matrix
 // with rows(), cols(), values() and values_size(), calling the C++ drivers with the signatures
 // of drivers/csr_driver.h. T is the dense operands' type (b, out, x, bias);
 // `values` replaces the matrix's stored values for one call and has their type,
@@ -88,7 +102,8 @@ void register_products(py::module_& m, const char* matmul_name, const char* line
   m.def(
       linear_name,
       [linear](const Matrix& w, const py::array& x, const py::array& out, const py::object& bias,
-               int num_threads, const py::object& values) {
+               int num_threads, const py::object& values, const py::object& activation) {
+        const Activation act = parse_activation(activation);
         const auto xarg = strided_arg<T>(x, "x", 2, false);
         const auto oarg = strided_arg<T>(out, "out", 2, true);
         check_linear_operands(w.rows(), w.cols(), xarg, oarg);
@@ -96,11 +111,13 @@ void register_products(py::module_& m, const char* matmul_name, const char* line
         const Stored* values_ptr = optional_values<Stored>(values, w);
         py::gil_scoped_release release;
         linear(w, xarg.data, xarg.strides[0], xarg.shape[0], bias_ptr, oarg.data, oarg.strides[0],
-               num_threads, values_ptr);
+               num_threads, values_ptr, act);
       },
       py::arg("w"), py::arg("x"), py::arg("out"), py::arg("bias") = py::none(),
       py::arg("num_threads") = 0, py::arg("values") = py::none(),
-      "out = x @ w.T (+ bias); out must not overlap x.");
+      py::arg("activation") = py::none(),
+      "out = act(x @ w.T (+ bias)), act one of None, 'relu', 'gelu', 'gelu_tanh' (as torch's "
+      "F.gelu approximate='tanh'); out must not overlap x.");
 }
 
 }  // namespace sparsegemm::bindings

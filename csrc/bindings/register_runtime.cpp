@@ -1,17 +1,31 @@
-// ISA dispatch, threading controls and the kernel catalogue.
+// ISA dispatch, threading controls, the kernel catalogue and the activation epilogue.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <string>
 #include <vector>
 
+#include "bindings/array_args.h"
+#include "bindings/products.h"
 #include "core/isa.h"
 #include "core/parallel.h"
+#include "drivers/activation_driver.h"
 #include "kernels/catalogue.h"
 
 namespace sparsegemm::bindings {
 
 namespace py = pybind11;
+
+namespace {
+template <typename T>
+void activate_in_place(const py::array& y, Activation act, int num_threads) {
+  const auto arg = strided_arg<T>(y, "y", 2, true);
+  if (!has_contiguous_rows(arg)) throw py::value_error("y must have contiguous rows");
+  py::gil_scoped_release release;
+  apply_activation(arg.data, arg.shape[0], arg.shape[1], arg.strides[0], act, num_threads);
+}
+}  // namespace
 
 void register_runtime(py::module_& m) {
   m.def(
@@ -58,6 +72,18 @@ void register_runtime(py::module_& m) {
       "What this build contains: kernel families, compiled ISA levels, the BSR block shapes "
       "with specialised kernels and the format limits.");
   m.def("openmp_runtime", [] { return std::string(openmp_runtime_name()); });
+  m.def(
+      "apply_activation",
+      [](const py::array& y, const py::object& activation, int num_threads) {
+        const Activation act = parse_activation(activation);
+        if (py::isinstance<py::array_t<double>>(y))
+          activate_in_place<double>(y, act, num_threads);
+        else
+          activate_in_place<float>(y, act, num_threads);  // explains a wrong dtype
+      },
+      py::arg("y"), py::arg("activation"), py::arg("num_threads") = 0,
+      "y = act(y) in place, y 2-D float32 or float64 with contiguous rows; act as in the "
+      "linear products' activation argument.");
 }
 
 }  // namespace sparsegemm::bindings

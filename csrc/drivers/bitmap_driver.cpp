@@ -90,16 +90,16 @@ void bitmap_matmul(const BitmapMatrix<V>& a, const T* b, int64_t b_rstride, int6
 
 template <typename V, typename T>
 void bitmap_linear(const BitmapMatrix<V>& w, const T* x, int64_t ldx, int64_t batch, const T* bias,
-                   T* y, int64_t ldy, int num_threads, const V* values) {
+                   T* y, int64_t ldy, int num_threads, const V* values, Activation act) {
   driver::linear(BitmapProduct<V>{w, values_or_stored(w, values)}, x, ldx, batch, bias, y, ldy,
-                 num_threads);
+                 num_threads, act);
 }
 
 #define SPARSEGEMM_INSTANTIATE_BITMAP_OPS(V, T)                                                   \
   template void bitmap_matmul<V, T>(const BitmapMatrix<V>&, const T*, int64_t, int64_t, int64_t,  \
                                     const T*, T*, int64_t, int, const V*);                        \
   template void bitmap_linear<V, T>(const BitmapMatrix<V>&, const T*, int64_t, int64_t, const T*, \
-                                    T*, int64_t, int, const V*);
+                                    T*, int64_t, int, const V*, Activation);
 SPARSEGEMM_INSTANTIATE_BITMAP_OPS(float, float)
 SPARSEGEMM_INSTANTIATE_BITMAP_OPS(double, double)
 SPARSEGEMM_INSTANTIATE_BITMAP_OPS(bfloat16_t, float)

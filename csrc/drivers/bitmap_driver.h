@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "core/activation.h"
+
 #include "core/bitmap_matrix.h"
 
 namespace sparsegemm {
@@ -34,6 +36,7 @@ void bitmap_matmul(const BitmapMatrix<V>& a, const T* b, int64_t b_rstride, int6
 // row stride ldy. bias has w.rows() entries or is null.
 template <typename V, typename T = compute_t<V>>
 void bitmap_linear(const BitmapMatrix<V>& w, const T* x, int64_t ldx, int64_t batch, const T* bias,
-                   T* y, int64_t ldy, int num_threads, const V* values = nullptr);
+                   T* y, int64_t ldy, int num_threads, const V* values = nullptr,
+                   Activation act = Activation::None);
 
 }  // namespace sparsegemm

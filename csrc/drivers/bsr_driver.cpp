@@ -76,16 +76,16 @@ void bsr_matmul(const BsrMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_
 
 template <typename T>
 void bsr_linear(const BsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
-                int64_t ldy, int num_threads, const T* values) {
+                int64_t ldy, int num_threads, const T* values, Activation act) {
   driver::linear(BsrProduct<T>{w, values_or_stored(w, values)}, x, ldx, batch, bias, y, ldy,
-                 num_threads);
+                 num_threads, act);
 }
 
 #define SPARSEGEMM_INSTANTIATE_BSR_OPS(T)                                                         \
   template void bsr_matmul<T>(const BsrMatrix<T>&, const T*, int64_t, int64_t, int64_t, const T*, \
                               T*, int64_t, int, const T*);                                        \
   template void bsr_linear<T>(const BsrMatrix<T>&, const T*, int64_t, int64_t, const T*, T*,      \
-                              int64_t, int, const T*);
+                              int64_t, int, const T*, Activation);
 SPARSEGEMM_INSTANTIATE_BSR_OPS(float)
 SPARSEGEMM_INSTANTIATE_BSR_OPS(double)
 #undef SPARSEGEMM_INSTANTIATE_BSR_OPS

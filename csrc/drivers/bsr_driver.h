@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "core/activation.h"
+
 #include "core/bsr_matrix.h"
 
 namespace sparsegemm {
@@ -26,7 +28,8 @@ void bsr_matmul(const BsrMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_
 // row stride ldy. bias has w.rows() entries or is null.
 template <typename T>
 void bsr_linear(const BsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
-                int64_t ldy, int num_threads, const T* values = nullptr);
+                int64_t ldy, int num_threads, const T* values = nullptr,
+                Activation act = Activation::None);
 
 // Up to this many dense vectors use the few-vector kernel; more use the panel kernel.
 constexpr int64_t kBsrFewVectorsMax = 4;

@@ -137,9 +137,9 @@ void csr_matmul(const CsrMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_
 
 template <typename T>
 void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
-                int64_t ldy, int num_threads, const T* values) {
+                int64_t ldy, int num_threads, const T* values, Activation act) {
   driver::linear(CsrProduct<T>{w, values_or_stored(w, values)}, x, ldx, batch, bias, y, ldy,
-                 num_threads);
+                 num_threads, act);
 }
 
 template <typename T>
@@ -163,7 +163,7 @@ void csr_sampled_dot(const CsrMatrix<T>& pattern, const T* a, int64_t lda, const
   template void csr_matmul<T>(const CsrMatrix<T>&, const T*, int64_t, int64_t, int64_t, const T*, \
                               T*, int64_t, int, const T*);                                        \
   template void csr_linear<T>(const CsrMatrix<T>&, const T*, int64_t, int64_t, const T*, T*,      \
-                              int64_t, int, const T*);                                            \
+                              int64_t, int, const T*, Activation);                                \
   template void csr_sampled_dot<T>(const CsrMatrix<T>&, const T*, int64_t, const T*, int64_t,     \
                                    int64_t, T*, int);                                             \
   template int64_t csr_panel_chunk_columns<T>(const CsrMatrix<T>&);

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "core/activation.h"
+
 #include "core/csr_matrix.h"
 
 namespace sparsegemm {
@@ -29,7 +31,8 @@ void csr_matmul(const CsrMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_
 // row stride ldy. bias has w.rows() entries or is null.
 template <typename T>
 void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
-                int64_t ldy, int num_threads, const T* values = nullptr);
+                int64_t ldy, int num_threads, const T* values = nullptr,
+                Activation act = Activation::None);
 
 // Width of the column chunks the packed panel kernel of csr_linear runs in
 // for `a` on the active ISA (0: unchunked). Chunks keep the slice of x^T a

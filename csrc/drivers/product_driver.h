@@ -28,7 +28,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/activation.h"
 #include "core/parallel.h"
+#include "drivers/activation_driver.h"
 #include "drivers/transpose_driver.h"
 #include "drivers/buffer.h"
 
@@ -115,16 +117,19 @@ void matmul(const Product& a, const T* b, int64_t b_rstride, int64_t b_cstride, 
   a.panel(packed.data(), ldp, n, bias, c, ldc, num_threads);
 }
 
-// The nn.Linear product y = x @ w.T (+ bias); x is batch x w.cols() with row
-// stride ldx (rows contiguous), y is batch x w.rows() with row stride ldy.
+// The nn.Linear product y = act(x @ w.T (+ bias)); x is batch x w.cols() with row
+// stride ldx (rows contiguous), y is batch x w.rows() with row stride ldy. The
+// activation rides on the transpose that writes y where there is one, and is a
+// pass over y (small, or just written) otherwise.
 template <typename T, typename Product>
 void linear(const Product& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
-            int64_t ldy, int num_threads) {
+            int64_t ldy, int num_threads, Activation act) {
   const int64_t out = w.rows(), in = w.cols();
   if (batch == 0 || out == 0) return;
   if (batch <= w.max_few_vectors()) {
     // Rows of x are the vectors; y(v, r) = y[v, r].
     w.few_vectors(x, ldx, 1, batch, bias, y, ldy, 1, num_threads);
+    apply_activation(y, batch, out, ldy, act, num_threads);
     return;
   }
   // y^T = w @ x^T: the panel kernels want the batch dimension contiguous.
@@ -137,7 +142,7 @@ void linear(const Product& w, const T* x, int64_t ldx, int64_t batch, const T* b
       pack_panels(x, batch, in, ldx, panel, panel_ld, packed.data(), num_threads);
       ScratchBuffer<T> yt(static_cast<size_t>(out * ldt));
       w.panel_packed(packed.data(), panel_ld, panels, bias, yt.data(), ldt, num_threads);
-      transpose(yt.data(), out, batch, ldt, 1, y, ldy, num_threads);
+      transpose(yt.data(), out, batch, ldt, 1, y, ldy, num_threads, act);
       return;
     }
   }
@@ -146,11 +151,12 @@ void linear(const Product& w, const T* x, int64_t ldx, int64_t batch, const T* b
   transpose(x, batch, in, ldx, 1, xt.data(), ldp, num_threads);
   if constexpr (Product::kTransposedPanel) {
     w.panel_transposed(xt.data(), ldp, batch, bias, y, ldy, num_threads);
+    apply_activation(y, batch, out, ldy, act, num_threads);
     return;
   }
   ScratchBuffer<T> yt(static_cast<size_t>(out * ldp));
   w.panel(xt.data(), ldp, batch, bias, yt.data(), ldp, num_threads);
-  transpose(yt.data(), out, batch, ldp, 1, y, ldy, num_threads);
+  transpose(yt.data(), out, batch, ldp, 1, y, ldy, num_threads, act);
 }
 
 }  // namespace sparsegemm::driver

@@ -4,6 +4,7 @@
 
 #include "core/isa.h"
 #include "core/parallel.h"
+#include "kernels/activation/activation_kernels.h"
 #include "kernels/transpose/transpose_kernels.h"
 
 namespace sparsegemm {
@@ -18,7 +19,7 @@ int copy_threads(int64_t rows, int64_t cols, int num_threads) {
 
 template <typename T>
 void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, int64_t src_cstride,
-               T* dst, int64_t dst_ld, int num_threads) {
+               T* dst, int64_t dst_ld, int num_threads, Activation act) {
   // Tiles of 8 source rows x 64 columns: when the source row stride is a
   // multiple of 4 KiB (e.g. 4096 floats), every row of a tile falls in the
   // same L1 set, so more than 8 rows (the L1 associativity) would evict each
@@ -28,6 +29,7 @@ void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, in
   const int threads = copy_threads(rows, cols, num_threads);
   const int64_t parts = std::min<int64_t>(row_tiles, threads);
   const auto tile = transpose_kernels<T>(active_isa()).tile;
+  const auto activate = activation_kernels<T>(active_isa()).apply;
   parallel_for(threads, parts, [&](int64_t part) {
     const int64_t tile_begin = row_tiles * part / parts, tile_end = row_tiles * (part + 1) / parts;
     for (int64_t i0 = tile_begin * kRowTile; i0 < std::min(rows, tile_end * kRowTile);
@@ -35,14 +37,15 @@ void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, in
       const int64_t i1 = std::min(rows, i0 + kRowTile);
       for (int64_t j0 = 0; j0 < cols; j0 += kColTile) {
         const int64_t j1 = std::min(cols, j0 + kColTile);
+        T* dst_block = dst + j0 * dst_ld + i0;
         if (src_cstride == 1) {
-          tile(src + i0 * src_rstride + j0, i1 - i0, j1 - j0, src_rstride, dst + j0 * dst_ld + i0,
-               dst_ld);
-          continue;
+          tile(src + i0 * src_rstride + j0, i1 - i0, j1 - j0, src_rstride, dst_block, dst_ld);
+        } else {
+          for (int64_t j = j0; j < j1; ++j)
+            for (int64_t i = i0; i < i1; ++i)
+              dst[j * dst_ld + i] = src[i * src_rstride + j * src_cstride];
         }
-        for (int64_t j = j0; j < j1; ++j)
-          for (int64_t i = i0; i < i1; ++i)
-            dst[j * dst_ld + i] = src[i * src_rstride + j * src_cstride];
+        if (act != Activation::None) activate(dst_block, j1 - j0, i1 - i0, dst_ld, act);
       }
     }
   });
@@ -68,9 +71,9 @@ void pack_panels(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, 
 }
 
 template void transpose<float>(const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t,
-                               int);
+                               int, Activation);
 template void transpose<double>(const double*, int64_t, int64_t, int64_t, int64_t, double*, int64_t,
-                                int);
+                                int, Activation);
 
 template void pack_panels<float>(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*,
                                  int);

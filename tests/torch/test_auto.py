@@ -245,3 +245,84 @@ def test_a_first_forward_under_inference_mode_builds_usable_variants(prune, plan
     assert model[0].decisions[4].choice.label == fmt
     assert not any(t.is_inference() for t in model.state_dict().values())
     model(x).sum().backward()  # fine-tuning after an inference-mode first forward
+
+
+class _ActivatedChild(nn.Module):
+    """Hugging Face's BertIntermediate shape: a Linear child, then an activation child."""
+
+    def __init__(self, activation: nn.Module, reuse_output: bool = False):
+        super().__init__()
+        self.dense = nn.Linear(24, 48)
+        self.act = activation
+        self.reuse_output = reuse_output
+
+    def forward(self, x):
+        h = self.dense(x)
+        return self.act(h) + h if self.reuse_output else self.act(h)
+
+
+class _Untraceable(_ActivatedChild):
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            return self.act(self.dense(x))
+        return self.act(self.dense(-x))
+
+
+def _activation_modules():
+    modules = [nn.ReLU(), nn.GELU(), nn.GELU(approximate="tanh")]
+    try:
+        from transformers.activations import GELUActivation, NewGELUActivation
+    except ImportError:
+        return modules
+    return modules + [GELUActivation(), NewGELUActivation()]
+
+
+@pytest.mark.parametrize("activation", _activation_modules(), ids=lambda m: type(m).__name__)
+def test_an_activation_child_outside_a_sequential_is_fused(prune, planner_times, activation):
+    planner_times(dense=1.0, csr=0.5)
+    torch.manual_seed(0)
+    model = nn.Sequential(_ActivatedChild(activation), nn.Linear(48, 8))
+    prune(model[0].dense, 0.9)
+    x = torch.randn(6, 24)
+    expected = model(x)
+    sparsify(model)
+    assert isinstance(model[0].act, nn.Identity)
+    assert model[0].dense.activation is not None
+    assert f"fused {type(activation).__name__} 0.act" in model.sparsegemm_report[0].reason
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=2e-6)
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=2e-6)  # with autograd
+
+
+@pytest.mark.parametrize("parent", [_ActivatedChild(nn.GELU(), reuse_output=True),
+                                    _Untraceable(nn.GELU())], ids=["output reused", "untraceable"])
+def test_an_activation_that_may_not_be_fused_stays(prune, planner_times, parent):
+    planner_times(dense=1.0, csr=0.5)
+    prune(parent.dense, 0.9)
+    x = torch.randn(6, 24)
+    expected = parent(x)
+    sparsify(parent)
+    assert isinstance(parent.act, nn.GELU) and parent.dense.activation is None
+    assert "fused" not in parent.sparsegemm_report[0].reason
+    with torch.no_grad():
+        torch.testing.assert_close(parent(x), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_a_transformer_layer_activation_moves_into_linear1(prune, planner_times, activation):
+    planner_times(dense=1.0, csr=0.5)
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, activation=activation,
+                                       batch_first=True).eval()
+    for linear in (layer.linear1, layer.linear2):
+        prune(linear, 0.9)
+    x = torch.randn(3, 10, 32)
+    with torch.no_grad():
+        expected = layer(x)
+    sparsify(layer)
+    assert isinstance(layer.activation, nn.Identity)
+    assert layer.linear1.activation == activation
+    note = {entry.name: entry.reason for entry in layer.sparsegemm_report}["linear1"]
+    assert f"fused F.{activation}" in note
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)

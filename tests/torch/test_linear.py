@@ -290,9 +290,9 @@ def test_pattern_is_built_once_and_values_are_passed_live(monkeypatch, make_pair
                         lambda self, *a, **k: built.append(1) or original_init(self, *a, **k))
     original_linear = _core.csr_linear
 
-    def spy(handle, x, out, bias, threads, values):
+    def spy(handle, x, out, bias, threads, values, activation=None):
         passed.append(values)
-        return original_linear(handle, x, out, bias, threads, values)
+        return original_linear(handle, x, out, bias, threads, values, activation)
 
     monkeypatch.setattr(_core, "csr_linear", spy)
     with torch.no_grad():

@@ -91,20 +91,24 @@ class AutoSparseLinear(nn.Module):
         return self.dense.bias
 
     def forward(self, x: Tensor) -> Tensor:
-        return apply_activation(self._product(x), self.activation)
+        module = self._module_for(x)
+        if isinstance(module, SparseLinear):  # the activation in the kernel's epilogue
+            return module.activated_product(x, self.activation)
+        return apply_activation(module(x), self.activation)
 
-    def _product(self, x: Tensor) -> Tensor:
+    def _module_for(self, x: Tensor) -> nn.Module:
+        """The module that runs ``x``: its row bucket's decision, made now if needed."""
         if type(x) is not Tensor and not torch.compiler.is_compiling():
             # A proxy or tensor subclass (fx, export): no row count to time; never time.
-            return self._module(self._nearest(None))(x)
+            return self._module(self._nearest(None))
         rows = x.numel() // self.in_features if self.in_features and x.dim() else 0
         bucket = row_bucket(rows)
         decision = self.decisions.get(bucket)
         if decision is None:
             if self.frozen or torch.compiler.is_compiling():
-                return self._module(self._nearest(bucket))(x)
+                return self._module(self._nearest(bucket))
             decision = self.decide(rows)
-        return self._module(decision)(x)
+        return self._module(decision)
 
     def decide(self, rows: int) -> RowDecision:
         """Time the candidates at ``rows`` rows and keep the decision for its bucket."""

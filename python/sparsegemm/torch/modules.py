@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..formats import BitmapMatrix, BSRMatrix, CSRMatrix
-from ..ops import conv_pair
+from ..ops import LINEAR_ACTIVATIONS, conv_pair
 from . import ops as _ops
 from ._cache import KernelOperands, as_numpy
 from ._format_choice import FormatChoice, check_format, choose_format
@@ -75,7 +75,7 @@ def _linear_weight(module: nn.Module) -> tuple[Tensor, Tensor]:
 
 # Activations a sparse module can apply to its output right after the product, while
 # it is hot in cache (sparsify moves a ReLU/GELU that follows a layer here).
-ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+ACTIVATIONS = LINEAR_ACTIVATIONS
 
 
 def check_activation(activation: str | None) -> str | None:
@@ -84,12 +84,33 @@ def check_activation(activation: str | None) -> str | None:
     return activation
 
 
-def activation_of(module: nn.Module) -> str | None:
-    """The fusable name of an ``nn.ReLU``/``nn.GELU`` module, else None."""
+# Hugging Face's GELU modules (transformers.activations) and the form each computes:
+# the erf GELU, or the tanh approximation however it is written.
+_HF_GELU_MODULES = {
+    "GELUActivation": "gelu",
+    "GELUTanh": "gelu_tanh",
+    "PytorchGELUTanh": "gelu_tanh",
+    "NewGELUActivation": "gelu_tanh",
+    "FastGELUActivation": "gelu_tanh",
+}
+
+
+def activation_of(module: Any) -> str | None:
+    """The fusable name of an activation: an ``nn.ReLU``/``nn.GELU`` module, ``F.relu``,
+    ``F.gelu`` or ``torch.relu``, or one of Hugging Face's GELU modules; else None."""
+    if module in (F.relu, torch.relu):
+        return "relu"
+    if module is F.gelu:
+        return "gelu"
     if type(module) is nn.ReLU:
         return "relu"
     if type(module) is nn.GELU:
         return "gelu" if module.approximate == "none" else "gelu_tanh"
+    kind = type(module)
+    # Only the class as transformers defines it, not a subclass or a forward swapped in.
+    if (kind.__module__ == "transformers.activations"
+            and getattr(kind.forward, "__module__", None) == "transformers.activations"):
+        return _HF_GELU_MODULES.get(kind.__name__)
     return None
 
 
@@ -444,26 +465,31 @@ class SparseLinear(_SparseWeight):
                                    requires_grad=self.values.requires_grad)
 
     def forward(self, x: Tensor) -> Tensor:
-        return apply_activation(self._product(x), self.activation)
+        return self.activated_product(x, self.activation)
 
-    def _product(self, x: Tensor) -> Tensor:
+    def activated_product(self, x: Tensor, activation: str | None) -> Tensor:
+        """``activation(x @ W.T + bias)``: in the kernel's epilogue on the inference fast
+        path (while the output is in cache), else by torch after the custom op, which
+        records the gradient."""
         # Straight from the registries: nn.Module.__getattr__ costs a microsecond or two a call.
         parameters, buffers = self._parameters, self._buffers
         values, bias = parameters["values"], parameters.get("bias")
         if self.format == "bitmap":
-            return torch.ops.sparsegemm.bitmap_linear(x, buffers["bitmap"], values,
-                                                      self.in_features, bias)
+            return apply_activation(torch.ops.sparsegemm.bitmap_linear(
+                x, buffers["bitmap"], values, self.in_features, bias), activation)
         if (_ops.can_call_kernel_directly(x, values, bias)
                 and x.dim() > 0 and x.shape[-1] == self.in_features):
             # Inference fast path: the same kernel without the custom op's dispatch and checks.
             operands = self._kernel_operands.get(buffers["indptr"], buffers["indices"], values,
                                                  bias, self._matrix_shape, self.blocksize)
-            return _ops.linear_direct(x, *operands)
+            return _ops.linear_direct(x, *operands, activation)
         if self.blocksize is not None:
-            return torch.ops.sparsegemm.bsr_linear(x, self.indptr, self.indices, self.values,
-                                                   self.out_features, self.in_features, self.bias)
-        return torch.ops.sparsegemm.csr_linear(x, self.indptr, self.indices, self.values,
-                                               self.in_features, self.bias)
+            y = torch.ops.sparsegemm.bsr_linear(x, self.indptr, self.indices, self.values,
+                                                self.out_features, self.in_features, self.bias)
+        else:
+            y = torch.ops.sparsegemm.csr_linear(x, self.indptr, self.indices, self.values,
+                                                self.in_features, self.bias)
+        return apply_activation(y, activation)
 
     def to_dense(self) -> nn.Linear:
         """An equivalent ``nn.Linear`` (a copy; zeros where entries are not stored), without

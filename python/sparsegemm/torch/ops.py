@@ -162,10 +162,11 @@ def can_call_kernel_directly(x: Tensor, values: Tensor, bias: Optional[Tensor]) 
     return True
 
 
-def linear_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndarray]) -> Tensor:
-    """``x @ W.T + bias`` by the kernel of ``pattern`` (a CSRMatrix or BSRMatrix) holding
-    ``values``, without the op's dispatch: only after :func:`can_call_kernel_directly`
-    and with ``x.shape[-1]`` checked."""
+def linear_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndarray],
+                  activation: Optional[str] = None) -> Tensor:
+    """``activation(x @ W.T + bias)`` by the kernel of ``pattern`` (a CSRMatrix or BSRMatrix)
+    holding ``values``, the activation in its epilogue, without the op's dispatch: only
+    after :func:`can_call_kernel_directly` and with ``x.shape[-1]`` checked."""
     kernel = _core.csr_linear if type(pattern) is CSRMatrix else _core.bsr_linear
     handle = pattern._handle
     rows, cols = handle.rows, handle.cols
@@ -173,7 +174,7 @@ def linear_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndar
     x2 = x if matrix and x.is_contiguous() else x.reshape(-1, cols).contiguous()
     out = torch.empty((x2.shape[0], rows), dtype=x.dtype)
     x_array = x2.detach().numpy() if x2.requires_grad else x2.numpy()
-    kernel(handle, x_array, out.numpy(), bias, torch.get_num_threads(), values)
+    kernel(handle, x_array, out.numpy(), bias, torch.get_num_threads(), values, activation)
     return out if matrix else out.view(*x.shape[:-1], rows)
 
 

@@ -34,6 +34,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch.fx
+
 import torch
 from torch import nn
 
@@ -376,6 +378,72 @@ def _fuse_what_follows(sequential: nn.Sequential, following: list[tuple[str, nn.
         report.reason = "; ".join([report.reason] + fused if report.reason else fused)
 
 
+def _note_fusion(converter: _Converter, layer_name: str, text: str) -> None:
+    for report in converter.report:
+        if report.name == layer_name:
+            report.reason = f"{report.reason}; {text}" if report.reason else text
+
+
+def _fusable_layer(module: Any) -> bool:
+    return (isinstance(module, (SparseLinear, AutoSparseLinear, SparseLinearInt8))
+            and module.activation is None)
+
+
+class _ChildrenAsLeaves(torch.fx.Tracer):
+    """Traces a module's own forward only: every direct child is one call."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return "." not in module_qualified_name or super().is_leaf_module(m, module_qualified_name)
+
+
+def _fuse_activation_children(parent: nn.Module, prefix: str, converter: _Converter) -> None:
+    """Outside an ``nn.Sequential``: fuse an activation child (Hugging Face's
+    ``BertIntermediate`` holds ``dense`` and ``intermediate_act_fn``) into a converted
+    Linear child when the parent's forward, traced by torch.fx with its children as
+    leaves, calls the activation once, on that Linear's output, and uses the output
+    nowhere else. The activation becomes ``nn.Identity``. A forward fx cannot trace
+    (shape arithmetic, control flow) is left as it is."""
+    children = dict(parent.named_children())
+    if not any(_fusable_layer(c) for c in children.values()) or not any(
+            activation_of(c) for c in children.values()):
+        return
+    try:
+        graph = _ChildrenAsLeaves().trace(parent)
+    except Exception:  # noqa: BLE001 - any tracing failure means: do not fuse
+        return
+    calls: dict[str, list[torch.fx.Node]] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(node.target, []).append(node)
+    for act_name, act_nodes in calls.items():
+        activation = activation_of(children.get(act_name))
+        if activation is None or len(act_nodes) != 1:
+            continue
+        source = act_nodes[0].args[0] if len(act_nodes[0].args) == 1 else None
+        if (act_nodes[0].kwargs or not isinstance(source, torch.fx.Node)
+                or source.op != "call_module" or len(calls.get(source.target, ())) != 1
+                or len(source.users) != 1 or not _fusable_layer(children.get(source.target))):
+            continue
+        children[source.target].activation = activation
+        setattr(parent, act_name, nn.Identity())
+        layer_name = f"{prefix}.{source.target}" if prefix else source.target
+        _note_fusion(converter, layer_name, f"fused {type(children[act_name]).__name__} "
+                                            f"{prefix + '.' if prefix else ''}{act_name}")
+
+
+def _fuse_transformer_activation(layer: nn.Module, prefix: str, converter: _Converter) -> None:
+    """``nn.Transformer{En,De}coderLayer`` computes ``linear2(dropout(activation(linear1(x))))``:
+    a ReLU/GELU there moves into a converted ``linear1``."""
+    activation = activation_of(layer.activation)
+    if activation is None or not _fusable_layer(layer.linear1):
+        return
+    fused = layer.activation
+    layer.linear1.activation = activation
+    layer.activation = nn.Identity()
+    what = type(fused).__name__ if isinstance(fused, nn.Module) else f"F.{fused.__name__}"
+    _note_fusion(converter, f"{prefix}.linear1" if prefix else "linear1", f"fused {what}")
+
+
 def _walk(module: nn.Module, prefix: str, converter: _Converter, filter_fn: FilterFn) -> bool:
     """Convert the children of ``module``; True if any descendant became sparse.
 
@@ -408,6 +476,9 @@ def _walk(module: nn.Module, prefix: str, converter: _Converter, filter_fn: Filt
     if changed and _is_fused_transformer_layer(module):
         if _disable_fused_fast_path not in module._forward_pre_hooks.values():
             module.register_forward_pre_hook(_disable_fused_fast_path)
+        _fuse_transformer_activation(module, prefix, converter)
+    elif changed and not isinstance(module, nn.Sequential):
+        _fuse_activation_children(module, prefix, converter)
     return changed
 
 

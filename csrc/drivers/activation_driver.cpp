@@ -1,0 +1,28 @@
+#include "drivers/activation_driver.h"
+
+#include <algorithm>
+
+#include "core/isa.h"
+#include "core/parallel.h"
+#include "kernels/activation/activation_kernels.h"
+
+namespace sparsegemm {
+
+template <typename T>
+void apply_activation(T* y, int64_t rows, int64_t cols, int64_t ld, Activation act,
+                      int num_threads) {
+  if (act == Activation::None || rows == 0 || cols == 0) return;
+  const auto apply = activation_kernels<T>(active_isa()).apply;
+  // One thread below 64k elements, where waking another costs more than it computes.
+  const int threads = rows * cols < (1 << 16) ? 1 : threads_for_work(num_threads, rows * cols);
+  const int64_t parts = std::min<int64_t>(rows, std::max(threads, 1));
+  parallel_for(threads, parts, [&](int64_t part) {
+    const int64_t begin = rows * part / parts, end = rows * (part + 1) / parts;
+    apply(y + begin * ld, end - begin, cols, ld, act);
+  });
+}
+
+template void apply_activation<float>(float*, int64_t, int64_t, int64_t, Activation, int);
+template void apply_activation<double>(double*, int64_t, int64_t, int64_t, Activation, int);
+
+}  // namespace sparsegemm

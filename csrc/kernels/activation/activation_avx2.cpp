@@ -1,0 +1,52 @@
+// Activation epilogues compiled for the avx2 level (flags set per file in CMakeLists.txt).
+#include <immintrin.h>
+#include <cstdint>
+
+#include "kernels/activation/activation_kernels.h"
+
+namespace sparsegemm {
+namespace avx2 {
+
+struct FloatOps {
+  using reg = __m256;
+  static constexpr int64_t kLanes = 8;
+  static reg zero() { return _mm256_setzero_ps(); }
+  static reg set1(float a) { return _mm256_set1_ps(a); }
+  using mask = __m256i;
+  static reg load(const float* p) { return _mm256_loadu_ps(p); }
+  // Lanes i < active.
+  static mask tail_mask(int64_t active) {
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(active)), lanes);
+  }
+  static reg maskz_load(mask m, const float* p) { return _mm256_maskload_ps(p, m); }
+  static void mask_store(float* p, mask m, reg a) { _mm256_maskstore_ps(p, m, a); }
+  static void store(float* p, reg a) { _mm256_storeu_ps(p, a); }
+  static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+  static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
+  static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
+  static reg div(reg a, reg b) { return _mm256_div_ps(a, b); }
+  static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static reg fnmadd(reg a, reg b, reg c) { return _mm256_fnmadd_ps(a, b, c); }
+  // max/min return the second operand when either is NaN.
+  static reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
+  static reg min(reg a, reg b) { return _mm256_min_ps(a, b); }
+  static reg neg(reg a) { return _mm256_xor_ps(a, _mm256_set1_ps(-0.0f)); }
+  static reg abs(reg a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  static reg round(reg a) {
+    return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  // 2^n for integral n in [-126, 127].
+  static reg pow2(reg n) {
+    const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23));
+  }
+  static reg select_nonneg(reg x, reg if_nonneg, reg otherwise) {
+    return _mm256_blendv_ps(otherwise, if_nonneg, _mm256_cmp_ps(x, zero(), _CMP_GE_OQ));
+  }
+};
+
+#include "kernels/activation/activation_kernels.inl"
+
+}  // namespace avx2
+}  // namespace sparsegemm

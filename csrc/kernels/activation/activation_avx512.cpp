@@ -1,0 +1,52 @@
+// Activation epilogues compiled for the avx512 level (flags set per file in CMakeLists.txt).
+#include <immintrin.h>
+#include <cstdint>
+
+#include "kernels/activation/activation_kernels.h"
+
+namespace sparsegemm {
+namespace avx512 {
+
+struct FloatOps {
+  using reg = __m512;
+  static constexpr int64_t kLanes = 16;
+  static reg zero() { return _mm512_setzero_ps(); }
+  static reg set1(float a) { return _mm512_set1_ps(a); }
+  using mask = __mmask16;
+  static reg load(const float* p) { return _mm512_loadu_ps(p); }
+  // Lanes i < active (active < 16).
+  static mask tail_mask(int64_t active) { return static_cast<mask>((1u << active) - 1); }
+  static reg maskz_load(mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
+  static void mask_store(float* p, mask m, reg a) { _mm512_mask_storeu_ps(p, m, a); }
+  static void store(float* p, reg a) { _mm512_storeu_ps(p, a); }
+  static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
+  static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
+  static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
+  static reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
+  static reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static reg fnmadd(reg a, reg b, reg c) { return _mm512_fnmadd_ps(a, b, c); }
+  // max/min return the second operand when either is NaN.
+  static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
+  static reg min(reg a, reg b) { return _mm512_min_ps(a, b); }
+  static reg neg(reg a) {
+    return _mm512_castsi512_ps(
+        _mm512_xor_si512(_mm512_castps_si512(a), _mm512_set1_epi32(INT32_MIN)));
+  }
+  static reg abs(reg a) { return _mm512_abs_ps(a); }
+  static reg round(reg a) {
+    return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  // 2^n for integral n in [-126, 127].
+  static reg pow2(reg n) {
+    const __m512i biased = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23));
+  }
+  static reg select_nonneg(reg x, reg if_nonneg, reg otherwise) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero(), _CMP_GE_OQ), otherwise, if_nonneg);
+  }
+};
+
+#include "kernels/activation/activation_kernels.inl"
+
+}  // namespace avx512
+}  // namespace sparsegemm

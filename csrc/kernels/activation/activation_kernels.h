@@ -1,0 +1,42 @@
+// Activation epilogues: the per-ISA function table and how to get it.
+//
+// The float32 SIMD levels evaluate GELU with a vector exp and the
+// Abramowitz-Stegun 7.1.26 erfc (absolute error below 1.5e-7, as oneDNN's
+// GELU); float64 and the scalar level use std::erfc and std::exp. ReLU keeps
+// NaN, as torch.relu does.
+#pragma once
+
+#include <cstdint>
+
+#include "core/activation.h"
+#include "core/isa.h"
+
+namespace sparsegemm {
+
+template <typename T>
+struct ActivationKernels {
+  // y[i * ld + j] = act(y[i * ld + j]) for i < rows, j < cols.
+  void (*apply)(T* y, int64_t rows, int64_t cols, int64_t ld, Activation act);
+};
+
+// The kernels for one ISA. The caller must check isa_supported(isa).
+template <typename T>
+const ActivationKernels<T>& activation_kernels(Isa isa);
+
+namespace scalar {
+template <typename T>
+const ActivationKernels<T>& activation_kernel_table();
+// The portable kernel, which the SIMD levels also run for float64 and row tails.
+template <typename T>
+void apply_activation(T* y, int64_t rows, int64_t cols, int64_t ld, Activation act);
+}  // namespace scalar
+namespace avx2 {
+template <typename T>
+const ActivationKernels<T>& activation_kernel_table();
+}
+namespace avx512 {
+template <typename T>
+const ActivationKernels<T>& activation_kernel_table();
+}
+
+}  // namespace sparsegemm
