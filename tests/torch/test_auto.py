@@ -326,3 +326,24 @@ def test_a_transformer_layer_activation_moves_into_linear1(prune, planner_times,
     assert f"fused F.{activation}" in note
     with torch.no_grad():
         torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_variant_runs_through_its_hooks_with_the_fused_activation(prune, planner_times):
+    # Profilers and the e2e time breakdown hook the sparse modules that run.
+    planner_times(dense=1.0, csr=0.5)
+    model = nn.Sequential(prune(nn.Linear(24, 32), 0.9), nn.GELU())
+    x = torch.randn(5, 24)
+    expected = model(x)
+    sparsify(model)
+    with torch.no_grad():
+        model(x)
+    variant = next(iter(model[0].variants.values()))
+    assert variant.activation == "gelu"
+    seen = []
+    variant.register_forward_hook(lambda module, inputs, output: seen.append(output))
+    with torch.no_grad():
+        out = model(x)
+    assert len(seen) == 1 and seen[0] is out
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=2e-6)
+    model[0].activation = None  # the setter reaches the variants
+    assert variant.activation is None

@@ -77,8 +77,19 @@ class AutoSparseLinear(nn.Module):
         self.variants = nn.ModuleDict()  # label ('csr', 'bsr4x1', ...) -> SparseLinear
         self.decisions: dict[int, RowDecision] = {}  # row bucket -> decision
         self.frozen = False
-        #: Applied to the output of whichever module runs (see modules.ACTIVATIONS).
-        self.activation: str | None = None
+        self._activation: str | None = None
+
+    @property
+    def activation(self) -> str | None:
+        """Applied to the output of whichever module runs (see modules.ACTIVATIONS): by
+        the sparse variants in their kernel's epilogue, after the dense Linear by torch."""
+        return self._activation
+
+    @activation.setter
+    def activation(self, activation: str | None) -> None:
+        self._activation = activation
+        for variant in self.variants.values():
+            variant.activation = activation  # type: ignore[assignment]  # a SparseLinear
 
     @property
     def weight(self) -> Tensor:
@@ -92,9 +103,9 @@ class AutoSparseLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         module = self._module_for(x)
-        if isinstance(module, SparseLinear):  # the activation in the kernel's epilogue
-            return module.activated_product(x, self.activation)
-        return apply_activation(module(x), self.activation)
+        if module is self.dense:
+            return apply_activation(module(x), self._activation)
+        return module(x)  # a variant, which holds the activation; called so its hooks run
 
     def _module_for(self, x: Tensor) -> nn.Module:
         """The module that runs ``x``: its row bucket's decision, made now if needed."""
@@ -124,6 +135,7 @@ class AutoSparseLinear(nn.Module):
                                   cached=choice.cached, fastest_sparse=choice.fastest_sparse)
         if choice.format != "dense" and choice.label not in self.variants:
             variant = SparseLinear.from_dense(self.dense, choice=choice)
+            variant.activation = self._activation
             self.variants[choice.label] = variant.train(self.training)
         decision = RowDecision(rows, choice, reason)
         self.decisions[row_bucket(rows)] = decision
