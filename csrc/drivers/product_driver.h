@@ -142,7 +142,7 @@ void linear(const Product& w, const T* x, int64_t ldx, int64_t batch, const T* b
       pack_panels(x, batch, in, ldx, panel, panel_ld, packed.data(), num_threads);
       ScratchBuffer<T> yt(static_cast<size_t>(out * ldt));
       w.panel_packed(packed.data(), panel_ld, panels, bias, yt.data(), ldt, num_threads);
-      transpose(yt.data(), out, batch, ldt, 1, y, ldy, num_threads, act);
+      transpose_activated(yt.data(), out, batch, ldt, y, ldy, num_threads, act);
       return;
     }
   }
@@ -156,7 +156,7 @@ void linear(const Product& w, const T* x, int64_t ldx, int64_t batch, const T* b
   }
   ScratchBuffer<T> yt(static_cast<size_t>(out * ldp));
   w.panel(xt.data(), ldp, batch, bias, yt.data(), ldp, num_threads);
-  transpose(yt.data(), out, batch, ldp, 1, y, ldy, num_threads, act);
+  transpose_activated(yt.data(), out, batch, ldp, y, ldy, num_threads, act);
 }
 
 }  // namespace sparsegemm::driver

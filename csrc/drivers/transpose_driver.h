@@ -8,11 +8,16 @@
 namespace sparsegemm {
 
 // src is rows x cols with element (i, j) at src[i * src_rstride + j * src_cstride];
-// dst is cols x rows, C order with row stride dst_ld. `act` is applied to each
-// block of dst right after it is written, while it is in L1.
+// dst is cols x rows, C order with row stride dst_ld.
 template <typename T>
 void transpose(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, int64_t src_cstride,
-               T* dst, int64_t dst_ld, int num_threads, Activation act = Activation::None);
+               T* dst, int64_t dst_ld, int num_threads);
+
+// dst(j, i) = act(src(i, j)) for src rows x cols with row stride src_ld: the
+// activation is applied to each block on its way through L1.
+template <typename T>
+void transpose_activated(const T* src, int64_t rows, int64_t cols, int64_t src_ld, T* dst,
+                         int64_t dst_ld, int num_threads, Activation act);
 
 // Packs the transpose of src (rows x cols, row stride src_rstride, columns
 // contiguous) panel by panel: panel p holds source rows [p * panel_rows,

@@ -23,6 +23,8 @@ struct FloatOps {
   static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
   static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
+  // Reciprocal estimate (12 bits on AVX2, 14 on AVX-512).
+  static reg rcp(reg a) { return _mm512_rcp14_ps(a); }
   static reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   static reg fnmadd(reg a, reg b, reg c) { return _mm512_fnmadd_ps(a, b, c); }
   // max/min return the second operand when either is NaN.
