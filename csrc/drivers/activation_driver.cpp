@@ -15,7 +15,7 @@ void apply_activation(T* y, int64_t rows, int64_t cols, int64_t ld, Activation a
   const auto apply = activation_kernels<T>(active_isa()).apply;
   // One thread below 64k elements, where waking another costs more than it computes.
   const int threads = rows * cols < (1 << 16) ? 1 : threads_for_work(num_threads, rows * cols);
-  const int64_t parts = std::min<int64_t>(rows, std::max(threads, 1));
+  const int64_t parts = std::min<int64_t>(rows, threads);
   parallel_for(threads, parts, [&](int64_t part) {
     const int64_t begin = rows * part / parts, end = rows * (part + 1) / parts;
     apply(y + begin * ld, end - begin, cols, ld, act);

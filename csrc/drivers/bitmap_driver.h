@@ -7,7 +7,6 @@
 #include <cstdint>
 
 #include "core/activation.h"
-
 #include "core/bitmap_matrix.h"
 
 namespace sparsegemm {

@@ -7,7 +7,6 @@
 #include <cstdint>
 
 #include "core/activation.h"
-
 #include "core/bsr_matrix.h"
 
 namespace sparsegemm {

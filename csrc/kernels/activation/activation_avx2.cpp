@@ -7,28 +7,16 @@
 namespace sparsegemm {
 namespace avx2 {
 
-struct FloatOps {
-  using reg = __m256;
-  static constexpr int64_t kLanes = 8;
-  static reg zero() { return _mm256_setzero_ps(); }
-  static reg set1(float a) { return _mm256_set1_ps(a); }
-  using mask = __m256i;
-  static reg load(const float* p) { return _mm256_loadu_ps(p); }
-  // Lanes i < active.
-  static mask tail_mask(int64_t active) {
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(active)), lanes);
-  }
-  static reg maskz_load(mask m, const float* p) { return _mm256_maskload_ps(p, m); }
-  static void mask_store(float* p, mask m, reg a) { _mm256_maskstore_ps(p, m, a); }
-  static void store(float* p, reg a) { _mm256_storeu_ps(p, a); }
-  static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+#include "kernels/simd/simd_avx2.h"
+
+// Vec<float> (loads, stores, tail masks, fmadd, add) plus the math the
+// activations need.
+struct FloatOps : Vec<float> {
   static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
   static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
   static reg div(reg a, reg b) { return _mm256_div_ps(a, b); }
-  // Reciprocal estimate (12 bits on AVX2, 14 on AVX-512).
+  // Reciprocal estimate, 12 bits.
   static reg rcp(reg a) { return _mm256_rcp_ps(a); }
-  static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static reg fnmadd(reg a, reg b, reg c) { return _mm256_fnmadd_ps(a, b, c); }
   // max/min return the second operand when either is NaN.
   static reg max(reg a, reg b) { return _mm256_max_ps(a, b); }

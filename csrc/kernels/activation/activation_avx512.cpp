@@ -7,25 +7,16 @@
 namespace sparsegemm {
 namespace avx512 {
 
-struct FloatOps {
-  using reg = __m512;
-  static constexpr int64_t kLanes = 16;
-  static reg zero() { return _mm512_setzero_ps(); }
-  static reg set1(float a) { return _mm512_set1_ps(a); }
-  using mask = __mmask16;
-  static reg load(const float* p) { return _mm512_loadu_ps(p); }
-  // Lanes i < active (active < 16).
-  static mask tail_mask(int64_t active) { return static_cast<mask>((1u << active) - 1); }
-  static reg maskz_load(mask m, const float* p) { return _mm512_maskz_loadu_ps(m, p); }
-  static void mask_store(float* p, mask m, reg a) { _mm512_mask_storeu_ps(p, m, a); }
-  static void store(float* p, reg a) { _mm512_storeu_ps(p, a); }
-  static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
+#include "kernels/simd/simd_avx512.h"
+
+// Vec<float> (loads, stores, tail masks, fmadd, add) plus the math the
+// activations need.
+struct FloatOps : Vec<float> {
   static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
   static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
-  // Reciprocal estimate (12 bits on AVX2, 14 on AVX-512).
+  // Reciprocal estimate, 14 bits.
   static reg rcp(reg a) { return _mm512_rcp14_ps(a); }
-  static reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   static reg fnmadd(reg a, reg b, reg c) { return _mm512_fnmadd_ps(a, b, c); }
   // max/min return the second operand when either is NaN.
   static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }

@@ -465,12 +465,10 @@ class SparseLinear(_SparseWeight):
                                    requires_grad=self.values.requires_grad)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.activated_product(x, self.activation)
-
-    def activated_product(self, x: Tensor, activation: str | None) -> Tensor:
-        """``activation(x @ W.T + bias)``: in the kernel's epilogue on the inference fast
-        path (while the output is in cache), else by torch after the custom op, which
-        records the gradient."""
+        """``activation(x @ W.T + bias)``: the activation in the kernel's epilogue on the
+        inference fast path (while the output is in cache), else by torch after the custom
+        op, which records the gradient."""
+        activation = self.activation
         # Straight from the registries: nn.Module.__getattr__ costs a microsecond or two a call.
         parameters, buffers = self._parameters, self._buffers
         values, bias = parameters["values"], parameters.get("bias")
