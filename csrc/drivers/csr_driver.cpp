@@ -104,13 +104,15 @@ struct CsrProduct {
 
   // Packed panels (x^T in contiguous panels, csr_kernels.h) against the strided
   // panel kernel, nn.Linear shapes on Zen 3, AVX2, 2 threads, same process:
-  // 1.06-1.32x faster at densities 0.05-0.2 (384-3072 columns, 128-1024 rows)
-  // and at 0.3 with 1024 rows (1.24x), but 0.86-0.94x at 0.3-0.5 with 128-256
-  // rows. Why the strided kernel wins there is not understood; the rule keeps
-  // each side where it measured faster.
+  // 1.06-1.32x faster at densities 0.05-0.2 (384-3072 columns, 128-1024 rows).
+  // Denser matrices run packed where the kernel goes in column chunks: with
+  // its prefetched segments that measured 1.10-1.34x faster than strided at
+  // densities 0.3-0.5 (768-4096 columns, 32-256 rows); unchunked they measured
+  // 0.86-0.94x of strided at 128-256 rows.
   bool prefer_packed_panels(int64_t panels) const {
     constexpr int64_t kManyPanels = 16;
-    return a.nnz() * 4 <= a.rows() * a.cols() || panels >= kManyPanels;
+    return a.nnz() * 4 <= a.rows() * a.cols() || panels >= kManyPanels ||
+           chunk_columns(csr_kernels<T>(active_isa())) > 0;
   }
 
   // The panel kernel over x^T packed by pack_panels: c = a @ b (+ bias), panels * P columns.
