@@ -99,6 +99,55 @@ def test_linear_in_column_chunks(isa, dtype, in_features, batch, random_sparse, 
     check_linear(linear(x, weight, num_threads=1), x, weight)
 
 
+def _chunk_ordered_linear(pattern, x, values, ordered, chunk_cols, bias=None, threads=2):
+    out = np.empty((x.shape[0], pattern.shape[0]), dtype=x.dtype)
+    _core.csr_linear_chunk_ordered(pattern._handle, x, out, bias, threads, values, ordered,
+                                   chunk_cols)
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("in_features", [401, 2100])
+@pytest.mark.parametrize("batch", [64, 545])
+def test_linear_over_values_in_chunk_order(isa, dtype, in_features, batch, random_sparse, rng,
+                                           check_linear):
+    # A caller's values reordered for the chunked kernel (the torch modules' inference
+    # path) give the product of the same values in CSR order; rows 0-2 are empty,
+    # dense and empty in the first chunk, and a long matrix spans several row blocks.
+    dense = random_sparse((300, in_features), 0.5, dtype)
+    dense[0] = 0
+    dense[1] = rng.uniform(-1, 1, in_features)
+    dense[2, :in_features // 2] = 0
+    weight = CSRMatrix.from_dense(dense)
+    pattern = CSRMatrix.pattern(weight.indptr, weight.indices, weight.shape, dtype)
+    values = np.array(weight.data)
+    chunk_cols, ordered = pattern._handle.values_in_chunk_order(values)
+    if chunk_cols == 0:
+        assert ordered is None and isa == "scalar" and in_features <= 2048
+        return
+    assert chunk_cols == weight._handle.panel_chunk_columns
+    assert sorted(ordered.tolist()) == sorted(values.tolist())
+    assert not np.array_equal(ordered, values)  # several chunks: the order really changed
+    x = rng.uniform(-1, 1, (batch, in_features)).astype(dtype)
+    bias = rng.uniform(-1, 1, 300).astype(dtype)
+    check_linear(_chunk_ordered_linear(pattern, x, values, ordered, chunk_cols, bias), x,
+                 weight, bias)
+    # Ordered for another chunk width, they are not read: the CSR-order values are.
+    check_linear(_chunk_ordered_linear(pattern, x, values, ordered[::-1].copy(), chunk_cols + 1),
+                 x, weight)
+
+
+def test_values_in_chunk_order_rejects_bad_values(random_sparse):
+    weight = CSRMatrix.from_dense(random_sparse((64, 600), 0.5, np.float32))
+    pattern = CSRMatrix.pattern(weight.indptr, weight.indices, weight.shape, np.float32)
+    with pytest.raises(ValueError, match="entries"):
+        pattern._handle.values_in_chunk_order(np.ones(weight.nnz + 1, np.float32))
+    values = np.array(weight.data)
+    x = np.ones((64, 600), np.float32)
+    with pytest.raises(ValueError, match="entries"):
+        _chunk_ordered_linear(pattern, x, values, values[:-1].copy(), 200)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("n", [1, 3, 4, 5, 17])

@@ -75,6 +75,22 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
       .def_property_readonly("panel_chunk_columns", &csr_panel_chunk_columns<T>,
                              "Column chunk width of linear's packed panel kernel on the active "
                              "ISA (0: unchunked).")
+      .def(
+          "values_in_chunk_order",
+          [](const Matrix& a, const py::array& values) -> py::object {
+            const int64_t chunk_cols = csr_panel_chunk_columns<T>(a);
+            if (chunk_cols <= 0) return py::make_tuple(0, py::none());
+            const T* source = optional_values<T>(values, a);
+            py::array_t<T> ordered(a.nnz());
+            T* out = ordered.mutable_data();
+            py::gil_scoped_release release;
+            a.to_chunk_order(chunk_cols, source, out);
+            py::gil_scoped_acquire acquire;
+            return py::make_tuple(chunk_cols, ordered);
+          },
+          py::arg("values"),
+          "(chunk_cols, values in chunk order) for csr_linear_chunk_ordered, or (0, None) where "
+          "linear's kernel does not run this matrix in column chunks.")
       .def_property_readonly("storage_bytes", &Matrix::storage_bytes)
       .def_property_readonly("has_values", &Matrix::has_values,
                              "False for a pattern-only matrix (see pattern_from_arrays).")
@@ -134,7 +150,34 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
       py::arg("pattern"), py::arg("a"), py::arg("b"), py::arg("out"), py::arg("num_threads") = 0,
       "out[j] = a[r, :] . b[k, :] for each stored (r, k) of pattern (its values are ignored).");
 
-  register_products<T, Matrix>(m, "csr_matmul", "csr_linear", &csr_matmul<T>, &csr_linear<T>);
+  register_products<T, Matrix>(
+      m, "csr_matmul", "csr_linear", &csr_matmul<T>,
+      [](const Matrix& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y, int64_t ldy,
+         int num_threads, const T* values, Activation act) {
+        csr_linear<T>(w, x, ldx, batch, bias, y, ldy, num_threads, values, act);
+      });
+
+  m.def(
+      "csr_linear_chunk_ordered",
+      [](const Matrix& w, const py::array& x, const py::array& out, const py::object& bias,
+         int num_threads, const py::object& values, const py::array& chunk_values,
+         int64_t chunk_cols, const py::object& activation) {
+        const Activation act = parse_activation(activation);
+        const auto xarg = strided_arg<T>(x, "x", 2, false);
+        const auto oarg = strided_arg<T>(out, "out", 2, true);
+        check_linear_operands(w.rows(), w.cols(), xarg, oarg);
+        const T* bias_ptr = optional_bias<T>(bias, w.rows());
+        const T* values_ptr = optional_values<T>(values, w);
+        const T* chunk_ptr = optional_values<T>(chunk_values, w);
+        py::gil_scoped_release release;
+        csr_linear<T>(w, xarg.data, xarg.strides[0], xarg.shape[0], bias_ptr, oarg.data,
+                      oarg.strides[0], num_threads, values_ptr, act, chunk_ptr, chunk_cols);
+      },
+      py::arg("w"), py::arg("x"), py::arg("out"), py::arg("bias"), py::arg("num_threads"),
+      py::arg("values"), py::arg("chunk_values"), py::arg("chunk_cols"),
+      py::arg("activation") = py::none(),
+      "csr_linear with, beside values, the same values in chunk order for chunks of chunk_cols "
+      "columns (see values_in_chunk_order): read where the kernel runs in such chunks.");
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "core/csr_matrix.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -221,6 +222,89 @@ const offset_t* CsrMatrix<T>::column_chunk_bounds(int64_t chunk_cols) const {
     row_bounds[chunks] = end;
   }
   return bounds.data();
+}
+
+namespace {
+
+// Calls copy(from, to, count) for each segment of a CSR matrix with these chunk
+// bounds, moving it from CSR order to chunk order (CsrMatrix::chunk_order),
+// and records where each segment starts in segment_start (rows * chunks + 1).
+template <typename Copy>
+void for_segments_in_chunk_order(const std::vector<offset_t>& indptr, int64_t rows, int64_t chunks,
+                                 const offset_t* bounds, offset_t* segment_start,
+                                 const Copy& copy) {
+  offset_t next = 0;
+  for_row_blocks(indptr.data(), 0, rows, kChunkRowBlockNnz, [&](int64_t r0, int64_t r1) {
+    for (int64_t k = 0; k < chunks; ++k)
+      for (int64_t r = r0; r < r1; ++r) {
+        const offset_t* row_bounds = bounds + r * (chunks + 1);
+        const offset_t count = row_bounds[k + 1] - row_bounds[k];
+        if (segment_start != nullptr) segment_start[r * chunks + k] = next;
+        copy(row_bounds[k], next, count);
+        next += count;
+      }
+  });
+  if (segment_start != nullptr) segment_start[rows * chunks] = next;
+}
+
+}  // namespace
+
+template <typename T>
+const typename CsrMatrix<T>::ChunkOrder& CsrMatrix<T>::chunk_order(int64_t chunk_cols) const {
+  const offset_t* bounds = column_chunk_bounds(chunk_cols);
+  const Pattern& pattern = *pattern_;
+  std::lock_guard<std::mutex> lock(pattern.chunk_bounds_mutex);
+  ChunkOrder& order = pattern.chunk_orders[chunk_cols];
+  if (!order.segment_start.empty()) return order;
+  const int64_t chunks = (cols_ + chunk_cols - 1) / chunk_cols;
+  order.segment_start.resize(static_cast<size_t>(rows_ * chunks + 1));
+  const bool compact = compact_indices();
+  (compact ? order.indices16.resize(nnz()) : order.indices.resize(nnz()));
+  for_segments_in_chunk_order(
+      pattern.indptr, rows_, chunks, bounds, order.segment_start.data(),
+      [&](offset_t from, offset_t to, offset_t count) {
+        if (compact)
+          std::copy_n(pattern.indices16.begin() + from, count, order.indices16.begin() + to);
+        else
+          std::copy_n(pattern.indices.begin() + from, count, order.indices.begin() + to);
+      });
+  return order;
+}
+
+template <typename T>
+void CsrMatrix<T>::to_chunk_order(int64_t chunk_cols, const T* values, T* out) const {
+  const int64_t chunks = (cols_ + chunk_cols - 1) / chunk_cols;
+  for_segments_in_chunk_order(pattern_->indptr, rows_, chunks, column_chunk_bounds(chunk_cols),
+                              nullptr, [&](offset_t from, offset_t to, offset_t count) {
+                                std::copy_n(values + from, count, out + to);
+                              });
+}
+
+template <typename T>
+const T* CsrMatrix<T>::own_values_in_chunk_order(int64_t chunk_cols) const {
+  const T* own = values().data();  // throws for a pattern-only matrix
+  std::lock_guard<std::mutex> lock(chunk_ordered_values_->mutex);
+  std::vector<T>& ordered = chunk_ordered_values_->by_width[chunk_cols];
+  if (ordered.size() != static_cast<size_t>(nnz())) {
+    ordered.resize(static_cast<size_t>(nnz()));
+    to_chunk_order(chunk_cols, own, ordered.data());
+  }
+  return ordered.data();
+}
+
+template <typename T>
+CsrView<T> CsrMatrix<T>::chunk_ordered_view(int64_t chunk_cols, const T* values) const {
+  CsrView<T> v = view();
+  v.chunk_cols = chunk_cols;
+  v.chunk_bounds = column_chunk_bounds(chunk_cols);
+  if (values != nullptr) {
+    const ChunkOrder& order = chunk_order(chunk_cols);
+    v.segment_start = order.segment_start.data();
+    v.indices = compact_indices() ? nullptr : order.indices.data();
+    v.indices16 = compact_indices() ? order.indices16.data() : nullptr;
+    v.values = values;
+  }
+  return v;
 }
 
 template <typename T>

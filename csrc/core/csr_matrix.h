@@ -44,9 +44,34 @@ struct CsrView {
   // stays in L1.
   int64_t chunk_cols = 0;
   const offset_t* chunk_bounds = nullptr;
+  // Optional, with chunk_bounds: the entry arrays (indices, values) are in
+  // chunk order (CsrMatrix::chunk_order), and row r's segment in chunk k
+  // starts at segment_start[r * chunks() + k] (its length is still given by
+  // chunk_bounds). Only the chunked panel kernel reads such a view.
+  const offset_t* segment_start = nullptr;
   int64_t nnz() const { return indptr[rows]; }
   int64_t chunks() const { return chunk_cols > 0 ? (cols + chunk_cols - 1) / chunk_cols : 1; }
 };
+
+// The column-chunked panel kernel takes rows in blocks of about this many
+// stored entries (about 400 KB with 16-bit indices, so a block stays in L2
+// while its chunks and panels go by); chunk order follows the same blocks.
+constexpr int64_t kChunkRowBlockNnz = 1 << 16;
+
+// Calls body(block_begin, block_end) for consecutive blocks of [row_begin,
+// row_end) holding about block_nnz stored entries each (at least one row).
+template <typename Body>
+inline void for_row_blocks(const offset_t* indptr, int64_t row_begin, int64_t row_end,
+                           int64_t block_nnz, const Body& body) {
+  int64_t block_begin = row_begin;
+  while (block_begin < row_end) {
+    int64_t block_end = block_begin + 1;
+    while (block_end < row_end && indptr[block_end + 1] - indptr[block_begin] <= block_nnz)
+      ++block_end;
+    body(block_begin, block_end);
+    block_begin = block_end;
+  }
+}
 
 // Thrown by whatever reads the stored values of a pattern-only matrix.
 [[noreturn]] void throw_pattern_only();
@@ -126,6 +151,28 @@ class CsrMatrix {
   // matrix sharing the pattern lives).
   const offset_t* column_chunk_bounds(int64_t chunk_cols) const;
 
+  // The stored entries in the order the column-chunked kernel reads them:
+  // rows in blocks of about kChunkRowBlockNnz entries (from row 0) and, within
+  // a block, every row's segment in chunk 0, then every row's segment in chunk
+  // 1, and so on. Read in CSR order, each segment starts far from the last, so
+  // the hardware prefetchers never see a stream; in chunk order a chunk pass
+  // reads one. segment_start[r * chunks + k] is where row r's segment in chunk
+  // k starts. Computed on first use for each chunk width and kept with the
+  // pattern, like column_chunk_bounds.
+  struct ChunkOrder {
+    std::vector<offset_t> segment_start;
+    std::vector<index_t> indices;            // when cols > kMaxCompactCols
+    std::vector<compact_index_t> indices16;  // when cols <= kMaxCompactCols
+  };
+  const ChunkOrder& chunk_order(int64_t chunk_cols) const;
+  // values (nnz entries, CSR order) into `out` in chunk order.
+  void to_chunk_order(int64_t chunk_cols, const T* values, T* out) const;
+  // This matrix's own values in chunk order, computed on first use (thread-safe).
+  const T* own_values_in_chunk_order(int64_t chunk_cols) const;
+  // chunked view, with the entry arrays in chunk order when `values` is not
+  // null (values: nnz entries, already in chunk order).
+  CsrView<T> chunk_ordered_view(int64_t chunk_cols, const T* values) const;
+
   // Bytes of storage per stored entry (value, if stored, + column index), for reports.
   int64_t bytes_per_entry() const {
     return (has_values_ ? static_cast<int64_t>(sizeof(T)) : 0) + (compact_indices() ? 2 : 4);
@@ -159,6 +206,7 @@ class CsrMatrix {
     // filled in lazily even though the pattern is otherwise immutable.
     mutable std::mutex chunk_bounds_mutex;
     mutable std::map<int64_t, std::vector<offset_t>> chunk_bounds;
+    mutable std::map<int64_t, ChunkOrder> chunk_orders;  // under chunk_bounds_mutex
     void resize_indices(bool compact, int64_t nnz) {
       if (compact)
         indices16.resize(nnz);
@@ -190,6 +238,13 @@ class CsrMatrix {
   std::shared_ptr<const Pattern> pattern_;
   bool has_values_ = true;
   std::vector<T> values_;  // empty when !has_values_
+  // own_values_in_chunk_order by chunk width. Shared by copies, which hold the same values.
+  struct ChunkOrderedValues {
+    std::mutex mutex;
+    std::map<int64_t, std::vector<T>> by_width;
+  };
+  std::shared_ptr<ChunkOrderedValues> chunk_ordered_values_ =
+      std::make_shared<ChunkOrderedValues>();
   // What a view points its kernels at: null for a pattern-only matrix.
   const T* stored_values() const { return has_values_ ? values_.data() : nullptr; }
 };

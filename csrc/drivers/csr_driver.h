@@ -28,10 +28,16 @@ void csr_matmul(const CsrMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_
 // The nn.Linear product: y = x @ w.T (+ bias).
 // x is batch x w.cols() with row stride ldx (rows contiguous); y is batch x w.rows(),
 // row stride ldy. bias has w.rows() entries or is null.
+// chunk_values, when not null, are the same values in chunk order for chunks of
+// chunk_values_cols columns (CsrMatrix::to_chunk_order): the chunked kernel
+// reads them where it runs in chunks of that width, and `values` otherwise.
+// A matrix's own values are read in chunk order anyway (a copy made on first
+// use), so this serves a caller that owns its values.
 template <typename T>
 void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
                 int64_t ldy, int num_threads, const T* values = nullptr,
-                Activation act = Activation::None);
+                Activation act = Activation::None, const T* chunk_values = nullptr,
+                int64_t chunk_values_cols = 0);
 
 // Width of the column chunks the packed panel kernel of csr_linear runs in
 // for `a` on the active ISA (0: unchunked). Chunks keep the slice of x^T a

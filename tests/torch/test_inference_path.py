@@ -99,6 +99,50 @@ def test_sees_in_place_edits_and_replaced_tensors(prune):
         assert torch.equal(sparse(x.double()), other.double()(x.double()))
 
 
+def _chunked_module(prune):
+    """A CSR layer whose kernel runs in column chunks where the CPU has SIMD (600 columns)."""
+    torch.manual_seed(0)
+    dense = prune(nn.Linear(600, 64), 0.5)
+    return dense, SparseLinear.from_dense(dense)
+
+
+def test_values_in_chunk_order_follow_in_place_edits(prune):
+    # The inference path reads a copy of the values in the chunked kernel's order;
+    # every edit through the tensor must reach it.
+    dense, sparse = _chunked_module(prune)
+    x = torch.randn(64, 600)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), dense(x))
+        chunk_ordered = sparse._kernel_operands.operands[3]
+        assert (chunk_ordered is not None) == (sparse_modules._ops._core.active_isa() != "scalar")
+        sparse.values.mul_(2)
+        torch.testing.assert_close(sparse(x), 2 * (dense(x) - dense.bias) + dense.bias)
+        other = SparseLinear.from_dense(prune(nn.Linear(600, 64), 0.5, seed=3))
+        sparse.load_state_dict(other.state_dict())
+        torch.testing.assert_close(sparse(x), other(x))
+        # An optimizer step edits in place too.
+        sparse.values.requires_grad_(True)
+        optimizer = torch.optim.SGD(sparse.parameters(), lr=0.1)
+        with torch.enable_grad():
+            sparse(x).sum().backward()
+        optimizer.step()
+        expected = torch.nn.functional.linear(x, sparse.dense_weight(), sparse.bias)
+        torch.testing.assert_close(sparse(x), expected)
+
+
+def test_inference_tensor_values_are_read_in_csr_order(prune):
+    # Inference tensors keep no version counter: no copy is kept, values are read live.
+    dense, sparse = _chunked_module(prune)
+    x = torch.randn(64, 600)
+    with torch.inference_mode():
+        sparse.values = nn.Parameter(sparse.values.detach().clone(), requires_grad=False)
+        assert sparse.values.is_inference()
+        torch.testing.assert_close(sparse(x), dense(x))
+        assert sparse._kernel_operands.operands[3] is None
+        sparse.values.mul_(2)
+        torch.testing.assert_close(sparse(x), 2 * (dense(x) - dense.bias) + dense.bias)
+
+
 def test_pattern_edit_after_clear_cache(prune):
     _, sparse = _module(prune)
     x = torch.randn(2, 37)

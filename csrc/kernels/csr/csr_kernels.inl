@@ -18,21 +18,19 @@ constexpr int64_t kPanelCacheBytes = 512 * 1024;
 // indices) so a block of a stays in the last-level cache across column panels.
 constexpr int64_t kRowBlockNnz = 1 << 20;
 // Column chunks: the slice of a panel of b that one chunk reads fits in this
-// much of the L1 cache (32-48 KiB on current x86); a's entries come in by
-// prefetch (kSegmentPrefetchRows). Rows go in blocks of about
-// kChunkRowBlockNnz stored entries (about 400 KB with 16-bit indices: it
-// stays in L2 while its chunks and panels go by). 32 KiB chunks and 64K-entry
-// blocks measured 1.05-1.15x faster than 24 KiB and 32K (Zen 3, one core,
-// density 0.3, standalone harness).
+// much of the L1 cache (32-48 KiB on current x86). Rows go in blocks of about
+// kChunkRowBlockNnz stored entries (core/csr_matrix.h). 32 KiB chunks and
+// 64K-entry blocks measured 1.05-1.15x faster than 24 KiB and 32K (Zen 3, one
+// core, density 0.3, standalone harness).
 constexpr int64_t kChunkCacheBytes = 32 * 1024;
-constexpr int64_t kChunkRowBlockNnz = 1 << 16;
-// A chunk pass reads each row's segment from a different place in a's arrays,
-// so the hardware prefetchers never see a stream: each segment started with a
-// cache miss on its indices and values, on the critical path to its loads of
-// b. The pass prefetches the segment this many rows ahead instead. Measured on
-// Zen 3 (one core, density 0.3, batch 64-128, standalone harness): with 32 KiB
-// chunks and 64K-entry row blocks, 1.1-1.5x faster than without (4096x4096,
-// 768x3072, 3072x768, 768x768).
+// Over CSR order, a chunk pass reads each row's segment from a different place
+// in a's arrays, so the hardware prefetchers never see a stream: each segment
+// started with a cache miss on its indices and values, on the critical path to
+// its loads of b. The pass prefetches the segment this many rows ahead
+// instead. Measured on Zen 3 (one core, density 0.3, batch 64-128, standalone
+// harness): 1.1-1.5x faster than without (4096x4096, 768x3072, 3072x768,
+// 768x768). Over chunk order (CsrView::segment_start) the pass reads one
+// stream and needs no prefetch.
 constexpr int64_t kSegmentPrefetchRows = 2;
 // Rows whose segments within a chunk average fewer entries than this run
 // faster unchunked: each segment reloads and stores its accumulators. Measured
@@ -117,19 +115,22 @@ inline void spmm_row_panel(const I* cols, const T* vals, int64_t nnz, const T* b
 }
 
 // Calls body(block_begin, block_end) for consecutive blocks of [row_begin,
-// row_end) holding about kRowBlockNnz stored entries each, so a block of a
+// row_end) holding about block_nnz stored entries each, so a block of a
 // stays in the last-level cache across the column panels.
 template <typename T, typename Body>
 inline void for_row_blocks(const CsrView<T>& a, int64_t row_begin, int64_t row_end,
                            const Body& body, int64_t block_nnz = kRowBlockNnz) {
-  int64_t block_begin = row_begin;
-  while (block_begin < row_end) {
-    int64_t block_end = block_begin + 1;
-    while (block_end < row_end && a.indptr[block_end + 1] - a.indptr[block_begin] <= block_nnz)
-      ++block_end;
-    body(block_begin, block_end);
-    block_begin = block_end;
-  }
+  sparsegemm::for_row_blocks(a.indptr, row_begin, row_end, block_nnz, body);
+}
+
+// The blocks of chunk order (CsrMatrix::chunk_order, counted from row 0) that
+// meet [row_begin, row_end), clipped to it.
+template <typename T, typename Body>
+inline void for_chunk_order_blocks(const CsrView<T>& a, int64_t row_begin, int64_t row_end,
+                                   const Body& body) {
+  sparsegemm::for_row_blocks(a.indptr, 0, row_end, kChunkRowBlockNnz, [&](int64_t b0, int64_t b1) {
+    if (b1 > row_begin) body(std::max(b0, row_begin), b1);
+  });
 }
 
 // Rows [r0, r1) of a times one panel of b (row stride ldb) into c's columns
@@ -157,36 +158,32 @@ inline void prefetch_entries(const I* indices, const T* values, int64_t begin, i
   lines(values + begin, values + end);
 }
 
-// rows_times_panel for a full panel, chunk by chunk over a's column chunks
-// (a.chunk_bounds set): in sub-blocks of rows, every row's segment in chunk 0,
-// then in chunk 1, and so on, so that chunk's rows of b stay in L1. b is a
-// packed panel: its rows are exactly one panel (NV vectors) apart.
+// rows_times_panel for a full panel and a block of rows, chunk by chunk over
+// a's column chunks (a.chunk_bounds set): every row's segment in chunk 0, then
+// in chunk 1, and so on, so that chunk's rows of b stay in L1. b is a packed
+// panel: its rows are exactly one panel (NV vectors) apart.
 template <typename T, int NV, typename I>
 inline void rows_times_panel_chunked(const CsrView<T>& a, const I* indices, int64_t r0, int64_t r1,
                                      const T* b, const T* bias, T* c, int64_t ldc, int64_t col) {
   constexpr int64_t kPanel = static_cast<int64_t>(NV) * Vec<T>::kLanes;
   const int64_t chunks = a.chunks();
-  for_row_blocks(
-      a, r0, r1,
-      [&](int64_t s0, int64_t s1) {
-        for (int64_t k = 0; k < chunks; ++k)
-          for (int64_t r = s0; r < s1; ++r) {
-            const offset_t* bounds = a.chunk_bounds + r * (chunks + 1);
-            const int64_t s = bounds[k], nnz = bounds[k + 1] - s;
-            if (r + kSegmentPrefetchRows < s1) {
-              const offset_t* ahead = bounds + kSegmentPrefetchRows * (chunks + 1);
-              prefetch_entries(indices, a.values, ahead[k], ahead[k + 1]);
-            }
-            T* out = c + r * ldc + col;
-            if (k == 0)
-              spmm_row_panel<T, NV, false, false, kPanel>(indices + s, a.values + s, nnz, b, kPanel,
-                                                          bias ? bias[r] : T(0), out, 0);
-            else if (nnz > 0)
-              spmm_row_panel<T, NV, false, true, kPanel>(indices + s, a.values + s, nnz, b, kPanel,
-                                                         T(0), out, 0);
-          }
-      },
-      kChunkRowBlockNnz);
+  for (int64_t k = 0; k < chunks; ++k)
+    for (int64_t r = r0; r < r1; ++r) {
+      const offset_t* bounds = a.chunk_bounds + r * (chunks + 1);
+      const int64_t nnz = bounds[k + 1] - bounds[k];
+      const int64_t s = a.segment_start ? a.segment_start[r * chunks + k] : bounds[k];
+      if (!a.segment_start && r + kSegmentPrefetchRows < r1) {
+        const offset_t* ahead = bounds + kSegmentPrefetchRows * (chunks + 1);
+        prefetch_entries(indices, a.values, ahead[k], ahead[k + 1]);
+      }
+      T* out = c + r * ldc + col;
+      if (k == 0)
+        spmm_row_panel<T, NV, false, false, kPanel>(indices + s, a.values + s, nnz, b, kPanel,
+                                                    bias ? bias[r] : T(0), out, 0);
+      else if (nnz > 0)
+        spmm_row_panel<T, NV, false, true, kPanel>(indices + s, a.values + s, nnz, b, kPanel, T(0),
+                                                   out, 0);
+    }
 }
 
 // A full panel of NV vectors, chunked when a has chunk bounds.
@@ -286,16 +283,17 @@ void spmm_rows_packed(const CsrView<T>& a, int64_t row_begin, int64_t row_end, c
   with_panel_kernel(a, [&](auto vectors, const auto* indices) {
     constexpr int NV = decltype(vectors)::value;
     constexpr int64_t kPanel = static_cast<int64_t>(NV) * Vec<T>::kLanes;
-    // Chunked, a block of rows is small enough to stay in L2 across the panels.
-    const int64_t block_nnz = a.chunk_bounds != nullptr ? kChunkRowBlockNnz : kRowBlockNnz;
-    for_row_blocks(
-        a, row_begin, row_end,
-        [&](int64_t r0, int64_t r1) {
-          for (int64_t p = 0; p < panels; ++p)
-            rows_times_full_panel<T, NV>(a, indices, r0, r1, packed + p * a.cols * panel_ld,
-                                         panel_ld, bias, c, ldc, p * kPanel);
-        },
-        block_nnz);
+    const auto block = [&](int64_t r0, int64_t r1) {
+      for (int64_t p = 0; p < panels; ++p)
+        rows_times_full_panel<T, NV>(a, indices, r0, r1, packed + p * a.cols * panel_ld, panel_ld,
+                                     bias, c, ldc, p * kPanel);
+    };
+    // Chunked, the blocks are those of chunk order, small enough to stay in L2
+    // across the panels.
+    if (a.chunk_bounds != nullptr)
+      for_chunk_order_blocks(a, row_begin, row_end, block);
+    else
+      for_row_blocks(a, row_begin, row_end, block);
   });
 }
 

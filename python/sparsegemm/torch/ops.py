@@ -163,18 +163,27 @@ def can_call_kernel_directly(x: Tensor, values: Tensor, bias: Optional[Tensor]) 
 
 
 def linear_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndarray],
+                  chunk_ordered: Optional[tuple] = None,
                   activation: Optional[str] = None) -> Tensor:
     """``activation(x @ W.T + bias)`` by the kernel of ``pattern`` (a CSRMatrix or BSRMatrix)
     holding ``values``, the activation in its epilogue, without the op's dispatch: only
-    after :func:`can_call_kernel_directly` and with ``x.shape[-1]`` checked."""
-    kernel = _core.csr_linear if type(pattern) is CSRMatrix else _core.bsr_linear
+    after :func:`can_call_kernel_directly` and with ``x.shape[-1]`` checked.
+    ``chunk_ordered`` is (chunk columns, the values in chunk order) for a CSR pattern
+    (see ``KernelOperands``), or None."""
     handle = pattern._handle
     rows, cols = handle.rows, handle.cols
     matrix = x.dim() == 2
     x2 = x if matrix and x.is_contiguous() else x.reshape(-1, cols).contiguous()
     out = torch.empty((x2.shape[0], rows), dtype=x.dtype)
     x_array = x2.detach().numpy() if x2.requires_grad else x2.numpy()
-    kernel(handle, x_array, out.numpy(), bias, torch.get_num_threads(), values, activation)
+    threads = torch.get_num_threads()
+    if chunk_ordered is not None:
+        chunk_cols, ordered = chunk_ordered
+        _core.csr_linear_chunk_ordered(handle, x_array, out.numpy(), bias, threads, values,
+                                       ordered, chunk_cols, activation)
+    else:
+        kernel = _core.csr_linear if type(pattern) is CSRMatrix else _core.bsr_linear
+        kernel(handle, x_array, out.numpy(), bias, threads, values, activation)
     return out if matrix else out.view(*x.shape[:-1], rows)
 
 
