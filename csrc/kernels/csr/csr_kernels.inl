@@ -37,8 +37,15 @@ constexpr int64_t kSegmentPrefetchRows = 2;
 // on Zen 3 (AVX2, 2 threads, 512-1024 rows, 768-4096 columns): chunks of 192
 // columns gain 1.24-2.7x at densities 0.3-0.5 (the slowest case unchunked was
 // a 3072-column panel that no longer fit L2 beside a's stream), and nothing at
-// 0.1-0.2 (19-38 entries per segment).
+// 0.1-0.2 (19-38 entries per segment) over CSR order.
 constexpr int64_t kMinChunkSegment = 48;
+// Where the unchunked panel of b takes this much of L2 or more, chunks in
+// chunk order pay from far shorter segments: at density 0.1 (about 25 entries
+// per segment) 1.14-1.25x faster than unchunked with 1536-4096 columns, and
+// 1.03-1.08x at 0.05; with 768 columns (a 96 KiB panel) no faster, and with
+// 384 0.90x (Zen 3, AVX2, 2 threads, 64-1024 rows, in-process A/B).
+constexpr int64_t kLargePanelBytes = 192 * 1024;
+constexpr int64_t kMinChunkSegmentLargePanel = 4;
 
 // Calls body(indices) with the matrix's column indices in their stored width.
 template <typename T, typename Body>
@@ -255,7 +262,8 @@ void spmm_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T*
 
 // Columns per chunk for the packed panel kernel (CsrView::chunk_cols), or 0
 // where chunking does not pay: b's panel already fits the L1 budget, or a
-// row's segments would be short (density * chunk width < kMinChunkSegment).
+// row's segments would be short (density * chunk width < kMinChunkSegment,
+// or kMinChunkSegmentLargePanel for a panel of kLargePanelBytes or more).
 // Chunks are even in width, so none is a sliver.
 template <typename T>
 int64_t panel_chunk_columns(int64_t rows, int64_t cols, int64_t nnz) {
@@ -266,7 +274,9 @@ int64_t panel_chunk_columns(int64_t rows, int64_t cols, int64_t nnz) {
   const int64_t chunks = (cols + widest - 1) / widest;
   const int64_t width = (cols + chunks - 1) / chunks;
   // Mean entries per segment: nnz / (rows * chunks).
-  if (nnz < kMinChunkSegment * rows * chunks) return 0;
+  const int64_t min_segment =
+      cols * row_bytes >= kLargePanelBytes ? kMinChunkSegmentLargePanel : kMinChunkSegment;
+  if (nnz < min_segment * rows * chunks) return 0;
   return width;
 }
 
