@@ -12,6 +12,7 @@ the matrix; other points print as unchunked (both calls run the same kernel).
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -34,6 +35,34 @@ def seconds_per_call(fn, calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
+def time_point(rows_out: int, cols: int, batch: int, density: float, threads: int,
+               rounds: int, calls: int, rng: np.random.Generator) -> tuple[int, float, float]:
+    """(chunk columns, ms in CSR order, ms in chunk order) for one random weight."""
+    dense = rng.standard_normal((rows_out, cols)).astype(np.float32)
+    dense[rng.random((rows_out, cols)) > density] = 0
+    weight = CSRMatrix.from_dense(dense)
+    pattern = CSRMatrix.pattern(weight.indptr, weight.indices, weight.shape)
+    values = np.array(weight.data)
+    chunk_cols, ordered = pattern._handle.values_in_chunk_order(values)
+    x = rng.standard_normal((batch, cols)).astype(np.float32)
+    out = np.empty((batch, rows_out), np.float32)
+    csr_order = functools.partial(_core.csr_linear, pattern._handle, x, out, None, threads,
+                                  values)
+    chunk_order = functools.partial(_core.csr_linear_chunk_ordered, pattern._handle, x, out,
+                                    None, threads, values,
+                                    values if ordered is None else ordered, chunk_cols)
+    csr_order()
+    expected = out.copy()
+    chunk_order()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    samples: dict[str, list[float]] = {"csr": [], "chunk": []}
+    for _ in range(rounds):
+        samples["csr"].append(seconds_per_call(csr_order, calls))
+        samples["chunk"].append(seconds_per_call(chunk_order, calls))
+    return (chunk_cols, statistics.median(samples["csr"]) * 1e3,
+            statistics.median(samples["chunk"]) * 1e3)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -48,34 +77,8 @@ def main() -> None:
           f"{'chunk order':>11} {'speedup':>7}")
     for rows_out, cols, batch in SHAPES:
         for density in args.densities:
-            dense = rng.standard_normal((rows_out, cols)).astype(np.float32)
-            dense[rng.random((rows_out, cols)) > density] = 0
-            weight = CSRMatrix.from_dense(dense)
-            pattern = CSRMatrix.pattern(weight.indptr, weight.indices, weight.shape)
-            values = np.array(weight.data)
-            chunk_cols, ordered = pattern._handle.values_in_chunk_order(values)
-            x = rng.standard_normal((batch, cols)).astype(np.float32)
-            out = np.empty((batch, rows_out), np.float32)
-            handle = pattern._handle
-
-            def csr_order() -> None:
-                _core.csr_linear(handle, x, out, None, args.threads, values)
-
-            def chunk_order() -> None:
-                _core.csr_linear_chunk_ordered(handle, x, out, None, args.threads, values,
-                                               values if ordered is None else ordered,
-                                               chunk_cols)
-
-            csr_order()
-            expected = out.copy()
-            chunk_order()
-            np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
-            samples: dict[str, list[float]] = {"csr": [], "chunk": []}
-            for _ in range(args.rounds):
-                samples["csr"].append(seconds_per_call(csr_order, args.calls))
-                samples["chunk"].append(seconds_per_call(chunk_order, args.calls))
-            csr_ms = statistics.median(samples["csr"]) * 1e3
-            chunk_ms = statistics.median(samples["chunk"]) * 1e3
+            chunk_cols, csr_ms, chunk_ms = time_point(rows_out, cols, batch, density,
+                                                      args.threads, args.rounds, args.calls, rng)
             width = str(chunk_cols) if chunk_cols else "-"
             print(f"{f'{rows_out}x{cols}':>18} {batch:>5} {density:>7.2f} {width:>5} "
                   f"{csr_ms:>8.2f}ms {chunk_ms:>9.2f}ms {csr_ms / chunk_ms:>6.2f}x")
