@@ -65,6 +65,27 @@ inline Activation parse_activation(const py::object& activation) {
                         py::repr(activation).cast<std::string>());
 }
 
+// The checked operands of a linear call (x @ w.T for w rows x cols): the
+// activation, x and out (batch x cols and batch x rows, contiguous rows) and
+// the bias (rows entries or null).
+template <typename T>
+struct LinearOperands {
+  Activation act;
+  StridedArg<T> x, out;
+  const T* bias;
+};
+
+template <typename T>
+LinearOperands<T> linear_operands(int64_t rows, int64_t cols, const py::array& x,
+                                  const py::array& out, const py::object& bias,
+                                  const py::object& activation) {
+  LinearOperands<T> operands{parse_activation(activation), strided_arg<T>(x, "x", 2, false),
+                             strided_arg<T>(out, "out", 2, true), nullptr};
+  check_linear_operands(rows, cols, operands.x, operands.out);
+  operands.bias = optional_bias<T>(bias, rows);
+  return operands;
+}
+
 // Registers `matmul_name(a, b, out, bias=None, num_threads=0, values=None)` and
 // `linear_name(w, x, out, bias=None, num_threads=0, values=None, activation=None)` for a Matrix
 // with rows(), cols(), values() and values_size(), calling the C++ drivers with the signatures
@@ -103,15 +124,11 @@ void register_products(py::module_& m, const char* matmul_name, const char* line
       linear_name,
       [linear](const Matrix& w, const py::array& x, const py::array& out, const py::object& bias,
                int num_threads, const py::object& values, const py::object& activation) {
-        const Activation act = parse_activation(activation);
-        const auto xarg = strided_arg<T>(x, "x", 2, false);
-        const auto oarg = strided_arg<T>(out, "out", 2, true);
-        check_linear_operands(w.rows(), w.cols(), xarg, oarg);
-        const T* bias_ptr = optional_bias<T>(bias, w.rows());
+        const auto op = linear_operands<T>(w.rows(), w.cols(), x, out, bias, activation);
         const Stored* values_ptr = optional_values<Stored>(values, w);
         py::gil_scoped_release release;
-        linear(w, xarg.data, xarg.strides[0], xarg.shape[0], bias_ptr, oarg.data, oarg.strides[0],
-               num_threads, values_ptr, act);
+        linear(w, op.x.data, op.x.strides[0], op.x.shape[0], op.bias, op.out.data,
+               op.out.strides[0], num_threads, values_ptr, op.act);
       },
       py::arg("w"), py::arg("x"), py::arg("out"), py::arg("bias") = py::none(),
       py::arg("num_threads") = 0, py::arg("values") = py::none(),

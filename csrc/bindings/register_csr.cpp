@@ -162,16 +162,12 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
       [](const Matrix& w, const py::array& x, const py::array& out, const py::object& bias,
          int num_threads, const py::object& values, const py::array& chunk_values,
          int64_t chunk_cols, const py::object& activation) {
-        const Activation act = parse_activation(activation);
-        const auto xarg = strided_arg<T>(x, "x", 2, false);
-        const auto oarg = strided_arg<T>(out, "out", 2, true);
-        check_linear_operands(w.rows(), w.cols(), xarg, oarg);
-        const T* bias_ptr = optional_bias<T>(bias, w.rows());
+        const auto op = linear_operands<T>(w.rows(), w.cols(), x, out, bias, activation);
         const T* values_ptr = optional_values<T>(values, w);
         const T* chunk_ptr = optional_values<T>(chunk_values, w);
         py::gil_scoped_release release;
-        csr_linear<T>(w, xarg.data, xarg.strides[0], xarg.shape[0], bias_ptr, oarg.data,
-                      oarg.strides[0], num_threads, values_ptr, act, chunk_ptr, chunk_cols);
+        csr_linear<T>(w, op.x.data, op.x.strides[0], op.x.shape[0], op.bias, op.out.data,
+                      op.out.strides[0], num_threads, values_ptr, op.act, chunk_ptr, chunk_cols);
       },
       py::arg("w"), py::arg("x"), py::arg("out"), py::arg("bias"), py::arg("num_threads"),
       py::arg("values"), py::arg("chunk_values"), py::arg("chunk_cols"),

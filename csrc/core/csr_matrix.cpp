@@ -259,7 +259,10 @@ const typename CsrMatrix<T>::ChunkOrder& CsrMatrix<T>::chunk_order(int64_t chunk
   const int64_t chunks = (cols_ + chunk_cols - 1) / chunk_cols;
   order.segment_start.resize(static_cast<size_t>(rows_ * chunks + 1));
   const bool compact = compact_indices();
-  (compact ? order.indices16.resize(nnz()) : order.indices.resize(nnz()));
+  if (compact)
+    order.indices16.resize(nnz());
+  else
+    order.indices.resize(nnz());
   for_segments_in_chunk_order(
       pattern.indptr, rows_, chunks, bounds, order.segment_start.data(),
       [&](offset_t from, offset_t to, offset_t count) {

@@ -167,12 +167,12 @@ inline void prefetch_entries(const I* indices, const T* values, int64_t begin, i
 
 // rows_times_panel for a full panel and a block of rows, chunk by chunk over
 // a's column chunks (a.chunk_bounds set): every row's segment in chunk 0, then
-// in chunk 1, and so on, so that chunk's rows of b stay in L1. b is a packed
-// panel: its rows are exactly one panel (NV vectors) apart.
-template <typename T, int NV, typename I>
+// in chunk 1, and so on, so that chunk's rows of b stay in L1. A nonzero
+// PackedLdb is b's row stride (see spmm_row_panel), else ldb is.
+template <typename T, int NV, int64_t PackedLdb, typename I>
 inline void rows_times_panel_chunked(const CsrView<T>& a, const I* indices, int64_t r0, int64_t r1,
-                                     const T* b, const T* bias, T* c, int64_t ldc, int64_t col) {
-  constexpr int64_t kPanel = static_cast<int64_t>(NV) * Vec<T>::kLanes;
+                                     const T* b, int64_t ldb, const T* bias, T* c, int64_t ldc,
+                                     int64_t col) {
   const int64_t chunks = a.chunks();
   for (int64_t k = 0; k < chunks; ++k)
     for (int64_t r = r0; r < r1; ++r) {
@@ -185,21 +185,26 @@ inline void rows_times_panel_chunked(const CsrView<T>& a, const I* indices, int6
       }
       T* out = c + r * ldc + col;
       if (k == 0)
-        spmm_row_panel<T, NV, false, false, kPanel>(indices + s, a.values + s, nnz, b, kPanel,
-                                                    bias ? bias[r] : T(0), out, 0);
+        spmm_row_panel<T, NV, false, false, PackedLdb>(indices + s, a.values + s, nnz, b, ldb,
+                                                       bias ? bias[r] : T(0), out, 0);
       else if (nnz > 0)
-        spmm_row_panel<T, NV, false, true, kPanel>(indices + s, a.values + s, nnz, b, kPanel, T(0),
-                                                   out, 0);
+        spmm_row_panel<T, NV, false, true, PackedLdb>(indices + s, a.values + s, nnz, b, ldb, T(0),
+                                                      out, 0);
     }
 }
 
-// A full panel of NV vectors, chunked when a has chunk bounds.
+// A full panel of NV vectors, chunked when a has chunk bounds (always then: a
+// view in chunk order cannot be read row by row). The drivers pack panels
+// unpadded when chunked, so the stride is the panel's, a compile-time constant.
 template <typename T, int NV, typename I>
 inline void rows_times_full_panel(const CsrView<T>& a, const I* indices, int64_t r0, int64_t r1,
                                   const T* b, int64_t ldb, const T* bias, T* c, int64_t ldc,
                                   int64_t col) {
-  if (a.chunk_bounds != nullptr && ldb == static_cast<int64_t>(NV) * Vec<T>::kLanes)
-    rows_times_panel_chunked<T, NV>(a, indices, r0, r1, b, bias, c, ldc, col);
+  constexpr int64_t kPanel = static_cast<int64_t>(NV) * Vec<T>::kLanes;
+  if (a.chunk_bounds != nullptr && ldb == kPanel)
+    rows_times_panel_chunked<T, NV, kPanel>(a, indices, r0, r1, b, ldb, bias, c, ldc, col);
+  else if (a.chunk_bounds != nullptr)
+    rows_times_panel_chunked<T, NV, 0>(a, indices, r0, r1, b, ldb, bias, c, ldc, col);
   else
     rows_times_panel<T, NV, false>(a, indices, r0, r1, b, ldb, bias, c, ldc, col, 0);
 }
