@@ -21,6 +21,7 @@ from .checkpoint import from_pretrained, load_sparsified
 from .compact import load_sparse, save_sparse
 from .modules import SparseConv2d, SparseLinear, masked_weight
 from .quantized import SparseLinearInt8
+from .shared_input import SharedInputGroup
 from .sparsify import LayerReport, SparsifyReport, sparsify
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "SparseConv2d",
     "SparseLinear",
     "SparseLinearInt8",
+    "SharedInputGroup",
     "SparseMultiheadAttention",
     "SparsifyReport",
     "clear_cache",

@@ -27,6 +27,7 @@ freeze before saving a ``state_dict`` (its keys depend on what was decided).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -101,7 +102,15 @@ class AutoSparseLinear(nn.Module):
     def bias(self) -> Tensor | None:
         return self.dense.bias
 
+    #: Set by sparsify on siblings that may read one input (see shared_input.py).
+    _shared_input: Any = None
+
     def forward(self, x: Tensor) -> Tensor:
+        group = self._shared_input
+        if group is not None:
+            stacked = group.output(self, x)
+            if stacked is not None:
+                return stacked
         module = self._module_for(x)
         if module is self.dense:
             return apply_activation(module(x), self._activation)
@@ -158,6 +167,9 @@ class AutoSparseLinear(nn.Module):
 
     def describe(self) -> str:
         """Its decisions, one per row bucket, or that it has not decided yet."""
+        group = self._shared_input
+        if group is not None and group.state == "stacked":
+            return group.describe(self)
         if not self.decisions:
             return "auto: decides on the first forward of each row count (see freeze())"
         frozen = " (frozen)" if self.frozen else ""
@@ -190,7 +202,9 @@ def freeze(model: nn.Module) -> nn.Module:
 
     A module whose decided buckets all run the same module (or that never ran:
     dense) is replaced by that ``nn.Linear``/:class:`SparseLinear`; one whose
-    buckets differ stays, frozen: it drops the sparse modules it no longer uses
+    buckets differ, or whose siblings compute it with theirs in one stacked
+    product (``shared_input.py``; that product's choices are fixed too), stays,
+    frozen: it drops the sparse modules it no longer uses
     and maps unseen row counts to the nearest decided bucket. Returns ``model``
     (changed in place). Freeze after a forward pass on representative inputs,
     before ``torch.export``, ``torch.compile`` or a reproducible run.
@@ -206,6 +220,10 @@ def freeze(model: nn.Module) -> nn.Module:
             used = {d.choice.label for d in child.decisions.values()}
             for label in [label for label in child.variants if label not in used]:
                 del child.variants[label]
+            group = child._shared_input
+            if group is not None and group.state == "stacked":
+                group.freeze()  # the member stays: its group computes it
+                continue
             resolved = child.resolved()
             if resolved is not None:
                 setattr(parent, name, resolved)

@@ -370,6 +370,9 @@ class _SparseWeight(nn.Module):
             text += f", blocksize={self.blocksize}, nblocks={self.indices.numel()}"
         if self.activation is not None:
             text += f", activation={self.activation}"
+        group = getattr(self, "_shared_input", None)
+        if group is not None and group.state == "stacked":
+            text += f", {group.describe(self)}"
         return text
 
 
@@ -388,6 +391,9 @@ class SparseLinear(_SparseWeight):
     input must have the weight's dtype (as in ``F.linear``). ``weight`` is a
     read-only dense view, for code that reads it.
     """
+
+    #: Set by sparsify on siblings that may read one input (see shared_input.py).
+    _shared_input: Any = None
 
     @torch.inference_mode(False)  # see _copy_from_dense
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, nnz: int = 0,
@@ -468,6 +474,11 @@ class SparseLinear(_SparseWeight):
         """``activation(x @ W.T + bias)``: the activation in the kernel's epilogue on the
         inference fast path (while the output is in cache), else by torch after the custom
         op, which records the gradient."""
+        group = self._shared_input
+        if group is not None:
+            stacked = group.output(self, x)
+            if stacked is not None:
+                return stacked
         activation = self.activation
         # Straight from the registries: nn.Module.__getattr__ costs a microsecond or two a call.
         parameters, buffers = self._parameters, self._buffers

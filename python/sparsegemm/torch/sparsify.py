@@ -54,6 +54,7 @@ from .modules import (
 )
 from .ops import STORAGE_DTYPES
 from .quantized import SparseLinearInt8
+from .shared_input import SharedInputGroup, group_shared_inputs
 
 __all__ = ["DEFAULT_MIN_SPARSITY", "LayerReport", "SparsifyReport", "sparsify"]
 
@@ -80,11 +81,21 @@ class LayerReport:
     cached: bool = False  # the speedup is the planner's cached figure, not measured now
     #: For format 'auto': the module deciding at run time, whose decisions the report shows.
     auto: AutoSparseLinear | None = None
+    #: The converted module when it has siblings that may read the same input (its
+    #: ``_shared_input`` group says whether they run in one stacked product).
+    shared_member: nn.Module | None = None
+
+    @property
+    def shared(self) -> SharedInputGroup | None:
+        return getattr(self.shared_member, "_shared_input", None)
 
     @property
     def speedup_text(self) -> str:
         if self.auto is not None:
-            return "per rows" if self.auto.decisions else "not yet"
+            stacked = self.shared.fused if self.shared is not None else None
+            decided = self.auto.decisions or (isinstance(stacked, AutoSparseLinear)
+                                              and stacked.decisions)
+            return "per rows" if decided else "not yet"
         if self.speedup is None:
             return "not measured"
         return f"{self.speedup:.2f}x" + (" (cached)" if self.cached else "")
@@ -92,9 +103,12 @@ class LayerReport:
     @property
     def note(self) -> str:
         """The reason, and for an 'auto' layer its decisions so far."""
-        if self.auto is None:
-            return self.reason
-        return "; ".join(part for part in (self.auto.describe(), self.reason) if part)
+        group = self.shared
+        shared = group.describe(self.shared_member) if group is not None else ""
+        auto = self.auto.describe() if self.auto is not None else ""
+        if auto and self.shared is not None and self.shared.state == "stacked":
+            auto = ""  # the stacked product's decisions are in ``shared``
+        return "; ".join(part for part in (auto, self.reason, shared) if part)
 
 
 class SparsifyReport(list):
@@ -519,7 +533,7 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
              blocksize: tuple[int, int] | None = None,
              min_sparsity: float | None = None, min_speedup: float = 1.0,
              batch_hint: int | None = None, example_inputs: Any = None,
-             weight_dtype: str | None = None) -> nn.Module:
+             weight_dtype: str | None = None, stack_shared_inputs: bool = True) -> nn.Module:
     """Replace eligible dense layers of ``model`` by sparse ones, in place.
 
     Parameters
@@ -558,6 +572,12 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         (int8 values, one scale per output row, inputs quantized per row at
         each call; inference only), with no planning: the format is the int8
         bitmap. Conv2d layers are unaffected and MultiheadAttention stays dense.
+    stack_shared_inputs
+        Sibling sparse Linears of one module with the same input width (Hugging
+        Face's query, key and value) compute one stacked product while a forward
+        pass hands them the same tensor, and compute alone for good once it
+        does not (see :class:`~sparsegemm.torch.SharedInputGroup`; the report
+        says which). Only where no gradient is recorded. False: never stack.
 
     In an ``nn.Sequential``, what directly follows a converted layer moves into
     it and is replaced by ``nn.Identity``: an eval-mode ``BatchNorm2d`` after a
@@ -598,6 +618,12 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         converter = _Converter(format, blocksize, min_sparsity, min_speedup, batch_hint, shapes,
                                weight_dtype)
         _walk(model, "", converter, filter_fn)
+        if stack_shared_inputs:
+            rows = {layer.name: layer for layer in converter.report}
+            for group in group_shared_inputs(model):
+                for name, member in zip(group.names, group.members):
+                    if name in rows:
+                        rows[name].shared_member = member
     previous = getattr(model, "sparsegemm_report", None)
     model.sparsegemm_report = (previous.merged_with(converter.report)
                                if isinstance(previous, SparsifyReport) else converter.report)

