@@ -62,6 +62,21 @@ def test_linear_batch_sizes(isa, dtype, batch, density, random_sparse, rng, chec
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch", [700, 1001])
+@pytest.mark.parametrize("density", [0.1, 0.4])
+def test_linear_in_slabs_of_rows(isa, dtype, batch, density, random_sparse, rng, check_linear):
+    # x^T and y^T together over 3.5 MiB: the batch runs in slabs of rows
+    # (drivers/product_driver.h kSliceAboveBytes), the last one shorter.
+    weight = CSRMatrix.from_dense(random_sparse((700, 900), density, dtype))
+    x = rng.uniform(-1, 1, (batch, 900)).astype(dtype)
+    bias = rng.uniform(-1, 1, 700).astype(dtype)
+    result = linear(x, weight, bias, num_threads=2)
+    check_linear(result, x, weight, bias)
+    np.testing.assert_array_equal(linear(x, weight, bias, num_threads=2, activation="relu"),
+                                  np.maximum(result, 0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("in_features", [4100, 8200])
 @pytest.mark.parametrize("batch", [2, 17, 40, 129])
 def test_linear_with_narrower_packed_panels(isa, dtype, in_features, batch, random_sparse, rng,
