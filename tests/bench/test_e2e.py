@@ -156,6 +156,12 @@ def test_int8_alternative_is_checked_and_skipped_without_a_linear():
 
     quantized, note = e2e.int8_dynamic_model(ReadsWeight(), x, reference)
     assert quantized is None and "does not run" in note
+    # nn.TransformerEncoderLayer's fast path would read the quantized weights: kept off it.
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True).eval()
+    tokens = torch.randn(1, 6, 32)
+    with torch.no_grad():
+        quantized, note = e2e.int8_dynamic_model(layer, tokens, layer(tokens).double().numpy())
+    assert quantized is not None and note == ""
     conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
     assert e2e.int8_dynamic_model(conv, torch.randn(1, 3, 8, 8), reference) == (
         None,
