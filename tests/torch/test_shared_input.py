@@ -237,3 +237,28 @@ def test_opting_out_and_sequential_siblings_do_not_stack(prune):
 def test_a_group_needs_two_members():
     with pytest.raises(ValueError, match="at least two"):
         SharedInputGroup([], [])
+
+
+def test_the_e2e_time_breakdown_counts_the_stacked_product_as_sparse(prune):
+    from sparsegemm.bench.e2e import layer_time_breakdown
+
+    class QueryKeyValue(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.query, self.key, self.value = (nn.Linear(64, 64) for _ in range(3))
+
+        def forward(self, x):
+            return self.query(x) * self.key(x) + self.value(x)
+
+    torch.manual_seed(0)
+    for kwargs in ({}, {"batch_hint": 32}):  # AutoSparseLinear members, SparseLinear members
+        model = QueryKeyValue()
+        for index, linear in enumerate((model.query, model.key, model.value)):
+            prune(linear, 0.8, seed=index)
+        sparsify(model, **kwargs)
+        x = torch.randn(32, 64)
+        with torch.no_grad():
+            model(x)
+            shares = layer_time_breakdown(model, x)
+        assert model.query._shared_input.state == "stacked"
+        assert shares["sparse_layers_s"] > 0 and shares["dense_layers_s"] == 0

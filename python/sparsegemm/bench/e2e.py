@@ -29,6 +29,7 @@ speedup over dense, ``vs_int8_dyn`` ours over it.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import sys
 from dataclasses import dataclass
@@ -273,6 +274,11 @@ def _sparsified(
     return converted if result is None else result  # in-place or returning, either works
 
 
+def _shared_input_groups(model: Any) -> list[Any]:
+    shared_input = sys.modules.get("sparsegemm.torch.shared_input")
+    return shared_input.shared_input_groups(model) if shared_input is not None else []
+
+
 def layer_time_breakdown(model: Any, x: Any, calls: int = 5) -> dict[str, float]:
     """Seconds per forward of ``model(x)`` in sparse layers, dense Linear/Conv2d layers and
     everything else, from forward hooks on those leaf layers over ``calls`` calls (after
@@ -296,8 +302,12 @@ def layer_time_breakdown(model: Any, x: Any, calls: int = 5) -> dict[str, float]
             spent[key] += time.perf_counter() - started.pop(id(module))
         return hook
 
+    # A stacked product (sparsify's shared-input groups) runs a module the group holds,
+    # outside the model's modules: timed there unless its members are timed themselves.
+    stacked = [group.fused for group in _shared_input_groups(model) if group.fused is not None
+               and not (sparse_kinds and isinstance(group.members[0], sparse_kinds))]
     hooks = []
-    for module in model.modules():
+    for module in itertools.chain(model.modules(), *(fused.modules() for fused in stacked)):
         key = ("sparse_layers_s" if sparse_kinds and isinstance(module, sparse_kinds)
                else "dense_layers_s" if type(module) in (nn.Linear, nn.Conv2d) else None)
         if key is not None:
