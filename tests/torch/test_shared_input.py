@@ -164,13 +164,20 @@ def test_an_input_changed_in_place_between_members_is_not_reused(prune, toleranc
             torch.testing.assert_close(b, b_expected)
 
 
-def test_gradients_reach_the_members_and_never_the_stacked_copy(prune, tolerance):
+def stacked_sparse_attention(prune, x):
+    """pruned_attention as SparseLinears planned at x's rows, after the probe and one
+    stacked pass."""
     model = pruned_attention(prune)
-    x = torch.randn(4, 24)
-    sparsify(model, batch_hint=4)
+    sparsify(model, batch_hint=x.shape[0])
     with torch.no_grad():
         model(x)
         model(x)
+    return model
+
+
+def test_gradients_reach_the_members_and_never_the_stacked_copy(prune, tolerance):
+    x = torch.randn(4, 24)
+    model = stacked_sparse_attention(prune, x)
     group = model.query._shared_input
     products = group.stacked_products
     model(x).sum().backward()  # grad mode, values require grad: each member alone
@@ -186,12 +193,9 @@ def test_gradients_reach_the_members_and_never_the_stacked_copy(prune, tolerance
 
 
 def test_weights_replaced_by_to_rebuild_the_stacked_copy(prune, tolerance):
-    model = pruned_attention(prune)
     x = torch.randn(4, 24)
-    sparsify(model, batch_hint=4)
+    model = stacked_sparse_attention(prune, x)
     with torch.no_grad():
-        model(x)
-        model(x)
         model.to(torch.float64)
         expected = pruned_attention(prune, torch.float64)(x.double())
         torch.testing.assert_close(model(x.double()), expected, **tolerance(torch.float64))
