@@ -51,6 +51,11 @@ def is_linear_map(module: nn.Module) -> bool:
     return is_hf_conv1d(module)
 
 
+def input_rows(x: Tensor) -> int:
+    """The rows a Linear's product has for input ``x``: its leading dimensions flattened."""
+    return x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+
+
 def masked_weight(module: nn.Module) -> tuple[Tensor, Tensor]:
     """``(weight, keep)`` of a dense module: the weight with pruned entries zero and
     the boolean mask of entries to store.

@@ -34,8 +34,9 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
+from .attention import SparseMultiheadAttention
 from .auto import AutoSparseLinear
-from .modules import SparseLinear, _linear_weight, apply_activation, linear_holding
+from .modules import SparseLinear, _linear_weight, apply_activation, input_rows, linear_holding
 
 __all__ = ["SharedInputGroup", "group_shared_inputs"]
 
@@ -113,6 +114,7 @@ class SharedInputGroup:
     - 'stacked': one product for all members while they read one input, until a
       member reads another; then 'dissolved', for good.
     - 'alone', 'dissolved': each member computes alone; ``reason`` says why.
+    - 'split': a probing group whose members now belong to the groups it made.
     """
 
     def __init__(self, members: list[Member], names: list[str], *, state: str = "probing",
@@ -185,8 +187,7 @@ class SharedInputGroup:
         if any(probed[0] == index for probed in self._probed):
             self._split()  # a second call: the first pass is over
             return member._shared_input.output(member, x)
-        rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
-        self._probed.append((index, weakref.ref(x), _version(x), rows))
+        self._probed.append((index, weakref.ref(x), _version(x), input_rows(x)))
         output = None
         if isinstance(member, AutoSparseLinear):
             output = apply_activation(member.dense(x), member.activation)
@@ -319,9 +320,8 @@ def group_shared_inputs(model: nn.Module, prefix: str = "") -> list[SharedInputG
     """
     groups = []
     for parent_name, parent in model.named_modules(prefix=prefix):
-        if isinstance(parent, nn.Sequential) or type(parent).__name__ == \
-                "SparseMultiheadAttention":  # which stacks q, k and v itself
-            continue
+        if isinstance(parent, (nn.Sequential, SparseMultiheadAttention)):
+            continue  # chained children; an attention that stacks q, k and v itself
         siblings: dict[tuple, list[tuple[str, Member]]] = {}
         for child_name, child in parent.named_children():
             key = _group_key(child)

@@ -49,6 +49,7 @@ from .modules import (
     SparseLinear,
     _linear_weight,
     activation_of,
+    input_rows,
     is_linear_map,
     masked_weight,
 )
@@ -106,7 +107,7 @@ class LayerReport:
         group = self.shared
         shared = group.describe(self.shared_member) if group is not None else ""
         auto = self.auto.describe() if self.auto is not None else ""
-        if auto and self.shared is not None and self.shared.state == "stacked":
+        if auto and group is not None and group.state == "stacked":
             auto = ""  # the stacked product's decisions are in ``shared``
         return "; ".join(part for part in (auto, self.reason, shared) if part)
 
@@ -175,10 +176,6 @@ class _ExampleShapes:
         return max(set(seen), key=lambda rows: (seen.count(rows), rows))
 
 
-def _rows(x: torch.Tensor) -> int:
-    return x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
-
-
 def _record_example_shapes(model: nn.Module, example_inputs: Any) -> _ExampleShapes:
     """One forward pass of ``example_inputs`` recording each layer's input.
 
@@ -193,13 +190,13 @@ def _record_example_shapes(model: nn.Module, example_inputs: Any) -> _ExampleSha
         shapes.conv_inputs.setdefault(id(module), inputs[0].detach().clone())
 
     def record_linear(module: nn.Module, inputs: tuple) -> None:
-        shapes.linear_rows.setdefault(id(module), []).append(_rows(inputs[0]))
+        shapes.linear_rows.setdefault(id(module), []).append(input_rows(inputs[0]))
 
     def record_attention(module: nn.Module, args: tuple, kwargs: dict) -> None:
         names = ("query", "key", "value")
         tensors = [args[i] if i < len(args) else kwargs.get(name) for i, name in enumerate(names)]
         if all(isinstance(t, torch.Tensor) for t in tensors):
-            shapes.attention_rows.setdefault(id(module), tuple(_rows(t) for t in tensors))
+            shapes.attention_rows.setdefault(id(module), tuple(input_rows(t) for t in tensors))
 
     hooks = []
     for module in model.modules():
