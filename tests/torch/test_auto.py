@@ -1,10 +1,12 @@
-"""sparsify(model) as a newcomer calls it: layers plan on the rows they really see."""
+"""sparsify(model) as a newcomer calls it: layers plan on the inputs they really see."""
 
 import pytest
 
 torch = pytest.importorskip("torch")
 from sparsegemm.torch import (
+    AutoSparseConv2d,
     AutoSparseLinear,
+    SparseConv2d,
     SparseLinear,
     SparseMultiheadAttention,
     freeze,
@@ -347,3 +349,164 @@ def test_a_variant_runs_through_its_hooks_with_the_fused_activation(prune, plann
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=2e-6)
     model[0].activation = None  # the setter reaches the variants
     assert variant.activation is None
+
+
+@pytest.fixture
+def conv_times(monkeypatch):
+    """Injects a convolution's measured speedups (dense time over CSR time), one per timing
+    in turn, the last repeated. Both forms still run at each timing, so a form that fails
+    would fail the test. Returns the list of speedups handed out."""
+    from sparsegemm.torch import auto
+
+    timed = []
+
+    def install(*speedups):
+        def fake_time_convolution(dense, sparse):
+            dense()
+            sparse()
+            timed.append(speedups[min(len(timed), len(speedups) - 1)])
+            return timed[-1]
+        monkeypatch.setattr(auto, "time_convolution", fake_time_convolution)
+        return timed
+    return install
+
+
+def conv_block(prune, activation=nn.ReLU):
+    """conv 3x3 -> eval BatchNorm -> activation -> conv 1x1 -> eval BatchNorm, pruned 90%."""
+    torch.manual_seed(0)
+    model = nn.Sequential(prune(nn.Conv2d(4, 8, 3, padding=1, bias=False), 0.9),
+                          nn.BatchNorm2d(8), activation(),
+                          prune(nn.Conv2d(8, 6, 1), 0.9), nn.BatchNorm2d(6))
+    with torch.no_grad():
+        for bn in (model[1], model[4]):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-1, 1)
+    return model.eval()
+
+
+def test_a_convolution_decides_on_its_first_forward_per_input_shape(prune, conv_times):
+    timed = conv_times(2.0)
+    model = conv_block(prune)
+    x = torch.randn(3, 4, 6, 6)
+    expected = model(x)
+    sparsify(model)
+    assert timed == []  # nothing timed before a forward
+    assert isinstance(model[0], AutoSparseConv2d) and isinstance(model[3], AutoSparseConv2d)
+    assert [type(m) for m in (model[1], model[2], model[4])] == [nn.Identity] * 3
+    assert model.sparsegemm_report[0].speedup_text == "not yet"
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+    assert len(timed) == 2  # one timing per convolution
+    assert model[0].decisions[(4, 6, 6)].format == "csr"
+    assert isinstance(model[0].variants["csr"], SparseConv2d)
+    report = model.sparsegemm_report[0]
+    assert report.speedup_text == "per shape"
+    assert "input 3x4x6x6: csr 2.00x" in report.note and "folded BatchNorm2d 1" in report.note
+    model(torch.randn(4, 4, 6, 6))  # the same batch bucket and image size: not timed
+    assert len(timed) == 2
+    model(torch.randn(4, 5, 5))  # unbatched, a new image size: timed again
+    assert len(timed) == 4 and sorted(model[3].decisions) == [(1, 5, 5), (4, 6, 6)]
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.GELU])
+def test_a_convolution_without_gain_runs_dense_with_the_batchnorm_folded(prune, conv_times,
+                                                                        activation):
+    timed = conv_times(0.5)
+    model = conv_block(prune, activation)
+    x = torch.randn(2, 4, 6, 6)
+    expected = model(x)
+    sparsify(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+    assert len(timed) == 2
+    decision = model[0].decisions[(2, 6, 6)]
+    assert decision.format == "dense" and "csr measured 0.50x" in decision.reason
+    assert not model[0].variants  # no sparse copy kept for nothing
+    assert "below the planner's 1.10x margin" in str(model.sparsegemm_report)
+    freeze(model)
+    # The dense form keeps the folded BatchNorm (one convolution, no BatchNorm pass) and
+    # gets its activation back beside it.
+    assert type(model[0]) is nn.Sequential and type(model[0][0]) is nn.Conv2d
+    assert type(model[0][1]) is activation and type(model[1]) is nn.Identity
+    assert type(model[3]) is nn.Conv2d and model[3].bias is not None
+    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+    assert len(timed) == 2
+
+
+def test_min_speedup_keeps_a_convolution_dense(prune, conv_times):
+    conv_times(1.3)
+    model = conv_block(prune)
+    sparsify(model, min_speedup=1.5)
+    model(torch.randn(1, 4, 6, 6))
+    assert model[0].decisions[(1, 6, 6)].format == "dense"
+    assert "min_speedup's 1.50x margin" in model[0].decisions[(1, 6, 6)].reason
+
+
+def test_freeze_fixes_convolutions_that_agree_and_keeps_those_that_differ(prune, conv_times):
+    # Timing order: both convolutions at 6x6, then both at 3x3.
+    conv_times(2.0, 2.0, 2.0, 0.5)
+    model = conv_block(prune)
+    x, small = torch.randn(1, 4, 6, 6), torch.randn(1, 4, 3, 3)
+    expected, expected_small = model(x), model(small)
+    sparsify(model)
+    model(x)
+    model(small)
+    freeze(model)
+    assert isinstance(model[0], SparseConv2d) and model[0].activation == "relu"
+    assert isinstance(model[3], AutoSparseConv2d) and model[3].frozen
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model(small), expected_small, rtol=1e-4, atol=1e-5)
+        before = dict(model[3].decisions)
+        model(torch.randn(1, 4, 8, 8))  # unseen: runs its latest decision, times nothing
+    assert model[3].decisions == before
+
+
+def test_tracing_never_times_a_convolution(prune, conv_times):
+    timed = conv_times(2.0)
+    model = conv_block(prune)
+    x = torch.randn(1, 4, 6, 6)
+    expected = model(x)
+    sparsify(model)
+    traced = torch.fx.symbolic_trace(model)  # proxies: nothing timed, the dense forms run
+    assert timed == []
+    torch.testing.assert_close(traced(x), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_convolution_times_itself_for_real(prune, dtype):
+    """Without stand-ins: both forms are timed on the live input and the output is right
+    whichever wins."""
+    torch.manual_seed(0)
+    conv = prune(nn.Conv2d(3, 5, 3, stride=2, padding=1).to(dtype), 0.8)
+    x = torch.randn(2, 3, 9, 9, dtype=dtype)
+    expected = conv(x)
+    auto_conv = AutoSparseConv2d(conv)
+    with torch.inference_mode():
+        y = auto_conv(x)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-6)
+    decision = auto_conv.decisions[(2, 9, 9)]
+    assert decision.speedup > 0 and decision.format in ("dense", "csr")
+    assert decision.shape == (2, 3, 9, 9)
+
+
+def test_auto_convolution_rejects_what_it_cannot_run():
+    with pytest.raises(ValueError, match="groups=1"):
+        AutoSparseConv2d(nn.Conv2d(4, 4, 3, groups=2))
+    with pytest.raises(TypeError, match="needs an nn.Conv2d"):
+        AutoSparseConv2d(nn.Linear(4, 4))
+    with pytest.raises(TypeError, match="AutoSparseConv2d use its resolved"):
+        freeze(AutoSparseConv2d(nn.Conv2d(4, 4, 3)))
+
+
+def test_an_unfrozen_convolution_checkpoint_says_to_freeze(prune, conv_times):
+    from sparsegemm.torch import load_sparsified
+
+    conv_times(2.0)
+    model = conv_block(prune)
+    sparsify(model)
+    model(torch.randn(1, 4, 6, 6))
+    with pytest.raises(ValueError, match="not frozen"):
+        load_sparsified(conv_block(prune), model.state_dict())

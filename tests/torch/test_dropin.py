@@ -74,5 +74,6 @@ def test_a_layer_filter_fn_declines_later_keeps_its_earlier_row(prune):
     assert [(layer.name, layer.reason) for layer in model.sparsegemm_report] == before
 
 
-def test_help_says_auto_converts_convolutions_untimed_without_example_inputs():
-    assert "converts every" in sparsify.__doc__ and "untimed" in sparsify.__doc__
+def test_help_says_auto_times_convolutions_at_run_time_without_example_inputs():
+    assert "AutoSparseConv2d" in sparsify.__doc__ and "first forward per input shape" in " ".join(
+        sparsify.__doc__.split())

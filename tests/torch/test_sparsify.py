@@ -5,7 +5,13 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch.nn.utils import prune as torch_prune
 
-from sparsegemm.torch import SparseConv2d, SparseLinear, SparseMultiheadAttention, sparsify
+from sparsegemm.torch import (
+    AutoSparseConv2d,
+    SparseConv2d,
+    SparseLinear,
+    SparseMultiheadAttention,
+    sparsify,
+)
 from torch import nn
 
 
@@ -174,7 +180,7 @@ def test_auto_min_speedup(prune, planner_times):
 @pytest.mark.parametrize("sparse_seconds, converted", [(0.5, True), (1.0, False)])
 def test_auto_times_convolutions_as_themselves_on_the_example_input(
         prune, planner_times, monkeypatch, sparse_seconds, converted):
-    sparsify_module = importlib.import_module("sparsegemm.torch.sparsify")
+    auto_module = importlib.import_module("sparsegemm.torch.auto")
     timer = planner_times(dense=1.0, csr=0.5)
     ran = []  # which convolution each timed call ran
 
@@ -188,7 +194,7 @@ def test_auto_times_convolutions_as_themselves_on_the_example_input(
         ran.append("sparse")
         return sparse_forward(self, *args, **kwargs)
 
-    monkeypatch.setattr(sparsify_module, "_median_seconds", fake_median_seconds)
+    monkeypatch.setattr(auto_module, "_median_seconds", fake_median_seconds)
     monkeypatch.setattr(SparseConv2d, "forward", recorded_sparse_forward)
     x = torch.randn(1, 4, 6, 6)
     model = nn.Sequential(prune(nn.Conv2d(4, 8, 3), 0.9), nn.Flatten(),
@@ -217,12 +223,13 @@ def test_a_cached_planner_figure_is_marked_as_cached(prune, planner_times):
     assert second.cached and second.speedup_text == "2.00x (cached)"
 
 
-def test_auto_converts_untimed_convolutions_without_example_inputs(prune, planner_times):
+def test_auto_times_convolutions_at_run_time_without_example_inputs(prune, planner_times):
     planner_times()
     model = nn.Sequential(prune(nn.Conv2d(4, 8, 3), 0.9))
     sparsify(model)
-    assert isinstance(model[0], SparseConv2d)
-    assert "pass example_inputs" in model.sparsegemm_report[0].reason
+    assert isinstance(model[0], AutoSparseConv2d)
+    assert model.sparsegemm_report[0].format == "auto"
+    assert "first forward of each input shape" in model.sparsegemm_report[0].note
 
 
 def test_explicit_bsr_with_blocksize(prune, planner_times):

@@ -16,7 +16,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
 
 from ._cache import clear_cache
 from .attention import SparseMultiheadAttention
-from .auto import AutoSparseLinear, freeze
+from .auto import AutoSparseConv2d, AutoSparseLinear, freeze
 from .checkpoint import from_pretrained, load_sparsified
 from .compact import load_sparse, save_sparse
 from .modules import SparseConv2d, SparseLinear, masked_weight
@@ -25,6 +25,7 @@ from .shared_input import SharedInputGroup
 from .sparsify import LayerReport, SparsifyReport, sparsify
 
 __all__ = [
+    "AutoSparseConv2d",
     "AutoSparseLinear",
     "LayerReport",
     "SparseConv2d",

@@ -1,4 +1,4 @@
-"""Linear layers that choose their format on the rows they really see.
+"""Layers that choose their format on the inputs they really see.
 
 Whether a sparse weight beats dense BLAS, and which block shape wins, depends
 on how many rows of input the product gets: a BERT layer's Linear sees 128
@@ -19,24 +19,41 @@ whose buckets disagree keeps its decided modules and maps an unseen bucket to
 the nearest decided one. Under ``torch.compile`` (or any tracing) an unfrozen
 module never times either: it runs what it has already decided, or dense.
 
-The module is for inference: its dense weight and the sparse copies it builds
+:class:`AutoSparseConv2d` does the same for a convolution: on its first
+forward per input shape (batch bucketed as above, exact height and width) it
+times the dense convolution against its CSR :class:`SparseConv2d` on that
+input, as they run, and keeps the faster.
+
+The modules are for inference: its dense weight and the sparse copies it builds
 are separate parameters, so train the dense model (or a frozen one), and
 freeze before saving a ``state_dict`` (its keys depend on what was decided).
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
 from ..planner import DEFAULT_MARGIN
+from ..timing import median_seconds
 from ._format_choice import FormatChoice, choose_format
-from .modules import SparseLinear, _linear_weight, apply_activation, is_hf_conv1d
+from .modules import (
+    SparseConv2d,
+    SparseLinear,
+    _linear_weight,
+    apply_activation,
+    conv_holding,
+    fold_batchnorm_into_conv,
+    is_hf_conv1d,
+    masked_weight,
+)
 
-__all__ = ["AutoSparseLinear", "RowDecision", "freeze", "row_bucket"]
+__all__ = ["AutoSparseConv2d", "AutoSparseLinear", "ConvDecision", "RowDecision", "freeze",
+           "row_bucket", "time_convolution"]
 
 
 def row_bucket(rows: int) -> int:
@@ -188,32 +205,222 @@ class AutoSparseLinear(nn.Module):
         if isinstance(module, SparseLinear):
             module.activation = self.activation
             return module
-        activation = (nn.ReLU() if self.activation == "relu"
-                      else nn.GELU("tanh" if self.activation == "gelu_tanh" else "none"))
-        return nn.Sequential(module, activation)
+        return nn.Sequential(module, _activation_module(self.activation))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, " \
                f"{self.describe()}"
 
 
+def _median_seconds(call: Callable[[], Any], repeats: int = 7) -> float:
+    return median_seconds(call, repeats)
+
+
+def time_convolution(dense: Callable[[], Any], sparse: Callable[[], Any]) -> float:
+    """Dense time over sparse time of one convolution's two forms, each called as it will
+    run: medians of interleaved rounds, so a slow spell of the machine hits both."""
+    dense_times, sparse_times = [], []
+    for _ in range(3):
+        dense_times.append(_median_seconds(dense))
+        sparse_times.append(_median_seconds(sparse))
+    return statistics.median(dense_times) / statistics.median(sparse_times)
+
+
+#: What an :class:`AutoSparseConv2d` decides per: (batch bucket, height, width) of its input.
+ShapeKey = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class ConvDecision:
+    """What an :class:`AutoSparseConv2d` runs for one input shape, and why."""
+
+    shape: tuple[int, ...]  # the input shape it was timed on
+    format: str  # 'dense' or 'csr'
+    speedup: float  # dense time over the CSR convolution's
+    reason: str = ""  # why it stayed dense
+
+    def describe(self) -> str:
+        shape = "x".join(str(size) for size in self.shape)
+        if self.format == "dense":
+            return f"input {shape}: dense ({self.reason})"
+        return f"input {shape}: csr {self.speedup:.2f}x"
+
+
+class AutoSparseConv2d(nn.Module):
+    """An ``nn.Conv2d`` that times itself dense against CSR on its first forward per
+    input shape and keeps the faster.
+
+    Build it from a pruned ``nn.Conv2d`` (groups=1, zero padding; zeros or a
+    ``torch.nn.utils.prune`` mask): it holds ``dense``, a plain copy with the pruned
+    entries zero, and builds ``variants['csr']``, a :class:`SparseConv2d`, the first
+    time it times. ``min_speedup``: a CSR form measured below this (and below the
+    planner's margin) stays dense. :meth:`fold_batchnorm` and ``activation`` apply to
+    both forms, so a BatchNorm and ReLU that follow it are fused whichever runs.
+    """
+
+    def __init__(self, conv: nn.Conv2d, *, min_speedup: float = 1.0):
+        super().__init__()
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"AutoSparseConv2d needs an nn.Conv2d, got {type(conv).__name__}")
+        if conv.groups != 1 or conv.padding_mode != "zeros":
+            raise ValueError("AutoSparseConv2d supports groups=1 and padding_mode='zeros' only")
+        weight, _ = masked_weight(conv)
+        bias = None if conv.bias is None else conv.bias.detach()
+        self.dense = conv_holding(conv, weight, bias).train(conv.training)
+        self.dense.requires_grad_(any(p.requires_grad for p in conv.parameters()))
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.min_speedup = min_speedup
+        self.variants = nn.ModuleDict()  # 'csr' -> SparseConv2d, once timed
+        self.decisions: dict[ShapeKey, ConvDecision] = {}
+        self.frozen = False
+        self._activation: str | None = None
+
+    @property
+    def activation(self) -> str | None:
+        """Applied to the output of whichever form runs (see modules.ACTIVATIONS)."""
+        return self._activation
+
+    @activation.setter
+    def activation(self, activation: str | None) -> None:
+        self._activation = activation
+        for variant in self.variants.values():
+            variant.activation = activation  # type: ignore[assignment]  # a SparseConv2d
+
+    @property
+    def weight(self) -> Tensor:
+        return self.dense.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.dense.bias
+
+    def fold_batchnorm(self, bn: nn.BatchNorm2d) -> None:
+        """Fold eval-mode ``bn``, which follows this convolution, into both forms."""
+        fold_batchnorm_into_conv(self.dense, bn)
+        for variant in self.variants.values():
+            variant.fold_batchnorm(bn)  # type: ignore[operator]  # a SparseConv2d
+
+    def forward(self, x: Tensor) -> Tensor:
+        module = self._module_for(x)
+        if module is self.dense:
+            return apply_activation(module(x), self._activation)
+        return module(x)  # the SparseConv2d, which holds the activation
+
+    @staticmethod
+    def _key(x: Tensor) -> ShapeKey | None:
+        if x.dim() not in (3, 4):
+            return None  # not a convolution's input: let the dense module raise
+        batch = x.shape[0] if x.dim() == 4 else 1
+        return row_bucket(batch), x.shape[-2], x.shape[-1]
+
+    def _module_for(self, x: Tensor) -> nn.Module:
+        """The form that runs ``x``: its shape's decision, made now if needed."""
+        if type(x) is not Tensor and not torch.compiler.is_compiling():
+            return self._module(self._latest())  # a proxy (fx, export): never time
+        key = self._key(x)
+        if key is None:
+            return self.dense
+        decision = self.decisions.get(key)
+        if decision is None:
+            if self.frozen or torch.compiler.is_compiling():
+                return self._module(self._latest())
+            decision = self.decide(x)
+        return self._module(decision)
+
+    def decide(self, x: Tensor) -> ConvDecision:
+        """Time both forms on ``x`` and keep the decision for its shape."""
+        key = self._key(x)
+        if key is None:
+            raise ValueError(f"expected a (N, C, H, W) or (C, H, W) input, got {tuple(x.shape)}")
+        sparse = self._sparse()
+        with torch.no_grad():
+            speedup = time_convolution(lambda: apply_activation(self.dense(x), self._activation),
+                                       lambda: sparse(x))
+        threshold = max(DEFAULT_MARGIN, self.min_speedup)
+        fmt, reason = "csr", ""
+        if speedup < threshold:
+            fmt = "dense"
+            reason = (f"csr measured {speedup:.2f}x, below the "
+                      f"{'planner' if threshold == DEFAULT_MARGIN else 'min_speedup'}'s "
+                      f"{threshold:.2f}x margin")
+        decision = ConvDecision(tuple(x.shape), fmt, speedup, reason)
+        self.decisions[key] = decision
+        if all(d.format == "dense" for d in self.decisions.values()):
+            del self.variants["csr"]  # no sparse copy kept for nothing
+        return decision
+
+    def _sparse(self) -> SparseConv2d:
+        if "csr" not in self.variants:
+            with torch.no_grad():
+                variant = SparseConv2d.from_dense(self.dense, format="csr")
+            variant.activation = self._activation
+            self.variants["csr"] = variant.train(self.training)
+        return self.variants["csr"]  # type: ignore[return-value]
+
+    def _latest(self) -> ConvDecision | None:
+        return next(reversed(self.decisions.values()), None)
+
+    def _module(self, decision: ConvDecision | None) -> nn.Module:
+        if decision is None or decision.format == "dense":
+            return self.dense
+        return self._sparse()
+
+    def describe(self) -> str:
+        if not self.decisions:
+            return "auto: times dense against csr on the first forward of each input shape"
+        frozen = " (frozen)" if self.frozen else ""
+        return "auto" + frozen + ": " + "; ".join(d.describe() for d in self.decisions.values())
+
+    def resolved(self) -> nn.Module | None:
+        """The one form every decided shape runs, with the fused activation, or None if
+        they differ. A dense choice with an activation is an ``nn.Sequential``."""
+        formats = {decision.format for decision in self.decisions.values()} or {"dense"}
+        if len(formats) > 1:
+            return None
+        if formats == {"csr"}:
+            return self._sparse()
+        if self._activation is None:
+            return self.dense
+        return nn.Sequential(self.dense, _activation_module(self._activation))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, {self.describe()}"
+
+
+def _activation_module(activation: str) -> nn.Module:
+    """The torch module computing ``activation`` (a name of modules.ACTIVATIONS)."""
+    if activation == "relu":
+        return nn.ReLU()
+    return nn.GELU("tanh" if activation == "gelu_tanh" else "none")
+
+
 def freeze(model: nn.Module) -> nn.Module:
-    """Stop all timing in ``model``: fix each :class:`AutoSparseLinear`'s decisions.
+    """Stop all timing in ``model``: fix the decisions of each :class:`AutoSparseLinear`
+    and :class:`AutoSparseConv2d`.
 
     A module whose decided buckets all run the same module (or that never ran:
     dense) is replaced by that ``nn.Linear``/:class:`SparseLinear`; one whose
     buckets differ, or whose siblings compute it with theirs in one stacked
     product (``shared_input.py``; that product's choices are fixed too), stays,
     frozen: it drops the sparse modules it no longer uses
-    and maps unseen row counts to the nearest decided bucket. Returns ``model``
+    and maps unseen row counts to the nearest decided bucket. Each
+    :class:`AutoSparseConv2d` is replaced alike (by an ``nn.Conv2d`` or a
+    :class:`SparseConv2d`), or stays, frozen, running its latest decision on
+    unseen input shapes. Returns ``model``
     (changed in place). Freeze after a forward pass on representative inputs,
     before ``torch.export``, ``torch.compile`` or a reproducible run.
     """
-    if isinstance(model, AutoSparseLinear):
-        raise TypeError("freeze converts the layers inside a model; for one AutoSparseLinear "
-                        "use its resolved() module")
+    if isinstance(model, (AutoSparseLinear, AutoSparseConv2d)):
+        raise TypeError(f"freeze converts the layers inside a model; for one "
+                        f"{type(model).__name__} use its resolved() module")
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
+            if isinstance(child, AutoSparseConv2d):
+                child.frozen = True
+                resolved = child.resolved()
+                if resolved is not None:
+                    setattr(parent, name, resolved)
+                continue
             if not isinstance(child, AutoSparseLinear):
                 continue
             child.frozen = True

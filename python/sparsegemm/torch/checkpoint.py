@@ -109,7 +109,8 @@ def convert_recorded_layers(model: nn.Module, state_dict: Mapping[str, Any]) -> 
             module = model.get_submodule(name)
         except AttributeError:
             if ".variants." in f"{name}.":
-                raise ValueError(f"{name!r} comes from an AutoSparseLinear that was not frozen: "
+                raise ValueError(f"{name!r} comes from an AutoSparseLinear or AutoSparseConv2d "
+                                 f"that was not frozen: "
                                  f"call sparsegemm.torch.freeze(model) before saving") from None
             raise ValueError(f"the state dict holds a sparse weight for {name!r}, which this model "
                              f"does not have: is it the same architecture?") from None

@@ -141,6 +141,38 @@ def linear_holding(weight: Tensor, bias: Tensor | None) -> nn.Linear:
     return linear
 
 
+def conv_holding(conv: nn.Conv2d, weight: Tensor, bias: Tensor | None) -> nn.Conv2d:
+    """A new ``nn.Conv2d`` configured as ``conv``, holding copies of ``weight`` and ``bias``."""
+    copy = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                     conv.padding, conv.dilation, conv.groups, bias is not None,
+                     conv.padding_mode, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        copy.weight.copy_(weight)
+        if bias is not None:
+            copy.bias.copy_(bias)
+    return copy
+
+
+def batchnorm_affine(bn: nn.BatchNorm2d, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)`` per channel of an eval-mode ``bn``: it computes x * scale + shift."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale.detach().to(dtype), shift.detach().to(dtype)
+
+
+def fold_batchnorm_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold eval-mode ``bn`` into the dense ``conv`` that feeds it (weights and bias)."""
+    scale, shift = batchnorm_affine(bn, conv.weight.dtype)
+    with torch.no_grad():
+        conv.weight.mul_(scale.view(-1, 1, 1, 1))
+    bias = shift if conv.bias is None else conv.bias.detach() * scale + shift
+    conv.bias = nn.Parameter(bias.clone(), requires_grad=conv.weight.requires_grad)
+
+
 def _csr_tensors(weight: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """CSR (indptr int64, indices int32, values) of the kept entries of a 2-d weight."""
     rows, cols = keep.nonzero(as_tuple=True)  # row-major order: sorted within each row
@@ -621,6 +653,18 @@ class SparseConv2d(_SparseWeight):
         return torch.ops.sparsegemm.csr_conv2d(
             x, self.indptr, self.indices, self.values, self.matrix_shape[1], list(self.kernel_size),
             list(self.stride), [top, left], list(self.dilation), self.bias)
+
+    def fold_batchnorm(self, bn: nn.BatchNorm2d) -> None:
+        """Fold eval-mode ``bn``, which follows this convolution, into it: each output
+        channel's stored values and bias are scaled and shifted as ``bn`` would scale
+        and shift that channel (no entry is added, so the pattern is unchanged)."""
+        scale, shift = batchnorm_affine(bn, self.values.dtype)
+        row_of_value = torch.repeat_interleave(torch.arange(self.out_channels),
+                                               self.indptr.diff())
+        with torch.no_grad():
+            self.values.mul_(scale[row_of_value])
+        bias = shift if self.bias is None else self.bias.detach() * scale + shift
+        self.bias = nn.Parameter(bias.clone(), requires_grad=self.values.requires_grad)
 
     def to_dense(self) -> nn.Conv2d:
         """An equivalent ``nn.Conv2d`` (a copy; zeros where entries are not stored), without

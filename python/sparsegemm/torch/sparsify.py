@@ -21,7 +21,9 @@ padding, and the four projections of ``nn.MultiheadAttention``; a subclass of
    A Linear-shaped timing says little about a convolution (its sparse kernel
    is a direct convolution, its dense one is torch's), so under 'auto' a
    Conv2d is timed as itself, dense against sparse, on the input it sees in a
-   forward pass of ``example_inputs``; without them it is converted untimed.
+   forward pass of ``example_inputs``; without them it becomes an
+   :class:`~sparsegemm.torch.AutoSparseConv2d`, which does the same on its first
+   forward per input shape.
 
 The report (returned by :func:`sparsify` as ``model.sparsegemm_report``) lists
 every candidate layer with its format (and blocksize), sparsity and measured
@@ -30,7 +32,6 @@ speedup, or the reason it stayed dense.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -40,10 +41,9 @@ import torch
 from torch import nn
 
 from ..planner import DEFAULT_MARGIN
-from ..timing import median_seconds
 from ._format_choice import FormatChoice, check_format, choose_format
 from .attention import SparseMultiheadAttention, _split_linear
-from .auto import AutoSparseLinear
+from .auto import AutoSparseConv2d, AutoSparseLinear, time_convolution
 from .modules import (
     SparseConv2d,
     SparseLinear,
@@ -81,7 +81,7 @@ class LayerReport:
     reason: str = ""
     cached: bool = False  # the speedup is the planner's cached figure, not measured now
     #: For format 'auto': the module deciding at run time, whose decisions the report shows.
-    auto: AutoSparseLinear | None = None
+    auto: AutoSparseLinear | AutoSparseConv2d | None = None
     #: The converted module when it has siblings that may read the same input (its
     #: ``_shared_input`` group says whether they run in one stacked product).
     shared_member: nn.Module | None = None
@@ -96,7 +96,9 @@ class LayerReport:
             stacked = self.shared.fused if self.shared is not None else None
             decided = self.auto.decisions or (isinstance(stacked, AutoSparseLinear)
                                               and stacked.decisions)
-            return "per rows" if decided else "not yet"
+            if not decided:
+                return "not yet"
+            return "per shape" if isinstance(self.auto, AutoSparseConv2d) else "per rows"
         if self.speedup is None:
             return "not measured"
         return f"{self.speedup:.2f}x" + (" (cached)" if self.cached else "")
@@ -144,18 +146,10 @@ def _sparsity(module: nn.Module) -> float:
     return 1.0 - keep.count_nonzero().item() / keep.numel() if keep.numel() else 0.0
 
 
-def _median_seconds(call: Callable[[], Any], repeats: int = 7) -> float:
-    return median_seconds(call, repeats)
-
-
 def _time_convolution(module: nn.Conv2d, x: torch.Tensor) -> FormatChoice:
-    """Dense ``module(x)`` against its CSR SparseConv2d, interleaved rounds, medians."""
+    """Dense ``module(x)`` against its CSR SparseConv2d (see :func:`time_convolution`)."""
     sparse = SparseConv2d.from_dense(module, format="csr")
-    dense_times, sparse_times = [], []
-    for _ in range(3):
-        dense_times.append(_median_seconds(lambda: module(x)))
-        sparse_times.append(_median_seconds(lambda: sparse(x)))
-    speedup = statistics.median(dense_times) / statistics.median(sparse_times)
+    speedup = time_convolution(lambda: module(x), lambda: sparse(x))
     return FormatChoice("csr" if speedup >= DEFAULT_MARGIN else "dense", speedup=speedup)
 
 
@@ -245,7 +239,7 @@ class _Converter:
                 return FormatChoice("csr"), ""
             x = self.shapes.conv_inputs.get(id(module))
             if x is None:
-                return FormatChoice("csr"), "not timed: pass example_inputs to time convolutions"
+                return FormatChoice("auto"), ""  # timed on its first forward
             return _time_convolution(module, x), f"timed on input {tuple(x.shape)}"
         if self.format == "auto":
             rows = rows if rows is not None else self.shapes.rows_of(module)
@@ -289,7 +283,10 @@ class _Converter:
             return sparse_int8
         choice, note = self._choose(module, rows)
         if choice.format == "auto":
-            auto = AutoSparseLinear(module, min_speedup=self.min_speedup)
+            auto: AutoSparseLinear | AutoSparseConv2d = (
+                AutoSparseConv2d(module, min_speedup=self.min_speedup)
+                if isinstance(module, nn.Conv2d)
+                else AutoSparseLinear(module, min_speedup=self.min_speedup))
             self.report.append(LayerReport(name, kind, True, "auto", sparsity, None, "", auto=auto))
             return auto
         if choice.format == "dense":
@@ -350,33 +347,17 @@ def _foldable_batchnorm(module: nn.Module | None, channels: int) -> bool:
             and module.num_features == channels)
 
 
-def _fold_batchnorm(conv: SparseConv2d, bn: nn.BatchNorm2d) -> None:
-    """Fold ``bn`` (eval mode) into the sparse ``conv`` that feeds it: each output
-    channel's stored values and bias are scaled and shifted as the BatchNorm would
-    scale and shift that channel (no entry is added, so the pattern is unchanged)."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
-    scale, shift = scale.to(conv.values.dtype), shift.to(conv.values.dtype)
-    row_of_value = torch.repeat_interleave(torch.arange(conv.out_channels), conv.indptr.diff())
-    conv.values.mul_(scale[row_of_value])
-    bias = shift if conv.bias is None else conv.bias * scale + shift
-    conv.bias = nn.Parameter(bias.detach().clone(), requires_grad=conv.values.requires_grad)
-
-
 def _fuse_what_follows(sequential: nn.Sequential, following: list[tuple[str, nn.Module]],
                        layer: nn.Module, prefix: str, report: LayerReport) -> None:
     """Move into the converted ``layer`` what follows it in ``sequential``: an eval-mode
-    BatchNorm2d (folded into a SparseConv2d), then a ReLU or GELU (its ``activation``,
-    applied right after the product). Each is replaced by ``nn.Identity``."""
+    BatchNorm2d (folded into a sparse or auto convolution), then a ReLU or GELU (its
+    ``activation``, applied right after the product). Each is replaced by ``nn.Identity``."""
     fused = []
     rest = iter(following)
     name, module = next(rest, ("", None))
-    if isinstance(layer, SparseConv2d) and _foldable_batchnorm(module, layer.out_channels):
-        _fold_batchnorm(layer, module)
+    if (isinstance(layer, (SparseConv2d, AutoSparseConv2d))
+            and _foldable_batchnorm(module, layer.out_channels)):
+        layer.fold_batchnorm(module)
         setattr(sequential, name, nn.Identity())
         fused.append(f"folded BatchNorm2d {prefix + '.' if prefix else ''}{name}")
         name, module = next(rest, ("", None))
@@ -561,8 +542,9 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         A tensor (or tuple of them) for one forward pass of ``model``: with
         ``format='auto'`` each Linear is planned at the rows it receives there
         (leading dimensions flattened) and each Conv2d is timed, dense against
-        sparse, on its input. Without them, ``format='auto'`` converts every
-        sparse-enough Conv2d to CSR untimed (the report says so).
+        sparse, on its input. Without them, ``format='auto'`` times each Conv2d
+        the same way on its first forward per input shape
+        (:class:`~sparsegemm.torch.AutoSparseConv2d`).
     weight_dtype
         None keeps each layer's dtype. ``"int8"`` stores every Linear with at
         least ``min_sparsity`` zeros as a :class:`~sparsegemm.torch.SparseLinearInt8`
@@ -578,7 +560,7 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
 
     In an ``nn.Sequential``, what directly follows a converted layer moves into
     it and is replaced by ``nn.Identity``: an eval-mode ``BatchNorm2d`` after a
-    sparse Conv2d is folded into its values and bias, and a ``ReLU``/``GELU``
+    sparse (or auto) Conv2d is folded into its weights and bias, and a ``ReLU``/``GELU``
     becomes the layer's ``activation``, applied to its output right after the
     product (one pass over the output fewer each). The model computes the same
     in eval mode; training it would no longer normalise at a folded BatchNorm.
@@ -587,8 +569,11 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
     :class:`~sparsegemm.torch.AutoSparseLinear` in place of each candidate
     Linear: it times its candidates on the first forward of each new row count
     (bucketed by powers of two) and keeps the choice, which the report shows.
-    Call :func:`~sparsegemm.torch.freeze` afterwards to fix the choices (before
-    export or compile, or for reproducible runs).
+    Without ``example_inputs``, each candidate Conv2d becomes an
+    :class:`~sparsegemm.torch.AutoSparseConv2d`, which times dense against CSR
+    on its first forward per input shape. Call :func:`~sparsegemm.torch.freeze`
+    afterwards to fix the choices (before export or compile, or for
+    reproducible runs).
 
     Returns
     -------
