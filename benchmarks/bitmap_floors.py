@@ -52,7 +52,7 @@ def main() -> None:
     sparsegemm.show_config()
     print("threadpools:", [(i["internal_api"], i.get("version"), i["num_threads"])
                            for i in threadpool_info()])
-    llc = planner.last_level_cache_bytes()
+    llc = planner.last_level_cache_bytes()[0]
     print(f"last-level cache {llc / 2**20:.0f} MiB: each operand rotates through copies "
           f"exceeding {2 * llc / 2**20:.0f} MiB")
     print(f"{'shape':>11} {'batch':>5} {'sparsity':>8} {'bitmap ms':>10} {'vs dense':>9} "

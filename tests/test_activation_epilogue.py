@@ -88,6 +88,7 @@ def test_activation_kernel_keeps_nan_and_saturates(isa, dtype):
     np.testing.assert_array_equal(relu, [[np.nan, np.inf, 0.0, 0.0, 20.0]])
     for out in (gelu, gelu_tanh):
         assert np.isnan(out[0, 0]) and out[0, 1] == np.inf
+        assert np.isnan(out[0, 2]), "GELU(-inf) is NaN (-inf * 0), as in torch"
         assert abs(out[0, 3]) < 1e-30 and out[0, 4] == 20.0
 
 

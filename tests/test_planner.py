@@ -277,7 +277,8 @@ def test_cold_copies_exceed_twice_the_last_level_cache():
     assert planner.cold_copies(64 * 1024 * 1024, llc) == 1
     assert planner.cold_copies(10 * 1024 * 1024, llc) == 7  # 70 MB > 64 MB
     assert planner.cold_copies(1, llc) == planner.MAX_COLD_COPIES
-    assert planner.last_level_cache_bytes() > 0
+    assert planner.cold_copies(0, llc) == 1  # an empty operand needs no copies
+    assert planner.last_level_cache_bytes()[0] > 0
 
 
 def test_small_batches_rotate_separately_built_copies(monkeypatch, weight):
@@ -290,7 +291,7 @@ def test_small_batches_rotate_separately_built_copies(monkeypatch, weight):
         return real_build(name, W)
 
     monkeypatch.setattr(planner, "_build", counting_build)
-    monkeypatch.setattr(planner, "last_level_cache_bytes", lambda: 1024 * 1024)
+    monkeypatch.setattr(planner, "last_level_cache_bytes", lambda: (1024 * 1024, "test"))
     seen = {}
 
     def timer(runners, repeats, rounds):

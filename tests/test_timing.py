@@ -35,8 +35,10 @@ def test_planner_bench_and_sparsify_share_the_timing_loop():
     assert harness.measure is timing.measure and suite.thread_limits is timing.thread_limits
     assert planner.measure is timing.measure and planner.thread_limits is timing.thread_limits
     pytest.importorskip("torch")
-    sparsify_module = importlib.import_module("sparsegemm.torch.sparsify")
-    assert sparsify_module.median_seconds is timing.median_seconds
+    auto_module = importlib.import_module("sparsegemm.torch.auto")  # times convolutions
+    assert auto_module.median_seconds is timing.median_seconds
+    assert suite.cold_copies(10, 100) == timing.cold_copies(10, 100, suite.MAX_COLD_COPIES)
+    assert planner.cold_copies(10, 100) == timing.cold_copies(10, 100, planner.MAX_COLD_COPIES)
 
 
 def test_a_slow_wake_up_call_does_not_shrink_the_blocks(clock):

@@ -47,12 +47,15 @@ from .formats import BitmapMatrix, BSRMatrix, CSRMatrix
 from .ops import linear
 from .pruning import all_zero_blocks
 from .timing import (
+    COLD_MAX_BATCH,
     SLOW_PHASE_RATIO,
     TimingSettings,
+    last_level_cache_bytes,
     measure,
     openblas_spin_seconds,
     thread_limits,
 )
+from .timing import cold_copies as timing_cold_copies
 
 BITMAP = "bitmap"
 # Blocks of fewer entries than this are never planned: a 1x1 or 2x1 block
@@ -102,12 +105,8 @@ MAX_EXTRA_ROUNDS = 2
 # csr, bsr4x1 and dense; 4 ms blocks gave csr at 85-93 us in every process.
 PLAN_BLOCK_S = 0.004
 PLAN_MAX_CALLS = 1000
-# Batches up to this are timed cold (see the module docstring).
-COLD_MAX_BATCH = 16
 # At most this many copies of one operand for cold timing.
 MAX_COLD_COPIES = 64
-# Last-level cache size when sysfs does not say.
-DEFAULT_LLC_BYTES = 32 * 1024 * 1024
 
 Operand = Union[CSRMatrix, BSRMatrix, BitmapMatrix, None]
 
@@ -265,25 +264,11 @@ def _time_candidates(
     return {name: timing.median for name, timing in timings.items()}
 
 
-def last_level_cache_bytes() -> int:
-    """Size of the last-level cache (sysfs index3, else index2), or DEFAULT_LLC_BYTES."""
-    for index in ("index3", "index2"):
-        try:
-            with open(f"/sys/devices/system/cpu/cpu0/cache/{index}/size") as f:
-                text = f.read().strip().upper()
-        except OSError:
-            continue
-        scale = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
-        digits = text[:-1] if text[-1:] in "KMG" else text
-        if digits.isdigit() and int(digits) > 0:
-            return int(digits) * scale
-    return DEFAULT_LLC_BYTES
-
-
 def cold_copies(nbytes: int, llc_bytes: int | None = None) -> int:
-    """Copies of an ``nbytes`` operand that together exceed twice the last-level cache."""
-    llc = last_level_cache_bytes() if llc_bytes is None else llc_bytes
-    return int(min(MAX_COLD_COPIES, max(1, -(-2 * llc // max(1, nbytes)))))
+    """Copies of an ``nbytes`` operand that together take at least twice the last-level
+    cache (:func:`sparsegemm.timing.cold_copies`), at most :data:`MAX_COLD_COPIES`."""
+    llc = last_level_cache_bytes()[0] if llc_bytes is None else llc_bytes
+    return timing_cold_copies(nbytes, llc, MAX_COLD_COPIES)
 
 
 def _build(name: str, W: np.ndarray) -> Operand:

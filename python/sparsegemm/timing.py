@@ -270,3 +270,63 @@ def median_seconds(call: Callable[[], Any], repeats: int = 7) -> float:
         rounds=repeats, calls_per_block=1, sleep_s=0.0, max_remeasure=0, skip_warmup_above_s=0.0
     )
     return measure({"call": call}, [], settings).timings["call"].median
+
+
+# ---------------------------------------------------------------- cold timing
+# A weight small enough to stay in the last-level cache across calls flatters
+# sparse formats at small batches, where the product streams the weight from
+# memory (BENCHMARKING.md). The planner and the benchmark time such batches
+# cold: each timed call reads the next of several copies of the operand.
+
+#: Batches up to this are timed cold by default.
+COLD_MAX_BATCH = 16
+#: A cold run's copies of an operand together hold at least this many times the
+#: last-level cache.
+COLD_CACHE_MULTIPLE = 2
+#: Assumed when neither sysfs nor sysconf says how big the last-level cache is
+#: (the 32 MB L3 of the machine BENCHMARKING.md describes).
+FALLBACK_LLC_BYTES = 32 * 2**20
+
+
+def _parse_cache_size(text: str) -> int:
+    """sysfs cache sizes look like ``32768K`` or ``1M``."""
+    text = text.strip().upper()
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG")) * scale
+
+
+def last_level_cache_bytes(sysfs: str = "/sys/devices/system/cpu/cpu0/cache") -> tuple[int, str]:
+    """The size of the largest cache level of CPU 0, and where the figure came from.
+
+    Reads sysfs (Linux), then ``os.sysconf``, else assumes :data:`FALLBACK_LLC_BYTES`.
+    """
+    sizes = []
+    try:
+        for entry in sorted(os.listdir(sysfs)):
+            if entry.startswith("index"):
+                with open(os.path.join(sysfs, entry, "level"), encoding="utf-8") as handle:
+                    level = int(handle.read())
+                with open(os.path.join(sysfs, entry, "size"), encoding="utf-8") as handle:
+                    sizes.append((level, _parse_cache_size(handle.read())))
+    except (OSError, ValueError):
+        sizes = []
+    if sizes:
+        return max(sizes)[1], f"sysfs L{max(sizes)[0]}"
+    for name in ("SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
+        try:
+            size = os.sysconf(name)
+        except (ValueError, OSError, AttributeError):
+            continue
+        if size and size > 0:
+            return int(size), f"sysconf {name}"
+    return FALLBACK_LLC_BYTES, "fallback (size unknown)"
+
+
+def cold_copies(nbytes: int, llc_bytes: int, max_copies: int) -> int:
+    """How many copies of an ``nbytes`` operand a cold run rotates through: together at
+    least :data:`COLD_CACHE_MULTIPLE` times ``llc_bytes``, at most ``max_copies``, and
+    one for an empty operand."""
+    if nbytes <= 0:
+        return 1
+    needed = -(-COLD_CACHE_MULTIPLE * llc_bytes // nbytes)
+    return max(1, min(max_copies, needed))

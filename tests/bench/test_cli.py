@@ -387,7 +387,7 @@ def test_processes_runs_fresh_processes_and_merges_them(tmp_path):
 
 
 def test_last_level_cache_size_comes_from_sysfs_with_a_fallback(tmp_path):
-    from sparsegemm.bench.environment import FALLBACK_LLC_BYTES, last_level_cache_bytes
+    from sparsegemm.timing import FALLBACK_LLC_BYTES, last_level_cache_bytes
 
     for index, (level, size) in enumerate(((1, "32K"), (2, "1024K"), (3, "96M"))):
         folder = tmp_path / f"index{index}"

@@ -1,6 +1,7 @@
 // Activation epilogues compiled for the avx2 level (flags set per file in CMakeLists.txt).
 #include <immintrin.h>
 #include <cstdint>
+#include <limits>
 
 #include "kernels/activation/activation_kernels.h"
 
@@ -33,6 +34,10 @@ struct FloatOps : Vec<float> {
   }
   static reg select_nonneg(reg x, reg if_nonneg, reg otherwise) {
     return _mm256_blendv_ps(otherwise, if_nonneg, _mm256_cmp_ps(x, zero(), _CMP_GE_OQ));
+  }
+  // if_lt where a < b, else otherwise (also where either is NaN).
+  static reg select_lt(reg a, reg b, reg if_lt, reg otherwise) {
+    return _mm256_blendv_ps(otherwise, if_lt, _mm256_cmp_ps(a, b, _CMP_LT_OQ));
   }
 };
 

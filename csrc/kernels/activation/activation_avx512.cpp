@@ -1,6 +1,7 @@
 // Activation epilogues compiled for the avx512 level (flags set per file in CMakeLists.txt).
 #include <immintrin.h>
 #include <cstdint>
+#include <limits>
 
 #include "kernels/activation/activation_kernels.h"
 
@@ -36,6 +37,10 @@ struct FloatOps : Vec<float> {
   }
   static reg select_nonneg(reg x, reg if_nonneg, reg otherwise) {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero(), _CMP_GE_OQ), otherwise, if_nonneg);
+  }
+  // if_lt where a < b, else otherwise (also where either is NaN).
+  static reg select_lt(reg a, reg b, reg if_lt, reg otherwise) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), otherwise, if_lt);
   }
 };
 

@@ -44,7 +44,11 @@ typename Ops::reg vector_gelu(typename Ops::reg x) {
   poly = Ops::fmadd(poly, t, Ops::set1(1.421413741f));
   poly = Ops::fmadd(poly, t, Ops::set1(-0.284496736f));
   poly = Ops::fmadd(poly, t, Ops::set1(0.254829592f));
-  const R erfc_abs = Ops::mul(Ops::mul(poly, t), vector_exp<Ops>(Ops::mul(Ops::neg(z), z)));
+  // erfc is exactly 0 at the cap, as std::erfc is in float: x = -inf then gives
+  // -inf * 0 = NaN, as torch's GELU does, and very negative x gives -0.
+  const R erfc_abs = Ops::select_lt(
+      z, Ops::set1(10.0f), Ops::mul(Ops::mul(poly, t), vector_exp<Ops>(Ops::mul(Ops::neg(z), z))),
+      Ops::zero());
   const R half_x = Ops::mul(x, Ops::set1(0.5f));
   const R factor = Ops::select_nonneg(x, Ops::sub(Ops::set1(2.0f), erfc_abs), erfc_abs);
   return Ops::mul(half_x, factor);
@@ -56,7 +60,11 @@ typename Ops::reg vector_gelu_tanh(typename Ops::reg x) {
   using R = typename Ops::reg;
   const R x3 = Ops::mul(Ops::mul(x, x), x);
   const R u = Ops::mul(Ops::fmadd(x3, Ops::set1(0.044715f), x), Ops::set1(0.7978845608028654f));
-  const R e = vector_exp<Ops>(Ops::mul(u, Ops::set1(-2.0f)));
+  const R minus_2u = Ops::mul(u, Ops::set1(-2.0f));
+  // exp overflows to +inf past 88, where vector_exp saturates: then x = -inf gives
+  // -inf / inf = NaN, as torch's GELU does, and very negative x gives -0.
+  const R e = Ops::select_lt(minus_2u, Ops::set1(88.0f), vector_exp<Ops>(minus_2u),
+                             Ops::set1(std::numeric_limits<float>::infinity()));
   return Ops::div(x, Ops::add(e, Ops::set1(1.0f)));  // exact x where e underflows
 }
 

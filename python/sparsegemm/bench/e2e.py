@@ -81,7 +81,7 @@ E2E_COLUMNS = (
 #: Relative Frobenius error allowed for the whole int8 (quantize_dynamic) model.
 INT8_MODEL_TOLERANCE = 0.1
 
-#: A cold run's copies of one model hold suite.COLD_CACHE_MULTIPLE times the
+#: A cold run's copies of one model hold timing.COLD_CACHE_MULTIPLE times the
 #: last-level cache, as the kernel suite's weight copies do, but there are never
 #: more than this many deep copies of a model (a model whose activations outweigh
 #: its weights is then only partly cold; cold_copies says how many).

@@ -17,6 +17,8 @@ import platform
 import sys
 from typing import Any
 
+from ..timing import last_level_cache_bytes
+
 #: Set (unless the user set them) before numpy, torch and sparsegemm's OpenMP load.
 SPIN_ENV = {
     "KMP_BLOCKTIME": "1",  # MKL/libiomp: spin 1 ms after a parallel region, not 200 ms
@@ -59,45 +61,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
-
-
-#: Assumed when neither sysfs nor sysconf says how big the last-level cache is
-#: (the 32 MB L3 of the machine BENCHMARKING.md describes).
-FALLBACK_LLC_BYTES = 32 * 2**20
-
-
-def _parse_cache_size(text: str) -> int:
-    """sysfs cache sizes look like ``32768K`` or ``1M``."""
-    text = text.strip().upper()
-    scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
-    return int(text.rstrip("KMG")) * scale
-
-
-def last_level_cache_bytes(sysfs: str = "/sys/devices/system/cpu/cpu0/cache") -> tuple[int, str]:
-    """The size of the largest cache level of CPU 0, and where the figure came from.
-
-    Reads sysfs (Linux), then ``os.sysconf``, else assumes :data:`FALLBACK_LLC_BYTES`.
-    """
-    sizes = []
-    try:
-        for entry in sorted(os.listdir(sysfs)):
-            if entry.startswith("index"):
-                with open(os.path.join(sysfs, entry, "level"), encoding="utf-8") as handle:
-                    level = int(handle.read())
-                with open(os.path.join(sysfs, entry, "size"), encoding="utf-8") as handle:
-                    sizes.append((level, _parse_cache_size(handle.read())))
-    except (OSError, ValueError):
-        sizes = []
-    if sizes:
-        return max(sizes)[1], f"sysfs L{max(sizes)[0]}"
-    for name in ("SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
-        try:
-            size = os.sysconf(name)
-        except (ValueError, OSError, AttributeError):
-            continue
-        if size and size > 0:
-            return int(size), f"sysconf {name}"
-    return FALLBACK_LLC_BYTES, "fallback (size unknown)"
 
 
 def thread_affinity() -> dict[str, Any]:

@@ -14,10 +14,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..timing import thread_limits
+from ..timing import COLD_MAX_BATCH, last_level_cache_bytes, thread_limits
+from ..timing import cold_copies as timing_cold_copies
 from . import contenders as registry
 from .analysis import is_sparsegemm_figure, point_key
-from .environment import last_level_cache_bytes
 from .harness import (
     SLOW_PHASE_RATIO,
     HarnessSettings,
@@ -28,14 +28,10 @@ from .harness import (
 )
 from .workloads import Point, WeightCache, parse_pattern
 
-#: Batches up to this are measured cold by default: a weight small enough to stay
-#: in the last-level cache across calls would flatter sparse formats (BENCHMARKING.md).
-COLD_MAX_BATCH = 16
-#: A cold run rotates through copies of the weight that together hold at least
-#: this many times the last-level cache...
-COLD_CACHE_MULTIPLE = 2
-#: ...but never more copies than this (a point whose copies then still fit in the
-#: cache is labelled "partly cold").
+#: A cold run (batches up to COLD_MAX_BATCH by default) rotates through copies of the
+#: weight that together hold at least COLD_CACHE_MULTIPLE times the last-level cache,
+#: but never more copies than this (a point whose copies then still fit in the cache
+#: is labelled "partly cold").
 MAX_COLD_COPIES = 1024
 CACHE_MODES = ("auto", "cold", "warm")
 
@@ -148,13 +144,9 @@ def _baseline(point: Point, dense_times: dict[str, float]) -> str | None:
 
 
 def cold_copies(footprint_bytes: int, llc_bytes: int, max_copies: int = MAX_COLD_COPIES) -> int:
-    """How many copies of a weight of ``footprint_bytes`` a cold run rotates through:
-    together at least :data:`COLD_CACHE_MULTIPLE` times the last-level cache, and
-    no more than ``max_copies``."""
-    if footprint_bytes <= 0:
-        return 1
-    needed = math.ceil(COLD_CACHE_MULTIPLE * llc_bytes / footprint_bytes)
-    return max(1, min(max_copies, needed))
+    """How many copies of a weight of ``footprint_bytes`` a cold run rotates through
+    (:func:`sparsegemm.timing.cold_copies`, at most ``max_copies``)."""
+    return timing_cold_copies(footprint_bytes, llc_bytes, max_copies)
 
 
 def _footprint_bytes(kind: str, weight: np.ndarray, itemsize: int | None = None) -> int:
