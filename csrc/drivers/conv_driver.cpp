@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -66,6 +67,30 @@ void split_column_phases(const Conv2dGeometry& g, const T* x, int64_t batch, int
   });
 }
 
+// Copies x into `padded` with g's zero padding written out: image n, channel c
+// at padded + (n * channels + c) * padded_h * padded_w, rows padded_w apart.
+template <typename T>
+void pad_input(const Conv2dGeometry& g, const T* x, int64_t batch, int64_t x_nstride,
+               int64_t x_cstride, int64_t x_rstride, T* padded, int threads) {
+  const int64_t padded_h = g.in_h + 2 * g.pad_h, padded_w = g.in_w + 2 * g.pad_w;
+  const int64_t planes = batch * g.in_channels;
+  parallel_for(threads, threads, [&](int64_t part) {
+    for (int64_t plane = part; plane < planes; plane += threads) {
+      const int64_t n = plane / g.in_channels, ci = plane % g.in_channels;
+      const T* src = x + n * x_nstride + ci * x_cstride;
+      T* dst = padded + plane * padded_h * padded_w;
+      std::fill(dst, dst + g.pad_h * padded_w, T(0));
+      for (int64_t r = 0; r < g.in_h; ++r) {
+        T* row = dst + (g.pad_h + r) * padded_w;
+        std::fill(row, row + g.pad_w, T(0));
+        std::copy(src + r * x_rstride, src + r * x_rstride + g.in_w, row + g.pad_w);
+        std::fill(row + g.pad_w + g.in_w, row + padded_w, T(0));
+      }
+      std::fill(dst + (g.pad_h + g.in_h) * padded_w, dst + padded_h * padded_w, T(0));
+    }
+  });
+}
+
 // One tap per stored weight entry (see ConvTap), offsets relative to an image.
 template <typename T>
 std::vector<ConvTap> make_taps(const CsrMatrix<T>& w, const Conv2dGeometry& g,
@@ -123,15 +148,39 @@ void validate_conv2d_geometry(const Conv2dGeometry& g, int64_t weight_cols) {
 }
 
 template <typename T>
-void csr_conv2d(const CsrMatrix<T>& w, const Conv2dGeometry& g, const T* x, int64_t batch,
+void csr_conv2d(const CsrMatrix<T>& w, const Conv2dGeometry& geometry, const T* x, int64_t batch,
                 int64_t x_nstride, int64_t x_cstride, int64_t x_rstride, const T* bias, T* out,
                 int num_threads, const T* values) {
-  validate_conv2d_geometry(g, w.cols());
+  validate_conv2d_geometry(geometry, w.cols());
   require(batch >= 0, "batch must be non-negative");
-  const int64_t out_channels = w.rows(), out_h = g.out_h(), out_w = g.out_w();
+  const int64_t out_channels = w.rows(), out_h = geometry.out_h(), out_w = geometry.out_w();
   const int64_t out_plane = out_h * out_w;
   if (batch == 0 || out_channels == 0) return;
   const int threads = threads_for_work(num_threads, (w.nnz() + out_channels) * out_plane * batch);
+
+  // With stride 1, the zero padding is written out in one copy of the input:
+  // every tap then reads inside its row, so the kernel takes its unmasked path
+  // (no lane masks, no masked loads). Measured on Zen 3 (AVX2, 2 threads, 3x3,
+  // 64 channels, padding 1, in-process A/B): 1.18x faster at 56x56 and 90%,
+  // 1.25x at 70%, 1.04x and 1.27x at batch 4; 0.94-1.01x at 28x28.
+  Conv2dGeometry g = geometry;
+  const bool pad_copy = g.stride_w == 1 && (g.pad_h > 0 || g.pad_w > 0);
+  int64_t padded_count = 0;
+  if (pad_copy && (__builtin_mul_overflow(batch, g.in_channels, &padded_count) ||
+                   __builtin_mul_overflow(padded_count, g.in_h + 2 * g.pad_h, &padded_count) ||
+                   __builtin_mul_overflow(padded_count, g.in_w + 2 * g.pad_w, &padded_count)))
+    throw std::bad_alloc();  // the padded input could not be held in memory
+  ScratchBuffer<T> padded(static_cast<size_t>(padded_count));
+  if (pad_copy) {
+    pad_input(g, x, batch, x_nstride, x_cstride, x_rstride, padded.data(), threads);
+    g.in_h += 2 * g.pad_h;
+    g.in_w += 2 * g.pad_w;
+    g.pad_h = g.pad_w = 0;
+    x = padded.data();
+    x_rstride = g.in_w;
+    x_cstride = g.in_h * g.in_w;
+    x_nstride = g.in_channels * x_cstride;
+  }
 
   InputLayout layout;
   layout.in_w = g.in_w;
