@@ -11,7 +11,7 @@ import sparsegemm
 
 ISAS = sparsegemm.available_isas()
 # Output widths below, at and around the vector widths (4, 8, 16 lanes) and chunk edges.
-WIDTHS = [1, 7, 8, 9, 15, 16, 17, 33, 56]
+WIDTHS = [1, 7, 8, 9, 15, 16, 17, 32, 33, 56]  # up to 32: the flattened path
 KERNELS = [(1, 1), (3, 3), (5, 5), (1, 3)]
 
 
