@@ -14,6 +14,12 @@ int default_num_threads();
 // means default_num_threads()), and fewer when each would get too little work
 // to pay for waking it.
 int threads_for_work(int requested, int64_t work);
+// Threads for one pass over `elements` values in memory (a copy, an activation):
+// one below 64k elements, where waking another costs more than it does; else
+// num_threads.
+inline int threads_for_pass(int num_threads, int64_t elements) {
+  return elements < (int64_t{1} << 16) ? 1 : num_threads;
+}
 // Name of the OpenMP runtime this library was built against.
 const char* openmp_runtime_name();
 

@@ -13,8 +13,7 @@ void apply_activation(T* y, int64_t rows, int64_t cols, int64_t ld, Activation a
                       int num_threads) {
   if (act == Activation::None || rows == 0 || cols == 0) return;
   const auto apply = activation_kernels<T>(active_isa()).apply;
-  // One thread below 64k elements, where waking another costs more than it computes.
-  const int threads = rows * cols < (1 << 16) ? 1 : threads_for_work(num_threads, rows * cols);
+  const int threads = threads_for_work(threads_for_pass(num_threads, rows * cols), rows * cols);
   const int64_t parts = std::min<int64_t>(rows, threads);
   parallel_for(threads, parts, [&](int64_t part) {
     const int64_t begin = rows * part / parts, end = rows * (part + 1) / parts;

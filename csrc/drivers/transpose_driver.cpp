@@ -11,12 +11,6 @@
 namespace sparsegemm {
 
 namespace {
-// Threads for copying rows x cols elements: one below 64k, where waking
-// another costs more than it copies.
-int copy_threads(int64_t rows, int64_t cols, int num_threads) {
-  return rows * cols < (1 << 16) ? 1 : num_threads;
-}
-
 // Tiles of 8 source rows x 64 columns: when the source row stride is a
 // multiple of 4 KiB (e.g. 4096 floats), every row of a tile falls in the
 // same L1 set, so more than 8 rows (the L1 associativity) would evict each
@@ -30,7 +24,7 @@ template <typename T, typename CopyBlock>
 void transpose_blocks(int64_t rows, int64_t cols, T* dst, int64_t dst_ld, int num_threads,
                       const CopyBlock& copy_block) {
   const int64_t row_tiles = (rows + kRowTile - 1) / kRowTile;
-  const int threads = copy_threads(rows, cols, num_threads);
+  const int threads = threads_for_pass(num_threads, rows * cols);
   const int64_t parts = std::min<int64_t>(row_tiles, threads);
   parallel_for(threads, parts, [&](int64_t part) {
     const int64_t tile_begin = row_tiles * part / parts, tile_end = row_tiles * (part + 1) / parts;
@@ -96,7 +90,7 @@ template <typename T>
 void pack_panels(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, int64_t panel_rows,
                  int64_t panel_ld, T* dst, int num_threads) {
   const int64_t panels = (rows + panel_rows - 1) / panel_rows;
-  const int threads = copy_threads(rows, cols, num_threads);
+  const int threads = threads_for_pass(num_threads, rows * cols);
   const int64_t parts = std::min<int64_t>(panels, threads);
   parallel_for(threads, parts, [&](int64_t part) {
     for (int64_t p = panels * part / parts; p < panels * (part + 1) / parts; ++p) {
