@@ -24,9 +24,9 @@ forward per input shape (batch bucketed as above, exact height and width) it
 times the dense convolution against its CSR :class:`SparseConv2d` on that
 input, as they run, and keeps the faster.
 
-The modules are for inference: its dense weight and the sparse copies it builds
-are separate parameters, so train the dense model (or a frozen one), and
-freeze before saving a ``state_dict`` (its keys depend on what was decided).
+The modules are for inference: a module's dense weight and the sparse copies
+it builds are separate parameters, so train the dense model (or a frozen one),
+and freeze before saving a ``state_dict`` (its keys depend on what was decided).
 """
 
 from __future__ import annotations
