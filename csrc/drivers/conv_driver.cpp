@@ -183,15 +183,12 @@ void conv2d_flattened(const CsrMatrix<T>& w, const Conv2dGeometry& g, const T* x
   const int64_t out_channels = w.rows(), out_h = g.out_h(), out_w = g.out_w();
   const int64_t plane = g.in_h * g.in_w;
   const int64_t flat_w = (out_h - 1) * g.in_w + out_w;  // one output row per channel
-  std::vector<ConvTap> taps(static_cast<size_t>(w.nnz()));
-  const int64_t taps_per_channel = g.kernel_h * g.kernel_w;
-  for (int64_t j = 0; j < w.nnz(); ++j) {
-    const int64_t column = w.column(j);
-    const int64_t ci = column / taps_per_channel, k = column % taps_per_channel;
-    const int64_t shift =
-        (k / g.kernel_w) * g.dilation_h * g.in_w + (k % g.kernel_w) * g.dilation_w;
-    taps[j] =
-        ConvTap{ci * plane + shift, 0, static_cast<int32_t>(shift), static_cast<int32_t>(plane)};
+  // The row-by-row taps, each then read as one shift along its channel's plane.
+  const InputLayout layout{x, g.in_channels * plane, 0, plane, g.in_w, 1, g.in_w};
+  std::vector<ConvTap> taps = make_taps(w, g, layout);
+  for (ConvTap& tap : taps) {
+    const int64_t shift = int64_t{tap.row} * g.in_w + tap.col;
+    tap = ConvTap{tap.offset, 0, static_cast<int32_t>(shift), static_cast<int32_t>(plane)};
   }
   ConvPlan<T> plan;
   plan.indptr = w.indptr().data();

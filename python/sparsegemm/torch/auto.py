@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -75,7 +75,38 @@ class RowDecision:
         return f"rows {self.rows}: {self.choice.label} {self.choice.speedup:.2f}x"
 
 
-class AutoSparseLinear(nn.Module):
+DenseModule = TypeVar("DenseModule", bound=nn.Module)
+
+
+class _DecidingLayer(nn.Module, Generic[DenseModule]):
+    """What both auto layers share: a ``dense`` module, sparse ``variants`` built from it,
+    and an activation that whichever of them runs applies."""
+
+    dense: DenseModule
+    variants: nn.ModuleDict
+    _activation: str | None
+
+    @property
+    def activation(self) -> str | None:
+        """Applied to the output of whichever module runs (see modules.ACTIVATIONS): by
+        the sparse variants in their kernel's epilogue, after the dense module by torch."""
+        return self._activation
+
+    @activation.setter
+    def activation(self, activation: str | None) -> None:
+        self._activation = activation
+        for variant in self.variants.values():
+            variant.activation = activation  # type: ignore[assignment]  # a sparse module
+
+    def _run(self, module: nn.Module, x: Tensor) -> Tensor:
+        """``module(x)`` with the activation: a variant applies it itself (and is called
+        as a module so its hooks run), the dense module has it applied after."""
+        if module is self.dense:
+            return apply_activation(module(x), self._activation)
+        return module(x)
+
+
+class AutoSparseLinear(_DecidingLayer[nn.Linear]):
     """An ``nn.Linear`` that decides dense, CSR or BSR per row bucket on its first forward.
 
     Build it from a pruned Linear (zeros, or a ``torch.nn.utils.prune`` mask);
@@ -98,18 +129,6 @@ class AutoSparseLinear(nn.Module):
         self._activation: str | None = None
 
     @property
-    def activation(self) -> str | None:
-        """Applied to the output of whichever module runs (see modules.ACTIVATIONS): by
-        the sparse variants in their kernel's epilogue, after the dense Linear by torch."""
-        return self._activation
-
-    @activation.setter
-    def activation(self, activation: str | None) -> None:
-        self._activation = activation
-        for variant in self.variants.values():
-            variant.activation = activation  # type: ignore[assignment]  # a SparseLinear
-
-    @property
     def weight(self) -> Tensor:
         """The (out_features, in_features) weight it decides for, for code that reads
         ``module.weight`` (``nn.TransformerEncoderLayer``, packed attention views)."""
@@ -128,10 +147,7 @@ class AutoSparseLinear(nn.Module):
             stacked = group.output(self, x)
             if stacked is not None:
                 return stacked
-        module = self._module_for(x)
-        if module is self.dense:
-            return apply_activation(module(x), self._activation)
-        return module(x)  # a variant, which holds the activation; called so its hooks run
+        return self._run(self._module_for(x), x)
 
     def _module_for(self, x: Tensor) -> nn.Module:
         """The module that runs ``x``: its row bucket's decision, made now if needed."""
@@ -246,7 +262,7 @@ class ConvDecision:
         return f"input {shape}: csr {self.speedup:.2f}x"
 
 
-class AutoSparseConv2d(nn.Module):
+class AutoSparseConv2d(_DecidingLayer[nn.Conv2d]):
     """An ``nn.Conv2d`` that times itself dense against CSR on its first forward per
     input shape and keeps the faster.
 
@@ -276,17 +292,6 @@ class AutoSparseConv2d(nn.Module):
         self._activation: str | None = None
 
     @property
-    def activation(self) -> str | None:
-        """Applied to the output of whichever form runs (see modules.ACTIVATIONS)."""
-        return self._activation
-
-    @activation.setter
-    def activation(self, activation: str | None) -> None:
-        self._activation = activation
-        for variant in self.variants.values():
-            variant.activation = activation  # type: ignore[assignment]  # a SparseConv2d
-
-    @property
     def weight(self) -> Tensor:
         return self.dense.weight
 
@@ -301,10 +306,7 @@ class AutoSparseConv2d(nn.Module):
             variant.fold_batchnorm(bn)  # type: ignore[operator]  # a SparseConv2d
 
     def forward(self, x: Tensor) -> Tensor:
-        module = self._module_for(x)
-        if module is self.dense:
-            return apply_activation(module(x), self._activation)
-        return module(x)  # the SparseConv2d, which holds the activation
+        return self._run(self._module_for(x), x)
 
     @staticmethod
     def _key(x: Tensor) -> ShapeKey | None:

@@ -141,8 +141,9 @@ def linear_holding(weight: Tensor, bias: Tensor | None) -> nn.Linear:
     return linear
 
 
-def conv_holding(conv: nn.Conv2d, weight: Tensor, bias: Tensor | None) -> nn.Conv2d:
-    """A new ``nn.Conv2d`` configured as ``conv``, holding copies of ``weight`` and ``bias``."""
+def conv_holding(conv: nn.Module, weight: Tensor, bias: Tensor | None) -> nn.Conv2d:
+    """A new ``nn.Conv2d`` configured as ``conv`` (an ``nn.Conv2d`` or a
+    :class:`SparseConv2d`), holding copies of ``weight`` and ``bias``."""
     copy = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
                      conv.padding, conv.dilation, conv.groups, bias is not None,
                      conv.padding_mode, device=weight.device, dtype=weight.dtype)
@@ -164,13 +165,19 @@ def batchnorm_affine(bn: nn.BatchNorm2d, dtype: torch.dtype) -> tuple[Tensor, Te
     return scale.detach().to(dtype), shift.detach().to(dtype)
 
 
+def folded_bias(bias: Tensor | None, scale: Tensor, shift: Tensor,
+                requires_grad: bool) -> nn.Parameter:
+    """The bias of a layer whose output a BatchNorm scales and shifts, folded in."""
+    folded = shift if bias is None else bias.detach() * scale + shift
+    return nn.Parameter(folded.clone(), requires_grad=requires_grad)
+
+
 def fold_batchnorm_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """Fold eval-mode ``bn`` into the dense ``conv`` that feeds it (weights and bias)."""
     scale, shift = batchnorm_affine(bn, conv.weight.dtype)
     with torch.no_grad():
         conv.weight.mul_(scale.view(-1, 1, 1, 1))
-    bias = shift if conv.bias is None else conv.bias.detach() * scale + shift
-    conv.bias = nn.Parameter(bias.clone(), requires_grad=conv.weight.requires_grad)
+    conv.bias = folded_bias(conv.bias, scale, shift, conv.weight.requires_grad)
 
 
 def _csr_tensors(weight: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -663,20 +670,12 @@ class SparseConv2d(_SparseWeight):
                                                self.indptr.diff())
         with torch.no_grad():
             self.values.mul_(scale[row_of_value])
-        bias = shift if self.bias is None else self.bias.detach() * scale + shift
-        self.bias = nn.Parameter(bias.clone(), requires_grad=self.values.requires_grad)
+        self.bias = folded_bias(self.bias, scale, shift, self.values.requires_grad)
 
     def to_dense(self) -> nn.Conv2d:
         """An equivalent ``nn.Conv2d`` (a copy; zeros where entries are not stored), without
         the fused ``activation``."""
-        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride,
-                         self.padding, self.dilation, bias=self.bias is not None,
-                         device=self.values.device, dtype=self.values.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
+        return conv_holding(self, self.dense_weight(), self.bias)
 
     def extra_repr(self) -> str:
         text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
