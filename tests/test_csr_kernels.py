@@ -62,18 +62,24 @@ def test_linear_batch_sizes(isa, dtype, batch, density, random_sparse, rng, chec
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("batch", [700, 1001])
+@pytest.mark.parametrize("batch", [33, 700, 1001])
 @pytest.mark.parametrize("density", [0.1, 0.4])
-def test_linear_in_slabs_of_rows(isa, dtype, batch, density, random_sparse, rng, check_linear):
-    # x^T and y^T together over 3.5 MiB: the batch runs in slabs of rows
-    # (drivers/product_driver.h kSliceAboveBytes), the last one shorter.
+def test_linear_packed_panels_in_parts(isa, dtype, batch, density, random_sparse, rng,
+                                       check_linear):
+    # The packed driver (drivers/product_driver.h linear_fused_panels) splits
+    # the work into panels of x times ranges of w's rows, and each range into
+    # tiles of 256 rows: 700 rows make a short last tile, 2 panels (batch 33)
+    # with 3-5 threads split the rows as well, and the last panel is partial.
     weight = CSRMatrix.from_dense(random_sparse((700, 900), density, dtype))
     x = rng.uniform(-1, 1, (batch, 900)).astype(dtype)
     bias = rng.uniform(-1, 1, 700).astype(dtype)
-    result = linear(x, weight, bias, num_threads=2)
-    check_linear(result, x, weight, bias)
-    np.testing.assert_array_equal(linear(x, weight, bias, num_threads=2, activation="relu"),
-                                  np.maximum(result, 0))
+    serial = linear(x, weight, bias, num_threads=1)
+    check_linear(serial, x, weight, bias)
+    for threads in (2, 3, 5):
+        # Each output is computed by one thread in a fixed order: bitwise equal.
+        np.testing.assert_array_equal(linear(x, weight, bias, num_threads=threads), serial)
+    np.testing.assert_array_equal(linear(x, weight, bias, num_threads=3, activation="relu"),
+                                  np.maximum(serial, 0))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -32,7 +32,9 @@ template <typename T>
 struct CsrView {
   int64_t rows = 0;
   int64_t cols = 0;
-  const offset_t* indptr = nullptr;  // rows + 1 entries, indptr[0] == 0, non-decreasing
+  // rows + 1 entries, non-decreasing; indptr[0] == 0 except in a slice of rows
+  // (offsets into the entry arrays are absolute)
+  const offset_t* indptr = nullptr;
   // Column indices, indptr[rows] entries, strictly increasing within a row:
   // exactly one of these is set (indices16 when cols <= kMaxCompactCols).
   const index_t* indices = nullptr;
@@ -49,7 +51,7 @@ struct CsrView {
   // starts at segment_start[r * chunks() + k] (its length is still given by
   // chunk_bounds). Only the chunked panel kernel reads such a view.
   const offset_t* segment_start = nullptr;
-  int64_t nnz() const { return indptr[rows]; }
+  int64_t nnz() const { return indptr[rows] - indptr[0]; }
   int64_t chunks() const { return chunk_cols > 0 ? (cols + chunk_cols - 1) / chunk_cols : 1; }
 };
 

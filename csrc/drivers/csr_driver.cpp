@@ -12,6 +12,17 @@ namespace sparsegemm {
 
 namespace {
 
+// Rows [r0, r1) of v as a view of their own. Offsets into the entry arrays
+// stay absolute, so the slice's indptr[0] is v.indptr[r0], not 0.
+template <typename T>
+CsrView<T> row_slice(CsrView<T> v, int64_t r0, int64_t r1) {
+  if (v.chunk_bounds != nullptr) v.chunk_bounds += r0 * (v.chunks() + 1);
+  if (v.segment_start != nullptr) v.segment_start += r0 * v.chunks();
+  v.indptr += r0;
+  v.rows = r1 - r0;
+  return v;
+}
+
 // CSR plugged into the shared drivers (drivers/product_driver.h), optionally with
 // caller-owned values in place of the matrix's own.
 template <typename T>
@@ -126,16 +137,19 @@ struct CsrProduct {
            chunk_columns(csr_kernels<T>(active_isa())) > 0;
   }
 
-  // The panel kernel over x^T packed by pack_panels: c = a @ b (+ bias), panels * P columns.
-  void panel_packed(const T* packed, int64_t panel_ld, int64_t panels, const T* bias, T* c,
-                    int64_t ldc, int num_threads) const {
+  const int64_t* row_offsets() const { return a.indptr().data(); }
+
+  // The packed panel kernel over rows [r0, r1) and one panel, single-threaded,
+  // with c's row 0 holding row r0: kernel(packed, panel_ld, r0, r1, bias, c, ldc).
+  // Made once per call, before the threads start (chunked_view may build
+  // the values in chunk order on first use).
+  auto packed_rows_kernel() const {
     const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
-    const CsrView<T> v = chunked_view(kernels);
-    const int64_t columns = panels * kernels.packed_panel_columns(a.cols());
-    const int threads = threads_for_work(num_threads, (a.nnz() + a.rows()) * columns);
-    driver::for_row_ranges(a.indptr().data(), a.rows(), threads, 2, [&](int64_t r0, int64_t r1) {
-      kernels.spmm_rows_packed(v, r0, r1, packed, panel_ld, panels, bias, c, ldc);
-    });
+    return [&kernels, view = chunked_view(kernels)](const T* packed, int64_t panel_ld, int64_t r0,
+                                                    int64_t r1, const T* bias, T* c, int64_t ldc) {
+      kernels.spmm_rows_packed(row_slice(view, r0, r1), 0, r1 - r0, packed, panel_ld, 1,
+                               bias ? bias + r0 : nullptr, c, ldc);
+    };
   }
 };
 

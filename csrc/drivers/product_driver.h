@@ -19,8 +19,8 @@
 //   int64_t packed_panel_columns() const;     // P, the columns of a packed panel
 //   int64_t packed_panel_stride() const;      // row stride of a packed panel, >= P
 //   bool prefer_packed_panels(int64_t panels) const;  // pack x^T for this many panels?
-//   void panel_packed(const T* packed, int64_t panel_ld, int64_t panels, const T* bias, T* c,
-//                     int64_t ldc, int threads) const;   // b packed by pack_panels
+//   const int64_t* row_offsets() const;       // stored entries before each row (indptr)
+//   auto packed_rows_kernel() const;          // see CsrProduct::packed_rows_kernel
 // (see drivers/csr_driver.cpp and drivers/bsr_driver.cpp).
 #pragma once
 
@@ -117,55 +117,64 @@ void matmul(const Product& a, const T* b, int64_t b_rstride, int64_t b_cstride, 
   a.panel(packed.data(), ldp, n, bias, c, ldc, num_threads);
 }
 
-// Where x^T and y^T of a packed-panel product (CSR) together take more than
-// kSliceAboveBytes, the batch runs in equal slabs of rows of at most about
-// kSlabBytes each (whole panels). Measured on Zen 3 (2 threads, in-process
-// A/B, 70% and 90%): 1.12-1.21x faster at 384x1536 and 1.28-1.36x at
-// 3072x768 (1024 and 512 rows), 1.09-1.15x at 3072x768 and 1.0-1.17x at
-// 4096x4096 and 4096x1024 (256 rows); footprints of 3-4 MiB lost up to 7%
-// sliced (384x384 at 1024 rows, 4096x4096 at 128), so they stay whole. The
-// whole MiniLM encoder (8 x 128 tokens) ran 1.07x faster at 70%, the same at 90%.
-constexpr int64_t kSliceAboveBytes = 3584 * 1024;
-constexpr int64_t kSlabBytes = 2 * 1024 * 1024;
+// Rows of y^T per tile of the packed driver: a tile of this many bytes stays
+// in L1 or L2 between the kernel that writes it and the transpose that reads
+// it. Tiles of 4 KiB to the whole row range measured within noise of each
+// other (Zen 3, 2 threads, in-process A/B over MiniLM and BERT shapes).
+constexpr int64_t kFusedTileBytes = 32 * 1024;
 
-// Rows per slab for linear(): batch itself where the product runs whole.
+// y = act(x @ w.T + bias) over packed panels, without a round trip through
+// memory for x^T and y^T: each part packs one panel of x^T at a time into its
+// own scratch, runs the kernel over tiles of y^T and transposes each tile into
+// y while it is still in cache. Parts are panels times ranges of w's rows, so
+// that a batch of fewer panels than threads still keeps every thread busy.
+// Against packing all of x^T and transposing all of y^T (each one parallel
+// pass over memory), on Zen 3 with 2 threads, in-process A/B: 1.25-1.47x faster
+// at BERT-base shapes with 128 rows at 90% sparsity, 1.04-1.13x at 70%, and
+// 1.02-1.17x at MiniLM shapes with 1024 rows; 4096x4096 at 64-256 rows within
+// 2%. It also made slicing a large batch into slabs (which had bounded the two
+// round trips' footprint) unnecessary: 1.01-1.09x faster without.
 template <typename T, typename Product>
-int64_t linear_slab_rows(const Product& w, int64_t batch) {
-  if constexpr (!Product::kPackedPanel) {
-    return batch;
-  } else {
-    const int64_t row_bytes = (w.rows() + w.cols()) * static_cast<int64_t>(sizeof(T));
-    if (batch * row_bytes <= kSliceAboveBytes) return batch;
-    const int64_t panel = w.packed_panel_columns();
-    const int64_t slabs = (batch * row_bytes + kSlabBytes - 1) / kSlabBytes;
-    return ((batch + slabs - 1) / slabs + panel - 1) / panel * panel;
-  }
+void linear_fused_panels(const Product& w, const T* x, int64_t ldx, int64_t batch, const T* bias,
+                         T* y, int64_t ldy, int num_threads, Activation act) {
+  const int64_t out = w.rows(), in = w.cols();
+  const int64_t panel = w.packed_panel_columns(), panels = (batch + panel - 1) / panel;
+  const int64_t panel_ld = w.packed_panel_stride();
+  const int threads = threads_for_work(num_threads, (w.stored_entries() + out) * batch);
+  const int64_t panel_groups = std::min<int64_t>(panels, threads);
+  const std::vector<int64_t> row_bounds =
+      split_rows_by_cost(w.row_offsets(), out, std::max<int64_t>(1, threads / panel_groups), 2);
+  const int64_t row_parts = static_cast<int64_t>(row_bounds.size()) - 1;
+  const int64_t parts = panel_groups * row_parts;
+  const int64_t tile_rows =
+      std::max<int64_t>(1, kFusedTileBytes / (panel * static_cast<int64_t>(sizeof(T))));
+  // Both sizes are whole cache lines (panel_ld and panel are), so every part's
+  // slice stays 64-byte aligned.
+  const int64_t part_size = in * panel_ld + tile_rows * panel;
+  ScratchBuffer<T> scratch(static_cast<size_t>(parts * part_size));
+  const auto rows_kernel = w.packed_rows_kernel();
+  parallel_for(threads, parts, [&](int64_t part) {
+    const int64_t group = part / row_parts, row_part = part % row_parts;
+    T* packed = scratch.data() + part * part_size;
+    T* tile = packed + in * panel_ld;
+    for (int64_t p = panels * group / panel_groups; p < panels * (group + 1) / panel_groups; ++p) {
+      const int64_t first = p * panel, count = std::min(panel, batch - first);
+      pack_panels(x + first * ldx, count, in, ldx, panel, panel_ld, packed, 1);
+      for (int64_t r0 = row_bounds[row_part]; r0 < row_bounds[row_part + 1]; r0 += tile_rows) {
+        const int64_t r1 = std::min(r0 + tile_rows, row_bounds[row_part + 1]);
+        rows_kernel(packed, panel_ld, r0, r1, bias, tile, panel);
+        transpose_activated(tile, r1 - r0, count, panel, y + first * ldy + r0, ldy, 1, act);
+      }
+    }
+  });
 }
 
-// linear() over the panel kernels, for a batch of more than max_few_vectors rows.
+// y = act(x @ w.T + bias) over the panel kernels, through x^T and y^T in memory.
 template <typename T, typename Product>
 void linear_panels(const Product& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
                    int64_t ldy, int num_threads, Activation act) {
   const int64_t out = w.rows(), in = w.cols();
   // y^T = w @ x^T: the panel kernels want the batch dimension contiguous.
-  if constexpr (Product::kPackedPanel) {
-    const int64_t panel = w.packed_panel_columns(), panels = (batch + panel - 1) / panel;
-    if (w.prefer_packed_panels(panels)) {
-      // y^T's rows take the conflict-free stride too: rows panels * P floats
-      // apart (4 KiB at 1024 rows) put the panel's writes to consecutive rows
-      // in the same cache sets. Padded, CSR ran 1.03-1.08x faster at 1024
-      // rows (384x1152 to 384x1536, 70% and 90%, Zen 3, 2 threads, in-process
-      // A/B) and within 3% either way at 64-512 rows.
-      const int64_t ldt = packed_stride<Product, T>(panels * panel);
-      const int64_t panel_ld = w.packed_panel_stride();
-      ScratchBuffer<T> packed(static_cast<size_t>(in * panels * panel_ld));
-      pack_panels(x, batch, in, ldx, panel, panel_ld, packed.data(), num_threads);
-      ScratchBuffer<T> yt(static_cast<size_t>(out * ldt));
-      w.panel_packed(packed.data(), panel_ld, panels, bias, yt.data(), ldt, num_threads);
-      transpose_activated(yt.data(), out, batch, ldt, y, ldy, num_threads, act);
-      return;
-    }
-  }
   const int64_t ldp = packed_stride<Product, T>(batch);
   ScratchBuffer<T> xt(static_cast<size_t>(in * ldp));
   transpose(x, batch, in, ldx, 1, xt.data(), ldp, num_threads);
@@ -194,10 +203,14 @@ void linear(const Product& w, const T* x, int64_t ldx, int64_t batch, const T* b
     apply_activation(y, batch, out, ldy, act, num_threads);
     return;
   }
-  const int64_t slab = linear_slab_rows<T>(w, batch);
-  for (int64_t r = 0; r < batch; r += slab)
-    linear_panels(w, x + r * ldx, ldx, std::min(slab, batch - r), bias, y + r * ldy, ldy,
-                  num_threads, act);
+  if constexpr (Product::kPackedPanel) {
+    const int64_t panel = w.packed_panel_columns();
+    if (w.prefer_packed_panels((batch + panel - 1) / panel)) {
+      linear_fused_panels(w, x, ldx, batch, bias, y, ldy, num_threads, act);
+      return;
+    }
+  }
+  linear_panels(w, x, ldx, batch, bias, y, ldy, num_threads, act);
 }
 
 }  // namespace sparsegemm::driver
