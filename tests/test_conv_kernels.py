@@ -11,7 +11,9 @@ import sparsegemm
 
 ISAS = sparsegemm.available_isas()
 # Output widths below, at and around the vector widths (4, 8, 16 lanes) and chunk edges.
-WIDTHS = [1, 7, 8, 9, 15, 16, 17, 32, 33, 56]  # up to 32: the flattened path
+# From 33 outputs wide at density below 1/8 the direct kernel runs, otherwise
+# im2col panels (drivers/conv_driver.cpp prefer_im2col_panels).
+WIDTHS = [1, 7, 8, 9, 15, 16, 17, 32, 33, 56]
 KERNELS = [(1, 1), (3, 3), (5, 5), (1, 3)]
 
 
@@ -62,7 +64,8 @@ def check(x, weight, kernel_size, dtype=np.float64, bias=None, **geometry):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("out_width", WIDTHS)
-def test_stride1_geometries_match_reference(isa, dtype, out_width):
+@pytest.mark.parametrize("density", [0.1, 0.5])
+def test_stride1_geometries_match_reference(isa, dtype, out_width, density):
     rng = np.random.default_rng(out_width)
     with sparsegemm.use_isa(isa):
         for (kh, kw), pad, dil in itertools.product(KERNELS, (0, 1, 2), (1, 2)):
@@ -72,7 +75,7 @@ def test_stride1_geometries_match_reference(isa, dtype, out_width):
             if in_w < 1 or in_h < 1:
                 continue
             batch = 1 if (kh + pad + dil) % 2 else 3
-            weight = sparse_weight(rng, 5, 3, kh, kw, density=0.5)
+            weight = sparse_weight(rng, 5, 3, kh, kw, density=density)
             x = rng.standard_normal((batch, 3, in_h, in_w))
             bias = rng.standard_normal(5)
             check(x, weight, (kh, kw), dtype, bias=bias if pad != 1 else None,

@@ -11,6 +11,7 @@
 #include "core/parallel.h"
 #include "kernels/conv/conv_kernels.h"
 #include "drivers/buffer.h"
+#include "drivers/csr_driver.h"
 
 namespace sparsegemm {
 
@@ -24,48 +25,13 @@ std::string pair_str(int64_t a, int64_t b) {
   return "(" + std::to_string(a) + ", " + std::to_string(b) + ")";
 }
 
-// Floor division and its remainder for b > 0 (C++ rounds toward zero).
-int64_t floor_div(int64_t a, int64_t b) { return a / b - (a % b < 0 ? 1 : 0); }
-int64_t floor_mod(int64_t a, int64_t b) { return a - floor_div(a, b) * b; }
-
-// The input as the kernels read it: for each image, stride_w column phases
-// (one when stride_w == 1), each holding every channel's rows; phase p holds
-// the input columns p, p + stride_w, p + 2 * stride_w, ... contiguously.
+// The input as the direct kernel reads it: each image's channels, rows
+// contiguous.
 struct InputLayout {
   const void* data = nullptr;
-  int64_t image_stride = 0, phase_stride = 0, channel_stride = 0, row_stride = 0;
-  int64_t phases = 1;
+  int64_t image_stride = 0, channel_stride = 0, row_stride = 0;
   int64_t in_w = 0;
-
-  // Valid columns in phase p.
-  int64_t phase_width(int64_t p) const {
-    return std::max<int64_t>(0, (in_w - p + phases - 1) / phases);
-  }
 };
-
-// Copies x into stride_w column phases (the layout above) so that output
-// columns x and x + 1 read adjacent input elements for every tap.
-template <typename T>
-void split_column_phases(const Conv2dGeometry& g, const T* x, int64_t batch, int64_t x_nstride,
-                         int64_t x_cstride, int64_t x_rstride, T* phases, const InputLayout& layout,
-                         int threads) {
-  parallel_for(threads, threads, [&](int64_t part) {
-    const int64_t planes = batch * g.in_channels;
-    for (int64_t plane = part; plane < planes; plane += threads) {
-      const int64_t n = plane / g.in_channels, ci = plane % g.in_channels;
-      const T* src = x + n * x_nstride + ci * x_cstride;
-      T* dst = phases + n * layout.image_stride + ci * layout.channel_stride;
-      for (int64_t p = 0; p < layout.phases; ++p) {
-        const int64_t width = layout.phase_width(p);
-        for (int64_t r = 0; r < g.in_h; ++r) {
-          const T* src_row = src + r * x_rstride + p;
-          T* dst_row = dst + p * layout.phase_stride + r * layout.row_stride;
-          for (int64_t j = 0; j < width; ++j) dst_row[j] = src_row[j * layout.phases];
-        }
-      }
-    }
-  });
-}
 
 // Copies x into `padded` with g's zero padding written out: image n, channel c
 // at padded + (n * channels + c) * padded_h * padded_w, rows padded_w apart.
@@ -102,12 +68,10 @@ std::vector<ConvTap> make_taps(const CsrMatrix<T>& w, const Conv2dGeometry& g,
     const int64_t ci = column / taps_per_channel, k = column % taps_per_channel;
     const int64_t kh = k / g.kernel_w, kw = k % g.kernel_w;
     const int64_t row = kh * g.dilation_h - g.pad_h;
-    const int64_t shift = kw * g.dilation_w - g.pad_w;  // input column for output column 0
-    const int64_t phase = floor_mod(shift, layout.phases);
-    const int64_t col = floor_div(shift, layout.phases);  // its column within the phase
-    const int64_t plane = ci * layout.channel_stride + phase * layout.phase_stride;
-    taps[j] = ConvTap{plane + row * layout.row_stride + col, static_cast<int32_t>(row),
-                      static_cast<int32_t>(col), static_cast<int32_t>(layout.phase_width(phase))};
+    const int64_t col = kw * g.dilation_w - g.pad_w;  // input column for output column 0
+    taps[j] = ConvTap{ci * layout.channel_stride + row * layout.row_stride + col,
+                      static_cast<int32_t>(row), static_cast<int32_t>(col),
+                      static_cast<int32_t>(layout.in_w)};
   }
   return taps;
 }
@@ -147,17 +111,6 @@ void validate_conv2d_geometry(const Conv2dGeometry& g, int64_t weight_cols) {
               " columns but in_channels * kernel_h * kernel_w = " + std::to_string(expected_cols));
 }
 
-// Narrow outputs of a stride-1 convolution run flattened: each channel's
-// (padded) plane is one row of in_h * in_w elements and output (y, x) is
-// element y * in_w + x of one output row per channel; the in_w - out_w columns
-// past each image row are computed and dropped. One tap then spans the whole
-// image, where row by row it would cover a few vectors per block. Measured on
-// Zen 3 (AVX2, 2 threads, 3x3, 90% and 70%): emulated through Python in one
-// process, 1.6-1.8x faster at 28x28 (128 channels) and 14x14 (256), but
-// 0.75-0.87x at 56x56, whose rows fill the kernel's blocks of two rows by four
-// vectors; this path runs 1.1-1.3x faster than that emulation.
-constexpr int64_t kFlattenMaxOutWidth = 32;
-
 // Runs the kernel on every image: channels split by stored entries, the same
 // way for each image; part p is image p / ranges, channel range p % ranges.
 template <typename T>
@@ -174,42 +127,110 @@ void run_conv_kernel(const ConvPlan<T>& plan, int64_t out_channels, const T* inp
   });
 }
 
-// The flattened convolution (see kFlattenMaxOutWidth) of a stride-1 geometry
-// without padding, over x's contiguous planes (image n at x + n * channels *
-// plane), into out (batch, out_channels, out_h, out_w).
+// The convolution as w @ im2col(x), one panel of output pixels at a time
+// (csr_packed_panels): each panel's im2col rows are packed straight from x,
+// so the im2col matrix never exists whole, and the CSR panel kernel runs on
+// them. Panel p covers image p / panels_per_image, pixels (flattened over
+// out_h x out_w) from (p % panels_per_image) * columns.
 template <typename T>
-void conv2d_flattened(const CsrMatrix<T>& w, const Conv2dGeometry& g, const T* x, int64_t batch,
-                      const T* bias, T* out, int threads, const T* values) {
-  const int64_t out_channels = w.rows(), out_h = g.out_h(), out_w = g.out_w();
-  const int64_t plane = g.in_h * g.in_w;
-  const int64_t flat_w = (out_h - 1) * g.in_w + out_w;  // one output row per channel
-  // The row-by-row taps, each then read as one shift along its channel's plane.
-  const InputLayout layout{x, g.in_channels * plane, 0, plane, g.in_w, 1, g.in_w};
-  std::vector<ConvTap> taps = make_taps(w, g, layout);
-  for (ConvTap& tap : taps) {
-    const int64_t shift = int64_t{tap.row} * g.in_w + tap.col;
-    tap = ConvTap{tap.offset, 0, static_cast<int32_t>(shift), static_cast<int32_t>(plane)};
+class Im2colPanels final : public PanelJob<T> {
+ public:
+  Im2colPanels(const Conv2dGeometry& g, const T* x, int64_t x_nstride, int64_t x_cstride,
+               int64_t x_rstride, T* out, int64_t out_channels, int64_t columns)
+      : g_(g),
+        x_(x),
+        x_nstride_(x_nstride),
+        x_cstride_(x_cstride),
+        x_rstride_(x_rstride),
+        out_(out),
+        out_channels_(out_channels),
+        out_w_(g.out_w()),
+        out_plane_(g.out_h() * g.out_w()),
+        columns_(columns),
+        panels_per_image_((out_plane_ + columns - 1) / columns) {}
+
+  int64_t panels(int64_t batch) const { return batch * panels_per_image_; }
+
+  int64_t pack(int64_t p, int64_t columns, T* packed, int64_t panel_ld) const override {
+    const int64_t n = p / panels_per_image_, first = (p % panels_per_image_) * columns;
+    const int64_t count = std::min(columns, out_plane_ - first);
+    T* row = packed;
+    for (int64_t ci = 0; ci < g_.in_channels; ++ci) {
+      const T* channel = x_ + n * x_nstride_ + ci * x_cstride_;
+      for (int64_t kh = 0; kh < g_.kernel_h; ++kh)
+        for (int64_t kw = 0; kw < g_.kernel_w; ++kw, row += panel_ld) {
+          pack_tap_row(channel, kh * g_.dilation_h - g_.pad_h, kw * g_.dilation_w - g_.pad_w, first,
+                       count, row);
+          std::fill(row + count, row + columns, T(0));
+        }
+    }
+    return count;
   }
-  ConvPlan<T> plan;
-  plan.indptr = w.indptr().data();
-  plan.taps = taps.data();
-  plan.values = values_or_stored(w, values);
-  plan.in_h = 1;
-  plan.in_rstride = plane;
-  plan.out_h = 1;
-  plan.out_w = flat_w;
-  plan.out_cstride = plan.out_rstride = flat_w;
-  ScratchBuffer<T> flat(static_cast<size_t>(batch * out_channels * flat_w));
-  run_conv_kernel(plan, out_channels, x, g.in_channels * plane, bias, flat.data(),
-                  out_channels * flat_w, batch, threads);
-  // Drop the columns past each image row.
-  parallel_for(threads, threads, [&](int64_t part) {
-    for (int64_t c = part; c < batch * out_channels; c += threads)
-      for (int64_t y = 0; y < out_h; ++y) {
-        const T* src = flat.data() + c * flat_w + y * g.in_w;
-        std::copy(src, src + out_w, out + (c * out_h + y) * out_w);
+
+  void emit(int64_t p, int64_t count, int64_t r0, int64_t r1, const T* tile,
+            int64_t tile_ld) const override {
+    const int64_t n = p / panels_per_image_, first = (p % panels_per_image_) * columns_;
+    T* dst = out_ + (n * out_channels_ + r0) * out_plane_ + first;
+    for (int64_t r = r0; r < r1; ++r, tile += tile_ld, dst += out_plane_)
+      std::copy(tile, tile + count, dst);
+  }
+
+ private:
+  // row[j] = the input that tap (row_offset, col_offset) reads for output
+  // pixel first + j, zero outside the image; output row by output row, each
+  // run a copy where the stride is 1.
+  void pack_tap_row(const T* channel, int64_t row_offset, int64_t col_offset, int64_t first,
+                    int64_t count, T* row) const {
+    int64_t y = first / out_w_, x = first % out_w_;
+    for (int64_t j = 0; j < count; ++y, x = 0) {
+      const int64_t run = std::min(count - j, out_w_ - x);
+      T* dst = row + j;
+      j += run;
+      const int64_t in_y = y * g_.stride_h + row_offset;
+      if (in_y < 0 || in_y >= g_.in_h) {
+        std::fill(dst, dst + run, T(0));
+        continue;
       }
-  });
+      const T* src = channel + in_y * x_rstride_;
+      const int64_t in_x = x * g_.stride_w + col_offset;
+      if (g_.stride_w == 1) {
+        // Inside the image for t in [lo, hi).
+        const int64_t lo = std::clamp<int64_t>(-in_x, 0, run);
+        const int64_t hi = std::clamp<int64_t>(g_.in_w - in_x, lo, run);
+        std::fill(dst, dst + lo, T(0));
+        std::copy(src + in_x + lo, src + in_x + hi, dst + lo);
+        std::fill(dst + hi, dst + run, T(0));
+      } else {
+        for (int64_t t = 0; t < run; ++t) {
+          const int64_t at = in_x + t * g_.stride_w;
+          dst[t] = at >= 0 && at < g_.in_w ? src[at] : T(0);
+        }
+      }
+    }
+  }
+
+  Conv2dGeometry g_;
+  const T* x_;
+  int64_t x_nstride_, x_cstride_, x_rstride_;
+  T* out_;
+  int64_t out_channels_, out_w_, out_plane_, columns_, panels_per_image_;
+};
+
+// The direct kernel (below) against im2col panels (Im2colPanels), measured on
+// Zen 3 (AVX2, 2 threads, batch 1, ResNet-50's 3x3 layers, in-process A/B):
+// panels ran 1.46-5.4x faster at 90% sparsity from 28x28 down to 7x7 and at
+// stride 2 (2.3-6x), and 1.4-7.9x at 70%, everywhere. Only stride 1 over wide
+// rows at high sparsity stays direct: 64 channels at 56x56 and 112x112, the
+// direct kernel ran 1.1-1.5x faster at 90-95%, and 0.76-0.84x at 80-85%.
+constexpr int64_t kDirectMinOutWidth = 33;
+constexpr double kDirectMaxDensity = 0.125;
+
+template <typename T>
+bool prefer_im2col_panels(const CsrMatrix<T>& w, const Conv2dGeometry& g) {
+  const bool wide_rows = g.stride_h == 1 && g.stride_w == 1 && g.out_w() >= kDirectMinOutWidth;
+  const double density =
+      static_cast<double>(w.nnz()) / static_cast<double>(std::max<int64_t>(1, w.rows() * w.cols()));
+  return !(wide_rows && density < kDirectMaxDensity);
 }
 
 template <typename T>
@@ -223,20 +244,26 @@ void csr_conv2d(const CsrMatrix<T>& w, const Conv2dGeometry& geometry, const T* 
   if (batch == 0 || out_channels == 0) return;
   const int threads = threads_for_work(num_threads, (w.nnz() + out_channels) * out_plane * batch);
 
-  // With stride 1, the zero padding is written out in one copy of the input:
-  // every tap then reads inside its row, so the kernel takes its unmasked path
-  // (no lane masks, no masked loads). Measured on Zen 3 (AVX2, 2 threads, 3x3,
-  // 64 channels, padding 1, in-process A/B): 1.18x faster at 56x56 and 90%,
-  // 1.25x at 70%, 1.04x and 1.27x at batch 4; 0.94-1.01x at 28x28. The
-  // flattened path needs the copy even without padding: contiguous planes.
+  if (prefer_im2col_panels(w, geometry)) {
+    const Im2colPanels<T> job(geometry, x, x_nstride, x_cstride, x_rstride, out, out_channels,
+                              csr_packed_panel_columns(w));
+    csr_packed_panels(w, job.panels(batch), job, bias, num_threads, values);
+    return;
+  }
+
+  // The direct kernel, at stride 1 (prefer_im2col_panels). The zero padding
+  // is written out in one copy of the input: every tap then reads inside its
+  // row, so the kernel takes its unmasked path (no lane masks, no masked
+  // loads). Measured on Zen 3 (AVX2, 2 threads, 3x3, 64 channels, padding 1,
+  // in-process A/B): 1.18x faster at 56x56 and 90%, 1.25x at 70%, 1.04x and
+  // 1.27x at batch 4.
   Conv2dGeometry g = geometry;
-  const int64_t padded_plane = (g.in_h + 2 * g.pad_h) * (g.in_w + 2 * g.pad_w);  // < 2^62
-  const bool flatten = g.stride_h == 1 && g.stride_w == 1 && out_h > 1 &&
-                       out_w <= kFlattenMaxOutWidth && padded_plane <= INT32_MAX;
-  const bool pad_copy = flatten || (g.stride_w == 1 && (g.pad_h > 0 || g.pad_w > 0));
+  const bool pad_copy = g.pad_h > 0 || g.pad_w > 0;
   int64_t padded_count = 0;
-  if (pad_copy && (__builtin_mul_overflow(batch, g.in_channels, &padded_count) ||
-                   __builtin_mul_overflow(padded_count, padded_plane, &padded_count)))
+  if (pad_copy &&
+      (__builtin_mul_overflow(batch, g.in_channels, &padded_count) ||
+       __builtin_mul_overflow(padded_count, (g.in_h + 2 * g.pad_h) * (g.in_w + 2 * g.pad_w),
+                              &padded_count)))
     throw std::bad_alloc();  // the padded input could not be held in memory
   ScratchBuffer<T> padded(static_cast<size_t>(padded_count));
   if (pad_copy) {
@@ -249,33 +276,7 @@ void csr_conv2d(const CsrMatrix<T>& w, const Conv2dGeometry& geometry, const T* 
     x_cstride = g.in_h * g.in_w;
     x_nstride = g.in_channels * x_cstride;
   }
-  if (flatten) {
-    conv2d_flattened(w, g, x, batch, bias, out, threads, values);
-    return;
-  }
-
-  InputLayout layout;
-  layout.in_w = g.in_w;
-  ScratchBuffer<T> phase_copy(
-      g.stride_w > 1 ? static_cast<size_t>(batch * g.stride_w * g.in_channels * g.in_h *
-                                           ((g.in_w + g.stride_w - 1) / g.stride_w))
-                     : 0);
-  if (g.stride_w == 1) {
-    layout = InputLayout{x, x_nstride, 0, x_cstride, x_rstride, 1, g.in_w};
-  } else {
-    const int64_t row_stride = (g.in_w + g.stride_w - 1) / g.stride_w;
-    const int64_t channel_stride = g.in_h * row_stride,
-                  phase_stride = g.in_channels * channel_stride;
-    layout = InputLayout{phase_copy.data(),
-                         g.stride_w * phase_stride,
-                         phase_stride,
-                         channel_stride,
-                         row_stride,
-                         g.stride_w,
-                         g.in_w};
-    split_column_phases(g, x, batch, x_nstride, x_cstride, x_rstride, phase_copy.data(), layout,
-                        threads);
-  }
+  const InputLayout layout{x, x_nstride, x_cstride, x_rstride, g.in_w};
   const std::vector<ConvTap> taps = make_taps(w, g, layout);
 
   ConvPlan<T> plan;

@@ -1,6 +1,8 @@
-// Driver for the direct sparse convolution: validates the geometry, turns the
-// weight's stored entries into taps, splits (image, output channel range)
-// work across threads and owns the scratch buffers.
+// Driver for the sparse convolution: validates the geometry and runs either
+// w @ im2col(x) one panel of output pixels at a time (CSR panel kernel), or
+// the direct kernel, whose driver turns the weight's stored entries into taps,
+// splits (image, output channel range) work across threads and owns the
+// scratch buffers.
 #pragma once
 
 #include <cstdint>
@@ -40,8 +42,9 @@ void validate_conv2d_geometry(const Conv2dGeometry& geometry, int64_t weight_col
 // x[n * x_nstride + c * x_cstride + h * x_rstride + w] (rows contiguous);
 // out is batch x Cout x out_h x out_w, C order. bias has Cout entries or is
 // null; values (w.nnz() entries) replaces w's stored values when not null.
-// Any stride is supported: for stride_w > 1 the input is first split into
-// stride_w column phases (one copy of x) so the kernels read contiguous rows.
+// Any stride is supported. Most geometries run as w @ im2col(x), one panel
+// of output pixels at a time through the CSR panel kernel; wide stride-1
+// outputs at high sparsity run the direct kernel (kernels/conv/).
 // num_threads <= 0 means default_num_threads(). Validates the geometry.
 template <typename T>
 void csr_conv2d(const CsrMatrix<T>& w, const Conv2dGeometry& geometry, const T* x, int64_t batch,

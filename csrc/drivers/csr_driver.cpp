@@ -171,6 +171,27 @@ void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, c
 }
 
 template <typename T>
+int64_t csr_packed_panel_columns(const CsrMatrix<T>& w) {
+  return CsrProduct<T>{w}.packed_panel_columns();
+}
+
+template <typename T>
+void csr_packed_panels(const CsrMatrix<T>& w, int64_t panels, const PanelJob<T>& job, const T* bias,
+                       int num_threads, const T* values) {
+  if (panels <= 0 || w.rows() == 0) return;
+  const CsrProduct<T> product{w, values_or_stored(w, values)};
+  const int64_t columns = product.packed_panel_columns();
+  driver::run_packed_panels<T>(
+      product, panels, bias, num_threads,
+      [&](int64_t p, T* packed, int64_t panel_ld) {
+        return job.pack(p, columns, packed, panel_ld);
+      },
+      [&](int64_t p, int64_t count, int64_t r0, int64_t r1, const T* tile, int64_t tile_ld) {
+        job.emit(p, count, r0, r1, tile, tile_ld);
+      });
+}
+
+template <typename T>
 int64_t csr_panel_chunk_columns(const CsrMatrix<T>& a) {
   return CsrProduct<T>{a}.chunk_columns(csr_kernels<T>(active_isa()));
 }
@@ -194,7 +215,10 @@ void csr_sampled_dot(const CsrMatrix<T>& pattern, const T* a, int64_t lda, const
                               int64_t, int, const T*, Activation, const T*, int64_t);             \
   template void csr_sampled_dot<T>(const CsrMatrix<T>&, const T*, int64_t, const T*, int64_t,     \
                                    int64_t, T*, int);                                             \
-  template int64_t csr_panel_chunk_columns<T>(const CsrMatrix<T>&);
+  template int64_t csr_panel_chunk_columns<T>(const CsrMatrix<T>&);                               \
+  template int64_t csr_packed_panel_columns<T>(const CsrMatrix<T>&);                              \
+  template void csr_packed_panels<T>(const CsrMatrix<T>&, int64_t, const PanelJob<T>&, const T*,  \
+                                     int, const T*);
 SPARSEGEMM_INSTANTIATE_CSR_OPS(float)
 SPARSEGEMM_INSTANTIATE_CSR_OPS(double)
 #undef SPARSEGEMM_INSTANTIATE_CSR_OPS

@@ -45,6 +45,33 @@ void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, c
 template <typename T>
 int64_t csr_panel_chunk_columns(const CsrMatrix<T>& a);
 
+// A dense operand b that the caller packs, and a product c = w @ b it takes
+// back, one panel of columns at a time (drivers/product_driver.h
+// run_packed_panels): a convolution's im2col matrix, which then never exists
+// whole. Its methods run on the driver's threads and must not throw.
+template <typename T>
+class PanelJob {
+ public:
+  virtual ~PanelJob() = default;
+  // Fills `packed` with panel p of b: w.cols() rows, panel_ld apart, of
+  // `columns` (csr_packed_panel_columns) entries, those past the real ones
+  // zero. Returns the real ones.
+  virtual int64_t pack(int64_t p, int64_t columns, T* packed, int64_t panel_ld) const = 0;
+  // Takes rows [r0, r1) of panel p of c (bias included), `count` real columns
+  // of a tile with row stride tile_ld whose row 0 is row r0.
+  virtual void emit(int64_t p, int64_t count, int64_t r0, int64_t r1, const T* tile,
+                    int64_t tile_ld) const = 0;
+};
+
+// Columns per panel of csr_packed_panels for `w` on the active ISA.
+template <typename T>
+int64_t csr_packed_panel_columns(const CsrMatrix<T>& w);
+
+// c = w @ b (+ bias) over `panels` panels of b that `job` packs and takes back.
+template <typename T>
+void csr_packed_panels(const CsrMatrix<T>& w, int64_t panels, const PanelJob<T>& job, const T* bias,
+                       int num_threads, const T* values = nullptr);
+
 // Gradient of a sparse weight at its stored positions only:
 //   out[j] = sum_t a[r, t] * b[k, t] for each stored (r, k) of `pattern` at position j.
 // a is pattern.rows() x n, b is pattern.cols() x n, rows contiguous (strides lda, ldb).

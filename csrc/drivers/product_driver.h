@@ -117,30 +117,27 @@ void matmul(const Product& a, const T* b, int64_t b_rstride, int64_t b_cstride, 
   a.panel(packed.data(), ldp, n, bias, c, ldc, num_threads);
 }
 
-// Rows of y^T per tile of the packed driver: a tile of this many bytes stays
-// in L1 or L2 between the kernel that writes it and the transpose that reads
-// it. Tiles of 4 KiB to the whole row range measured within noise of each
-// other (Zen 3, 2 threads, in-process A/B over MiniLM and BERT shapes).
+// Rows of c per tile of run_packed_panels: a tile of this many bytes stays in
+// L1 or L2 between the kernel that writes it and the caller that takes it. Tiles of 4 KiB to the
+// whole row range measured within noise of each other (Zen 3, 2 threads, in-process A/B over MiniLM
+// and BERT shapes).
 constexpr int64_t kFusedTileBytes = 32 * 1024;
 
-// y = act(x @ w.T + bias) over packed panels, without a round trip through
-// memory for x^T and y^T: each part packs one panel of x^T at a time into its
-// own scratch, runs the kernel over tiles of y^T and transposes each tile into
-// y while it is still in cache. Parts are panels times ranges of w's rows, so
-// that a batch of fewer panels than threads still keeps every thread busy.
-// Against packing all of x^T and transposing all of y^T (each one parallel
-// pass over memory), on Zen 3 with 2 threads, in-process A/B: 1.25-1.47x faster
-// at BERT-base shapes with 128 rows at 90% sparsity, 1.04-1.13x at 70%, and
-// 1.02-1.17x at MiniLM shapes with 1024 rows; 4096x4096 at 64-256 rows within
-// 2%. It also made slicing a large batch into slabs (which had bounded the two
-// round trips' footprint) unnecessary: 1.01-1.09x faster without.
-template <typename T, typename Product>
-void linear_fused_panels(const Product& w, const T* x, int64_t ldx, int64_t batch, const T* bias,
-                         T* y, int64_t ldy, int num_threads, Activation act) {
+// c = w @ b (+ bias) over packed panels of b that the caller fills and takes
+// back one at a time, so neither b nor c makes a round trip through memory in
+// another layout (x^T and y^T of a linear layer, the im2col matrix of a
+// convolution): each part packs one panel into its own scratch with
+// pack(p, packed, panel_ld), which returns the panel's real columns (the rest
+// zero), runs the kernel over tiles of c and hands each tile, still in cache,
+// to emit(p, columns, r0, r1, tile, tile_ld) for c's rows [r0, r1). Parts are
+// panels times ranges of w's rows, so that fewer panels than threads still
+// keep every thread busy. pack and emit must not throw.
+template <typename T, typename Product, typename Pack, typename Emit>
+void run_packed_panels(const Product& w, int64_t panels, const T* bias, int num_threads,
+                       const Pack& pack, const Emit& emit) {
   const int64_t out = w.rows(), in = w.cols();
-  const int64_t panel = w.packed_panel_columns(), panels = (batch + panel - 1) / panel;
-  const int64_t panel_ld = w.packed_panel_stride();
-  const int threads = threads_for_work(num_threads, (w.stored_entries() + out) * batch);
+  const int64_t panel = w.packed_panel_columns(), panel_ld = w.packed_panel_stride();
+  const int threads = threads_for_work(num_threads, (w.stored_entries() + out) * panels * panel);
   const int64_t panel_groups = std::min<int64_t>(panels, threads);
   const std::vector<int64_t> row_bounds =
       split_rows_by_cost(w.row_offsets(), out, std::max<int64_t>(1, threads / panel_groups), 2);
@@ -158,15 +155,38 @@ void linear_fused_panels(const Product& w, const T* x, int64_t ldx, int64_t batc
     T* packed = scratch.data() + part * part_size;
     T* tile = packed + in * panel_ld;
     for (int64_t p = panels * group / panel_groups; p < panels * (group + 1) / panel_groups; ++p) {
-      const int64_t first = p * panel, count = std::min(panel, batch - first);
-      pack_panels(x + first * ldx, count, in, ldx, panel, panel_ld, packed, 1);
+      const int64_t columns = pack(p, packed, panel_ld);
       for (int64_t r0 = row_bounds[row_part]; r0 < row_bounds[row_part + 1]; r0 += tile_rows) {
         const int64_t r1 = std::min(r0 + tile_rows, row_bounds[row_part + 1]);
         rows_kernel(packed, panel_ld, r0, r1, bias, tile, panel);
-        transpose_activated(tile, r1 - r0, count, panel, y + first * ldy + r0, ldy, 1, act);
+        emit(p, columns, r0, r1, static_cast<const T*>(tile), panel);
       }
     }
   });
+}
+
+// y = act(x @ w.T + bias) through run_packed_panels: panels of x^T in, tiles
+// of y^T transposed into y. Against packing all of x^T and transposing all of
+// y^T (each one parallel pass over memory), on Zen 3 with 2 threads, in-process
+// A/B: 1.25-1.47x faster at BERT-base shapes with 128 rows at 90% sparsity,
+// 1.04-1.13x at 70%, and 1.02-1.17x at MiniLM shapes with 1024 rows;
+// 4096x4096 at 64-256 rows within 2%. It also made slicing a large batch into
+// slabs (which had bounded the two round trips' footprint) unnecessary:
+// 1.01-1.09x faster without.
+template <typename T, typename Product>
+void linear_fused_panels(const Product& w, const T* x, int64_t ldx, int64_t batch, const T* bias,
+                         T* y, int64_t ldy, int num_threads, Activation act) {
+  const int64_t in = w.cols(), panel = w.packed_panel_columns();
+  run_packed_panels<T>(
+      w, (batch + panel - 1) / panel, bias, num_threads,
+      [&](int64_t p, T* packed, int64_t panel_ld) {
+        const int64_t first = p * panel, count = std::min(panel, batch - first);
+        pack_panels(x + first * ldx, count, in, ldx, panel, panel_ld, packed, 1);
+        return count;
+      },
+      [&](int64_t p, int64_t count, int64_t r0, int64_t r1, const T* tile, int64_t tile_ld) {
+        transpose_activated(tile, r1 - r0, count, tile_ld, y + p * panel * ldy + r0, ldy, 1, act);
+      });
 }
 
 // y = act(x @ w.T + bias) over the panel kernels, through x^T and y^T in memory.

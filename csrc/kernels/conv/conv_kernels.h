@@ -22,8 +22,8 @@ namespace sparsegemm {
 //   col = tap.col + x                   (skipped unless 0 <= col < tap.width)
 //   element in[tap.offset + y * stride_h * in_rstride + x]
 // where tap.offset = plane + tap.row * in_rstride + tap.col already includes
-// the input channel's plane. (For stride_w > 1 the driver splits the input
-// into stride_w column phases, so x still steps by one element.)
+// the input channel's plane. (The driver runs these kernels at stride 1
+// only, so x steps by one element.)
 struct ConvTap {
   int64_t offset;
   int32_t row;
