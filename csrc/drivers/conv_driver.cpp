@@ -135,6 +135,9 @@ void run_conv_kernel(const ConvPlan<T>& plan, int64_t out_channels, const T* inp
 template <typename T>
 class Im2colPanels final : public PanelJob<T> {
  public:
+  // The widest panel of any ISA: 4 vectors of 16 floats (AVX-512).
+  static constexpr int64_t kMaxPanelColumns = 64;
+
   Im2colPanels(const Conv2dGeometry& g, const T* x, int64_t x_nstride, int64_t x_cstride,
                int64_t x_rstride, T* out, int64_t out_channels, int64_t columns)
       : g_(g),
@@ -147,20 +150,33 @@ class Im2colPanels final : public PanelJob<T> {
         out_w_(g.out_w()),
         out_plane_(g.out_h() * g.out_w()),
         columns_(columns),
-        panels_per_image_((out_plane_ + columns - 1) / columns) {}
+        panels_per_image_((out_plane_ + columns - 1) / columns) {
+    if (columns < 1 || columns > kMaxPanelColumns)
+      throw std::logic_error("im2col panels of " + std::to_string(columns) + " columns");
+  }
 
   int64_t panels(int64_t batch) const { return batch * panels_per_image_; }
 
   int64_t pack(int64_t p, int64_t columns, T* packed, int64_t panel_ld) const override {
     const int64_t n = p / panels_per_image_, first = (p % panels_per_image_) * columns;
     const int64_t count = std::min(columns, out_plane_ - first);
+    // The panel's pixels as runs along output rows, found once for every tap.
+    PixelRun runs[kMaxPanelColumns + 1];
+    int64_t run_count = 0;
+    for (int64_t j = 0, y = first / out_w_, x = first % out_w_; j < count; ++y, x = 0) {
+      const int64_t length = std::min(count - j, out_w_ - x);
+      runs[run_count++] = PixelRun{j, y, x, length};
+      j += length;
+    }
     T* row = packed;
     for (int64_t ci = 0; ci < g_.in_channels; ++ci) {
       const T* channel = x_ + n * x_nstride_ + ci * x_cstride_;
       for (int64_t kh = 0; kh < g_.kernel_h; ++kh)
         for (int64_t kw = 0; kw < g_.kernel_w; ++kw, row += panel_ld) {
-          pack_tap_row(channel, kh * g_.dilation_h - g_.pad_h, kw * g_.dilation_w - g_.pad_w, first,
-                       count, row);
+          const int64_t row_offset = kh * g_.dilation_h - g_.pad_h;
+          const int64_t col_offset = kw * g_.dilation_w - g_.pad_w;
+          for (int64_t r = 0; r < run_count; ++r)
+            pack_run(channel, row_offset, col_offset, runs[r], row + runs[r].start);
           std::fill(row + count, row + columns, T(0));
         }
     }
@@ -176,38 +192,36 @@ class Im2colPanels final : public PanelJob<T> {
   }
 
  private:
-  // row[j] = the input that tap (row_offset, col_offset) reads for output
-  // pixel first + j, zero outside the image; output row by output row, each
-  // run a copy where the stride is 1.
-  void pack_tap_row(const T* channel, int64_t row_offset, int64_t col_offset, int64_t first,
-                    int64_t count, T* row) const {
-    int64_t y = first / out_w_, x = first % out_w_;
-    for (int64_t j = 0; j < count; ++y, x = 0) {
-      const int64_t run = std::min(count - j, out_w_ - x);
-      T* dst = row + j;
-      j += run;
-      const int64_t in_y = y * g_.stride_h + row_offset;
-      if (in_y < 0 || in_y >= g_.in_h) {
-        std::fill(dst, dst + run, T(0));
-        continue;
-      }
-      const T* src = channel + in_y * x_rstride_;
-      const int64_t in_x = x * g_.stride_w + col_offset;
-      if (g_.stride_w == 1) {
-        // Inside the image for t in [lo, hi).
-        const int64_t lo = std::clamp<int64_t>(-in_x, 0, run);
-        const int64_t hi = std::clamp<int64_t>(g_.in_w - in_x, lo, run);
-        std::fill(dst, dst + lo, T(0));
-        std::copy(src + in_x + lo, src + in_x + hi, dst + lo);
-        std::fill(dst + hi, dst + run, T(0));
-      } else {
-        for (int64_t t = 0; t < run; ++t) {
-          const int64_t at = in_x + t * g_.stride_w;
-          dst[t] = at >= 0 && at < g_.in_w ? src[at] : T(0);
-        }
-      }
+  // Output pixels (y, x), ..., (y, x + length - 1), from position `start` in a panel.
+  struct PixelRun {
+    int64_t start, y, x, length;
+  };
+
+  // dst[t] = the input that tap (row_offset, col_offset) reads for the run's
+  // pixel t, zero outside the image. The bounds are worked out once per run,
+  // so the copy between them is a plain (vectorisable) loop.
+  void pack_run(const T* channel, int64_t row_offset, int64_t col_offset, const PixelRun& run,
+                T* dst) const {
+    const int64_t in_y = run.y * g_.stride_h + row_offset;
+    if (in_y < 0 || in_y >= g_.in_h) {
+      std::fill(dst, dst + run.length, T(0));
+      return;
     }
+    const T* src = channel + in_y * x_rstride_;
+    const int64_t in_x = run.x * g_.stride_w + col_offset, step = g_.stride_w;
+    // Pixels t in [lo, hi) read inside the row: 0 <= in_x + t * step < in_w.
+    const int64_t lo = std::clamp<int64_t>(ceil_div(-in_x, step), 0, run.length);
+    const int64_t hi = std::clamp<int64_t>(ceil_div(g_.in_w - in_x, step), lo, run.length);
+    for (int64_t t = 0; t < lo; ++t) dst[t] = T(0);
+    if (step == 1) {
+      for (int64_t t = lo; t < hi; ++t) dst[t] = src[in_x + t];
+    } else {
+      for (int64_t t = lo; t < hi; ++t) dst[t] = src[in_x + t * step];
+    }
+    for (int64_t t = hi; t < run.length; ++t) dst[t] = T(0);
   }
+
+  static int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -(-a / b); }
 
   Conv2dGeometry g_;
   const T* x_;
