@@ -1,13 +1,16 @@
-"""One sparse k x k convolution layer: direct kernel vs im2col + CSR vs dense torch.
+"""One sparse k x k convolution layer: sparsegemm.conv2d vs F.unfold + CSR vs dense torch.
 
     PYTHONPATH=python python benchmarks/conv_layer.py [--threads 1] [--repeats 21]
 
 Default: the 3x3 layer of a ResNet-50 bottleneck (64 -> 64 channels, 56 x 56,
 batch 1, padding 1) at 90% unstructured sparsity, float32. Contenders:
 
-* direct: ``sparsegemm.conv2d`` (the direct sparse convolution kernel)
-* unfold+csr: ``F.unfold`` (im2col) then the CSR panel product, the path
-  SparseConv2d used before the direct kernel
+* sparsegemm: ``sparsegemm.conv2d``, which runs im2col panels through the CSR
+  panel kernel (never the whole im2col matrix), or the direct sparse
+  convolution kernel for stride 1 over outputs 33+ wide below density 1/8
+  (drivers/conv_driver.cpp prefer_im2col_panels)
+* unfold+csr: ``F.unfold`` (im2col, whole) then the CSR product, the path
+  SparseConv2d took before either
 * dense: ``torch.nn.functional.conv2d`` with the masked dense weight
 
 Every contender's output is checked against dense first. Blocks of calls are
@@ -40,6 +43,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=56)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--kernel", type=int, default=3)
+    parser.add_argument("--stride", type=int, default=1)
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=21)
@@ -50,27 +54,29 @@ def main() -> None:
     clock = time.thread_time if args.threads == 1 else time.perf_counter
 
     torch.manual_seed(0)
-    c, k, pad = args.channels, args.kernel, args.kernel // 2
+    c, k, pad, stride = args.channels, args.kernel, args.kernel // 2, args.stride
     weight = torch.randn(c, c, k, k)
     weight[torch.rand(weight.shape) < args.sparsity] = 0
     x = torch.randn(args.batch, c, args.size, args.size)
     matrix = sparsegemm.CSRMatrix.from_dense(weight.reshape(c, -1).numpy())
     x_np = x.numpy()
 
-    def direct():
-        return sparsegemm.conv2d(x_np, matrix, k, padding=pad)
+    out_size = (args.size + 2 * pad - k) // stride + 1
+
+    def sparse():
+        return sparsegemm.conv2d(x_np, matrix, k, padding=pad, stride=stride)
 
     def unfold_csr():
-        columns = F.unfold(x, k, padding=pad).numpy()
+        columns = F.unfold(x, k, padding=pad, stride=stride).numpy()
         out = np.empty((args.batch, c, columns.shape[2]), dtype=np.float32)
         for image, result in zip(columns, out):
             _core.csr_matmul(matrix._handle, image, result, None, args.threads)
-        return out.reshape(args.batch, c, args.size, args.size)
+        return out.reshape(args.batch, c, out_size, out_size)
 
     def dense():
-        return F.conv2d(x, weight, padding=pad).numpy()
+        return F.conv2d(x, weight, padding=pad, stride=stride).numpy()
 
-    contenders = {"direct": direct, "unfold+csr": unfold_csr, "dense": dense}
+    contenders = {"sparsegemm": sparse, "unfold+csr": unfold_csr, "dense": dense}
     expected = dense()
     for name, fn in contenders.items():
         np.testing.assert_allclose(fn(), expected, rtol=1e-3, atol=1e-3, err_msg=name)
@@ -86,11 +92,11 @@ def main() -> None:
                 times[name].append((clock() - start) / args.calls)
                 time.sleep(0.003)
     sparsegemm.show_config()
-    print(f"torch {torch.__version__}; layer {c}->{c} {k}x{k}, {args.size}x{args.size}, batch "
-          f"{args.batch}, sparsity {args.sparsity}, nnz {matrix.nnz}, threads {args.threads}, "
-          f"clock {clock.__name__}")
+    print(f"torch {torch.__version__}; layer {c}->{c} {k}x{k} stride {stride}, "
+          f"{args.size}x{args.size}, batch {args.batch}, sparsity {args.sparsity}, "
+          f"nnz {matrix.nnz}, threads {args.threads}, clock {clock.__name__}")
     dense_median = statistics.median(times["dense"])
-    useful = 2 * matrix.nnz * args.size * args.size * args.batch
+    useful = 2 * matrix.nnz * out_size * out_size * args.batch
     for name, values in times.items():
         median = statistics.median(values)
         print(f"  {name:11s} {median * 1e3:8.3f} ms  "
