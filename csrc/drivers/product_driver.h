@@ -118,9 +118,9 @@ void matmul(const Product& a, const T* b, int64_t b_rstride, int64_t b_cstride, 
 }
 
 // Rows of c per tile of run_packed_panels: a tile of this many bytes stays in
-// L1 or L2 between the kernel that writes it and the caller that takes it. Tiles of 4 KiB to the
-// whole row range measured within noise of each other (Zen 3, 2 threads, in-process A/B over MiniLM
-// and BERT shapes).
+// L1 or L2 between the kernel that writes it and the caller that takes it.
+// Tiles of 4 KiB to the whole row range measured within noise of each other
+// (Zen 3, 2 threads, in-process A/B over MiniLM and BERT shapes).
 constexpr int64_t kFusedTileBytes = 32 * 1024;
 
 // c = w @ b (+ bias) over packed panels of b that the caller fills and takes
