@@ -129,9 +129,9 @@ void run_conv_kernel(const ConvPlan<T>& plan, int64_t out_channels, const T* inp
 
 // The convolution as w @ im2col(x), one panel of output pixels at a time
 // (csr_packed_panels): each panel's im2col rows are packed straight from x,
-// so the im2col matrix never exists whole, and the CSR panel kernel runs on
-// them. Panel p covers image p / panels_per_image, pixels (flattened over
-// out_h x out_w) from (p % panels_per_image) * columns.
+// already zero-padded (g without padding), so the im2col matrix never exists
+// whole, and the CSR panel kernel runs on them. Panel p covers image p / panels_per_image, pixels
+// (flattened over out_h x out_w) from (p % panels_per_image) * columns.
 template <typename T>
 class Im2colPanels final : public PanelJob<T> {
  public:
@@ -151,6 +151,8 @@ class Im2colPanels final : public PanelJob<T> {
         out_plane_(g.out_h() * g.out_w()),
         columns_(columns),
         panels_per_image_((out_plane_ + columns - 1) / columns) {
+    if (g.pad_h != 0 || g.pad_w != 0)
+      throw std::logic_error("im2col panels read a padded copy of the input");
     if (columns < 1 || columns > kMaxPanelColumns)
       throw std::logic_error("im2col panels of " + std::to_string(columns) + " columns");
   }
@@ -160,23 +162,32 @@ class Im2colPanels final : public PanelJob<T> {
   int64_t pack(int64_t p, int64_t columns, T* packed, int64_t panel_ld) const override {
     const int64_t n = p / panels_per_image_, first = (p % panels_per_image_) * columns;
     const int64_t count = std::min(columns, out_plane_ - first);
-    // The panel's pixels as runs along output rows, found once for every tap.
-    PixelRun runs[kMaxPanelColumns + 1];
-    int64_t run_count = 0;
-    for (int64_t j = 0, y = first / out_w_, x = first % out_w_; j < count; ++y, x = 0) {
-      const int64_t length = std::min(count - j, out_w_ - x);
-      runs[run_count++] = PixelRun{j, y, x, length};
-      j += length;
+    // The panel's pixels as runs along output rows, found once for every tap:
+    // each run's first input element of tap (0, 0) in every channel.
+    int64_t run_start[kMaxPanelColumns + 1], run_length[kMaxPanelColumns + 1];
+    int64_t run_offset[kMaxPanelColumns + 1];
+    int64_t runs = 0;
+    for (int64_t j = 0, y = first / out_w_, x = first % out_w_; j < count; ++y, x = 0, ++runs) {
+      run_start[runs] = j;
+      run_length[runs] = std::min(count - j, out_w_ - x);
+      run_offset[runs] = y * g_.stride_h * x_rstride_ + x * g_.stride_w;
+      j += run_length[runs];
     }
+    const int64_t step = g_.stride_w;
     T* row = packed;
     for (int64_t ci = 0; ci < g_.in_channels; ++ci) {
       const T* channel = x_ + n * x_nstride_ + ci * x_cstride_;
       for (int64_t kh = 0; kh < g_.kernel_h; ++kh)
         for (int64_t kw = 0; kw < g_.kernel_w; ++kw, row += panel_ld) {
-          const int64_t row_offset = kh * g_.dilation_h - g_.pad_h;
-          const int64_t col_offset = kw * g_.dilation_w - g_.pad_w;
-          for (int64_t r = 0; r < run_count; ++r)
-            pack_run(channel, row_offset, col_offset, runs[r], row + runs[r].start);
+          const T* tap = channel + kh * g_.dilation_h * x_rstride_ + kw * g_.dilation_w;
+          for (int64_t r = 0; r < runs; ++r) {
+            const T* src = tap + run_offset[r];
+            T* dst = row + run_start[r];
+            if (step == 1)
+              for (int64_t t = 0; t < run_length[r]; ++t) dst[t] = src[t];
+            else
+              for (int64_t t = 0; t < run_length[r]; ++t) dst[t] = src[t * step];
+          }
           std::fill(row + count, row + columns, T(0));
         }
     }
@@ -192,37 +203,6 @@ class Im2colPanels final : public PanelJob<T> {
   }
 
  private:
-  // Output pixels (y, x), ..., (y, x + length - 1), from position `start` in a panel.
-  struct PixelRun {
-    int64_t start, y, x, length;
-  };
-
-  // dst[t] = the input that tap (row_offset, col_offset) reads for the run's
-  // pixel t, zero outside the image. The bounds are worked out once per run,
-  // so the copy between them is a plain (vectorisable) loop.
-  void pack_run(const T* channel, int64_t row_offset, int64_t col_offset, const PixelRun& run,
-                T* dst) const {
-    const int64_t in_y = run.y * g_.stride_h + row_offset;
-    if (in_y < 0 || in_y >= g_.in_h) {
-      std::fill(dst, dst + run.length, T(0));
-      return;
-    }
-    const T* src = channel + in_y * x_rstride_;
-    const int64_t in_x = run.x * g_.stride_w + col_offset, step = g_.stride_w;
-    // Pixels t in [lo, hi) read inside the row: 0 <= in_x + t * step < in_w.
-    const int64_t lo = std::clamp<int64_t>(ceil_div(-in_x, step), 0, run.length);
-    const int64_t hi = std::clamp<int64_t>(ceil_div(g_.in_w - in_x, step), lo, run.length);
-    for (int64_t t = 0; t < lo; ++t) dst[t] = T(0);
-    if (step == 1) {
-      for (int64_t t = lo; t < hi; ++t) dst[t] = src[in_x + t];
-    } else {
-      for (int64_t t = lo; t < hi; ++t) dst[t] = src[in_x + t * step];
-    }
-    for (int64_t t = hi; t < run.length; ++t) dst[t] = T(0);
-  }
-
-  static int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -(-a / b); }
-
   Conv2dGeometry g_;
   const T* x_;
   int64_t x_nstride_, x_cstride_, x_rstride_;
@@ -258,19 +238,13 @@ void csr_conv2d(const CsrMatrix<T>& w, const Conv2dGeometry& geometry, const T* 
   if (batch == 0 || out_channels == 0) return;
   const int threads = threads_for_work(num_threads, (w.nnz() + out_channels) * out_plane * batch);
 
-  if (prefer_im2col_panels(w, geometry)) {
-    const Im2colPanels<T> job(geometry, x, x_nstride, x_cstride, x_rstride, out, out_channels,
-                              csr_packed_panel_columns(w));
-    csr_packed_panels(w, job.panels(batch), job, bias, num_threads, values);
-    return;
-  }
-
-  // The direct kernel, at stride 1 (prefer_im2col_panels). The zero padding
-  // is written out in one copy of the input: every tap then reads inside its
-  // row, so the kernel takes its unmasked path (no lane masks, no masked
-  // loads). Measured on Zen 3 (AVX2, 2 threads, 3x3, 64 channels, padding 1,
-  // in-process A/B): 1.18x faster at 56x56 and 90%, 1.25x at 70%, 1.04x and
-  // 1.27x at batch 4.
+  // The zero padding is written out in one copy of the input, so no read of
+  // either path is ever outside the image. The direct kernel then takes its
+  // unmasked path (no lane masks, no masked loads): measured on Zen 3 (AVX2,
+  // 2 threads, 3x3, 64 channels, padding 1, in-process A/B), 1.18x faster at
+  // 56x56 and 90%, 1.25x at 70%, 1.04x and 1.27x at batch 4. The im2col
+  // panels then pack with plain copies: with a bounds check per run of pixels,
+  // packing took 1.3-1.6x the time of the whole convolution without it.
   Conv2dGeometry g = geometry;
   const bool pad_copy = g.pad_h > 0 || g.pad_w > 0;
   int64_t padded_count = 0;
@@ -290,6 +264,15 @@ void csr_conv2d(const CsrMatrix<T>& w, const Conv2dGeometry& geometry, const T* 
     x_cstride = g.in_h * g.in_w;
     x_nstride = g.in_channels * x_cstride;
   }
+
+  if (prefer_im2col_panels(w, geometry)) {
+    const Im2colPanels<T> job(g, x, x_nstride, x_cstride, x_rstride, out, out_channels,
+                              csr_packed_panel_columns(w));
+    csr_packed_panels(w, job.panels(batch), job, bias, num_threads, values);
+    return;
+  }
+
+  // The direct kernel, at stride 1 (prefer_im2col_panels).
   const InputLayout layout{x, x_nstride, x_cstride, x_rstride, g.in_w};
   const std::vector<ConvTap> taps = make_taps(w, g, layout);
 
