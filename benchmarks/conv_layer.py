@@ -7,7 +7,7 @@ batch 1, padding 1) at 90% unstructured sparsity, float32. Contenders:
 
 * sparsegemm: ``sparsegemm.conv2d``, which runs im2col panels through the CSR
   panel kernel (never the whole im2col matrix), or the direct sparse
-  convolution kernel for stride 1 over outputs 33+ wide below density 1/8
+  convolution kernel for stride 1 over outputs 33+ wide below density 0.075
   (drivers/conv_driver.cpp prefer_im2col_panels)
 * unfold+csr: ``F.unfold`` (im2col, whole) then the CSR product, the path
   SparseConv2d took before either

@@ -214,10 +214,11 @@ class Im2colPanels final : public PanelJob<T> {
 // Zen 3 (AVX2, 2 threads, batch 1, ResNet-50's 3x3 layers, in-process A/B):
 // panels ran 1.46-5.4x faster at 90% sparsity from 28x28 down to 7x7 and at
 // stride 2 (2.3-6x), and 1.4-7.9x at 70%, everywhere. Only stride 1 over wide
-// rows at high sparsity stays direct: 64 channels at 56x56 and 112x112, the
-// direct kernel ran 1.1-1.5x faster at 90-95%, and 0.76-0.84x at 80-85%.
+// rows at very high sparsity stays direct: with 64 channels, panels ran 0.77x
+// of the direct kernel at 56x56 and 95% (1.11x at 112x112), 1.01x and 1.07x
+// at 90%, 1.08x and 1.18x at 85%.
 constexpr int64_t kDirectMinOutWidth = 33;
-constexpr double kDirectMaxDensity = 0.125;
+constexpr double kDirectMaxDensity = 0.075;
 
 template <typename T>
 bool prefer_im2col_panels(const CsrMatrix<T>& w, const Conv2dGeometry& g) {
