@@ -147,7 +147,7 @@ struct CsrProduct {
     const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
     return [&kernels, view = chunked_view(kernels)](const T* packed, int64_t panel_ld, int64_t r0,
                                                     int64_t r1, const T* bias, T* c, int64_t ldc) {
-      kernels.spmm_rows_packed(row_slice(view, r0, r1), 0, r1 - r0, packed, panel_ld, 1,
+      kernels.spmm_rows_packed(row_slice(view, r0, r1), 0, r1 - r0, packed, panel_ld,
                                bias ? bias + r0 : nullptr, c, ldc);
     };
   }
@@ -179,13 +179,9 @@ template <typename T>
 void csr_packed_panels(const CsrMatrix<T>& w, int64_t panels, const PanelJob<T>& job, const T* bias,
                        int num_threads, const T* values) {
   if (panels <= 0 || w.rows() == 0) return;
-  const CsrProduct<T> product{w, values_or_stored(w, values)};
-  const int64_t columns = product.packed_panel_columns();
   driver::run_packed_panels<T>(
-      product, panels, bias, num_threads,
-      [&](int64_t p, T* packed, int64_t panel_ld) {
-        return job.pack(p, columns, packed, panel_ld);
-      },
+      CsrProduct<T>{w, values_or_stored(w, values)}, panels, bias, num_threads,
+      [&](int64_t p, T* packed, int64_t panel_ld) { return job.pack(p, packed, panel_ld); },
       [&](int64_t p, int64_t count, int64_t r0, int64_t r1, const T* tile, int64_t tile_ld) {
         job.emit(p, count, r0, r1, tile, tile_ld);
       });

@@ -54,9 +54,9 @@ class PanelJob {
  public:
   virtual ~PanelJob() = default;
   // Fills `packed` with panel p of b: w.cols() rows, panel_ld apart, of
-  // `columns` (csr_packed_panel_columns) entries, those past the real ones
-  // zero. Returns the real ones.
-  virtual int64_t pack(int64_t p, int64_t columns, T* packed, int64_t panel_ld) const = 0;
+  // csr_packed_panel_columns(w) entries, those past the real ones zero.
+  // Returns the real ones.
+  virtual int64_t pack(int64_t p, T* packed, int64_t panel_ld) const = 0;
   // Takes rows [r0, r1) of panel p of c (bias included), `count` real columns
   // of a tile with row stride tile_ld whose row 0 is row r0.
   virtual void emit(int64_t p, int64_t count, int64_t r0, int64_t r1, const T* tile,

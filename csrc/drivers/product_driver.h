@@ -181,7 +181,7 @@ void linear_fused_panels(const Product& w, const T* x, int64_t ldx, int64_t batc
       w, (batch + panel - 1) / panel, bias, num_threads,
       [&](int64_t p, T* packed, int64_t panel_ld) {
         const int64_t first = p * panel, count = std::min(panel, batch - first);
-        pack_panels(x + first * ldx, count, in, ldx, panel, panel_ld, packed, 1);
+        pack_panel(x + first * ldx, count, in, ldx, panel, panel_ld, packed);
         return count;
       },
       [&](int64_t p, int64_t count, int64_t r0, int64_t r1, const T* tile, int64_t tile_ld) {

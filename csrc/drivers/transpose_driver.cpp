@@ -87,22 +87,12 @@ void transpose_activated(const T* src, int64_t rows, int64_t cols, int64_t src_l
 }
 
 template <typename T>
-void pack_panels(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, int64_t panel_rows,
-                 int64_t panel_ld, T* dst, int num_threads) {
-  const int64_t panels = (rows + panel_rows - 1) / panel_rows;
-  const int threads = threads_for_pass(num_threads, rows * cols);
-  const int64_t parts = std::min<int64_t>(panels, threads);
-  parallel_for(threads, parts, [&](int64_t part) {
-    for (int64_t p = panels * part / parts; p < panels * (part + 1) / parts; ++p) {
-      const int64_t first = p * panel_rows, count = std::min(panel_rows, rows - first);
-      T* panel = dst + p * cols * panel_ld;
-      transpose(src + first * src_rstride, count, cols, src_rstride, int64_t{1}, panel, panel_ld,
-                1);
-      if (count < panel_rows)
-        for (int64_t k = 0; k < cols; ++k)
-          std::fill(panel + k * panel_ld + count, panel + k * panel_ld + panel_rows, T(0));
-    }
-  });
+void pack_panel(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, int64_t panel_rows,
+                int64_t panel_ld, T* dst) {
+  transpose(src, rows, cols, src_rstride, int64_t{1}, dst, panel_ld, 1);
+  if (rows < panel_rows)
+    for (int64_t k = 0; k < cols; ++k)
+      std::fill(dst + k * panel_ld + rows, dst + k * panel_ld + panel_rows, T(0));
 }
 
 template void transpose<float>(const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t,
@@ -114,9 +104,8 @@ template void transpose_activated<float>(const float*, int64_t, int64_t, int64_t
 template void transpose_activated<double>(const double*, int64_t, int64_t, int64_t, double*,
                                           int64_t, int, Activation);
 
-template void pack_panels<float>(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*,
-                                 int);
-template void pack_panels<double>(const double*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                  double*, int);
+template void pack_panel<float>(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, float*);
+template void pack_panel<double>(const double*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                 double*);
 
 }  // namespace sparsegemm

@@ -19,15 +19,14 @@ template <typename T>
 void transpose_activated(const T* src, int64_t rows, int64_t cols, int64_t src_ld, T* dst,
                          int64_t dst_ld, int num_threads, Activation act);
 
-// Packs the transpose of src (rows x cols, row stride src_rstride, columns
-// contiguous) panel by panel: panel p holds source rows [p * panel_rows,
-// (p + 1) * panel_rows) as a contiguous cols x panel_rows block with row
-// stride panel_ld >= panel_rows, so
-// dst[(p * cols + k) * panel_ld + i] = src[(p * panel_rows + i) * src_rstride + k].
-// The last panel's columns past `rows` are zero; the padding past panel_rows
-// is not written. dst holds ceil(rows / panel_rows) * panel_ld * cols elements.
+// Packs the transpose of src (rows <= panel_rows x cols, row stride
+// src_rstride, columns contiguous) as one panel of the CSR panel kernel: a
+// cols x panel_rows block with row stride panel_ld >= panel_rows, so
+// dst[k * panel_ld + i] = src[i * src_rstride + k], zero for i in
+// [rows, panel_rows). The padding past panel_rows is not written.
+// Single-threaded: the drivers call it from their own threads.
 template <typename T>
-void pack_panels(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, int64_t panel_rows,
-                 int64_t panel_ld, T* dst, int num_threads);
+void pack_panel(const T* src, int64_t rows, int64_t cols, int64_t src_rstride, int64_t panel_rows,
+                int64_t panel_ld, T* dst);
 
 }  // namespace sparsegemm

@@ -34,18 +34,16 @@ struct CsrKernels {
   void (*spmm_rows)(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* b,
                     int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc);
 
-  // The panel product over b packed panel by panel, as the linear driver
-  // packs x^T: each panel of P = packed_panel_columns(a.cols) columns is a
-  // contiguous a.cols x P block with row stride panel_ld >= P (element (k, j)
-  // of panel p at packed[(p * a.cols + k) * panel_ld + j]), the last one
-  // zero-padded. Contiguous
-  // panels touch a few pages where a strided b touches one page per row of b,
-  // which made the strided kernel TLB-bound: 1.1-1.6x slower on Zen 3 at
-  // 384-3072 columns of a.
-  //   c[r, 0:panels * P] = bias[r] + sum_j a[r, j] * b[j, 0:panels * P]
+  // The panel product over one packed panel of b, as the drivers pack x^T or
+  // im2col(x): P = packed_panel_columns(a.cols) columns as a contiguous
+  // a.cols x P block with row stride panel_ld >= P (element (k, j) at
+  // packed[k * panel_ld + j]). A contiguous panel touches a few pages where a
+  // strided b touches one page per row of b, which made the strided kernel
+  // TLB-bound: 1.1-1.6x slower on Zen 3 at 384-3072 columns of a.
+  //   c[r, 0:P] = bias[r] + sum_j a[r, j] * b[j, 0:P]
   int64_t (*packed_panel_columns)(int64_t cols);
   void (*spmm_rows_packed)(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* packed,
-                           int64_t panel_ld, int64_t panels, const T* bias, T* c, int64_t ldc);
+                           int64_t panel_ld, const T* bias, T* c, int64_t ldc);
 
   // Gather product, for a single dense vector (batch 1; nvec > 1 loops over vectors):
   //   y(v, r) = bias[r] + sum_j a[r, j] * x(v, j)   for v < nvec, r in [row_begin, row_end)

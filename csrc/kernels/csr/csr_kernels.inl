@@ -290,21 +290,17 @@ int64_t packed_panel_columns(int64_t cols) {
   return static_cast<int64_t>(panel_vectors<T>(cols)) * Vec<T>::kLanes;
 }
 
-// The panel product over b packed panel by panel (see CsrKernels::spmm_rows_packed):
-// row blocks, then panels, then the rows of the block, as spmm_rows_nv.
+// The panel product over one packed panel of b (see CsrKernels::spmm_rows_packed),
+// in row blocks as spmm_rows_nv.
 template <typename T>
 void spmm_rows_packed(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* packed,
-                      int64_t panel_ld, int64_t panels, const T* bias, T* c, int64_t ldc) {
+                      int64_t panel_ld, const T* bias, T* c, int64_t ldc) {
   with_panel_kernel(a, [&](auto vectors, const auto* indices) {
     constexpr int NV = decltype(vectors)::value;
-    constexpr int64_t kPanel = static_cast<int64_t>(NV) * Vec<T>::kLanes;
     const auto block = [&](int64_t r0, int64_t r1) {
-      for (int64_t p = 0; p < panels; ++p)
-        rows_times_full_panel<T, NV>(a, indices, r0, r1, packed + p * a.cols * panel_ld, panel_ld,
-                                     bias, c, ldc, p * kPanel);
+      rows_times_full_panel<T, NV>(a, indices, r0, r1, packed, panel_ld, bias, c, ldc, 0);
     };
-    // Chunked, the blocks are those of chunk order, small enough to stay in L2
-    // across the panels.
+    // Chunked, the blocks are those of chunk order (small enough for L2).
     if (a.chunk_bounds != nullptr)
       for_chunk_order_blocks(a, row_begin, row_end, block);
     else
