@@ -4,7 +4,8 @@
 ``_core.csr_linear``. Each takes the few-vector kernel for up to
 ``kernel_catalogue()["limits"]["gather_max_vectors"]`` dense vectors and the
 panel kernel for more, so the vector counts below cover both paths and
-straddle every SIMD tile (1, 4, 8 and 16 lanes; 4-vector panels).
+straddle every SIMD tile (1, 4, 8 and 16 lanes; 4-vector panels, and the
+8-vector panels a short operand (41 rows here) gets: up to 128 columns).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sparsegemm
 from sparsegemm import CSRMatrix, _core, linear, sparse_mm
 
 GATHER_MAX_VECTORS = sparsegemm.kernel_catalogue()["limits"]["gather_max_vectors"]
-VECTOR_COUNTS = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100]
+VECTOR_COUNTS = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 127, 128, 129]
 DTYPES = [np.float32, np.float64]
 # (M, K): ones, odd sizes, and rows longer than any SIMD tile.
 SHAPES = [(1, 1), (1, 37), (37, 1), (13, 29), (7, 100)]
