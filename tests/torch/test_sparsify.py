@@ -47,6 +47,17 @@ def test_explicit_csr_converts_sparse_enough_layers_without_timing(prune, planne
     assert "not measured" in str(model.sparsegemm_report)
 
 
+def test_min_sparsity_counts_zeros_as_a_pruner_rounds_them():
+    # 16 weights at 70%: torch's pruner zeroes round(11.2) = 11, a sparsity of 68.75%.
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    torch_prune.l1_unstructured(model[0], "weight", amount=0.7)
+    torch_prune.l1_unstructured(model[1], "weight", amount=10)  # one zero short
+    sparsify(model, format="csr")
+    assert isinstance(model[0], SparseLinear)
+    assert isinstance(model[1], nn.Linear)
+    assert "sparsity below" in model.sparsegemm_report[1].reason
+
+
 def test_filter_fn_gets_module_and_fully_qualified_name(prune):
     model = nn.Sequential(nn.Sequential(prune(nn.Linear(8, 8), 0.9)), prune(nn.Linear(8, 8), 0.9))
     seen = []

@@ -146,6 +146,15 @@ def _sparsity(module: nn.Module) -> float:
     return 1.0 - keep.count_nonzero().item() / keep.numel() if keep.numel() else 0.0
 
 
+def _meets_min_sparsity(module: nn.Module, min_sparsity: float) -> bool:
+    """Whether ``module``'s weight holds at least ``min_sparsity`` zeros, counted as a
+    pruner counts them: ``round(min_sparsity * numel)`` (``torch.nn.utils.prune``), so a
+    weight pruned to exactly 70% is not kept dense for being a fraction of an entry short."""
+    _, keep = masked_weight(module)
+    zeros = keep.numel() - keep.count_nonzero().item()
+    return zeros >= round(min_sparsity * keep.numel())
+
+
 def _time_convolution(module: nn.Conv2d, x: torch.Tensor) -> FormatChoice:
     """Dense ``module(x)`` against its CSR SparseConv2d (see :func:`time_convolution`)."""
     sparse = SparseConv2d.from_dense(module, format="csr")
@@ -272,7 +281,7 @@ class _Converter:
             return self._keep(module, name, kind, _sparsity(module),
                               f"dtype {module.weight.dtype} not supported")
         sparsity = _sparsity(module)
-        if sparsity < self.min_sparsity:
+        if not _meets_min_sparsity(module, self.min_sparsity):
             return self._keep(
                 module, name, kind, sparsity, f"sparsity below {self.min_sparsity:.0%}"
             )
