@@ -1,5 +1,6 @@
-"""The inference fast path of SparseLinear: the kernel called directly, without the custom op,
-when no gradient is recorded. It must give the op's exact output and see every weight edit."""
+"""The inference fast path of SparseLinear and SparseConv2d: the kernel called directly,
+without the custom op, when no gradient is recorded. It must give the op's exact output and
+see every weight edit."""
 
 import copy
 import pickle
@@ -7,7 +8,7 @@ import pickle
 import pytest
 
 torch = pytest.importorskip("torch")
-from sparsegemm.torch import SparseLinear, clear_cache
+from sparsegemm.torch import SparseConv2d, SparseLinear, clear_cache
 from sparsegemm.torch import modules as sparse_modules
 from torch import nn
 
@@ -206,3 +207,76 @@ def test_modules_built_inside_inference_mode_run_there_and_train_after(prune, bu
     assert not any(t.is_inference() for t in module.state_dict().values())
     if build != "int8":  # int8 weights are frozen buffers
         module(x).sum().backward()
+
+
+@pytest.fixture
+def direct_conv_calls(monkeypatch):
+    """Counts calls of the convolutions' direct paths (1x1 products and k x k kernels)."""
+    calls = []
+    for name in ("bmm_direct", "conv2d_direct"):
+        original = getattr(sparse_modules._ops, name)
+
+        def counting(*args, original=original, name=name):
+            calls.append(name)
+            return original(*args)
+
+        monkeypatch.setattr(sparse_modules._ops, name, counting)
+    return calls
+
+
+CONV_GEOMETRIES = [
+    dict(kernel_size=1),
+    dict(kernel_size=1, stride=2),
+    dict(kernel_size=3, padding=1),
+    dict(kernel_size=(3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2)),
+    dict(kernel_size=3, padding="same"),
+]
+
+
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_conv_direct_path_equals_custom_op(prune, direct_conv_calls, geometry, bias, context,
+                                           dtype):
+    torch.manual_seed(0)
+    dense = prune(nn.Conv2d(5, 7, bias=bias, dtype=dtype, **geometry), 0.7)
+    sparse = SparseConv2d.from_dense(dense)
+    x = torch.randn(2, 5, 9, 8, dtype=dtype)
+    expected = _through_op(sparse, x)
+    assert not direct_conv_calls
+    with context():
+        out = sparse(x)
+        unbatched = sparse(x[0])
+        channels_last = sparse(x.to(memory_format=torch.channels_last))
+    assert len(direct_conv_calls) == 3
+    assert torch.equal(out, expected)
+    assert torch.equal(unbatched, expected[0]) and torch.equal(channels_last, expected)
+    torch.testing.assert_close(out, dense(x).detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_direct_path_sees_folded_batchnorm_and_edits(prune):
+    torch.manual_seed(0)
+    dense = prune(nn.Conv2d(4, 6, 3, padding=1), 0.8)
+    sparse = SparseConv2d.from_dense(dense)
+    x = torch.randn(1, 4, 6, 6)
+    bn = nn.BatchNorm2d(6).eval()
+    bn.running_mean.uniform_(-1, 1)
+    bn.running_var.uniform_(0.5, 2)
+    with torch.no_grad():
+        sparse(x)  # fills the module's shortcut
+        sparse.fold_batchnorm(bn)
+        torch.testing.assert_close(sparse(x), bn(dense(x)), rtol=1e-5, atol=1e-5)
+        sparse.values.mul_(0)  # every output is the bias, through the BatchNorm
+        bias_only = torch.zeros_like(dense(x)) + dense.bias[:, None, None]
+        torch.testing.assert_close(sparse(x), bn(bias_only), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_direct_path_leaves_bad_input_to_the_op(prune, direct_conv_calls):
+    sparse = SparseConv2d.from_dense(prune(nn.Conv2d(3, 4, 5), 0.5))
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="sparsegemm.csr_conv2d"):
+            sparse(torch.randn(1, 3, 3, 3))  # smaller than the kernel
+        with pytest.raises(TypeError, match="dtype"):
+            sparse(torch.randn(1, 3, 8, 8, dtype=torch.float64))
+    assert direct_conv_calls == ["conv2d_direct"]  # tried, found no output, left it to the op

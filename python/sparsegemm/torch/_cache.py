@@ -203,8 +203,11 @@ class KernelOperands:
 
     def get(self, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
             bias: torch.Tensor | None, shape: tuple[int, int],
-            blocksize: tuple[int, int] | None = None) -> tuple:
-        """(pattern, values array, bias array or None, chunk-ordered values or None)."""
+            blocksize: tuple[int, int] | None = None, chunk_order: bool = True) -> tuple:
+        """(pattern, values array, bias array or None, chunk-ordered values or None).
+
+        ``chunk_order=False`` (a convolution's kernels read storage order) makes no
+        chunk-ordered copy."""
         # An inference tensor keeps no version counter: its values are read in CSR order.
         inference = values.is_inference()
         # A dtype or device change (module.double()) gives values new memory: a new data_ptr.
@@ -217,7 +220,7 @@ class KernelOperands:
             bias_array = None if bias is None else as_numpy(bias.contiguous())
             array = values_array(values)
             chunk_ordered = None
-            if blocksize is None and not inference:
+            if blocksize is None and chunk_order and not inference:
                 chunk_cols, ordered = pattern._handle.values_in_chunk_order(array)
                 chunk_ordered = None if ordered is None else (chunk_cols, ordered)
             self.operands = (pattern, array, bias_array, chunk_ordered)

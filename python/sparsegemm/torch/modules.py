@@ -645,21 +645,34 @@ class SparseConv2d(_SparseWeight):
                              f"got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]}")
+        # Inference fast path, as SparseLinear's: the kernels without the ops' dispatch,
+        # which cost a tiny convolution several times its kernel's time.
+        operands = None
+        if _ops.can_call_kernel_directly(x, self.values, self.bias):
+            operands = self._kernel_operands.get(self.indptr, self.indices, self.values,
+                                                 self.bias, self._matrix_shape, chunk_order=False)
         left, right, top, bottom = self._explicit_padding()
         if self.kernel_size == (1, 1) and (left, right, top, bottom) == (0, 0, 0, 0):
             if self.stride != (1, 1):
                 x = x[:, :, ::self.stride[0], ::self.stride[1]]
             out_h, out_w = x.shape[2], x.shape[3]
             columns = x.reshape(x.shape[0], self.in_channels, out_h * out_w)
-            y = torch.ops.sparsegemm.csr_bmm(self.indptr, self.indices, self.values,
-                                             self.matrix_shape[1], columns, self.bias)
+            if operands is not None:
+                y = _ops.bmm_direct(columns, *operands[:3])
+            else:
+                y = torch.ops.sparsegemm.csr_bmm(self.indptr, self.indices, self.values,
+                                                 self.matrix_shape[1], columns, self.bias)
             return y.view(x.shape[0], self.out_channels, out_h, out_w)
         if left != right or top != bottom:
             x = F.pad(x, (left, right, top, bottom))
             left = top = 0
-        return torch.ops.sparsegemm.csr_conv2d(
-            x, self.indptr, self.indices, self.values, self.matrix_shape[1], list(self.kernel_size),
-            list(self.stride), [top, left], list(self.dilation), self.bias)
+        geometry = (list(self.kernel_size), list(self.stride), [top, left], list(self.dilation))
+        if operands is not None:
+            y = _ops.conv2d_direct(x, *operands[:3], *geometry)
+            if y is not None:
+                return y
+        return torch.ops.sparsegemm.csr_conv2d(x, self.indptr, self.indices, self.values,
+                                               self.matrix_shape[1], *geometry, self.bias)
 
     def fold_batchnorm(self, bn: nn.BatchNorm2d) -> None:
         """Fold eval-mode ``bn``, which follows this convolution, into it: each output

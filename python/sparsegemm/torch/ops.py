@@ -50,7 +50,7 @@ covers the stored positions only, so the sparsity pattern never fills in.
 from __future__ import annotations
 
 import functools
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch.nn.functional as F
@@ -279,7 +279,7 @@ def csr_bmm(indptr: Tensor, indices: Tensor, values: Tensor, cols: int, b: Tenso
     rows = _rows(indptr)
     pattern = patterns.entry(indptr, indices, (rows, cols), values.dtype).matrix
     out = torch.empty((b.shape[0], rows, b.shape[2]), dtype=values.dtype)
-    _batched_matmul(pattern, values_array(values), b, out, bias)
+    _batched_matmul(pattern, values_array(values), b, out, _bias_array(bias))
     return out
 
 
@@ -313,14 +313,21 @@ def _(indptr, indices, values, cols, g):
 
 
 def _batched_matmul(pattern, values: np.ndarray, b: Tensor, out: Tensor,
-                    bias: Optional[Tensor]) -> None:
+                    bias: Optional[np.ndarray]) -> None:
     # Each b[i] is (K x N) with N contiguous: the panel kernel reads it in place.
     b_array = as_numpy(b.contiguous())
     out_array = as_numpy(out)
-    bias_array = _bias_array(bias)
     threads = torch.get_num_threads()
     for b_i, out_i in zip(b_array, out_array):
-        _core.csr_matmul(pattern._handle, b_i, out_i, bias_array, threads, values)
+        _core.csr_matmul(pattern._handle, b_i, out_i, bias, threads, values)
+
+
+def bmm_direct(b: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndarray]) -> Tensor:
+    """:func:`csr_bmm` without the op's dispatch: only after
+    :func:`can_call_kernel_directly`, with b (B, cols, N) checked."""
+    out = torch.empty((b.shape[0], pattern.shape[0], b.shape[2]), dtype=b.dtype)
+    _batched_matmul(pattern, values, b, out, bias)
+    return out
 
 
 # csr_conv2d -----------------------------------------------------------------------------------
@@ -352,11 +359,33 @@ def csr_conv2d(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, cols:
     )
     rows = _rows(indptr)
     pattern = patterns.entry(indptr, indices, (rows, cols), values.dtype).matrix
-    out = torch.empty((x.shape[0], rows, out_h, out_w), dtype=values.dtype)
+    return _conv2d(x, pattern, values_array(values), _bias_array(bias), kernel_size, stride,
+                   padding, dilation, (out_h, out_w))
+
+
+def _conv2d(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndarray],
+            kernel_size: List[int], stride: List[int], padding: List[int], dilation: List[int],
+            out_size: Tuple[int, int]) -> Tensor:
+    out = torch.empty((x.shape[0], pattern.shape[0], *out_size), dtype=x.dtype)
     _core.csr_conv2d(pattern._handle, as_numpy(x.contiguous()), as_numpy(out), kernel_size, stride,
-                     padding, dilation, _bias_array(bias), torch.get_num_threads(),
-                     values_array(values))
+                     padding, dilation, bias, torch.get_num_threads(), values)
     return out
+
+
+def conv2d_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndarray],
+                  kernel_size: List[int], stride: List[int], padding: List[int],
+                  dilation: List[int]) -> Optional[Tensor]:
+    """:func:`csr_conv2d` without the op's dispatch: only after
+    :func:`can_call_kernel_directly`, with x (N, C, H, W) of the weight's channels.
+    None where the kernel does not fit the input (the op then raises its clear error)."""
+    out_h, out_w = (
+        (size + 2 * pad - dil * (kernel - 1) - 1) // step + 1
+        for size, pad, dil, kernel, step in zip(x.shape[2:], padding, dilation, kernel_size, stride)
+    )
+    if out_h <= 0 or out_w <= 0:
+        return None
+    return _conv2d(x, pattern, values, bias, kernel_size, stride, padding, dilation,
+                   (out_h, out_w))
 
 
 @csr_conv2d.register_fake
