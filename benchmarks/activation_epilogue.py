@@ -126,4 +126,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from sparsegemm.bench.environment import reexec_with_timing_env
+
+    reexec_with_timing_env([sys.executable, *sys.argv])  # the suite's spin and allocator settings
     main()

@@ -29,6 +29,7 @@ sparsity and >= 5x at 90%.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
@@ -126,4 +127,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from sparsegemm.bench.environment import reexec_with_timing_env
+
+    reexec_with_timing_env([sys.executable, *sys.argv])  # the suite's spin and allocator settings
     main()

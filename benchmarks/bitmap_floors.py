@@ -22,6 +22,7 @@ break-even at <= 25%; batch 8 >= 1.3x at 50%; at 0% never below 0.85x.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
@@ -107,4 +108,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from sparsegemm.bench.environment import reexec_with_timing_env
+
+    reexec_with_timing_env([sys.executable, *sys.argv])  # the suite's spin and allocator settings
     main()

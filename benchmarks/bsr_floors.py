@@ -15,6 +15,7 @@ machine (``uptime`` load < 0.5); numbers from a busy one are not evidence.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
@@ -78,4 +79,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from sparsegemm.bench.environment import reexec_with_timing_env
+
+    reexec_with_timing_env([sys.executable, *sys.argv])  # the suite's spin and allocator settings
     main()

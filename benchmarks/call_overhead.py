@@ -21,6 +21,7 @@ in the same run, still say where the cost is.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
@@ -108,4 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from sparsegemm.bench.environment import reexec_with_timing_env
+
+    reexec_with_timing_env([sys.executable, *sys.argv])  # the suite's spin and allocator settings
     raise SystemExit(main())

@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from sparsegemm.bench.environment import reexec_with_spin_env
+    from sparsegemm.bench.environment import reexec_with_timing_env
 
-    reexec_with_spin_env([sys.executable, *sys.argv])
+    reexec_with_timing_env([sys.executable, *sys.argv])
     sys.exit(main())

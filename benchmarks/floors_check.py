@@ -135,4 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from sparsegemm.bench.environment import reexec_with_timing_env
+
+    reexec_with_timing_env([sys.executable, *sys.argv])  # the suite's spin and allocator settings
     sys.exit(main())

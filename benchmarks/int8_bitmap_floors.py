@@ -21,6 +21,7 @@ Target floors at batch 1, 2 threads: vs quantize_dynamic >= 1.4x at 50%,
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 
@@ -115,4 +116,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from sparsegemm.bench.environment import reexec_with_timing_env
+
+    reexec_with_timing_env([sys.executable, *sys.argv])  # the suite's spin and allocator settings
     main()

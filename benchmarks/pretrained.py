@@ -56,6 +56,7 @@ import itertools
 import random
 import re
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -623,4 +624,7 @@ def main(argv: Optional[Sequence[str]] = None) -> list[Row]:
 
 
 if __name__ == "__main__":
+    from sparsegemm.bench.environment import reexec_with_timing_env
+
+    reexec_with_timing_env([sys.executable, *sys.argv])  # the suite's spin and allocator settings
     main()

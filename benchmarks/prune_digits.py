@@ -37,6 +37,7 @@ import argparse
 import copy
 import math
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -478,4 +479,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    from sparsegemm.bench.environment import reexec_with_timing_env
+
+    reexec_with_timing_env([sys.executable, *sys.argv])  # the suite's spin and allocator settings
     raise SystemExit(main())

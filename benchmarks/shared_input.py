@@ -18,6 +18,7 @@ import argparse
 import copy
 import importlib.util
 import statistics
+import sys
 import time
 from typing import Any, Callable
 
@@ -105,4 +106,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from sparsegemm.bench.environment import reexec_with_timing_env
+
+    reexec_with_timing_env([sys.executable, *sys.argv])  # the suite's spin and allocator settings
     main()

@@ -29,7 +29,7 @@ import sys
 
 import sparsegemm
 from sparsegemm.bench.e2e import MODELS_BY_KEY, e2e_table, run_e2e
-from sparsegemm.bench.environment import reexec_with_spin_env
+from sparsegemm.bench.environment import reexec_with_timing_env
 from sparsegemm.bench.harness import HarnessSettings
 from sparsegemm.bench.workloads import parse_pattern
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Thread pools read their spin settings when they load: re-run once with them set,
-    # as the benchmark CLI does.
-    reexec_with_spin_env([sys.executable, *sys.argv])
+    # The timing environment (thread-pool spin, allocator) is read at start-up: re-run once
+    # with it set, as the benchmark CLI does.
+    reexec_with_timing_env([sys.executable, *sys.argv])
     sys.exit(main())

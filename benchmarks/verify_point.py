@@ -41,7 +41,7 @@ import numpy as np
 
 import sparsegemm
 from sparsegemm.bench import contenders as registry
-from sparsegemm.bench.environment import last_level_cache_bytes, reexec_with_spin_env
+from sparsegemm.bench.environment import last_level_cache_bytes, reexec_with_timing_env
 from sparsegemm.bench.harness import check_output
 from sparsegemm.bench.workloads import (
     Point,
@@ -339,6 +339,6 @@ def _median_against(measured: list[dict], args: argparse.Namespace, row: dict | 
 
 
 if __name__ == "__main__":
-    # Same thread-pool spin settings as the suite; they must be set before numpy loads.
-    reexec_with_spin_env([sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
+    # The suite's timing environment (thread-pool spin, allocator): set before the process starts.
+    reexec_with_timing_env([sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
     sys.exit(main())

@@ -13,7 +13,7 @@ import pytest
 import sparsegemm
 from sparsegemm.bench.cli import main
 from sparsegemm.bench.compare import compare_documents, compare_files
-from sparsegemm.bench.environment import SPIN_ENV
+from sparsegemm.bench.environment import TIMING_ENV
 from sparsegemm.bench.results import COLUMNS, load_json
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -63,7 +63,7 @@ def test_json_has_machine_metadata_and_break_even(quick_run):
     assert metadata["cpu_model"]
     assert metadata["sparsegemm"]["isa"] in ("scalar", "avx2", "avx512")
     assert metadata["threads"] >= 1 and metadata["numpy"] and metadata["scipy"]
-    assert "threadpools" in metadata and "spin_env" in metadata
+    assert "threadpools" in metadata and "timing_env" in metadata
     assert "--quick-test" in metadata["command"]
     assert document["break_even"]
     assert all(
@@ -223,7 +223,7 @@ def _run_console(args, tmp_path):
         k: v
         for k, v in os.environ.items()
         if k
-        not in (*SPIN_ENV, "SPARSEGEMM_BENCH_REEXEC")
+        not in (*TIMING_ENV, "SPARSEGEMM_BENCH_REEXEC")
     }
     package_root = os.path.dirname(os.path.dirname(sparsegemm.__file__))
     env["PYTHONPATH"] = os.pathsep.join([package_root, env.get("PYTHONPATH", "")])
@@ -242,14 +242,15 @@ def _run_console(args, tmp_path):
     )
 
 
-def test_console_script_reexecutes_with_the_spin_settings(tmp_path):
+def test_console_script_reexecutes_with_the_timing_environment(tmp_path):
     done = _run_console(
         ["bench", "--quick-test", "--no-progress", "--no-plot", "--formats", "sgemm_csr"], tmp_path
     )
     assert done.returncode == 0, done.stderr
     metadata = load_json(str(tmp_path / "bench_results" / "results.json"))["metadata"]
-    assert metadata["spin_env_applied"]
-    assert metadata["spin_env"]["KMP_BLOCKTIME"] == "1"
+    assert metadata["timing_env_applied"]
+    assert metadata["timing_env"]["KMP_BLOCKTIME"] == "1"
+    assert "trim_threshold" in metadata["timing_env"]["GLIBC_TUNABLES"]
     assert "not applied" not in done.stdout
 
 
@@ -270,13 +271,13 @@ def test_console_help_is_the_top_level_help_in_any_environment(tmp_path):
     without = _run_console(["--help"], tmp_path)
     assert without.returncode == 0, without.stderr
     assert without.stdout.startswith("usage: sparsegemm [-h] {bench}")
-    # With the spin settings already present no re-execution happens; the help is the same.
-    with_spin = subprocess.run(
+    # With the timing environment already set no re-execution happens; the help is the same.
+    with_timing_env = subprocess.run(
         [sys.executable, "-c", ("import sys; from sparsegemm.bench.cli import main; "
                                 "sys.argv = ['sparsegemm', '--help']; sys.exit(main())")],
-        env={**os.environ, **SPIN_ENV}, capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, **TIMING_ENV}, capture_output=True, text=True, timeout=120, check=False,
     )
-    assert with_spin.stdout == without.stdout
+    assert with_timing_env.stdout == without.stdout
 
 
 def test_bare_console_command_prints_help_and_runs_nothing(tmp_path):

@@ -3,10 +3,10 @@
 import sys
 
 from .cli import MODULE, main
-from .environment import reexec_with_spin_env
+from .environment import reexec_with_timing_env
 
 arguments = sys.argv[1:]
-reexec_with_spin_env([sys.executable, "-m", MODULE, *arguments])
+reexec_with_timing_env([sys.executable, "-m", MODULE, *arguments])
 if not arguments or arguments[0] != "bench":
     arguments = ["bench", *arguments]
 raise SystemExit(main(arguments))

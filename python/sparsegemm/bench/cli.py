@@ -23,7 +23,7 @@ import sparsegemm
 from . import contenders as registry
 from .analysis import break_even_table
 from .compare import compare_files
-from .environment import machine_metadata, missing_spin_env, reexec_with_spin_env
+from .environment import machine_metadata, missing_timing_env, reexec_with_timing_env
 from .harness import HarnessSettings
 from .processes import load_children, merge_e2e_rows, merge_rows, run_children
 from .report import (
@@ -446,10 +446,10 @@ def run_bench(args: argparse.Namespace) -> int:
         )
     elif not args.e2e_only:
         notes.append(preset.description)
-    if missing_spin_env():
+    if missing_timing_env():
         notes.append(
-            f"thread-pool spin settings not applied ({', '.join(missing_spin_env())} "
-            "unset): cross-runtime timings may include spinning pools"
+            f"timing environment not applied ({', '.join(missing_timing_env())} "
+            "unset): timings may include spinning thread pools or page faults"
         )
     os.makedirs(args.out, exist_ok=True)
     metadata = machine_metadata(threads)
@@ -460,7 +460,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if children is not None:
         documents = next(iter(children.values()))
         metadata["processes"] = [
-            {key: document["metadata"].get(key) for key in ("date", "affinity", "spin_env")}
+            {key: document["metadata"].get(key) for key in ("date", "affinity", "timing_env")}
             for document in documents
         ]
     if not args.e2e_only:
@@ -513,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     if console:  # argv starts with "bench", which `python -m` passes through unchanged
-        reexec_with_spin_env([sys.executable, "-m", MODULE, *argv])
+        reexec_with_timing_env([sys.executable, "-m", MODULE, *argv])
     args.argv = argv[1:]
     try:
         return run_bench(args)

@@ -1,10 +1,24 @@
 """The process environment the benchmark needs, and the facts about the machine it reports.
 
-Idle thread pools keep spinning after a call (torch's libgomp, MKL's libiomp,
-OpenBLAS's pthreads); on a small machine the next contender from another
-runtime then loses milliseconds per call. The runtimes read their spin settings
-when they load, which happens as soon as ``sparsegemm`` (numpy, libgomp) is
-imported, so the CLI re-executes itself once with :data:`SPIN_ENV` set.
+Two settings are read once, when a process starts or a runtime loads, so the CLI
+and the benchmark scripts re-execute themselves once with :data:`TIMING_ENV` set
+(keeping any value the user set):
+
+* Idle thread pools keep spinning after a call (torch's libgomp, MKL's libiomp,
+  OpenBLAS's pthreads); on a small machine the next contender from another
+  runtime then loses milliseconds per call. The runtimes read their spin
+  settings when they load, which happens as soon as ``sparsegemm`` (numpy,
+  libgomp) is imported.
+* glibc's allocator hands freed memory back to the OS (trimming the heap, or
+  unmapping blocks above its mmap threshold), so the next call faults its
+  buffers in again, a page at a time. Whether it does depends on the order
+  earlier buffers were freed in: on a VM at about 2 us a fault, a ResNet
+  bottleneck's time in one process moved between 1.3 and 4.9 ms with 0 to
+  1,500 faults a call, for dense torch and sparsegemm alike. Keeping freed
+  memory (as jemalloc and tcmalloc do, and as PyTorch's CPU tuning guide
+  advises) makes every contender's time repeatable. ld.so reads these tunables
+  at process start; other C libraries ignore them.
+
 OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are deliberately left alone: they change
 which kernel OpenBLAS runs, not how long it waits.
 """
@@ -19,29 +33,33 @@ from typing import Any
 
 from ..timing import last_level_cache_bytes
 
-#: Set (unless the user set them) before numpy, torch and sparsegemm's OpenMP load.
-SPIN_ENV = {
+#: Set (unless the user set them) before the process starts: see the module docstring.
+TIMING_ENV = {
     "KMP_BLOCKTIME": "1",  # MKL/libiomp: spin 1 ms after a parallel region, not 200 ms
     "OPENBLAS_THREAD_TIMEOUT": "20",  # OpenBLAS: spin 2**20 cycles (well under a millisecond)
     # libgomp (torch's and ours): spin about 0.1-0.5 ms, not the default 300k
     # iterations (milliseconds). PASSIVE would make every call pay a wake-up.
     "GOMP_SPINCOUNT": "10000",
+    # glibc: keep up to 1 GiB of freed heap, and serve blocks up to 32 MiB (its
+    # largest mmap threshold) from the heap, so no call faults in pages a
+    # previous call gave back.
+    "GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1073741824:glibc.malloc.mmap_threshold=33554432",
 }
 _REEXEC_MARK = "SPARSEGEMM_BENCH_REEXEC"
 
 
-def missing_spin_env() -> dict[str, str]:
-    """The :data:`SPIN_ENV` entries not yet in the environment."""
-    return {k: v for k, v in SPIN_ENV.items() if k not in os.environ}
+def missing_timing_env() -> dict[str, str]:
+    """The :data:`TIMING_ENV` entries not yet in the environment."""
+    return {k: v for k, v in TIMING_ENV.items() if k not in os.environ}
 
 
-def reexec_with_spin_env(command: list[str]) -> None:
-    """Replace this process by ``command`` (argv, program first) with :data:`SPIN_ENV` set.
+def reexec_with_timing_env(command: list[str]) -> None:
+    """Replace this process by ``command`` (argv, program first) with :data:`TIMING_ENV` set.
 
     Returns without doing anything if the settings are already there, if this
     process is already the re-executed one, or where ``os.execv`` is unavailable.
     """
-    missing = missing_spin_env()
+    missing = missing_timing_env()
     if not missing or os.environ.get(_REEXEC_MARK) or os.name != "posix":
         return
     os.environ.update(missing)
@@ -127,8 +145,8 @@ def machine_metadata(threads: int) -> dict[str, Any]:
         "scipy": scipy.__version__,
         "torch": torch_info,
         "threadpools": blas_info(),
-        "spin_env": {k: os.environ.get(k) for k in SPIN_ENV},
-        "spin_env_applied": not missing_spin_env(),
+        "timing_env": {k: os.environ.get(k) for k in TIMING_ENV},
+        "timing_env_applied": not missing_timing_env(),
         "affinity": thread_affinity(),
         "last_level_cache": dict(zip(("bytes", "source"), last_level_cache_bytes())),
     }
