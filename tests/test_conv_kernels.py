@@ -120,7 +120,31 @@ def test_empty_batch_channels_and_outputs():
     assert sparsegemm.conv2d(np.ones((1, 2, 5, 5)), no_outputs, 3).shape == (1, 0, 3, 3)
 
 
-@pytest.mark.parametrize("density", [0.05, 0.3])  # the direct kernel, then im2col panels
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel, stride, dilation, out_width", [
+    ((3, 3), 1, 1, 60),  # two panels a row on AVX2 floats, the second short
+    ((3, 5), (2, 1), (1, 2), 64),
+    ((5, 3), 1, (2, 1), 30),
+    ((2, 2), (3, 1), 1, 16),
+])
+def test_shifted_row_panels(isa, dtype, kernel, stride, dilation, out_width):
+    """Stride 1 along rows, rows that fill their panels and few entries per weight column
+    (here 6 channels out at density 0.4): the panels hold one input row per (channel,
+    kernel row), read at each kernel column's shift (drivers/conv_driver.cpp)."""
+    rng = np.random.default_rng(out_width)
+    (kh, kw), dw = kernel, dilation if isinstance(dilation, int) else dilation[1]
+    in_w = out_width - 2 + dw * (kw - 1)
+    weight = sparse_weight(rng, 6, 5, kh, kw, density=0.4)
+    x = rng.standard_normal((2, 5, 9, in_w))[:, :, :, ::-1]  # read through negative strides
+    with sparsegemm.use_isa(isa):
+        check(x, weight, kernel, dtype, bias=rng.standard_normal(6), padding=1, stride=stride,
+              dilation=dilation)
+
+
+# The direct kernel (5% of 64 x 64 x 3 x 3), shifted row panels (10%: 6.4 entries per weight
+# column) and im2col panels (30%: 19).
+@pytest.mark.parametrize("density", [0.05, 0.1, 0.3])
 def test_resnet_3x3_layer_shape(density):
     rng = np.random.default_rng(3)
     weight = sparse_weight(rng, 64, 64, 3, 3, density=density, dtype=np.float32)

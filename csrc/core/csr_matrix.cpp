@@ -296,6 +296,28 @@ const T* CsrMatrix<T>::own_values_in_chunk_order(int64_t chunk_cols) const {
 }
 
 template <typename T>
+const index_t* CsrMatrix<T>::tap_offsets(int64_t kernel_h, int64_t kernel_w, int64_t col_step,
+                                         int64_t row_stride) const {
+  if (kernel_h <= 0 || kernel_w <= 0 || col_step < 0 || row_stride < 0 ||
+      cols_ % (kernel_h * kernel_w) != 0)
+    throw std::invalid_argument("tap_offsets: the columns are not channels x kernel_h x kernel_w");
+  const int64_t channel_rows = cols_ / kernel_w;  // one panel row per (ci, kh)
+  if (channel_rows > 0 &&
+      (channel_rows - 1) * row_stride + (kernel_w - 1) * col_step > INT32_MAX - row_stride)
+    throw std::overflow_error("tap_offsets: offsets past 32 bits");
+  const Pattern& pattern = *pattern_;
+  std::lock_guard<std::mutex> lock(pattern.chunk_bounds_mutex);
+  std::vector<index_t>& offsets = pattern.tap_offsets[{kernel_h, kernel_w, col_step, row_stride}];
+  if (!offsets.empty() || nnz() == 0) return offsets.data();
+  offsets.resize(static_cast<size_t>(nnz()));
+  for (int64_t j = 0; j < nnz(); ++j) {
+    const int64_t col = column(j);  // (ci * kernel_h + kh) * kernel_w + kw
+    offsets[j] = static_cast<index_t>(col / kernel_w * row_stride + col % kernel_w * col_step);
+  }
+  return offsets.data();
+}
+
+template <typename T>
 CsrView<T> CsrMatrix<T>::chunk_ordered_view(int64_t chunk_cols, const T* values) const {
   CsrView<T> v = view();
   v.chunk_cols = chunk_cols;

@@ -11,6 +11,7 @@
 // values throws std::invalid_argument on such a matrix (see values_or_stored).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -175,6 +176,16 @@ class CsrMatrix {
   // null (values: nnz entries, already in chunk order).
   CsrView<T> chunk_ordered_view(int64_t chunk_cols, const T* values) const;
 
+  // Each stored entry's column (ci, kh, kw) of a convolution's weight
+  // (ci * kernel_h * kernel_w + kh * kernel_w + kw) as the element offset
+  // (ci * kernel_h + kh) * row_stride + kw * col_step: where the panel kernel
+  // finds that tap's input in a panel holding one input row per (ci, kh),
+  // row_stride apart (drivers/conv_driver.cpp). Computed on first use for
+  // each geometry and kept with the pattern, like column_chunk_bounds. Throws
+  // std::overflow_error where an offset would not fit 32 bits.
+  const index_t* tap_offsets(int64_t kernel_h, int64_t kernel_w, int64_t col_step,
+                             int64_t row_stride) const;
+
   // Bytes of storage per stored entry (value, if stored, + column index), for reports.
   int64_t bytes_per_entry() const {
     return (has_values_ ? static_cast<int64_t>(sizeof(T)) : 0) + (compact_indices() ? 2 : 4);
@@ -209,6 +220,8 @@ class CsrMatrix {
     mutable std::mutex chunk_bounds_mutex;
     mutable std::map<int64_t, std::vector<offset_t>> chunk_bounds;
     mutable std::map<int64_t, ChunkOrder> chunk_orders;  // under chunk_bounds_mutex
+    // tap_offsets by (kernel_h, kernel_w, col_step, row_stride), under chunk_bounds_mutex.
+    mutable std::map<std::array<int64_t, 4>, std::vector<index_t>> tap_offsets;
     void resize_indices(bool compact, int64_t nnz) {
       if (compact)
         indices16.resize(nnz);

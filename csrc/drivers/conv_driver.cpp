@@ -211,6 +211,72 @@ class Im2colPanels final : public PanelJob<T> {
   int64_t out_channels_, out_w_, out_plane_, columns_, panels_per_image_;
 };
 
+// Panels that are segments of one output row, for convolutions with stride 1
+// along rows: for each (input channel, kernel row) a panel holds the stretch
+// of that input row its pixels read, once for all kernel columns, which read it
+// each at its own shift (CsrMatrix::tap_offsets), where im2col (Im2colPanels)
+// copies it once per kernel column. The input is the zero-padded copy.
+template <typename T>
+class ShiftedRowPanels final : public PanelJob<T> {
+ public:
+  ShiftedRowPanels(const Conv2dGeometry& g, const T* x, int64_t x_nstride, int64_t x_cstride,
+                   int64_t x_rstride, T* out, int64_t out_channels, int64_t columns)
+      : g_(g),
+        x_(x),
+        x_nstride_(x_nstride),
+        x_cstride_(x_cstride),
+        x_rstride_(x_rstride),
+        out_(out),
+        out_channels_(out_channels),
+        out_h_(g.out_h()),
+        out_w_(g.out_w()),
+        columns_(columns),
+        segments_((out_w_ + columns - 1) / columns),
+        reach_((g.kernel_w - 1) * g.dilation_w),
+        row_stride_(round_up(columns + reach_, 32 / static_cast<int64_t>(sizeof(T)))) {
+    if (g.pad_h != 0 || g.pad_w != 0 || g.stride_w != 1)
+      throw std::logic_error("shifted row panels read a padded copy of the input, at stride 1");
+  }
+
+  int64_t panels(int64_t batch) const { return batch * out_h_ * segments_; }
+  // Elements between the panel's rows, and in the whole panel.
+  int64_t row_stride() const { return row_stride_; }
+  int64_t panel_elements() const { return g_.in_channels * g_.kernel_h * row_stride_; }
+
+  int64_t pack(int64_t p, T* packed, int64_t) const override {
+    const int64_t n = p / (out_h_ * segments_), y = p / segments_ % out_h_;
+    const int64_t first = p % segments_ * columns_, count = std::min(columns_, out_w_ - first);
+    const int64_t width = count + reach_;  // input columns the segment's taps read
+    const T* image = x_ + n * x_nstride_ + y * g_.stride_h * x_rstride_ + first;
+    T* row = packed;
+    for (int64_t ci = 0; ci < g_.in_channels; ++ci)
+      for (int64_t kh = 0; kh < g_.kernel_h; ++kh, row += row_stride_) {
+        const T* src = image + ci * x_cstride_ + kh * g_.dilation_h * x_rstride_;
+        std::copy(src, src + width, row);
+        std::fill(row + width, row + row_stride_, T(0));
+      }
+    return count;
+  }
+
+  void emit(int64_t p, int64_t count, int64_t r0, int64_t r1, const T* tile,
+            int64_t tile_ld) const override {
+    const int64_t n = p / (out_h_ * segments_), y = p / segments_ % out_h_;
+    const int64_t plane = out_h_ * out_w_, first = p % segments_ * columns_;
+    T* dst = out_ + (n * out_channels_ + r0) * plane + y * out_w_ + first;
+    for (int64_t r = r0; r < r1; ++r, tile += tile_ld, dst += plane)
+      std::copy(tile, tile + count, dst);
+  }
+
+ private:
+  static int64_t round_up(int64_t value, int64_t step) { return (value + step - 1) / step * step; }
+
+  Conv2dGeometry g_;
+  const T* x_;
+  int64_t x_nstride_, x_cstride_, x_rstride_;
+  T* out_;
+  int64_t out_channels_, out_h_, out_w_, columns_, segments_, reach_, row_stride_;
+};
+
 // The direct kernel (below) against im2col panels (Im2colPanels), measured on
 // Zen 3 (AVX2, 2 threads, batch 1, ResNet-50's 3x3 layers, in-process A/B):
 // panels ran 1.46-5.4x faster at 90% sparsity from 28x28 down to 7x7 and at
@@ -227,6 +293,26 @@ bool prefer_im2col_panels(const CsrMatrix<T>& w, const Conv2dGeometry& g) {
   const double density =
       static_cast<double>(w.nnz()) / static_cast<double>(std::max<int64_t>(1, w.rows() * w.cols()));
   return !(wide_rows && density < kDirectMaxDensity);
+}
+
+// Shifted row panels (ShiftedRowPanels) against im2col panels, on Zen 3 (AVX2,
+// 2 threads, 3x3 stride 1, batch 1, in-process A/B): where each packed element
+// feeds few multiply-adds (stored entries per weight column, density times
+// output channels, up to 16), packing dominates and shifted rows ran
+// 1.06-1.37x faster (32-128 channels at 28-112 wide, densities 0.1-0.2; 1.59x
+// with 32 channels); at 19-38 they ran 0.76-0.99x, as their loads at a shift
+// split cache lines and the im2col kernel runs in column chunks. A row's
+// outputs must fill three quarters of its panels (56 wide: 2 panels of 32).
+constexpr int64_t kShiftedMaxEntriesPerColumn = 16;
+
+template <typename T>
+bool prefer_shifted_rows(const CsrMatrix<T>& w, const Conv2dGeometry& g, int64_t columns) {
+  const int64_t out_w = g.out_w(), segments = (out_w + columns - 1) / columns;
+  const int64_t panel_rows = g.in_channels * g.kernel_h;
+  const int64_t row_reach = columns + (g.kernel_w - 1) * g.dilation_w + 64;  // padding included
+  return g.stride_w == 1 && g.kernel_w > 1 && out_w * 4 >= segments * columns * 3 &&
+         w.nnz() <= kShiftedMaxEntriesPerColumn * w.cols() &&
+         panel_rows <= INT32_MAX / row_reach;  // tap offsets are 32-bit
 }
 
 template <typename T>
@@ -267,6 +353,15 @@ void csr_conv2d(const CsrMatrix<T>& w, const Conv2dGeometry& geometry, const T* 
     x_nstride = g.in_channels * x_cstride;
   }
 
+  const int64_t columns = csr_packed_panel_columns(w);
+  if (prefer_im2col_panels(w, geometry) && prefer_shifted_rows(w, g, columns)) {
+    const ShiftedRowPanels<T> job(g, x, x_nstride, x_cstride, x_rstride, out, out_channels,
+                                  columns);
+    const index_t* offsets = w.tap_offsets(g.kernel_h, g.kernel_w, g.dilation_w, job.row_stride());
+    csr_offset_panels(w, offsets, job.panel_elements(), job.panels(batch), job, bias, num_threads,
+                      values);
+    return;
+  }
   if (prefer_im2col_panels(w, geometry)) {
     const Im2colPanels<T> job(g, x, x_nstride, x_cstride, x_rstride, out, out_channels,
                               csr_packed_panel_columns(w));

@@ -153,6 +153,39 @@ struct CsrProduct {
   }
 };
 
+// The packed panel product of CsrProduct over a panel in the caller's layout
+// (csr_offset_panels): entry j reads from element offsets[j] of the panel.
+template <typename T>
+struct OffsetPanelProduct {
+  const CsrMatrix<T>& a;
+  const T* values = nullptr;
+  const index_t* offsets = nullptr;
+  int64_t panel_elements = 0;  // a whole number of cache lines
+
+  int64_t rows() const { return a.rows(); }
+  // run_packed_panels sizes a packed panel as cols() rows, packed_panel_stride() apart.
+  int64_t cols() const { return panel_elements; }
+  int64_t packed_panel_stride() const { return 1; }
+  int64_t stored_entries() const { return a.nnz(); }
+  int64_t packed_panel_columns() const {
+    return csr_kernels<T>(active_isa()).packed_panel_columns(a.cols());
+  }
+  const int64_t* row_offsets() const { return a.indptr().data(); }
+  auto packed_rows_kernel() const {
+    CsrView<T> view = a.view();
+    view.values = values;
+    view.indices = offsets;
+    view.indices16 = nullptr;
+    const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
+    return [&kernels, view](const T* packed, int64_t, int64_t r0, int64_t r1, const T* bias, T* c,
+                            int64_t ldc) {
+      // A row stride of 1: each offset is where its entry's vector starts.
+      kernels.spmm_rows_packed(row_slice(view, r0, r1), 0, r1 - r0, packed, 1,
+                               bias ? bias + r0 : nullptr, c, ldc);
+    };
+  }
+};
+
 }  // namespace
 
 template <typename T>
@@ -188,6 +221,22 @@ void csr_packed_panels(const CsrMatrix<T>& w, int64_t panels, const PanelJob<T>&
 }
 
 template <typename T>
+void csr_offset_panels(const CsrMatrix<T>& w, const index_t* offsets, int64_t panel_elements,
+                       int64_t panels, const PanelJob<T>& job, const T* bias, int num_threads,
+                       const T* values) {
+  if (panels <= 0 || w.rows() == 0) return;
+  constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
+  const int64_t elements = (panel_elements + kLine - 1) / kLine * kLine;
+  driver::run_packed_panels<T>(
+      OffsetPanelProduct<T>{w, values_or_stored(w, values), offsets, elements}, panels, bias,
+      num_threads,
+      [&](int64_t p, T* packed, int64_t panel_ld) { return job.pack(p, packed, panel_ld); },
+      [&](int64_t p, int64_t count, int64_t r0, int64_t r1, const T* tile, int64_t tile_ld) {
+        job.emit(p, count, r0, r1, tile, tile_ld);
+      });
+}
+
+template <typename T>
 int64_t csr_panel_chunk_columns(const CsrMatrix<T>& a) {
   return CsrProduct<T>{a}.chunk_columns(csr_kernels<T>(active_isa()));
 }
@@ -214,7 +263,9 @@ void csr_sampled_dot(const CsrMatrix<T>& pattern, const T* a, int64_t lda, const
   template int64_t csr_panel_chunk_columns<T>(const CsrMatrix<T>&);                               \
   template int64_t csr_packed_panel_columns<T>(const CsrMatrix<T>&);                              \
   template void csr_packed_panels<T>(const CsrMatrix<T>&, int64_t, const PanelJob<T>&, const T*,  \
-                                     int, const T*);
+                                     int, const T*);                                              \
+  template void csr_offset_panels<T>(const CsrMatrix<T>&, const index_t*, int64_t, int64_t,       \
+                                     const PanelJob<T>&, const T*, int, const T*);
 SPARSEGEMM_INSTANTIATE_CSR_OPS(float)
 SPARSEGEMM_INSTANTIATE_CSR_OPS(double)
 #undef SPARSEGEMM_INSTANTIATE_CSR_OPS

@@ -72,6 +72,17 @@ template <typename T>
 void csr_packed_panels(const CsrMatrix<T>& w, int64_t panels, const PanelJob<T>& job, const T* bias,
                        int num_threads, const T* values = nullptr);
 
+// csr_packed_panels over a panel in the job's own layout: stored entry j reads
+// its vector of the panel from element offsets[j] on (nnz entries, each at
+// most panel_elements - csr_packed_panel_columns(w)), not from row column(j).
+// A panel holds panel_elements entries and job.pack gets panel_ld 1. A
+// stride-1 convolution packs one input row per (channel, kernel row) this way,
+// which every kernel column reads at its own shift (CsrMatrix::tap_offsets).
+template <typename T>
+void csr_offset_panels(const CsrMatrix<T>& w, const index_t* offsets, int64_t panel_elements,
+                       int64_t panels, const PanelJob<T>& job, const T* bias, int num_threads,
+                       const T* values = nullptr);
+
 // Gradient of a sparse weight at its stored positions only:
 //   out[j] = sum_t a[r, t] * b[k, t] for each stored (r, k) of `pattern` at position j.
 // a is pattern.rows() x n, b is pattern.cols() x n, rows contiguous (strides lda, ldb).
