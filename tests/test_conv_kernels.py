@@ -11,8 +11,9 @@ import sparsegemm
 
 ISAS = sparsegemm.available_isas()
 # Output widths below, at and around the vector widths (4, 8, 16 lanes) and chunk edges.
-# From 33 outputs wide at density below 0.075 the direct kernel runs, otherwise
-# im2col panels (drivers/conv_driver.cpp prefer_im2col_panels).
+# From 33 outputs wide at density below 0.025 the direct kernel runs, otherwise
+# panels: shifted row panels where rows fill them and a weight column holds up
+# to 16 entries, im2col panels elsewhere (drivers/conv_driver.cpp).
 WIDTHS = [1, 7, 8, 9, 15, 16, 17, 32, 33, 56]
 KERNELS = [(1, 1), (3, 3), (5, 5), (1, 3)]
 
@@ -64,7 +65,7 @@ def check(x, weight, kernel_size, dtype=np.float64, bias=None, **geometry):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("out_width", WIDTHS)
-@pytest.mark.parametrize("density", [0.05, 0.5])
+@pytest.mark.parametrize("density", [0.02, 0.05, 0.5])
 def test_stride1_geometries_match_reference(isa, dtype, out_width, density):
     rng = np.random.default_rng(out_width)
     with sparsegemm.use_isa(isa):
@@ -142,9 +143,9 @@ def test_shifted_row_panels(isa, dtype, kernel, stride, dilation, out_width):
               dilation=dilation)
 
 
-# The direct kernel (5% of 64 x 64 x 3 x 3), shifted row panels (10%: 6.4 entries per weight
+# The direct kernel (2% of 64 x 64 x 3 x 3), shifted row panels (10%: 6.4 entries per weight
 # column) and im2col panels (30%: 19).
-@pytest.mark.parametrize("density", [0.05, 0.1, 0.3])
+@pytest.mark.parametrize("density", [0.02, 0.1, 0.3])
 def test_resnet_3x3_layer_shape(density):
     rng = np.random.default_rng(3)
     weight = sparse_weight(rng, 64, 64, 3, 3, density=density, dtype=np.float32)

@@ -277,15 +277,15 @@ class ShiftedRowPanels final : public PanelJob<T> {
   int64_t out_channels_, out_h_, out_w_, columns_, segments_, reach_, row_stride_;
 };
 
-// The direct kernel (below) against im2col panels (Im2colPanels), measured on
-// Zen 3 (AVX2, 2 threads, batch 1, ResNet-50's 3x3 layers, in-process A/B):
-// panels ran 1.46-5.4x faster at 90% sparsity from 28x28 down to 7x7 and at
-// stride 2 (2.3-6x), and 1.4-7.9x at 70%, everywhere. Only stride 1 over wide
-// rows at very high sparsity stays direct: with 64 channels, panels ran 0.77x
-// of the direct kernel at 56x56 and 95% (1.11x at 112x112), 1.01x and 1.07x
-// at 90%, 1.08x and 1.18x at 85%.
+// The direct kernel (below) against panels, measured on Zen 3 (AVX2, 2
+// threads, batch 1, 3x3 layers, in-process A/B): im2col panels ran 1.46-5.4x
+// faster at 90% sparsity from 28x28 down to 7x7 and at stride 2 (2.3-6x), and
+// 1.4-7.9x at 70%. Only stride 1 over wide rows at extreme sparsity stays
+// direct: against shifted row panels (32-256 channels, 56-112 wide) the direct
+// kernel ran 1.08-1.63x faster at 99% and 0.92-1.38x at 98%, but 0.66-0.95x at
+// 93-95% (32 channels at 112x112 aside: 1.07-1.25x).
 constexpr int64_t kDirectMinOutWidth = 33;
-constexpr double kDirectMaxDensity = 0.075;
+constexpr double kDirectMaxDensity = 0.025;
 
 template <typename T>
 bool prefer_im2col_panels(const CsrMatrix<T>& w, const Conv2dGeometry& g) {
