@@ -5,10 +5,12 @@
 Default: the 3x3 layer of a ResNet-50 bottleneck (64 -> 64 channels, 56 x 56,
 batch 1, padding 1) at 90% unstructured sparsity, float32. Contenders:
 
-* sparsegemm: ``sparsegemm.conv2d``, which runs im2col panels through the CSR
-  panel kernel (never the whole im2col matrix), or the direct sparse
-  convolution kernel for stride 1 over outputs 33+ wide below density 0.075
-  (drivers/conv_driver.cpp prefer_im2col_panels)
+* sparsegemm: ``sparsegemm.conv2d``, which runs panels through the CSR panel
+  kernel (never the whole im2col matrix): shifted row panels (one input row
+  per channel and kernel row) for stride 1 along rows where a weight column
+  holds up to 16 entries, im2col panels elsewhere, and the direct sparse
+  convolution kernel for stride 1 over outputs 33+ wide below density 0.025
+  (drivers/conv_driver.cpp)
 * unfold+csr: ``F.unfold`` (im2col, whole) then the CSR product, the path
   SparseConv2d took before either
 * dense: ``torch.nn.functional.conv2d`` with the masked dense weight
