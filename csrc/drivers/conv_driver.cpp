@@ -127,33 +127,58 @@ void run_conv_kernel(const ConvPlan<T>& plan, int64_t out_channels, const T* inp
   });
 }
 
+// What the panel jobs below share: the zero-padded input they pack from (g
+// has no padding) and the NCHW output they write.
+template <typename T>
+struct PaddedConvIO {
+  PaddedConvIO(const Conv2dGeometry& geometry, const T* input, int64_t nstride, int64_t cstride,
+               int64_t rstride, T* output, int64_t channels_out)
+      : g(geometry),
+        x(input),
+        x_nstride(nstride),
+        x_cstride(cstride),
+        x_rstride(rstride),
+        out(output),
+        out_channels(channels_out),
+        out_h(geometry.out_h()),
+        out_w(geometry.out_w()) {
+    if (g.pad_h != 0 || g.pad_w != 0)
+      throw std::logic_error("convolution panels read a padded copy of the input");
+  }
+
+  // Rows [r0, r1) of a tile (row stride tile_ld) as those output channels of
+  // image n, `count` pixels from pixel `first` (flattened over out_h x out_w).
+  void write(int64_t n, int64_t first, int64_t count, int64_t r0, int64_t r1, const T* tile,
+             int64_t tile_ld) const {
+    const int64_t plane = out_h * out_w;
+    T* dst = out + (n * out_channels + r0) * plane + first;
+    for (int64_t r = r0; r < r1; ++r, tile += tile_ld, dst += plane)
+      std::copy(tile, tile + count, dst);
+  }
+
+  Conv2dGeometry g;
+  const T* x;
+  int64_t x_nstride, x_cstride, x_rstride;
+  T* out;
+  int64_t out_channels, out_h, out_w;
+};
+
 // The convolution as w @ im2col(x), one panel of output pixels at a time
 // (csr_packed_panels): each panel's im2col rows are packed straight from x,
-// already zero-padded (g without padding), so the im2col matrix never exists
-// whole, and the CSR panel kernel runs on them. Panel p covers image
-// p / panels_per_image, pixels (flattened over out_h x out_w) from
-// (p % panels_per_image) * columns.
+// so the im2col matrix never exists whole, and the CSR panel kernel runs on
+// them. Panel p covers image p / panels_per_image, pixels (flattened over
+// out_h x out_w) from (p % panels_per_image) * columns.
 template <typename T>
 class Im2colPanels final : public PanelJob<T> {
  public:
   // The widest panel of any ISA: 4 vectors of 16 floats (AVX-512).
   static constexpr int64_t kMaxPanelColumns = 64;
 
-  Im2colPanels(const Conv2dGeometry& g, const T* x, int64_t x_nstride, int64_t x_cstride,
-               int64_t x_rstride, T* out, int64_t out_channels, int64_t columns)
-      : g_(g),
-        x_(x),
-        x_nstride_(x_nstride),
-        x_cstride_(x_cstride),
-        x_rstride_(x_rstride),
-        out_(out),
-        out_channels_(out_channels),
-        out_w_(g.out_w()),
-        out_plane_(g.out_h() * g.out_w()),
+  Im2colPanels(const PaddedConvIO<T>& io, int64_t columns)
+      : io_(io),
         columns_(columns),
+        out_plane_(io.out_h * io.out_w),
         panels_per_image_((out_plane_ + columns - 1) / columns) {
-    if (g.pad_h != 0 || g.pad_w != 0)
-      throw std::logic_error("im2col panels read a padded copy of the input");
     if (columns < 1 || columns > kMaxPanelColumns)
       throw std::logic_error("im2col panels of " + std::to_string(columns) + " columns");
   }
@@ -161,6 +186,7 @@ class Im2colPanels final : public PanelJob<T> {
   int64_t panels(int64_t batch) const { return batch * panels_per_image_; }
 
   int64_t pack(int64_t p, T* packed, int64_t panel_ld) const override {
+    const Conv2dGeometry& g = io_.g;
     const int64_t n = p / panels_per_image_, first = (p % panels_per_image_) * columns_;
     const int64_t count = std::min(columns_, out_plane_ - first);
     // The panel's pixels as runs along output rows, found once for every tap:
@@ -168,19 +194,20 @@ class Im2colPanels final : public PanelJob<T> {
     int64_t run_start[kMaxPanelColumns + 1], run_length[kMaxPanelColumns + 1];
     int64_t run_offset[kMaxPanelColumns + 1];
     int64_t runs = 0;
-    for (int64_t j = 0, y = first / out_w_, x = first % out_w_; j < count; ++y, x = 0, ++runs) {
+    for (int64_t j = 0, y = first / io_.out_w, x = first % io_.out_w; j < count;
+         ++y, x = 0, ++runs) {
       run_start[runs] = j;
-      run_length[runs] = std::min(count - j, out_w_ - x);
-      run_offset[runs] = y * g_.stride_h * x_rstride_ + x * g_.stride_w;
+      run_length[runs] = std::min(count - j, io_.out_w - x);
+      run_offset[runs] = y * g.stride_h * io_.x_rstride + x * g.stride_w;
       j += run_length[runs];
     }
-    const int64_t step = g_.stride_w;
+    const int64_t step = g.stride_w;
     T* row = packed;
-    for (int64_t ci = 0; ci < g_.in_channels; ++ci) {
-      const T* channel = x_ + n * x_nstride_ + ci * x_cstride_;
-      for (int64_t kh = 0; kh < g_.kernel_h; ++kh)
-        for (int64_t kw = 0; kw < g_.kernel_w; ++kw, row += panel_ld) {
-          const T* tap = channel + kh * g_.dilation_h * x_rstride_ + kw * g_.dilation_w;
+    for (int64_t ci = 0; ci < g.in_channels; ++ci) {
+      const T* channel = io_.x + n * io_.x_nstride + ci * io_.x_cstride;
+      for (int64_t kh = 0; kh < g.kernel_h; ++kh)
+        for (int64_t kw = 0; kw < g.kernel_w; ++kw, row += panel_ld) {
+          const T* tap = channel + kh * g.dilation_h * io_.x_rstride + kw * g.dilation_w;
           for (int64_t r = 0; r < runs; ++r) {
             const T* src = tap + run_offset[r];
             T* dst = row + run_start[r];
@@ -197,61 +224,48 @@ class Im2colPanels final : public PanelJob<T> {
 
   void emit(int64_t p, int64_t count, int64_t r0, int64_t r1, const T* tile,
             int64_t tile_ld) const override {
-    const int64_t n = p / panels_per_image_, first = (p % panels_per_image_) * columns_;
-    T* dst = out_ + (n * out_channels_ + r0) * out_plane_ + first;
-    for (int64_t r = r0; r < r1; ++r, tile += tile_ld, dst += out_plane_)
-      std::copy(tile, tile + count, dst);
+    io_.write(p / panels_per_image_, (p % panels_per_image_) * columns_, count, r0, r1, tile,
+              tile_ld);
   }
 
  private:
-  Conv2dGeometry g_;
-  const T* x_;
-  int64_t x_nstride_, x_cstride_, x_rstride_;
-  T* out_;
-  int64_t out_channels_, out_w_, out_plane_, columns_, panels_per_image_;
+  PaddedConvIO<T> io_;
+  int64_t columns_, out_plane_, panels_per_image_;
 };
 
 // Panels that are segments of one output row, for convolutions with stride 1
 // along rows: for each (input channel, kernel row) a panel holds the stretch
 // of that input row its pixels read, once for all kernel columns, which read it
 // each at its own shift (CsrMatrix::tap_offsets), where im2col (Im2colPanels)
-// copies it once per kernel column. The input is the zero-padded copy.
+// copies it once per kernel column. Panel p is segment p % segments of output
+// row p / segments (counted over images, then rows).
 template <typename T>
 class ShiftedRowPanels final : public PanelJob<T> {
  public:
-  ShiftedRowPanels(const Conv2dGeometry& g, const T* x, int64_t x_nstride, int64_t x_cstride,
-                   int64_t x_rstride, T* out, int64_t out_channels, int64_t columns)
-      : g_(g),
-        x_(x),
-        x_nstride_(x_nstride),
-        x_cstride_(x_cstride),
-        x_rstride_(x_rstride),
-        out_(out),
-        out_channels_(out_channels),
-        out_h_(g.out_h()),
-        out_w_(g.out_w()),
+  ShiftedRowPanels(const PaddedConvIO<T>& io, int64_t columns)
+      : io_(io),
         columns_(columns),
-        segments_((out_w_ + columns - 1) / columns),
-        reach_((g.kernel_w - 1) * g.dilation_w),
+        segments_((io.out_w + columns - 1) / columns),
+        reach_((io.g.kernel_w - 1) * io.g.dilation_w),
         row_stride_(round_up(columns + reach_, 32 / static_cast<int64_t>(sizeof(T)))) {
-    if (g.pad_h != 0 || g.pad_w != 0 || g.stride_w != 1)
-      throw std::logic_error("shifted row panels read a padded copy of the input, at stride 1");
+    if (io.g.stride_w != 1) throw std::logic_error("shifted row panels run at stride 1 along rows");
   }
 
-  int64_t panels(int64_t batch) const { return batch * out_h_ * segments_; }
+  int64_t panels(int64_t batch) const { return batch * io_.out_h * segments_; }
   // Elements between the panel's rows, and in the whole panel.
   int64_t row_stride() const { return row_stride_; }
-  int64_t panel_elements() const { return g_.in_channels * g_.kernel_h * row_stride_; }
+  int64_t panel_elements() const { return io_.g.in_channels * io_.g.kernel_h * row_stride_; }
 
   int64_t pack(int64_t p, T* packed, int64_t) const override {
-    const int64_t n = p / (out_h_ * segments_), y = p / segments_ % out_h_;
-    const int64_t first = p % segments_ * columns_, count = std::min(columns_, out_w_ - first);
+    const Conv2dGeometry& g = io_.g;
+    const int64_t n = p / (io_.out_h * segments_), y = p / segments_ % io_.out_h;
+    const int64_t first = p % segments_ * columns_, count = std::min(columns_, io_.out_w - first);
     const int64_t width = count + reach_;  // input columns the segment's taps read
-    const T* image = x_ + n * x_nstride_ + y * g_.stride_h * x_rstride_ + first;
+    const T* image = io_.x + n * io_.x_nstride + y * g.stride_h * io_.x_rstride + first;
     T* row = packed;
-    for (int64_t ci = 0; ci < g_.in_channels; ++ci)
-      for (int64_t kh = 0; kh < g_.kernel_h; ++kh, row += row_stride_) {
-        const T* src = image + ci * x_cstride_ + kh * g_.dilation_h * x_rstride_;
+    for (int64_t ci = 0; ci < g.in_channels; ++ci)
+      for (int64_t kh = 0; kh < g.kernel_h; ++kh, row += row_stride_) {
+        const T* src = image + ci * io_.x_cstride + kh * g.dilation_h * io_.x_rstride;
         std::copy(src, src + width, row);
         std::fill(row + width, row + row_stride_, T(0));
       }
@@ -260,21 +274,15 @@ class ShiftedRowPanels final : public PanelJob<T> {
 
   void emit(int64_t p, int64_t count, int64_t r0, int64_t r1, const T* tile,
             int64_t tile_ld) const override {
-    const int64_t n = p / (out_h_ * segments_), y = p / segments_ % out_h_;
-    const int64_t plane = out_h_ * out_w_, first = p % segments_ * columns_;
-    T* dst = out_ + (n * out_channels_ + r0) * plane + y * out_w_ + first;
-    for (int64_t r = r0; r < r1; ++r, tile += tile_ld, dst += plane)
-      std::copy(tile, tile + count, dst);
+    const int64_t n = p / (io_.out_h * segments_), y = p / segments_ % io_.out_h;
+    io_.write(n, y * io_.out_w + p % segments_ * columns_, count, r0, r1, tile, tile_ld);
   }
 
  private:
   static int64_t round_up(int64_t value, int64_t step) { return (value + step - 1) / step * step; }
 
-  Conv2dGeometry g_;
-  const T* x_;
-  int64_t x_nstride_, x_cstride_, x_rstride_;
-  T* out_;
-  int64_t out_channels_, out_h_, out_w_, columns_, segments_, reach_, row_stride_;
+  PaddedConvIO<T> io_;
+  int64_t columns_, segments_, reach_, row_stride_;
 };
 
 // The direct kernel (below) against panels, measured on Zen 3 (AVX2, 2
@@ -288,7 +296,7 @@ constexpr int64_t kDirectMinOutWidth = 33;
 constexpr double kDirectMaxDensity = 0.025;
 
 template <typename T>
-bool prefer_im2col_panels(const CsrMatrix<T>& w, const Conv2dGeometry& g) {
+bool prefer_panels(const CsrMatrix<T>& w, const Conv2dGeometry& g) {
   const bool wide_rows = g.stride_h == 1 && g.stride_w == 1 && g.out_w() >= kDirectMinOutWidth;
   const double density =
       static_cast<double>(w.nnz()) / static_cast<double>(std::max<int64_t>(1, w.rows() * w.cols()));
@@ -353,23 +361,23 @@ void csr_conv2d(const CsrMatrix<T>& w, const Conv2dGeometry& geometry, const T* 
     x_nstride = g.in_channels * x_cstride;
   }
 
-  const int64_t columns = csr_packed_panel_columns(w);
-  if (prefer_im2col_panels(w, geometry) && prefer_shifted_rows(w, g, columns)) {
-    const ShiftedRowPanels<T> job(g, x, x_nstride, x_cstride, x_rstride, out, out_channels,
-                                  columns);
-    const index_t* offsets = w.tap_offsets(g.kernel_h, g.kernel_w, g.dilation_w, job.row_stride());
-    csr_offset_panels(w, offsets, job.panel_elements(), job.panels(batch), job, bias, num_threads,
-                      values);
-    return;
-  }
-  if (prefer_im2col_panels(w, geometry)) {
-    const Im2colPanels<T> job(g, x, x_nstride, x_cstride, x_rstride, out, out_channels,
-                              csr_packed_panel_columns(w));
-    csr_packed_panels(w, job.panels(batch), job, bias, num_threads, values);
+  if (prefer_panels(w, geometry)) {
+    const int64_t columns = csr_packed_panel_columns(w);
+    const PaddedConvIO<T> io(g, x, x_nstride, x_cstride, x_rstride, out, out_channels);
+    if (prefer_shifted_rows(w, g, columns)) {
+      const ShiftedRowPanels<T> job(io, columns);
+      const index_t* offsets =
+          w.tap_offsets(g.kernel_h, g.kernel_w, g.dilation_w, job.row_stride());
+      csr_offset_panels(w, offsets, job.panel_elements(), job.panels(batch), job, bias, num_threads,
+                        values);
+    } else {
+      const Im2colPanels<T> job(io, columns);
+      csr_packed_panels(w, job.panels(batch), job, bias, num_threads, values);
+    }
     return;
   }
 
-  // The direct kernel, at stride 1 (prefer_im2col_panels).
+  // The direct kernel, at stride 1 (prefer_panels).
   const InputLayout layout{x, x_nstride, x_cstride, x_rstride, g.in_w};
   const std::vector<ConvTap> taps = make_taps(w, g, layout);
 

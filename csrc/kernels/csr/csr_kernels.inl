@@ -258,14 +258,15 @@ struct PanelVectors {
   static constexpr int value = NV;
 };
 
-// Calls body(PanelVectors<NV>{}, indices) with NV = vectors (1, 2, 4 or 8) and
-// a's column indices in their stored width.
-template <typename T, typename Body>
+// Calls body(PanelVectors<NV>{}, indices) with NV = vectors (1, 2, 4, or 8
+// where MaxVectors allows it) and a's column indices in their stored width.
+template <int MaxVectors, typename T, typename Body>
 inline void with_panel_kernel(const CsrView<T>& a, int vectors, const Body& body) {
   with_indices(a, [&](const auto* indices) {
-    if (vectors == 8)
-      body(PanelVectors<8>{}, indices);
-    else if (vectors == 4)
+    if constexpr (MaxVectors >= 8) {
+      if (vectors == 8) return body(PanelVectors<8>{}, indices);
+    }
+    if (vectors == 4)
       body(PanelVectors<4>{}, indices);
     else if (vectors == 2)
       body(PanelVectors<2>{}, indices);
@@ -277,9 +278,10 @@ inline void with_panel_kernel(const CsrView<T>& a, int vectors, const Body& body
 template <typename T>
 void spmm_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* b, int64_t ldb,
                int64_t n, const T* bias, T* c, int64_t ldc) {
-  with_panel_kernel(a, unpacked_panel_vectors<T>(a.cols), [&](auto vectors, const auto* indices) {
-    spmm_rows_nv<T, decltype(vectors)::value>(a, indices, row_begin, row_end, b, ldb, n, bias, c,
-                                              ldc);
+  const int vectors = unpacked_panel_vectors<T>(a.cols);
+  with_panel_kernel<8>(a, vectors, [&](auto panel, const auto* indices) {
+    spmm_rows_nv<T, decltype(panel)::value>(a, indices, row_begin, row_end, b, ldb, n, bias, c,
+                                            ldc);
   });
 }
 
@@ -313,7 +315,7 @@ int64_t packed_panel_columns(int64_t cols) {
 template <typename T>
 void spmm_rows_packed(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* packed,
                       int64_t panel_ld, const T* bias, T* c, int64_t ldc) {
-  with_panel_kernel(a, panel_vectors<T>(a.cols), [&](auto vectors, const auto* indices) {
+  with_panel_kernel<4>(a, panel_vectors<T>(a.cols), [&](auto vectors, const auto* indices) {
     constexpr int NV = decltype(vectors)::value;
     const auto block = [&](int64_t r0, int64_t r1) {
       rows_times_full_panel<T, NV>(a, indices, r0, r1, packed, panel_ld, bias, c, ldc, 0);
