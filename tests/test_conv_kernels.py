@@ -2,6 +2,7 @@
 ISA."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -141,6 +142,42 @@ def test_shifted_row_panels(isa, dtype, kernel, stride, dilation, out_width):
     with sparsegemm.use_isa(isa):
         check(x, weight, kernel, dtype, bias=rng.standard_normal(6), padding=1, stride=stride,
               dilation=dilation)
+
+
+def _activate(values, activation):
+    if activation == "relu":
+        return np.maximum(values, 0)
+    erf = np.vectorize(math.erf)
+    if activation == "gelu":
+        return 0.5 * values * (1 + erf(values / math.sqrt(2)))
+    inner = math.sqrt(2 / math.pi) * (values + 0.044715 * values**3)
+    return 0.5 * values * (1 + np.tanh(inner))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("density, stride, width", [
+    (0.02, 1, 40),  # the direct kernel, then a pass
+    (0.1, 1, 30),   # shifted row panels: activated as each panel is written
+    (0.6, 2, 17),   # im2col panels
+])
+def test_activation_on_every_path(isa, activation, density, stride, width):
+    rng = np.random.default_rng(7)
+    weight = sparse_weight(rng, 8, 6, 3, 3, density=density)
+    x = rng.standard_normal((2, 6, 9, width))
+    bias = rng.standard_normal(8)
+    matrix = sparsegemm.CSRMatrix.from_dense(weight.reshape(8, -1))
+    with sparsegemm.use_isa(isa):
+        got = sparsegemm.conv2d(x, matrix, 3, bias=bias, padding=1, stride=stride,
+                                activation=activation)
+    plain = reference_conv2d(x, weight, stride=(stride, stride), padding=(1, 1), bias=bias)
+    np.testing.assert_allclose(got, _activate(plain, activation), rtol=1e-6, atol=1e-6)
+
+
+def test_unknown_activation_raises():
+    matrix = sparsegemm.CSRMatrix.from_dense(np.ones((2, 9)))
+    with pytest.raises(ValueError, match="activation must be None or one of"):
+        sparsegemm.conv2d(np.ones((1, 1, 4, 4)), matrix, 3, activation="tanh")
 
 
 # The direct kernel (2% of 64 x 64 x 3 x 3), shifted row panels (10%: 6.4 entries per weight

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "bindings/array_args.h"
+#include "bindings/products.h"
 #include "core/csr_matrix.h"
 #include "drivers/conv_driver.h"
 
@@ -24,7 +25,8 @@ void register_conv_dtype(py::module_& m) {
       "csr_conv2d",
       [](const CsrMatrix<T>& w, const py::array& x, const py::array& out, const Pair& kernel_size,
          const Pair& stride, const Pair& padding, const Pair& dilation, const py::object& bias,
-         int num_threads, const py::object& values) {
+         int num_threads, const py::object& values, const py::object& activation) {
+        const Activation act = parse_activation(activation);
         const auto xarg = strided_arg<T>(x, "x", 4, false);
         const auto oarg = strided_arg<T>(out, "out", 4, true);
         Conv2dGeometry g;
@@ -58,15 +60,16 @@ void register_conv_dtype(py::module_& m) {
         const T* values_ptr = optional_values<T>(values, w);
         py::gil_scoped_release release;
         csr_conv2d(w, g, xarg.data, xarg.shape[0], xarg.strides[0], xarg.strides[1],
-                   xarg.strides[2], bias_ptr, oarg.data, num_threads, values_ptr);
+                   xarg.strides[2], bias_ptr, oarg.data, num_threads, values_ptr, act);
       },
       py::arg("w"), py::arg("x"), py::arg("out"), py::arg("kernel_size"), py::arg("stride"),
       py::arg("padding"), py::arg("dilation"), py::arg("bias") = py::none(),
       py::arg("num_threads") = 0, py::arg("values") = py::none(),
+      py::arg("activation") = py::none(),
       "out = conv2d(x, w) (+ bias) with zero padding; w is Cout x (Cin*KH*KW), x (N, Cin, H, W) "
       "with "
       "contiguous rows, out (N, Cout, OH, OW) C-contiguous and not overlapping x. `values` (nnz) "
-      "replaces w's values.");
+      "replaces w's values; `activation` (None, 'relu', 'gelu', 'gelu_tanh') applies to out.");
 }
 
 }  // namespace

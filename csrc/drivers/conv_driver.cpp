@@ -9,7 +9,9 @@
 
 #include "core/isa.h"
 #include "core/parallel.h"
+#include "kernels/activation/activation_kernels.h"
 #include "kernels/conv/conv_kernels.h"
+#include "drivers/activation_driver.h"
 #include "drivers/buffer.h"
 #include "drivers/csr_driver.h"
 
@@ -128,11 +130,11 @@ void run_conv_kernel(const ConvPlan<T>& plan, int64_t out_channels, const T* inp
 }
 
 // What the panel jobs below share: the zero-padded input they pack from (g
-// has no padding) and the NCHW output they write.
+// has no padding) and the NCHW output they write, with the activation.
 template <typename T>
 struct PaddedConvIO {
   PaddedConvIO(const Conv2dGeometry& geometry, const T* input, int64_t nstride, int64_t cstride,
-               int64_t rstride, T* output, int64_t channels_out)
+               int64_t rstride, T* output, int64_t channels_out, Activation activation)
       : g(geometry),
         x(input),
         x_nstride(nstride),
@@ -141,19 +143,24 @@ struct PaddedConvIO {
         out(output),
         out_channels(channels_out),
         out_h(geometry.out_h()),
-        out_w(geometry.out_w()) {
+        out_w(geometry.out_w()),
+        act(activation),
+        apply(activation_kernels<T>(active_isa()).apply) {
     if (g.pad_h != 0 || g.pad_w != 0)
       throw std::logic_error("convolution panels read a padded copy of the input");
   }
 
   // Rows [r0, r1) of a tile (row stride tile_ld) as those output channels of
-  // image n, `count` pixels from pixel `first` (flattened over out_h x out_w).
+  // image n, `count` pixels from pixel `first` (flattened over out_h x out_w),
+  // activated while they are in cache.
   void write(int64_t n, int64_t first, int64_t count, int64_t r0, int64_t r1, const T* tile,
              int64_t tile_ld) const {
     const int64_t plane = out_h * out_w;
-    T* dst = out + (n * out_channels + r0) * plane + first;
+    T* const first_row = out + (n * out_channels + r0) * plane + first;
+    T* dst = first_row;
     for (int64_t r = r0; r < r1; ++r, tile += tile_ld, dst += plane)
       std::copy(tile, tile + count, dst);
+    if (act != Activation::None) apply(first_row, r1 - r0, count, plane, act);
   }
 
   Conv2dGeometry g;
@@ -161,6 +168,8 @@ struct PaddedConvIO {
   int64_t x_nstride, x_cstride, x_rstride;
   T* out;
   int64_t out_channels, out_h, out_w;
+  Activation act;
+  void (*apply)(T*, int64_t, int64_t, int64_t, Activation);
 };
 
 // The convolution as w @ im2col(x), one panel of output pixels at a time
@@ -326,7 +335,7 @@ bool prefer_shifted_rows(const CsrMatrix<T>& w, const Conv2dGeometry& g, int64_t
 template <typename T>
 void csr_conv2d(const CsrMatrix<T>& w, const Conv2dGeometry& geometry, const T* x, int64_t batch,
                 int64_t x_nstride, int64_t x_cstride, int64_t x_rstride, const T* bias, T* out,
-                int num_threads, const T* values) {
+                int num_threads, const T* values, Activation act) {
   validate_conv2d_geometry(geometry, w.cols());
   require(batch >= 0, "batch must be non-negative");
   const int64_t out_channels = w.rows(), out_h = geometry.out_h(), out_w = geometry.out_w();
@@ -363,7 +372,7 @@ void csr_conv2d(const CsrMatrix<T>& w, const Conv2dGeometry& geometry, const T* 
 
   if (prefer_panels(w, geometry)) {
     const int64_t columns = csr_packed_panel_columns(w);
-    const PaddedConvIO<T> io(g, x, x_nstride, x_cstride, x_rstride, out, out_channels);
+    const PaddedConvIO<T> io(g, x, x_nstride, x_cstride, x_rstride, out, out_channels, act);
     if (prefer_shifted_rows(w, g, columns)) {
       const ShiftedRowPanels<T> job(io, columns);
       const index_t* offsets =
@@ -394,13 +403,14 @@ void csr_conv2d(const CsrMatrix<T>& w, const Conv2dGeometry& geometry, const T* 
   plan.out_rstride = out_w;
   run_conv_kernel(plan, out_channels, static_cast<const T*>(layout.data), layout.image_stride, bias,
                   out, out_channels * out_plane, batch, threads);
+  apply_activation(out, batch * out_channels, out_plane, out_plane, act, num_threads);
 }
 
 template void csr_conv2d<float>(const CsrMatrix<float>&, const Conv2dGeometry&, const float*,
                                 int64_t, int64_t, int64_t, int64_t, const float*, float*, int,
-                                const float*);
+                                const float*, Activation);
 template void csr_conv2d<double>(const CsrMatrix<double>&, const Conv2dGeometry&, const double*,
                                  int64_t, int64_t, int64_t, int64_t, const double*, double*, int,
-                                 const double*);
+                                 const double*, Activation);
 
 }  // namespace sparsegemm

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "core/activation.h"
 #include "core/csr_matrix.h"
 
 namespace sparsegemm {
@@ -45,10 +46,12 @@ void validate_conv2d_geometry(const Conv2dGeometry& geometry, int64_t weight_col
 // Any stride is supported. Most geometries run as w @ im2col(x), one panel
 // of output pixels at a time through the CSR panel kernel; wide stride-1
 // outputs at high sparsity run the direct kernel (kernels/conv/).
-// num_threads <= 0 means default_num_threads(). Validates the geometry.
+// num_threads <= 0 means default_num_threads(). `act` is applied to the
+// output (bias included): as each panel's outputs are written, while they are
+// in cache, or in a pass after the direct kernel. Validates the geometry.
 template <typename T>
 void csr_conv2d(const CsrMatrix<T>& w, const Conv2dGeometry& geometry, const T* x, int64_t batch,
                 int64_t x_nstride, int64_t x_cstride, int64_t x_rstride, const T* bias, T* out,
-                int num_threads, const T* values = nullptr);
+                int num_threads, const T* values = nullptr, Activation act = Activation::None);
 
 }  // namespace sparsegemm

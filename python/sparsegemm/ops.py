@@ -21,8 +21,15 @@ from .quantized import Int8BitmapMatrix
 
 SparseOperand = Any  # CSRMatrix, BSRMatrix, BitmapMatrix or any scipy.sparse matrix/array
 
-#: What :func:`linear` can apply in its kernel's epilogue (``activation=``).
+#: What :func:`linear` and :func:`conv2d` can apply in the kernel's epilogue (``activation=``).
 LINEAR_ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+
+
+def _check_activation(activation: str | None) -> None:
+    if activation is not None and activation not in LINEAR_ACTIVATIONS:
+        raise ValueError(f"activation must be None or one of {LINEAR_ACTIVATIONS}, "
+                         f"got {activation!r}")
+
 
 # The C++ products for each format: (matmul, linear), same signatures.
 _PRODUCTS = {
@@ -227,9 +234,7 @@ def linear(
         Shape (..., out_features), in the promoted dtype of ``x`` and ``weight``.
     """
     threads = resolve_num_threads(num_threads)
-    if activation is not None and activation not in LINEAR_ACTIVATIONS:
-        raise ValueError(f"activation must be None or one of {LINEAR_ACTIVATIONS}, "
-                         f"got {activation!r}")
+    _check_activation(activation)
     products = _PRODUCTS.get(type(weight))
     if products is not None and type(x) is np.ndarray and x.ndim == 2:
         # The common call, checked in a few attribute reads: a 2-D C-ordered x and a
@@ -365,6 +370,7 @@ def conv2d(
     dilation: int | tuple[int, int] = 1,
     bias: Any = None,
     num_threads: int | None = None,
+    activation: str | None = None,
 ) -> np.ndarray:
     """2-d convolution with a sparse weight, as ``torch.nn.functional.conv2d`` (groups=1).
 
@@ -389,6 +395,9 @@ def conv2d(
         Optional array-like of shape (Cout,).
     num_threads
         Threads to use; default :func:`sparsegemm.get_num_threads`.
+    activation
+        None, ``"relu"``, ``"gelu"`` or ``"gelu_tanh"``, applied to the output (bias
+        included) as each block of it is written, as :func:`linear` does.
 
     Returns
     -------
@@ -399,6 +408,7 @@ def conv2d(
         than the padded input, or ``weight.shape[1] != Cin*KH*KW``).
     """
     threads = resolve_num_threads(num_threads)
+    _check_activation(activation)
     x = np.asarray(x)
     _check_sparse_operand(weight, csr_only=True)
     kernel, strides, paddings, dilations, (out_h, out_w) = conv_geometry(
@@ -414,5 +424,5 @@ def conv2d(
         x = np.ascontiguousarray(x)
     result = np.empty((batch, out_channels, out_h, out_w), dtype=dtype)
     _core.csr_conv2d(weight._handle, x, result, kernel, strides, paddings, dilations, bias_array,
-                     threads)
+                     threads, None, activation)
     return result

@@ -635,11 +635,11 @@ class SparseConv2d(_SparseWeight):
         return (pw, pw, ph, ph)
 
     def forward(self, x: Tensor) -> Tensor:
-        return apply_activation(self._product(x), self.activation)
+        return self._activated_product(x)
 
-    def _product(self, x: Tensor) -> Tensor:
+    def _activated_product(self, x: Tensor) -> Tensor:
         if x.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d accepts
-            return self._product(x.unsqueeze(0)).squeeze(0)
+            return self._activated_product(x.unsqueeze(0)).squeeze(0)
         if x.dim() != 4:
             raise ValueError(f"SparseConv2d expects (N, C, H, W) or (C, H, W) input, "
                              f"got shape {tuple(x.shape)}")
@@ -662,17 +662,20 @@ class SparseConv2d(_SparseWeight):
             else:
                 y = torch.ops.sparsegemm.csr_bmm(self.indptr, self.indices, self.values,
                                                  self.matrix_shape[1], columns, self.bias)
-            return y.view(x.shape[0], self.out_channels, out_h, out_w)
+            return apply_activation(y.view(x.shape[0], self.out_channels, out_h, out_w),
+                                    self.activation)
         if left != right or top != bottom:
             x = F.pad(x, (left, right, top, bottom))
             left = top = 0
         geometry = (list(self.kernel_size), list(self.stride), [top, left], list(self.dilation))
-        if operands is not None:
-            y = _ops.conv2d_direct(x, *operands[:3], *geometry)
+        if operands is not None:  # the activation runs in the kernel's epilogue
+            y = _ops.conv2d_direct(x, *operands[:3], *geometry, self.activation)
             if y is not None:
                 return y
-        return torch.ops.sparsegemm.csr_conv2d(x, self.indptr, self.indices, self.values,
-                                               self.matrix_shape[1], *geometry, self.bias)
+        return apply_activation(
+            torch.ops.sparsegemm.csr_conv2d(x, self.indptr, self.indices, self.values,
+                                            self.matrix_shape[1], *geometry, self.bias),
+            self.activation)
 
     def fold_batchnorm(self, bn: nn.BatchNorm2d) -> None:
         """Fold eval-mode ``bn``, which follows this convolution, into it: each output

@@ -365,19 +365,20 @@ def csr_conv2d(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, cols:
 
 def _conv2d(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndarray],
             kernel_size: List[int], stride: List[int], padding: List[int], dilation: List[int],
-            out_size: Tuple[int, int]) -> Tensor:
+            out_size: Tuple[int, int], activation: Optional[str] = None) -> Tensor:
     out = torch.empty((x.shape[0], pattern.shape[0], *out_size), dtype=x.dtype)
     _core.csr_conv2d(pattern._handle, as_numpy(x.contiguous()), as_numpy(out), kernel_size, stride,
-                     padding, dilation, bias, torch.get_num_threads(), values)
+                     padding, dilation, bias, torch.get_num_threads(), values, activation)
     return out
 
 
 def conv2d_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndarray],
                   kernel_size: List[int], stride: List[int], padding: List[int],
-                  dilation: List[int]) -> Optional[Tensor]:
-    """:func:`csr_conv2d` without the op's dispatch: only after
-    :func:`can_call_kernel_directly`, with x (N, C, H, W) of the weight's channels.
-    None where the kernel does not fit the input (the op then raises its clear error)."""
+                  dilation: List[int], activation: Optional[str] = None) -> Optional[Tensor]:
+    """``activation(csr_conv2d(...))`` without the op's dispatch, the activation in the
+    kernel's epilogue: only after :func:`can_call_kernel_directly`, with x (N, C, H, W) of
+    the weight's channels. None where the kernel does not fit the input (the op then
+    raises its clear error)."""
     out_h, out_w = (
         (size + 2 * pad - dil * (kernel - 1) - 1) // step + 1
         for size, pad, dil, kernel, step in zip(x.shape[2:], padding, dilation, kernel_size, stride)
@@ -385,7 +386,7 @@ def conv2d_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndar
     if out_h <= 0 or out_w <= 0:
         return None
     return _conv2d(x, pattern, values, bias, kernel_size, stride, padding, dilation,
-                   (out_h, out_w))
+                   (out_h, out_w), activation)
 
 
 @csr_conv2d.register_fake
