@@ -208,16 +208,27 @@ int64_t csr_packed_panel_columns(const CsrMatrix<T>& w) {
   return CsrProduct<T>{w}.packed_panel_columns();
 }
 
-template <typename T>
-void csr_packed_panels(const CsrMatrix<T>& w, int64_t panels, const PanelJob<T>& job, const T* bias,
-                       int num_threads, const T* values) {
-  if (panels <= 0 || w.rows() == 0) return;
+namespace {
+
+// run_packed_panels with a PanelJob's pack and emit.
+template <typename T, typename Product>
+void run_panel_job(const Product& product, int64_t panels, const PanelJob<T>& job, const T* bias,
+                   int num_threads) {
   driver::run_packed_panels<T>(
-      CsrProduct<T>{w, values_or_stored(w, values)}, panels, bias, num_threads,
+      product, panels, bias, num_threads,
       [&](int64_t p, T* packed, int64_t panel_ld) { return job.pack(p, packed, panel_ld); },
       [&](int64_t p, int64_t count, int64_t r0, int64_t r1, const T* tile, int64_t tile_ld) {
         job.emit(p, count, r0, r1, tile, tile_ld);
       });
+}
+
+}  // namespace
+
+template <typename T>
+void csr_packed_panels(const CsrMatrix<T>& w, int64_t panels, const PanelJob<T>& job, const T* bias,
+                       int num_threads, const T* values) {
+  if (panels <= 0 || w.rows() == 0) return;
+  run_panel_job(CsrProduct<T>{w, values_or_stored(w, values)}, panels, job, bias, num_threads);
 }
 
 template <typename T>
@@ -227,13 +238,8 @@ void csr_offset_panels(const CsrMatrix<T>& w, const index_t* offsets, int64_t pa
   if (panels <= 0 || w.rows() == 0) return;
   constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(T));
   const int64_t elements = (panel_elements + kLine - 1) / kLine * kLine;
-  driver::run_packed_panels<T>(
-      OffsetPanelProduct<T>{w, values_or_stored(w, values), offsets, elements}, panels, bias,
-      num_threads,
-      [&](int64_t p, T* packed, int64_t panel_ld) { return job.pack(p, packed, panel_ld); },
-      [&](int64_t p, int64_t count, int64_t r0, int64_t r1, const T* tile, int64_t tile_ld) {
-        job.emit(p, count, r0, r1, tile, tile_ld);
-      });
+  run_panel_job(OffsetPanelProduct<T>{w, values_or_stored(w, values), offsets, elements}, panels,
+                job, bias, num_threads);
 }
 
 template <typename T>

@@ -635,11 +635,8 @@ class SparseConv2d(_SparseWeight):
         return (pw, pw, ph, ph)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._activated_product(x)
-
-    def _activated_product(self, x: Tensor) -> Tensor:
         if x.dim() == 3:  # unbatched (C, H, W), as nn.Conv2d accepts
-            return self._activated_product(x.unsqueeze(0)).squeeze(0)
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         if x.dim() != 4:
             raise ValueError(f"SparseConv2d expects (N, C, H, W) or (C, H, W) input, "
                              f"got shape {tuple(x.shape)}")

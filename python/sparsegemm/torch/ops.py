@@ -60,7 +60,7 @@ from torch import Tensor
 
 from .. import _core
 from ..formats import CSRMatrix
-from ..ops import conv_geometry
+from ..ops import conv_geometry, conv_output_size
 from ._cache import as_numpy, patterns, values_array
 
 KERNEL_DTYPES = (torch.float32, torch.float64)
@@ -379,10 +379,8 @@ def conv2d_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndar
     kernel's epilogue: only after :func:`can_call_kernel_directly`, with x (N, C, H, W) of
     the weight's channels. None where the kernel does not fit the input (the op then
     raises its clear error)."""
-    out_h, out_w = (
-        (size + 2 * pad - dil * (kernel - 1) - 1) // step + 1
-        for size, pad, dil, kernel, step in zip(x.shape[2:], padding, dilation, kernel_size, stride)
-    )
+    out_h, out_w = (conv_output_size(*axis)
+                    for axis in zip(x.shape[2:], kernel_size, stride, padding, dilation))
     if out_h <= 0 or out_w <= 0:
         return None
     return _conv2d(x, pattern, values, bias, kernel_size, stride, padding, dilation,
