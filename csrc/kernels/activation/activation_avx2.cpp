@@ -13,17 +13,12 @@ namespace avx2 {
 // Vec<float> (loads, stores, tail masks, fmadd, add) plus the math the
 // activations need.
 struct FloatOps : Vec<float> {
-  static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
   static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
   static reg div(reg a, reg b) { return _mm256_div_ps(a, b); }
-  // Reciprocal estimate, 12 bits.
-  static reg rcp(reg a) { return _mm256_rcp_ps(a); }
   static reg fnmadd(reg a, reg b, reg c) { return _mm256_fnmadd_ps(a, b, c); }
   // max/min return the second operand when either is NaN.
   static reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
   static reg min(reg a, reg b) { return _mm256_min_ps(a, b); }
-  static reg neg(reg a) { return _mm256_xor_ps(a, _mm256_set1_ps(-0.0f)); }
-  static reg abs(reg a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
   static reg round(reg a) {
     return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
@@ -31,9 +26,6 @@ struct FloatOps : Vec<float> {
   static reg pow2(reg n) {
     const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
     return _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23));
-  }
-  static reg select_nonneg(reg x, reg if_nonneg, reg otherwise) {
-    return _mm256_blendv_ps(otherwise, if_nonneg, _mm256_cmp_ps(x, zero(), _CMP_GE_OQ));
   }
   // if_lt where a < b, else otherwise (also where either is NaN).
   static reg select_lt(reg a, reg b, reg if_lt, reg otherwise) {

@@ -13,20 +13,12 @@ namespace avx512 {
 // Vec<float> (loads, stores, tail masks, fmadd, add) plus the math the
 // activations need.
 struct FloatOps : Vec<float> {
-  static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
   static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
-  // Reciprocal estimate, 14 bits.
-  static reg rcp(reg a) { return _mm512_rcp14_ps(a); }
   static reg fnmadd(reg a, reg b, reg c) { return _mm512_fnmadd_ps(a, b, c); }
   // max/min return the second operand when either is NaN.
   static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
   static reg min(reg a, reg b) { return _mm512_min_ps(a, b); }
-  static reg neg(reg a) {
-    return _mm512_castsi512_ps(
-        _mm512_xor_si512(_mm512_castps_si512(a), _mm512_set1_epi32(INT32_MIN)));
-  }
-  static reg abs(reg a) { return _mm512_abs_ps(a); }
   static reg round(reg a) {
     return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
@@ -34,9 +26,6 @@ struct FloatOps : Vec<float> {
   static reg pow2(reg n) {
     const __m512i biased = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
     return _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23));
-  }
-  static reg select_nonneg(reg x, reg if_nonneg, reg otherwise) {
-    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero(), _CMP_GE_OQ), otherwise, if_nonneg);
   }
   // if_lt where a < b, else otherwise (also where either is NaN).
   static reg select_lt(reg a, reg b, reg if_lt, reg otherwise) {

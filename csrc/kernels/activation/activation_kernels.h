@@ -1,15 +1,19 @@
 // Activation epilogues: the per-ISA function table and how to get it.
 //
-// The float32 SIMD levels evaluate GELU with a vector exp and the
-// Abramowitz-Stegun 7.1.26 erfc (absolute error below 1.5e-7, as oneDNN's
-// GELU); float64 and the scalar level use std::erfc and std::exp. ReLU keeps
-// NaN, as torch.relu does.
+// The float32 SIMD levels evaluate GELU with a rational fit of Phi (erf form,
+// absolute error below 1.1e-6 over every float) or a vector exp (tanh form);
+// float64 and the scalar level use std::erfc and std::exp. ReLU keeps NaN, as
+// torch.relu does.
 #pragma once
 
 #include <cstdint>
 
 #include "core/activation.h"
 #include "core/isa.h"
+
+// The vector math of the activations is inlined into the loops that apply it, so
+// several independent evaluations interleave (GCC otherwise calls it per vector).
+#define SPARSEGEMM_ALWAYS_INLINE inline __attribute__((always_inline))
 
 namespace sparsegemm {
 
