@@ -191,6 +191,25 @@ def test_hf_bert_layer_is_exportable_and_floors_follow_sparsity():
 
 
 @pytest.mark.torch
+def test_hf_bert_layer_keeps_its_gelu_a_module_that_sparsify_fuses():
+    torch = pytest.importorskip("torch")
+    from sparsegemm.torch import sparsify
+    from torch import nn
+
+    torch.manual_seed(0)
+    model, x = e2e.MODELS_BY_KEY["hfbert"].build()
+    model.eval()
+    e2e.prune_model(model, 0.9, Pattern())
+    with torch.no_grad():
+        expected = model(x)
+    sparsify(model, format="csr")
+    assert model.intermediate.activation == "gelu"
+    assert isinstance(model.intermediate_act_fn, nn.Identity)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.torch
 def test_torch_end_to_end_script_wraps_the_suite(monkeypatch, capsys, benchmark_script):
     pytest.importorskip("torch")
     script = benchmark_script("torch_end_to_end")

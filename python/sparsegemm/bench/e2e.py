@@ -138,7 +138,8 @@ def _hf_bert_layer() -> tuple[Any, Any]:
 
     class HFBertLayer(nn.Module):
         """A BERT-base layer as Hugging Face writes it: separate query, key, value and
-        output Linears, eager softmax attention, post-LayerNorm, GELU feed-forward."""
+        output Linears, eager softmax attention, post-LayerNorm, GELU feed-forward with
+        the activation held as a module (``BertIntermediate.intermediate_act_fn``)."""
 
         def __init__(self, hidden: int = 768, heads: int = 12, intermediate: int = 3072):
             super().__init__()
@@ -149,22 +150,23 @@ def _hf_bert_layer() -> tuple[Any, Any]:
             self.attention_output = nn.Linear(hidden, hidden)
             self.attention_norm = nn.LayerNorm(hidden)
             self.intermediate = nn.Linear(hidden, intermediate)
+            self.intermediate_act_fn = nn.GELU()
             self.output = nn.Linear(intermediate, hidden)
             self.output_norm = nn.LayerNorm(hidden)
 
         def forward(self, x: Any) -> Any:
-            batch, seq, hidden = x.shape
+            # Shapes read as x.shape[i], not unpacked, so torch.fx traces this forward
+            # (sparsify fuses the activation into its Linear through that trace).
+            head_size = x.shape[2] // self.heads
 
             def split(t: Any) -> Any:
-                return t.view(batch, seq, self.heads, hidden // self.heads).transpose(1, 2)
+                return t.view(x.shape[0], x.shape[1], self.heads, head_size).transpose(1, 2)
 
             q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-            scores = q @ k.transpose(-1, -2) * (hidden // self.heads) ** -0.5
-            context = (
-                (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(batch, seq, hidden)
-            )
+            scores = q @ k.transpose(-1, -2) * head_size ** -0.5
+            context = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(x.shape)
             x = self.attention_norm(x + self.attention_output(context))
-            return self.output_norm(x + self.output(nn.functional.gelu(self.intermediate(x))))
+            return self.output_norm(x + self.output(self.intermediate_act_fn(self.intermediate(x))))
 
     return HFBertLayer(), torch.randn(1, 128, 768)
 
