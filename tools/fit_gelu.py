@@ -1,30 +1,40 @@
-"""Fit the rational approximation of Phi that the float32 GELU kernels use.
+"""Fit the rational approximations the float32 GELU kernels use.
 
-Phi(x) = 0.5 + s P(s^2) / Q(s^2) for s = x clamped to [-CLAMP, CLAMP], P and Q
-of degree 5 with Q(0) = 1. The fit is a linearised weighted least-squares
-(Sanathanan-Koerner iterations, then Lawson reweighting towards minimax) of the
-absolute error of Phi against float64 erf. It prints the float32 coefficients
-for csrc/kernels/activation/activation_kernels.inl and the worst error of GELU
-evaluated in float32 on a fine grid, relative to the tests' tolerance.
+Both GELU forms are x F(v) for a CDF F of an argument v(x): the erf form has
+F = Phi (the normal CDF) and v = x, the tanh form the logistic function and
+v = 2 sqrt(2 / pi) (x + 0.044715 x^3). The kernels evaluate F(v) = 0.5 + s
+P(s^2) / Q(s^2) for s = v clamped to [-clamp, clamp], Q(0) = 1. The fit is a
+linearised weighted least-squares (Sanathanan-Koerner iterations, then Lawson
+reweighting towards minimax) of the absolute error of F against float64. It
+prints the float32 coefficients for csrc/kernels/activation/activation_kernels.inl
+and the worst error of GELU evaluated in float32 on a fine grid, relative to
+the tests' tolerance.
 
-    python tools/fit_gelu.py
+    python tools/fit_gelu.py erf
+    python tools/fit_gelu.py tanh
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from scipy.special import erf, erfc
 
-CLAMP = 5.3
-DEGREES = (5, 5)
 ITERATIONS = 60
+TANH_ARGUMENT = 2.0 * np.sqrt(2.0 / np.pi)  # v = TANH_ARGUMENT * (x + 0.044715 x^3)
+# form: (clamp, degrees of P and Q, (F(s) - 0.5) / s in float64)
+FORMS = {
+    "erf": (5.3, (5, 5), lambda s: 0.5 * erf(s / np.sqrt(2.0)) / s),
+    "tanh": (17.0, (4, 4), lambda s: 0.5 * np.tanh(0.5 * s) / s),
+}
 
 
-def fit(clamp: float = CLAMP, degrees: tuple[int, int] = DEGREES) -> tuple[np.ndarray, np.ndarray]:
-    p, q = degrees
+def fit(form: str) -> tuple[np.ndarray, np.ndarray]:
+    clamp, (p, q), centred = FORMS[form]
     s = clamp * (0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, 4000)))[1:]  # dense at the ends
     t = s * s
-    target = 0.5 * erf(s / np.sqrt(2.0)) / s
+    target = centred(s)
     weights, q_previous = np.ones_like(s), np.ones_like(s)
     best = (np.inf, None, None)
     for iteration in range(ITERATIONS):
@@ -45,10 +55,16 @@ def fit(clamp: float = CLAMP, degrees: tuple[int, int] = DEGREES) -> tuple[np.nd
     return best[1], best[2]
 
 
-def gelu_float32(x: np.ndarray, num: np.ndarray, den: np.ndarray, clamp: float) -> np.ndarray:
+def gelu_float32(x: np.ndarray, num: np.ndarray, den: np.ndarray, form: str) -> np.ndarray:
     """The kernel's evaluation order in float32 (an FMA rounds once)."""
     f32 = np.float32
-    s = np.clip(x, f32(-clamp), f32(clamp)).astype(f32)
+    clamp = FORMS[form][0]
+    v = x
+    if form == "tanh":
+        c1, c3 = f32(TANH_ARGUMENT), f32(TANH_ARGUMENT * 0.044715)
+        inner = (np.float64(c3) * (x * x).astype(f32) + np.float64(c1)).astype(f32)
+        v = (x * inner).astype(f32)
+    s = np.clip(v, f32(-clamp), f32(clamp)).astype(f32)
     t = (s * s).astype(f32)
 
     def horner(coefficients: np.ndarray) -> np.ndarray:
@@ -59,17 +75,24 @@ def gelu_float32(x: np.ndarray, num: np.ndarray, den: np.ndarray, clamp: float) 
 
     ratio = (horner(num) / horner(den)).astype(f32)
     phi = (s.astype(np.float64) * ratio + 0.5).astype(f32)
-    return (x * np.where(x > f32(-clamp), phi, f32(0.0))).astype(f32)
+    return (x * np.where(v > f32(-clamp), phi, f32(0.0))).astype(f32)
+
+
+def reference(x: np.ndarray, form: str) -> np.ndarray:
+    x64 = x.astype(np.float64)
+    if form == "erf":
+        return 0.5 * x64 * erfc(-x64 / np.sqrt(2.0))
+    return 0.5 * x64 * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x64 + 0.044715 * x64**3)))
 
 
 def main() -> None:
-    num, den = fit()
+    form = sys.argv[1] if len(sys.argv) > 1 else "erf"
+    num, den = fit(form)
     print("P:", ", ".join(f"{float(np.float32(c))!r}f" for c in num))
     print("Q:", ", ".join(f"{float(np.float32(c))!r}f" for c in den))
     x = np.linspace(-12.0, 12.0, 4_000_001).astype(np.float32)
-    x64 = x.astype(np.float64)
-    expected = 0.5 * x64 * erfc(-x64 / np.sqrt(2.0))
-    error = np.abs(gelu_float32(x, num, den, CLAMP) - expected)
+    expected = reference(x, form)
+    error = np.abs(gelu_float32(x, num, den, form) - expected)
     ratio = error / (1e-6 + 4e-7 * np.abs(expected))
     print(f"max |error| {error.max():.2e}; worst error / test tolerance {ratio.max():.3f} "
           f"at x = {x[np.argmax(ratio)]}")

@@ -1,7 +1,7 @@
 // Activation epilogues compiled for the avx512 level (flags set per file in CMakeLists.txt).
 #include <immintrin.h>
 #include <cstdint>
-#include <limits>
+#include <cstddef>
 
 #include "kernels/activation/activation_kernels.h"
 
@@ -15,18 +15,9 @@ namespace avx512 {
 struct FloatOps : Vec<float> {
   static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
-  static reg fnmadd(reg a, reg b, reg c) { return _mm512_fnmadd_ps(a, b, c); }
   // max/min return the second operand when either is NaN.
   static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
   static reg min(reg a, reg b) { return _mm512_min_ps(a, b); }
-  static reg round(reg a) {
-    return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  }
-  // 2^n for integral n in [-126, 127].
-  static reg pow2(reg n) {
-    const __m512i biased = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23));
-  }
   // if_lt where a < b, else otherwise (also where either is NaN).
   static reg select_lt(reg a, reg b, reg if_lt, reg otherwise) {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), otherwise, if_lt);

@@ -1,9 +1,8 @@
 // Activation epilogues: the per-ISA function table and how to get it.
 //
-// The float32 SIMD levels evaluate GELU with a rational fit of Phi (erf form,
-// absolute error below 1.1e-6 over every float) or a vector exp (tanh form);
-// float64 and the scalar level use std::erfc and std::exp. ReLU keeps NaN, as
-// torch.relu does.
+// The float32 SIMD levels evaluate both GELU forms with rational fits of their
+// CDFs (absolute error below 1.1e-6 over every float); float64 and the scalar
+// level use std::erfc and std::exp. ReLU keeps NaN, as torch.relu does.
 #pragma once
 
 #include <cstdint>

@@ -2,77 +2,71 @@
 // and the lane-wise operations used below), which the including ISA file
 // defines first. Included inside an ISA namespace; it must not include headers.
 
-// exp(x), relative error about 1e-7 (Cephes' expf polynomial). Inputs are
-// clamped to [-87, 88], where 2^n stays a normal float; the activations only
-// need exp to saturate towards 0 or a large value there.
-template <typename Ops>
-SPARSEGEMM_ALWAYS_INLINE typename Ops::reg vector_exp(typename Ops::reg x) {
-  using R = typename Ops::reg;
-  x = Ops::min(Ops::max(x, Ops::set1(-87.0f)), Ops::set1(88.0f));
-  const R n = Ops::round(Ops::mul(x, Ops::set1(1.44269504088896341f)));
-  R r = Ops::fnmadd(n, Ops::set1(0.693359375f), x);  // ln 2 in two parts, for an exact r
-  r = Ops::fnmadd(n, Ops::set1(-2.12194440e-4f), r);
-  R p = Ops::set1(1.9875691500e-4f);
-  p = Ops::fmadd(p, r, Ops::set1(1.3981999507e-3f));
-  p = Ops::fmadd(p, r, Ops::set1(8.3334519073e-3f));
-  p = Ops::fmadd(p, r, Ops::set1(4.1665795894e-2f));
-  p = Ops::fmadd(p, r, Ops::set1(1.6666665459e-1f));
-  p = Ops::fmadd(p, r, Ops::set1(5.0000001201e-1f));
-  p = Ops::fmadd(p, Ops::mul(r, r), Ops::add(r, Ops::set1(1.0f)));
-  return Ops::mul(p, Ops::pow2(n));
+// Both GELU forms are x F(v) for a CDF F of an argument v(x) (tools/fit_gelu.py):
+// F is evaluated as 0.5 + s P(s^2) / Q(s^2) for s = v clamped to [-clamp,
+// clamp], a rational fit (coefficients from the highest degree down, Q(0) = 1),
+// and taken as 0 below -clamp, where F is under 6e-8. No exp and about 20
+// vector operations: on Zen 3 (AVX2, one thread, 128 x 3072, fresh input each
+// call) the erf form took 229 us against 640 us with exp and the
+// Abramowitz-Stegun erfc it replaced, the tanh form 275 us against 335 us with
+// exp and a division. Float32 rounding in P and Q leaves an absolute error in
+// GELU of up to about 1e-6, largest for 4 < |x| < 5.5 (tests check every float
+// there).
+template <typename Ops, size_t N>
+SPARSEGEMM_ALWAYS_INLINE typename Ops::reg horner(typename Ops::reg t, const float (&c)[N]) {
+  typename Ops::reg acc = Ops::set1(c[0]);
+  for (size_t i = 1; i < N; ++i) acc = Ops::fmadd(acc, t, Ops::set1(c[i]));
+  return acc;
 }
 
-// GELU, erf form: x Phi(x), with Phi(x) = 0.5 + s P(s^2) / Q(s^2) for s = x
-// clamped to [-kGeluClamp, kGeluClamp], a rational fit of degree (5, 5) in s^2
-// (absolute error of Phi below 5e-9 in float64; tools/fit_gelu.py). Below
-// -kGeluClamp, Phi(x) < 6e-8 and is taken as 0. About 20 vector operations and
-// no exp: on Zen 3 (AVX2, one thread, 1024 x 1536) 865 us against 1802 us for
-// the exp and Abramowitz-Stegun erfc it replaced. Float32 rounding in P and Q
-// leaves an absolute error in GELU of up to about 1e-6, largest for 4 < |x| <
-// 5.3 (tests check every float there).
-constexpr float kGeluClamp = 5.3f;
+template <typename Ops, size_t NP, size_t NQ>
+SPARSEGEMM_ALWAYS_INLINE typename Ops::reg x_times_cdf(typename Ops::reg x, typename Ops::reg v,
+                                                       float clamp, const float (&p)[NP],
+                                                       const float (&q)[NQ]) {
+  using R = typename Ops::reg;
+  const R s = Ops::min(Ops::max(v, Ops::set1(-clamp)), Ops::set1(clamp));
+  const R t = Ops::mul(s, s);
+  const R cdf = Ops::fmadd(s, Ops::div(horner<Ops>(t, p), horner<Ops>(t, q)), Ops::set1(0.5f));
+  // F is exactly 0 below the clamp and for a NaN v, which the product keeps: x =
+  // -inf then gives -inf * 0 = NaN, as torch's GELU does, and very negative x -0.
+  return Ops::mul(x, Ops::select_lt(Ops::set1(-clamp), v, cdf, Ops::zero()));
+}
+
+// Erf form: F = Phi, the normal CDF, v = x; degree (5, 5), |error of Phi| < 5e-9.
+constexpr float kGeluErfClamp = 5.3f;
+constexpr float kGeluErfP[] = {2.405036525487958e-08f,  6.379064870998263e-06f,
+                               0.00016033410793170333f, 0.004627991002053022f,
+                               0.0329357385635376f,     0.3989422619342804f};
+constexpr float kGeluErfQ[] = {1.2371705224722973e-06f, 7.135223131626844e-05f,
+                               0.001836569281294942f,   0.028138797730207443f,
+                               0.24922387301921844f,    1.0f};
+
 template <typename Ops>
 SPARSEGEMM_ALWAYS_INLINE typename Ops::reg vector_gelu(typename Ops::reg x) {
-  using R = typename Ops::reg;
-  const R s = Ops::min(Ops::max(x, Ops::set1(-kGeluClamp)), Ops::set1(kGeluClamp));
-  const R t = Ops::mul(s, s);
-  R p = Ops::set1(2.405036525487958e-08f);
-  p = Ops::fmadd(p, t, Ops::set1(6.379064870998263e-06f));
-  p = Ops::fmadd(p, t, Ops::set1(0.00016033410793170333f));
-  p = Ops::fmadd(p, t, Ops::set1(0.004627991002053022f));
-  p = Ops::fmadd(p, t, Ops::set1(0.0329357385635376f));
-  p = Ops::fmadd(p, t, Ops::set1(0.3989422619342804f));
-  R q = Ops::set1(1.2371705224722973e-06f);
-  q = Ops::fmadd(q, t, Ops::set1(7.135223131626844e-05f));
-  q = Ops::fmadd(q, t, Ops::set1(0.001836569281294942f));
-  q = Ops::fmadd(q, t, Ops::set1(0.028138797730207443f));
-  q = Ops::fmadd(q, t, Ops::set1(0.24922387301921844f));
-  q = Ops::fmadd(q, t, Ops::set1(1.0f));
-  const R phi = Ops::fmadd(s, Ops::div(p, q), Ops::set1(0.5f));
-  // Phi is exactly 0 below the clamp (and for NaN, which the product keeps): x =
-  // -inf then gives -inf * 0 = NaN, as torch's GELU does, and very negative x -0.
-  return Ops::mul(x, Ops::select_lt(Ops::set1(-kGeluClamp), x, phi, Ops::zero()));
+  return x_times_cdf<Ops>(x, x, kGeluErfClamp, kGeluErfP, kGeluErfQ);
 }
 
-// GELU, tanh form: 0.5 x (1 + tanh(u)) = x / (1 + exp(-2u)).
+// Tanh form: 0.5 (1 + tanh(u)) is the logistic function of v = 2u, u =
+// sqrt(2 / pi) (x + 0.044715 x^3); degree (4, 4), |error of F| < 3e-8.
+constexpr float kGeluTanhClamp = 17.0f;
+constexpr float kGeluTanhP[] = {1.465824510382685e-11f, 8.51515764566102e-08f,
+                                5.5746717407600954e-05f, 0.008401122875511646f, 0.25f};
+constexpr float kGeluTanhQ[] = {3.3016904765759136e-09f, 5.3183880481810775e-06f,
+                                0.0016344747273251414f, 0.11693781614303589f, 1.0f};
+
 template <typename Ops>
 SPARSEGEMM_ALWAYS_INLINE typename Ops::reg vector_gelu_tanh(typename Ops::reg x) {
-  using R = typename Ops::reg;
-  const R x3 = Ops::mul(Ops::mul(x, x), x);
-  const R u = Ops::mul(Ops::fmadd(x3, Ops::set1(0.044715f), x), Ops::set1(0.7978845608028654f));
-  const R minus_2u = Ops::mul(u, Ops::set1(-2.0f));
-  // exp overflows to +inf past 88, where vector_exp saturates: then x = -inf gives
-  // -inf / inf = NaN, as torch's GELU does, and very negative x gives -0.
-  const R e = Ops::select_lt(minus_2u, Ops::set1(88.0f), vector_exp<Ops>(minus_2u),
-                             Ops::set1(std::numeric_limits<float>::infinity()));
-  return Ops::div(x, Ops::add(e, Ops::set1(1.0f)));  // exact x where e underflows
+  constexpr float kTwoSqrtTwoOverPi = 1.5957691216057308f;  // 2 sqrt(2 / pi)
+  const typename Ops::reg v =
+      Ops::mul(x, Ops::fmadd(Ops::mul(x, x), Ops::set1(kTwoSqrtTwoOverPi * 0.044715f),
+                             Ops::set1(kTwoSqrtTwoOverPi)));
+  return x_times_cdf<Ops>(x, v, kGeluTanhClamp, kGeluTanhP, kGeluTanhQ);
 }
 
-// Four vectors per step: the GELU forms are long dependency chains (about 60
+// Four vectors per step: the GELU forms are long dependency chains (about 20
 // instructions), and four independent ones keep the FP pipes busy where one
 // left them mostly waiting. A y whose rows are contiguous is one long row, so a
 // narrow block (the transpose's 8-column tiles) still gets four at a time.
-// On Zen 3 (AVX2, one thread, 1024 x 1536) the exp-based GELU ran 1.3x faster.
 template <typename Ops, typename Fn>
 void apply_rows(float* y, int64_t rows, int64_t cols, int64_t ld, Fn fn) {
   constexpr int64_t L = Ops::kLanes;
