@@ -2,10 +2,10 @@
 
 The activation kernels are checked against float64 references written here
 with ``scipy.special.erfc`` and ``numpy.tanh``; the fused products against the
-activation applied to the same kernel's unfused output, on each path of ``driver::linear``: the
-few-vector kernel (small batches, activation as a pass over y), the CSR
-panel kernels (packed and strided, activation on the transpose that writes
-y), BSR's transposed panel kernel and the bitmap kernels.
+activation applied to the same kernel's unfused output, on each path of
+``driver::linear``: the few-vector kernel (small batches, activation as a pass
+over y), the CSR panel kernels (packed and strided, activation on the transpose
+that writes y), BSR's transposed panel kernel and the bitmap kernels.
 """
 
 from __future__ import annotations

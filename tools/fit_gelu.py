@@ -88,8 +88,9 @@ def reference(x: np.ndarray, form: str) -> np.ndarray:
 def main() -> None:
     form = sys.argv[1] if len(sys.argv) > 1 else "erf"
     num, den = fit(form)
-    print("P:", ", ".join(f"{float(np.float32(c))!r}f" for c in num))
-    print("Q:", ", ".join(f"{float(np.float32(c))!r}f" for c in den))
+    # Highest degree first, the order of the kernel's coefficient arrays.
+    print("P:", ", ".join(f"{float(np.float32(c))!r}f" for c in num[::-1]))
+    print("Q:", ", ".join(f"{float(np.float32(c))!r}f" for c in den[::-1]))
     x = np.linspace(-12.0, 12.0, 4_000_001).astype(np.float32)
     expected = reference(x, form)
     error = np.abs(gelu_float32(x, num, den, form) - expected)
