@@ -12,6 +12,9 @@ Fixtures other test files can reuse:
 
 * ``isa`` -- parametrised over :func:`sparsegemm.available_isas`; the test
   body runs with the kernels forced to that level.
+* ``isa_with_extensions`` -- as ``isa``, plus 'avx512-plain' (the avx512
+  level with its VBMI2/VNNI kernels turned off) where the CPU has those
+  extensions: the int8 and bfloat16 bitmap kernels differ between the two.
 * ``rng`` -- a seeded ``numpy.random.Generator``.
 * ``random_sparse`` -- factory for a random dense array with a sparsity pattern.
 * ``check_sparse_mm`` / ``check_linear`` -- compare a result with the float64
@@ -59,6 +62,26 @@ def isa(request: pytest.FixtureRequest) -> str:
     with sparsegemm.use_isa(request.param):
         assert sparsegemm.get_isa() == request.param
         yield request.param
+
+
+def _isa_variants() -> list[str]:
+    variants = list(sparsegemm.available_isas())
+    if sparsegemm._core.avx512_extensions_supported():
+        variants.append("avx512-plain")
+    return variants
+
+
+@pytest.fixture(params=_isa_variants())
+def isa_with_extensions(request: pytest.FixtureRequest) -> str:
+    """Like ``isa``; 'avx512-plain' runs the avx512 level with VBMI2/VNNI off."""
+    level, _, variant = request.param.partition("-")
+    previous = sparsegemm._core.use_avx512_extensions()
+    sparsegemm._core.set_use_avx512_extensions(previous and variant != "plain")
+    try:
+        with sparsegemm.use_isa(level):
+            yield request.param
+    finally:
+        sparsegemm._core.set_use_avx512_extensions(previous)
 
 
 @pytest.fixture

@@ -4,9 +4,10 @@ The integer product (``int_product``) must equal a numpy int64 reference
 exactly; ``linear`` must equal the reference built from the same quantized
 integers up to float rounding, and stay within 2% of the unquantized float
 product. One vector runs the batch-1 kernel (several rows walked together,
-pshufb expansion), several the small-batch kernel (a tile of 2 rows x 256
-columns expanded to int16 once). The avx512 level, where the CPU has it,
-runs the AVX2 code.
+pshufb expansion; on AVX-512 with VBMI2 and VNNI, byte expand loads and
+vpdpbusd), several the small-batch kernel (a tile of rows x 256 columns
+expanded once). The ``isa_with_extensions`` fixture runs the avx512 level
+both with and without those extensions.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def random_xq(rng: np.random.Generator, batch: int, cols: int) -> np.ndarray:
 
 @pytest.mark.parametrize("rows", SIZES)
 @pytest.mark.parametrize("cols", SIZES)
-def test_int_product_exact_on_every_size(isa, rows, cols, rng):
+def test_int_product_exact_on_every_size(isa_with_extensions, rows, cols, rng):
     w = Int8BitmapMatrix.from_dense(random_weight(rng, rows, cols, 0.5))
     for batch in (1, 3):
         xq = random_xq(rng, batch, cols)
@@ -77,7 +78,7 @@ def test_int_product_exact_on_every_size(isa, rows, cols, rng):
 
 @pytest.mark.parametrize("batch", list(range(1, 18)))
 @pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 1.0])
-def test_int_product_exact_on_every_batch(isa, batch, density, rng):
+def test_int_product_exact_on_every_batch(isa_with_extensions, batch, density, rng):
     w = Int8BitmapMatrix.from_dense(random_weight(rng, 37, 300, density))
     xq = random_xq(rng, batch, 300)
     np.testing.assert_array_equal(w.int_product(xq, num_threads=1), reference_int(w, xq))
@@ -87,7 +88,7 @@ def test_int_product_exact_on_every_batch(isa, batch, density, rng):
         assert w.nnz == 37 * 300
 
 
-def test_int_product_extremes_and_empty_rows(isa, rng):
+def test_int_product_extremes_and_empty_rows(isa_with_extensions, rng):
     # Every weight and activation at +-127: the largest sums the int32 holds per column.
     dense = np.where(rng.random((21, 700)) < 0.7, 1.0, -1.0).astype(np.float32)
     dense[::3] = 0  # empty rows
@@ -99,8 +100,29 @@ def test_int_product_extremes_and_empty_rows(isa, rng):
         assert not result[:, ::3].any()
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_int_product_is_exact_at_the_column_limit(isa_with_extensions, batch):
+    # The widest matrix allowed, all weights and activations +-127 in one
+    # sign or mixed: the sums reach +-2^31 - 1 at most, and the VNNI kernel's
+    # biased sums (weights shifted by 128) wrap past int32 on the way there.
+    cols = MAX_INT8_COLS
+    signs = np.ones((4, cols), np.float32)
+    signs[1] = -1
+    signs[2, ::2] = -1
+    signs[3, 1::7] = 0
+    w = Int8BitmapMatrix.from_dense(signs)
+    xq = np.full((batch, cols), 127, np.int8)
+    if batch > 1:
+        xq[1] = -127
+        xq[2, ::3] = -127
+    result = w.int_product(xq, num_threads=2)
+    expected = reference_int(w, xq)
+    assert np.abs(expected).max() == 127 * 127 * cols
+    np.testing.assert_array_equal(result, expected)
+
+
 @pytest.mark.parametrize("batch", [1, 4])
-def test_int_product_reads_strided_rows(isa, batch, rng):
+def test_int_product_reads_strided_rows(isa_with_extensions, batch, rng):
     w = Int8BitmapMatrix.from_dense(random_weight(rng, 19, 130, 0.4))
     wide = random_xq(rng, batch, 301)
     xq = wide[:, 3:133]  # row stride 301, not a multiple of anything
@@ -130,7 +152,7 @@ def test_kept_weights_that_round_to_zero_keep_their_bit():
 
 @pytest.mark.parametrize("batch", [1, 2, 5, 16, 17])
 @pytest.mark.parametrize("cols", [1, 65, 300])
-def test_linear_matches_the_quantized_reference(isa, batch, cols, rng):
+def test_linear_matches_the_quantized_reference(isa_with_extensions, batch, cols, rng):
     w = Int8BitmapMatrix.from_dense(random_weight(rng, 23, cols, 0.5))
     x = rng.standard_normal((batch, cols)).astype(np.float32)
     bias = rng.standard_normal(23).astype(np.float32)
@@ -143,7 +165,7 @@ def test_linear_matches_the_quantized_reference(isa, batch, cols, rng):
 
 
 @pytest.mark.parametrize("batch", [1, 6])
-def test_linear_reads_rows_with_a_stride(isa, batch, rng):
+def test_linear_reads_rows_with_a_stride(isa_with_extensions, batch, rng):
     w = Int8BitmapMatrix.from_dense(random_weight(rng, 17, 129, 0.5))
     wide = rng.standard_normal((batch, 301)).astype(np.float32)
     x = wide[:, 5:134]  # contiguous rows, row stride 301: read in place
@@ -154,7 +176,7 @@ def test_linear_reads_rows_with_a_stride(isa, batch, rng):
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9])
 @pytest.mark.parametrize("batch", [1, 8])
-def test_linear_is_close_to_the_float_product(isa, sparsity, batch, rng):
+def test_linear_is_close_to_the_float_product(isa_with_extensions, sparsity, batch, rng):
     dense = random_weight(rng, 256, 1024, 1 - sparsity)
     w = Int8BitmapMatrix.from_dense(dense)
     x = rng.standard_normal((batch, 1024)).astype(np.float32)
@@ -164,7 +186,7 @@ def test_linear_is_close_to_the_float_product(isa, sparsity, batch, rng):
 
 
 @pytest.mark.parametrize("batch", [1, 3, 16])
-def test_threads_give_identical_results(isa, batch, rng):
+def test_threads_give_identical_results(isa_with_extensions, batch, rng):
     w = Int8BitmapMatrix.from_dense(random_weight(rng, 301, 517, 0.3))
     x = rng.standard_normal((batch, 517)).astype(np.float32)
     np.testing.assert_array_equal(w.linear(x, num_threads=1), w.linear(x, num_threads=2))
@@ -175,7 +197,7 @@ def test_threads_give_identical_results(isa, batch, rng):
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 @pytest.mark.parametrize("batch", [1, 4])
-def test_non_finite_vector_gives_a_nan_row(isa, bad, batch, rng):
+def test_non_finite_vector_gives_a_nan_row(isa_with_extensions, bad, batch, rng):
     w = Int8BitmapMatrix.from_dense(random_weight(rng, 9, 70, 0.5))
     x = rng.standard_normal((batch, 70)).astype(np.float32)
     x[0, 5] = bad
@@ -186,7 +208,7 @@ def test_non_finite_vector_gives_a_nan_row(isa, bad, batch, rng):
     np.testing.assert_allclose(result[1:], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_zero_vector_and_zero_sized_shapes(isa):
+def test_zero_vector_and_zero_sized_shapes(isa_with_extensions):
     w = Int8BitmapMatrix.from_dense(np.ones((3, 5), np.float32))
     np.testing.assert_array_equal(w.linear(np.zeros((2, 5)), [1, 2, 3]), [[1, 2, 3]] * 2)
     for rows, cols, batch in [(0, 5, 2), (3, 0, 2), (3, 5, 0), (0, 0, 0)]:

@@ -45,6 +45,11 @@ void register_runtime(py::module_& m) {
   m.def("prefer_hardware_gather", &prefer_hardware_gather,
         "Whether the batch-1 CSR kernel uses vector gathers (else scalar loads).");
   m.def("set_prefer_hardware_gather", &set_prefer_hardware_gather, py::arg("hardware"));
+  m.def("avx512_extensions_supported", &avx512_extensions_supported,
+        "Whether this CPU has the AVX-512 VBMI2 and VNNI extensions.");
+  m.def("use_avx512_extensions", &use_avx512_extensions,
+        "Whether the int8 and bfloat16 bitmap kernels use VBMI2 and VNNI.");
+  m.def("set_use_avx512_extensions", &set_use_avx512_extensions, py::arg("use"));
   m.def("default_num_threads", &default_num_threads);
   m.def(
       "kernel_catalogue",

@@ -115,4 +115,36 @@ void set_prefer_hardware_gather(bool hardware) {
   gather_preference_slot().store(hardware, std::memory_order_relaxed);
 }
 
+bool avx512_extensions_supported() {
+#if defined(__x86_64__) || defined(__i386__)
+  return isa_supported(Isa::Avx512) && __builtin_cpu_supports("avx512vbmi2") &&
+         __builtin_cpu_supports("avx512vnni");
+#else
+  return false;
+#endif
+}
+
+namespace {
+
+bool initial_extension_use() {
+  const char* env = std::getenv("SPARSEGEMM_AVX512_EXTENSIONS");
+  const bool off = env != nullptr && (std::string(env) == "off" || std::string(env) == "0");
+  return !off && avx512_extensions_supported();
+}
+
+std::atomic<bool>& extension_use_slot() {
+  static std::atomic<bool> slot{initial_extension_use()};
+  return slot;
+}
+
+}  // namespace
+
+bool use_avx512_extensions() { return extension_use_slot().load(std::memory_order_relaxed); }
+
+void set_use_avx512_extensions(bool use) {
+  if (use && !avx512_extensions_supported())
+    throw std::invalid_argument("this CPU lacks the AVX-512 VBMI2 and VNNI extensions");
+  extension_use_slot().store(use, std::memory_order_relaxed);
+}
+
 }  // namespace sparsegemm

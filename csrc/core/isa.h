@@ -35,4 +35,17 @@ void set_active_isa(Isa isa);
 bool prefer_hardware_gather();
 void set_prefer_hardware_gather(bool hardware);
 
+// AVX-512 extensions that Ice Lake, Zen 4 and later CPUs add to the avx512
+// level: byte and word expand loads (VBMI2) and int8 dot products (VNNI).
+// The int8 and bfloat16 bitmap kernels of the avx512 level use them where the
+// CPU has both, and otherwise run the AVX2 kernels. They are not a level of
+// their own, because every other family is the same with or without them.
+// SPARSEGEMM_AVX512_EXTENSIONS=off or set_use_avx512_extensions(false) turns
+// them off, so tests can run both kernels on one CPU.
+bool avx512_extensions_supported();
+// Supported and not turned off.
+bool use_avx512_extensions();
+// Throws std::invalid_argument when turning on what the CPU cannot run.
+void set_use_avx512_extensions(bool use);
+
 }  // namespace sparsegemm

@@ -167,6 +167,7 @@ def show_config(*, print_out: bool = True) -> dict | None:
         "available_isas": available_isas(),
         "isa_override": os.environ.get("SPARSEGEMM_ISA") or None,
         "batch1_csr_kernel": "vector gathers" if _core.prefer_hardware_gather() else "scalar loads",
+        "avx512_extensions": _core.use_avx512_extensions(),
         "openmp_runtime": _core.openmp_runtime(),
         "num_threads": get_num_threads(),
         "numpy_blas": [
@@ -187,6 +188,10 @@ def show_config(*, print_out: bool = True) -> dict | None:
         if config["isa_override"]:
             print(f"  SPARSEGEMM_ISA: {config['isa_override']}")
         print(f"  batch-1 CSR kernel: {config['batch1_csr_kernel']} (SPARSEGEMM_GATHER)")
+        extensions = "on" if config["avx512_extensions"] else (
+            "off" if _core.avx512_extensions_supported() else "not on this CPU")
+        print(f"  AVX-512 VBMI2/VNNI int8 and bfloat16 kernels: {extensions} "
+              "(SPARSEGEMM_AVX512_EXTENSIONS)")
         print(f"  OpenMP runtime: {config['openmp_runtime']}")
         print(f"  threads: {config['num_threads']}")
         if not config["numpy_blas"]:

@@ -1,7 +1,7 @@
 // Int8 bitmap kernels compiled for the avx512 level (flags set per file in CMakeLists.txt).
-// No AVX-512 code yet: this level runs the AVX2 expander and kernels (compiled
-// with the AVX-512 flags, which changes nothing in their results). An
-// AVX-512/VNNI version (vpexpandb, vpdpwssd) needs a machine that can test it.
+// These are the AVX2 expander and kernels (compiled with the AVX-512 flags,
+// which changes nothing in their results), for AVX-512 CPUs without VBMI2 and
+// VNNI; int8_bitmap_avx512vnni.cpp serves the others.
 #include <immintrin.h>
 #include <cstdint>
 

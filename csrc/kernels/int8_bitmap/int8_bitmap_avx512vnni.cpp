@@ -1,0 +1,234 @@
+// Int8 bitmap kernels for AVX-512 CPUs with VBMI2 and VNNI (flags set per
+// file in CMakeLists.txt; called only when use_avx512_extensions()).
+//
+// One 64-bit word of a row is the mask of one byte expand (vpexpandb), which
+// places the next popcount(word) packed values in the lanes whose bit is
+// set, zeros elsewhere: 64 weights per instruction, where the AVX2 kernels
+// expand 16. vpdpbusd then multiplies 64 byte pairs and adds them four at a
+// time into 16 int32 lanes, but it takes its first operand unsigned. So x is
+// biased to x + 128 (xor 0x80, once per load of x, shared by every row),
+// the weights stay signed, and
+//   sum_k (x_k + 128) w_k = sum_k x_k w_k + 128 sum_k w_k,
+// where the last term is 128 times the sum of the row's stored values,
+// summed from the packed values once per row (they are contiguous). Biasing
+// the weights instead would cost an xor per 64 weights on the same port as
+// vpdpbusd. Each product fits 16 bits (255 * 127) and the sums wrap modulo
+// 2^32, so the result is exact whenever the true sum fits int32, which
+// kMaxInt8Cols guarantees. The vectors are zero-padded to whole words by the driver.
+#include <immintrin.h>
+#include <cstdint>
+
+#include "kernels/int8_bitmap/int8_bitmap_kernels.h"
+
+namespace sparsegemm {
+namespace avx512 {
+
+namespace {
+
+constexpr int64_t kWordBits = 64;
+// Rows the batch-1 kernel walks together, each with two accumulators: the
+// expands of different rows overlap, and the vpdpbusd chains too.
+constexpr int kGemvRows = 4;
+// Bytes prefetched ahead of each row's read positions.
+constexpr int64_t kValuesAhead = 1024;
+constexpr int64_t kBitsAhead = 512;
+// Columns of a tile the small-batch kernel expands at once (whole words).
+constexpr int64_t kTileCols = 256;
+// Vectors that share one expanded tile.
+constexpr int kVectorChunk = 16;
+
+inline __m512i biased(__m512i x) {
+  return _mm512_xor_si512(x, _mm512_set1_epi8(static_cast<char>(0x80)));
+}
+
+// The 64 weights of one word of a row, signed, zeros where the bit is clear;
+// p moves past the values used. Plain: the 64 bytes at p lie inside the
+// values array, so a plain load and the register form of the expand serve
+// (cheaper than the expand load); otherwise only the values used are read.
+// The mask comes straight from memory: kmovq from a register would take the
+// port the expand needs.
+template <bool Plain>
+inline __m512i expand_word(const uint64_t* word, const int8_t*& p) {
+  const __mmask64 k =
+      _load_mask64(const_cast<__mmask64*>(reinterpret_cast<const __mmask64*>(word)));
+  const __m512i weights = Plain ? _mm512_maskz_expand_epi8(k, _mm512_loadu_si512(p))
+                                : _mm512_maskz_expandloadu_epi8(k, p);
+  p += __builtin_popcountll(*word);
+  return weights;
+}
+
+// 128 * the sum of n packed values: what the biased x adds to a row's sum.
+inline uint32_t bias_term(const int8_t* values, int64_t n) {
+  const __m512i ones = _mm512_set1_epi8(1);
+  __m512i sum = _mm512_setzero_si512();
+  int64_t c = 0;
+  for (; c + kWordBits <= n; c += kWordBits)
+    sum = _mm512_dpbusd_epi32(sum, ones, _mm512_loadu_si512(values + c));
+  if (c < n) {
+    const __mmask64 tail = _bzhi_u64(~uint64_t(0), static_cast<unsigned>(n - c));
+    sum = _mm512_dpbusd_epi32(sum, ones, _mm512_maskz_loadu_epi8(tail, values + c));
+  }
+  return 128u * static_cast<uint32_t>(_mm512_reduce_add_epi32(sum));
+}
+
+// The row's exact sum from its biased one (wrapping: the biased sum may have
+// wrapped, the difference has not).
+inline int32_t unbias(__m512i biased_sum, const BitmapView<int8_t>& a, int64_t row) {
+  const int64_t begin = a.offsets[row];
+  return static_cast<int32_t>(static_cast<uint32_t>(_mm512_reduce_add_epi32(biased_sum)) -
+                              bias_term(a.values + begin, a.offsets[row + 1] - begin));
+}
+
+// Whether rows [.., end_row) may use plain loads: each reads 64 bytes from a
+// position at most at the end of row end_row - 1.
+inline bool plain_loads_fit(const BitmapView<int8_t>& a, int64_t end_row) {
+  return a.offsets[end_row] + kWordBits <= a.nnz();
+}
+
+// out[r + i] = row (r + i) . x for i < R.
+template <int R, bool Plain>
+inline void gemv_group(const BitmapView<int8_t>& a, int64_t r, const int8_t* x, int32_t* out) {
+  const int64_t wpr = a.words_per_row;
+  __m512i acc[R][2];
+  const uint64_t* words[R];
+  const int8_t* vp[R];
+  for (int i = 0; i < R; ++i) {
+    acc[i][0] = acc[i][1] = _mm512_setzero_si512();
+    words[i] = a.bits + (r + i) * wpr;
+    vp[i] = a.values + a.offsets[r + i];
+  }
+  int64_t w = 0;
+  for (; w + 2 <= wpr; w += 2) {
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) {
+      _mm_prefetch(reinterpret_cast<const char*>(words[i] + w) + kBitsAhead, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(vp[i]) + kValuesAhead, _MM_HINT_T0);
+    }
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const __m512i xw = biased(_mm512_loadu_si512(x + (w + h) * kWordBits));
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i)
+        acc[i][h] = _mm512_dpbusd_epi32(acc[i][h], xw, expand_word<Plain>(words[i] + w + h, vp[i]));
+    }
+  }
+  if (w < wpr) {
+    const __m512i xw = biased(_mm512_loadu_si512(x + w * kWordBits));
+    for (int i = 0; i < R; ++i)
+      acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], xw, expand_word<Plain>(words[i] + w, vp[i]));
+  }
+  for (int i = 0; i < R; ++i) out[r + i] = unbias(_mm512_add_epi32(acc[i][0], acc[i][1]), a, r + i);
+}
+
+void gemv_rows(const BitmapView<int8_t>& a, int64_t row_begin, int64_t row_end, const int8_t* x,
+               int64_t x_vstride, int64_t nvec, int32_t* acc, int64_t acc_vstride) {
+  for (int64_t v = 0; v < nvec; ++v) {
+    const int8_t* xv = x + v * x_vstride;
+    int32_t* out = acc + v * acc_vstride;
+    int64_t r = row_begin;
+    for (; r + kGemvRows <= row_end; r += kGemvRows) {
+      if (plain_loads_fit(a, r + kGemvRows))
+        gemv_group<kGemvRows, true>(a, r, xv, out);
+      else
+        gemv_group<kGemvRows, false>(a, r, xv, out);
+    }
+    for (; r < row_end; ++r) {
+      if (plain_loads_fit(a, r + 1))
+        gemv_group<1, true>(a, r, xv, out);
+      else
+        gemv_group<1, false>(a, r, xv, out);
+    }
+  }
+}
+
+// acc[i][v0 + v] += x(v)[0:width] + 128 . tile[i][0:width] for i < R, v < VB.
+template <int R, int VB>
+inline void tile_dot(const int8_t (*tile)[kTileCols], int64_t width, const int8_t* x,
+                     int64_t x_vstride, __m512i (*acc)[kVectorChunk], int v0) {
+  __m512i sum[R][VB];
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < VB; ++v) sum[i][v] = acc[i][v0 + v];
+  for (int64_t c = 0; c < width; c += kWordBits) {
+    __m512i w[R];
+#pragma GCC unroll 4
+    for (int i = 0; i < R; ++i) w[i] = _mm512_load_si512(tile[i] + c);
+#pragma GCC unroll 4
+    for (int v = 0; v < VB; ++v) {
+      const __m512i xv = biased(_mm512_loadu_si512(x + v * x_vstride + c));
+#pragma GCC unroll 4
+      for (int i = 0; i < R; ++i) sum[i][v] = _mm512_dpbusd_epi32(sum[i][v], xv, w[i]);
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int v = 0; v < VB; ++v) acc[i][v0 + v] = sum[i][v];
+}
+
+// Rows [r, r + R) times every vector, kVectorChunk vectors per pass.
+template <int R>
+void small_batch_group(const BitmapView<int8_t>& a, int64_t r, const int8_t* x, int64_t x_vstride,
+                       int64_t nvec, int32_t* out, int64_t out_vstride) {
+  alignas(64) int8_t tile[R][kTileCols];
+  __m512i acc[R][kVectorChunk];
+  const int64_t padded_cols = a.words_per_row * kWordBits;
+  for (int64_t v0 = 0; v0 < nvec; v0 += kVectorChunk) {
+    const int nv = static_cast<int>(nvec - v0 < kVectorChunk ? nvec - v0 : kVectorChunk);
+    const int8_t* xc = x + v0 * x_vstride;
+    const int8_t* vp[R];
+    bool plain[R];
+    for (int i = 0; i < R; ++i) {
+      for (int v = 0; v < nv; ++v) acc[i][v] = _mm512_setzero_si512();
+      vp[i] = a.values + a.offsets[r + i];
+      plain[i] = plain_loads_fit(a, r + i + 1);
+    }
+    for (int64_t kb = 0; kb < padded_cols; kb += kTileCols) {
+      const int64_t width = padded_cols - kb < kTileCols ? padded_cols - kb : kTileCols;
+      for (int i = 0; i < R; ++i) {
+        const uint64_t* words = a.bits + (r + i) * a.words_per_row + kb / kWordBits;
+        for (int64_t w = 0; w < width / kWordBits; ++w)
+          _mm512_store_si512(tile[i] + w * kWordBits, plain[i]
+                                                          ? expand_word<true>(words + w, vp[i])
+                                                          : expand_word<false>(words + w, vp[i]));
+      }
+      const int8_t* xb = xc + kb;
+      int v = 0;
+      for (; v + 4 <= nv; v += 4)
+        tile_dot<R, 4>(tile, width, xb + v * x_vstride, x_vstride, acc, v);
+      switch (nv - v) {
+        case 3:
+          tile_dot<R, 3>(tile, width, xb + v * x_vstride, x_vstride, acc, v);
+          break;
+        case 2:
+          tile_dot<R, 2>(tile, width, xb + v * x_vstride, x_vstride, acc, v);
+          break;
+        case 1:
+          tile_dot<R, 1>(tile, width, xb + v * x_vstride, x_vstride, acc, v);
+          break;
+        default:
+          break;
+      }
+    }
+    for (int i = 0; i < R; ++i)
+      for (int v = 0; v < nv; ++v)
+        out[(v0 + v) * out_vstride + r + i] = unbias(acc[i][v], a, r + i);
+  }
+}
+
+void small_batch_rows(const BitmapView<int8_t>& a, int64_t row_begin, int64_t row_end,
+                      const int8_t* x, int64_t x_vstride, int64_t nvec, int32_t* acc,
+                      int64_t acc_vstride) {
+  // 4 rows x 4 vectors of accumulators, 4 tile rows and a vector: 25 of 32 registers.
+  constexpr int R = 4;
+  int64_t r = row_begin;
+  for (; r + R <= row_end; r += R) small_batch_group<R>(a, r, x, x_vstride, nvec, acc, acc_vstride);
+  for (; r < row_end; ++r) small_batch_group<1>(a, r, x, x_vstride, nvec, acc, acc_vstride);
+}
+
+}  // namespace
+
+const Int8BitmapKernels& int8_bitmap_vnni_kernel_table() {
+  static const Int8BitmapKernels table{nullptr, nullptr, &gemv_rows, &small_batch_rows};
+  return table;
+}
+
+}  // namespace avx512
+}  // namespace sparsegemm
