@@ -3,9 +3,10 @@
 The values are stored as bfloat16 (uint16 bit patterns in numpy) and the
 products compute in float32: each result is checked against a float64
 reference built from the same rounded weights, within the float32 bound of
-conftest.assert_product_close. The AVX-512 level runs the AVX2 bfloat16
-kernels (csrc/kernels/bitmap/bitmap_kernels.cpp), so it is covered where the
-CPU has it; 'scalar' is forced through the ISA override.
+conftest.assert_product_close. The AVX-512 level has bfloat16 kernels of its
+own where the CPU has VBMI2 (word expand loads) and runs the AVX2 ones
+otherwise; the ``isa_with_extensions`` fixture runs both, and 'scalar' is
+forced through the ISA override.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def test_rounding_to_nearest_even():
 
 @pytest.mark.parametrize("cols", COLS)
 @pytest.mark.parametrize("batch", [1, 3, 17])
-def test_linear_columns(isa, cols, batch, random_sparse, rng, check_linear):
+def test_linear_columns(isa_with_extensions, cols, batch, random_sparse, rng, check_linear):
     # 13 rows: groups of 4 (batch 1) and 2 (small batch) plus a remainder.
     a = bf16(random_sparse((13, cols), 0.5, np.float32))
     x = rng.uniform(-1, 1, (batch, cols)).astype(np.float32)
@@ -70,8 +71,8 @@ def test_linear_columns(isa, cols, batch, random_sparse, rng, check_linear):
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.5, 0.7, 1.0])
 @pytest.mark.parametrize("pattern", ["uniform", "empty_rows", "skewed"])
-def test_linear_batches_densities_patterns(isa, batch, density, pattern, random_sparse, rng,
-                                           check_linear):
+def test_linear_batches_densities_patterns(isa_with_extensions, batch, density, pattern,
+                                           random_sparse, rng, check_linear):
     a = bf16(random_sparse((23, 130), density, np.float32, pattern))
     x = rng.uniform(-1, 1, (batch, 130)).astype(np.float32)
     result = linear(x, a, num_threads=1)
@@ -84,7 +85,7 @@ def test_linear_batches_densities_patterns(isa, batch, density, pattern, random_
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 37), (37, 1), (13, 29), (7, 100), (5, 513)])
 @pytest.mark.parametrize("n", [1, 2, 4, 5, 16, 17])
-def test_matmul_shapes(isa, shape, n, random_sparse, rng, check_sparse_mm):
+def test_matmul_shapes(isa_with_extensions, shape, n, random_sparse, rng, check_sparse_mm):
     a = bf16(random_sparse(shape, 0.5, np.float32))
     b = rng.uniform(-1, 1, (shape[1], n)).astype(np.float32)
     check_sparse_mm(sparse_mm(a, b), reference_operand(a), b)
@@ -92,7 +93,8 @@ def test_matmul_shapes(isa, shape, n, random_sparse, rng, check_sparse_mm):
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 16])
-def test_strided_operands(isa, n, random_sparse, rng, check_sparse_mm, check_linear):
+def test_strided_operands(isa_with_extensions, n, random_sparse, rng, check_sparse_mm,
+                          check_linear):
     a = bf16(random_sparse((21, 70), 0.4, np.float32))
     wide = np.zeros((140, 2 * n), np.float32)
     wide[::2, ::2] = rng.uniform(-1, 1, (70, n))
@@ -107,7 +109,7 @@ def test_strided_operands(isa, n, random_sparse, rng, check_sparse_mm, check_lin
 
 
 @pytest.mark.parametrize("n", [1, 3, 6, 40])
-def test_threads(isa, n, random_sparse, rng, check_linear):
+def test_threads(isa_with_extensions, n, random_sparse, rng, check_linear):
     a = bf16(random_sparse((401, 500), 0.55, np.float32, "skewed"))
     x = rng.uniform(-1, 1, (n, 500)).astype(np.float32)
     serial = linear(x, a, num_threads=1)
@@ -117,7 +119,7 @@ def test_threads(isa, n, random_sparse, rng, check_linear):
 
 
 @pytest.mark.parametrize("batch", [1, 2, 7])
-def test_inf_and_nan_in_x_as_the_float32_kernels(isa, batch, rng, check_linear):
+def test_inf_and_nan_in_x_as_the_float32_kernels(isa_with_extensions, batch, rng, check_linear):
     # Unstored entries never multiply x (Inf/NaN at unstored columns vanish);
     # at a stored column they propagate. The float32 bitmap kernels agree.
     W = np.zeros((9, 70), np.float32)
@@ -137,7 +139,7 @@ def test_inf_and_nan_in_x_as_the_float32_kernels(isa, batch, rng, check_linear):
     np.testing.assert_array_equal(np.isnan(result), np.isnan(linear(x, float32)))
 
 
-def test_nan_weights_propagate(isa, rng):
+def test_nan_weights_propagate(isa_with_extensions, rng):
     W = rng.uniform(-1, 1, (5, 40)).astype(np.float32)
     W[2, 7] = np.nan
     a = bf16(W)
@@ -153,8 +155,10 @@ import sparsegemm
 from sparsegemm import BitmapMatrix, _core
 from sparsegemm._dtypes import bfloat16_bits, bfloat16_to_float32
 
-isa, batch = sys.argv[1], int(sys.argv[2])
-sparsegemm.set_isa(isa)
+variant, batch = sys.argv[1], int(sys.argv[2])
+level, _, extensions = variant.partition("-")
+sparsegemm.set_isa(level)
+_core.set_use_avx512_extensions(_core.use_avx512_extensions() and extensions != "plain")
 rng = np.random.default_rng(0)
 W = np.where(rng.random((10, 201)) < 0.6, rng.uniform(-1, 1, (10, 201)), 0).astype(np.float32)
 W[-1] = rng.uniform(-1, 1, 201)  # the last row is full
@@ -178,8 +182,8 @@ print("ok")
 
 
 @pytest.mark.parametrize("batch", [1, 4, 16])
-def test_values_are_not_read_past_their_end(isa, batch, python_subprocess):
-    argv = f"import sys; sys.argv = ['-', {isa!r}, '{batch}']\n"
+def test_values_are_not_read_past_their_end(isa_with_extensions, batch, python_subprocess):
+    argv = f"import sys; sys.argv = ['-', {isa_with_extensions!r}, '{batch}']\n"
     result = python_subprocess(argv + _GUARD_PAGE_SCRIPT)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 

@@ -8,10 +8,10 @@ template <typename V>
 const BitmapKernels<V>& bitmap_kernels(Isa isa) {
   switch (isa) {
     case Isa::Avx512:
-      // No AVX-512 bfloat16 kernels yet (none could be run where they were
-      // written): the AVX2 ones, which every AVX-512 CPU runs, serve that level.
+      // bfloat16 needs VBMI2's word expand; without it the AVX2 kernels serve.
       if constexpr (std::is_same_v<V, bfloat16_t>)
-        return avx2::bitmap_kernel_table<V>();
+        return use_avx512_extensions() ? avx512ext::bitmap_kernel_table<V>()
+                                       : avx2::bitmap_kernel_table<V>();
       else
         return avx512::bitmap_kernel_table<V>();
     case Isa::Avx2:

@@ -10,8 +10,9 @@
 //
 // V is the stored value type and T = compute_t<V> the type of x, bias, y and
 // every sum: float/float, double/double, or bfloat16_t values computed in
-// float (BitExpand<bfloat16_t> widens them as it expands). The AVX-512 level
-// has no bfloat16 kernels of its own: bitmap_kernels() hands out AVX2's there.
+// float (BitExpand<bfloat16_t> widens them as it expands). The AVX-512
+// level's bfloat16 kernels need VBMI2's word expand (bitmap_avx512ext.cpp);
+// without it, bitmap_kernels() hands out AVX2's there.
 #pragma once
 
 #include <cstdint>
@@ -57,6 +58,10 @@ template <typename V>
 const BitmapKernels<V>& bitmap_kernel_table();
 }
 namespace avx512 {
+template <typename V>
+const BitmapKernels<V>& bitmap_kernel_table();
+}
+namespace avx512ext {
 template <typename V>
 const BitmapKernels<V>& bitmap_kernel_table();
 }
