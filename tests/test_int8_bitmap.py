@@ -234,7 +234,7 @@ def test_format_properties_pickle_and_arrays_round_trip(rng):
     w = Int8BitmapMatrix.from_dense(dense)
     assert w.shape == (40, 100) and w.ndim == 2 and w.nnz == np.count_nonzero(dense)
     assert w.sparsity == pytest.approx(1 - w.nnz / 4000)
-    assert w.storage_bytes == w.nnz + 40 * 2 * 8 + 41 * 8 + 40 * 4
+    assert w.storage_bytes == w.nnz + 40 * 2 * 8 + 41 * 8 + 40 * 4 + 40 * 4  # + scales, row sums
     assert w.bytes_per_weight == w.storage_bytes / 4000
     assert w.bits.shape == (40, 2) and w.offsets[-1] == w.nnz and w.scales.dtype == np.float32
     with pytest.raises(ValueError):

@@ -16,6 +16,14 @@ void check_int8_cols(int64_t cols) {
                                 std::to_string(cols));
 }
 
+Int8BitmapMatrix::Int8BitmapMatrix(BitmapMatrix<int8_t> weights, std::vector<float> scales)
+    : weights_(std::move(weights)), scales_(std::move(scales)), row_sums_(weights_.rows(), 0) {
+  const std::vector<offset_t>& offsets = weights_.offsets();
+  const std::vector<int8_t>& values = weights_.values();
+  for (int64_t r = 0; r < weights_.rows(); ++r)
+    for (int64_t k = offsets[r]; k < offsets[r + 1]; ++k) row_sums_[r] += values[k];
+}
+
 Int8BitmapMatrix Int8BitmapMatrix::from_dense(int64_t rows, int64_t cols, const float* dense,
                                               int64_t row_stride, int64_t col_stride,
                                               double threshold) {

@@ -58,9 +58,14 @@ class Int8BitmapMatrix {
   int64_t nnz() const { return weights_.nnz(); }
   const BitmapMatrix<int8_t>& weights() const { return weights_; }
   const std::vector<float>& scales() const { return scales_; }
-  // Bytes of storage: the bitmap with its int8 values and offsets, and the scales.
+  // row_sums()[r] = the sum of row r's stored q values, which the VNNI
+  // kernels subtract (kernels/int8_bitmap/int8_bitmap_avx512vnni.cpp).
+  const std::vector<int32_t>& row_sums() const { return row_sums_; }
+  // Bytes of storage: the bitmap with its int8 values and offsets, the scales
+  // and the row sums.
   int64_t storage_bytes() const {
-    return weights_.storage_bytes() + static_cast<int64_t>(scales_.size() * sizeof(float));
+    return weights_.storage_bytes() + static_cast<int64_t>(scales_.size() * sizeof(float) +
+                                                           row_sums_.size() * sizeof(int32_t));
   }
 
   // The dequantized weight q[r, k] * scale[r]: out is rows x cols, C order,
@@ -68,11 +73,11 @@ class Int8BitmapMatrix {
   void to_dense(float* out) const;
 
  private:
-  Int8BitmapMatrix(BitmapMatrix<int8_t> weights, std::vector<float> scales)
-      : weights_(std::move(weights)), scales_(std::move(scales)) {}
+  Int8BitmapMatrix(BitmapMatrix<int8_t> weights, std::vector<float> scales);
 
   BitmapMatrix<int8_t> weights_;
   std::vector<float> scales_;
+  std::vector<int32_t> row_sums_;
 };
 
 }  // namespace sparsegemm

@@ -63,17 +63,21 @@ void int_product_rows(const Int8BitmapKernels& kernels, const Int8BitmapMatrix& 
                       const AfterRows& after_rows) {
   const BitmapMatrix<int8_t>& weights = w.weights();
   const BitmapView<int8_t> view = weights.view();
-  Int8KernelFn<X> kernel;
-  if constexpr (std::is_same_v<X, int8_t>)
-    kernel = batch >= 2 ? kernels.small_batch_rows_int8 : kernels.gemv_rows_int8;
-  else
-    kernel = batch >= 2 ? kernels.small_batch_rows : kernels.gemv_rows;
+  const int32_t* row_sums = w.row_sums().data();
+  const auto kernel = [&](int64_t r0, int64_t r1) {
+    if constexpr (std::is_same_v<X, int8_t>)
+      (batch >= 2 ? kernels.small_batch_rows_int8 : kernels.gemv_rows_int8)(
+          view, row_sums, r0, r1, xq, x_stride, batch, acc, ldacc);
+    else
+      (batch >= 2 ? kernels.small_batch_rows : kernels.gemv_rows)(view, r0, r1, xq, x_stride,
+                                                                  batch, acc, ldacc);
+  };
   // Every byte of the bitmap costs work whether or not its bits are set.
   const int64_t per_row = std::max<int64_t>(1, w.cols() / 8);
   const int threads = threads_for_work(num_threads, (w.nnz() + w.rows() * per_row) * batch);
   driver::for_row_ranges(weights.offsets().data(), w.rows(), threads, per_row,
                          [&](int64_t r0, int64_t r1) {
-                           kernel(view, r0, r1, xq, x_stride, batch, acc, ldacc);
+                           kernel(r0, r1);
                            after_rows(r0, r1);
                          });
 }

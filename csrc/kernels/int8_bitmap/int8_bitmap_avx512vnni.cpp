@@ -10,7 +10,7 @@
 // the weights stay signed, and
 //   sum_k (x_k + 128) w_k = sum_k x_k w_k + 128 sum_k w_k,
 // where the last term is 128 times the sum of the row's stored values,
-// summed from the packed values once per row (they are contiguous). Biasing
+// which the matrix keeps (Int8BitmapMatrix::row_sums). Biasing
 // the weights instead would cost an xor per 64 weights on the same port as
 // vpdpbusd. Each product fits 16 bits (255 * 127) and the sums wrap modulo
 // 2^32, so the result is exact whenever the true sum fits int32, which
@@ -26,12 +26,11 @@ namespace avx512 {
 namespace {
 
 constexpr int64_t kWordBits = 64;
-// Rows the batch-1 kernel walks together, each with two accumulators: the
-// expands of different rows overlap, and the vpdpbusd chains too.
-constexpr int kGemvRows = 4;
 // Bytes prefetched ahead of each row's read positions.
-constexpr int64_t kValuesAhead = 1024;
-constexpr int64_t kBitsAhead = 512;
+// Bytes prefetched ahead of a row's read positions (measured best of
+// 0.5-16 KB; the next rows' data when the row ends sooner).
+constexpr int64_t kValuesAhead = 4096;
+constexpr int64_t kBitsAhead = 4096;
 // Columns of a tile the small-batch kernel expands at once (whole words).
 constexpr int64_t kTileCols = 256;
 // Vectors that share one expanded tile.
@@ -57,26 +56,11 @@ inline __m512i expand_word(const uint64_t* word, const int8_t*& p) {
   return weights;
 }
 
-// 128 * the sum of n packed values: what the biased x adds to a row's sum.
-inline uint32_t bias_term(const int8_t* values, int64_t n) {
-  const __m512i ones = _mm512_set1_epi8(1);
-  __m512i sum = _mm512_setzero_si512();
-  int64_t c = 0;
-  for (; c + kWordBits <= n; c += kWordBits)
-    sum = _mm512_dpbusd_epi32(sum, ones, _mm512_loadu_si512(values + c));
-  if (c < n) {
-    const __mmask64 tail = _bzhi_u64(~uint64_t(0), static_cast<unsigned>(n - c));
-    sum = _mm512_dpbusd_epi32(sum, ones, _mm512_maskz_loadu_epi8(tail, values + c));
-  }
-  return 128u * static_cast<uint32_t>(_mm512_reduce_add_epi32(sum));
-}
-
-// The row's exact sum from its biased one (wrapping: the biased sum may have
+// The row's exact sum from its sum over x + 128 (wrapping: that sum may have
 // wrapped, the difference has not).
-inline int32_t unbias(__m512i biased_sum, const BitmapView<int8_t>& a, int64_t row) {
-  const int64_t begin = a.offsets[row];
+inline int32_t unbias(__m512i biased_sum, int32_t row_sum) {
   return static_cast<int32_t>(static_cast<uint32_t>(_mm512_reduce_add_epi32(biased_sum)) -
-                              bias_term(a.values + begin, a.offsets[row + 1] - begin));
+                              128u * static_cast<uint32_t>(row_sum));
 }
 
 // Whether rows [.., end_row) may use plain loads: each reads 64 bytes from a
@@ -85,59 +69,51 @@ inline bool plain_loads_fit(const BitmapView<int8_t>& a, int64_t end_row) {
   return a.offsets[end_row] + kWordBits <= a.nnz();
 }
 
-// out[r + i] = row (r + i) . x for i < R.
-template <int R, bool Plain>
-inline void gemv_group(const BitmapView<int8_t>& a, int64_t r, const int8_t* x, int32_t* out) {
+// row r . x. One row at a time, so the kernel reads two sequential streams
+// (the row's words and its values): walking 2, 4 or 8 rows together, as the
+// float kernels do, ran 1.1-2.6x slower with the weights streaming from
+// memory (4096 x 11008 at 50-90%), as more streams ran further from the
+// memory bandwidth. Four accumulators cover vpdpbusd's latency.
+template <bool Plain>
+inline int32_t row_dot(const BitmapView<int8_t>& a, const int32_t* row_sums, int64_t r,
+                       const int8_t* x) {
+  constexpr int kAccumulators = 4;
   const int64_t wpr = a.words_per_row;
-  __m512i acc[R][2];
-  const uint64_t* words[R];
-  const int8_t* vp[R];
-  for (int i = 0; i < R; ++i) {
-    acc[i][0] = acc[i][1] = _mm512_setzero_si512();
-    words[i] = a.bits + (r + i) * wpr;
-    vp[i] = a.values + a.offsets[r + i];
-  }
+  const uint64_t* words = a.bits + r * wpr;
+  const int8_t* vp = a.values + a.offsets[r];
+  __m512i acc[kAccumulators];
+  for (int j = 0; j < kAccumulators; ++j) acc[j] = _mm512_setzero_si512();
   int64_t w = 0;
-  for (; w + 2 <= wpr; w += 2) {
+  for (; w + kAccumulators <= wpr; w += kAccumulators) {
+    _mm_prefetch(reinterpret_cast<const char*>(words + w) + kBitsAhead, _MM_HINT_T0);
 #pragma GCC unroll 4
-    for (int i = 0; i < R; ++i) {
-      _mm_prefetch(reinterpret_cast<const char*>(words[i] + w) + kBitsAhead, _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(vp[i]) + kValuesAhead, _MM_HINT_T0);
-    }
-#pragma GCC unroll 2
-    for (int h = 0; h < 2; ++h) {
-      const __m512i xw = biased(_mm512_loadu_si512(x + (w + h) * kWordBits));
-#pragma GCC unroll 4
-      for (int i = 0; i < R; ++i)
-        acc[i][h] = _mm512_dpbusd_epi32(acc[i][h], xw, expand_word<Plain>(words[i] + w + h, vp[i]));
+    for (int j = 0; j < kAccumulators; ++j) {
+      _mm_prefetch(reinterpret_cast<const char*>(vp) + kValuesAhead, _MM_HINT_T0);
+      const __m512i xw = biased(_mm512_loadu_si512(x + (w + j) * kWordBits));
+      acc[j] = _mm512_dpbusd_epi32(acc[j], xw, expand_word<Plain>(words + w + j, vp));
     }
   }
-  if (w < wpr) {
+  for (; w < wpr; ++w) {
     const __m512i xw = biased(_mm512_loadu_si512(x + w * kWordBits));
-    for (int i = 0; i < R; ++i)
-      acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], xw, expand_word<Plain>(words[i] + w, vp[i]));
+    acc[0] = _mm512_dpbusd_epi32(acc[0], xw, expand_word<Plain>(words + w, vp));
   }
-  for (int i = 0; i < R; ++i) out[r + i] = unbias(_mm512_add_epi32(acc[i][0], acc[i][1]), a, r + i);
+  const __m512i sum =
+      _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
+  return unbias(sum, row_sums[r]);
 }
 
-void gemv_rows(const BitmapView<int8_t>& a, int64_t row_begin, int64_t row_end, const int8_t* x,
-               int64_t x_vstride, int64_t nvec, int32_t* acc, int64_t acc_vstride) {
+void gemv_rows(const BitmapView<int8_t>& a, const int32_t* row_sums, int64_t row_begin,
+               int64_t row_end, const int8_t* x, int64_t x_vstride, int64_t nvec, int32_t* acc,
+               int64_t acc_vstride) {
+  // Rows below this one read at most 64 bytes past their own values before
+  // the end of the array: plain loads fit.
+  int64_t plain_end = row_end;
+  while (plain_end > row_begin && !plain_loads_fit(a, plain_end)) --plain_end;
   for (int64_t v = 0; v < nvec; ++v) {
     const int8_t* xv = x + v * x_vstride;
     int32_t* out = acc + v * acc_vstride;
-    int64_t r = row_begin;
-    for (; r + kGemvRows <= row_end; r += kGemvRows) {
-      if (plain_loads_fit(a, r + kGemvRows))
-        gemv_group<kGemvRows, true>(a, r, xv, out);
-      else
-        gemv_group<kGemvRows, false>(a, r, xv, out);
-    }
-    for (; r < row_end; ++r) {
-      if (plain_loads_fit(a, r + 1))
-        gemv_group<1, true>(a, r, xv, out);
-      else
-        gemv_group<1, false>(a, r, xv, out);
-    }
+    for (int64_t r = row_begin; r < plain_end; ++r) out[r] = row_dot<true>(a, row_sums, r, xv);
+    for (int64_t r = plain_end; r < row_end; ++r) out[r] = row_dot<false>(a, row_sums, r, xv);
   }
 }
 
@@ -165,7 +141,7 @@ inline void tile_dot(const int8_t (*tile)[kTileCols], int64_t width, const int8_
 
 // Rows [r, r + R) times every vector, kVectorChunk vectors per pass.
 template <int R>
-void small_batch_group(const BitmapView<int8_t>& a, int64_t r, const int8_t* x, int64_t x_vstride,
+void small_batch_group(const BitmapView<int8_t>& a, const int32_t* row_sums, int64_t r, const int8_t* x, int64_t x_vstride,
                        int64_t nvec, int32_t* out, int64_t out_vstride) {
   alignas(64) int8_t tile[R][kTileCols];
   __m512i acc[R][kVectorChunk];
@@ -209,18 +185,18 @@ void small_batch_group(const BitmapView<int8_t>& a, int64_t r, const int8_t* x, 
     }
     for (int i = 0; i < R; ++i)
       for (int v = 0; v < nv; ++v)
-        out[(v0 + v) * out_vstride + r + i] = unbias(acc[i][v], a, r + i);
+        out[(v0 + v) * out_vstride + r + i] = unbias(acc[i][v], row_sums[r + i]);
   }
 }
 
-void small_batch_rows(const BitmapView<int8_t>& a, int64_t row_begin, int64_t row_end,
+void small_batch_rows(const BitmapView<int8_t>& a, const int32_t* row_sums, int64_t row_begin, int64_t row_end,
                       const int8_t* x, int64_t x_vstride, int64_t nvec, int32_t* acc,
                       int64_t acc_vstride) {
   // 4 rows x 4 vectors of accumulators, 4 tile rows and a vector: 25 of 32 registers.
   constexpr int R = 4;
   int64_t r = row_begin;
-  for (; r + R <= row_end; r += R) small_batch_group<R>(a, r, x, x_vstride, nvec, acc, acc_vstride);
-  for (; r < row_end; ++r) small_batch_group<1>(a, r, x, x_vstride, nvec, acc, acc_vstride);
+  for (; r + R <= row_end; r += R) small_batch_group<R>(a, row_sums, r, x, x_vstride, nvec, acc, acc_vstride);
+  for (; r < row_end; ++r) small_batch_group<1>(a, row_sums, r, x, x_vstride, nvec, acc, acc_vstride);
 }
 
 }  // namespace

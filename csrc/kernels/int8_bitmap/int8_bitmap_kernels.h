@@ -35,6 +35,14 @@ using Int8KernelFn = void (*)(const BitmapView<int8_t>& a, int64_t row_begin, in
                               const X* x, int64_t x_vstride, int64_t nvec, int32_t* acc,
                               int64_t acc_vstride);
 
+// The VNNI kernels' form: x is int8, and row_sums[r] is the sum of row r's
+// stored values (Int8BitmapMatrix::row_sums), which they need because they
+// multiply x + 128.
+using Int8ByteKernelFn = void (*)(const BitmapView<int8_t>& a, const int32_t* row_sums,
+                                  int64_t row_begin, int64_t row_end, const int8_t* x,
+                                  int64_t x_vstride, int64_t nvec, int32_t* acc,
+                                  int64_t acc_vstride);
+
 // gemv_rows streams the bitmap once per vector, walking several rows
 // together so their value loads overlap; small_batch_rows expands a tile of
 // rows x 256 columns once and multiplies it with up to 16 vectors. Both give
@@ -43,8 +51,8 @@ using Int8KernelFn = void (*)(const BitmapView<int8_t>& a, int64_t row_begin, in
 struct Int8BitmapKernels {
   Int8KernelFn<int16_t> gemv_rows = nullptr;
   Int8KernelFn<int16_t> small_batch_rows = nullptr;
-  Int8KernelFn<int8_t> gemv_rows_int8 = nullptr;
-  Int8KernelFn<int8_t> small_batch_rows_int8 = nullptr;
+  Int8ByteKernelFn gemv_rows_int8 = nullptr;
+  Int8ByteKernelFn small_batch_rows_int8 = nullptr;
 
   bool reads_int8() const { return gemv_rows_int8 != nullptr; }
 };
