@@ -69,8 +69,8 @@ void int_product_rows(const Int8BitmapKernels& kernels, const Int8BitmapMatrix& 
       (batch >= 2 ? kernels.small_batch_rows_int8 : kernels.gemv_rows_int8)(
           view, row_sums, r0, r1, xq, x_stride, batch, acc, ldacc);
     else
-      (batch >= 2 ? kernels.small_batch_rows : kernels.gemv_rows)(view, r0, r1, xq, x_stride,
-                                                                  batch, acc, ldacc);
+      (batch >= 2 ? kernels.small_batch_rows : kernels.gemv_rows)(view, r0, r1, xq, x_stride, batch,
+                                                                  acc, ldacc);
   };
   // Every byte of the bitmap costs work whether or not its bits are set.
   const int64_t per_row = std::max<int64_t>(1, w.cols() / 8);

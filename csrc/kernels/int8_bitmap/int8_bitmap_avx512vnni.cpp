@@ -141,8 +141,9 @@ inline void tile_dot(const int8_t (*tile)[kTileCols], int64_t width, const int8_
 
 // Rows [r, r + R) times every vector, kVectorChunk vectors per pass.
 template <int R>
-void small_batch_group(const BitmapView<int8_t>& a, const int32_t* row_sums, int64_t r, const int8_t* x, int64_t x_vstride,
-                       int64_t nvec, int32_t* out, int64_t out_vstride) {
+void small_batch_group(const BitmapView<int8_t>& a, const int32_t* row_sums, int64_t r,
+                       const int8_t* x, int64_t x_vstride, int64_t nvec, int32_t* out,
+                       int64_t out_vstride) {
   alignas(64) int8_t tile[R][kTileCols];
   __m512i acc[R][kVectorChunk];
   const int64_t padded_cols = a.words_per_row * kWordBits;
@@ -189,14 +190,16 @@ void small_batch_group(const BitmapView<int8_t>& a, const int32_t* row_sums, int
   }
 }
 
-void small_batch_rows(const BitmapView<int8_t>& a, const int32_t* row_sums, int64_t row_begin, int64_t row_end,
-                      const int8_t* x, int64_t x_vstride, int64_t nvec, int32_t* acc,
-                      int64_t acc_vstride) {
+void small_batch_rows(const BitmapView<int8_t>& a, const int32_t* row_sums, int64_t row_begin,
+                      int64_t row_end, const int8_t* x, int64_t x_vstride, int64_t nvec,
+                      int32_t* acc, int64_t acc_vstride) {
   // 4 rows x 4 vectors of accumulators, 4 tile rows and a vector: 25 of 32 registers.
   constexpr int R = 4;
   int64_t r = row_begin;
-  for (; r + R <= row_end; r += R) small_batch_group<R>(a, row_sums, r, x, x_vstride, nvec, acc, acc_vstride);
-  for (; r < row_end; ++r) small_batch_group<1>(a, row_sums, r, x, x_vstride, nvec, acc, acc_vstride);
+  for (; r + R <= row_end; r += R)
+    small_batch_group<R>(a, row_sums, r, x, x_vstride, nvec, acc, acc_vstride);
+  for (; r < row_end; ++r)
+    small_batch_group<1>(a, row_sums, r, x, x_vstride, nvec, acc, acc_vstride);
 }
 
 }  // namespace
