@@ -76,7 +76,7 @@ def main() -> None:
             weight_bf16 = torch.from_numpy(pruned).to(torch.bfloat16)
             W = weight_bf16.float().numpy()  # the rounded weight, in float32
             bitmaps = cold(lambda W=W: sparsegemm.BitmapMatrix.from_dense(W, dtype="bfloat16"),
-                           W.size * 2 * (1 - sparsity))
+                           int(W.size * 2 * (1 - sparsity)))
 
             def module(weight=weight_bf16):
                 linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False,

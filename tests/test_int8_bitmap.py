@@ -69,9 +69,12 @@ def random_xq(rng: np.random.Generator, batch: int, cols: int) -> np.ndarray:
 
 @pytest.mark.parametrize("rows", SIZES)
 @pytest.mark.parametrize("cols", SIZES)
-def test_int_product_exact_on_every_size(isa_with_extensions, rows, cols, rng):
-    w = Int8BitmapMatrix.from_dense(random_weight(rng, rows, cols, 0.5))
-    for batch in (1, 3):
+@pytest.mark.parametrize("density", [0.5, 0.2])
+def test_int_product_exact_on_every_size(isa_with_extensions, rows, cols, density, rng):
+    # On VNNI CPUs, 2-4 vectors take the batch-1 kernel, more the quad kernel
+    # when the matrix is sparse and the tile kernel otherwise.
+    w = Int8BitmapMatrix.from_dense(random_weight(rng, rows, cols, density))
+    for batch in (1, 3, 6):
         xq = random_xq(rng, batch, cols)
         np.testing.assert_array_equal(w.int_product(xq, num_threads=1), reference_int(w, xq))
 
@@ -100,24 +103,26 @@ def test_int_product_extremes_and_empty_rows(isa_with_extensions, rng):
         assert not result[:, ::3].any()
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-def test_int_product_is_exact_at_the_column_limit(isa_with_extensions, batch):
+@pytest.mark.parametrize("batch", [1, 3, 6])
+@pytest.mark.parametrize("kept_every", [1, 4])
+def test_int_product_is_exact_at_the_column_limit(isa_with_extensions, batch, kept_every):
     # The widest matrix allowed, all weights and activations +-127 in one
-    # sign or mixed: the sums reach +-2^31 - 1 at most, and the VNNI kernel's
-    # biased sums (weights shifted by 128) wrap past int32 on the way there.
+    # sign or mixed: the sums reach +-2^31 - 1 at most, and the VNNI kernels'
+    # sums over x + 128 wrap past int32 on the way there.
     cols = MAX_INT8_COLS
     signs = np.ones((4, cols), np.float32)
     signs[1] = -1
     signs[2, ::2] = -1
     signs[3, 1::7] = 0
+    signs[:, np.arange(cols) % kept_every != 0] = 0  # sparse: the quad kernel at batch 6
     w = Int8BitmapMatrix.from_dense(signs)
     xq = np.full((batch, cols), 127, np.int8)
     if batch > 1:
         xq[1] = -127
-        xq[2, ::3] = -127
+        xq[2:, ::3] = -127
     result = w.int_product(xq, num_threads=2)
     expected = reference_int(w, xq)
-    assert np.abs(expected).max() == 127 * 127 * cols
+    assert np.abs(expected).max() == 127 * 127 * len(range(0, cols, kept_every))
     np.testing.assert_array_equal(result, expected)
 
 

@@ -23,13 +23,22 @@ int64_t widened_stride(int64_t cols) {
                                                    kInt8VectorPadding * kInt8VectorPadding);
 }
 
+// An int8 value q as the kernels read it: X is int16_t (widened, for the
+// scalar and AVX2 kernels) or uint8_t (q + 128, for the VNNI ones).
+template <typename X>
+X as_kernel_input(int q) {
+  if constexpr (std::is_same_v<X, uint8_t>)
+    return static_cast<uint8_t>(q + 128);
+  else
+    return static_cast<X>(q);
+}
+
 // Quantizes one vector (core/int8_bitmap_matrix.h) into xq[0:cols], zeros up
 // to stride, and returns its scale sx: NaN if it holds Inf or NaN (xq is
-// then all zero and every output of the row is NaN). X is the element type
-// the kernels read (int16 or int8).
+// then all zero and every output of the row is NaN).
 template <typename X>
 float quantize_vector(const float* x, int64_t cols, X* xq, int64_t stride) {
-  std::fill(xq, xq + stride, X(0));
+  std::fill(xq, xq + stride, as_kernel_input<X>(0));
   // The largest |x| as bits: for floats that are not NaN the order of the
   // sign-cleared bits is the order of the magnitudes, and Inf and NaN lie
   // at or above the bits of Inf. Integer code, so it vectorizes.
@@ -50,10 +59,35 @@ float quantize_vector(const float* x, int64_t cols, X* xq, int64_t stride) {
   constexpr float kRoundingShift = 12582912.0f;
   for (int64_t k = 0; k < cols; ++k) {
     const float rounded = (x[k] / sx + kRoundingShift) - kRoundingShift;
-    xq[k] = static_cast<X>(std::clamp(rounded, -float(kInt8Max), float(kInt8Max)));
+    xq[k] = as_kernel_input<X>(
+        static_cast<int>(std::clamp(rounded, -float(kInt8Max), float(kInt8Max))));
   }
   return sx;
 }
+
+// The biased vectors xs (batch x stride) as Int8QuadKernelFn reads them:
+// interleaved by column quads, kQuadVectors at a time.
+void interleave_quads(const uint8_t* xs, int64_t stride, int64_t batch, int64_t padded_cols,
+                      uint8_t* x4) {
+  const int64_t quads = padded_cols / 4;
+  constexpr uint32_t kBiasedZeros = 0x80808080u;
+  uint32_t* out = reinterpret_cast<uint32_t*>(x4);
+  for (int64_t v0 = 0; v0 < batch; v0 += kQuadVectors)
+    for (int64_t q = 0; q < quads; ++q)
+      for (int64_t v = 0; v < kQuadVectors; ++v) {
+        uint32_t four = kBiasedZeros;
+        if (v0 + v < batch) std::memcpy(&four, xs + (v0 + v) * stride + 4 * q, sizeof four);
+        *out++ = four;
+      }
+}
+
+// Which VNNI kernel runs, measured cold on 4096 x 11008 at 50-90% sparsity:
+// up to 4 vectors the batch-1 kernel (row by row, each row reused from L1 by
+// every vector) was fastest; above that, the quad kernel where at most 40% of
+// the weights are stored (1.1-1.6x the tile kernel at 70-90%), the tile
+// kernel otherwise.
+constexpr int64_t kVnniGemvMaxBatch = 4;
+constexpr double kQuadKernelMaxDensity = 0.4;
 
 // Runs the integer kernel over every row, then after_rows(r0, r1) on the
 // thread that computed rows [r0, r1) (while its sums are still in cache).
@@ -64,13 +98,27 @@ void int_product_rows(const Int8BitmapKernels& kernels, const Int8BitmapMatrix& 
   const BitmapMatrix<int8_t>& weights = w.weights();
   const BitmapView<int8_t> view = weights.view();
   const int32_t* row_sums = w.row_sums().data();
+  const int64_t padded_cols = view.words_per_row * 64;
+  const double density =
+      w.rows() * w.cols() > 0 ? static_cast<double>(w.nnz()) / (w.rows() * w.cols()) : 0.0;
+  const bool gemv = batch == 1 || (kernels.reads_int8() && batch <= kVnniGemvMaxBatch);
+  const bool quads = std::is_same_v<X, uint8_t> && !gemv &&
+                     kernels.small_batch_rows_quads != nullptr && density <= kQuadKernelMaxDensity;
+  ScratchBuffer<uint8_t> x4(quads ? static_cast<size_t>((batch + kQuadVectors - 1) / kQuadVectors *
+                                                        kQuadVectors * padded_cols)
+                                  : 0);
+  if constexpr (std::is_same_v<X, uint8_t>)
+    if (quads) interleave_quads(xq, x_stride, batch, padded_cols, x4.data());
   const auto kernel = [&](int64_t r0, int64_t r1) {
-    if constexpr (std::is_same_v<X, int8_t>)
-      (batch >= 2 ? kernels.small_batch_rows_int8 : kernels.gemv_rows_int8)(
-          view, row_sums, r0, r1, xq, x_stride, batch, acc, ldacc);
-    else
-      (batch >= 2 ? kernels.small_batch_rows : kernels.gemv_rows)(view, r0, r1, xq, x_stride, batch,
-                                                                  acc, ldacc);
+    if constexpr (std::is_same_v<X, uint8_t>) {
+      if (quads)
+        kernels.small_batch_rows_quads(view, row_sums, r0, r1, x4.data(), batch, acc, ldacc);
+      else
+        (!gemv ? kernels.small_batch_rows_int8 : kernels.gemv_rows_int8)(
+            view, row_sums, r0, r1, xq, x_stride, batch, acc, ldacc);
+    } else
+      (!gemv ? kernels.small_batch_rows : kernels.gemv_rows)(view, r0, r1, xq, x_stride, batch, acc,
+                                                             ldacc);
   };
   // Every byte of the bitmap costs work whether or not its bits are set.
   const int64_t per_row = std::max<int64_t>(1, w.cols() / 8);
@@ -90,8 +138,8 @@ void int_product_over(const Int8BitmapKernels& kernels, const Int8BitmapMatrix& 
   ScratchBuffer<X> xs(static_cast<size_t>(batch * stride));
   for (int64_t v = 0; v < batch; ++v) {
     X* dst = xs.data() + v * stride;
-    std::copy(xq + v * ldx, xq + v * ldx + cols, dst);
-    std::fill(dst + cols, dst + stride, X(0));
+    for (int64_t k = 0; k < cols; ++k) dst[k] = as_kernel_input<X>(xq[v * ldx + k]);
+    std::fill(dst + cols, dst + stride, as_kernel_input<X>(0));
   }
   int_product_rows(kernels, w, xs.data(), stride, batch, acc, ldacc, num_threads,
                    [](int64_t, int64_t) {});
@@ -130,7 +178,7 @@ void int8_bitmap_int_product(const Int8BitmapMatrix& w, const int8_t* xq, int64_
   if (batch == 0 || w.rows() == 0) return;
   const Int8BitmapKernels& kernels = int8_bitmap_kernels(active_isa());
   if (kernels.reads_int8())
-    int_product_over<int8_t>(kernels, w, xq, ldx, batch, acc, ldacc, num_threads);
+    int_product_over<uint8_t>(kernels, w, xq, ldx, batch, acc, ldacc, num_threads);
   else
     int_product_over<int16_t>(kernels, w, xq, ldx, batch, acc, ldacc, num_threads);
 }
@@ -140,7 +188,7 @@ void int8_bitmap_linear(const Int8BitmapMatrix& w, const float* x, int64_t ldx, 
   if (batch == 0 || w.rows() == 0) return;
   const Int8BitmapKernels& kernels = int8_bitmap_kernels(active_isa());
   if (kernels.reads_int8())
-    linear_over<int8_t>(kernels, w, x, ldx, batch, bias, y, ldy, num_threads);
+    linear_over<uint8_t>(kernels, w, x, ldx, batch, bias, y, ldy, num_threads);
   else
     linear_over<int16_t>(kernels, w, x, ldx, batch, bias, y, ldy, num_threads);
 }

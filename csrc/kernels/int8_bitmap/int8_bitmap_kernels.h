@@ -35,24 +35,40 @@ using Int8KernelFn = void (*)(const BitmapView<int8_t>& a, int64_t row_begin, in
                               const X* x, int64_t x_vstride, int64_t nvec, int32_t* acc,
                               int64_t acc_vstride);
 
-// The VNNI kernels' form: x is int8, and row_sums[r] is the sum of row r's
-// stored values (Int8BitmapMatrix::row_sums), which they need because they
-// multiply x + 128.
+// The VNNI kernels' form: vpdpbusd takes one operand unsigned, so x holds
+// x + 128 as unsigned bytes (the driver flips the sign bits once per call;
+// padding is 128), and row_sums[r] is the sum of row r's stored values
+// (Int8BitmapMatrix::row_sums), which gives back the sum over x.
 using Int8ByteKernelFn = void (*)(const BitmapView<int8_t>& a, const int32_t* row_sums,
-                                  int64_t row_begin, int64_t row_end, const int8_t* x,
+                                  int64_t row_begin, int64_t row_end, const uint8_t* x,
                                   int64_t x_vstride, int64_t nvec, int32_t* acc,
                                   int64_t acc_vstride);
 
-// gemv_rows streams the bitmap once per vector, walking several rows
-// together so their value loads overlap; small_batch_rows expands a tile of
-// rows x 256 columns once and multiplies it with up to 16 vectors. Both give
-// the same integers; the drivers run gemv_rows for one vector. A table holds
-// exactly one pair: over vectors widened to int16 or over int8 vectors.
+// The VNNI small-batch kernel for sparse rows: it multiplies only the column
+// quads (4 consecutive columns) of a row that hold a stored value, each with
+// up to kQuadVectors vectors at once, so it reads the vectors transposed:
+// for chunk c of kQuadVectors vectors and quad q of the padded columns,
+// x4[((c * quads + q) * kQuadVectors + v) * 4 + j] = x(16c + v, 4q + j) + 128
+// as an unsigned byte (128 for a vector past nvec), quads = words_per_row * 16.
+// In both forms, only the int8 range [-127, 127] of x is allowed.
+constexpr int kQuadVectors = 16;
+using Int8QuadKernelFn = void (*)(const BitmapView<int8_t>& a, const int32_t* row_sums,
+                                  int64_t row_begin, int64_t row_end, const uint8_t* x4,
+                                  int64_t nvec, int32_t* acc, int64_t acc_vstride);
+
+// gemv_rows multiplies each row with one vector at a time; small_batch_rows
+// expands a tile of rows x 256 columns once and multiplies it with up to 16
+// vectors. All kernels give the same integers; the driver picks by batch
+// and density (drivers/int8_bitmap_driver.cpp). A table holds exactly one
+// pair: over vectors widened to int16 or over biased bytes, the latter with
+// an optional quad kernel.
 struct Int8BitmapKernels {
   Int8KernelFn<int16_t> gemv_rows = nullptr;
   Int8KernelFn<int16_t> small_batch_rows = nullptr;
   Int8ByteKernelFn gemv_rows_int8 = nullptr;
   Int8ByteKernelFn small_batch_rows_int8 = nullptr;
+  // Optional: faster than small_batch_rows_int8 on sparse rows (see the driver).
+  Int8QuadKernelFn small_batch_rows_quads = nullptr;
 
   bool reads_int8() const { return gemv_rows_int8 != nullptr; }
 };

@@ -223,6 +223,6 @@ void small_batch_rows(const BitmapView<int8_t>& a, int64_t row_begin, int64_t ro
 const Int8BitmapKernels& int8_bitmap_kernel_table() {
   static const Int8BitmapKernels table{&int8_kernels::gemv_rows<Int8Expand>,
                                        &int8_kernels::small_batch_rows<Int8Expand>, nullptr,
-                                       nullptr};
+                                       nullptr, nullptr};
   return table;
 }
