@@ -177,7 +177,8 @@ def _pattern_digest(W: np.ndarray) -> str:
 
 
 def _software_versions() -> dict[str, Any]:
-    """What a timing also depends on: library versions and the batch-1 gather choice.
+    """What a timing also depends on: library versions, the batch-1 gather choice and
+    whether the AVX-512 VBMI2/VNNI kernels run.
 
     torch's version counts only when torch is imported (it then joins the dense
     contenders).
@@ -190,6 +191,7 @@ def _software_versions() -> dict[str, Any]:
         "numpy": np.__version__,
         "torch": getattr(torch, "__version__", None) if torch is not None else None,
         "gather": "hardware" if _core.prefer_hardware_gather() else "scalar",
+        "avx512_extensions": _core.use_avx512_extensions(),
     }
 
 
