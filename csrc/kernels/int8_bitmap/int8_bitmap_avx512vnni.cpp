@@ -32,7 +32,6 @@ namespace avx512 {
 namespace {
 
 constexpr int64_t kWordBits = 64;
-// Bytes prefetched ahead of each row's read positions.
 // Bytes prefetched ahead of a row's read positions (measured best of
 // 0.5-16 KB; the next rows' data when the row ends sooner).
 constexpr int64_t kValuesAhead = 4096;
@@ -43,17 +42,14 @@ constexpr int64_t kTileCols = 256;
 constexpr int kVectorChunk = 16;
 
 // The 64 weights of one word of a row, signed, zeros where the bit is clear;
-// p moves past the values used. Plain: the 64 bytes at p lie inside the
-// values array, so a plain load and the register form of the expand serve
-// (cheaper than the expand load); otherwise only the values used are read.
-// The mask comes straight from memory: kmovq from a register would take the
-// port the expand needs.
-template <bool Plain>
+// p moves past the values used. The expand load reads only the values it
+// places, so no row needs a guard at the end of the array (a plain load plus
+// the register form measured no faster). The mask is loaded straight from
+// memory: kmovq from a register would take port 5, as the expand does.
 inline __m512i expand_word(const uint64_t* word, const int8_t*& p) {
   const __mmask64 k =
       _load_mask64(const_cast<__mmask64*>(reinterpret_cast<const __mmask64*>(word)));
-  const __m512i weights = Plain ? _mm512_maskz_expand_epi8(k, _mm512_loadu_si512(p))
-                                : _mm512_maskz_expandloadu_epi8(k, p);
+  const __m512i weights = _mm512_maskz_expandloadu_epi8(k, p);
   p += __builtin_popcountll(*word);
   return weights;
 }
@@ -65,18 +61,11 @@ inline int32_t unbias(__m512i biased_sum, int32_t row_sum) {
                               128u * static_cast<uint32_t>(row_sum));
 }
 
-// Whether rows [.., end_row) may use plain loads: each reads 64 bytes from a
-// position at most at the end of row end_row - 1.
-inline bool plain_loads_fit(const BitmapView<int8_t>& a, int64_t end_row) {
-  return a.offsets[end_row] + kWordBits <= a.nnz();
-}
-
 // row r . x. One row at a time, so the kernel reads two sequential streams
 // (the row's words and its values): walking 2, 4 or 8 rows together, as the
 // float kernels do, ran 1.1-2.6x slower with the weights streaming from
 // memory (4096 x 11008 at 50-90%), as more streams ran further from the
 // memory bandwidth. Four accumulators cover vpdpbusd's latency.
-template <bool Plain>
 inline int32_t row_dot(const BitmapView<int8_t>& a, const int32_t* row_sums, int64_t r,
                        const uint8_t* x) {
   constexpr int kAccumulators = 4;
@@ -92,12 +81,12 @@ inline int32_t row_dot(const BitmapView<int8_t>& a, const int32_t* row_sums, int
     for (int j = 0; j < kAccumulators; ++j) {
       _mm_prefetch(reinterpret_cast<const char*>(vp) + kValuesAhead, _MM_HINT_T0);
       const __m512i xw = _mm512_loadu_si512(x + (w + j) * kWordBits);
-      acc[j] = _mm512_dpbusd_epi32(acc[j], xw, expand_word<Plain>(words + w + j, vp));
+      acc[j] = _mm512_dpbusd_epi32(acc[j], xw, expand_word(words + w + j, vp));
     }
   }
   for (; w < wpr; ++w) {
     const __m512i xw = _mm512_loadu_si512(x + w * kWordBits);
-    acc[0] = _mm512_dpbusd_epi32(acc[0], xw, expand_word<Plain>(words + w, vp));
+    acc[0] = _mm512_dpbusd_epi32(acc[0], xw, expand_word(words + w, vp));
   }
   const __m512i sum =
       _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
@@ -107,15 +96,10 @@ inline int32_t row_dot(const BitmapView<int8_t>& a, const int32_t* row_sums, int
 void gemv_rows(const BitmapView<int8_t>& a, const int32_t* row_sums, int64_t row_begin,
                int64_t row_end, const uint8_t* x, int64_t x_vstride, int64_t nvec, int32_t* acc,
                int64_t acc_vstride) {
-  // Rows below this one read at most 64 bytes past their own values before
-  // the end of the array: plain loads fit.
-  int64_t plain_end = row_end;
-  while (plain_end > row_begin && !plain_loads_fit(a, plain_end)) --plain_end;
   // Row by row, every vector: the row stays in L1 for the vectors after the first.
   for (int64_t r = row_begin; r < row_end; ++r)
     for (int64_t v = 0; v < nvec; ++v)
-      acc[v * acc_vstride + r] = r < plain_end ? row_dot<true>(a, row_sums, r, x + v * x_vstride)
-                                               : row_dot<false>(a, row_sums, r, x + v * x_vstride);
+      acc[v * acc_vstride + r] = row_dot(a, row_sums, r, x + v * x_vstride);
 }
 
 // acc[i][v0 + v] += x(v)[0:width] + 128 . tile[i][0:width] for i < R, v < VB.
@@ -152,20 +136,16 @@ void small_batch_group(const BitmapView<int8_t>& a, const int32_t* row_sums, int
     const int nv = static_cast<int>(nvec - v0 < kVectorChunk ? nvec - v0 : kVectorChunk);
     const uint8_t* xc = x + v0 * x_vstride;
     const int8_t* vp[R];
-    bool plain[R];
     for (int i = 0; i < R; ++i) {
       for (int v = 0; v < nv; ++v) acc[i][v] = _mm512_setzero_si512();
       vp[i] = a.values + a.offsets[r + i];
-      plain[i] = plain_loads_fit(a, r + i + 1);
     }
     for (int64_t kb = 0; kb < padded_cols; kb += kTileCols) {
       const int64_t width = padded_cols - kb < kTileCols ? padded_cols - kb : kTileCols;
       for (int i = 0; i < R; ++i) {
         const uint64_t* words = a.bits + (r + i) * a.words_per_row + kb / kWordBits;
         for (int64_t w = 0; w < width / kWordBits; ++w)
-          _mm512_store_si512(tile[i] + w * kWordBits, plain[i]
-                                                          ? expand_word<true>(words + w, vp[i])
-                                                          : expand_word<false>(words + w, vp[i]));
+          _mm512_store_si512(tile[i] + w * kWordBits, expand_word(words + w, vp[i]));
       }
       const uint8_t* xb = xc + kb;
       int v = 0;
@@ -215,7 +195,6 @@ struct RowQuads {
   alignas(64) int32_t offsets[kCapacity];  // byte offsets into x4
 };
 
-template <bool Plain>
 inline void gather_row_quads(const BitmapView<int8_t>& a, int64_t r, RowQuads& out) {
   constexpr int64_t kQuadsPerWord = kWordBits / 4;
   constexpr int32_t kQuadBytes = 4 * kQuadVectors;
@@ -229,7 +208,7 @@ inline void gather_row_quads(const BitmapView<int8_t>& a, int64_t r, RowQuads& o
     if (words[w] == 0) continue;
     _mm_prefetch(reinterpret_cast<const char*>(words + w) + kBitsAhead, _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(vp) + kValuesAhead, _MM_HINT_T0);
-    const __m512i expanded = expand_word<Plain>(words + w, vp);
+    const __m512i expanded = expand_word(words + w, vp);
     const __mmask16 quads = _mm512_test_epi32_mask(expanded, expanded);
     const __m512i offsets = _mm512_add_epi32(
         lane_offsets, _mm512_set1_epi32(static_cast<int32_t>(w * kQuadsPerWord * kQuadBytes)));
@@ -266,16 +245,11 @@ void small_batch_rows_quads(const BitmapView<int8_t>& a, const int32_t* row_sums
                             int64_t row_end, const uint8_t* x4, int64_t nvec, int32_t* acc,
                             int64_t acc_vstride) {
   const int64_t chunk_bytes = a.words_per_row * kWordBits * kQuadVectors;
-  int64_t plain_end = row_end;
-  while (plain_end > row_begin && !plain_loads_fit(a, plain_end)) --plain_end;
-  // Up to 1 MB at the column limit: per thread, not on its stack.
+  // About 270 KB at the column limit: per thread, not on its stack.
   static thread_local RowQuads quads;
   alignas(64) uint32_t sums[kQuadVectors];
   for (int64_t r = row_begin; r < row_end; ++r) {
-    if (r < plain_end)
-      gather_row_quads<true>(a, r, quads);
-    else
-      gather_row_quads<false>(a, r, quads);
+    gather_row_quads(a, r, quads);
     const uint32_t bias = 128u * static_cast<uint32_t>(row_sums[r]);
     for (int64_t v0 = 0; v0 < nvec; v0 += kQuadVectors) {
       _mm512_store_si512(sums, quads_dot(quads, x4 + v0 / kQuadVectors * chunk_bytes));
