@@ -54,11 +54,20 @@ inline __m512i expand_word(const uint64_t* word, const int8_t*& p) {
   return weights;
 }
 
+// The sum of the 16 lanes modulo 2^32, by vector adds only:
+// _mm512_reduce_add_epi32 adds in signed int, where wrapping is undefined.
+inline uint32_t wrapping_sum(__m512i lanes) {
+  __m256i s8 = _mm256_add_epi32(_mm512_castsi512_si256(lanes), _mm512_extracti64x4_epi64(lanes, 1));
+  __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+  return static_cast<uint32_t>(_mm_cvtsi128_si32(s4));
+}
+
 // The row's exact sum from its sum over x + 128 (wrapping: that sum may have
 // wrapped, the difference has not).
 inline int32_t unbias(__m512i biased_sum, int32_t row_sum) {
-  return static_cast<int32_t>(static_cast<uint32_t>(_mm512_reduce_add_epi32(biased_sum)) -
-                              128u * static_cast<uint32_t>(row_sum));
+  return static_cast<int32_t>(wrapping_sum(biased_sum) - 128u * static_cast<uint32_t>(row_sum));
 }
 
 // row r . x. One row at a time, so the kernel reads two sequential streams
