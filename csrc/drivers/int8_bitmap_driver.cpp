@@ -101,7 +101,7 @@ void int_product_rows(const Int8BitmapKernels& kernels, const Int8BitmapMatrix& 
   const int64_t padded_cols = view.words_per_row * 64;
   const double density =
       w.rows() * w.cols() > 0 ? static_cast<double>(w.nnz()) / (w.rows() * w.cols()) : 0.0;
-  const bool gemv = batch == 1 || (kernels.reads_int8() && batch <= kVnniGemvMaxBatch);
+  const bool gemv = batch == 1 || (kernels.reads_biased_bytes() && batch <= kVnniGemvMaxBatch);
   const bool quads = std::is_same_v<X, uint8_t> && !gemv &&
                      kernels.small_batch_rows_quads != nullptr && density <= kQuadKernelMaxDensity;
   ScratchBuffer<uint8_t> x4(quads ? static_cast<size_t>((batch + kQuadVectors - 1) / kQuadVectors *
@@ -114,7 +114,7 @@ void int_product_rows(const Int8BitmapKernels& kernels, const Int8BitmapMatrix& 
       if (quads)
         kernels.small_batch_rows_quads(view, row_sums, r0, r1, x4.data(), batch, acc, ldacc);
       else
-        (!gemv ? kernels.small_batch_rows_int8 : kernels.gemv_rows_int8)(
+        (!gemv ? kernels.small_batch_rows_bytes : kernels.gemv_rows_bytes)(
             view, row_sums, r0, r1, xq, x_stride, batch, acc, ldacc);
     } else
       (!gemv ? kernels.small_batch_rows : kernels.gemv_rows)(view, r0, r1, xq, x_stride, batch, acc,
@@ -177,7 +177,7 @@ void int8_bitmap_int_product(const Int8BitmapMatrix& w, const int8_t* xq, int64_
                              int64_t batch, int32_t* acc, int64_t ldacc, int num_threads) {
   if (batch == 0 || w.rows() == 0) return;
   const Int8BitmapKernels& kernels = int8_bitmap_kernels(active_isa());
-  if (kernels.reads_int8())
+  if (kernels.reads_biased_bytes())
     int_product_over<uint8_t>(kernels, w, xq, ldx, batch, acc, ldacc, num_threads);
   else
     int_product_over<int16_t>(kernels, w, xq, ldx, batch, acc, ldacc, num_threads);
@@ -187,7 +187,7 @@ void int8_bitmap_linear(const Int8BitmapMatrix& w, const float* x, int64_t ldx, 
                         const float* bias, float* y, int64_t ldy, int num_threads) {
   if (batch == 0 || w.rows() == 0) return;
   const Int8BitmapKernels& kernels = int8_bitmap_kernels(active_isa());
-  if (kernels.reads_int8())
+  if (kernels.reads_biased_bytes())
     linear_over<uint8_t>(kernels, w, x, ldx, batch, bias, y, ldy, num_threads);
   else
     linear_over<int16_t>(kernels, w, x, ldx, batch, bias, y, ldy, num_threads);

@@ -1,8 +1,10 @@
 // Drivers for the int8 bitmap products (semantics in core/int8_bitmap_matrix.h):
-// they widen (and for float input, quantize) the vectors into a zero-padded
-// scratch buffer once per call (int16 or int8, as the kernels read them), split rows across threads
-// by stored entries, run the integer kernel, and scale the int32 sums into float32. Operands are
-// assumed valid (shapes checked by the caller; the matrix was validated when built, so its columns
+// they widen (and for float input, quantize) the vectors into a padded scratch
+// buffer once per call, as the kernels read them (int16 for the scalar and
+// AVX2 kernels, bytes x + 128 for the VNNI ones; padding holds a zero x),
+// split rows across threads by stored entries, run the integer kernel, and
+// scale the int32 sums into float32. Operands are assumed valid (shapes
+// checked by the caller; the matrix was validated when built, so its columns
 // fit int32 accumulation).
 #pragma once
 

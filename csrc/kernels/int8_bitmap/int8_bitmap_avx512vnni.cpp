@@ -72,7 +72,7 @@ inline int32_t unbias(__m512i biased_sum, int32_t row_sum) {
 
 // row r . x. One row at a time, so the kernel reads two sequential streams
 // (the row's words and its values): walking 2, 4 or 8 rows together, as the
-// float kernels do, ran 1.1-2.6x slower with the weights streaming from
+// float kernels do, ran 1.05-2.6x slower with the weights streaming from
 // memory (4096 x 11008 at 50-90%), as more streams ran further from the
 // memory bandwidth. Four accumulators cover vpdpbusd's latency.
 inline int32_t row_dot(const BitmapView<int8_t>& a, const int32_t* row_sums, int64_t r,

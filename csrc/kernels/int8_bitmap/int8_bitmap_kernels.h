@@ -8,7 +8,7 @@
 // and the packed int8 values behind them into 16 int16 lanes; they read the
 // vectors widened to int16, for madd_epi16. The avx512 level has its own
 // kernels (int8_bitmap_avx512vnni.cpp) for CPUs with VBMI2 and VNNI: one
-// expand load per 64 weights and vpdpbusd, reading the vectors as int8.
+// expand load per 64 weights and vpdpbusd, reading the vectors as bytes x + 128.
 // Without those extensions it runs the AVX2 kernels (int8_bitmap_avx512.cpp).
 // The functions are single-threaded and never allocate:
 // drivers/int8_bitmap_driver.cpp splits rows across threads and owns the
@@ -65,12 +65,12 @@ using Int8QuadKernelFn = void (*)(const BitmapView<int8_t>& a, const int32_t* ro
 struct Int8BitmapKernels {
   Int8KernelFn<int16_t> gemv_rows = nullptr;
   Int8KernelFn<int16_t> small_batch_rows = nullptr;
-  Int8ByteKernelFn gemv_rows_int8 = nullptr;
-  Int8ByteKernelFn small_batch_rows_int8 = nullptr;
-  // Optional: faster than small_batch_rows_int8 on sparse rows (see the driver).
+  Int8ByteKernelFn gemv_rows_bytes = nullptr;
+  Int8ByteKernelFn small_batch_rows_bytes = nullptr;
+  // Optional: faster than small_batch_rows_bytes on sparse rows (see the driver).
   Int8QuadKernelFn small_batch_rows_quads = nullptr;
 
-  bool reads_int8() const { return gemv_rows_int8 != nullptr; }
+  bool reads_biased_bytes() const { return gemv_rows_bytes != nullptr; }
 };
 
 // The kernels for one ISA. The caller must check isa_supported(isa).
