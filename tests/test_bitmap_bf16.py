@@ -6,7 +6,9 @@ reference built from the same rounded weights, within the float32 bound of
 conftest.assert_product_close. The AVX-512 level has bfloat16 kernels of its
 own where the CPU has VBMI2 (word expand loads) and runs the AVX2 ones
 otherwise; the ``isa_with_extensions`` fixture runs both, and 'scalar' is
-forced through the ISA override.
+forced through the ISA override. Where the CPU also has AVX512-BF16, x
+that is exactly bfloat16 (a bfloat16 model's input) runs a kernel of its
+own (vdpbf16ps), so the product tests run with such x too ("bf16_exact").
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ from sparsegemm._dtypes import bfloat16_bits, bfloat16_to_float32
 
 COLS = [1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 255, 256, 257]
 BATCHES = [1, 2, 3, 4, 5, 8, 15, 16, 17]
+
+
+def uniform_x(rng: np.random.Generator, shape: tuple[int, ...], bf16_exact: bool) -> np.ndarray:
+    """Uniform float32 in [-1, 1), rounded to bfloat16 values when ``bf16_exact``."""
+    x = rng.uniform(-1, 1, shape).astype(np.float32)
+    return bfloat16_to_float32(bfloat16_bits(x)).reshape(shape) if bf16_exact else x
 
 
 def bf16(dense: np.ndarray, threshold: float = 0.0) -> BitmapMatrix:
@@ -59,10 +67,12 @@ def test_rounding_to_nearest_even():
 
 @pytest.mark.parametrize("cols", COLS)
 @pytest.mark.parametrize("batch", [1, 3, 17])
-def test_linear_columns(isa_with_extensions, cols, batch, random_sparse, rng, check_linear):
+@pytest.mark.parametrize("bf16_exact", [False, True])
+def test_linear_columns(isa_with_extensions, cols, batch, bf16_exact, random_sparse, rng,
+                        check_linear):
     # 13 rows: groups of 4 (batch 1) and 2 (small batch) plus a remainder.
     a = bf16(random_sparse((13, cols), 0.5, np.float32))
-    x = rng.uniform(-1, 1, (batch, cols)).astype(np.float32)
+    x = uniform_x(rng, (batch, cols), bf16_exact)
     bias = rng.uniform(-1, 1, 13).astype(np.float32)
     check_linear(linear(x, a, num_threads=1), x, reference_operand(a))
     check_linear(linear(x, a, bias, num_threads=1), x, reference_operand(a), bias)
@@ -71,10 +81,11 @@ def test_linear_columns(isa_with_extensions, cols, batch, random_sparse, rng, ch
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.5, 0.7, 1.0])
 @pytest.mark.parametrize("pattern", ["uniform", "empty_rows", "skewed"])
+@pytest.mark.parametrize("bf16_exact", [False, True])
 def test_linear_batches_densities_patterns(isa_with_extensions, batch, density, pattern,
-                                           random_sparse, rng, check_linear):
+                                           bf16_exact, random_sparse, rng, check_linear):
     a = bf16(random_sparse((23, 130), density, np.float32, pattern))
-    x = rng.uniform(-1, 1, (batch, 130)).astype(np.float32)
+    x = uniform_x(rng, (batch, 130), bf16_exact)
     result = linear(x, a, num_threads=1)
     assert result.dtype == np.float32
     check_linear(result, x, reference_operand(a))
@@ -109,9 +120,10 @@ def test_strided_operands(isa_with_extensions, n, random_sparse, rng, check_spar
 
 
 @pytest.mark.parametrize("n", [1, 3, 6, 40])
-def test_threads(isa_with_extensions, n, random_sparse, rng, check_linear):
+@pytest.mark.parametrize("bf16_exact", [False, True])
+def test_threads(isa_with_extensions, n, bf16_exact, random_sparse, rng, check_linear):
     a = bf16(random_sparse((401, 500), 0.55, np.float32, "skewed"))
-    x = rng.uniform(-1, 1, (n, 500)).astype(np.float32)
+    x = uniform_x(rng, (n, 500), bf16_exact)
     serial = linear(x, a, num_threads=1)
     check_linear(serial, x, reference_operand(a))
     # Each row is computed by one thread in a fixed order: bitwise equal.
@@ -119,13 +131,17 @@ def test_threads(isa_with_extensions, n, random_sparse, rng, check_linear):
 
 
 @pytest.mark.parametrize("batch", [1, 2, 7])
-def test_inf_and_nan_in_x_as_the_float32_kernels(isa_with_extensions, batch, rng, check_linear):
+@pytest.mark.parametrize("bf16_exact", [False, True])
+def test_inf_and_nan_in_x_as_the_float32_kernels(isa_with_extensions, batch, bf16_exact, rng,
+                                                 check_linear):
     # Unstored entries never multiply x (Inf/NaN at unstored columns vanish);
     # at a stored column they propagate. The float32 bitmap kernels agree.
+    # (Inf and NaN are bfloat16 values too: such x must not reach the
+    # bfloat16-input kernel, which multiplies the unstored zeros.)
     W = np.zeros((9, 70), np.float32)
     W[:, ::3] = rng.uniform(-1, 1, (9, 24))
     a = bf16(W)
-    x = rng.uniform(-1, 1, (batch, 70)).astype(np.float32)
+    x = uniform_x(rng, (batch, 70), bf16_exact)
     x[:, 1] = np.inf
     x[0, 2] = np.nan
     result = linear(x, a)
@@ -155,7 +171,7 @@ import sparsegemm
 from sparsegemm import BitmapMatrix, _core
 from sparsegemm._dtypes import bfloat16_bits, bfloat16_to_float32
 
-variant, batch = sys.argv[1], int(sys.argv[2])
+variant, batch, exact = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 level, _, extensions = variant.partition("-")
 sparsegemm.set_isa(level)
 _core.set_use_avx512_extensions(_core.use_avx512_extensions() and extensions != "plain")
@@ -174,6 +190,8 @@ assert libc.mprotect(ctypes.c_void_p(base + readable), page, 0) == 0  # PROT_NON
 values = np.frombuffer(region, dtype=np.uint16, count=a.nnz, offset=readable - nbytes)
 values[:] = a.data
 x = rng.uniform(-1, 1, (batch, 201)).astype(np.float32)
+if exact == "exact":
+    x = bfloat16_to_float32(bfloat16_bits(x)).reshape(x.shape)  # the bfloat16-input kernel
 out = np.empty((batch, 10), np.float32)
 _core.bitmap_linear(a._handle, x, out, None, 1, values)
 np.testing.assert_allclose(out, x @ a.to_dense().astype(np.float64).T, rtol=1e-4, atol=1e-4)
@@ -182,8 +200,10 @@ print("ok")
 
 
 @pytest.mark.parametrize("batch", [1, 4, 16])
-def test_values_are_not_read_past_their_end(isa_with_extensions, batch, python_subprocess):
-    argv = f"import sys; sys.argv = ['-', {isa_with_extensions!r}, '{batch}']\n"
+@pytest.mark.parametrize("x_kind", ["float32", "exact"])
+def test_values_are_not_read_past_their_end(isa_with_extensions, batch, x_kind,
+                                            python_subprocess):
+    argv = f"import sys; sys.argv = ['-', {isa_with_extensions!r}, '{batch}', '{x_kind}']\n"
     result = python_subprocess(argv + _GUARD_PAGE_SCRIPT)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 

@@ -124,6 +124,14 @@ bool avx512_extensions_supported() {
 #endif
 }
 
+bool avx512_bf16_supported() {
+#if defined(__x86_64__) || defined(__i386__)
+  return avx512_extensions_supported() && __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
 namespace {
 
 bool initial_extension_use() {

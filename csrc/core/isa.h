@@ -47,5 +47,9 @@ bool avx512_extensions_supported();
 bool use_avx512_extensions();
 // Throws std::invalid_argument when turning on what the CPU cannot run.
 void set_use_avx512_extensions(bool use);
+// AVX512-BF16 (Cooper Lake, Sapphire Rapids, Zen 4) on top of the extensions
+// above: bfloat16 dot products, used by the bfloat16 bitmap kernel for
+// bfloat16 inputs while use_avx512_extensions().
+bool avx512_bf16_supported();
 
 }  // namespace sparsegemm

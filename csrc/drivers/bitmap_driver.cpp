@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "core/isa.h"
 #include "core/parallel.h"
@@ -26,6 +28,46 @@ bool all_finite(const T* x, int64_t vstride, int64_t nvec, int64_t cols) {
   }
   return true;
 }
+
+// Whether every x(v, k) is finite and exactly a bfloat16 (its low 16 bits
+// zero), as the inputs of a bfloat16 model are once widened to float.
+bool all_finite_bfloat16(const float* x, int64_t vstride, int64_t nvec, int64_t cols) {
+  for (int64_t v = 0; v < nvec; ++v) {
+    const float* row = x + v * vstride;
+    uint32_t low_bits = 0;
+    bool finite = true;
+    for (int64_t k = 0; k < cols; ++k) {
+      uint32_t u;
+      std::memcpy(&u, row + k, sizeof(u));
+      low_bits |= u & 0xffffu;
+      finite &= (u & 0x7f800000u) != 0x7f800000u;
+    }
+    if (low_bits != 0 || !finite) return false;
+  }
+  return true;
+}
+
+// x(v, k) as bfloat16 (exact: all_finite_bfloat16), padded with zeros to
+// padded_cols entries per vector.
+void narrow_to_bfloat16(const float* x, int64_t vstride, int64_t nvec, int64_t cols,
+                        int64_t padded_cols, bfloat16_t* out) {
+  for (int64_t v = 0; v < nvec; ++v) {
+    const float* row = x + v * vstride;
+    bfloat16_t* dst = out + v * padded_cols;
+    for (int64_t k = 0; k < cols; ++k) {
+      uint32_t u;
+      std::memcpy(&u, row + k, sizeof(u));
+      dst[k].bits = static_cast<uint16_t>(u >> 16);
+    }
+    for (int64_t k = cols; k < padded_cols; ++k) dst[k].bits = 0;
+  }
+}
+
+// Up to this many vectors, the bfloat16-input kernel runs row by row over
+// every vector; more go to the tile kernel. Measured cold on 4096 x 11008 and
+// 11008 x 4096 at 50% and 90%: 1.4-1.8x faster than the tile kernel at 2
+// vectors, 1.0-1.45x at 3, 0.8-1.15x at 4.
+constexpr int64_t kBf16InputMaxBatch = 3;
 
 // The bitmap plugged into the shared drivers (drivers/product_driver.h). Every
 // vector count runs few_vectors(), so the panel path is only a fallback.
@@ -61,6 +103,20 @@ struct BitmapProduct {
     // Every bitmap chunk costs work whether or not its bits are set.
     const int64_t per_row = std::max<int64_t>(1, a.cols() / 4);
     const int threads = threads_for_work(num_threads, (a.nnz() + a.rows() * per_row) * nvec);
+    if constexpr (std::is_same_v<V, bfloat16_t>) {
+      if (kernels.gemv_rows_bf16_input != nullptr && nvec <= kBf16InputMaxBatch &&
+          all_finite_bfloat16(x, x_vstride, nvec, a.cols())) {
+        const int64_t padded = v.words_per_row * 64;
+        ScratchBuffer<bfloat16_t> narrow(static_cast<size_t>(std::max<int64_t>(1, padded * nvec)));
+        narrow_to_bfloat16(x, x_vstride, nvec, a.cols(), padded, narrow.data());
+        driver::for_row_ranges(a.offsets().data(), a.rows(), threads, per_row,
+                               [&](int64_t r0, int64_t r1) {
+                                 kernels.gemv_rows_bf16_input(v, r0, r1, narrow.data(), padded,
+                                                              nvec, bias, y, y_vstride, y_rstride);
+                               });
+        return;
+      }
+    }
     const bool tiles = nvec >= 2 && all_finite(x, x_vstride, nvec, a.cols());
     const auto kernel = tiles ? kernels.small_batch_rows : kernels.gemv_rows;
     driver::for_row_ranges(a.offsets().data(), a.rows(), threads, per_row,

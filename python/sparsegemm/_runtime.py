@@ -168,6 +168,7 @@ def show_config(*, print_out: bool = True) -> dict | None:
         "isa_override": os.environ.get("SPARSEGEMM_ISA") or None,
         "batch1_csr_kernel": "vector gathers" if _core.prefer_hardware_gather() else "scalar loads",
         "avx512_extensions": _core.use_avx512_extensions(),
+        "avx512_bf16": _core.use_avx512_extensions() and _core.avx512_bf16_supported(),
         "openmp_runtime": _core.openmp_runtime(),
         "num_threads": get_num_threads(),
         "numpy_blas": [
@@ -192,6 +193,8 @@ def show_config(*, print_out: bool = True) -> dict | None:
             "off" if _core.avx512_extensions_supported() else "not on this CPU")
         print(f"  AVX-512 VBMI2/VNNI int8 and bfloat16 kernels: {extensions} "
               "(SPARSEGEMM_AVX512_EXTENSIONS)")
+        if config["avx512_bf16"]:
+            print("  AVX512-BF16 dot products for bfloat16 inputs: on")
         print(f"  OpenMP runtime: {config['openmp_runtime']}")
         print(f"  threads: {config['num_threads']}")
         if not config["numpy_blas"]:

@@ -9,11 +9,17 @@ const BitmapKernels<V>& bitmap_kernels(Isa isa) {
   switch (isa) {
     case Isa::Avx512:
       // bfloat16 needs VBMI2's word expand; without it the AVX2 kernels serve.
-      if constexpr (std::is_same_v<V, bfloat16_t>)
-        return use_avx512_extensions() ? avx512ext::bitmap_kernel_table<V>()
-                                       : avx2::bitmap_kernel_table<V>();
-      else
+      if constexpr (std::is_same_v<V, bfloat16_t>) {
+        if (!use_avx512_extensions()) return avx2::bitmap_kernel_table<V>();
+        static const BitmapKernels<V> with_bf16_input = [] {
+          BitmapKernels<V> table = avx512ext::bitmap_kernel_table<V>();
+          table.gemv_rows_bf16_input = &avx512bf16::gemv_rows_bf16_input;
+          return table;
+        }();
+        return avx512_bf16_supported() ? with_bf16_input : avx512ext::bitmap_kernel_table<V>();
+      } else {
         return avx512::bitmap_kernel_table<V>();
+      }
     case Isa::Avx2:
       return avx2::bitmap_kernel_table<V>();
     case Isa::Scalar:

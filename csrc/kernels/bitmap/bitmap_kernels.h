@@ -43,6 +43,13 @@ struct BitmapKernels {
   void (*small_batch_rows)(const BitmapView<V>& a, int64_t row_begin, int64_t row_end, const T* x,
                            int64_t x_vstride, int64_t nvec, const T* bias, T* y, int64_t y_vstride,
                            int64_t y_rstride);
+  // bfloat16 values only, and only where the CPU has AVX512-BF16 (null
+  // elsewhere): gemv_rows for x given in bfloat16, every vector per row
+  // (bitmap_avx512bf16.cpp). x(v, k) must be finite and x holds
+  // words_per_row * 64 entries per vector, zero past a.cols.
+  void (*gemv_rows_bf16_input)(const BitmapView<V>& a, int64_t row_begin, int64_t row_end,
+                               const bfloat16_t* x, int64_t x_vstride, int64_t nvec, const T* bias,
+                               T* y, int64_t y_vstride, int64_t y_rstride) = nullptr;
 };
 
 // The kernels for one ISA. The caller must check isa_supported(isa).
@@ -64,6 +71,11 @@ const BitmapKernels<V>& bitmap_kernel_table();
 namespace avx512ext {
 template <typename V>
 const BitmapKernels<V>& bitmap_kernel_table();
+}
+namespace avx512bf16 {
+void gemv_rows_bf16_input(const BitmapView<bfloat16_t>& a, int64_t row_begin, int64_t row_end,
+                          const bfloat16_t* x, int64_t x_vstride, int64_t nvec, const float* bias,
+                          float* y, int64_t y_vstride, int64_t y_rstride);
 }
 
 }  // namespace sparsegemm
