@@ -68,20 +68,29 @@ def _isa_variants() -> list[str]:
     variants = list(sparsegemm.available_isas())
     if sparsegemm._core.avx512_extensions_supported():
         variants.append("avx512-plain")
+    if sparsegemm._core.amx_supported():
+        variants.append("avx512-noamx")
     return variants
 
 
 @pytest.fixture(params=_isa_variants())
 def isa_with_extensions(request: pytest.FixtureRequest) -> str:
-    """Like ``isa``; 'avx512-plain' runs the avx512 level with VBMI2/VNNI off."""
+    """Like ``isa``; 'avx512-plain' runs the avx512 level with VBMI2/VNNI (and
+    so AMX) off, 'avx512-noamx' with only AMX off."""
     level, _, variant = request.param.partition("-")
-    previous = sparsegemm._core.use_avx512_extensions()
-    sparsegemm._core.set_use_avx512_extensions(previous and variant != "plain")
+    core = sparsegemm._core
+    previous = core.use_avx512_extensions()
+    previous_amx = core.amx_supported() and core.use_amx()
+    core.set_use_avx512_extensions(previous and variant != "plain")
+    if core.amx_supported():
+        core.set_use_amx(previous_amx and variant != "noamx")
     try:
         with sparsegemm.use_isa(level):
             yield request.param
     finally:
-        sparsegemm._core.set_use_avx512_extensions(previous)
+        core.set_use_avx512_extensions(previous)
+        if core.amx_supported():
+            core.set_use_amx(previous_amx)
 
 
 @pytest.fixture

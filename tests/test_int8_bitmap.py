@@ -353,3 +353,20 @@ def test_int_product_matches_numpy(rows, cols, batch, density, seed):
     x = rng.standard_normal((batch, cols)).astype(np.float32)
     expected, magnitude = reference_linear(w, x)
     assert np.all(np.abs(linear(x, w) - expected) <= 4e-7 * magnitude + 1e-30)
+
+
+def test_amx_switch_follows_the_cpu():
+    core = _core
+    assert not core.use_amx() or (core.amx_supported() and core.use_avx512_extensions())
+    if not core.amx_supported():
+        with pytest.raises(ValueError, match="AMX"):
+            core.set_use_amx(True)
+        return
+    previous = core.use_amx()
+    try:
+        core.set_use_amx(False)
+        assert not core.use_amx()
+        core.set_use_amx(True)
+        assert core.use_amx()
+    finally:
+        core.set_use_amx(previous)

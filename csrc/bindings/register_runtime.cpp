@@ -50,6 +50,10 @@ void register_runtime(py::module_& m) {
   m.def("use_avx512_extensions", &use_avx512_extensions,
         "Whether the int8 and bfloat16 bitmap kernels use VBMI2 and VNNI.");
   m.def("set_use_avx512_extensions", &set_use_avx512_extensions, py::arg("use"));
+  m.def("amx_supported", &amx_supported,
+        "Whether this CPU and operating system offer AMX int8 tiles.");
+  m.def("use_amx", &use_amx, "Whether the int8 bitmap kernels use AMX for batches above 4.");
+  m.def("set_use_amx", &set_use_amx, py::arg("use"));
   m.def("avx512_bf16_supported", &avx512_bf16_supported,
         "Whether this CPU also has AVX512-BF16 (bfloat16 dot products for bfloat16 inputs).");
   m.def("default_num_threads", &default_num_threads);

@@ -3,6 +3,12 @@
 #include <atomic>
 #include <cstdlib>
 #include <stdexcept>
+#include <string>
+
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace sparsegemm {
 
@@ -148,6 +154,44 @@ std::atomic<bool>& extension_use_slot() {
 }  // namespace
 
 bool use_avx512_extensions() { return extension_use_slot().load(std::memory_order_relaxed); }
+
+bool amx_supported() {
+#if defined(__linux__) && defined(__x86_64__)
+  static const bool supported = [] {
+    if (!avx512_extensions_supported() || !__builtin_cpu_supports("amx-tile") ||
+        !__builtin_cpu_supports("amx-int8"))
+      return false;
+    // Linux enables the tile data state per process on request.
+    constexpr long kRequestPermission = 0x1023;  // ARCH_REQ_XCOMP_PERM
+    constexpr long kTileData = 18;               // XFEATURE_XTILEDATA
+    return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+  }();
+  return supported;
+#else
+  return false;
+#endif
+}
+
+namespace {
+
+std::atomic<bool>& amx_use_slot() {
+  static std::atomic<bool> slot{[] {
+    const char* env = std::getenv("SPARSEGEMM_AMX");
+    const bool off = env != nullptr && (std::string(env) == "off" || std::string(env) == "0");
+    return !off && amx_supported();
+  }()};
+  return slot;
+}
+
+}  // namespace
+
+bool use_amx() { return use_avx512_extensions() && amx_use_slot().load(std::memory_order_relaxed); }
+
+void set_use_amx(bool use) {
+  if (use && !amx_supported())
+    throw std::invalid_argument("this CPU (or its operating system) does not offer AMX int8 tiles");
+  amx_use_slot().store(use, std::memory_order_relaxed);
+}
 
 void set_use_avx512_extensions(bool use) {
   if (use && !avx512_extensions_supported())

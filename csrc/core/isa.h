@@ -52,4 +52,14 @@ void set_use_avx512_extensions(bool use);
 // bfloat16 inputs while use_avx512_extensions().
 bool avx512_bf16_supported();
 
+// AMX tiles with int8 multiplies (Sapphire Rapids and later), and the
+// operating system's leave to use them (asked for once, on Linux). The int8
+// bitmap kernels use them for batches above 4 while use_amx(), which needs
+// use_avx512_extensions() too. SPARSEGEMM_AMX=off or set_use_amx(false) turns
+// them off, so tests can run the kernels they replace on one CPU.
+bool amx_supported();
+bool use_amx();
+// Throws std::invalid_argument when turning on what the CPU cannot run.
+void set_use_amx(bool use);
+
 }  // namespace sparsegemm

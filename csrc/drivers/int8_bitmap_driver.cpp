@@ -33,35 +33,59 @@ X as_kernel_input(int q) {
     return static_cast<X>(q);
 }
 
+// The loops over a whole vector, compiled for AVX-512, AVX2 and the baseline
+// and chosen at load time (GCC target clones): the driver is otherwise built
+// for the baseline, where these loops took most of a batch-16 call.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define SPARSEGEMM_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define SPARSEGEMM_VECTOR_CLONES
+#endif
+
+// The largest |x[k]| as bits: for floats that are not NaN the order of the
+// sign-cleared bits is the order of the magnitudes, and Inf and NaN lie at or
+// above the bits of Inf. Integer code, so it vectorizes.
+SPARSEGEMM_VECTOR_CLONES uint32_t max_abs_bits(const float* x, int64_t cols) {
+  uint32_t max_bits = 0;
+  for (int64_t k = 0; k < cols; ++k) {
+    uint32_t bits;
+    std::memcpy(&bits, x + k, sizeof bits);
+    max_bits = std::max(max_bits, bits & 0x7fffffffu);
+  }
+  return max_bits;
+}
+
+// Adding and subtracting 1.5 * 2^23 rounds a float below 2^22 in magnitude
+// to an integer, half to even (the default rounding mode), as lrint does,
+// but vectorizes; x[k] / sx lies in [-127, 127] up to rounding.
+constexpr float kRoundingShift = 12582912.0f;
+
+inline int quantize_value(float x, float sx) {
+  const float rounded = (x / sx + kRoundingShift) - kRoundingShift;
+  return static_cast<int>(std::clamp(rounded, -float(kInt8Max), float(kInt8Max)));
+}
+
+SPARSEGEMM_VECTOR_CLONES void quantize_values(const float* x, int64_t cols, float sx, int16_t* xq) {
+  for (int64_t k = 0; k < cols; ++k) xq[k] = static_cast<int16_t>(quantize_value(x[k], sx));
+}
+
+SPARSEGEMM_VECTOR_CLONES void quantize_values(const float* x, int64_t cols, float sx, uint8_t* xq) {
+  for (int64_t k = 0; k < cols; ++k) xq[k] = static_cast<uint8_t>(quantize_value(x[k], sx) + 128);
+}
+
 // Quantizes one vector (core/int8_bitmap_matrix.h) into xq[0:cols], zeros up
 // to stride, and returns its scale sx: NaN if it holds Inf or NaN (xq is
 // then all zero and every output of the row is NaN).
 template <typename X>
 float quantize_vector(const float* x, int64_t cols, X* xq, int64_t stride) {
   std::fill(xq, xq + stride, as_kernel_input<X>(0));
-  // The largest |x| as bits: for floats that are not NaN the order of the
-  // sign-cleared bits is the order of the magnitudes, and Inf and NaN lie
-  // at or above the bits of Inf. Integer code, so it vectorizes.
-  uint32_t max_abs_bits = 0;
-  for (int64_t k = 0; k < cols; ++k) {
-    uint32_t bits;
-    std::memcpy(&bits, x + k, sizeof bits);
-    max_abs_bits = std::max(max_abs_bits, bits & 0x7fffffffu);
-  }
-  if (max_abs_bits >= 0x7f800000u) return std::numeric_limits<float>::quiet_NaN();
+  const uint32_t max_bits = max_abs_bits(x, cols);
+  if (max_bits >= 0x7f800000u) return std::numeric_limits<float>::quiet_NaN();
   float max_abs;
-  std::memcpy(&max_abs, &max_abs_bits, sizeof max_abs);
+  std::memcpy(&max_abs, &max_bits, sizeof max_abs);
   const float sx = max_abs / static_cast<float>(kInt8Max);
   if (sx == 0.0f) return 0.0f;
-  // Adding and subtracting 1.5 * 2^23 rounds a float below 2^22 in magnitude
-  // to an integer, half to even (the default rounding mode), as lrint does,
-  // but vectorizes; x[k] / sx lies in [-127, 127] up to rounding.
-  constexpr float kRoundingShift = 12582912.0f;
-  for (int64_t k = 0; k < cols; ++k) {
-    const float rounded = (x[k] / sx + kRoundingShift) - kRoundingShift;
-    xq[k] = as_kernel_input<X>(
-        static_cast<int>(std::clamp(rounded, -float(kInt8Max), float(kInt8Max))));
-  }
+  quantize_values(x, cols, sx, xq);
   return sx;
 }
 
@@ -85,7 +109,8 @@ void interleave_quads(const uint8_t* xs, int64_t stride, int64_t batch, int64_t 
 // up to 4 vectors the batch-1 kernel (row by row, each row reused from L1 by
 // every vector) was fastest; above that, the quad kernel where at most 40% of
 // the weights are stored (1.1-1.6x the tile kernel at 70-90%), the tile
-// kernel otherwise.
+// kernel otherwise. Where the CPU has AMX, its kernel takes every batch
+// above 4 (1.4-2.2x the quad and tile kernels at batch 16, 50-90%).
 constexpr int64_t kVnniGemvMaxBatch = 4;
 constexpr double kQuadKernelMaxDensity = 0.4;
 
@@ -102,16 +127,20 @@ void int_product_rows(const Int8BitmapKernels& kernels, const Int8BitmapMatrix& 
   const double density =
       w.rows() * w.cols() > 0 ? static_cast<double>(w.nnz()) / (w.rows() * w.cols()) : 0.0;
   const bool gemv = batch == 1 || (kernels.reads_biased_bytes() && batch <= kVnniGemvMaxBatch);
-  const bool quads = std::is_same_v<X, uint8_t> && !gemv &&
+  const bool tiles = std::is_same_v<X, uint8_t> && !gemv && kernels.small_batch_rows_amx != nullptr;
+  const bool quads = std::is_same_v<X, uint8_t> && !gemv && !tiles &&
                      kernels.small_batch_rows_quads != nullptr && density <= kQuadKernelMaxDensity;
-  ScratchBuffer<uint8_t> x4(quads ? static_cast<size_t>((batch + kQuadVectors - 1) / kQuadVectors *
-                                                        kQuadVectors * padded_cols)
-                                  : 0);
+  ScratchBuffer<uint8_t> x4(quads || tiles
+                                ? static_cast<size_t>((batch + kQuadVectors - 1) / kQuadVectors *
+                                                      kQuadVectors * padded_cols)
+                                : 0);
   if constexpr (std::is_same_v<X, uint8_t>)
-    if (quads) interleave_quads(xq, x_stride, batch, padded_cols, x4.data());
+    if (quads || tiles) interleave_quads(xq, x_stride, batch, padded_cols, x4.data());
   const auto kernel = [&](int64_t r0, int64_t r1) {
     if constexpr (std::is_same_v<X, uint8_t>) {
-      if (quads)
+      if (tiles)
+        kernels.small_batch_rows_amx(view, row_sums, r0, r1, x4.data(), batch, acc, ldacc);
+      else if (quads)
         kernels.small_batch_rows_quads(view, row_sums, r0, r1, x4.data(), batch, acc, ldacc);
       else
         (!gemv ? kernels.small_batch_rows_bytes : kernels.gemv_rows_bytes)(

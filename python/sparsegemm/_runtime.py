@@ -169,6 +169,7 @@ def show_config(*, print_out: bool = True) -> dict | None:
         "batch1_csr_kernel": "vector gathers" if _core.prefer_hardware_gather() else "scalar loads",
         "avx512_extensions": _core.use_avx512_extensions(),
         "avx512_bf16": _core.use_avx512_extensions() and _core.avx512_bf16_supported(),
+        "amx": _core.use_amx(),
         "openmp_runtime": _core.openmp_runtime(),
         "num_threads": get_num_threads(),
         "numpy_blas": [
@@ -195,6 +196,9 @@ def show_config(*, print_out: bool = True) -> dict | None:
               "(SPARSEGEMM_AVX512_EXTENSIONS)")
         if config["avx512_bf16"]:
             print("  AVX512-BF16 dot products for bfloat16 inputs: on")
+        if _core.amx_supported():
+            print(f"  AMX int8 tiles for int8 batches above 4: {'on' if config['amx'] else 'off'} "
+                  "(SPARSEGEMM_AMX)")
         print(f"  OpenMP runtime: {config['openmp_runtime']}")
         print(f"  threads: {config['num_threads']}")
         if not config["numpy_blas"]:

@@ -69,6 +69,9 @@ struct Int8BitmapKernels {
   Int8ByteKernelFn small_batch_rows_bytes = nullptr;
   // Optional: faster than small_batch_rows_bytes on sparse rows (see the driver).
   Int8QuadKernelFn small_batch_rows_quads = nullptr;
+  // Optional, where use_amx(): the tile-multiply kernel, over the quad layout,
+  // for any density (int8_bitmap_amx.cpp).
+  Int8QuadKernelFn small_batch_rows_amx = nullptr;
 
   bool reads_biased_bytes() const { return gemv_rows_bytes != nullptr; }
 };
@@ -87,5 +90,10 @@ const Int8BitmapKernels& int8_bitmap_kernel_table();
 // The VBMI2 + VNNI kernels; the caller must check use_avx512_extensions().
 const Int8BitmapKernels& int8_bitmap_vnni_kernel_table();
 }  // namespace avx512
+namespace amx {
+void small_batch_rows_amx(const BitmapView<int8_t>& a, const int32_t* row_sums, int64_t row_begin,
+                          int64_t row_end, const uint8_t* x4, int64_t nvec, int32_t* acc,
+                          int64_t acc_vstride);
+}
 
 }  // namespace sparsegemm
