@@ -140,10 +140,14 @@ bool avx512_bf16_supported() {
 
 namespace {
 
+// Whether the environment variable `name` is "off" or "0".
+bool turned_off_by_env(const char* name) {
+  const char* env = std::getenv(name);
+  return env != nullptr && (std::string(env) == "off" || std::string(env) == "0");
+}
+
 bool initial_extension_use() {
-  const char* env = std::getenv("SPARSEGEMM_AVX512_EXTENSIONS");
-  const bool off = env != nullptr && (std::string(env) == "off" || std::string(env) == "0");
-  return !off && avx512_extensions_supported();
+  return !turned_off_by_env("SPARSEGEMM_AVX512_EXTENSIONS") && avx512_extensions_supported();
 }
 
 std::atomic<bool>& extension_use_slot() {
@@ -175,11 +179,7 @@ bool amx_supported() {
 namespace {
 
 std::atomic<bool>& amx_use_slot() {
-  static std::atomic<bool> slot{[] {
-    const char* env = std::getenv("SPARSEGEMM_AMX");
-    const bool off = env != nullptr && (std::string(env) == "off" || std::string(env) == "0");
-    return !off && amx_supported();
-  }()};
+  static std::atomic<bool> slot{!turned_off_by_env("SPARSEGEMM_AMX") && amx_supported()};
   return slot;
 }
 

@@ -66,11 +66,11 @@ inline int quantize_value(float x, float sx) {
 }
 
 SPARSEGEMM_VECTOR_CLONES void quantize_values(const float* x, int64_t cols, float sx, int16_t* xq) {
-  for (int64_t k = 0; k < cols; ++k) xq[k] = static_cast<int16_t>(quantize_value(x[k], sx));
+  for (int64_t k = 0; k < cols; ++k) xq[k] = as_kernel_input<int16_t>(quantize_value(x[k], sx));
 }
 
 SPARSEGEMM_VECTOR_CLONES void quantize_values(const float* x, int64_t cols, float sx, uint8_t* xq) {
-  for (int64_t k = 0; k < cols; ++k) xq[k] = static_cast<uint8_t>(quantize_value(x[k], sx) + 128);
+  for (int64_t k = 0; k < cols; ++k) xq[k] = as_kernel_input<uint8_t>(quantize_value(x[k], sx));
 }
 
 // Quantizes one vector (core/int8_bitmap_matrix.h) into xq[0:cols], zeros up
