@@ -24,10 +24,12 @@ streamed per second (dense's next to it). "auto" is ``sparsegemm.torch.sparsify`
 with ``format='auto'`` at ``batch_hint`` = the batch: the planner picks per layer.
 
 ``--int8`` adds the int8 road: torch's ``quantize_dynamic`` of the dense stack
-("int8-dyn", FBGEMM, no pruning needed) and ``sparsify(model,
-weight_dtype="int8")`` ("int8-sparse": int8 bitmap weights), both checked to a
-relative error of 5% against the float stack; the last column is int8-sparse's
-speedup over int8-dyn in the same rounds.
+("int8-dyn", FBGEMM, no pruning needed), torchao's
+``Int8DynamicActivationInt8WeightConfig`` where torchao is installed ("int8-ao",
+its successor) and ``sparsify(model, weight_dtype="int8")`` ("int8-sparse": int8
+bitmap weights), all checked to a relative error of 5% against the float stack;
+the last column is int8-sparse's speedup over the faster of int8-dyn and int8-ao
+in the same rounds.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import sys
 import time
 from collections.abc import Callable
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"{'sparsity':>8} {'dense ms':>9} {'dense GB/s':>10} {'by':>6}  " +
               "  ".join(f"{f + ' x (GB/s)':>18}" for f in formats) +
               ("  auto x (layers)" if not args.no_auto else "") +
-              ("  int8-dyn x  int8-sparse x  sparse/dyn" if args.int8 else ""))
+              ("  int8-dyn x  int8-ao x  int8-sparse x  sparse/int8" if args.int8 else ""))
     print(header, flush=True)
     current = 0.0
     def one_sparsity(sparsity: float) -> str:
@@ -314,6 +317,20 @@ def main(argv: list[str] | None = None) -> int:
                     torch_stack(blocks), {torch.nn.Linear}, dtype=torch.qint8)
             measure("int8-dyn", lambda: dynamic(xt), dense_bytes // 4, relative_error=0.05)
             del dynamic
+            if importlib.util.find_spec("torchao") is not None:
+                from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+                ao_model = torch_stack(blocks)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    quantize_(ao_model, Int8DynamicActivationInt8WeightConfig())
+
+                def ao_forward() -> Any:
+                    with torch.no_grad():
+                        return ao_model(xt)
+
+                measure("int8-ao", ao_forward, dense_bytes // 4, relative_error=0.05)
+                del ao_model
             int8_model = sparsify(torch_stack(blocks), weight_dtype="int8", min_sparsity=0.0)
             nbytes = sum(t.numel() * t.element_size() for t in int8_model.buffers())
 
@@ -333,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
             line += f"  {results['auto'][0]:.2f}x ({results['auto'][1]:.1f} GB/s; {note})"
         if "int8-sparse" in results:
             dyn, ours = results["int8-dyn"][0], results["int8-sparse"][0]
-            line += f"  {dyn:>9.2f}x  {ours:>12.2f}x  {ours / dyn:>9.2f}x"
+            ao = results.get("int8-ao", (0.0,))[0]
+            ao_text = f"{ao:>7.2f}x" if "int8-ao" in results else f"{'-':>8}"
+            line += f"  {dyn:>9.2f}x  {ao_text}  {ours:>12.2f}x  {ours / max(dyn, ao):>10.2f}x"
         return line
 
     for sparsity in sparsities:

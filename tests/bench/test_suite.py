@@ -1,5 +1,6 @@
 """One point through the contenders: checks, skips, baselines."""
 
+import importlib.util
 import math
 
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 import sparsegemm
 from sparsegemm.bench import contenders as registry
 from sparsegemm.bench.analysis import break_even_table, is_sparsegemm_figure
+from sparsegemm.bench.cli import choose_contenders
 from sparsegemm.bench.harness import HarnessSettings
 from sparsegemm.bench.suite import (
     MAX_COLD_COPIES,
@@ -422,6 +424,42 @@ def test_int8_and_bf16_alternatives_are_checked_loosely_and_compared_with_sparse
     monkeypatch.setitem(registry.REGISTRY, "fake_int8", broken)
     row = next(r for r in run_point(point, *_operands(point), _spec(["fake_int8"])))
     assert row["status"] == "wrong" and "relative Frobenius error" in row["detail"]
+
+
+def test_torchao_int8_alternative_runs_where_installed_and_is_compared_with_ours():
+    pytest.importorskip("torch")
+    pytest.importorskip("torchao")
+    point = Point(256, 512, 4, 0.9, Pattern())
+    names = ["torch_dense", "torch_int8_dyn", "torchao_int8_dyn", "sgemm_csr"]
+    rows = {r["contender"]: r for r in run_point(point, *_operands(point), _spec(names))}
+    row = rows["torchao_int8_dyn"]
+    assert row["status"] == "ok" and row["kind"] == "alternative"
+    assert 0 < row["max_rel_error"] <= registry.REGISTRY["torchao_int8_dyn"].approximate_tolerance
+    fastest = min(("torch_int8_dyn", "torchao_int8_dyn"),
+                  key=lambda n: rows[n]["time_median_s"])
+    assert rows["sgemm_csr"]["alternative"] == fastest
+
+
+def test_a_contender_whose_package_is_missing_is_skipped_with_the_reason(monkeypatch):
+    contender = registry.REGISTRY["torchao_int8_dyn"]
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torchao" else real_find_spec(name, *a))
+    reason = registry.unavailable_reason(contender)
+    if registry.torch_available():
+        assert reason == "torchao is not installed (pip install torchao)"
+    notes: list[str] = []
+    assert "torchao_int8_dyn" not in choose_contenders("sgemm_csr", notes)
+    assert any(note.startswith("torchao_int8_dyn skipped") for note in notes)
+
+
+def test_float64_problems_are_unsupported_by_the_int8_quantizers():
+    pytest.importorskip("torch")
+    point = Point(64, 128, 4, 0.9, Pattern())
+    weight, x = _operands(point)
+    problem = registry.Problem(weight.astype(np.float64), x.astype(np.float64), Pattern(), 1)
+    with pytest.raises(registry.Unsupported, match="float32"):
+        registry.REGISTRY["torch_int8_dyn"].build(problem)
 
 
 def test_alternatives_stream_their_own_itemsize_in_cold_runs():

@@ -1,5 +1,7 @@
 """SparseLinear stored as a bitmap: forward, autograd, state_dict, compile, sparsify."""
 
+import importlib.util
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -156,3 +158,20 @@ def test_decoder_stack_benchmark_runs_and_checks_every_format(benchmark_script, 
     for name in ("csr x", "bsr4x1 x", "bitmap x", "auto x"):
         assert name in out
     assert "50%" in out and "70%" in out
+
+
+def test_decoder_stack_benchmark_compares_int8_with_every_int8_dense_road(benchmark_script,
+                                                                          capsys):
+    script = benchmark_script("decoder_stack")
+    assert script.main(["--hidden", "64", "--intermediate", "96", "--layers", "2", "--repeats",
+                        "1", "--rounds", "1", "--sparsities", "0.7", "--int8", "--no-auto",
+                        "--formats", "bitmap"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if "sparsity" in line)
+    assert "int8-dyn x" in header and "int8-ao x" in header and "sparse/int8" in header
+    row = next(line for line in lines if line.lstrip().startswith("70%"))
+    torchao_cell = row.split()[-3]
+    if importlib.util.find_spec("torchao") is None:
+        assert torchao_cell == "-"
+    else:
+        assert torchao_cell.endswith("x") and float(torchao_cell[:-1]) > 0
