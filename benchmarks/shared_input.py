@@ -57,27 +57,33 @@ def minilm() -> tuple[nn.Module, Callable[[nn.Module], Any]]:
     return model, lambda m: m(**batch).last_hidden_state
 
 
-def compare(name: str, build: Callable, sparsity: float, rounds: int, calls: int) -> str:
+def time_variants(build: Callable, sparsity: float, rounds: int, calls: int,
+                  variants: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Median ms per forward of the dense model and of ``sparsify(model, **kwargs)`` for
+    each variant, in interleaved rounds, after checking every variant's output."""
     dense, run = build()
     magnitude_prune(dense, sparsity)
-    stacked, alone = copy.deepcopy(dense), copy.deepcopy(dense)
+    models = {"dense": dense}
     with torch.no_grad():
         expected = run(dense)
-        sparsify(stacked)
-        sparsify(alone, stack_shared_inputs=False)
-        for model in (stacked, alone):
-            for _ in range(2):  # decide (and, stacked, probe) on the first passes
-                run(model)
-            torch.testing.assert_close(run(model), expected, rtol=1e-3, atol=1e-3)
-        times: dict[str, list[float]] = {"dense": [], "stacked": [], "alone": []}
-        models = {"dense": dense, "stacked": stacked, "alone": alone}
+        for label, kwargs in variants.items():
+            models[label] = sparsify(copy.deepcopy(dense), **kwargs)
+            for _ in range(2):  # decide (and probe stacking) on the first passes
+                run(models[label])
+            torch.testing.assert_close(run(models[label]), expected, rtol=1e-3, atol=1e-3)
+        times: dict[str, list[float]] = {label: [] for label in models}
         for _ in range(rounds):
             for label, model in models.items():
                 start = time.perf_counter()
                 for _ in range(calls):
                     run(model)
                 times[label].append((time.perf_counter() - start) / calls)
-    ms = {label: statistics.median(samples) * 1e3 for label, samples in times.items()}
+    return {label: statistics.median(samples) * 1e3 for label, samples in times.items()}
+
+
+def compare(name: str, build: Callable, sparsity: float, rounds: int, calls: int) -> str:
+    ms = time_variants(build, sparsity, rounds, calls,
+                       {"stacked": {}, "alone": {"stack_shared_inputs": False}})
     return (f"{name:10} {sparsity:8.0%} {ms['dense']:9.2f} {ms['alone']:9.2f} "
             f"{ms['stacked']:9.2f} {ms['dense'] / ms['alone']:8.2f}x "
             f"{ms['dense'] / ms['stacked']:8.2f}x {ms['alone'] / ms['stacked']:8.2f}x")

@@ -158,6 +158,39 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
       });
 
   m.def(
+      "csr_linear_pair",
+      [](const Matrix& w1, const py::object& values1, const py::object& chunk_values1,
+         int64_t chunk_cols1, const py::object& bias1, const py::object& activation,
+         const Matrix& w2, const py::object& values2, const py::object& chunk_values2,
+         int64_t chunk_cols2, const py::object& bias2, const py::array& x, const py::array& out,
+         int num_threads) {
+        if (w2.cols() != w1.rows())
+          throw py::value_error("shape mismatch: the first weight is " +
+                                shape_str(w1.rows(), w1.cols()) + " but the second is " +
+                                shape_str(w2.rows(), w2.cols()) +
+                                "; the second needs as many columns as the first has rows");
+        const auto op = linear_operands<T>(w2.rows(), w1.cols(), x, out, bias2, activation);
+        const auto chunk_ordered = [](const py::object& values, const Matrix& w) -> const T* {
+          return values.is_none() ? nullptr : optional_values<T>(values, w);
+        };
+        const CsrPairWeight<T> first{w1, optional_values<T>(values1, w1),
+                                     chunk_ordered(chunk_values1, w1), chunk_cols1,
+                                     optional_bias<T>(bias1, w1.rows())};
+        const CsrPairWeight<T> second{w2, optional_values<T>(values2, w2),
+                                      chunk_ordered(chunk_values2, w2), chunk_cols2, op.bias};
+        py::gil_scoped_release release;
+        csr_linear_pair<T>(first, op.act, second, op.x.data, op.x.strides[0], op.x.shape[0],
+                           op.out.data, op.out.strides[0], num_threads);
+      },
+      py::arg("w1"), py::arg("values1"), py::arg("chunk_values1"), py::arg("chunk_cols1"),
+      py::arg("bias1"), py::arg("activation"), py::arg("w2"), py::arg("values2"),
+      py::arg("chunk_values2"), py::arg("chunk_cols2"), py::arg("bias2"), py::arg("x"),
+      py::arg("out"), py::arg("num_threads") = 0,
+      "out = act(x @ w1.T + bias1) @ w2.T + bias2 with the hidden activations kept in cache. "
+      "values: None for a matrix's own; chunk_values: None, or the values in chunk order for "
+      "chunks of chunk_cols columns (as csr_linear_chunk_ordered).");
+
+  m.def(
       "csr_linear_chunk_ordered",
       [](const Matrix& w, const py::array& x, const py::array& out, const py::object& bias,
          int num_threads, const py::object& values, const py::array& chunk_values,

@@ -204,6 +204,17 @@ void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, c
 }
 
 template <typename T>
+void csr_linear_pair(const CsrPairWeight<T>& first, Activation act, const CsrPairWeight<T>& second,
+                     const T* x, int64_t ldx, int64_t batch, T* y, int64_t ldy, int num_threads) {
+  const auto product = [](const CsrPairWeight<T>& w) {
+    return CsrProduct<T>{w.matrix, values_or_stored(w.matrix, w.values), w.chunk_values,
+                         w.chunk_values_cols};
+  };
+  driver::linear_pair(product(first), product(second), x, ldx, batch, first.bias, act, second.bias,
+                      y, ldy, num_threads);
+}
+
+template <typename T>
 int64_t csr_packed_panel_columns(const CsrMatrix<T>& w) {
   return CsrProduct<T>{w}.packed_panel_columns();
 }
@@ -267,6 +278,8 @@ void csr_sampled_dot(const CsrMatrix<T>& pattern, const T* a, int64_t lda, const
   template void csr_sampled_dot<T>(const CsrMatrix<T>&, const T*, int64_t, const T*, int64_t,     \
                                    int64_t, T*, int);                                             \
   template int64_t csr_panel_chunk_columns<T>(const CsrMatrix<T>&);                               \
+  template void csr_linear_pair<T>(const CsrPairWeight<T>&, Activation, const CsrPairWeight<T>&,  \
+                                   const T*, int64_t, int64_t, T*, int64_t, int);                 \
   template int64_t csr_packed_panel_columns<T>(const CsrMatrix<T>&);                              \
   template void csr_packed_panels<T>(const CsrMatrix<T>&, int64_t, const PanelJob<T>&, const T*,  \
                                      int, const T*);                                              \

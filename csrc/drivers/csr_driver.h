@@ -39,6 +39,25 @@ void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, c
                 Activation act = Activation::None, const T* chunk_values = nullptr,
                 int64_t chunk_values_cols = 0);
 
+// One weight of csr_linear_pair: the matrix, optionally the caller's values
+// and the same values in chunk order (as csr_linear's values and
+// chunk_values), and the bias (or null).
+template <typename T>
+struct CsrPairWeight {
+  const CsrMatrix<T>& matrix;
+  const T* values = nullptr;
+  const T* chunk_values = nullptr;
+  int64_t chunk_values_cols = 0;
+  const T* bias = nullptr;
+};
+
+// y = act(x @ w1.T + b1) @ w2.T + b2 with w1.rows() == w2.cols(): a
+// feed-forward block whose hidden activations stay in cache, panel by panel
+// of x's rows (driver::linear_pair).
+template <typename T>
+void csr_linear_pair(const CsrPairWeight<T>& first, Activation act, const CsrPairWeight<T>& second,
+                     const T* x, int64_t ldx, int64_t batch, T* y, int64_t ldy, int num_threads);
+
 // Width of the column chunks the packed panel kernel of csr_linear runs in
 // for `a` on the active ISA (0: unchunked). Chunks keep the slice of x^T a
 // chunk reads in L1; see kernels/csr/csr_kernels.inl.

@@ -233,4 +233,60 @@ void linear(const Product& w, const T* x, int64_t ldx, int64_t batch, const T* b
   linear_panels(w, x, ldx, batch, bias, y, ldy, num_threads, act);
 }
 
+// y = act(x @ w1.T + bias1) @ w2.T + bias2 (a transformer's feed-forward block)
+// with the hidden activations never leaving the cache: each thread takes
+// panels of x's rows, packs the panel's x^T, runs w1 over all of its hidden
+// rows into h (hidden x panel), applies act there, runs w2 over h tile by
+// tile and transposes each tile into y. Against two linear calls this saves
+// the round trip of the hidden activations through memory in both layouts
+// (y^T to y after w1, x to x^T before w2), the largest of the block's
+// activations. It needs at least as many panels as threads; with fewer (a
+// short batch), or panels whose widths do not divide each other, it makes the
+// two linear calls. Both products must be packed-panel products.
+template <typename T, typename First, typename Second>
+void linear_pair(const First& w1, const Second& w2, const T* x, int64_t ldx, int64_t batch,
+                 const T* bias1, Activation act, const T* bias2, T* y, int64_t ldy,
+                 int num_threads) {
+  const int64_t in = w1.cols(), hidden = w1.rows(), out = w2.rows();
+  if (batch == 0 || out == 0) return;
+  const int64_t p1 = w1.packed_panel_columns(), p2 = w2.packed_panel_columns();
+  const int64_t panel = std::max(p1, p2);
+  const int64_t panels = (batch + panel - 1) / panel;
+  const int64_t entries = w1.stored_entries() + w2.stored_entries() + hidden + out;
+  const int threads = threads_for_work(num_threads, entries * batch);
+  const bool fusable = hidden > 0 && batch > std::max(w1.max_few_vectors(), w2.max_few_vectors()) &&
+                       panels >= threads && panel % p1 == 0 && panel % p2 == 0;
+  if (!fusable) {
+    ScratchBuffer<T> h(static_cast<size_t>(batch * std::max<int64_t>(hidden, 1)));
+    linear(w1, x, ldx, batch, bias1, h.data(), hidden, num_threads, act);
+    linear(w2, h.data(), hidden, batch, bias2, y, ldy, num_threads, Activation::None);
+    return;
+  }
+  const int64_t tile_rows =
+      std::max<int64_t>(1, kFusedTileBytes / (panel * static_cast<int64_t>(sizeof(T))));
+  const int64_t part_size = (in + hidden + tile_rows) * panel;  // whole cache lines
+  ScratchBuffer<T> scratch(static_cast<size_t>(threads * part_size));
+  const auto first_rows = w1.packed_rows_kernel();
+  const auto second_rows = w2.packed_rows_kernel();
+  parallel_for(threads, threads, [&](int64_t part) {
+    T* packed = scratch.data() + part * part_size;
+    T* h = packed + in * panel;
+    T* tile = h + hidden * panel;
+    for (int64_t p = panels * part / threads; p < panels * (part + 1) / threads; ++p) {
+      const int64_t first = p * panel, count = std::min(panel, batch - first);
+      pack_panel(x + first * ldx, count, in, ldx, panel, panel, packed);
+      for (int64_t s = 0; s < panel; s += p1)
+        first_rows(packed + s, panel, 0, hidden, bias1, h + s, panel);
+      apply_activation(h, hidden, panel, panel, act, 1);
+      for (int64_t r0 = 0; r0 < out; r0 += tile_rows) {
+        const int64_t r1 = std::min(r0 + tile_rows, out);
+        for (int64_t s = 0; s < panel; s += p2)
+          second_rows(h + s, panel, r0, r1, bias2, tile + s, panel);
+        transpose_activated(static_cast<const T*>(tile), r1 - r0, count, panel,
+                            y + first * ldy + r0, ldy, 1, Activation::None);
+      }
+    }
+  });
+}
+
 }  // namespace sparsegemm::driver

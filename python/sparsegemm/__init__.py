@@ -23,7 +23,7 @@ from ._runtime import (  # noqa: E402
     use_isa,
 )
 from .formats import BitmapMatrix, BSRMatrix, CSRMatrix  # noqa: E402
-from .ops import conv2d, linear, sddmm, sparse_mm  # noqa: E402
+from .ops import conv2d, feed_forward, linear, sddmm, sparse_mm  # noqa: E402
 from .planner import Plan, plan  # noqa: E402
 from .pruning import block_prune, magnitude_prune  # noqa: E402
 from .quantized import Int8BitmapMatrix  # noqa: E402
@@ -39,6 +39,7 @@ __all__ = [
     "available_isas",
     "block_prune",
     "conv2d",
+    "feed_forward",
     "get_isa",
     "get_num_threads",
     "kernel_catalogue",

@@ -111,7 +111,8 @@ def test_example_inputs_plan_each_linear_at_its_rows(prune, planner_times):
     sparsify(model, example_inputs=x)
     assert type(model[0]) is SparseLinear and type(model[2]) is SparseLinear
     notes = [layer.reason for layer in model.sparsegemm_report]
-    assert notes == ["planned at 14 rows (rows seen in example_inputs); fused ReLU 1",
+    assert notes == ["planned at 14 rows (rows seen in example_inputs); fused ReLU 1; feeds 2: "
+                     "both run as one feed-forward kernel at inference",
                      "planned at 14 rows (rows seen in example_inputs)"]
     torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
 

@@ -40,7 +40,9 @@ from torch import Tensor, nn
 
 from ..planner import DEFAULT_MARGIN
 from ..timing import median_seconds
+from . import feed_forward
 from ._format_choice import FormatChoice, choose_format
+from .feed_forward import _FED_OUTPUT, _FEEDS
 from .modules import (
     SparseConv2d,
     SparseLinear,
@@ -147,6 +149,13 @@ class AutoSparseLinear(_DecidingLayer[nn.Linear]):
             stacked = group.output(self, x)
             if stacked is not None:
                 return stacked
+        links = self.__dict__
+        if _FED_OUTPUT in links and feed_forward.take_fed_input(self, x):
+            return x  # the linked layer before this one computed this layer's output
+        if _FEEDS in links:
+            fused = feed_forward.fused_output(self, x)
+            if fused is not None:
+                return fused
         return self._run(self._module_for(x), x)
 
     def _module_for(self, x: Tensor) -> nn.Module:
@@ -435,5 +444,6 @@ def freeze(model: nn.Module) -> nn.Module:
                 continue
             resolved = child.resolved()
             if resolved is not None:
+                feed_forward.carry_link(child, resolved)
                 setattr(parent, name, resolved)
     return model

@@ -26,9 +26,11 @@ from torch import Tensor, nn
 
 from ..formats import BitmapMatrix, BSRMatrix, CSRMatrix
 from ..ops import LINEAR_ACTIVATIONS, conv_pair
+from . import feed_forward
 from . import ops as _ops
 from ._cache import KernelOperands, as_numpy
 from ._format_choice import FormatChoice, check_format, choose_format
+from .feed_forward import _FED_OUTPUT, _FEEDS
 
 __all__ = ["SparseConv2d", "SparseLinear", "is_linear_map", "masked_weight"]
 
@@ -523,6 +525,13 @@ class SparseLinear(_SparseWeight):
             stacked = group.output(self, x)
             if stacked is not None:
                 return stacked
+        links = self.__dict__
+        if _FED_OUTPUT in links and feed_forward.take_fed_input(self, x):
+            return x  # the linked layer before this one computed this layer's output
+        if _FEEDS in links:
+            fused = feed_forward.fused_output(self, x)
+            if fused is not None:
+                return fused
         activation = self.activation
         # Straight from the registries: nn.Module.__getattr__ costs a microsecond or two a call.
         parameters, buffers = self._parameters, self._buffers

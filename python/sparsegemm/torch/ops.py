@@ -162,6 +162,13 @@ def can_call_kernel_directly(x: Tensor, values: Tensor, bias: Optional[Tensor]) 
     return True
 
 
+def _kernel_rows(x: Tensor, cols: int) -> tuple[Tensor, np.ndarray]:
+    """x as a (rows, cols) tensor with contiguous rows (a view where it can be) and the
+    numpy view of it that the kernels take."""
+    x2 = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, cols).contiguous()
+    return x2, (x2.detach().numpy() if x2.requires_grad else x2.numpy())
+
+
 def linear_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndarray],
                   chunk_ordered: Optional[tuple] = None,
                   activation: Optional[str] = None) -> Tensor:
@@ -172,10 +179,8 @@ def linear_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndar
     (see ``KernelOperands``), or None."""
     handle = pattern._handle
     rows, cols = handle.rows, handle.cols
-    matrix = x.dim() == 2
-    x2 = x if matrix and x.is_contiguous() else x.reshape(-1, cols).contiguous()
+    x2, x_array = _kernel_rows(x, cols)
     out = torch.empty((x2.shape[0], rows), dtype=x.dtype)
-    x_array = x2.detach().numpy() if x2.requires_grad else x2.numpy()
     threads = torch.get_num_threads()
     if chunk_ordered is not None:
         chunk_cols, ordered = chunk_ordered
@@ -184,7 +189,25 @@ def linear_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndar
     else:
         kernel = _core.csr_linear if type(pattern) is CSRMatrix else _core.bsr_linear
         kernel(handle, x_array, out.numpy(), bias, threads, values, activation)
-    return out if matrix else out.view(*x.shape[:-1], rows)
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], rows)
+
+
+def linear_pair_direct(x: Tensor, first: tuple, activation: Optional[str],
+                       second: tuple) -> Tensor:
+    """``(activation(x @ W1.T + b1)) @ W2.T + b2`` in one kernel call
+    (``sparsegemm.feed_forward``) for two CSR layers' ``KernelOperands``, under the same
+    conditions as :func:`linear_direct` for both."""
+    pattern1, values1, bias1, chunks1 = first
+    pattern2, values2, bias2, chunks2 = second
+    cols1, ordered1 = chunks1 if chunks1 is not None else (0, None)
+    cols2, ordered2 = chunks2 if chunks2 is not None else (0, None)
+    rows = pattern2._handle.rows
+    x2, x_array = _kernel_rows(x, pattern1._handle.cols)
+    out = torch.empty((x2.shape[0], rows), dtype=x.dtype)
+    _core.csr_linear_pair(pattern1._handle, values1, ordered1, cols1, bias1, activation,
+                          pattern2._handle, values2, ordered2, cols2, bias2, x_array, out.numpy(),
+                          torch.get_num_threads())
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], rows)
 
 
 # csr_linear ---------------------------------------------------------------------------------

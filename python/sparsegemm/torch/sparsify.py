@@ -38,9 +38,10 @@ from typing import Any, Callable
 import torch.fx
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..planner import DEFAULT_MARGIN
+from . import feed_forward
 from ._format_choice import FormatChoice, check_format, choose_format
 from .attention import SparseMultiheadAttention, _split_linear
 from .auto import AutoSparseConv2d, AutoSparseLinear, time_convolution
@@ -233,6 +234,7 @@ class _Converter:
         self.batch_hint = batch_hint
         self.shapes = shapes or _ExampleShapes()
         self.report = SparsifyReport()
+        self.fuse_feed_forward = True
 
     def _choose(self, module: nn.Module, rows: int | None) -> tuple[FormatChoice, str]:
         """The storage for ``module``'s weight, and a note for the report.
@@ -432,6 +434,117 @@ def _fuse_activation_children(parent: nn.Module, prefix: str, converter: _Conver
                                             f"{prefix + '.' if prefix else ''}{act_name}")
 
 
+def _linkable(module: Any) -> bool:
+    """A layer that may run a feed-forward pair (feed_forward.py decides per call)."""
+    return isinstance(module, (SparseLinear, AutoSparseLinear))
+
+
+def _sole_consumer(node: torch.fx.Node, modules: dict[str, nn.Module]) -> torch.fx.Node | None:
+    """The one node that uses ``node``'s value, past ``nn.Identity`` children, or None."""
+    while len(node.users) == 1:
+        user = next(iter(node.users))
+        if (user.op == "call_module" and isinstance(modules.get(user.target), nn.Identity)
+                and user.args == (node,) and not user.kwargs):
+            node = user
+            continue
+        return user
+    return None
+
+
+def _module_calls(graph: torch.fx.Graph) -> dict[str, list[torch.fx.Node]]:
+    calls: dict[str, list[torch.fx.Node]] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(node.target, []).append(node)
+    return calls
+
+
+def _link_pair(first: nn.Module, parent: nn.Module, second_name: str, first_name: str,
+               second_label: str, converter: _Converter) -> None:
+    feed_forward.link(first, parent, second_name)
+    _note_fusion(converter, first_name,
+                 f"feeds {second_label}: both run as one feed-forward kernel at inference")
+
+
+def _link_feed_forward_children(parent: nn.Module, prefix: str, converter: _Converter) -> None:
+    """Link two sparse Linear children where the parent's forward, traced by torch.fx
+    with its children as leaves, calls each once and hands the first's output (through
+    ``nn.Identity`` children only) to the second alone: ``nn.Sequential(Linear, ReLU,
+    Linear)`` once the ReLU is fused, or ``output(act(intermediate(x)))``."""
+    children = dict(parent.named_children())
+    if sum(_linkable(child) for child in children.values()) < 2:
+        return
+    try:
+        graph = _ChildrenAsLeaves().trace(parent)
+    except Exception:  # noqa: BLE001 - a forward fx cannot trace is left unlinked
+        return
+    calls = _module_calls(graph)
+    linked: set[str] = set()
+    for node in graph.nodes:
+        if (node.op != "call_module" or node.target in linked or len(calls[node.target]) != 1
+                or not _linkable(children.get(node.target))):
+            continue
+        consumer = _sole_consumer(node, children)
+        if (consumer is None or consumer.op != "call_module" or consumer.target in linked
+                or len(consumer.args) != 1 or consumer.kwargs or consumer.target == node.target
+                or len(calls[consumer.target]) != 1
+                or not _linkable(children.get(consumer.target))):
+            continue
+        linked.update((node.target, consumer.target))
+        name = f"{prefix}.{node.target}" if prefix else node.target
+        _link_pair(children[node.target], parent, consumer.target, name,
+                   f"{prefix + '.' if prefix else ''}{consumer.target}", converter)
+
+
+def _link_hf_feed_forward(layer: nn.Module, prefix: str, converter: _Converter) -> None:
+    """Hugging Face's transformer layers (BERT and its family) run the feed-forward block
+    in ``feed_forward_chunk``: ``output(intermediate(x), x)``, where ``intermediate`` is
+    ``dense`` then the activation (fused into ``dense`` by now, leaving ``nn.Identity``)
+    and ``output`` starts with ``dense`` on its first input. Each of those three forwards
+    is traced and checked before ``intermediate.dense`` is linked to ``output.dense``."""
+    chunk = getattr(type(layer), "feed_forward_chunk", None)
+    intermediate, output = getattr(layer, "intermediate", None), getattr(layer, "output", None)
+    if not (callable(chunk) and isinstance(intermediate, nn.Module)
+            and isinstance(output, nn.Module)):
+        return
+    first, second = getattr(intermediate, "dense", None), getattr(output, "dense", None)
+    if not (_linkable(first) and _linkable(second)):
+        return
+
+    class FeedForwardChunk(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.intermediate, self.output = intermediate, output
+
+        def forward(self, x: Tensor) -> Tensor:
+            return chunk(self, x)
+
+    try:
+        graphs = [_ChildrenAsLeaves().trace(module)
+                  for module in (FeedForwardChunk(), intermediate, output)]
+    except Exception:  # noqa: BLE001 - a forward fx cannot trace is left unlinked
+        return
+    chunk_calls, inner_calls, output_calls = (_module_calls(graph) for graph in graphs)
+    if (len(chunk_calls.get("intermediate", ())) != 1 or len(chunk_calls.get("output", ())) != 1
+            or len(inner_calls.get("dense", ())) != 1 or len(output_calls.get("dense", ())) != 1):
+        return
+    hidden = chunk_calls["intermediate"][0]
+    consumer = _sole_consumer(hidden, {})
+    if consumer is not chunk_calls["output"][0] or consumer.args[:1] != (hidden,):
+        return
+    finish = _sole_consumer(inner_calls["dense"][0], dict(intermediate.named_children()))
+    if finish is None or finish.op != "output":
+        return
+    inputs = [node for node in graphs[2].nodes if node.op == "placeholder"]
+    output_dense = output_calls["dense"][0]
+    if (not inputs or _sole_consumer(inputs[0], {}) is not output_dense
+            or output_dense.args != (inputs[0],)):
+        return
+    base = f"{prefix}." if prefix else ""
+    _link_pair(first, output, "dense", f"{base}intermediate.dense", f"{base}output.dense",
+               converter)
+
+
 def _fuse_transformer_activation(layer: nn.Module, prefix: str, converter: _Converter) -> None:
     """``nn.Transformer{En,De}coderLayer`` computes ``linear2(dropout(activation(linear1(x))))``:
     a ReLU/GELU there moves into a converted ``linear1``."""
@@ -480,6 +593,9 @@ def _walk(module: nn.Module, prefix: str, converter: _Converter, filter_fn: Filt
         _fuse_transformer_activation(module, prefix, converter)
     elif changed and not isinstance(module, nn.Sequential):
         _fuse_activation_children(module, prefix, converter)
+    if changed and converter.fuse_feed_forward and not _is_fused_transformer_layer(module):
+        _link_feed_forward_children(module, prefix, converter)
+        _link_hf_feed_forward(module, prefix, converter)
     return changed
 
 
@@ -520,7 +636,8 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
              blocksize: tuple[int, int] | None = None,
              min_sparsity: float | None = None, min_speedup: float = 1.0,
              batch_hint: int | None = None, example_inputs: Any = None,
-             weight_dtype: str | None = None, stack_shared_inputs: bool = True) -> nn.Module:
+             weight_dtype: str | None = None, stack_shared_inputs: bool = True,
+             fuse_feed_forward: bool = True) -> nn.Module:
     """Replace eligible dense layers of ``model`` by sparse ones, in place.
 
     Parameters
@@ -566,6 +683,16 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         pass hands them the same tensor, and compute alone for good once it
         does not (see :class:`~sparsegemm.torch.SharedInputGroup`; the report
         says which). Only where no gradient is recorded. False: never stack.
+    fuse_feed_forward
+        Two sparse Linears where the first's output goes to the second alone
+        (a transformer's ``intermediate.dense`` and ``output.dense``, a
+        ``Linear, ReLU, Linear`` chain), as torch.fx proves from the forward
+        that calls them, are linked: at inference the first computes both
+        products in one kernel call (:func:`sparsegemm.feed_forward`, the
+        hidden activations kept in cache) and the second passes that result
+        on. Modules and state_dict stay as they are (see
+        ``sparsegemm/torch/feed_forward.py``); the report says which layers
+        are linked. False: never link.
 
     In an ``nn.Sequential``, what directly follows a converted layer moves into
     it and is replaced by ``nn.Identity``: an eval-mode ``BatchNorm2d`` after a
@@ -608,6 +735,7 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
                   if format == "auto" and example_inputs is not None else None)
         converter = _Converter(format, blocksize, min_sparsity, min_speedup, batch_hint, shapes,
                                weight_dtype)
+        converter.fuse_feed_forward = fuse_feed_forward
         _walk(model, "", converter, filter_fn)
         if stack_shared_inputs:
             rows = {layer.name: layer for layer in converter.report}

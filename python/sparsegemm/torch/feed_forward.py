@@ -1,0 +1,105 @@
+"""Two sparse Linears in a row, run as one feed-forward kernel at inference.
+
+:func:`sparsify` links a CSR layer to the layer that alone consumes its output
+(a transformer's ``intermediate.dense`` and ``output.dense``, two Linears of an
+``nn.Sequential``) when it can prove that data flow by tracing the modules that
+call them. The modules and their state_dict stay as they were: on the
+inference fast path the first layer computes both products in one call
+(``sparsegemm.feed_forward``, whose hidden activations never make a round trip
+through memory) and hands its output to the second layer, which returns that
+very tensor instead of multiplying it again. Whenever either layer would not
+take the fast path (gradients recorded, torch.compile tracing, another dtype,
+a format other than CSR, an auto layer that has not decided for this row
+count), each layer runs as it always does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from torch import Tensor, nn
+
+from . import ops as _ops
+
+# Instance attributes kept out of nn.Module's registries (a linked partner is not a child).
+_FEEDS = "_feeds_layer"
+_FED_OUTPUT = "_fed_output"
+
+
+def link(first: nn.Module, parent: nn.Module, name: str) -> None:
+    """Mark the layer in ``parent``'s child slot ``name`` as the only consumer of ``first``'s
+    output (see the module docstring). The slot, not the module in it, is linked: a layer
+    put there later (``freeze`` resolving an auto layer) is the one that runs."""
+    first.__dict__[_FEEDS] = (parent, name)
+
+
+def carry_link(old: nn.Module, new: nn.Module) -> None:
+    """Give ``new``, which replaces ``old`` in the model, ``old``'s link (if any)."""
+    target = old.__dict__.get(_FEEDS)
+    if target is not None:
+        new.__dict__[_FEEDS] = target
+
+
+def linked_layer(module: nn.Module) -> Optional[nn.Module]:
+    """The layer that ``module``'s output feeds now, where :func:`link` joined them."""
+    target = module.__dict__.get(_FEEDS)
+    return None if target is None else target[0]._modules.get(target[1])
+
+
+def csr_layer_for(module: nn.Module, rows: int) -> Any:
+    """The CSR ``SparseLinear`` that ``module`` runs for ``rows`` rows, or None: a
+    ``SparseLinear`` stands for itself, an ``AutoSparseLinear`` for its decision at that
+    row count, once made."""
+    decisions = getattr(module, "decisions", None)
+    if decisions is not None:  # an AutoSparseLinear
+        from .auto import row_bucket
+
+        decision = decisions.get(row_bucket(rows))
+        if decision is None or getattr(module, "_shared_input", None) is not None:
+            return None
+        module = module._module(decision)  # type: ignore[operator]  # an AutoSparseLinear
+    if getattr(module, "format", None) != "csr" or getattr(module, "_shared_input", None):
+        return None
+    return module
+
+
+def fused_output(first: nn.Module, x: Tensor) -> Optional[Tensor]:
+    """``second(first(x))`` in one kernel call where ``first`` is linked and both layers
+    would take the inference fast path, else None (then each runs on its own)."""
+    if type(x) is not Tensor:  # an fx proxy or a tensor subclass: each layer runs alone
+        return None
+    second = linked_layer(first)
+    if second is None or x.dim() == 0:
+        return None
+    cols = x.shape[-1]
+    rows = x.numel() // cols if cols else 0
+    one, two = csr_layer_for(first, rows), csr_layer_for(second, rows)
+    if one is None or two is None or cols != one.in_features:
+        return None
+    parameters1, parameters2 = one._parameters, two._parameters
+    values1, bias1 = parameters1["values"], parameters1.get("bias")
+    values2, bias2 = parameters2["values"], parameters2.get("bias")
+    if not (_ops.can_call_kernel_directly(x, values1, bias1)
+            and _ops.can_call_kernel_directly(x, values2, bias2)):
+        return None
+    operands1 = one._kernel_operands.get(one._buffers["indptr"], one._buffers["indices"], values1,
+                                         bias1, one._matrix_shape)
+    operands2 = two._kernel_operands.get(two._buffers["indptr"], two._buffers["indices"], values2,
+                                         bias2, two._matrix_shape)
+    y = _ops.linear_pair_direct(x, operands1, one.activation, operands2)
+    if two.activation is not None:
+        from .modules import apply_activation
+
+        y = apply_activation(y, two.activation)
+    second.__dict__[_FED_OUTPUT] = y
+    return y
+
+
+def take_fed_input(second: nn.Module, x: Tensor) -> bool:
+    """True when ``x`` is the output that the linked layer before ``second`` already
+    computed for it (``second`` then returns ``x`` as it is)."""
+    fed = second.__dict__.get(_FED_OUTPUT)
+    if fed is None:
+        return False
+    second.__dict__[_FED_OUTPUT] = None
+    return fed is x
