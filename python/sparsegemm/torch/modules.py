@@ -121,6 +121,24 @@ def activation_of(module: Any) -> str | None:
     return None
 
 
+def output_computed_elsewhere(layer: nn.Module, x: Tensor) -> Tensor | None:
+    """A sparse Linear's output for ``x`` where something other than its own product
+    gives it, else None: the stacked product of its shared-input group
+    (shared_input.py), the layer before it that already computed it, or the
+    feed-forward kernel it runs with the layer it feeds (feed_forward.py)."""
+    group = layer._shared_input
+    if group is not None:
+        stacked = group.output(layer, x)
+        if stacked is not None:
+            return stacked
+    links = layer.__dict__
+    if _FED_OUTPUT in links and feed_forward.take_fed_input(layer, x):
+        return x
+    if _FEEDS in links:
+        return feed_forward.fused_output(layer, x)
+    return None
+
+
 def apply_activation(y: Tensor, activation: str | None) -> Tensor:
     """``activation`` applied to a layer's fresh output ``y`` (ReLU in place when no
     gradient is recorded through ``y``)."""
@@ -520,18 +538,9 @@ class SparseLinear(_SparseWeight):
         """``activation(x @ W.T + bias)``: the activation in the kernel's epilogue on the
         inference fast path (while the output is in cache), else by torch after the custom
         op, which records the gradient."""
-        group = self._shared_input
-        if group is not None:
-            stacked = group.output(self, x)
-            if stacked is not None:
-                return stacked
-        links = self.__dict__
-        if _FED_OUTPUT in links and feed_forward.take_fed_input(self, x):
-            return x  # the linked layer before this one computed this layer's output
-        if _FEEDS in links:
-            fused = feed_forward.fused_output(self, x)
-            if fused is not None:
-                return fused
+        computed = output_computed_elsewhere(self, x)
+        if computed is not None:
+            return computed
         activation = self.activation
         # Straight from the registries: nn.Module.__getattr__ costs a microsecond or two a call.
         parameters, buffers = self._parameters, self._buffers
