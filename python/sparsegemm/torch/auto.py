@@ -42,6 +42,7 @@ from ..planner import DEFAULT_MARGIN
 from ..timing import median_seconds
 from . import feed_forward
 from ._format_choice import FormatChoice, choose_format
+from .feed_forward import _FED_OUTPUT, _FEEDS
 from .modules import (
     SparseConv2d,
     SparseLinear,
@@ -144,9 +145,11 @@ class AutoSparseLinear(_DecidingLayer[nn.Linear]):
     _shared_input: Any = None
 
     def forward(self, x: Tensor) -> Tensor:
-        computed = output_computed_elsewhere(self, x)
-        if computed is not None:
-            return computed
+        links = self.__dict__  # checked here: a call costs more than these lookups
+        if self._shared_input is not None or _FEEDS in links or _FED_OUTPUT in links:
+            computed = output_computed_elsewhere(self, x)
+            if computed is not None:
+                return computed
         return self._run(self._module_for(x), x)
 
     def _module_for(self, x: Tensor) -> nn.Module:

@@ -538,9 +538,11 @@ class SparseLinear(_SparseWeight):
         """``activation(x @ W.T + bias)``: the activation in the kernel's epilogue on the
         inference fast path (while the output is in cache), else by torch after the custom
         op, which records the gradient."""
-        computed = output_computed_elsewhere(self, x)
-        if computed is not None:
-            return computed
+        links = self.__dict__  # checked here: a call costs more than these lookups
+        if self._shared_input is not None or _FEEDS in links or _FED_OUTPUT in links:
+            computed = output_computed_elsewhere(self, x)
+            if computed is not None:
+                return computed
         activation = self.activation
         # Straight from the registries: nn.Module.__getattr__ costs a microsecond or two a call.
         parameters, buffers = self._parameters, self._buffers
