@@ -58,7 +58,8 @@ def csr_layer_for(module: nn.Module, rows: int) -> Any:
         if decision is None or getattr(module, "_shared_input", None) is not None:
             return None
         module = module._module(decision)  # type: ignore[operator]  # an AutoSparseLinear
-    if getattr(module, "format", None) != "csr" or getattr(module, "_shared_input", None):
+    if (getattr(module, "format", None) != "csr" or getattr(module, "blocksize", None) is not None
+            or getattr(module, "_shared_input", None) is not None):
         return None
     return module
 
