@@ -179,8 +179,11 @@ def linear_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndar
     (see ``KernelOperands``), or None."""
     handle = pattern._handle
     rows, cols = handle.rows, handle.cols
-    x2, x_array = _kernel_rows(x, cols)
+    matrix = x.dim() == 2
+    # Inlined rather than _kernel_rows: this path is a tiny layer's whole overhead.
+    x2 = x if matrix and x.is_contiguous() else x.reshape(-1, cols).contiguous()
     out = torch.empty((x2.shape[0], rows), dtype=x.dtype)
+    x_array = x2.detach().numpy() if x2.requires_grad else x2.numpy()
     threads = torch.get_num_threads()
     if chunk_ordered is not None:
         chunk_cols, ordered = chunk_ordered
@@ -189,7 +192,7 @@ def linear_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndar
     else:
         kernel = _core.csr_linear if type(pattern) is CSRMatrix else _core.bsr_linear
         kernel(handle, x_array, out.numpy(), bias, threads, values, activation)
-    return out if x.dim() == 2 else out.view(*x.shape[:-1], rows)
+    return out if matrix else out.view(*x.shape[:-1], rows)
 
 
 def linear_pair_direct(x: Tensor, first: tuple, activation: Optional[str],
