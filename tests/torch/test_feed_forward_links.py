@@ -217,3 +217,17 @@ def test_compiled_linked_models_compute_the_same(prune, fused_calls):
         compiled = torch.compile(model, backend="eager", fullgraph=False)
         torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-5)
     assert len(fused_calls) == 2  # the eager call's two pairs; the compiled graph runs the ops
+
+
+def test_the_e2e_time_breakdown_counts_a_linked_pair_as_sparse(prune, fused_calls):
+    from sparsegemm.bench.e2e import layer_time_breakdown
+
+    for kwargs in ({}, {"format": "csr"}):  # AutoSparseLinear layers, SparseLinear layers
+        model = sparsify(sequential_mlp(prune), **kwargs)
+        x = torch.randn(256, 24)
+        with torch.no_grad():
+            model(x)
+            fused_calls.clear()
+            shares = layer_time_breakdown(model, x)
+        assert fused_calls  # the pairs ran fused while being timed
+        assert shares["sparse_layers_s"] > 0 and shares["dense_layers_s"] == 0

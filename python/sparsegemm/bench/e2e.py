@@ -291,17 +291,25 @@ def layer_time_breakdown(model: Any, x: Any, calls: int = 5) -> dict[str, float]
     from torch import nn
 
     sparse_module = sys.modules.get("sparsegemm.torch")
-    sparse_kinds = tuple(getattr(sparse_module, name) for name in ("SparseLinear", "SparseConv2d")
+    sparse_kinds = tuple(getattr(sparse_module, name) for name in
+                         ("SparseLinear", "SparseConv2d", "AutoSparseLinear", "AutoSparseConv2d")
                          if hasattr(sparse_module, name))
     spent = {"sparse_layers_s": 0.0, "dense_layers_s": 0.0}
-    started: dict[int, float] = {}
+    # Each hooked call's own time (less the hooked calls inside it): an auto layer
+    # that runs its sparse variant counts the variant, and one that computes a
+    # linked feed-forward pair itself counts as sparse.
+    frames: list[list[float]] = []  # [start, time in hooked calls inside]
 
     def before(module: Any, inputs: Any) -> None:
-        started[id(module)] = time.perf_counter()
+        frames.append([time.perf_counter(), 0.0])
 
     def after(key: str) -> Callable[..., None]:
         def hook(module: Any, inputs: Any, output: Any) -> None:
-            spent[key] += time.perf_counter() - started.pop(id(module))
+            start, inner = frames.pop()
+            duration = time.perf_counter() - start
+            spent[key] += duration - inner
+            if frames:
+                frames[-1][1] += duration
         return hook
 
     # A stacked product (sparsify's shared-input groups) runs a module the group holds,
