@@ -231,3 +231,36 @@ def test_the_e2e_time_breakdown_counts_a_linked_pair_as_sparse(prune, fused_call
             shares = layer_time_breakdown(model, x)
         assert fused_calls  # the pairs ran fused while being timed
         assert shares["sparse_layers_s"] > 0 and shares["dense_layers_s"] == 0
+
+
+def test_threads_running_one_linked_model_each_get_their_own_output(prune, fused_calls):
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = sparsify(sequential_mlp(prune), format="csr")
+    reference = sparsify(sequential_mlp(prune), format="csr", fuse_feed_forward=False)
+    inputs = [torch.randn(130 + 7 * i, 24) for i in range(24)]
+    with torch.no_grad():
+        expected = [reference(x) for x in inputs]
+
+        def run(x):
+            with torch.no_grad():
+                return model(x)
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(run, inputs * 4))
+    for index, result in enumerate(results):
+        torch.testing.assert_close(result, expected[index % len(inputs)], rtol=1e-5, atol=1e-5)
+    assert len(fused_calls) == 2 * len(results)
+    assert not model[2].__dict__[links._FED_OUTPUT]  # every hand-off was taken
+
+
+def test_a_linked_model_pickles_after_running(prune, tmp_path):
+    model = sparsify(sequential_mlp(prune), format="csr")
+    x = torch.randn(150, 24)
+    with torch.no_grad():
+        expected = model(x)
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert links.linked_layer(loaded[0]) is loaded[2]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected)

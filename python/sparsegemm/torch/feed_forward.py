@@ -92,7 +92,13 @@ def fused_output(first: nn.Module, x: Tensor) -> Optional[Tensor]:
         from .modules import apply_activation
 
         y = apply_activation(y, two.activation)
-    second.__dict__[_FED_OUTPUT] = y
+    # Keyed by identity, so that threads running one model at once each find their own
+    # output. An entry holds its tensor alive, so no other tensor can take its id
+    # before the second layer consumes it.
+    fed = second.__dict__.get(_FED_OUTPUT)
+    if fed is None:
+        fed = second.__dict__.setdefault(_FED_OUTPUT, {})
+    fed[id(y)] = y
     return y
 
 
@@ -100,7 +106,4 @@ def take_fed_input(second: nn.Module, x: Tensor) -> bool:
     """True when ``x`` is the output that the linked layer before ``second`` already
     computed for it (``second`` then returns ``x`` as it is)."""
     fed = second.__dict__.get(_FED_OUTPUT)
-    if fed is None:
-        return False
-    second.__dict__[_FED_OUTPUT] = None
-    return fed is x
+    return fed is not None and fed.pop(id(x), None) is x
