@@ -200,6 +200,16 @@ def sparse_mm(
     return result
 
 
+def _kernel_rows(x: np.ndarray, dtype: np.dtype, in_features: int) -> np.ndarray:
+    """``x`` (..., in_features) as the 2-D array with contiguous rows that the linear
+    kernels take, in ``dtype``; a view where one will do."""
+    batch = math.prod(x.shape[:-1])  # not reshape(-1, ...): that fails for in_features == 0
+    x2 = as_kernel_array(x, dtype).reshape(batch, in_features)  # copies only if not viewable
+    if x2.shape[0] and in_features > 1 and x2.strides[1] != x2.itemsize:
+        x2 = np.ascontiguousarray(x2)
+    return x2
+
+
 def linear(
     x: Any,
     weight: SparseOperand,
@@ -267,15 +277,11 @@ def linear(
         raise ValueError(f"shape mismatch: x is {x.shape} but weight is {weight.shape}; "
                          f"x.shape[-1] must equal weight.shape[1]")
     bias_array = _bias_operand(bias, out_features, dtype)
-    batch_shape = x.shape[:-1]
-    batch = math.prod(batch_shape)  # not reshape(-1, ...): that fails for in_features == 0
-    x2 = as_kernel_array(x, dtype).reshape(batch, in_features)  # copies only if not viewable
-    if x2.shape[0] and in_features > 1 and x2.strides[1] != x2.itemsize:
-        x2 = np.ascontiguousarray(x2)
+    x2 = _kernel_rows(x, dtype, in_features)
     result = np.empty((x2.shape[0], out_features), dtype=dtype)
     _, linear_product = _products_for(weight)
     linear_product(weight._handle, x2, result, bias_array, threads, None, activation)
-    return result if x.ndim == 2 else result.reshape(*batch_shape, out_features)
+    return result if x.ndim == 2 else result.reshape(*x.shape[:-1], out_features)
 
 
 def feed_forward(
@@ -339,14 +345,11 @@ def feed_forward(
                          f"x.shape[-1] must equal first.shape[1]")
     first_bias = _bias_operand(first_bias, first.shape[0], dtype)
     second_bias = _bias_operand(second_bias, out_features, dtype)
-    batch_shape = x.shape[:-1]
-    x2 = as_kernel_array(x, dtype).reshape(math.prod(batch_shape), in_features)
-    if x2.shape[0] and in_features > 1 and x2.strides[1] != x2.itemsize:
-        x2 = np.ascontiguousarray(x2)
+    x2 = _kernel_rows(x, dtype, in_features)
     result = np.empty((x2.shape[0], out_features), dtype=dtype)
     _core.csr_linear_pair(first._handle, None, None, 0, first_bias, activation, second._handle,
                           None, None, 0, second_bias, x2, result, threads)
-    return result if x.ndim == 2 else result.reshape(*batch_shape, out_features)
+    return result if x.ndim == 2 else result.reshape(*x.shape[:-1], out_features)
 
 
 def sddmm(
