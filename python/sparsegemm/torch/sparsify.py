@@ -222,7 +222,7 @@ def _record_example_shapes(model: nn.Module, example_inputs: Any) -> _ExampleSha
 class _Converter:
     def __init__(self, format: str, blocksize: tuple[int, int] | None, min_sparsity: float,
                  min_speedup: float, batch_hint: int | None, shapes: _ExampleShapes | None = None,
-                 weight_dtype: str | None = None):
+                 weight_dtype: str | None = None, fuse_feed_forward: bool = True):
         check_format(format, blocksize)  # rejects bad requests before any layer is touched
         if weight_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"weight_dtype must be one of {WEIGHT_DTYPES}, got {weight_dtype!r}")
@@ -234,7 +234,7 @@ class _Converter:
         self.batch_hint = batch_hint
         self.shapes = shapes or _ExampleShapes()
         self.report = SparsifyReport()
-        self.fuse_feed_forward = True
+        self.fuse_feed_forward = fuse_feed_forward
 
     def _choose(self, module: nn.Module, rows: int | None) -> tuple[FormatChoice, str]:
         """The storage for ``module``'s weight, and a note for the report.
@@ -399,6 +399,15 @@ class _ChildrenAsLeaves(torch.fx.Tracer):
         return "." not in module_qualified_name or super().is_leaf_module(m, module_qualified_name)
 
 
+def _module_calls(graph: torch.fx.Graph) -> dict[str, list[torch.fx.Node]]:
+    """Each child's call nodes in ``graph``, by child name."""
+    calls: dict[str, list[torch.fx.Node]] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(node.target, []).append(node)
+    return calls
+
+
 def _fuse_activation_children(parent: nn.Module, prefix: str, converter: _Converter) -> None:
     """Outside an ``nn.Sequential``: fuse an activation child (Hugging Face's
     ``BertIntermediate`` holds ``dense`` and ``intermediate_act_fn``) into a converted
@@ -414,10 +423,7 @@ def _fuse_activation_children(parent: nn.Module, prefix: str, converter: _Conver
         graph = _ChildrenAsLeaves().trace(parent)
     except Exception:  # noqa: BLE001 - any tracing failure means: do not fuse
         return
-    calls: dict[str, list[torch.fx.Node]] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls.setdefault(node.target, []).append(node)
+    calls = _module_calls(graph)
     for act_name, act_nodes in calls.items():
         activation = activation_of(children.get(act_name))
         if activation is None or len(act_nodes) != 1:
@@ -449,14 +455,6 @@ def _sole_consumer(node: torch.fx.Node, modules: dict[str, nn.Module]) -> torch.
             continue
         return user
     return None
-
-
-def _module_calls(graph: torch.fx.Graph) -> dict[str, list[torch.fx.Node]]:
-    calls: dict[str, list[torch.fx.Node]] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls.setdefault(node.target, []).append(node)
-    return calls
 
 
 def _link_pair(first: nn.Module, parent: nn.Module, second_name: str, first_name: str,
@@ -734,8 +732,7 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         shapes = (_record_example_shapes(model, example_inputs)
                   if format == "auto" and example_inputs is not None else None)
         converter = _Converter(format, blocksize, min_sparsity, min_speedup, batch_hint, shapes,
-                               weight_dtype)
-        converter.fuse_feed_forward = fuse_feed_forward
+                               weight_dtype, fuse_feed_forward)
         _walk(model, "", converter, filter_fn)
         if stack_shared_inputs:
             rows = {layer.name: layer for layer in converter.report}
