@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the extension with AddressSanitizer + UndefinedBehaviorSanitizer
 # (CMake option SPARSEGEMM_SANITIZE) into its own build dir, and run the CSR,
-# BSR, conv, bitmap and int8 bitmap kernel, pattern-only, API, bad-input and fuzz tests
+# BSR, conv, bitmap, int8 bitmap and attention kernel, pattern-only, API, bad-input and fuzz tests
 # against it. The sanitized _core*.so is placed in a copy of the Python
 # package in a temporary directory, so the normal build in python/sparsegemm/
 # (or an installed wheel) is left alone.
@@ -31,7 +31,7 @@ cp tests/conftest.py tests/test_csr_kernels.py tests/test_api.py tests/test_form
   tests/test_bsr_kernels.py tests/test_bsr_format.py tests/test_conv_kernels.py \
   tests/test_bad_input.py tests/test_fuzz.py tests/test_fuzz_bsr_conv.py tests/test_fuzz_bitmap.py \
   tests/test_bitmap_kernels.py tests/test_bitmap_format.py tests/test_bitmap_bf16.py \
-  tests/test_int8_bitmap.py tests/test_pattern_only.py "$work/tests/"
+  tests/test_int8_bitmap.py tests/test_pattern_only.py tests/test_attention.py "$work/tests/"
 
 ldd "$work"/sparsegemm/_core*.so | grep libasan > /dev/null ||
   { echo "sanitize.sh: $build_dir/_core*.so is not an ASan build" >&2; exit 1; }

@@ -11,6 +11,7 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+unknown"
 
+from ._attention import attention  # noqa: E402
 from ._runtime import (  # noqa: E402
     _check_isa_environment,
     available_isas,
@@ -36,6 +37,7 @@ __all__ = [
     "CSRMatrix",
     "Int8BitmapMatrix",
     "Plan",
+    "attention",
     "available_isas",
     "block_prune",
     "conv2d",

@@ -7,6 +7,11 @@ function with four projection modules (``q_proj``, ``k_proj``, ``v_proj``,
 ``out_proj``), each an ``nn.Linear`` or a :class:`SparseLinear`, and
 ``F.scaled_dot_product_attention`` in between. An optional ``in_proj`` holds
 q, k and v stacked, so self-attention makes one product instead of three.
+
+The attention itself runs on sparsegemm's kernel at inference
+(:func:`scaled_dot_product_attention`, a drop-in for torch's), here and in
+Hugging Face models through :func:`use_kernel_attention`, which ``sparsify``
+calls: once the Linears are sparse, attention is a large part of what is left.
 """
 
 from __future__ import annotations
@@ -18,9 +23,14 @@ import torch.nn.functional as F
 import torch
 from torch import Tensor, nn
 
+from .. import _core
+from .._attention import additive_mask
 from .modules import linear_holding
 
-__all__ = ["SparseMultiheadAttention"]
+__all__ = ["SparseMultiheadAttention", "scaled_dot_product_attention", "use_kernel_attention"]
+
+#: The name sparsegemm's attention is registered under in Hugging Face's attention interface.
+HF_ATTENTION_NAME = "sparsegemm"
 
 ProjectionConverter = Callable[[nn.Linear, str], nn.Module]
 
@@ -29,6 +39,104 @@ def _split_linear(weight: Tensor, bias: Optional[Tensor]) -> nn.Linear:
     linear = linear_holding(weight, bias)
     linear.weight.requires_grad_(weight.requires_grad)
     return linear
+
+
+def kernel_attention_applies(query: Tensor, key: Tensor, value: Tensor, dropout_p: float,
+                             is_causal: bool) -> bool:
+    """Whether :func:`scaled_dot_product_attention` runs the kernel: 4-d float32 CPU
+    tensors with one key head per query head, no dropout, no causal flag, no gradient
+    recorded and no torch.compile trace (these take torch's SDPA)."""
+    if dropout_p or is_causal or torch.compiler.is_compiling():
+        return False
+    tensors = (query, key, value)
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" or t.layout != torch.strided
+           or t.dim() != 4 for t in tensors):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return key.shape == value.shape and key.shape[:2] == query.shape[:2] \
+        and key.shape[3] == query.shape[3]
+
+
+def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
+                                 attn_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: Optional[float] = None,
+                                 enable_gqa: bool = False) -> Tensor:
+    """``F.scaled_dot_product_attention`` with the same arguments and result, on
+    sparsegemm's kernel (:func:`sparsegemm.attention`) where
+    :func:`kernel_attention_applies`, else on torch's.
+
+    The result is a (batch, heads, rows, dims) view of a contiguous (batch, rows,
+    heads, dims) tensor: the layout the output projection reads next.
+    """
+    if not kernel_attention_applies(query, key, value, dropout_p, is_causal):
+        extra = {"enable_gqa": True} if enable_gqa else {}
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask,
+                                              dropout_p=dropout_p, is_causal=is_causal,
+                                              scale=scale, **extra)
+    batch, heads, q_len, dims = query.shape
+    out = torch.empty((batch, q_len, heads, dims), dtype=torch.float32).transpose(1, 2)
+    mask = None
+    if attn_mask is not None:
+        mask = additive_mask(attn_mask.detach().numpy(), (batch, heads, q_len, key.shape[2]))
+    _core.attention(query.detach().numpy(), key.detach().numpy(), value.detach().numpy(),
+                    out.numpy(), mask, dims ** -0.5 if scale is None else float(scale),
+                    torch.get_num_threads())
+    return out
+
+
+def hf_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                         attention_mask: Optional[Tensor], dropout: float = 0.0,
+                         scaling: Optional[float] = None, is_causal: Optional[bool] = None,
+                         **kwargs) -> tuple[Tensor, None]:
+    """Hugging Face's attention-interface function for sparsegemm's kernel: the
+    arguments and result of ``transformers``' ``sdpa_attention_forward``, to which it
+    hands what the kernel does not run (see :func:`kernel_attention_applies`)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if is_causal is None:  # as sdpa_attention_forward decides it
+        is_causal = (query.shape[2] > 1 and attention_mask is None
+                     and getattr(module, "is_causal", True))
+    if kwargs.get("output_attentions") or not kernel_attention_applies(
+            query, key, value, dropout, bool(is_causal)):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    out = scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling)
+    return out.transpose(1, 2), None  # (batch, rows, heads, dims), contiguous
+
+
+def _register_hf_attention() -> bool:
+    """Registers :func:`hf_attention_forward` (and SDPA's boolean masks) under
+    ``HF_ATTENTION_NAME``; False where transformers lacks the attention interface."""
+    try:
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    except ImportError:
+        return False
+    ALL_ATTENTION_FUNCTIONS.register(HF_ATTENTION_NAME, hf_attention_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(HF_ATTENTION_NAME, sdpa_mask)
+    return True
+
+
+def use_kernel_attention(model: nn.Module) -> str:
+    """Runs ``model``'s attention on sparsegemm's kernel at inference; returns what it did.
+
+    Hugging Face models set to torch's SDPA switch to the ``"sparsegemm"`` attention
+    implementation (``model.set_attn_implementation``), which hands training, dropout,
+    causal masks without a mask tensor, ``output_attentions`` and non-float32 inputs
+    back to SDPA. :class:`SparseMultiheadAttention` modules use the kernel already.
+    ``model.set_attn_implementation("sdpa")`` undoes it.
+    """
+    config = getattr(model, "config", None)
+    current = getattr(config, "_attn_implementation", None)
+    if current == HF_ATTENTION_NAME:
+        return "attention: sparsegemm kernel (already)"
+    if current != "sdpa" or not hasattr(model, "set_attn_implementation"):
+        return ""
+    if not _register_hf_attention():
+        return "attention: torch SDPA (this transformers has no attention interface)"
+    model.set_attn_implementation(HF_ATTENTION_NAME)
+    return "attention: sparsegemm kernel (was torch SDPA; training falls back to SDPA)"
 
 
 class SparseMultiheadAttention(nn.Module):
@@ -41,6 +149,8 @@ class SparseMultiheadAttention(nn.Module):
     # nn.TransformerEncoderLayer reads this before taking its fused dense path,
     # which needs a packed in-projection; there is none here, so it stays off.
     _qkv_same_embed_dim = False
+    #: Attention on sparsegemm's kernel at inference (False: torch's SDPA always).
+    kernel_attention = True
 
     def __init__(self, q_proj: nn.Module, k_proj: nn.Module, v_proj: nn.Module,
                  out_proj: nn.Module, num_heads: int, *, dropout: float = 0.0,
@@ -162,8 +272,9 @@ class SparseMultiheadAttention(nn.Module):
             if average_attn_weights:
                 weights = weights.mean(dim=1)
         else:
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                                     is_causal=causal_only)
+            sdpa = (scaled_dot_product_attention if self.kernel_attention
+                    else F.scaled_dot_product_attention)
+            context = sdpa(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal_only)
         out = self.out_proj(context.transpose(1, 2).reshape(batch, target, self.embed_dim))
         if unbatched:
             out = out.squeeze(0)

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from ..planner import DEFAULT_MARGIN
 from . import feed_forward
 from ._format_choice import FormatChoice, check_format, choose_format
-from .attention import SparseMultiheadAttention, _split_linear
+from .attention import SparseMultiheadAttention, _split_linear, use_kernel_attention
 from .auto import AutoSparseConv2d, AutoSparseLinear, time_convolution
 from .modules import (
     SparseConv2d,
@@ -116,7 +116,12 @@ class LayerReport:
 
 
 class SparsifyReport(list):
-    """A list of :class:`LayerReport` that prints as a table."""
+    """A list of :class:`LayerReport` that prints as a table, then its ``notes``
+    (what sparsify did beyond the layers, such as the attention kernel)."""
+
+    def __init__(self, rows=(), notes: list[str] | None = None):
+        super().__init__(rows)
+        self.notes: list[str] = list(notes or [])
 
     @property
     def converted(self) -> list[LayerReport]:
@@ -127,7 +132,7 @@ class SparsifyReport(list):
         for layer in self:
             lines.append(f"{layer.name:40} {layer.kind:10} {layer.format:8} "
                          f"{layer.sparsity:8.1%} {layer.speedup_text:>12}  {layer.note}")
-        return "\n".join(lines)
+        return "\n".join(lines + self.notes)
 
     __repr__ = __str__  # the table, also at a REPL
 
@@ -139,7 +144,8 @@ class SparsifyReport(list):
         for layer in self:
             update = latest.pop(layer.name, None)
             rows.append(layer if update is None or update.reason == FILTERED_OUT else update)
-        return SparsifyReport(rows + [layer for layer in newer if layer.name in latest])
+        notes = self.notes + [note for note in newer.notes if note not in self.notes]
+        return SparsifyReport(rows + [layer for layer in newer if layer.name in latest], notes)
 
 
 def _sparsity(module: nn.Module) -> float:
@@ -635,7 +641,7 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
              min_sparsity: float | None = None, min_speedup: float = 1.0,
              batch_hint: int | None = None, example_inputs: Any = None,
              weight_dtype: str | None = None, stack_shared_inputs: bool = True,
-             fuse_feed_forward: bool = True) -> nn.Module:
+             fuse_feed_forward: bool = True, kernel_attention: bool = True) -> nn.Module:
     """Replace eligible dense layers of ``model`` by sparse ones, in place.
 
     Parameters
@@ -691,6 +697,15 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         on. Modules and state_dict stay as they are (see
         ``sparsegemm/torch/feed_forward.py``); the report says which layers
         are linked. False: never link.
+    kernel_attention
+        Attention runs on sparsegemm's kernel at inference
+        (:func:`~sparsegemm.torch.scaled_dot_product_attention`): in the
+        :class:`~sparsegemm.torch.SparseMultiheadAttention` that replaces an
+        ``nn.MultiheadAttention``, and in a Hugging Face model set to torch's SDPA,
+        which switches to the ``"sparsegemm"`` attention implementation (see
+        :func:`~sparsegemm.torch.use_kernel_attention`; the report's last line says
+        so). Training, dropout and non-float32 inputs run torch's SDPA. False: keep
+        torch's SDPA.
 
     In an ``nn.Sequential``, what directly follows a converted layer moves into
     it and is replaced by ``nn.Identity``: an eval-mode ``BatchNorm2d`` after a
@@ -740,6 +755,12 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
                 for name, member in zip(group.names, group.members):
                     if name in rows:
                         rows[name].shared_member = member
+        for module in model.modules():
+            if isinstance(module, SparseMultiheadAttention):
+                module.kernel_attention = kernel_attention
+        note = use_kernel_attention(model) if kernel_attention else ""
+        if note:
+            converter.report.notes.append(note)
     previous = getattr(model, "sparsegemm_report", None)
     model.sparsegemm_report = (previous.merged_with(converter.report)
                                if isinstance(previous, SparsifyReport) else converter.report)

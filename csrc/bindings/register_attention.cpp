@@ -1,0 +1,88 @@
+// Scaled dot-product attention over strided float32 arrays.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#include "bindings/array_args.h"
+#include "drivers/attention_driver.h"
+
+namespace sparsegemm::bindings {
+
+namespace py = pybind11;
+
+namespace {
+// A 4-d float32 operand [batch, heads, rows, cols] with contiguous last dimension.
+StridedArg<float> head_operand(const py::array& array, const char* name, bool writable) {
+  const auto arg = strided_arg<float>(array, name, 4, writable);
+  // An empty array holds nothing to read or write (numpy may give it zero strides).
+  const bool empty =
+      arg.shape[0] == 0 || arg.shape[1] == 0 || arg.shape[2] == 0 || arg.shape[3] == 0;
+  if (!empty && arg.shape[3] > 1 && arg.strides[3] != 1)
+    throw py::value_error(std::string(name) + " must have a contiguous last dimension");
+  return arg;
+}
+
+void expect_shape(const StridedArg<float>& arg, const char* name, const int64_t (&shape)[4]) {
+  for (int d = 0; d < 4; ++d)
+    if (arg.shape[d] != shape[d])
+      throw py::value_error(std::string(name) + " has shape (" + std::to_string(arg.shape[0]) +
+                            ", " + std::to_string(arg.shape[1]) + ", " +
+                            std::to_string(arg.shape[2]) + ", " + std::to_string(arg.shape[3]) +
+                            "), expected (" + std::to_string(shape[0]) + ", " +
+                            std::to_string(shape[1]) + ", " + std::to_string(shape[2]) + ", " +
+                            std::to_string(shape[3]) + ")");
+}
+
+AttentionStrides strides_of(const StridedArg<float>& arg) {
+  return AttentionStrides{arg.strides[0], arg.strides[1], arg.strides[2]};
+}
+
+void attention_into(const py::array& q, const py::array& k, const py::array& v,
+                    const py::array& out, const py::object& mask, float scale, int num_threads) {
+  const auto q_arg = head_operand(q, "query", false);
+  const auto k_arg = head_operand(k, "key", false);
+  const auto v_arg = head_operand(v, "value", false);
+  const auto out_arg = head_operand(out, "out", true);
+  const int64_t batch = q_arg.shape[0], heads = q_arg.shape[1], q_len = q_arg.shape[2],
+                dims = q_arg.shape[3], kv_len = k_arg.shape[2];
+  expect_shape(k_arg, "key", {batch, heads, kv_len, dims});
+  expect_shape(v_arg, "value", {batch, heads, kv_len, dims});
+  expect_shape(out_arg, "out", {batch, heads, q_len, dims});
+  for (int d = 0; d < 4; ++d)
+    if (out_arg.shape[d] > 1 && out_arg.strides[d] == 0 && out.size() > 0)
+      throw py::value_error("out must not broadcast (a zero stride on a dimension longer than 1)");
+  AttentionArgs args;
+  args.q = q_arg.data;
+  args.k = k_arg.data;
+  args.v = v_arg.data;
+  args.out = out_arg.data;
+  args.q_strides = strides_of(q_arg);
+  args.k_strides = strides_of(k_arg);
+  args.v_strides = strides_of(v_arg);
+  args.out_strides = strides_of(out_arg);
+  if (!mask.is_none()) {
+    const auto mask_arg = head_operand(mask.cast<py::array>(), "mask", false);
+    expect_shape(mask_arg, "mask", {batch, heads, q_len, kv_len});
+    args.mask = mask_arg.data;
+    args.mask_strides = strides_of(mask_arg);
+  }
+  args.batch = batch;
+  args.heads = heads;
+  args.q_len = q_len;
+  args.kv_len = kv_len;
+  args.head_dim = dims;
+  args.scale = scale;
+  py::gil_scoped_release release;
+  attention(args, num_threads);
+}
+}  // namespace
+
+void register_attention(py::module_& m) {
+  m.def("attention", &attention_into, py::arg("query"), py::arg("key"), py::arg("value"),
+        py::arg("out"), py::arg("mask"), py::arg("scale"), py::arg("num_threads"),
+        "out = softmax(query key^T * scale + mask) value over [batch, heads, rows, dims] "
+        "float32 arrays (mask additive, [batch, heads, query rows, key rows] or None).");
+}
+
+}  // namespace sparsegemm::bindings

@@ -1,0 +1,183 @@
+"""Attention on sparsegemm's kernel in torch: the SDPA drop-in, Hugging Face models
+through sparsify, and SparseMultiheadAttention."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch.nn.functional as F
+
+import sparsegemm
+import torch
+from sparsegemm import _core
+from sparsegemm.torch import SparseMultiheadAttention, scaled_dot_product_attention, sparsify
+from sparsegemm.torch import attention as attention_module
+from torch import nn
+
+TOL = {"rtol": 2e-5, "atol": 2e-5}
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """The kernel calls made while the test runs (the kernel still runs)."""
+    calls = []
+    real = _core.attention
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(attention_module._core, "attention", counting)
+    return calls
+
+
+def heads(batch, heads_, rows, dims, seed=0):
+    """(batch, heads, rows, dims) views of (batch, rows, heads, dims) tensors, as a
+    projection's output is split into heads."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, rows, heads_, dims, generator=generator).transpose(1, 2)
+
+
+@pytest.mark.parametrize("mask", [None, "bool", "float", "padding"])
+def test_matches_torch_sdpa_on_every_isa(isa, kernel_calls, mask):
+    q, k, v = heads(2, 3, 9, 24, 0), heads(2, 3, 70, 24, 1), heads(2, 3, 70, 24, 2)
+    generator = torch.Generator().manual_seed(3)
+    attn_mask = {
+        None: None,
+        "bool": torch.rand(2, 3, 9, 70, generator=generator) > 0.3,
+        "float": torch.randn(2, 1, 9, 70, generator=generator),
+        "padding": torch.arange(70).view(1, 1, 1, 70) < torch.tensor([50, 70]).view(2, 1, 1, 1),
+    }[mask]
+    with torch.inference_mode():
+        result = scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=0.2)
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=0.2)
+    torch.testing.assert_close(result, expected, **TOL)
+    assert len(kernel_calls) == 1
+    # (batch, heads, rows, dims) over a contiguous (batch, rows, heads, dims) tensor
+    assert result.transpose(1, 2).is_contiguous()
+
+
+def test_fully_masked_query_gives_zeros_as_torch(kernel_calls):
+    q, k, v = heads(1, 2, 5, 8, 0), heads(1, 2, 5, 8, 1), heads(1, 2, 5, 8, 2)
+    mask = torch.ones(1, 1, 5, 5, dtype=torch.bool)
+    mask[..., 1, :] = False
+    with torch.no_grad():
+        result = scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        torch.testing.assert_close(result, F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+                                   **TOL)
+    assert kernel_calls and (result[:, :, 1] == 0).all()
+
+
+@pytest.mark.parametrize("case", ["grad", "dropout", "causal", "float64", "three_d"])
+def test_torch_sdpa_runs_what_the_kernel_does_not(kernel_calls, case):
+    q, k, v = heads(1, 2, 6, 8, 0), heads(1, 2, 6, 8, 1), heads(1, 2, 6, 8, 2)
+    kwargs = {}
+    if case == "grad":
+        q.requires_grad_(True)
+    elif case == "dropout":
+        kwargs["dropout_p"] = 0.5
+    elif case == "causal":
+        kwargs["is_causal"] = True
+    elif case == "float64":
+        q, k, v = q.double(), k.double(), v.double()
+    else:
+        q, k, v = q[0], k[0], v[0]
+    torch.manual_seed(0)
+    result = scaled_dot_product_attention(q, k, v, **kwargs)
+    torch.manual_seed(0)
+    expected = F.scaled_dot_product_attention(q, k, v, **kwargs)
+    torch.testing.assert_close(result, expected)
+    assert kernel_calls == []
+    if case == "grad":
+        result.sum().backward()
+        assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+def tiny_bert(seed=0):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=96,
+                                     attn_implementation="sdpa")
+    torch.manual_seed(seed)
+    model = transformers.BertModel(config).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.encoder.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.mul_(torch.rand(module.weight.shape, generator=generator) >= 0.8)
+    return model
+
+
+def test_hugging_face_model_switches_to_the_kernel(kernel_calls):
+    model = tiny_bert()
+    reference = copy.deepcopy(model)
+    ids = torch.randint(0, 64, (3, 40))
+    padding = torch.ones_like(ids)
+    padding[1, 25:] = 0
+    sparsify(model, format="csr")
+    assert model.config._attn_implementation == "sparsegemm"
+    assert "attention: sparsegemm kernel" in str(model.sparsegemm_report)
+    with torch.inference_mode():
+        for mask in (None, padding):
+            torch.testing.assert_close(model(ids, attention_mask=mask).last_hidden_state,
+                                       reference(ids, attention_mask=mask).last_hidden_state,
+                                       rtol=1e-4, atol=1e-5)
+    assert len(kernel_calls) == 4  # two layers, two calls
+
+
+def test_hugging_face_training_falls_back_and_learns(kernel_calls):
+    model = sparsify(tiny_bert(), format="csr")
+    model.train()
+    ids = torch.randint(0, 64, (2, 12))
+    model(ids).last_hidden_state.pow(2).mean().backward()
+    assert kernel_calls == []
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_kernel_attention_false_keeps_sdpa(kernel_calls):
+    model = sparsify(tiny_bert(), format="csr", kernel_attention=False)
+    assert model.config._attn_implementation == "sdpa"
+    assert not model.sparsegemm_report.notes
+    with torch.inference_mode():
+        model(torch.randint(0, 64, (2, 12)))
+    assert kernel_calls == []
+
+
+def test_eager_models_are_left_alone():
+    model = tiny_bert()
+    model.set_attn_implementation("eager")
+    sparsify(model, format="csr")
+    assert model.config._attn_implementation == "eager"
+
+
+def test_report_notes_survive_a_second_sparsify():
+    model = sparsify(tiny_bert(), format="csr")
+    sparsify(model, format="csr")
+    notes = model.sparsegemm_report.notes
+    assert len(notes) == 2 and "already" in notes[1]
+
+
+@pytest.mark.parametrize("kernel_attention", [True, False])
+def test_multihead_attention_through_the_kernel(kernel_calls, kernel_attention):
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    sparse = SparseMultiheadAttention.from_dense(mha)
+    sparse.kernel_attention = kernel_attention
+    x = torch.randn(3, 17, 32)
+    padding = torch.zeros(3, 17, dtype=torch.bool)
+    padding[0, 10:] = True
+    with torch.inference_mode():
+        got, _ = sparse(x, x, x, key_padding_mask=padding, need_weights=False)
+        expected, _ = mha(x, x, x, key_padding_mask=padding, need_weights=False)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert len(kernel_calls) == (1 if kernel_attention else 0)
+
+
+def test_numpy_and_torch_entry_points_agree():
+    q, k, v = heads(2, 2, 7, 16, 0), heads(2, 2, 9, 16, 1), heads(2, 2, 9, 16, 2)
+    with torch.no_grad():
+        result = scaled_dot_product_attention(q, k, v)
+    numpy_result = sparsegemm.attention(q.numpy(), k.numpy(), v.numpy())
+    torch.testing.assert_close(result, torch.from_numpy(numpy_result), rtol=0, atol=0)
