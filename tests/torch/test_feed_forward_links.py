@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from sparsegemm import _core
-from sparsegemm.torch import SparseLinear, freeze, sparsify
+from sparsegemm.torch import SparseLinear, freeze, from_pretrained, load_sparsified, sparsify
 from sparsegemm.torch import feed_forward as links
 from torch import nn
 
@@ -264,3 +264,49 @@ def test_a_linked_model_pickles_after_running(prune, tmp_path):
     assert links.linked_layer(loaded[0]) is loaded[2]
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), expected)
+
+
+def test_a_reloaded_state_dict_is_linked_and_fused_again(prune, fused_calls):
+    model = sparsify(sequential_mlp(prune), format="csr")
+    x = torch.randn(256, 24)
+    with torch.no_grad():
+        expected = model(x)
+    def fresh():
+        return nn.Sequential(nn.Linear(24, 96), nn.GELU(), nn.Linear(96, 24), nn.ReLU(),
+                             nn.Linear(24, 48), nn.ReLU(), nn.Linear(48, 8)).eval()
+
+    loaded = load_sparsified(fresh(), model.state_dict())
+    assert links.linked_layer(loaded[0]) is loaded[2]
+    assert loaded[0].activation == "gelu" and isinstance(loaded[1], nn.Identity)
+    fused_calls.clear()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), expected)
+    assert len(fused_calls) == 2
+    unprepared = load_sparsified(fresh(), model.state_dict(), prepare=False)
+    assert links.linked_layer(unprepared[0]) is None and isinstance(unprepared[1], nn.GELU)
+
+
+def test_from_pretrained_links_and_switches_attention_again(tmp_path, fused_calls):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=96)
+    torch.manual_seed(0)
+    model = transformers.BertModel(config).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.encoder.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.mul_(torch.rand(module.weight.shape, generator=generator) >= 0.8)
+    sparsify(model, format="csr")
+    ids = torch.randint(0, 64, (4, 40))
+    with torch.no_grad():
+        expected = model(ids).last_hidden_state
+    model.save_pretrained(tmp_path)
+    loaded = from_pretrained(transformers.BertModel, tmp_path).eval()
+    for layer in loaded.encoder.layer:
+        assert links.linked_layer(layer.intermediate.dense) is layer.output.dense
+    assert loaded.config._attn_implementation == "sparsegemm"
+    fused_calls.clear()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).last_hidden_state, expected, rtol=1e-4, atol=1e-5)
+    assert len(fused_calls) == 2

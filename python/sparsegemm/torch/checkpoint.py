@@ -132,7 +132,7 @@ def convert_recorded_layers(model: nn.Module, state_dict: Mapping[str, Any]) -> 
 
 
 def load_sparsified(model: nn.Module, state_dict: Mapping[str, Any], *,
-                    strict: bool = True) -> nn.Module:
+                    strict: bool = True, prepare: bool = True) -> nn.Module:
     """Load the state dict of a sparsified model into ``model``, in place.
 
     ``model`` is a fresh instance of the architecture (dense layers, as built),
@@ -141,7 +141,11 @@ def load_sparsified(model: nn.Module, state_dict: Mapping[str, Any], *,
     ``nn.Linear`` subclasses and transformers' ``Conv1D``),
     :class:`SparseConv2d` or, for ``nn.MultiheadAttention``, a
     :class:`SparseMultiheadAttention`; then ``model.load_state_dict(state_dict,
-    strict=strict)`` runs. Returns ``model``. Build optimizers after loading.
+    strict=strict)`` runs. With ``prepare`` (default), the model is then arranged for
+    inference as :func:`sparsify` left it (:func:`~sparsegemm.torch.sparsify.prepare_loaded`:
+    fused activations, linked feed-forward pairs, stacked q/k/v, attention on the
+    kernel), which the state dict does not record. Returns ``model``. Build optimizers
+    after loading.
 
     Example::
 
@@ -150,7 +154,13 @@ def load_sparsified(model: nn.Module, state_dict: Mapping[str, Any], *,
     """
     convert_recorded_layers(model, state_dict)
     model.load_state_dict(state_dict, strict=strict)
-    return model
+    return _prepared(model) if prepare else model
+
+
+def _prepared(model: nn.Module) -> nn.Module:
+    from .sparsify import prepare_loaded  # sparsify imports this module's neighbours
+
+    return prepare_loaded(model)
 
 
 def _read_checkpoint(directory: str | os.PathLike) -> dict[str, Tensor]:
@@ -172,7 +182,8 @@ def _read_checkpoint(directory: str | os.PathLike) -> dict[str, Tensor]:
     return tensors
 
 
-def from_pretrained(model_class: Any, directory: str | os.PathLike, **kwargs: Any) -> nn.Module:
+def from_pretrained(model_class: Any, directory: str | os.PathLike, *, prepare: bool = True,
+                    **kwargs: Any) -> nn.Module:
     """``model_class.from_pretrained(directory, **kwargs)`` for a model saved after
     :func:`sparsify`: the sparse layers come back sparse, with their weights.
 
@@ -183,7 +194,8 @@ def from_pretrained(model_class: Any, directory: str | os.PathLike, **kwargs: An
     they are then converted to the recorded formats and loaded from the files.
     Plain ``model_class.from_pretrained`` on such a directory lists the sparse
     layers' ``values``/``indptr``/``indices`` as unexpected and their
-    ``weight`` as missing: use this function instead.
+    ``weight`` as missing: use this function instead. ``prepare`` arranges the
+    model for inference as :func:`load_sparsified` does.
     """
     import transformers
 
@@ -201,4 +213,4 @@ def from_pretrained(model_class: Any, directory: str | os.PathLike, **kwargs: An
             layer = {key[len(prefix):]: value for key, value in state_dict.items()
                      if key.startswith(prefix)}
             model.get_submodule(name).load_state_dict(layer, strict=True)
-    return model
+    return _prepared(model) if prepare else model

@@ -220,14 +220,17 @@ def _build_sparse(info: Mapping[str, Any], nnz: int) -> nn.Module:
                         else tuple(padding), tuple(info["dilation"]), 1, info["bias"], **common)
 
 
-def load_sparse(model: nn.Module, path: PathLike, *, strict: bool = True) -> nn.Module:
+def load_sparse(model: nn.Module, path: PathLike, *, strict: bool = True,
+                prepare: bool = True) -> nn.Module:
     """Load a :func:`save_sparse` checkpoint into ``model`` (same architecture), in place.
 
     Layers stored sparse are replaced by sparse modules built from the
     checkpoint; masked layers get their dense weight back with the mask
     attached as ``torch.nn.utils.prune`` does; all other tensors are loaded
     with ``load_state_dict(strict=strict, assign=True)``, which also
-    materialises a model built on the meta device.  Returns ``model``.
+    materialises a model built on the meta device.  With ``prepare`` (default)
+    the model is then arranged for inference as :func:`~sparsegemm.torch.sparsify`
+    left it (see :func:`~sparsegemm.torch.load_sparsified`).  Returns ``model``.
     """
     from ..prune.api import apply_mask
 
@@ -275,4 +278,8 @@ def load_sparse(model: nn.Module, path: PathLike, *, strict: bool = True) -> nn.
         loaded.update({k: _read_tensor(handle, e, base) for k, e in entries.items()
                        if k not in used})
     model.load_state_dict(loaded, strict=strict, assign=True)
+    if prepare and meta["sparse"]:
+        from .sparsify import prepare_loaded
+
+        prepare_loaded(model)
     return model

