@@ -29,11 +29,16 @@ from torch import nn
 
 
 def magnitude_prune(model: nn.Module, sparsity: float) -> None:
-    """Zero each Linear's smallest-magnitude ``sparsity`` fraction of weights."""
+    """Zero the smallest-magnitude ``sparsity`` fraction of each Linear's weight and of
+    each MultiheadAttention's packed q/k/v projection."""
     with torch.no_grad():
         for module in model.modules():
+            weights = []
             if isinstance(module, nn.Linear):
-                weight = module.weight
+                weights.append(module.weight)
+            if isinstance(module, nn.MultiheadAttention) and module.in_proj_weight is not None:
+                weights.append(module.in_proj_weight)
+            for weight in weights:
                 cut = weight.abs().flatten().kthvalue(int(sparsity * weight.numel())).values
                 weight[weight.abs() <= cut] = 0
 

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 
 import sparsegemm
 
-# Key block of the score tiles: 64 keys on AVX-512, 16 on AVX2 (kernels/attention);
+# Score tiles of 64 keys on AVX-512 and 16 on AVX2, then single vectors (16 / 8 keys);
 # dims in blocks of 32 / 16 for the output tiles.
-KEY_LENGTHS = [1, 2, 15, 16, 17, 63, 64, 65, 129]
+KEY_LENGTHS = [1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 129]
 DIMS = [1, 8, 15, 16, 17, 31, 32, 33, 64]
 
 

@@ -36,7 +36,7 @@ struct AttentionHead {
 };
 
 struct AttentionKernels {
-  // kv_len rounded up to the key block the score loop steps by.
+  // The multiple of keys the score rows are padded to.
   int64_t key_block;
   // keys_t[d * padded + j] = k[j][d], zero for kv_len <= j < padded (padded =
   // kv_len rounded up to key_block).

@@ -5,9 +5,9 @@
 
 // Score tiles: kAttentionQueryBlock queries x kKeyVectors vectors of keys, so
 // each step loads kKeyVectors vectors of k^T and broadcasts one q entry per
-// query (16 accumulators on AVX-512, 8 on AVX2).
+// query (16 accumulators on AVX-512, 8 on AVX2). Keys are padded to whole vectors.
 constexpr int kKeyVectors = Vec<float>::kRegisters >= 32 ? 4 : 2;
-constexpr int64_t kKeyBlock = int64_t{kKeyVectors} * Vec<float>::kLanes;
+constexpr int64_t kKeyBlock = Vec<float>::kLanes;
 // Output tiles: kAttentionQueryBlock queries x kValueVectors vectors of v's row.
 constexpr int kValueVectors = 2;
 constexpr int kQueries = static_cast<int>(kAttentionQueryBlock);
@@ -41,34 +41,46 @@ inline void pack_keys(const AttentionHead& h, float* keys_t) {
   }
 }
 
+// scores[a * padded + j0 + ...] for NV vectors of keys from j0.
+template <typename Ops, int NV>
+SPARSEGEMM_ATTENTION_INLINE void score_tile(const AttentionHead& h,
+                                            const float* const (&q)[kQueries], const float* keys_t,
+                                            float* scores, int64_t j0, int64_t padded) {
+  using R = typename Ops::reg;
+  constexpr int64_t L = Ops::kLanes;
+  R acc[kQueries][NV];
+  for (auto& row : acc)
+    for (R& r : row) r = Ops::zero();
+  for (int64_t d = 0; d < h.head_dim; ++d) {
+    const float* keys = keys_t + d * padded + j0;
+    R k[NV];
+    for (int c = 0; c < NV; ++c) k[c] = Ops::load(keys + c * L);
+    for (int a = 0; a < kQueries; ++a) {
+      const R qa = Ops::set1(q[a][d]);
+      for (int c = 0; c < NV; ++c) acc[a][c] = Ops::fmadd(qa, k[c], acc[a][c]);
+    }
+  }
+  const R scale = Ops::set1(h.scale);
+  for (int a = 0; a < kQueries; ++a)
+    for (int c = 0; c < NV; ++c)
+      Ops::store(scores + a * padded + j0 + c * L, Ops::mul(acc[a][c], scale));
+}
+
 // scores[a * padded + j] = scale * q_a . k_j for the block's queries (rows past
-// `count` repeat the last query, so the tile needs no branches).
+// `count` repeat the last query, so the tile needs no branches): tiles of
+// kKeyVectors vectors, then single vectors up to `padded` (a multiple of the
+// lanes), so 32 keys on AVX-512 compute no padding.
 template <typename Ops>
 void block_scores(const AttentionHead& h, const float* keys_t, float* scores, int64_t first,
                   int64_t count, int64_t padded) {
-  using R = typename Ops::reg;
   constexpr int64_t L = Ops::kLanes;
   const float* q[kQueries];
   for (int a = 0; a < kQueries; ++a)
     q[a] = h.q + (first + (a < count ? a : count - 1)) * h.q_row_stride;
-  const R scale = Ops::set1(h.scale);
-  for (int64_t j0 = 0; j0 < padded; j0 += kKeyBlock) {
-    R acc[kQueries][kKeyVectors];
-    for (auto& row : acc)
-      for (R& r : row) r = Ops::zero();
-    for (int64_t d = 0; d < h.head_dim; ++d) {
-      const float* keys = keys_t + d * padded + j0;
-      R k[kKeyVectors];
-      for (int c = 0; c < kKeyVectors; ++c) k[c] = Ops::load(keys + c * L);
-      for (int a = 0; a < kQueries; ++a) {
-        const R qa = Ops::set1(q[a][d]);
-        for (int c = 0; c < kKeyVectors; ++c) acc[a][c] = Ops::fmadd(qa, k[c], acc[a][c]);
-      }
-    }
-    for (int a = 0; a < kQueries; ++a)
-      for (int c = 0; c < kKeyVectors; ++c)
-        Ops::store(scores + a * padded + j0 + c * L, Ops::mul(acc[a][c], scale));
-  }
+  int64_t j0 = 0;
+  for (; j0 + kKeyVectors * L <= padded; j0 += kKeyVectors * L)
+    score_tile<Ops, kKeyVectors>(h, q, keys_t, scores, j0, padded);
+  for (; j0 < padded; j0 += L) score_tile<Ops, 1>(h, q, keys_t, scores, j0, padded);
 }
 
 // Adds the mask, then replaces the row by exp(s - max); returns 1 / sum, or 0
