@@ -181,3 +181,32 @@ def test_numpy_and_torch_entry_points_agree():
         result = scaled_dot_product_attention(q, k, v)
     numpy_result = sparsegemm.attention(q.numpy(), k.numpy(), v.numpy())
     torch.testing.assert_close(result, torch.from_numpy(numpy_result), rtol=0, atol=0)
+
+
+def test_fx_tracing_records_torch_sdpa(kernel_calls):
+    class Attend(nn.Module):
+        def forward(self, q, k, v):
+            return scaled_dot_product_attention(q, k, v)
+
+    graph_module = torch.fx.symbolic_trace(Attend())
+    targets = [node.target for node in graph_module.graph.nodes if node.op == "call_function"]
+    assert F.scaled_dot_product_attention in targets
+    q, k, v = heads(1, 2, 5, 8, 0), heads(1, 2, 5, 8, 1), heads(1, 2, 5, 8, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(graph_module(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    assert kernel_calls == []
+
+
+def test_transformer_encoder_layer_attention_runs_on_the_kernel(kernel_calls):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True).eval()
+    with torch.no_grad():
+        layer.self_attn.in_proj_weight.mul_(torch.rand_like(layer.self_attn.in_proj_weight) > 0.8)
+    x = torch.randn(2, 9, 32)
+    model = nn.Sequential(layer)
+    with torch.no_grad():
+        expected = model(x)
+        sparsify(model, format="csr", min_sparsity=0.5)
+        assert isinstance(model[0].self_attn, SparseMultiheadAttention)
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+    assert len(kernel_calls) == 1

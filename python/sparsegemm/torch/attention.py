@@ -44,11 +44,14 @@ def _split_linear(weight: Tensor, bias: Optional[Tensor]) -> nn.Linear:
 def kernel_attention_applies(query: Tensor, key: Tensor, value: Tensor, dropout_p: float,
                              is_causal: bool) -> bool:
     """Whether :func:`scaled_dot_product_attention` runs the kernel: 4-d float32 CPU
-    tensors with one key head per query head, no dropout, no causal flag, no gradient
-    recorded and no torch.compile trace (these take torch's SDPA)."""
+    tensors (not subclasses, fx proxies or fake tensors) with one key head per query
+    head, no dropout, no causal flag, no gradient recorded and no torch.compile trace
+    (these take torch's SDPA)."""
     if dropout_p or is_causal or torch.compiler.is_compiling():
         return False
     tensors = (query, key, value)
+    if any(type(t) is not Tensor for t in tensors):  # fx proxies, fake and subclassed tensors
+        return False
     if any(t.dtype != torch.float32 or t.device.type != "cpu" or t.layout != torch.strided
            or t.dim() != 4 for t in tensors):
         return False
