@@ -91,6 +91,17 @@ def test_int_product_exact_on_every_batch(isa_with_extensions, batch, density, r
         assert w.nnz == 37 * 300
 
 
+@pytest.mark.parametrize("batch", [31, 33, 70])
+@pytest.mark.parametrize("cols", [64, 2047, 2113])
+def test_int_product_exact_over_vector_groups_and_long_rows(isa_with_extensions, batch, cols,
+                                                               rng):
+    # Several groups of 16 vectors (the quad and AMX kernels' unit) over rows of up to 34
+    # bitmap words.
+    w = Int8BitmapMatrix.from_dense(random_weight(rng, 35, cols, 0.3))
+    xq = random_xq(rng, batch, cols)
+    np.testing.assert_array_equal(w.int_product(xq, num_threads=2), reference_int(w, xq))
+
+
 def test_int_product_extremes_and_empty_rows(isa_with_extensions, rng):
     # Every weight and activation at +-127: the largest sums the int32 holds per column.
     dense = np.where(rng.random((21, 700)) < 0.7, 1.0, -1.0).astype(np.float32)
