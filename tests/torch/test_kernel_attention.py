@@ -210,3 +210,24 @@ def test_transformer_encoder_layer_attention_runs_on_the_kernel(kernel_calls):
         assert isinstance(model[0].self_attn, SparseMultiheadAttention)
         torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
     assert len(kernel_calls) == 1
+
+
+def test_a_wrapped_hugging_face_model_switches_too(kernel_calls):
+    class Embedder(nn.Module):  # as sentence-transformers holds the transformer
+        def __init__(self):
+            super().__init__()
+            self.encoder = tiny_bert()
+            self.head = nn.Linear(32, 8)
+
+        def forward(self, ids):
+            return self.head(self.encoder(ids).last_hidden_state.mean(dim=1))
+
+    model = Embedder().eval()
+    expected_model = copy.deepcopy(model)
+    sparsify(model, format="csr")
+    assert model.encoder.config._attn_implementation == "sparsegemm"
+    assert "attention: sparsegemm kernel in encoder" in str(model.sparsegemm_report)
+    ids = torch.randint(0, 64, (2, 10))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(ids), expected_model(ids), rtol=1e-4, atol=1e-5)
+    assert len(kernel_calls) == 2

@@ -124,22 +124,33 @@ def _register_hf_attention() -> bool:
 def use_kernel_attention(model: nn.Module) -> str:
     """Runs ``model``'s attention on sparsegemm's kernel at inference; returns what it did.
 
-    Hugging Face models set to torch's SDPA switch to the ``"sparsegemm"`` attention
-    implementation (``model.set_attn_implementation``), which hands training, dropout,
-    causal masks without a mask tensor, ``output_attentions`` and non-float32 inputs
-    back to SDPA. :class:`SparseMultiheadAttention` modules use the kernel already.
-    ``model.set_attn_implementation("sdpa")`` undoes it.
+    Each Hugging Face model in ``model`` (``model`` itself, or one it wraps, as
+    sentence-transformers does) that is set to torch's SDPA switches to the
+    ``"sparsegemm"`` attention implementation (``set_attn_implementation``), which
+    hands training, dropout, causal masks without a mask tensor, ``output_attentions``
+    and non-float32 inputs back to SDPA. :class:`SparseMultiheadAttention` modules use
+    the kernel already. ``set_attn_implementation("sdpa")`` on those models undoes it.
     """
-    config = getattr(model, "config", None)
-    current = getattr(config, "_attn_implementation", None)
-    if current == HF_ATTENTION_NAME:
-        return "attention: sparsegemm kernel (already)"
-    if current != "sdpa" or not hasattr(model, "set_attn_implementation"):
-        return ""
-    if not _register_hf_attention():
+    switched, already = [], []
+    pending = [("", model)]
+    while pending:  # outermost Hugging Face models first: each switches its submodels
+        name, module = pending.pop()
+        current = getattr(getattr(module, "config", None), "_attn_implementation", None)
+        if hasattr(module, "set_attn_implementation") and current in ("sdpa", HF_ATTENTION_NAME):
+            (already if current == HF_ATTENTION_NAME else switched).append(name or "the model")
+            continue
+        pending.extend((f"{name}.{child}" if name else child, sub)
+                       for child, sub in reversed(list(module.named_children())))
+    if switched and not _register_hf_attention():
         return "attention: torch SDPA (this transformers has no attention interface)"
-    model.set_attn_implementation(HF_ATTENTION_NAME)
-    return "attention: sparsegemm kernel (was torch SDPA; training falls back to SDPA)"
+    for name in switched:
+        target = model if name == "the model" else model.get_submodule(name)
+        target.set_attn_implementation(HF_ATTENTION_NAME)
+    if switched:
+        where = "" if switched == ["the model"] else f" in {', '.join(switched)}"
+        return (f"attention: sparsegemm kernel{where} (was torch SDPA; training falls back "
+                f"to SDPA)")
+    return "attention: sparsegemm kernel (already)" if already else ""
 
 
 class SparseMultiheadAttention(nn.Module):
