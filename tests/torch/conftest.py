@@ -68,3 +68,24 @@ def planner_times(monkeypatch):
     install()
     yield install
     planner.clear_cache()
+
+
+def _pruned_tiny_bert(seed: int = 0, **config):
+    """A two-layer BertModel (hidden 32, 2 heads, FFN 96) in eval mode, with 80% of
+    each encoder Linear's weights zeroed at random."""
+    transformers = pytest.importorskip("transformers")
+    settings = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=96)
+    torch.manual_seed(seed)
+    model = transformers.BertModel(transformers.BertConfig(**{**settings, **config})).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.encoder.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.weight.mul_(torch.rand(module.weight.shape, generator=generator) >= 0.8)
+    return model
+
+
+@pytest.fixture
+def pruned_tiny_bert():
+    return _pruned_tiny_bert

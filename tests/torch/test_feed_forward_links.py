@@ -166,17 +166,8 @@ def test_a_deep_copy_links_its_own_layers(prune):
         torch.testing.assert_close(copied(x), model(x))
 
 
-def test_hugging_face_bert_layers_link_intermediate_and_output(fused_calls):
-    transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=96)
-    torch.manual_seed(0)
-    model = transformers.BertModel(config).eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in model.encoder.modules():
-            if isinstance(module, nn.Linear):
-                module.weight.mul_(torch.rand(module.weight.shape, generator=generator) >= 0.8)
+def test_hugging_face_bert_layers_link_intermediate_and_output(fused_calls, pruned_tiny_bert):
+    model = pruned_tiny_bert()
     ids = torch.randint(0, 64, (4, 40))
     with torch.no_grad():
         expected = model(ids).last_hidden_state
@@ -286,17 +277,10 @@ def test_a_reloaded_state_dict_is_linked_and_fused_again(prune, fused_calls):
     assert links.linked_layer(unprepared[0]) is None and isinstance(unprepared[1], nn.GELU)
 
 
-def test_from_pretrained_links_and_switches_attention_again(tmp_path, fused_calls):
+def test_from_pretrained_links_and_switches_attention_again(tmp_path, fused_calls,
+                                                            pruned_tiny_bert):
     transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=96)
-    torch.manual_seed(0)
-    model = transformers.BertModel(config).eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in model.encoder.modules():
-            if isinstance(module, nn.Linear):
-                module.weight.mul_(torch.rand(module.weight.shape, generator=generator) >= 0.8)
+    model = pruned_tiny_bert()
     sparsify(model, format="csr")
     ids = torch.randint(0, 64, (4, 40))
     with torch.no_grad():

@@ -94,23 +94,8 @@ def test_torch_sdpa_runs_what_the_kernel_does_not(kernel_calls, case):
         assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
-def tiny_bert(seed=0):
-    transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=96,
-                                     attn_implementation="sdpa")
-    torch.manual_seed(seed)
-    model = transformers.BertModel(config).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.encoder.modules():
-            if isinstance(module, nn.Linear):
-                module.weight.mul_(torch.rand(module.weight.shape, generator=generator) >= 0.8)
-    return model
-
-
-def test_hugging_face_model_switches_to_the_kernel(kernel_calls):
-    model = tiny_bert()
+def test_hugging_face_model_switches_to_the_kernel(kernel_calls, pruned_tiny_bert):
+    model = pruned_tiny_bert(attn_implementation="sdpa")
     reference = copy.deepcopy(model)
     ids = torch.randint(0, 64, (3, 40))
     padding = torch.ones_like(ids)
@@ -126,8 +111,8 @@ def test_hugging_face_model_switches_to_the_kernel(kernel_calls):
     assert len(kernel_calls) == 4  # two layers, two calls
 
 
-def test_hugging_face_training_falls_back_and_learns(kernel_calls):
-    model = sparsify(tiny_bert(), format="csr")
+def test_hugging_face_training_falls_back_and_learns(kernel_calls, pruned_tiny_bert):
+    model = sparsify(pruned_tiny_bert(attn_implementation="sdpa"), format="csr")
     model.train()
     ids = torch.randint(0, 64, (2, 12))
     model(ids).last_hidden_state.pow(2).mean().backward()
@@ -136,8 +121,9 @@ def test_hugging_face_training_falls_back_and_learns(kernel_calls):
     assert any(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-def test_kernel_attention_false_keeps_sdpa(kernel_calls):
-    model = sparsify(tiny_bert(), format="csr", kernel_attention=False)
+def test_kernel_attention_false_keeps_sdpa(kernel_calls, pruned_tiny_bert):
+    model = sparsify(pruned_tiny_bert(attn_implementation="sdpa"), format="csr",
+                     kernel_attention=False)
     assert model.config._attn_implementation == "sdpa"
     assert not model.sparsegemm_report.notes
     with torch.inference_mode():
@@ -145,15 +131,15 @@ def test_kernel_attention_false_keeps_sdpa(kernel_calls):
     assert kernel_calls == []
 
 
-def test_eager_models_are_left_alone():
-    model = tiny_bert()
+def test_eager_models_are_left_alone(pruned_tiny_bert):
+    model = pruned_tiny_bert(attn_implementation="sdpa")
     model.set_attn_implementation("eager")
     sparsify(model, format="csr")
     assert model.config._attn_implementation == "eager"
 
 
-def test_report_notes_survive_a_second_sparsify():
-    model = sparsify(tiny_bert(), format="csr")
+def test_report_notes_survive_a_second_sparsify(pruned_tiny_bert):
+    model = sparsify(pruned_tiny_bert(attn_implementation="sdpa"), format="csr")
     sparsify(model, format="csr")
     notes = model.sparsegemm_report.notes
     assert len(notes) == 2 and "already" in notes[1]
@@ -212,11 +198,11 @@ def test_transformer_encoder_layer_attention_runs_on_the_kernel(kernel_calls):
     assert len(kernel_calls) == 1
 
 
-def test_a_wrapped_hugging_face_model_switches_too(kernel_calls):
+def test_a_wrapped_hugging_face_model_switches_too(kernel_calls, pruned_tiny_bert):
     class Embedder(nn.Module):  # as sentence-transformers holds the transformer
         def __init__(self):
             super().__init__()
-            self.encoder = tiny_bert()
+            self.encoder = pruned_tiny_bert(attn_implementation="sdpa")
             self.head = nn.Linear(32, 8)
 
         def forward(self, ids):
