@@ -217,3 +217,23 @@ def test_a_wrapped_hugging_face_model_switches_too(kernel_calls, pruned_tiny_ber
     with torch.inference_mode():
         torch.testing.assert_close(model(ids), expected_model(ids), rtol=1e-4, atol=1e-5)
     assert len(kernel_calls) == 2
+
+
+def test_models_without_the_attention_interface_keep_sdpa():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.T5Config(vocab_size=32, d_model=16, d_kv=8, d_ff=32, num_layers=1,
+                                   num_heads=2, attn_implementation="sdpa")
+    model = transformers.T5Model(config).eval()
+    if type(model)._supports_attention_backend:
+        pytest.skip("this transformers runs T5 through the attention interface")
+    sparsify(model, format="csr", min_sparsity=0.0)
+    assert model.config._attn_implementation == "sdpa"
+    assert "attention: torch SDPA (the model: T5Model does not take attention functions)" in \
+        str(model.sparsegemm_report)
+
+
+def test_zero_head_size_matches_torch():
+    q = torch.zeros(1, 2, 3, 0)
+    with torch.no_grad():
+        result = scaled_dot_product_attention(q, q, q)
+    assert result.shape == (1, 2, 3, 0)

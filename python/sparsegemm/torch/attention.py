@@ -82,9 +82,10 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
     mask = None
     if attn_mask is not None:
         mask = additive_mask(attn_mask.detach().numpy(), (batch, heads, q_len, key.shape[2]))
+    if scale is None:
+        scale = dims ** -0.5 if dims else 1.0
     _core.attention(query.detach().numpy(), key.detach().numpy(), value.detach().numpy(),
-                    out.numpy(), mask, dims ** -0.5 if scale is None else float(scale),
-                    torch.get_num_threads())
+                    out.numpy(), mask, float(scale), torch.get_num_threads())
     return out
 
 
@@ -131,21 +132,34 @@ def use_kernel_attention(model: nn.Module) -> str:
     and non-float32 inputs back to SDPA. :class:`SparseMultiheadAttention` modules use
     the kernel already. ``set_attn_implementation("sdpa")`` on those models undoes it.
     """
-    switched, already = [], []
+    candidates, already = [], []
     pending = [("", model)]
     while pending:  # outermost Hugging Face models first: each switches its submodels
         name, module = pending.pop()
         current = getattr(getattr(module, "config", None), "_attn_implementation", None)
         if hasattr(module, "set_attn_implementation") and current in ("sdpa", HF_ATTENTION_NAME):
-            (already if current == HF_ATTENTION_NAME else switched).append(name or "the model")
+            (already if current == HF_ATTENTION_NAME else candidates).append(name or "the model")
             continue
         pending.extend((f"{name}.{child}" if name else child, sub)
                        for child, sub in reversed(list(module.named_children())))
-    if switched and not _register_hf_attention():
+    if candidates and not _register_hf_attention():
         return "attention: torch SDPA (this transformers has no attention interface)"
-    for name in switched:
+    switched, kept = [], []
+    for name in candidates:
         target = model if name == "the model" else model.get_submodule(name)
-        target.set_attn_implementation(HF_ATTENTION_NAME)
+        # Models that call their own attention code (T5 in transformers 5) do not take
+        # a registered function; they keep SDPA.
+        if not getattr(type(target), "_supports_attention_backend", False):
+            kept.append(f"{name}: {type(target).__name__} does not take attention functions")
+            continue
+        try:
+            target.set_attn_implementation(HF_ATTENTION_NAME)
+        except (ValueError, TypeError, ImportError) as error:
+            kept.append(f"{name}: {error}")
+            continue
+        switched.append(name)
+    if kept and not switched:
+        return f"attention: torch SDPA ({'; '.join(kept)})"
     if switched:
         where = "" if switched == ["the model"] else f" in {', '.join(switched)}"
         return (f"attention: sparsegemm kernel{where} (was torch SDPA; training falls back "
