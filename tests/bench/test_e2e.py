@@ -352,3 +352,19 @@ def test_cold_run_rotates_every_contender_through_copies_past_the_cache():
     assert row["speedup"] > 0 and "cold:" in e2e.e2e_table(rows)
     warm, _ = e2e.run_e2e((0.9,), Pattern(), 1, FAST, models=TINY, formats=("csr",))
     assert warm[0]["cache"] == "warm" and warm[0].get("cold_copies", 1) == 1
+
+
+@pytest.mark.torch
+def test_breakdown_counts_attention_apart_from_its_projections():
+    torch = pytest.importorskip("torch")
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True).eval()
+    x = torch.randn(2, 50, 32)
+    with torch.no_grad():
+        shares = e2e.layer_time_breakdown(layer, x, calls=2)
+    assert set(shares) == {"sparse_layers_s", "dense_layers_s", "attention_s", "other_s"}
+    assert shares["attention_s"] > 0 and shares["dense_layers_s"] > 0
+    text = e2e._breakdown_text(shares)
+    assert text.startswith("sparse  0% dense") and " attn " in text
+    # Rows from before the attention bucket still print.
+    del shares["attention_s"]
+    assert " attn  0% " in e2e._breakdown_text(shares)

@@ -68,6 +68,7 @@ E2E_COLUMNS = (
     "steady",
     "sparse_layers_s",
     "dense_layers_s",
+    "attention_s",
     "other_s",
     "deepsparse_speedup",
     "vs_deepsparse",
@@ -312,9 +313,11 @@ def _shared_input_groups(model: Any) -> list[Any]:
 
 
 def layer_time_breakdown(model: Any, x: Any, calls: int = 5) -> dict[str, float]:
-    """Seconds per forward of ``model(x)`` in sparse layers, dense Linear/Conv2d layers and
-    everything else, from forward hooks on those leaf layers over ``calls`` calls (after
-    one warm-up). The hooks cost a little and keep fused Transformer layers off their
+    """Seconds per forward of ``model(x)`` in sparse layers, dense Linear/Conv2d layers,
+    attention and everything else, from forward hooks on those layers over ``calls``
+    calls (after one warm-up). Attention is what an attention module spends outside
+    the layers inside it (:func:`_is_attention`): the scores, softmax and their
+    reshapes. The hooks cost a little and keep fused Transformer layers off their
     fast path, so this is a separate pass from the timed one: read it as shares."""
     import time
 
@@ -324,7 +327,7 @@ def layer_time_breakdown(model: Any, x: Any, calls: int = 5) -> dict[str, float]
     sparse_kinds = tuple(getattr(sparse_module, name) for name in
                          ("SparseLinear", "SparseConv2d", "AutoSparseLinear", "AutoSparseConv2d")
                          if hasattr(sparse_module, name))
-    spent = {"sparse_layers_s": 0.0, "dense_layers_s": 0.0}
+    spent = {"sparse_layers_s": 0.0, "dense_layers_s": 0.0, "attention_s": 0.0}
     # Each hooked call's own time (less the hooked calls inside it): an auto layer
     # that runs its sparse variant counts the variant, and one that computes a
     # linked feed-forward pair itself counts as sparse.
@@ -349,13 +352,14 @@ def layer_time_breakdown(model: Any, x: Any, calls: int = 5) -> dict[str, float]
     hooks = []
     for module in itertools.chain(model.modules(), *(fused.modules() for fused in stacked)):
         key = ("sparse_layers_s" if sparse_kinds and isinstance(module, sparse_kinds)
-               else "dense_layers_s" if type(module) in (nn.Linear, nn.Conv2d) else None)
+               else "dense_layers_s" if type(module) in (nn.Linear, nn.Conv2d)
+               else "attention_s" if _is_attention(module) else None)
         if key is not None:
             hooks += [module.register_forward_pre_hook(before),
                       module.register_forward_hook(after(key))]
     try:
         model(x)
-        spent.update(sparse_layers_s=0.0, dense_layers_s=0.0)
+        spent.update(sparse_layers_s=0.0, dense_layers_s=0.0, attention_s=0.0)
         start = time.perf_counter()
         for _ in range(calls):
             model(x)
@@ -366,6 +370,15 @@ def layer_time_breakdown(model: Any, x: Any, calls: int = 5) -> dict[str, float]
     shares = {key: value / calls for key, value in spent.items()}
     shares["other_s"] = max(0.0, total - sum(shares.values()))
     return shares
+
+
+def _is_attention(module: Any) -> bool:
+    """``nn.MultiheadAttention``, sparsegemm's ``SparseMultiheadAttention``, or a module
+    named as Hugging Face names the innermost attention modules (``BertSelfAttention``,
+    ``...CrossAttention``), whose projections are layers of their own."""
+    name = type(module).__name__
+    return name in ("MultiheadAttention", "SparseMultiheadAttention") or name.endswith(
+        ("SelfAttention", "CrossAttention"))
 
 
 def _off_the_fused_fast_path(module: Any, inputs: Any) -> None:
@@ -599,13 +612,14 @@ def floor_verdict(row: dict[str, Any]) -> str:
 
 
 def _breakdown_text(row: dict[str, Any]) -> str:
-    """'sparse 61% dense 12% other 27%' of the sparse model's time, or '-'."""
-    parts = [row.get(key) for key in ("sparse_layers_s", "dense_layers_s", "other_s")]
+    """'sparse 61% dense 12% attn 9% other 18%' of the sparse model's time, or '-'."""
+    keys = ("sparse_layers_s", "dense_layers_s", "attention_s", "other_s")
+    parts = [row.get(key, 0.0 if key == "attention_s" else None) for key in keys]
     if any(part is None for part in parts) or sum(parts) <= 0:
         return "-"
     total = sum(parts)
     return " ".join(f"{name} {part / total:3.0%}"
-                    for name, part in zip(("sparse", "dense", "other"), parts))
+                    for name, part in zip(("sparse", "dense", "attn", "other"), parts))
 
 
 def e2e_table(rows: list[dict[str, Any]]) -> str:
@@ -616,7 +630,7 @@ def e2e_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         (
             f"{'model':<44} {'sparsity':>8} {'format':<7} {'dense':>9} {'sparse':>9} "
-            f"{'speedup':>8} {'floor':>11}  {'time in layers':<30} {'deepsparse':>10} "
+            f"{'speedup':>8} {'floor':>11}  {'time in layers':<39} {'deepsparse':>10} "
             f"{'vs ds':>6} {'int8 dyn':>8} {'vs int8':>7}  output"
         )
     ]
@@ -638,7 +652,7 @@ def e2e_table(rows: list[dict[str, Any]]) -> str:
             status += f" ({row['processes']} processes, spread {row['process_spread']:.2f}x)"
         lines.append(
             f"{row['model']:<44} {row['sparsity']:8.2f} {row['format']:<7} {dense:>9} "
-            f"{sparse:>9} {speedup:>8} {floor_verdict(row):>11}  {_breakdown_text(row):<30} "
+            f"{sparse:>9} {speedup:>8} {floor_verdict(row):>11}  {_breakdown_text(row):<39} "
             f"{deepsparse:>10} {versus:>6} {int8:>8} {vs_int8:>7}  {status}"
         )
     return "\n".join(lines + default_versus_told(rows))
