@@ -2,6 +2,7 @@
 #include <immintrin.h>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/bitmap/bitmap_kernels.h"
 

@@ -1,6 +1,8 @@
 // Bitmap kernels compiled for the avx512 level (flags set per file in CMakeLists.txt).
 #include <immintrin.h>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "kernels/bitmap/bitmap_kernels.h"
 

@@ -4,6 +4,8 @@
 // instantiates here are unused: bitmap_avx512.cpp serves those types.
 #include <immintrin.h>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "kernels/bitmap/bitmap_kernels.h"
 

@@ -1,5 +1,7 @@
 // Bitmap kernels compiled for the scalar level (flags set per file in CMakeLists.txt).
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "kernels/bitmap/bitmap_kernels.h"
 
