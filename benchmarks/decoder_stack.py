@@ -351,8 +351,10 @@ def main(argv: list[str] | None = None) -> int:
         if "int8-sparse" in results:
             dyn, ours = results["int8-dyn"][0], results["int8-sparse"][0]
             ao = results.get("int8-ao", (0.0,))[0]
-            ao_text = f"{ao:>7.2f}x" if "int8-ao" in results else f"{'-':>8}"
-            line += f"  {dyn:>9.2f}x  {ao_text}  {ours:>12.2f}x  {ours / max(dyn, ao):>10.2f}x"
+            # Three significant digits: eager torchao on a tiny stack can be
+            # hundreds of times slower than dense, which two decimals print as 0.00.
+            ao_text = f"{ao:>7.3g}x" if "int8-ao" in results else f"{'-':>8}"
+            line += f"  {dyn:>9.3g}x  {ao_text}  {ours:>12.3g}x  {ours / max(dyn, ao):>10.3g}x"
         return line
 
     for sparsity in sparsities:
