@@ -10,6 +10,7 @@ void register_bitmap(pybind11::module_& m);
 void register_int8_bitmap(pybind11::module_& m);
 void register_conv(pybind11::module_& m);
 void register_attention(pybind11::module_& m);
+void register_layer_norm(pybind11::module_& m);
 }  // namespace sparsegemm::bindings
 
 PYBIND11_MODULE(_core, m) {
@@ -21,4 +22,5 @@ PYBIND11_MODULE(_core, m) {
   sparsegemm::bindings::register_int8_bitmap(m);
   sparsegemm::bindings::register_conv(m);
   sparsegemm::bindings::register_attention(m);
+  sparsegemm::bindings::register_layer_norm(m);
 }

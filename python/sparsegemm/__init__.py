@@ -12,6 +12,7 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+unknown"
 
 from ._attention import attention  # noqa: E402
+from ._layer_norm import layer_norm  # noqa: E402
 from ._runtime import (  # noqa: E402
     _check_isa_environment,
     available_isas,
@@ -45,6 +46,7 @@ __all__ = [
     "get_isa",
     "get_num_threads",
     "kernel_catalogue",
+    "layer_norm",
     "linear",
     "magnitude_prune",
     "plan",

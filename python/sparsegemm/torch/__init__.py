@@ -19,6 +19,7 @@ from .attention import SparseMultiheadAttention, scaled_dot_product_attention, u
 from .auto import AutoSparseConv2d, AutoSparseLinear, freeze
 from .checkpoint import from_pretrained, load_sparsified
 from .compact import load_sparse, save_sparse
+from .layer_norm import add_layer_norm
 from .modules import SparseConv2d, SparseLinear, masked_weight
 from .quantized import SparseLinearInt8
 from .shared_input import SharedInputGroup
@@ -34,6 +35,7 @@ __all__ = [
     "SharedInputGroup",
     "SparseMultiheadAttention",
     "SparsifyReport",
+    "add_layer_norm",
     "clear_cache",
     "freeze",
     "from_pretrained",

@@ -45,6 +45,7 @@ from . import feed_forward
 from ._format_choice import FormatChoice, check_format, choose_format
 from .attention import SparseMultiheadAttention, _split_linear, use_kernel_attention
 from .auto import AutoSparseConv2d, AutoSparseLinear, time_convolution
+from .layer_norm import _ChildrenAsLeaves, fuse_residual_norms
 from .modules import (
     SparseConv2d,
     SparseLinear,
@@ -228,7 +229,8 @@ def _record_example_shapes(model: nn.Module, example_inputs: Any) -> _ExampleSha
 class _Converter:
     def __init__(self, format: str, blocksize: tuple[int, int] | None, min_sparsity: float,
                  min_speedup: float, batch_hint: int | None, shapes: _ExampleShapes | None = None,
-                 weight_dtype: str | None = None, fuse_feed_forward: bool = True):
+                 weight_dtype: str | None = None, fuse_feed_forward: bool = True,
+                 fuse_layer_norm: bool = True):
         check_format(format, blocksize)  # rejects bad requests before any layer is touched
         if weight_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"weight_dtype must be one of {WEIGHT_DTYPES}, got {weight_dtype!r}")
@@ -241,6 +243,15 @@ class _Converter:
         self.shapes = shapes or _ExampleShapes()
         self.report = SparsifyReport()
         self.fuse_feed_forward = fuse_feed_forward
+        self.fuse_layer_norm = fuse_layer_norm
+        self.fused_norms: list[str] = []  # LayerNorm children now run by add_layer_norm
+
+    def fused_norms_note(self) -> str:
+        """The report's line on the residual norms fused ('' for none)."""
+        if not self.fused_norms:
+            return ""
+        return (f"residual add + LayerNorm in one kernel call at inference "
+                f"({len(self.fused_norms)}): {', '.join(self.fused_norms)}")
 
     def _choose(self, module: nn.Module, rows: int | None) -> tuple[FormatChoice, str]:
         """The storage for ``module``'s weight, and a note for the report.
@@ -396,13 +407,6 @@ def _note_fusion(converter: _Converter, layer_name: str, text: str) -> None:
 def _fusable_layer(module: Any) -> bool:
     return (isinstance(module, (SparseLinear, AutoSparseLinear, SparseLinearInt8))
             and module.activation is None)
-
-
-class _ChildrenAsLeaves(torch.fx.Tracer):
-    """Traces a module's own forward only: every direct child is one call."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return "." not in module_qualified_name or super().is_leaf_module(m, module_qualified_name)
 
 
 def _module_calls(graph: torch.fx.Graph) -> dict[str, list[torch.fx.Node]]:
@@ -610,6 +614,9 @@ def _arrange_around_sparse_children(module: nn.Module, prefix: str,
     if converter.fuse_feed_forward and not _is_fused_transformer_layer(module):
         _link_feed_forward_children(module, prefix, converter)
         _link_hf_feed_forward(module, prefix, converter)
+    if converter.fuse_layer_norm and not _is_fused_transformer_layer(module):
+        base = f"{prefix}." if prefix else ""
+        converter.fused_norms += [base + name for name in fuse_residual_norms(module)]
 
 
 _SPARSE_LAYERS = (SparseLinear, SparseConv2d, SparseMultiheadAttention)
@@ -697,7 +704,8 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
              min_sparsity: float | None = None, min_speedup: float = 1.0,
              batch_hint: int | None = None, example_inputs: Any = None,
              weight_dtype: str | None = None, stack_shared_inputs: bool = True,
-             fuse_feed_forward: bool = True, kernel_attention: bool = True) -> nn.Module:
+             fuse_feed_forward: bool = True, kernel_attention: bool = True,
+             fuse_layer_norm: bool = True) -> nn.Module:
     """Replace eligible dense layers of ``model`` by sparse ones, in place.
 
     Parameters
@@ -762,6 +770,15 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         :func:`~sparsegemm.torch.use_kernel_attention`; the report's last line says
         so). Training, dropout and non-float32 inputs run torch's SDPA. False: keep
         torch's SDPA.
+    fuse_layer_norm
+        Where a module with sparse children calls an ``nn.LayerNorm`` child on a sum
+        it uses nowhere else (``LayerNorm(projection + residual)``, as BERT's output
+        blocks do), as torch.fx proves from that module's forward, the add and the
+        norm run as one kernel call at inference
+        (:func:`~sparsegemm.torch.add_layer_norm`): the module gets an instance-level
+        ``forward``, the traced forward with that call replaced, used in eval mode.
+        Its class, children and state_dict stay; hooks on the fused LayerNorm no
+        longer fire in eval mode. The report's notes name the norms. False: never.
 
     In an ``nn.Sequential``, what directly follows a converted layer moves into
     it and is replaced by ``nn.Identity``: an eval-mode ``BatchNorm2d`` after a
@@ -803,8 +820,10 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         shapes = (_record_example_shapes(model, example_inputs)
                   if format == "auto" and example_inputs is not None else None)
         converter = _Converter(format, blocksize, min_sparsity, min_speedup, batch_hint, shapes,
-                               weight_dtype, fuse_feed_forward)
+                               weight_dtype, fuse_feed_forward, fuse_layer_norm)
         _walk(model, "", converter, filter_fn)
+        if converter.fused_norms:
+            converter.report.notes.append(converter.fused_norms_note())
         if stack_shared_inputs:
             rows = {layer.name: layer for layer in converter.report}
             for group in group_shared_inputs(model):
