@@ -231,3 +231,12 @@ def test_compile_and_export_take_the_plain_path():
         torch.testing.assert_close(compiled(x, residual), expected, **TOL)
     exported = torch.export.export(model, (x, residual))
     torch.testing.assert_close(exported.module()(x, residual), expected, **TOL)
+
+
+def test_benchmark_checks_and_times_every_shape(benchmark_script, capsys):
+    benchmark_script("shared_input")  # the script imports it as a sibling module
+    script = benchmark_script("layer_norm")
+    script.main(["--threads", "1", "--rounds", "1", "--shape-calls", "1", "--no-models"])
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [row.split()[0] for row in rows] == ["MiniLM", "BERT-base", "BERT-base", "one"]
+    assert all(row.endswith("x") for row in rows)

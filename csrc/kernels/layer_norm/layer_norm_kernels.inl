@@ -95,8 +95,7 @@ void layer_norm_rows_impl(const LayerNormArgs<T>& a, int64_t row_begin, int64_t 
 
 template <typename T>
 void layer_norm_rows(const LayerNormArgs<T>& a, int64_t row_begin, int64_t row_end) {
-  const bool residual = a.residual != nullptr, gamma = a.gamma != nullptr,
-             beta = a.beta != nullptr;
+  const bool residual = a.residual != nullptr, gamma = a.gamma != nullptr, beta = a.beta != nullptr;
   if (residual && gamma && beta)
     layer_norm_rows_impl<T, true, true, true>(a, row_begin, row_end);
   else if (gamma && beta)
