@@ -187,7 +187,16 @@ def test_fuse_layer_norm_false_and_models_without_the_pattern(kernel_calls):
         def forward(self, *inputs):
             return self.norm(self.dense(inputs[0]) + inputs[0])
 
-    for module in (NormAfterSum(), VarArgs()):
+    class ReadsItsBuffer(nn.Module):  # .double() would replace the buffer the trace holds
+        def __init__(self):
+            super().__init__()
+            self.dense, self.norm = nn.Linear(8, 8), nn.LayerNorm(8)
+            self.register_buffer("shift", torch.zeros(8))
+
+        def forward(self, x):
+            return self.norm(self.dense(x) + x + self.shift)
+
+    for module in (NormAfterSum(), VarArgs(), ReadsItsBuffer()):
         holder = nn.Sequential(_pruned(module).eval())
         sparsify(holder, format="csr", min_sparsity=0.5)
         assert "forward" not in vars(holder[0])

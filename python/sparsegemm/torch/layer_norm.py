@@ -194,11 +194,11 @@ class ResidualNorm(nn.Module):
 
 def _graph_targets(module: nn.Module, graph: torch.fx.Graph,
                    added: dict[str, nn.Module]) -> dict[str, Any]:
-    """What the graph's ``call_module`` and ``get_attr`` nodes name, for a GraphModule
-    built from a dict: ``module``'s attributes, and the ``added`` modules."""
+    """What the graph's ``call_module`` nodes name, for a GraphModule built from a dict:
+    ``module``'s children, and the ``added`` modules."""
     targets: dict[str, Any] = {}
     for node in graph.nodes:
-        if node.op in ("call_module", "get_attr"):
+        if node.op == "call_module":
             target = str(node.target)
             targets[target] = added[target] if target in added else \
                 operator.attrgetter(target)(module)
@@ -209,7 +209,9 @@ def fuse_residual_norms(module: nn.Module) -> list[str]:
     """Give ``module`` a :class:`ResidualNormForward` where its forward calls an
     ``nn.LayerNorm`` child on a sum used nowhere else; returns those children's names
     (empty when there are none, when the forward does not trace, takes ``*args`` or
-    keyword-only arguments, or already has an instance-level ``forward``)."""
+    keyword-only arguments, reads the module's own parameters or buffers, or already has
+    an instance-level ``forward``). The traced forward calls the children that were
+    there: after replacing one, ``del module.forward`` restores the class's forward."""
     parameters = _plain_parameters(module)
     if ("forward" in vars(module) or parameters is None
             or not any(type(child) is nn.LayerNorm for child in module.children())):
@@ -223,7 +225,9 @@ def fuse_residual_norms(module: nn.Module) -> list[str]:
     finally:
         module.training = training
     norms = _residual_norm_calls(graph, module)
-    if not norms:
+    # A forward that reads the module's own tensors (get_attr) is left alone: a later
+    # .to() or .double() replaces buffers, which the traced copy would not see.
+    if not norms or any(node.op == "get_attr" for node in graph.nodes):
         return []
     added: dict[str, nn.Module] = {}
     for norm, total in norms:
