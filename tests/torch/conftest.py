@@ -89,3 +89,22 @@ def _pruned_tiny_bert(seed: int = 0, **config):
 @pytest.fixture
 def pruned_tiny_bert():
     return _pruned_tiny_bert
+
+
+@pytest.fixture
+def count_calls(monkeypatch):
+    """``count_calls(module, name)``: a list that records the first argument's shape of
+    every call of ``module.name`` while the test runs (the function still runs)."""
+
+    def install(module, name):
+        calls = []
+        real = getattr(module, name)
+
+        def counting(*args):
+            calls.append(args[0].shape)
+            return real(*args)
+
+        monkeypatch.setattr(module, name, counting)
+        return calls
+
+    return install

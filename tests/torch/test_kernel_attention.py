@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 import sparsegemm
 import torch
-from sparsegemm import _core
 from sparsegemm.torch import SparseMultiheadAttention, scaled_dot_product_attention, sparsify
 from sparsegemm.torch import attention as attention_module
 from torch import nn
@@ -19,17 +18,9 @@ TOL = {"rtol": 2e-5, "atol": 2e-5}
 
 
 @pytest.fixture
-def kernel_calls(monkeypatch):
+def kernel_calls(count_calls):
     """The kernel calls made while the test runs (the kernel still runs)."""
-    calls = []
-    real = _core.attention
-
-    def counting(*args):
-        calls.append(args[0].shape)
-        return real(*args)
-
-    monkeypatch.setattr(attention_module._core, "attention", counting)
-    return calls
+    return count_calls(attention_module._core, "attention")
 
 
 def heads(batch, heads_, rows, dims, seed=0):

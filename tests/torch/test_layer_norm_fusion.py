@@ -9,7 +9,6 @@ import io
 import pytest
 
 import torch
-from sparsegemm import _core
 from sparsegemm.torch import add_layer_norm, sparsify
 from sparsegemm.torch import layer_norm as layer_norm_module
 from sparsegemm.torch.layer_norm import ResidualNormForward, layer_norm_kernel_applies
@@ -20,17 +19,9 @@ TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
 @pytest.fixture
-def kernel_calls(monkeypatch):
+def kernel_calls(count_calls):
     """The kernel calls made while the test runs (the kernel still runs)."""
-    calls = []
-    real = _core.layer_norm
-
-    def counting(*args):
-        calls.append(args[0].shape)
-        return real(*args)
-
-    monkeypatch.setattr(layer_norm_module._core, "layer_norm", counting)
-    return calls
+    return count_calls(layer_norm_module._core, "layer_norm")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
