@@ -3,6 +3,7 @@
 // fight with nor disturb PyTorch's or numpy's own thread pools.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -33,6 +34,16 @@ void parallel_for(int num_threads, int64_t parts, const Body& body) {
   }
 #pragma omp parallel for num_threads(num_threads) schedule(static, 1)
   for (int64_t p = 0; p < parts; ++p) body(p);
+}
+
+// Runs body(begin, end) over [0, count) cut into min(count, num_threads)
+// contiguous ranges of nearly equal length, one per thread: for passes whose
+// items (rows, tiles) all cost about the same.
+template <typename Body>
+void parallel_ranges(int num_threads, int64_t count, const Body& body) {
+  const int64_t parts = std::min<int64_t>(count, std::max(num_threads, 1));
+  parallel_for(num_threads, parts,
+               [&](int64_t part) { body(count * part / parts, count * (part + 1) / parts); });
 }
 
 // Splits rows [0, rows) into `parts` contiguous ranges of about equal cost,

@@ -1,7 +1,5 @@
 #include "drivers/activation_driver.h"
 
-#include <algorithm>
-
 #include "core/isa.h"
 #include "core/parallel.h"
 #include "kernels/activation/activation_kernels.h"
@@ -14,9 +12,7 @@ void apply_activation(T* y, int64_t rows, int64_t cols, int64_t ld, Activation a
   if (act == Activation::None || rows == 0 || cols == 0) return;
   const auto apply = activation_kernels<T>(active_isa()).apply;
   const int threads = threads_for_work(threads_for_pass(num_threads, rows * cols), rows * cols);
-  const int64_t parts = std::min<int64_t>(rows, threads);
-  parallel_for(threads, parts, [&](int64_t part) {
-    const int64_t begin = rows * part / parts, end = rows * (part + 1) / parts;
+  parallel_ranges(threads, rows, [&](int64_t begin, int64_t end) {
     apply(y + begin * ld, end - begin, cols, ld, act);
   });
 }

@@ -1,7 +1,5 @@
 #include "drivers/layer_norm_driver.h"
 
-#include <algorithm>
-
 #include "core/isa.h"
 #include "core/parallel.h"
 
@@ -14,10 +12,7 @@ void layer_norm(const LayerNormArgs<T>& args, int num_threads) {
   const int64_t elements = args.rows * args.cols;
   // About four passes over each element in cache, a few operations each.
   const int threads = threads_for_work(threads_for_pass(num_threads, elements), 4 * elements);
-  const int64_t parts = std::min<int64_t>(args.rows, threads);
-  parallel_for(threads, parts, [&](int64_t part) {
-    rows(args, args.rows * part / parts, args.rows * (part + 1) / parts);
-  });
+  parallel_ranges(threads, args.rows, [&](int64_t begin, int64_t end) { rows(args, begin, end); });
 }
 
 template void layer_norm<float>(const LayerNormArgs<float>&, int);

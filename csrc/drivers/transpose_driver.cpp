@@ -25,9 +25,7 @@ void transpose_blocks(int64_t rows, int64_t cols, T* dst, int64_t dst_ld, int nu
                       const CopyBlock& copy_block) {
   const int64_t row_tiles = (rows + kRowTile - 1) / kRowTile;
   const int threads = threads_for_pass(num_threads, rows * cols);
-  const int64_t parts = std::min<int64_t>(row_tiles, threads);
-  parallel_for(threads, parts, [&](int64_t part) {
-    const int64_t tile_begin = row_tiles * part / parts, tile_end = row_tiles * (part + 1) / parts;
+  parallel_ranges(threads, row_tiles, [&](int64_t tile_begin, int64_t tile_end) {
     for (int64_t i0 = tile_begin * kRowTile; i0 < std::min(rows, tile_end * kRowTile);
          i0 += kRowTile) {
       const int64_t i1 = std::min(rows, i0 + kRowTile);

@@ -192,19 +192,6 @@ class ResidualNorm(nn.Module):
         return add_layer_norm(x, residual, self.norm)
 
 
-def _graph_targets(module: nn.Module, graph: torch.fx.Graph,
-                   added: dict[str, nn.Module]) -> dict[str, Any]:
-    """What the graph's ``call_module`` nodes name, for a GraphModule built from a dict:
-    ``module``'s children, and the ``added`` modules."""
-    targets: dict[str, Any] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            target = str(node.target)
-            targets[target] = added[target] if target in added else \
-                operator.attrgetter(target)(module)
-    return targets
-
-
 def fuse_residual_norms(module: nn.Module) -> list[str]:
     """Give ``module`` a :class:`ResidualNormForward` where its forward calls an
     ``nn.LayerNorm`` child on a sum used nowhere else; returns those children's names
@@ -239,7 +226,9 @@ def fuse_residual_norms(module: nn.Module) -> list[str]:
         graph.erase_node(norm)
         graph.erase_node(total)
     graph.lint()
-    graph_module = torch.fx.GraphModule(_graph_targets(module, graph, added), graph,
+    # Built from a dict, the GraphModule holds the children the graph calls, and the
+    # added modules, without making them the module's own.
+    graph_module = torch.fx.GraphModule({**dict(module.named_children()), **added}, graph,
                                         class_name=type(module).__name__)
     module.forward = ResidualNormForward(module, graph_module, parameters)
     return [str(norm.target) for norm, _ in norms]

@@ -822,8 +822,9 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         converter = _Converter(format, blocksize, min_sparsity, min_speedup, batch_hint, shapes,
                                weight_dtype, fuse_feed_forward, fuse_layer_norm)
         _walk(model, "", converter, filter_fn)
-        if converter.fused_norms:
-            converter.report.notes.append(converter.fused_norms_note())
+        note = converter.fused_norms_note()
+        if note:
+            converter.report.notes.append(note)
         if stack_shared_inputs:
             rows = {layer.name: layer for layer in converter.report}
             for group in group_shared_inputs(model):
