@@ -93,11 +93,12 @@ def test_int_product_exact_on_every_batch(isa_with_extensions, batch, density, r
 
 @pytest.mark.parametrize("batch", [31, 33, 70])
 @pytest.mark.parametrize("cols", [64, 2047, 2113])
+@pytest.mark.parametrize("density", [0.3, 0.05])
 def test_int_product_exact_over_vector_groups_and_long_rows(isa_with_extensions, batch, cols,
-                                                               rng):
+                                                               density, rng):
     # Several groups of 16 vectors (the quad and AMX kernels' unit) over rows of up to 34
-    # bitmap words.
-    w = Int8BitmapMatrix.from_dense(random_weight(rng, 35, cols, 0.3))
+    # bitmap words; at density 0.05 the quad kernel runs even where compress is slow.
+    w = Int8BitmapMatrix.from_dense(random_weight(rng, 35, cols, density))
     xq = random_xq(rng, batch, cols)
     np.testing.assert_array_equal(w.int_product(xq, num_threads=2), reference_int(w, xq))
 
@@ -381,3 +382,16 @@ def test_amx_switch_follows_the_cpu():
         assert core.use_amx()
     finally:
         core.set_use_amx(previous)
+
+
+@pytest.mark.parametrize("value, fast", [("fast", True), ("slow", False)])
+def test_compress_choice_follows_the_environment(python_subprocess, value, fast):
+    # SPARSEGEMM_COMPRESS overrides the vendor default that picks the int8 small-batch kernel.
+    code = "import sparsegemm; print(sparsegemm._core.fast_vector_compress())"
+    result = python_subprocess(code, env={"SPARSEGEMM_COMPRESS": value})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(fast)
+    shown = python_subprocess("import sparsegemm; "
+                              "print(sparsegemm.show_config(print_out=False)['vector_compress'])",
+                              env={"SPARSEGEMM_COMPRESS": value})
+    assert shown.stdout.strip() == value

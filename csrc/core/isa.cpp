@@ -97,10 +97,12 @@ void set_active_isa(Isa isa) {
 
 namespace {
 
-bool initial_gather_preference() {
-  const char* env = std::getenv("SPARSEGEMM_GATHER");
-  if (env != nullptr && std::string(env) == "hardware") return true;
-  if (env != nullptr && std::string(env) == "scalar") return false;
+// The variable's value when it names one of the two choices, else the CPU
+// vendor's default: true on Intel, false on AMD (see isa.h).
+bool vendor_choice(const char* variable, const char* intel_like, const char* amd_like) {
+  const char* env = std::getenv(variable);
+  if (env != nullptr && std::string(env) == intel_like) return true;
+  if (env != nullptr && std::string(env) == amd_like) return false;
 #if defined(__x86_64__) || defined(__i386__)
   return !__builtin_cpu_is("amd");
 #else
@@ -109,7 +111,12 @@ bool initial_gather_preference() {
 }
 
 std::atomic<bool>& gather_preference_slot() {
-  static std::atomic<bool> slot{initial_gather_preference()};
+  static std::atomic<bool> slot{vendor_choice("SPARSEGEMM_GATHER", "hardware", "scalar")};
+  return slot;
+}
+
+std::atomic<bool>& fast_compress_slot() {
+  static std::atomic<bool> slot{vendor_choice("SPARSEGEMM_COMPRESS", "fast", "slow")};
   return slot;
 }
 
@@ -119,6 +126,12 @@ bool prefer_hardware_gather() { return gather_preference_slot().load(std::memory
 
 void set_prefer_hardware_gather(bool hardware) {
   gather_preference_slot().store(hardware, std::memory_order_relaxed);
+}
+
+bool fast_vector_compress() { return fast_compress_slot().load(std::memory_order_relaxed); }
+
+void set_fast_vector_compress(bool fast) {
+  fast_compress_slot().store(fast, std::memory_order_relaxed);
 }
 
 bool avx512_extensions_supported() {

@@ -113,6 +113,23 @@ void interleave_quads(const uint8_t* xs, int64_t stride, int64_t batch, int64_t 
 // above 4 (1.4-2.2x the quad and tile kernels at batch 16, 50-90%).
 constexpr int64_t kVnniGemvMaxBatch = 4;
 constexpr double kQuadKernelMaxDensity = 0.4;
+// Where vector compress is slow (AMD Zen 4, core/isa.h), the quad kernel's
+// gather costs about as much per row as the whole tile product of 8-16
+// vectors, so it takes over only where enough vectors share each row's
+// gather and few quads hold weights: density <= batch / 256 from batch 16.
+// Zen 4, 2 threads, 4096 x 11008 and 11008 x 4096, tile kernel against quad
+// kernel: batch 8 1.5-2.8x at 70-97% sparsity; batch 16 1.2-1.6x at 70-90%,
+// 0.9x at 97%; batch 64 1.3x at 70%, 0.4-0.7x at 90-97%.
+constexpr int64_t kSlowCompressQuadMinBatch = 16;
+constexpr double kSlowCompressVectorsPerDensity = 256.0;
+
+// Whether the quad kernel takes `batch` vectors over weights of this density.
+bool quad_kernel_pays(int64_t batch, double density) {
+  if (density > kQuadKernelMaxDensity) return false;
+  if (fast_vector_compress()) return true;
+  return batch >= kSlowCompressQuadMinBatch &&
+         density * kSlowCompressVectorsPerDensity <= static_cast<double>(batch);
+}
 
 // Runs the integer kernel over every row, then after_rows(r0, r1) on the
 // thread that computed rows [r0, r1) (while its sums are still in cache).
@@ -129,7 +146,7 @@ void int_product_rows(const Int8BitmapKernels& kernels, const Int8BitmapMatrix& 
   const bool gemv = batch == 1 || (kernels.reads_biased_bytes() && batch <= kVnniGemvMaxBatch);
   const bool tiles = std::is_same_v<X, uint8_t> && !gemv && kernels.small_batch_rows_amx != nullptr;
   const bool quads = std::is_same_v<X, uint8_t> && !gemv && !tiles &&
-                     kernels.small_batch_rows_quads != nullptr && density <= kQuadKernelMaxDensity;
+                     kernels.small_batch_rows_quads != nullptr && quad_kernel_pays(batch, density);
   ScratchBuffer<uint8_t> x4(quads || tiles
                                 ? static_cast<size_t>((batch + kQuadVectors - 1) / kQuadVectors *
                                                       kQuadVectors * padded_cols)
