@@ -11,8 +11,9 @@ import pytest
 import torch
 from sparsegemm.torch import add_layer_norm, sparsify
 from sparsegemm.torch import layer_norm as layer_norm_module
-from sparsegemm.torch.layer_norm import ResidualNormForward, layer_norm_kernel_applies
+from sparsegemm.torch.layer_norm import layer_norm_kernel_applies
 from sparsegemm.torch.sparsify import prepare_loaded
+from sparsegemm.torch.traced_forward import TracedForward
 from torch import nn
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -129,7 +130,7 @@ def test_sparsify_fuses_the_residual_norm(kernel_calls):
     reference, unfused = copy.deepcopy(model), copy.deepcopy(model)
     sparsify(model, format="csr", min_sparsity=0.5)
     sparsify(unfused, format="csr", min_sparsity=0.5, fuse_layer_norm=False)
-    assert isinstance(vars(model.block).get("forward"), ResidualNormForward)
+    assert isinstance(vars(model.block).get("forward"), TracedForward)
     assert "residual add + LayerNorm in one kernel call at inference (1): block.LayerNorm" \
         in model.sparsegemm_report.notes
     x, residual = _inputs()

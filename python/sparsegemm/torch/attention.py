@@ -16,8 +16,10 @@ calls: once the Linears are sparse, attention is a large part of what is left.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import operator
+from typing import Any, Callable, NamedTuple, Optional
 
+import torch.fx
 import torch.nn.functional as F
 
 import torch
@@ -27,7 +29,8 @@ from .. import _core
 from .._attention import additive_mask
 from .modules import linear_holding
 
-__all__ = ["SparseMultiheadAttention", "scaled_dot_product_attention", "use_kernel_attention"]
+__all__ = ["EagerAttention", "SparseMultiheadAttention", "scaled_dot_product_attention",
+           "use_kernel_attention"]
 
 #: The name sparsegemm's attention is registered under in Hugging Face's attention interface.
 HF_ATTENTION_NAME = "sparsegemm"
@@ -87,6 +90,129 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
     _core.attention(query.detach().numpy(), key.detach().numpy(), value.detach().numpy(),
                     out.numpy(), mask, float(scale), torch.get_num_threads())
     return out
+
+
+class EagerAttention(nn.Module):
+    """``softmax(q @ k.transpose(-1, -2) * scale + mask, dim=-1) @ v`` (``/ scale`` with
+    ``divide``; ``mask`` optional) on :func:`scaled_dot_product_attention` where the
+    kernel applies and the mask is additive (floating point), else as written. A module,
+    so that traced forwards keep it as one call (see ``layer_norm.ResidualNorm``)."""
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, scale: Any,
+                mask: Optional[Tensor], divide: bool) -> Tensor:
+        if (isinstance(scale, (int, float)) and scale != 0
+                and (mask is None or (type(mask) is Tensor and mask.is_floating_point()))
+                and kernel_attention_applies(query, key, value, 0.0, False)):
+            return scaled_dot_product_attention(query, key, value, attn_mask=mask,
+                                                scale=float(1.0 / scale if divide else scale))
+        scores = query @ key.transpose(-1, -2)
+        scores = scores / scale if divide else scores * scale
+        if mask is not None:
+            scores = scores + mask
+        return torch.softmax(scores, dim=-1) @ value
+
+
+class EagerAttentionCall(NamedTuple):
+    """One eager attention in a traced graph: its last node, the nodes it replaces (from
+    ``output`` back), and the arguments of :class:`EagerAttention` for it."""
+
+    output: torch.fx.Node
+    replaced: list[torch.fx.Node]
+    arguments: tuple[Any, ...]
+
+
+_MATMULS = (operator.matmul, torch.matmul)
+_SOFTMAXES = (torch.softmax, F.softmax)
+
+
+def _calls(node: Any, targets: tuple[Any, ...], method: str = "") -> bool:
+    if not isinstance(node, torch.fx.Node):
+        return False
+    if node.op == "call_function":
+        return node.target in targets
+    return bool(method) and node.op == "call_method" and node.target == method
+
+
+def _only_user(node: Any) -> bool:
+    return isinstance(node, torch.fx.Node) and len(node.users) == 1
+
+
+def _softmax_input(node: torch.fx.Node) -> Any:
+    """The input of a last-dimension softmax call with no dtype, else None."""
+    if not _calls(node, _SOFTMAXES, "softmax") or not node.args:
+        return None
+    dims = [*node.args[1:2], *([node.kwargs["dim"]] if "dim" in node.kwargs else [])]
+    if dims != [-1] or set(node.kwargs) - {"dim"} or len(node.args) > 2:
+        return None
+    return node.args[0]
+
+
+def _transposed_key(node: Any) -> Any:
+    """k for ``k.transpose(-1, -2)`` (or -2, -1), else None."""
+    if not _calls(node, (torch.transpose,), "transpose") or node.kwargs or len(node.args) != 3:
+        return None
+    return node.args[0] if set(node.args[1:]) == {-1, -2} else None
+
+
+def eager_attention_calls(graph: torch.fx.Graph, module: nn.Module) -> list[EagerAttentionCall]:
+    """The eager attentions in ``graph`` (``module``'s traced forward):
+    ``softmax(q @ k.transpose(-1, -2) [* s | / s] [+ mask], dim=-1) [-> Dropout child] @ v``,
+    each intermediate used by the next step alone."""
+    children = dict(module.named_children())
+    calls = []
+    for node in graph.nodes:
+        if not _calls(node, _MATMULS) or len(node.args) != 2 or node.kwargs:
+            continue
+        probabilities, value = node.args
+        replaced = [node]
+        if (isinstance(probabilities, torch.fx.Node) and probabilities.op == "call_module"
+                and type(children.get(probabilities.target)) is nn.Dropout
+                and len(probabilities.args) == 1 and _only_user(probabilities)):
+            replaced.append(probabilities)  # identity in eval mode, where the graph runs
+            probabilities = probabilities.args[0]
+        if not _only_user(probabilities):
+            continue
+        scores = _softmax_input(probabilities)
+        if not _only_user(scores):
+            continue
+        replaced.append(probabilities)
+        mask = None
+        if _calls(scores, (operator.add, torch.add)) and len(scores.args) == 2 \
+                and not scores.kwargs:
+            first, second = scores.args
+            chain_first = _calls(first, (operator.mul, torch.mul, operator.truediv) + _MATMULS)
+            mask, chained = (second, first) if chain_first else (first, second)
+            if not _only_user(chained) or not isinstance(mask, torch.fx.Node):
+                continue
+            replaced.append(scores)
+            scores = chained
+        scale: Any = 1.0
+        divide = False
+        if _calls(scores, (operator.mul, torch.mul)) and len(scores.args) == 2 \
+                and not scores.kwargs:
+            first, second = scores.args
+            product, scale = (first, second) if _calls(first, _MATMULS) else (second, first)
+            if not _only_user(product):
+                continue
+            replaced.append(scores)
+            scores = product
+        elif _calls(scores, (operator.truediv,)) and len(scores.args) == 2:
+            product, scale = scores.args
+            if not _only_user(product):
+                continue
+            replaced.append(scores)
+            scores, divide = product, True
+        if not _calls(scores, _MATMULS) or len(scores.args) != 2 or scores.kwargs:
+            continue
+        query, transposed = scores.args
+        key = _transposed_key(transposed)
+        if key is None or isinstance(scale, torch.fx.Node) and scale in replaced:
+            continue
+        replaced.append(scores)
+        if _only_user(transposed):
+            replaced.append(transposed)
+        calls.append(EagerAttentionCall(node, replaced, (query, key, value, scale, mask, divide)))
+    return calls
 
 
 def hf_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,

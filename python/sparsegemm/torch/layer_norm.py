@@ -7,15 +7,12 @@ norm as two passes over memory; :func:`add_layer_norm` makes one
 are a visible part of what is left.
 
 ``sparsify`` finds ``norm(a + b)`` in the forward of a module with sparse
-children by tracing that forward with torch.fx (children as leaves), and gives
-the module a :class:`ResidualNormForward`: the traced forward with those calls
-replaced by :func:`add_layer_norm`, run in eval mode. The module's class,
-children and state_dict stay as they are.
+children (:func:`residual_norm_calls`) and replaces it by a :class:`ResidualNorm`
+call in the module's traced forward (:mod:`.traced_forward`).
 """
 
 from __future__ import annotations
 
-import inspect
 import operator
 import weakref
 from typing import Any, Optional
@@ -28,7 +25,7 @@ from torch import Tensor, nn
 
 from .. import _core
 
-__all__ = ["ResidualNormForward", "add_layer_norm", "fuse_residual_norms"]
+__all__ = ["ResidualNorm", "add_layer_norm"]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 
@@ -116,51 +113,8 @@ def add_layer_norm(x: Tensor, residual: Tensor, norm: nn.LayerNorm) -> Tensor:
     return torch.from_numpy(out)
 
 
-class ResidualNormForward:
-    """A module's forward in eval mode with its ``norm(a + b)`` calls on
-    :func:`add_layer_norm`: ``graph_module`` runs the module's own forward as torch.fx
-    traced it in eval mode (children called as they are). In training mode the
-    module's class forward runs. Kept in the module's ``__dict__`` as ``forward``, so
-    a deep copy of the module copies it along with the module."""
-
-    def __init__(self, module: nn.Module, graph_module: torch.fx.GraphModule,
-                 parameters: int) -> None:
-        self.module = module
-        self.graph_module = graph_module
-        self.parameters = parameters  # the forward's arguments, all positional-or-keyword
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.module.training:
-            return type(self.module).forward(self.module, *args, **kwargs)
-        if kwargs or len(args) != self.parameters:
-            bound = inspect.signature(type(self.module).forward).bind(self.module, *args,
-                                                                      **kwargs)
-            bound.apply_defaults()
-            args = bound.args[1:]
-        return self.graph_module.forward(*args)
-
-
-class _ChildrenAsLeaves(torch.fx.Tracer):
-    """Traces a module's own forward only: every direct child is one call."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return "." not in module_qualified_name or super().is_leaf_module(m, module_qualified_name)
-
-
-def _plain_parameters(module: nn.Module) -> int | None:
-    """The number of arguments of ``module``'s class forward when all are plain
-    positional-or-keyword ones (so the traced forward takes them in order), else None."""
-    try:
-        parameters = list(inspect.signature(type(module).forward).parameters.values())[1:]
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters):
-        return None
-    return len(parameters)
-
-
-def _residual_norm_calls(graph: torch.fx.Graph,
-                         module: nn.Module) -> list[tuple[torch.fx.Node, torch.fx.Node]]:
+def residual_norm_calls(graph: torch.fx.Graph,
+                        module: nn.Module) -> list[tuple[torch.fx.Node, torch.fx.Node]]:
     """The calls ``norm(add(a, b))`` in ``graph`` of an ``nn.LayerNorm`` child, where the
     sum goes to that norm alone: (norm call, sum) pairs."""
     children = dict(module.named_children())
@@ -190,45 +144,3 @@ class ResidualNorm(nn.Module):
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
         return add_layer_norm(x, residual, self.norm)
-
-
-def fuse_residual_norms(module: nn.Module) -> list[str]:
-    """Give ``module`` a :class:`ResidualNormForward` where its forward calls an
-    ``nn.LayerNorm`` child on a sum used nowhere else; returns those children's names
-    (empty when there are none, when the forward does not trace, takes ``*args`` or
-    keyword-only arguments, reads the module's own parameters or buffers, or already has
-    an instance-level ``forward``). The traced forward calls the children that were
-    there: after replacing one, ``del module.forward`` restores the class's forward."""
-    parameters = _plain_parameters(module)
-    if ("forward" in vars(module) or parameters is None
-            or not any(type(child) is nn.LayerNorm for child in module.children())):
-        return []
-    training = module.training
-    module.training = False  # only the module's own code is traced: its eval-mode path
-    try:
-        graph = _ChildrenAsLeaves().trace(module)
-    except Exception:  # noqa: BLE001 - a forward fx cannot trace keeps its own forward
-        return []
-    finally:
-        module.training = training
-    norms = _residual_norm_calls(graph, module)
-    # A forward that reads the module's own tensors (get_attr) is left alone: a later
-    # .to() or .double() replaces buffers, which the traced copy would not see.
-    if not norms or any(node.op == "get_attr" for node in graph.nodes):
-        return []
-    added: dict[str, nn.Module] = {}
-    for norm, total in norms:
-        name = f"_sparsegemm_residual_{norm.target}"
-        added[name] = ResidualNorm(getattr(module, str(norm.target)))
-        with graph.inserting_before(norm):
-            fused = graph.call_module(name, total.args)
-        norm.replace_all_uses_with(fused)
-        graph.erase_node(norm)
-        graph.erase_node(total)
-    graph.lint()
-    # Built from a dict, the GraphModule holds the children the graph calls, and the
-    # added modules, without making them the module's own.
-    graph_module = torch.fx.GraphModule({**dict(module.named_children()), **added}, graph,
-                                        class_name=type(module).__name__)
-    module.forward = ResidualNormForward(module, graph_module, parameters)
-    return [str(norm.target) for norm, _ in norms]

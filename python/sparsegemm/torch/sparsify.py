@@ -45,7 +45,6 @@ from . import feed_forward
 from ._format_choice import FormatChoice, check_format, choose_format
 from .attention import SparseMultiheadAttention, _split_linear, use_kernel_attention
 from .auto import AutoSparseConv2d, AutoSparseLinear, time_convolution
-from .layer_norm import _ChildrenAsLeaves, fuse_residual_norms
 from .modules import (
     SparseConv2d,
     SparseLinear,
@@ -58,6 +57,7 @@ from .modules import (
 from .ops import STORAGE_DTYPES
 from .quantized import SparseLinearInt8
 from .shared_input import SharedInputGroup, group_shared_inputs
+from .traced_forward import ChildrenAsLeaves, fuse_forward
 
 __all__ = ["DEFAULT_MIN_SPARSITY", "LayerReport", "SparsifyReport", "sparsify"]
 
@@ -230,7 +230,7 @@ class _Converter:
     def __init__(self, format: str, blocksize: tuple[int, int] | None, min_sparsity: float,
                  min_speedup: float, batch_hint: int | None, shapes: _ExampleShapes | None = None,
                  weight_dtype: str | None = None, fuse_feed_forward: bool = True,
-                 fuse_layer_norm: bool = True):
+                 fuse_layer_norm: bool = True, kernel_attention: bool = True):
         check_format(format, blocksize)  # rejects bad requests before any layer is touched
         if weight_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"weight_dtype must be one of {WEIGHT_DTYPES}, got {weight_dtype!r}")
@@ -245,13 +245,20 @@ class _Converter:
         self.fuse_feed_forward = fuse_feed_forward
         self.fuse_layer_norm = fuse_layer_norm
         self.fused_norms: list[str] = []  # LayerNorm children now run by add_layer_norm
+        self.kernel_attention = kernel_attention
+        self.eager_attention: list[str] = []  # modules whose written-out attention is fused
 
-    def fused_norms_note(self) -> str:
-        """The report's line on the residual norms fused ('' for none)."""
-        if not self.fused_norms:
-            return ""
-        return (f"residual add + LayerNorm in one kernel call at inference "
-                f"({len(self.fused_norms)}): {', '.join(self.fused_norms)}")
+    def traced_forward_notes(self) -> list[str]:
+        """The report's lines on the norms and eager attentions fused (none: [])."""
+        notes = []
+        if self.fused_norms:
+            notes.append(f"residual add + LayerNorm in one kernel call at inference "
+                         f"({len(self.fused_norms)}): {', '.join(self.fused_norms)}")
+        if self.eager_attention:
+            notes.append(f"eager attention (softmax(q @ k^T) @ v written out) on the attention "
+                         f"kernel at inference ({len(self.eager_attention)}): "
+                         f"{', '.join(self.eager_attention)}")
+        return notes
 
     def _choose(self, module: nn.Module, rows: int | None) -> tuple[FormatChoice, str]:
         """The storage for ``module``'s weight, and a note for the report.
@@ -430,7 +437,7 @@ def _fuse_activation_children(parent: nn.Module, prefix: str, converter: _Conver
             activation_of(c) for c in children.values()):
         return
     try:
-        graph = _ChildrenAsLeaves().trace(parent)
+        graph = ChildrenAsLeaves().trace(parent)
     except Exception:  # noqa: BLE001 - any tracing failure means: do not fuse
         return
     calls = _module_calls(graph)
@@ -483,7 +490,7 @@ def _link_feed_forward_children(parent: nn.Module, prefix: str, converter: _Conv
     if sum(_linkable(child) for child in children.values()) < 2:
         return
     try:
-        graph = _ChildrenAsLeaves().trace(parent)
+        graph = ChildrenAsLeaves().trace(parent)
     except Exception:  # noqa: BLE001 - a forward fx cannot trace is left unlinked
         return
     calls = _module_calls(graph)
@@ -528,7 +535,7 @@ def _link_hf_feed_forward(layer: nn.Module, prefix: str, converter: _Converter) 
             return chunk(self, x)
 
     try:
-        graphs = [_ChildrenAsLeaves().trace(module)
+        graphs = [ChildrenAsLeaves().trace(module)
                   for module in (FeedForwardChunk(), intermediate, output)]
     except Exception:  # noqa: BLE001 - a forward fx cannot trace is left unlinked
         return
@@ -614,9 +621,14 @@ def _arrange_around_sparse_children(module: nn.Module, prefix: str,
     if converter.fuse_feed_forward and not _is_fused_transformer_layer(module):
         _link_feed_forward_children(module, prefix, converter)
         _link_hf_feed_forward(module, prefix, converter)
-    if converter.fuse_layer_norm and not _is_fused_transformer_layer(module):
+    if (converter.fuse_layer_norm or converter.kernel_attention) \
+            and not _is_fused_transformer_layer(module):
         base = f"{prefix}." if prefix else ""
-        converter.fused_norms += [base + name for name in fuse_residual_norms(module)]
+        norms, attentions = fuse_forward(module, norms=converter.fuse_layer_norm,
+                                         attention=converter.kernel_attention)
+        converter.fused_norms += [base + name for name in norms]
+        if attentions:
+            converter.eager_attention.append(prefix or type(module).__name__)
 
 
 _SPARSE_LAYERS = (SparseLinear, SparseConv2d, SparseMultiheadAttention)
@@ -650,7 +662,7 @@ def prepare_loaded(model: nn.Module, *, kernel_attention: bool = True) -> nn.Mod
     q/k/v groups stacked, attention on the kernel. Converts and times nothing, and
     leaves the state_dict as it is. Returns ``model``."""
     with torch.no_grad():
-        converter = _Converter("csr", None, 0.0, 1.0, None)
+        converter = _Converter("csr", None, 0.0, 1.0, None, kernel_attention=kernel_attention)
         _rearrange(model, "", converter)
         group_shared_inputs(model)
         _arrange_attention(model, kernel_attention)
@@ -768,8 +780,11 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         ``nn.MultiheadAttention``, and in a Hugging Face model set to torch's SDPA,
         which switches to the ``"sparsegemm"`` attention implementation (see
         :func:`~sparsegemm.torch.use_kernel_attention`; the report's last line says
-        so). Training, dropout and non-float32 inputs run torch's SDPA. False: keep
-        torch's SDPA.
+        so), and where a module with sparse children writes attention out,
+        ``softmax(q @ k.transpose(-1, -2) * scale [+ mask], dim=-1) [-> dropout] @ v``
+        (traced with torch.fx; the report says which modules). Training, dropout and
+        non-float32 inputs run torch's SDPA or the written-out code. False: keep
+        torch's SDPA and the written-out attention.
     fuse_layer_norm
         Where a module with sparse children calls an ``nn.LayerNorm`` child on a sum
         it uses nowhere else (``LayerNorm(projection + residual)``, as BERT's output
@@ -820,11 +835,10 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         shapes = (_record_example_shapes(model, example_inputs)
                   if format == "auto" and example_inputs is not None else None)
         converter = _Converter(format, blocksize, min_sparsity, min_speedup, batch_hint, shapes,
-                               weight_dtype, fuse_feed_forward, fuse_layer_norm)
+                               weight_dtype, fuse_feed_forward, fuse_layer_norm,
+                               kernel_attention)
         _walk(model, "", converter, filter_fn)
-        note = converter.fused_norms_note()
-        if note:
-            converter.report.notes.append(note)
+        converter.report.notes.extend(converter.traced_forward_notes())
         if stack_shared_inputs:
             rows = {layer.name: layer for layer in converter.report}
             for group in group_shared_inputs(model):
