@@ -368,3 +368,16 @@ def test_breakdown_counts_attention_apart_from_its_projections():
     # Rows from before the attention bucket still print.
     del shares["attention_s"]
     assert " attn  0% " in e2e._breakdown_text(shares)
+
+
+@pytest.mark.torch
+def test_breakdown_counts_attention_written_out_and_fused():
+    torch = pytest.importorskip("torch")
+    from sparsegemm.torch import sparsify
+
+    model, x = e2e.MODELS_BY_KEY["hfbert"].build()
+    e2e.prune_model(model, 0.9, Pattern())
+    sparsify(model.eval(), format="csr", min_sparsity=0.0)
+    with torch.no_grad():
+        shares = e2e.layer_time_breakdown(model, x, calls=1)
+    assert shares["attention_s"] > 0 and shares["sparse_layers_s"] > 0

@@ -349,8 +349,15 @@ def layer_time_breakdown(model: Any, x: Any, calls: int = 5) -> dict[str, float]
     # outside the model's modules: timed there unless its members are timed themselves.
     stacked = [group.fused for group in _shared_input_groups(model) if group.fused is not None
                and not (sparse_kinds and isinstance(group.members[0], sparse_kinds))]
+    # Attention written out in a forward runs in a module of the traced forward sparsify
+    # gave that module (sparsegemm.torch.traced_forward), outside the model's modules.
+    traced = {id(child): child for module in model.modules()
+              for graph in (getattr(vars(module).get("forward"), "graphs", None) or {}).values()
+              if graph is not None for child in graph.children()
+              if type(child).__name__ == "EagerAttention"}
     hooks = []
-    for module in itertools.chain(model.modules(), *(fused.modules() for fused in stacked)):
+    for module in itertools.chain(model.modules(), *(fused.modules() for fused in stacked),
+                                  traced.values()):
         key = ("sparse_layers_s" if sparse_kinds and isinstance(module, sparse_kinds)
                else "dense_layers_s" if type(module) in (nn.Linear, nn.Conv2d)
                else "attention_s" if _is_attention(module) else None)
@@ -373,12 +380,13 @@ def layer_time_breakdown(model: Any, x: Any, calls: int = 5) -> dict[str, float]
 
 
 def _is_attention(module: Any) -> bool:
-    """``nn.MultiheadAttention``, sparsegemm's ``SparseMultiheadAttention``, or a module
+    """``nn.MultiheadAttention``, sparsegemm's ``SparseMultiheadAttention`` and
+    ``EagerAttention`` (attention written out, on the kernel), or a module
     named as Hugging Face names the innermost attention modules (``BertSelfAttention``,
     ``...CrossAttention``), whose projections are layers of their own."""
     name = type(module).__name__
-    return name in ("MultiheadAttention", "SparseMultiheadAttention") or name.endswith(
-        ("SelfAttention", "CrossAttention"))
+    return name in ("MultiheadAttention", "SparseMultiheadAttention", "EagerAttention") \
+        or name.endswith(("SelfAttention", "CrossAttention"))
 
 
 def _off_the_fused_fast_path(module: Any, inputs: Any) -> None:
