@@ -39,7 +39,8 @@ def _through_op(module, x):
         return module(x).detach()
 
 
-@pytest.mark.parametrize("format, blocksize", [("csr", None), ("bsr", (4, 1)), ("bsr", (4, 4))])
+@pytest.mark.parametrize("format, blocksize", [("csr", None), ("bsr", (4, 1)), ("bsr", (4, 4)),
+                                               ("bitmap", None)])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(37,), (1, 37), (5, 37), (2, 3, 37)])
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
@@ -83,8 +84,9 @@ def test_wrong_input_raises_the_op_error(prune, direct_calls):
     assert not direct_calls
 
 
-def test_sees_in_place_edits_and_replaced_tensors(prune):
-    dense, sparse = _module(prune)
+@pytest.mark.parametrize("format", ["csr", "bitmap"])
+def test_sees_in_place_edits_and_replaced_tensors(prune, format):
+    dense, sparse = _module(prune, format)
     x = torch.randn(4, 37)
     with torch.no_grad():
         sparse(x)  # fills the module's shortcut
@@ -93,7 +95,7 @@ def test_sees_in_place_edits_and_replaced_tensors(prune):
         torch.testing.assert_close(sparse(x), 2 * (dense(x) - dense.bias) + dense.bias + 1)
         sparse.values.data = torch.zeros_like(sparse.values)
         torch.testing.assert_close(sparse(x), (dense.bias + 1).expand(4, -1))
-        other = SparseLinear.from_dense(prune(nn.Linear(37, 29), 0.5, seed=3))
+        other = SparseLinear.from_dense(prune(nn.Linear(37, 29), 0.5, seed=3), format=format)
         sparse.load_state_dict(other.state_dict())
         assert torch.equal(sparse(x), other(x))
         sparse.double()
@@ -157,8 +159,9 @@ def test_pattern_edit_after_clear_cache(prune):
         torch.testing.assert_close(sparse(x), sparse.to_dense()(x))
 
 
-def test_copies_and_pickles_start_fresh(prune):
-    _, sparse = _module(prune)
+@pytest.mark.parametrize("format", ["csr", "bitmap"])
+def test_copies_and_pickles_start_fresh(prune, format):
+    _, sparse = _module(prune, format)
     x = torch.randn(2, 37)
     with torch.no_grad():
         expected = sparse(x)
@@ -168,8 +171,9 @@ def test_copies_and_pickles_start_fresh(prune):
         assert torch.equal(sparse(x), expected)
 
 
-def test_modules_pickled_before_the_inference_path_still_load(prune):
-    _, sparse = _module(prune)
+@pytest.mark.parametrize("format", ["csr", "bitmap"])
+def test_modules_pickled_before_the_inference_path_still_load(prune, format):
+    _, sparse = _module(prune, format)
     state = sparse.__getstate__()
     state = {key: value for key, value in state.items()
              if key not in ("_kernel_operands", "_matrix_shape")}
@@ -289,3 +293,16 @@ def test_conv_direct_path_leaves_bad_input_to_the_op(prune, direct_conv_calls):
         with pytest.raises(TypeError, match="dtype"):
             sparse(torch.randn(1, 3, 8, 8, dtype=torch.float64))
     assert direct_conv_calls == ["conv2d_direct"]  # tried, found no output, left it to the op
+
+
+@pytest.mark.parametrize("format", ["csr", "bitmap"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh"])
+def test_direct_path_runs_the_activation_in_the_epilogue(prune, direct_calls, format, activation):
+    _, sparse = _module(prune, format)
+    sparse.activation = activation
+    x = torch.randn(5, 37)
+    expected = _through_op(sparse, x)  # the op, then torch's activation
+    with torch.no_grad():
+        out = sparse(x)
+    assert len(direct_calls) == 1
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)

@@ -203,11 +203,13 @@ class KernelOperands:
 
     def get(self, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
             bias: torch.Tensor | None, shape: tuple[int, int],
-            blocksize: tuple[int, int] | None = None, chunk_order: bool = True) -> tuple:
+            blocksize: tuple[int, int] | None = None, chunk_order: bool = True,
+            bitmap: bool = False) -> tuple:
         """(pattern, values array, bias array or None, chunk-ordered values or None).
 
         ``chunk_order=False`` (a convolution's kernels read storage order) makes no
-        chunk-ordered copy."""
+        chunk-ordered copy. With ``bitmap``, ``indptr`` and ``indices`` are both the
+        bitmap's words (a bitmap weight has no other pattern tensor)."""
         # An inference tensor keeps no version counter: its values are read in CSR order.
         inference = values.is_inference()
         # A dtype or device change (module.double()) gives values new memory: a new data_ptr.
@@ -216,11 +218,12 @@ class KernelOperands:
         tensors = self._tensors
         if (not tensors or tensors[0] is not indptr or tensors[1] is not indices
                 or tensors[2] is not values or tensors[3] is not bias or key != self._key):
-            pattern = patterns.entry(indptr, indices, shape, values.dtype, blocksize).matrix
+            pattern = (patterns.bitmap_entry(indptr, shape, values.dtype) if bitmap else
+                       patterns.entry(indptr, indices, shape, values.dtype, blocksize)).matrix
             bias_array = None if bias is None else as_numpy(bias.contiguous())
             array = values_array(values)
             chunk_ordered = None
-            if blocksize is None and chunk_order and not inference:
+            if blocksize is None and chunk_order and not inference and not bitmap:
                 chunk_cols, ordered = pattern._handle.values_in_chunk_order(array)
                 chunk_ordered = None if ordered is None else (chunk_cols, ordered)
             self.operands = (pattern, array, bias_array, chunk_ordered)

@@ -261,6 +261,7 @@ class _SparseWeight(nn.Module):
         self.format = format
         self.blocksize = choice.blocksize
         rows = self.weight_shape[0]
+        self._kernel_operands = KernelOperands()
         if format == "bitmap":
             words = -(-math.prod(self.weight_shape[1:]) // 64)
             self.register_buffer("bitmap", torch.zeros((rows, words), dtype=torch.int64,
@@ -274,7 +275,6 @@ class _SparseWeight(nn.Module):
         self.register_buffer("indptr", torch.zeros(pointers, dtype=torch.int64, device=device))
         self.register_buffer("indices", torch.zeros(nnz, dtype=torch.int32, device=device))
         self.values = nn.Parameter(torch.zeros(values_shape, dtype=dtype, device=device))
-        self._kernel_operands = KernelOperands()
 
     @property
     def matrix_shape(self) -> tuple[int, int]:
@@ -547,11 +547,16 @@ class SparseLinear(_SparseWeight):
         # Straight from the registries: nn.Module.__getattr__ costs a microsecond or two a call.
         parameters, buffers = self._parameters, self._buffers
         values, bias = parameters["values"], parameters.get("bias")
+        direct = (_ops.can_call_kernel_directly(x, values, bias)
+                  and x.dim() > 0 and x.shape[-1] == self.in_features)
         if self.format == "bitmap":
+            if direct:  # as below; the op would widen bfloat16 values, which this skips
+                operands = self._kernel_operands.get(buffers["bitmap"], buffers["bitmap"], values,
+                                                     bias, self._matrix_shape, bitmap=True)
+                return _ops.linear_direct(x, *operands, activation)
             return apply_activation(torch.ops.sparsegemm.bitmap_linear(
                 x, buffers["bitmap"], values, self.in_features, bias), activation)
-        if (_ops.can_call_kernel_directly(x, values, bias)
-                and x.dim() > 0 and x.shape[-1] == self.in_features):
+        if direct:
             # Inference fast path: the same kernel without the custom op's dispatch and checks.
             operands = self._kernel_operands.get(buffers["indptr"], buffers["indices"], values,
                                                  bias, self._matrix_shape, self.blocksize)

@@ -59,7 +59,7 @@ import torch
 from torch import Tensor
 
 from .. import _core
-from ..formats import CSRMatrix
+from ..formats import BitmapMatrix, CSRMatrix
 from ..ops import conv_geometry, conv_output_size
 from ._cache import as_numpy, patterns, values_array
 
@@ -172,7 +172,8 @@ def _kernel_rows(x: Tensor, cols: int) -> tuple[Tensor, np.ndarray]:
 def linear_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndarray],
                   chunk_ordered: Optional[tuple] = None,
                   activation: Optional[str] = None) -> Tensor:
-    """``activation(x @ W.T + bias)`` by the kernel of ``pattern`` (a CSRMatrix or BSRMatrix)
+    """``activation(x @ W.T + bias)`` by the kernel of ``pattern`` (a CSRMatrix, BSRMatrix or
+    BitmapMatrix)
     holding ``values``, the activation in its epilogue, without the op's dispatch: only
     after :func:`can_call_kernel_directly` and with ``x.shape[-1]`` checked.
     ``chunk_ordered`` is (chunk columns, the values in chunk order) for a CSR pattern
@@ -190,7 +191,8 @@ def linear_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndar
         _core.csr_linear_chunk_ordered(handle, x_array, out.numpy(), bias, threads, values,
                                        ordered, chunk_cols, activation)
     else:
-        kernel = _core.csr_linear if type(pattern) is CSRMatrix else _core.bsr_linear
+        kernel = (_core.csr_linear if type(pattern) is CSRMatrix else
+                  _core.bitmap_linear if type(pattern) is BitmapMatrix else _core.bsr_linear)
         kernel(handle, x_array, out.numpy(), bias, threads, values, activation)
     return out if matrix else out.view(*x.shape[:-1], rows)
 
