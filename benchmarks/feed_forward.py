@@ -14,14 +14,17 @@ real MiniLM encoder (see shared_input.py).
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
 
 import numpy as np
 
 import sparsegemm
-from shared_input import benchmark_models, ms_per_call, print_variant_table
+from shared_input import (
+    benchmark_models,
+    feature_benchmark_parser,
+    interleaved_medians,
+    print_variant_table,
+)
 
 BLOCKS = [("MiniLM", 384, 1536, 1024), ("BERT-base", 768, 3072, 128),
           ("BERT-base", 768, 3072, 512)]
@@ -46,22 +49,15 @@ def compare_block(name: str, width: int, hidden: int, rows: int, sparsity: float
                                        num_threads=threads)
 
     np.testing.assert_allclose(one_call(), two_calls(), rtol=1e-4, atol=1e-3)
-    times: dict[str, list[float]] = {"two": [], "one": []}
-    for _ in range(rounds):
-        times["two"].append(ms_per_call(two_calls, calls))
-        times["one"].append(ms_per_call(one_call, calls))
-    two, one = (statistics.median(times[k]) for k in ("two", "one"))
+    ms = interleaved_medians({"two": two_calls, "one": one_call}, rounds, calls)
+    two, one = ms["two"], ms["one"]
     return (f"{name:10} {f'{width}-{hidden}-{width}':>14} {rows:5} {sparsity:8.0%} "
             f"{two:9.3f} {one:9.3f} {two / one:7.2f}x")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--sparsity", default="0.9,0.7,0.5")
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--calls", type=int, default=5)
-    parser.add_argument("--no-models", action="store_true", help="blocks only")
+    parser = feature_benchmark_parser(__doc__.split("\n\n")[0], sparsity="0.9,0.7,0.5",
+                                      parts="blocks")
     args = parser.parse_args(argv)
     import torch
 

@@ -14,13 +14,16 @@ installed (see shared_input.py).
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
 
 import sparsegemm
 import torch
-from shared_input import benchmark_models, ms_per_call, print_variant_table
+from shared_input import (
+    benchmark_models,
+    feature_benchmark_parser,
+    interleaved_medians,
+    print_variant_table,
+)
 from sparsegemm.torch import add_layer_norm
 from torch import nn
 
@@ -38,24 +41,18 @@ def compare_shape(name: str, rows: int, width: int, rounds: int, calls: int) -> 
     with torch.inference_mode():
         torch.testing.assert_close(add_layer_norm(y, residual, norm), norm(y + residual),
                                    rtol=1e-5, atol=1e-5)
-        times: dict[str, list[float]] = {"torch": [], "kernel": []}
-        for _ in range(rounds):
-            times["torch"].append(ms_per_call(lambda: norm(y + residual), calls))
-            times["kernel"].append(ms_per_call(lambda: add_layer_norm(y, residual, norm), calls))
-    torch_ms, kernel_ms = (statistics.median(times[key]) for key in ("torch", "kernel"))
+        ms = interleaved_medians({"torch": lambda: norm(y + residual),
+                                  "kernel": lambda: add_layer_norm(y, residual, norm)},
+                                 rounds, calls)
+    torch_ms, kernel_ms = ms["torch"], ms["kernel"]
     return (f"{name:10} {f'{rows}x{width}':>10} {torch_ms * 1e3:9.1f} {kernel_ms * 1e3:9.1f} "
             f"{torch_ms / kernel_ms:7.2f}x")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--sparsity", default="0.9,0.7")
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--calls", type=int, default=5)
+    parser = feature_benchmark_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--shape-calls", type=int, default=200,
                         help="calls per timed block of one add + norm (microseconds each)")
-    parser.add_argument("--no-models", action="store_true", help="shapes only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"sparsegemm {sparsegemm.__version__}, ISA {sparsegemm.get_isa()}, torch "

