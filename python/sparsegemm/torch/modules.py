@@ -550,7 +550,7 @@ class SparseLinear(_SparseWeight):
         direct = (_ops.can_call_kernel_directly(x, values, bias)
                   and x.dim() > 0 and x.shape[-1] == self.in_features)
         if self.format == "bitmap":
-            if direct:  # as below; the op would widen bfloat16 values, which this skips
+            if direct:  # as below (bfloat16 values never pass: the op widens x for them)
                 operands = self._kernel_operands.get(buffers["bitmap"], buffers["bitmap"], values,
                                                      bias, self._matrix_shape, bitmap=True)
                 return _ops.linear_direct(x, *operands, activation)
