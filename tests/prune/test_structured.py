@@ -180,6 +180,17 @@ def test_ffn_only_blocks_need_head_amount_zero():
 
 
 def test_a_block_without_an_ffn_pair_is_refused():
-    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 6))
     with pytest.raises(ValueError, match="FFN pair"):
         prune.prune_structure(model, [torch.randn(2, 4)], 0.5, head_amount=0)
+
+
+def test_a_model_thinned_to_a_square_ffn_keeps_its_layout():
+    """48 -> 32 hidden units, as wide as the model: the FFN pair is still found (and thinned again)."""
+    model = _tiny_bert(hidden=32, intermediate=48)
+    thinned = prune.prune_structure(model, _batches(), 1 / 3, head_amount=0)
+    layouts = prune.block_layouts(thinned)
+    assert [layout.ffn_up.out_features for layout in layouts] == [32, 32]
+    assert all(layout.ffn_down.in_features == 32 for layout in layouts)
+    again = prune.prune_structure(thinned, _batches(), 0.5, head_amount=0)
+    assert [layout.ffn_up.out_features for layout in prune.block_layouts(again)] == [16, 16]

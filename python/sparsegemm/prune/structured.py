@@ -21,8 +21,9 @@ its average output; the rest of its contribution is lost.
 
 Block layout (found per block among its ``nn.Linear`` modules):
 
-* FFN: a pair ``up`` (d -> h) and ``down`` (h -> d) with h != d, ``up``
-  defined first.
+* FFN: a pair ``up`` (d -> h) and ``down`` (h -> d), ``up`` defined first.
+  Where several Linears pair up, the one with h != d (thinning can leave
+  h == d, and then the pair is the only one).
 * Attention: a module with ``attention_head_size`` (Hugging Face) or
   ``head_dim`` whose ``query``/``key``/``value`` (or ``q_proj``/``k_proj``/
   ``v_proj``) Linears give the heads, and the block's remaining Linear that
@@ -123,13 +124,14 @@ def block_layouts(model: nn.Module) -> list[TransformerBlockLayout]:
             (up, down)
             for i, up in enumerate(rest)
             for down in rest[i + 1 :]
-            if up.out_features == down.in_features
-            and up.in_features == down.out_features
-            and up.out_features != up.in_features
+            if up.out_features == down.in_features and up.in_features == down.out_features
         ]
+        if len(pairs) > 1:
+            # square Linears pair with each other too: the FFN is the pair with h != d
+            pairs = [(up, down) for up, down in pairs if up.out_features != up.in_features]
         if len(pairs) != 1:
             raise ValueError(
-                f"block {name!r}: expected one FFN pair (d -> h -> d, h != d) among its "
+                f"block {name!r}: expected one FFN pair (d -> h -> d) among its "
                 f"Linears, found {len(pairs)}"
             )
         up, down = pairs[0]
