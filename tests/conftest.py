@@ -14,9 +14,7 @@ Fixtures other test files can reuse:
   body runs with the kernels forced to that level.
 * ``isa_with_extensions`` -- as ``isa``, plus 'avx512-plain' (the avx512
   level with its VBMI2/VNNI kernels turned off) where the CPU has those
-  extensions: the int8 and bfloat16 bitmap kernels differ between the two;
-  and 'avx512-fastcompress' or 'avx512-slowcompress', whichever this CPU does
-  not default to (it picks the int8 small-batch kernel, core/isa.h).
+  extensions: the int8 and bfloat16 bitmap kernels differ between the two.
 * ``rng`` -- a seeded ``numpy.random.Generator``.
 * ``random_sparse`` -- factory for a random dense array with a sparsity pattern.
 * ``check_sparse_mm`` / ``check_linear`` -- compare a result with the float64
@@ -70,9 +68,6 @@ def _isa_variants() -> list[str]:
     variants = list(sparsegemm.available_isas())
     if sparsegemm._core.avx512_extensions_supported():
         variants.append("avx512-plain")
-        # The int8 small-batch kernel choice that this CPU's vendor does not default to.
-        variants.append("avx512-slowcompress" if sparsegemm._core.fast_vector_compress()
-                        else "avx512-fastcompress")
     if sparsegemm._core.amx_supported():
         variants.append("avx512-noamx")
     return variants
@@ -81,24 +76,19 @@ def _isa_variants() -> list[str]:
 @pytest.fixture(params=_isa_variants())
 def isa_with_extensions(request: pytest.FixtureRequest) -> str:
     """Like ``isa``; 'avx512-plain' runs the avx512 level with VBMI2/VNNI (and
-    so AMX) off, 'avx512-noamx' with only AMX off, 'avx512-fastcompress' and
-    'avx512-slowcompress' with that int8 kernel choice."""
+    so AMX) off, 'avx512-noamx' with only AMX off."""
     level, _, variant = request.param.partition("-")
     core = sparsegemm._core
     previous = core.use_avx512_extensions()
     previous_amx = core.amx_supported() and core.use_amx()
-    previous_compress = core.fast_vector_compress()
     core.set_use_avx512_extensions(previous and variant != "plain")
     if core.amx_supported():
         core.set_use_amx(previous_amx and variant != "noamx")
-    if variant.endswith("compress"):
-        core.set_fast_vector_compress(variant == "fastcompress")
     try:
         with sparsegemm.use_isa(level):
             yield request.param
     finally:
         core.set_use_avx512_extensions(previous)
-        core.set_fast_vector_compress(previous_compress)
         if core.amx_supported():
             core.set_use_amx(previous_amx)
 

@@ -71,8 +71,8 @@ def random_xq(rng: np.random.Generator, batch: int, cols: int) -> np.ndarray:
 @pytest.mark.parametrize("cols", SIZES)
 @pytest.mark.parametrize("density", [0.5, 0.2])
 def test_int_product_exact_on_every_size(isa_with_extensions, rows, cols, density, rng):
-    # On VNNI CPUs, 2-4 vectors take the batch-1 kernel, more the quad kernel
-    # when the matrix is sparse and the tile kernel otherwise.
+    # On VNNI CPUs, 2-4 vectors take the batch-1 kernel, more the tile kernel
+    # (the quad kernel from 12 vectors on sparse weights: see the tests below).
     w = Int8BitmapMatrix.from_dense(random_weight(rng, rows, cols, density))
     for batch in (1, 3, 6):
         xq = random_xq(rng, batch, cols)
@@ -97,10 +97,44 @@ def test_int_product_exact_on_every_batch(isa_with_extensions, batch, density, r
 def test_int_product_exact_over_vector_groups_and_long_rows(isa_with_extensions, batch, cols,
                                                                density, rng):
     # Several groups of 16 vectors (the quad and AMX kernels' unit) over rows of up to 34
-    # bitmap words; at density 0.05 the quad kernel runs even where compress is slow.
+    # bitmap words; on VNNI CPUs without AMX, density 0.05 runs the quad kernel, 0.3 the tile one.
     w = Int8BitmapMatrix.from_dense(random_weight(rng, 35, cols, density))
     xq = random_xq(rng, batch, cols)
     np.testing.assert_array_equal(w.int_product(xq, num_threads=2), reference_int(w, xq))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("density", [0.3, 0.02])
+def test_int_product_exact_over_quad_plan_blocks_and_panels(isa_with_extensions, threads,
+                                                            density, rng):
+    # 70 rows: two whole blocks of 32 and a partial one, split across threads
+    # anywhere; 2113 columns: three panels of 1024, the last partial; empty rows.
+    dense = random_weight(rng, 70, 2113, density)
+    dense[5] = 0
+    dense[40:43] = 0
+    w = Int8BitmapMatrix.from_dense(dense)
+    for batch in (5, 16, 17, 40):
+        xq = random_xq(rng, batch, 2113)
+        np.testing.assert_array_equal(w.int_product(xq, num_threads=threads),
+                                      reference_int(w, xq))
+
+
+def test_quad_plan_is_built_only_for_sparse_small_batches(rng):
+    sparse = Int8BitmapMatrix.from_dense(random_weight(rng, 64, 512, 0.1))
+    dense = Int8BitmapMatrix.from_dense(random_weight(rng, 64, 512, 0.9))
+    for w in (sparse, dense):
+        w.int_product(random_xq(rng, 1, 512))
+        assert w.quad_plan_bytes == 0  # batch 1 never needs it
+        w.int_product(random_xq(rng, 16, 512))
+    assert dense.quad_plan_bytes == 0
+    vnni = (_core.active_isa() == "avx512" and _core.use_avx512_extensions()
+            and not _core.use_amx())  # AMX takes every batch above 4 instead
+    if vnni:
+        quads = np.count_nonzero(sparse.to_dense().reshape(64, 128, 4).any(axis=2))
+        assert sparse.quad_plan_bytes >= 6 * quads
+        assert sparse.copy().quad_plan_bytes == 0  # a rebuilt matrix has its own
+    else:
+        assert sparse.quad_plan_bytes == 0
 
 
 def test_int_product_extremes_and_empty_rows(isa_with_extensions, rng):
@@ -126,7 +160,7 @@ def test_int_product_is_exact_at_the_column_limit(isa_with_extensions, batch, ke
     signs[1] = -1
     signs[2, ::2] = -1
     signs[3, 1::7] = 0
-    signs[:, np.arange(cols) % kept_every != 0] = 0  # sparse: the quad kernel at batch 6
+    signs[:, np.arange(cols) % kept_every != 0] = 0
     w = Int8BitmapMatrix.from_dense(signs)
     xq = np.full((batch, cols), 127, np.int8)
     if batch > 1:
@@ -384,14 +418,3 @@ def test_amx_switch_follows_the_cpu():
         core.set_use_amx(previous)
 
 
-@pytest.mark.parametrize("value, fast", [("fast", True), ("slow", False)])
-def test_compress_choice_follows_the_environment(python_subprocess, value, fast):
-    # SPARSEGEMM_COMPRESS overrides the vendor default that picks the int8 small-batch kernel.
-    code = "import sparsegemm; print(sparsegemm._core.fast_vector_compress())"
-    result = python_subprocess(code, env={"SPARSEGEMM_COMPRESS": value})
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(fast)
-    shown = python_subprocess("import sparsegemm; "
-                              "print(sparsegemm.show_config(print_out=False)['vector_compress'])",
-                              env={"SPARSEGEMM_COMPRESS": value})
-    assert shown.stdout.strip() == value

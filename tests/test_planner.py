@@ -195,20 +195,14 @@ def _flip_gather_choice(monkeypatch):
     monkeypatch.setattr(planner._core, "prefer_hardware_gather", lambda: flipped)
 
 
-def _flip_compress_choice(monkeypatch):
-    flipped = not planner._core.fast_vector_compress()
-    monkeypatch.setattr(planner._core, "fast_vector_compress", lambda: flipped)
-
-
 @pytest.mark.parametrize(
     "change",
     [
         lambda mp: mp.setattr(sparsegemm, "__version__", "99.0"),
         lambda mp: mp.setattr(np, "__version__", "99.0"),
         lambda mp: _flip_gather_choice(mp),
-        lambda mp: _flip_compress_choice(mp),
     ],
-    ids=["sparsegemm version", "numpy version", "SPARSEGEMM_GATHER", "SPARSEGEMM_COMPRESS"],
+    ids=["sparsegemm version", "numpy version", "SPARSEGEMM_GATHER"],
 )
 def test_a_decision_cached_under_other_software_is_not_reused(monkeypatch, weight, tmp_path,
                                                               change):

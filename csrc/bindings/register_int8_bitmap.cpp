@@ -61,6 +61,7 @@ void register_int8_bitmap(py::module_& m) {
       .def_property_readonly("words_per_row",
                              [](const Matrix& a) { return a.weights().words_per_row(); })
       .def_property_readonly("storage_bytes", &Matrix::storage_bytes)
+      .def_property_readonly("quad_plan_bytes", &Matrix::quad_plan_bytes)
       .def_property_readonly("bits",
                              [](py::object self) {
                                return owned_view(self.cast<const Matrix&>().weights().bits(), self);

@@ -45,9 +45,6 @@ void register_runtime(py::module_& m) {
   m.def("prefer_hardware_gather", &prefer_hardware_gather,
         "Whether the batch-1 CSR kernel uses vector gathers (else scalar loads).");
   m.def("set_prefer_hardware_gather", &set_prefer_hardware_gather, py::arg("hardware"));
-  m.def("fast_vector_compress", &fast_vector_compress,
-        "Whether vector compress is cheap here (it decides the int8 small-batch kernel).");
-  m.def("set_fast_vector_compress", &set_fast_vector_compress, py::arg("fast"));
   m.def("avx512_extensions_supported", &avx512_extensions_supported,
         "Whether this CPU has the AVX-512 VBMI2 and VNNI extensions.");
   m.def("use_avx512_extensions", &use_avx512_extensions,

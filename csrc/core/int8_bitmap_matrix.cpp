@@ -89,4 +89,64 @@ void Int8BitmapMatrix::to_dense(float* out) const {
       out[r * cols() + k] = static_cast<float>(quantized[r * cols() + k]) * scales_[r];
 }
 
+Int8QuadPlan Int8QuadPlan::build(const BitmapView<int8_t>& a) {
+  constexpr int64_t kQuadsPerWord = 16;
+  constexpr int64_t kWordsPerPanel = kPanelQuads / kQuadsPerWord;
+  Int8QuadPlan plan;
+  plan.rows = a.rows;
+  plan.words_per_row = a.words_per_row;
+  plan.panels = (a.words_per_row + kWordsPerPanel - 1) / kWordsPerPanel;
+  const int64_t blocks = (a.rows + kRowBlock - 1) / kRowBlock;
+  plan.counts.assign(static_cast<size_t>(blocks * plan.panels * kRowBlock), 0);
+  plan.block_starts.reserve(static_cast<size_t>(blocks + 1));
+  // Stored quads are at most the stored values; reserving that avoids regrowth.
+  plan.quads.reserve(static_cast<size_t>(a.nnz()));
+  plan.weights.reserve(static_cast<size_t>(a.nnz()));
+  std::vector<const int8_t*> next_value(static_cast<size_t>(kRowBlock));
+  for (int64_t block = 0; block < blocks; ++block) {
+    plan.block_starts.push_back(static_cast<int64_t>(plan.quads.size()));
+    const int64_t r0 = block * kRowBlock;
+    const int64_t nrows = std::min(kRowBlock, a.rows - r0);
+    for (int64_t i = 0; i < nrows; ++i) next_value[i] = a.values + a.offsets[r0 + i];
+    for (int64_t panel = 0; panel < plan.panels; ++panel) {
+      const int64_t w0 = panel * kWordsPerPanel;
+      const int64_t w1 = std::min(a.words_per_row, w0 + kWordsPerPanel);
+      for (int64_t i = 0; i < nrows; ++i) {
+        const size_t before = plan.quads.size();
+        const int8_t*& vp = next_value[i];
+        for (int64_t w = w0; w < w1; ++w) {
+          const uint64_t word = a.bits[(r0 + i) * a.words_per_row + w];
+          for (int64_t q = 0; q < kQuadsPerWord; ++q) {
+            const unsigned nibble = static_cast<unsigned>(word >> (4 * q)) & 15u;
+            if (nibble == 0) continue;
+            uint32_t four = 0;
+            for (int j = 0; j < 4; ++j)
+              if (nibble >> j & 1u) four |= uint32_t{static_cast<uint8_t>(*vp++)} << (8 * j);
+            plan.quads.push_back(static_cast<uint16_t>(w * kQuadsPerWord + q));
+            plan.weights.push_back(static_cast<int32_t>(four));
+          }
+        }
+        plan.counts[static_cast<size_t>((block * plan.panels + panel) * kRowBlock + i)] =
+            static_cast<uint16_t>(plan.quads.size() - before);
+      }
+    }
+  }
+  plan.block_starts.push_back(static_cast<int64_t>(plan.quads.size()));
+  plan.quads.shrink_to_fit();
+  plan.weights.shrink_to_fit();
+  return plan;
+}
+
+const Int8QuadPlan& Int8BitmapMatrix::quad_plan() const {
+  std::call_once(quad_plan_->built, [this] {
+    quad_plan_->plan = Int8QuadPlan::build(weights_.view());
+    quad_plan_->ready.store(true, std::memory_order_release);
+  });
+  return quad_plan_->plan;
+}
+
+int64_t Int8BitmapMatrix::quad_plan_bytes() const {
+  return quad_plan_->ready.load(std::memory_order_acquire) ? quad_plan_->plan.bytes() : 0;
+}
+
 }  // namespace sparsegemm

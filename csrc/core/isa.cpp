@@ -115,23 +115,12 @@ std::atomic<bool>& gather_preference_slot() {
   return slot;
 }
 
-std::atomic<bool>& fast_compress_slot() {
-  static std::atomic<bool> slot{vendor_choice("SPARSEGEMM_COMPRESS", "fast", "slow")};
-  return slot;
-}
-
 }  // namespace
 
 bool prefer_hardware_gather() { return gather_preference_slot().load(std::memory_order_relaxed); }
 
 void set_prefer_hardware_gather(bool hardware) {
   gather_preference_slot().store(hardware, std::memory_order_relaxed);
-}
-
-bool fast_vector_compress() { return fast_compress_slot().load(std::memory_order_relaxed); }
-
-void set_fast_vector_compress(bool fast) {
-  fast_compress_slot().store(fast, std::memory_order_relaxed);
 }
 
 bool avx512_extensions_supported() {

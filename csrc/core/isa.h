@@ -35,14 +35,6 @@ void set_active_isa(Isa isa);
 bool prefer_hardware_gather();
 void set_prefer_hardware_gather(bool hardware);
 
-// Whether vector compress (vpcompressd) is cheap, as on Intel, or slow, as on
-// AMD Zen 4: there the int8 quad kernel's per-row gather (two compresses per
-// bitmap word) costs more than it saves unless many vectors share it. The
-// default follows the CPU vendor; SPARSEGEMM_COMPRESS=fast|slow or
-// set_fast_vector_compress() overrides it, so tests can run both choices.
-bool fast_vector_compress();
-void set_fast_vector_compress(bool fast);
-
 // AVX-512 extensions that Ice Lake, Zen 4 and later CPUs add to the avx512
 // level: byte and word expand loads (VBMI2) and int8 dot products (VNNI).
 // The int8 and bfloat16 bitmap kernels of the avx512 level use them where the

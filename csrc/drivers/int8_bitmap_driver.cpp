@@ -105,30 +105,23 @@ void interleave_quads(const uint8_t* xs, int64_t stride, int64_t batch, int64_t 
       }
 }
 
-// Which VNNI kernel runs, measured cold on 4096 x 11008 at 50-90% sparsity:
-// up to 4 vectors the batch-1 kernel (row by row, each row reused from L1 by
-// every vector) was fastest; above that, the quad kernel where at most 40% of
-// the weights are stored (1.1-1.6x the tile kernel at 70-90%), the tile
-// kernel otherwise. Where the CPU has AMX, its kernel takes every batch
-// above 4 (1.4-2.2x the quad and tile kernels at batch 16, 50-90%).
+// Which VNNI kernel runs above 4 vectors, measured cold on AMD Zen 4 (2
+// threads, 4096 x 11008 and 11008 x 4096): the quad kernel always reads 16
+// vectors' worth of x4 per quad, so it costs about the same from 5 to 16
+// vectors (1.6-1.9 ms at 90% sparsity), while the tile kernel's cost grows
+// with the batch (1.6 ms at 5 vectors, 2.4 at 8, 3.2 at 16, 13 at 64). The
+// quad kernel won from 16 vectors at 90% (1.8-2x) and at 64 (1.9x), tied at
+// 70% from 16 vectors, and lost below 8. Up to 4 vectors the batch-1 kernel
+// (row by row, each row reused from L1 by every vector) is fastest. Where
+// the CPU has AMX, its kernel takes every batch above 4 (1.4-2.2x the quad
+// and tile kernels at batch 16, 50-90%, on an Intel Xeon).
 constexpr int64_t kVnniGemvMaxBatch = 4;
-constexpr double kQuadKernelMaxDensity = 0.4;
-// Where vector compress is slow (AMD Zen 4, core/isa.h), the quad kernel's
-// gather costs about as much per row as the whole tile product of 8-16
-// vectors, so it takes over only where enough vectors share each row's
-// gather and few quads hold weights: density <= batch / 256 from batch 16.
-// Zen 4, 2 threads, 4096 x 11008 and 11008 x 4096, tile kernel against quad
-// kernel: batch 8 1.5-2.8x at 70-97% sparsity; batch 16 1.2-1.6x at 70-90%,
-// 0.9x at 97%; batch 64 1.3x at 70%, 0.4-0.7x at 90-97%.
-constexpr int64_t kSlowCompressQuadMinBatch = 16;
-constexpr double kSlowCompressVectorsPerDensity = 256.0;
+constexpr int64_t kQuadKernelMinBatch = 12;
+constexpr double kQuadKernelMaxDensity = 0.2;
 
 // Whether the quad kernel takes `batch` vectors over weights of this density.
 bool quad_kernel_pays(int64_t batch, double density) {
-  if (density > kQuadKernelMaxDensity) return false;
-  if (fast_vector_compress()) return true;
-  return batch >= kSlowCompressQuadMinBatch &&
-         density * kSlowCompressVectorsPerDensity <= static_cast<double>(batch);
+  return batch >= kQuadKernelMinBatch && density <= kQuadKernelMaxDensity;
 }
 
 // Runs the integer kernel over every row, then after_rows(r0, r1) on the
@@ -147,6 +140,8 @@ void int_product_rows(const Int8BitmapKernels& kernels, const Int8BitmapMatrix& 
   const bool tiles = std::is_same_v<X, uint8_t> && !gemv && kernels.small_batch_rows_amx != nullptr;
   const bool quads = std::is_same_v<X, uint8_t> && !gemv && !tiles &&
                      kernels.small_batch_rows_quads != nullptr && quad_kernel_pays(batch, density);
+  // Built on the first call that needs it, before the threads start.
+  const Int8QuadPlan* plan = quads ? &w.quad_plan() : nullptr;
   ScratchBuffer<uint8_t> x4(quads || tiles
                                 ? static_cast<size_t>((batch + kQuadVectors - 1) / kQuadVectors *
                                                       kQuadVectors * padded_cols)
@@ -158,7 +153,7 @@ void int_product_rows(const Int8BitmapKernels& kernels, const Int8BitmapMatrix& 
       if (tiles)
         kernels.small_batch_rows_amx(view, row_sums, r0, r1, x4.data(), batch, acc, ldacc);
       else if (quads)
-        kernels.small_batch_rows_quads(view, row_sums, r0, r1, x4.data(), batch, acc, ldacc);
+        kernels.small_batch_rows_quads(*plan, row_sums, r0, r1, x4.data(), batch, acc, ldacc);
       else
         (!gemv ? kernels.small_batch_rows_bytes : kernels.gemv_rows_bytes)(
             view, row_sums, r0, r1, xq, x_stride, batch, acc, ldacc);

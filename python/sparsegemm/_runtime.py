@@ -167,7 +167,6 @@ def show_config(*, print_out: bool = True) -> dict | None:
         "available_isas": available_isas(),
         "isa_override": os.environ.get("SPARSEGEMM_ISA") or None,
         "batch1_csr_kernel": "vector gathers" if _core.prefer_hardware_gather() else "scalar loads",
-        "vector_compress": "fast" if _core.fast_vector_compress() else "slow",
         "avx512_extensions": _core.use_avx512_extensions(),
         "avx512_bf16": _core.use_avx512_extensions() and _core.avx512_bf16_supported(),
         "amx": _core.use_amx(),
@@ -195,10 +194,6 @@ def show_config(*, print_out: bool = True) -> dict | None:
             "off" if _core.avx512_extensions_supported() else "not on this CPU")
         print(f"  AVX-512 VBMI2/VNNI int8 and bfloat16 kernels: {extensions} "
               "(SPARSEGEMM_AVX512_EXTENSIONS)")
-        if config["avx512_extensions"]:
-            print(f"  vector compress: {config['vector_compress']}: int8 quad kernel at batches "
-                  f"{'above 4' if config['vector_compress'] == 'fast' else 'from 16'} "
-                  "on sparse weights (SPARSEGEMM_COMPRESS)")
         if config["avx512_bf16"]:
             print("  AVX512-BF16 dot products for bfloat16 inputs: on")
         if _core.amx_supported():

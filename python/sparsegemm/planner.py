@@ -191,7 +191,6 @@ def _software_versions() -> dict[str, Any]:
         "numpy": np.__version__,
         "torch": getattr(torch, "__version__", None) if torch is not None else None,
         "gather": "hardware" if _core.prefer_hardware_gather() else "scalar",
-        "compress": "fast" if _core.fast_vector_compress() else "slow",
         "avx512_extensions": _core.use_avx512_extensions(),
         "amx": _core.use_amx(),
     }

@@ -186,7 +186,7 @@ def test_a_block_without_an_ffn_pair_is_refused():
 
 
 def test_a_model_thinned_to_a_square_ffn_keeps_its_layout():
-    """48 -> 32 hidden units, as wide as the model: the FFN pair is still found (and thinned again)."""
+    """48 -> 32 hidden units, as wide as the model: the FFN pair is still found."""
     model = _tiny_bert(hidden=32, intermediate=48)
     thinned = prune.prune_structure(model, _batches(), 1 / 3, head_amount=0)
     layouts = prune.block_layouts(thinned)

@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "core/bitmap_matrix.h"
+#include "core/int8_bitmap_matrix.h"
 #include "core/isa.h"
 
 namespace sparsegemm {
@@ -44,17 +45,22 @@ using Int8ByteKernelFn = void (*)(const BitmapView<int8_t>& a, const int32_t* ro
                                   int64_t x_vstride, int64_t nvec, int32_t* acc,
                                   int64_t acc_vstride);
 
-// The VNNI small-batch kernel for sparse rows: it multiplies only the column
-// quads (4 consecutive columns) of a row that hold a stored value, each with
-// up to kQuadVectors vectors at once, so it reads the vectors transposed:
-// for chunk c of kQuadVectors vectors and quad q of the padded columns,
+// The small-batch kernels over column quads (4 consecutive columns) read
+// the vectors transposed, kQuadVectors at once: for chunk c of kQuadVectors
+// vectors and quad q of the padded columns,
 // x4[((c * quads + q) * kQuadVectors + v) * 4 + j] = x(16c + v, 4q + j) + 128
 // as an unsigned byte (128 for a vector past nvec), quads = words_per_row * 16.
-// In both forms, only the int8 range [-127, 127] of x is allowed.
+// In every form, only the int8 range [-127, 127] of x is allowed.
 constexpr int kQuadVectors = 16;
+// The AMX kernel: every column quad, from the bitmap.
 using Int8QuadKernelFn = void (*)(const BitmapView<int8_t>& a, const int32_t* row_sums,
                                   int64_t row_begin, int64_t row_end, const uint8_t* x4,
                                   int64_t nvec, int32_t* acc, int64_t acc_vstride);
+// The VNNI kernel for sparse rows: only the quads that hold a stored value,
+// read from the matrix's quad plan (core/int8_bitmap_matrix.h).
+using Int8QuadPlanKernelFn = void (*)(const Int8QuadPlan& plan, const int32_t* row_sums,
+                                      int64_t row_begin, int64_t row_end, const uint8_t* x4,
+                                      int64_t nvec, int32_t* acc, int64_t acc_vstride);
 
 // gemv_rows multiplies each row with one vector at a time; small_batch_rows
 // expands a tile of rows x 256 columns once and multiplies it with up to 16
@@ -68,7 +74,7 @@ struct Int8BitmapKernels {
   Int8ByteKernelFn gemv_rows_bytes = nullptr;
   Int8ByteKernelFn small_batch_rows_bytes = nullptr;
   // Optional: faster than small_batch_rows_bytes on sparse rows (see the driver).
-  Int8QuadKernelFn small_batch_rows_quads = nullptr;
+  Int8QuadPlanKernelFn small_batch_rows_quads = nullptr;
   // Optional, where use_amx(): the tile-multiply kernel, over the quad layout,
   // for any density (int8_bitmap_amx.cpp).
   Int8QuadKernelFn small_batch_rows_amx = nullptr;
