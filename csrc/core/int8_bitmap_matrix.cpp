@@ -6,6 +6,8 @@
 #include <string>
 #include <utility>
 
+#include "core/parallel.h"
+
 namespace sparsegemm {
 
 void check_int8_cols(int64_t cols) {
@@ -89,57 +91,88 @@ void Int8BitmapMatrix::to_dense(float* out) const {
       out[r * cols() + k] = static_cast<float>(quantized[r * cols() + k]) * scales_[r];
 }
 
-Int8QuadPlan Int8QuadPlan::build(const BitmapView<int8_t>& a) {
-  constexpr int64_t kQuadsPerWord = 16;
-  constexpr int64_t kWordsPerPanel = kPanelQuads / kQuadsPerWord;
+namespace {
+
+constexpr int64_t kQuadsPerWord = 16;
+constexpr int64_t kWordsPerPanel = Int8QuadPlan::kPanelQuads / kQuadsPerWord;
+
+// Bit 4q of the result is set where quad q of the word holds a stored weight.
+inline uint64_t quad_leaders(uint64_t word) {
+  return (word | word >> 1 | word >> 2 | word >> 3) & 0x1111111111111111ull;
+}
+
+}  // namespace
+
+Int8QuadPlan Int8QuadPlan::build(const BitmapView<int8_t>& a, int num_threads) {
   Int8QuadPlan plan;
   plan.rows = a.rows;
   plan.words_per_row = a.words_per_row;
   plan.panels = (a.words_per_row + kWordsPerPanel - 1) / kWordsPerPanel;
   const int64_t blocks = (a.rows + kRowBlock - 1) / kRowBlock;
   plan.counts.assign(static_cast<size_t>(blocks * plan.panels * kRowBlock), 0);
-  plan.block_starts.reserve(static_cast<size_t>(blocks + 1));
-  // Stored quads are at most the stored values; reserving that avoids regrowth.
-  plan.quads.reserve(static_cast<size_t>(a.nnz()));
-  plan.weights.reserve(static_cast<size_t>(a.nnz()));
-  std::vector<const int8_t*> next_value(static_cast<size_t>(kRowBlock));
-  for (int64_t block = 0; block < blocks; ++block) {
-    plan.block_starts.push_back(static_cast<int64_t>(plan.quads.size()));
-    const int64_t r0 = block * kRowBlock;
-    const int64_t nrows = std::min(kRowBlock, a.rows - r0);
-    for (int64_t i = 0; i < nrows; ++i) next_value[i] = a.values + a.offsets[r0 + i];
-    for (int64_t panel = 0; panel < plan.panels; ++panel) {
-      const int64_t w0 = panel * kWordsPerPanel;
-      const int64_t w1 = std::min(a.words_per_row, w0 + kWordsPerPanel);
-      for (int64_t i = 0; i < nrows; ++i) {
-        const size_t before = plan.quads.size();
-        const int8_t*& vp = next_value[i];
-        for (int64_t w = w0; w < w1; ++w) {
-          const uint64_t word = a.bits[(r0 + i) * a.words_per_row + w];
-          for (int64_t q = 0; q < kQuadsPerWord; ++q) {
-            const unsigned nibble = static_cast<unsigned>(word >> (4 * q)) & 15u;
-            if (nibble == 0) continue;
-            uint32_t four = 0;
-            for (int j = 0; j < 4; ++j)
-              if (nibble >> j & 1u) four |= uint32_t{static_cast<uint8_t>(*vp++)} << (8 * j);
-            plan.quads.push_back(static_cast<uint16_t>(w * kQuadsPerWord + q));
-            plan.weights.push_back(static_cast<int32_t>(four));
+  plan.block_starts.assign(static_cast<size_t>(blocks + 1), 0);
+  const int threads = threads_for_pass(num_threads, a.rows * a.words_per_row);
+  // Pass 1: the quads of every row in every panel, and each block's total.
+  parallel_ranges(threads, blocks, [&](int64_t b0, int64_t b1) {
+    for (int64_t block = b0; block < b1; ++block) {
+      int64_t total = 0;
+      for (int64_t panel = 0; panel < plan.panels; ++panel) {
+        const int64_t w0 = panel * kWordsPerPanel;
+        const int64_t w1 = std::min(a.words_per_row, w0 + kWordsPerPanel);
+        for (int64_t i = 0; i < kRowBlock && block * kRowBlock + i < a.rows; ++i) {
+          const uint64_t* words = a.bits + (block * kRowBlock + i) * a.words_per_row;
+          int64_t count = 0;
+          for (int64_t w = w0; w < w1; ++w) count += __builtin_popcountll(quad_leaders(words[w]));
+          plan.counts[static_cast<size_t>((block * plan.panels + panel) * kRowBlock + i)] =
+              static_cast<uint16_t>(count);
+          total += count;
+        }
+      }
+      plan.block_starts[static_cast<size_t>(block + 1)] = total;
+    }
+  });
+  for (int64_t block = 0; block < blocks; ++block)
+    plan.block_starts[static_cast<size_t>(block + 1)] +=
+        plan.block_starts[static_cast<size_t>(block)];
+  plan.quads.resize(static_cast<size_t>(plan.block_starts.back()));
+  plan.weights.resize(static_cast<size_t>(plan.block_starts.back()));
+  // Pass 2: each block writes its quads from its start, panel by panel, row by row.
+  parallel_ranges(threads, blocks, [&](int64_t b0, int64_t b1) {
+    const int8_t* next_value[kRowBlock];
+    for (int64_t block = b0; block < b1; ++block) {
+      const int64_t r0 = block * kRowBlock;
+      const int64_t nrows = std::min(kRowBlock, a.rows - r0);
+      for (int64_t i = 0; i < nrows; ++i) next_value[i] = a.values + a.offsets[r0 + i];
+      int64_t n = plan.block_starts[static_cast<size_t>(block)];
+      for (int64_t panel = 0; panel < plan.panels; ++panel) {
+        const int64_t w0 = panel * kWordsPerPanel;
+        const int64_t w1 = std::min(a.words_per_row, w0 + kWordsPerPanel);
+        for (int64_t i = 0; i < nrows; ++i) {
+          const uint64_t* words = a.bits + (r0 + i) * a.words_per_row;
+          const int8_t*& vp = next_value[i];
+          for (int64_t w = w0; w < w1; ++w) {
+            for (uint64_t leaders = quad_leaders(words[w]); leaders != 0; leaders &= leaders - 1) {
+              const int shift = __builtin_ctzll(leaders);  // 4q
+              const unsigned nibble = static_cast<unsigned>(words[w] >> shift) & 15u;
+              uint32_t four = 0;
+              for (int j = 0; j < 4; ++j)
+                if (nibble >> j & 1u) four |= uint32_t{static_cast<uint8_t>(*vp++)} << (8 * j);
+              plan.quads[static_cast<size_t>(n)] =
+                  static_cast<uint16_t>(w * kQuadsPerWord + shift / 4);
+              plan.weights[static_cast<size_t>(n)] = static_cast<int32_t>(four);
+              ++n;
+            }
           }
         }
-        plan.counts[static_cast<size_t>((block * plan.panels + panel) * kRowBlock + i)] =
-            static_cast<uint16_t>(plan.quads.size() - before);
       }
     }
-  }
-  plan.block_starts.push_back(static_cast<int64_t>(plan.quads.size()));
-  plan.quads.shrink_to_fit();
-  plan.weights.shrink_to_fit();
+  });
   return plan;
 }
 
-const Int8QuadPlan& Int8BitmapMatrix::quad_plan() const {
-  std::call_once(quad_plan_->built, [this] {
-    quad_plan_->plan = Int8QuadPlan::build(weights_.view());
+const Int8QuadPlan& Int8BitmapMatrix::quad_plan(int num_threads) const {
+  std::call_once(quad_plan_->built, [this, num_threads] {
+    quad_plan_->plan = Int8QuadPlan::build(weights_.view(), num_threads);
     quad_plan_->ready.store(true, std::memory_order_release);
   });
   return quad_plan_->plan;

@@ -62,7 +62,8 @@ struct Int8QuadPlan {
   std::vector<uint16_t> quads;   // the quad q of each stored quad
   std::vector<int32_t> weights;  // its 4 weights, column 4q + j in byte j (0 where not stored)
 
-  static Int8QuadPlan build(const BitmapView<int8_t>& a);
+  // num_threads as in core/parallel.h.
+  static Int8QuadPlan build(const BitmapView<int8_t>& a, int num_threads);
   int64_t bytes() const {
     return static_cast<int64_t>(block_starts.size() * sizeof(int64_t) +
                                 counts.size() * sizeof(uint16_t) +
@@ -108,8 +109,9 @@ class Int8BitmapMatrix {
   // The quad plan of the weights, built on the first call (thread-safe) and
   // kept for the matrix's lifetime: only small batches over sparse weights
   // ask for it (drivers/int8_bitmap_driver.cpp), so batch-1 use never pays
-  // its memory. Copies of the matrix share it.
-  const Int8QuadPlan& quad_plan() const;
+  // its memory. Copies of the matrix share it. The first caller's
+  // num_threads (as in core/parallel.h) build it.
+  const Int8QuadPlan& quad_plan(int num_threads) const;
   // Bytes the quad plan holds now: 0 until it is built.
   int64_t quad_plan_bytes() const;
 

@@ -141,7 +141,7 @@ void int_product_rows(const Int8BitmapKernels& kernels, const Int8BitmapMatrix& 
   const bool quads = std::is_same_v<X, uint8_t> && !gemv && !tiles &&
                      kernels.small_batch_rows_quads != nullptr && quad_kernel_pays(batch, density);
   // Built on the first call that needs it, before the threads start.
-  const Int8QuadPlan* plan = quads ? &w.quad_plan() : nullptr;
+  const Int8QuadPlan* plan = quads ? &w.quad_plan(num_threads) : nullptr;
   ScratchBuffer<uint8_t> x4(quads || tiles
                                 ? static_cast<size_t>((batch + kQuadVectors - 1) / kQuadVectors *
                                                       kQuadVectors * padded_cols)
