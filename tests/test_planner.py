@@ -195,14 +195,20 @@ def _flip_gather_choice(monkeypatch):
     monkeypatch.setattr(planner._core, "prefer_hardware_gather", lambda: flipped)
 
 
+def _flip_bitmap_prefetch(monkeypatch):
+    flipped = not planner._core.prefetch_dense_bitmaps()
+    monkeypatch.setattr(planner._core, "prefetch_dense_bitmaps", lambda: flipped)
+
+
 @pytest.mark.parametrize(
     "change",
     [
         lambda mp: mp.setattr(sparsegemm, "__version__", "99.0"),
         lambda mp: mp.setattr(np, "__version__", "99.0"),
         lambda mp: _flip_gather_choice(mp),
+        lambda mp: _flip_bitmap_prefetch(mp),
     ],
-    ids=["sparsegemm version", "numpy version", "SPARSEGEMM_GATHER"],
+    ids=["sparsegemm version", "numpy version", "SPARSEGEMM_GATHER", "SPARSEGEMM_BITMAP_PREFETCH"],
 )
 def test_a_decision_cached_under_other_software_is_not_reused(monkeypatch, weight, tmp_path,
                                                               change):

@@ -115,7 +115,20 @@ std::atomic<bool>& gather_preference_slot() {
   return slot;
 }
 
+std::atomic<bool>& dense_bitmap_prefetch_slot() {
+  static std::atomic<bool> slot{vendor_choice("SPARSEGEMM_BITMAP_PREFETCH", "on", "off")};
+  return slot;
+}
+
 }  // namespace
+
+bool prefetch_dense_bitmaps() {
+  return dense_bitmap_prefetch_slot().load(std::memory_order_relaxed);
+}
+
+void set_prefetch_dense_bitmaps(bool prefetch) {
+  dense_bitmap_prefetch_slot().store(prefetch, std::memory_order_relaxed);
+}
 
 bool prefer_hardware_gather() { return gather_preference_slot().load(std::memory_order_relaxed); }
 

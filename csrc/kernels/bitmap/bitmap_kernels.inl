@@ -37,6 +37,12 @@ constexpr int64_t kPrefetchAhead = 256;
 constexpr int64_t kRowAtATimeMaxXBytes = 24 * 1024;
 constexpr double kRowAtATimeMaxDensity = 0.4;
 constexpr int64_t kRowPrefetchBytes = 4096;
+// Above this density, where prefetch_dense_bitmaps() is off (AMD by default,
+// core/isa.h), the batch-1 kernel issues no prefetches. Zen 4, cold, 2
+// threads, two runs each, with against without: 0% sparsity 4096^2 2.2
+// against 1.7-2.0 ms, 4096 x 11008 5.9-7.1 against 5.3-6.0 ms; 50%
+// 11008 x 4096 3.9-4.0 against 3.4-3.5 ms, 4096^2 1.4-1.5 against 1.25-1.37 ms.
+constexpr double kNoPrefetchMinDensity = 0.45;
 // Columns of a tile the small-batch kernel expands at once (whole words).
 constexpr int64_t kTileCols = 256;
 // Dense vectors that share one expanded tile.
@@ -93,11 +99,12 @@ inline T row_dot_by_bits(const uint64_t* words, int64_t nwords, const V* vals, c
 // With ChunkPrefetch, each chunk prefetches ahead of its row, not each word:
 // a word's prefetch covers one cache line, fewer than a word's values fill
 // above a quarter density. Cold, 2 threads, AVX-512: per chunk ran 5-18%
-// faster at 0-70% sparsity, and 4-5% slower at 90%.
+// faster at 0-70% sparsity, and 4-5% slower at 90%. Without Prefetch the
+// hardware prefetchers alone follow the rows (see kNoPrefetchMinDensity).
 // RowAtATime (R == 1 only) picks that mode's accumulators and prefetch
 // distance. A row's summation order depends on the mode alone, never on R, so
 // the result does not depend on how rows are split across threads.
-template <typename V, int R, bool RowAtATime, bool Safe, bool ChunkPrefetch,
+template <typename V, int R, bool RowAtATime, bool Safe, bool Prefetch, bool ChunkPrefetch,
           typename T = compute_t<V>>
 inline void gemv_group(const BitmapView<V>& a, int64_t r, const T* x, T* sums) {
   static_assert(R == 1 || !RowAtATime, "one row at a time means R == 1");
@@ -121,7 +128,7 @@ inline void gemv_group(const BitmapView<V>& a, int64_t r, const T* x, T* sums) {
     vp[i] = a.values + a.offsets[r + i];
   }
   for (int64_t w = 0; w < full; ++w) {
-    if constexpr (!ChunkPrefetch)
+    if constexpr (Prefetch && !ChunkPrefetch)
       for (int i = 0; i < R; ++i) Vt::prefetch(vp[i] + ahead);
     const T* xw = x + w * kWordBits;
     // Fully unrolled, so the accumulators and offsets are static and stay in registers.
@@ -131,7 +138,7 @@ inline void gemv_group(const BitmapView<V>& a, int64_t r, const T* x, T* sums) {
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         const unsigned b = chunk_at<T>(words[i] + w, s);
-        if constexpr (ChunkPrefetch) Vt::prefetch(vp[i] + ahead);
+        if constexpr (Prefetch && ChunkPrefetch) Vt::prefetch(vp[i] + ahead);
         acc[i][s % A] = E::template fmadd<Safe>(b, vp[i], xs, acc[i][s % A]);
         vp[i] += __builtin_popcount(b);
       }
@@ -180,16 +187,22 @@ void gemv_rows(const BitmapView<V>& a, int64_t row_begin, int64_t row_end, const
       // they lie inside the values array, i.e. up to L values before its end.
       const int64_t total = a.nnz();
       const bool chunk_prefetch = 4 * total > a.rows * a.cols;
+      const bool prefetch = prefetch_dense_bitmaps() ||
+                            static_cast<double>(total) <=
+                                kNoPrefetchMinDensity * static_cast<double>(a.rows * a.cols);
       const auto group = [&](auto rows, auto row_at_a_time, int64_t r, T* sums) {
         constexpr int R = decltype(rows)::value;
         constexpr bool One = decltype(row_at_a_time)::value;
         const bool safe = a.offsets[r + R] + L > total;
-        if (chunk_prefetch)
-          safe ? gemv_group<V, R, One, true, true>(a, r, xv, sums)
-               : gemv_group<V, R, One, false, true>(a, r, xv, sums);
+        if (!prefetch)
+          safe ? gemv_group<V, R, One, true, false, false>(a, r, xv, sums)
+               : gemv_group<V, R, One, false, false, false>(a, r, xv, sums);
+        else if (chunk_prefetch)
+          safe ? gemv_group<V, R, One, true, true, true>(a, r, xv, sums)
+               : gemv_group<V, R, One, false, true, true>(a, r, xv, sums);
         else
-          safe ? gemv_group<V, R, One, true, false>(a, r, xv, sums)
-               : gemv_group<V, R, One, false, false>(a, r, xv, sums);
+          safe ? gemv_group<V, R, One, true, true, false>(a, r, xv, sums)
+               : gemv_group<V, R, One, false, true, false>(a, r, xv, sums);
       };
       T sums[kGemvRows];
       int64_t r = row_begin;
