@@ -418,3 +418,16 @@ def test_amx_switch_follows_the_cpu():
         core.set_use_amx(previous)
 
 
+
+
+def test_concurrent_first_calls_build_one_quad_plan(rng):
+    # Threads racing on a fresh matrix's first batch-16 product (the GIL is released):
+    # one builds the quad plan, the others wait for it, and every result is exact.
+    from concurrent.futures import ThreadPoolExecutor
+
+    w = Int8BitmapMatrix.from_dense(random_weight(rng, 300, 2113, 0.08))
+    inputs = [random_xq(rng, 16, 2113) for _ in range(6)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda xq: w.int_product(xq, num_threads=2), inputs))
+    for xq, result in zip(inputs, results):
+        np.testing.assert_array_equal(result, reference_int(w, xq))
