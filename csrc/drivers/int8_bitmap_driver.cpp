@@ -108,13 +108,13 @@ void interleave_quads(const uint8_t* xs, int64_t stride, int64_t batch, int64_t 
 // Which VNNI kernel runs above 4 vectors, measured cold on AMD Zen 4 (2
 // threads, 4096 x 11008 and 11008 x 4096): the quad kernel always reads 16
 // vectors' worth of x4 per quad, so it costs about the same from 5 to 16
-// vectors (1.6-1.9 ms at 90% sparsity), while the tile kernel's cost grows
-// with the batch (1.6 ms at 5 vectors, 2.4 at 8, 3.2 at 16, 13 at 64). The
-// quad kernel won from 16 vectors at 90% (1.8-2x) and at 64 (1.9x), tied at
-// 70% from 16 vectors, and lost below 8. Up to 4 vectors the batch-1 kernel
-// (row by row, each row reused from L1 by every vector) is fastest. Where
-// the CPU has AMX, its kernel takes every batch above 4 (1.4-2.2x the quad
-// and tile kernels at batch 16, 50-90%, on an Intel Xeon).
+// vectors (1.6-3.0 ms at 90% sparsity over runs), while the tile kernel's
+// cost grows with the batch (1.6 ms at 5 vectors, 2.4 at 8, 3.2 at 16, 13 at
+// 64). The quad kernel won from 16 vectors at 90% (1.8-2x) and at 64 (1.9x),
+// tied at 70% from 16 vectors, and lost or tied below that. Up to 4 vectors
+// the batch-1 kernel (row by row, each row reused from L1 by every vector)
+// is fastest. Where the CPU has AMX, its kernel takes every batch above 4
+// (1.4-2.2x the quad and tile kernels at batch 16, 50-90%, on an Intel Xeon).
 constexpr int64_t kVnniGemvMaxBatch = 4;
 constexpr int64_t kQuadKernelMinBatch = 12;
 constexpr double kQuadKernelMaxDensity = 0.2;
