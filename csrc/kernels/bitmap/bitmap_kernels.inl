@@ -94,18 +94,20 @@ inline T row_dot_by_bits(const uint64_t* words, int64_t nwords, const V* vals, c
   return (sums[0] + sums[1]) + (sums[2] + sums[3]);
 }
 
+// How the batch-1 kernel prefetches each row's values: per chunk, each chunk
+// prefetches ahead of its row, not each word: a word's prefetch covers one
+// cache line, fewer than a word's values fill above a quarter density. Cold,
+// 2 threads, AVX-512: per chunk ran 5-18% faster at 0-70% sparsity, and 4-5%
+// slower at 90%. With none, the hardware prefetchers alone follow the rows
+// (see kNoPrefetchMinDensity).
+enum class Prefetch { kNone, kPerWord, kPerChunk };
+
 // Vector levels: sums[i] = row (r + i) . x for i < R. With Safe, values are
 // read by masked loads only (for rows near the end of the values array).
-// With ChunkPrefetch, each chunk prefetches ahead of its row, not each word:
-// a word's prefetch covers one cache line, fewer than a word's values fill
-// above a quarter density. Cold, 2 threads, AVX-512: per chunk ran 5-18%
-// faster at 0-70% sparsity, and 4-5% slower at 90%. Without Prefetch the
-// hardware prefetchers alone follow the rows (see kNoPrefetchMinDensity).
 // RowAtATime (R == 1 only) picks that mode's accumulators and prefetch
 // distance. A row's summation order depends on the mode alone, never on R, so
 // the result does not depend on how rows are split across threads.
-template <typename V, int R, bool RowAtATime, bool Safe, bool Prefetch, bool ChunkPrefetch,
-          typename T = compute_t<V>>
+template <typename V, int R, bool RowAtATime, bool Safe, Prefetch P, typename T = compute_t<V>>
 inline void gemv_group(const BitmapView<V>& a, int64_t r, const T* x, T* sums) {
   static_assert(R == 1 || !RowAtATime, "one row at a time means R == 1");
   using Vt = Vec<T>;
@@ -128,7 +130,7 @@ inline void gemv_group(const BitmapView<V>& a, int64_t r, const T* x, T* sums) {
     vp[i] = a.values + a.offsets[r + i];
   }
   for (int64_t w = 0; w < full; ++w) {
-    if constexpr (Prefetch && !ChunkPrefetch)
+    if constexpr (P == Prefetch::kPerWord)
       for (int i = 0; i < R; ++i) Vt::prefetch(vp[i] + ahead);
     const T* xw = x + w * kWordBits;
     // Fully unrolled, so the accumulators and offsets are static and stay in registers.
@@ -138,7 +140,7 @@ inline void gemv_group(const BitmapView<V>& a, int64_t r, const T* x, T* sums) {
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         const unsigned b = chunk_at<T>(words[i] + w, s);
-        if constexpr (Prefetch && ChunkPrefetch) Vt::prefetch(vp[i] + ahead);
+        if constexpr (P == Prefetch::kPerChunk) Vt::prefetch(vp[i] + ahead);
         acc[i][s % A] = E::template fmadd<Safe>(b, vp[i], xs, acc[i][s % A]);
         vp[i] += __builtin_popcount(b);
       }
@@ -186,29 +188,31 @@ void gemv_rows(const BitmapView<V>& a, int64_t row_begin, int64_t row_end, const
       // A plain load at a row's read position reads L values: fine while
       // they lie inside the values array, i.e. up to L values before its end.
       const int64_t total = a.nnz();
-      const bool chunk_prefetch = 4 * total > a.rows * a.cols;
-      const bool prefetch = prefetch_dense_bitmaps() ||
-                            static_cast<double>(total) <=
-                                kNoPrefetchMinDensity * static_cast<double>(a.rows * a.cols);
+      const double entries = static_cast<double>(a.rows * a.cols);
+      const Prefetch prefetch =
+          !prefetch_dense_bitmaps() && static_cast<double>(total) > kNoPrefetchMinDensity * entries
+              ? Prefetch::kNone
+          : 4 * total > a.rows * a.cols ? Prefetch::kPerChunk
+                                        : Prefetch::kPerWord;
       const auto group = [&](auto rows, auto row_at_a_time, int64_t r, T* sums) {
         constexpr int R = decltype(rows)::value;
         constexpr bool One = decltype(row_at_a_time)::value;
-        const bool safe = a.offsets[r + R] + L > total;
-        if (!prefetch)
-          safe ? gemv_group<V, R, One, true, false, false>(a, r, xv, sums)
-               : gemv_group<V, R, One, false, false, false>(a, r, xv, sums);
-        else if (chunk_prefetch)
-          safe ? gemv_group<V, R, One, true, true, true>(a, r, xv, sums)
-               : gemv_group<V, R, One, false, true, true>(a, r, xv, sums);
+        const auto run = [&](auto mode) {
+          constexpr Prefetch P = decltype(mode)::value;
+          a.offsets[r + R] + L > total ? gemv_group<V, R, One, true, P>(a, r, xv, sums)
+                                       : gemv_group<V, R, One, false, P>(a, r, xv, sums);
+        };
+        if (prefetch == Prefetch::kNone)
+          run(std::integral_constant<Prefetch, Prefetch::kNone>{});
+        else if (prefetch == Prefetch::kPerChunk)
+          run(std::integral_constant<Prefetch, Prefetch::kPerChunk>{});
         else
-          safe ? gemv_group<V, R, One, true, true, false>(a, r, xv, sums)
-               : gemv_group<V, R, One, false, true, false>(a, r, xv, sums);
+          run(std::integral_constant<Prefetch, Prefetch::kPerWord>{});
       };
       T sums[kGemvRows];
       int64_t r = row_begin;
       const bool row_at_a_time = a.cols * static_cast<int64_t>(sizeof(T)) <= kRowAtATimeMaxXBytes &&
-                                 static_cast<double>(total) <=
-                                     kRowAtATimeMaxDensity * static_cast<double>(a.rows * a.cols);
+                                 static_cast<double>(total) <= kRowAtATimeMaxDensity * entries;
       if (row_at_a_time) {
         for (; r < row_end; ++r) {
           group(std::integral_constant<int, 1>{}, std::true_type{}, r, sums);
