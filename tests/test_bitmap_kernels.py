@@ -223,30 +223,35 @@ def test_linear_matches_numpy(rows, cols, batch, density, dtype, seed, check_lin
     check_linear(linear(x, a), x, reference_operand(a))
 
 
-@pytest.fixture(params=[True, False], ids=["prefetch", "no_prefetch"])
-def dense_bitmap_prefetch(request):
-    """Both batch-1 kernels over rows above 45% density: with and without prefetches."""
-    previous = _core.prefetch_dense_bitmaps()
-    _core.set_prefetch_dense_bitmaps(request.param)
+@pytest.fixture(params=["near", "far", "off"])
+def bitmap_prefetch(request):
+    """Every prefetch mode of the batch-1 kernel (core/isa.h), each with its own row grouping."""
+    previous = _core.bitmap_prefetch()
+    _core.set_bitmap_prefetch(request.param)
     try:
         yield request.param
     finally:
-        _core.set_prefetch_dense_bitmaps(previous)
+        _core.set_bitmap_prefetch(previous)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(13, 300), (9, 2100)])
-@pytest.mark.parametrize("density", [0.3, 0.6, 1.0])
-def test_batch1_kernel_with_and_without_prefetch(isa, dense_bitmap_prefetch, dtype, shape,
-                                                 density, random_sparse, rng, check_linear):
+@pytest.mark.parametrize("shape", [(13, 300), (9, 2100), (6, 7000)])
+@pytest.mark.parametrize("density", [0.1, 0.3, 0.6, 1.0])
+def test_batch1_kernel_in_every_prefetch_mode(isa, bitmap_prefetch, dtype, shape, density,
+                                              random_sparse, rng, check_linear):
     a = BitmapMatrix.from_dense(random_sparse(shape, density, dtype))
     x = rng.uniform(-1, 1, (1, shape[1])).astype(dtype)
     check_linear(linear(x, a, num_threads=2), x, reference_operand(a), None)
 
 
-@pytest.mark.parametrize("value, on", [("on", True), ("off", False)])
-def test_bitmap_prefetch_choice_follows_the_environment(python_subprocess, value, on):
-    code = "import sparsegemm; print(sparsegemm._core.prefetch_dense_bitmaps())"
+@pytest.mark.parametrize("value", ["near", "far", "off"])
+def test_bitmap_prefetch_choice_follows_the_environment(python_subprocess, value):
+    code = "import sparsegemm; print(sparsegemm._core.bitmap_prefetch())"
     result = python_subprocess(code, env={"SPARSEGEMM_BITMAP_PREFETCH": value})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(on)
+    assert result.stdout.strip() == value
+
+
+def test_an_unknown_bitmap_prefetch_mode_is_refused():
+    with pytest.raises(ValueError, match="'near', 'far' or 'off', not 'l3'"):
+        _core.set_bitmap_prefetch("l3")

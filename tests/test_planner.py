@@ -196,8 +196,8 @@ def _flip_gather_choice(monkeypatch):
 
 
 def _flip_bitmap_prefetch(monkeypatch):
-    flipped = not planner._core.prefetch_dense_bitmaps()
-    monkeypatch.setattr(planner._core, "prefetch_dense_bitmaps", lambda: flipped)
+    flipped = "near" if planner._core.bitmap_prefetch() != "near" else "far"
+    monkeypatch.setattr(planner._core, "bitmap_prefetch", lambda: flipped)
 
 
 @pytest.mark.parametrize(

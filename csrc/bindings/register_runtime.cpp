@@ -45,9 +45,13 @@ void register_runtime(py::module_& m) {
   m.def("prefer_hardware_gather", &prefer_hardware_gather,
         "Whether the batch-1 CSR kernel uses vector gathers (else scalar loads).");
   m.def("set_prefer_hardware_gather", &set_prefer_hardware_gather, py::arg("hardware"));
-  m.def("prefetch_dense_bitmaps", &prefetch_dense_bitmaps,
-        "Whether the batch-1 bitmap kernel prefetches rows above 45% density.");
-  m.def("set_prefetch_dense_bitmaps", &set_prefetch_dense_bitmaps, py::arg("prefetch"));
+  m.def(
+      "bitmap_prefetch", [] { return std::string(bitmap_prefetch_name(bitmap_prefetch())); },
+      "How the batch-1 bitmap kernel prefetches: 'near' (L1), 'far' (L2) or 'off'.");
+  m.def(
+      "set_bitmap_prefetch",
+      [](const std::string& mode) { set_bitmap_prefetch(parse_bitmap_prefetch(mode)); },
+      py::arg("mode"));
   m.def("avx512_extensions_supported", &avx512_extensions_supported,
         "Whether this CPU has the AVX-512 VBMI2 and VNNI extensions.");
   m.def("use_avx512_extensions", &use_avx512_extensions,

@@ -97,12 +97,8 @@ void set_active_isa(Isa isa) {
 
 namespace {
 
-// The variable's value when it names one of the two choices, else the CPU
-// vendor's default: true on Intel, false on AMD (see isa.h).
-bool vendor_choice(const char* variable, const char* intel_like, const char* amd_like) {
-  const char* env = std::getenv(variable);
-  if (env != nullptr && std::string(env) == intel_like) return true;
-  if (env != nullptr && std::string(env) == amd_like) return false;
+// An x86 CPU not made by AMD: where the Intel-like defaults of isa.h apply.
+bool intel_like_cpu() {
 #if defined(__x86_64__) || defined(__i386__)
   return !__builtin_cpu_is("amd");
 #else
@@ -110,24 +106,62 @@ bool vendor_choice(const char* variable, const char* intel_like, const char* amd
 #endif
 }
 
+// The variable's value when it names one of the two choices, else the CPU
+// vendor's default: true on Intel, false on AMD (see isa.h).
+bool vendor_choice(const char* variable, const char* intel_like, const char* amd_like) {
+  const char* env = std::getenv(variable);
+  if (env != nullptr && std::string(env) == intel_like) return true;
+  if (env != nullptr && std::string(env) == amd_like) return false;
+  return intel_like_cpu();
+}
+
 std::atomic<bool>& gather_preference_slot() {
   static std::atomic<bool> slot{vendor_choice("SPARSEGEMM_GATHER", "hardware", "scalar")};
   return slot;
 }
 
-std::atomic<bool>& dense_bitmap_prefetch_slot() {
-  static std::atomic<bool> slot{vendor_choice("SPARSEGEMM_BITMAP_PREFETCH", "on", "off")};
+BitmapPrefetch initial_bitmap_prefetch() {
+  if (const char* env = std::getenv("SPARSEGEMM_BITMAP_PREFETCH")) {
+    try {
+      return parse_bitmap_prefetch(env);
+    } catch (const std::invalid_argument&) {
+      // An unknown value keeps the vendor's default, as SPARSEGEMM_GATHER does.
+    }
+  }
+  return intel_like_cpu() ? BitmapPrefetch::kNear : BitmapPrefetch::kFar;
+}
+
+std::atomic<int>& bitmap_prefetch_slot() {
+  static std::atomic<int> slot{static_cast<int>(initial_bitmap_prefetch())};
   return slot;
 }
 
 }  // namespace
 
-bool prefetch_dense_bitmaps() {
-  return dense_bitmap_prefetch_slot().load(std::memory_order_relaxed);
+const char* bitmap_prefetch_name(BitmapPrefetch mode) {
+  switch (mode) {
+    case BitmapPrefetch::kNear:
+      return "near";
+    case BitmapPrefetch::kFar:
+      return "far";
+    case BitmapPrefetch::kOff:
+      return "off";
+  }
+  return "?";
 }
 
-void set_prefetch_dense_bitmaps(bool prefetch) {
-  dense_bitmap_prefetch_slot().store(prefetch, std::memory_order_relaxed);
+BitmapPrefetch parse_bitmap_prefetch(const std::string& name) {
+  for (BitmapPrefetch mode : {BitmapPrefetch::kNear, BitmapPrefetch::kFar, BitmapPrefetch::kOff})
+    if (name == bitmap_prefetch_name(mode)) return mode;
+  throw std::invalid_argument("bitmap prefetch must be 'near', 'far' or 'off', not '" + name + "'");
+}
+
+BitmapPrefetch bitmap_prefetch() {
+  return static_cast<BitmapPrefetch>(bitmap_prefetch_slot().load(std::memory_order_relaxed));
+}
+
+void set_bitmap_prefetch(BitmapPrefetch mode) {
+  bitmap_prefetch_slot().store(static_cast<int>(mode), std::memory_order_relaxed);
 }
 
 bool prefer_hardware_gather() { return gather_preference_slot().load(std::memory_order_relaxed); }

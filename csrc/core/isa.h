@@ -35,13 +35,20 @@ void set_active_isa(Isa isa);
 bool prefer_hardware_gather();
 void set_prefer_hardware_gather(bool hardware);
 
-// Whether the batch-1 bitmap kernel prefetches rows where more than 45% of the
-// weights are stored. On AMD Zen 4 its hardware prefetchers alone streamed
-// such rows 7-25% faster; elsewhere the prefetches stay (where they were
-// measured). The default follows the CPU vendor; SPARSEGEMM_BITMAP_PREFETCH=on|off
-// or set_prefetch_dense_bitmaps() overrides it. Results are the same either way.
-bool prefetch_dense_bitmaps();
-void set_prefetch_dense_bitmaps(bool prefetch);
+// How the batch-1 bitmap kernel prefetches each row's packed values:
+//   near: into L1 (prefetcht0), 1-4 KB ahead (Intel default, where measured);
+//   far:  into L2 (prefetcht2), 8 KB ahead, a row at a time where x is short
+//         (AMD default: on Zen 4 it streamed 50% rows 15-25% faster than
+//         near or none, as L2 can keep more lines in flight than L1);
+//   off:  none, the hardware prefetchers alone.
+// SPARSEGEMM_BITMAP_PREFETCH=near|far|off or set_bitmap_prefetch() overrides
+// the default. Results are the same in every mode.
+enum class BitmapPrefetch { kNear, kFar, kOff };
+BitmapPrefetch bitmap_prefetch();
+void set_bitmap_prefetch(BitmapPrefetch mode);
+const char* bitmap_prefetch_name(BitmapPrefetch mode);
+// Throws std::invalid_argument for anything but near, far or off.
+BitmapPrefetch parse_bitmap_prefetch(const std::string& name);
 
 // AVX-512 extensions that Ice Lake, Zen 4 and later CPUs add to the avx512
 // level: byte and word expand loads (VBMI2) and int8 dot products (VNNI).

@@ -167,7 +167,7 @@ def show_config(*, print_out: bool = True) -> dict | None:
         "available_isas": available_isas(),
         "isa_override": os.environ.get("SPARSEGEMM_ISA") or None,
         "batch1_csr_kernel": "vector gathers" if _core.prefer_hardware_gather() else "scalar loads",
-        "bitmap_prefetch": "on" if _core.prefetch_dense_bitmaps() else "off",
+        "bitmap_prefetch": _core.bitmap_prefetch(),
         "avx512_extensions": _core.use_avx512_extensions(),
         "avx512_bf16": _core.use_avx512_extensions() and _core.avx512_bf16_supported(),
         "amx": _core.use_amx(),
@@ -191,8 +191,8 @@ def show_config(*, print_out: bool = True) -> dict | None:
         if config["isa_override"]:
             print(f"  SPARSEGEMM_ISA: {config['isa_override']}")
         print(f"  batch-1 CSR kernel: {config['batch1_csr_kernel']} (SPARSEGEMM_GATHER)")
-        print(f"  batch-1 bitmap prefetch above 45% density: {config['bitmap_prefetch']} "
-              "(SPARSEGEMM_BITMAP_PREFETCH)")
+        print(f"  batch-1 bitmap prefetch: {config['bitmap_prefetch']} "
+              "(SPARSEGEMM_BITMAP_PREFETCH=near|far|off)")
         extensions = "on" if config["avx512_extensions"] else (
             "off" if _core.avx512_extensions_supported() else "not on this CPU")
         print(f"  AVX-512 VBMI2/VNNI int8 and bfloat16 kernels: {extensions} "

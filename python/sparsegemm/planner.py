@@ -191,7 +191,7 @@ def _software_versions() -> dict[str, Any]:
         "numpy": np.__version__,
         "torch": getattr(torch, "__version__", None) if torch is not None else None,
         "gather": "hardware" if _core.prefer_hardware_gather() else "scalar",
-        "bitmap_prefetch": _core.prefetch_dense_bitmaps(),
+        "bitmap_prefetch": _core.bitmap_prefetch(),
         "avx512_extensions": _core.use_avx512_extensions(),
         "amx": _core.use_amx(),
     }

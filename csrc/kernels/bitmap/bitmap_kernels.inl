@@ -26,23 +26,23 @@ constexpr int kGemvRows = 4;
 // Values prefetched ahead of each row's read position (in elements).
 constexpr int64_t kPrefetchAhead = 256;
 // Where x takes at most this many bytes (half of L1) and at most
-// kRowAtATimeMaxDensity of the weights are stored, the batch-1 kernel walks
-// one row at a time, prefetching kRowPrefetchBytes ahead: two streams
-// instead of eight. Cold, 2 threads, AVX-512: 11008 x 4096 at 70% sparsity
-// ran in 3.0-3.4 ms one row at a time against 4.2-4.8 ms four at a time,
-// and 4096 x 4096 in 1.2-1.3 against 1.3-1.9 ms. Four at a time stays
-// faster on longer rows (4096 x 11008, 43 KB of x: 2.9-3.3 against
-// 3.3-3.9 ms) and on denser ones (11008 x 4096 at 0%: 7.4-7.6 against
-// 10.2 ms; at 50% even).
+// kRowAtATimeMaxDensity of the weights are stored (any density with far
+// prefetches), the batch-1 kernel walks one row at a time, prefetching
+// kRowPrefetchBytes ahead: two streams instead of eight. Cold, 2 threads,
+// AVX-512: 11008 x 4096 at 70% sparsity ran in 3.0-3.4 ms one row at a time
+// against 4.2-4.8 ms four at a time, and 4096 x 4096 in 1.2-1.3 against
+// 1.3-1.9 ms. Four at a time stays faster on longer rows (4096 x 11008, 43 KB
+// of x: 2.9-3.3 against 3.3-3.9 ms) and, with near prefetches, on denser ones
+// (11008 x 4096 at 0%: 7.4-7.6 against 10.2 ms; at 50% even).
 constexpr int64_t kRowAtATimeMaxXBytes = 24 * 1024;
 constexpr double kRowAtATimeMaxDensity = 0.4;
 constexpr int64_t kRowPrefetchBytes = 4096;
-// Above this density, where prefetch_dense_bitmaps() is off (AMD by default,
-// core/isa.h), the batch-1 kernel issues no prefetches. Zen 4, cold, 2
-// threads, two runs each, with against without: 0% sparsity 4096^2 2.2
-// against 1.7-2.0 ms, 4096 x 11008 5.9-7.1 against 5.3-6.0 ms; 50%
-// 11008 x 4096 3.9-4.0 against 3.4-3.5 ms, 4096^2 1.4-1.5 against 1.25-1.37 ms.
-constexpr double kNoPrefetchMinDensity = 0.45;
+// Far prefetches (BitmapPrefetch::kFar, core/isa.h) go to L2 this far ahead
+// of each row's read position. Zen 4, cold 4096 x 4096 at 50%, 2 threads
+// (standalone loop): one row at a time 8 KB ahead 1.30-1.33 ms, 4 KB 1.36-1.38,
+// 16 KB 1.34; four rows at a time 1.51-1.60; near prefetches 1.65-1.83, none
+// 1.67-1.77.
+constexpr int64_t kFarPrefetchBytes = 8192;
 // Columns of a tile the small-batch kernel expands at once (whole words).
 constexpr int64_t kTileCols = 256;
 // Dense vectors that share one expanded tile.
@@ -94,13 +94,19 @@ inline T row_dot_by_bits(const uint64_t* words, int64_t nwords, const V* vals, c
   return (sums[0] + sums[1]) + (sums[2] + sums[3]);
 }
 
-// How the batch-1 kernel prefetches each row's values: per chunk, each chunk
-// prefetches ahead of its row, not each word: a word's prefetch covers one
-// cache line, fewer than a word's values fill above a quarter density. Cold,
-// 2 threads, AVX-512: per chunk ran 5-18% faster at 0-70% sparsity, and 4-5%
-// slower at 90%. With none, the hardware prefetchers alone follow the rows
-// (see kNoPrefetchMinDensity).
-enum class Prefetch { kNone, kPerWord, kPerChunk };
+// How the batch-1 kernel prefetches each row's values: near (into L1) or far
+// (kFarPrefetchBytes ahead, into L2); per chunk, each chunk prefetches ahead
+// of its row, not each word: a word's prefetch covers one cache line, fewer
+// than a word's values fill above a quarter density. Cold, 2 threads,
+// AVX-512, near: per chunk ran 5-18% faster at 0-70% sparsity, and 4-5%
+// slower at 90%. With none, the hardware prefetchers alone follow the rows.
+enum class Prefetch { kNone, kNearPerWord, kNearPerChunk, kFarPerWord, kFarPerChunk };
+
+// A far prefetch (prefetcht2) ahead of a row's read position p.
+template <typename V>
+inline void prefetch_far(const V* p) {
+  __builtin_prefetch(p + kFarPrefetchBytes / static_cast<int64_t>(sizeof(V)), 0, 1);
+}
 
 // Vector levels: sums[i] = row (r + i) . x for i < R. With Safe, values are
 // read by masked loads only (for rows near the end of the values array).
@@ -130,8 +136,10 @@ inline void gemv_group(const BitmapView<V>& a, int64_t r, const T* x, T* sums) {
     vp[i] = a.values + a.offsets[r + i];
   }
   for (int64_t w = 0; w < full; ++w) {
-    if constexpr (P == Prefetch::kPerWord)
+    if constexpr (P == Prefetch::kNearPerWord)
       for (int i = 0; i < R; ++i) Vt::prefetch(vp[i] + ahead);
+    if constexpr (P == Prefetch::kFarPerWord)
+      for (int i = 0; i < R; ++i) prefetch_far(vp[i]);
     const T* xw = x + w * kWordBits;
     // Fully unrolled, so the accumulators and offsets are static and stay in registers.
 #pragma GCC unroll 16
@@ -140,7 +148,8 @@ inline void gemv_group(const BitmapView<V>& a, int64_t r, const T* x, T* sums) {
 #pragma GCC unroll 4
       for (int i = 0; i < R; ++i) {
         const unsigned b = chunk_at<T>(words[i] + w, s);
-        if constexpr (P == Prefetch::kPerChunk) Vt::prefetch(vp[i] + ahead);
+        if constexpr (P == Prefetch::kNearPerChunk) Vt::prefetch(vp[i] + ahead);
+        if constexpr (P == Prefetch::kFarPerChunk) prefetch_far(vp[i]);
         acc[i][s % A] = E::template fmadd<Safe>(b, vp[i], xs, acc[i][s % A]);
         vp[i] += __builtin_popcount(b);
       }
@@ -189,11 +198,13 @@ void gemv_rows(const BitmapView<V>& a, int64_t row_begin, int64_t row_end, const
       // they lie inside the values array, i.e. up to L values before its end.
       const int64_t total = a.nnz();
       const double entries = static_cast<double>(a.rows * a.cols);
+      const BitmapPrefetch mode = bitmap_prefetch();
+      const bool per_chunk = 4 * total > a.rows * a.cols;
       const Prefetch prefetch =
-          !prefetch_dense_bitmaps() && static_cast<double>(total) > kNoPrefetchMinDensity * entries
-              ? Prefetch::kNone
-          : 4 * total > a.rows * a.cols ? Prefetch::kPerChunk
-                                        : Prefetch::kPerWord;
+          mode == BitmapPrefetch::kOff ? Prefetch::kNone
+          : mode == BitmapPrefetch::kFar
+              ? (per_chunk ? Prefetch::kFarPerChunk : Prefetch::kFarPerWord)
+              : (per_chunk ? Prefetch::kNearPerChunk : Prefetch::kNearPerWord);
       const auto group = [&](auto rows, auto row_at_a_time, int64_t r, T* sums) {
         constexpr int R = decltype(rows)::value;
         constexpr bool One = decltype(row_at_a_time)::value;
@@ -202,17 +213,24 @@ void gemv_rows(const BitmapView<V>& a, int64_t row_begin, int64_t row_end, const
           a.offsets[r + R] + L > total ? gemv_group<V, R, One, true, P>(a, r, xv, sums)
                                        : gemv_group<V, R, One, false, P>(a, r, xv, sums);
         };
-        if (prefetch == Prefetch::kNone)
-          run(std::integral_constant<Prefetch, Prefetch::kNone>{});
-        else if (prefetch == Prefetch::kPerChunk)
-          run(std::integral_constant<Prefetch, Prefetch::kPerChunk>{});
-        else
-          run(std::integral_constant<Prefetch, Prefetch::kPerWord>{});
+        switch (prefetch) {
+          case Prefetch::kNone:
+            return run(std::integral_constant<Prefetch, Prefetch::kNone>{});
+          case Prefetch::kNearPerWord:
+            return run(std::integral_constant<Prefetch, Prefetch::kNearPerWord>{});
+          case Prefetch::kNearPerChunk:
+            return run(std::integral_constant<Prefetch, Prefetch::kNearPerChunk>{});
+          case Prefetch::kFarPerWord:
+            return run(std::integral_constant<Prefetch, Prefetch::kFarPerWord>{});
+          case Prefetch::kFarPerChunk:
+            return run(std::integral_constant<Prefetch, Prefetch::kFarPerChunk>{});
+        }
       };
       T sums[kGemvRows];
       int64_t r = row_begin;
       const bool row_at_a_time = a.cols * static_cast<int64_t>(sizeof(T)) <= kRowAtATimeMaxXBytes &&
-                                 static_cast<double>(total) <= kRowAtATimeMaxDensity * entries;
+                                 (mode == BitmapPrefetch::kFar ||
+                                  static_cast<double>(total) <= kRowAtATimeMaxDensity * entries);
       if (row_at_a_time) {
         for (; r < row_end; ++r) {
           group(std::integral_constant<int, 1>{}, std::true_type{}, r, sums);
