@@ -82,7 +82,8 @@ def _block_median(calls: dict, repeats: int, block_s: float) -> tuple[dict, dict
         call()
         probe = 0
         start = time.perf_counter()
-        while time.perf_counter() - start < block_s / 10 and probe < 500:
+        # at least one probe call, even when the process was descheduled past block_s / 10
+        while probe == 0 or (time.perf_counter() - start < block_s / 10 and probe < 500):
             call()
             probe += 1
         per_call = (time.perf_counter() - start) / probe

@@ -103,3 +103,12 @@ def test_a_slow_first_call_does_not_shrink_the_blocks(benchmark_script, monkeypa
     medians, sizes = verify._block_median({"short": call}, repeats=3, block_s=0.02)
     assert sizes == {"short": 200}  # 20 ms / 0.1 ms, not 20 ms / 1 ms
     assert medians["short"] == pytest.approx(1e-4)
+
+
+def test_block_sizing_probes_at_least_once(benchmark_script):
+    # a block budget already spent before the first probe (as when the process is
+    # descheduled) still sizes the block from one timed call instead of dividing by zero
+    verify = benchmark_script("verify_point")
+    calls = []
+    medians, sizes = verify._block_median({"f": lambda: calls.append(1)}, repeats=1, block_s=0.0)
+    assert sizes == {"f": 1} and medians["f"] >= 0 and len(calls) == 4
