@@ -235,7 +235,7 @@ def bitmap_prefetch(request):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(13, 300), (9, 2100), (6, 7000)])
+@pytest.mark.parametrize("shape", [(13, 300), (9, 2100), (5, 1100), (6, 7000)])
 @pytest.mark.parametrize("density", [0.1, 0.3, 0.6, 1.0])
 def test_batch1_kernel_in_every_prefetch_mode(isa, bitmap_prefetch, dtype, shape, density,
                                               random_sparse, rng, check_linear):
