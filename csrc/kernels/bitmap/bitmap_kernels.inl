@@ -28,7 +28,8 @@ constexpr int64_t kPrefetchAhead = 256;
 // Where x takes at most this many bytes (half of L1) and at most
 // kRowAtATimeMaxDensity of the weights are stored (any density with far
 // prefetches), the batch-1 kernel walks one row at a time, prefetching
-// kRowPrefetchBytes ahead: two streams instead of eight. Cold, 2 threads,
+// kRowPrefetchBytes ahead (near; far: kFarPrefetchBytes): two streams instead
+// of eight. Cold, 2 threads,
 // AVX-512: 11008 x 4096 at 70% sparsity ran in 3.0-3.4 ms one row at a time
 // against 4.2-4.8 ms four at a time, and 4096 x 4096 in 1.2-1.3 against
 // 1.3-1.9 ms. Four at a time stays faster on longer rows (4096 x 11008, 43 KB
@@ -120,17 +121,18 @@ inline void prefetch_far(const V* p) {
   __builtin_prefetch(p + kFarPrefetchBytes / static_cast<int64_t>(sizeof(V)), 0, 1);
 }
 
-// acc[s % A] += chunk s of a row's partial last word (rem < 64 columns) times
-// x (that word's columns; read only up to the last column), for each chunk s.
+// acc[s % A] += chunk s of one word of a row times x (that word's first
+// `columns` <= 64 columns; x is read only up to the last of them), for each
+// chunk s: a row's partial last word, or a whole word walked on its own.
 template <typename V, int A, bool Safe, typename T = compute_t<V>>
-inline void add_partial_word(uint64_t word, int rem, const T* xw, const V*& vp,
-                             typename Vec<T>::reg* acc) {
+inline void add_word(uint64_t word, int columns, const T* xw, const V*& vp,
+                     typename Vec<T>::reg* acc) {
   using Vt = Vec<T>;
   constexpr int L = Vt::kLanes;
-  for (int s = 0; s * L < rem; ++s) {
-    const typename Vt::reg xs = (s + 1) * L <= rem
+  for (int s = 0; s * L < columns; ++s) {
+    const typename Vt::reg xs = (s + 1) * L <= columns
                                     ? Vt::load(xw + s * L)
-                                    : Vt::maskz_load(Vt::tail_mask(rem - s * L), xw + s * L);
+                                    : Vt::maskz_load(Vt::tail_mask(columns - s * L), xw + s * L);
     const unsigned b = chunk_bits<T>(word, s);
     acc[s % A] = BitExpand<V>::template fmadd<Safe>(b, vp, xs, acc[s % A]);
     vp += __builtin_popcount(b);
@@ -186,7 +188,7 @@ inline void gemv_group(const BitmapView<V>& a, int64_t r, const T* x, T* sums) {
   }
   if (rem != 0)
     for (int i = 0; i < R; ++i)
-      add_partial_word<V, A, Safe>(words[i][full], rem, x + full * kWordBits, vp[i], acc[i]);
+      add_word<V, A, Safe>(words[i][full], rem, x + full * kWordBits, vp[i], acc[i]);
   for (int i = 0; i < R; ++i) {
     for (int j = 2; j < A; ++j) acc[i][j & 1] = Vt::add(acc[i][j & 1], acc[i][j]);
     sums[i] = Vt::reduce_add(Vt::add(acc[i][0], acc[i][1]));
@@ -209,11 +211,12 @@ inline T gemv_row_split(const BitmapView<V>& a, int64_t r, const T* x) {
   const int rem = static_cast<int>(a.cols % kWordBits);
   const int64_t run = full / Q;
   const uint64_t* words = a.bits + r * a.words_per_row;
+  // Segment q starts after the values of the q runs before it.
   const V* vp[Q];
-  const V* p = a.values + a.offsets[r];
-  for (int q = 0; q < Q; ++q) {
-    vp[q] = p;
-    for (int64_t w = q * run; w < (q + 1) * run; ++w) p += __builtin_popcountll(words[w]);
+  vp[0] = a.values + a.offsets[r];
+  for (int q = 1; q < Q; ++q) {
+    vp[q] = vp[q - 1];
+    for (int64_t w = (q - 1) * run; w < q * run; ++w) vp[q] += __builtin_popcountll(words[w]);
   }
   typename Vt::reg acc[Q][2];
   for (int q = 0; q < Q; ++q) acc[q][0] = acc[q][1] = Vt::zero();
@@ -234,10 +237,9 @@ inline T gemv_row_split(const BitmapView<V>& a, int64_t r, const T* x) {
     }
   }
   for (int64_t w = Q * run; w < full; ++w)
-    add_partial_word<V, 2, Safe>(words[w], static_cast<int>(kWordBits), x + w * kWordBits,
-                                 vp[Q - 1], acc[Q - 1]);
-  if (rem != 0)
-    add_partial_word<V, 2, Safe>(words[full], rem, x + full * kWordBits, vp[Q - 1], acc[Q - 1]);
+    add_word<V, 2, Safe>(words[w], static_cast<int>(kWordBits), x + w * kWordBits, vp[Q - 1],
+                         acc[Q - 1]);
+  if (rem != 0) add_word<V, 2, Safe>(words[full], rem, x + full * kWordBits, vp[Q - 1], acc[Q - 1]);
   for (int q = 1; q < Q; ++q) {
     acc[0][0] = Vt::add(acc[0][0], acc[q][0]);
     acc[0][1] = Vt::add(acc[0][1], acc[q][1]);
