@@ -2,7 +2,7 @@
 and the planner's choice, with the weights streaming from memory on every call.
 
     PYTHONPATH=python python benchmarks/decoder_stack.py [--small] [--threads 2]
-        [--sparsities 0.3,0.5,0.7,0.9] [--repeats 15] [--batch 1] [--no-auto]
+        [--sparsities 0.3,0.5,0.7,0.9] [--repeats 15] [--batch 1] [--no-auto] [--no-default]
         [--formats csr,bsr4x1,bitmap] [--int8]
 
 Each block is ``h = h + down(silu(gate(h)) * up(h))`` with gate and up
@@ -22,6 +22,10 @@ between blocks; rounds are repeated when the dense rounds disagree by more than
 the best dense *measured in the same rounds*, and the weight bytes each format
 streamed per second (dense's next to it). "auto" is ``sparsegemm.torch.sparsify``
 with ``format='auto'`` at ``batch_hint`` = the batch: the planner picks per layer.
+"default" is ``sparsify(model)`` with no arguments, as a newcomer calls it: its
+layers time their candidates on the first forward (the untimed warm-up call). Both
+show what their products ran in ("bitmap:8": stacked gate and up projections count
+as one product).
 
 ``--int8`` adds the int8 road: torch's ``quantize_dynamic`` of the dense stack
 ("int8-dyn", FBGEMM, no pruning needed), torchao's
@@ -50,6 +54,49 @@ import sparsegemm
 ROUND_DISAGREEMENT = 1.35
 MAX_EXTRA_ROUNDS = 2
 SPARSE_FORMATS = ("csr", "bsr4x1", "bitmap")
+
+
+def running_modules(model: Any) -> list[Any]:
+    """The modules a sparsified stack's forward runs its products with: plain and
+    sparse Linears, and for a layer that decides at run time (after the first
+    forward) the module it chose, or for stacked siblings their one stacked module."""
+    import torch
+    from sparsegemm.torch.auto import AutoSparseLinear
+
+    found: dict[int, Any] = {}
+
+    def visit(module: Any) -> None:
+        group = getattr(module, "_shared_input", None)
+        if group is not None and group.state == "stacked":
+            module = group.fused
+        if isinstance(module, AutoSparseLinear):
+            for decision in module.decisions.values() or [None]:
+                chosen = (module.dense if decision is None or decision.choice.format == "dense"
+                          else module.variants[decision.choice.label])
+                found[id(chosen)] = chosen
+        elif isinstance(module, torch.nn.Linear) or hasattr(module, "format"):
+            found[id(module)] = module
+        else:
+            for child in module.children():
+                visit(child)
+
+    visit(model)
+    return list(found.values())
+
+
+def module_bytes(modules: list[Any]) -> int:
+    """Weight bytes the modules stream per call: a Linear's weight, a sparse layer's
+    stored arrays."""
+    return sum(sum(t.numel() * t.element_size()
+                   for t in (*module.parameters(), *module.buffers())
+                   if t.dim() > 1 or getattr(module, "format", None))
+               for module in modules)
+
+
+def layer_formats(modules: list[Any]) -> str:
+    """How many products run in each format, e.g. "bitmap:8" ("dense" for a Linear)."""
+    chosen = [getattr(m, "format", "dense") for m in modules]
+    return ",".join(f"{f}:{chosen.count(f)}" for f in sorted(set(chosen)))
 
 
 def silu(g: np.ndarray) -> np.ndarray:
@@ -185,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--formats", default=",".join(SPARSE_FORMATS),
                         help=f"comma-separated, from {', '.join(SPARSE_FORMATS)}")
     parser.add_argument("--no-auto", action="store_true", help="skip sparsify(format='auto')")
+    parser.add_argument("--no-default", action="store_true",
+                        help="skip sparsify(model) with no arguments")
     parser.add_argument("--int8", action="store_true",
                         help="also time quantize_dynamic and sparsify(weight_dtype='int8')")
     parser.add_argument("--seed", type=int, default=0)
@@ -229,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"{'sparsity':>8} {'dense ms':>9} {'dense GB/s':>10} {'by':>6}  " +
               "  ".join(f"{f + ' x (GB/s)':>18}" for f in formats) +
               ("  auto x (layers)" if not args.no_auto else "") +
+              ("  default x (layers)" if not args.no_default else "") +
               ("  int8-dyn x  int8-ao x  int8-sparse x  sparse/int8" if args.int8 else ""))
     print(header, flush=True)
     current = 0.0
@@ -252,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         scale = np.abs(expected).max() + 1.0
         results: dict[str, tuple[float, float, float]] = {}  # name -> (ratio, GB/s, dense GB/s)
         dense_best = (np.inf, "")
-        note = ""
+        notes: dict[str, str] = {}
 
         def measure(name: str, run: Callable[[], Any], nbytes: int,
                     relative_error: float | None = None) -> None:
@@ -282,30 +332,31 @@ def main(argv: list[str] | None = None) -> int:
             measure(fmt, lambda sb=sparse_blocks: stack_forward(sb, x, sgemm_linear), nbytes)
             del sparse_blocks
             gc.collect()
-        if not args.no_auto and torch is not None:
+        if torch is not None:
             from sparsegemm.torch import sparsify
 
-            model = torch_stack(blocks)
-            with torch.no_grad():
-                sparsify(model, format="auto", batch_hint=args.batch, min_sparsity=0.0)
-            chosen = [layer.format for layer in model.sparsegemm_report if layer.kind == "Linear"]
-            counts = {f: chosen.count(f) for f in sorted(set(chosen))}
-            note = ",".join(f"{f}:{n}" for f, n in counts.items())
-            nbytes = 0
-            for module in model.modules():
-                if isinstance(module, torch.nn.Linear):
-                    nbytes += module.weight.numel() * 4
-                elif hasattr(module, "values") and hasattr(module, "format"):
-                    nbytes += sum(t.numel() * t.element_size() for t in module.buffers())
-                    nbytes += module.values.numel() * module.values.element_size()
-
-            def auto_forward() -> Any:
+            # "auto": the planner told the batch; "default": sparsify(model) with no
+            # arguments, as a newcomer calls it (its layers decide on their first forward,
+            # the untimed warm-up call).
+            runs = [] if args.no_auto else [
+                ("auto", dict(format="auto", batch_hint=args.batch, min_sparsity=0.0))]
+            runs += [] if args.no_default else [("default", {})]
+            for name, options in runs:
+                model = torch_stack(blocks)
                 with torch.no_grad():
-                    return model(xt)
+                    sparsify(model, **options)
 
-            measure("auto", auto_forward, nbytes)
-            del model
-            gc.collect()
+                def forward(model: Any = model) -> Any:
+                    with torch.no_grad():
+                        return model(xt)
+
+                forward()  # layers that decide at run time do so here
+                running = running_modules(model)
+                measure(name, forward, module_bytes(running))
+                notes[name] = layer_formats(running)
+                del running
+                del model, forward
+                gc.collect()
         if args.int8 and torch is not None:
             import warnings
 
@@ -346,8 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         line = (f"{sparsity:>8.0%} {dense_time * 1e3:>9.2f} "
                 f"{dense_bytes / dense_time / 1e9:>10.1f} "
                 f"{by:>6}  " + "  ".join(cells))
-        if "auto" in results:
-            line += f"  {results['auto'][0]:.2f}x ({results['auto'][1]:.1f} GB/s; {note})"
+        for name in ("auto", "default"):
+            if name in results:
+                line += f"  {results[name][0]:.2f}x ({results[name][1]:.1f} GB/s; {notes[name]})"
         if "int8-sparse" in results:
             dyn, ours = results["int8-dyn"][0], results["int8-sparse"][0]
             ao = results.get("int8-ao", (0.0,))[0]

@@ -155,9 +155,13 @@ def test_decoder_stack_benchmark_runs_and_checks_every_format(benchmark_script, 
     assert script.main(["--hidden", "64", "--intermediate", "96", "--layers", "2", "--repeats",
                         "1", "--rounds", "1", "--sparsities", "0.5,0.7"]) == 0
     out = capsys.readouterr().out
-    for name in ("csr x", "bsr4x1 x", "bitmap x", "auto x"):
+    for name in ("csr x", "bsr4x1 x", "bitmap x", "auto x", "default x"):
         assert name in out
     assert "50%" in out and "70%" in out
+    # auto and default each report what their products ran in: two blocks, and the
+    # default's layers decided on the warm-up forward (none left undecided as "auto").
+    row = next(line for line in out.splitlines() if line.lstrip().startswith("70%"))
+    assert row.count("GB/s; ") == 2 and "auto:" not in row
 
 
 def test_decoder_stack_benchmark_compares_int8_with_every_int8_dense_road(benchmark_script,
