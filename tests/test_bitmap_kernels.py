@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsegemm import BitmapMatrix, _core, linear, sparse_mm
+from sparsegemm import BitmapMatrix, _core, _runtime, linear, sparse_mm
 
 DTYPES = [np.float32, np.float64]
 COLS = [1, 7, 8, 9, 15, 16, 17, 33, 63, 64, 65, 255, 256, 257, 300]
@@ -250,6 +250,29 @@ def test_bitmap_prefetch_choice_follows_the_environment(python_subprocess, value
     result = python_subprocess(code, env={"SPARSEGEMM_BITMAP_PREFETCH": value})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == value
+
+
+@pytest.mark.parametrize("variable", ["SPARSEGEMM_BITMAP_PREFETCH", "SPARSEGEMM_GATHER",
+                                      "SPARSEGEMM_AVX512_EXTENSIONS", "SPARSEGEMM_AMX"])
+def test_an_unknown_kernel_choice_in_the_environment_warns(python_subprocess, variable):
+    code = ("import warnings\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    import sparsegemm\n"
+            "print(sparsegemm._core.bitmap_prefetch())\n"
+            "print([w.category.__name__ + ': ' + str(w.message) for w in caught])\n")
+    default = subprocess_output(python_subprocess, code, {})[0]
+    prefetch, caught = subprocess_output(python_subprocess, code, {variable: "l3"})
+    assert f"RuntimeWarning: {variable}='l3' is not one of" in caught
+    assert prefetch == default  # the vendor's default stands
+    valid = _runtime.KERNEL_CHOICE_VARIABLES[variable][1]
+    assert "Warning" not in subprocess_output(python_subprocess, code, {variable: valid})[1]
+
+
+def subprocess_output(python_subprocess, code: str, env: dict) -> list[str]:
+    result = python_subprocess(code, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
 
 
 def test_an_unknown_bitmap_prefetch_mode_is_refused():

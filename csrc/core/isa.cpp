@@ -125,7 +125,8 @@ BitmapPrefetch initial_bitmap_prefetch() {
     try {
       return parse_bitmap_prefetch(env);
     } catch (const std::invalid_argument&) {
-      // An unknown value keeps the vendor's default, as SPARSEGEMM_GATHER does.
+      // An unknown value keeps the vendor's default, as SPARSEGEMM_GATHER does
+      // (the Python package warns about it at import).
     }
   }
   return intel_like_cpu() ? BitmapPrefetch::kNear : BitmapPrefetch::kFar;

@@ -15,6 +15,7 @@ from ._attention import attention  # noqa: E402
 from ._layer_norm import layer_norm  # noqa: E402
 from ._runtime import (  # noqa: E402
     _check_isa_environment,
+    _check_kernel_choice_environment,
     available_isas,
     get_isa,
     get_num_threads,
@@ -31,6 +32,7 @@ from .pruning import block_prune, magnitude_prune  # noqa: E402
 from .quantized import Int8BitmapMatrix  # noqa: E402
 
 _check_isa_environment()
+_check_kernel_choice_environment()
 
 __all__ = [
     "BSRMatrix",

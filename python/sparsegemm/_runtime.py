@@ -40,6 +40,28 @@ def _check_isa_environment() -> None:
         )
 
 
+#: Environment variables that pick a kernel variant, and the values each takes; any
+#: other value keeps the CPU vendor's default (core/isa.cpp), which would otherwise
+#: go unnoticed.
+KERNEL_CHOICE_VARIABLES = {
+    "SPARSEGEMM_GATHER": ("hardware", "scalar"),
+    "SPARSEGEMM_BITMAP_PREFETCH": ("near", "far", "off"),
+    "SPARSEGEMM_AVX512_EXTENSIONS": ("on", "off", "1", "0"),  # "off" or "0" turns them off
+    "SPARSEGEMM_AMX": ("on", "off", "1", "0"),
+}
+
+
+def _check_kernel_choice_environment() -> None:
+    for variable, choices in KERNEL_CHOICE_VARIABLES.items():
+        value = os.environ.get(variable)
+        if value is not None and value not in choices:
+            warnings.warn(
+                f"{variable}={value!r} is not one of {choices}; the CPU's default is used",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+
 def kernel_catalogue() -> dict:
     """What this build of the C++ core contains, as the one list everything reads.
 
