@@ -99,12 +99,14 @@ def test_linear_with_narrower_packed_panels(isa, dtype, in_features, batch, rand
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("in_features", [401, 2100])
-@pytest.mark.parametrize("batch", [512, 545])
+@pytest.mark.parametrize("batch", [2, 16, 17, 33, 512, 545])
 def test_linear_in_column_chunks(isa, dtype, in_features, batch, random_sparse, rng, check_linear):
     # At 16+ panels and density >= 0.25 the packed kernel runs in column
     # chunks that keep its slice of x^T in L1 (csr_kernels.inl
     # panel_chunk_columns): rows are cut into per-chunk segments, later chunks
     # add to the output. Rows 0-2 are empty, dense and empty in the first chunk.
+    # Below a panel's width of rows the panels narrow to the batch (1 or 2
+    # vectors) while the chunks keep the widths planned for the widest panel.
     dense = random_sparse((37, in_features), 0.5, dtype)
     dense[0] = 0
     dense[1] = rng.uniform(-1, 1, in_features)
@@ -130,7 +132,7 @@ def _chunk_ordered_linear(pattern, x, values, ordered, chunk_cols, bias=None, th
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("in_features", [401, 2100])
-@pytest.mark.parametrize("batch", [64, 545])
+@pytest.mark.parametrize("batch", [5, 17, 64, 545])
 def test_linear_over_values_in_chunk_order(isa, dtype, in_features, batch, random_sparse, rng,
                                            check_linear):
     # A caller's values reordered for the chunked kernel (the torch modules' inference

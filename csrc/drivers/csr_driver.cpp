@@ -32,6 +32,8 @@ struct CsrProduct {
   // The caller's values in chunk order for chunks of chunk_values_cols (or null).
   const T* chunk_values = nullptr;
   int64_t chunk_values_cols = 0;
+  // Columns of b (rows of x) the packed panels hold at most; 0: as many as fit.
+  int64_t batch = 0;
 
   int64_t rows() const { return a.rows(); }
   int64_t cols() const { return a.cols(); }
@@ -102,7 +104,7 @@ struct CsrProduct {
   }
 
   int64_t packed_panel_columns() const {
-    return csr_kernels<T>(active_isa()).packed_panel_columns(a.cols());
+    return csr_kernels<T>(active_isa()).packed_panel_columns(a.cols(), batch);
   }
 
   // Rows of a packed panel are one cache line longer than the panel when the
@@ -118,7 +120,7 @@ struct CsrProduct {
   static constexpr int64_t kPaddedPanelBytes = 256 * 1024;
   int64_t packed_panel_stride() const {
     const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
-    const int64_t columns = kernels.packed_panel_columns(a.cols());
+    const int64_t columns = packed_panel_columns();
     const int64_t panel_bytes = a.cols() * columns * static_cast<int64_t>(sizeof(T));
     const bool padded = panel_bytes >= kPaddedPanelBytes && chunk_columns(kernels) == 0;
     return padded ? columns + 64 / static_cast<int64_t>(sizeof(T)) : columns;
@@ -145,9 +147,10 @@ struct CsrProduct {
   // the values in chunk order on first use).
   auto packed_rows_kernel() const {
     const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
-    return [&kernels, view = chunked_view(kernels)](const T* packed, int64_t panel_ld, int64_t r0,
-                                                    int64_t r1, const T* bias, T* c, int64_t ldc) {
-      kernels.spmm_rows_packed(row_slice(view, r0, r1), 0, r1 - r0, packed, panel_ld,
+    return [&kernels, view = chunked_view(kernels), columns = packed_panel_columns()](
+               const T* packed, int64_t panel_ld, int64_t r0, int64_t r1, const T* bias, T* c,
+               int64_t ldc) {
+      kernels.spmm_rows_packed(row_slice(view, r0, r1), 0, r1 - r0, packed, panel_ld, columns,
                                bias ? bias + r0 : nullptr, c, ldc);
     };
   }
@@ -168,7 +171,7 @@ struct OffsetPanelProduct {
   int64_t packed_panel_stride() const { return 1; }
   int64_t stored_entries() const { return a.nnz(); }
   int64_t packed_panel_columns() const {
-    return csr_kernels<T>(active_isa()).packed_panel_columns(a.cols());
+    return csr_kernels<T>(active_isa()).packed_panel_columns(a.cols(), 0);
   }
   const int64_t* row_offsets() const { return a.indptr().data(); }
   auto packed_rows_kernel() const {
@@ -177,10 +180,10 @@ struct OffsetPanelProduct {
     view.indices = offsets;
     view.indices16 = nullptr;
     const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
-    return [&kernels, view](const T* packed, int64_t, int64_t r0, int64_t r1, const T* bias, T* c,
-                            int64_t ldc) {
+    return [&kernels, view, columns = packed_panel_columns()](
+               const T* packed, int64_t, int64_t r0, int64_t r1, const T* bias, T* c, int64_t ldc) {
       // A row stride of 1: each offset is where its entry's vector starts.
-      kernels.spmm_rows_packed(row_slice(view, r0, r1), 0, r1 - r0, packed, 1,
+      kernels.spmm_rows_packed(row_slice(view, r0, r1), 0, r1 - r0, packed, 1, columns,
                                bias ? bias + r0 : nullptr, c, ldc);
     };
   }
@@ -199,16 +202,17 @@ template <typename T>
 void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
                 int64_t ldy, int num_threads, const T* values, Activation act,
                 const T* chunk_values, int64_t chunk_values_cols) {
-  driver::linear(CsrProduct<T>{w, values_or_stored(w, values), chunk_values, chunk_values_cols}, x,
-                 ldx, batch, bias, y, ldy, num_threads, act);
+  driver::linear(
+      CsrProduct<T>{w, values_or_stored(w, values), chunk_values, chunk_values_cols, batch}, x, ldx,
+      batch, bias, y, ldy, num_threads, act);
 }
 
 template <typename T>
 void csr_linear_pair(const CsrPairWeight<T>& first, Activation act, const CsrPairWeight<T>& second,
                      const T* x, int64_t ldx, int64_t batch, T* y, int64_t ldy, int num_threads) {
-  const auto product = [](const CsrPairWeight<T>& w) {
+  const auto product = [batch](const CsrPairWeight<T>& w) {
     return CsrProduct<T>{w.matrix, values_or_stored(w.matrix, w.values), w.chunk_values,
-                         w.chunk_values_cols};
+                         w.chunk_values_cols, batch};
   };
   driver::linear_pair(product(first), product(second), x, ldx, batch, first.bias, act, second.bias,
                       y, ldy, num_threads);
