@@ -104,7 +104,7 @@ struct CsrProduct {
   }
 
   int64_t packed_panel_columns() const {
-    return csr_kernels<T>(active_isa()).packed_panel_columns(a.cols(), batch);
+    return csr_kernels<T>(active_isa()).packed_panel_columns(a.rows(), a.cols(), a.nnz(), batch);
   }
 
   // Rows of a packed panel are one cache line longer than the panel when the
@@ -171,7 +171,7 @@ struct OffsetPanelProduct {
   int64_t packed_panel_stride() const { return 1; }
   int64_t stored_entries() const { return a.nnz(); }
   int64_t packed_panel_columns() const {
-    return csr_kernels<T>(active_isa()).packed_panel_columns(a.cols(), 0);
+    return csr_kernels<T>(active_isa()).packed_panel_columns(a.rows(), a.cols(), a.nnz(), 0);
   }
   const int64_t* row_offsets() const { return a.indptr().data(); }
   auto packed_rows_kernel() const {

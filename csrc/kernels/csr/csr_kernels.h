@@ -35,17 +35,18 @@ struct CsrKernels {
                     int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc);
 
   // The panel product over one packed panel of b, as the drivers pack x^T or
-  // im2col(x): P = packed_panel_columns(a.cols, n) columns as a contiguous
+  // im2col(x): P = packed_panel_columns(a.rows, a.cols, a.nnz, n) columns as a contiguous
   // a.cols x P block with row stride panel_ld >= P (element (k, j) at
   // packed[k * panel_ld + j]). A contiguous panel touches a few pages where a
   // strided b touches one page per row of b, which made the strided kernel
   // TLB-bound: 1.1-1.6x slower on Zen 3 at 384-3072 columns of a.
   //   c[r, 0:P] = bias[r] + sum_j a[r, j] * b[j, 0:P]
-  // P is the widest panel (1, 2 or 4 vectors) whose slice of b stays in L2,
-  // narrowed to the fewest vectors that hold n columns where b has only n
-  // (n <= 0: no limit): the kernel's cost grows with P, not with the columns
-  // that are real. spmm_rows_packed takes that P as panel_columns.
-  int64_t (*packed_panel_columns)(int64_t cols, int64_t n);
+  // P is the widest panel (1, 2 or 4 vectors) whose slice of b fits the
+  // kernel's cache budget (larger for denser matrices, which run in column
+  // chunks), narrowed to the fewest vectors that hold n columns where b has
+  // only n (n <= 0: no limit): the kernel's cost grows with P, not with the
+  // columns that are real. spmm_rows_packed takes that P as panel_columns.
+  int64_t (*packed_panel_columns)(int64_t rows, int64_t cols, int64_t nnz, int64_t n);
   void (*spmm_rows_packed)(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* packed,
                            int64_t panel_ld, int64_t panel_columns, const T* bias, T* c,
                            int64_t ldc);

@@ -14,6 +14,18 @@
 // Half of a typical per-core L2 (1-2 MiB on current x86): room for the panel
 // of b, with the rest left to the stream of a's indices and values.
 constexpr int64_t kPanelCacheBytes = 512 * 1024;
+// Packed panels of a matrix holding at least kWidePanelMinDensity of its
+// entries may take up to kWidePanelCacheBytes: there the kernel runs in column
+// chunks (each chunk's slice of the panel stays in L1), so the panel need not
+// fit L2, and a wider register tile loads each stored entry's index and value
+// for more columns. Zen 4, 2 threads, in-process A/B against 512 KiB at batch
+// 64-128: 1.02-1.52x at 30-70% sparsity on 4096^2, 1024x4096, 768x3072,
+// 11008x4096 and 4096x11008; at 90-99% 0.84-2.67x, noisy, so sparser matrices
+// keep 512 KiB. Convolutions at 70% (batch 1): 3x3 512->512 at 7x7 1.22-1.26x,
+// 3x3 256->256 at 14x14 0.91-0.92x (196 pixels fill four 64-column panels
+// where they filled seven of 32 with less padding).
+constexpr int64_t kWidePanelCacheBytes = 2 * 1024 * 1024;
+constexpr double kWidePanelMinDensity = 0.2;
 // Rows are processed in blocks of about this many stored entries (8-12 MiB with
 // indices) so a block of a stays in the last-level cache across column panels.
 constexpr int64_t kRowBlockNnz = 1 << 20;
@@ -232,12 +244,19 @@ int64_t panel_bytes(int vectors, int64_t cols) {
 }
 
 // Vectors per column panel: the widest panel whose slice of b (a.cols rows)
-// stays in the L2 cache.
+// takes at most budget bytes (by default: stays in the L2 cache).
 template <typename T>
-int panel_vectors(int64_t cols) {
-  return panel_bytes<T>(4, cols) <= kPanelCacheBytes   ? 4
-         : panel_bytes<T>(2, cols) <= kPanelCacheBytes ? 2
-                                                       : 1;
+int panel_vectors(int64_t cols, int64_t budget = kPanelCacheBytes) {
+  return panel_bytes<T>(4, cols) <= budget ? 4 : panel_bytes<T>(2, cols) <= budget ? 2 : 1;
+}
+
+// Vectors per packed panel of a rows x cols matrix with nnz stored entries,
+// before narrowing to the batch (packed_panel_columns).
+template <typename T>
+int packed_panel_vectors(int64_t rows, int64_t cols, int64_t nnz) {
+  const bool wide = static_cast<double>(nnz) >=
+                    kWidePanelMinDensity * static_cast<double>(rows) * static_cast<double>(cols);
+  return panel_vectors<T>(cols, wide && nnz > 0 ? kWidePanelCacheBytes : kPanelCacheBytes);
 }
 
 // Over an unpacked b (spmm_rows), panels of 8 vectors where that panel still
@@ -292,8 +311,8 @@ void spmm_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T*
 // Chunks are even in width, so none is a sliver.
 template <typename T>
 int64_t panel_chunk_columns(int64_t rows, int64_t cols, int64_t nnz) {
-  const int64_t row_bytes = static_cast<int64_t>(panel_vectors<T>(cols)) * Vec<T>::kLanes *
-                            static_cast<int64_t>(sizeof(T));
+  const int64_t row_bytes = static_cast<int64_t>(packed_panel_vectors<T>(rows, cols, nnz)) *
+                            Vec<T>::kLanes * static_cast<int64_t>(sizeof(T));
   const int64_t widest = kChunkCacheBytes / row_bytes;
   if (cols <= widest || rows <= 0) return 0;
   const int64_t chunks = (cols + widest - 1) / widest;
@@ -309,9 +328,9 @@ int64_t panel_chunk_columns(int64_t rows, int64_t cols, int64_t nnz) {
 // to the batch: 4096 x 4096 at 70% sparsity ran in about the same time at
 // every batch from 2 to 32 with 32-column panels.
 template <typename T>
-int64_t packed_panel_columns(int64_t cols, int64_t n) {
+int64_t packed_panel_columns(int64_t rows, int64_t cols, int64_t nnz, int64_t n) {
   constexpr int L = Vec<T>::kLanes;
-  int vectors = panel_vectors<T>(cols);
+  int vectors = packed_panel_vectors<T>(rows, cols, nnz);
   while (n > 0 && vectors > 1 && static_cast<int64_t>(vectors / 2) * L >= n) vectors /= 2;
   return static_cast<int64_t>(vectors) * L;
 }
