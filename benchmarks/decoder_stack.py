@@ -71,8 +71,7 @@ def running_modules(model: Any) -> list[Any]:
             module = group.fused
         if isinstance(module, AutoSparseLinear):
             for decision in module.decisions.values() or [None]:
-                chosen = (module.dense if decision is None or decision.choice.format == "dense"
-                          else module.variants[decision.choice.label])
+                chosen = module._module(decision)  # what forward runs for that decision
                 found[id(chosen)] = chosen
         elif isinstance(module, torch.nn.Linear) or hasattr(module, "format"):
             found[id(module)] = module
@@ -354,8 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 running = running_modules(model)
                 measure(name, forward, module_bytes(running))
                 notes[name] = layer_formats(running)
-                del running
-                del model, forward
+                del running, model, forward
                 gc.collect()
         if args.int8 and torch is not None:
             import warnings

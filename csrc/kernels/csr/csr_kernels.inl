@@ -7,7 +7,9 @@
 // vectors from row k of b; several accumulator sets (alternate nonzeros) keep
 // enough FMAs in flight to hide their latency. Every nonzero costs NV loads of
 // b at random rows, so the kernel is bound by cache bandwidth: NV is chosen so
-// the panel of b (a.cols x NV vectors) stays in L2.
+// the panel of b (a.cols x NV vectors) stays in L2, or, for denser matrices that
+// run in column chunks, so each chunk's slice of it stays in L1; packed panels
+// are narrowed to the batch (packed_panel_columns).
 // Gather kernel: for few dense vectors, vectorised along the stored entries of
 // a row, gathering x at the column indices, then reduced horizontally.
 
