@@ -119,8 +119,7 @@ def test_threads(isa, dtype, n, pattern, density, random_sparse, rng, check_line
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch", [1, 2, 7])
-# With 6401 columns x takes over 24 KB, so the batch-1 kernel walks rows four
-# at a time (where AVX-512 zeroes x's unstored lanes instead of masking the FMA).
+# With 6401 columns x takes over 24 KB, so the batch-1 kernel walks rows four at a time.
 @pytest.mark.parametrize("cols", [70, 6401])
 def test_unstored_entries_never_multiply_inf(isa, dtype, batch, cols, rng, check_linear):
     # Every kernel must give the CSR answer: Inf/NaN in x at unstored columns vanish.

@@ -103,8 +103,7 @@ struct BitExpand<float> {
   }
   // acc + expanded * x in lanes whose bit is set; other lanes keep acc (so an
   // unstored entry never multiplies x).
-  // ZeroX selects the AVX-512 variant (bitmap_expand_avx512.h); the blend serves both here.
-  template <bool Safe, bool ZeroX = false>
+  template <bool Safe>
   static __m256 fmadd(unsigned bits, const float* p, __m256 x, __m256 acc) {
     const __m256i idx = index(bits);
     const __m256 v = _mm256_permutevar8x32_ps(packed<Safe>(bits, p), idx);
@@ -143,7 +142,7 @@ struct BitExpand<bfloat16_t> {
     return _mm256_castsi256_ps(_mm256_shuffle_epi8(packed<Safe>(bits, p), shuffle(bits)));
   }
   // acc + expanded * x in lanes whose bit is set; other lanes keep acc.
-  template <bool Safe, bool ZeroX = false>
+  template <bool Safe>
   static __m256 fmadd(unsigned bits, const bfloat16_t* p, __m256 x, __m256 acc) {
     const __m256i table = shuffle(bits);
     const __m256 v = _mm256_castsi256_ps(_mm256_shuffle_epi8(packed<Safe>(bits, p), table));
@@ -173,7 +172,7 @@ struct BitExpand<double> {
     return _mm256_blendv_pd(_mm256_setzero_pd(), permute(packed<Safe>(bits, p), idx),
                             _mm256_castsi256_pd(idx));
   }
-  template <bool Safe, bool ZeroX = false>
+  template <bool Safe>
   static __m256d fmadd(unsigned bits, const double* p, __m256d x, __m256d acc) {
     const __m256i idx = index(bits);
     const __m256d v = permute(packed<Safe>(bits, p), idx);

@@ -15,21 +15,11 @@ struct BitExpand<float> {
   static __m512 load(unsigned bits, const float* p) {
     return _mm512_maskz_expandloadu_ps(static_cast<__mmask16>(bits), p);
   }
-  // acc + expanded * x in lanes whose bit is set; other lanes keep acc (an
-  // Inf or NaN of x where nothing is stored never reaches it). With ZeroX
-  // those lanes add 0 * 0 instead of a merge-masked FMA: x is zeroed there
-  // in a register. Zen 4, one thread, warm, against the merge-masked FMA
-  // (separate processes, alternating, best of 800 calls): four rows sharing
-  // each vector of x (256 x 11008) 1.22-1.24x faster at 50-70% sparsity,
-  // 1.09x at 0%; one row in four segments, each loading its own x (1376 x
-  // 4096), 0.91x at 70%, so that walk keeps the merge.
-  template <bool Safe, bool ZeroX = false>
+  // acc + expanded * x in lanes whose bit is set; other lanes keep acc.
+  template <bool Safe>
   static __m512 fmadd(unsigned bits, const float* p, __m512 x, __m512 acc) {
     const __mmask16 k = static_cast<__mmask16>(bits);
-    if constexpr (ZeroX)
-      return _mm512_fmadd_ps(_mm512_maskz_expandloadu_ps(k, p), _mm512_maskz_mov_ps(k, x), acc);
-    else
-      return _mm512_mask3_fmadd_ps(_mm512_maskz_expandloadu_ps(k, p), x, acc, k);
+    return _mm512_mask3_fmadd_ps(_mm512_maskz_expandloadu_ps(k, p), x, acc, k);
   }
 };
 
@@ -39,13 +29,10 @@ struct BitExpand<double> {
   static __m512d load(unsigned bits, const double* p) {
     return _mm512_maskz_expandloadu_pd(static_cast<__mmask8>(bits), p);
   }
-  template <bool Safe, bool ZeroX = false>
+  template <bool Safe>
   static __m512d fmadd(unsigned bits, const double* p, __m512d x, __m512d acc) {
     const __mmask8 k = static_cast<__mmask8>(bits);
-    if constexpr (ZeroX)
-      return _mm512_fmadd_pd(_mm512_maskz_expandloadu_pd(k, p), _mm512_maskz_mov_pd(k, x), acc);
-    else
-      return _mm512_mask3_fmadd_pd(_mm512_maskz_expandloadu_pd(k, p), x, acc, k);
+    return _mm512_mask3_fmadd_pd(_mm512_maskz_expandloadu_pd(k, p), x, acc, k);
   }
 };
 
@@ -65,13 +52,9 @@ struct BitExpand<bfloat16_t> {
   static __m512 load(unsigned bits, const bfloat16_t* p) {
     return _mm512_castsi512_ps(_mm512_maskz_expandloadu_epi16(upper_halves(bits), p));
   }
-  template <bool Safe, bool ZeroX = false>
+  template <bool Safe>
   static __m512 fmadd(unsigned bits, const bfloat16_t* p, __m512 x, __m512 acc) {
-    const __mmask16 k = static_cast<__mmask16>(bits);
-    if constexpr (ZeroX)
-      return _mm512_fmadd_ps(load<Safe>(bits, p), _mm512_maskz_mov_ps(k, x), acc);
-    else
-      return _mm512_mask3_fmadd_ps(load<Safe>(bits, p), x, acc, k);
+    return _mm512_mask3_fmadd_ps(load<Safe>(bits, p), x, acc, static_cast<__mmask16>(bits));
   }
 };
 #endif

@@ -181,7 +181,7 @@ inline void gemv_group(const BitmapView<V>& a, int64_t r, const T* x, T* sums) {
         const unsigned b = chunk_at<T>(words[i] + w, s);
         if constexpr (P == Prefetch::kNearPerChunk) Vt::prefetch(vp[i] + ahead);
         if constexpr (P == Prefetch::kFarPerChunk) prefetch_far(vp[i]);
-        acc[i][s % A] = E::template fmadd<Safe, (R > 1)>(b, vp[i], xs, acc[i][s % A]);
+        acc[i][s % A] = E::template fmadd<Safe>(b, vp[i], xs, acc[i][s % A]);
         vp[i] += __builtin_popcount(b);
       }
     }
