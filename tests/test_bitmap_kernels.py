@@ -273,6 +273,41 @@ def test_an_unknown_kernel_choice_in_the_environment_warns(python_subprocess, va
     assert "Warning" not in subprocess_output(python_subprocess, code, {variable: valid})[1]
 
 
+# What each kernel choice variable sets, read back from the C++ core.
+KERNEL_CHOICE_READERS = {
+    "SPARSEGEMM_GATHER": "prefer_hardware_gather",
+    "SPARSEGEMM_BITMAP_PREFETCH": "bitmap_prefetch",
+    "SPARSEGEMM_AVX512_EXTENSIONS": "use_avx512_extensions",
+    "SPARSEGEMM_AMX": "use_amx",
+}
+
+
+def expected_kernel_choice(variable: str, value: str):
+    if variable == "SPARSEGEMM_GATHER":
+        return value == "hardware"
+    if variable == "SPARSEGEMM_BITMAP_PREFETCH":
+        return value
+    turned_on = value in ("on", "1")
+    if variable == "SPARSEGEMM_AVX512_EXTENSIONS":
+        return turned_on and _core.avx512_extensions_supported()
+    return turned_on and _core.amx_supported()
+
+
+def test_the_kernel_choice_table_is_the_one_the_core_reads():
+    # One table in the C++ core serves its parsing and the Python warning.
+    assert _runtime.KERNEL_CHOICE_VARIABLES == _core.kernel_choice_variables()
+    assert set(_runtime.KERNEL_CHOICE_VARIABLES) == set(KERNEL_CHOICE_READERS)
+
+
+@pytest.mark.parametrize("variable, value", [
+    (variable, value) for variable, values in _runtime.KERNEL_CHOICE_VARIABLES.items()
+    for value in values])
+def test_every_accepted_kernel_choice_takes_effect(python_subprocess, variable, value):
+    code = f"import sparsegemm; print(repr(sparsegemm._core.{KERNEL_CHOICE_READERS[variable]}()))"
+    assert subprocess_output(python_subprocess, code, {variable: value}) == [
+        repr(expected_kernel_choice(variable, value))]
+
+
 def subprocess_output(python_subprocess, code: str, env: dict) -> list[str]:
     result = python_subprocess(code, env=env)
     assert result.returncode == 0, result.stderr

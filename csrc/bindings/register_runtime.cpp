@@ -42,6 +42,16 @@ void register_runtime(py::module_& m) {
   m.def(
       "set_active_isa", [](const std::string& name) { set_active_isa(parse_isa(name)); },
       py::arg("name"));
+  m.def(
+      "kernel_choice_variables",
+      [] {
+        py::dict variables;
+        for (const KernelChoiceVariable& variable : kernel_choice_variables())
+          variables[py::str(variable.name)] = py::tuple(py::cast(variable.values));
+        return variables;
+      },
+      "The environment variables that choose kernel variants, each with the values it "
+      "accepts (any other value keeps the CPU's default).");
   m.def("prefer_hardware_gather", &prefer_hardware_gather,
         "Whether the batch-1 CSR kernel uses vector gathers (else scalar loads).");
   m.def("set_prefer_hardware_gather", &set_prefer_hardware_gather, py::arg("hardware"));

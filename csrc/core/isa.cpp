@@ -64,6 +64,17 @@ std::vector<Isa> supported_isas() {
   return out;
 }
 
+const std::vector<KernelChoiceVariable>& kernel_choice_variables() {
+  static const std::vector<KernelChoiceVariable> variables = {
+      {"SPARSEGEMM_GATHER", {"hardware", "scalar"}},
+      {"SPARSEGEMM_BITMAP_PREFETCH", {"near", "far", "off"}},
+      // "off" or "0" turns the extensions (AMX) off; "on" or "1" leaves the default.
+      {"SPARSEGEMM_AVX512_EXTENSIONS", {"on", "off", "1", "0"}},
+      {"SPARSEGEMM_AMX", {"on", "off", "1", "0"}},
+  };
+  return variables;
+}
+
 namespace {
 
 Isa initial_isa() {
@@ -106,29 +117,34 @@ bool intel_like_cpu() {
 #endif
 }
 
-// The variable's value when it names one of the two choices, else the CPU
-// vendor's default: true on Intel, false on AMD (see isa.h).
-bool vendor_choice(const char* variable, const char* intel_like, const char* amd_like) {
+// The value of a kernel_choice_variables() entry when it is one of the values
+// the table accepts for it, else null (unset or unknown: the default stands).
+const char* kernel_choice(const char* variable) {
   const char* env = std::getenv(variable);
-  if (env != nullptr && std::string(env) == intel_like) return true;
-  if (env != nullptr && std::string(env) == amd_like) return false;
-  return intel_like_cpu();
+  if (env == nullptr) return nullptr;
+  for (const KernelChoiceVariable& choice : kernel_choice_variables())
+    if (std::string(choice.name) == variable)
+      for (const std::string& value : choice.values)
+        if (value == env) return env;
+  return nullptr;
+}
+
+// Whether the variable names the first of its two values (true) or the second
+// (false); the CPU vendor's default where it names neither: true on Intel,
+// false on AMD (see isa.h).
+bool vendor_choice(const char* variable, const char* intel_like) {
+  const char* env = kernel_choice(variable);
+  return env != nullptr ? std::string(env) == intel_like : intel_like_cpu();
 }
 
 std::atomic<bool>& gather_preference_slot() {
-  static std::atomic<bool> slot{vendor_choice("SPARSEGEMM_GATHER", "hardware", "scalar")};
+  static std::atomic<bool> slot{vendor_choice("SPARSEGEMM_GATHER", "hardware")};
   return slot;
 }
 
 BitmapPrefetch initial_bitmap_prefetch() {
-  if (const char* env = std::getenv("SPARSEGEMM_BITMAP_PREFETCH")) {
-    try {
-      return parse_bitmap_prefetch(env);
-    } catch (const std::invalid_argument&) {
-      // An unknown value keeps the vendor's default, as SPARSEGEMM_GATHER does
-      // (the Python package warns about it at import).
-    }
-  }
+  if (const char* env = kernel_choice("SPARSEGEMM_BITMAP_PREFETCH"))
+    return parse_bitmap_prefetch(env);
   return intel_like_cpu() ? BitmapPrefetch::kNear : BitmapPrefetch::kFar;
 }
 
@@ -190,9 +206,9 @@ bool avx512_bf16_supported() {
 
 namespace {
 
-// Whether the environment variable `name` is "off" or "0".
+// Whether the kernel choice variable `name` is "off" or "0".
 bool turned_off_by_env(const char* name) {
-  const char* env = std::getenv(name);
+  const char* env = kernel_choice(name);
   return env != nullptr && (std::string(env) == "off" || std::string(env) == "0");
 }
 

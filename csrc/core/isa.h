@@ -28,6 +28,16 @@ std::vector<Isa> supported_isas();
 Isa active_isa();
 void set_active_isa(Isa isa);
 
+// The environment variables that choose between kernel variants (below), each
+// with the values it accepts. Every reading of them here goes through this
+// table, and the Python package warns at import about any other value, which
+// keeps the CPU's default: one list, so the two cannot drift apart.
+struct KernelChoiceVariable {
+  const char* name;
+  std::vector<std::string> values;
+};
+const std::vector<KernelChoiceVariable>& kernel_choice_variables();
+
 // Whether the batch-1 CSR kernel uses vector gathers (fast on Intel) or
 // scalar loads (faster where gathers are microcoded, as on AMD Zen). The
 // default follows the CPU vendor; SPARSEGEMM_GATHER=hardware|scalar or

@@ -41,14 +41,9 @@ def _check_isa_environment() -> None:
 
 
 #: Environment variables that pick a kernel variant, and the values each takes; any
-#: other value keeps the CPU vendor's default (core/isa.cpp), which would otherwise
-#: go unnoticed.
-KERNEL_CHOICE_VARIABLES = {
-    "SPARSEGEMM_GATHER": ("hardware", "scalar"),
-    "SPARSEGEMM_BITMAP_PREFETCH": ("near", "far", "off"),
-    "SPARSEGEMM_AVX512_EXTENSIONS": ("on", "off", "1", "0"),  # "off" or "0" turns them off
-    "SPARSEGEMM_AMX": ("on", "off", "1", "0"),
-}
+#: other value keeps the CPU vendor's default, which would otherwise go unnoticed.
+#: The C++ core's own table (core/isa.cpp), which its parsing reads too.
+KERNEL_CHOICE_VARIABLES: dict[str, tuple[str, ...]] = _core.kernel_choice_variables()
 
 
 def _check_kernel_choice_environment() -> None:
