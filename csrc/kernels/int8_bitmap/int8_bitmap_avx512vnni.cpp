@@ -39,6 +39,16 @@ constexpr int64_t kWordBits = 64;
 // 0.5-16 KB; the next rows' data when the row ends sooner).
 constexpr int64_t kValuesAhead = 4096;
 constexpr int64_t kBitsAhead = 4096;
+// Where at most this fraction of the weights is stored, the batch-1 walk
+// issues no prefetches: a row's values then advance about one cache line per
+// 4 words, the hardware prefetchers keep up with its two streams, and the
+// five prefetch instructions per 4 words only took issue slots from a walk
+// bound by instructions (about 4.3 cycles per word on Zen 4 at 90-95%
+// sparsity, cold). In-process A/B, Zen 4, 2 threads, cold, 4096 x 11008 and
+// 11008 x 4096, batch 1: without them 1.05-1.40x as fast at 90% (10 pairs)
+// and 0.85-1.14x at 95% (6 pairs, the one loss in a noisy run); at 80%
+// 0.90-1.25x and at 50-70% 0.76-1.23x, so denser rows keep them.
+constexpr double kPrefetchMinDensity = 0.15;
 // Columns of a tile the small-batch kernel expands at once (whole words).
 constexpr int64_t kTileCols = 256;
 // Vectors that share one expanded tile.
@@ -77,7 +87,9 @@ inline int32_t unbias(__m512i biased_sum, int32_t row_sum) {
 // (the row's words and its values): walking 2, 4 or 8 rows together, as the
 // float kernels do, ran 1.05-2.6x slower with the weights streaming from
 // memory (4096 x 11008 at 50-90%), as more streams ran further from the
-// memory bandwidth. Four accumulators cover vpdpbusd's latency.
+// memory bandwidth; without prefetches, two rows sharing each load of x ran
+// 0.56-0.80x as fast at 90-95%. Four accumulators cover vpdpbusd's latency.
+template <bool Prefetch>
 inline int32_t row_dot(const BitmapView<int8_t>& a, const int32_t* row_sums, int64_t r,
                        const uint8_t* x) {
   constexpr int kAccumulators = 4;
@@ -88,10 +100,12 @@ inline int32_t row_dot(const BitmapView<int8_t>& a, const int32_t* row_sums, int
   for (int j = 0; j < kAccumulators; ++j) acc[j] = _mm512_setzero_si512();
   int64_t w = 0;
   for (; w + kAccumulators <= wpr; w += kAccumulators) {
-    _mm_prefetch(reinterpret_cast<const char*>(words + w) + kBitsAhead, _MM_HINT_T0);
+    if constexpr (Prefetch)
+      _mm_prefetch(reinterpret_cast<const char*>(words + w) + kBitsAhead, _MM_HINT_T0);
 #pragma GCC unroll 4
     for (int j = 0; j < kAccumulators; ++j) {
-      _mm_prefetch(reinterpret_cast<const char*>(vp) + kValuesAhead, _MM_HINT_T0);
+      if constexpr (Prefetch)
+        _mm_prefetch(reinterpret_cast<const char*>(vp) + kValuesAhead, _MM_HINT_T0);
       const __m512i xw = _mm512_loadu_si512(x + (w + j) * kWordBits);
       acc[j] = _mm512_dpbusd_epi32(acc[j], xw, expand_word(words + w + j, vp));
     }
@@ -109,9 +123,12 @@ void gemv_rows(const BitmapView<int8_t>& a, const int32_t* row_sums, int64_t row
                int64_t row_end, const uint8_t* x, int64_t x_vstride, int64_t nvec, int32_t* acc,
                int64_t acc_vstride) {
   // Row by row, every vector: the row stays in L1 for the vectors after the first.
+  const bool prefetch =
+      static_cast<double>(a.nnz()) > kPrefetchMinDensity * static_cast<double>(a.rows * a.cols);
   for (int64_t r = row_begin; r < row_end; ++r)
     for (int64_t v = 0; v < nvec; ++v)
-      acc[v * acc_vstride + r] = row_dot(a, row_sums, r, x + v * x_vstride);
+      acc[v * acc_vstride + r] = prefetch ? row_dot<true>(a, row_sums, r, x + v * x_vstride)
+                                          : row_dot<false>(a, row_sums, r, x + v * x_vstride);
 }
 
 // acc[i][v0 + v] += x(v)[0:width] + 128 . tile[i][0:width] for i < R, v < VB.
