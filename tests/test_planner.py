@@ -280,8 +280,10 @@ def test_nearly_dense_weights_skip_the_bitmap(monkeypatch):
 
 def test_cold_copies_exceed_twice_the_last_level_cache():
     llc = 32 * 1024 * 1024
-    assert planner.cold_copies(64 * 1024 * 1024, llc) == 1
     assert planner.cold_copies(10 * 1024 * 1024, llc) == 7  # 70 MB > 64 MB
+    # Never one copy: back-to-back calls on one operand find part of it cached.
+    assert planner.cold_copies(64 * 1024 * 1024, llc) == 2
+    assert planner.cold_copies(1024 * 1024 * 1024, llc) == 2
     assert planner.cold_copies(1, llc) == planner.MAX_COLD_COPIES
     assert planner.cold_copies(0, llc) == 1  # an empty operand needs no copies
     assert planner.last_level_cache_bytes()[0] > 0

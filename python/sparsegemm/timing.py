@@ -283,6 +283,12 @@ COLD_MAX_BATCH = 16
 #: A cold run's copies of an operand together hold at least this many times the
 #: last-level cache.
 COLD_CACHE_MULTIPLE = 2
+#: ... and there are at least this many, so back-to-back calls never read the same
+#: copy: one operand just past the multiple was still partly cache-resident between
+#: calls (Zen 4, 32 MiB L3, numpy GEMV on one 64 MiB 4096 x 4096 weight: 32.5-35.2
+#: GB/s against 29.3-31.9 over two or three copies, in-process, three runs; one
+#: benchmark run read it at 49.9 GB/s, past what DRAM delivers).
+MIN_COLD_COPIES = 2
 #: Assumed when neither sysfs nor sysconf says how big the last-level cache is
 #: (the 32 MB L3 of the machine BENCHMARKING.md describes).
 FALLBACK_LLC_BYTES = 32 * 2**20
@@ -324,9 +330,9 @@ def last_level_cache_bytes(sysfs: str = "/sys/devices/system/cpu/cpu0/cache") ->
 
 def cold_copies(nbytes: int, llc_bytes: int, max_copies: int) -> int:
     """How many copies of an ``nbytes`` operand a cold run rotates through: together at
-    least :data:`COLD_CACHE_MULTIPLE` times ``llc_bytes``, at most ``max_copies``, and
-    one for an empty operand."""
+    least :data:`COLD_CACHE_MULTIPLE` times ``llc_bytes`` and at least
+    :data:`MIN_COLD_COPIES`, at most ``max_copies``, and one for an empty operand."""
     if nbytes <= 0:
         return 1
-    needed = -(-COLD_CACHE_MULTIPLE * llc_bytes // nbytes)
+    needed = max(MIN_COLD_COPIES, -(-COLD_CACHE_MULTIPLE * llc_bytes // nbytes))
     return max(1, min(max_copies, needed))

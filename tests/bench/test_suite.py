@@ -296,7 +296,7 @@ def test_cold_points_rotate_through_copies_that_exceed_the_cache():
 
 def test_cold_copies_count():
     assert cold_copies(footprint_bytes=10, llc_bytes=100) == 20
-    assert cold_copies(footprint_bytes=1000, llc_bytes=100) == 1
+    assert cold_copies(footprint_bytes=1000, llc_bytes=100) == 2  # never one copy
     assert cold_copies(footprint_bytes=1, llc_bytes=10**9) == MAX_COLD_COPIES
     assert cold_copies(footprint_bytes=0, llc_bytes=100) == 1
 
