@@ -304,7 +304,9 @@ def test_the_kernel_choice_table_is_the_one_the_core_reads():
     for value in values])
 def test_every_accepted_kernel_choice_takes_effect(python_subprocess, variable, value):
     code = f"import sparsegemm; print(repr(sparsegemm._core.{KERNEL_CHOICE_READERS[variable]}()))"
-    assert subprocess_output(python_subprocess, code, {variable: value}) == [
+    # The other variables unset (''), whatever the outer environment holds.
+    env = {name: "" for name in KERNEL_CHOICE_READERS} | {variable: value}
+    assert subprocess_output(python_subprocess, code, env) == [
         repr(expected_kernel_choice(variable, value))]
 
 

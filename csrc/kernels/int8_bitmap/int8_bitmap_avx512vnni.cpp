@@ -45,7 +45,7 @@ constexpr int64_t kBitsAhead = 4096;
 // five prefetch instructions per 4 words only took issue slots from a walk
 // bound by instructions (about 4.3 cycles per word on Zen 4 at 90-95%
 // sparsity, cold). In-process A/B, Zen 4, 2 threads, cold, 4096 x 11008 and
-// 11008 x 4096, batch 1: without them 1.05-1.40x as fast at 90% (10 pairs)
+// 11008 x 4096, batch 1: without them 1.05-1.40x as fast at 90% (12 pairs)
 // and 0.85-1.14x at 95% (6 pairs, the one loss in a noisy run); at 80%
 // 0.90-1.25x and at 50-70% 0.76-1.23x, so denser rows keep them.
 constexpr double kPrefetchMinDensity = 0.15;
