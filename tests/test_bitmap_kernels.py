@@ -248,14 +248,6 @@ def test_batch1_kernel_in_every_prefetch_mode(isa, bitmap_prefetch, dtype, shape
     check_linear(linear(x, a, num_threads=2), x, reference_operand(a), None)
 
 
-@pytest.mark.parametrize("value", ["near", "far", "off"])
-def test_bitmap_prefetch_choice_follows_the_environment(python_subprocess, value):
-    code = "import sparsegemm; print(sparsegemm._core.bitmap_prefetch())"
-    result = python_subprocess(code, env={"SPARSEGEMM_BITMAP_PREFETCH": value})
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == value
-
-
 @pytest.mark.parametrize("variable", ["SPARSEGEMM_BITMAP_PREFETCH", "SPARSEGEMM_GATHER",
                                       "SPARSEGEMM_AVX512_EXTENSIONS", "SPARSEGEMM_AMX"])
 def test_an_unknown_kernel_choice_in_the_environment_warns(python_subprocess, variable):

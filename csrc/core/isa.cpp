@@ -67,7 +67,9 @@ std::vector<Isa> supported_isas() {
 const std::vector<KernelChoiceVariable>& kernel_choice_variables() {
   static const std::vector<KernelChoiceVariable> variables = {
       {"SPARSEGEMM_GATHER", {"hardware", "scalar"}},
-      {"SPARSEGEMM_BITMAP_PREFETCH", {"near", "far", "off"}},
+      {"SPARSEGEMM_BITMAP_PREFETCH",
+       {bitmap_prefetch_name(BitmapPrefetch::kNear), bitmap_prefetch_name(BitmapPrefetch::kFar),
+        bitmap_prefetch_name(BitmapPrefetch::kOff)}},
       // "off" or "0" turns the extensions (AMX) off; "on" or "1" leaves the default.
       {"SPARSEGEMM_AVX512_EXTENSIONS", {"on", "off", "1", "0"}},
       {"SPARSEGEMM_AMX", {"on", "off", "1", "0"}},
