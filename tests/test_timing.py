@@ -90,6 +90,71 @@ def test_the_planner_times_blocks_of_about_plan_block_s(clock):
     assert counts["slow"] <= 5 + 2  # a slow call keeps `repeats` calls (plus warm-up, probe)
 
 
+def _counted(clock, seconds_per_call):
+    """A call of fixed duration on the fake clock, and the list counting its calls."""
+    made = []
+
+    def call():
+        made.append(1)
+        clock.now += seconds_per_call
+    return call, made
+
+
+def test_a_contender_far_behind_after_the_first_round_is_not_timed_again(clock):
+    settings = timing.TimingSettings(rounds=4, calls_per_block=2, sleep_s=0.0,
+                                     max_remeasure=0, drop_slower_than=2.0)
+    durations = {"dense": 2**-6, "close": 2**-7 * 1.5, "far": 2**-7 * 2.5, "fast": 2**-7}
+    calls, made = {}, {}
+    for name, seconds in durations.items():
+        calls[name], made[name] = _counted(clock, seconds)
+    timings = timing.measure(calls, ["dense"], settings).timings
+    # The reference is timed in every round although 2x the fastest; the call
+    # within 2x stays; the one beyond keeps its first sample only.
+    assert [len(timings[n].samples) for n in durations] == [4, 4, 1, 4]
+    assert timings["far"].median == durations["far"]
+    # Its calls: the first visit's probe call, then one block of two.
+    assert len(made["far"]) == 1 + 2
+    assert len(made["fast"]) == 1 + 2 + 3 * (1 + 2)  # later rounds: warm-up and a block
+
+
+def test_a_dropped_contender_is_not_remeasured_in_a_slow_phase(clock):
+    """A remeasure (the reference's samples disagree) times only the contenders kept."""
+    settings = timing.TimingSettings(rounds=2, calls_per_block=1, sleep_s=0.0,
+                                     max_remeasure=1, drop_slower_than=2.0)
+    unsteady = clock.call_taking(itertools.cycle([2**-8, 2**-8, 2**-8, 2**-6]))
+    far, made = _counted(clock, 2**-4)
+    timings = timing.measure({"dense": unsteady, "far": far}, ["dense"], settings).timings
+    assert timings["far"].samples == (2**-4,)
+    assert len(made) == 1 + 1  # probe, one block: neither the second round nor the remeasure
+
+
+def test_without_a_drop_ratio_every_contender_is_timed_fully(clock):
+    settings = timing.TimingSettings(rounds=3, calls_per_block=1, sleep_s=0.0, max_remeasure=0)
+    calls = {"fast": clock.call_taking(itertools.repeat(2**-10)),
+             "slow": clock.call_taking(itertools.repeat(2**-2))}
+    timings = timing.measure(calls, [], settings).timings
+    assert [len(timings[n].samples) for n in calls] == [3, 3]
+
+
+@pytest.mark.parametrize("ratio", [0.5, float("nan")])
+def test_a_drop_ratio_below_one_is_rejected(ratio):
+    # Below 1 even the fastest call would be dropped.
+    with pytest.raises(ValueError):
+        timing.TimingSettings(drop_slower_than=ratio)
+
+
+def test_the_planner_stops_timing_a_candidate_far_behind(clock):
+    from sparsegemm import planner
+
+    durations = {planner.DENSE_TORCH: 2**-6, "csr": 2**-9, "bitmap": 2**-9 * 3}
+    calls, made = {}, {}
+    for name, seconds in durations.items():
+        calls[name], made[name] = _counted(clock, seconds)
+    times = planner._time_candidates(calls, 5, 3)
+    assert times == pytest.approx(durations)  # every candidate still has its time
+    assert len(made["bitmap"]) < len(made["csr"]) / 2
+
+
 def test_a_settling_contender_is_followed_by_its_pause(clock):
     # OpenBLAS's workers spin after each call; the next contender must not be
     # timed while they do.

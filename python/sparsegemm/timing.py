@@ -15,6 +15,9 @@ BENCHMARKING.md for why):
 - a slow call (many milliseconds) skips the warm-up, which only matters for
   waking thread pools, and a call whose samples would overrun
   ``max_contender_s`` takes fewer samples (its sample count shows it);
+- with ``drop_slower_than``, a contender (not a reference) whose first block
+  took more than that many times the fastest first block is not timed again:
+  its one sample stands, and the time goes to the contenders that can win;
 - the VM sometimes snaps multi-threaded calls to multiples of its 4 ms tick for
   seconds at a time: when the reference calls' samples disagree by more than
   :data:`SLOW_PHASE_RATIO`, everything is measured again, and the calmest
@@ -127,6 +130,9 @@ class TimingSettings:
     # worker threads keep spinning after a call (see openblas_spin_seconds).
     settle_after: tuple[str, ...] = ()
     settle_s: float = 0.0
+    # After the first round, stop timing non-reference calls slower than this
+    # many times the round's fastest call (math.inf: time every call fully).
+    drop_slower_than: float = math.inf
 
     def __post_init__(self) -> None:
         if (
@@ -135,6 +141,7 @@ class TimingSettings:
             or self.max_calls < self.min_calls
             or self.max_remeasure < 0
             or (self.calls_per_block is not None and self.calls_per_block < 1)
+            or not self.drop_slower_than >= 1.0
         ):
             raise ValueError(f"invalid timing settings {self}")
 
@@ -206,11 +213,17 @@ def _awake_seconds_per_call(call: Callable[[], Any], settings: TimingSettings) -
 
 
 def _one_attempt(
-    calls: Mapping[str, Callable[[], Any]], settings: TimingSettings, plans: dict[str, _Plan]
+    calls: Mapping[str, Callable[[], Any]], settings: TimingSettings, plans: dict[str, _Plan],
+    keep: Callable[[dict[str, float]], set[str]] | None = None,
 ) -> dict[str, Timing]:
+    """One sample per call and round. After the first round, ``keep`` (given each
+    call's first sample) names the calls timed in the later rounds."""
     names = list(calls)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(settings.rounds):
+        if round_index == 1 and keep is not None:
+            kept = keep({name: samples[name][0] for name in names})
+            names = [name for name in names if name in kept]
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             plan = plans.get(name)
@@ -225,7 +238,18 @@ def _one_attempt(
             samples[name].append(_time_block(call, plan.calls))
             if name in settings.settle_after:
                 time.sleep(settings.settle_s)
-    return {name: Timing(tuple(samples[name]), plans[name].calls) for name in names}
+    return {name: Timing(tuple(times), plans[name].calls) for name, times in samples.items()}
+
+
+def _contenders_left(first_samples: dict[str, float], reference_names: list[str],
+                     ratio: float) -> set[str]:
+    """The calls worth more rounds: the references, and every call within ``ratio`` of
+    the fastest first sample."""
+    fastest = min(first_samples.values())
+    if fastest <= 0:
+        return set(first_samples)
+    return {name for name, seconds in first_samples.items()
+            if name in reference_names or seconds <= ratio * fastest}
 
 
 def measure(
@@ -248,12 +272,23 @@ def measure(
         for name, seconds in (first_call_s or {}).items()
         if name in calls and seconds >= settings.skip_warmup_above_s
     }
-    best = _one_attempt(calls, settings, plans)
+    kept: set[str] = set(calls)
+
+    def keep(first_samples: dict[str, float]) -> set[str]:
+        kept.intersection_update(_contenders_left(first_samples, reference_names,
+                                                  settings.drop_slower_than))
+        return kept
+
+    finite = settings.drop_slower_than < math.inf
+    best = _one_attempt(calls, settings, plans, keep if finite else None)
+    # A call dropped after the first round keeps its one sample and is not measured again.
+    dropped = {name: timing for name, timing in best.items() if name not in kept}
+    timed = {name: call for name, call in calls.items() if name in kept}
     best_spread = _reference_spread(best, reference_names)
     remeasured = 0
     while best_spread > SLOW_PHASE_RATIO and remeasured < settings.max_remeasure:
         remeasured += 1
-        timings = _one_attempt(calls, settings, plans)
+        timings = {**_one_attempt(timed, settings, plans), **dropped}
         spread = _reference_spread(timings, reference_names)
         if spread < best_spread:
             best, best_spread = timings, spread

@@ -63,6 +63,34 @@ def test_runs_checks_and_times_with_a_sparsify(monkeypatch):
 
 
 @pytest.mark.torch
+def test_setup_time_counts_the_first_forward_where_default_layers_plan(monkeypatch):
+    pytest.importorskip("torch")
+    import time
+
+    planning_s = 0.05
+
+    def sparsify_planning_on_first_forward(model, **options):
+        def plan_once(module, inputs):
+            time.sleep(planning_s)
+            handle.remove()
+        handle = model.register_forward_pre_hook(plan_once)
+
+    fake = types.ModuleType("sparsegemm.torch")
+    fake.sparsify = sparsify_planning_on_first_forward
+    monkeypatch.setitem(sys.modules, "sparsegemm.torch", fake)
+    rows, _ = e2e.run_e2e((0.9,), Pattern(), 1, FAST, models=TINY, formats=("default",))
+    assert rows[0]["setup_s"] >= planning_s
+    assert rows[0]["sparse_time_s"] < planning_s  # planned once, not on every call
+    assert f"{rows[0]['setup_s']:.1f}s" in e2e.e2e_table(rows)
+
+
+def test_setup_text_shows_deepsparse_compile_beside_ours():
+    assert e2e._setup_text({}) == "-"
+    assert e2e._setup_text({"setup_s": 7.23}) == "7.2s"
+    assert e2e._setup_text({"setup_s": 7.23, "deepsparse_setup_s": 41.0}) == "7.2s (41.0s)"
+
+
+@pytest.mark.torch
 def test_prune_model_zeroes_the_requested_fraction():
     torch = pytest.importorskip("torch")
     model = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)

@@ -23,7 +23,9 @@ called repeatedly, as a small model runs in a loop.
 The alternative a user could pick instead of pruning, torch's ``quantize_dynamic``
 (int8 Linear weights, FBGEMM), is timed in the same rounds for every model with a
 Linear (its output checked to a relative error): ``int8_dyn_speedup`` is its
-speedup over dense, ``vs_int8_dyn`` ours over it.
+speedup over dense, ``vs_int8_dyn`` ours over it. ``setup_s`` is what a user waits
+once: the ``sparsify`` call and the first forward, where 'default' layers plan
+(``deepsparse_setup_s``: DeepSparse's ONNX export, compile and first run).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import copy
 import itertools
 import math
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -74,6 +77,8 @@ E2E_COLUMNS = (
     "vs_deepsparse",
     "int8_dyn_speedup",
     "vs_int8_dyn",
+    "setup_s",
+    "deepsparse_setup_s",
     "cache",
     "cold_copies",
     "dense_cold_copies",
@@ -301,10 +306,14 @@ def sparsify_options(
 def _sparsified(
     sparsify: Callable[..., Any], model: Any, fmt: str, pattern: Pattern, batch_hint: int,
     example_inputs: Any,
-) -> Any:
+) -> tuple[Any, float]:
+    """A converted copy of ``model``, and the seconds the ``sparsify`` call took."""
     converted = copy.deepcopy(model)
+    start = time.perf_counter()
     result = sparsify(converted, **sparsify_options(fmt, pattern, batch_hint, example_inputs))
-    return converted if result is None else result  # in-place or returning, either works
+    seconds = time.perf_counter() - start
+    # In-place or returning, either works.
+    return (converted if result is None else result), seconds
 
 
 def _shared_input_groups(model: Any) -> list[Any]:
@@ -553,9 +562,14 @@ def run_e2e(
                             "cache": "cold" if cold else "warm",
                         }
                         try:
-                            model = _sparsified(sparsify, dense, fmt, pattern, spec.batch_hint, x)
+                            model, convert_s = _sparsified(sparsify, dense, fmt, pattern,
+                                                           spec.batch_hint, x)
                             # The check is the first forward: 'default' layers decide here.
-                            row["max_rel_error"] = check_output(model(x), reference, spec.inner_dim)
+                            forward_start = time.perf_counter()
+                            output = model(x)
+                            # What a user waits once: conversion, planning, the first call.
+                            row["setup_s"] = convert_s + time.perf_counter() - forward_start
+                            row["max_rel_error"] = check_output(output, reference, spec.inner_dim)
                             row["report"] = str(getattr(model, "sparsegemm_report", ""))
                         except WrongResult as mismatch:
                             row.update(status="wrong", detail=str(mismatch))
@@ -604,6 +618,8 @@ def run_e2e(
                                 row["vs_int8_dyn"] = int8_timing.median / timing.median
                             if contender is not None:
                                 row["deepsparse_speedup"] = contender["speedup"]
+                                if "setup_s" in contender:
+                                    row["deepsparse_setup_s"] = contender["setup_s"]
                                 row["vs_deepsparse"] = row["speedup"] / contender["speedup"]
                         rows.append(row)
     finally:
@@ -630,16 +646,27 @@ def _breakdown_text(row: dict[str, Any]) -> str:
                     for name, part in zip(("sparse", "dense", "attn", "other"), parts))
 
 
+def _setup_text(row: dict[str, Any]) -> str:
+    """'7.2s (4.1s)': sparsify and the first forward (its planning), and in brackets
+    DeepSparse's export, compile and first run, when measured; '-' without either."""
+    if "setup_s" not in row:
+        return "-"
+    text = f"{row['setup_s']:.1f}s"
+    if "deepsparse_setup_s" in row:
+        text += f" ({row['deepsparse_setup_s']:.1f}s)"
+    return text
+
+
 def e2e_table(rows: list[dict[str, Any]]) -> str:
     """One line per row: dense and sparse medians, speedup, the floor, where the sparse
     model's time goes, DeepSparse's speedup over its own dense run and ours over it
-    (when run), quantize_dynamic's speedup and ours over it, and whether the
-    sparsified model's output matched the dense one."""
+    (when run), quantize_dynamic's speedup and ours over it, the one-time setup of
+    both engines, and whether the sparsified model's output matched the dense one."""
     lines = [
         (
             f"{'model':<44} {'sparsity':>8} {'format':<7} {'dense':>9} {'sparse':>9} "
             f"{'speedup':>8} {'floor':>11}  {'time in layers':<39} {'deepsparse':>10} "
-            f"{'vs ds':>6} {'int8 dyn':>8} {'vs int8':>7}  output"
+            f"{'vs ds':>6} {'int8 dyn':>8} {'vs int8':>7} {'setup (ds)':>14}  output"
         )
     ]
     for row in rows:
@@ -651,6 +678,7 @@ def e2e_table(rows: list[dict[str, Any]]) -> str:
         versus = f"{row['vs_deepsparse']:5.2f}x" if "vs_deepsparse" in row else "-"
         int8 = f"{row['int8_dyn_speedup']:6.2f}x" if "int8_dyn_speedup" in row else "-"
         vs_int8 = f"{row['vs_int8_dyn']:5.2f}x" if "vs_int8_dyn" in row else "-"
+        setup = _setup_text(row)
         status = "matched" if row["status"] == "ok" else row["status"]
         status += f": {row['detail']}" if row["detail"] else ""
         if row.get("cache") == "cold" and "cold_copies" in row:
@@ -661,7 +689,7 @@ def e2e_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"{row['model']:<44} {row['sparsity']:8.2f} {row['format']:<7} {dense:>9} "
             f"{sparse:>9} {speedup:>8} {floor_verdict(row):>11}  {_breakdown_text(row):<39} "
-            f"{deepsparse:>10} {versus:>6} {int8:>8} {vs_int8:>7}  {status}"
+            f"{deepsparse:>10} {versus:>6} {int8:>8} {vs_int8:>7} {setup:>14}  {status}"
         )
     return "\n".join(lines + default_versus_told(rows))
 
