@@ -38,7 +38,9 @@ TIMING_ENV = {
     "KMP_BLOCKTIME": "1",  # MKL/libiomp: spin 1 ms after a parallel region, not 200 ms
     "OPENBLAS_THREAD_TIMEOUT": "20",  # OpenBLAS: spin 2**20 cycles (well under a millisecond)
     # libgomp (torch's and ours): spin about 0.1-0.5 ms, not the default 300k
-    # iterations (milliseconds). PASSIVE would make every call pay a wake-up.
+    # iterations (milliseconds). PASSIVE would make every call pay a wake-up,
+    # which counts for calls of microseconds (see benchmarks/README.md for the
+    # floors scripts of millisecond layers, which are run with it).
     "GOMP_SPINCOUNT": "10000",
     # glibc: keep up to 1 GiB of freed heap, and serve blocks up to 32 MiB (its
     # largest mmap threshold) from the heap, so no call faults in pages a
