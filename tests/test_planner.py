@@ -5,6 +5,7 @@ through planner._time_candidates, so these tests do not depend on the machine.""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -28,10 +29,12 @@ class FakeTimer:
         self.times = times
         self.calls = 0
         self.timed = []
+        self.drop_ratios = []
 
-    def __call__(self, runners, repeats, rounds):
+    def __call__(self, runners, repeats, rounds, drop_slower_than=math.inf):
         self.calls += 1
         self.timed.append(sorted(runners))
+        self.drop_ratios.append(drop_slower_than)
         return {name: self.times[name] for name in runners}
 
 
@@ -302,7 +305,7 @@ def test_small_batches_rotate_separately_built_copies(monkeypatch, weight):
     monkeypatch.setattr(planner, "last_level_cache_bytes", lambda: (1024 * 1024, "test"))
     seen = {}
 
-    def timer(runners, repeats, rounds):
+    def timer(runners, repeats, rounds, drop_slower_than=math.inf):
         seen.update(runners)
         return {name: 1.0 for name in runners}
 
@@ -315,6 +318,36 @@ def test_small_batches_rotate_separately_built_copies(monkeypatch, weight):
     built.clear()
     sparsegemm.plan(weight, 64, num_threads=1, candidates=["csr", "bitmap"], cache=False)
     assert sorted(built) == ["bitmap", "csr"]  # large batches: one warm operand each
+
+
+def test_every_copy_is_called_before_the_timing(monkeypatch, weight):
+    """A format's setup on a copy's first call (CSR's chunk order) must not be timed, nor
+    make the planner stop timing that candidate after the first round."""
+    monkeypatch.setattr(planner, "last_level_cache_bytes", lambda: (1024 * 1024, "test"))
+    called = set()
+    real_linear = planner.linear
+
+    def recording_linear(x, operand, **options):
+        called.add(id(operand))
+        return real_linear(x, operand, **options)
+
+    monkeypatch.setattr(planner, "linear", recording_linear)
+    built = []
+    real_build = planner._build
+    monkeypatch.setattr(planner, "_build",
+                        lambda name, W: built.append(real_build(name, W)) or built[-1])
+    called_before_timing = set()
+    timer = FakeTimer(fake_times(1.0))
+
+    def recording_timer(*args, **options):
+        called_before_timing.update(called)
+        return timer(*args, **options)
+
+    monkeypatch.setattr(planner, "_time_candidates", recording_timer)
+    sparsegemm.plan(weight, 4, num_threads=1, candidates=["csr", "bitmap"], cache=False)
+    assert len(built) > 2  # several cold copies of each
+    assert {id(operand) for operand in built} <= called_before_timing
+    assert timer.drop_ratios == [planner.PLAN_DROP_RATIO]
 
 
 def test_dense_names_the_references_timed(monkeypatch, weight):

@@ -150,9 +150,21 @@ def test_the_planner_stops_timing_a_candidate_far_behind(clock):
     calls, made = {}, {}
     for name, seconds in durations.items():
         calls[name], made[name] = _counted(clock, seconds)
-    times = planner._time_candidates(calls, 5, 3)
+    times = planner._time_candidates(calls, 5, 3, planner.PLAN_DROP_RATIO)
     assert times == pytest.approx(durations)  # every candidate still has its time
     assert len(made["bitmap"]) < len(made["csr"]) / 2
+
+
+def test_the_planner_loop_times_every_candidate_fully_unless_asked(clock):
+    """The floors scripts report every contender's time: by default nothing is dropped."""
+    from sparsegemm import planner
+
+    durations = {planner.DENSE_TORCH: 2**-6, "csr": 2**-9, "bitmap": 2**-9 * 3}
+    calls, made = {}, {}
+    for name, seconds in durations.items():
+        calls[name], made[name] = _counted(clock, seconds)
+    planner._time_candidates(calls, 5, 3)
+    assert len(made["bitmap"]) == len(made["csr"])
 
 
 def test_a_settling_contender_is_followed_by_its_pause(clock):

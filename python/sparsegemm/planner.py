@@ -248,16 +248,19 @@ def _skip_reason(name: str, shape: tuple[int, int], stats: dict[str, Any],
 
 
 def _time_candidates(
-    runners: dict[str, Callable[[], Any]], repeats: int, rounds: int
+    runners: dict[str, Callable[[], Any]], repeats: int, rounds: int,
+    drop_slower_than: float = math.inf,
 ) -> dict[str, float]:
     """Median seconds per call of each runner, timed by :func:`sparsegemm.timing.measure`.
 
     Contenders are interleaved: each round runs every contender as a block of
     at least ``repeats`` calls lasting about PLAN_BLOCK_S, after one warm-up
     call, with a short sleep between blocks
-    so one runtime's spinning thread pool does not tax the next. A sparse
-    contender more than PLAN_DROP_RATIO times slower than the fastest in the
-    first round keeps that one sample. Rounds are
+    so one runtime's spinning thread pool does not tax the next. With
+    ``drop_slower_than`` (plan() passes PLAN_DROP_RATIO; the floors scripts,
+    which report every contender, leave it infinite), a sparse contender that
+    many times slower than the fastest in the first round keeps that one
+    sample. Rounds are
     repeated while the dense reference's blocks disagree by more than
     ROUND_DISAGREEMENT. Tests replace this function to inject timings.
     """
@@ -272,7 +275,7 @@ def _time_candidates(
         sleep_s=0.005,
         max_remeasure=MAX_EXTRA_ROUNDS,
         skip_warmup_above_s=math.inf,
-        drop_slower_than=PLAN_DROP_RATIO,
+        drop_slower_than=drop_slower_than,
     )
     timings = measure(runners, dense, settings).timings
     return {name: timing.median for name, timing in timings.items()}
@@ -442,7 +445,7 @@ def plan(
     operands = {name: _build(name, weight) for name in timed}
     runners = _runners(weight, batch, threads, operands, dense)
     with thread_limits(threads):
-        times = _time_candidates(runners, repeats, rounds)
+        times = _time_candidates(runners, repeats, rounds, PLAN_DROP_RATIO)
     decision = choose(times, margin)
     decision["skipped"] = skipped
     if cache:
@@ -507,25 +510,32 @@ def _runners(
     cold = batch <= COLD_MAX_BATCH
     dense_copies = [W] + [W.copy() for _ in range(cold_copies(W.nbytes) - 1 if cold else 0)]
     runners: dict[str, Callable[[], Any]] = {}
+    copy_counts: dict[str, int] = {}
     if "numpy" in dense:
         runners[DENSE_NUMPY] = _rotating(dense_copies, lambda w: x @ w.T)
+        copy_counts[DENSE_NUMPY] = len(dense_copies)
     torch = sys.modules.get("torch")
     if torch is not None and "torch" in dense:
         xt = torch.from_numpy(x)
         weights = [torch.from_numpy(w) for w in dense_copies]
         runners[DENSE_TORCH] = _rotating(weights, lambda w: torch.nn.functional.linear(xt, w))
+        copy_counts[DENSE_TORCH] = len(weights)
     for name, operand in operands.items():
         assert operand is not None  # only sparse candidates are built
         extra = cold_copies(operand._storage_nbytes()) - 1 if cold else 0
         # Separately built copies: a shared pattern would stay cache-resident.
         copies = [operand] + [_build(name, W) for _ in range(extra)]
         runners[name] = _rotating(copies, lambda op: linear(x, op, num_threads=threads))
+        copy_counts[name] = len(copies)
+    # Every copy is checked, which also makes its first call (and any setup a
+    # format does on it, such as CSR's column chunk order) before the timing.
     for name, run in runners.items():
-        result = np.asarray(run())
-        agree = (np.abs(result - expected) <= tolerance) | (result == expected)
-        agree |= np.isnan(result) & np.isnan(expected)
-        if not np.all(agree):
-            raise RuntimeError(f"planner: contender {name!r} disagrees with the dense product")
+        for _ in range(copy_counts[name]):
+            result = np.asarray(run())
+            agree = (np.abs(result - expected) <= tolerance) | (result == expected)
+            agree |= np.isnan(result) & np.isnan(expected)
+            if not np.all(agree):
+                raise RuntimeError(f"planner: contender {name!r} disagrees with the dense product")
     return runners
 
 

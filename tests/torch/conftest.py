@@ -41,7 +41,7 @@ class FakePlannerTimer:
         self.times.update(sparse)
         self.timed: list[list[str]] = []
 
-    def __call__(self, runners, repeats, rounds):
+    def __call__(self, runners, repeats, rounds, drop_slower_than=float("inf")):
         self.timed.append(sorted(runners))
         return {name: self.times[name] for name in runners}
 
