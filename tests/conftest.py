@@ -13,8 +13,9 @@ Fixtures other test files can reuse:
 * ``isa`` -- parametrised over :func:`sparsegemm.available_isas`; the test
   body runs with the kernels forced to that level.
 * ``isa_with_extensions`` -- as ``isa``, plus 'avx512-plain' (the avx512
-  level with its VBMI2/VNNI kernels turned off) where the CPU has those
-  extensions: the int8 and bfloat16 bitmap kernels differ between the two.
+  level with its VBMI2/VNNI kernels turned off) and 'avx512-bitmapwalk' (the
+  int8 walk by stored columns off) where the CPU has those extensions: the
+  int8 and bfloat16 bitmap kernels differ between them.
 * ``rng`` -- a seeded ``numpy.random.Generator``.
 * ``random_sparse`` -- factory for a random dense array with a sparsity pattern.
 * ``check_sparse_mm`` / ``check_linear`` -- compare a result with the float64
@@ -68,6 +69,7 @@ def _isa_variants() -> list[str]:
     variants = list(sparsegemm.available_isas())
     if sparsegemm._core.avx512_extensions_supported():
         variants.append("avx512-plain")
+        variants.append("avx512-bitmapwalk")
     if sparsegemm._core.amx_supported():
         variants.append("avx512-noamx")
     return variants
@@ -76,12 +78,15 @@ def _isa_variants() -> list[str]:
 @pytest.fixture(params=_isa_variants())
 def isa_with_extensions(request: pytest.FixtureRequest) -> str:
     """Like ``isa``; 'avx512-plain' runs the avx512 level with VBMI2/VNNI (and
-    so AMX) off, 'avx512-noamx' with only AMX off."""
+    so AMX) off, 'avx512-noamx' with only AMX off, 'avx512-bitmapwalk' with the
+    int8 kernels' walk of very sparse rows by stored columns off."""
     level, _, variant = request.param.partition("-")
     core = sparsegemm._core
     previous = core.use_avx512_extensions()
     previous_amx = core.amx_supported() and core.use_amx()
+    previous_indexed = core.use_int8_indexed_walk()
     core.set_use_avx512_extensions(previous and variant != "plain")
+    core.set_use_int8_indexed_walk(previous_indexed and variant != "bitmapwalk")
     if core.amx_supported():
         core.set_use_amx(previous_amx and variant != "noamx")
     try:
@@ -89,6 +94,7 @@ def isa_with_extensions(request: pytest.FixtureRequest) -> str:
             yield request.param
     finally:
         core.set_use_avx512_extensions(previous)
+        core.set_use_int8_indexed_walk(previous_indexed)
         if core.amx_supported():
             core.set_use_amx(previous_amx)
 

@@ -271,6 +271,7 @@ KERNEL_CHOICE_READERS = {
     "SPARSEGEMM_BITMAP_PREFETCH": "bitmap_prefetch",
     "SPARSEGEMM_AVX512_EXTENSIONS": "use_avx512_extensions",
     "SPARSEGEMM_AMX": "use_amx",
+    "SPARSEGEMM_INT8_INDEXED": "use_int8_indexed_walk",
 }
 
 
@@ -280,6 +281,8 @@ def expected_kernel_choice(variable: str, value: str):
     if variable == "SPARSEGEMM_BITMAP_PREFETCH":
         return value
     turned_on = value in ("on", "1")
+    if variable == "SPARSEGEMM_INT8_INDEXED":
+        return turned_on
     if variable == "SPARSEGEMM_AVX512_EXTENSIONS":
         return turned_on and _core.avx512_extensions_supported()
     return turned_on and _core.amx_supported()

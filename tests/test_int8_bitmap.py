@@ -137,6 +137,53 @@ def test_quad_plan_is_built_only_for_sparse_small_batches(rng):
         assert sparse.quad_plan_bytes == 0
 
 
+@pytest.mark.parametrize("cols", [1, 63, 255, 256, 257, 300, 511, 700, 1025])
+@pytest.mark.parametrize("stored_in_group", [0, 1, 63, 64, 65, 128, 200, 256])
+def test_indexed_walk_exact_on_every_group_fill(isa_with_extensions, cols, stored_in_group, rng):
+    # Very sparse rows (the walk by stored columns: batch 1-4, at most 15% stored) with
+    # one row whose first group of 256 columns holds `stored_in_group` weights: more than
+    # 64 take several steps. Partial last groups of 1-4 words, empty rows.
+    rows = 40
+    dense = random_weight(rng, rows, cols, 0.03)
+    dense[7, :min(cols, 256)] = 0
+    dense[7, rng.permutation(min(cols, 256))[:stored_in_group]] = 1.5
+    dense[9] = 0
+    dense[rows - 1, -1] = -2.0  # the last column of the last row
+    w = Int8BitmapMatrix.from_dense(dense)
+    assert w.nnz <= 0.15 * rows * cols or cols < 256
+    for batch in (1, 2, 4):
+        xq = random_xq(rng, batch, cols)
+        np.testing.assert_array_equal(w.int_product(xq, num_threads=2), reference_int(w, xq))
+
+
+def test_index_plan_is_built_only_for_very_sparse_batch_1(rng):
+    sparse = Int8BitmapMatrix.from_dense(random_weight(rng, 64, 1000, 0.1))
+    denser = Int8BitmapMatrix.from_dense(random_weight(rng, 64, 1000, 0.3))
+    for w in (sparse, denser):
+        w.int_product(random_xq(rng, 16, 1000))
+        assert w.index_plan_bytes == 0  # batches above 4 never need it
+        w.int_product(random_xq(rng, 1, 1000))
+    assert denser.index_plan_bytes == 0
+    vnni = _core.active_isa() == "avx512" and _core.use_avx512_extensions()
+    if vnni and _core.use_int8_indexed_walk():
+        groups = -(-1000 // 256)
+        assert sparse.index_plan_bytes == sparse.nnz + 2 * 64 * groups
+        assert sparse.copy().index_plan_bytes == 0  # a rebuilt matrix has its own
+    else:
+        assert sparse.index_plan_bytes == 0
+
+
+def test_indexed_walk_switch_round_trips():
+    previous = _core.use_int8_indexed_walk()
+    try:
+        _core.set_use_int8_indexed_walk(False)
+        assert not _core.use_int8_indexed_walk()
+        _core.set_use_int8_indexed_walk(True)
+        assert _core.use_int8_indexed_walk()
+    finally:
+        _core.set_use_int8_indexed_walk(previous)
+
+
 def test_int_product_extremes_and_empty_rows(isa_with_extensions, rng):
     # Every weight and activation at +-127: the largest sums the int32 holds per column.
     dense = np.where(rng.random((21, 700)) < 0.7, 1.0, -1.0).astype(np.float32)
@@ -420,13 +467,15 @@ def test_amx_switch_follows_the_cpu():
 
 
 
-def test_concurrent_first_calls_build_one_quad_plan(rng):
-    # Threads racing on a fresh matrix's first batch-16 product (the GIL is released):
-    # one builds the quad plan, the others wait for it, and every result is exact.
+@pytest.mark.parametrize("batch", [1, 16])
+def test_concurrent_first_calls_build_one_plan(batch, rng):
+    # Threads racing on a fresh matrix's first product (the GIL is released): one builds
+    # the plan (batch 1: the index plan; batch 16: the quad plan), the others wait for it,
+    # and every result is exact.
     from concurrent.futures import ThreadPoolExecutor
 
     w = Int8BitmapMatrix.from_dense(random_weight(rng, 300, 2113, 0.08))
-    inputs = [random_xq(rng, 16, 2113) for _ in range(6)]
+    inputs = [random_xq(rng, batch, 2113) for _ in range(6)]
     with ThreadPoolExecutor(max_workers=6) as pool:
         results = list(pool.map(lambda xq: w.int_product(xq, num_threads=2), inputs))
     for xq, result in zip(inputs, results):

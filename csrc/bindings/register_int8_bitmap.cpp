@@ -62,6 +62,7 @@ void register_int8_bitmap(py::module_& m) {
                              [](const Matrix& a) { return a.weights().words_per_row(); })
       .def_property_readonly("storage_bytes", &Matrix::storage_bytes)
       .def_property_readonly("quad_plan_bytes", &Matrix::quad_plan_bytes)
+      .def_property_readonly("index_plan_bytes", &Matrix::index_plan_bytes)
       .def_property_readonly("bits",
                              [](py::object self) {
                                return owned_view(self.cast<const Matrix&>().weights().bits(), self);

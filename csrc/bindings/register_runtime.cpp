@@ -71,6 +71,9 @@ void register_runtime(py::module_& m) {
         "Whether this CPU and operating system offer AMX int8 tiles.");
   m.def("use_amx", &use_amx, "Whether the int8 bitmap kernels use AMX for batches above 4.");
   m.def("set_use_amx", &set_use_amx, py::arg("use"));
+  m.def("use_int8_indexed_walk", &use_int8_indexed_walk,
+        "Whether the int8 VNNI kernels walk very sparse rows by their stored columns.");
+  m.def("set_use_int8_indexed_walk", &set_use_int8_indexed_walk, py::arg("use"));
   m.def("avx512_bf16_supported", &avx512_bf16_supported,
         "Whether this CPU also has AVX512-BF16 (bfloat16 dot products for bfloat16 inputs).");
   m.def("default_num_threads", &default_num_threads);

@@ -73,6 +73,7 @@ const std::vector<KernelChoiceVariable>& kernel_choice_variables() {
       // "off" or "0" turns the extensions (AMX) off; "on" or "1" leaves the default.
       {"SPARSEGEMM_AVX512_EXTENSIONS", {"on", "off", "1", "0"}},
       {"SPARSEGEMM_AMX", {"on", "off", "1", "0"}},
+      {"SPARSEGEMM_INT8_INDEXED", {"on", "off", "1", "0"}},
   };
   return variables;
 }
@@ -191,8 +192,8 @@ void set_prefer_hardware_gather(bool hardware) {
 
 bool avx512_extensions_supported() {
 #if defined(__x86_64__) || defined(__i386__)
-  return isa_supported(Isa::Avx512) && __builtin_cpu_supports("avx512vbmi2") &&
-         __builtin_cpu_supports("avx512vnni");
+  return isa_supported(Isa::Avx512) && __builtin_cpu_supports("avx512vbmi") &&
+         __builtin_cpu_supports("avx512vbmi2") && __builtin_cpu_supports("avx512vnni");
 #else
   return false;
 #endif
@@ -261,9 +262,24 @@ void set_use_amx(bool use) {
   amx_use_slot().store(use, std::memory_order_relaxed);
 }
 
+namespace {
+
+std::atomic<bool>& int8_indexed_use_slot() {
+  static std::atomic<bool> slot{!turned_off_by_env("SPARSEGEMM_INT8_INDEXED")};
+  return slot;
+}
+
+}  // namespace
+
+bool use_int8_indexed_walk() { return int8_indexed_use_slot().load(std::memory_order_relaxed); }
+
+void set_use_int8_indexed_walk(bool use) {
+  int8_indexed_use_slot().store(use, std::memory_order_relaxed);
+}
+
 void set_use_avx512_extensions(bool use) {
   if (use && !avx512_extensions_supported())
-    throw std::invalid_argument("this CPU lacks the AVX-512 VBMI2 and VNNI extensions");
+    throw std::invalid_argument("this CPU lacks the AVX-512 VBMI, VBMI2 and VNNI extensions");
   extension_use_slot().store(use, std::memory_order_relaxed);
 }
 

@@ -61,7 +61,8 @@ const char* bitmap_prefetch_name(BitmapPrefetch mode);
 BitmapPrefetch parse_bitmap_prefetch(const std::string& name);
 
 // AVX-512 extensions that Ice Lake, Zen 4 and later CPUs add to the avx512
-// level: byte and word expand loads (VBMI2) and int8 dot products (VNNI).
+// level: byte permutes (VBMI), byte and word expand loads (VBMI2) and int8
+// dot products (VNNI).
 // The int8 and bfloat16 bitmap kernels of the avx512 level use them where the
 // CPU has both, and otherwise run the AVX2 kernels. They are not a level of
 // their own, because every other family is the same with or without them.
@@ -86,5 +87,13 @@ bool amx_supported();
 bool use_amx();
 // Throws std::invalid_argument when turning on what the CPU cannot run.
 void set_use_amx(bool use);
+
+// Whether the int8 VNNI kernels walk very sparse rows by their stored
+// columns (Int8IndexPlan, drivers/int8_bitmap_driver.cpp) instead of by their
+// bitmap. On by default; SPARSEGEMM_INT8_INDEXED=off or
+// set_use_int8_indexed_walk(false) turns it off, so tests and A/B runs can
+// compare both walks in one process. Results are the same either way.
+bool use_int8_indexed_walk();
+void set_use_int8_indexed_walk(bool use);
 
 }  // namespace sparsegemm

@@ -188,6 +188,7 @@ def show_config(*, print_out: bool = True) -> dict | None:
         "avx512_extensions": _core.use_avx512_extensions(),
         "avx512_bf16": _core.use_avx512_extensions() and _core.avx512_bf16_supported(),
         "amx": _core.use_amx(),
+        "int8_indexed_walk": _core.use_avx512_extensions() and _core.use_int8_indexed_walk(),
         "openmp_runtime": _core.openmp_runtime(),
         "num_threads": get_num_threads(),
         "numpy_blas": [
@@ -212,8 +213,12 @@ def show_config(*, print_out: bool = True) -> dict | None:
               "(SPARSEGEMM_BITMAP_PREFETCH=near|far|off)")
         extensions = "on" if config["avx512_extensions"] else (
             "off" if _core.avx512_extensions_supported() else "not on this CPU")
-        print(f"  AVX-512 VBMI2/VNNI int8 and bfloat16 kernels: {extensions} "
+        print(f"  AVX-512 VBMI/VBMI2/VNNI int8 and bfloat16 kernels: {extensions} "
               "(SPARSEGEMM_AVX512_EXTENSIONS)")
+        if config["avx512_extensions"]:
+            walk = "on" if config["int8_indexed_walk"] else "off"
+            print(f"  int8 batch-1 walk by stored columns (<= 15% stored): {walk} "
+                  "(SPARSEGEMM_INT8_INDEXED)")
         if config["avx512_bf16"]:
             print("  AVX512-BF16 dot products for bfloat16 inputs: on")
         if _core.amx_supported():

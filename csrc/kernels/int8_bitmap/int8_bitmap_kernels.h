@@ -62,6 +62,14 @@ using Int8QuadPlanKernelFn = void (*)(const Int8QuadPlan& plan, const int32_t* r
                                       int64_t row_begin, int64_t row_end, const uint8_t* x4,
                                       int64_t nvec, int32_t* acc, int64_t acc_vstride);
 
+// The batch-1 VNNI kernel for very sparse rows: gemv_rows_bytes's product,
+// read through the matrix's index plan (core/int8_bitmap_matrix.h) and
+// values instead of the bitmap.
+using Int8IndexPlanKernelFn = void (*)(const Int8IndexPlan& plan, const BitmapView<int8_t>& a,
+                                       const int32_t* row_sums, int64_t row_begin, int64_t row_end,
+                                       const uint8_t* x, int64_t x_vstride, int64_t nvec,
+                                       int32_t* acc, int64_t acc_vstride);
+
 // gemv_rows multiplies each row with one vector at a time; small_batch_rows
 // expands a tile of rows x 256 columns once and multiplies it with up to 16
 // vectors. All kernels give the same integers; the driver picks by batch
@@ -78,6 +86,8 @@ struct Int8BitmapKernels {
   // Optional, where use_amx(): the tile-multiply kernel, over the quad layout,
   // for any density (int8_bitmap_amx.cpp).
   Int8QuadKernelFn small_batch_rows_amx = nullptr;
+  // Optional: faster than gemv_rows_bytes on very sparse rows (see the driver).
+  Int8IndexPlanKernelFn gemv_rows_indexed = nullptr;
 
   bool reads_biased_bytes() const { return gemv_rows_bytes != nullptr; }
 };
