@@ -173,15 +173,20 @@ def test_index_plan_is_built_only_for_very_sparse_batch_1(rng):
         assert sparse.index_plan_bytes == 0
 
 
-def test_indexed_walk_switch_round_trips():
-    previous = _core.use_int8_indexed_walk()
+def assert_switch_round_trips(get, set_to):
+    """Turning a kernel switch off and on reads back each time; it is restored after."""
+    previous = get()
     try:
-        _core.set_use_int8_indexed_walk(False)
-        assert not _core.use_int8_indexed_walk()
-        _core.set_use_int8_indexed_walk(True)
-        assert _core.use_int8_indexed_walk()
+        set_to(False)
+        assert not get()
+        set_to(True)
+        assert get()
     finally:
-        _core.set_use_int8_indexed_walk(previous)
+        set_to(previous)
+
+
+def test_indexed_walk_switch_round_trips():
+    assert_switch_round_trips(_core.use_int8_indexed_walk, _core.set_use_int8_indexed_walk)
 
 
 def test_int_product_extremes_and_empty_rows(isa_with_extensions, rng):
@@ -455,14 +460,7 @@ def test_amx_switch_follows_the_cpu():
         with pytest.raises(ValueError, match="AMX"):
             core.set_use_amx(True)
         return
-    previous = core.use_amx()
-    try:
-        core.set_use_amx(False)
-        assert not core.use_amx()
-        core.set_use_amx(True)
-        assert core.use_amx()
-    finally:
-        core.set_use_amx(previous)
+    assert_switch_round_trips(core.use_amx, core.set_use_amx)
 
 
 
