@@ -217,7 +217,7 @@ def show_config(*, print_out: bool = True) -> dict | None:
               "(SPARSEGEMM_AVX512_EXTENSIONS)")
         if config["avx512_extensions"]:
             walk = "on" if config["int8_indexed_walk"] else "off"
-            print(f"  int8 batch-1 walk by stored columns (<= 15% stored): {walk} "
+            print(f"  int8 batch-1 walk by stored columns, very sparse weights: {walk} "
                   "(SPARSEGEMM_INT8_INDEXED)")
         if config["avx512_bf16"]:
             print("  AVX512-BF16 dot products for bfloat16 inputs: on")
