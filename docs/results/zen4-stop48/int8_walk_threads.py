@@ -25,7 +25,7 @@ for shape in [(4096, 11008), (11008, 4096)]:
     ops = [first] + [sg.Int8BitmapMatrix.from_dense(W)
                      for _ in range(planner.cold_copies(first.storage_bytes, llc) - 1)]
     x = rng.standard_normal((1, shape[1]), dtype=np.float32)
-    runners = {f"t{t}": planner._rotating(ops, lambda a, t=t: sg.linear(x, a, num_threads=t))
+    runners = {f"t{t}": planner._rotating(ops, lambda a, t=t, x=x: sg.linear(x, a, num_threads=t))
                for t in threads}
     for run in runners.values():
         for _ in ops:
