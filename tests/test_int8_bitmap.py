@@ -72,7 +72,8 @@ def random_xq(rng: np.random.Generator, batch: int, cols: int) -> np.ndarray:
 @pytest.mark.parametrize("density", [0.5, 0.2])
 def test_int_product_exact_on_every_size(isa_with_extensions, rows, cols, density, rng):
     # On VNNI CPUs, 2-4 vectors take the batch-1 kernel, more the tile kernel
-    # (the quad kernel from 12 vectors on sparse weights: see the tests below).
+    # (the quad kernel from 12 vectors on sparse weights, from 5 on very sparse
+    # ones: see the tests below).
     w = Int8BitmapMatrix.from_dense(random_weight(rng, rows, cols, density))
     for batch in (1, 3, 6):
         xq = random_xq(rng, batch, cols)
@@ -119,6 +120,12 @@ def test_int_product_exact_over_quad_plan_blocks_and_panels(isa_with_extensions,
                                       reference_int(w, xq))
 
 
+def quad_kernel_available() -> bool:
+    # VNNI without AMX: AMX takes every batch above 4 instead.
+    return (_core.active_isa() == "avx512" and _core.use_avx512_extensions()
+            and not _core.use_amx())
+
+
 def test_quad_plan_is_built_only_for_sparse_small_batches(rng):
     sparse = Int8BitmapMatrix.from_dense(random_weight(rng, 64, 512, 0.1))
     dense = Int8BitmapMatrix.from_dense(random_weight(rng, 64, 512, 0.9))
@@ -127,14 +134,24 @@ def test_quad_plan_is_built_only_for_sparse_small_batches(rng):
         assert w.quad_plan_bytes == 0  # batch 1 never needs it
         w.int_product(random_xq(rng, 16, 512))
     assert dense.quad_plan_bytes == 0
-    vnni = (_core.active_isa() == "avx512" and _core.use_avx512_extensions()
-            and not _core.use_amx())  # AMX takes every batch above 4 instead
-    if vnni:
+    if quad_kernel_available():
         quads = np.count_nonzero(sparse.to_dense().reshape(64, 128, 4).any(axis=2))
         assert sparse.quad_plan_bytes >= 6 * quads
         assert sparse.copy().quad_plan_bytes == 0  # a rebuilt matrix has its own
     else:
         assert sparse.quad_plan_bytes == 0
+
+
+def test_quad_kernel_takes_5_to_11_vectors_only_over_very_sparse_weights(isa_with_extensions, rng):
+    very_sparse = Int8BitmapMatrix.from_dense(random_weight(rng, 64, 512, 0.05))
+    sparse = Int8BitmapMatrix.from_dense(random_weight(rng, 64, 512, 0.18))
+    for w in (very_sparse, sparse):
+        xq = random_xq(rng, 6, 512)
+        np.testing.assert_array_equal(w.int_product(xq), reference_int(w, xq))
+    assert (very_sparse.quad_plan_bytes > 0) == quad_kernel_available()
+    assert sparse.quad_plan_bytes == 0  # the tile kernel below 12 vectors
+    sparse.int_product(random_xq(rng, 12, 512))
+    assert (sparse.quad_plan_bytes > 0) == quad_kernel_available()
 
 
 @pytest.mark.parametrize("cols", [1, 63, 255, 256, 257, 300, 511, 700, 1025])
