@@ -27,7 +27,7 @@ constexpr int kGemvRows = 2;
 // Bytes prefetched ahead of each row's read position. Measured on Zen 4 with
 // these kernels forced (SPARSEGEMM_ISA=avx2, or AVX-512 without the
 // extensions), cold, batch 1, 2 threads, 4096 x 11008 and 11008 x 4096:
-// 4096 ran 1.02-1.38x as fast as 256 at 50% sparsity, 1.13-1.56x at 70% and
+// 4096 ran 1.02-1.39x as fast as 256 at 50% sparsity, 1.12-1.56x at 70% and
 // 1.01-1.06x at 90%; 8192 was level with 4096; 1024 and no prefetch were no
 // better than 256.
 constexpr int64_t kPrefetchAhead = 4096;
