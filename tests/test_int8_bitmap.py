@@ -120,10 +120,13 @@ def test_int_product_exact_over_quad_plan_blocks_and_panels(isa_with_extensions,
                                       reference_int(w, xq))
 
 
+def vnni_kernels_active() -> bool:
+    return _core.active_isa() == "avx512" and _core.use_avx512_extensions()
+
+
 def quad_kernel_available() -> bool:
     # VNNI without AMX: AMX takes every batch above 4 instead.
-    return (_core.active_isa() == "avx512" and _core.use_avx512_extensions()
-            and not _core.use_amx())
+    return vnni_kernels_active() and not _core.use_amx()
 
 
 def test_quad_plan_is_built_only_for_sparse_small_batches(rng):
@@ -181,8 +184,7 @@ def test_index_plan_is_built_only_for_very_sparse_batch_1(rng):
         assert w.index_plan_bytes == 0  # batches above 4 never need it
         w.int_product(random_xq(rng, 1, 1000))
     assert denser.index_plan_bytes == 0
-    vnni = _core.active_isa() == "avx512" and _core.use_avx512_extensions()
-    if vnni and _core.use_int8_indexed_walk():
+    if vnni_kernels_active() and _core.use_int8_indexed_walk():
         groups = -(-1000 // 256)
         assert sparse.index_plan_bytes == sparse.nnz + 2 * 64 * groups
         assert sparse.copy().index_plan_bytes == 0  # a rebuilt matrix has its own

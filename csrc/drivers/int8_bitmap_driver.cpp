@@ -115,7 +115,7 @@ void interleave_quads(const uint8_t* xs, int64_t stride, int64_t batch, int64_t 
 // the batch-1 kernel (row by row, each row reused from L1 by every vector)
 // is fastest. Where the CPU has AMX, its kernel takes every batch above 4
 // (1.4-2.2x the quad and tile kernels at batch 16, 50-90%, on an Intel Xeon).
-// Once the quad kernel prefetched its plan (stop 48) it also won from 5
+// Since the quad kernel prefetches its plan it also wins from 5
 // vectors where at most about a tenth of the weights is stored: at 90%
 // sparsity 1.05-1.17x the tile kernel at 5 vectors, 1.30-1.60x at 8 and
 // 1.38-1.55x at 10; at 85% 0.80-0.89x at 5 and level at 8; at 80% 0.70-1.42x.
