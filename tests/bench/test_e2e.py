@@ -409,3 +409,18 @@ def test_breakdown_counts_attention_written_out_and_fused():
     with torch.no_grad():
         shares = e2e.layer_time_breakdown(model, x, calls=1)
     assert shares["attention_s"] > 0 and shares["sparse_layers_s"] > 0
+
+
+@pytest.mark.torch
+def test_the_int8_format_converts_with_int8_weights_and_counts_them_as_sparse_layers():
+    pytest.importorskip("torch")
+    from sparsegemm.torch import SparseLinearInt8
+
+    assert e2e.sparsify_options("int8", Pattern(), 64) == {"weight_dtype": "int8"}
+    rows, _ = e2e.run_e2e((0.9,), Pattern(), 1, FAST, models=TINY, formats=("int8",))
+    (row,) = rows
+    assert row["status"] == "ok" and row["floor"] is None
+    # int8 is checked to the int8 tolerance, not float32's
+    assert 1e-5 < row["max_rel_error"] <= e2e.INT8_MODEL_TOLERANCE
+    assert row["sparse_layers_s"] > 0 and row["dense_layers_s"] == 0
+    assert "int8-bitmap" in row["report"] and SparseLinearInt8.format == "int8-bitmap"

@@ -139,3 +139,156 @@ def test_digits_accuracy_matches_torch_quantize_dynamic(benchmark_script):
     accuracy_ours = bench.accuracy(ours, x_test, y_test)
     assert accuracy_float > 90  # percent
     assert abs(accuracy_ours - accuracy_dynamic) <= 0.5  # points, the issue's floor
+
+
+# --- which product runs: the bitmap kernel, FBGEMM's dense int8 GEMM, or the faster ----------
+
+def _dense_int8_available():
+    return any(engine in torch.backends.quantized.supported_engines
+               for engine in ("x86", "fbgemm", "qnnpack"))
+
+
+needs_dense_int8 = pytest.mark.skipif(not _dense_int8_available(),
+                                      reason="this torch has no quantized engine")
+
+
+@pytest.fixture
+def int8_timings(monkeypatch):
+    """Replaces the timing of the two int8 products: set ``times`` to {'bitmap': s,
+    'dense': s}; ``calls`` records the row counts timed."""
+    from sparsegemm.torch import quantized
+
+    state = {"times": {"bitmap": 1.0, "dense": 2.0}, "calls": []}
+
+    def fake(runners, repeats, rounds, drop_slower_than=float("inf")):
+        assert set(runners) == {"bitmap", "dense"}
+        state["calls"].append(len(runners["bitmap"]()))  # rows of the timed product
+        return dict(state["times"])
+
+    monkeypatch.setattr(quantized, "_time_candidates", fake)
+    return state
+
+
+def test_the_eager_path_matches_the_custom_op_exactly():
+    linear = _pruned_linear()
+    module = SparseLinearInt8.from_dense(linear)
+    for x in (torch.randn(7, 96), torch.randn(3, 4, 96), torch.randn(96, 7).T,
+              torch.randn(96)):
+        with torch.inference_mode():
+            direct = module(x)
+            through_op = torch.ops.sparsegemm.int8_bitmap_linear(
+                x, module.bitmap, module.values, module.scales, 96, module.bias)
+        assert direct.shape == through_op.shape
+        torch.testing.assert_close(direct, through_op, rtol=0, atol=0)
+
+
+@needs_dense_int8
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_dense_int8_product_holds_the_same_integers(bias):
+    linear = _pruned_linear(bias=bias, sparsity=0.5)
+    with torch.no_grad():
+        linear.weight[3] = 0  # an all-zero row (scale 0 in the bitmap's arrays)
+    bitmap = SparseLinearInt8.from_dense(linear)
+    dense = SparseLinearInt8.from_dense(linear, kernel="dense")
+    x = torch.randn(2, 6, 96)
+    with torch.inference_mode():
+        y_dense, y_bitmap, expected = dense(x), bitmap(x), linear(x)
+    assert y_dense.shape == (2, 6, 40)
+    assert _relative_error(y_dense, expected) < 0.03
+    assert _relative_error(y_dense, y_bitmap) < 0.03
+    packed = dense._operands.packed(dense.bias)
+    weight, packed_bias = torch.ops.quantized.linear_unpack(packed)
+    integers = torch.round(bitmap.dense_weight()
+                           / bitmap.scales.clamp(min=1e-30)[:, None]).to(torch.int8)
+    torch.testing.assert_close(weight.int_repr(), integers, rtol=0, atol=0)
+    assert (packed_bias is None) == (not bias)
+    assert set(dense.state_dict()) == set(bitmap.state_dict())  # the packed copy is a cache
+
+
+@needs_dense_int8
+def test_auto_times_each_row_bucket_once_and_runs_the_faster(int8_timings):
+    module = SparseLinearInt8.from_dense(_pruned_linear(), kernel="auto")
+    x8, x1 = torch.randn(8, 96), torch.randn(1, 96)
+    int8_timings["times"] = {"bitmap": 2.0, "dense": 1.0}
+    with torch.inference_mode():
+        y8 = module(x8)
+        module(torch.randn(7, 96))  # bucket 8 again: not timed
+        int8_timings["times"] = {"bitmap": 1.0, "dense": 3.0}
+        y1 = module(x1)
+    assert int8_timings["calls"] == [8, 1]
+    assert {bucket: d.kernel for bucket, d in module.decisions.items()} == {8: "dense", 1: "bitmap"}
+    reference = SparseLinearInt8.from_dense(_pruned_linear())
+    dense = SparseLinearInt8.from_dense(_pruned_linear(), kernel="dense")
+    with torch.inference_mode():
+        torch.testing.assert_close(y8, dense(x8), rtol=0, atol=0)
+        torch.testing.assert_close(y1, reference(x1), rtol=0, atol=0)
+    text = module.describe()
+    assert "rows 1: bitmap, 3.00x dense int8" in text
+    assert "rows 8: dense int8 (FBGEMM), 2.00x" in text
+
+
+@needs_dense_int8
+def test_a_frozen_module_times_nothing_and_runs_its_nearest_bucket(int8_timings):
+    model = nn.Sequential(SparseLinearInt8.from_dense(_pruned_linear(), kernel="auto"))
+    module = model[0]
+    int8_timings["times"] = {"bitmap": 2.0, "dense": 1.0}
+    with torch.inference_mode():
+        module(torch.randn(64, 96))
+    sparsegemm.torch.freeze(model)
+    assert module.frozen and model[0] is module
+    with torch.inference_mode():
+        y = module(torch.randn(16, 96))  # nearest decided bucket: 64, dense
+    assert int8_timings["calls"] == [64] and set(module.decisions) == {64}
+    assert y.shape == (16, 40) and "(frozen)" in module.describe()
+    never_ran = SparseLinearInt8.from_dense(_pruned_linear(), kernel="auto")
+    never_ran.frozen = True
+    x = torch.randn(3, 96)
+    with torch.inference_mode():
+        torch.testing.assert_close(never_ran(x), SparseLinearInt8.from_dense(_pruned_linear())(x),
+                                   rtol=0, atol=0)
+
+
+@needs_dense_int8
+def test_sparsify_int8_decides_at_the_rows_it_is_told(int8_timings):
+    model = nn.Sequential(_pruned_linear(32, 64), nn.ReLU(), _pruned_linear(64, 8, seed=1)).eval()
+    int8_timings["times"] = {"bitmap": 3.0, "dense": 1.0}
+    sparsify(model, weight_dtype="int8", batch_hint=32)
+    assert int8_timings["calls"] == [32, 32]
+    assert all(model[i].kernel == "auto" and model[i].decisions[32].kernel == "dense"
+               for i in (0, 2))
+    report = str(model.sparsegemm_report)
+    assert "rows 32: dense int8 (FBGEMM), 3.00x the bitmap kernel" in report
+    x = torch.randn(5, 32)
+    with torch.inference_mode():
+        model(x)  # bucket 8: timed on this first call
+    assert int8_timings["calls"] == [32, 32, 5, 5]
+    pinned = sparsify(nn.Sequential(_pruned_linear(32, 64)), weight_dtype="int8", format="bitmap")
+    with torch.inference_mode():
+        pinned(x)
+    assert pinned[0].kernel == "bitmap" and not pinned[0].decisions
+    assert int8_timings["calls"] == [32, 32, 5, 5]
+
+
+@needs_dense_int8
+def test_copies_and_pickles_drop_the_cached_products():
+    import copy
+    import pickle
+
+    module = SparseLinearInt8.from_dense(_pruned_linear(), kernel="dense")
+    x = torch.randn(4, 96)
+    with torch.inference_mode():
+        expected = module(x)
+        for other in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
+            torch.testing.assert_close(other(x), expected, rtol=0, atol=0)
+        module.values.mul_(-1)  # an in-place edit remakes the packed copy too
+        flipped = module(x)
+    torch.testing.assert_close(flipped - module.bias, -(expected - module.bias),
+                               rtol=1e-5, atol=1e-5)
+    clear_cache()
+
+
+def test_an_unknown_kernel_is_refused():
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        SparseLinearInt8.from_dense(_pruned_linear(), kernel="fbgemm")
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        SparseLinearInt8(8, 8, kernel="dense8")

@@ -9,8 +9,11 @@ the benchmark works without it (and without torch).
 Formats: ``default`` is ``sparsify(model)`` with no arguments, as a newcomer
 calls it (each Linear decides on its first forward, which the output check
 makes); ``auto`` is the told call (``batch_hint`` and ``example_inputs``);
-``csr`` and ``bsr`` are untimed conversions. Beside each speedup, a separate
-pass with forward hooks splits the sparse model's time into sparse layers,
+``csr`` and ``bsr`` are untimed conversions; ``int8`` is
+``sparsify(model, weight_dtype="int8")`` with no other argument (int8 weights,
+each Linear choosing the bitmap kernel or dense int8 on its first forward; its
+output is checked to the int8 tolerance and it has no speedup floor). Beside
+each speedup, a separate pass with forward hooks splits the sparse model's time into sparse layers,
 dense layers (Linear/Conv2d) and everything else. With ``deepsparse_python``
 (a Python that has DeepSparse, e.g. its own venv) each exportable model is
 also run by DeepSparse in that interpreter (:mod:`.deepsparse_worker`), timed
@@ -95,6 +98,8 @@ MAX_COLD_MODEL_COPIES = 64
 
 #: sparsify formats run by default: no arguments, told, and untimed CSR.
 E2E_FORMATS = ("default", "auto", "csr")
+#: The format name of ``sparsify(model, weight_dtype="int8")`` (not run by default).
+INT8_FORMAT = "int8"
 
 
 @dataclass(frozen=True)
@@ -293,6 +298,8 @@ def sparsify_options(
     real input)."""
     if fmt == "default":
         return {}  # sparsify(model), as a newcomer calls it
+    if fmt == INT8_FORMAT:
+        return {"weight_dtype": "int8"}  # as a newcomer asks for int8 weights
     options: dict[str, Any] = {"format": fmt}
     if fmt == "bsr" and pattern.blocksize is not None:
         options["blocksize"] = pattern.blocksize
@@ -334,7 +341,8 @@ def layer_time_breakdown(model: Any, x: Any, calls: int = 5) -> dict[str, float]
 
     sparse_module = sys.modules.get("sparsegemm.torch")
     sparse_kinds = tuple(getattr(sparse_module, name) for name in
-                         ("SparseLinear", "SparseConv2d", "AutoSparseLinear", "AutoSparseConv2d")
+                         ("SparseLinear", "SparseConv2d", "AutoSparseLinear", "AutoSparseConv2d",
+                          "SparseLinearInt8")
                          if hasattr(sparse_module, name))
     spent = {"sparse_layers_s": 0.0, "dense_layers_s": 0.0, "attention_s": 0.0}
     # Each hooked call's own time (less the hooked calls inside it): an auto layer
@@ -556,7 +564,7 @@ def run_e2e(
                             "sparsity": sparsity,
                             "pattern": pattern.name,
                             "format": fmt,
-                            "floor": spec.floor_for(sparsity),
+                            "floor": None if fmt == INT8_FORMAT else spec.floor_for(sparsity),
                             "status": "ok",
                             "detail": "",
                             "cache": "cold" if cold else "warm",
@@ -569,7 +577,12 @@ def run_e2e(
                             output = model(x)
                             # What a user waits once: conversion, planning, the first call.
                             row["setup_s"] = convert_s + time.perf_counter() - forward_start
-                            row["max_rel_error"] = check_output(output, reference, spec.inner_dim)
+                            if fmt == INT8_FORMAT:
+                                row["max_rel_error"] = check_approximate(
+                                    output, reference, INT8_MODEL_TOLERANCE)
+                            else:
+                                row["max_rel_error"] = check_output(output, reference,
+                                                                    spec.inner_dim)
                             row["report"] = str(getattr(model, "sparsegemm_report", ""))
                         except WrongResult as mismatch:
                             row.update(status="wrong", detail=str(mismatch))

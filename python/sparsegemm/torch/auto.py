@@ -32,6 +32,7 @@ and freeze before saving a ``state_dict`` (its keys depend on what was decided).
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
@@ -62,6 +63,12 @@ __all__ = ["AutoSparseConv2d", "AutoSparseLinear", "ConvDecision", "RowDecision"
 def row_bucket(rows: int) -> int:
     """The power of two at or above ``rows``: row counts in one bucket share a decision."""
     return 1 << max(0, rows - 1).bit_length()
+
+
+def nearest_bucket(buckets: Iterable[int], bucket: int) -> int:
+    """The one of ``buckets`` (decided, not empty) closest to ``bucket`` in powers of two,
+    the larger on a tie."""
+    return min(buckets, key=lambda b: (abs(b.bit_length() - bucket.bit_length()), -b))
 
 
 @dataclass(frozen=True)
@@ -193,8 +200,7 @@ class AutoSparseLinear(_DecidingLayer[nn.Linear]):
             return None
         if bucket is None:
             return self.decisions[max(self.decisions)]
-        return self.decisions[min(self.decisions, key=lambda b: (abs(b.bit_length()
-                                                                    - bucket.bit_length()), -b))]
+        return self.decisions[nearest_bucket(self.decisions, bucket)]
 
     def _module(self, decision: RowDecision | None) -> nn.Module:
         if decision is None or decision.choice.format == "dense":
@@ -411,15 +417,21 @@ def freeze(model: nn.Module) -> nn.Module:
     and maps unseen row counts to the nearest decided bucket. Each
     :class:`AutoSparseConv2d` is replaced alike (by an ``nn.Conv2d`` or a
     :class:`SparseConv2d`), or stays, frozen, running its latest decision on
-    unseen input shapes. Returns ``model``
+    unseen input shapes. Each :class:`SparseLinearInt8` stops timing its kernels
+    (an unseen row count runs the nearest decided one, or the bitmap kernel). Returns ``model``
     (changed in place). Freeze after a forward pass on representative inputs,
     before ``torch.export``, ``torch.compile`` or a reproducible run.
     """
     if isinstance(model, (AutoSparseLinear, AutoSparseConv2d)):
         raise TypeError(f"freeze converts the layers inside a model; for one "
                         f"{type(model).__name__} use its resolved() module")
+    from .quantized import SparseLinearInt8  # it imports this module
+
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
+            if isinstance(child, SparseLinearInt8):
+                child.frozen = True  # its kernels take the same operands: nothing to replace
+                continue
             if isinstance(child, AutoSparseConv2d):
                 child.frozen = True
                 resolved = child.resolved()

@@ -83,7 +83,7 @@ class LayerReport:
     reason: str = ""
     cached: bool = False  # the speedup is the planner's cached figure, not measured now
     #: For format 'auto': the module deciding at run time, whose decisions the report shows.
-    auto: AutoSparseLinear | AutoSparseConv2d | None = None
+    auto: AutoSparseLinear | AutoSparseConv2d | SparseLinearInt8 | None = None
     #: The converted module when it has siblings that may read the same input (its
     #: ``_shared_input`` group says whether they run in one stacked product).
     shared_member: nn.Module | None = None
@@ -293,6 +293,23 @@ class _Converter:
             note = f"{choice.why_dense(DEFAULT_MARGIN)}; {note}"
         return choice, note
 
+    def _convert_int8(self, linear: nn.Module, name: str, kind: str, sparsity: float,
+                      rows: int | None) -> SparseLinearInt8:
+        """``linear`` as int8. Under format 'auto' its product is timed, bitmap kernel
+        against dense int8, now at the rows it is known to see (example pass, else
+        ``batch_hint``), else on its first call of each row count."""
+        kernel = "auto" if self.format == "auto" else "bitmap"
+        sparse_int8 = SparseLinearInt8.from_dense(linear, kernel=kernel)
+        if kernel == "auto":
+            if rows is None and self.shapes is not None:
+                rows = self.shapes.rows_of(linear)
+            rows = rows if rows is not None else self.batch_hint
+            if rows is not None:
+                sparse_int8.decide(rows)
+        self.report.append(LayerReport(name, kind, True, SparseLinearInt8.format, sparsity, None,
+                                       "int8 values", auto=sparse_int8))
+        return sparse_int8
+
     def convert(self, module: nn.Module, name: str, rows: int | None = None) -> nn.Module:
         """The module to use in place of ``module`` (itself if it stays dense).
 
@@ -312,10 +329,7 @@ class _Converter:
                 module, name, kind, sparsity, f"sparsity below {self.min_sparsity:.0%}"
             )
         if self.weight_dtype == "int8" and not isinstance(module, nn.Conv2d):
-            sparse_int8 = SparseLinearInt8.from_dense(module)
-            self.report.append(LayerReport(name, kind, True, SparseLinearInt8.format, sparsity,
-                                           None, "int8 values, x quantized per row"))
-            return sparse_int8
+            return self._convert_int8(module, name, kind, sparsity, rows)
         choice, note = self._choose(module, rows)
         if choice.format == "auto":
             auto: AutoSparseLinear | AutoSparseConv2d = (
@@ -754,9 +768,14 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
     weight_dtype
         None keeps each layer's dtype. ``"int8"`` stores every Linear with at
         least ``min_sparsity`` zeros as a :class:`~sparsegemm.torch.SparseLinearInt8`
-        (int8 values, one scale per output row, inputs quantized per row at
-        each call; inference only), with no planning: the format is the int8
-        bitmap. Conv2d layers are unaffected and MultiheadAttention stays dense.
+        (an int8 bitmap: int8 values, one scale per output row; inference only).
+        With format 'auto' each one times its product, sparsegemm's bitmap
+        kernel (inputs quantized per row) against torch's dense int8 GEMM
+        (FBGEMM, as ``quantize_dynamic``) over the same int8 weight, and runs
+        the faster: at the rows seen in ``example_inputs`` (or ``batch_hint``)
+        now, else on its first call of each row count; the report shows the
+        decisions. Any other format always runs the bitmap kernel. Conv2d
+        layers are unaffected and MultiheadAttention stays dense.
     stack_shared_inputs
         Sibling sparse Linears of one module with the same input width (Hugging
         Face's query, key and value) compute one stacked product while a forward
