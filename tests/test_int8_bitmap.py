@@ -26,12 +26,20 @@ from sparsegemm.quantized import MAX_INT8_COLS
 SIZES = [1, 7, 8, 9, 63, 64, 65, 127, 128, 129]
 
 
-def quantize_rows(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 values, float32 scales) per row, as the documented semantics say."""
+def quantize_rows(a: np.ndarray, reciprocal: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 values, float32 scales) per row, as the documented semantics say: for
+    weights ``a / scale``; for activations (``reciprocal``) ``a * (1 / scale)``, or
+    ``a / scale`` where that reciprocal overflows float32."""
     a = np.asarray(a, np.float32)
     scales = (np.abs(a).max(axis=1, initial=0) / np.float32(127)).astype(np.float32)
     safe = np.where(scales == 0, np.float32(1), scales)[:, None]
-    q = np.clip(np.rint(a / safe), -127, 127)
+    with np.errstate(over="ignore"):
+        inverse = np.float32(1) / safe
+    if reciprocal:
+        scaled = np.where(np.isfinite(inverse), a * inverse, a / safe)
+    else:
+        scaled = a / safe
+    q = np.clip(np.rint(scaled), -127, 127)
     return np.where(scales[:, None] == 0, 0, q).astype(np.int8), scales
 
 
@@ -50,7 +58,7 @@ def reference_int(w: Int8BitmapMatrix, xq: np.ndarray) -> np.ndarray:
 
 def reference_linear(w: Int8BitmapMatrix, x: np.ndarray, bias: np.ndarray | None = None):
     """float64 product of the same integers, and a bound on its float32 rounding."""
-    xq, sx = quantize_rows(x)
+    xq, sx = quantize_rows(x, reciprocal=True)
     acc = reference_int(w, xq)
     y = acc * (w.scales.astype(np.float64)[None, :] * sx.astype(np.float64)[:, None])
     if bias is not None:
@@ -497,3 +505,39 @@ def test_concurrent_first_calls_build_one_plan(batch, rng):
         results = list(pool.map(lambda xq: w.int_product(xq, num_threads=2), inputs))
     for xq, result in zip(inputs, results):
         np.testing.assert_array_equal(result, reference_int(w, xq))
+
+
+def _values_rounding_apart(sx: np.float32, count: int) -> np.ndarray:
+    """Floats v near (k + 1/2) * sx where rint(v * (1 / sx)) and rint(v / sx) differ."""
+    inverse = np.float32(1) / sx
+    found = []
+    for k in range(126):
+        v = np.float32((k + 0.5) * float(sx))
+        for _ in range(8):
+            if np.rint(v * inverse) != np.rint(v / sx):
+                found.append(v)
+                break
+            v = np.nextafter(v, np.float32(np.inf))
+        if len(found) == count:
+            break
+    return np.array(found, np.float32)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16, 40])
+def test_activations_quantize_by_the_reciprocal_of_their_scale(isa_with_extensions, batch, rng):
+    # With W = I every output is 127 * xq[v, r] * (1/127) * sx[v], so y / sx recovers xq.
+    cols = 512
+    x = rng.uniform(-2.718, 2.718, (batch, cols)).astype(np.float32)
+    x[:, 0] = np.float32(2.718)  # the same sx in every row, one with 25 such values
+    ties = _values_rounding_apart(np.float32(2.718) / np.float32(127), 16)
+    assert len(ties) == 16
+    x[:, 1:17] = ties  # where division would round the other way
+    x[0] *= np.float32(3e-38)  # its scale's reciprocal overflows: divided instead
+    expected, sx = quantize_rows(x, reciprocal=True)
+    by_division, _ = quantize_rows(x, reciprocal=False)
+    if batch > 1:
+        assert np.count_nonzero(by_division[1:] != expected[1:]) >= 16
+    w = Int8BitmapMatrix.from_dense(np.eye(cols, dtype=np.float32))
+    y = w.linear(x)
+    recovered = np.rint(y.astype(np.float64) / sx.astype(np.float64)[:, None])
+    np.testing.assert_array_equal(recovered, expected)

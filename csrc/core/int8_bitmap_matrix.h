@@ -11,7 +11,8 @@
 //   weight may quantize to 0: it keeps its bit.
 // - Activations: dynamic symmetric quantization per vector (row v of x), not
 //   per tensor, because a batch mixes tokens with very different ranges:
-//   sx[v] = max_k |x[v, k]| / 127, xq = clamp(round_half_even(x / sx), -127, 127)
+//   sx[v] = max_k |x[v, k]| / 127, xq = clamp(round_half_even(x * (1 / sx)), -127, 127)
+//   (x / sx where 1 / sx overflows float)
 //   (an all-zero vector: sx = 0, xq = 0).
 // - acc[v, r] = sum over stored k of q[r, k] * xq[v, k], exact in int32: every
 //   product is at most 127 * 127, so cols <= kMaxInt8Cols (2^31 / 127^2)

@@ -13,7 +13,8 @@ Semantics (computed exactly by every ISA's kernel; see
   half to even); a kept weight that rounds to 0 keeps its bit;
 * activations, per row of ``x`` (a batch mixes tokens with very different
   ranges, so one scale per tensor would crush the small ones):
-  ``sx[v] = max_k |x[v, k]| / 127``, ``xq = clip(rint(x / sx), -127, 127)``;
+  ``sx[v] = max_k |x[v, k]| / 127``, ``xq = clip(rint(x * (1 / sx)), -127, 127)``
+  (float32 operations; ``x / sx`` where ``1 / sx`` overflows, below about 2.9e-39);
 * ``acc[v, r] = sum_k q[r, k] * xq[v, k]`` exactly in int32, so at most
   133,144 columns (``2**31 // 127**2``);
 * ``y[v, r] = float32(acc[v, r]) * (scales[r] * sx[v]) + bias[r]``;

@@ -70,6 +70,18 @@ using Int8IndexPlanKernelFn = void (*)(const Int8IndexPlan& plan, const BitmapVi
                                        const uint8_t* x, int64_t x_vstride, int64_t nvec,
                                        int32_t* acc, int64_t acc_vstride);
 
+// The biased bytes of one vector for the VNNI kernels: xq[k] = 128 +
+// clamp(round_half_even(x[k] * inverse_sx), -127, 127), k < cols (the
+// driver's portable loop, written out where GCC vectorizes that loop poorly).
+using Int8QuantizeFn = void (*)(const float* x, int64_t cols, float inverse_sx, uint8_t* xq);
+
+// The biased vectors xs (batch x stride bytes, stride >= padded_cols, a
+// multiple of 64) as the quad and tile kernels read them: for each group of
+// kQuadVectors vectors, for each column quad, the group's 4 bytes of that
+// quad, vector by vector (0x80808080, a biased zero, past the batch).
+using Int8InterleaveFn = void (*)(const uint8_t* xs, int64_t stride, int64_t batch,
+                                  int64_t padded_cols, uint8_t* x4);
+
 // gemv_rows multiplies each row with one vector at a time; small_batch_rows
 // expands a tile of rows x 256 columns once and multiplies it with up to 16
 // vectors. All kernels give the same integers; the driver picks by batch
@@ -88,6 +100,10 @@ struct Int8BitmapKernels {
   Int8QuadKernelFn small_batch_rows_amx = nullptr;
   // Optional: faster than gemv_rows_bytes on very sparse rows (see the driver).
   Int8IndexPlanKernelFn gemv_rows_indexed = nullptr;
+  // Optional: the quantization of x for the kernels over biased bytes, and
+  // its interleaving for the quad and tile kernels (else the driver's loops).
+  Int8QuantizeFn quantize_biased = nullptr;
+  Int8InterleaveFn interleave_quads = nullptr;
 
   bool reads_biased_bytes() const { return gemv_rows_bytes != nullptr; }
 };
