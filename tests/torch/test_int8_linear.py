@@ -94,12 +94,15 @@ def test_inputs_of_other_float_dtypes_and_gradients():
         module(torch.randn(2, 95))
 
 
-def test_compiles_without_graph_breaks():
-    module = SparseLinearInt8.from_dense(_pruned_linear())
+@pytest.mark.parametrize("kernel", ["bitmap", "auto"])
+def test_compiles_without_graph_breaks(kernel):
+    # Compiled, every kernel choice runs the bitmap kernel's custom op (and never times).
+    module = SparseLinearInt8.from_dense(_pruned_linear(), kernel=kernel)
     x = torch.randn(4, 96)
     compiled = torch.compile(module, fullgraph=True, backend="eager")
     with torch.no_grad():
-        torch.testing.assert_close(compiled(x), module(x))
+        torch.testing.assert_close(compiled(x), SparseLinearInt8.from_dense(_pruned_linear())(x))
+    assert not module.decisions
 
 
 def test_sparsify_with_int8_weights_converts_every_linear_and_fuses_relu():
