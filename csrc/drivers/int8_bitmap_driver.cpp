@@ -97,15 +97,16 @@ float quantize_vector(const float* x, int64_t cols, X* xq, int64_t stride,
     return max_bits >= 0x7f800000u ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
   }
   const float inverse_sx = 1.0f / sx;
+  if (!std::isfinite(inverse_sx)) {  // sx below about 2.9e-39: divide (rare; scalar)
+    for (int64_t k = 0; k < cols; ++k) xq[k] = as_kernel_input<X>(quantize_value(x[k] / sx, 1.0f));
+    return sx;
+  }
   if constexpr (std::is_same_v<X, uint8_t>)
-    if (quantize_biased != nullptr && std::isfinite(inverse_sx)) {
+    if (quantize_biased != nullptr) {
       quantize_biased(x, cols, inverse_sx, xq);
       return sx;
     }
-  if (std::isfinite(inverse_sx))
-    quantize_values(x, cols, inverse_sx, xq);
-  else  // sx below about 2.9e-39, whose reciprocal overflows: divide (rare; scalar)
-    for (int64_t k = 0; k < cols; ++k) xq[k] = as_kernel_input<X>(quantize_value(x[k] / sx, 1.0f));
+  quantize_values(x, cols, inverse_sx, xq);
   return sx;
 }
 

@@ -167,7 +167,23 @@ class PatternCache:
 patterns = PatternCache()
 
 
-class KernelOperands:
+class EmptyWhenCopied:
+    """A module's cache of derived operands: a copied or pickled module starts with an
+    empty one (its contents, such as validated patterns, are rebuilt and not picklable)."""
+
+    __slots__ = ()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        type(self).__init__(self)
+
+    def __deepcopy__(self, memo: dict) -> EmptyWhenCopied:
+        return type(self)()
+
+
+class KernelOperands(EmptyWhenCopied):
     """One module's shortcut to what its kernel reads, for the per-call inference path.
 
     Holds the validated pattern from :data:`patterns`, numpy views of the
@@ -190,16 +206,6 @@ class KernelOperands:
         #: (pattern, values as the flat array the kernel takes, bias array or None,
         #: (chunk columns, values in chunk order) or None)
         self.operands: tuple = ()
-
-    # A copied or pickled module starts empty (a pattern is not picklable).
-    def __getstate__(self) -> dict:
-        return {}
-
-    def __setstate__(self, state: dict) -> None:
-        KernelOperands.__init__(self)
-
-    def __deepcopy__(self, memo: dict) -> KernelOperands:
-        return KernelOperands()
 
     def get(self, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
             bias: torch.Tensor | None, shape: tuple[int, int],

@@ -42,9 +42,10 @@ from .. import _core
 from ..planner import _rotating, _time_candidates, cold_copies
 from ..quantized import Int8BitmapMatrix
 from ..timing import COLD_MAX_BATCH
-from ._cache import as_numpy, other_caches
+from ._cache import EmptyWhenCopied, as_numpy, other_caches
 from .auto import nearest_bucket, row_bucket
 from .modules import _linear_weight, apply_activation, is_hf_conv1d, linear_holding
+from .ops import _kernel_rows
 
 __all__ = ["INT8_KERNELS", "Int8Decision", "SparseLinearInt8", "int8_bitmap_linear"]
 
@@ -150,9 +151,10 @@ def _(x, bitmap, values, scales, cols, bias):
     return x.new_empty((*x.shape[:-1], bitmap.shape[0]))
 
 
-def _dense_int8_packed(matrix: Int8BitmapMatrix, bias: Optional[Tensor]) -> Any:
-    """FBGEMM's packed form of the int8 weight (zeros where nothing is stored, the same
-    per-row scales) and bias, for ``torch.ops.quantized.linear_dynamic``."""
+def _dense_int8_packs(matrix: Int8BitmapMatrix, bias: Optional[Tensor], count: int = 1) -> list:
+    """``count`` separately packed copies of FBGEMM's form of the int8 weight (zeros where
+    nothing is stored, the same per-row scales) and bias, for
+    ``torch.ops.quantized.linear_dynamic``."""
     weight = torch.from_numpy(matrix.to_dense())
     scales = torch.from_numpy(np.array(matrix.scales)).double()
     scales[scales == 0] = 1.0  # an all-zero row: any positive scale gives zeros
@@ -163,7 +165,7 @@ def _dense_int8_packed(matrix: Int8BitmapMatrix, bias: Optional[Tensor]) -> Any:
         quantized = torch.quantize_per_channel(weight, scales,
                                                torch.zeros(len(scales), dtype=torch.long), 0,
                                                torch.qint8)
-        return torch.ops.quantized.linear_prepack(quantized, bias32)
+        return [torch.ops.quantized.linear_prepack(quantized, bias32) for _ in range(count)]
 
 
 def _dense_int8_linear(packed: Any, x: Tensor, out_features: int) -> Tensor:
@@ -174,7 +176,7 @@ def _dense_int8_linear(packed: Any, x: Tensor, out_features: int) -> Tensor:
     return y if x.dim() == 2 else y.view(*x.shape[:-1], out_features)
 
 
-class _Int8Operands:
+class _Int8Operands(EmptyWhenCopied):
     """One module's shortcut to its kernel's operands for the per-call inference path:
     the validated matrix (from :data:`int8_matrices`) and the bias as numpy, reused
     while the module holds the same tensors with the same ``_version`` counters and
@@ -189,16 +191,6 @@ class _Int8Operands:
         self.matrix: Optional[Int8BitmapMatrix] = None
         self.bias: Optional[np.ndarray] = None
         self._packed: Any = None
-
-    # A copied or pickled module starts empty (the matrix and packed weight are caches).
-    def __getstate__(self) -> dict:
-        return {}
-
-    def __setstate__(self, state: dict) -> None:
-        _Int8Operands.__init__(self)
-
-    def __deepcopy__(self, memo: dict) -> _Int8Operands:
-        return _Int8Operands()
 
     def get(self, bitmap: Tensor, values: Tensor, scales: Tensor, bias: Optional[Tensor],
             cols: int) -> _Int8Operands:
@@ -217,7 +209,7 @@ class _Int8Operands:
     def packed(self, bias: Optional[Tensor]) -> Any:
         if self._packed is None:
             assert self.matrix is not None
-            self._packed = _dense_int8_packed(self.matrix, bias)
+            self._packed = _dense_int8_packs(self.matrix, bias)[0]
         return self._packed
 
 
@@ -225,10 +217,9 @@ def _bitmap_linear(matrix: Int8BitmapMatrix, x: Tensor, bias: Optional[np.ndarra
     """``x @ W.T + bias`` by the int8 bitmap kernel straight on numpy views (x float32,
     its last dimension checked by the caller)."""
     rows, cols = matrix.shape
-    x2 = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, cols).contiguous()
+    x2, x_array = _kernel_rows(x, cols)
     out = torch.empty((x2.shape[0], rows), dtype=torch.float32)
-    _core.int8_bitmap_linear(matrix._handle, x2.numpy(), out.numpy(), bias,
-                             torch.get_num_threads())
+    _core.int8_bitmap_linear(matrix._handle, x_array, out.numpy(), bias, torch.get_num_threads())
     return out if x.dim() == 2 else out.view(*x.shape[:-1], rows)
 
 
@@ -276,9 +267,8 @@ def time_int8_products(operands: _Int8Operands, bias: Optional[Tensor], rows: in
     matrices = [matrix] + [Int8BitmapMatrix((np.array(matrix.data), np.array(matrix.bits),
                                              np.array(matrix.scales)), shape=matrix.shape)
                            for _ in range(cold_copies(matrix.nbytes) - 1 if cold else 0)]
-    packs = [packed] + [_dense_int8_packed(matrix, bias)
-                        for _ in range(cold_copies(out_features * in_features) - 1 if cold
-                                       else 0)]
+    packs = [packed] + _dense_int8_packs(
+        matrix, bias, cold_copies(out_features * in_features) - 1 if cold else 0)
     runners = {"bitmap": _rotating(matrices, lambda m: _bitmap_linear(m, x, bias_array)),
                "dense": _rotating(packs, lambda p: _dense_int8_linear(p, x, out_features))}
     for name, copies in (("bitmap", matrices), ("dense", packs)):
@@ -348,8 +338,6 @@ class SparseLinearInt8(nn.Module):
         not (a dense weight stores every entry). The bias is copied in float32.
         ``kernel``: see the class.
         """
-        if kernel not in INT8_KERNELS:
-            raise ValueError(f"kernel must be one of {INT8_KERNELS}, got {kernel!r}")
         if not (isinstance(linear, nn.Linear) or is_hf_conv1d(linear)):
             raise TypeError(f"from_dense needs an nn.Linear (or transformers' Conv1D), "
                             f"got {type(linear).__name__}")

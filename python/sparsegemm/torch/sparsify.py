@@ -277,10 +277,7 @@ class _Converter:
                 return FormatChoice("auto"), ""  # timed on its first forward
             return _time_convolution(module, x), f"timed on input {tuple(x.shape)}"
         if self.format == "auto":
-            rows = rows if rows is not None else self.shapes.rows_of(module)
-            source = "rows seen in example_inputs"
-            if rows is None:
-                rows, source = self.batch_hint, "batch_hint"
+            rows, source = self._planning_rows(module, rows)
             if rows is None:
                 return FormatChoice("auto"), ""
         else:
@@ -293,6 +290,14 @@ class _Converter:
             note = f"{choice.why_dense(DEFAULT_MARGIN)}; {note}"
         return choice, note
 
+    def _planning_rows(self, linear: nn.Module, rows: int | None) -> tuple[int | None, str]:
+        """The rows ``linear`` is planned at and where they come from: ``rows`` (or those
+        seen in the example pass), else ``batch_hint``; None when neither is known."""
+        rows = rows if rows is not None else self.shapes.rows_of(linear)
+        if rows is not None:
+            return rows, "rows seen in example_inputs"
+        return self.batch_hint, "batch_hint"
+
     def _convert_int8(self, linear: nn.Module, name: str, kind: str, sparsity: float,
                       rows: int | None) -> SparseLinearInt8:
         """``linear`` as int8. Under format 'auto' its product is timed, bitmap kernel
@@ -301,9 +306,7 @@ class _Converter:
         kernel = "auto" if self.format == "auto" else "bitmap"
         sparse_int8 = SparseLinearInt8.from_dense(linear, kernel=kernel)
         if kernel == "auto":
-            if rows is None and self.shapes is not None:
-                rows = self.shapes.rows_of(linear)
-            rows = rows if rows is not None else self.batch_hint
+            rows, _ = self._planning_rows(linear, rows)
             if rows is not None:
                 sparse_int8.decide(rows)
         self.report.append(LayerReport(name, kind, True, SparseLinearInt8.format, sparsity, None,
