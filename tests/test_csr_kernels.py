@@ -98,7 +98,7 @@ def test_linear_with_narrower_packed_panels(isa, dtype, in_features, batch, rand
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("in_features", [401, 2100])
+@pytest.mark.parametrize("in_features", [401, 2100, 4100])
 @pytest.mark.parametrize("batch", [2, 16, 17, 33, 512, 545])
 def test_linear_in_column_chunks(isa, dtype, in_features, batch, random_sparse, rng, check_linear):
     # At 16+ panels and density >= 0.25 the packed kernel runs in column
@@ -114,8 +114,10 @@ def test_linear_in_column_chunks(isa, dtype, in_features, batch, random_sparse, 
     weight = CSRMatrix.from_dense(dense)
     chunk = weight._handle.panel_chunk_columns
     # Every ISA path chunks these shapes: the portable one (one lane per
-    # vector, four per panel) only where a panel's rows pass 32 KiB.
-    assert chunk > 0 or (isa == "scalar" and in_features * 4 * np.dtype(dtype).itemsize <= 32768)
+    # vector, four per panel) only where a panel's rows pass the chunk budget,
+    # the L1 data cache and at least 32 KiB (4100 columns do on 48 KiB).
+    chunk_budget = max(32768, _core.cache_sizes()["l1d"])
+    assert chunk > 0 or (isa == "scalar" and in_features * 4 * np.dtype(dtype).itemsize <= chunk_budget)
     assert chunk < in_features
     x = rng.uniform(-1, 1, (batch, in_features)).astype(dtype)
     bias = rng.uniform(-1, 1, 37).astype(dtype)
@@ -131,7 +133,7 @@ def _chunk_ordered_linear(pattern, x, values, ordered, chunk_cols, bias=None, th
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("in_features", [401, 2100])
+@pytest.mark.parametrize("in_features", [401, 2100, 4100])
 @pytest.mark.parametrize("batch", [5, 17, 64, 545])
 def test_linear_over_values_in_chunk_order(isa, dtype, in_features, batch, random_sparse, rng,
                                            check_linear):
@@ -146,8 +148,10 @@ def test_linear_over_values_in_chunk_order(isa, dtype, in_features, batch, rando
     pattern = CSRMatrix.pattern(weight.indptr, weight.indices, weight.shape, dtype)
     values = np.array(weight.data)
     chunk_cols, ordered = pattern._handle.values_in_chunk_order(values)
-    if chunk_cols == 0:
-        assert ordered is None and isa == "scalar" and in_features <= 2048
+    if chunk_cols == 0:  # the portable path, where a panel's rows fit the chunk budget
+        chunk_budget = max(32768, _core.cache_sizes()["l1d"])
+        itemsize = np.dtype(dtype).itemsize
+        assert ordered is None and isa == "scalar" and in_features * 4 * itemsize <= chunk_budget
         return
     assert chunk_cols == weight._handle.panel_chunk_columns
     assert sorted(ordered.tolist()) == sorted(values.tolist())

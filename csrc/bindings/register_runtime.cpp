@@ -104,6 +104,16 @@ void register_runtime(py::module_& m) {
       "with specialised kernels and the format limits.");
   m.def("openmp_runtime", [] { return std::string(openmp_runtime_name()); });
   m.def(
+      "cache_sizes",
+      [] {
+        py::dict out;
+        out["l1d"] = l1_data_cache_bytes(0);
+        out["l2"] = l2_cache_bytes(0);
+        return out;
+      },
+      "Per-core L1 data and L2 cache sizes in bytes as the system reports them (0: not "
+      "reported); the CSR panel kernels size their panels and column chunks by them.");
+  m.def(
       "apply_activation",
       [](const py::array& y, const py::object& activation, int num_threads) {
         const Activation act = parse_activation(activation);

@@ -190,6 +190,7 @@ def show_config(*, print_out: bool = True) -> dict | None:
         "amx": _core.use_amx(),
         "int8_indexed_walk": _core.use_avx512_extensions() and _core.use_int8_indexed_walk(),
         "openmp_runtime": _core.openmp_runtime(),
+        "cache_sizes": _core.cache_sizes(),
         "num_threads": get_num_threads(),
         "numpy_blas": [
             {
@@ -224,6 +225,9 @@ def show_config(*, print_out: bool = True) -> dict | None:
         if _core.amx_supported():
             print(f"  AMX int8 tiles for int8 batches above 4: {'on' if config['amx'] else 'off'} "
                   "(SPARSEGEMM_AMX)")
+        caches = ", ".join(f"{name} {size // 1024} KiB" if size else f"{name} not reported"
+                           for name, size in config["cache_sizes"].items())
+        print(f"  per-core caches: {caches} (CSR panel and column-chunk sizes)")
         print(f"  OpenMP runtime: {config['openmp_runtime']}")
         print(f"  threads: {config['num_threads']}")
         if not config["numpy_blas"]:
