@@ -117,7 +117,8 @@ def test_linear_in_column_chunks(isa, dtype, in_features, batch, random_sparse, 
     # vector, four per panel) only where a panel's rows pass the chunk budget,
     # the L1 data cache and at least 32 KiB (4100 columns do on 48 KiB).
     chunk_budget = max(32768, _core.cache_sizes()["l1d"])
-    assert chunk > 0 or (isa == "scalar" and in_features * 4 * np.dtype(dtype).itemsize <= chunk_budget)
+    panel_row_bytes = 4 * np.dtype(dtype).itemsize
+    assert chunk > 0 or (isa == "scalar" and in_features * panel_row_bytes <= chunk_budget)
     assert chunk < in_features
     x = rng.uniform(-1, 1, (batch, in_features)).astype(dtype)
     bias = rng.uniform(-1, 1, 37).astype(dtype)
