@@ -50,6 +50,9 @@ constexpr int64_t kBitsAhead = 4096;
 // and 0.85-1.14x at 95% (6 pairs, the one loss in a noisy run); at 80%
 // 0.90-1.25x and at 50-70% 0.76-1.23x, so denser rows keep them.
 constexpr double kPrefetchMinDensity = 0.15;
+// Bytes of a row's columns and values prefetched ahead of the walk by
+// stored columns (row_dot_indexed), once per pair of groups.
+constexpr int64_t kIndexedAhead = 2048;
 // Quads of the quad plan prefetched ahead of the small-batch walk (2 KB of
 // weights, 1 KB of quad numbers). Zen 4, cold, 4096 x 11008 and 11008 x
 // 4096, 2 threads: 1.07-1.17x as fast at 16 vectors and 90% sparsity,
@@ -194,6 +197,13 @@ inline int32_t row_dot_indexed(const Int8IndexPlan& plan, const BitmapView<int8_
   __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
   int64_t g = 0;
   for (; g + 2 <= full_groups; g += 2) {
+    // Unlike the bitmap walk's, these prefetches pay: on a 2-core Xeon
+    // (Sapphire Rapids class, AMX) the walk ran 1.3-1.4x as fast with them at
+    // 90-95% sparsity (4096x11008 and 11008x4096, batch 1, cold, 2 threads,
+    // alternating processes; 80% level), where the hardware prefetchers alone
+    // streamed about 19 GB/s. On Zen 4 a prefetch here measured level.
+    _mm_prefetch(reinterpret_cast<const char*>(columns) + kIndexedAhead, _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(values) + kIndexedAhead, _MM_HINT_T0);
     const uint8_t* xw = x + g * Int8IndexPlan::kGroupCols;
     even = group_dot_indexed(xw, kGroupWords, counts[g], columns, values, even);
     odd = group_dot_indexed(xw + Int8IndexPlan::kGroupCols, kGroupWords, counts[g + 1], columns,
