@@ -97,6 +97,14 @@ def test_linear_with_narrower_packed_panels(isa, dtype, in_features, batch, rand
     check_linear(linear(x, weight, bias, num_threads=2), x, weight, bias)
 
 
+def _portable_panel_fits_a_chunk(in_features, dtype):
+    """Whether the portable path's panel (four one-lane vectors per row of x^T) fits the
+    column-chunk budget, so it runs unchunked: the L1 data cache, at least 32 KiB
+    (csr_kernels.inl chunk_cache_bytes)."""
+    chunk_budget = max(32 * 1024, _core.cache_sizes()["l1d"])
+    return in_features * 4 * np.dtype(dtype).itemsize <= chunk_budget
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("in_features", [401, 2100, 4100])
 @pytest.mark.parametrize("batch", [2, 16, 17, 33, 512, 545])
@@ -116,9 +124,7 @@ def test_linear_in_column_chunks(isa, dtype, in_features, batch, random_sparse, 
     # Every ISA path chunks these shapes: the portable one (one lane per
     # vector, four per panel) only where a panel's rows pass the chunk budget,
     # the L1 data cache and at least 32 KiB (4100 columns do on 48 KiB).
-    chunk_budget = max(32768, _core.cache_sizes()["l1d"])
-    panel_row_bytes = 4 * np.dtype(dtype).itemsize
-    assert chunk > 0 or (isa == "scalar" and in_features * panel_row_bytes <= chunk_budget)
+    assert chunk > 0 or (isa == "scalar" and _portable_panel_fits_a_chunk(in_features, dtype))
     assert chunk < in_features
     x = rng.uniform(-1, 1, (batch, in_features)).astype(dtype)
     bias = rng.uniform(-1, 1, 37).astype(dtype)
@@ -150,9 +156,8 @@ def test_linear_over_values_in_chunk_order(isa, dtype, in_features, batch, rando
     values = np.array(weight.data)
     chunk_cols, ordered = pattern._handle.values_in_chunk_order(values)
     if chunk_cols == 0:  # the portable path, where a panel's rows fit the chunk budget
-        chunk_budget = max(32768, _core.cache_sizes()["l1d"])
-        itemsize = np.dtype(dtype).itemsize
-        assert ordered is None and isa == "scalar" and in_features * 4 * itemsize <= chunk_budget
+        assert ordered is None and isa == "scalar" and _portable_panel_fits_a_chunk(in_features,
+                                                                                    dtype)
         return
     assert chunk_cols == weight._handle.panel_chunk_columns
     assert sorted(ordered.tolist()) == sorted(values.tolist())

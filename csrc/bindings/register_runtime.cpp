@@ -107,8 +107,8 @@ void register_runtime(py::module_& m) {
       "cache_sizes",
       [] {
         py::dict out;
-        out["l1d"] = l1_data_cache_bytes(0);
-        out["l2"] = l2_cache_bytes(0);
+        out["l1d"] = l1_data_cache_bytes();
+        out["l2"] = l2_cache_bytes();
         return out;
       },
       "Per-core L1 data and L2 cache sizes in bytes as the system reports them (0: not "

@@ -283,31 +283,23 @@ void set_use_avx512_extensions(bool use) {
   extension_use_slot().store(use, std::memory_order_relaxed);
 }
 
-namespace {
-
-// sysconf's answer for a cache, 0 where the system gives none.
-int64_t reported_cache_bytes(bool level1) {
-#if defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE)
-  static const long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE);
-  static const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-  const long bytes = level1 ? l1 : l2;
+// sysconf's answer, 0 where the system gives none (or no such query exists).
+int64_t l1_data_cache_bytes() {
+#ifdef _SC_LEVEL1_DCACHE_SIZE
+  static const long bytes = sysconf(_SC_LEVEL1_DCACHE_SIZE);
   return bytes > 0 ? bytes : 0;
 #else
-  (void)level1;
   return 0;
 #endif
 }
 
-}  // namespace
-
-int64_t l1_data_cache_bytes(int64_t fallback) {
-  const int64_t bytes = reported_cache_bytes(true);
-  return bytes > 0 ? bytes : fallback;
-}
-
-int64_t l2_cache_bytes(int64_t fallback) {
-  const int64_t bytes = reported_cache_bytes(false);
-  return bytes > 0 ? bytes : fallback;
+int64_t l2_cache_bytes() {
+#ifdef _SC_LEVEL2_CACHE_SIZE
+  static const long bytes = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  return bytes > 0 ? bytes : 0;
+#else
+  return 0;
+#endif
 }
 
 }  // namespace sparsegemm

@@ -94,12 +94,13 @@ void set_use_amx(bool use);
 // bitmap. On by default; SPARSEGEMM_INT8_INDEXED=off or
 // set_use_int8_indexed_walk(false) turns it off, so tests and A/B runs can
 // compare both walks in one process. Results are the same either way.
-// Per-core cache sizes in bytes as the operating system reports them (glibc's
-// sysconf), or fallback where it reports none: the CSR panel kernels size
-// their column panels and chunks by them (kernels/csr/csr_kernels.inl).
-int64_t l1_data_cache_bytes(int64_t fallback);
-int64_t l2_cache_bytes(int64_t fallback);
 bool use_int8_indexed_walk();
 void set_use_int8_indexed_walk(bool use);
+
+// Per-core cache sizes in bytes as the operating system reports them (glibc's
+// sysconf), 0 where it reports none: the CSR panel kernels size their column
+// panels and chunks by them (kernels/csr/csr_kernels.inl).
+int64_t l1_data_cache_bytes();
+int64_t l2_cache_bytes();
 
 }  // namespace sparsegemm

@@ -20,7 +20,7 @@
 // (2 threads, alternating processes); Zen 4's 1 MiB L2 keeps 512 KiB.
 constexpr int64_t kPanelCacheBytes = 512 * 1024;
 inline int64_t panel_cache_bytes() {
-  return std::max<int64_t>(kPanelCacheBytes, l2_cache_bytes(0) / 2);
+  return std::max<int64_t>(kPanelCacheBytes, l2_cache_bytes() / 2);
 }
 // Packed panels of a matrix holding at least kWidePanelMinDensity of its
 // entries may take up to kWidePanelCacheBytes: there the kernel runs in column
@@ -47,7 +47,7 @@ constexpr int64_t kRowBlockNnz = 1 << 20;
 // 2 threads, alternating processes), and level at 70%.
 constexpr int64_t kChunkCacheBytes = 32 * 1024;
 inline int64_t chunk_cache_bytes() {
-  return std::max<int64_t>(kChunkCacheBytes, l1_data_cache_bytes(0));
+  return std::max<int64_t>(kChunkCacheBytes, l1_data_cache_bytes());
 }
 // Over CSR order, a chunk pass reads each row's segment from a different place
 // in a's arrays, so the hardware prefetchers never see a stream: each segment

@@ -197,11 +197,12 @@ inline int32_t row_dot_indexed(const Int8IndexPlan& plan, const BitmapView<int8_
   __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
   int64_t g = 0;
   for (; g + 2 <= full_groups; g += 2) {
-    // Unlike the bitmap walk's, these prefetches pay: on a 2-core Xeon
-    // (Sapphire Rapids class, AMX) the walk ran 1.3-1.4x as fast with them at
-    // 90-95% sparsity (4096x11008 and 11008x4096, batch 1, cold, 2 threads,
-    // alternating processes; 80% level), where the hardware prefetchers alone
-    // streamed about 19 GB/s. On Zen 4 a prefetch here measured level.
+    // Unlike the bitmap walk at such densities (kPrefetchMinDensity), this
+    // walk gains from prefetches: on a 2-core Xeon (Sapphire Rapids class,
+    // AMX) it ran 1.3-1.4x as fast with them at 90-95% sparsity (4096x11008
+    // and 11008x4096, batch 1, cold, 2 threads, alternating processes; 80%
+    // level), where the hardware prefetchers alone streamed about 19 GB/s.
+    // On Zen 4 a prefetch here measured level.
     _mm_prefetch(reinterpret_cast<const char*>(columns) + kIndexedAhead, _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(values) + kIndexedAhead, _MM_HINT_T0);
     const uint8_t* xw = x + g * Int8IndexPlan::kGroupCols;
