@@ -306,3 +306,21 @@ def test_direct_path_runs_the_activation_in_the_epilogue(prune, direct_calls, fo
         out = sparse(x)
     assert len(direct_calls) == 1
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 600])  # outputs of 116 B to 70 KB: both allocators
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_direct_path_outputs_are_fresh_tensors_either_side_of_the_numpy_limit(prune, rows, dtype):
+    _, sparse = _module(prune, dtype=dtype)
+    x = torch.randn(rows, 37, dtype=dtype)
+    expected = _through_op(sparse, x)
+    with torch.no_grad():
+        first, second = sparse(x), sparse(x)
+    for out in (first, second):
+        assert out.dtype == dtype and out.shape == (rows, 29) and out.is_contiguous()
+        assert torch.equal(out, expected)
+    assert first.data_ptr() != second.data_ptr()
+    first.add_(1)  # writable, and owned by each output alone
+    assert torch.equal(second, expected)
+    if rows * 29 * first.element_size() > sparse_modules._ops._NUMPY_OUTPUT_MAX_BYTES:
+        assert first.data_ptr() % 64 == 0  # torch's allocation, aligned for the kernels

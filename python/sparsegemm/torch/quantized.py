@@ -45,7 +45,7 @@ from ..timing import COLD_MAX_BATCH
 from ._cache import EmptyWhenCopied, as_numpy, other_caches
 from .auto import nearest_bucket, row_bucket
 from .modules import _linear_weight, apply_activation, is_hf_conv1d, linear_holding
-from .ops import _kernel_rows
+from .ops import _kernel_rows, direct_output
 
 __all__ = ["INT8_KERNELS", "Int8Decision", "SparseLinearInt8", "int8_bitmap_linear"]
 
@@ -218,8 +218,8 @@ def _bitmap_linear(matrix: Int8BitmapMatrix, x: Tensor, bias: Optional[np.ndarra
     its last dimension checked by the caller)."""
     rows, cols = matrix.shape
     x2, x_array = _kernel_rows(x, cols)
-    out = torch.empty((x2.shape[0], rows), dtype=torch.float32)
-    _core.int8_bitmap_linear(matrix._handle, x_array, out.numpy(), bias, torch.get_num_threads())
+    out, out_array = direct_output(x2.shape[0], rows, x2, x_array)
+    _core.int8_bitmap_linear(matrix._handle, x_array, out_array, bias, torch.get_num_threads())
     return out if x.dim() == 2 else out.view(*x.shape[:-1], rows)
 
 
