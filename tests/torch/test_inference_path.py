@@ -324,3 +324,52 @@ def test_direct_path_outputs_are_fresh_tensors_either_side_of_the_numpy_limit(pr
     assert torch.equal(second, expected)
     if rows * 29 * first.element_size() > sparse_modules._ops._NUMPY_OUTPUT_MAX_BYTES:
         assert first.data_ptr() % 64 == 0  # torch's allocation, aligned for the kernels
+
+
+def _bfloat16_valued(prune, x_dtype, bias):
+    """A bitmap SparseLinear holding bfloat16 values: of a bfloat16 module (x bfloat16) or
+    a float32 one given weight_dtype (x float32)."""
+    torch.manual_seed(0)
+    dense = prune(nn.Linear(37, 29, bias=bias), 0.6)
+    if x_dtype == torch.bfloat16:
+        return SparseLinear.from_dense(dense.to(torch.bfloat16), format="bitmap")
+    return SparseLinear.from_dense(dense, format="bitmap", weight_dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(37,), (1, 37), (5, 37), (2, 3, 37)])
+@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_bfloat16_values_take_the_direct_path_with_the_ops_result(prune, direct_calls, x_dtype,
+                                                                   bias, shape, activation,
+                                                                   context):
+    sparse = _bfloat16_valued(prune, x_dtype, bias)
+    sparse.activation = activation
+    assert sparse.values.dtype == torch.bfloat16
+    x = torch.randn(shape).to(x_dtype)
+    expected = _through_op(sparse, x)
+    assert not direct_calls
+    with context():
+        out = sparse(x)
+    assert len(direct_calls) == 1
+    assert out.dtype == x_dtype and out.shape == expected.shape
+    if x_dtype == torch.bfloat16 or activation is None:
+        assert torch.equal(out, expected)
+    else:  # float32: the activation in the kernel's epilogue, as for float32 values
+        torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_bfloat16_values_leave_mismatched_input_to_the_op(prune, direct_calls):
+    sparse = _bfloat16_valued(prune, torch.bfloat16, True)
+    with torch.no_grad():
+        for x in (torch.randn(2, 37, dtype=torch.float64), torch.randn(2, 36).to(torch.bfloat16)):
+            with pytest.raises((TypeError, ValueError)):
+                sparse(x)
+        # A float32 x with a bfloat16 bias is the op's error too.
+        with pytest.raises(TypeError, match="dtype"):
+            sparse(torch.randn(2, 37))
+    assert not direct_calls
+    # Recording a gradient goes through the op.
+    sparse(torch.randn(2, 37).to(torch.bfloat16)).float().sum().backward()
+    assert not direct_calls and sparse.values.grad is not None

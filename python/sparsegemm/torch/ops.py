@@ -181,6 +181,20 @@ def can_call_kernel_directly(x: Tensor, values: Tensor, bias: Optional[Tensor]) 
     return True
 
 
+def can_call_bfloat16_bitmap_directly(x: Tensor, values: Tensor, bias: Optional[Tensor]) -> bool:
+    """:func:`can_call_kernel_directly` for a bitmap weight holding bfloat16 values, which
+    its kernel reads as stored: x float32 (the output float32) or bfloat16 (computed in
+    float32 and rounded back, as the op does), bias None or of x's dtype."""
+    if torch.compiler.is_compiling() or type(x) is not Tensor or not x.is_cpu:
+        return False
+    if values.dtype != torch.bfloat16 or x.dtype not in (torch.float32, torch.bfloat16):
+        return False
+    if bias is not None and bias.dtype != x.dtype:
+        return False  # the op's error
+    return not (torch.is_grad_enabled() and (x.requires_grad or values.requires_grad
+                                             or (bias is not None and bias.requires_grad)))
+
+
 def _kernel_rows(x: Tensor, cols: int) -> tuple[Tensor, np.ndarray]:
     """x as a (rows, cols) tensor with contiguous rows (a view where it can be) and the
     numpy view of it that the kernels take."""
