@@ -257,3 +257,45 @@ def test_bad_input_raises_clearly():
         _core.bitmap_linear(a._handle, np.ones((1, 4)), np.empty((1, 4)), None, 1, None)
     with pytest.raises(ValueError, match="data must have shape"):
         a.with_data(np.zeros(3, np.uint16))
+
+
+@pytest.mark.parametrize("cols", [1, 16, 255, 256, 257, 513, 1000])
+@pytest.mark.parametrize("batch", [1, 2, 3])
+@pytest.mark.parametrize("bf16_exact", [False, True])
+def test_very_sparse_rows_walked_by_stored_columns(isa_with_extensions, cols, batch, bf16_exact,
+                                                   rng, check_linear):
+    # At most 12% stored, up to 3 vectors: on AVX-512 with VBMI2 the rows are
+    # walked by their stored columns (ColumnIndexPlan), 16 gathers at a time
+    # per 256-column group. Rows hold groups of exactly 16, 17 and 32 stored
+    # weights, one at the last column, none (empty rows), and sparse noise.
+    W = np.zeros((12, cols), np.float32)
+    W[1, :min(cols, 16)] = 1.5
+    W[2, :min(cols, 17)] = -0.75
+    W[3, :min(cols, 32)] = 0.25
+    W[4, cols - 1] = 3.0
+    noise = rng.uniform(-1, 1, (12, cols)).astype(np.float32)
+    W[6:] = np.where(rng.random((6, cols)) < 0.03, noise[6:], 0)
+    if W.astype(bool).mean() > 0.12:  # the narrow shapes: keep them under the line
+        W[1:4, :] = 0
+    a = bf16(W)
+    x = uniform_x(rng, (batch, cols), bf16_exact)
+    bias = rng.uniform(-1, 1, 12).astype(np.float32)
+    for b in (None, bias):
+        result = linear(x, a, b, num_threads=1)
+        check_linear(result, x, reference_operand(a), b)
+        np.testing.assert_array_equal(linear(x, a, b, num_threads=2), result)
+        if b is None:
+            assert not result[:, [0, 5]].any()  # the empty rows
+    # The plan exists exactly where the walk by stored columns ran.
+    walked = isa_with_extensions.startswith("avx512") and _core.use_avx512_extensions()
+    assert (a.column_plan_bytes > 0) == walked
+    # Inf/NaN at unstored columns never reach y; at a stored one they do.
+    unstored = np.flatnonzero(~W.astype(bool).any(axis=0))
+    if unstored.size:
+        x[:, unstored[0]] = np.inf
+        x[0, unstored[-1]] = np.nan
+        result = linear(x, a)
+        assert np.isfinite(result).all()
+        check_linear(result, x, reference_operand(a))
+    x[-1, cols - 1] = np.inf
+    assert np.isinf(linear(x, a)[-1, 4])

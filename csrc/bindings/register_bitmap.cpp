@@ -71,6 +71,7 @@ void register_bitmap_dtype(py::module_& m, const char* class_name) {
       .def_property_readonly("nnz", &Matrix::nnz)
       .def_property_readonly("words_per_row", &Matrix::words_per_row)
       .def_property_readonly("storage_bytes", &Matrix::storage_bytes)
+      .def_property_readonly("column_plan_bytes", &Matrix::column_plan_bytes)
       .def_property_readonly("has_values", &Matrix::has_values,
                              "False for a pattern-only matrix (see pattern_from_arrays).")
       .def_property_readonly(

@@ -5,6 +5,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "core/parallel.h"
+
 namespace sparsegemm {
 
 namespace {
@@ -150,12 +152,38 @@ BitmapMatrix<T> BitmapMatrix<T>::with_values(const T* values, int64_t values_len
   return m;
 }
 
+template <typename T>
+ColumnIndexPlan ColumnIndexPlan::build(const BitmapView<T>& a, int num_threads) {
+  constexpr int64_t kWordsPerGroup = kGroupCols / 64;
+  ColumnIndexPlan plan;
+  plan.groups_per_row = (a.words_per_row + kWordsPerGroup - 1) / kWordsPerGroup;
+  plan.counts.assign(static_cast<size_t>(a.rows * plan.groups_per_row), 0);
+  plan.columns.resize(static_cast<size_t>(a.nnz()));
+  parallel_ranges(threads_for_pass(num_threads, a.rows * a.words_per_row), a.rows,
+                  [&](int64_t r0, int64_t r1) {
+                    for (int64_t r = r0; r < r1; ++r) {
+                      const uint64_t* words = a.bits + r * a.words_per_row;
+                      uint8_t* column = plan.columns.data() + a.offsets[r];
+                      for (int64_t w = 0; w < a.words_per_row; ++w) {
+                        const int64_t group = w / kWordsPerGroup;
+                        const int base = static_cast<int>(w % kWordsPerGroup) * 64;
+                        for (uint64_t bits = words[w]; bits != 0; bits &= bits - 1)
+                          *column++ = static_cast<uint8_t>(base + __builtin_ctzll(bits));
+                        plan.counts[static_cast<size_t>(r * plan.groups_per_row + group)] +=
+                            static_cast<uint16_t>(__builtin_popcountll(words[w]));
+                      }
+                    }
+                  });
+  return plan;
+}
+
 #define SPARSEGEMM_INSTANTIATE_BITMAP(T)                                                      \
   template class BitmapMatrix<T>;                                                             \
   template BitmapMatrix<T> BitmapMatrix<T>::from_csr_arrays<int32_t>(                         \
       int64_t, int64_t, const int32_t*, int64_t, const index_t*, int64_t, const T*, int64_t); \
   template BitmapMatrix<T> BitmapMatrix<T>::from_csr_arrays<int64_t>(                         \
-      int64_t, int64_t, const int64_t*, int64_t, const index_t*, int64_t, const T*, int64_t);
+      int64_t, int64_t, const int64_t*, int64_t, const index_t*, int64_t, const T*, int64_t); \
+  template ColumnIndexPlan ColumnIndexPlan::build<T>(const BitmapView<T>&, int);
 SPARSEGEMM_INSTANTIATE_BITMAP(float)
 SPARSEGEMM_INSTANTIATE_BITMAP(double)
 SPARSEGEMM_INSTANTIATE_BITMAP(bfloat16_t)

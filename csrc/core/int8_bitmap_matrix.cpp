@@ -176,34 +176,10 @@ const Int8QuadPlan& Int8BitmapMatrix::quad_plan(int num_threads) const {
 
 int64_t Int8BitmapMatrix::quad_plan_bytes() const { return quad_plan_->bytes(); }
 
-Int8IndexPlan Int8IndexPlan::build(const BitmapView<int8_t>& a, int num_threads) {
-  constexpr int64_t kWordsPerGroup = kGroupCols / 64;
-  Int8IndexPlan plan;
-  plan.groups_per_row = (a.words_per_row + kWordsPerGroup - 1) / kWordsPerGroup;
-  plan.counts.assign(static_cast<size_t>(a.rows * plan.groups_per_row), 0);
-  plan.columns.resize(static_cast<size_t>(a.nnz()));
-  parallel_ranges(threads_for_pass(num_threads, a.rows * a.words_per_row), a.rows,
-                  [&](int64_t r0, int64_t r1) {
-                    for (int64_t r = r0; r < r1; ++r) {
-                      const uint64_t* words = a.bits + r * a.words_per_row;
-                      uint8_t* column = plan.columns.data() + a.offsets[r];
-                      for (int64_t w = 0; w < a.words_per_row; ++w) {
-                        const int64_t group = w / kWordsPerGroup;
-                        const int base = static_cast<int>(w % kWordsPerGroup) * 64;
-                        for (uint64_t bits = words[w]; bits != 0; bits &= bits - 1)
-                          *column++ = static_cast<uint8_t>(base + __builtin_ctzll(bits));
-                        plan.counts[static_cast<size_t>(r * plan.groups_per_row + group)] +=
-                            static_cast<uint16_t>(__builtin_popcountll(words[w]));
-                      }
-                    }
-                  });
-  return plan;
+const ColumnIndexPlan& Int8BitmapMatrix::index_plan(int num_threads) const {
+  return weights_.column_plan(num_threads);
 }
 
-const Int8IndexPlan& Int8BitmapMatrix::index_plan(int num_threads) const {
-  return index_plan_->get([&] { return Int8IndexPlan::build(weights_.view(), num_threads); });
-}
-
-int64_t Int8BitmapMatrix::index_plan_bytes() const { return index_plan_->bytes(); }
+int64_t Int8BitmapMatrix::index_plan_bytes() const { return weights_.column_plan_bytes(); }
 
 }  // namespace sparsegemm

@@ -72,29 +72,6 @@ struct Int8QuadPlan {
   }
 };
 
-// Each row's stored columns for the batch-1 VNNI kernel over very sparse
-// rows: the row is cut into groups of kGroupCols columns, and each stored
-// weight's column within its group is one byte, in the order of the row's
-// values. The kernel gathers x for up to 64 stored weights of a group at once
-// with two byte permutes of the group's 256 bytes of x (vpermi2b), where the
-// bitmap walk decodes every 64 columns with an expand whether they hold one
-// weight or ten. Built once per matrix (Int8BitmapMatrix::index_plan), it takes
-// one byte per stored weight and two per group: 0.11 bytes per weight at 90%
-// sparsity, where the kernel no longer reads the bitmap's 0.125.
-struct Int8IndexPlan {
-  static constexpr int64_t kGroupCols = 256;
-
-  int64_t groups_per_row = 0;
-  std::vector<uint16_t> counts;  // counts[r * groups_per_row + g]: stored weights of the group
-  std::vector<uint8_t> columns;  // per stored weight (values order): its column mod kGroupCols
-
-  // num_threads as in core/parallel.h.
-  static Int8IndexPlan build(const BitmapView<int8_t>& a, int num_threads);
-  int64_t bytes() const {
-    return static_cast<int64_t>(counts.size() * sizeof(uint16_t) + columns.size());
-  }
-};
-
 class Int8BitmapMatrix {
  public:
   // Keeps entries of a float32 matrix with |w| > threshold and quantizes
@@ -140,36 +117,16 @@ class Int8BitmapMatrix {
   int64_t quad_plan_bytes() const;
   // The index plan, likewise built on the first call and shared by copies:
   // only batch-1 products over very sparse weights ask for it.
-  const Int8IndexPlan& index_plan(int num_threads) const;
+  const ColumnIndexPlan& index_plan(int num_threads) const;
   int64_t index_plan_bytes() const;
 
  private:
   Int8BitmapMatrix(BitmapMatrix<int8_t> weights, std::vector<float> scales);
 
-  // A plan built once, on first use, by whichever thread gets there first.
-  template <typename Plan>
-  struct PlanSlot {
-    std::once_flag built;
-    std::atomic<bool> ready{false};  // set once plan is complete
-    Plan plan;
-
-    template <typename Build>
-    const Plan& get(const Build& build) {
-      std::call_once(built, [&] {
-        plan = build();
-        ready.store(true, std::memory_order_release);
-      });
-      return plan;
-    }
-    int64_t bytes() const { return ready.load(std::memory_order_acquire) ? plan.bytes() : 0; }
-  };
-
   BitmapMatrix<int8_t> weights_;
   std::vector<float> scales_;
   std::vector<int32_t> row_sums_;
-  std::shared_ptr<PlanSlot<Int8QuadPlan>> quad_plan_ = std::make_shared<PlanSlot<Int8QuadPlan>>();
-  std::shared_ptr<PlanSlot<Int8IndexPlan>> index_plan_ =
-      std::make_shared<PlanSlot<Int8IndexPlan>>();
+  std::shared_ptr<LazyPlan<Int8QuadPlan>> quad_plan_ = std::make_shared<LazyPlan<Int8QuadPlan>>();
 };
 
 }  // namespace sparsegemm

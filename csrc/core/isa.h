@@ -90,7 +90,7 @@ bool use_amx();
 void set_use_amx(bool use);
 
 // Whether the int8 VNNI kernels walk very sparse rows by their stored
-// columns (Int8IndexPlan, drivers/int8_bitmap_driver.cpp) instead of by their
+// columns (ColumnIndexPlan, drivers/int8_bitmap_driver.cpp) instead of by their
 // bitmap. On by default; SPARSEGEMM_INT8_INDEXED=off or
 // set_use_int8_indexed_walk(false) turns it off, so tests and A/B runs can
 // compare both walks in one process. Results are the same either way.

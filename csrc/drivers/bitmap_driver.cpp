@@ -68,6 +68,14 @@ void narrow_to_bfloat16(const float* x, int64_t vstride, int64_t nvec, int64_t c
 // 11008 x 4096 at 50% and 90%: 1.4-1.8x faster than the tile kernel at 2
 // vectors, 1.0-1.45x at 3, 0.8-1.15x at 4.
 constexpr int64_t kBf16InputMaxBatch = 3;
+// Up to this many vectors, and where at most kIndexedMaxDensity of the
+// weights are stored, bfloat16 values are walked by their stored columns
+// (gemv_rows_indexed) wherever the CPU has that kernel. Xeon (AMX class), 2
+// threads, cold, batch 1 (benchmarks/bf16_bitmap_floors.py): at 90% sparsity
+// 1.55-1.62x as fast as the bit walk on 4096^2, 4096 x 11008 and 11008 x
+// 4096; at 85% 0.87-1.0x, so the line sits between.
+constexpr int64_t kIndexedMaxBatch = 3;
+constexpr double kIndexedMaxDensity = 0.12;
 
 // The bitmap plugged into the shared drivers (drivers/product_driver.h). Every
 // vector count runs few_vectors(), so the panel path is only a fallback.
@@ -104,6 +112,17 @@ struct BitmapProduct {
     const int64_t per_row = std::max<int64_t>(1, a.cols() / 4);
     const int threads = threads_for_work(num_threads, (a.nnz() + a.rows() * per_row) * nvec);
     if constexpr (std::is_same_v<V, bfloat16_t>) {
+      if (kernels.gemv_rows_indexed != nullptr && nvec <= kIndexedMaxBatch &&
+          static_cast<double>(a.nnz()) <=
+              kIndexedMaxDensity * static_cast<double>(a.rows()) * static_cast<double>(a.cols())) {
+        const ColumnIndexPlan& plan = a.column_plan(num_threads);
+        driver::for_row_ranges(a.offsets().data(), a.rows(), threads, per_row,
+                               [&](int64_t r0, int64_t r1) {
+                                 kernels.gemv_rows_indexed(plan, v, r0, r1, x, x_vstride, nvec,
+                                                           bias, y, y_vstride, y_rstride);
+                               });
+        return;
+      }
       if (kernels.gemv_rows_bf16_input != nullptr && nvec <= kBf16InputMaxBatch &&
           all_finite_bfloat16(x, x_vstride, nvec, a.cols())) {
         const int64_t padded = v.words_per_row * 64;

@@ -146,7 +146,7 @@ constexpr double kQuadKernelMaxDensity = 0.2;
 constexpr double kQuadKernelSmallBatchMaxDensity = 0.12;
 
 // The batch-1 kernels (up to kVnniGemvMaxBatch vectors) walk rows by their
-// stored columns (Int8IndexPlan) where at most this fraction of the weights is
+// stored columns (ColumnIndexPlan) where at most this fraction of the weights is
 // stored: there a group of 256 columns holds at most about 38 weights, fewer
 // than a vector's 64 lanes. Zen 4, 2 threads, cold, standalone loop over
 // 4096 x 11008: 1.3x the bitmap walk at 90% and 95% sparsity, level at 80%,
@@ -180,7 +180,7 @@ void int_product_rows(const Int8BitmapKernels& kernels, const Int8BitmapMatrix& 
                        use_int8_indexed_walk() && density <= kIndexedMaxDensity;
   // Built on the first call that needs them, before the threads start.
   const Int8QuadPlan* plan = quads ? &w.quad_plan(num_threads) : nullptr;
-  const Int8IndexPlan* index_plan = indexed ? &w.index_plan(num_threads) : nullptr;
+  const ColumnIndexPlan* index_plan = indexed ? &w.index_plan(num_threads) : nullptr;
   ScratchBuffer<uint8_t> x4(quads || tiles
                                 ? static_cast<size_t>((batch + kQuadVectors - 1) / kQuadVectors *
                                                       kQuadVectors * padded_cols)

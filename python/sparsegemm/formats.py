@@ -892,6 +892,14 @@ class BitmapMatrix(BitmapArrays, SparseFormat):
         """The stored values' dtype: float32, float64 or the string ``'bfloat16'``."""
         return self._dtype
 
+    @property
+    def column_plan_bytes(self) -> int:
+        """Bytes of the column plan, 0 until built. With bfloat16 values, on CPUs with
+        AVX-512 VBMI2, the first product of 1-3 rows over weights with at most 12% stored
+        builds it (one byte per stored weight, about 0.1 per weight at 90% sparsity, kept
+        with the matrix and its copies) and walks the rows by their stored columns."""
+        return int(self._handle.column_plan_bytes)
+
     def _reduce_values(self) -> tuple[Any, tuple[Any, ...]]:
         if self._dtype == BFLOAT16:
             return (_bfloat16_bitmap, (self.data, self.bits, self.shape))

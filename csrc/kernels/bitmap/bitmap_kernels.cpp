@@ -11,12 +11,17 @@ const BitmapKernels<V>& bitmap_kernels(Isa isa) {
       // bfloat16 needs VBMI2's word expand; without it the AVX2 kernels serve.
       if constexpr (std::is_same_v<V, bfloat16_t>) {
         if (!use_avx512_extensions()) return avx2::bitmap_kernel_table<V>();
-        static const BitmapKernels<V> with_bf16_input = [] {
+        static const BitmapKernels<V> indexed = [] {
           BitmapKernels<V> table = avx512ext::bitmap_kernel_table<V>();
+          table.gemv_rows_indexed = &avx512ext::gemv_rows_indexed;
+          return table;
+        }();
+        static const BitmapKernels<V> with_bf16_input = [] {
+          BitmapKernels<V> table = indexed;
           table.gemv_rows_bf16_input = &avx512bf16::gemv_rows_bf16_input;
           return table;
         }();
-        return avx512_bf16_supported() ? with_bf16_input : avx512ext::bitmap_kernel_table<V>();
+        return avx512_bf16_supported() ? with_bf16_input : indexed;
       } else {
         return avx512::bitmap_kernel_table<V>();
       }

@@ -50,6 +50,13 @@ struct BitmapKernels {
   void (*gemv_rows_bf16_input)(const BitmapView<V>& a, int64_t row_begin, int64_t row_end,
                                const bfloat16_t* x, int64_t x_vstride, int64_t nvec, const T* bias,
                                T* y, int64_t y_vstride, int64_t y_rstride) = nullptr;
+  // bfloat16 values only, at the AVX-512 level with VBMI2 (null elsewhere):
+  // gemv_rows by the stored columns of plan (a's column plan) instead of by
+  // the bits, for very sparse rows (bitmap_avx512ext.cpp). The same contract
+  // as gemv_rows; only the order of the additions differs.
+  void (*gemv_rows_indexed)(const ColumnIndexPlan& plan, const BitmapView<V>& a, int64_t row_begin,
+                            int64_t row_end, const T* x, int64_t x_vstride, int64_t nvec,
+                            const T* bias, T* y, int64_t y_vstride, int64_t y_rstride) = nullptr;
 };
 
 // The kernels for one ISA. The caller must check isa_supported(isa).
@@ -71,6 +78,12 @@ const BitmapKernels<V>& bitmap_kernel_table();
 namespace avx512ext {
 template <typename V>
 const BitmapKernels<V>& bitmap_kernel_table();
+}
+namespace avx512ext {
+void gemv_rows_indexed(const ColumnIndexPlan& plan, const BitmapView<bfloat16_t>& a,
+                       int64_t row_begin, int64_t row_end, const float* x, int64_t x_vstride,
+                       int64_t nvec, const float* bias, float* y, int64_t y_vstride,
+                       int64_t y_rstride);
 }
 namespace avx512bf16 {
 void gemv_rows_bf16_input(const BitmapView<bfloat16_t>& a, int64_t row_begin, int64_t row_end,

@@ -186,9 +186,9 @@ inline __m512i group_dot_indexed(const uint8_t* xw, int64_t words, int64_t count
 // named, the walk ran 1.08-1.22x as fast on one thread, cold, on both
 // shapes at 90% (5 alternating runs each), and level to 1.1x on two, where
 // it nears the memory bandwidth.
-inline int32_t row_dot_indexed(const Int8IndexPlan& plan, const BitmapView<int8_t>& a,
+inline int32_t row_dot_indexed(const ColumnIndexPlan& plan, const BitmapView<int8_t>& a,
                                const int32_t* row_sums, int64_t r, const uint8_t* x) {
-  constexpr int64_t kGroupWords = Int8IndexPlan::kGroupCols / kWordBits;
+  constexpr int64_t kGroupWords = ColumnIndexPlan::kGroupCols / kWordBits;
   const int64_t groups = plan.groups_per_row;
   const int64_t full_groups = a.words_per_row / kGroupWords;
   const uint16_t* counts = plan.counts.data() + r * groups;
@@ -205,19 +205,19 @@ inline int32_t row_dot_indexed(const Int8IndexPlan& plan, const BitmapView<int8_
     // On Zen 4 a prefetch here measured level.
     _mm_prefetch(reinterpret_cast<const char*>(columns) + kIndexedAhead, _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(values) + kIndexedAhead, _MM_HINT_T0);
-    const uint8_t* xw = x + g * Int8IndexPlan::kGroupCols;
+    const uint8_t* xw = x + g * ColumnIndexPlan::kGroupCols;
     even = group_dot_indexed(xw, kGroupWords, counts[g], columns, values, even);
-    odd = group_dot_indexed(xw + Int8IndexPlan::kGroupCols, kGroupWords, counts[g + 1], columns,
+    odd = group_dot_indexed(xw + ColumnIndexPlan::kGroupCols, kGroupWords, counts[g + 1], columns,
                             values, odd);
   }
   for (; g < groups; ++g)
-    even = group_dot_indexed(x + g * Int8IndexPlan::kGroupCols,
+    even = group_dot_indexed(x + g * ColumnIndexPlan::kGroupCols,
                              std::min(kGroupWords, a.words_per_row - g * kGroupWords), counts[g],
                              columns, values, even);
   return unbias(_mm512_add_epi32(even, odd), row_sums[r]);
 }
 
-void gemv_rows_indexed(const Int8IndexPlan& plan, const BitmapView<int8_t>& a,
+void gemv_rows_indexed(const ColumnIndexPlan& plan, const BitmapView<int8_t>& a,
                        const int32_t* row_sums, int64_t row_begin, int64_t row_end,
                        const uint8_t* x, int64_t x_vstride, int64_t nvec, int32_t* acc,
                        int64_t acc_vstride) {

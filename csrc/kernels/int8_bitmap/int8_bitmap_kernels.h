@@ -65,10 +65,10 @@ using Int8QuadPlanKernelFn = void (*)(const Int8QuadPlan& plan, const int32_t* r
 // The batch-1 VNNI kernel for very sparse rows: gemv_rows_bytes's product,
 // read through the matrix's index plan (core/int8_bitmap_matrix.h) and
 // values instead of the bitmap.
-using Int8IndexPlanKernelFn = void (*)(const Int8IndexPlan& plan, const BitmapView<int8_t>& a,
-                                       const int32_t* row_sums, int64_t row_begin, int64_t row_end,
-                                       const uint8_t* x, int64_t x_vstride, int64_t nvec,
-                                       int32_t* acc, int64_t acc_vstride);
+using ColumnPlanKernelFn = void (*)(const ColumnIndexPlan& plan, const BitmapView<int8_t>& a,
+                                    const int32_t* row_sums, int64_t row_begin, int64_t row_end,
+                                    const uint8_t* x, int64_t x_vstride, int64_t nvec, int32_t* acc,
+                                    int64_t acc_vstride);
 
 // The biased bytes of one vector for the VNNI kernels: xq[k] = 128 +
 // clamp(round_half_even(x[k] * inverse_sx), -127, 127), k < cols (the
@@ -99,7 +99,7 @@ struct Int8BitmapKernels {
   // for any density (int8_bitmap_amx.cpp).
   Int8QuadKernelFn small_batch_rows_amx = nullptr;
   // Optional: faster than gemv_rows_bytes on very sparse rows (see the driver).
-  Int8IndexPlanKernelFn gemv_rows_indexed = nullptr;
+  ColumnPlanKernelFn gemv_rows_indexed = nullptr;
   // Optional: the quantization of x for the kernels over biased bytes, and
   // its interleaving for the quad and tile kernels (else the driver's loops).
   Int8QuantizeFn quantize_biased = nullptr;
