@@ -149,6 +149,7 @@ BitmapMatrix<T> BitmapMatrix<T>::with_values(const T* values, int64_t values_len
   m.offsets_ = offsets_;
   m.has_values_ = true;
   m.values_.assign(values, values + values_len);
+  m.column_plan_ = column_plan_;  // the same bits, so the same plan
   return m;
 }
 

@@ -22,10 +22,8 @@
 // -128 is never stored (nor accepted as an activation), so the range is symmetric.
 #pragma once
 
-#include <atomic>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <utility>
 #include <vector>
 
