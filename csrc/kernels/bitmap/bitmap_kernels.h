@@ -78,13 +78,11 @@ const BitmapKernels<V>& bitmap_kernel_table();
 namespace avx512ext {
 template <typename V>
 const BitmapKernels<V>& bitmap_kernel_table();
-}
-namespace avx512ext {
 void gemv_rows_indexed(const ColumnIndexPlan& plan, const BitmapView<bfloat16_t>& a,
                        int64_t row_begin, int64_t row_end, const float* x, int64_t x_vstride,
                        int64_t nvec, const float* bias, float* y, int64_t y_vstride,
                        int64_t y_rstride);
-}
+}  // namespace avx512ext
 namespace avx512bf16 {
 void gemv_rows_bf16_input(const BitmapView<bfloat16_t>& a, int64_t row_begin, int64_t row_end,
                           const bfloat16_t* x, int64_t x_vstride, int64_t nvec, const float* bias,
