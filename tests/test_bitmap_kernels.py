@@ -272,6 +272,7 @@ KERNEL_CHOICE_READERS = {
     "SPARSEGEMM_AVX512_EXTENSIONS": "use_avx512_extensions",
     "SPARSEGEMM_AMX": "use_amx",
     "SPARSEGEMM_INT8_INDEXED": "use_int8_indexed_walk",
+    "SPARSEGEMM_HUGE_PAGES": "huge_pages_enabled",
 }
 
 
@@ -281,7 +282,7 @@ def expected_kernel_choice(variable: str, value: str):
     if variable == "SPARSEGEMM_BITMAP_PREFETCH":
         return value
     turned_on = value in ("on", "1")
-    if variable == "SPARSEGEMM_INT8_INDEXED":
+    if variable in ("SPARSEGEMM_INT8_INDEXED", "SPARSEGEMM_HUGE_PAGES"):
         return turned_on
     if variable == "SPARSEGEMM_AVX512_EXTENSIONS":
         return turned_on and _core.avx512_extensions_supported()

@@ -138,3 +138,54 @@ def test_linear_recycles_its_scratch_memory():
                                            capture_output=True, text=True).stdout)
     result_pages = 1024 * 384 * 4 // os.sysconf("SC_PAGE_SIZE")
     assert faults_per_call < 1.5 * result_pages, faults_per_call
+
+
+HUGE_PAGE = 2 << 20
+
+
+def _large_matrices(rng) -> dict:
+    """Each format over a 1024 x 4096 weight at 50%: every value array is 8 MiB (float32),
+    the bitmap 512 KiB (under a huge page)."""
+    dense = np.where(rng.random((1024, 4096)) < 0.5, 0, rng.standard_normal((1024, 4096)))
+    dense = dense.astype(np.float32)
+    from sparsegemm import BitmapMatrix, BSRMatrix
+    return {"dense": dense, "csr": CSRMatrix.from_dense(dense),
+            "bsr": BSRMatrix.from_dense(dense, blocksize=(1, 4)),
+            "bitmap": BitmapMatrix.from_dense(dense)}
+
+
+def test_large_arrays_start_on_a_huge_page_and_small_ones_on_a_cache_line(rng):
+    from sparsegemm import _core
+    matrices = _large_matrices(rng)
+    x = rng.standard_normal((3, 4096)).astype(np.float32)
+    expected = x.astype(np.float64) @ matrices["dense"].T.astype(np.float64)
+    for name in ("csr", "bsr", "bitmap"):
+        matrix = matrices[name]
+        values = matrix.data
+        assert values.nbytes >= HUGE_PAGE
+        alignment = HUGE_PAGE if _core.huge_pages_enabled() else 64
+        assert values.ctypes.data % alignment == 0, name
+        np.testing.assert_allclose(linear(x, matrix), expected, rtol=1e-4, atol=1e-3)
+    bits = matrices["bitmap"].bits
+    assert bits.nbytes < HUGE_PAGE and bits.ctypes.data % 64 == 0
+    small = CSRMatrix.from_dense(np.eye(3, dtype=np.float32))
+    assert small.data.ctypes.data % 64 == 0
+
+
+def test_plain_allocations_when_huge_pages_are_turned_off(python_subprocess):
+    code = """
+import numpy as np, sparsegemm
+from sparsegemm import _core
+assert not _core.huge_pages_enabled()
+rng = np.random.default_rng(0)
+dense = np.where(rng.random((1024, 4096)) < 0.5, 0, rng.standard_normal((1024, 4096)))
+dense = dense.astype(np.float32)
+x = rng.standard_normal((2, 4096)).astype(np.float32)
+for matrix in (sparsegemm.CSRMatrix.from_dense(dense), sparsegemm.BitmapMatrix.from_dense(dense)):
+    assert matrix.data.ctypes.data % 64 == 0
+    np.testing.assert_allclose(sparsegemm.linear(x, matrix), x @ dense.T, rtol=1e-4, atol=1e-3)
+print("ok")
+"""
+    result = python_subprocess(code, env={"SPARSEGEMM_HUGE_PAGES": "off"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["ok"]

@@ -9,6 +9,7 @@
 #include "bindings/array_args.h"
 #include "bindings/products.h"
 #include "core/isa.h"
+#include "core/large_array.h"
 #include "core/parallel.h"
 #include "drivers/activation_driver.h"
 #include "kernels/catalogue.h"
@@ -74,6 +75,21 @@ void register_runtime(py::module_& m) {
   m.def("use_int8_indexed_walk", &use_int8_indexed_walk,
         "Whether the int8 VNNI kernels walk very sparse rows by their stored columns.");
   m.def("set_use_int8_indexed_walk", &set_use_int8_indexed_walk, py::arg("use"));
+  m.def("huge_pages_enabled", &huge_pages_enabled,
+        "Whether matrices place their large arrays on transparent huge pages "
+        "(SPARSEGEMM_HUGE_PAGES; read once).");
+  m.def(
+      "large_buffer",
+      [](int64_t bytes) {
+        if (bytes < 0) throw py::value_error("large_buffer: bytes must be >= 0");
+        auto* buffer = new LargeArray<uint8_t>(static_cast<size_t>(bytes));
+        py::capsule owner(buffer, [](void* p) { delete static_cast<LargeArray<uint8_t>*>(p); });
+        return py::array_t<uint8_t>({static_cast<py::ssize_t>(bytes)}, {py::ssize_t{1}},
+                                    buffer->data(), owner);
+      },
+      py::arg("bytes"),
+      "A writable uint8 array of `bytes` from the matrices' allocator: on transparent huge "
+      "pages from 2 MiB while huge_pages_enabled() (for torch-held weights the kernels stream).");
   m.def("avx512_bf16_supported", &avx512_bf16_supported,
         "Whether this CPU also has AVX512-BF16 (bfloat16 dot products for bfloat16 inputs).");
   m.def("default_num_threads", &default_num_threads);

@@ -126,7 +126,7 @@ BitmapMatrix<T> BitmapMatrix<T>::from_dense(int64_t rows, int64_t cols, const co
 
 template <typename T>
 void BitmapMatrix<T>::to_dense(compute_t<T>* out) const {
-  const std::vector<T>& vals = values();
+  const LargeArray<T>& vals = values();
   std::memset(out, 0, sizeof(compute_t<T>) * rows_ * cols_);
   const int64_t wpr = words_per_row();
   int64_t k = 0;

@@ -25,6 +25,7 @@
 
 #include "core/bfloat16.h"
 #include "core/csr_matrix.h"  // index_t, offset_t, check_dimensions
+#include "core/large_array.h"
 
 namespace sparsegemm {
 
@@ -80,7 +81,7 @@ struct ColumnIndexPlan {
 
   int64_t groups_per_row = 0;
   std::vector<uint16_t> counts;  // counts[r * groups_per_row + g]: stored weights of the group
-  std::vector<uint8_t> columns;  // per stored weight (values order): its column mod kGroupCols
+  LargeArray<uint8_t> columns;   // per stored weight (values order): its column mod kGroupCols
 
   // num_threads as in core/parallel.h.
   template <typename T>
@@ -123,11 +124,11 @@ class BitmapMatrix {
   int64_t nnz() const { return offsets_.back(); }
   // Values a product reads (the length of its `values` argument): nnz().
   int64_t values_size() const { return nnz(); }
-  const std::vector<uint64_t>& bits() const { return bits_; }
+  const LargeArray<uint64_t>& bits() const { return bits_; }
   const std::vector<offset_t>& offsets() const { return offsets_; }
   bool has_values() const { return has_values_; }
   // Throws std::invalid_argument for a pattern-only matrix.
-  const std::vector<T>& values() const {
+  const LargeArray<T>& values() const {
     if (!has_values_) throw_pattern_only();
     return values_;
   }
@@ -162,10 +163,10 @@ class BitmapMatrix {
 
   int64_t rows_ = 0;
   int64_t cols_ = 0;
-  std::vector<uint64_t> bits_;
+  LargeArray<uint64_t> bits_;
   std::vector<offset_t> offsets_;
   bool has_values_ = true;
-  std::vector<T> values_;  // empty when !has_values_
+  LargeArray<T> values_;  // empty when !has_values_
   std::shared_ptr<LazyPlan<ColumnIndexPlan>> column_plan_ =
       std::make_shared<LazyPlan<ColumnIndexPlan>>();
   // What a view points its kernels at: null for a pattern-only matrix.

@@ -157,7 +157,7 @@ BsrMatrix<T> BsrMatrix<T>::transposed(int64_t* permutation) const {
 
 template <typename T>
 void BsrMatrix<T>::to_dense(T* out) const {
-  const std::vector<T>& vals = values();
+  const LargeArray<T>& vals = values();
   std::memset(out, 0, sizeof(T) * rows_ * cols_);
   const int64_t block_size = static_cast<int64_t>(block_r_) * block_c_;
   for (int64_t br = 0; br < block_rows(); ++br)

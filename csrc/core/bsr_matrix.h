@@ -67,12 +67,12 @@ class BsrMatrix {
   int64_t block_cols() const { return (cols_ + block_c_ - 1) / block_c_; }
   int64_t nblocks() const { return static_cast<int64_t>(indices_.size()); }
   const std::vector<offset_t>& indptr() const { return indptr_; }
-  const std::vector<index_t>& indices() const { return indices_; }
+  const LargeArray<index_t>& indices() const { return indices_; }
   // Values a product reads (the length of its `values` argument): nblocks * R * C.
   int64_t values_size() const { return nblocks() * block_r_ * block_c_; }
   bool has_values() const { return has_values_; }
   // Throws std::invalid_argument for a pattern-only matrix.
-  const std::vector<T>& values() const {
+  const LargeArray<T>& values() const {
     if (!has_values_) throw_pattern_only();
     return values_;
   }
@@ -103,9 +103,9 @@ class BsrMatrix {
   int block_r_ = 1;
   int block_c_ = 1;
   std::vector<offset_t> indptr_;
-  std::vector<index_t> indices_;
+  LargeArray<index_t> indices_;
   bool has_values_ = true;
-  std::vector<T> values_;  // empty when !has_values_
+  LargeArray<T> values_;  // empty when !has_values_
   // What a view points its kernels at: null for a pattern-only matrix.
   const T* stored_values() const { return has_values_ ? values_.data() : nullptr; }
 };

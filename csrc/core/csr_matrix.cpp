@@ -161,7 +161,7 @@ CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense
 
 template <typename T>
 void CsrMatrix<T>::to_dense(T* out) const {
-  const std::vector<T>& vals = values();
+  const LargeArray<T>& vals = values();
   std::memset(out, 0, sizeof(T) * rows_ * cols_);
   const std::vector<offset_t>& ptr = indptr();
   for (int64_t r = 0; r < rows_; ++r)
@@ -197,7 +197,8 @@ CsrMatrix<T> CsrMatrix<T>::transposed(int64_t* permutation) const {
 
 template <typename T>
 std::vector<index_t> CsrMatrix<T>::column_indices() const {
-  if (!compact_indices()) return pattern_->indices;
+  if (!compact_indices())
+    return std::vector<index_t>(pattern_->indices.begin(), pattern_->indices.end());
   return std::vector<index_t>(pattern_->indices16.begin(), pattern_->indices16.end());
 }
 
@@ -287,7 +288,7 @@ template <typename T>
 const T* CsrMatrix<T>::own_values_in_chunk_order(int64_t chunk_cols) const {
   const T* own = values().data();  // throws for a pattern-only matrix
   std::lock_guard<std::mutex> lock(chunk_ordered_values_->mutex);
-  std::vector<T>& ordered = chunk_ordered_values_->by_width[chunk_cols];
+  LargeArray<T>& ordered = chunk_ordered_values_->by_width[chunk_cols];
   if (ordered.size() != static_cast<size_t>(nnz())) {
     ordered.resize(static_cast<size_t>(nnz()));
     to_chunk_order(chunk_cols, own, ordered.data());

@@ -18,6 +18,8 @@
 #include <mutex>
 #include <vector>
 
+#include "core/large_array.h"
+
 namespace sparsegemm {
 
 using index_t = int32_t;   // column indices: dimensions must be < 2^31
@@ -126,7 +128,7 @@ class CsrMatrix {
   const std::vector<offset_t>& indptr() const { return pattern_->indptr; }
   bool has_values() const { return has_values_; }
   // Throws std::invalid_argument for a pattern-only matrix.
-  const std::vector<T>& values() const {
+  const LargeArray<T>& values() const {
     if (!has_values_) throw_pattern_only();
     return values_;
   }
@@ -164,8 +166,8 @@ class CsrMatrix {
   // pattern, like column_chunk_bounds.
   struct ChunkOrder {
     std::vector<offset_t> segment_start;
-    std::vector<index_t> indices;            // when cols > kMaxCompactCols
-    std::vector<compact_index_t> indices16;  // when cols <= kMaxCompactCols
+    LargeArray<index_t> indices;            // when cols > kMaxCompactCols
+    LargeArray<compact_index_t> indices16;  // when cols <= kMaxCompactCols
   };
   const ChunkOrder& chunk_order(int64_t chunk_cols) const;
   // values (nnz entries, CSR order) into `out` in chunk order.
@@ -213,8 +215,8 @@ class CsrMatrix {
   // The validated structure, shared by matrices that differ only in values.
   struct Pattern {
     std::vector<offset_t> indptr;
-    std::vector<index_t> indices;            // when cols > kMaxCompactCols
-    std::vector<compact_index_t> indices16;  // when cols <= kMaxCompactCols
+    LargeArray<index_t> indices;            // when cols > kMaxCompactCols
+    LargeArray<compact_index_t> indices16;  // when cols <= kMaxCompactCols
     // column_chunk_bounds by chunk width; derived from the fields above, so
     // filled in lazily even though the pattern is otherwise immutable.
     mutable std::mutex chunk_bounds_mutex;
@@ -252,11 +254,11 @@ class CsrMatrix {
   int64_t cols_ = 0;
   std::shared_ptr<const Pattern> pattern_;
   bool has_values_ = true;
-  std::vector<T> values_;  // empty when !has_values_
+  LargeArray<T> values_;  // empty when !has_values_
   // own_values_in_chunk_order by chunk width. Shared by copies, which hold the same values.
   struct ChunkOrderedValues {
     std::mutex mutex;
-    std::map<int64_t, std::vector<T>> by_width;
+    std::map<int64_t, LargeArray<T>> by_width;
   };
   std::shared_ptr<ChunkOrderedValues> chunk_ordered_values_ =
       std::make_shared<ChunkOrderedValues>();

@@ -21,7 +21,7 @@ void check_int8_cols(int64_t cols) {
 Int8BitmapMatrix::Int8BitmapMatrix(BitmapMatrix<int8_t> weights, std::vector<float> scales)
     : weights_(std::move(weights)), scales_(std::move(scales)), row_sums_(weights_.rows(), 0) {
   const std::vector<offset_t>& offsets = weights_.offsets();
-  const std::vector<int8_t>& values = weights_.values();
+  const LargeArray<int8_t>& values = weights_.values();
   for (int64_t r = 0; r < weights_.rows(); ++r)
     for (int64_t k = offsets[r]; k < offsets[r + 1]; ++k) row_sums_[r] += values[k];
 }
@@ -33,7 +33,7 @@ Int8BitmapMatrix Int8BitmapMatrix::from_dense(int64_t rows, int64_t cols, const 
   // The float bitmap decides what is kept; quantizing never drops a bit.
   const BitmapMatrix<float> kept =
       BitmapMatrix<float>::from_dense(rows, cols, dense, row_stride, col_stride, threshold);
-  const std::vector<float>& values = kept.values();
+  const LargeArray<float>& values = kept.values();
   const std::vector<offset_t>& offsets = kept.offsets();
   std::vector<int8_t> quantized(values.size());
   std::vector<float> scales(rows, 0.0f);

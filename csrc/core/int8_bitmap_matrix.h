@@ -58,8 +58,8 @@ struct Int8QuadPlan {
   // counts[(block * panels + panel) * kRowBlock + i]: quads of row
   // block * kRowBlock + i in that panel (0 past the last row)
   std::vector<uint16_t> counts;
-  std::vector<uint16_t> quads;   // the quad q of each stored quad
-  std::vector<int32_t> weights;  // its 4 weights, column 4q + j in byte j (0 where not stored)
+  LargeArray<uint16_t> quads;   // the quad q of each stored quad
+  LargeArray<int32_t> weights;  // its 4 weights, column 4q + j in byte j (0 where not stored)
 
   // num_threads as in core/parallel.h.
   static Int8QuadPlan build(const BitmapView<int8_t>& a, int num_threads);

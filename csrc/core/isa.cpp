@@ -74,6 +74,7 @@ const std::vector<KernelChoiceVariable>& kernel_choice_variables() {
       {"SPARSEGEMM_AVX512_EXTENSIONS", {"on", "off", "1", "0"}},
       {"SPARSEGEMM_AMX", {"on", "off", "1", "0"}},
       {"SPARSEGEMM_INT8_INDEXED", {"on", "off", "1", "0"}},
+      {"SPARSEGEMM_HUGE_PAGES", {"on", "off", "1", "0"}},
   };
   return variables;
 }
@@ -275,6 +276,11 @@ bool use_int8_indexed_walk() { return int8_indexed_use_slot().load(std::memory_o
 
 void set_use_int8_indexed_walk(bool use) {
   int8_indexed_use_slot().store(use, std::memory_order_relaxed);
+}
+
+bool huge_pages_enabled() {
+  static const bool enabled = !turned_off_by_env("SPARSEGEMM_HUGE_PAGES");
+  return enabled;
 }
 
 void set_use_avx512_extensions(bool use) {

@@ -97,6 +97,11 @@ void set_use_amx(bool use);
 bool use_int8_indexed_walk();
 void set_use_int8_indexed_walk(bool use);
 
+// Whether a matrix's large arrays go on transparent huge pages
+// (core/large_array.h). On by default; SPARSEGEMM_HUGE_PAGES=off keeps plain
+// allocations. Read once, at the first large allocation.
+bool huge_pages_enabled();
+
 // Per-core cache sizes in bytes as the operating system reports them (glibc's
 // sysconf), 0 where it reports none: the CSR panel kernels size their column
 // panels and chunks by them (kernels/csr/csr_kernels.inl).

@@ -168,6 +168,19 @@ def _numpy_blas() -> list[dict]:
     return [info for info in infos if info.get("user_api") == "blas"]
 
 
+
+def _system_huge_pages() -> str | None:
+    """The kernel's transparent huge page mode ('always', 'madvise' or 'never'), or None
+    where it does not say. The matrices' large arrays ask for huge pages (madvise), which
+    every mode but 'never' grants."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled", encoding="ascii") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else None
+
 def show_config(*, print_out: bool = True) -> dict | None:
     """Report the version, SIMD level, OpenMP runtime, threads and numpy's BLAS.
 
@@ -189,6 +202,8 @@ def show_config(*, print_out: bool = True) -> dict | None:
         "avx512_bf16": _core.use_avx512_extensions() and _core.avx512_bf16_supported(),
         "amx": _core.use_amx(),
         "int8_indexed_walk": _core.use_avx512_extensions() and _core.use_int8_indexed_walk(),
+        "huge_pages": _core.huge_pages_enabled(),
+        "system_huge_pages": _system_huge_pages(),
         "openmp_runtime": _core.openmp_runtime(),
         "cache_sizes": _core.cache_sizes(),
         "num_threads": get_num_threads(),
@@ -225,6 +240,9 @@ def show_config(*, print_out: bool = True) -> dict | None:
         if _core.amx_supported():
             print(f"  AMX int8 tiles for int8 batches above 4: {'on' if config['amx'] else 'off'} "
                   "(SPARSEGEMM_AMX)")
+        pages = "on" if config["huge_pages"] else "off"
+        print(f"  large weight arrays on transparent huge pages: {pages} (SPARSEGEMM_HUGE_PAGES; "
+              f"the system's setting: {config['system_huge_pages'] or 'unknown'})")
         caches = ", ".join(f"{name} {size // 1024} KiB" if size else f"{name} not reported"
                            for name, size in config["cache_sizes"].items())
         print(f"  per-core caches: {caches} (CSR panel and column-chunk sizes)")

@@ -28,7 +28,7 @@ from ..formats import BitmapMatrix, BSRMatrix, CSRMatrix
 from ..ops import LINEAR_ACTIVATIONS, conv_pair
 from . import feed_forward
 from . import ops as _ops
-from ._cache import KernelOperands, as_numpy
+from ._cache import KernelOperands, as_numpy, on_huge_pages
 from ._format_choice import FormatChoice, check_format, choose_format
 from .feed_forward import _FED_OUTPUT, _FEEDS
 
@@ -323,7 +323,7 @@ class _SparseWeight(nn.Module):
         trainable = getattr(dense, "weight_orig", dense.weight).requires_grad
         if self.format != "bitmap":
             self.indptr, self.indices = indptr, indices
-        self.values = nn.Parameter(values, requires_grad=trainable)
+        self.values = nn.Parameter(on_huge_pages(values), requires_grad=trainable)
         if dense.bias is not None:
             self.bias = nn.Parameter(dense.bias.detach().clone(),
                                      requires_grad=dense.bias.requires_grad)
@@ -390,7 +390,7 @@ class _SparseWeight(nn.Module):
             current = getattr(self, name)
             if isinstance(incoming, Tensor) and incoming.shape != current.shape:
                 if name == "values":
-                    self.values = nn.Parameter(current.new_empty(incoming.shape),
+                    self.values = nn.Parameter(on_huge_pages(current.new_empty(incoming.shape)),
                                                requires_grad=current.requires_grad)
                 else:
                     setattr(self, name, current.new_empty(incoming.shape))
@@ -531,7 +531,7 @@ class SparseLinear(_SparseWeight):
         if self.format != "bitmap" or self.values.dtype != torch.float32:
             raise ValueError(f"weight_dtype=torch.bfloat16 needs format='bitmap' and a float32 "
                              f"module, got format={self.format!r} and {self.values.dtype}")
-        self.values = nn.Parameter(self.values.detach().to(torch.bfloat16),
+        self.values = nn.Parameter(on_huge_pages(self.values.detach().to(torch.bfloat16)),
                                    requires_grad=self.values.requires_grad)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -34,6 +34,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
+from ._cache import on_huge_pages
 from .attention import SparseMultiheadAttention
 from .auto import AutoSparseLinear
 from .modules import SparseLinear, _linear_weight, apply_activation, input_rows, linear_holding
@@ -73,7 +74,7 @@ def _stack_sparse(members: list[SparseLinear]) -> SparseLinear:
             fused.indptr = torch.cat([members[0].indptr[:1]] + [
                 m.indptr[1:] + offset for m, offset in zip(members, offsets)])
             fused.indices = torch.cat([m.indices for m in members])
-        fused.values = nn.Parameter(torch.cat([m.values.detach() for m in members]),
+        fused.values = nn.Parameter(on_huge_pages(torch.cat([m.values.detach() for m in members])),
                                     requires_grad=False)
         if has_bias:
             fused.bias = nn.Parameter(torch.cat([
