@@ -13,6 +13,7 @@
 
 #include "bindings/array_args.h"
 #include "core/activation.h"
+#include "core/large_array.h"
 
 namespace sparsegemm::bindings {
 
@@ -35,6 +36,16 @@ py::array owned_view(const V& vec, py::handle owner) {
   return read_only(py::array_t<E>({static_cast<py::ssize_t>(vec.size())},
                                   {static_cast<py::ssize_t>(sizeof(E))},
                                   reinterpret_cast<const E*>(vec.data()), owner));
+}
+
+// A writable numpy array of n elements of T in memory from the matrices'
+// allocator (core/large_array.h: huge pages from 2 MiB), which it owns.
+template <typename T>
+py::array_t<T> new_large_array(int64_t n) {
+  auto* storage = new LargeArray<T>(static_cast<size_t>(n));
+  py::capsule owner(storage, [](void* p) { delete static_cast<LargeArray<T>*>(p); });
+  return py::array_t<T>({static_cast<py::ssize_t>(n)}, {static_cast<py::ssize_t>(sizeof(T))},
+                        storage->data(), owner);
 }
 
 // The checks of x @ w.T for a rows x cols weight: x is batch x cols and out

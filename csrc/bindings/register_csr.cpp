@@ -81,14 +81,12 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
             const int64_t chunk_cols = csr_panel_chunk_columns<T>(a);
             if (chunk_cols <= 0) return py::make_tuple(0, py::none());
             const T* source = optional_values<T>(values, a);
-            // The matrices' allocator: the kernel streams these (core/large_array.h).
-            auto* storage = new LargeArray<T>(static_cast<size_t>(a.nnz()));
-            py::capsule owner(storage, [](void* p) { delete static_cast<LargeArray<T>*>(p); });
-            py::array_t<T> ordered({static_cast<py::ssize_t>(a.nnz())},
-                                   {static_cast<py::ssize_t>(sizeof(T))}, storage->data(), owner);
+            // The kernel streams these: the matrices' allocator (huge pages).
+            py::array_t<T> ordered = new_large_array<T>(a.nnz());
+            T* out = ordered.mutable_data();
             {
               py::gil_scoped_release release;
-              a.to_chunk_order(chunk_cols, source, storage->data());
+              a.to_chunk_order(chunk_cols, source, out);
             }
             return py::make_tuple(chunk_cols, ordered);
           },

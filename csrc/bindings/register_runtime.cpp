@@ -9,7 +9,6 @@
 #include "bindings/array_args.h"
 #include "bindings/products.h"
 #include "core/isa.h"
-#include "core/large_array.h"
 #include "core/parallel.h"
 #include "drivers/activation_driver.h"
 #include "kernels/catalogue.h"
@@ -82,10 +81,7 @@ void register_runtime(py::module_& m) {
       "large_buffer",
       [](int64_t bytes) {
         if (bytes < 0) throw py::value_error("large_buffer: bytes must be >= 0");
-        auto* buffer = new LargeArray<uint8_t>(static_cast<size_t>(bytes));
-        py::capsule owner(buffer, [](void* p) { delete static_cast<LargeArray<uint8_t>*>(p); });
-        return py::array_t<uint8_t>({static_cast<py::ssize_t>(bytes)}, {py::ssize_t{1}},
-                                    buffer->data(), owner);
+        return new_large_array<uint8_t>(bytes);
       },
       py::arg("bytes"),
       "A writable uint8 array of `bytes` from the matrices' allocator: on transparent huge "

@@ -12,8 +12,6 @@
 #include <cstddef>
 #include <vector>
 
-#include "core/isa.h"  // huge_pages_enabled
-
 namespace sparsegemm {
 
 // bytes of memory aligned to at least 64 bytes (2 MiB for a huge-page

@@ -168,7 +168,6 @@ def _numpy_blas() -> list[dict]:
     return [info for info in infos if info.get("user_api") == "blas"]
 
 
-
 def _system_huge_pages() -> str | None:
     """The kernel's transparent huge page mode ('always', 'madvise' or 'never'), or None
     where it does not say. The matrices' large arrays ask for huge pages (madvise), which
@@ -180,6 +179,7 @@ def _system_huge_pages() -> str | None:
         return None
     start, end = text.find("["), text.find("]")
     return text[start + 1:end] if 0 <= start < end else None
+
 
 def show_config(*, print_out: bool = True) -> dict | None:
     """Report the version, SIMD level, OpenMP runtime, threads and numpy's BLAS.

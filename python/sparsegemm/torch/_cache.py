@@ -25,6 +25,7 @@ through ``.data`` bypasses the counter; call :func:`clear_cache` after that.
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from typing import Callable, Union
@@ -66,13 +67,20 @@ def on_huge_pages(tensor: torch.Tensor) -> torch.Tensor:
     ``THP_MEM_ALLOC_ENABLE`` is set), which streamed 10-15% slower here. The copy shares
     memory with a numpy array from the matrices' own allocator, kept alive by the tensor.
     """
-    if (tensor.device.type != "cpu" or tensor.nbytes < _HUGE_PAGE_BYTES
-            or not _core.huge_pages_enabled()):
+    placed = empty_on_huge_pages(tensor.shape, tensor.dtype, tensor.device)
+    if placed is None:
         return tensor
-    buffer = torch.from_numpy(_core.large_buffer(tensor.nbytes))
-    placed = buffer.view(tensor.dtype).view(tensor.shape)
-    placed.copy_(tensor.detach())
-    return placed
+    return placed.copy_(tensor.detach())
+
+
+def empty_on_huge_pages(shape: tuple, dtype: torch.dtype,
+                        device: torch.device) -> torch.Tensor | None:
+    """An uninitialised tensor on memory advised onto huge pages (see :func:`on_huge_pages`),
+    or None where it would not be: not on the CPU, under 2 MiB, or huge pages turned off."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if device.type != "cpu" or nbytes < _HUGE_PAGE_BYTES or not _core.huge_pages_enabled():
+        return None
+    return torch.from_numpy(_core.large_buffer(nbytes)).view(dtype).view(shape)
 
 
 def values_array(values: torch.Tensor) -> np.ndarray:

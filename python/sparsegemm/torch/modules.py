@@ -28,7 +28,7 @@ from ..formats import BitmapMatrix, BSRMatrix, CSRMatrix
 from ..ops import LINEAR_ACTIVATIONS, conv_pair
 from . import feed_forward
 from . import ops as _ops
-from ._cache import KernelOperands, as_numpy, on_huge_pages
+from ._cache import KernelOperands, as_numpy, empty_on_huge_pages, on_huge_pages
 from ._format_choice import FormatChoice, check_format, choose_format
 from .feed_forward import _FED_OUTPUT, _FEEDS
 
@@ -390,8 +390,10 @@ class _SparseWeight(nn.Module):
             current = getattr(self, name)
             if isinstance(incoming, Tensor) and incoming.shape != current.shape:
                 if name == "values":
-                    self.values = nn.Parameter(on_huge_pages(current.new_empty(incoming.shape)),
-                                               requires_grad=current.requires_grad)
+                    fresh = empty_on_huge_pages(incoming.shape, current.dtype, current.device)
+                    self.values = nn.Parameter(
+                        current.new_empty(incoming.shape) if fresh is None else fresh,
+                        requires_grad=current.requires_grad)
                 else:
                     setattr(self, name, current.new_empty(incoming.shape))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
