@@ -265,21 +265,28 @@ def test_bad_input_raises_clearly():
 def test_very_sparse_rows_walked_by_stored_columns(isa_with_extensions, cols, batch, bf16_exact,
                                                    rng, check_linear):
     # At most 12% stored, up to 3 vectors: on AVX-512 with VBMI2 the rows are
-    # walked by their stored columns (ColumnIndexPlan), 16 gathers at a time
-    # per 256-column group. Rows hold groups of exactly 16, 17 and 32 stored
-    # weights, one at the last column, none (empty rows), and sparse noise.
-    W = np.zeros((12, cols), np.float32)
+    # walked by their stored columns (ColumnWindowPlan), one gather per window
+    # of up to 16 weights within 256 columns. Rows hold runs of exactly 16, 17
+    # and 32 stored weights, one at the last column, none (empty rows), sparse
+    # noise, and weights 16, 17 and 18 columns apart (16 to a window, a window
+    # spanning exactly 255 columns, windows cut at 15 by their span) and at
+    # 0, 255, 256, 511 (two windows, offsets 0 and 255).
+    W = np.zeros((16, cols), np.float32)
     W[1, :min(cols, 16)] = 1.5
     W[2, :min(cols, 17)] = -0.75
     W[3, :min(cols, 32)] = 0.25
     W[4, cols - 1] = 3.0
-    noise = rng.uniform(-1, 1, (12, cols)).astype(np.float32)
-    W[6:] = np.where(rng.random((6, cols)) < 0.03, noise[6:], 0)
+    noise = rng.uniform(-1, 1, (16, cols)).astype(np.float32)
+    W[6:12] = np.where(rng.random((6, cols)) < 0.03, noise[6:12], 0)
+    for row, step in ((12, 16), (13, 17), (14, 18)):
+        W[row, ::step] = noise[row, ::step]
+    pair_columns = [c for c in (0, 255, 256, 511) if c < cols]
+    W[15, pair_columns] = np.array([2.0, -1.0, 0.5, 4.0], np.float32)[:len(pair_columns)]
     if W.astype(bool).mean() > 0.12:  # the narrow shapes: keep them under the line
-        W[1:4, :] = 0
+        W[[1, 2, 3, 12, 13, 14, 15], :] = 0
     a = bf16(W)
     x = uniform_x(rng, (batch, cols), bf16_exact)
-    bias = rng.uniform(-1, 1, 12).astype(np.float32)
+    bias = rng.uniform(-1, 1, 16).astype(np.float32)
     for b in (None, bias):
         result = linear(x, a, b, num_threads=1)
         check_linear(result, x, reference_operand(a), b)

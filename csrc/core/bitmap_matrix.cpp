@@ -149,7 +149,8 @@ BitmapMatrix<T> BitmapMatrix<T>::with_values(const T* values, int64_t values_len
   m.offsets_ = offsets_;
   m.has_values_ = true;
   m.values_.assign(values, values + values_len);
-  m.column_plan_ = column_plan_;  // the same bits, so the same plan
+  m.column_plan_ = column_plan_;  // the same bits, so the same plans
+  m.window_plan_ = window_plan_;
   return m;
 }
 
@@ -178,13 +179,73 @@ ColumnIndexPlan ColumnIndexPlan::build(const BitmapView<T>& a, int num_threads) 
   return plan;
 }
 
+namespace {
+
+// Cuts the stored columns of one row (nwords bitmap words) into windows:
+// window(first_column, weights) for each, weight(column - first_column) for
+// each stored weight, in order.
+template <typename Window, typename Weight>
+void cut_windows(const uint64_t* words, int64_t nwords, const Window& window,
+                 const Weight& weight) {
+  int64_t first = 0;
+  int weights = 0;
+  for (int64_t w = 0; w < nwords; ++w)
+    for (uint64_t bits = words[w]; bits != 0; bits &= bits - 1) {
+      const int64_t column = w * kBitmapWordBits + __builtin_ctzll(bits);
+      if (weights == ColumnWindowPlan::kWindowWeights ||
+          (weights > 0 && column - first >= ColumnWindowPlan::kWindowSpan)) {
+        window(first, weights);
+        weights = 0;
+      }
+      if (weights == 0) first = column;
+      weight(static_cast<uint8_t>(column - first));
+      ++weights;
+    }
+  if (weights > 0) window(first, weights);
+}
+
+}  // namespace
+
+template <typename T>
+ColumnWindowPlan ColumnWindowPlan::build(const BitmapView<T>& a, int num_threads) {
+  ColumnWindowPlan plan;
+  plan.row_windows.assign(static_cast<size_t>(a.rows + 1), 0);
+  plan.offsets.resize(static_cast<size_t>(a.nnz()));
+  const int threads = threads_for_pass(num_threads, a.rows * a.words_per_row);
+  const auto words_of = [&](int64_t r) { return a.bits + r * a.words_per_row; };
+  parallel_ranges(threads, a.rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t count = 0;
+      cut_windows(words_of(r), a.words_per_row, [&](int64_t, int) { ++count; }, [](uint8_t) {});
+      plan.row_windows[static_cast<size_t>(r + 1)] = count;
+    }
+  });
+  for (int64_t r = 0; r < a.rows; ++r)
+    plan.row_windows[static_cast<size_t>(r + 1)] += plan.row_windows[static_cast<size_t>(r)];
+  plan.windows.resize(static_cast<size_t>(plan.row_windows.back()));
+  parallel_ranges(threads, a.rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      uint32_t* window = plan.windows.data() + plan.row_windows[static_cast<size_t>(r)];
+      uint8_t* offset = plan.offsets.data() + a.offsets[r];
+      cut_windows(
+          words_of(r), a.words_per_row,
+          [&](int64_t first, int weights) {
+            *window++ = static_cast<uint32_t>(first) << kCountBits | static_cast<uint32_t>(weights);
+          },
+          [&](uint8_t column_offset) { *offset++ = column_offset; });
+    }
+  });
+  return plan;
+}
+
 #define SPARSEGEMM_INSTANTIATE_BITMAP(T)                                                      \
   template class BitmapMatrix<T>;                                                             \
   template BitmapMatrix<T> BitmapMatrix<T>::from_csr_arrays<int32_t>(                         \
       int64_t, int64_t, const int32_t*, int64_t, const index_t*, int64_t, const T*, int64_t); \
   template BitmapMatrix<T> BitmapMatrix<T>::from_csr_arrays<int64_t>(                         \
       int64_t, int64_t, const int64_t*, int64_t, const index_t*, int64_t, const T*, int64_t); \
-  template ColumnIndexPlan ColumnIndexPlan::build<T>(const BitmapView<T>&, int);
+  template ColumnIndexPlan ColumnIndexPlan::build<T>(const BitmapView<T>&, int);              \
+  template ColumnWindowPlan ColumnWindowPlan::build<T>(const BitmapView<T>&, int);
 SPARSEGEMM_INSTANTIATE_BITMAP(float)
 SPARSEGEMM_INSTANTIATE_BITMAP(double)
 SPARSEGEMM_INSTANTIATE_BITMAP(bfloat16_t)

@@ -65,17 +65,16 @@ struct LazyPlan {
   int64_t bytes() const { return ready.load(std::memory_order_acquire) ? plan.bytes() : 0; }
 };
 
-// Each row's stored columns, for the batch-1 kernels that walk a very sparse
-// row by its stored weights rather than by its bits (the int8 VNNI kernel and
-// the bfloat16 AVX-512 one): the row is cut into groups of kGroupCols
-// columns, and each stored weight's column within its group is one byte, in
-// the order of the row's values. Where the bitmap walk decodes every 16-64
-// columns whether they hold one weight or ten, these kernels fetch x for
-// every stored weight of a group at once (by permutes of x's bytes, or a
-// gather). Built from the bits alone, once per matrix (BitmapMatrix::
-// column_plan), it takes one byte per stored weight and two per group: 0.11
-// bytes per weight at 90% sparsity, where the kernels no longer read the
-// bitmap's 0.125.
+// Each row's stored columns, for the int8 VNNI batch-1 kernel, which walks a
+// very sparse row by its stored weights rather than by its bits: the row is
+// cut into groups of kGroupCols columns, and each stored weight's column
+// within its group is one byte, in the order of the row's values. Where the
+// bitmap walk decodes every 16-64 columns whether they hold one weight or ten,
+// the kernel fetches x for every stored weight of a group at once (by permutes
+// of x's bytes). Built from the bits alone, once per matrix
+// (BitmapMatrix::column_plan), it takes one byte per stored weight and two per
+// group: 0.11 bytes per weight at 90% sparsity, where the kernel no longer
+// reads the bitmap's 0.125.
 struct ColumnIndexPlan {
   static constexpr int64_t kGroupCols = 256;
 
@@ -88,6 +87,37 @@ struct ColumnIndexPlan {
   static ColumnIndexPlan build(const BitmapView<T>& a, int num_threads);
   int64_t bytes() const {
     return static_cast<int64_t>(counts.size() * sizeof(uint16_t) + columns.size());
+  }
+};
+
+// Each row's stored weights cut into windows of at most kWindowWeights that
+// span fewer than kWindowSpan columns, for the bfloat16 AVX-512 batch-1 walk
+// of very sparse rows: a window's entries of x are one gather from its first
+// column, each weight's column one offset byte from there. Groups of fixed
+// columns (ColumnIndexPlan) end a gather at every group, so an 11008-column
+// row at 90% sparsity took 88 gathers for its 1100 weights and a loop per
+// group; windows take 70-72, in one loop per row. Built from the bits alone,
+// once per matrix (BitmapMatrix::window_plan): one byte per stored weight and
+// four per window, about 0.125 bytes per weight at 90% sparsity.
+struct ColumnWindowPlan {
+  static constexpr int kWindowWeights = 16;
+  static constexpr int64_t kWindowSpan = 256;
+  // A window is packed as first_column << kCountBits | its weights (1-16).
+  static constexpr int kCountBits = 5;
+  static constexpr uint32_t kCountMask = (1u << kCountBits) - 1;
+  // Columns a window's first column can reach in the 32-bit packing.
+  static constexpr int64_t kMaxColumns = int64_t(1) << (32 - kCountBits);
+
+  std::vector<int64_t> row_windows;  // rows + 1: row r's windows are [row_windows[r], [r + 1])
+  LargeArray<uint32_t> windows;      // packed as above, row by row
+  LargeArray<uint8_t> offsets;       // per stored weight (values order): column - window's first
+
+  // num_threads as in core/parallel.h. Requires a.cols <= kMaxColumns.
+  template <typename T>
+  static ColumnWindowPlan build(const BitmapView<T>& a, int num_threads);
+  int64_t bytes() const {
+    return static_cast<int64_t>(row_windows.size() * sizeof(int64_t) +
+                                windows.size() * sizeof(uint32_t) + offsets.size());
   }
 };
 
@@ -154,7 +184,12 @@ class BitmapMatrix {
   const ColumnIndexPlan& column_plan(int num_threads) const {
     return column_plan_->get([&] { return ColumnIndexPlan::build(view(), num_threads); });
   }
-  int64_t column_plan_bytes() const { return column_plan_->bytes(); }
+  // The window plan of the bits, built and shared the same way.
+  const ColumnWindowPlan& window_plan(int num_threads) const {
+    return window_plan_->get([&] { return ColumnWindowPlan::build(view(), num_threads); });
+  }
+  // Bytes of both plans, 0 until one is built.
+  int64_t column_plan_bytes() const { return column_plan_->bytes() + window_plan_->bytes(); }
 
  private:
   BitmapMatrix() = default;
@@ -169,6 +204,8 @@ class BitmapMatrix {
   LargeArray<T> values_;  // empty when !has_values_
   std::shared_ptr<LazyPlan<ColumnIndexPlan>> column_plan_ =
       std::make_shared<LazyPlan<ColumnIndexPlan>>();
+  std::shared_ptr<LazyPlan<ColumnWindowPlan>> window_plan_ =
+      std::make_shared<LazyPlan<ColumnWindowPlan>>();
   // What a view points its kernels at: null for a pattern-only matrix.
   const T* stored_values() const { return has_values_ ? values_.data() : nullptr; }
 };

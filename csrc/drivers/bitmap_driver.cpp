@@ -113,9 +113,10 @@ struct BitmapProduct {
     const int threads = threads_for_work(num_threads, (a.nnz() + a.rows() * per_row) * nvec);
     if constexpr (std::is_same_v<V, bfloat16_t>) {
       if (kernels.gemv_rows_indexed != nullptr && nvec <= kIndexedMaxBatch &&
+          a.cols() <= ColumnWindowPlan::kMaxColumns &&
           static_cast<double>(a.nnz()) <=
               kIndexedMaxDensity * static_cast<double>(a.rows()) * static_cast<double>(a.cols())) {
-        const ColumnIndexPlan& plan = a.column_plan(num_threads);
+        const ColumnWindowPlan& plan = a.window_plan(num_threads);
         driver::for_row_ranges(a.offsets().data(), a.rows(), threads, per_row,
                                [&](int64_t r0, int64_t r1) {
                                  kernels.gemv_rows_indexed(plan, v, r0, r1, x, x_vstride, nvec,

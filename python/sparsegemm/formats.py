@@ -896,8 +896,9 @@ class BitmapMatrix(BitmapArrays, SparseFormat):
     def column_plan_bytes(self) -> int:
         """Bytes of the column plan, 0 until built. With bfloat16 values, on CPUs with
         AVX-512 VBMI2, the first product of 1-3 rows over weights with at most 12% stored
-        builds it (one byte per stored weight, about 0.1 per weight at 90% sparsity, kept
-        with the matrix and its copies) and walks the rows by their stored columns."""
+        builds it (one byte per stored weight and four per window of up to 16, about 0.125
+        per weight at 90% sparsity, kept with the matrix and its copies) and walks the rows
+        by their stored columns."""
         return int(self._handle.column_plan_bytes)
 
     def _reduce_values(self) -> tuple[Any, tuple[Any, ...]]:

@@ -51,10 +51,10 @@ struct BitmapKernels {
                                const bfloat16_t* x, int64_t x_vstride, int64_t nvec, const T* bias,
                                T* y, int64_t y_vstride, int64_t y_rstride) = nullptr;
   // bfloat16 values only, at the AVX-512 level with VBMI2 (null elsewhere):
-  // gemv_rows by the stored columns of plan (a's column plan) instead of by
+  // gemv_rows by the stored columns of plan (a's window plan) instead of by
   // the bits, for very sparse rows (bitmap_avx512ext.cpp). The same contract
   // as gemv_rows; only the order of the additions differs.
-  void (*gemv_rows_indexed)(const ColumnIndexPlan& plan, const BitmapView<V>& a, int64_t row_begin,
+  void (*gemv_rows_indexed)(const ColumnWindowPlan& plan, const BitmapView<V>& a, int64_t row_begin,
                             int64_t row_end, const T* x, int64_t x_vstride, int64_t nvec,
                             const T* bias, T* y, int64_t y_vstride, int64_t y_rstride) = nullptr;
 };
@@ -78,7 +78,7 @@ const BitmapKernels<V>& bitmap_kernel_table();
 namespace avx512ext {
 template <typename V>
 const BitmapKernels<V>& bitmap_kernel_table();
-void gemv_rows_indexed(const ColumnIndexPlan& plan, const BitmapView<bfloat16_t>& a,
+void gemv_rows_indexed(const ColumnWindowPlan& plan, const BitmapView<bfloat16_t>& a,
                        int64_t row_begin, int64_t row_end, const float* x, int64_t x_vstride,
                        int64_t nvec, const float* bias, float* y, int64_t y_vstride,
                        int64_t y_rstride);
