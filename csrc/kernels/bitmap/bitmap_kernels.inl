@@ -125,11 +125,15 @@ inline void prefetch_far(const V* p) {
 // `columns` <= 64 columns; x is read only up to the last of them), for each
 // chunk s: a row's partial last word, or a whole word walked on its own.
 template <typename V, int A, bool Safe, typename T = compute_t<V>>
-inline void add_word(uint64_t word, int columns, const T* xw, const V*& vp,
-                     typename Vec<T>::reg* acc) {
+__attribute__((always_inline)) inline void add_word(uint64_t word, int columns, const T* xw,
+                                                    const V*& vp, typename Vec<T>::reg* acc) {
   using Vt = Vec<T>;
   constexpr int L = Vt::kLanes;
-  for (int s = 0; s * L < columns; ++s) {
+  // Unrolled, so acc is indexed by constants: the callers' accumulators then stay
+  // in registers through their main loops instead of being stored every chunk.
+#pragma GCC unroll 64
+  for (int s = 0; s < kWordBits / L; ++s) {
+    if (s * L >= columns) break;
     const typename Vt::reg xs = (s + 1) * L <= columns
                                     ? Vt::load(xw + s * L)
                                     : Vt::maskz_load(Vt::tail_mask(columns - s * L), xw + s * L);
@@ -161,6 +165,9 @@ inline void gemv_group(const BitmapView<V>& a, int64_t r, const T* x, T* sums) {
   typename Vt::reg acc[R][A];
   const uint64_t* words[R];
   const V* vp[R];
+  // The loops over rows are unrolled like the main loop's, so acc, words and vp
+  // are indexed by constants and stay in registers (no store per chunk).
+#pragma GCC unroll 4
   for (int i = 0; i < R; ++i) {
     for (int j = 0; j < A; ++j) acc[i][j] = Vt::zero();
     words[i] = a.bits + (r + i) * wpr;
@@ -187,8 +194,10 @@ inline void gemv_group(const BitmapView<V>& a, int64_t r, const T* x, T* sums) {
     }
   }
   if (rem != 0)
+#pragma GCC unroll 4
     for (int i = 0; i < R; ++i)
       add_word<V, A, Safe>(words[i][full], rem, x + full * kWordBits, vp[i], acc[i]);
+#pragma GCC unroll 4
   for (int i = 0; i < R; ++i) {
     for (int j = 2; j < A; ++j) acc[i][j & 1] = Vt::add(acc[i][j & 1], acc[i][j]);
     sums[i] = Vt::reduce_add(Vt::add(acc[i][0], acc[i][1]));
@@ -214,11 +223,14 @@ inline T gemv_row_split(const BitmapView<V>& a, int64_t r, const T* x) {
   // Segment q starts after the values of the q runs before it.
   const V* vp[Q];
   vp[0] = a.values + a.offsets[r];
+  // Loops over segments unrolled, as in gemv_group, so vp and acc stay in registers.
+#pragma GCC unroll 4
   for (int q = 1; q < Q; ++q) {
     vp[q] = vp[q - 1];
     for (int64_t w = (q - 1) * run; w < q * run; ++w) vp[q] += __builtin_popcountll(words[w]);
   }
   typename Vt::reg acc[Q][2];
+#pragma GCC unroll 4
   for (int q = 0; q < Q; ++q) acc[q][0] = acc[q][1] = Vt::zero();
   for (int64_t w = 0; w < run; ++w) {
     if constexpr (P == Prefetch::kFarPerWord)
@@ -240,6 +252,7 @@ inline T gemv_row_split(const BitmapView<V>& a, int64_t r, const T* x) {
     add_word<V, 2, Safe>(words[w], static_cast<int>(kWordBits), x + w * kWordBits, vp[Q - 1],
                          acc[Q - 1]);
   if (rem != 0) add_word<V, 2, Safe>(words[full], rem, x + full * kWordBits, vp[Q - 1], acc[Q - 1]);
+#pragma GCC unroll 4
   for (int q = 1; q < Q; ++q) {
     acc[0][0] = Vt::add(acc[0][0], acc[q][0]);
     acc[0][1] = Vt::add(acc[0][1], acc[q][1]);
