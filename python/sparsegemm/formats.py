@@ -894,11 +894,11 @@ class BitmapMatrix(BitmapArrays, SparseFormat):
 
     @property
     def column_plan_bytes(self) -> int:
-        """Bytes of the column plan, 0 until built. With bfloat16 values, on CPUs with
-        AVX-512 VBMI2, the first product of 1-3 rows over weights with at most 12% stored
-        builds it (one byte per stored weight and four per window of up to 16, about 0.125
-        per weight at 90% sparsity, kept with the matrix and its copies) and walks the rows
-        by their stored columns."""
+        """Bytes of the column plan, 0 until built. On AVX-512 CPUs the first product of
+        1-3 rows over weights with at most 17% stored (float32 values) or 12% (bfloat16
+        values, with VBMI2) builds it (one byte per stored weight and four per window of up
+        to 16, about 0.125 per weight at 90% sparsity, kept with the matrix and its copies)
+        and walks the rows by their stored columns."""
         return int(self._handle.column_plan_bytes)
 
     def _reduce_values(self) -> tuple[Any, tuple[Any, ...]]:

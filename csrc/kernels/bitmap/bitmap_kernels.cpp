@@ -22,6 +22,13 @@ const BitmapKernels<V>& bitmap_kernels(Isa isa) {
           return table;
         }();
         return avx512_bf16_supported() ? with_bf16_input : indexed;
+      } else if constexpr (std::is_same_v<V, float>) {
+        static const BitmapKernels<V> indexed = [] {
+          BitmapKernels<V> table = avx512::bitmap_kernel_table<V>();
+          table.gemv_rows_indexed = &avx512::gemv_rows_indexed;
+          return table;
+        }();
+        return indexed;
       } else {
         return avx512::bitmap_kernel_table<V>();
       }

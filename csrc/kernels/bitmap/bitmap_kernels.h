@@ -50,10 +50,11 @@ struct BitmapKernels {
   void (*gemv_rows_bf16_input)(const BitmapView<V>& a, int64_t row_begin, int64_t row_end,
                                const bfloat16_t* x, int64_t x_vstride, int64_t nvec, const T* bias,
                                T* y, int64_t y_vstride, int64_t y_rstride) = nullptr;
-  // bfloat16 values only, at the AVX-512 level with VBMI2 (null elsewhere):
-  // gemv_rows by the stored columns of plan (a's window plan) instead of by
-  // the bits, for very sparse rows (bitmap_avx512ext.cpp). The same contract
-  // as gemv_rows; only the order of the additions differs.
+  // float values at the AVX-512 level and bfloat16 ones there with VBMI2
+  // (null elsewhere): gemv_rows by the stored columns of plan (a's window
+  // plan) instead of by the bits, for very sparse rows
+  // (bitmap_windows_avx512.h). The same contract as gemv_rows; only the order
+  // of the additions differs.
   void (*gemv_rows_indexed)(const ColumnWindowPlan& plan, const BitmapView<V>& a, int64_t row_begin,
                             int64_t row_end, const T* x, int64_t x_vstride, int64_t nvec,
                             const T* bias, T* y, int64_t y_vstride, int64_t y_rstride) = nullptr;
@@ -74,7 +75,10 @@ const BitmapKernels<V>& bitmap_kernel_table();
 namespace avx512 {
 template <typename V>
 const BitmapKernels<V>& bitmap_kernel_table();
-}
+void gemv_rows_indexed(const ColumnWindowPlan& plan, const BitmapView<float>& a, int64_t row_begin,
+                       int64_t row_end, const float* x, int64_t x_vstride, int64_t nvec,
+                       const float* bias, float* y, int64_t y_vstride, int64_t y_rstride);
+}  // namespace avx512
 namespace avx512ext {
 template <typename V>
 const BitmapKernels<V>& bitmap_kernel_table();
