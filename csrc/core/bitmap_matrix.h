@@ -91,9 +91,10 @@ struct ColumnIndexPlan {
 };
 
 // Each row's stored weights cut into windows of at most kWindowWeights that
-// span fewer than kWindowSpan columns, for the bfloat16 AVX-512 batch-1 walk
-// of very sparse rows: a window's entries of x are one gather from its first
-// column, each weight's column one offset byte from there. Groups of fixed
+// span fewer than kWindowSpan columns, for the AVX-512 batch-1 walk of very
+// sparse rows (float and bfloat16 values; bitmap_windows_avx512.h): a
+// window's entries of x are one gather from its first column, each weight's
+// column one offset byte from there. Groups of fixed
 // columns (ColumnIndexPlan) end a gather at every group, so an 11008-column
 // row at 90% sparsity took 88 gathers for its 1100 weights and a loop per
 // group; windows take 70-72, in one loop per row. Built from the bits alone,
