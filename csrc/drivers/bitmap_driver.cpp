@@ -68,23 +68,17 @@ void narrow_to_bfloat16(const float* x, int64_t vstride, int64_t nvec, int64_t c
 // 11008 x 4096 at 50% and 90%: 1.4-1.8x faster than the tile kernel at 2
 // vectors, 1.0-1.45x at 3, 0.8-1.15x at 4.
 constexpr int64_t kBf16InputMaxBatch = 3;
-// Up to this many vectors, and where at most kIndexedMaxDensity<V> of the
-// weights are stored, rows are walked by their stored columns
-// (gemv_rows_indexed) wherever the CPU has that kernel. bfloat16, Xeon (AMX
-// class), 2 threads, cold, batch 1 (benchmarks/bf16_bitmap_floors.py): at 90%
-// sparsity the group walk that came before the windows was 1.55-1.62x as
-// fast as the bit walk on 4096^2, 4096 x 11008 and 11008 x 4096; at 85%
-// 0.87-1.0x, so the line sits between (not measured again for the windows,
-// about 1.2x faster than that group walk at 90%).
-// float, same machine and bench (benchmarks/bitmap_floors.py), windows
-// against the bit walk on the same three shapes: at 90% 0.35-0.36 against
-// 0.54-0.55 ms on 4096^2 (0.94-0.98 against 1.43-1.72 on the others), at 85%
-// 10-25% faster, at 80% 0.94-1.06x, at 75% 10% slower.
+// Up to this many vectors, and where at most kIndexedMaxDensity of the
+// weights are stored, rows are walked by windows of their stored columns
+// (gemv_rows_indexed) wherever the CPU has that kernel. Xeon (AMX class), 2
+// threads, cold, batch 1, on 4096^2, 11008 x 4096 and 4096 x 11008
+// (benchmarks/bitmap_floors.py and bf16_bitmap_floors.py), windows against
+// the bit walk: float at 90% 0.35-0.36 against 0.54-0.55 ms on 4096^2
+// (0.94-0.98 against 1.43-1.72 on the others), at 85% 10-25% faster, at 80%
+// 0.94-1.06x, at 75% 10% slower; bfloat16 at 85% 1.11-1.31x, at 80% level
+// but 4096 x 11008 18% slower.
 constexpr int64_t kIndexedMaxBatch = 3;
-template <typename V>
-constexpr double kIndexedMaxDensity = 0.12;
-template <>
-constexpr double kIndexedMaxDensity<float> = 0.17;
+constexpr double kIndexedMaxDensity = 0.17;
 
 // The bitmap plugged into the shared drivers (drivers/product_driver.h). Every
 // vector count runs few_vectors(), so the panel path is only a fallback.
@@ -123,7 +117,7 @@ struct BitmapProduct {
     if (kernels.gemv_rows_indexed != nullptr && nvec <= kIndexedMaxBatch &&
         a.cols() <= ColumnWindowPlan::kMaxColumns &&
         static_cast<double>(a.nnz()) <=
-            kIndexedMaxDensity<V> * static_cast<double>(a.rows()) * static_cast<double>(a.cols())) {
+            kIndexedMaxDensity * static_cast<double>(a.rows()) * static_cast<double>(a.cols())) {
       const ColumnWindowPlan& plan = a.window_plan(num_threads);
       driver::for_row_ranges(a.offsets().data(), a.rows(), threads, per_row,
                              [&](int64_t r0, int64_t r1) {

@@ -895,8 +895,8 @@ class BitmapMatrix(BitmapArrays, SparseFormat):
     @property
     def column_plan_bytes(self) -> int:
         """Bytes of the column plan, 0 until built. On AVX-512 CPUs the first product of
-        1-3 rows over weights with at most 17% stored (float32 values) or 12% (bfloat16
-        values, with VBMI2) builds it (one byte per stored weight and four per window of up
+        1-3 rows over float32 or bfloat16 weights (bfloat16: with VBMI2) with at most 17%
+        stored builds it (one byte per stored weight and four per window of up
         to 16, about 0.125 per weight at 90% sparsity, kept with the matrix and its copies)
         and walks the rows by their stored columns."""
         return int(self._handle.column_plan_bytes)
