@@ -268,11 +268,11 @@ def test_very_sparse_rows_walked_by_stored_columns(isa_with_extensions, cols, ba
     # At most 12% stored (the walk's line is 17%), up to 3 vectors: on AVX-512
     # (bfloat16 values: with VBMI2) the rows are walked by their stored columns
     # (ColumnWindowPlan), one gather per window of up to 16 weights within 256
-    # columns. Rows hold runs of exactly 16, 17
-    # and 32 stored weights, one at the last column, none (empty rows), sparse
-    # noise, and weights 16, 17 and 18 columns apart (16 to a window, a window
-    # spanning exactly 255 columns, windows cut at 15 by their span) and at
-    # 0, 255, 256, 511 (two windows, offsets 0 and 255).
+    # columns. Rows hold runs of exactly 16, 17 and 32 stored weights, one at
+    # the last column, none (empty rows), sparse noise, and weights 16, 17 and
+    # 18 columns apart (16 to a window, a window spanning exactly 255 columns,
+    # windows cut at 15 by their span) and at 0, 255, 256, 511 (two windows,
+    # offsets 0 and 255).
     W = np.zeros((16, cols), np.float32)
     W[1, :min(cols, 16)] = 1.5
     W[2, :min(cols, 17)] = -0.75

@@ -77,7 +77,7 @@ def empty_on_huge_pages(shape: tuple, dtype: torch.dtype,
                         device: torch.device) -> torch.Tensor | None:
     """An uninitialised tensor on memory advised onto huge pages (see :func:`on_huge_pages`),
     or None where it would not be: not on the CPU, under 2 MiB, or huge pages turned off."""
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     if device.type != "cpu" or nbytes < _HUGE_PAGE_BYTES or not _core.huge_pages_enabled():
         return None
     return torch.from_numpy(_core.large_buffer(nbytes)).view(dtype).view(shape)

@@ -170,7 +170,7 @@ def _read_tensor(handle, entry: dict, base: int, as_dtype: torch.dtype | None = 
     start, stop = entry["data_offsets"]
     shape = entry["shape"]
     count = math.prod(shape)
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     if stop - start != count * itemsize:
         raise ValueError(f"corrupt checkpoint: {stop - start} bytes for {count} x {dtype}")
     handle.seek(base + start)
