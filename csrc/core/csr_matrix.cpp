@@ -121,8 +121,9 @@ CsrMatrix<T> CsrMatrix<T>::pattern_from_arrays(int64_t rows, int64_t cols, const
 }
 
 template <typename T>
-CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense,
+CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const compute_t<T>* dense,
                                       int64_t row_stride, int64_t col_stride, double threshold) {
+  using C = compute_t<T>;
   check_dimensions(rows, cols);
   CsrMatrix m;
   m.rows_ = rows;
@@ -135,9 +136,9 @@ CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense
   // Count first so the arrays are allocated once.
   int64_t total = 0;
   for (int64_t r = 0; r < rows; ++r) {
-    const T* row = dense + r * row_stride;
+    const C* row = dense + r * row_stride;
     for (int64_t c = 0; c < cols; ++c) {
-      const T a = row[c * col_stride];
+      const C a = row[c * col_stride];
       total += !(std::fabs(static_cast<double>(a)) <= threshold);
     }
   }
@@ -145,12 +146,12 @@ CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense
   m.values_.resize(total);
   int64_t k = 0;
   for (int64_t r = 0; r < rows; ++r) {
-    const T* row = dense + r * row_stride;
+    const C* row = dense + r * row_stride;
     for (int64_t c = 0; c < cols; ++c) {
-      const T a = row[c * col_stride];
+      const C a = row[c * col_stride];
       if (!(std::fabs(static_cast<double>(a)) <= threshold)) {
         pattern.set_index(compact, k, c);
-        m.values_[k] = a;
+        m.values_[k] = StoredValue<T>::narrow(a);
         ++k;
       }
     }
@@ -160,12 +161,13 @@ CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense
 }
 
 template <typename T>
-void CsrMatrix<T>::to_dense(T* out) const {
+void CsrMatrix<T>::to_dense(compute_t<T>* out) const {
   const LargeArray<T>& vals = values();
-  std::memset(out, 0, sizeof(T) * rows_ * cols_);
+  std::memset(out, 0, sizeof(*out) * rows_ * cols_);
   const std::vector<offset_t>& ptr = indptr();
   for (int64_t r = 0; r < rows_; ++r)
-    for (int64_t j = ptr[r]; j < ptr[r + 1]; ++j) out[r * cols_ + column(j)] = vals[j];
+    for (int64_t j = ptr[r]; j < ptr[r + 1]; ++j)
+      out[r * cols_ + column(j)] = StoredValue<T>::widen(vals[j]);
 }
 
 template <typename T>
@@ -359,6 +361,7 @@ CsrMatrix<T> CsrMatrix<T>::with_values(const T* values, int64_t values_len) cons
       int64_t, int64_t, const int64_t*, int64_t, const index_t*, int64_t);
 SPARSEGEMM_INSTANTIATE_CSR(float)
 SPARSEGEMM_INSTANTIATE_CSR(double)
+SPARSEGEMM_INSTANTIATE_CSR(bfloat16_t)
 #undef SPARSEGEMM_INSTANTIATE_CSR
 
 }  // namespace sparsegemm

@@ -18,6 +18,7 @@
 #include <mutex>
 #include <vector>
 
+#include "core/bfloat16.h"
 #include "core/large_array.h"
 
 namespace sparsegemm {
@@ -98,6 +99,8 @@ void validate_csr_structure(int64_t rows, int64_t cols, const offset_t* indptr, 
 void validate_csr_structure(int64_t rows, int64_t cols, const int32_t* indptr, int64_t indptr_len,
                             const index_t* indices, int64_t indices_len, int64_t values_len);
 
+// T is the stored value type: float, double or bfloat16_t (built from and
+// densified to float, its compute type compute_t<T>).
 template <typename T>
 class CsrMatrix {
  public:
@@ -117,8 +120,9 @@ class CsrMatrix {
   // The threshold is a double and compared exactly: rounding it to float would
   // change which float entries pass (float(0.1) > 0.1, but not > float(0.1)).
   // `dense` is rows x cols with element (i, j) at dense[i * row_stride + j * col_stride].
-  static CsrMatrix from_dense(int64_t rows, int64_t cols, const T* dense, int64_t row_stride,
-                              int64_t col_stride, double threshold);
+  // bfloat16 values: each kept entry is rounded to bfloat16 (the test is on the unrounded entry).
+  static CsrMatrix from_dense(int64_t rows, int64_t cols, const compute_t<T>* dense,
+                              int64_t row_stride, int64_t col_stride, double threshold);
 
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
@@ -199,7 +203,7 @@ class CsrMatrix {
   }
 
   // out is rows x cols, C order, and is fully overwritten.
-  void to_dense(T* out) const;
+  void to_dense(compute_t<T>* out) const;
 
   // The transpose (cols x rows), and in `permutation` (nnz entries, may be null)
   // the position in this matrix of each stored entry of the transpose, so new

@@ -24,13 +24,15 @@ CsrView<T> row_slice(CsrView<T> v, int64_t r0, int64_t r1) {
 }
 
 // CSR plugged into the shared drivers (drivers/product_driver.h), optionally with
-// caller-owned values in place of the matrix's own.
-template <typename T>
+// caller-owned values in place of the matrix's own. V is the stored value
+// type, T the dense operands' (compute_t<V>).
+template <typename V>
 struct CsrProduct {
-  const CsrMatrix<T>& a;
-  const T* values = nullptr;  // what the kernels read: the caller's or a's own (values_or_stored)
+  using T = compute_t<V>;
+  const CsrMatrix<V>& a;
+  const V* values = nullptr;  // what the kernels read: the caller's or a's own (values_or_stored)
   // The caller's values in chunk order for chunks of chunk_values_cols (or null).
-  const T* chunk_values = nullptr;
+  const V* chunk_values = nullptr;
   int64_t chunk_values_cols = 0;
   // Columns of b (rows of x) the packed panels hold at most; 0: as many as fit.
   int64_t batch = 0;
@@ -47,14 +49,14 @@ struct CsrProduct {
     return a.cols() <= 1 || (a.cols() - 1) <= INT32_MAX / std::max<int64_t>(kstride, 1);
   }
 
-  CsrView<T> view() const {
-    CsrView<T> v = a.view();
+  CsrView<V> view() const {
+    CsrView<V> v = a.view();
     v.values = values;
     return v;
   }
 
   // Column chunk width of the packed panel kernel for this matrix (0: none).
-  int64_t chunk_columns(const CsrKernels<T>& kernels) const {
+  int64_t chunk_columns(const CsrKernels<V>& kernels) const {
     return kernels.panel_chunk_columns(a.rows(), a.cols(), a.nnz());
   }
 
@@ -66,14 +68,14 @@ struct CsrProduct {
   // the kernel ran 1.0-1.6x faster than over CSR order with prefetch (Zen 3,
   // 2 threads, densities 0.2-0.5, 768-4096 columns, 64-256 rows, in-process
   // A/B). Other values are read in CSR order.
-  CsrView<T> chunked_view(const CsrKernels<T>& kernels) const {
+  CsrView<V> chunked_view(const CsrKernels<V>& kernels) const {
     const int64_t chunk_cols = chunk_columns(kernels);
     if (chunk_cols <= 0) return view();
     if (chunk_values != nullptr && chunk_values_cols == chunk_cols)
       return a.chunk_ordered_view(chunk_cols, chunk_values);
     if (a.has_values() && values == a.values().data())
       return a.chunk_ordered_view(chunk_cols, a.own_values_in_chunk_order(chunk_cols));
-    CsrView<T> v = view();
+    CsrView<V> v = view();
     v.chunk_cols = chunk_cols;
     v.chunk_bounds = a.column_chunk_bounds(chunk_cols);
     return v;
@@ -82,8 +84,8 @@ struct CsrProduct {
   // The gather kernel over all rows: y(v, r) = bias[r] + a[r, :] . x(v, :).
   void few_vectors(const T* x, int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias,
                    T* y, int64_t y_vstride, int64_t y_rstride, int num_threads) const {
-    const CsrView<T> v = view();
-    const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
+    const CsrView<V> v = view();
+    const CsrKernels<V>& kernels = csr_kernels<V>(active_isa());
     const int threads = threads_for_work(num_threads, (a.nnz() + a.rows()) * nvec);
     const auto dot_rows =
         prefer_hardware_gather() ? kernels.gather_rows : kernels.scalar_gather_rows;
@@ -95,8 +97,8 @@ struct CsrProduct {
   // The panel kernel over all rows: c = a @ b (+ bias), b with contiguous columns.
   void panel(const T* b, int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc,
              int num_threads) const {
-    const CsrView<T> v = view();
-    const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
+    const CsrView<V> v = view();
+    const CsrKernels<V>& kernels = csr_kernels<V>(active_isa());
     const int threads = threads_for_work(num_threads, (a.nnz() + a.rows()) * n);
     driver::for_row_ranges(a.indptr().data(), a.rows(), threads, 2, [&](int64_t r0, int64_t r1) {
       kernels.spmm_rows(v, r0, r1, b, ldb, n, bias, c, ldc);
@@ -104,7 +106,7 @@ struct CsrProduct {
   }
 
   int64_t packed_panel_columns() const {
-    return csr_kernels<T>(active_isa()).packed_panel_columns(a.rows(), a.cols(), a.nnz(), batch);
+    return csr_kernels<V>(active_isa()).packed_panel_columns(a.rows(), a.cols(), a.nnz(), batch);
   }
 
   // Rows of a packed panel are one cache line longer than the panel when the
@@ -119,7 +121,7 @@ struct CsrProduct {
   // chunked kernel measured slower padded (0.86-0.96x), so its rows stay packed.
   static constexpr int64_t kPaddedPanelBytes = 256 * 1024;
   int64_t packed_panel_stride() const {
-    const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
+    const CsrKernels<V>& kernels = csr_kernels<V>(active_isa());
     const int64_t columns = packed_panel_columns();
     const int64_t panel_bytes = a.cols() * columns * static_cast<int64_t>(sizeof(T));
     const bool padded = panel_bytes >= kPaddedPanelBytes && chunk_columns(kernels) == 0;
@@ -136,7 +138,7 @@ struct CsrProduct {
   bool prefer_packed_panels(int64_t panels) const {
     constexpr int64_t kManyPanels = 16;
     return a.nnz() * 4 <= a.rows() * a.cols() || panels >= kManyPanels ||
-           chunk_columns(csr_kernels<T>(active_isa())) > 0;
+           chunk_columns(csr_kernels<V>(active_isa())) > 0;
   }
 
   const int64_t* row_offsets() const { return a.indptr().data(); }
@@ -146,7 +148,7 @@ struct CsrProduct {
   // Made once per call, before the threads start (chunked_view may build
   // the values in chunk order on first use).
   auto packed_rows_kernel() const {
-    const CsrKernels<T>& kernels = csr_kernels<T>(active_isa());
+    const CsrKernels<V>& kernels = csr_kernels<V>(active_isa());
     return [&kernels, view = chunked_view(kernels), columns = packed_panel_columns()](
                const T* packed, int64_t panel_ld, int64_t r0, int64_t r1, const T* bias, T* c,
                int64_t ldc) {
@@ -191,19 +193,19 @@ struct OffsetPanelProduct {
 
 }  // namespace
 
-template <typename T>
-void csr_matmul(const CsrMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_cstride, int64_t n,
-                const T* bias, T* c, int64_t ldc, int num_threads, const T* values) {
-  driver::matmul(CsrProduct<T>{a, values_or_stored(a, values)}, b, b_rstride, b_cstride, n, bias, c,
+template <typename V, typename T>
+void csr_matmul(const CsrMatrix<V>& a, const T* b, int64_t b_rstride, int64_t b_cstride, int64_t n,
+                const T* bias, T* c, int64_t ldc, int num_threads, const V* values) {
+  driver::matmul(CsrProduct<V>{a, values_or_stored(a, values)}, b, b_rstride, b_cstride, n, bias, c,
                  ldc, num_threads);
 }
 
-template <typename T>
-void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
-                int64_t ldy, int num_threads, const T* values, Activation act,
-                const T* chunk_values, int64_t chunk_values_cols) {
+template <typename V, typename T>
+void csr_linear(const CsrMatrix<V>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
+                int64_t ldy, int num_threads, const V* values, Activation act,
+                const V* chunk_values, int64_t chunk_values_cols) {
   driver::linear(
-      CsrProduct<T>{w, values_or_stored(w, values), chunk_values, chunk_values_cols, batch}, x, ldx,
+      CsrProduct<V>{w, values_or_stored(w, values), chunk_values, chunk_values_cols, batch}, x, ldx,
       batch, bias, y, ldy, num_threads, act);
 }
 
@@ -257,9 +259,9 @@ void csr_offset_panels(const CsrMatrix<T>& w, const index_t* offsets, int64_t pa
                 job, bias, num_threads);
 }
 
-template <typename T>
-int64_t csr_panel_chunk_columns(const CsrMatrix<T>& a) {
-  return CsrProduct<T>{a}.chunk_columns(csr_kernels<T>(active_isa()));
+template <typename V>
+int64_t csr_panel_chunk_columns(const CsrMatrix<V>& a) {
+  return CsrProduct<V>{a}.chunk_columns(csr_kernels<V>(active_isa()));
 }
 
 template <typename T>
@@ -274,14 +276,21 @@ void csr_sampled_dot(const CsrMatrix<T>& pattern, const T* a, int64_t lda, const
                          });
 }
 
+// The products for stored values V and dense operands T = compute_t<V>.
+#define SPARSEGEMM_INSTANTIATE_CSR_PRODUCTS(V, T)                                                  \
+  template void csr_matmul<V, T>(const CsrMatrix<V>&, const T*, int64_t, int64_t, int64_t,         \
+                                 const T*, T*, int64_t, int, const V*);                            \
+  template void csr_linear<V, T>(const CsrMatrix<V>&, const T*, int64_t, int64_t, const T*, T*,    \
+                                 int64_t, int, const V*, Activation, const V*, int64_t);           \
+  template int64_t csr_panel_chunk_columns<V>(const CsrMatrix<V>&);
+SPARSEGEMM_INSTANTIATE_CSR_PRODUCTS(float, float)
+SPARSEGEMM_INSTANTIATE_CSR_PRODUCTS(double, double)
+SPARSEGEMM_INSTANTIATE_CSR_PRODUCTS(bfloat16_t, float)
+#undef SPARSEGEMM_INSTANTIATE_CSR_PRODUCTS
+
 #define SPARSEGEMM_INSTANTIATE_CSR_OPS(T)                                                         \
-  template void csr_matmul<T>(const CsrMatrix<T>&, const T*, int64_t, int64_t, int64_t, const T*, \
-                              T*, int64_t, int, const T*);                                        \
-  template void csr_linear<T>(const CsrMatrix<T>&, const T*, int64_t, int64_t, const T*, T*,      \
-                              int64_t, int, const T*, Activation, const T*, int64_t);             \
   template void csr_sampled_dot<T>(const CsrMatrix<T>&, const T*, int64_t, const T*, int64_t,     \
                                    int64_t, T*, int);                                             \
-  template int64_t csr_panel_chunk_columns<T>(const CsrMatrix<T>&);                               \
   template void csr_linear_pair<T>(const CsrPairWeight<T>&, Activation, const CsrPairWeight<T>&,  \
                                    const T*, int64_t, int64_t, T*, int64_t, int);                 \
   template int64_t csr_packed_panel_columns<T>(const CsrMatrix<T>&);                              \

@@ -21,9 +21,12 @@ namespace sparsegemm {
 // b is a.cols() x n with element (k, j) at b[k * b_rstride + j * b_cstride];
 // c is a.rows() x n, C order with row stride ldc. bias has a.rows() entries or is null.
 // num_threads <= 0 means default_num_threads().
-template <typename T>
-void csr_matmul(const CsrMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_cstride, int64_t n,
-                const T* bias, T* c, int64_t ldc, int num_threads, const T* values = nullptr);
+// V is the stored value type; b, bias and c have its compute type (float for
+// bfloat16 values). So for csr_linear; the other products take float and
+// double matrices only.
+template <typename V, typename T = compute_t<V>>
+void csr_matmul(const CsrMatrix<V>& a, const T* b, int64_t b_rstride, int64_t b_cstride, int64_t n,
+                const T* bias, T* c, int64_t ldc, int num_threads, const V* values = nullptr);
 
 // The nn.Linear product: y = x @ w.T (+ bias).
 // x is batch x w.cols() with row stride ldx (rows contiguous); y is batch x w.rows(),
@@ -33,10 +36,10 @@ void csr_matmul(const CsrMatrix<T>& a, const T* b, int64_t b_rstride, int64_t b_
 // reads them where it runs in chunks of that width, and `values` otherwise.
 // A matrix's own values are read in chunk order anyway (a copy made on first
 // use), so this serves a caller that owns its values.
-template <typename T>
-void csr_linear(const CsrMatrix<T>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
-                int64_t ldy, int num_threads, const T* values = nullptr,
-                Activation act = Activation::None, const T* chunk_values = nullptr,
+template <typename V, typename T = compute_t<V>>
+void csr_linear(const CsrMatrix<V>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
+                int64_t ldy, int num_threads, const V* values = nullptr,
+                Activation act = Activation::None, const V* chunk_values = nullptr,
                 int64_t chunk_values_cols = 0);
 
 // One weight of csr_linear_pair: the matrix, optionally the caller's values

@@ -17,5 +17,6 @@ const CsrKernels<T>& csr_kernels(Isa isa) {
 
 template const CsrKernels<float>& csr_kernels<float>(Isa);
 template const CsrKernels<double>& csr_kernels<double>(Isa);
+template const CsrKernels<bfloat16_t>& csr_kernels<bfloat16_t>(Isa);
 
 }  // namespace sparsegemm

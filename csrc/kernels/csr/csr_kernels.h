@@ -8,7 +8,9 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
+#include "core/bfloat16.h"
 #include "core/csr_matrix.h"
 #include "core/isa.h"
 
@@ -20,8 +22,12 @@ namespace sparsegemm {
 // (masked) panel.
 constexpr int64_t kGatherMaxVectors = 1;
 
-template <typename T>
+// W is the stored value type (float, double or bfloat16_t); the dense
+// operands, bias and results have its compute type T = compute_t<W> (float
+// for bfloat16 values, which the kernels widen as they load them).
+template <typename W>
 struct CsrKernels {
+  using T = compute_t<W>;
   // Column chunk width for spmm_rows_packed (CsrView::chunk_cols), 0 for
   // none: where it is > 0, callers pass it a view with chunk bounds of that
   // width (CsrMatrix::column_chunk_bounds). spmm_rows ignores chunk bounds.
@@ -31,7 +37,7 @@ struct CsrKernels {
   //   c[r, 0:n] = bias[r] + sum_j a[r, j] * b[j, 0:n]   for r in [row_begin, row_end)
   // b is a.cols x n with row stride ldb (columns contiguous); c has row stride ldc.
   // bias may be null (treated as zero).
-  void (*spmm_rows)(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* b,
+  void (*spmm_rows)(const CsrView<W>& a, int64_t row_begin, int64_t row_end, const T* b,
                     int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc);
 
   // The panel product over one packed panel of b, as the drivers pack x^T or
@@ -47,7 +53,7 @@ struct CsrKernels {
   // only n (n <= 0: no limit): the kernel's cost grows with P, not with the
   // columns that are real. spmm_rows_packed takes that P as panel_columns.
   int64_t (*packed_panel_columns)(int64_t rows, int64_t cols, int64_t nnz, int64_t n);
-  void (*spmm_rows_packed)(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* packed,
+  void (*spmm_rows_packed)(const CsrView<W>& a, int64_t row_begin, int64_t row_end, const T* packed,
                            int64_t panel_ld, int64_t panel_columns, const T* bias, T* c,
                            int64_t ldc);
 
@@ -55,12 +61,12 @@ struct CsrKernels {
   //   y(v, r) = bias[r] + sum_j a[r, j] * x(v, j)   for v < nvec, r in [row_begin, row_end)
   // with x(v, k) = x[v * x_vstride + k * x_kstride] and y(v, r) = y[v * y_vstride + r * y_rstride].
   // Requires (a.cols - 1) * x_kstride < 2^31 (the gather offsets are 32-bit).
-  void (*gather_rows)(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
+  void (*gather_rows)(const CsrView<W>& a, int64_t row_begin, int64_t row_end, const T* x,
                       int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias, T* y,
                       int64_t y_vstride, int64_t y_rstride);
   // The same product with scalar loads of x instead of vector gathers (see
   // prefer_hardware_gather() in core/isa.h for which one the drivers use).
-  void (*scalar_gather_rows)(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
+  void (*scalar_gather_rows)(const CsrView<W>& a, int64_t row_begin, int64_t row_end, const T* x,
                              int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias,
                              T* y, int64_t y_vstride, int64_t y_rstride);
 
@@ -69,25 +75,25 @@ struct CsrKernels {
   //   row_end)
   // a is a.rows x n and b is a.cols x n, each with contiguous rows (strides lda, ldb).
   // a's values are not read; this computes e.g. the gradient of a sparse weight.
-  void (*sampled_dot_rows)(const CsrView<T>& pattern, int64_t row_begin, int64_t row_end,
+  void (*sampled_dot_rows)(const CsrView<W>& pattern, int64_t row_begin, int64_t row_end,
                            const T* a, int64_t lda, const T* b, int64_t ldb, int64_t n, T* out);
 };
 
 // The kernels for one ISA. The caller must check isa_supported(isa).
-template <typename T>
-const CsrKernels<T>& csr_kernels(Isa isa);
+template <typename W>
+const CsrKernels<W>& csr_kernels(Isa isa);
 
 namespace scalar {
-template <typename T>
-const CsrKernels<T>& csr_kernel_table();
+template <typename W>
+const CsrKernels<W>& csr_kernel_table();
 }
 namespace avx2 {
-template <typename T>
-const CsrKernels<T>& csr_kernel_table();
+template <typename W>
+const CsrKernels<W>& csr_kernel_table();
 }
 namespace avx512 {
-template <typename T>
-const CsrKernels<T>& csr_kernel_table();
+template <typename W>
+const CsrKernels<W>& csr_kernel_table();
 }
 
 }  // namespace sparsegemm

@@ -82,6 +82,35 @@ inline void with_indices(const CsrView<T>& a, const Body& body) {
     body(a.indices);
 }
 
+// Stored value j widened to the compute type (bfloat16 by a 16-bit shift).
+template <typename W>
+inline compute_t<W> stored_value(const W* vals, int64_t j) {
+  return StoredValue<W>::widen(vals[j]);
+}
+
+// A vector of stored values from p, widened to the compute type.
+template <typename W>
+inline typename Vec<compute_t<W>>::reg load_stored(const W* p) {
+  using V = Vec<compute_t<W>>;
+  if constexpr (std::is_same_v<W, compute_t<W>>)
+    return V::load(p);
+  else
+    return V::from_bf16_bits(V::load_indices(reinterpret_cast<const uint16_t*>(p)));
+}
+
+// The first `active` stored values from p (fewer than a vector), the other lanes zero.
+template <typename W>
+inline typename Vec<compute_t<W>>::reg load_stored_tail(const W* p, int64_t active) {
+  using V = Vec<compute_t<W>>;
+  if constexpr (std::is_same_v<W, compute_t<W>>) {
+    return V::maskz_load(V::tail_mask(active), p);
+  } else {
+    W padded[V::kLanes] = {};
+    for (int64_t t = 0; t < active; ++t) padded[t] = p[t];
+    return load_stored(padded);
+  }
+}
+
 // Independent accumulator sets for a tile of NV vectors: enough FMAs in flight
 // to cover their latency (about 4 cycles, up to 2 issued per cycle).
 template <int NV>
@@ -96,8 +125,8 @@ constexpr int accumulator_sets() {
 // run-time stride the AVX2 loop ran out of registers and reloaded the stride
 // and its bound from the stack on every pair of entries.
 template <typename T, int NV, bool Masked, bool Accumulate = false, int64_t PackedLdb = 0,
-          typename I>
-inline void spmm_row_panel(const I* cols, const T* vals, int64_t nnz, const T* b, int64_t ldb,
+          typename I, typename W>
+inline void spmm_row_panel(const I* cols, const W* vals, int64_t nnz, const T* b, int64_t ldb,
                            T bias, T* c, int64_t active) {
   if constexpr (PackedLdb != 0) ldb = PackedLdb;
   using V = Vec<T>;
@@ -119,7 +148,7 @@ inline void spmm_row_panel(const I* cols, const T* vals, int64_t nnz, const T* b
   for (; j + U <= nnz; j += U)
     for (int u = 0; u < U; ++u) {
       const T* row = b + static_cast<int64_t>(cols[j + u]) * ldb;
-      const typename V::reg w = V::set1(vals[j + u]);
+      const typename V::reg w = V::set1(stored_value(vals, j + u));
       for (int v = 0; v < NV; ++v) {
         if constexpr (Masked)
           acc[u * NV + v] = V::fmadd(w, V::maskz_load(m, row + v * L), acc[u * NV + v]);
@@ -129,7 +158,7 @@ inline void spmm_row_panel(const I* cols, const T* vals, int64_t nnz, const T* b
     }
   for (; j < nnz; ++j) {
     const T* row = b + static_cast<int64_t>(cols[j]) * ldb;
-    const typename V::reg w = V::set1(vals[j]);
+    const typename V::reg w = V::set1(stored_value(vals, j));
     for (int v = 0; v < NV; ++v) {
       if constexpr (Masked)
         acc[v] = V::fmadd(w, V::maskz_load(m, row + v * L), acc[v]);
@@ -168,8 +197,8 @@ inline void for_chunk_order_blocks(const CsrView<T>& a, int64_t row_begin, int64
 
 // Rows [r0, r1) of a times one panel of b (row stride ldb) into c's columns
 // [col, col + NV vectors), or `active` columns when Masked.
-template <typename T, int NV, bool Masked, typename I>
-inline void rows_times_panel(const CsrView<T>& a, const I* indices, int64_t r0, int64_t r1,
+template <typename W, int NV, bool Masked, typename I, typename T = compute_t<W>>
+inline void rows_times_panel(const CsrView<W>& a, const I* indices, int64_t r0, int64_t r1,
                              const T* b, int64_t ldb, const T* bias, T* c, int64_t ldc, int64_t col,
                              int64_t active) {
   for (int64_t r = r0; r < r1; ++r) {
@@ -180,12 +209,12 @@ inline void rows_times_panel(const CsrView<T>& a, const I* indices, int64_t r0, 
 }
 
 // Prefetches the indices and values of entries [begin, end) into L1.
-template <typename T, typename I>
-inline void prefetch_entries(const I* indices, const T* values, int64_t begin, int64_t end) {
+template <typename W, typename I>
+inline void prefetch_entries(const I* indices, const W* values, int64_t begin, int64_t end) {
   const auto lines = [](const auto* first, const auto* last) {
     const char* p = reinterpret_cast<const char*>(first);
     const char* stop = reinterpret_cast<const char*>(last);
-    for (; p < stop; p += 64) Vec<T>::prefetch(p);
+    for (; p < stop; p += 64) Vec<compute_t<W>>::prefetch(p);
   };
   lines(indices + begin, indices + end);
   lines(values + begin, values + end);
@@ -195,8 +224,8 @@ inline void prefetch_entries(const I* indices, const T* values, int64_t begin, i
 // a's column chunks (a.chunk_bounds set): every row's segment in chunk 0, then
 // in chunk 1, and so on, so that chunk's rows of b stay in L1. A nonzero
 // PackedLdb is b's row stride (see spmm_row_panel), else ldb is.
-template <typename T, int NV, int64_t PackedLdb, typename I>
-inline void rows_times_panel_chunked(const CsrView<T>& a, const I* indices, int64_t r0, int64_t r1,
+template <typename W, int NV, int64_t PackedLdb, typename I, typename T = compute_t<W>>
+inline void rows_times_panel_chunked(const CsrView<W>& a, const I* indices, int64_t r0, int64_t r1,
                                      const T* b, int64_t ldb, const T* bias, T* c, int64_t ldc,
                                      int64_t col) {
   const int64_t chunks = a.chunks();
@@ -222,33 +251,33 @@ inline void rows_times_panel_chunked(const CsrView<T>& a, const I* indices, int6
 // A full panel of NV vectors, chunked when a has chunk bounds (always then: a
 // view in chunk order cannot be read row by row). The drivers pack panels
 // unpadded when chunked, so the stride is the panel's, a compile-time constant.
-template <typename T, int NV, typename I>
-inline void rows_times_full_panel(const CsrView<T>& a, const I* indices, int64_t r0, int64_t r1,
+template <typename W, int NV, typename I, typename T = compute_t<W>>
+inline void rows_times_full_panel(const CsrView<W>& a, const I* indices, int64_t r0, int64_t r1,
                                   const T* b, int64_t ldb, const T* bias, T* c, int64_t ldc,
                                   int64_t col) {
   constexpr int64_t kPanel = static_cast<int64_t>(NV) * Vec<T>::kLanes;
   if (a.chunk_bounds != nullptr && ldb == kPanel)
-    rows_times_panel_chunked<T, NV, kPanel>(a, indices, r0, r1, b, ldb, bias, c, ldc, col);
+    rows_times_panel_chunked<W, NV, kPanel>(a, indices, r0, r1, b, ldb, bias, c, ldc, col);
   else if (a.chunk_bounds != nullptr)
-    rows_times_panel_chunked<T, NV, 0>(a, indices, r0, r1, b, ldb, bias, c, ldc, col);
+    rows_times_panel_chunked<W, NV, 0>(a, indices, r0, r1, b, ldb, bias, c, ldc, col);
   else
-    rows_times_panel<T, NV, false>(a, indices, r0, r1, b, ldb, bias, c, ldc, col, 0);
+    rows_times_panel<W, NV, false>(a, indices, r0, r1, b, ldb, bias, c, ldc, col, 0);
 }
 
 // Rows in blocks, then column panels of NV vectors, then the rows of the block.
-template <typename T, int NV, typename I>
-void spmm_rows_nv(const CsrView<T>& a, const I* indices, int64_t row_begin, int64_t row_end,
+template <typename W, int NV, typename I, typename T = compute_t<W>>
+void spmm_rows_nv(const CsrView<W>& a, const I* indices, int64_t row_begin, int64_t row_end,
                   const T* b, int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc) {
   constexpr int L = Vec<T>::kLanes;
   constexpr int64_t kPanel = static_cast<int64_t>(NV) * L;
   for_row_blocks(a, row_begin, row_end, [&](int64_t r0, int64_t r1) {
     int64_t col = 0;
     for (; col + kPanel <= n; col += kPanel)
-      rows_times_panel<T, NV, false>(a, indices, r0, r1, b + col, ldb, bias, c, ldc, col, 0);
+      rows_times_panel<W, NV, false>(a, indices, r0, r1, b + col, ldb, bias, c, ldc, col, 0);
     for (; col + L <= n; col += L)
-      rows_times_panel<T, 1, false>(a, indices, r0, r1, b + col, ldb, bias, c, ldc, col, 0);
+      rows_times_panel<W, 1, false>(a, indices, r0, r1, b + col, ldb, bias, c, ldc, col, 0);
     if (col < n)
-      rows_times_panel<T, 1, true>(a, indices, r0, r1, b + col, ldb, bias, c, ldc, col, n - col);
+      rows_times_panel<W, 1, true>(a, indices, r0, r1, b + col, ldb, bias, c, ldc, col, n - col);
   });
 }
 
@@ -308,12 +337,12 @@ inline void with_panel_kernel(const CsrView<T>& a, int vectors, const Body& body
   });
 }
 
-template <typename T>
-void spmm_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* b, int64_t ldb,
+template <typename W, typename T = compute_t<W>>
+void spmm_rows(const CsrView<W>& a, int64_t row_begin, int64_t row_end, const T* b, int64_t ldb,
                int64_t n, const T* bias, T* c, int64_t ldc) {
   const int vectors = unpacked_panel_vectors<T>(a.cols);
   with_panel_kernel<8>(a, vectors, [&](auto panel, const auto* indices) {
-    spmm_rows_nv<T, decltype(panel)::value>(a, indices, row_begin, row_end, b, ldb, n, bias, c,
+    spmm_rows_nv<W, decltype(panel)::value>(a, indices, row_begin, row_end, b, ldb, n, bias, c,
                                             ldc);
   });
 }
@@ -351,14 +380,14 @@ int64_t packed_panel_columns(int64_t rows, int64_t cols, int64_t nnz, int64_t n)
 
 // The panel product over one packed panel of b (see CsrKernels::spmm_rows_packed),
 // in row blocks as spmm_rows_nv.
-template <typename T>
-void spmm_rows_packed(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* packed,
+template <typename W, typename T = compute_t<W>>
+void spmm_rows_packed(const CsrView<W>& a, int64_t row_begin, int64_t row_end, const T* packed,
                       int64_t panel_ld, int64_t panel_columns, const T* bias, T* c, int64_t ldc) {
   const int vectors = static_cast<int>(panel_columns / Vec<T>::kLanes);
   with_panel_kernel<4>(a, vectors, [&](auto vectors, const auto* indices) {
     constexpr int NV = decltype(vectors)::value;
     const auto block = [&](int64_t r0, int64_t r1) {
-      rows_times_full_panel<T, NV>(a, indices, r0, r1, packed, panel_ld, bias, c, ldc, 0);
+      rows_times_full_panel<W, NV>(a, indices, r0, r1, packed, panel_ld, bias, c, ldc, 0);
     };
     // Chunked, the blocks are those of chunk order (small enough for L2).
     if (a.chunk_bounds != nullptr)
@@ -370,8 +399,8 @@ void spmm_rows_packed(const CsrView<T>& a, int64_t row_begin, int64_t row_end, c
 
 // Dot product of one sparse row with a dense vector, gathering x at the
 // column indices (x(k) = x[k * kstride]).
-template <typename T, typename I>
-inline T gather_row(const I* cols, const T* vals, int64_t nnz, const T* x, int32_t kstride) {
+template <typename T, typename I, typename W>
+inline T gather_row(const I* cols, const W* vals, int64_t nnz, const T* x, int32_t kstride) {
   using V = Vec<T>;
   constexpr int L = V::kLanes;
   typename V::reg even = V::zero(), odd = V::zero();
@@ -383,13 +412,13 @@ inline T gather_row(const I* cols, const T* vals, int64_t nnz, const T* x, int32
       idx = V::scale_indices(idx, kstride);
       idx2 = V::scale_indices(idx2, kstride);
     }
-    even = V::fmadd(V::load(vals + j), V::gather(idx, x), even);
-    odd = V::fmadd(V::load(vals + j + L), V::gather(idx2, x), odd);
+    even = V::fmadd(load_stored(vals + j), V::gather(idx, x), even);
+    odd = V::fmadd(load_stored(vals + j + L), V::gather(idx2, x), odd);
   }
   for (; j + L <= nnz; j += L) {
     typename V::ireg idx = V::load_indices(cols + j);
     if (kstride != 1) idx = V::scale_indices(idx, kstride);
-    even = V::fmadd(V::load(vals + j), V::gather(idx, x), even);
+    even = V::fmadd(load_stored(vals + j), V::gather(idx, x), even);
   }
   if (j < nnz) {
     // Indices of the partial vector go through a zero-padded copy; the gather
@@ -399,7 +428,7 @@ inline T gather_row(const I* cols, const T* vals, int64_t nnz, const T* x, int32
     const typename V::mask m = V::tail_mask(nnz - j);
     typename V::ireg idx = V::load_indices(tail);
     if (kstride != 1) idx = V::scale_indices(idx, kstride);
-    odd = V::fmadd(V::maskz_load(m, vals + j), V::maskz_gather(m, idx, x), odd);
+    odd = V::fmadd(load_stored_tail(vals + j, nnz - j), V::maskz_gather(m, idx, x), odd);
   }
   return V::reduce_add(V::add(even, odd));
 }
@@ -407,8 +436,8 @@ inline T gather_row(const I* cols, const T* vals, int64_t nnz, const T* x, int32
 // The same dot product with scalar loads: eight independent partial sums keep
 // the loads (index, value, x) rather than FMA latency the limit. Where gathers
 // are microcoded (AMD Zen 4) this is about 1.3x faster than the vector gather.
-template <typename T, typename I, bool UnitStride>
-inline T scalar_gather_row_impl(const I* cols, const T* vals, int64_t nnz, const T* x,
+template <typename T, typename I, bool UnitStride, typename W>
+inline T scalar_gather_row_impl(const I* cols, const W* vals, int64_t nnz, const T* x,
                                 int32_t kstride) {
   constexpr int kSums = 8;
   const auto at = [&](int64_t j) {
@@ -417,22 +446,22 @@ inline T scalar_gather_row_impl(const I* cols, const T* vals, int64_t nnz, const
   T sums[kSums] = {};
   int64_t j = 0;
   for (; j + kSums <= nnz; j += kSums)
-    for (int u = 0; u < kSums; ++u) sums[u] += vals[j + u] * at(j + u);
-  for (; j < nnz; ++j) sums[0] += vals[j] * at(j);
+    for (int u = 0; u < kSums; ++u) sums[u] += stored_value(vals, j + u) * at(j + u);
+  for (; j < nnz; ++j) sums[0] += stored_value(vals, j) * at(j);
   T total = T(0);
   for (int u = 0; u < kSums; ++u) total += sums[u];
   return total;
 }
 
-template <typename T, typename I>
-inline T scalar_gather_row(const I* cols, const T* vals, int64_t nnz, const T* x, int32_t kstride) {
+template <typename T, typename I, typename W>
+inline T scalar_gather_row(const I* cols, const W* vals, int64_t nnz, const T* x, int32_t kstride) {
   return kstride == 1 ? scalar_gather_row_impl<T, I, true>(cols, vals, nnz, x, 1)
                       : scalar_gather_row_impl<T, I, false>(cols, vals, nnz, x, kstride);
 }
 
 // y(v, r) = bias[r] + row r of a . x(v, :), with RowDot computing each dot product.
-template <typename T, typename RowDot>
-void dot_rows(const RowDot& row_dot, const CsrView<T>& a, int64_t row_begin, int64_t row_end,
+template <typename W, typename RowDot, typename T = compute_t<W>>
+void dot_rows(const RowDot& row_dot, const CsrView<W>& a, int64_t row_begin, int64_t row_end,
               const T* x, int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias, T* y,
               int64_t y_vstride, int64_t y_rstride) {
   const int32_t kstride = static_cast<int32_t>(x_kstride);
@@ -447,20 +476,20 @@ void dot_rows(const RowDot& row_dot, const CsrView<T>& a, int64_t row_begin, int
   });
 }
 
-template <typename T>
-void gather_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
+template <typename W, typename T = compute_t<W>>
+void gather_rows(const CsrView<W>& a, int64_t row_begin, int64_t row_end, const T* x,
                  int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias, T* y,
                  int64_t y_vstride, int64_t y_rstride) {
-  dot_rows([](const auto* cols, const T* vals, int64_t nnz, const T* xv,
+  dot_rows([](const auto* cols, const W* vals, int64_t nnz, const T* xv,
               int32_t kstride) { return gather_row(cols, vals, nnz, xv, kstride); },
            a, row_begin, row_end, x, x_vstride, x_kstride, nvec, bias, y, y_vstride, y_rstride);
 }
 
-template <typename T>
-void scalar_gather_rows(const CsrView<T>& a, int64_t row_begin, int64_t row_end, const T* x,
+template <typename W, typename T = compute_t<W>>
+void scalar_gather_rows(const CsrView<W>& a, int64_t row_begin, int64_t row_end, const T* x,
                         int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias, T* y,
                         int64_t y_vstride, int64_t y_rstride) {
-  dot_rows([](const auto* cols, const T* vals, int64_t nnz, const T* xv,
+  dot_rows([](const auto* cols, const W* vals, int64_t nnz, const T* xv,
               int32_t kstride) { return scalar_gather_row(cols, vals, nnz, xv, kstride); },
            a, row_begin, row_end, x, x_vstride, x_kstride, nvec, bias, y, y_vstride, y_rstride);
 }
@@ -483,8 +512,8 @@ inline T dot(const T* x, const T* y, int64_t n) {
   return V::reduce_add(V::add(even, odd));
 }
 
-template <typename T>
-void sampled_dot_rows(const CsrView<T>& pattern, int64_t row_begin, int64_t row_end, const T* a,
+template <typename W, typename T = compute_t<W>>
+void sampled_dot_rows(const CsrView<W>& pattern, int64_t row_begin, int64_t row_end, const T* a,
                       int64_t lda, const T* b, int64_t ldb, int64_t n, T* out) {
   with_indices(pattern, [&](const auto* indices) {
     for (int64_t r = row_begin; r < row_end; ++r)
@@ -493,14 +522,16 @@ void sampled_dot_rows(const CsrView<T>& pattern, int64_t row_begin, int64_t row_
   });
 }
 
-template <typename T>
-const CsrKernels<T>& csr_kernel_table() {
-  static const CsrKernels<T> table{&panel_chunk_columns<T>,  &spmm_rows<T>,
-                                   &packed_panel_columns<T>, &spmm_rows_packed<T>,
-                                   &gather_rows<T>,          &scalar_gather_rows<T>,
-                                   &sampled_dot_rows<T>};
+template <typename W>
+const CsrKernels<W>& csr_kernel_table() {
+  using T = compute_t<W>;
+  static const CsrKernels<W> table{&panel_chunk_columns<T>,  &spmm_rows<W>,
+                                   &packed_panel_columns<T>, &spmm_rows_packed<W>,
+                                   &gather_rows<W>,          &scalar_gather_rows<W>,
+                                   &sampled_dot_rows<W>};
   return table;
 }
 
 template const CsrKernels<float>& csr_kernel_table<float>();
 template const CsrKernels<double>& csr_kernel_table<double>();
+template const CsrKernels<bfloat16_t>& csr_kernel_table<bfloat16_t>();

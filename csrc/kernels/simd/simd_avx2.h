@@ -49,6 +49,8 @@ struct Vec<float> {
   static ireg scale_indices(ireg i, int32_t s) {
     return _mm256_mullo_epi32(i, _mm256_set1_epi32(s));
   }
+  // bfloat16 bit patterns, one per 32-bit lane (as load_indices widens them), as floats.
+  static reg from_bf16_bits(ireg i) { return _mm256_castsi256_ps(_mm256_slli_epi32(i, 16)); }
   static reg gather(ireg i, const float* base) { return _mm256_i32gather_ps(base, i, 4); }
   static reg maskz_gather(mask m, ireg i, const float* base) {
     return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), base, i, _mm256_castsi256_ps(m), 4);

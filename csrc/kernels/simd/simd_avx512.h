@@ -48,6 +48,8 @@ struct Vec<float> {
   static ireg scale_indices(ireg i, int32_t s) {
     return _mm512_mullo_epi32(i, _mm512_set1_epi32(s));
   }
+  // bfloat16 bit patterns, one per 32-bit lane (as load_indices widens them), as floats.
+  static reg from_bf16_bits(ireg i) { return _mm512_castsi512_ps(_mm512_slli_epi32(i, 16)); }
   static reg gather(ireg i, const float* base) { return _mm512_i32gather_ps(i, base, 4); }
   static reg maskz_gather(mask m, ireg i, const float* base) {
     return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, i, base, 4);

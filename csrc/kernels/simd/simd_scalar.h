@@ -27,6 +27,14 @@ struct Vec {
   static ireg load_indices(const int32_t* p) { return *p; }
   static ireg load_indices(const uint16_t* p) { return *p; }
   static ireg scale_indices(ireg i, int32_t s) { return i * s; }
+  // A bfloat16 bit pattern (as load_indices widens it) as a float (T = float only).
+  static reg from_bf16_bits(ireg i) {
+    static_assert(sizeof(T) == 4, "bfloat16 widens to float");
+    const uint32_t wide = static_cast<uint32_t>(i) << 16;
+    T f;
+    __builtin_memcpy(&f, &wide, sizeof(f));  // a builtin: this header includes nothing
+    return f;
+  }
   static reg gather(ireg i, const T* base) { return base[i]; }
   static reg maskz_gather(mask m, ireg i, const T* base) { return m ? base[i] : T(0); }
   static T reduce_add(reg a) { return a; }
