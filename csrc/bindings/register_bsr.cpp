@@ -1,4 +1,6 @@
-// BSR matrices and products.
+// BSR matrices and products, for float, double and bfloat16 values (a
+// bfloat16 matrix as in register_bitmap.cpp: uint16 bit patterns, float32
+// dense operands).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -17,16 +19,17 @@ namespace py = pybind11;
 
 namespace {
 
-template <typename T>
+template <typename V>
 void register_bsr_dtype(py::module_& m, const char* class_name) {
-  using Matrix = BsrMatrix<T>;
+  using Matrix = BsrMatrix<V>;
+  using T = compute_t<V>;
   py::class_<Matrix>(m, class_name)
       .def_static(
           "from_arrays",
           [](int64_t rows, int64_t cols, std::pair<int, int> blocksize, const py::array& indptr,
              const py::array& indices, const py::array& data) {
             const auto idx = contiguous_vector_arg<index_t>(indices, "indices");
-            const auto val = contiguous_vector_arg<T>(data, "data");
+            const auto val = value_vector_arg<V>(data, "data");
             return with_indptr(indptr, [&](const auto& ptr) {
               return Matrix::from_arrays(rows, cols, blocksize.first, blocksize.second, ptr.data,
                                          ptr.shape[0], idx.data, idx.shape[0], val.data,
@@ -97,7 +100,7 @@ void register_bsr_dtype(py::module_& m, const char* class_name) {
         return out;
       });
 
-  register_products<T, Matrix>(m, "bsr_matmul", "bsr_linear", &bsr_matmul<T>, &bsr_linear<T>);
+  register_products<T, Matrix>(m, "bsr_matmul", "bsr_linear", &bsr_matmul<V>, &bsr_linear<V>);
 }
 
 }  // namespace
@@ -105,6 +108,7 @@ void register_bsr_dtype(py::module_& m, const char* class_name) {
 void register_bsr(py::module_& m) {
   register_bsr_dtype<float>(m, "BsrMatrixF32");
   register_bsr_dtype<double>(m, "BsrMatrixF64");
+  register_bsr_dtype<bfloat16_t>(m, "BsrMatrixBF16");
 }
 
 }  // namespace sparsegemm::bindings

@@ -72,7 +72,7 @@ BsrMatrix<T> BsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, int block_r, 
         for (int c = 0; c < block_c; ++c) {
           const int64_t row = br * block_r + i,
                         col = static_cast<int64_t>(indices[j]) * block_c + c;
-          if ((row >= rows || col >= cols) && values[j * block_size + i * block_c + c] != T(0))
+          if ((row >= rows || col >= cols) && StoredValue<T>::widen(values[j * block_size + i * block_c + c]) != 0)
             throw std::invalid_argument("block " + std::to_string(j) + " has a nonzero value at (" +
                                         std::to_string(row) + ", " + std::to_string(col) +
                                         "), outside the logical shape (" + std::to_string(rows) +
@@ -85,7 +85,7 @@ BsrMatrix<T> BsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, int block_r, 
 }
 
 template <typename T>
-BsrMatrix<T> BsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense,
+BsrMatrix<T> BsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const compute_t<T>* dense,
                                       int64_t row_stride, int64_t col_stride, int block_r,
                                       int block_c, double threshold) {
   check_dimensions(rows, cols);
@@ -111,14 +111,15 @@ BsrMatrix<T> BsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const T* dense
       if (kept(br, bc)) m.indices_.push_back(static_cast<index_t>(bc));
     m.indptr_[br + 1] = static_cast<offset_t>(m.indices_.size());
   }
-  m.values_.assign(m.indices_.size() * block_size, T(0));
+  m.values_.assign(m.indices_.size() * block_size, T{});
   for (int64_t br = 0; br < block_rows; ++br)
     for (int64_t j = m.indptr_[br]; j < m.indptr_[br + 1]; ++j) {
       const int64_t bc = m.indices_[j];
       T* block = m.values_.data() + j * block_size;
       for (int64_t i = br * block_r; i < std::min(rows, (br + 1) * block_r); ++i)
         for (int64_t c = bc * block_c; c < std::min(cols, (bc + 1) * block_c); ++c)
-          block[(i - br * block_r) * block_c + (c - bc * block_c)] = element(i, c);
+          block[(i - br * block_r) * block_c + (c - bc * block_c)] =
+              StoredValue<T>::narrow(element(i, c));
     }
   return m;
 }
@@ -156,9 +157,9 @@ BsrMatrix<T> BsrMatrix<T>::transposed(int64_t* permutation) const {
 }
 
 template <typename T>
-void BsrMatrix<T>::to_dense(T* out) const {
+void BsrMatrix<T>::to_dense(compute_t<T>* out) const {
   const LargeArray<T>& vals = values();
-  std::memset(out, 0, sizeof(T) * rows_ * cols_);
+  std::memset(out, 0, sizeof(*out) * rows_ * cols_);
   const int64_t block_size = static_cast<int64_t>(block_r_) * block_c_;
   for (int64_t br = 0; br < block_rows(); ++br)
     for (int64_t j = indptr_[br]; j < indptr_[br + 1]; ++j) {
@@ -166,7 +167,8 @@ void BsrMatrix<T>::to_dense(T* out) const {
       const T* block = vals.data() + j * block_size;
       for (int64_t i = br * block_r_; i < std::min(rows_, (br + 1) * block_r_); ++i)
         for (int64_t c = bc * block_c_; c < std::min(cols_, (bc + 1) * block_c_); ++c)
-          out[i * cols_ + c] = block[(i - br * block_r_) * block_c_ + (c - bc * block_c_)];
+          out[i * cols_ + c] =
+              StoredValue<T>::widen(block[(i - br * block_r_) * block_c_ + (c - bc * block_c_)]);
     }
 }
 
@@ -184,6 +186,7 @@ void BsrMatrix<T>::to_dense(T* out) const {
       int64_t, int64_t, int, int, const int64_t*, int64_t, const index_t*, int64_t);
 SPARSEGEMM_INSTANTIATE_BSR(float)
 SPARSEGEMM_INSTANTIATE_BSR(double)
+SPARSEGEMM_INSTANTIATE_BSR(bfloat16_t)
 #undef SPARSEGEMM_INSTANTIATE_BSR
 
 }  // namespace sparsegemm

@@ -55,9 +55,10 @@ class BsrMatrix {
 
   // Keeps every block holding an entry with |a| > threshold (NaN counts as
   // nonzero). `dense` is rows x cols with element (i, j) at
-  // dense[i * row_stride + j * col_stride].
-  static BsrMatrix from_dense(int64_t rows, int64_t cols, const T* dense, int64_t row_stride,
-                              int64_t col_stride, int block_r, int block_c, double threshold);
+  // dense[i * row_stride + j * col_stride]. bfloat16 values: rounded from the float entries.
+  static BsrMatrix from_dense(int64_t rows, int64_t cols, const compute_t<T>* dense,
+                              int64_t row_stride, int64_t col_stride, int block_r, int block_c,
+                              double threshold);
 
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
@@ -87,7 +88,7 @@ class BsrMatrix {
   }
 
   // out is rows x cols, C order, and is fully overwritten.
-  void to_dense(T* out) const;
+  void to_dense(compute_t<T>* out) const;
 
   // The (cols x rows) transpose, with C x R blocks. If permutation is not null
   // (nblocks() entries), block k of the transpose is block permutation[k] of

@@ -17,5 +17,6 @@ const BsrKernels<T>& bsr_kernels(Isa isa) {
 
 template const BsrKernels<float>& bsr_kernels<float>(Isa);
 template const BsrKernels<double>& bsr_kernels<double>(Isa);
+template const BsrKernels<bfloat16_t>& bsr_kernels<bfloat16_t>(Isa);
 
 }  // namespace sparsegemm

@@ -1,6 +1,6 @@
 // BSR kernels written once against Vec<T> (kernels/simd/). This file is
 // included inside an ISA namespace by bsr_<isa>.cpp after the matching
-// simd_<isa>.h; it must not include headers itself.
+// simd_<isa>.h; it includes no headers but its sibling stored_values.inl.
 //
 // Panel kernel (many dense columns): vectorised along the columns of b with a
 // register tile of RT block rows x NV vectors. For each stored block it loads
@@ -18,6 +18,11 @@
 // Template block shapes R, C > 0 are compile-time; 0 means "read it from the
 // view at run time" (the generic kernel for block shapes without a
 // specialisation).
+//
+// W is the stored value type (float, double or bfloat16, widened as loaded);
+// the dense operands, bias and results have its compute type T = compute_t<W>.
+
+#include "kernels/simd/stored_values.inl"
 
 namespace bsr_detail {
 
@@ -57,8 +62,8 @@ constexpr int64_t kPrefetchBlocks = 8;
 // kTransposedOut: c is stored transposed, c(r, j) at c[j * ldc + r], for the
 // first tile_cols columns (the nn.Linear output y = (w @ x^T)^T, written in
 // place instead of through a transposed copy).
-template <typename T, int RT, int kC, int NV, bool kMasked, bool kTransposedOut>
-inline void panel_tile(const index_t* block_cols, const T* vals, int64_t nblocks,
+template <typename T, int RT, int kC, int NV, bool kMasked, bool kTransposedOut, typename W>
+inline void panel_tile(const index_t* block_cols, const W* vals, int64_t nblocks,
                        int64_t block_size, int runtime_c, int64_t cols, const T* b, int64_t ldb,
                        const T* bias, int rows_valid, T* c, int64_t ldc, typename Vec<T>::mask last,
                        int64_t tile_cols) {
@@ -71,12 +76,12 @@ inline void panel_tile(const index_t* block_cols, const T* vals, int64_t nblocks
     const reg init = (bias != nullptr && i < rows_valid) ? V::set1(bias[i]) : V::zero();
     for (int v = 0; v < NV; ++v) acc[i][v] = init;
   }
-  const auto multiply_row_of_b = [&](const T* brow, const T* w) {
+  const auto multiply_row_of_b = [&](const T* brow, const W* w) {
     reg bv[NV];
     for (int v = 0; v < NV; ++v)
       bv[v] = (kMasked && v == NV - 1) ? V::maskz_load(last, brow + v * L) : V::load(brow + v * L);
     for (int i = 0; i < RT; ++i) {
-      const reg wi = V::set1(w[i * C]);
+      const reg wi = V::set1(stored_value(w, i * C));
       for (int v = 0; v < NV; ++v) acc[i][v] = V::fmadd(wi, bv[v], acc[i][v]);
     }
   };
@@ -87,7 +92,7 @@ inline void panel_tile(const index_t* block_cols, const T* vals, int64_t nblocks
     }
     const int64_t k0 = static_cast<int64_t>(block_cols[j]) * C;
     const T* bj = b + k0 * ldb;
-    const T* wj = vals + j * block_size;
+    const W* wj = vals + j * block_size;
     if (kC == 1) {
       multiply_row_of_b(bj, wj);
     } else if (kC > 1 && k0 + kC <= cols) {
@@ -142,8 +147,8 @@ inline void with_tile_width(int nv, bool masked, const Fn& fn) {
 // spread evenly over the fewest tiles of at most NV vectors (64 columns with
 // at most 3 vectors per tile: 2 + 2, not 3 + 1), so no tile is left with too
 // few accumulators.
-template <typename T, int kR, int kC, bool kTransposedOut>
-void spmm_block_rows_impl(const BsrView<T>& a, int64_t br_begin, int64_t br_end, const T* b,
+template <typename W, int kR, int kC, bool kTransposedOut, typename T = compute_t<W>>
+void spmm_block_rows_impl(const BsrView<W>& a, int64_t br_begin, int64_t br_end, const T* b,
                           int64_t ldb, int64_t n, const T* bias, T* c, int64_t ldc) {
   using V = Vec<T>;
   constexpr int L = V::kLanes;
@@ -162,7 +167,7 @@ void spmm_block_rows_impl(const BsrView<T>& a, int64_t br_begin, int64_t br_end,
     const bool masked = nv == vectors_left && n % L != 0;
     const int64_t tile_cols = n - col < nv * L ? n - col : static_cast<int64_t>(nv) * L;
     with_tile_width<NV>(nv, masked, [&](auto width) {
-      using W = decltype(width);
+      using Width = decltype(width);
       for (int64_t br = br_begin; br < br_end; ++br) {
         const int64_t first = a.indptr[br];
         for (int pass_row = 0; pass_row < R; pass_row += RT) {
@@ -170,7 +175,7 @@ void spmm_block_rows_impl(const BsrView<T>& a, int64_t br_begin, int64_t br_end,
           if (row0 >= a.rows) break;  // the rest of this block row is padding
           const int valid = static_cast<int>(a.rows - row0 < RT ? a.rows - row0 : RT);
           T* out = kTransposedOut ? c + col * ldc + row0 : c + row0 * ldc + col;
-          panel_tile<T, RT, kC, W::kNV, W::kMasked, kTransposedOut>(
+          panel_tile<T, RT, kC, Width::kNV, Width::kMasked, kTransposedOut>(
               a.indices + first, a.values + first * block_size + pass_row * a.block_cols_c,
               a.indptr[br + 1] - first, block_size, a.block_cols_c, a.cols, b + col, ldb,
               bias ? bias + row0 : nullptr, valid, out, ldc, tail_mask, tile_cols);
@@ -184,8 +189,8 @@ void spmm_block_rows_impl(const BsrView<T>& a, int64_t br_begin, int64_t br_end,
 
 // One block row against NVEC vectors, r x 1 blocks with R a multiple of the
 // vector width: out(v, i) for the R rows, vectorised along the rows.
-template <typename T, int R, int NVEC>
-inline void gemv_block_row_vectors(const index_t* block_cols, const T* vals, int64_t nblocks,
+template <typename T, int R, int NVEC, typename W>
+inline void gemv_block_row_vectors(const index_t* block_cols, const W* vals, int64_t nblocks,
                                    const T* x, int64_t x_vstride, int64_t x_kstride, T* out) {
   using V = Vec<T>;
   using reg = typename V::reg;
@@ -201,7 +206,7 @@ inline void gemv_block_row_vectors(const index_t* block_cols, const T* vals, int
   const auto multiply_block = [&](int s, int64_t j) {
     const T* xk = x + static_cast<int64_t>(block_cols[j]) * x_kstride;
     reg w[RV];
-    for (int u = 0; u < RV; ++u) w[u] = V::load(vals + j * R + u * L);
+    for (int u = 0; u < RV; ++u) w[u] = load_stored(vals + j * R + u * L);
     for (int v = 0; v < NVEC; ++v) {
       const reg xv = V::set1(xk[v * x_vstride]);
       for (int u = 0; u < RV; ++u) acc[s][v][u] = V::fmadd(w[u], xv, acc[s][v][u]);
@@ -222,8 +227,8 @@ inline void gemv_block_row_vectors(const index_t* block_cols, const T* vals, int
 // One block row against NVEC vectors, any block shape: out(v, i) for the R
 // rows, accumulated in a fixed-size array (vectorised by the compiler when R
 // and C are compile-time). Padding columns of the last block column are skipped.
-template <typename T, int kR, int kC, int NVEC>
-inline void gemv_block_row_any(const index_t* block_cols, const T* vals, int64_t nblocks,
+template <typename T, int kR, int kC, int NVEC, typename W>
+inline void gemv_block_row_any(const index_t* block_cols, const W* vals, int64_t nblocks,
                                int runtime_r, int runtime_c, int64_t cols, const T* x,
                                int64_t x_vstride, int64_t x_kstride, T* out) {
   const int R = kR > 0 ? kR : runtime_r;
@@ -239,12 +244,12 @@ inline void gemv_block_row_any(const index_t* block_cols, const T* vals, int64_t
       for (int i = 0; i < R; ++i) acc[s][v][i] = T(0);
   const auto multiply_block = [&](int s, int64_t j) {
     const int64_t k0 = static_cast<int64_t>(block_cols[j]) * C;
-    const T* w = vals + j * block_size;
+    const W* w = vals + j * block_size;
     const auto multiply_column = [&](int64_t col) {
       const T* xk = x + (k0 + col) * x_kstride;
       for (int v = 0; v < NVEC; ++v) {
         const T xv = xk[v * x_vstride];
-        for (int i = 0; i < R; ++i) acc[s][v][i] += w[i * C + col] * xv;
+        for (int i = 0; i < R; ++i) acc[s][v][i] += stored_value(w, i * C + col) * xv;
       }
     };
     if (kC > 0 && k0 + kC <= cols) {
@@ -265,8 +270,8 @@ inline void gemv_block_row_any(const index_t* block_cols, const T* vals, int64_t
     for (int i = 0; i < R; ++i) out[v * R + i] = acc[0][v][i];
 }
 
-template <typename T, int kR, int kC, int NVEC>
-void gemv_group(const BsrView<T>& a, int64_t br_begin, int64_t br_end, const T* x,
+template <typename W, int kR, int kC, int NVEC, typename T = compute_t<W>>
+void gemv_group(const BsrView<W>& a, int64_t br_begin, int64_t br_end, const T* x,
                 int64_t x_vstride, int64_t x_kstride, const T* bias, T* y, int64_t y_vstride,
                 int64_t y_rstride) {
   constexpr int L = Vec<T>::kLanes;
@@ -278,7 +283,7 @@ void gemv_group(const BsrView<T>& a, int64_t br_begin, int64_t br_end, const T* 
   for (int64_t br = br_begin; br < br_end; ++br) {
     const int64_t first = a.indptr[br], nblocks = a.indptr[br + 1] - first;
     const index_t* block_cols = a.indices + first;
-    const T* vals = a.values + first * block_size;
+    const W* vals = a.values + first * block_size;
     if constexpr (kRowVectors)
       gemv_block_row_vectors<T, kR, NVEC>(block_cols, vals, nblocks, x, x_vstride, x_kstride, out);
     else
@@ -293,8 +298,8 @@ void gemv_group(const BsrView<T>& a, int64_t br_begin, int64_t br_end, const T* 
   }
 }
 
-template <typename T, int kR, int kC>
-void gemv_block_rows_impl(const BsrView<T>& a, int64_t br_begin, int64_t br_end, const T* x,
+template <typename W, int kR, int kC, typename T = compute_t<W>>
+void gemv_block_rows_impl(const BsrView<W>& a, int64_t br_begin, int64_t br_end, const T* x,
                           int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias, T* y,
                           int64_t y_vstride, int64_t y_rstride) {
   constexpr int kMaxGroup = 4;
@@ -304,19 +309,19 @@ void gemv_block_rows_impl(const BsrView<T>& a, int64_t br_begin, int64_t br_end,
     T* yg = y + v0 * y_vstride;
     switch (group) {
       case 1:
-        gemv_group<T, kR, kC, 1>(a, br_begin, br_end, xg, x_vstride, x_kstride, bias, yg, y_vstride,
+        gemv_group<W, kR, kC, 1>(a, br_begin, br_end, xg, x_vstride, x_kstride, bias, yg, y_vstride,
                                  y_rstride);
         break;
       case 2:
-        gemv_group<T, kR, kC, 2>(a, br_begin, br_end, xg, x_vstride, x_kstride, bias, yg, y_vstride,
+        gemv_group<W, kR, kC, 2>(a, br_begin, br_end, xg, x_vstride, x_kstride, bias, yg, y_vstride,
                                  y_rstride);
         break;
       case 3:
-        gemv_group<T, kR, kC, 3>(a, br_begin, br_end, xg, x_vstride, x_kstride, bias, yg, y_vstride,
+        gemv_group<W, kR, kC, 3>(a, br_begin, br_end, xg, x_vstride, x_kstride, bias, yg, y_vstride,
                                  y_rstride);
         break;
       default:
-        gemv_group<T, kR, kC, 4>(a, br_begin, br_end, xg, x_vstride, x_kstride, bias, yg, y_vstride,
+        gemv_group<W, kR, kC, 4>(a, br_begin, br_end, xg, x_vstride, x_kstride, bias, yg, y_vstride,
                                  y_rstride);
         break;
     }
@@ -343,43 +348,44 @@ void dispatch_block_shape(int r, int c, const Body& body) {
 
 }  // namespace bsr_detail
 
-template <typename T>
-void spmm_block_rows(const BsrView<T>& a, int64_t br_begin, int64_t br_end, const T* b, int64_t ldb,
+template <typename W, typename T = compute_t<W>>
+void spmm_block_rows(const BsrView<W>& a, int64_t br_begin, int64_t br_end, const T* b, int64_t ldb,
                      int64_t n, const T* bias, T* c, int64_t ldc) {
   bsr_detail::dispatch_block_shape(a.block_rows_r, a.block_cols_c, [&](auto shape) {
     using S = decltype(shape);
-    bsr_detail::spmm_block_rows_impl<T, S::kR, S::kC, false>(a, br_begin, br_end, b, ldb, n, bias,
+    bsr_detail::spmm_block_rows_impl<W, S::kR, S::kC, false>(a, br_begin, br_end, b, ldb, n, bias,
                                                              c, ldc);
   });
 }
 
-template <typename T>
-void spmm_block_rows_transposed(const BsrView<T>& a, int64_t br_begin, int64_t br_end, const T* b,
+template <typename W, typename T = compute_t<W>>
+void spmm_block_rows_transposed(const BsrView<W>& a, int64_t br_begin, int64_t br_end, const T* b,
                                 int64_t ldb, int64_t n, const T* bias, T* ct, int64_t ldct) {
   bsr_detail::dispatch_block_shape(a.block_rows_r, a.block_cols_c, [&](auto shape) {
     using S = decltype(shape);
-    bsr_detail::spmm_block_rows_impl<T, S::kR, S::kC, true>(a, br_begin, br_end, b, ldb, n, bias,
+    bsr_detail::spmm_block_rows_impl<W, S::kR, S::kC, true>(a, br_begin, br_end, b, ldb, n, bias,
                                                             ct, ldct);
   });
 }
 
-template <typename T>
-void gemv_block_rows(const BsrView<T>& a, int64_t br_begin, int64_t br_end, const T* x,
+template <typename W, typename T = compute_t<W>>
+void gemv_block_rows(const BsrView<W>& a, int64_t br_begin, int64_t br_end, const T* x,
                      int64_t x_vstride, int64_t x_kstride, int64_t nvec, const T* bias, T* y,
                      int64_t y_vstride, int64_t y_rstride) {
   bsr_detail::dispatch_block_shape(a.block_rows_r, a.block_cols_c, [&](auto shape) {
     using S = decltype(shape);
-    bsr_detail::gemv_block_rows_impl<T, S::kR, S::kC>(a, br_begin, br_end, x, x_vstride, x_kstride,
+    bsr_detail::gemv_block_rows_impl<W, S::kR, S::kC>(a, br_begin, br_end, x, x_vstride, x_kstride,
                                                       nvec, bias, y, y_vstride, y_rstride);
   });
 }
 
-template <typename T>
-const BsrKernels<T>& bsr_kernel_table() {
-  static const BsrKernels<T> table{&spmm_block_rows<T>, &spmm_block_rows_transposed<T>,
-                                   &gemv_block_rows<T>};
+template <typename W>
+const BsrKernels<W>& bsr_kernel_table() {
+  static const BsrKernels<W> table{&spmm_block_rows<W>, &spmm_block_rows_transposed<W>,
+                                   &gemv_block_rows<W>};
   return table;
 }
 
 template const BsrKernels<float>& bsr_kernel_table<float>();
 template const BsrKernels<double>& bsr_kernel_table<double>();
+template const BsrKernels<bfloat16_t>& bsr_kernel_table<bfloat16_t>();

@@ -1,6 +1,6 @@
 // CSR kernels written once against Vec<T> (kernels/simd/). This file is
 // included inside an ISA namespace by csr_<isa>.cpp after the matching
-// simd_<isa>.h; it must not include headers itself.
+// simd_<isa>.h; it includes no headers but its sibling stored_values.inl.
 //
 // Panel kernel: vectorised along the dense operand's columns. For each stored
 // a[r, k] it broadcasts the value and multiplies it into a register tile of NV
@@ -12,6 +12,9 @@
 // are narrowed to the batch (packed_panel_columns).
 // Gather kernel: for few dense vectors, vectorised along the stored entries of
 // a row, gathering x at the column indices, then reduced horizontally.
+// Stored values (float, double or bfloat16) are read through stored_values.inl.
+
+#include "kernels/simd/stored_values.inl"
 
 // Half of this core's L2, and at least kPanelCacheBytes: room for the panel
 // of b, with the rest left to the stream of a's indices and values. On a Xeon
@@ -80,35 +83,6 @@ inline void with_indices(const CsrView<T>& a, const Body& body) {
     body(a.indices16);
   else
     body(a.indices);
-}
-
-// Stored value j widened to the compute type (bfloat16 by a 16-bit shift).
-template <typename W>
-inline compute_t<W> stored_value(const W* vals, int64_t j) {
-  return StoredValue<W>::widen(vals[j]);
-}
-
-// A vector of stored values from p, widened to the compute type.
-template <typename W>
-inline typename Vec<compute_t<W>>::reg load_stored(const W* p) {
-  using V = Vec<compute_t<W>>;
-  if constexpr (std::is_same_v<W, compute_t<W>>)
-    return V::load(p);
-  else
-    return V::from_bf16_bits(V::load_indices(reinterpret_cast<const uint16_t*>(p)));
-}
-
-// The first `active` stored values from p (fewer than a vector), the other lanes zero.
-template <typename W>
-inline typename Vec<compute_t<W>>::reg load_stored_tail(const W* p, int64_t active) {
-  using V = Vec<compute_t<W>>;
-  if constexpr (std::is_same_v<W, compute_t<W>>) {
-    return V::maskz_load(V::tail_mask(active), p);
-  } else {
-    W padded[V::kLanes] = {};
-    for (int64_t t = 0; t < active; ++t) padded[t] = p[t];
-    return load_stored(padded);
-  }
 }
 
 // Independent accumulator sets for a tile of NV vectors: enough FMAs in flight
