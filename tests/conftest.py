@@ -137,8 +137,8 @@ def random_sparse(rng: np.random.Generator) -> Callable[..., np.ndarray]:
 
 def _as_scipy64(a: Any) -> sp.csr_array:
     """The stored entries of ``a`` (CSRMatrix, scipy or dense) as a float64 scipy CSR."""
-    if isinstance(a, sparsegemm.CSRMatrix):
-        return sp.csr_array((a.data.astype(np.float64), a.indices, a.indptr), shape=a.shape)
+    if isinstance(a, sparsegemm.CSRMatrix):  # to_scipy: bfloat16 values widened, zeros kept
+        return sp.csr_array(a.to_scipy(), dtype=np.float64)
     if sp.issparse(a):
         return sp.csr_array(a, dtype=np.float64)
     return sp.csr_array(np.asarray(a, dtype=np.float64))

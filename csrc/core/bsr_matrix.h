@@ -55,7 +55,7 @@ class BsrMatrix {
 
   // Keeps every block holding an entry with |a| > threshold (NaN counts as
   // nonzero). `dense` is rows x cols with element (i, j) at
-  // dense[i * row_stride + j * col_stride]. bfloat16 values: rounded from the float entries.
+  // dense[i * row_stride + j * col_stride]. bfloat16: rounded first, tested as rounded.
   static BsrMatrix from_dense(int64_t rows, int64_t cols, const compute_t<T>* dense,
                               int64_t row_stride, int64_t col_stride, int block_r, int block_c,
                               double threshold);

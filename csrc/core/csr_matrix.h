@@ -120,7 +120,7 @@ class CsrMatrix {
   // The threshold is a double and compared exactly: rounding it to float would
   // change which float entries pass (float(0.1) > 0.1, but not > float(0.1)).
   // `dense` is rows x cols with element (i, j) at dense[i * row_stride + j * col_stride].
-  // bfloat16 values: each kept entry is rounded to bfloat16 (the test is on the unrounded entry).
+  // bfloat16 values: entries are rounded to bfloat16 first; the test is on the rounded value.
   static CsrMatrix from_dense(int64_t rows, int64_t cols, const compute_t<T>* dense,
                               int64_t row_stride, int64_t col_stride, double threshold);
 

@@ -47,7 +47,7 @@ def as_kernel_array(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return array
 
 
-# bfloat16 stored values (the bitmap format only). numpy has no bfloat16 dtype,
+# bfloat16 stored values (CSR, BSR and bitmap matrices). numpy has no bfloat16 dtype,
 # so it is spelt as a string and its values travel as uint16 bit patterns: the
 # upper half of the float32 with the same value.
 BFLOAT16 = "bfloat16"
@@ -74,3 +74,27 @@ def bfloat16_bits(values: np.ndarray) -> np.ndarray:
 def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
     """bfloat16 bit patterns (uint16) as float32 values (exact)."""
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def stored_value_dtype(dtype: object) -> object:
+    """The value dtype a matrix stores when asked for ``dtype``: ``'bfloat16'`` or the
+    :func:`kernel_dtype` of ``dtype``."""
+    return BFLOAT16 if is_bfloat16(dtype) else kernel_dtype(dtype)  # type: ignore[arg-type]
+
+
+def compute_dtype(value_dtype: object) -> np.dtype:
+    """The dtype products over stored ``value_dtype`` compute in: float32 for bfloat16."""
+    return np.dtype(np.float32) if is_bfloat16(value_dtype) else np.dtype(value_dtype)  # type: ignore[call-overload]
+
+
+def stored_value_array(values: np.ndarray, target: object) -> np.ndarray:
+    """``values`` as the contiguous array the core takes for ``target`` values: for
+    bfloat16, uint16 data are bit patterns and anything else is rounded."""
+    if not is_bfloat16(target):
+        return np.require(values, target, ["C", "A"])  # type: ignore[call-overload]
+    if values.dtype == np.uint16:
+        return np.require(values, requirements=["C", "A"])
+    if values.dtype.kind not in "biuf":
+        raise TypeError(f"bfloat16 data must be uint16 bit patterns or real numbers, "
+                        f"got {values.dtype}")
+    return bfloat16_bits(values)

@@ -23,14 +23,22 @@ from . import _core
 from ._dtypes import (
     BFLOAT16,
     as_kernel_array,
-    bfloat16_bits,
     bfloat16_to_float32,
-    is_bfloat16,
-    kernel_dtype,
+    compute_dtype,
+    stored_value_array,
+    stored_value_dtype,
 )
 
-_CORE_CSR = {np.dtype(np.float32): _core.CsrMatrixF32, np.dtype(np.float64): _core.CsrMatrixF64}
-_CORE_BSR = {np.dtype(np.float32): _core.BsrMatrixF32, np.dtype(np.float64): _core.BsrMatrixF64}
+_CORE_CSR: dict[Any, Any] = {
+    np.dtype(np.float32): _core.CsrMatrixF32,
+    np.dtype(np.float64): _core.CsrMatrixF64,
+    BFLOAT16: _core.CsrMatrixBF16,
+}
+_CORE_BSR: dict[Any, Any] = {
+    np.dtype(np.float32): _core.BsrMatrixF32,
+    np.dtype(np.float64): _core.BsrMatrixF64,
+    BFLOAT16: _core.BsrMatrixBF16,
+}
 _CORE_BITMAP: dict[Any, Any] = {
     np.dtype(np.float32): _core.BitmapMatrixF32,
     np.dtype(np.float64): _core.BitmapMatrixF64,
@@ -62,14 +70,15 @@ def _check_shape(shape: Any) -> tuple[int, int]:
     return rows, cols
 
 
-def _dense_operand(dense: Any, dtype: Any) -> tuple[np.ndarray, np.dtype]:
-    """A 2-d array in its kernel dtype with strides the core accepts (copies only if needed)."""
+def _dense_operand(dense: Any, dtype: Any) -> tuple[np.ndarray, Any]:
+    """A 2-d array in its kernel dtype with strides the core accepts (copies only if needed),
+    and the value dtype to store (a kernel dtype or ``'bfloat16'``, built from float32)."""
     array = np.asarray(dense)
     if array.ndim != 2:
         raise ValueError(f"from_dense needs a 2-dimensional array, got shape {array.shape}")
-    target = kernel_dtype(array.dtype) if dtype is None else kernel_dtype(dtype)
+    target = stored_value_dtype(array.dtype if dtype is None else dtype)
     _check_shape(array.shape)  # before any conversion copies a huge array
-    return as_kernel_array(array, target), target
+    return as_kernel_array(array, compute_dtype(target)), target
 
 
 def _check_threshold(threshold: Any) -> float:
@@ -226,22 +235,29 @@ class SparseFormat(MatrixShape):
         return self.transpose()
 
     def astype(self, dtype: Any) -> Any:
-        """This matrix in float32 or float64 (cached; self if already that dtype)."""
-        target = self._value_dtype_key(dtype)
+        """This matrix with float32, float64 or ``'bfloat16'`` values (cached; self if
+        already so)."""
+        target = stored_value_dtype(dtype)
         if target == self._dtype:
             return self
         if target not in self._converted:
             self._converted[target] = self._with_values(target)
         return self._converted[target]
 
-    @staticmethod
-    def _value_dtype_key(dtype: Any) -> Any:
-        """The key of ``_CORE`` that stores values of ``dtype``."""
-        return kernel_dtype(dtype)
-
     @property
     def dtype(self) -> np.dtype:
+        """The dtype products compute in and return: float32 for bfloat16 values."""
+        return compute_dtype(self._dtype)
+
+    @property
+    def value_dtype(self) -> Any:
+        """The stored values' dtype: float32, float64 or the string ``'bfloat16'``."""
         return self._dtype
+
+    def _float_values(self, stored: np.ndarray) -> np.ndarray:
+        """``stored`` values (this matrix's value dtype) as floats: bfloat16 widened to
+        float32, exactly."""
+        return bfloat16_to_float32(stored) if self._dtype == BFLOAT16 else stored
 
     @property
     def bytes_per_nonzero(self) -> float:
@@ -285,7 +301,7 @@ def _refuse_sparse_product(left: Any, right: Any) -> None:
 
 
 class CSRMatrix(SparseFormat):
-    """A compressed sparse row matrix of float32 or float64 values.
+    """A compressed sparse row matrix of float32, float64 or bfloat16 values.
 
     Build one with :meth:`from_dense`, :meth:`from_scipy` or
     ``CSRMatrix((data, indices, indptr), shape=(M, K))`` as in scipy. Column
@@ -297,6 +313,11 @@ class CSRMatrix(SparseFormat):
     NaN and Inf in stored entries propagate through products, as in
     scipy.sparse and torch.sparse. Entries that are not stored are structural
     zeros: they contribute nothing, so ``0 * inf`` never arises from them.
+
+    ``dtype="bfloat16"`` stores the values as bfloat16, as
+    :class:`BitmapMatrix` describes: 4 bytes per entry with 16-bit column
+    indices instead of 6, :attr:`data` as uint16 bit patterns, float32
+    products (the kernels widen each value as they load it).
     """
 
     __slots__ = ()
@@ -325,6 +346,8 @@ class CSRMatrix(SparseFormat):
 
         The default threshold 0 keeps every nonzero. NaN entries are kept. Any
         memory order is accepted without a copy for float32/float64 input.
+        With ``dtype="bfloat16"`` each entry is rounded to bfloat16 first and the
+        threshold applies to the rounded value (what rounds to zero is not stored).
         """
         array, target = _dense_operand(dense, dtype)
         threshold = _check_threshold(threshold)
@@ -350,11 +373,12 @@ class CSRMatrix(SparseFormat):
     def pattern(cls, indptr: Any, indices: Any, shape: tuple[int, int],
                 dtype: Any = np.float32) -> CSRMatrix:
         """A pattern-only matrix: validated ``indptr`` and ``indices`` (as for
-        ``(data, indices, indptr)``) and no values, for products given ``values=``."""
+        ``(data, indices, indptr)``) and no values, for products given ``values=``
+        (for ``dtype="bfloat16"``, uint16 bit patterns)."""
         rows, cols = _check_shape(shape)
         indices, indptr = _checked_index_arrays(indices, indptr, cols)
         return cls._from_handle(
-            _CORE_CSR[kernel_dtype(dtype)].pattern_from_arrays(rows, cols, indptr, indices)
+            _CORE_CSR[stored_value_dtype(dtype)].pattern_from_arrays(rows, cols, indptr, indices)
         )
 
     def to_scipy(self) -> sp.csr_array:
@@ -362,18 +386,20 @@ class CSRMatrix(SparseFormat):
         indptr = self.indptr
         index_dtype = np.int32 if indptr[-1] < 2**31 else np.int64
         return sp.csr_array(
-            (self.data.copy(), self.indices.astype(index_dtype), indptr.astype(index_dtype)),
+            (np.array(self._stored_values()), self.indices.astype(index_dtype),
+             indptr.astype(index_dtype)),
             shape=self.shape,
         )
 
-    def _with_values(self, dtype: np.dtype) -> CSRMatrix:
+    def _with_values(self, dtype: Any) -> CSRMatrix:
         return CSRMatrix._from_handle(
             _CORE_CSR[dtype].from_arrays(*self.shape, self.indptr, self.indices,
-                                         self.data.astype(dtype))
+                                         stored_value_array(self._stored_values(), dtype))
         )
 
     def _reduce_values(self) -> tuple[Any, tuple[Any, ...]]:
-        return (CSRMatrix, ((self.data, self.indices, self.indptr), self.shape))
+        return (_with_value_dtype,
+                (CSRMatrix, (self.data, self.indices, self.indptr), self.shape, self._dtype))
 
     def _reduce_pattern(self) -> tuple[Any, tuple[Any, ...]]:
         return (CSRMatrix.pattern, (self.indptr, self.indices, self.shape, self._dtype))
@@ -388,14 +414,15 @@ class CSRMatrix(SparseFormat):
         return CSRMatrix._from_handle(handle), permutation
 
     def with_data(self, data: Any) -> CSRMatrix:
-        """A matrix with this sparsity pattern (shared, not copied) and new values."""
-        values = np.require(data, self._dtype, ["C", "A"])
+        """A matrix with this sparsity pattern (shared, not copied) and new values (for
+        bfloat16, uint16 bit patterns or floats to round)."""
+        values = stored_value_array(np.asarray(data), self._dtype)
         if values.shape != (self.nnz,):
             raise ValueError(f"data must have shape ({self.nnz},), got {values.shape}")
         return CSRMatrix._from_handle(self._handle.with_values(values))
 
     def _stored_values(self) -> np.ndarray:
-        return self.data
+        return self._float_values(self.data)
 
     @property
     def nnz(self) -> int:
@@ -414,13 +441,20 @@ class CSRMatrix(SparseFormat):
 
     @property
     def data(self) -> np.ndarray:
-        """Stored values, read-only."""
+        """Stored values, read-only (bfloat16: uint16 bit patterns)."""
         return self._handle.data
 
     def __repr__(self) -> str:
         rows, cols = self.shape
         return (f"<CSRMatrix {rows}x{cols}, {self.nnz} stored ({self.density:.1%} dense), "
                 f"dtype={self._dtype}{_pattern_note(self)}>")
+
+
+def _with_value_dtype(cls: Any, arrays: tuple[Any, ...], shape: tuple[int, int],
+                      value_dtype: Any) -> Any:
+    """``cls(arrays, shape, dtype=value_dtype)``: what pickling rebuilds CSR and BSR from
+    (bfloat16 data are uint16 bit patterns, which alone would read as integers)."""
+    return cls(arrays, shape, dtype=value_dtype)
 
 
 def _pattern_note(matrix: SparseFormat) -> str:
@@ -439,10 +473,10 @@ def _build_handle(data: Any, indices: Any, indptr: Any, shape: Any, dtype: Any) 
     values = np.asarray(data)
     if values.ndim != 1:
         raise ValueError(f"data must be 1-dimensional, got shape {values.shape}")
-    target = kernel_dtype(values.dtype if dtype is None else dtype)
+    target = stored_value_dtype(values.dtype if dtype is None else dtype)
     indices, indptr = _checked_index_arrays(indices, indptr, cols)
     return _CORE_CSR[target].from_arrays(
-        rows, cols, indptr, indices, np.require(values, target, ["C", "A"])
+        rows, cols, indptr, indices, stored_value_array(values, target)
     )
 
 
@@ -470,7 +504,7 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 class BSRMatrix(SparseFormat):
-    """A block compressed sparse row matrix of float32 or float64 values.
+    """A block compressed sparse row matrix of float32, float64 or bfloat16 values.
 
     The matrix is cut into ``R x C`` blocks (``blocksize``); a stored block
     keeps all of its ``R * C`` values, zeros included. The block shapes in
@@ -485,6 +519,9 @@ class BSRMatrix(SparseFormat):
     ``data`` has shape (nblocks, R, C), ``indices`` are block columns (sorted
     and unique in each block row) and ``indptr`` has one entry per block row
     plus one. Padding entries of ``data`` must be zero.
+
+    ``dtype="bfloat16"`` stores the values as bfloat16, as :class:`BitmapMatrix`
+    describes (uint16 bit patterns in :attr:`data`, float32 products).
     """
 
     __slots__ = ()
@@ -531,7 +568,8 @@ class BSRMatrix(SparseFormat):
         The default threshold 0 keeps every block with a nonzero; NaN counts as
         nonzero. Entries below the threshold inside a kept block are stored as
         they are. Any memory order is accepted without a copy for
-        float32/float64 input.
+        float32/float64 input. With ``dtype="bfloat16"`` each entry is rounded to
+        bfloat16 first and the threshold applies to the rounded value.
         """
         array, target = _dense_operand(dense, dtype)
         r, c = _check_blocksize(blocksize)
@@ -583,7 +621,8 @@ class BSRMatrix(SparseFormat):
             indices, indptr, _ceil_div(cols, c), "block-column index"
         )
         return cls._from_handle(
-            _CORE_BSR[kernel_dtype(dtype)].pattern_from_arrays(rows, cols, (r, c), indptr, indices)
+            _CORE_BSR[stored_value_dtype(dtype)].pattern_from_arrays(rows, cols, (r, c), indptr,
+                                                                     indices)
         )
 
     def to_scipy(self, *, pad: bool = False) -> sp.bsr_array:
@@ -605,22 +644,24 @@ class BSRMatrix(SparseFormat):
         indptr = self.indptr
         index_dtype = np.int32 if indptr[-1] < 2**31 else np.int64
         return sp.bsr_array(
-            (self.data.copy(), self.indices.astype(index_dtype), indptr.astype(index_dtype)),
+            (self._stored_values().reshape(self.data.shape).copy(),
+             self.indices.astype(index_dtype), indptr.astype(index_dtype)),
             shape=padded,
             blocksize=(r, c),
         )
 
-    def _with_values(self, dtype: np.dtype) -> BSRMatrix:
+    def _with_values(self, dtype: Any) -> BSRMatrix:
         return BSRMatrix._from_handle(
             _CORE_BSR[dtype].from_arrays(*self.shape, self.blocksize, self.indptr, self.indices,
-                                         self._handle.data.astype(dtype))
+                                         stored_value_array(self._stored_values(), dtype))
         )
 
     def _stored_values(self) -> np.ndarray:
-        return self._handle.data
+        return self._float_values(self._handle.data)
 
     def _reduce_values(self) -> tuple[Any, tuple[Any, ...]]:
-        return (BSRMatrix, ((self.data, self.indices, self.indptr), self.shape))
+        return (_with_value_dtype,
+                (BSRMatrix, (self.data, self.indices, self.indptr), self.shape, self._dtype))
 
     def _reduce_pattern(self) -> tuple[Any, tuple[Any, ...]]:
         return (BSRMatrix.pattern,
@@ -659,7 +700,7 @@ class BSRMatrix(SparseFormat):
 
     @property
     def data(self) -> np.ndarray:
-        """Stored blocks, shape (nnz_blocks, R, C), read-only."""
+        """Stored blocks, shape (nnz_blocks, R, C), read-only (bfloat16: uint16 bit patterns)."""
         return self._handle.data.reshape(self.nnz_blocks, *self.blocksize)
 
     def transpose_with_permutation(self) -> tuple[BSRMatrix, np.ndarray]:
@@ -694,12 +735,12 @@ def _build_bsr_handle(
             f"got shape {values.shape}"
         )
     r, c = _check_blocksize(blocksize)
-    target = kernel_dtype(values.dtype if dtype is None else dtype)
+    target = stored_value_dtype(values.dtype if dtype is None else dtype)
     indices, indptr = _checked_index_arrays(
         indices, indptr, _ceil_div(cols, c), "block-column index"
     )
     return _CORE_BSR[target].from_arrays(
-        rows, cols, (r, c), indptr, indices, np.require(values, target, ["C", "A"]).reshape(-1)
+        rows, cols, (r, c), indptr, indices, stored_value_array(values.reshape(-1), target)
     )
 
 
@@ -797,14 +838,9 @@ class BitmapMatrix(BitmapArrays, SparseFormat):
         With ``dtype="bfloat16"`` each entry is rounded to bfloat16 first and the
         threshold applies to the rounded value (what rounds to zero is not stored).
         """
-        if is_bfloat16(dtype):
-            array, _ = _dense_operand(dense, np.float32)
-            core: Any = _core.BitmapMatrixBF16
-        else:
-            array, target = _dense_operand(dense, dtype)
-            core = _CORE_BITMAP[target]
+        array, target = _dense_operand(dense, dtype)
         threshold = _check_threshold(threshold)
-        return cls._from_handle(core.from_dense(array, threshold))
+        return cls._from_handle(_CORE_BITMAP[target].from_dense(array, threshold))
 
     @classmethod
     def from_scipy(cls, matrix: Any, *, dtype: Any = None) -> BitmapMatrix:
@@ -820,17 +856,17 @@ class BitmapMatrix(BitmapArrays, SparseFormat):
             csr.sum_duplicates()
         rows, cols = _check_shape(csr.shape)
         values = np.asarray(csr.data)
-        target = _bitmap_value_dtype(values.dtype if dtype is None else dtype)
+        target = stored_value_dtype(values.dtype if dtype is None else dtype)
         indices, indptr = _checked_index_arrays(csr.indices, csr.indptr, cols)
         return cls._from_handle(_CORE_BITMAP[target].from_csr_arrays(
-            rows, cols, indptr, indices, _bitmap_values(values, target)))
+            rows, cols, indptr, indices, stored_value_array(values, target)))
 
     @classmethod
     def pattern(cls, bits: Any, shape: tuple[int, int], dtype: Any = np.float32) -> BitmapMatrix:
         """A pattern-only matrix: validated ``bits`` (as for ``(data, bits)``) and no
         values, for products given ``values=`` (for ``dtype="bfloat16"``, uint16 bit patterns)."""
         rows, cols = _check_shape(shape)
-        return cls._from_handle(_CORE_BITMAP[_bitmap_value_dtype(dtype)].pattern_from_arrays(
+        return cls._from_handle(_CORE_BITMAP[stored_value_dtype(dtype)].pattern_from_arrays(
             rows, cols, bitmap_words(bits, rows, cols)))
 
     def to_scipy(self) -> sp.csr_array:
@@ -839,7 +875,7 @@ class BitmapMatrix(BitmapArrays, SparseFormat):
         offsets = self.offsets
         index_dtype = np.int32 if offsets[-1] < 2**31 else np.int64
         return sp.csr_array(
-            (self._float_values().copy(), indices.astype(index_dtype),
+            (np.array(self._stored_values()), indices.astype(index_dtype),
              offsets.astype(index_dtype)),
             shape=self.shape,
         )
@@ -855,42 +891,19 @@ class BitmapMatrix(BitmapArrays, SparseFormat):
     def with_data(self, data: Any) -> BitmapMatrix:
         """A matrix with this bitmap and new values (one per stored entry; for
         bfloat16, uint16 bit patterns or floats to round)."""
-        values = _bitmap_values(np.asarray(data), self._dtype)
+        values = stored_value_array(np.asarray(data), self._dtype)
         if values.shape != (self.nnz,):
             raise ValueError(f"data must have shape ({self.nnz},), got {values.shape}")
         return BitmapMatrix._from_handle(self._handle.with_values(values))
-
-    def astype(self, dtype: Any) -> BitmapMatrix:
-        """This matrix with float32, float64 or ``'bfloat16'`` values (cached; self if
-        already so)."""
-        return super().astype(dtype)
-
-    @staticmethod
-    def _value_dtype_key(dtype: Any) -> Any:
-        return _bitmap_value_dtype(dtype)
 
     def _with_values(self, dtype: Any) -> BitmapMatrix:
         rows, cols = self.shape
         return BitmapMatrix._from_handle(
             _CORE_BITMAP[dtype].from_arrays(rows, cols, self._handle.bits,
-                                            _bitmap_values(self._float_values(), dtype)))
-
-    def _float_values(self) -> np.ndarray:
-        """The stored values as floats (bfloat16 widened to float32, exactly)."""
-        return bfloat16_to_float32(self.data) if self._dtype == BFLOAT16 else self.data
+                                            stored_value_array(self._stored_values(), dtype)))
 
     def _stored_values(self) -> np.ndarray:
-        return self._float_values()
-
-    @property
-    def dtype(self) -> np.dtype:
-        """The dtype products compute in and return: float32 for bfloat16 values."""
-        return np.dtype(np.float32) if self._dtype == BFLOAT16 else self._dtype
-
-    @property
-    def value_dtype(self) -> Any:
-        """The stored values' dtype: float32, float64 or the string ``'bfloat16'``."""
-        return self._dtype
+        return self._float_values(self.data)
 
     @property
     def column_plan_bytes(self) -> int:
@@ -911,7 +924,7 @@ class BitmapMatrix(BitmapArrays, SparseFormat):
 
     def transpose_with_permutation(self) -> tuple[BitmapMatrix, np.ndarray]:
         """The (K x M) transpose and the int64 permutation ``p`` with ``T.data == self.data[p]``."""
-        as_csr = CSRMatrix((self._float_values(), self.column_indices().astype(np.int32),
+        as_csr = CSRMatrix((self._stored_values(), self.column_indices().astype(np.int32),
                             self.offsets), shape=self.shape)
         transposed, permutation = as_csr.transpose_with_permutation()
         # Widened bfloat16 values round back to themselves.
@@ -928,32 +941,14 @@ def _bfloat16_bitmap(data: np.ndarray, bits: np.ndarray, shape: tuple[int, int])
     return BitmapMatrix((data, bits), shape, dtype=BFLOAT16)
 
 
-def _bitmap_value_dtype(dtype: Any) -> Any:
-    """The key of :data:`_CORE_BITMAP` for a requested value dtype."""
-    return BFLOAT16 if is_bfloat16(dtype) else kernel_dtype(dtype)
-
-
-def _bitmap_values(values: np.ndarray, target: Any) -> np.ndarray:
-    """``values`` as the contiguous array the core takes for ``target`` values: for
-    bfloat16, uint16 data are bit patterns and anything else is rounded."""
-    if target != BFLOAT16:
-        return np.require(values, target, ["C", "A"])
-    if values.dtype == np.uint16:
-        return np.require(values, requirements=["C", "A"])
-    if values.dtype.kind not in "biuf":
-        raise TypeError(f"bfloat16 data must be uint16 bit patterns or real numbers, "
-                        f"got {values.dtype}")
-    return bfloat16_bits(values)
-
-
 def _build_bitmap_handle(data: Any, bits: Any, shape: Any, dtype: Any) -> Any:
     rows, cols = _check_shape(shape)
     values = np.asarray(data)
     if values.ndim != 1:
         raise ValueError(f"data must be 1-dimensional, got shape {values.shape}")
-    target = _bitmap_value_dtype(values.dtype if dtype is None else dtype)
+    target = stored_value_dtype(values.dtype if dtype is None else dtype)
     return _CORE_BITMAP[target].from_arrays(rows, cols, bitmap_words(bits, rows, cols),
-                                            _bitmap_values(values, target))
+                                            stored_value_array(values, target))
 
 
 def bitmap_words(bits: Any, rows: int, cols: int) -> np.ndarray:

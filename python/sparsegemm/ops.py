@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from . import _core
-from ._dtypes import as_kernel_array, kernel_dtype
+from ._dtypes import BFLOAT16, as_kernel_array, kernel_dtype
 from ._runtime import resolve_num_threads
 from .formats import BitmapMatrix, BSRMatrix, CSRMatrix, SparseFormat
 from .quantized import Int8BitmapMatrix
@@ -332,7 +332,9 @@ def feed_forward(
     x = np.asarray(x)
     if x.ndim == 0:
         raise ValueError("x must have at least one dimension (..., in_features)")
-    pair = all(isinstance(w, CSRMatrix) or sp.issparse(w) for w in (first, second))
+    # The fused pair runs float32 and float64 CSR (bfloat16 values go layer by layer).
+    pair = all((isinstance(w, CSRMatrix) and w.value_dtype != BFLOAT16) or sp.issparse(w)
+               for w in (first, second))
     if not pair:
         hidden = linear(x, first, first_bias, activation=activation, num_threads=threads)
         return linear(hidden, second, second_bias, num_threads=threads)
@@ -373,7 +375,7 @@ def sddmm(
         raise ValueError(f"A and B must be 2-dimensional, got shapes {A.shape} and {B.shape}")
     _check_sparse_operand(pattern, csr_only=True)
     dtype = kernel_dtype(pattern.dtype, A.dtype, B.dtype)
-    pattern = _as_format(pattern, dtype)
+    pattern = _as_format(pattern, dtype).astype(dtype)  # bfloat16 values: the float pattern
     rows, cols = pattern.shape
     if A.shape[0] != rows or B.shape[0] != cols or A.shape[1] != B.shape[1]:
         raise ValueError(f"shape mismatch: pattern is {pattern.shape}, A is {A.shape}, "
