@@ -72,7 +72,8 @@ BsrMatrix<T> BsrMatrix<T>::from_arrays(int64_t rows, int64_t cols, int block_r, 
         for (int c = 0; c < block_c; ++c) {
           const int64_t row = br * block_r + i,
                         col = static_cast<int64_t>(indices[j]) * block_c + c;
-          if ((row >= rows || col >= cols) && StoredValue<T>::widen(values[j * block_size + i * block_c + c]) != 0)
+          if ((row >= rows || col >= cols) &&
+              StoredValue<T>::widen(values[j * block_size + i * block_c + c]) != 0)
             throw std::invalid_argument("block " + std::to_string(j) + " has a nonzero value at (" +
                                         std::to_string(row) + ", " + std::to_string(col) +
                                         "), outside the logical shape (" + std::to_string(rows) +

@@ -84,10 +84,10 @@ void bsr_linear(const BsrMatrix<V>& w, const T* x, int64_t ldx, int64_t batch, c
 }
 
 // The products for stored values V and dense operands T = compute_t<V>.
-#define SPARSEGEMM_INSTANTIATE_BSR_OPS(V, T)                                                       \
-  template void bsr_matmul<V, T>(const BsrMatrix<V>&, const T*, int64_t, int64_t, int64_t,         \
-                                 const T*, T*, int64_t, int, const V*);                            \
-  template void bsr_linear<V, T>(const BsrMatrix<V>&, const T*, int64_t, int64_t, const T*, T*,    \
+#define SPARSEGEMM_INSTANTIATE_BSR_OPS(V, T)                                                    \
+  template void bsr_matmul<V, T>(const BsrMatrix<V>&, const T*, int64_t, int64_t, int64_t,      \
+                                 const T*, T*, int64_t, int, const V*);                         \
+  template void bsr_linear<V, T>(const BsrMatrix<V>&, const T*, int64_t, int64_t, const T*, T*, \
                                  int64_t, int, const V*, Activation);
 SPARSEGEMM_INSTANTIATE_BSR_OPS(float, float)
 SPARSEGEMM_INSTANTIATE_BSR_OPS(double, double)

@@ -277,26 +277,26 @@ void csr_sampled_dot(const CsrMatrix<T>& pattern, const T* a, int64_t lda, const
 }
 
 // The products for stored values V and dense operands T = compute_t<V>.
-#define SPARSEGEMM_INSTANTIATE_CSR_PRODUCTS(V, T)                                                  \
-  template void csr_matmul<V, T>(const CsrMatrix<V>&, const T*, int64_t, int64_t, int64_t,         \
-                                 const T*, T*, int64_t, int, const V*);                            \
-  template void csr_linear<V, T>(const CsrMatrix<V>&, const T*, int64_t, int64_t, const T*, T*,    \
-                                 int64_t, int, const V*, Activation, const V*, int64_t);           \
+#define SPARSEGEMM_INSTANTIATE_CSR_PRODUCTS(V, T)                                               \
+  template void csr_matmul<V, T>(const CsrMatrix<V>&, const T*, int64_t, int64_t, int64_t,      \
+                                 const T*, T*, int64_t, int, const V*);                         \
+  template void csr_linear<V, T>(const CsrMatrix<V>&, const T*, int64_t, int64_t, const T*, T*, \
+                                 int64_t, int, const V*, Activation, const V*, int64_t);        \
   template int64_t csr_panel_chunk_columns<V>(const CsrMatrix<V>&);
 SPARSEGEMM_INSTANTIATE_CSR_PRODUCTS(float, float)
 SPARSEGEMM_INSTANTIATE_CSR_PRODUCTS(double, double)
 SPARSEGEMM_INSTANTIATE_CSR_PRODUCTS(bfloat16_t, float)
 #undef SPARSEGEMM_INSTANTIATE_CSR_PRODUCTS
 
-#define SPARSEGEMM_INSTANTIATE_CSR_OPS(T)                                                         \
-  template void csr_sampled_dot<T>(const CsrMatrix<T>&, const T*, int64_t, const T*, int64_t,     \
-                                   int64_t, T*, int);                                             \
-  template void csr_linear_pair<T>(const CsrPairWeight<T>&, Activation, const CsrPairWeight<T>&,  \
-                                   const T*, int64_t, int64_t, T*, int64_t, int);                 \
-  template int64_t csr_packed_panel_columns<T>(const CsrMatrix<T>&);                              \
-  template void csr_packed_panels<T>(const CsrMatrix<T>&, int64_t, const PanelJob<T>&, const T*,  \
-                                     int, const T*);                                              \
-  template void csr_offset_panels<T>(const CsrMatrix<T>&, const index_t*, int64_t, int64_t,       \
+#define SPARSEGEMM_INSTANTIATE_CSR_OPS(T)                                                        \
+  template void csr_sampled_dot<T>(const CsrMatrix<T>&, const T*, int64_t, const T*, int64_t,    \
+                                   int64_t, T*, int);                                            \
+  template void csr_linear_pair<T>(const CsrPairWeight<T>&, Activation, const CsrPairWeight<T>&, \
+                                   const T*, int64_t, int64_t, T*, int64_t, int);                \
+  template int64_t csr_packed_panel_columns<T>(const CsrMatrix<T>&);                             \
+  template void csr_packed_panels<T>(const CsrMatrix<T>&, int64_t, const PanelJob<T>&, const T*, \
+                                     int, const T*);                                             \
+  template void csr_offset_panels<T>(const CsrMatrix<T>&, const index_t*, int64_t, int64_t,      \
                                      const PanelJob<T>&, const T*, int, const T*);
 SPARSEGEMM_INSTANTIATE_CSR_OPS(float)
 SPARSEGEMM_INSTANTIATE_CSR_OPS(double)

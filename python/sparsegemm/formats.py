@@ -154,7 +154,7 @@ class SparseFormat(MatrixShape):
         # kept, not read from the handle each time: every product call checks it
         self._shape = (handle.rows, handle.cols)
         self._dtype = next(dt for dt, cls in self._CORE.items() if isinstance(handle, cls))
-        self._converted: dict[np.dtype, Any] = {}
+        self._converted: dict[Any, Any] = {}  # value dtype (or "bfloat16") -> matrix
         self._transpose_of: Any = None  # set on a transpose: the matrix it came from
 
     @property
@@ -185,7 +185,7 @@ class SparseFormat(MatrixShape):
         """False for a pattern-only matrix (see the format's ``pattern``)."""
         return bool(self._handle.has_values)
 
-    def _with_values(self, dtype: np.dtype) -> Any:
+    def _with_values(self, dtype: Any) -> Any:
         """A copy of this matrix with its values cast to ``dtype``."""
         raise NotImplementedError
 

@@ -326,25 +326,26 @@ def test_direct_path_outputs_are_fresh_tensors_either_side_of_the_numpy_limit(pr
         assert first.data_ptr() % 64 == 0  # torch's allocation, aligned for the kernels
 
 
-def _bfloat16_valued(prune, x_dtype, bias):
-    """A bitmap SparseLinear holding bfloat16 values: of a bfloat16 module (x bfloat16) or
-    a float32 one given weight_dtype (x float32)."""
+def _bfloat16_valued(prune, x_dtype, bias, fmt="bitmap"):
+    """A SparseLinear holding bfloat16 values: of a bfloat16 module (x bfloat16) or a
+    float32 one given weight_dtype (x float32)."""
     torch.manual_seed(0)
     dense = prune(nn.Linear(37, 29, bias=bias), 0.6)
     if x_dtype == torch.bfloat16:
-        return SparseLinear.from_dense(dense.to(torch.bfloat16), format="bitmap")
-    return SparseLinear.from_dense(dense, format="bitmap", weight_dtype=torch.bfloat16)
+        return SparseLinear.from_dense(dense.to(torch.bfloat16), format=fmt)
+    return SparseLinear.from_dense(dense, format=fmt, weight_dtype=torch.bfloat16)
 
 
+@pytest.mark.parametrize("fmt", ["bitmap", "csr", "bsr"])
 @pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("shape", [(37,), (1, 37), (5, 37), (2, 3, 37)])
 @pytest.mark.parametrize("activation", [None, "relu", "gelu"])
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
-def test_bfloat16_values_take_the_direct_path_with_the_ops_result(prune, direct_calls, x_dtype,
-                                                                   bias, shape, activation,
-                                                                   context):
-    sparse = _bfloat16_valued(prune, x_dtype, bias)
+def test_bfloat16_values_take_the_direct_path_with_the_ops_result(prune, direct_calls, fmt,
+                                                                   x_dtype, bias, shape,
+                                                                   activation, context):
+    sparse = _bfloat16_valued(prune, x_dtype, bias, fmt)
     sparse.activation = activation
     assert sparse.values.dtype == torch.bfloat16
     x = torch.randn(shape).to(x_dtype)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import threading
 import weakref
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 
@@ -47,6 +47,12 @@ def _storage_ref(tensor: torch.Tensor, callback: Callable | None = None) -> weak
     # Storage Python objects are preserved while alive and shared by aliases
     # (views, .detach()), so a weak reference identifies the memory itself.
     return weakref.ref(tensor.untyped_storage(), callback)
+
+
+def _value_dtype(dtype: torch.dtype) -> Any:
+    """The value dtype of a kernel pattern for values of ``dtype``: bfloat16 values go to
+    the bfloat16-valued kernels as they are."""
+    return BFLOAT16 if dtype == torch.bfloat16 else _NUMPY_DTYPES[dtype]
 
 
 def as_numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -162,10 +168,10 @@ class PatternCache:
             np_indptr, np_indices = as_numpy(indptr), as_numpy(indices)
             if blocksize is None:
                 matrix: Pattern = CSRMatrix.pattern(np_indptr, np_indices, shape,
-                                                    _NUMPY_DTYPES[dtype])
+                                                    _value_dtype(dtype))
             else:
                 matrix = BSRMatrix.pattern(np_indptr, np_indices, shape, blocksize,
-                                           _NUMPY_DTYPES[dtype])
+                                           _value_dtype(dtype))
             return self._add(key, indptr, indices, matrix)
 
     def bitmap_entry(self, bitmap: torch.Tensor, shape: tuple[int, int],
@@ -177,9 +183,8 @@ class PatternCache:
             if entry is not None and entry.holds(bitmap, bitmap):
                 return entry
             words = as_numpy(bitmap.contiguous()).view(np.uint64)
-            # bfloat16 values go to the bfloat16-valued kernels as they are.
-            value_dtype = BFLOAT16 if dtype == torch.bfloat16 else _NUMPY_DTYPES[dtype]
-            return self._add(key, bitmap, bitmap, BitmapMatrix.pattern(words, shape, value_dtype))
+            return self._add(key, bitmap, bitmap,
+                             BitmapMatrix.pattern(words, shape, _value_dtype(dtype)))
 
     def _add(self, key: tuple, indptr: torch.Tensor, indices: torch.Tensor,
              matrix: Pattern) -> _PatternEntry:

@@ -122,16 +122,20 @@ class AutoSparseLinear(_DecidingLayer[nn.Linear]):
     Build it from a pruned Linear (zeros, or a ``torch.nn.utils.prune`` mask);
     ``linear`` is kept as the ``dense`` submodule and the sparse modules it
     chooses are built from it. ``min_speedup``: a sparse choice measured below
-    this stays dense.
+    this stays dense. ``weight_dtype=torch.bfloat16`` stores the sparse choices'
+    values as bfloat16 (see :meth:`SparseLinear.from_dense`); the dense one stays as
+    it is.
     """
 
-    def __init__(self, linear: nn.Linear, *, min_speedup: float = 1.0):
+    def __init__(self, linear: nn.Linear, *, min_speedup: float = 1.0,
+                 weight_dtype: torch.dtype | None = None):
         super().__init__()
         if not (isinstance(linear, nn.Linear) or is_hf_conv1d(linear)):
             raise TypeError(f"AutoSparseLinear needs an nn.Linear (or transformers' Conv1D), "
                             f"got {type(linear).__name__}")
         self.out_features, self.in_features = _linear_weight(linear)[0].shape
         self.min_speedup = min_speedup
+        self.weight_dtype = weight_dtype
         self.dense = linear
         self.variants = nn.ModuleDict()  # label ('csr', 'bsr4x1', ...) -> SparseLinear
         self.decisions: dict[int, RowDecision] = {}  # row bucket -> decision
@@ -186,7 +190,8 @@ class AutoSparseLinear(_DecidingLayer[nn.Linear]):
             choice = FormatChoice("dense", None, choice.speedup, choice.planned,
                                   cached=choice.cached, fastest_sparse=choice.fastest_sparse)
         if choice.format != "dense" and choice.label not in self.variants:
-            variant = SparseLinear.from_dense(self.dense, choice=choice)
+            variant = SparseLinear.from_dense(self.dense, choice=choice,
+                                              weight_dtype=self.weight_dtype)
             variant.activation = self._activation
             self.variants[choice.label] = variant.train(self.training)
         decision = RowDecision(rows, choice, reason)

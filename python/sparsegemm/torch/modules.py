@@ -451,8 +451,8 @@ class SparseLinear(_SparseWeight):
     ``format`` and ``blocksize``; ``nnz`` counts stored blocks for BSR). float32
     and float64 are computed natively; float16 and bfloat16 (``.half()``,
     ``.to(torch.bfloat16)``) are stored as such and computed in float32, as in
-    the numpy API (the bitmap format's kernel reads bfloat16 values as stored;
-    the other formats widen them on each call); under ``torch.autocast`` the
+    the numpy API (the kernels read bfloat16 values as stored, at 2 bytes each;
+    float16 values are widened on each call); under ``torch.autocast`` the
     product runs in float32. The
     input must have the weight's dtype (as in ``F.linear``). ``weight`` is a
     read-only dense view, for code that reads it.
@@ -493,9 +493,9 @@ class SparseLinear(_SparseWeight):
         is an already resolved format. The bias is copied; ``linear`` is not
         modified.
 
-        ``weight_dtype=torch.bfloat16`` (format 'bitmap', float32 ``linear``)
-        stores the kept values rounded to bfloat16, at 2 bytes each, while the
-        module keeps float32 input, bias and output: its forward runs the
+        ``weight_dtype=torch.bfloat16`` (a float32 ``linear``, any format) stores
+        the kept values rounded to bfloat16, at 2 bytes each, while the module
+        keeps float32 input, bias and output: its forward runs the
         bfloat16-valued kernel. A bfloat16 ``linear`` stores bfloat16 values
         without it.
 
@@ -526,13 +526,13 @@ class SparseLinear(_SparseWeight):
         return module
 
     def _store_weight_dtype(self, weight_dtype: Any) -> None:
-        """Keep the values in ``weight_dtype`` (bfloat16, bitmap format, float32 module)."""
+        """Keep the values in ``weight_dtype`` (bfloat16, float32 module)."""
         if weight_dtype not in (torch.bfloat16, "bfloat16"):
             raise TypeError(f"weight_dtype must be torch.bfloat16, 'int8' (or None), "
                             f"got {weight_dtype!r}")
-        if self.format != "bitmap" or self.values.dtype != torch.float32:
-            raise ValueError(f"weight_dtype=torch.bfloat16 needs format='bitmap' and a float32 "
-                             f"module, got format={self.format!r} and {self.values.dtype}")
+        if self.values.dtype != torch.float32:
+            raise ValueError(f"weight_dtype=torch.bfloat16 needs a float32 module, got "
+                             f"{self.values.dtype}")
         self.values = nn.Parameter(on_huge_pages(self.values.detach().to(torch.bfloat16)),
                                    requires_grad=self.values.requires_grad)
 
@@ -549,16 +549,16 @@ class SparseLinear(_SparseWeight):
         # Straight from the registries: nn.Module.__getattr__ costs a microsecond or two a call.
         parameters, buffers = self._parameters, self._buffers
         values, bias = parameters["values"], parameters.get("bias")
-        direct = (_ops.can_call_kernel_directly(x, values, bias)
-                  and x.dim() > 0 and x.shape[-1] == self.in_features)
+        features_match = x.dim() > 0 and x.shape[-1] == self.in_features
+        direct = _ops.can_call_kernel_directly(x, values, bias) and features_match
+        if (not direct and features_match
+                and _ops.can_call_bfloat16_values_directly(x, values, bias)):
+            return self._bfloat16_values_direct(x, values, bias, activation)
         if self.format == "bitmap":
             if direct:  # as below
                 operands = self._kernel_operands.get(buffers["bitmap"], buffers["bitmap"], values,
                                                      bias, self._matrix_shape, bitmap=True)
                 return _ops.linear_direct(x, *operands, activation)
-            if (_ops.can_call_bfloat16_bitmap_directly(x, values, bias) and x.dim() > 0
-                    and x.shape[-1] == self.in_features):
-                return self._bfloat16_values_direct(x, values, bias, activation)
             return apply_activation(torch.ops.sparsegemm.bitmap_linear(
                 x, buffers["bitmap"], values, self.in_features, bias), activation)
         if direct:
@@ -576,17 +576,23 @@ class SparseLinear(_SparseWeight):
 
     def _bfloat16_values_direct(self, x: Tensor, values: Tensor, bias: Tensor | None,
                                 activation: str | None) -> Tensor:
-        """The bitmap op's result for bfloat16 values without its dispatch, which on a
-        decoder's batch-1 layer cost as much as a tenth of the kernel's time warm and a third
+        """The op's result for bfloat16 values without its dispatch, which on a decoder's
+        batch-1 bitmap layer cost as much as a tenth of the kernel's time warm and a third
         cold: x and bias in float32, the output back in x's dtype, a bfloat16 output's
         activation applied after the rounding as the op's caller does."""
-        bitmap = self._buffers["bitmap"]
-        pattern, array, _, _ = self._kernel_operands.get(bitmap, bitmap, values, None,
-                                                         self._matrix_shape, bitmap=True)
+        buffers = self._buffers
+        if self.format == "bitmap":
+            bitmap = buffers["bitmap"]
+            pattern, array, _, chunks = self._kernel_operands.get(
+                bitmap, bitmap, values, None, self._matrix_shape, bitmap=True)
+        else:
+            pattern, array, _, chunks = self._kernel_operands.get(
+                buffers["indptr"], buffers["indices"], values, None, self._matrix_shape,
+                self.blocksize)
         bias_array = None if bias is None else as_numpy(bias.detach().float().contiguous())
         if x.dtype == torch.float32:
-            return _ops.linear_direct(x, pattern, array, bias_array, None, activation)
-        y = _ops.linear_direct(x.float(), pattern, array, bias_array)
+            return _ops.linear_direct(x, pattern, array, bias_array, chunks, activation)
+        y = _ops.linear_direct(x.float(), pattern, array, bias_array, chunks)
         return apply_activation(y.to(x.dtype), activation)
 
     def to_dense(self) -> nn.Linear:

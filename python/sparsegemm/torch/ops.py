@@ -12,7 +12,8 @@ to compiled graphs as well.
 
 Ops (``...`` is any number of leading batch dimensions):
 
-* ``csr_linear(x, indptr, indices, values, cols, bias)``: ``x @ W.T + bias``, x (..., cols)
+* ``csr_linear(x, indptr, indices, values, cols, bias)``: ``x @ W.T + bias``, x (..., cols).
+  bfloat16 values are read as stored, as by ``bitmap_linear`` below (so are ``bsr_linear``'s)
 * ``csr_linear_t(g, indptr, indices, values, cols)``: ``g @ W``, g (..., rows)
 * ``csr_bmm(indptr, indices, values, cols, b, bias)``: ``W @ b[i] + bias[:, None]``,
   b (B, cols, N)
@@ -66,7 +67,7 @@ from ._cache import as_numpy, patterns, values_array
 KERNEL_DTYPES = (torch.float32, torch.float64)
 # Stored and returned in their own dtype, computed in float32 (the numpy face's
 # rule for float16). The ops widen the stored values on every call, except the
-# bitmap op, whose kernel reads bfloat16 values as stored.
+# linear ops (CSR, BSR, bitmap), whose kernels read bfloat16 values as stored.
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 STORAGE_DTYPES = KERNEL_DTYPES + HALF_DTYPES
 
@@ -141,6 +142,24 @@ def _linear(kernel, pattern, x: Tensor, values: np.ndarray, bias: Optional[Tenso
     return out.view(*x.shape[:-1], rows)
 
 
+def _check_linear_operands(op: str, x: Tensor, values: Tensor, bias: Optional[Tensor]) -> None:
+    """As :func:`_check_operands`, but bfloat16 values also take float32 x and bias."""
+    if values.dtype == torch.bfloat16 and x.dtype == torch.float32:
+        _check_operands(op, x, bias=bias)
+        _check_operands(op, values, x=x.new_empty(0, dtype=values.dtype))
+    else:
+        _check_operands(op, values, x=x, bias=bias)
+
+
+def _bfloat16_values_linear(kernel, pattern, x: Tensor, values: Tensor,
+                            bias: Optional[Tensor]) -> Tensor:
+    """``x @ W.T + bias`` for bfloat16 ``values``, which go to the kernel as they are: only
+    x, bias and the output convert (x and bias to float32, the output back to x's dtype)."""
+    y = _linear(kernel, pattern, x.float(), values_array(values),
+                None if bias is None else bias.float())
+    return y.to(x.dtype)
+
+
 # the direct path -----------------------------------------------------------------------------
 
 # Direct-path outputs up to this many bytes are allocated by numpy and shared with torch
@@ -181,10 +200,10 @@ def can_call_kernel_directly(x: Tensor, values: Tensor, bias: Optional[Tensor]) 
     return True
 
 
-def can_call_bfloat16_bitmap_directly(x: Tensor, values: Tensor, bias: Optional[Tensor]) -> bool:
-    """:func:`can_call_kernel_directly` for a bitmap weight holding bfloat16 values, which
-    its kernel reads as stored: x float32 (the output float32) or bfloat16 (computed in
-    float32 and rounded back, as the op does), bias None or of x's dtype."""
+def can_call_bfloat16_values_directly(x: Tensor, values: Tensor, bias: Optional[Tensor]) -> bool:
+    """:func:`can_call_kernel_directly` for a weight holding bfloat16 values, which the
+    kernels read as stored: x float32 (the output float32) or bfloat16 (computed in float32
+    and rounded back, as the op does), bias None or of x's dtype."""
     if torch.compiler.is_compiling() or type(x) is not Tensor or not x.is_cpu:
         return False
     if values.dtype != torch.bfloat16 or x.dtype not in (torch.float32, torch.bfloat16):
@@ -251,22 +270,29 @@ def linear_pair_direct(x: Tensor, first: tuple, activation: Optional[str],
 # csr_linear ---------------------------------------------------------------------------------
 
 @torch.library.custom_op("sparsegemm::csr_linear", mutates_args=())
-@_half_in_float32
 def csr_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, cols: int,
                bias: Optional[Tensor]) -> Tensor:
     """``x @ W.T + bias`` (F.linear) for W = (indptr, indices, values), W (rows x cols)."""
-    _check_operands("csr_linear", values, x=x, bias=bias)
+    _check_linear_operands("csr_linear", x, values, bias)
     _check_last_dim("csr_linear", "x", x, cols)
-    rows = _rows(indptr)
-    pattern = patterns.entry(indptr, indices, (rows, cols), values.dtype).matrix
+    if values.dtype == torch.bfloat16:
+        pattern = patterns.entry(indptr, indices, (_rows(indptr), cols), values.dtype).matrix
+        return _bfloat16_values_linear(_core.csr_linear, pattern, x, values, bias)
+    return _csr_linear_widened(x, indptr, indices, values, cols, bias)
+
+
+@_half_in_float32
+def _csr_linear_widened(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, cols: int,
+                        bias: Optional[Tensor]) -> Tensor:
+    pattern = patterns.entry(indptr, indices, (_rows(indptr), cols), values.dtype).matrix
     return _linear(_core.csr_linear, pattern, x, values_array(values), bias)
 
 
 @csr_linear.register_fake
 def _(x, indptr, indices, values, cols, bias):
-    _check_operands("csr_linear", values, x=x, bias=bias)
+    _check_linear_operands("csr_linear", x, values, bias)
     _check_last_dim("csr_linear", "x", x, cols)
-    return x.new_empty((*x.shape[:-1], _rows(indptr)), dtype=values.dtype)
+    return x.new_empty((*x.shape[:-1], _rows(indptr)))
 
 
 @torch.library.custom_op("sparsegemm::csr_linear_t", mutates_args=())
@@ -469,14 +495,23 @@ def _check_bsr(op: str, indptr: Tensor, values: Tensor, rows: int, cols: int) ->
 
 
 @torch.library.custom_op("sparsegemm::bsr_linear", mutates_args=())
-@_half_in_float32
 def bsr_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, rows: int, cols: int,
                bias: Optional[Tensor]) -> Tensor:
     """``x @ W.T + bias`` for the BSR weight W (rows x cols): ``indptr`` per block row,
     block-column ``indices`` and ``values`` of shape (nblocks, R, C)."""
-    _check_operands("bsr_linear", values, x=x, bias=bias)
+    _check_linear_operands("bsr_linear", x, values, bias)
     _check_bsr("bsr_linear", indptr, values, rows, cols)
     _check_last_dim("bsr_linear", "x", x, cols)
+    if values.dtype == torch.bfloat16:
+        pattern = patterns.entry(indptr, indices, (rows, cols), values.dtype,
+                                 (values.shape[1], values.shape[2])).matrix
+        return _bfloat16_values_linear(_core.bsr_linear, pattern, x, values, bias)
+    return _bsr_linear_widened(x, indptr, indices, values, rows, cols, bias)
+
+
+@_half_in_float32
+def _bsr_linear_widened(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, rows: int,
+                        cols: int, bias: Optional[Tensor]) -> Tensor:
     pattern = patterns.entry(indptr, indices, (rows, cols), values.dtype,
                              (values.shape[1], values.shape[2])).matrix
     return _linear(_core.bsr_linear, pattern, x, values_array(values), bias)
@@ -484,10 +519,10 @@ def bsr_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, rows:
 
 @bsr_linear.register_fake
 def _(x, indptr, indices, values, rows, cols, bias):
-    _check_operands("bsr_linear", values, x=x, bias=bias)
+    _check_linear_operands("bsr_linear", x, values, bias)
     _check_bsr("bsr_linear", indptr, values, rows, cols)
     _check_last_dim("bsr_linear", "x", x, cols)
-    return x.new_empty((*x.shape[:-1], rows), dtype=values.dtype)
+    return x.new_empty((*x.shape[:-1], rows))
 
 
 @torch.library.custom_op("sparsegemm::bsr_linear_t", mutates_args=())
@@ -562,11 +597,14 @@ def _linear_backward(ctx, grad):
     rows, cols = _rows(indptr), x.shape[-1]
     grad_x = grad_values = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_x = torch.ops.sparsegemm.csr_linear_t(grad, indptr, indices, values, cols)
+        # bfloat16 values of a float32 product widen: the gradient stays float32.
+        grad_x = torch.ops.sparsegemm.csr_linear_t(grad, indptr, indices, values.to(grad.dtype),
+                                                   cols)
     if ctx.needs_input_grad[3]:
         # dW = dY.T @ X sampled at the stored positions.
         grad_values = torch.ops.sparsegemm.csr_sampled_dot(
-            indptr, indices, grad.reshape(-1, rows).t(), x.reshape(-1, cols).t())
+            indptr, indices, grad.reshape(-1, rows).t(), x.reshape(-1, cols).t()
+        ).to(values.dtype)
     if ctx.needs_input_grad[5]:
         grad_bias = grad.reshape(-1, rows).sum(0)
     return grad_x, None, None, grad_values, None, grad_bias
@@ -635,10 +673,12 @@ def _bsr_linear_backward(ctx, grad):
     rows, cols = ctx.shape
     grad_x = grad_values = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_x = torch.ops.sparsegemm.bsr_linear_t(grad, indptr, indices, values, rows, cols)
+        grad_x = torch.ops.sparsegemm.bsr_linear_t(grad, indptr, indices, values.to(grad.dtype),
+                                                   rows, cols)
     if ctx.needs_input_grad[3]:
         grad_values = torch.ops.sparsegemm.bsr_sampled_dot(
-            indptr, indices, grad.reshape(-1, rows), x.reshape(-1, cols), list(values.shape[1:]))
+            indptr, indices, grad.reshape(-1, rows), x.reshape(-1, cols), list(values.shape[1:])
+        ).to(values.dtype)
     if ctx.needs_input_grad[6]:
         grad_bias = grad.reshape(-1, rows).sum(0)
     return grad_x, None, None, grad_values, None, None, grad_bias
@@ -661,25 +701,13 @@ def _check_bitmap(op: str, bitmap: Tensor, cols: int) -> None:
 def bitmap_linear(x: Tensor, bitmap: Tensor, values: Tensor, cols: int,
                   bias: Optional[Tensor]) -> Tensor:
     """``x @ W.T + bias`` for the bitmap weight W (rows x cols) = (bitmap, values)."""
-    _check_bitmap_operands(x, values, bias)
+    _check_linear_operands("bitmap_linear", x, values, bias)
     _check_bitmap("bitmap_linear", bitmap, cols)
     _check_last_dim("bitmap_linear", "x", x, cols)
     if values.dtype == torch.bfloat16:
-        # The stored values go to the kernel as they are: only x, bias and y convert.
         pattern = patterns.bitmap_entry(bitmap, (bitmap.shape[0], cols), values.dtype).matrix
-        y = _linear(_core.bitmap_linear, pattern, x.float(), values_array(values),
-                    None if bias is None else bias.float())
-        return y.to(x.dtype)
+        return _bfloat16_values_linear(_core.bitmap_linear, pattern, x, values, bias)
     return _bitmap_linear_widened(x, bitmap, values, cols, bias)
-
-
-def _check_bitmap_operands(x: Tensor, values: Tensor, bias: Optional[Tensor]) -> None:
-    """As :func:`_check_operands`, but bfloat16 values also take float32 x and bias."""
-    if values.dtype == torch.bfloat16 and x.dtype == torch.float32:
-        _check_operands("bitmap_linear", x, bias=bias)
-        _check_operands("bitmap_linear", values, x=x.new_empty(0, dtype=values.dtype))
-    else:
-        _check_operands("bitmap_linear", values, x=x, bias=bias)
 
 
 @_half_in_float32
@@ -691,7 +719,7 @@ def _bitmap_linear_widened(x: Tensor, bitmap: Tensor, values: Tensor, cols: int,
 
 @bitmap_linear.register_fake
 def _(x, bitmap, values, cols, bias):
-    _check_bitmap_operands(x, values, bias)
+    _check_linear_operands("bitmap_linear", x, values, bias)
     _check_bitmap("bitmap_linear", bitmap, cols)
     _check_last_dim("bitmap_linear", "x", x, cols)
     return x.new_empty((*x.shape[:-1], bitmap.shape[0]))

@@ -65,7 +65,7 @@ DEFAULT_MIN_SPARSITY = 0.7
 FILTERED_OUT = "left out by filter_fn"  # the report's reason for a layer filter_fn declined
 
 #: What ``sparsify(weight_dtype=...)`` takes: None keeps each layer's dtype.
-WEIGHT_DTYPES = (None, "int8")
+WEIGHT_DTYPES = (None, "int8", "bfloat16")
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -333,13 +333,18 @@ class _Converter:
             )
         if self.weight_dtype == "int8" and not isinstance(module, nn.Conv2d):
             return self._convert_int8(module, name, kind, sparsity, rows)
+        value_dtype = self._value_dtype(module)
+        values_note = "bfloat16 values" if module.weight.dtype == torch.bfloat16 or (
+            value_dtype == torch.bfloat16) else ""
         choice, note = self._choose(module, rows)
         if choice.format == "auto":
             auto: AutoSparseLinear | AutoSparseConv2d = (
                 AutoSparseConv2d(module, min_speedup=self.min_speedup)
                 if isinstance(module, nn.Conv2d)
-                else AutoSparseLinear(module, min_speedup=self.min_speedup))
-            self.report.append(LayerReport(name, kind, True, "auto", sparsity, None, "", auto=auto))
+                else AutoSparseLinear(module, min_speedup=self.min_speedup,
+                                      weight_dtype=value_dtype))
+            self.report.append(LayerReport(name, kind, True, "auto", sparsity, None, values_note,
+                                           auto=auto))
             return auto
         if choice.format == "dense":
             return self._keep(module, name, kind, sparsity, f"measured no gain: {note}",
@@ -351,10 +356,19 @@ class _Converter:
         if isinstance(module, nn.Conv2d):
             sparse: nn.Module = SparseConv2d.from_dense(module, format="csr")
         else:
-            sparse = SparseLinear.from_dense(module, choice=choice)
+            sparse = SparseLinear.from_dense(module, choice=choice, weight_dtype=value_dtype)
+        note = "; ".join(part for part in (note, values_note) if part)
         self.report.append(LayerReport(name, kind, True, choice.label, sparsity,
                                        choice.speedup, note, cached=choice.cached))
         return sparse
+
+    def _value_dtype(self, module: nn.Module) -> torch.dtype | None:
+        """What ``weight_dtype='bfloat16'`` stores a float32 Linear's values as (None:
+        its own dtype). Convolutions keep theirs."""
+        if (self.weight_dtype == "bfloat16" and not isinstance(module, nn.Conv2d)
+                and module.weight.dtype == torch.float32):
+            return torch.bfloat16
+        return None
 
     def skip(self, module: nn.Module, name: str, reason: str) -> None:
         """Report a candidate left as it is, without looking at it further."""
@@ -697,8 +711,9 @@ def _arrange_attention(model: nn.Module, kernel_attention: bool) -> str:
 
 def _convert_attention(mha: nn.MultiheadAttention, name: str,
                        converter: _Converter) -> nn.Module:
-    if converter.weight_dtype == "int8":
-        converter.skip(mha, name, "int8 weights: nn.MultiheadAttention stays dense")
+    if converter.weight_dtype is not None:
+        converter.skip(mha, name, f"{converter.weight_dtype} weights: nn.MultiheadAttention "
+                                  f"stays dense")
         return mha
     if mha.bias_k is not None or mha.add_zero_attn:
         converter.report.append(LayerReport(name, "MultiheadAttention", False, "dense", 0.0, None,
@@ -779,6 +794,12 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         now, else on its first call of each row count; the report shows the
         decisions. Any other format always runs the bitmap kernel. Conv2d
         layers are unaffected and MultiheadAttention stays dense.
+        ``"bfloat16"`` stores the kept values of every converted float32
+        Linear rounded to bfloat16 (2 bytes each; input, bias and output stay
+        float32; the report notes "bfloat16 values"), in the format chosen as
+        for float32; a layer that stays dense is unchanged. A bfloat16 model's
+        layers store bfloat16 values whatever this says. Conv2d layers are
+        unaffected and MultiheadAttention stays dense.
     stack_shared_inputs
         Sibling sparse Linears of one module with the same input width (Hugging
         Face's query, key and value) compute one stacked product while a forward

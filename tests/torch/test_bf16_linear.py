@@ -1,6 +1,8 @@
-"""bfloat16 weights in torch: the rounding, and SparseLinear(format="bitmap") of a
-bfloat16 module, whose forward runs the bfloat16-valued bitmap kernel on the
-stored values (tests/test_bitmap_bf16.py tests the kernels themselves)."""
+"""bfloat16 weights in torch: the rounding, and SparseLinear of a bfloat16 module in every
+format, whose forward runs the bfloat16-valued kernel on the stored values
+(tests/test_bitmap_bf16.py and tests/test_csr_bsr_bf16.py test the kernels themselves)."""
+
+import copy
 
 import numpy as np
 import pytest
@@ -12,6 +14,10 @@ from sparsegemm import BitmapMatrix
 from sparsegemm._dtypes import bfloat16_bits
 from sparsegemm.torch import SparseLinear
 from sparsegemm.torch._cache import values_array
+
+# Every format, BSR in a block shape with its own kernel and in one without.
+FORMATS = [("bitmap", None), ("csr", None), ("bsr", (4, 1)), ("bsr", (3, 2))]
+FORMAT_IDS = ["bitmap", "csr", "bsr4x1", "bsr3x2"]
 
 
 def bf16(dense, threshold=0.0):
@@ -52,12 +58,15 @@ def _pruned_bf16_linear(in_features, out_features, *, bias=True, density=0.5, se
     return linear
 
 
-@pytest.mark.parametrize("shape", [(1,), (5,), (2, 3), (17,), ()])
+@pytest.mark.parametrize(("fmt", "blocksize"), FORMATS, ids=FORMAT_IDS)
+@pytest.mark.parametrize("shape", [(1,), (5,), (2, 3), (17,), (70,), ()])
 @pytest.mark.parametrize("bias", [True, False])
-def test_torch_bf16_module_within_bf16_rounding_of_dense(isa, shape, bias):
+def test_torch_bf16_module_within_bf16_rounding_of_dense(isa, fmt, blocksize, shape, bias):
     dense = _pruned_bf16_linear(130, 29, bias=bias)
-    sparse = SparseLinear.from_dense(dense, format="bitmap")
-    assert sparse.values.dtype == torch.bfloat16 and sparse.nnz == int((dense.weight != 0).sum())
+    sparse = SparseLinear.from_dense(dense, format=fmt, blocksize=blocksize)
+    assert sparse.values.dtype == torch.bfloat16
+    if fmt != "bsr":
+        assert sparse.nnz == int((dense.weight != 0).sum())
     x = torch.randn(*shape, 130).to(torch.bfloat16)
     y = sparse(x)
     assert y.dtype == torch.bfloat16 and y.shape == dense(x).shape
@@ -71,8 +80,9 @@ def test_torch_bf16_module_within_bf16_rounding_of_dense(isa, shape, bias):
         assert ((result.double() - exact).abs() <= 2**-8 * exact.abs() + slack).all()
 
 
-def test_torch_bf16_values_reach_the_kernel_without_a_copy():
-    sparse = SparseLinear.from_dense(_pruned_bf16_linear(64, 8), format="bitmap")
+@pytest.mark.parametrize(("fmt", "blocksize"), FORMATS, ids=FORMAT_IDS)
+def test_torch_bf16_values_reach_the_kernel_without_a_copy(fmt, blocksize):
+    sparse = SparseLinear.from_dense(_pruned_bf16_linear(64, 8), format=fmt, blocksize=blocksize)
     array = values_array(sparse.values)
     assert array.dtype == np.uint16 and array.ctypes.data == sparse.values.data_ptr()
     before = sparse(torch.ones(1, 64, dtype=torch.bfloat16))
@@ -83,9 +93,10 @@ def test_torch_bf16_values_reach_the_kernel_without_a_copy():
                                2 * (before.float() - sparse.bias.float()), rtol=2**-7, atol=1e-2)
 
 
-def test_torch_bf16_autograd_matches_dense():
+@pytest.mark.parametrize(("fmt", "blocksize"), FORMATS, ids=FORMAT_IDS)
+def test_torch_bf16_autograd_matches_dense(fmt, blocksize):
     dense = _pruned_bf16_linear(70, 9)
-    sparse = SparseLinear.from_dense(dense, format="bitmap")
+    sparse = SparseLinear.from_dense(dense, format=fmt, blocksize=blocksize)
     x = torch.randn(4, 70).to(torch.bfloat16).requires_grad_()
     x_dense = x.detach().clone().requires_grad_()
     sparse(x).float().pow(2).sum().backward()
@@ -94,8 +105,13 @@ def test_torch_bf16_autograd_matches_dense():
     tolerance = {"rtol": 2e-2, "atol": 2e-2}
     torch.testing.assert_close(x.grad, x_dense.grad, **tolerance)
     torch.testing.assert_close(sparse.bias.grad, dense.bias.grad, **tolerance)
-    torch.testing.assert_close(sparse.values.grad, dense.weight.grad[dense.weight != 0],
-                               **tolerance)
+    # The gradient of every stored entry (zeros inside BSR blocks included) is the dense one.
+    with torch.no_grad():
+        stored, grad = copy.deepcopy(sparse), copy.deepcopy(sparse)
+        stored.values.fill_(1)
+        grad.values.copy_(sparse.values.grad)
+    where = stored.dense_weight() != 0
+    torch.testing.assert_close(grad.dense_weight()[where], dense.weight.grad[where], **tolerance)
 
 
 def test_torch_float16_bitmap_module_computes_in_float32():
@@ -106,10 +122,12 @@ def test_torch_float16_bitmap_module_computes_in_float32():
     torch.testing.assert_close(sparse(x), expected.to(torch.float16))
 
 
-def test_float32_module_with_bfloat16_weights():
+@pytest.mark.parametrize(("fmt", "blocksize"), FORMATS, ids=FORMAT_IDS)
+def test_float32_module_with_bfloat16_weights(fmt, blocksize):
     dense = _pruned_bf16_linear(90, 13).float()
     dense.weight.data += 1e-3 * (dense.weight != 0)  # not bfloat16 numbers any more
-    sparse = SparseLinear.from_dense(dense, format="bitmap", weight_dtype=torch.bfloat16)
+    sparse = SparseLinear.from_dense(dense, format=fmt, blocksize=blocksize,
+                                     weight_dtype=torch.bfloat16)
     assert sparse.values.dtype == torch.bfloat16 and sparse.bias.dtype == torch.float32
     rounded = dense.weight.to(torch.bfloat16).float()
     x = torch.randn(3, 90, requires_grad=True)
@@ -122,7 +140,65 @@ def test_float32_module_with_bfloat16_weights():
     torch.testing.assert_close(x.grad, rounded.sum(0).expand(3, -1), rtol=1e-5, atol=1e-5)
     compiled = torch.compile(sparse, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(x), y)
-    with pytest.raises(ValueError, match="format='bitmap'"):
-        SparseLinear.from_dense(dense, format="csr", weight_dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="float32 module"):
+        SparseLinear.from_dense(dense.double(), format=fmt, blocksize=blocksize,
+                                weight_dtype=torch.bfloat16)
     with pytest.raises(TypeError, match="weight_dtype"):
-        SparseLinear.from_dense(dense, format="bitmap", weight_dtype=torch.float16)
+        SparseLinear.from_dense(dense, format=fmt, blocksize=blocksize, weight_dtype=torch.float16)
+
+
+def _pruned_mlp(prune):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(),
+                                torch.nn.Linear(96, 32)).eval()
+    for layer in (model[0], model[2]):
+        prune(layer, 0.8)
+    return model
+
+
+@pytest.mark.parametrize("fmt", ["csr", "bsr", "bitmap", "auto"])
+def test_sparsify_stores_bfloat16_values_of_a_float32_model(prune, fmt):
+    from sparsegemm.torch import AutoSparseLinear, sparsify
+
+    model = _pruned_mlp(prune)
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in (rounded[0], rounded[2]):
+            layer.weight.copy_(layer.weight.to(torch.bfloat16).float())
+    x = torch.randn(5, 64)
+    sparse = sparsify(copy.deepcopy(model), format=fmt, weight_dtype="bfloat16",
+                      example_inputs=x)
+    with torch.no_grad():
+        y = sparse(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, rounded(x), rtol=1e-5, atol=1e-5)
+    layers = [sparse[0], sparse[2]]
+    stored = [m for layer in layers for m in (
+        layer.variants.values() if isinstance(layer, AutoSparseLinear) else [layer])]
+    assert stored and all(isinstance(m, SparseLinear) for m in stored)
+    assert all(m.values.dtype == torch.bfloat16 and m.bias.dtype == torch.float32
+               for m in stored)
+    assert all("bfloat16 values" in row.note for row in sparse.sparsegemm_report.converted)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "bsr", "bitmap"])
+def test_sparsify_a_bfloat16_model(prune, fmt):
+    from sparsegemm.torch import sparsify
+
+    model = _pruned_mlp(prune).to(torch.bfloat16)
+    x = torch.randn(3, 64).to(torch.bfloat16)
+    expected = model(x)
+    sparse = sparsify(copy.deepcopy(model), format=fmt)
+    assert all(isinstance(sparse[i], SparseLinear) and sparse[i].values.dtype == torch.bfloat16
+               for i in (0, 2))
+    with torch.no_grad():
+        y = sparse(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), expected.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_sparsify_rejects_an_unknown_weight_dtype():
+    from sparsegemm.torch import sparsify
+
+    with pytest.raises(ValueError, match="weight_dtype"):
+        sparsify(torch.nn.Sequential(torch.nn.Linear(4, 4)), weight_dtype="float16")
