@@ -297,9 +297,9 @@ def test_small_batches_rotate_separately_built_copies(monkeypatch, weight):
     built = []
     real_build = planner._build
 
-    def counting_build(name, W):
+    def counting_build(name, W, value_dtype=None):
         built.append(name)
-        return real_build(name, W)
+        return real_build(name, W, value_dtype)
 
     monkeypatch.setattr(planner, "_build", counting_build)
     monkeypatch.setattr(planner, "last_level_cache_bytes", lambda: (1024 * 1024, "test"))
@@ -335,7 +335,8 @@ def test_every_copy_is_called_before_the_timing(monkeypatch, weight):
     built = []
     real_build = planner._build
     monkeypatch.setattr(planner, "_build",
-                        lambda name, W: built.append(real_build(name, W)) or built[-1])
+                        lambda name, W, dtype=None: built.append(real_build(name, W, dtype))
+                        or built[-1])
     called_before_timing = set()
     timer = FakeTimer(fake_times(1.0))
 
@@ -377,3 +378,22 @@ def test_numpy_blocks_are_followed_by_the_openblas_pause(monkeypatch, weight):
     planner.plan(weight, 32, cache=False)
     assert seen["settings"].settle_after == ("dense_numpy",)
     assert seen["settings"].settle_s == planner.openblas_spin_seconds()
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_bfloat16_plans_bfloat16_operands_against_torch_in_bfloat16(monkeypatch, weight, batch):
+    pytest.importorskip("torch")
+    from sparsegemm._dtypes import bfloat16_bits, bfloat16_to_float32
+
+    timer = FakeTimer(fake_times(1.0, csr=0.1))
+    monkeypatch.setattr(planner, "_time_candidates", timer)
+    result = planner.plan(weight, batch, dtype="bfloat16", dense=("torch",))
+    assert result.format == "csr" and result.operand.value_dtype == "bfloat16"
+    rounded = bfloat16_to_float32(bfloat16_bits(weight)).reshape(weight.shape)
+    np.testing.assert_array_equal(result.operand.to_dense(), rounded)
+    # Every contender, torch's bfloat16 product included, passed the check against the
+    # product of the rounded weight before the timing.
+    assert "dense_torch" in timer.timed[0] and "bitmap" in timer.timed[0]
+    again = planner.plan(weight, batch, dtype="bfloat16", dense=("torch",))
+    assert again.cached and again.operand.value_dtype == "bfloat16"
+    assert planner.plan(weight, batch, dense=("torch",)).key != result.key

@@ -41,7 +41,7 @@ from typing import Any, Callable, Union
 import numpy as np
 
 from . import _core
-from ._dtypes import kernel_dtype
+from ._dtypes import BFLOAT16, bfloat16_bits, bfloat16_to_float32, is_bfloat16, kernel_dtype
 from ._runtime import get_isa, kernel_catalogue, resolve_num_threads
 from .formats import BitmapMatrix, BSRMatrix, CSRMatrix
 from .ops import linear
@@ -288,15 +288,16 @@ def cold_copies(nbytes: int, llc_bytes: int | None = None) -> int:
     return timing_cold_copies(nbytes, llc, MAX_COLD_COPIES)
 
 
-def _build(name: str, W: np.ndarray) -> Operand:
+def _build(name: str, W: np.ndarray, value_dtype: Any = None) -> Operand:
+    """Candidate ``name`` over ``W``, storing ``value_dtype`` values (default W's dtype)."""
     blocksize = CANDIDATES.get(name)
     if name == "dense":
         return None
     if name == BITMAP:
-        return BitmapMatrix.from_dense(W)
+        return BitmapMatrix.from_dense(W, dtype=value_dtype)
     if blocksize is None:
-        return CSRMatrix.from_dense(W)
-    return BSRMatrix.from_dense(W, blocksize)
+        return CSRMatrix.from_dense(W, dtype=value_dtype)
+    return BSRMatrix.from_dense(W, blocksize, dtype=value_dtype)
 
 
 def _cache_file(cache_dir: str | os.PathLike | None) -> Path | None:
@@ -361,7 +362,11 @@ def plan(
     dtype
         The dtype the product runs in, float32 or float64; default ``W``'s
         own, by the rule of every product (float16 in float32, integers in
-        float64). The operand is built in this dtype.
+        float64). The operand is built in this dtype. ``"bfloat16"``: ``W``
+        is rounded to bfloat16, the sparse operands store bfloat16 values
+        (their products compute in float32, x rounded to bfloat16 values) and
+        torch's dense product runs in bfloat16, what a bfloat16 model runs
+        (numpy's, if asked for, in float32).
     repeats, rounds
         The fewest calls in a timed block (a block lasts about PLAN_BLOCK_S),
         and the interleaved rounds of blocks.
@@ -399,10 +404,15 @@ def plan(
             f"margin must be >= 1 (sparse must not be chosen when slower), got {margin}"
         )
     weight = np.asarray(W)
-    target = kernel_dtype(weight.dtype if dtype is None else dtype)
+    bfloat16 = is_bfloat16(dtype)
+    target = np.dtype(np.float32) if bfloat16 else kernel_dtype(
+        weight.dtype if dtype is None else dtype)
     weight = np.ascontiguousarray(weight, dtype=target)
     if weight.ndim != 2:
         raise ValueError(f"W must be 2-dimensional, got shape {weight.shape}")
+    if bfloat16:  # every contender multiplies the same rounded weight
+        weight = bfloat16_to_float32(bfloat16_bits(weight)).reshape(weight.shape)
+    value_dtype = BFLOAT16 if bfloat16 else target
     names = list(CANDIDATES) if candidates is None else list(candidates)
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
@@ -415,7 +425,7 @@ def plan(
         "shape": list(weight.shape),
         "batch": int(batch),
         "threads": threads,
-        "dtype": str(target),
+        "dtype": str(value_dtype),
         "nnz": stats["nnz"],
         "fill": stats["fill"],
         # Two layers with the same shape, nnz and fill are still two patterns.
@@ -432,7 +442,8 @@ def plan(
         decision = _PLAN_CACHE.get(key) or _read_disk_cache(disk_path).get(key)
         if decision is not None:
             _PLAN_CACHE[key] = decision
-            return _plan_from_decision(decision, weight, key, cached=True)
+            return _plan_from_decision(decision, weight, key, cached=True,
+                                       value_dtype=value_dtype)
 
     skipped = {}
     timed = []
@@ -442,8 +453,8 @@ def plan(
             timed.append(name)
         else:
             skipped[name] = reason
-    operands = {name: _build(name, weight) for name in timed}
-    runners = _runners(weight, batch, threads, operands, dense)
+    operands = {name: _build(name, weight, value_dtype) for name in timed}
+    runners = _runners(weight, batch, threads, operands, dense, value_dtype)
     with thread_limits(threads):
         times = _time_candidates(runners, repeats, rounds, PLAN_DROP_RATIO)
     decision = choose(times, margin)
@@ -453,7 +464,8 @@ def plan(
         if disk_path is not None:
             _write_disk_cache(disk_path, key, decision)
     built = operands.get(decision["format"])
-    return _plan_from_decision(decision, weight, key, cached=False, operand=built)
+    return _plan_from_decision(decision, weight, key, cached=False, operand=built,
+                               value_dtype=value_dtype)
 
 
 def choose(times: dict[str, float], margin: float = DEFAULT_MARGIN) -> dict[str, Any]:
@@ -478,11 +490,12 @@ def choose(times: dict[str, float], margin: float = DEFAULT_MARGIN) -> dict[str,
 
 
 def _plan_from_decision(
-    decision: dict[str, Any], W: np.ndarray, key: str, *, cached: bool, operand: Operand = None
+    decision: dict[str, Any], W: np.ndarray, key: str, *, cached: bool, operand: Operand = None,
+    value_dtype: Any = None,
 ) -> Plan:
     fmt = decision["format"]
     if operand is None and fmt != "dense":
-        operand = _build(fmt, W)
+        operand = _build(fmt, W, value_dtype)
     return Plan(
         format=fmt,
         operand=operand,
@@ -498,14 +511,19 @@ def _plan_from_decision(
 
 def _runners(
     W: np.ndarray, batch: int, threads: int, operands: dict[str, Operand],
-    dense: tuple[str, ...] = DENSE_REFERENCES,
+    dense: tuple[str, ...] = DENSE_REFERENCES, value_dtype: Any = None,
 ) -> dict[str, Callable[[], Any]]:
-    """One callable per contender, each checked against the dense result first."""
+    """One callable per contender, each checked against the dense result first. With
+    bfloat16 values (W holds the rounded weight) torch's dense product runs in bfloat16."""
+    bfloat16 = value_dtype == BFLOAT16
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, W.shape[1])).astype(W.dtype)
+    if bfloat16:
+        x = bfloat16_to_float32(bfloat16_bits(x)).reshape(x.shape)
     expected = x.astype(np.float64) @ W.T.astype(np.float64)
     scale = np.abs(x).astype(np.float64) @ np.abs(W.T).astype(np.float64)
-    tolerance = (1e-4 if W.dtype == np.float32 else 1e-10) * (scale + 1.0)
+    tolerances = {name: (1e-4 if W.dtype == np.float32 else 1e-10) * (scale + 1.0)
+                  for name in (DENSE_NUMPY, *operands)}
 
     cold = batch <= COLD_MAX_BATCH
     dense_copies = [W] + [W.copy() for _ in range(cold_copies(W.nbytes) - 1 if cold else 0)]
@@ -518,21 +536,26 @@ def _runners(
     if torch is not None and "torch" in dense:
         xt = torch.from_numpy(x)
         weights = [torch.from_numpy(w) for w in dense_copies]
+        tolerances[DENSE_TORCH] = tolerances[DENSE_NUMPY]
+        if bfloat16:  # its output is rounded to bfloat16 (8 significant bits)
+            xt, weights = xt.to(torch.bfloat16), [w.to(torch.bfloat16) for w in weights]
+            tolerances[DENSE_TORCH] = 2.0**-7 * (scale + 1.0)
         runners[DENSE_TORCH] = _rotating(weights, lambda w: torch.nn.functional.linear(xt, w))
         copy_counts[DENSE_TORCH] = len(weights)
     for name, operand in operands.items():
         assert operand is not None  # only sparse candidates are built
         extra = cold_copies(operand._storage_nbytes()) - 1 if cold else 0
         # Separately built copies: a shared pattern would stay cache-resident.
-        copies = [operand] + [_build(name, W) for _ in range(extra)]
+        copies = [operand] + [_build(name, W, value_dtype) for _ in range(extra)]
         runners[name] = _rotating(copies, lambda op: linear(x, op, num_threads=threads))
         copy_counts[name] = len(copies)
     # Every copy is checked, which also makes its first call (and any setup a
     # format does on it, such as CSR's column chunk order) before the timing.
     for name, run in runners.items():
         for _ in range(copy_counts[name]):
-            result = np.asarray(run())
-            agree = (np.abs(result - expected) <= tolerance) | (result == expected)
+            result = run()
+            result = np.asarray(result.float() if bfloat16 and name == DENSE_TORCH else result)
+            agree = (np.abs(result - expected) <= tolerances[name]) | (result == expected)
             agree |= np.isnan(result) & np.isnan(expected)
             if not np.all(agree):
                 raise RuntimeError(f"planner: contender {name!r} disagrees with the dense product")

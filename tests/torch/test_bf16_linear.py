@@ -202,3 +202,21 @@ def test_sparsify_rejects_an_unknown_weight_dtype():
 
     with pytest.raises(ValueError, match="weight_dtype"):
         sparsify(torch.nn.Sequential(torch.nn.Linear(4, 4)), weight_dtype="float16")
+
+
+def test_auto_format_of_a_bfloat16_weight_plans_in_bfloat16(monkeypatch):
+    import sparsegemm
+
+    requested = []
+    real_plan = sparsegemm.plan
+
+    def recording_plan(*args, **kwargs):
+        requested.append(kwargs.get("dtype"))
+        return real_plan(*args, **kwargs)
+
+    monkeypatch.setattr(sparsegemm, "plan", recording_plan)
+    SparseLinear.from_dense(_pruned_bf16_linear(64, 32, density=0.2), format="auto",
+                            batch_hint=16)
+    SparseLinear.from_dense(_pruned_bf16_linear(64, 32, density=0.2).float(), format="auto",
+                            batch_hint=16)
+    assert requested == ["bfloat16", None]

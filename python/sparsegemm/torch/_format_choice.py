@@ -98,9 +98,11 @@ def choose_format(weight: torch.Tensor, format: str, blocksize: tuple[int, int] 
     if request.format != "auto":
         return request
     compute = torch.float64 if weight.dtype == torch.float64 else torch.float32  # half: float32
-    # Against torch's own product: what the module would run if left dense.
+    # Against torch's own product: what the module would run if left dense. A bfloat16
+    # weight: bfloat16-valued sparse kernels against torch's bfloat16 product.
     plan = sparsegemm.plan(weight.detach().to("cpu", compute).numpy(), batch_hint,
-                           num_threads=torch.get_num_threads(), dense=("torch",))
+                           num_threads=torch.get_num_threads(), dense=("torch",),
+                           dtype="bfloat16" if weight.dtype == torch.bfloat16 else None)
     fastest = _fastest_sparse(plan.times)
     if plan.format != "dense":
         return _choice_for(plan.format, float(plan.speedup), plan.format, plan.cached, fastest)
