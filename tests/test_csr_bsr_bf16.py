@@ -120,6 +120,20 @@ def test_csr_with_32_bit_column_indices(isa, rng, check_linear):
         check_linear(linear(x, a), x, reference_operand(a))
 
 
+@pytest.mark.parametrize("batch", [2, 17, 40])
+def test_csr_rows_longer_than_a_widened_chunk(isa, batch, rng, check_linear):
+    # The panel kernel widens bfloat16 values 256 at a time: rows of 255-257 and 600
+    # entries cross that boundary, and an empty row keeps its bias.
+    cols = 700
+    dense = np.zeros((6, cols), np.float32)
+    for row, count in enumerate([255, 256, 257, 600, 0, 1]):
+        dense[row, rng.choice(cols, count, replace=False)] = rng.uniform(-1, 1, count)
+    a = bf16(dense, "csr")
+    x = rng.uniform(-1, 1, (batch, cols)).astype(np.float32)
+    bias = rng.uniform(-1, 1, 6).astype(np.float32)
+    check_linear(linear(x, a, bias), x, reference_operand(a), bias)
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("batch", [1, 3, 40])
 def test_activation_epilogue(isa, fmt, batch, random_sparse, rng):

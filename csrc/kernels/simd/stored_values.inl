@@ -32,3 +32,12 @@ inline typename Vec<compute_t<W>>::reg load_stored_tail(const W* p, int64_t acti
     return load_stored(padded);
   }
 }
+
+// n stored values from p into out, widened (out: n compute-type values).
+template <typename W>
+inline void widen_stored(const W* p, int64_t n, compute_t<W>* out) {
+  using V = Vec<compute_t<W>>;
+  int64_t i = 0;
+  for (; i + V::kLanes <= n; i += V::kLanes) V::store(out + i, load_stored(p + i));
+  for (; i < n; ++i) out[i] = stored_value(p, i);
+}
