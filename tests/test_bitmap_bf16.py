@@ -18,7 +18,7 @@ import pytest
 import scipy.sparse as sp
 
 from sparsegemm import BitmapMatrix, _core, linear, sparse_mm
-from sparsegemm._dtypes import bfloat16_bits, bfloat16_to_float32
+from sparsegemm._dtypes import bfloat16_bits, bfloat16_rounded, bfloat16_to_float32
 
 COLS = [1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 255, 256, 257]
 BATCHES = [1, 2, 3, 4, 5, 8, 15, 16, 17]
@@ -27,7 +27,7 @@ BATCHES = [1, 2, 3, 4, 5, 8, 15, 16, 17]
 def uniform_x(rng: np.random.Generator, shape: tuple[int, ...], bf16_exact: bool) -> np.ndarray:
     """Uniform float32 in [-1, 1), rounded to bfloat16 values when ``bf16_exact``."""
     x = rng.uniform(-1, 1, shape).astype(np.float32)
-    return bfloat16_to_float32(bfloat16_bits(x)).reshape(shape) if bf16_exact else x
+    return bfloat16_rounded(x) if bf16_exact else x
 
 
 def bf16(dense: np.ndarray, threshold: float = 0.0) -> BitmapMatrix:
@@ -169,7 +169,7 @@ import ctypes, mmap, sys
 import numpy as np
 import sparsegemm
 from sparsegemm import BitmapMatrix, _core
-from sparsegemm._dtypes import bfloat16_bits, bfloat16_to_float32
+from sparsegemm._dtypes import bfloat16_rounded
 
 variant, batch, exact = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 level, _, extensions = variant.partition("-")
@@ -191,7 +191,7 @@ values = np.frombuffer(region, dtype=np.uint16, count=a.nnz, offset=readable - n
 values[:] = a.data
 x = rng.uniform(-1, 1, (batch, 201)).astype(np.float32)
 if exact == "exact":
-    x = bfloat16_to_float32(bfloat16_bits(x)).reshape(x.shape)  # the bfloat16-input kernel
+    x = bfloat16_rounded(x)  # the bfloat16-input kernel
 out = np.empty((batch, 10), np.float32)
 _core.bitmap_linear(a._handle, x, out, None, 1, values)
 np.testing.assert_allclose(out, x @ a.to_dense().astype(np.float64).T, rtol=1e-4, atol=1e-4)

@@ -16,7 +16,7 @@ import pytest
 import scipy.sparse as sp
 
 from sparsegemm import BSRMatrix, CSRMatrix, _core, feed_forward, linear, sddmm, sparse_mm
-from sparsegemm._dtypes import bfloat16_bits, bfloat16_to_float32
+from sparsegemm._dtypes import bfloat16_rounded
 
 # CSR, and BSR blocks with a register-tiled kernel (4x1, 16x1: rows a multiple
 # of the vector width, 1x4) and one that runs the generic kernel (3x5).
@@ -34,10 +34,6 @@ def reference_operand(a) -> sp.csr_array:
     return a.to_scipy() if isinstance(a, CSRMatrix) else sp.csr_array(a.to_dense())
 
 
-def rounded(dense: np.ndarray) -> np.ndarray:
-    return bfloat16_to_float32(bfloat16_bits(dense)).reshape(dense.shape)
-
-
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_storage_layout_and_dtypes(fmt, random_sparse):
     dense = random_sparse((9, 70), 0.5, np.float32)
@@ -51,7 +47,7 @@ def test_storage_layout_and_dtypes(fmt, random_sparse):
     assert widest.nbytes - a.nbytes == 2 * a.data.size
     out = a.to_dense()
     assert out.dtype == np.float32
-    np.testing.assert_array_equal(out, rounded(dense))
+    np.testing.assert_array_equal(out, bfloat16_rounded(dense))
     assert "bfloat16" in repr(a)
 
 

@@ -383,13 +383,13 @@ def test_numpy_blocks_are_followed_by_the_openblas_pause(monkeypatch, weight):
 @pytest.mark.parametrize("batch", [1, 16])
 def test_bfloat16_plans_bfloat16_operands_against_torch_in_bfloat16(monkeypatch, weight, batch):
     pytest.importorskip("torch")
-    from sparsegemm._dtypes import bfloat16_bits, bfloat16_to_float32
+    from sparsegemm._dtypes import bfloat16_rounded
 
     timer = FakeTimer(fake_times(1.0, csr=0.1))
     monkeypatch.setattr(planner, "_time_candidates", timer)
     result = planner.plan(weight, batch, dtype="bfloat16", dense=("torch",))
     assert result.format == "csr" and result.operand.value_dtype == "bfloat16"
-    rounded = bfloat16_to_float32(bfloat16_bits(weight)).reshape(weight.shape)
+    rounded = bfloat16_rounded(weight)
     np.testing.assert_array_equal(result.operand.to_dense(), rounded)
     # Every contender, torch's bfloat16 product included, passed the check against the
     # product of the rounded weight before the timing.

@@ -43,6 +43,8 @@ struct StoredValue {
   using compute = V;
   static V widen(V v) { return v; }
   static V narrow(V v) { return v; }
+  // The value as stored, in the compute type: what a threshold is tested on.
+  static V rounded(V v) { return v; }
 };
 
 template <>
@@ -50,6 +52,7 @@ struct StoredValue<bfloat16_t> {
   using compute = float;
   static float widen(bfloat16_t v) { return bf16_to_float(v); }
   static bfloat16_t narrow(float f) { return float_to_bf16(f); }
+  static float rounded(float f) { return bf16_to_float(float_to_bf16(f)); }
 };
 
 template <typename V>

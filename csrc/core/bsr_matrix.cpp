@@ -95,7 +95,7 @@ BsrMatrix<T> BsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const compute_
   const int64_t block_size = static_cast<int64_t>(block_r) * block_c;
   // Entries as stored (bfloat16: rounded), so a block of what rounds to zero is not kept.
   const auto element = [&](int64_t i, int64_t j) {
-    return StoredValue<T>::widen(StoredValue<T>::narrow(dense[i * row_stride + j * col_stride]));
+    return StoredValue<T>::rounded(dense[i * row_stride + j * col_stride]);
   };
   const auto kept = [&](int64_t br, int64_t bc) {
     for (int64_t i = br * block_r; i < std::min(rows, (br + 1) * block_r); ++i)

@@ -124,8 +124,6 @@ template <typename T>
 CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const compute_t<T>* dense,
                                       int64_t row_stride, int64_t col_stride, double threshold) {
   using C = compute_t<T>;
-  // The entry as stored (bfloat16: rounded), so what rounds to zero is not kept.
-  const auto rounded = [](C a) { return StoredValue<T>::widen(StoredValue<T>::narrow(a)); };
   check_dimensions(rows, cols);
   CsrMatrix m;
   m.rows_ = rows;
@@ -140,7 +138,7 @@ CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const compute_
   for (int64_t r = 0; r < rows; ++r) {
     const C* row = dense + r * row_stride;
     for (int64_t c = 0; c < cols; ++c) {
-      const C a = rounded(row[c * col_stride]);
+      const C a = StoredValue<T>::rounded(row[c * col_stride]);  // what rounds to 0 is not kept
       total += !(std::fabs(static_cast<double>(a)) <= threshold);
     }
   }
@@ -150,7 +148,7 @@ CsrMatrix<T> CsrMatrix<T>::from_dense(int64_t rows, int64_t cols, const compute_
   for (int64_t r = 0; r < rows; ++r) {
     const C* row = dense + r * row_stride;
     for (int64_t c = 0; c < cols; ++c) {
-      const C a = rounded(row[c * col_stride]);
+      const C a = StoredValue<T>::rounded(row[c * col_stride]);
       if (!(std::fabs(static_cast<double>(a)) <= threshold)) {
         pattern.set_index(compact, k, c);
         m.values_[k] = StoredValue<T>::narrow(a);

@@ -76,6 +76,12 @@ def bfloat16_to_float32(bits: np.ndarray) -> np.ndarray:
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
+def bfloat16_rounded(values: np.ndarray) -> np.ndarray:
+    """``values`` rounded to bfloat16 (as :func:`bfloat16_bits`), as float32 of their shape."""
+    values = np.asarray(values)
+    return bfloat16_to_float32(bfloat16_bits(values)).reshape(values.shape)
+
+
 def stored_value_dtype(dtype: object) -> object:
     """The value dtype a matrix stores when asked for ``dtype``: ``'bfloat16'`` or the
     :func:`kernel_dtype` of ``dtype``."""

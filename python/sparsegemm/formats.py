@@ -452,7 +452,7 @@ class CSRMatrix(SparseFormat):
 
 def _with_value_dtype(cls: Any, arrays: tuple[Any, ...], shape: tuple[int, int],
                       value_dtype: Any) -> Any:
-    """``cls(arrays, shape, dtype=value_dtype)``: what pickling rebuilds CSR and BSR from
+    """``cls(arrays, shape, dtype=value_dtype)``: what pickling rebuilds every format from
     (bfloat16 data are uint16 bit patterns, which alone would read as integers)."""
     return cls(arrays, shape, dtype=value_dtype)
 
@@ -915,9 +915,7 @@ class BitmapMatrix(BitmapArrays, SparseFormat):
         return int(self._handle.column_plan_bytes)
 
     def _reduce_values(self) -> tuple[Any, tuple[Any, ...]]:
-        if self._dtype == BFLOAT16:
-            return (_bfloat16_bitmap, (self.data, self.bits, self.shape))
-        return (BitmapMatrix, ((self.data, self.bits), self.shape))
+        return (_with_value_dtype, (BitmapMatrix, (self.data, self.bits), self.shape, self._dtype))
 
     def _reduce_pattern(self) -> tuple[Any, tuple[Any, ...]]:
         return (BitmapMatrix.pattern, (self.bits, self.shape, self._dtype))
@@ -937,7 +935,8 @@ class BitmapMatrix(BitmapArrays, SparseFormat):
 
 
 def _bfloat16_bitmap(data: np.ndarray, bits: np.ndarray, shape: tuple[int, int]) -> BitmapMatrix:
-    """A bfloat16 BitmapMatrix from its bit patterns (what pickling rebuilds from)."""
+    """A bfloat16 BitmapMatrix from its bit patterns: what pickles made before
+    ``_with_value_dtype`` rebuild from (kept so that they still load)."""
     return BitmapMatrix((data, bits), shape, dtype=BFLOAT16)
 
 

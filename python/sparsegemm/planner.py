@@ -41,7 +41,7 @@ from typing import Any, Callable, Union
 import numpy as np
 
 from . import _core
-from ._dtypes import BFLOAT16, bfloat16_bits, bfloat16_to_float32, is_bfloat16, kernel_dtype
+from ._dtypes import BFLOAT16, bfloat16_rounded, is_bfloat16, kernel_dtype
 from ._runtime import get_isa, kernel_catalogue, resolve_num_threads
 from .formats import BitmapMatrix, BSRMatrix, CSRMatrix
 from .ops import linear
@@ -411,7 +411,7 @@ def plan(
     if weight.ndim != 2:
         raise ValueError(f"W must be 2-dimensional, got shape {weight.shape}")
     if bfloat16:  # every contender multiplies the same rounded weight
-        weight = bfloat16_to_float32(bfloat16_bits(weight)).reshape(weight.shape)
+        weight = bfloat16_rounded(weight)
     value_dtype = BFLOAT16 if bfloat16 else target
     names = list(CANDIDATES) if candidates is None else list(candidates)
     unknown = [n for n in names if n not in CANDIDATES]
@@ -519,7 +519,7 @@ def _runners(
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, W.shape[1])).astype(W.dtype)
     if bfloat16:
-        x = bfloat16_to_float32(bfloat16_bits(x)).reshape(x.shape)
+        x = bfloat16_rounded(x)
     expected = x.astype(np.float64) @ W.T.astype(np.float64)
     scale = np.abs(x).astype(np.float64) @ np.abs(W.T).astype(np.float64)
     tolerances = {name: (1e-4 if W.dtype == np.float32 else 1e-10) * (scale + 1.0)

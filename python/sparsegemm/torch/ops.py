@@ -151,13 +151,23 @@ def _check_linear_operands(op: str, x: Tensor, values: Tensor, bias: Optional[Te
         _check_operands(op, values, x=x, bias=bias)
 
 
-def _bfloat16_values_linear(kernel, pattern, x: Tensor, values: Tensor,
-                            bias: Optional[Tensor]) -> Tensor:
-    """``x @ W.T + bias`` for bfloat16 ``values``, which go to the kernel as they are: only
-    x, bias and the output convert (x and bias to float32, the output back to x's dtype)."""
-    y = _linear(kernel, pattern, x.float(), values_array(values),
-                None if bias is None else bias.float())
-    return y.to(x.dtype)
+def _linear_op(kernel, pattern_for: Callable, x: Tensor, values: Tensor,
+               bias: Optional[Tensor]) -> Tensor:
+    """A linear op's product: ``x @ W.T + bias`` by ``kernel`` over the pattern
+    ``pattern_for(values dtype)``. bfloat16 values go to the kernel as they are: only x,
+    bias and the output convert (x and bias to float32, the output back to x's dtype).
+    float16 values are widened to float32 with the other tensors (_half_in_float32)."""
+    if values.dtype == torch.bfloat16:
+        y = _linear(kernel, pattern_for(values.dtype), x.float(), values_array(values),
+                    None if bias is None else bias.float())
+        return y.to(x.dtype)
+    return _widened_linear(kernel, pattern_for, x, values, bias)
+
+
+@_half_in_float32
+def _widened_linear(kernel, pattern_for: Callable, x: Tensor, values: Tensor,
+                    bias: Optional[Tensor]) -> Tensor:
+    return _linear(kernel, pattern_for(values.dtype), x, values_array(values), bias)
 
 
 # the direct path -----------------------------------------------------------------------------
@@ -275,17 +285,10 @@ def csr_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, cols:
     """``x @ W.T + bias`` (F.linear) for W = (indptr, indices, values), W (rows x cols)."""
     _check_linear_operands("csr_linear", x, values, bias)
     _check_last_dim("csr_linear", "x", x, cols)
-    if values.dtype == torch.bfloat16:
-        pattern = patterns.entry(indptr, indices, (_rows(indptr), cols), values.dtype).matrix
-        return _bfloat16_values_linear(_core.csr_linear, pattern, x, values, bias)
-    return _csr_linear_widened(x, indptr, indices, values, cols, bias)
-
-
-@_half_in_float32
-def _csr_linear_widened(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, cols: int,
-                        bias: Optional[Tensor]) -> Tensor:
-    pattern = patterns.entry(indptr, indices, (_rows(indptr), cols), values.dtype).matrix
-    return _linear(_core.csr_linear, pattern, x, values_array(values), bias)
+    return _linear_op(
+        _core.csr_linear,
+        lambda dtype: patterns.entry(indptr, indices, (_rows(indptr), cols), dtype).matrix,
+        x, values, bias)
 
 
 @csr_linear.register_fake
@@ -502,19 +505,11 @@ def bsr_linear(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, rows:
     _check_linear_operands("bsr_linear", x, values, bias)
     _check_bsr("bsr_linear", indptr, values, rows, cols)
     _check_last_dim("bsr_linear", "x", x, cols)
-    if values.dtype == torch.bfloat16:
-        pattern = patterns.entry(indptr, indices, (rows, cols), values.dtype,
-                                 (values.shape[1], values.shape[2])).matrix
-        return _bfloat16_values_linear(_core.bsr_linear, pattern, x, values, bias)
-    return _bsr_linear_widened(x, indptr, indices, values, rows, cols, bias)
-
-
-@_half_in_float32
-def _bsr_linear_widened(x: Tensor, indptr: Tensor, indices: Tensor, values: Tensor, rows: int,
-                        cols: int, bias: Optional[Tensor]) -> Tensor:
-    pattern = patterns.entry(indptr, indices, (rows, cols), values.dtype,
-                             (values.shape[1], values.shape[2])).matrix
-    return _linear(_core.bsr_linear, pattern, x, values_array(values), bias)
+    blocksize = (values.shape[1], values.shape[2])
+    return _linear_op(
+        _core.bsr_linear,
+        lambda dtype: patterns.entry(indptr, indices, (rows, cols), dtype, blocksize).matrix,
+        x, values, bias)
 
 
 @bsr_linear.register_fake
@@ -704,17 +699,10 @@ def bitmap_linear(x: Tensor, bitmap: Tensor, values: Tensor, cols: int,
     _check_linear_operands("bitmap_linear", x, values, bias)
     _check_bitmap("bitmap_linear", bitmap, cols)
     _check_last_dim("bitmap_linear", "x", x, cols)
-    if values.dtype == torch.bfloat16:
-        pattern = patterns.bitmap_entry(bitmap, (bitmap.shape[0], cols), values.dtype).matrix
-        return _bfloat16_values_linear(_core.bitmap_linear, pattern, x, values, bias)
-    return _bitmap_linear_widened(x, bitmap, values, cols, bias)
-
-
-@_half_in_float32
-def _bitmap_linear_widened(x: Tensor, bitmap: Tensor, values: Tensor, cols: int,
-                           bias: Optional[Tensor]) -> Tensor:
-    pattern = patterns.bitmap_entry(bitmap, (bitmap.shape[0], cols), values.dtype).matrix
-    return _linear(_core.bitmap_linear, pattern, x, values_array(values), bias)
+    return _linear_op(
+        _core.bitmap_linear,
+        lambda dtype: patterns.bitmap_entry(bitmap, (bitmap.shape[0], cols), dtype).matrix,
+        x, values, bias)
 
 
 @bitmap_linear.register_fake
