@@ -159,3 +159,23 @@ def test_random_shapes(rows, in_features, hidden, out_features, density, threads
         got = feed_forward(x, CSRMatrix.from_dense(w1), CSRMatrix.from_dense(w2), b1,
                            activation=activation, num_threads=threads)
     assert_feed_forward_close(got, x, w1, b1, activation, w2, None, np.float32)
+
+
+@pytest.mark.parametrize("rows", [1, 9, 64, 65, 100, 130])
+def test_fewer_panels_than_threads_share_each_panel(isa, rng, rows):
+    # With fewer panels of x than threads (drivers/product_driver.h linear_pair_team)
+    # every thread runs its share of w1's rows into the panel's shared hidden
+    # activations and, after a barrier, its share of w2's rows. Each output is still
+    # summed by one thread in a fixed order: bitwise equal to one thread, for 2
+    # panels with 3-4 threads as well (a barrier between panels).
+    w1, w2 = _weights(rng, 300, 700, 260, 0.2, np.float32)
+    w1[5:40] = 0  # empty hidden rows inside a thread's share
+    b1 = rng.standard_normal(700).astype(np.float32)
+    b2 = rng.standard_normal(260).astype(np.float32)
+    x = rng.standard_normal((rows, 300)).astype(np.float32)
+    a1, a2 = CSRMatrix.from_dense(w1), CSRMatrix.from_dense(w2)
+    serial = feed_forward(x, a1, a2, b1, b2, activation="gelu", num_threads=1)
+    assert_feed_forward_close(serial, x, w1, b1, "gelu", w2, b2, np.float32)
+    for threads in (2, 3, 4):
+        np.testing.assert_array_equal(
+            feed_forward(x, a1, a2, b1, b2, activation="gelu", num_threads=threads), serial)

@@ -16,6 +16,26 @@ int default_num_threads() {
 #endif
 }
 
+int team_thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+int team_size() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+void team_barrier() {
+#pragma omp barrier
+}
+
 // Below this many multiply-adds a second thread costs more than it saves.
 constexpr int64_t kMinWorkPerThread = 1 << 15;
 

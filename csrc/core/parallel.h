@@ -36,6 +36,28 @@ void parallel_for(int num_threads, int64_t parts, const Body& body) {
   for (int64_t p = 0; p < parts; ++p) body(p);
 }
 
+// This thread's index in the innermost team, and that team's size (0 and 1
+// outside a team).
+int team_thread_index();
+int team_size();
+// Waits until every thread of the innermost team has reached it (no-op outside a team).
+void team_barrier();
+
+// Runs body(thread, team) once on each thread of a team of up to num_threads
+// threads: team is the number the runtime started (it may start fewer), thread
+// this one's index in [0, team). body may call team_barrier(), which every
+// thread of the team must reach equally often; work split by team size stays
+// correct whatever size the team gets. body must not throw.
+template <typename Body>
+void parallel_team(int num_threads, const Body& body) {
+  if (num_threads <= 1) {
+    body(0, 1);
+    return;
+  }
+#pragma omp parallel num_threads(num_threads)
+  body(team_thread_index(), team_size());
+}
+
 // Runs body(begin, end) over [0, count) cut into min(count, num_threads)
 // contiguous ranges of nearly equal length, one per thread: for passes whose
 // items (rows, tiles) all cost about the same.
