@@ -100,6 +100,18 @@ def _counted(clock, seconds_per_call):
     return call, made
 
 
+def _counted_durations(clock, durations):
+    """A call taking the next of ``durations`` on the fake clock, and the list counting
+    its calls."""
+    made = []
+    durations = iter(durations)
+
+    def call():
+        made.append(1)
+        clock.now += next(durations)
+    return call, made
+
+
 def test_a_contender_far_behind_after_the_first_round_is_not_timed_again(clock):
     settings = timing.TimingSettings(rounds=4, calls_per_block=2, sleep_s=0.0,
                                      max_remeasure=0, drop_slower_than=2.0)
@@ -117,15 +129,22 @@ def test_a_contender_far_behind_after_the_first_round_is_not_timed_again(clock):
     assert len(made["fast"]) == 1 + 2 + 3 * (1 + 2)  # later rounds: warm-up and a block
 
 
-def test_a_dropped_contender_is_not_remeasured_in_a_slow_phase(clock):
-    """A remeasure (the reference's samples disagree) times only the contenders kept."""
+def test_a_contender_dropped_in_an_unsteady_attempt_is_timed_again(clock):
+    """A remeasure (the reference's samples disagreed) times every contender afresh: one
+    slow first block in the unsteady attempt must not drop the fastest for good."""
     settings = timing.TimingSettings(rounds=2, calls_per_block=1, sleep_s=0.0,
                                      max_remeasure=1, drop_slower_than=2.0)
-    unsteady = clock.call_taking(itertools.cycle([2**-8, 2**-8, 2**-8, 2**-6]))
-    far, made = _counted(clock, 2**-4)
-    timings = timing.measure({"dense": unsteady, "far": far}, ["dense"], settings).timings
-    assert timings["far"].samples == (2**-4,)
-    assert len(made) == 1 + 1  # probe, one block: neither the second round nor the remeasure
+    # The reference disagrees with itself in the first attempt only.
+    dense = clock.call_taking(itertools.chain([2**-8, 2**-8, 2**-8, 2**-6],
+                                              itertools.repeat(2**-8)))
+    # Probe call, then one slow block (a hiccup), then its real speed.
+    hiccup, made = _counted_durations(clock, itertools.chain([2**-9, 2**-4],
+                                                             itertools.repeat(2**-9)))
+    result = timing.measure({"dense": dense, "hiccup": hiccup}, ["dense"], settings)
+    assert result.remeasured == 1 and result.steady
+    assert result.timings["hiccup"].samples == (2**-9, 2**-9)
+    # First attempt: probe and one block; second: warm-up and block in each of 2 rounds.
+    assert len(made) == 2 + 2 * 2
 
 
 def test_without_a_drop_ratio_every_contender_is_timed_fully(clock):

@@ -272,23 +272,23 @@ def measure(
         for name, seconds in (first_call_s or {}).items()
         if name in calls and seconds >= settings.skip_warmup_above_s
     }
-    kept: set[str] = set(calls)
 
     def keep(first_samples: dict[str, float]) -> set[str]:
-        kept.intersection_update(_contenders_left(first_samples, reference_names,
-                                                  settings.drop_slower_than))
-        return kept
+        return _contenders_left(first_samples, reference_names, settings.drop_slower_than)
 
     finite = settings.drop_slower_than < math.inf
     best = _one_attempt(calls, settings, plans, keep if finite else None)
-    # A call dropped after the first round keeps its one sample and is not measured again.
-    dropped = {name: timing for name, timing in best.items() if name not in kept}
-    timed = {name: call for name, call in calls.items() if name in kept}
     best_spread = _reference_spread(best, reference_names)
     remeasured = 0
+    # Each attempt times every call afresh, its drops included: a call dropped after
+    # the first round keeps that one sample, and an unsteady attempt's first round
+    # (one slow block) must not decide for good. Reusing the dropped samples, a
+    # planner's fastest contender (CSR for a 90%-sparse 768x3072 weight at 128 rows,
+    # about 0.5 ms) was dropped on one 2.2 ms block in 1 of 3 fresh processes and
+    # a format twice as slow was chosen.
     while best_spread > SLOW_PHASE_RATIO and remeasured < settings.max_remeasure:
         remeasured += 1
-        timings = {**_one_attempt(timed, settings, plans), **dropped}
+        timings = _one_attempt(calls, settings, plans, keep if finite else None)
         spread = _reference_spread(timings, reference_names)
         if spread < best_spread:
             best, best_spread = timings, spread

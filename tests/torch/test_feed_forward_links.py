@@ -105,6 +105,48 @@ def test_a_module_calling_its_children_in_a_chain_is_linked(prune, fused_calls):
                                        "output.bias", "norm.weight", "norm.bias"}
 
 
+def transformer_layer(prune, dropout=0.1):
+    torch.manual_seed(2)
+    layer = nn.TransformerEncoderLayer(32, 4, 128, dropout=dropout, batch_first=True)
+    for linear in (layer.linear1, layer.linear2):
+        prune(linear, 0.9)
+    return layer.eval()
+
+
+def test_a_torch_encoder_layer_links_through_its_dropout_in_eval_mode(prune, fused_calls):
+    # _ff_block is linear2(dropout(activation(linear1(x)))): the ReLU is fused into
+    # linear1 and the pair linked through the dropout, which passes its input on in
+    # eval mode.
+    model = transformer_layer(prune)
+    x = torch.randn(2, 64, 32)
+    with torch.no_grad():
+        expected = model(x)
+        sparsify(model, format="csr")
+        assert links.linked_layer(model.linear1) is model.linear2
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    assert len(fused_calls) == 1
+    report = {layer.name: layer.reason for layer in model.sparsegemm_report}
+    assert "feeds linear2 (through dropout, in eval mode)" in report["linear1"]
+
+
+def test_an_active_dropout_between_the_pair_runs_the_layers_one_by_one(prune, fused_calls):
+    # In training mode (no gradients recorded) the dropout acts: the fused kernel, which
+    # skips it, must not run. A dropout of 1 zeroes every activation, so the result is
+    # deterministic and the hidden layer's contribution visibly gone.
+    model = transformer_layer(prune, dropout=1.0)
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        sparsify(model, format="csr")
+    x = torch.randn(2, 64, 32)
+    with torch.no_grad():
+        model.train(), reference.train()
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+        assert fused_calls == []
+        model.eval(), reference.eval()
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
+    assert len(fused_calls) == 1
+
+
 class TwoUses(nn.Module):
     def __init__(self):
         super().__init__()

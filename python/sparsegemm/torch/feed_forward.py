@@ -11,12 +11,20 @@ very tensor instead of multiplying it again. Whenever either layer would not
 take the fast path (gradients recorded, torch.compile tracing, another dtype,
 a format other than CSR, an auto layer that has not decided for this row
 count), each layer runs as it always does.
+
+``nn.Dropout`` children between the two (``nn.TransformerEncoderLayer``'s
+``linear2(dropout(activation(linear1(x))))``) are linked through: the pair runs
+as one only while each of them is in eval mode, where dropout hands its input
+on as the very same tensor.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import cache
 from typing import Any, Optional
 
+import torch
 from torch import Tensor, nn
 
 from . import ops as _ops
@@ -26,11 +34,27 @@ _FEEDS = "_feeds_layer"
 _FED_OUTPUT = "_fed_output"
 
 
-def link(first: nn.Module, parent: nn.Module, name: str) -> None:
+def link(first: nn.Module, parent: nn.Module, name: str,
+         dropouts: Sequence[nn.Dropout] = ()) -> None:
     """Mark the layer in ``parent``'s child slot ``name`` as the only consumer of ``first``'s
-    output (see the module docstring). The slot, not the module in it, is linked: a layer
-    put there later (``freeze`` resolving an auto layer) is the one that runs."""
-    first.__dict__[_FEEDS] = (parent, name)
+    output (see the module docstring), reached through ``dropouts``. The slot, not the
+    module in it, is linked: a layer put there later (``freeze`` resolving an auto layer)
+    is the one that runs."""
+    first.__dict__[_FEEDS] = (parent, name, tuple(dropouts))
+
+
+@cache
+def _eval_dropout_passes_its_input() -> bool:
+    """Whether this torch's dropout in eval mode returns its input tensor itself (the
+    second layer recognises the fed output by identity)."""
+    probe = torch.zeros(1)
+    return nn.Dropout(0.5).eval()(probe) is probe
+
+
+def _dropouts_pass_through(first: nn.Module) -> bool:
+    dropouts = first.__dict__[_FEEDS][2]
+    return not dropouts or (_eval_dropout_passes_its_input()
+                            and not any(dropout.training for dropout in dropouts))
 
 
 def carry_link(old: nn.Module, new: nn.Module) -> None:
@@ -70,7 +94,7 @@ def fused_output(first: nn.Module, x: Tensor) -> Optional[Tensor]:
     if type(x) is not Tensor:  # an fx proxy or a tensor subclass: each layer runs alone
         return None
     second = linked_layer(first)
-    if second is None or x.dim() == 0:
+    if second is None or x.dim() == 0 or not _dropouts_pass_through(first):
         return None
     cols = x.shape[-1]
     rows = x.numel() // cols if cols else 0

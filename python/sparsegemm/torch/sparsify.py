@@ -32,6 +32,7 @@ speedup, or the reason it stayed dense.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -493,12 +494,17 @@ def _linkable(module: Any) -> bool:
     return isinstance(module, (SparseLinear, AutoSparseLinear))
 
 
-def _sole_consumer(node: torch.fx.Node, modules: dict[str, nn.Module]) -> torch.fx.Node | None:
-    """The one node that uses ``node``'s value, past ``nn.Identity`` children, or None."""
+def _sole_consumer(node: torch.fx.Node, modules: dict[str, nn.Module],
+                   dropouts: list[nn.Dropout] | None = None) -> torch.fx.Node | None:
+    """The one node that uses ``node``'s value, past ``nn.Identity`` children and, given a
+    ``dropouts`` list, ``nn.Dropout`` children too (appended to it), or None."""
+    passable = (nn.Identity,) if dropouts is None else (nn.Identity, nn.Dropout)
     while len(node.users) == 1:
         user = next(iter(node.users))
-        if (user.op == "call_module" and isinstance(modules.get(user.target), nn.Identity)
-                and user.args == (node,) and not user.kwargs):
+        module = modules.get(user.target) if user.op == "call_module" else None
+        if type(module) in passable and user.args == (node,) and not user.kwargs:
+            if isinstance(module, nn.Dropout) and dropouts is not None:
+                dropouts.append(module)
             node = user
             continue
         return user
@@ -506,10 +512,12 @@ def _sole_consumer(node: torch.fx.Node, modules: dict[str, nn.Module]) -> torch.
 
 
 def _link_pair(first: nn.Module, parent: nn.Module, second_name: str, first_name: str,
-               second_label: str, converter: _Converter) -> None:
-    feed_forward.link(first, parent, second_name)
-    _note_fusion(converter, first_name,
-                 f"feeds {second_label}: both run as one feed-forward kernel at inference")
+               second_label: str, converter: _Converter,
+               dropouts: Sequence[nn.Dropout] = ()) -> None:
+    feed_forward.link(first, parent, second_name, dropouts)
+    through = " (through dropout, in eval mode)" if dropouts else ""
+    _note_fusion(converter, first_name, f"feeds {second_label}{through}: both run as one "
+                                        "feed-forward kernel at inference")
 
 
 def _link_feed_forward_children(parent: nn.Module, prefix: str, converter: _Converter) -> None:
@@ -530,7 +538,8 @@ def _link_feed_forward_children(parent: nn.Module, prefix: str, converter: _Conv
         if (node.op != "call_module" or node.target in linked or len(calls[node.target]) != 1
                 or not _linkable(children.get(node.target))):
             continue
-        consumer = _sole_consumer(node, children)
+        dropouts: list[nn.Dropout] = []
+        consumer = _sole_consumer(node, children, dropouts)
         if (consumer is None or consumer.op != "call_module" or consumer.target in linked
                 or len(consumer.args) != 1 or consumer.kwargs or consumer.target == node.target
                 or len(calls[consumer.target]) != 1
@@ -539,7 +548,7 @@ def _link_feed_forward_children(parent: nn.Module, prefix: str, converter: _Conv
         linked.update((node.target, consumer.target))
         name = f"{prefix}.{node.target}" if prefix else node.target
         _link_pair(children[node.target], parent, consumer.target, name,
-                   f"{prefix + '.' if prefix else ''}{consumer.target}", converter)
+                   f"{prefix + '.' if prefix else ''}{consumer.target}", converter, dropouts)
 
 
 def _link_hf_feed_forward(layer: nn.Module, prefix: str, converter: _Converter) -> None:
@@ -589,6 +598,43 @@ def _link_hf_feed_forward(layer: nn.Module, prefix: str, converter: _Converter) 
     base = f"{prefix}." if prefix else ""
     _link_pair(first, output, "dense", f"{base}intermediate.dense", f"{base}output.dense",
                converter)
+
+
+def _link_transformer_feed_forward(layer: nn.Module, prefix: str, converter: _Converter) -> None:
+    """``nn.Transformer{En,De}coderLayer`` runs its feed-forward block in ``_ff_block``:
+    ``dropout2(linear2(dropout(activation(linear1(x)))))``. Its forward as a whole does not
+    trace (the fast-path checks), so once the activation is fused into ``linear1`` (leaving
+    ``nn.Identity``) the block alone is traced and checked before ``linear1`` is linked to
+    ``linear2`` through the dropout (the pair runs as one while it is in eval mode)."""
+    block = getattr(type(layer), "_ff_block", None)
+    first, second = getattr(layer, "linear1", None), getattr(layer, "linear2", None)
+    if not (callable(block) and isinstance(getattr(layer, "activation", None), nn.Identity)
+            and _linkable(first) and _linkable(second)):
+        return
+    children = dict(layer.named_children())
+
+    class FeedForwardBlock(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for name, child in children.items():
+                self.add_module(name, child)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return block(self, x)
+
+    try:
+        graph = ChildrenAsLeaves().trace(FeedForwardBlock())
+    except Exception:  # noqa: BLE001 - a block fx cannot trace is left unlinked
+        return
+    calls = _module_calls(graph)
+    if len(calls.get("linear1", ())) != 1 or len(calls.get("linear2", ())) != 1:
+        return
+    dropouts: list[nn.Dropout] = []
+    consumer = _sole_consumer(calls["linear1"][0], children, dropouts)
+    if (consumer is not calls["linear2"][0] or len(consumer.args) != 1 or consumer.kwargs):
+        return
+    base = f"{prefix}." if prefix else ""
+    _link_pair(first, layer, "linear2", f"{base}linear1", f"{base}linear2", converter, dropouts)
 
 
 def _fuse_transformer_activation(layer: nn.Module, prefix: str, converter: _Converter) -> None:
@@ -647,6 +693,8 @@ def _arrange_around_sparse_children(module: nn.Module, prefix: str,
         if _disable_fused_fast_path not in module._forward_pre_hooks.values():
             module.register_forward_pre_hook(_disable_fused_fast_path)
         _fuse_transformer_activation(module, prefix, converter)
+        if converter.fuse_feed_forward:
+            _link_transformer_feed_forward(module, prefix, converter)
     elif not isinstance(module, nn.Sequential):
         _fuse_activation_children(module, prefix, converter)
     if converter.fuse_feed_forward and not _is_fused_transformer_layer(module):
