@@ -397,3 +397,19 @@ def test_bfloat16_plans_bfloat16_operands_against_torch_in_bfloat16(monkeypatch,
     again = planner.plan(weight, batch, dtype="bfloat16", dense=("torch",))
     assert again.cached and again.operand.value_dtype == "bfloat16"
     assert planner.plan(weight, batch, dense=("torch",)).key != result.key
+
+
+def test_the_float64_references_run_on_one_blas_thread(monkeypatch, weight):
+    # OpenBLAS workers woken by the reference products spin for a while after them
+    # and took a core from the first contenders timed, so the references run on one
+    # BLAS thread (no worker wakes).
+    limits = []
+    real_limit = planner.blas_thread_limit
+
+    def recording_limit(threads):
+        limits.append(threads)
+        return real_limit(threads)
+
+    monkeypatch.setattr(planner, "blas_thread_limit", recording_limit)
+    planner._runners(weight, 4, 1, {"csr": CSRMatrix.from_dense(weight)}, ("numpy",))
+    assert limits[:1] == [1]

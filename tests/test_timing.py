@@ -129,22 +129,38 @@ def test_a_contender_far_behind_after_the_first_round_is_not_timed_again(clock):
     assert len(made["fast"]) == 1 + 2 + 3 * (1 + 2)  # later rounds: warm-up and a block
 
 
+def test_a_slow_first_block_after_a_fast_probe_does_not_drop_a_contender(clock):
+    """The faster of the warm-up probe and the first block decides the drop: one slow
+    block (a stall) must not drop the fastest contender."""
+    settings = timing.TimingSettings(rounds=3, calls_per_block=1, sleep_s=0.0,
+                                     max_remeasure=0, drop_slower_than=2.0)
+    dense = clock.call_taking(itertools.repeat(2**-8))
+    # Its probe call, one slow block, then its real speed.
+    stalled, made = _counted_durations(clock, itertools.chain([2**-9, 2**-4],
+                                                              itertools.repeat(2**-9)))
+    result = timing.measure({"dense": dense, "stalled": stalled}, ["dense"], settings)
+    assert result.timings["stalled"].samples == (2**-4, 2**-9, 2**-9)
+    assert result.timings["stalled"].median == 2**-9
+    assert len(made) == 2 + 2 * 2  # probe and block, then warm-up and block twice
+
+
 def test_a_contender_dropped_in_an_unsteady_attempt_is_timed_again(clock):
-    """A remeasure (the reference's samples disagreed) times every contender afresh: one
-    slow first block in the unsteady attempt must not drop the fastest for good."""
+    """A remeasure (the reference's samples disagreed) times every contender afresh: a
+    stall in the unsteady attempt must not drop the fastest for good."""
     settings = timing.TimingSettings(rounds=2, calls_per_block=1, sleep_s=0.0,
                                      max_remeasure=1, drop_slower_than=2.0)
     # The reference disagrees with itself in the first attempt only.
     dense = clock.call_taking(itertools.chain([2**-8, 2**-8, 2**-8, 2**-6],
                                               itertools.repeat(2**-8)))
-    # Probe call, then one slow block (a hiccup), then its real speed.
-    hiccup, made = _counted_durations(clock, itertools.chain([2**-9, 2**-4],
-                                                             itertools.repeat(2**-9)))
-    result = timing.measure({"dense": dense, "hiccup": hiccup}, ["dense"], settings)
+    # A stall over its probe and first block, then its real speed.
+    stalled, made = _counted_durations(clock, itertools.chain([2**-4, 2**-4],
+                                                              itertools.repeat(2**-9)))
+    result = timing.measure({"dense": dense, "stalled": stalled}, ["dense"], settings)
     assert result.remeasured == 1 and result.steady
-    assert result.timings["hiccup"].samples == (2**-9, 2**-9)
-    # First attempt: probe and one block; second: warm-up and block in each of 2 rounds.
-    assert len(made) == 2 + 2 * 2
+    assert result.timings["stalled"].samples == (2**-9, 2**-9)
+    # First attempt: probe and one block (dropped); second: a block in each of 2 rounds
+    # (sized by the stalled probe, above skip_warmup_above_s: no warm-up calls).
+    assert len(made) == 2 + 2
 
 
 def test_without_a_drop_ratio_every_contender_is_timed_fully(clock):

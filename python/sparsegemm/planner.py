@@ -50,6 +50,7 @@ from .timing import (
     COLD_MAX_BATCH,
     SLOW_PHASE_RATIO,
     TimingSettings,
+    blas_thread_limit,
     last_level_cache_bytes,
     measure,
     openblas_spin_seconds,
@@ -520,8 +521,13 @@ def _runners(
     x = rng.standard_normal((batch, W.shape[1])).astype(W.dtype)
     if bfloat16:
         x = bfloat16_rounded(x)
-    expected = x.astype(np.float64) @ W.T.astype(np.float64)
-    scale = np.abs(x).astype(np.float64) @ np.abs(W.T).astype(np.float64)
+    # On one BLAS thread: OpenBLAS workers woken for these products spin for about
+    # openblas_spin_seconds() after them, and a core taken that way made the first
+    # contenders timed crawl (CSR at 7 ms a call instead of 20 us, 768x3072 at 90%
+    # batch 64, in 2 of 8 processes), so the planner dropped its fastest contender.
+    with blas_thread_limit(1):
+        expected = x.astype(np.float64) @ W.T.astype(np.float64)
+        scale = np.abs(x).astype(np.float64) @ np.abs(W.T).astype(np.float64)
     tolerances = {name: (1e-4 if W.dtype == np.float32 else 1e-10) * (scale + 1.0)
                   for name in (DENSE_NUMPY, *operands)}
 
