@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..timing import COLD_MAX_BATCH, last_level_cache_bytes, thread_limits
+from ..timing import COLD_MAX_BATCH, blas_thread_limit, last_level_cache_bytes, thread_limits
 from ..timing import cold_copies as timing_cold_copies
 from . import contenders as registry
 from .analysis import is_sparsegemm_figure, point_key
@@ -232,7 +232,8 @@ def run_point(
     )
     cold = spec.is_cold(point.batch)
     weight64 = problem.cached("float64", lambda: weight.astype(np.float64))
-    reference = x.astype(np.float64) @ weight64.T
+    with blas_thread_limit(1):  # no OpenBLAS worker left spinning into the timing
+        reference = x.astype(np.float64) @ weight64.T
     rows: dict[str, dict[str, Any]] = {}
     calls: dict[str, Callable[[], Any]] = {}
     first_call_s: dict[str, float] = {}
