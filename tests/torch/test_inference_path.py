@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 torch = pytest.importorskip("torch")
-from sparsegemm.torch import SparseConv2d, SparseLinear, clear_cache
+from sparsegemm.torch import SparseConv2d, SparseLinear, clear_cache, freeze, sparsify
 from sparsegemm.torch import modules as sparse_modules
 from torch import nn
 
@@ -374,3 +374,20 @@ def test_bfloat16_values_leave_mismatched_input_to_the_op(prune, direct_calls):
     # Recording a gradient goes through the op.
     sparse(torch.randn(2, 37).to(torch.bfloat16)).float().sum().backward()
     assert not direct_calls and sparse.values.grad is not None
+
+
+@pytest.mark.parametrize("fmt", ["csr", "bsr", "bitmap"])
+def test_a_model_copied_inside_inference_mode_runs_there(prune, fmt):
+    # A copy made under inference mode holds inference tensors (indptr and indices
+    # too), which keep no version counter: the operand cache must not read one.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU())
+    prune(model[0], 0.9)
+    sparsify(model, format=fmt)
+    x = torch.randn(5, 64)
+    with torch.no_grad():
+        expected = model(x)
+    with torch.inference_mode():
+        copied = copy.deepcopy(model)
+        torch.testing.assert_close(copied(x), expected)
+        torch.testing.assert_close(freeze(copy.deepcopy(model))(x), expected)

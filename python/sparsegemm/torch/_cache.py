@@ -55,6 +55,12 @@ def _value_dtype(dtype: torch.dtype) -> Any:
     return BFLOAT16 if dtype == torch.bfloat16 else _NUMPY_DTYPES[dtype]
 
 
+def tensor_version(tensor: torch.Tensor) -> int | None:
+    """The tensor's version counter (bumped by in-place writes); None for an inference
+    tensor, which keeps none (its in-place edits go unseen: call clear_cache after them)."""
+    return None if tensor.is_inference() else tensor._version
+
+
 def as_numpy(tensor: torch.Tensor) -> np.ndarray:
     """A numpy view of a CPU tensor's memory (no copy)."""
     return tensor.detach().numpy()
@@ -103,14 +109,14 @@ class _PatternEntry:
 
     def __init__(self, indptr: torch.Tensor, indices: torch.Tensor, matrix: Pattern,
                  on_free: Callable):
-        self.versions = (indptr._version, indices._version)
+        self.versions = (tensor_version(indptr), tensor_version(indices))
         self.storages = (_storage_ref(indptr, on_free), _storage_ref(indices, on_free))
         self.matrix = matrix
         self._transpose: tuple[Pattern, np.ndarray] | None = None
         self._csr: CSRMatrix | None = None
 
     def holds(self, indptr: torch.Tensor, indices: torch.Tensor) -> bool:
-        return (self.versions == (indptr._version, indices._version)
+        return (self.versions == (tensor_version(indptr), tensor_version(indices))
                 and self.storages[0]() is indptr.untyped_storage()
                 and self.storages[1]() is indices.untyped_storage())
 
@@ -255,7 +261,7 @@ class KernelOperands(EmptyWhenCopied):
         # An inference tensor keeps no version counter: its values are read in CSR order.
         inference = values.is_inference()
         # A dtype or device change (module.double()) gives values new memory: a new data_ptr.
-        key = (indptr._version, indices._version, None if inference else values._version,
+        key = (tensor_version(indptr), tensor_version(indices), tensor_version(values),
                values.data_ptr(), None if bias is None else bias.data_ptr(), patterns.generation)
         tensors = self._tensors
         if (not tensors or tensors[0] is not indptr or tensors[1] is not indices

@@ -42,7 +42,7 @@ from .. import _core
 from ..planner import _rotating, _time_candidates, cold_copies
 from ..quantized import Int8BitmapMatrix
 from ..timing import COLD_MAX_BATCH
-from ._cache import EmptyWhenCopied, as_numpy, other_caches
+from ._cache import EmptyWhenCopied, as_numpy, other_caches, tensor_version
 from .auto import nearest_bucket, row_bucket
 from .modules import _linear_weight, apply_activation, is_hf_conv1d, linear_holding
 from .ops import _kernel_rows, direct_output
@@ -53,12 +53,6 @@ __all__ = ["INT8_KERNELS", "Int8Decision", "SparseLinearInt8", "int8_bitmap_line
 #: torch's dense int8 GEMM (FBGEMM) over the same int8 weight, or the faster of the
 #: two per row bucket, timed on first use.
 INT8_KERNELS = ("bitmap", "dense", "auto")
-
-
-def _version_of(tensor: Tensor) -> Optional[int]:
-    """The tensor's version counter; None for an inference tensor, which keeps none (its
-    in-place edits go unseen: call clear_cache after them)."""
-    return None if tensor.is_inference() else tensor._version
 
 
 class _Int8MatrixCache:
@@ -82,7 +76,7 @@ class _Int8MatrixCache:
     def matrix(self, bitmap: Tensor, values: Tensor, scales: Tensor, cols: int) -> Int8BitmapMatrix:
         tensors = (bitmap, values, scales)
         key = tuple(t.data_ptr() for t in tensors) + (cols,)
-        versions = tuple(_version_of(t) for t in tensors)
+        versions = tuple(tensor_version(t) for t in tensors)
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None:
@@ -194,9 +188,9 @@ class _Int8Operands(EmptyWhenCopied):
 
     def get(self, bitmap: Tensor, values: Tensor, scales: Tensor, bias: Optional[Tensor],
             cols: int) -> _Int8Operands:
-        key = (_version_of(bitmap), _version_of(values), _version_of(scales), bitmap.data_ptr(),
-               values.data_ptr(), scales.data_ptr(), None if bias is None else bias.data_ptr(),
-               int8_matrices.generation)
+        key = (tensor_version(bitmap), tensor_version(values), tensor_version(scales),
+               bitmap.data_ptr(), values.data_ptr(), scales.data_ptr(),
+               None if bias is None else bias.data_ptr(), int8_matrices.generation)
         tensors = self._tensors
         if (not tensors or tensors[0] is not bitmap or tensors[1] is not values
                 or tensors[2] is not scales or tensors[3] is not bias or key != self._key):

@@ -34,7 +34,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
-from ._cache import on_huge_pages
+from ._cache import on_huge_pages, tensor_version
 from .attention import SparseMultiheadAttention
 from .auto import AutoSparseLinear
 from .modules import SparseLinear, _linear_weight, apply_activation, input_rows, linear_holding
@@ -42,11 +42,6 @@ from .modules import SparseLinear, _linear_weight, apply_activation, input_rows,
 __all__ = ["SharedInputGroup", "group_shared_inputs"]
 
 Member = Union[SparseLinear, AutoSparseLinear]
-
-
-def _version(tensor: Tensor) -> int | None:
-    """The version counter (bumped by in-place writes); inference tensors have none."""
-    return None if tensor.is_inference() else tensor._version
 
 
 def _weight_tensors(member: Member) -> list[Tensor]:
@@ -164,7 +159,7 @@ class SharedInputGroup:
             return self._probe(member, x)
         index = self._index(member)
         if (self._waiting >> index) & 1 and self._input is not None and self._input() is x \
-                and _version(x) == self._input_version:
+                and tensor_version(x) == self._input_version:
             output = self._outputs[index]
             self._waiting &= ~(1 << index)
             if not self._waiting:
@@ -178,7 +173,7 @@ class SharedInputGroup:
         outputs = self._stacked_product(x)
         if outputs is None:
             return None
-        self._input, self._input_version = weakref.ref(x), _version(x)
+        self._input, self._input_version = weakref.ref(x), tensor_version(x)
         self._outputs = outputs
         self._waiting = ((1 << len(self.members)) - 1) & ~(1 << index)
         return outputs[index]
@@ -188,7 +183,7 @@ class SharedInputGroup:
         if any(probed[0] == index for probed in self._probed):
             self._split()  # a second call: the first pass is over
             return member._shared_input.output(member, x)
-        self._probed.append((index, weakref.ref(x), _version(x), input_rows(x)))
+        self._probed.append((index, weakref.ref(x), tensor_version(x), input_rows(x)))
         output = None
         if isinstance(member, AutoSparseLinear):
             output = apply_activation(member.dense(x), member.activation)
@@ -232,7 +227,7 @@ class SharedInputGroup:
 
     def _weights_now(self) -> tuple:
         """What the stacked copy was built from: changes when any member's weights do."""
-        return tuple((id(t), t.data_ptr(), t.dtype, t.device, _version(t))
+        return tuple((id(t), t.data_ptr(), t.dtype, t.device, tensor_version(t))
                      for m in self.members for t in _weight_tensors(m)) + tuple(
             m.activation for m in self.members)
 
