@@ -32,7 +32,8 @@ cp tests/conftest.py tests/test_csr_kernels.py tests/test_api.py tests/test_form
   tests/test_bad_input.py tests/test_fuzz.py tests/test_fuzz_bsr_conv.py tests/test_fuzz_bitmap.py \
   tests/test_bitmap_kernels.py tests/test_bitmap_format.py tests/test_bitmap_bf16.py \
   tests/test_int8_bitmap.py tests/test_pattern_only.py tests/test_attention.py \
-  tests/test_layer_norm.py tests/test_csr_bsr_bf16.py tests/test_feed_forward.py "$work/tests/"
+  tests/test_layer_norm.py tests/test_csr_bsr_bf16.py tests/test_feed_forward.py \
+  tests/test_activation_epilogue.py "$work/tests/"
 
 ldd "$work"/sparsegemm/_core*.so | grep libasan > /dev/null ||
   { echo "sanitize.sh: $build_dir/_core*.so is not an ASan build" >&2; exit 1; }

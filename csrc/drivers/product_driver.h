@@ -117,6 +117,15 @@ void matmul(const Product& a, const T* b, int64_t b_rstride, int64_t b_cstride, 
   a.panel(packed.data(), ldp, n, bias, c, ldc, num_threads);
 }
 
+// The rows of w that part `part` of split_rows_by_cost's bounds runs, in tiles
+// of tile_rows: tile(r0, r1) for each.
+template <typename Tile>
+void for_row_tiles(const std::vector<int64_t>& bounds, int64_t part, int64_t tile_rows,
+                   const Tile& tile) {
+  for (int64_t r0 = bounds[part]; r0 < bounds[part + 1]; r0 += tile_rows)
+    tile(r0, std::min(r0 + tile_rows, bounds[part + 1]));
+}
+
 // Rows of c per tile of run_packed_panels: a tile of this many bytes stays in
 // L1 or L2 between the kernel that writes it and the caller that takes it.
 // Tiles of 4 KiB to the whole row range measured within noise of each other
@@ -156,22 +165,12 @@ void run_packed_panels(const Product& w, int64_t panels, const T* bias, int num_
     T* tile = packed + in * panel_ld;
     for (int64_t p = panels * group / panel_groups; p < panels * (group + 1) / panel_groups; ++p) {
       const int64_t columns = pack(p, packed, panel_ld);
-      for (int64_t r0 = row_bounds[row_part]; r0 < row_bounds[row_part + 1]; r0 += tile_rows) {
-        const int64_t r1 = std::min(r0 + tile_rows, row_bounds[row_part + 1]);
+      for_row_tiles(row_bounds, row_part, tile_rows, [&](int64_t r0, int64_t r1) {
         rows_kernel(packed, panel_ld, r0, r1, bias, tile, panel);
         emit(p, columns, r0, r1, static_cast<const T*>(tile), panel);
-      }
+      });
     }
   });
-}
-
-// The rows of w that part `part` of split_rows_by_cost's bounds runs, in tiles
-// of tile_rows: tile(r0, r1) for each.
-template <typename Tile>
-void for_row_tiles(const std::vector<int64_t>& bounds, int64_t part, int64_t tile_rows,
-                   const Tile& tile) {
-  for (int64_t r0 = bounds[part]; r0 < bounds[part + 1]; r0 += tile_rows)
-    tile(r0, std::min(r0 + tile_rows, bounds[part + 1]));
 }
 
 // y = act(x @ w.T + bias) through run_packed_panels: panels of x^T in, tiles

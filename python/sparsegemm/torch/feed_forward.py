@@ -52,7 +52,8 @@ def _eval_dropout_passes_its_input() -> bool:
 
 
 def _dropouts_pass_through(first: nn.Module) -> bool:
-    dropouts = first.__dict__[_FEEDS][2]
+    target = first.__dict__[_FEEDS]
+    dropouts = target[2] if len(target) > 2 else ()  # a link pickled before dropouts
     return not dropouts or (_eval_dropout_passes_its_input()
                             and not any(dropout.training for dropout in dropouts))
 
