@@ -457,6 +457,32 @@ def _module_calls(graph: torch.fx.Graph) -> dict[str, list[torch.fx.Node]]:
     return calls
 
 
+def _traced(module: nn.Module) -> torch.fx.Graph | None:
+    """``module``'s forward traced by torch.fx with its children as leaves, or None where
+    fx cannot trace it (shape arithmetic, control flow): then nothing is fused or linked."""
+    try:
+        return ChildrenAsLeaves().trace(module)
+    except Exception:  # noqa: BLE001 - any tracing failure means: leave it as it is
+        return None
+
+
+def _traced_method(method: Callable[[Any, Tensor], Tensor],
+                   children: dict[str, nn.Module]) -> torch.fx.Graph | None:
+    """``method(self, x)`` (a layer's block, e.g. its feed-forward) traced as :func:`_traced`
+    traces a forward, on a module holding ``children``."""
+
+    class Method(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            for name, child in children.items():
+                self.add_module(name, child)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return method(self, x)
+
+    return _traced(Method())
+
+
 def _fuse_activation_children(parent: nn.Module, prefix: str, converter: _Converter) -> None:
     """Outside an ``nn.Sequential``: fuse an activation child (Hugging Face's
     ``BertIntermediate`` holds ``dense`` and ``intermediate_act_fn``) into a converted
@@ -468,9 +494,8 @@ def _fuse_activation_children(parent: nn.Module, prefix: str, converter: _Conver
     if not any(_fusable_layer(c) for c in children.values()) or not any(
             activation_of(c) for c in children.values()):
         return
-    try:
-        graph = ChildrenAsLeaves().trace(parent)
-    except Exception:  # noqa: BLE001 - any tracing failure means: do not fuse
+    graph = _traced(parent)
+    if graph is None:
         return
     calls = _module_calls(graph)
     for act_name, act_nodes in calls.items():
@@ -528,9 +553,8 @@ def _link_feed_forward_children(parent: nn.Module, prefix: str, converter: _Conv
     children = dict(parent.named_children())
     if sum(_linkable(child) for child in children.values()) < 2:
         return
-    try:
-        graph = ChildrenAsLeaves().trace(parent)
-    except Exception:  # noqa: BLE001 - a forward fx cannot trace is left unlinked
+    graph = _traced(parent)
+    if graph is None:
         return
     calls = _module_calls(graph)
     linked: set[str] = set()
@@ -565,19 +589,9 @@ def _link_hf_feed_forward(layer: nn.Module, prefix: str, converter: _Converter) 
     first, second = getattr(intermediate, "dense", None), getattr(output, "dense", None)
     if not (_linkable(first) and _linkable(second)):
         return
-
-    class FeedForwardChunk(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.intermediate, self.output = intermediate, output
-
-        def forward(self, x: Tensor) -> Tensor:
-            return chunk(self, x)
-
-    try:
-        graphs = [ChildrenAsLeaves().trace(module)
-                  for module in (FeedForwardChunk(), intermediate, output)]
-    except Exception:  # noqa: BLE001 - a forward fx cannot trace is left unlinked
+    graphs = [_traced_method(chunk, {"intermediate": intermediate, "output": output}),
+              _traced(intermediate), _traced(output)]
+    if any(graph is None for graph in graphs):
         return
     chunk_calls, inner_calls, output_calls = (_module_calls(graph) for graph in graphs)
     if (len(chunk_calls.get("intermediate", ())) != 1 or len(chunk_calls.get("output", ())) != 1
@@ -612,19 +626,8 @@ def _link_transformer_feed_forward(layer: nn.Module, prefix: str, converter: _Co
             and _linkable(first) and _linkable(second)):
         return
     children = dict(layer.named_children())
-
-    class FeedForwardBlock(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            for name, child in children.items():
-                self.add_module(name, child)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return block(self, x)
-
-    try:
-        graph = ChildrenAsLeaves().trace(FeedForwardBlock())
-    except Exception:  # noqa: BLE001 - a block fx cannot trace is left unlinked
+    graph = _traced_method(block, children)
+    if graph is None:
         return
     calls = _module_calls(graph)
     if len(calls.get("linear1", ())) != 1 or len(calls.get("linear2", ())) != 1:
