@@ -8,6 +8,7 @@ struct Block;
 template <>
 struct Block<float> {
   static constexpr int64_t kSize = 8;
+  using Next = void;
   static void transpose(const float* src, int64_t src_ld, float* dst, int64_t dst_ld) {
     __m256 r[8], t[8], s[8];
     for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(src + k * src_ld);
@@ -31,6 +32,7 @@ struct Block<float> {
 template <>
 struct Block<double> {
   static constexpr int64_t kSize = 4;
+  using Next = void;
   static void transpose(const double* src, int64_t src_ld, double* dst, int64_t dst_ld) {
     __m256d r[4];
     for (int k = 0; k < 4; ++k) r[k] = _mm256_loadu_pd(src + k * src_ld);
