@@ -167,3 +167,77 @@ def test_hypothesis_random_shapes(batch, heads, q_len, kv_len, dims, masked, see
     for isa in sparsegemm.available_isas():
         with sparsegemm.use_isa(isa):
             assert_attention_close(sparsegemm.attention(q, k, v, mask), reference(q, k, v, mask))
+
+
+def self_attention_reference(w_qkv, b_qkv, w_out, b_out, x, batch, heads):
+    """float64 (attention over heads of x @ w_qkv.T + b_qkv) @ w_out.T + b_out."""
+    embed = w_out.shape[1]
+    length, dims = x.shape[0] // batch, embed // heads
+    qkv = x.astype(np.float64) @ w_qkv.T.astype(np.float64) + b_qkv
+
+    def part(index):
+        block = qkv[:, index * embed:(index + 1) * embed]
+        return block.reshape(batch, length, heads, dims).transpose(0, 2, 1, 3)
+
+    context = reference(part(0), part(1), part(2)).transpose(0, 2, 1, 3)
+    return context.reshape(batch * length, embed) @ w_out.T.astype(np.float64) + b_out
+
+
+def sparse_weight(rng, rows, cols, density):
+    weight = rng.standard_normal((rows, cols), np.float32) / np.sqrt(cols)
+    return np.where(rng.random((rows, cols)) < density, weight, 0).astype(np.float32)
+
+
+# (batch, length, heads, embed, in, out, density): one token and one head; all-zero
+# weights; rows across query blocks; 512 inputs at half density, which the product
+# runs in column chunks (with the values in chunk order passed too).
+SELF_ATTENTION_CASES = [(1, 1, 1, 4, 4, 4, 1.0), (2, 9, 4, 32, 35, 31, 0.3),
+                        (3, 5, 2, 16, 16, 16, 0.0), (1, 67, 4, 64, 512, 64, 0.5)]
+
+
+@pytest.mark.parametrize("batch,length,heads,embed,inputs,outputs,density", SELF_ATTENTION_CASES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_self_attention_in_one_call_matches_the_composition(
+        isa, rng, batch, length, heads, embed, inputs, outputs, density, threads):
+    w_qkv = sparse_weight(rng, 3 * embed, inputs, density)
+    w_out = sparse_weight(rng, outputs, embed, density)
+    b_qkv = rng.standard_normal(3 * embed).astype(np.float32)
+    b_out = rng.standard_normal(outputs).astype(np.float32)
+    x = rng.standard_normal((batch * length, inputs), np.float32)
+    qkv = sparsegemm.CSRMatrix.from_dense(w_qkv)._handle
+    out_proj = sparsegemm.CSRMatrix.from_dense(w_out)._handle
+    chunk_cols, ordered = qkv.values_in_chunk_order(np.asarray(qkv.data))
+    out = np.full((batch * length, outputs), np.nan, np.float32)
+    sparsegemm._core.csr_self_attention(qkv, None, ordered, chunk_cols, b_qkv, out_proj, None,
+                                        None, 0, b_out, x, batch, heads,
+                                        (embed // heads) ** -0.5, out, threads)
+    expected = self_attention_reference(w_qkv, b_qkv, w_out, b_out, x, batch, heads)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_self_attention_in_one_call_rejects_bad_operands(rng):
+    w_qkv = sparsegemm.CSRMatrix.from_dense(sparse_weight(rng, 24, 8, 0.5))._handle
+    w_out = sparsegemm.CSRMatrix.from_dense(sparse_weight(rng, 8, 8, 0.5))._handle
+    x, out = np.ones((6, 8), np.float32), np.empty((6, 8), np.float32)
+
+    def call(w_in=w_qkv, heads=2, batch=2, x=x, out=out, bias=None):
+        sparsegemm._core.csr_self_attention(w_in, None, None, 0, bias, w_out, None, None, 0,
+                                            None, x, batch, heads, 0.5, out, 1)
+
+    call()
+    with pytest.raises(ValueError, match="heads must be positive"):
+        call(heads=3)
+    with pytest.raises(ValueError, match="heads must be positive"):
+        call(heads=0)
+    with pytest.raises(ValueError, match="3 x 8 rows"):
+        call(w_in=w_out)
+    with pytest.raises(ValueError, match="sequences of equal length"):
+        call(batch=4)
+    with pytest.raises(ValueError, match="sequences of equal length"):
+        call(batch=0)
+    with pytest.raises(ValueError, match="out must have shape"):
+        call(out=np.empty((6, 7), np.float32))
+    with pytest.raises(ValueError, match="shape mismatch"):
+        call(x=np.ones((6, 9), np.float32))
+    with pytest.raises(ValueError, match="bias must have 24 entries"):
+        call(bias=np.ones(8, np.float32))

@@ -5,6 +5,8 @@
 #include <string>
 
 #include "bindings/array_args.h"
+#include "bindings/products.h"
+#include "core/csr_matrix.h"
 #include "drivers/attention_driver.h"
 
 namespace sparsegemm::bindings {
@@ -76,9 +78,58 @@ void attention_into(const py::array& q, const py::array& k, const py::array& v,
   py::gil_scoped_release release;
   attention(args, num_threads);
 }
+// One projection of csr_self_attention: the matrix, its values (None: its own),
+// the values in chunk order (None, or for chunks of chunk_cols columns) and the bias.
+CsrPairWeight<float> projection(const CsrMatrix<float>& w, const py::object& values,
+                                const py::object& chunk_values, int64_t chunk_cols,
+                                const py::object& bias) {
+  return CsrPairWeight<float>{
+      w, optional_values<float>(values, w),
+      chunk_values.is_none() ? nullptr : optional_values<float>(chunk_values, w), chunk_cols,
+      optional_bias<float>(bias, w.rows())};
+}
+
+void self_attention_into(const CsrMatrix<float>& w_qkv, const py::object& qkv_values,
+                         const py::object& qkv_chunk_values, int64_t qkv_chunk_cols,
+                         const py::object& qkv_bias, const CsrMatrix<float>& w_out,
+                         const py::object& out_values, const py::object& out_chunk_values,
+                         int64_t out_chunk_cols, const py::object& out_bias, const py::array& x,
+                         int64_t batch, int64_t heads, float scale, const py::array& out,
+                         int num_threads) {
+  const int64_t embed = w_out.cols();
+  if (heads <= 0 || embed % heads != 0)
+    throw py::value_error("heads must be positive and divide the attention width " +
+                          std::to_string(embed) + ", got " + std::to_string(heads));
+  if (w_qkv.rows() != 3 * embed)
+    throw py::value_error("the q, k, v projection must have 3 x " + std::to_string(embed) +
+                          " rows (the output projection's columns), got " +
+                          std::to_string(w_qkv.rows()));
+  const auto op = linear_operands<float>(w_out.rows(), w_qkv.cols(), x, out, out_bias, py::none());
+  const int64_t rows = op.x.shape[0];
+  if (batch < 0 || (batch == 0 ? rows != 0 : rows % batch != 0))
+    throw py::value_error("x's " + std::to_string(rows) + " rows are not " + std::to_string(batch) +
+                          " sequences of equal length");
+  const CsrPairWeight<float> in_proj =
+      projection(w_qkv, qkv_values, qkv_chunk_values, qkv_chunk_cols, qkv_bias);
+  const CsrPairWeight<float> out_proj =
+      projection(w_out, out_values, out_chunk_values, out_chunk_cols, out_bias);
+  py::gil_scoped_release release;
+  csr_self_attention(in_proj, out_proj, op.x.data, op.x.strides[0], batch,
+                     batch == 0 ? 0 : rows / batch, heads, scale, op.out.data, op.out.strides[0],
+                     num_threads);
+}
 }  // namespace
 
 void register_attention(py::module_& m) {
+  m.def("csr_self_attention", &self_attention_into, py::arg("w_qkv"), py::arg("qkv_values"),
+        py::arg("qkv_chunk_values"), py::arg("qkv_chunk_cols"), py::arg("qkv_bias"),
+        py::arg("w_out"), py::arg("out_values"), py::arg("out_chunk_values"),
+        py::arg("out_chunk_cols"), py::arg("out_bias"), py::arg("x"), py::arg("batch"),
+        py::arg("heads"), py::arg("scale"), py::arg("out"), py::arg("num_threads"),
+        "out = attention(q, k, v) @ w_out.T + out_bias, with q | k | v = x @ w_qkv.T + qkv_bias "
+        "split into `heads` heads per sequence: x is (batch * length, in) float32 with "
+        "contiguous rows, out (batch * length, w_out.rows). values: None for a matrix's own; "
+        "chunk_values: None, or the values in chunk order for chunks of chunk_cols columns.");
   m.def("attention", &attention_into, py::arg("query"), py::arg("key"), py::arg("value"),
         py::arg("out"), py::arg("mask"), py::arg("scale"), py::arg("num_threads"),
         "out = softmax(query key^T * scale + mask) value over [batch, heads, rows, dims] "

@@ -77,4 +77,33 @@ void attention(const AttentionArgs& args, int num_threads) {
   });
 }
 
+void csr_self_attention(const CsrPairWeight<float>& in_proj, const CsrPairWeight<float>& out_proj,
+                        const float* x, int64_t ldx, int64_t batch, int64_t length, int64_t heads,
+                        float scale, float* y, int64_t ldy, int num_threads) {
+  const int64_t rows = batch * length, embed = out_proj.matrix.cols();
+  if (rows == 0) return;
+  ScratchBuffer<float> qkv(static_cast<size_t>(rows * 3 * embed));
+  csr_linear<float>(in_proj.matrix, x, ldx, rows, in_proj.bias, qkv.data(), 3 * embed, num_threads,
+                    in_proj.values, Activation::None, in_proj.chunk_values,
+                    in_proj.chunk_values_cols);
+  ScratchBuffer<float> context(static_cast<size_t>(rows * embed));
+  AttentionArgs args;
+  args.q = qkv.data();
+  args.k = qkv.data() + embed;
+  args.v = qkv.data() + 2 * embed;
+  const int64_t head_dim = embed / heads;
+  args.q_strides = args.k_strides = args.v_strides = {length * 3 * embed, head_dim, 3 * embed};
+  args.out = context.data();
+  args.out_strides = {length * embed, head_dim, embed};
+  args.batch = batch;
+  args.heads = heads;
+  args.q_len = args.kv_len = length;
+  args.head_dim = head_dim;
+  args.scale = scale;
+  attention(args, num_threads);
+  csr_linear<float>(out_proj.matrix, context.data(), embed, rows, out_proj.bias, y, ldy,
+                    num_threads, out_proj.values, Activation::None, out_proj.chunk_values,
+                    out_proj.chunk_values_cols);
+}
+
 }  // namespace sparsegemm

@@ -228,3 +228,74 @@ def test_zero_head_size_matches_torch():
     with torch.no_grad():
         result = scaled_dot_product_attention(q, q, q)
     assert result.shape == (1, 2, 3, 0)
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Calls of the one-call self-attention kernel (it still runs) and of the plain
+    attention kernel, while the test runs."""
+    calls = {"fused": 0, "attention": 0}
+    core = attention_module._core
+    for key, name in (("fused", "csr_self_attention"), ("attention", "attention")):
+        real = getattr(core, name)
+
+        def counting(*args, _real=real, _key=key, **kwargs):
+            calls[_key] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(core, name, counting)
+    return calls
+
+
+def pruned_encoder_layer(batch_first=True, seed=0):
+    torch.manual_seed(seed)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=batch_first).eval()
+    with torch.no_grad():
+        for parameter in layer.parameters():
+            if parameter.dim() == 2:
+                parameter.mul_(torch.rand_like(parameter) > 0.8)
+    return layer
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("shape", [(3, 9), (1, 1), (9,), (2, 17)])
+def test_self_attention_runs_in_one_kernel_call(isa, fused_calls, batch_first, shape):
+    layer = pruned_encoder_layer(batch_first)
+    model = nn.Sequential(layer)
+    x = torch.randn(*shape, 32)
+    with torch.inference_mode():
+        expected = copy.deepcopy(model)(x)
+        sparsify(model, format="csr", min_sparsity=0.5)
+        got = model(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert fused_calls == {"fused": 1, "attention": 0}
+
+
+@pytest.mark.parametrize("case", ["padding", "weights", "training", "cross", "dense_out"])
+def test_self_attention_takes_separate_calls_where_one_does_not_apply(fused_calls, case):
+    torch.manual_seed(1)
+    mha = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    with torch.no_grad():
+        mha.in_proj_weight.mul_(torch.rand_like(mha.in_proj_weight) > 0.8)
+        mha.out_proj.weight.mul_(torch.rand_like(mha.out_proj.weight) > 0.8)
+    model = nn.Sequential(nn.Identity(), mha)
+    sparsify(model, format="csr", min_sparsity=0.5 if case != "dense_out" else 0.0,
+             filter_fn=(lambda module, name: True) if case != "dense_out" else None)
+    sparse = model[1]
+    if case == "dense_out":
+        sparse.out_proj = sparse.out_proj.to_dense()
+    x, other = torch.randn(2, 7, 32), torch.randn(2, 7, 32)
+    kwargs = {"need_weights": case == "weights"}
+    if case == "padding":
+        padding = torch.zeros(2, 7, dtype=torch.bool)
+        padding[0, 5:] = True
+        kwargs["key_padding_mask"] = padding
+    key = other if case == "cross" else x
+    if case == "training":
+        sparse.train()
+    with torch.no_grad():
+        got, _ = sparse(x, key, key, **kwargs)
+        expected, _ = mha(x, key, key, **kwargs)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert fused_calls["fused"] == 0
+

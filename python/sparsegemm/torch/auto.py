@@ -163,6 +163,18 @@ class AutoSparseLinear(_DecidingLayer[nn.Linear]):
                 return computed
         return self._run(self._module_for(x), x)
 
+    def direct_csr_operands(self, x: Tensor) -> tuple | None:
+        """Its chosen module's :meth:`SparseLinear.direct_csr_operands` for ``x`` (deciding
+        for ``x``'s rows if it has not), or None where it runs dense, another format or
+        through a link."""
+        links = self.__dict__
+        if self._shared_input is not None or _FEEDS in links or _FED_OUTPUT in links:
+            return None
+        module = self._module_for(x)
+        if module is self.dense:
+            return None
+        return module.direct_csr_operands(x)  # type: ignore[operator]
+
     def _module_for(self, x: Tensor) -> nn.Module:
         """The module that runs ``x``: its row bucket's decision, made now if needed."""
         if type(x) is not Tensor and not torch.compiler.is_compiling():

@@ -574,6 +574,24 @@ class SparseLinear(_SparseWeight):
                                                 self.in_features, self.bias)
         return apply_activation(y, activation)
 
+    def direct_csr_operands(self, x: Tensor) -> tuple | None:
+        """The operands its forward would hand the float32 CSR kernel for ``x`` on the
+        inference fast path (see ``KernelOperands``), where that path would run with no
+        activation and no link to a sibling; else None. For callers that run this layer
+        inside a larger kernel call (:class:`SparseMultiheadAttention`)."""
+        links = self.__dict__
+        if (self._shared_input is not None or _FEEDS in links or _FED_OUTPUT in links
+                or self.format != "csr" or self.blocksize is not None
+                or self.activation is not None):
+            return None
+        parameters, buffers = self._parameters, self._buffers
+        values, bias = parameters["values"], parameters.get("bias")
+        if (values.dtype != torch.float32 or x.dim() == 0 or x.shape[-1] != self.in_features
+                or not _ops.can_call_kernel_directly(x, values, bias)):
+            return None
+        return self._kernel_operands.get(buffers["indptr"], buffers["indices"], values, bias,
+                                         self._matrix_shape, None)
+
     def _bfloat16_values_direct(self, x: Tensor, values: Tensor, bias: Tensor | None,
                                 activation: str | None) -> Tensor:
         """The op's result for bfloat16 values without its dispatch, which on a decoder's
