@@ -4,13 +4,19 @@ through sparsify, and SparseMultiheadAttention."""
 from __future__ import annotations
 
 import copy
+import io
 
 import pytest
 import torch.nn.functional as F
 
 import sparsegemm
 import torch
-from sparsegemm.torch import SparseMultiheadAttention, scaled_dot_product_attention, sparsify
+from sparsegemm.torch import (
+    SparseMultiheadAttention,
+    SparseTransformerEncoderLayer,
+    scaled_dot_product_attention,
+    sparsify,
+)
 from sparsegemm.torch import attention as attention_module
 from torch import nn
 
@@ -247,13 +253,16 @@ def fused_calls(monkeypatch):
     return calls
 
 
-def pruned_encoder_layer(batch_first=True, seed=0):
+def pruned_encoder_layer(batch_first=True, seed=0, **options):
     torch.manual_seed(seed)
-    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=batch_first).eval()
+    layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=batch_first, **options).eval()
     with torch.no_grad():
         for parameter in layer.parameters():
             if parameter.dim() == 2:
                 parameter.mul_(torch.rand_like(parameter) > 0.8)
+        for norm in (layer.norm1, layer.norm2):  # distinct norms, so a swap shows
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
     return layer
 
 
@@ -299,3 +308,63 @@ def test_self_attention_takes_separate_calls_where_one_does_not_apply(fused_call
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     assert fused_calls["fused"] == 0
 
+
+
+@pytest.fixture
+def norm_calls(count_calls):
+    from sparsegemm.torch import layer_norm as layer_norm_module
+
+    return count_calls(layer_norm_module._core, "layer_norm")
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("fuse_layer_norm", [True, False])
+@pytest.mark.parametrize("mask", [None, "padding", "square"])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_encoder_layer_takes_the_layer_by_layer_forward(norm_calls, fused_calls, norm_first,
+                                                          fuse_layer_norm, mask, activation):
+    layer = pruned_encoder_layer(True, norm_first=norm_first, activation=activation)
+    model = nn.Sequential(layer)
+    reference = copy.deepcopy(model)
+    x = torch.randn(2, 7, 32)
+    kwargs = {}
+    if mask == "padding":
+        kwargs["src_key_padding_mask"] = torch.zeros(2, 7, dtype=torch.bool)
+        kwargs["src_key_padding_mask"][1, 4:] = True
+    elif mask == "square":
+        kwargs["src_mask"] = torch.triu(torch.full((7, 7), float("-inf")), diagonal=1)
+    sparsify(model, format="csr", min_sparsity=0.5, fuse_layer_norm=fuse_layer_norm)
+    sparse = model[0]
+    assert type(sparse) is SparseTransformerEncoderLayer
+    assert sparse.residual_norm_kernel == (fuse_layer_norm and not norm_first)
+    with torch.inference_mode():
+        expected = reference[0](x, **kwargs)
+        got = sparse(x, **kwargs)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    unmasked = mask is None
+    assert len(norm_calls) == (2 if unmasked and fuse_layer_norm and not norm_first else 0)
+    assert fused_calls["fused"] == (1 if unmasked else 0)
+
+
+def test_encoder_layer_pickles_copies_and_trains():
+    layer = pruned_encoder_layer(True, dropout=0.0)
+    model = nn.Sequential(layer)
+    reference = copy.deepcopy(model).train()
+    sparsify(model, format="csr", min_sparsity=0.5)
+    x = torch.randn(2, 5, 32)
+    with torch.inference_mode():
+        expected = model(x)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    clone = copy.deepcopy(model)
+    with torch.inference_mode():
+        for other in (loaded, clone):
+            assert type(other[0]) is SparseTransformerEncoderLayer
+            torch.testing.assert_close(other(x), expected)
+    model.train()
+    got = model(x.requires_grad_())
+    torch.testing.assert_close(got, reference(x), rtol=1e-4, atol=1e-5)
+    got.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -15,7 +15,12 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError("sparsegemm.torch needs PyTorch: pip install 'sparsegemm[torch]'") from error
 
 from ._cache import clear_cache
-from .attention import SparseMultiheadAttention, scaled_dot_product_attention, use_kernel_attention
+from .attention import (
+    SparseMultiheadAttention,
+    SparseTransformerEncoderLayer,
+    scaled_dot_product_attention,
+    use_kernel_attention,
+)
 from .auto import AutoSparseConv2d, AutoSparseLinear, freeze
 from .checkpoint import from_pretrained, load_sparsified
 from .compact import load_sparse, save_sparse
@@ -34,6 +39,7 @@ __all__ = [
     "SparseLinearInt8",
     "SharedInputGroup",
     "SparseMultiheadAttention",
+    "SparseTransformerEncoderLayer",
     "SparsifyReport",
     "add_layer_norm",
     "clear_cache",

