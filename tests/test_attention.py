@@ -215,6 +215,21 @@ def test_self_attention_in_one_call_matches_the_composition(
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_self_attention_in_one_call_edge_shapes():
+    """No rows, and an attention width of 0 (the output is the bias)."""
+    core = sparsegemm._core
+    w_qkv = sparsegemm.CSRMatrix.from_dense(np.zeros((0, 5), np.float32))._handle
+    w_out = sparsegemm.CSRMatrix.from_dense(np.ones((3, 0), np.float32))._handle
+    bias = np.arange(3, dtype=np.float32)
+    out = np.full((4, 3), np.nan, np.float32)
+    core.csr_self_attention(w_qkv, None, None, 0, None, w_out, None, None, 0, bias,
+                            np.ones((4, 5), np.float32), 2, 1, 1.0, out, 2)
+    np.testing.assert_array_equal(out, np.broadcast_to(bias, (4, 3)))
+    empty = np.empty((0, 3), np.float32)
+    core.csr_self_attention(w_qkv, None, None, 0, None, w_out, None, None, 0, bias,
+                            np.ones((0, 5), np.float32), 0, 1, 1.0, empty, 2)
+
+
 def test_self_attention_in_one_call_rejects_bad_operands(rng):
     w_qkv = sparsegemm.CSRMatrix.from_dense(sparse_weight(rng, 24, 8, 0.5))._handle
     w_out = sparsegemm.CSRMatrix.from_dense(sparse_weight(rng, 8, 8, 0.5))._handle
