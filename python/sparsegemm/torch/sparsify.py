@@ -899,7 +899,16 @@ def sparsify(model: nn.Module, *, filter_fn: FilterFn | None = None, format: str
         (:func:`~sparsegemm.torch.add_layer_norm`): the module gets an instance-level
         ``forward``, the traced forward with that call replaced, used in eval mode.
         Its class, children and state_dict stay; hooks on the fused LayerNorm no
-        longer fire in eval mode. The report's notes name the norms. False: never.
+        longer fire in eval mode. The report's notes name the norms. A post-norm
+        ``nn.TransformerEncoderLayer`` (whose forward does not trace) runs its two
+        through :class:`~sparsegemm.torch.SparseTransformerEncoderLayer` instead.
+        False: never.
+
+    A plain ``nn.TransformerEncoderLayer`` with converted children becomes a
+    :class:`~sparsegemm.torch.SparseTransformerEncoderLayer` (its ``__class__`` only:
+    the same children, state_dict and result), whose forward without a mask skips
+    torch's checks for its fused dense kernel, which sparse projections never pass.
+    Its self-attention runs as one kernel call where both projections are CSR.
 
     In an ``nn.Sequential``, what directly follows a converted layer moves into
     it and is replaced by ``nn.Identity``: an eval-mode ``BatchNorm2d`` after a
