@@ -333,6 +333,16 @@ def test_cold_copy_count_holds_twice_the_cache_within_bounds():
     assert e2e.cold_copy_count(0, 32 << 20) == e2e.MAX_COLD_MODEL_COPIES
 
 
+def test_cold_copies_stay_within_a_share_of_free_memory():
+    share = e2e.COLD_MEMORY_SHARE
+    assert e2e.cold_copies_that_fit(20, 100, None) == 20  # no limit known
+    assert e2e.cold_copies_that_fit(20, 100, int(100 * 5 / share)) == 5
+    assert e2e.cold_copies_that_fit(3, 100, int(100 * 5 / share)) == 3
+    assert e2e.cold_copies_that_fit(20, 10**12, 10**9) == 1  # never fewer than one
+    free = e2e.free_memory_bytes()
+    assert free is None or free > 0
+
+
 def test_rotating_call_runs_each_model_in_turn():
     seen = []
     models = [lambda x, i=i: seen.append((i, x)) for i in range(3)]
@@ -383,6 +393,17 @@ def test_cold_run_rotates_every_contender_through_copies_past_the_cache():
 
 
 @pytest.mark.torch
+def test_cold_run_makes_fewer_copies_where_memory_is_short(monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setattr(e2e, "free_memory_bytes", lambda: 1 << 10)  # 1 KiB free
+    rows, _ = e2e.run_e2e((0.9,), Pattern(), 1, FAST, models=TINY, formats=("csr",),
+                          cold=True, llc_bytes=64 << 10)
+    (row,) = rows
+    assert row["status"] == "ok"
+    assert row["dense_cold_copies"] == 1 and row["cold_copies"] == 1
+
+
+@pytest.mark.torch
 def test_breakdown_counts_attention_apart_from_its_projections():
     torch = pytest.importorskip("torch")
     layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True).eval()
@@ -409,6 +430,29 @@ def test_breakdown_counts_attention_written_out_and_fused():
     with torch.no_grad():
         shares = e2e.layer_time_breakdown(model, x, calls=1)
     assert shares["attention_s"] > 0 and shares["sparse_layers_s"] > 0
+
+
+@pytest.mark.torch
+def test_breakdown_counts_one_call_self_attention_projections_as_sparse_layers(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from sparsegemm.torch import attention, sparsify
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True).eval()
+    e2e.prune_model(layer, 0.9, Pattern())
+    sparsify(layer, format="csr", min_sparsity=0.0)
+    x = torch.randn(1, 40, 32)
+    one_calls = []
+    real = attention._core.csr_self_attention
+    monkeypatch.setattr(attention._core, "csr_self_attention",
+                        lambda *args: one_calls.append(1) or real(*args))
+    with torch.no_grad():
+        shares = e2e.layer_time_breakdown(layer, x, calls=2)
+        assert one_calls == []  # the pass ran the projections as layers
+        in_proj = shares["sparse_layers_s"]
+        layer(x)
+    assert one_calls == [1] and "one_call" not in vars(layer.self_attn)
+    assert in_proj > 0 and shares["attention_s"] > 0
 
 
 @pytest.mark.torch

@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -95,6 +96,13 @@ INT8_MODEL_TOLERANCE = 0.1
 #: more than this many deep copies of a model (a model whose activations outweigh
 #: its weights is then only partly cold; cold_copies says how many).
 MAX_COLD_MODEL_COPIES = 64
+
+#: A contender's cold copies take at most this share of the memory free when they are
+#: made (each copy holds the whole model: an 'auto' layer's dense Linear too, which
+#: model_bytes of a forward leaves out). On a VM reporting a 480 MiB last-level cache
+#: the copies of the MLP's contenders outgrew 24 GiB and the run was killed; capped,
+#: a contender gets fewer copies, and its row's cold_copies says how many.
+COLD_MEMORY_SHARE = 1 / 8
 
 #: sparsify formats run by default: no arguments, told, and untimed CSR.
 E2E_FORMATS = ("default", "auto", "csr")
@@ -334,7 +342,9 @@ def layer_time_breakdown(model: Any, x: Any, calls: int = 5) -> dict[str, float]
     calls (after one warm-up). Attention is what an attention module spends outside
     the layers inside it (:func:`_is_attention`): the scores, softmax and their
     reshapes. The hooks cost a little and keep fused Transformer layers off their
-    fast path, so this is a separate pass from the timed one: read it as shares."""
+    fast path, and self-attention that runs as one kernel call (``one_call``) runs as
+    three here, so that its projections count as layers: a separate pass from the
+    timed one, to read as shares."""
     import time
 
     from torch import nn
@@ -381,6 +391,9 @@ def layer_time_breakdown(model: Any, x: Any, calls: int = 5) -> dict[str, float]
         if key is not None:
             hooks += [module.register_forward_pre_hook(before),
                       module.register_forward_hook(after(key))]
+    one_call = [module for module in model.modules() if getattr(module, "one_call", False)]
+    for module in one_call:
+        module.one_call = False
     try:
         model(x)
         spent.update(sparse_layers_s=0.0, dense_layers_s=0.0, attention_s=0.0)
@@ -391,6 +404,8 @@ def layer_time_breakdown(model: Any, x: Any, calls: int = 5) -> dict[str, float]
     finally:
         for hook in hooks:
             hook.remove()
+        for module in one_call:
+            del module.one_call  # back to the class's
     shares = {key: value / calls for key, value in spent.items()}
     shares["other_s"] = max(0.0, total - sum(shares.values()))
     return shares
@@ -476,6 +491,22 @@ def cold_copy_count(nbytes: int, llc_bytes: int) -> int:
     return cold_copies(max(1, nbytes), llc_bytes, MAX_COLD_MODEL_COPIES)
 
 
+def free_memory_bytes() -> int | None:
+    """Physical memory free now (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def cold_copies_that_fit(count: int, copy_bytes: int, free_bytes: int | None) -> int:
+    """``count`` copies of ``copy_bytes`` each, fewer where they would take more than
+    COLD_MEMORY_SHARE of ``free_bytes`` (None: no limit known), and at least one."""
+    if free_bytes is None:
+        return count
+    return max(1, min(count, int(free_bytes * COLD_MEMORY_SHARE) // max(1, copy_bytes)))
+
+
 def rotating_call(models: list[Any], x: Any) -> Callable[[], Any]:
     """A call that runs the next of ``models`` on ``x`` each time, round robin."""
     position = [0]
@@ -494,7 +525,8 @@ def contender_call(model: Any, x: Any, llc_bytes: int | None) -> tuple[Callable[
     copy runs once here, so none is timed on its first call."""
     if llc_bytes is None:
         return (lambda: model(x)), 1
-    count = cold_copy_count(model_bytes(model, x), llc_bytes)
+    count = cold_copies_that_fit(cold_copy_count(model_bytes(model, x), llc_bytes),
+                                 model_bytes(model), free_memory_bytes())
     copies = [model] + [copy.deepcopy(model) for _ in range(count - 1)]
     for each in copies:
         each(x)

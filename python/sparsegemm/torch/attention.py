@@ -306,6 +306,9 @@ class SparseMultiheadAttention(nn.Module):
     _qkv_same_embed_dim = False
     #: Attention on sparsegemm's kernel at inference (False: torch's SDPA always).
     kernel_attention = True
+    #: Self-attention with CSR projections as one kernel call (see _fused_self_attention;
+    #: False: three calls, each projection a module call of its own).
+    one_call = True
 
     def __init__(self, q_proj: nn.Module, k_proj: nn.Module, v_proj: nn.Module,
                  out_proj: nn.Module, num_heads: int, *, dropout: float = 0.0,
@@ -395,7 +398,8 @@ class SparseMultiheadAttention(nn.Module):
                 is_causal: bool = False) -> tuple[Tensor, Optional[Tensor]]:
         if (not need_weights and attn_mask is None and key_padding_mask is None
                 and not is_causal and query is key and key is value
-                and self.in_proj is not None and self.kernel_attention and not self.training):
+                and self.in_proj is not None and self.kernel_attention and self.one_call
+                and not self.training):
             fused = self._fused_self_attention(query)
             if fused is not None:
                 return fused, None
