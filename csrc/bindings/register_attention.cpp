@@ -5,8 +5,8 @@
 #include <string>
 
 #include "bindings/array_args.h"
+#include "bindings/csr_weight.h"
 #include "bindings/products.h"
-#include "core/csr_matrix.h"
 #include "drivers/attention_driver.h"
 
 namespace sparsegemm::bindings {
@@ -78,17 +78,6 @@ void attention_into(const py::array& q, const py::array& k, const py::array& v,
   py::gil_scoped_release release;
   attention(args, num_threads);
 }
-// One projection of csr_self_attention: the matrix, its values (None: its own),
-// the values in chunk order (None, or for chunks of chunk_cols columns) and the bias.
-CsrPairWeight<float> projection(const CsrMatrix<float>& w, const py::object& values,
-                                const py::object& chunk_values, int64_t chunk_cols,
-                                const py::object& bias) {
-  return CsrPairWeight<float>{
-      w, optional_values<float>(values, w),
-      chunk_values.is_none() ? nullptr : optional_values<float>(chunk_values, w), chunk_cols,
-      optional_bias<float>(bias, w.rows())};
-}
-
 void self_attention_into(const CsrMatrix<float>& w_qkv, const py::object& qkv_values,
                          const py::object& qkv_chunk_values, int64_t qkv_chunk_cols,
                          const py::object& qkv_bias, const CsrMatrix<float>& w_out,
@@ -110,9 +99,10 @@ void self_attention_into(const CsrMatrix<float>& w_qkv, const py::object& qkv_va
     throw py::value_error("x's " + std::to_string(rows) + " rows are not " + std::to_string(batch) +
                           " sequences of equal length");
   const CsrPairWeight<float> in_proj =
-      projection(w_qkv, qkv_values, qkv_chunk_values, qkv_chunk_cols, qkv_bias);
+      csr_pair_weight<float>(w_qkv, qkv_values, qkv_chunk_values, qkv_chunk_cols,
+                             optional_bias<float>(qkv_bias, w_qkv.rows()));
   const CsrPairWeight<float> out_proj =
-      projection(w_out, out_values, out_chunk_values, out_chunk_cols, out_bias);
+      csr_pair_weight<float>(w_out, out_values, out_chunk_values, out_chunk_cols, op.bias);
   py::gil_scoped_release release;
   csr_self_attention(in_proj, out_proj, op.x.data, op.x.strides[0], batch,
                      batch == 0 ? 0 : rows / batch, heads, scale, op.out.data, op.out.strides[0],

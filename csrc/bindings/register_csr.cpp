@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "bindings/array_args.h"
+#include "bindings/csr_weight.h"
 #include "bindings/products.h"
 #include "core/csr_matrix.h"
 #include "drivers/csr_driver.h"
@@ -63,14 +64,10 @@ void register_float_csr_helpers(py::module_& m) {
                                 shape_str(w2.rows(), w2.cols()) +
                                 "; the second needs as many columns as the first has rows");
         const auto op = linear_operands<T>(w2.rows(), w1.cols(), x, out, bias2, activation);
-        const auto chunk_ordered = [](const py::object& values, const Matrix& w) -> const T* {
-          return values.is_none() ? nullptr : optional_values<T>(values, w);
-        };
-        const CsrPairWeight<T> first{w1, optional_values<T>(values1, w1),
-                                     chunk_ordered(chunk_values1, w1), chunk_cols1,
-                                     optional_bias<T>(bias1, w1.rows())};
-        const CsrPairWeight<T> second{w2, optional_values<T>(values2, w2),
-                                      chunk_ordered(chunk_values2, w2), chunk_cols2, op.bias};
+        const CsrPairWeight<T> first = csr_pair_weight<T>(w1, values1, chunk_values1, chunk_cols1,
+                                                          optional_bias<T>(bias1, w1.rows()));
+        const CsrPairWeight<T> second =
+            csr_pair_weight<T>(w2, values2, chunk_values2, chunk_cols2, op.bias);
         py::gil_scoped_release release;
         csr_linear_pair<T>(first, op.act, second, op.x.data, op.x.strides[0], op.x.shape[0],
                            op.out.data, op.out.strides[0], num_threads);

@@ -29,6 +29,7 @@ from .. import _core
 from .._attention import additive_mask
 from .layer_norm import add_layer_norm
 from .modules import linear_holding
+from .ops import chunk_order
 
 __all__ = ["EagerAttention", "SparseMultiheadAttention", "SparseTransformerEncoderLayer",
            "scaled_dot_product_attention", "use_kernel_attention"]
@@ -463,18 +464,20 @@ class SparseMultiheadAttention(nn.Module):
         rows = x.reshape(-1, x.shape[-1]).contiguous()
         if rows.shape[0] == 0:
             return None
+        def operands(projection: nn.Module) -> tuple | None:
+            direct = getattr(projection, "direct_csr_operands", None)
+            return direct(rows) if direct is not None else None
+
         # The context the output projection reads has the rows and width of x (a query's
         # width is embed_dim), so x stands in for it in that projection's checks.
-        operands = [getattr(projection, "direct_csr_operands", None)
-                    for projection in (self.in_proj, self.out_proj)]
-        qkv = operands[0](rows) if operands[0] is not None else None
-        out = operands[1](rows) if operands[1] is not None and qkv is not None else None
+        qkv = operands(self.in_proj)
+        out = operands(self.out_proj) if qkv is not None else None
         if out is None:
             return None
         qkv_pattern, qkv_values, qkv_bias, qkv_chunks = qkv
         out_pattern, out_values, out_bias, out_chunks = out
-        qkv_cols, qkv_ordered = qkv_chunks if qkv_chunks is not None else (0, None)
-        out_cols, out_ordered = out_chunks if out_chunks is not None else (0, None)
+        qkv_cols, qkv_ordered = chunk_order(qkv_chunks)
+        out_cols, out_ordered = chunk_order(out_chunks)
         y = torch.empty((rows.shape[0], out_pattern._handle.rows), dtype=torch.float32)
         _core.csr_self_attention(
             qkv_pattern._handle, qkv_values, qkv_ordered, qkv_cols, qkv_bias,

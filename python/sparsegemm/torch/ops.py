@@ -259,6 +259,12 @@ def linear_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndar
     return out if matrix else out.view(*x.shape[:-1], rows)
 
 
+def chunk_order(chunks: Optional[tuple]) -> tuple:
+    """(chunk columns, values in chunk order) from ``KernelOperands``' last item, as the
+    fused kernels take them: (0, None) where the weight runs unchunked."""
+    return chunks if chunks is not None else (0, None)
+
+
 def linear_pair_direct(x: Tensor, first: tuple, activation: Optional[str],
                        second: tuple) -> Tensor:
     """``(activation(x @ W1.T + b1)) @ W2.T + b2`` in one kernel call
@@ -266,8 +272,8 @@ def linear_pair_direct(x: Tensor, first: tuple, activation: Optional[str],
     conditions as :func:`linear_direct` for both."""
     pattern1, values1, bias1, chunks1 = first
     pattern2, values2, bias2, chunks2 = second
-    cols1, ordered1 = chunks1 if chunks1 is not None else (0, None)
-    cols2, ordered2 = chunks2 if chunks2 is not None else (0, None)
+    cols1, ordered1 = chunk_order(chunks1)
+    cols2, ordered2 = chunk_order(chunks2)
     rows = pattern2._handle.rows
     x2, x_array = _kernel_rows(x, pattern1._handle.cols)
     out, out_array = direct_output(x2.shape[0], rows, x2, x_array)
