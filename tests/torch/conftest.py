@@ -2,6 +2,8 @@
 
 import pytest
 
+import sparsegemm
+
 torch = pytest.importorskip("torch")
 
 
@@ -108,3 +110,20 @@ def count_calls(monkeypatch):
         return calls
 
     return install
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Calls of the one-call self-attention kernel (it still runs) and of the plain
+    attention kernel, while the test runs."""
+    calls = {"fused": 0, "attention": 0}
+    core = sparsegemm._core
+    for key, name in (("fused", "csr_self_attention"), ("attention", "attention")):
+        real = getattr(core, name)
+
+        def counting(*args, _real=real, _key=key, **kwargs):
+            calls[_key] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(core, name, counting)
+    return calls

@@ -236,23 +236,6 @@ def test_zero_head_size_matches_torch():
     assert result.shape == (1, 2, 3, 0)
 
 
-@pytest.fixture
-def fused_calls(monkeypatch):
-    """Calls of the one-call self-attention kernel (it still runs) and of the plain
-    attention kernel, while the test runs."""
-    calls = {"fused": 0, "attention": 0}
-    core = attention_module._core
-    for key, name in (("fused", "csr_self_attention"), ("attention", "attention")):
-        real = getattr(core, name)
-
-        def counting(*args, _real=real, _key=key, **kwargs):
-            calls[_key] += 1
-            return _real(*args, **kwargs)
-
-        monkeypatch.setattr(core, name, counting)
-    return calls
-
-
 def pruned_encoder_layer(batch_first=True, seed=0, **options):
     torch.manual_seed(seed)
     layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=batch_first, **options).eval()

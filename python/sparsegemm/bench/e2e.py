@@ -378,9 +378,10 @@ def layer_time_breakdown(model: Any, x: Any, calls: int = 5) -> dict[str, float]
                and not (sparse_kinds and isinstance(group.members[0], sparse_kinds))]
     # Attention written out in a forward runs in a module of the traced forward sparsify
     # gave that module (sparsegemm.torch.traced_forward), outside the model's modules.
-    traced = {id(child): child for module in model.modules()
-              for graph in (getattr(vars(module).get("forward"), "graphs", None) or {}).values()
-              if graph is not None for child in graph.children()
+    in_traced = {id(child): child for module in model.modules()
+                 for graph in (getattr(vars(module).get("forward"), "graphs", None) or {}).values()
+                 if graph is not None for child in graph.modules()}
+    traced = {key: child for key, child in in_traced.items()
               if type(child).__name__ == "EagerAttention"}
     hooks = []
     for module in itertools.chain(model.modules(), *(fused.modules() for fused in stacked),
@@ -391,7 +392,8 @@ def layer_time_breakdown(model: Any, x: Any, calls: int = 5) -> dict[str, float]
         if key is not None:
             hooks += [module.register_forward_pre_hook(before),
                       module.register_forward_hook(after(key))]
-    one_call = [module for module in model.modules() if getattr(module, "one_call", False)]
+    one_call = [module for module in {id(m): m for m in itertools.chain(
+        model.modules(), in_traced.values())}.values() if getattr(module, "one_call", False)]
     for module in one_call:
         module.one_call = False
     try:

@@ -29,7 +29,7 @@ from .. import _core
 from .._attention import additive_mask
 from .layer_norm import add_layer_norm
 from .modules import linear_holding
-from .ops import chunk_order
+from .ops import self_attention_direct
 
 __all__ = ["EagerAttention", "SparseMultiheadAttention", "SparseTransformerEncoderLayer",
            "scaled_dot_product_attention", "use_kernel_attention"]
@@ -215,6 +215,136 @@ def eager_attention_calls(graph: torch.fx.Graph, module: nn.Module) -> list[Eage
             replaced.append(transposed)
         calls.append(EagerAttentionCall(node, replaced, (query, key, value, scale, mask, divide)))
     return calls
+
+
+def _shape(arguments: Any) -> tuple[int, ...]:
+    """The shape that ``view``/``reshape`` arguments (sizes, or one sequence of them) ask
+    for, as ints (-1 left as it is)."""
+    if len(arguments) == 1 and isinstance(arguments[0], (tuple, list)):
+        arguments = arguments[0]
+    return tuple(int(size) for size in arguments)
+
+
+class SelfAttentionChain(nn.Module):
+    """Self-attention as a model's forward writes it out, with its projections: query,
+    key and value Linears over one input, each split into heads (``view`` or ``reshape``
+    to (batch, length, heads, head size), then ``transpose(1, 2)``), eager attention
+    (:class:`EagerAttention`, no mask), the heads merged back (``transpose(1, 2)``, then
+    ``reshape`` to (batch, length, width)), and the output Linear.
+
+    Where query, key and value are stacked as one product (a ``SharedInputGroup``) and it
+    and the output Linear would run the float32 CSR kernel directly, the whole chain is one
+    kernel call (:func:`~sparsegemm.torch.ops.self_attention_direct`); else its steps run
+    one by one, as written. Between separate calls the Python in between ran on caches
+    the products had just filled."""
+
+    def __init__(self, query: nn.Module, key: nn.Module, value: nn.Module,
+                 output: nn.Module) -> None:
+        super().__init__()
+        self.query, self.key, self.value, self.output = query, key, value, output
+        self.attention = EagerAttention()
+        self.one_calls = 0  # forwards that ran as one kernel call
+
+    #: False: the steps one by one always, each projection a module call of its own.
+    one_call = True
+
+    def forward(self, x: Tensor, head_shapes: tuple[Any, Any, Any], context_shape: Any,
+                scale: Any, divide: bool) -> Tensor:
+        out = self._one_call(x, head_shapes, context_shape, scale, divide) if self.one_call \
+            else None
+        if out is not None:
+            return out
+        heads = [projection(x).reshape(_shape(shape)).transpose(1, 2)
+                 for projection, shape in zip((self.query, self.key, self.value), head_shapes)]
+        context = self.attention(*heads, scale, None, divide)
+        return self.output(context.transpose(1, 2).reshape(_shape(context_shape)))
+
+    def _one_call(self, x: Tensor, head_shapes: tuple[Any, Any, Any], context_shape: Any,
+                  scale: Any, divide: bool) -> Tensor | None:
+        group = getattr(self.query, "_shared_input", None)
+        if (type(x) is not Tensor or x.dim() != 3 or group is None
+                or [id(m) for m in group.members] != [id(self.query), id(self.key), id(self.value)]
+                or isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale == 0):
+            return None
+        batch, length, width = x.shape
+        shape = _shape(head_shapes[0])
+        if (len(shape) != 4 or shape[:2] != (batch, length) or shape[2] * shape[3] != width
+                or min(shape) <= 0 or any(_shape(s) != shape for s in head_shapes[1:])
+                or _shape(context_shape) not in ((batch, length, width), (batch, length, -1))
+                or group.sizes != [width] * 3):
+            return None
+        stacked = group.stacked_module()
+        if stacked is None:
+            return None
+        out = self_attention_direct(x, (stacked, self.output), batch, shape[2],
+                                    1.0 / scale if divide else scale)
+        if out is None:
+            return None
+        group.stacked_products += 1
+        self.one_calls += 1
+        return out.view(batch, length, -1)
+
+
+class SelfAttentionChainCall(NamedTuple):
+    """One :class:`SelfAttentionChain` in a traced graph: the output Linear's call, the
+    nodes it replaces (from there back, each the only user of the next), the four
+    Linears' names, and the chain's arguments after x."""
+
+    output: torch.fx.Node
+    replaced: list[torch.fx.Node]
+    projections: tuple[str, str, str, str]
+    input: torch.fx.Node
+    arguments: tuple[Any, ...]
+
+
+def _swaps_heads(node: Any) -> bool:
+    """True for ``t.transpose(1, 2)`` (or 2, 1) of one tensor, with no other user."""
+    return (_calls(node, (torch.transpose,), "transpose") and not node.kwargs
+            and len(node.args) == 3 and set(node.args[1:]) == {1, 2} and _only_user(node))
+
+
+def _reshapes(node: Any) -> bool:
+    return (_calls(node, (torch.reshape,), "reshape") or _calls(node, (), "view")) \
+        and not node.kwargs and len(node.args) >= 2 and _only_user(node)
+
+
+def self_attention_chains(graph: torch.fx.Graph, attention_target: str,
+                          children: dict[str, nn.Module]) -> list[SelfAttentionChainCall]:
+    """The calls of ``attention_target`` (an :class:`EagerAttention` in ``graph``) with no
+    mask that sit in a :class:`SelfAttentionChain`: q, k and v each
+    ``transpose(view(Linear(x), shape), 1, 2)`` of three distinct Linear children over one
+    x, and the result ``Linear(reshape(transpose(result, 1, 2), shape))``."""
+    chains = []
+    for node in graph.nodes:
+        if node.op != "call_module" or node.target != attention_target \
+                or len(node.args) != 6 or node.args[4] is not None or not _only_user(node):
+            continue
+        heads, shapes, replaced = node.args[:3], [], []
+        for head in heads:
+            split = head.args[0] if _swaps_heads(head) else None
+            projection = split.args[0] if _reshapes(split) else None
+            if not (isinstance(projection, torch.fx.Node) and projection.op == "call_module"
+                    and _only_user(projection) and len(projection.args) == 1
+                    and not projection.kwargs):
+                break
+            shapes.append(tuple(split.args[1:]))
+            replaced += [head, split, projection]
+        else:
+            merged = next(iter(node.users))
+            merge = next(iter(merged.users)) if _swaps_heads(merged) else None
+            output = next(iter(merge.users)) if _reshapes(merge) else None
+            names = [str(n.target) for n in replaced[2::3]]
+            x = replaced[2].args[0]
+            if (isinstance(output, torch.fx.Node) and output.op == "call_module"
+                    and output.args == (merge,) and not output.kwargs
+                    and all(p.args[0] is x for p in replaced[2::3]) and len(set(names)) == 3
+                    and all(hasattr(children.get(n), "direct_csr_operands")
+                            for n in (*names, output.target))):
+                chains.append(SelfAttentionChainCall(
+                    output, [output, merge, merged, node, *replaced],
+                    (*names, str(output.target)), x,
+                    (tuple(shapes), tuple(merge.args[1:]), node.args[3], node.args[5])))
+    return chains
 
 
 def hf_attention_forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor,
@@ -460,33 +590,14 @@ class SparseMultiheadAttention(nn.Module):
             return None
         batched = query.dim() == 3
         x = query if not batched or self.batch_first else query.transpose(0, 1)
-        batch, length = (x.shape[0], x.shape[1]) if batched else (1, x.shape[0])
-        rows = x.reshape(-1, x.shape[-1]).contiguous()
-        if rows.shape[0] == 0:
+        batch = x.shape[0] if batched else 1
+        y = self_attention_direct(x, (self.in_proj, self.out_proj), batch, self.num_heads,
+                                  self.head_dim ** -0.5)
+        if y is None:
             return None
-        def operands(projection: nn.Module) -> tuple | None:
-            direct = getattr(projection, "direct_csr_operands", None)
-            return direct(rows) if direct is not None else None
-
-        # The context the output projection reads has the rows and width of x (a query's
-        # width is embed_dim), so x stands in for it in that projection's checks.
-        qkv = operands(self.in_proj)
-        out = operands(self.out_proj) if qkv is not None else None
-        if out is None:
-            return None
-        qkv_pattern, qkv_values, qkv_bias, qkv_chunks = qkv
-        out_pattern, out_values, out_bias, out_chunks = out
-        qkv_cols, qkv_ordered = chunk_order(qkv_chunks)
-        out_cols, out_ordered = chunk_order(out_chunks)
-        y = torch.empty((rows.shape[0], out_pattern._handle.rows), dtype=torch.float32)
-        _core.csr_self_attention(
-            qkv_pattern._handle, qkv_values, qkv_ordered, qkv_cols, qkv_bias,
-            out_pattern._handle, out_values, out_ordered, out_cols, out_bias,
-            rows.detach().numpy(), batch, self.num_heads, self.head_dim ** -0.5, y.numpy(),
-            torch.get_num_threads())
         if not batched:
             return y
-        y = y.view(batch, length, -1)
+        y = y.view(batch, x.shape[1], -1)
         return y if self.batch_first else y.transpose(0, 1)
 
     def extra_repr(self) -> str:

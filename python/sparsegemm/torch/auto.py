@@ -52,6 +52,7 @@ from .modules import (
     conv_holding,
     fold_batchnorm_into_conv,
     is_hf_conv1d,
+    linked,
     masked_weight,
     output_computed_elsewhere,
 )
@@ -167,8 +168,7 @@ class AutoSparseLinear(_DecidingLayer[nn.Linear]):
         """Its chosen module's :meth:`SparseLinear.direct_csr_operands` for ``x`` (deciding
         for ``x``'s rows if it has not), or None where it runs dense, another format or
         through a link."""
-        links = self.__dict__
-        if self._shared_input is not None or _FEEDS in links or _FED_OUTPUT in links:
+        if linked(self):
             return None
         module = self._module_for(x)
         if module is self.dense:

@@ -121,6 +121,16 @@ def activation_of(module: Any) -> str | None:
     return None
 
 
+def linked(layer: nn.Module) -> bool:
+    """True where a sparse Linear's output may come from elsewhere (see
+    :func:`output_computed_elsewhere`): a shared-input group that stacks or may stack it,
+    or a feed-forward link. A group that left it alone does not count."""
+    group = layer._shared_input
+    links = layer.__dict__
+    return ((group is not None and group.state in ("probing", "stacked"))
+            or _FEEDS in links or _FED_OUTPUT in links)
+
+
 def output_computed_elsewhere(layer: nn.Module, x: Tensor) -> Tensor | None:
     """A sparse Linear's output for ``x`` where something other than its own product
     gives it, else None: the stacked product of its shared-input group
@@ -579,9 +589,7 @@ class SparseLinear(_SparseWeight):
         inference fast path (see ``KernelOperands``), where that path would run with no
         activation and no link to a sibling; else None. For callers that run this layer
         inside a larger kernel call (:class:`SparseMultiheadAttention`)."""
-        links = self.__dict__
-        if (self._shared_input is not None or _FEEDS in links or _FED_OUTPUT in links
-                or self.format != "csr" or self.blocksize is not None
+        if (linked(self) or self.format != "csr" or self.blocksize is not None
                 or self.activation is not None):
             return None
         parameters, buffers = self._parameters, self._buffers

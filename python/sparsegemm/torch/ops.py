@@ -51,7 +51,7 @@ covers the stored positions only, so the sparsity pattern never fills in.
 from __future__ import annotations
 
 import functools
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 import torch.nn.functional as F
@@ -281,6 +281,44 @@ def linear_pair_direct(x: Tensor, first: tuple, activation: Optional[str],
                           pattern2._handle, values2, ordered2, cols2, bias2, x_array, out_array,
                           torch.get_num_threads())
     return out if x.dim() == 2 else out.view(*x.shape[:-1], rows)
+
+
+def self_attention_direct(x: Tensor, projections: tuple[Any, Any], batch: int, heads: int,
+                          scale: float) -> Optional[Tensor]:
+    """Self-attention over ``x`` (``batch`` sequences of equal length, their rows stacked)
+    in one kernel call (``_core.csr_self_attention``): the stacked q, k, v product, the
+    attention of ``heads`` heads with ``scale``, and the output product, back to back, so
+    no Python runs between them on caches the products have just filled. ``projections``
+    is (the stacked q, k, v module, the output module). Returns the (rows, out) output, or
+    None where either module would not run the float32 CSR kernel directly
+    (``direct_csr_operands``): then the caller runs the steps one by one."""
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    if rows.shape[0] == 0:
+        return None
+    qkv_projection, out_projection = projections
+    qkv = _direct_csr_operands(qkv_projection, rows)
+    if qkv is None:
+        return None
+    # The context the output projection reads has x's rows and a query's width, which
+    # the caller makes x's width: x stands in for it in that projection's checks.
+    out = _direct_csr_operands(out_projection, rows)
+    if out is None:
+        return None
+    qkv_pattern, qkv_values, qkv_bias, qkv_chunks = qkv
+    out_pattern, out_values, out_bias, out_chunks = out
+    qkv_cols, qkv_ordered = chunk_order(qkv_chunks)
+    out_cols, out_ordered = chunk_order(out_chunks)
+    y = torch.empty((rows.shape[0], out_pattern._handle.rows), dtype=torch.float32)
+    _core.csr_self_attention(
+        qkv_pattern._handle, qkv_values, qkv_ordered, qkv_cols, qkv_bias,
+        out_pattern._handle, out_values, out_ordered, out_cols, out_bias,
+        rows.detach().numpy(), batch, heads, float(scale), y.numpy(), torch.get_num_threads())
+    return y
+
+
+def _direct_csr_operands(projection: Any, x: Tensor) -> Optional[tuple]:
+    direct = getattr(projection, "direct_csr_operands", None)
+    return direct(x) if direct is not None else None
 
 
 # csr_linear ---------------------------------------------------------------------------------

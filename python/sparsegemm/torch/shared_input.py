@@ -239,6 +239,17 @@ class SharedInputGroup:
             self.fused.decide(max(1, rows))
 
     def _stacked_product(self, x: Tensor) -> tuple[Tensor, ...] | None:
+        fused = self.stacked_module()
+        if fused is None:
+            return None
+        self.stacked_products += 1
+        return fused(x).split(self.sizes, dim=-1)
+
+    def stacked_module(self) -> nn.Module | None:
+        """The module computing every member's rows at once, rebuilt first where a
+        member's weights changed; None where the group does not stack (any more)."""
+        if self.state != "stacked":
+            return None
         weights_now = self._weights_now()
         if self.fused is None or weights_now != self._weights_seen:
             if self.frozen and self.fused is not None:
@@ -249,8 +260,7 @@ class SharedInputGroup:
                 return None
             self.fused = self._build()
             self._weights_seen = weights_now
-        self.stacked_products += 1
-        return self.fused(x).split(self.sizes, dim=-1)
+        return self.fused
 
     def _build(self) -> nn.Module:
         if all(isinstance(m, AutoSparseLinear) for m in self.members):

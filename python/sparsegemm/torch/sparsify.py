@@ -253,6 +253,8 @@ class _Converter:
         self.fused_norms: list[str] = []  # LayerNorm children now run by add_layer_norm
         self.kernel_attention = kernel_attention
         self.eager_attention: list[str] = []  # modules whose written-out attention is fused
+        # Those of them whose attention runs with its projections (SelfAttentionChain).
+        self.self_attention_chains: list[str] = []
 
     def traced_forward_notes(self) -> list[str]:
         """The report's lines on the norms and eager attentions fused (none: [])."""
@@ -264,6 +266,11 @@ class _Converter:
             notes.append(f"eager attention (softmax(q @ k^T) @ v written out) on the attention "
                          f"kernel at inference ({len(self.eager_attention)}): "
                          f"{', '.join(self.eager_attention)}")
+        if self.self_attention_chains:
+            notes.append(f"self-attention with its q, k, v and output Linears in one kernel "
+                         f"call at inference where they run CSR "
+                         f"({len(self.self_attention_chains)}): "
+                         f"{', '.join(self.self_attention_chains)}")
         return notes
 
     def _choose(self, module: nn.Module, rows: int | None) -> tuple[FormatChoice, str]:
@@ -718,11 +725,13 @@ def _arrange_around_sparse_children(module: nn.Module, prefix: str,
     if (converter.fuse_layer_norm or converter.kernel_attention) \
             and not _is_fused_transformer_layer(module):
         base = f"{prefix}." if prefix else ""
-        norms, attentions = fuse_forward(module, norms=converter.fuse_layer_norm,
-                                         attention=converter.kernel_attention)
+        norms, attentions, chains = fuse_forward(module, norms=converter.fuse_layer_norm,
+                                                 attention=converter.kernel_attention)
         converter.fused_norms += [base + name for name in norms]
         if attentions:
             converter.eager_attention.append(prefix or type(module).__name__)
+        if chains:
+            converter.self_attention_chains.append(prefix or type(module).__name__)
 
 
 _SPARSE_LAYERS = (SparseLinear, SparseConv2d, SparseMultiheadAttention)

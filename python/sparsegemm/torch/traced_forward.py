@@ -7,7 +7,11 @@ leaves, in eval mode) and rewrites two patterns in it:
   one :func:`~sparsegemm.torch.add_layer_norm` call (:class:`ResidualNorm`);
 * eager attention written out as ``softmax(q @ k.transpose(-1, -2) * scale [+ mask],
   dim=-1) [-> dropout] @ v`` becomes one call of the attention kernel
-  (:class:`~sparsegemm.torch.attention.EagerAttention`).
+  (:class:`~sparsegemm.torch.attention.EagerAttention`). Where its q, k and v are
+  three Linears over one input, split into heads and merged back as Hugging Face writes
+  it, and its result goes to an output Linear, the whole chain becomes one
+  :class:`~sparsegemm.torch.attention.SelfAttentionChain`: one kernel call where the
+  projections run CSR.
 
 The module then runs a :class:`TracedForward` in eval mode: its own traced forward
 with those calls replaced. Its class, children and state_dict stay as they are.
@@ -22,7 +26,12 @@ import torch.fx
 
 from torch import nn
 
-from .attention import EagerAttention, eager_attention_calls
+from .attention import (
+    EagerAttention,
+    SelfAttentionChain,
+    eager_attention_calls,
+    self_attention_chains,
+)
 from .layer_norm import ResidualNorm, residual_norm_calls
 
 __all__ = ["TracedForward", "fuse_forward"]
@@ -104,17 +113,19 @@ def _with_nones(module: nn.Module, names: tuple[str, ...], nones: tuple[bool, ..
 
 
 def fused_graph(module: nn.Module, names: tuple[str, ...], nones: tuple[bool, ...],
-                norms: bool, attention: bool) -> tuple[torch.fx.GraphModule | None, list[str], int]:
+                norms: bool, attention: bool
+                ) -> tuple[torch.fx.GraphModule | None, list[str], int, int]:
     """``module``'s forward traced for arguments ``names`` that are None where ``nones``
     says so, with its residual norms (``norms``) and eager attentions (``attention``) on
-    the kernels: (the GraphModule, the norms' names, the number of attentions), or
-    (None, [], 0) when there is nothing to rewrite or the forward does not trace."""
+    the kernels: (the GraphModule, the norms' names, the number of attentions, the number
+    of those in a :class:`SelfAttentionChain`), or (None, [], 0, 0) when there is nothing
+    to rewrite or the forward does not trace."""
     training = module.training
     module.training = False  # only the module's own code is traced: its eval-mode path
     try:
         graph = ChildrenAsLeaves().trace(_with_nones(module, names, nones))
     except Exception:  # noqa: BLE001 - a forward fx cannot trace keeps its own forward
-        return None, [], 0
+        return None, [], 0, 0
     finally:
         module.training = training
     norm_calls = residual_norm_calls(graph, module) if norms else []
@@ -122,7 +133,7 @@ def fused_graph(module: nn.Module, names: tuple[str, ...], nones: tuple[bool, ..
     # A forward that reads the module's own tensors (get_attr) is left alone: a later
     # .to() or .double() replaces buffers, which the traced copy would not see.
     if not (norm_calls or attention_calls) or any(node.op == "get_attr" for node in graph.nodes):
-        return None, [], 0
+        return None, [], 0, 0
     added: dict[str, nn.Module] = {}
     for norm, total in norm_calls:
         name = f"_sparsegemm_residual_{norm.target}"
@@ -137,39 +148,58 @@ def fused_graph(module: nn.Module, names: tuple[str, ...], nones: tuple[bool, ..
     for call in attention_calls:
         with graph.inserting_before(call.output):
             fused = graph.call_module("_sparsegemm_eager_attention", call.arguments)
-        call.output.replace_all_uses_with(fused)
-        for node in call.replaced:  # from the output back: each loses its last user in turn
-            graph.erase_node(node)
+        _replace(graph, call.output, fused, call.replaced)
+    children = dict(module.named_children())
+    chains = (self_attention_chains(graph, "_sparsegemm_eager_attention", children)
+              if attention_calls else [])
+    for index, chain in enumerate(chains):
+        name = f"_sparsegemm_self_attention_{index}"
+        added[name] = SelfAttentionChain(*(children[n] for n in chain.projections))
+        with graph.inserting_before(chain.output):
+            fused = graph.call_module(name, (chain.input, *chain.arguments))
+        _replace(graph, chain.output, fused, chain.replaced)
     graph.lint()
     # Built from a dict, the GraphModule holds the children the graph calls, and the
     # added modules, without making them the module's own.
     graph_module = torch.fx.GraphModule({**dict(module.named_children()), **added}, graph,
                                         class_name=type(module).__name__)
-    return graph_module, [str(norm.target) for norm, _ in norm_calls], len(attention_calls)
+    return (graph_module, [str(norm.target) for norm, _ in norm_calls], len(attention_calls),
+            len(chains))
+
+
+def _replace(graph: torch.fx.Graph, output: torch.fx.Node, fused: torch.fx.Node,
+             replaced: list[torch.fx.Node]) -> None:
+    """Let ``fused`` stand for ``output`` and erase ``replaced`` (from the output back:
+    each loses its last user in turn)."""
+    output.replace_all_uses_with(fused)
+    for node in replaced:
+        graph.erase_node(node)
 
 
 def fuse_forward(module: nn.Module, *, norms: bool = True,
-                 attention: bool = True) -> tuple[list[str], int]:
+                 attention: bool = True) -> tuple[list[str], int, int]:
     """Give ``module`` a :class:`TracedForward` where its forward calls an ``nn.LayerNorm``
     child on a sum used nowhere else (with ``norms``) or writes attention out eagerly
     (with ``attention``), as traced with the arguments that default to None left None.
-    Returns the names of the norms fused and the number of attention calls replaced;
-    nothing happens ([], 0) when there are none, when the forward does not trace, takes
+    Returns the names of the norms fused, the number of attention calls replaced and how
+    many of those became a :class:`SelfAttentionChain` with their projections; nothing
+    happens ([], 0, 0) when there are none, when the forward does not trace, takes
     ``*args`` or keyword-only arguments, reads the module's own parameters or buffers,
     or already has an instance-level ``forward``. The traced forward calls the children
     that were there: after replacing one, ``del module.forward`` restores the class's
     forward."""
     parameters = _plain_parameters(module)
     if "forward" in vars(module) or parameters is None or not (norms or attention):
-        return [], 0
+        return [], 0, 0
     if not attention and not any(type(child) is nn.LayerNorm for child in module.children()):
-        return [], 0  # the common case, without tracing
+        return [], 0, 0  # the common case, without tracing
     names = tuple(p.name for p in parameters)
     nones = tuple(p.default is None for p in parameters)
-    graph_module, norm_names, attentions = fused_graph(module, names, nones, norms, attention)
+    graph_module, norm_names, attentions, chains = fused_graph(module, names, nones, norms,
+                                                               attention)
     if graph_module is None:
-        return [], 0
+        return [], 0, 0
     traced = TracedForward(module, names, norms, attention)
     traced.graphs[nones] = graph_module
     module.forward = traced
-    return norm_names, attentions
+    return norm_names, attentions, chains
