@@ -127,7 +127,7 @@ def linked(layer: nn.Module) -> bool:
     or a feed-forward link. A group that left it alone does not count."""
     group = layer._shared_input
     links = layer.__dict__
-    return ((group is not None and group.state in ("probing", "stacked"))
+    return ((group is not None and group.stacks)
             or _FEEDS in links or _FED_OUTPUT in links)
 
 

@@ -113,9 +113,12 @@ class SharedInputGroup:
     - 'split': a probing group whose members now belong to the groups it made.
     """
 
+    #: The states in which the group computes, or may compute, its members together.
+    STACKING_STATES = ("probing", "stacked")
+
     def __init__(self, members: list[Member], names: list[str], *, state: str = "probing",
                  reason: str = ""):
-        if len(members) < 2 and state in ("probing", "stacked"):
+        if len(members) < 2 and state in self.STACKING_STATES:
             raise ValueError("a shared-input group needs at least two members to stack")
         self.members = list(members)
         self.names = list(names)
@@ -144,13 +147,18 @@ class SharedInputGroup:
         self._outputs: tuple[Tensor, ...] = ()
         self._waiting = 0  # bit i: member i's slice is computed and not yet taken
 
+    @property
+    def stacks(self) -> bool:
+        """True while the group computes, or may compute, its members together."""
+        return self.state in self.STACKING_STATES
+
     def _index(self, member: Member) -> int:
         return next(i for i, m in enumerate(self.members) if m is member)
 
     def output(self, member: Member, x: Tensor) -> Tensor | None:
         """``member``'s output for ``x``, or None: the member computes it alone (its group
         does not stack, or a gradient or a trace needs the member's own path)."""
-        if self.state not in ("stacked", "probing") or type(x) is not Tensor \
+        if not self.stacks or type(x) is not Tensor \
                 or torch.compiler.is_compiling():
             return None
         if torch.is_grad_enabled() and (x.requires_grad or self._records_gradient()):

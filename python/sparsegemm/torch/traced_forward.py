@@ -140,9 +140,7 @@ def fused_graph(module: nn.Module, names: tuple[str, ...], nones: tuple[bool, ..
         added[name] = ResidualNorm(getattr(module, str(norm.target)))
         with graph.inserting_before(norm):
             fused = graph.call_module(name, total.args)
-        norm.replace_all_uses_with(fused)
-        graph.erase_node(norm)
-        graph.erase_node(total)
+        _replace(graph, norm, fused, [norm, total])
     if attention_calls:
         added["_sparsegemm_eager_attention"] = EagerAttention()
     for call in attention_calls:
@@ -161,7 +159,7 @@ def fused_graph(module: nn.Module, names: tuple[str, ...], nones: tuple[bool, ..
     graph.lint()
     # Built from a dict, the GraphModule holds the children the graph calls, and the
     # added modules, without making them the module's own.
-    graph_module = torch.fx.GraphModule({**dict(module.named_children()), **added}, graph,
+    graph_module = torch.fx.GraphModule({**children, **added}, graph,
                                         class_name=type(module).__name__)
     return (graph_module, [str(norm.target) for norm, _ in norm_calls], len(attention_calls),
             len(chains))
