@@ -132,6 +132,33 @@ def test_linear_in_column_chunks(isa, dtype, in_features, batch, random_sparse, 
     check_linear(linear(x, weight, num_threads=1), x, weight)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_avx512_panels_over_384_columns_run_chunked(dtype, random_sparse, rng, check_linear):
+    # With 64-byte vectors a 4-vector panel over 384 input columns (MiniLM's
+    # hidden size) takes 96 KiB (float32; double: 2 vectors per panel, the same
+    # bytes), three times a 32 KiB L1, and runs in column chunks down to 8
+    # entries per row segment (csr_kernels.inl kMinChunkSegmentWideVectors);
+    # below that it stays unchunked. Where L1 holds the whole panel, nothing
+    # is chunked.
+    if "avx512" not in sparsegemm.available_isas():
+        pytest.skip("this CPU has no AVX-512")
+    with sparsegemm.use_isa("avx512"):
+        chunk_budget = max(32 * 1024, _core.cache_sizes()["l1d"])
+        for density, chunked in ((0.3, True), (0.1, True), (0.01, False)):
+            dense = random_sparse((1152, 384), density, dtype)
+            weight = CSRMatrix.from_dense(dense)
+            chunk = weight._handle.panel_chunk_columns
+            if chunk_budget >= 384 * 256:
+                assert chunk == 0
+            elif chunked:
+                segment = density * chunk  # mean entries per row segment
+                assert 0 < chunk < 384 and segment >= 8, (density, chunk)
+            else:
+                assert chunk == 0, (density, chunk)
+            x = rng.uniform(-1, 1, (1024, 384)).astype(dtype)
+            check_linear(linear(x, weight, num_threads=2), x, weight)
+
+
 def _chunk_ordered_linear(pattern, x, values, ordered, chunk_cols, bias=None, threads=2):
     out = np.empty((x.shape[0], pattern.shape[0]), dtype=x.dtype)
     _core.csr_linear_chunk_ordered(pattern._handle, x, out, bias, threads, values, ordered,
