@@ -136,26 +136,28 @@ def test_linear_in_column_chunks(isa, dtype, in_features, batch, random_sparse, 
 def test_avx512_panels_over_384_columns_run_chunked(dtype, random_sparse, rng, check_linear):
     # With 64-byte vectors a 4-vector panel over 384 input columns (MiniLM's
     # hidden size) takes 96 KiB (float32; double: 2 vectors per panel, the same
-    # bytes), three times a 32 KiB L1, and runs in column chunks down to 8
-    # entries per row segment (csr_kernels.inl kMinChunkSegmentWideVectors);
-    # below that it stays unchunked. Where L1 holds the whole panel, nothing
-    # is chunked.
+    # bytes), three times a 32 KiB L1, and runs in column chunks where row
+    # segments average 16 entries or more (csr_kernels.inl
+    # kMinChunkSegmentWideVectors); below that, or where L1 holds the panel,
+    # it runs unchunked.
     if "avx512" not in sparsegemm.available_isas():
         pytest.skip("this CPU has no AVX-512")
+    rows, cols, panel_row_bytes = 1152, 384, 256
+    widest = max(32 * 1024, _core.cache_sizes()["l1d"]) // panel_row_bytes
     with sparsegemm.use_isa("avx512"):
-        chunk_budget = max(32 * 1024, _core.cache_sizes()["l1d"])
-        for density, chunked in ((0.3, True), (0.1, True), (0.01, False)):
-            dense = random_sparse((1152, 384), density, dtype)
+        for density in (0.3, 0.15, 0.1, 0.02):
+            dense = random_sparse((rows, cols), density, dtype)
             weight = CSRMatrix.from_dense(dense)
+            chunks = -(-cols // widest)
+            mean_segment = np.count_nonzero(dense) / (rows * chunks)
             chunk = weight._handle.panel_chunk_columns
-            if chunk_budget >= 384 * 256:
-                assert chunk == 0
-            elif chunked:
-                segment = density * chunk  # mean entries per row segment
-                assert 0 < chunk < 384 and segment >= 8, (density, chunk)
+            if chunks > 1 and mean_segment >= 16:
+                assert chunk == -(-cols // chunks), (density, chunk)
             else:
                 assert chunk == 0, (density, chunk)
-            x = rng.uniform(-1, 1, (1024, 384)).astype(dtype)
+            if widest == 128:  # a 32 KiB L1, as on Zen 4: the boundary falls between these
+                assert (chunk > 0) == (density >= 0.15), (density, chunk)
+            x = rng.uniform(-1, 1, (1024, cols)).astype(dtype)
             check_linear(linear(x, weight, num_threads=2), x, weight)
 
 

@@ -77,12 +77,12 @@ constexpr int64_t kLargePanelBytes = 192 * 1024;
 constexpr int64_t kMinChunkSegmentLargePanel = 4;
 // With 64-byte vectors (AVX-512 floats) a 4-vector panel takes 256 bytes per
 // column of a, so 384 columns (MiniLM) already need 96 KiB, three times L1,
-// and chunks in chunk order pay from short segments. Zen 4, one core, 64
-// columns of b, 1152 rows (standalone loop): 384 columns at density 0.3,
-// chunks of 128 columns (38 entries per segment) 1.31x faster than unchunked,
-// at 0.5 1.55x, at 0.1 1.06x, at 0.05 (6 entries) level; 192 columns at 0.3,
-// chunks of 64, 1.15x.
-constexpr int64_t kMinChunkSegmentWideVectors = 8;
+// and chunks in chunk order pay from shorter segments. Zen 4, 2 threads,
+// 1024-3136 rows, in-process A/B against 48 entries, chunks of 128 columns:
+// 1152x384 at density 0.3 (38 entries per segment) 1.25x faster, 0.2 1.19x,
+// 0.15 1.07x, 0.1 (13 entries) level (0.98-1.02x, also 64x256, 128x512 and
+// 1536x384); 1536x384 at 0.2 1.11x, 128x512 at 0.15 1.10x.
+constexpr int64_t kMinChunkSegmentWideVectors = 16;
 
 // Calls body(indices) with the matrix's column indices in their stored width.
 template <typename T, typename Body>
