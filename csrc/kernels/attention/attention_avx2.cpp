@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "kernels/attention/attention_kernels.h"
+#include "kernels/transpose/transpose_kernels.h"
 
 #define SPARSEGEMM_ATTENTION_INLINE inline __attribute__((always_inline))
 
