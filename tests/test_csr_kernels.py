@@ -135,7 +135,7 @@ def test_linear_in_column_chunks(isa, dtype, in_features, batch, random_sparse, 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_avx512_panels_over_384_columns_run_chunked(dtype, random_sparse, rng, check_linear):
     # With 64-byte vectors a 4-vector panel over 384 input columns (MiniLM's
-    # hidden size) takes 96 KiB (float32; double: 2 vectors per panel, the same
+    # hidden size) takes 96 KiB (4 x 16 floats or 4 x 8 doubles per column, 256
     # bytes), three times a 32 KiB L1, and runs in column chunks where row
     # segments average 16 entries or more (csr_kernels.inl
     # kMinChunkSegmentWideVectors); below that, or where L1 holds the panel,
