@@ -97,12 +97,16 @@ def test_linear_with_narrower_packed_panels(isa, dtype, in_features, batch, rand
     check_linear(linear(x, weight, bias, num_threads=2), x, weight, bias)
 
 
+def _chunk_budget_bytes():
+    """The packed panel kernel's column-chunk budget: the L1 data cache, at least 32 KiB
+    (csr_kernels.inl chunk_cache_bytes)."""
+    return max(32 * 1024, _core.cache_sizes()["l1d"])
+
+
 def _portable_panel_fits_a_chunk(in_features, dtype):
     """Whether the portable path's panel (four one-lane vectors per row of x^T) fits the
-    column-chunk budget, so it runs unchunked: the L1 data cache, at least 32 KiB
-    (csr_kernels.inl chunk_cache_bytes)."""
-    chunk_budget = max(32 * 1024, _core.cache_sizes()["l1d"])
-    return in_features * 4 * np.dtype(dtype).itemsize <= chunk_budget
+    column-chunk budget, so it runs unchunked."""
+    return in_features * 4 * np.dtype(dtype).itemsize <= _chunk_budget_bytes()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -143,12 +147,12 @@ def test_avx512_panels_over_384_columns_run_chunked(dtype, random_sparse, rng, c
     if "avx512" not in sparsegemm.available_isas():
         pytest.skip("this CPU has no AVX-512")
     rows, cols, panel_row_bytes = 1152, 384, 256
-    widest = max(32 * 1024, _core.cache_sizes()["l1d"]) // panel_row_bytes
+    widest = _chunk_budget_bytes() // panel_row_bytes
+    chunks = -(-cols // widest)
     with sparsegemm.use_isa("avx512"):
         for density in (0.3, 0.15, 0.1, 0.02):
             dense = random_sparse((rows, cols), density, dtype)
             weight = CSRMatrix.from_dense(dense)
-            chunks = -(-cols // widest)
             mean_segment = np.count_nonzero(dense) / (rows * chunks)
             chunk = weight._handle.panel_chunk_columns
             if chunks > 1 and mean_segment >= 16:
