@@ -238,17 +238,60 @@ def bitmap_prefetch(request):
         _core.set_bitmap_prefetch(previous)
 
 
+@pytest.fixture(params=["expand", "compress"])
+def bitmap_walk(request):
+    """Both walks of the AVX-512 batch-1 kernel (core/isa.h; other levels ignore it)."""
+    previous = _core.bitmap_walk()
+    _core.set_bitmap_walk(request.param)
+    try:
+        yield request.param
+    finally:
+        _core.set_bitmap_walk(previous)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(13, 300), (9, 2100), (5, 1100), (6, 7000)])
 @pytest.mark.parametrize("density", [0.1, 0.3, 0.6, 1.0])
-def test_batch1_kernel_in_every_prefetch_mode(isa, bitmap_prefetch, dtype, shape, density,
-                                              random_sparse, rng, check_linear):
+def test_batch1_kernel_in_every_prefetch_mode(isa, bitmap_prefetch, bitmap_walk, dtype, shape,
+                                              density, random_sparse, rng, check_linear):
     a = BitmapMatrix.from_dense(random_sparse(shape, density, dtype))
     x = rng.uniform(-1, 1, (1, shape[1])).astype(dtype)
     check_linear(linear(x, a, num_threads=2), x, reference_operand(a), None)
 
 
-@pytest.mark.parametrize("variable", ["SPARSEGEMM_BITMAP_PREFETCH", "SPARSEGEMM_GATHER",
+@pytest.mark.parametrize("dtype", DTYPES)
+# 2100 columns: one row at a time in four segments (far prefetches); 7000: four rows at a
+# time (x over 24 KB); 300: one row at a time, in one stream.
+@pytest.mark.parametrize("cols", [300, 2100, 7000])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_an_infinite_weight_reaches_its_own_row_only(isa, bitmap_prefetch, bitmap_walk, dtype,
+                                                     cols, bad, random_sparse, rng):
+    # The compress walk reads the 16 (8) values after a chunk's own and meets them with
+    # zeros: an infinite one there makes a NaN, which must not reach the row's sum, nor the
+    # row before, whose last read runs into this row's first values.
+    W = random_sparse((12, cols), 0.4, dtype)
+    stored = [np.flatnonzero(row) for row in W]
+    # A row's first value, one at a quarter of the row (where a segment starts) and a
+    # row's last value.
+    chosen = {3: stored[3][0], 6: stored[6][len(stored[6]) // 4], 9: stored[9][-1]}
+    for row, col in chosen.items():
+        W[row, col] = bad
+    a = BitmapMatrix.from_dense(W)
+    x = rng.uniform(0.5, 1, (1, cols)).astype(dtype)  # no cancellation: the sums' sign is known
+    result = linear(x, a, num_threads=2)[0]
+    expected = (x.astype(np.float64) @ W.T.astype(np.float64))[0]
+    bad_rows = sorted(chosen)
+    np.testing.assert_array_equal(np.isnan(result), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(result), np.isinf(expected))
+    assert np.isnan(expected[bad_rows]).all() if np.isnan(bad) else np.isinf(expected[bad_rows]).all()
+    good = np.setdiff1d(np.arange(12), bad_rows)
+    np.testing.assert_allclose(result[good], expected[good], rtol=1e-4 if dtype == np.float32 else 1e-12)
+    if not np.isnan(bad):
+        assert (np.sign(result[bad_rows]) == np.sign(bad)).all()
+
+
+@pytest.mark.parametrize("variable", ["SPARSEGEMM_BITMAP_PREFETCH", "SPARSEGEMM_BITMAP_WALK",
+                                      "SPARSEGEMM_GATHER",
                                       "SPARSEGEMM_AVX512_EXTENSIONS", "SPARSEGEMM_AMX"])
 def test_an_unknown_kernel_choice_in_the_environment_warns(python_subprocess, variable):
     code = ("import warnings\n"
@@ -268,6 +311,7 @@ def test_an_unknown_kernel_choice_in_the_environment_warns(python_subprocess, va
 # What each kernel choice variable sets, read back from the C++ core.
 KERNEL_CHOICE_READERS = {
     "SPARSEGEMM_GATHER": "prefer_hardware_gather",
+    "SPARSEGEMM_BITMAP_WALK": "bitmap_walk",
     "SPARSEGEMM_BITMAP_PREFETCH": "bitmap_prefetch",
     "SPARSEGEMM_AVX512_EXTENSIONS": "use_avx512_extensions",
     "SPARSEGEMM_AMX": "use_amx",
@@ -279,7 +323,7 @@ KERNEL_CHOICE_READERS = {
 def expected_kernel_choice(variable: str, value: str):
     if variable == "SPARSEGEMM_GATHER":
         return value == "hardware"
-    if variable == "SPARSEGEMM_BITMAP_PREFETCH":
+    if variable in ("SPARSEGEMM_BITMAP_PREFETCH", "SPARSEGEMM_BITMAP_WALK"):
         return value
     turned_on = value in ("on", "1")
     if variable in ("SPARSEGEMM_INT8_INDEXED", "SPARSEGEMM_HUGE_PAGES"):
@@ -315,3 +359,8 @@ def subprocess_output(python_subprocess, code: str, env: dict) -> list[str]:
 def test_an_unknown_bitmap_prefetch_mode_is_refused():
     with pytest.raises(ValueError, match="'near', 'far' or 'off', not 'l3'"):
         _core.set_bitmap_prefetch("l3")
+
+
+def test_an_unknown_bitmap_walk_is_refused():
+    with pytest.raises(ValueError, match="'expand' or 'compress', not 'gather'"):
+        _core.set_bitmap_walk("gather")

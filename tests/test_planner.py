@@ -198,6 +198,11 @@ def _flip_gather_choice(monkeypatch):
     monkeypatch.setattr(planner._core, "prefer_hardware_gather", lambda: flipped)
 
 
+def _flip_bitmap_walk(monkeypatch):
+    flipped = "expand" if planner._core.bitmap_walk() == "compress" else "compress"
+    monkeypatch.setattr(planner._core, "bitmap_walk", lambda: flipped)
+
+
 def _flip_bitmap_prefetch(monkeypatch):
     flipped = "near" if planner._core.bitmap_prefetch() != "near" else "far"
     monkeypatch.setattr(planner._core, "bitmap_prefetch", lambda: flipped)
@@ -210,8 +215,10 @@ def _flip_bitmap_prefetch(monkeypatch):
         lambda mp: mp.setattr(np, "__version__", "99.0"),
         lambda mp: _flip_gather_choice(mp),
         lambda mp: _flip_bitmap_prefetch(mp),
+        lambda mp: _flip_bitmap_walk(mp),
     ],
-    ids=["sparsegemm version", "numpy version", "SPARSEGEMM_GATHER", "SPARSEGEMM_BITMAP_PREFETCH"],
+    ids=["sparsegemm version", "numpy version", "SPARSEGEMM_GATHER", "SPARSEGEMM_BITMAP_PREFETCH",
+         "SPARSEGEMM_BITMAP_WALK"],
 )
 def test_a_decision_cached_under_other_software_is_not_reused(monkeypatch, weight, tmp_path,
                                                               change):

@@ -56,6 +56,18 @@ void register_runtime(py::module_& m) {
         "Whether the batch-1 CSR kernel uses vector gathers (else scalar loads).");
   m.def("set_prefer_hardware_gather", &set_prefer_hardware_gather, py::arg("hardware"));
   m.def(
+      "bitmap_walk", [] { return std::string(bitmap_compress_walk() ? "compress" : "expand"); },
+      "How the AVX-512 batch-1 bitmap kernel pairs values with x: 'expand' (the values to "
+      "their columns) or 'compress' (x's stored columns to the front).");
+  m.def(
+      "set_bitmap_walk",
+      [](const std::string& walk) {
+        if (walk != "expand" && walk != "compress")
+          throw py::value_error("bitmap walk must be 'expand' or 'compress', not '" + walk + "'");
+        set_bitmap_compress_walk(walk == "compress");
+      },
+      py::arg("walk"));
+  m.def(
       "bitmap_prefetch", [] { return std::string(bitmap_prefetch_name(bitmap_prefetch())); },
       "How the batch-1 bitmap kernel prefetches: 'near' (L1), 'far' (L2) or 'off'.");
   m.def(

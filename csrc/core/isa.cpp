@@ -67,6 +67,7 @@ std::vector<Isa> supported_isas() {
 const std::vector<KernelChoiceVariable>& kernel_choice_variables() {
   static const std::vector<KernelChoiceVariable> variables = {
       {"SPARSEGEMM_GATHER", {"hardware", "scalar"}},
+      {"SPARSEGEMM_BITMAP_WALK", {"expand", "compress"}},
       {"SPARSEGEMM_BITMAP_PREFETCH",
        {bitmap_prefetch_name(BitmapPrefetch::kNear), bitmap_prefetch_name(BitmapPrefetch::kFar),
         bitmap_prefetch_name(BitmapPrefetch::kOff)}},
@@ -146,6 +147,11 @@ std::atomic<bool>& gather_preference_slot() {
   return slot;
 }
 
+std::atomic<bool>& bitmap_compress_walk_slot() {
+  static std::atomic<bool> slot{!vendor_choice("SPARSEGEMM_BITMAP_WALK", "expand")};
+  return slot;
+}
+
 BitmapPrefetch initial_bitmap_prefetch() {
   if (const char* env = kernel_choice("SPARSEGEMM_BITMAP_PREFETCH"))
     return parse_bitmap_prefetch(env);
@@ -189,6 +195,12 @@ bool prefer_hardware_gather() { return gather_preference_slot().load(std::memory
 
 void set_prefer_hardware_gather(bool hardware) {
   gather_preference_slot().store(hardware, std::memory_order_relaxed);
+}
+
+bool bitmap_compress_walk() { return bitmap_compress_walk_slot().load(std::memory_order_relaxed); }
+
+void set_bitmap_compress_walk(bool compress) {
+  bitmap_compress_walk_slot().store(compress, std::memory_order_relaxed);
 }
 
 bool avx512_extensions_supported() {

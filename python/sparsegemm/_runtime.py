@@ -198,6 +198,7 @@ def show_config(*, print_out: bool = True) -> dict | None:
         "isa_override": os.environ.get("SPARSEGEMM_ISA") or None,
         "batch1_csr_kernel": "vector gathers" if _core.prefer_hardware_gather() else "scalar loads",
         "bitmap_prefetch": _core.bitmap_prefetch(),
+        "bitmap_walk": _core.bitmap_walk(),
         "avx512_extensions": _core.use_avx512_extensions(),
         "avx512_bf16": _core.use_avx512_extensions() and _core.avx512_bf16_supported(),
         "amx": _core.use_amx(),
@@ -227,6 +228,8 @@ def show_config(*, print_out: bool = True) -> dict | None:
         print(f"  batch-1 CSR kernel: {config['batch1_csr_kernel']} (SPARSEGEMM_GATHER)")
         print(f"  batch-1 bitmap prefetch: {config['bitmap_prefetch']} "
               "(SPARSEGEMM_BITMAP_PREFETCH=near|far|off)")
+        print(f"  batch-1 bitmap walk: {config['bitmap_walk']} "
+              "(SPARSEGEMM_BITMAP_WALK=expand|compress; AVX-512 float and double)")
         extensions = "on" if config["avx512_extensions"] else (
             "off" if _core.avx512_extensions_supported() else "not on this CPU")
         print(f"  AVX-512 VBMI/VBMI2/VNNI int8 and bfloat16 kernels: {extensions} "

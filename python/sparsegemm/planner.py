@@ -200,6 +200,7 @@ def _software_versions() -> dict[str, Any]:
         "torch": getattr(torch, "__version__", None) if torch is not None else None,
         "gather": "hardware" if _core.prefer_hardware_gather() else "scalar",
         "bitmap_prefetch": _core.bitmap_prefetch(),
+        "bitmap_walk": _core.bitmap_walk(),
         "avx512_extensions": _core.use_avx512_extensions(),
         "amx": _core.use_amx(),
     }

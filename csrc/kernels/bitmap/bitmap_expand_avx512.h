@@ -21,6 +21,17 @@ struct BitExpand<float> {
     const __mmask16 k = static_cast<__mmask16>(bits);
     return _mm512_mask3_fmadd_ps(_mm512_maskz_expandloadu_ps(k, p), x, acc, k);
   }
+  // The same sum the other way round (the compress walk, core/isa.h): the
+  // lanes of x whose bit is set move to the front, zeros behind them, and meet
+  // the next 16 packed values (a plain load: the caller keeps them inside the
+  // values array). The values past popcount(bits) meet zeros, which adds
+  // nothing unless one is infinite or NaN: then that lane is NaN, and the
+  // caller redoes the row with fmadd.
+  static constexpr bool kCompressWalk = true;
+  static __m512 compressed_fmadd(unsigned bits, const float* p, __m512 x, __m512 acc) {
+    return _mm512_fmadd_ps(_mm512_loadu_ps(p),
+                           _mm512_maskz_compress_ps(static_cast<__mmask16>(bits), x), acc);
+  }
 };
 
 template <>
@@ -33,6 +44,11 @@ struct BitExpand<double> {
   static __m512d fmadd(unsigned bits, const double* p, __m512d x, __m512d acc) {
     const __mmask8 k = static_cast<__mmask8>(bits);
     return _mm512_mask3_fmadd_pd(_mm512_maskz_expandloadu_pd(k, p), x, acc, k);
+  }
+  static constexpr bool kCompressWalk = true;
+  static __m512d compressed_fmadd(unsigned bits, const double* p, __m512d x, __m512d acc) {
+    return _mm512_fmadd_pd(_mm512_loadu_pd(p),
+                           _mm512_maskz_compress_pd(static_cast<__mmask8>(bits), x), acc);
   }
 };
 
