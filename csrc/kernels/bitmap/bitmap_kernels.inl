@@ -306,8 +306,7 @@ inline bool reads_whole_vectors(const BitmapView<V>& a, int64_t r) {
 // (an infinite one does), where the expand walk gives the sum its stored
 // values make.
 template <typename V, int R, bool RowAtATime, Prefetch P, typename T = compute_t<V>>
-inline void gemv_group_walk(const BitmapView<V>& a, int64_t r, const T* x, bool compress,
-                            T* sums) {
+inline void gemv_group_walk(const BitmapView<V>& a, int64_t r, const T* x, bool compress, T* sums) {
   if (!reads_whole_vectors(a, r + R - 1)) {
     if constexpr (R > 1) {
       // Row by row, so the walk a row takes depends on that row alone, never on
