@@ -1,3 +1,8 @@
+"""Batch-1 bitmap, the expand walk against the compress walk, cold (copies rotating through
+96 MiB), 7 rounds alternating in one process (_core.set_bitmap_walk).
+
+    PYTHONPATH=python python walk_ab.py 4096x4096,11008x4096,4096x11008 0,0.25,0.5,0.7,0.8 [f64]
+"""
 import os, sys, time
 import numpy as np
 import sparsegemm
