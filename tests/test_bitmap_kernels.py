@@ -261,11 +261,13 @@ def test_batch1_kernel_in_every_prefetch_mode(isa, bitmap_prefetch, bitmap_walk,
 
 @pytest.mark.parametrize("dtype", DTYPES)
 # 2100 columns: one row at a time in four segments (far prefetches); 7000: four rows at a
-# time (x over 24 KB); 300: one row at a time, in one stream.
+# time (x over 24 KB); 300: one row at a time, in one stream. Batch 2: with far prefetches
+# and the compress walk, the segments of 2100 and 7000 columns serve both vectors.
 @pytest.mark.parametrize("cols", [300, 2100, 7000])
+@pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 def test_an_infinite_weight_reaches_its_own_row_only(isa, bitmap_prefetch, bitmap_walk, dtype,
-                                                     cols, bad, random_sparse, rng):
+                                                     cols, batch, bad, random_sparse, rng):
     # The compress walk reads the 16 (8) values after a chunk's own and meets them with
     # zeros: an infinite one there makes a NaN, which must not reach the row's sum, nor the
     # row before, whose last read runs into this row's first values.
@@ -277,19 +279,37 @@ def test_an_infinite_weight_reaches_its_own_row_only(isa, bitmap_prefetch, bitma
     for row, col in chosen.items():
         W[row, col] = bad
     a = BitmapMatrix.from_dense(W)
-    x = rng.uniform(0.5, 1, (1, cols)).astype(dtype)  # no cancellation: the sums' sign is known
-    result = linear(x, a, num_threads=2)[0]
-    expected = (x.astype(np.float64) @ W.T.astype(np.float64))[0]
+    # No cancellation: the sums' signs are known.
+    x = rng.uniform(0.5, 1, (batch, cols)).astype(dtype)
+    result = linear(x, a, num_threads=2)
+    expected = x.astype(np.float64) @ W.T.astype(np.float64)
     bad_rows = sorted(chosen)
     np.testing.assert_array_equal(np.isnan(result), np.isnan(expected))
     np.testing.assert_array_equal(np.isinf(result), np.isinf(expected))
     non_finite = np.isnan if np.isnan(bad) else np.isinf
-    assert non_finite(expected[bad_rows]).all()
+    assert non_finite(expected[:, bad_rows]).all()
     good = np.setdiff1d(np.arange(12), bad_rows)
     rtol = 1e-4 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(result[good], expected[good], rtol=rtol)
+    np.testing.assert_allclose(result[:, good], expected[:, good], rtol=rtol)
     if not np.isnan(bad):
-        assert (np.sign(result[bad_rows]) == np.sign(bad)).all()
+        assert (np.sign(result[:, bad_rows]) == np.sign(bad)).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(9, 1024), (7, 2100), (6, 7000)])
+@pytest.mark.parametrize("density", [0.05, 0.3, 0.6, 0.7])
+@pytest.mark.parametrize("batch", [2, 3, 4, 5])
+def test_a_few_vectors_in_every_walk(isa, bitmap_prefetch, bitmap_walk, dtype, shape, density,
+                                     batch, random_sparse, rng, check_linear):
+    # Batch 2 with far prefetches and the compress walk: each row's values read once for
+    # both vectors (gemv_row_split_vectors), up to density 0.6; elsewhere the tile kernel.
+    a = BitmapMatrix.from_dense(random_sparse(shape, density, dtype))
+    x = rng.uniform(-1, 1, (batch, shape[1])).astype(dtype)
+    bias = rng.uniform(-1, 1, shape[0]).astype(dtype)
+    check_linear(linear(x, a, bias, num_threads=2), x, reference_operand(a), bias)
+    # Each vector's result does not depend on the thread split.
+    np.testing.assert_array_equal(linear(x, a, bias, num_threads=1),
+                                  linear(x, a, bias, num_threads=2))
 
 
 @pytest.mark.parametrize("variable", ["SPARSEGEMM_BITMAP_PREFETCH", "SPARSEGEMM_BITMAP_WALK",

@@ -22,15 +22,11 @@ struct BitExpand<float> {
     return _mm512_mask3_fmadd_ps(_mm512_maskz_expandloadu_ps(k, p), x, acc, k);
   }
   // The same sum the other way round (the compress walk, core/isa.h): the
-  // lanes of x whose bit is set move to the front, zeros behind them, and meet
-  // the next 16 packed values (a plain load: the caller keeps them inside the
-  // values array). The values past popcount(bits) meet zeros, which adds
-  // nothing unless one is infinite or NaN: then that lane is NaN, and the
-  // caller redoes the row with fmadd.
+  // lanes of x whose bit is set move to the front, zeros behind them, to meet
+  // the next 16 packed values (a plain load; see chunk_fmadd).
   static constexpr bool kCompressWalk = true;
-  static __m512 compressed_fmadd(unsigned bits, const float* p, __m512 x, __m512 acc) {
-    return _mm512_fmadd_ps(_mm512_loadu_ps(p),
-                           _mm512_maskz_compress_ps(static_cast<__mmask16>(bits), x), acc);
+  static __m512 compress(unsigned bits, __m512 x) {
+    return _mm512_maskz_compress_ps(static_cast<__mmask16>(bits), x);
   }
 };
 
@@ -46,9 +42,8 @@ struct BitExpand<double> {
     return _mm512_mask3_fmadd_pd(_mm512_maskz_expandloadu_pd(k, p), x, acc, k);
   }
   static constexpr bool kCompressWalk = true;
-  static __m512d compressed_fmadd(unsigned bits, const double* p, __m512d x, __m512d acc) {
-    return _mm512_fmadd_pd(_mm512_loadu_pd(p),
-                           _mm512_maskz_compress_pd(static_cast<__mmask8>(bits), x), acc);
+  static __m512d compress(unsigned bits, __m512d x) {
+    return _mm512_maskz_compress_pd(static_cast<__mmask8>(bits), x);
   }
 };
 

@@ -72,8 +72,8 @@ constexpr int64_t kTileCols = 256;
 // Dense vectors that share one expanded tile.
 constexpr int kVectorChunk = 16;
 
-// Whether BitExpand E offers compressed_fmadd (the compress walk): those
-// that do say so by kCompressWalk.
+// Whether BitExpand E offers compress (the compress walk): those that do say
+// so by kCompressWalk.
 template <typename E, typename = void>
 struct HasCompressedFmadd : std::false_type {};
 template <typename E>
@@ -81,12 +81,16 @@ struct HasCompressedFmadd<E, std::void_t<decltype(E::kCompressWalk)>>
     : std::bool_constant<E::kCompressWalk> {};
 
 // acc + one chunk's values times x, by the expand walk or (Compress) the
-// compress walk, which reads whole vectors of values (never Safe).
+// compress walk. The latter reads L values at p whatever the chunk's
+// popcount (never Safe: the caller keeps them inside the values array); those
+// past the chunk's own meet zeros, which adds nothing unless one is infinite
+// or NaN. That lane is then NaN, and the caller redoes the row by expand.
 template <typename E, bool Safe, bool Compress, typename Reg, typename V>
 __attribute__((always_inline)) inline Reg chunk_fmadd(unsigned bits, const V* p, Reg x, Reg acc) {
   if constexpr (Compress) {
     static_assert(!Safe, "the compress walk reads whole vectors of values");
-    return E::compressed_fmadd(bits, p, x, acc);
+    using Vt = Vec<compute_t<V>>;
+    return Vt::fmadd(Vt::load(p), E::compress(bits, x), acc);
   } else {
     return E::template fmadd<Safe>(bits, p, x, acc);
   }
@@ -243,6 +247,20 @@ inline void gemv_group(const BitmapView<V>& a, int64_t r, const T* x, T* sums) {
 // chains overlap as separate rows' do in gemv_group, while the loads stay
 // within one row. The words past the segments (fewer than kSplitSegments) and
 // the partial last word go to the last segment. Used with far prefetches.
+// Where each of gemv_row_split's segments of row r starts reading values:
+// after the values of the runs (of `run` words) before it.
+template <typename V>
+inline void segment_starts(const BitmapView<V>& a, int64_t r, int64_t run,
+                           const V* (&vp)[kSplitSegments]) {
+  const uint64_t* words = a.bits + r * a.words_per_row;
+  vp[0] = a.values + a.offsets[r];
+#pragma GCC unroll 4
+  for (int q = 1; q < kSplitSegments; ++q) {
+    vp[q] = vp[q - 1];
+    for (int64_t w = (q - 1) * run; w < q * run; ++w) vp[q] += __builtin_popcountll(words[w]);
+  }
+}
+
 template <typename V, bool Safe, Prefetch P, bool Compress = false, typename T = compute_t<V>>
 inline T gemv_row_split(const BitmapView<V>& a, int64_t r, const T* x) {
   using Vt = Vec<T>;
@@ -254,15 +272,9 @@ inline T gemv_row_split(const BitmapView<V>& a, int64_t r, const T* x) {
   const int rem = static_cast<int>(a.cols % kWordBits);
   const int64_t run = full / Q;
   const uint64_t* words = a.bits + r * a.words_per_row;
-  // Segment q starts after the values of the q runs before it.
   const V* vp[Q];
-  vp[0] = a.values + a.offsets[r];
+  segment_starts(a, r, run, vp);
   // Loops over segments unrolled, as in gemv_group, so vp and acc stay in registers.
-#pragma GCC unroll 4
-  for (int q = 1; q < Q; ++q) {
-    vp[q] = vp[q - 1];
-    for (int64_t w = (q - 1) * run; w < q * run; ++w) vp[q] += __builtin_popcountll(words[w]);
-  }
   typename Vt::reg acc[Q][2];
 #pragma GCC unroll 4
   for (int q = 0; q < Q; ++q) acc[q][0] = acc[q][1] = Vt::zero();
@@ -290,6 +302,63 @@ inline T gemv_row_split(const BitmapView<V>& a, int64_t r, const T* x) {
     acc[0][1] = Vt::add(acc[0][1], acc[q][1]);
   }
   return Vt::reduce_add(Vt::add(acc[0][0], acc[0][1]));
+}
+
+// sums[v] = row r . x(v) for NV vectors x(v) = x + v * x_vstride by the
+// compress walk, in gemv_row_split's segments: each chunk's values are loaded
+// once and met by every vector's compressed x, so the row streams once for
+// all NV, where the tile kernel (small_batch_group) first expands it into a
+// buffer. The words past the segments go by the expand walk, from the last
+// segment's position. Row r must read whole vectors (reads_whole_vectors).
+template <typename V, int NV, typename T = compute_t<V>>
+inline void gemv_row_split_vectors(const BitmapView<V>& a, int64_t r, const T* x, int64_t x_vstride,
+                                   T* sums) {
+  using Vt = Vec<T>;
+  using E = BitExpand<V>;
+  constexpr int L = Vt::kLanes;
+  constexpr int S = kWordBits / L;
+  constexpr int Q = kSplitSegments;
+  const int64_t full = a.cols / kWordBits;
+  const int rem = static_cast<int>(a.cols % kWordBits);
+  const int64_t run = full / Q;
+  const uint64_t* words = a.bits + r * a.words_per_row;
+  const V* vp[Q];
+  segment_starts(a, r, run, vp);
+  typename Vt::reg acc[Q][NV];
+#pragma GCC unroll 4
+  for (int q = 0; q < Q; ++q)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[q][v] = Vt::zero();
+  for (int64_t w = 0; w < run; ++w) {
+#pragma GCC unroll 16
+    for (int s = 0; s < S; ++s) {
+#pragma GCC unroll 4
+      for (int q = 0; q < Q; ++q) {
+        const int64_t column = (q * run + w) * kWordBits + s * L;
+        const unsigned b = chunk_at<T>(words + q * run + w, s);
+        prefetch_far(vp[q]);
+        const typename Vt::reg values = Vt::load(vp[q]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v)
+          acc[q][v] =
+              Vt::fmadd(values, E::compress(b, Vt::load(x + v * x_vstride + column)), acc[q][v]);
+        vp[q] += __builtin_popcount(b);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    const T* xv = x + v * x_vstride;
+    const V* p = vp[Q - 1];
+    typename Vt::reg tail[2] = {acc[Q - 1][v], Vt::zero()};
+    for (int64_t w = Q * run; w < full; ++w)
+      add_word<V, 2, false>(words[w], static_cast<int>(kWordBits), xv + w * kWordBits, p, tail);
+    if (rem != 0) add_word<V, 2, false>(words[full], rem, xv + full * kWordBits, p, tail);
+    typename Vt::reg sum = Vt::add(tail[0], tail[1]);
+#pragma GCC unroll 4
+    for (int q = 0; q < Q - 1; ++q) sum = Vt::add(sum, acc[q][v]);
+    sums[v] = Vt::reduce_add(sum);
+  }
 }
 
 // Whether the compress walk may read L values at each read position of row
@@ -340,6 +409,42 @@ inline T gemv_row_split_walk(const BitmapView<V>& a, int64_t r, const T* x, bool
     }
   }
   return gemv_row_split<V, false, P>(a, r, x);
+}
+
+// Two vectors, where the compress walk runs (compress_split_walk), go by
+// gemv_row_split_vectors instead of the tile kernel. Zen 4, 2 threads, cold,
+// in one process, 50-80% sparsity: 1.18-1.21x faster on 4096^2, 1.20-1.42x on
+// 11008 x 4096, 1.06-1.21x on 4096 x 11008. Three and four vectors (16
+// accumulators, the compiler's choice of spills) ran 0.72-1.04x, so they keep
+// the tiles.
+constexpr int64_t kCompressMaxVectors = 2;
+
+// Whether a's rows go by the compress walk in segments, where BitExpand<V>
+// offers it: the walk is chosen (core/isa.h) with far prefetches, and rows
+// are long and sparse enough (as gemv_rows splits them).
+template <typename V>
+inline bool compress_split_walk(const BitmapView<V>& a) {
+  const double entries = static_cast<double>(a.rows * a.cols);
+  return bitmap_compress_walk() && bitmap_prefetch() == BitmapPrefetch::kFar &&
+         a.cols / kWordBits >= kSplitMinWords &&
+         static_cast<double>(a.nnz()) <= kCompressMaxDensity * entries;
+}
+
+// sums[v] = row r . x(v) for kCompressMaxVectors vectors, where
+// compress_split_walk(a): as gemv_row_split_walk does per vector, with each
+// row's values read once for all of them.
+template <typename V, typename T = compute_t<V>>
+inline void gemv_row_vectors_walk(const BitmapView<V>& a, int64_t r, const T* x, int64_t x_vstride,
+                                  T* sums) {
+  constexpr Prefetch P = Prefetch::kFarPerChunk;
+  constexpr int NV = static_cast<int>(kCompressMaxVectors);
+  if (!reads_whole_vectors(a, r)) {
+    for (int v = 0; v < NV; ++v) sums[v] = gemv_row_split<V, true, P>(a, r, x + v * x_vstride);
+    return;
+  }
+  gemv_row_split_vectors<V, NV>(a, r, x, x_vstride, sums);
+  for (int v = 0; v < NV; ++v)
+    if (sums[v] != sums[v]) sums[v] = gemv_row_split<V, false, P>(a, r, x + v * x_vstride);
 }
 
 template <typename V, typename T = compute_t<V>>
@@ -536,6 +641,17 @@ template <typename V, typename T = compute_t<V>>
 void small_batch_rows(const BitmapView<V>& a, int64_t row_begin, int64_t row_end, const T* x,
                       int64_t x_vstride, int64_t nvec, const T* bias, T* y, int64_t y_vstride,
                       int64_t y_rstride) {
+  if constexpr (HasCompressedFmadd<BitExpand<V>>::value) {
+    if (nvec == kCompressMaxVectors && compress_split_walk(a)) {
+      T sums[kCompressMaxVectors];
+      for (int64_t r = row_begin; r < row_end; ++r) {
+        gemv_row_vectors_walk(a, r, x, x_vstride, sums);
+        for (int64_t v = 0; v < nvec; ++v)
+          y[v * y_vstride + r * y_rstride] = sums[v] + (bias ? bias[r] : T(0));
+      }
+      return;
+    }
+  }
   // Rows per tile: R x 4 accumulators plus R weight vectors must fit the registers.
   constexpr int R = Vec<T>::kRegisters >= 32 ? 4 : 2;
   int64_t r = row_begin;
