@@ -165,6 +165,32 @@ def test_avx512_panels_over_384_columns_run_chunked(dtype, random_sparse, rng, c
             check_linear(linear(x, weight, num_threads=2), x, weight)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_avx512_sparse_narrow_panels_take_wider_chunks(dtype, random_sparse, rng, check_linear):
+    # Below 20% density a 4-vector panel over 4096 columns (1 MiB) narrows to 2 vectors
+    # (128 bytes a column) to fit half of L2; with 64-byte vectors its chunks then
+    # widen past L1 to hold about 48 entries of a row, up to a 128 KiB slice
+    # (csr_kernels.inl kSparseChunkSegment, kSparseChunkMaxBytes).
+    if "avx512" not in sparsegemm.available_isas():
+        pytest.skip("this CPU has no AVX-512")
+    if _core.cache_sizes()["l2"] > 1024 * 1024:
+        pytest.skip("with more than 1 MiB of L2 the 4-vector panel fits half of it")
+    rows, cols, panel_row_bytes = 64, 4096, 128
+    with sparsegemm.use_isa("avx512"):
+        for density in (0.15, 0.1, 0.05, 0.02):
+            dense = random_sparse((rows, cols), density, dtype)
+            weight = CSRMatrix.from_dense(dense)
+            per_column = np.count_nonzero(dense) / (rows * cols)
+            slice_bytes = min(48 / per_column * panel_row_bytes, 128 * 1024)
+            widest = int(max(_chunk_budget_bytes(), int(slice_bytes)) // panel_row_bytes)
+            chunks = -(-cols // widest)
+            chunk = weight._handle.panel_chunk_columns
+            assert chunk == -(-cols // chunks), (density, chunk)
+            assert chunk * panel_row_bytes > _chunk_budget_bytes() or density >= 0.15
+            x = rng.uniform(-1, 1, (64, cols)).astype(dtype)
+            check_linear(linear(x, weight, num_threads=2), x, weight)
+
+
 def _chunk_ordered_linear(pattern, x, values, ordered, chunk_cols, bias=None, threads=2):
     out = np.empty((x.shape[0], pattern.shape[0]), dtype=x.dtype)
     _core.csr_linear_chunk_ordered(pattern._handle, x, out, bias, threads, values, ordered,

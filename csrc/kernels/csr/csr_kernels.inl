@@ -83,6 +83,18 @@ constexpr int64_t kMinChunkSegmentLargePanel = 4;
 // 0.15 1.07x, 0.1 (13 entries) level (0.98-1.02x, also 64x256, 128x512 and
 // 1536x384); 1536x384 at 0.2 1.11x, 128x512 at 0.15 1.10x.
 constexpr int64_t kMinChunkSegmentWideVectors = 16;
+// Sparse matrices whose packed panel was narrowed below 4 vectors to fit L2
+// (panel_vectors) get chunks wider than L1, with 64-byte vectors: wide enough
+// for about kSparseChunkSegment entries per row segment, up to a slice of
+// kSparseChunkMaxBytes (L2-resident). There each stored entry loads two vectors
+// of b, so the accumulators' loads and stores per segment weigh more than the
+// slice's L2 latency. Zen 4, 2 threads, batch 64, warm, in-process A/B against
+// L1-sized chunks, best slice per sparsity on 4096^2, 1024x4096 and 4096x1024:
+// 48-64 KiB 1.01-1.04x at 85%, 64 KiB 1.05-1.08x at 90%, 128 KiB 1.14-1.28x at
+// 95%; 256 KiB lost at 85-90% (0.79-0.97x). Four-vector panels at 70% lost with
+// 64 KiB slices (0.93x), so they keep L1 chunks.
+constexpr int64_t kSparseChunkSegment = 48;
+constexpr int64_t kSparseChunkMaxBytes = 128 * 1024;
 
 // Calls body(indices) with the matrix's column indices in their stored width.
 template <typename T, typename Body>
@@ -366,14 +378,24 @@ void spmm_rows(const CsrView<W>& a, int64_t row_begin, int64_t row_end, const T*
 // Chunks are even in width, so none is a sliver.
 template <typename T>
 int64_t panel_chunk_columns(int64_t rows, int64_t cols, int64_t nnz) {
-  const int64_t row_bytes = static_cast<int64_t>(packed_panel_vectors<T>(rows, cols, nnz)) *
-                            Vec<T>::kLanes * static_cast<int64_t>(sizeof(T));
-  const int64_t widest = chunk_cache_bytes() / row_bytes;
+  const int vectors = packed_panel_vectors<T>(rows, cols, nnz);
+  const int64_t row_bytes =
+      static_cast<int64_t>(vectors) * Vec<T>::kLanes * static_cast<int64_t>(sizeof(T));
+  const bool wide_vectors = Vec<T>::kLanes * sizeof(T) >= 64;
+  int64_t slice_bytes = chunk_cache_bytes();
+  if (wide_vectors && vectors < 4 && nnz > 0 && rows > 0) {
+    // Columns holding about kSparseChunkSegment entries of a row.
+    const double columns = static_cast<double>(kSparseChunkSegment) * static_cast<double>(rows) *
+                           static_cast<double>(cols) / static_cast<double>(nnz);
+    const double wanted = std::min(columns * static_cast<double>(row_bytes),
+                                   static_cast<double>(kSparseChunkMaxBytes));
+    slice_bytes = std::max(slice_bytes, static_cast<int64_t>(wanted));
+  }
+  const int64_t widest = slice_bytes / row_bytes;
   if (cols <= widest || rows <= 0) return 0;
   const int64_t chunks = (cols + widest - 1) / widest;
   const int64_t width = (cols + chunks - 1) / chunks;
   // Mean entries per segment: nnz / (rows * chunks).
-  const bool wide_vectors = Vec<T>::kLanes * sizeof(T) >= 64;
   const int64_t min_segment = cols * row_bytes >= kLargePanelBytes ? kMinChunkSegmentLargePanel
                               : wide_vectors                       ? kMinChunkSegmentWideVectors
                                                                    : kMinChunkSegment;
