@@ -1,5 +1,10 @@
-"""CSR batch-64 panel choices at high sparsity, warm, alternating env variants in one process
-(temporary SG_WIDE / SG_CHUNK switches in csr_kernels.inl)."""
+"""CSR batch-64 panel choices at high sparsity, warm, alternating variants in one process.
+Needs temporary switches in csr_kernels.inl (not committed): SG_CHUNK (chunk slice bytes),
+SG_WIDE (wide-panel density), SG_OLD (the L1-only chunk rule). This version compares the
+sparse-chunk rule with SG_OLD; the slice sweep used SG_CHUNK=49152..262144.
+
+    PYTHONPATH=python python panel_ab.py 4096x4096,1024x4096,4096x11008 0.9 64
+"""
 import os, sys, time
 import numpy as np
 import sparsegemm
