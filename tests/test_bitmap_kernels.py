@@ -227,26 +227,27 @@ def test_linear_matches_numpy(rows, cols, batch, density, dtype, seed, check_lin
     check_linear(linear(x, a), x, reference_operand(a))
 
 
+def _kernel_choice_set_to(read, write, value):
+    """Yields with the core's kernel choice (read / write) set to value, then restores it."""
+    previous = read()
+    write(value)
+    try:
+        yield value
+    finally:
+        write(previous)
+
+
 @pytest.fixture(params=["near", "far", "off"])
 def bitmap_prefetch(request):
     """Every prefetch mode of the batch-1 kernel (core/isa.h), each with its own row grouping."""
-    previous = _core.bitmap_prefetch()
-    _core.set_bitmap_prefetch(request.param)
-    try:
-        yield request.param
-    finally:
-        _core.set_bitmap_prefetch(previous)
+    yield from _kernel_choice_set_to(_core.bitmap_prefetch, _core.set_bitmap_prefetch,
+                                     request.param)
 
 
 @pytest.fixture(params=["expand", "compress"])
 def bitmap_walk(request):
     """Both walks of the AVX-512 batch-1 kernel (core/isa.h; other levels ignore it)."""
-    previous = _core.bitmap_walk()
-    _core.set_bitmap_walk(request.param)
-    try:
-        yield request.param
-    finally:
-        _core.set_bitmap_walk(previous)
+    yield from _kernel_choice_set_to(_core.bitmap_walk, _core.set_bitmap_walk, request.param)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
