@@ -75,9 +75,9 @@ constexpr int kVectorChunk = 16;
 // Whether BitExpand E offers compress (the compress walk): those that do say
 // so by kCompressWalk.
 template <typename E, typename = void>
-struct HasCompressedFmadd : std::false_type {};
+struct HasCompressWalk : std::false_type {};
 template <typename E>
-struct HasCompressedFmadd<E, std::void_t<decltype(E::kCompressWalk)>>
+struct HasCompressWalk<E, std::void_t<decltype(E::kCompressWalk)>>
     : std::bool_constant<E::kCompressWalk> {};
 
 // acc + one chunk's values times x, by the expand walk or (Compress) the
@@ -242,11 +242,6 @@ inline void gemv_group(const BitmapView<V>& a, int64_t r, const T* x, T* sums) {
   }
 }
 
-// One row walked as kSplitSegments equal runs of words, interleaved, each with
-// its own read position (found by popcounts before the walk): the segments'
-// chains overlap as separate rows' do in gemv_group, while the loads stay
-// within one row. The words past the segments (fewer than kSplitSegments) and
-// the partial last word go to the last segment. Used with far prefetches.
 // Where each of gemv_row_split's segments of row r starts reading values:
 // after the values of the runs (of `run` words) before it.
 template <typename V>
@@ -261,6 +256,23 @@ inline void segment_starts(const BitmapView<V>& a, int64_t r, int64_t run,
   }
 }
 
+// acc += the words of a row past its kSplitSegments runs (from word `first`)
+// and its partial last word times x, by the expand walk from read position vp.
+template <typename V, bool Safe, typename T = compute_t<V>>
+inline void add_words_past_segments(const BitmapView<V>& a, const uint64_t* words, int64_t first,
+                                    const T* x, const V*& vp, typename Vec<T>::reg* acc) {
+  const int64_t full = a.cols / kWordBits;
+  const int rem = static_cast<int>(a.cols % kWordBits);
+  for (int64_t w = first; w < full; ++w)
+    add_word<V, 2, Safe>(words[w], static_cast<int>(kWordBits), x + w * kWordBits, vp, acc);
+  if (rem != 0) add_word<V, 2, Safe>(words[full], rem, x + full * kWordBits, vp, acc);
+}
+
+// One row walked as kSplitSegments equal runs of words, interleaved, each with
+// its own read position (found by popcounts before the walk): the segments'
+// chains overlap as separate rows' do in gemv_group, while the loads stay
+// within one row. The words past the segments (fewer than kSplitSegments) and
+// the partial last word go to the last segment. Used with far prefetches.
 template <typename V, bool Safe, Prefetch P, bool Compress = false, typename T = compute_t<V>>
 inline T gemv_row_split(const BitmapView<V>& a, int64_t r, const T* x) {
   using Vt = Vec<T>;
@@ -268,9 +280,7 @@ inline T gemv_row_split(const BitmapView<V>& a, int64_t r, const T* x) {
   constexpr int L = Vt::kLanes;
   constexpr int S = kWordBits / L;
   constexpr int Q = kSplitSegments;
-  const int64_t full = a.cols / kWordBits;
-  const int rem = static_cast<int>(a.cols % kWordBits);
-  const int64_t run = full / Q;
+  const int64_t run = a.cols / kWordBits / Q;
   const uint64_t* words = a.bits + r * a.words_per_row;
   const V* vp[Q];
   segment_starts(a, r, run, vp);
@@ -292,10 +302,7 @@ inline T gemv_row_split(const BitmapView<V>& a, int64_t r, const T* x) {
       }
     }
   }
-  for (int64_t w = Q * run; w < full; ++w)
-    add_word<V, 2, Safe>(words[w], static_cast<int>(kWordBits), x + w * kWordBits, vp[Q - 1],
-                         acc[Q - 1]);
-  if (rem != 0) add_word<V, 2, Safe>(words[full], rem, x + full * kWordBits, vp[Q - 1], acc[Q - 1]);
+  add_words_past_segments<V, Safe>(a, words, Q * run, x, vp[Q - 1], acc[Q - 1]);
 #pragma GCC unroll 4
   for (int q = 1; q < Q; ++q) {
     acc[0][0] = Vt::add(acc[0][0], acc[q][0]);
@@ -318,9 +325,7 @@ inline void gemv_row_split_vectors(const BitmapView<V>& a, int64_t r, const T* x
   constexpr int L = Vt::kLanes;
   constexpr int S = kWordBits / L;
   constexpr int Q = kSplitSegments;
-  const int64_t full = a.cols / kWordBits;
-  const int rem = static_cast<int>(a.cols % kWordBits);
-  const int64_t run = full / Q;
+  const int64_t run = a.cols / kWordBits / Q;
   const uint64_t* words = a.bits + r * a.words_per_row;
   const V* vp[Q];
   segment_starts(a, r, run, vp);
@@ -348,12 +353,9 @@ inline void gemv_row_split_vectors(const BitmapView<V>& a, int64_t r, const T* x
   }
 #pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) {
-    const T* xv = x + v * x_vstride;
     const V* p = vp[Q - 1];
     typename Vt::reg tail[2] = {acc[Q - 1][v], Vt::zero()};
-    for (int64_t w = Q * run; w < full; ++w)
-      add_word<V, 2, false>(words[w], static_cast<int>(kWordBits), xv + w * kWordBits, p, tail);
-    if (rem != 0) add_word<V, 2, false>(words[full], rem, xv + full * kWordBits, p, tail);
+    add_words_past_segments<V, false>(a, words, Q * run, x + v * x_vstride, p, tail);
     typename Vt::reg sum = Vt::add(tail[0], tail[1]);
 #pragma GCC unroll 4
     for (int q = 0; q < Q - 1; ++q) sum = Vt::add(sum, acc[q][v]);
@@ -387,7 +389,7 @@ inline void gemv_group_walk(const BitmapView<V>& a, int64_t r, const T* x, bool 
     }
     return;
   }
-  if constexpr (HasCompressedFmadd<BitExpand<V>>::value) {
+  if constexpr (HasCompressWalk<BitExpand<V>>::value) {
     if (compress) {
       gemv_group<V, R, RowAtATime, false, P, true>(a, r, x, sums);
       for (int i = 0; i < R; ++i)
@@ -402,7 +404,7 @@ inline void gemv_group_walk(const BitmapView<V>& a, int64_t r, const T* x, bool 
 template <typename V, Prefetch P, typename T = compute_t<V>>
 inline T gemv_row_split_walk(const BitmapView<V>& a, int64_t r, const T* x, bool compress) {
   if (!reads_whole_vectors(a, r)) return gemv_row_split<V, true, P>(a, r, x);
-  if constexpr (HasCompressedFmadd<BitExpand<V>>::value) {
+  if constexpr (HasCompressWalk<BitExpand<V>>::value) {
     if (compress) {
       const T sum = gemv_row_split<V, false, P, true>(a, r, x);
       if (sum == sum) return sum;
@@ -419,15 +421,21 @@ inline T gemv_row_split_walk(const BitmapView<V>& a, int64_t r, const T* x, bool
 // the tiles.
 constexpr int64_t kCompressMaxVectors = 2;
 
+// Whether a's rows may be walked in kSplitSegments segments (gemv_row_split):
+// with far prefetches, over long rows holding at most kSplitMaxDensity.
+template <typename V>
+inline bool splits_rows(const BitmapView<V>& a, BitmapPrefetch mode) {
+  return mode == BitmapPrefetch::kFar && a.cols / kWordBits >= kSplitMinWords &&
+         static_cast<double>(a.nnz()) <= kSplitMaxDensity * static_cast<double>(a.rows * a.cols);
+}
+
 // Whether a's rows go by the compress walk in segments, where BitExpand<V>
-// offers it: the walk is chosen (core/isa.h) with far prefetches, and rows
-// are long and sparse enough (as gemv_rows splits them).
+// offers it: the walk is chosen (core/isa.h) and the rows split, at most
+// kCompressMaxDensity of them stored.
 template <typename V>
 inline bool compress_split_walk(const BitmapView<V>& a) {
-  const double entries = static_cast<double>(a.rows * a.cols);
-  return bitmap_compress_walk() && bitmap_prefetch() == BitmapPrefetch::kFar &&
-         a.cols / kWordBits >= kSplitMinWords &&
-         static_cast<double>(a.nnz()) <= kCompressMaxDensity * entries;
+  return bitmap_compress_walk() && splits_rows(a, bitmap_prefetch()) &&
+         static_cast<double>(a.nnz()) <= kCompressMaxDensity * static_cast<double>(a.rows * a.cols);
 }
 
 // sums[v] = row r . x(v) for kCompressMaxVectors vectors, where
@@ -496,8 +504,7 @@ void gemv_rows(const BitmapView<V>& a, int64_t row_begin, int64_t row_end, const
       const bool row_at_a_time = a.cols * static_cast<int64_t>(sizeof(T)) <= kRowAtATimeMaxXBytes &&
                                  (mode == BitmapPrefetch::kFar ||
                                   static_cast<double>(total) <= kRowAtATimeMaxDensity * entries);
-      const bool split = mode == BitmapPrefetch::kFar && a.cols / kWordBits >= kSplitMinWords &&
-                         static_cast<double>(total) <= kSplitMaxDensity * entries;
+      const bool split = splits_rows(a, mode);
       if (row_at_a_time && split) {
         for (; r < row_end; ++r)
           put(v, r, gemv_row_split_walk<V, Prefetch::kFarPerChunk>(a, r, xv, compress));
@@ -641,7 +648,7 @@ template <typename V, typename T = compute_t<V>>
 void small_batch_rows(const BitmapView<V>& a, int64_t row_begin, int64_t row_end, const T* x,
                       int64_t x_vstride, int64_t nvec, const T* bias, T* y, int64_t y_vstride,
                       int64_t y_rstride) {
-  if constexpr (HasCompressedFmadd<BitExpand<V>>::value) {
+  if constexpr (HasCompressWalk<BitExpand<V>>::value) {
     if (nvec == kCompressMaxVectors && compress_split_walk(a)) {
       T sums[kCompressMaxVectors];
       for (int64_t r = row_begin; r < row_end; ++r) {
