@@ -143,23 +143,26 @@ def test_avx512_panels_over_384_columns_run_chunked(dtype, random_sparse, rng, c
     # bytes), three times a 32 KiB L1, and runs in column chunks where row
     # segments average 16 entries or more (csr_kernels.inl
     # kMinChunkSegmentWideVectors); below that, or where L1 holds the panel,
-    # it runs unchunked.
+    # it runs unchunked. From 20% density the chunks go by row quads, in
+    # slices of 1.5 times the budget (kQuadChunkCacheRatio).
     if "avx512" not in sparsegemm.available_isas():
         pytest.skip("this CPU has no AVX-512")
     rows, cols, panel_row_bytes = 1152, 384, 256
-    widest = _chunk_budget_bytes() // panel_row_bytes
-    chunks = -(-cols // widest)
     with sparsegemm.use_isa("avx512"):
         for density in (0.3, 0.15, 0.1, 0.02):
             dense = random_sparse((rows, cols), density, dtype)
             weight = CSRMatrix.from_dense(dense)
+            quads = np.count_nonzero(dense) >= 0.2 * rows * cols
+            widest = int(_chunk_budget_bytes() * (1.5 if quads else 1)) // panel_row_bytes
+            chunks = -(-cols // widest)
             mean_segment = np.count_nonzero(dense) / (rows * chunks)
             chunk = weight._handle.panel_chunk_columns
             if chunks > 1 and mean_segment >= 16:
                 assert chunk == -(-cols // chunks), (density, chunk)
+                assert weight._handle.chunk_row_quads == quads
             else:
                 assert chunk == 0, (density, chunk)
-            if widest == 128:  # a 32 KiB L1, as on Zen 4: the boundary falls between these
+            if _chunk_budget_bytes() == 32 * 1024:  # as on Zen 4: the boundary falls here
                 assert (chunk > 0) == (density >= 0.15), (density, chunk)
             x = rng.uniform(-1, 1, (1024, cols)).astype(dtype)
             check_linear(linear(x, weight, num_threads=2), x, weight)
@@ -191,10 +194,10 @@ def test_avx512_sparse_narrow_panels_take_wider_chunks(dtype, random_sparse, rng
             check_linear(linear(x, weight, num_threads=2), x, weight)
 
 
-def _chunk_ordered_linear(pattern, x, values, ordered, chunk_cols, bias=None, threads=2):
+def _chunk_ordered_linear(pattern, x, values, ordered, layout, bias=None, threads=2):
     out = np.empty((x.shape[0], pattern.shape[0]), dtype=x.dtype)
     _core.csr_linear_chunk_ordered(pattern._handle, x, out, bias, threads, values, ordered,
-                                   chunk_cols)
+                                   layout)
     return out
 
 
@@ -213,21 +216,103 @@ def test_linear_over_values_in_chunk_order(isa, dtype, in_features, batch, rando
     weight = CSRMatrix.from_dense(dense)
     pattern = CSRMatrix.pattern(weight.indptr, weight.indices, weight.shape, dtype)
     values = np.array(weight.data)
-    chunk_cols, ordered = pattern._handle.values_in_chunk_order(values)
-    if chunk_cols == 0:  # the portable path, where a panel's rows fit the chunk budget
+    layout, ordered = pattern._handle.values_in_chunk_order(values)
+    if layout == 0:  # the portable path, where a panel's rows fit the chunk budget
         assert ordered is None and isa == "scalar" and _portable_panel_fits_a_chunk(in_features,
                                                                                     dtype)
         return
-    assert chunk_cols == weight._handle.panel_chunk_columns
+    # The layout names the chunk width and whether chunk order goes by row quads.
+    assert layout == 2 * weight._handle.panel_chunk_columns + weight._handle.chunk_row_quads
+    assert weight._handle.chunk_row_quads == (isa == "avx512")
     assert sorted(ordered.tolist()) == sorted(values.tolist())
     assert not np.array_equal(ordered, values)  # several chunks: the order really changed
     x = rng.uniform(-1, 1, (batch, in_features)).astype(dtype)
     bias = rng.uniform(-1, 1, 300).astype(dtype)
-    check_linear(_chunk_ordered_linear(pattern, x, values, ordered, chunk_cols, bias), x,
+    check_linear(_chunk_ordered_linear(pattern, x, values, ordered, layout, bias), x,
                  weight, bias)
-    # Ordered for another chunk width, they are not read: the CSR-order values are.
-    check_linear(_chunk_ordered_linear(pattern, x, values, ordered[::-1].copy(), chunk_cols + 1),
-                 x, weight)
+    # Ordered for another layout (the same width in the other order, or another width),
+    # they are not read: the CSR-order values are.
+    for other in (layout ^ 1, layout + 2):
+        check_linear(_chunk_ordered_linear(pattern, x, values, ordered[::-1].copy(), other),
+                     x, weight)
+
+
+def _quad_weight(rng, rows, cols, density, dtype):
+    """A rows x cols weight that the AVX-512 kernels read by row quads, with every subset
+    of a quad's rows storing some columns: rows 4q..4q+3 store column c where bit (q + c)
+    % 4 of a random 4-bit draw is set, plus a uniform sprinkle; row 1 is empty and row 6
+    full."""
+    draws = rng.integers(1, 16, size=(1, cols))
+    shifts = np.arange(rows)[:, None] % 4
+    stored = ((draws >> shifts) & 1).astype(bool) | (rng.random((rows, cols)) < density / 2)
+    dense = np.where(stored, rng.uniform(-1, 1, (rows, cols)), 0).astype(dtype)
+    dense[min(1, rows - 1)] = 0
+    dense[min(6, rows - 1)] = rng.uniform(-1, 1, cols)
+    return dense
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 3, 5, 37, 1030])
+def test_row_quads_give_each_row_its_own_sum(dtype, rows, rng, check_linear):
+    # Chunk order by row quads (csr_matrix.h ChunkOrder, csr_kernels.inl
+    # quads_times_panel_chunked): every row count mod 4, rows split between threads
+    # and tiles anywhere (a quad split by them is computed whole, each side storing
+    # its rows), so 1, 2 and 3 threads give the same bits; batches that narrow the
+    # panel to 1 and 2 vectors.
+    if "avx512" not in sparsegemm.available_isas():
+        pytest.skip("this CPU has no AVX-512")
+    cols = 1000
+    dense = _quad_weight(rng, rows, cols, 0.5, dtype)
+    weight = CSRMatrix.from_dense(dense)
+    bias = rng.uniform(-1, 1, rows).astype(dtype)
+    with sparsegemm.use_isa("avx512"):
+        assert weight._handle.chunk_row_quads and weight._handle.panel_chunk_columns < cols
+        for batch in (9, 20, 64, 200):
+            x = rng.uniform(-1, 1, (batch, cols)).astype(dtype)
+            results = [linear(x, weight, bias, num_threads=t) for t in (1, 2, 3)]
+            check_linear(results[0], x, weight, bias)
+            for other in results[1:]:
+                np.testing.assert_array_equal(other, results[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_quads_keep_an_infinite_weight_in_its_row(dtype, rng):
+    # A quad's rows share each column's load of x but never its weights: an infinite
+    # or NaN weight reaches its own row's output only, whichever subset holds it.
+    if "avx512" not in sparsegemm.available_isas():
+        pytest.skip("this CPU has no AVX-512")
+    rows, cols = 64, 900
+    dense = _quad_weight(rng, rows, cols, 0.5, dtype)
+    dense[:4, 5] = 1.0  # column 5 stored by all four rows of quad 0
+    dense[8, 7] = 1.0
+    dense[9:12, 7] = 0.0  # column 7 stored by row 8 alone in quad 2
+    x = rng.uniform(-1, 1, (64, cols)).astype(dtype)
+    with sparsegemm.use_isa("avx512"):
+        for row, col, bad in ((2, 5, np.inf), (8, 7, -np.inf), (13, 100, np.nan)):
+            poisoned = dense.copy()
+            poisoned[row, col] = bad
+            weight = CSRMatrix.from_dense(poisoned)
+            assert weight._handle.chunk_row_quads
+            out = linear(x, weight, num_threads=2)
+            assert not np.isfinite(out[:, row]).any(), (row, col)
+            others = np.delete(np.arange(rows), row)
+            expected = x.astype(np.float64) @ dense[others].T.astype(np.float64)
+            np.testing.assert_allclose(out[:, others], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_row_quads_are_for_avx512_float_and_double(random_sparse):
+    # Other ISAs (fewer registers) and bfloat16 values (widened per row segment) keep
+    # chunk order by rows; below 20% density, where quads share few loads, so does
+    # AVX-512.
+    weight = CSRMatrix.from_dense(random_sparse((256, 2048), 0.5, np.float32))
+    bf16 = CSRMatrix.from_dense(random_sparse((256, 2048), 0.5, np.float32), dtype="bfloat16")
+    sparse = CSRMatrix.from_dense(random_sparse((256, 2048), 0.15, np.float32))
+    for isa in sparsegemm.available_isas():
+        with sparsegemm.use_isa(isa):
+            assert weight._handle.panel_chunk_columns > 0 or isa == "scalar"
+            assert weight._handle.chunk_row_quads == (isa == "avx512")
+            assert not bf16._handle.chunk_row_quads
+            assert not sparse._handle.chunk_row_quads
 
 
 def test_values_in_chunk_order_rejects_bad_values(random_sparse):

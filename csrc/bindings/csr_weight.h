@@ -13,14 +13,14 @@
 namespace sparsegemm::bindings {
 
 // The matrix, its values (None: its own), the same values in chunk order (None,
-// or for chunks of chunk_cols columns) and a bias already checked (or null).
+// or for the layout whose key is chunk_layout) and a bias already checked (or null).
 template <typename T>
 CsrPairWeight<T> csr_pair_weight(const CsrMatrix<T>& w, const pybind11::object& values,
-                                 const pybind11::object& chunk_values, int64_t chunk_cols,
+                                 const pybind11::object& chunk_values, int64_t chunk_layout,
                                  const T* bias) {
   return CsrPairWeight<T>{w, optional_values<T>(values, w),
                           chunk_values.is_none() ? nullptr : optional_values<T>(chunk_values, w),
-                          chunk_cols, bias};
+                          chunk_layout, bias};
 }
 
 }  // namespace sparsegemm::bindings

@@ -79,10 +79,10 @@ void attention_into(const py::array& q, const py::array& k, const py::array& v,
   attention(args, num_threads);
 }
 void self_attention_into(const CsrMatrix<float>& w_qkv, const py::object& qkv_values,
-                         const py::object& qkv_chunk_values, int64_t qkv_chunk_cols,
+                         const py::object& qkv_chunk_values, int64_t qkv_chunk_layout,
                          const py::object& qkv_bias, const CsrMatrix<float>& w_out,
                          const py::object& out_values, const py::object& out_chunk_values,
-                         int64_t out_chunk_cols, const py::object& out_bias, const py::array& x,
+                         int64_t out_chunk_layout, const py::object& out_bias, const py::array& x,
                          int64_t batch, int64_t heads, float scale, const py::array& out,
                          int num_threads) {
   const int64_t embed = w_out.cols();
@@ -99,10 +99,10 @@ void self_attention_into(const CsrMatrix<float>& w_qkv, const py::object& qkv_va
     throw py::value_error("x's " + std::to_string(rows) + " rows are not " + std::to_string(batch) +
                           " sequences of equal length");
   const CsrPairWeight<float> in_proj =
-      csr_pair_weight<float>(w_qkv, qkv_values, qkv_chunk_values, qkv_chunk_cols,
+      csr_pair_weight<float>(w_qkv, qkv_values, qkv_chunk_values, qkv_chunk_layout,
                              optional_bias<float>(qkv_bias, w_qkv.rows()));
   const CsrPairWeight<float> out_proj =
-      csr_pair_weight<float>(w_out, out_values, out_chunk_values, out_chunk_cols, op.bias);
+      csr_pair_weight<float>(w_out, out_values, out_chunk_values, out_chunk_layout, op.bias);
   py::gil_scoped_release release;
   csr_self_attention(in_proj, out_proj, op.x.data, op.x.strides[0], batch,
                      batch == 0 ? 0 : rows / batch, heads, scale, op.out.data, op.out.strides[0],
@@ -112,14 +112,14 @@ void self_attention_into(const CsrMatrix<float>& w_qkv, const py::object& qkv_va
 
 void register_attention(py::module_& m) {
   m.def("csr_self_attention", &self_attention_into, py::arg("w_qkv"), py::arg("qkv_values"),
-        py::arg("qkv_chunk_values"), py::arg("qkv_chunk_cols"), py::arg("qkv_bias"),
+        py::arg("qkv_chunk_values"), py::arg("qkv_chunk_layout"), py::arg("qkv_bias"),
         py::arg("w_out"), py::arg("out_values"), py::arg("out_chunk_values"),
-        py::arg("out_chunk_cols"), py::arg("out_bias"), py::arg("x"), py::arg("batch"),
+        py::arg("out_chunk_layout"), py::arg("out_bias"), py::arg("x"), py::arg("batch"),
         py::arg("heads"), py::arg("scale"), py::arg("out"), py::arg("num_threads"),
         "out = attention(q, k, v) @ w_out.T + out_bias, with q | k | v = x @ w_qkv.T + qkv_bias "
         "split into `heads` heads per sequence: x is (batch * length, in) float32 with "
         "contiguous rows, out (batch * length, w_out.rows). values: None for a matrix's own; "
-        "chunk_values: None, or the values in chunk order for chunks of chunk_cols columns.");
+        "chunk_values: None, or the values in chunk order for the layout chunk_layout names.");
   m.def("attention", &attention_into, py::arg("query"), py::arg("key"), py::arg("value"),
         py::arg("out"), py::arg("mask"), py::arg("scale"), py::arg("num_threads"),
         "out = softmax(query key^T * scale + mask) value over [batch, heads, rows, dims] "

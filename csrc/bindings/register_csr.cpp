@@ -54,9 +54,9 @@ void register_float_csr_helpers(py::module_& m) {
   m.def(
       "csr_linear_pair",
       [](const Matrix& w1, const py::object& values1, const py::object& chunk_values1,
-         int64_t chunk_cols1, const py::object& bias1, const py::object& activation,
+         int64_t chunk_layout1, const py::object& bias1, const py::object& activation,
          const Matrix& w2, const py::object& values2, const py::object& chunk_values2,
-         int64_t chunk_cols2, const py::object& bias2, const py::array& x, const py::array& out,
+         int64_t chunk_layout2, const py::object& bias2, const py::array& x, const py::array& out,
          int num_threads) {
         if (w2.cols() != w1.rows())
           throw py::value_error("shape mismatch: the first weight is " +
@@ -64,21 +64,21 @@ void register_float_csr_helpers(py::module_& m) {
                                 shape_str(w2.rows(), w2.cols()) +
                                 "; the second needs as many columns as the first has rows");
         const auto op = linear_operands<T>(w2.rows(), w1.cols(), x, out, bias2, activation);
-        const CsrPairWeight<T> first = csr_pair_weight<T>(w1, values1, chunk_values1, chunk_cols1,
+        const CsrPairWeight<T> first = csr_pair_weight<T>(w1, values1, chunk_values1, chunk_layout1,
                                                           optional_bias<T>(bias1, w1.rows()));
         const CsrPairWeight<T> second =
-            csr_pair_weight<T>(w2, values2, chunk_values2, chunk_cols2, op.bias);
+            csr_pair_weight<T>(w2, values2, chunk_values2, chunk_layout2, op.bias);
         py::gil_scoped_release release;
         csr_linear_pair<T>(first, op.act, second, op.x.data, op.x.strides[0], op.x.shape[0],
                            op.out.data, op.out.strides[0], num_threads);
       },
-      py::arg("w1"), py::arg("values1"), py::arg("chunk_values1"), py::arg("chunk_cols1"),
+      py::arg("w1"), py::arg("values1"), py::arg("chunk_values1"), py::arg("chunk_layout1"),
       py::arg("bias1"), py::arg("activation"), py::arg("w2"), py::arg("values2"),
-      py::arg("chunk_values2"), py::arg("chunk_cols2"), py::arg("bias2"), py::arg("x"),
+      py::arg("chunk_values2"), py::arg("chunk_layout2"), py::arg("bias2"), py::arg("x"),
       py::arg("out"), py::arg("num_threads") = 0,
       "out = act(x @ w1.T + bias1) @ w2.T + bias2 with the hidden activations kept in cache. "
       "values: None for a matrix's own; chunk_values: None, or the values in chunk order for "
-      "chunks of chunk_cols columns (as csr_linear_chunk_ordered).");
+      "the layout chunk_layout names (as csr_linear_chunk_ordered).");
 }
 
 template <typename V>
@@ -140,27 +140,31 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
       .def_property_readonly("compact_indices", &Matrix::compact_indices,
                              "Whether column indices are stored in 16 bits.")
       .def_property_readonly("bytes_per_entry", &Matrix::bytes_per_entry)
-      .def_property_readonly("panel_chunk_columns", &csr_panel_chunk_columns<V>,
-                             "Column chunk width of linear's packed panel kernel on the active "
-                             "ISA (0: unchunked).")
+      .def_property_readonly(
+          "panel_chunk_columns", [](const Matrix& a) { return csr_chunk_layout<V>(a).columns; },
+          "Column chunk width of linear's packed panel kernel on the active ISA (0: unchunked).")
+      .def_property_readonly(
+          "chunk_row_quads", [](const Matrix& a) { return csr_chunk_layout<V>(a).row_quads; },
+          "Whether linear's chunked kernel on the active ISA reads this matrix by row quads.")
       .def(
           "values_in_chunk_order",
           [](const Matrix& a, const py::array& values) -> py::object {
-            const int64_t chunk_cols = csr_panel_chunk_columns<V>(a);
-            if (chunk_cols <= 0) return py::make_tuple(0, py::none());
+            const ChunkLayout layout = csr_chunk_layout<V>(a);
+            if (layout.columns <= 0) return py::make_tuple(0, py::none());
             const V* source = optional_values<V>(values, a);
             // The kernel streams these: the matrices' allocator (huge pages).
             py::array_t<Carrier> ordered = new_large_array<Carrier>(a.nnz());
             V* out = reinterpret_cast<V*>(ordered.mutable_data());
             {
               py::gil_scoped_release release;
-              a.to_chunk_order(chunk_cols, source, out);
+              a.to_chunk_order(layout, source, out);
             }
-            return py::make_tuple(chunk_cols, ordered);
+            return py::make_tuple(layout.key(), ordered);
           },
           py::arg("values"),
-          "(chunk_cols, values in chunk order) for csr_linear_chunk_ordered, or (0, None) where "
-          "linear's kernel does not run this matrix in column chunks.")
+          "(chunk layout, values in chunk order) for csr_linear_chunk_ordered, or (0, None) "
+          "where linear's kernel does not run this matrix in column chunks. The layout is an "
+          "integer naming the chunk width and order on the active ISA.")
       .def_property_readonly("storage_bytes", &Matrix::storage_bytes)
       .def_property_readonly("has_values", &Matrix::has_values,
                              "False for a pattern-only matrix (see pattern_from_arrays).")
@@ -205,19 +209,19 @@ void register_csr_dtype(py::module_& m, const char* class_name) {
       "csr_linear_chunk_ordered",
       [](const Matrix& w, const py::array& x, const py::array& out, const py::object& bias,
          int num_threads, const py::object& values, const py::array& chunk_values,
-         int64_t chunk_cols, const py::object& activation) {
+         int64_t chunk_layout, const py::object& activation) {
         const auto op = linear_operands<T>(w.rows(), w.cols(), x, out, bias, activation);
         const V* values_ptr = optional_values<V>(values, w);
         const V* chunk_ptr = optional_values<V>(chunk_values, w);
         py::gil_scoped_release release;
         csr_linear<V>(w, op.x.data, op.x.strides[0], op.x.shape[0], op.bias, op.out.data,
-                      op.out.strides[0], num_threads, values_ptr, op.act, chunk_ptr, chunk_cols);
+                      op.out.strides[0], num_threads, values_ptr, op.act, chunk_ptr, chunk_layout);
       },
       py::arg("w"), py::arg("x"), py::arg("out"), py::arg("bias"), py::arg("num_threads"),
-      py::arg("values"), py::arg("chunk_values"), py::arg("chunk_cols"),
+      py::arg("values"), py::arg("chunk_values"), py::arg("chunk_layout"),
       py::arg("activation") = py::none(),
-      "csr_linear with, beside values, the same values in chunk order for chunks of chunk_cols "
-      "columns (see values_in_chunk_order): read where the kernel runs in such chunks.");
+      "csr_linear with, beside values, the same values in chunk order for the layout "
+      "chunk_layout names (see values_in_chunk_order): read where the kernel runs in it.");
 
   if constexpr (std::is_same_v<V, T>) register_float_csr_helpers<T>(m);
 }

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace sparsegemm {
 
@@ -253,32 +254,119 @@ void for_segments_in_chunk_order(const std::vector<offset_t>& indptr, int64_t ro
 }  // namespace
 
 template <typename T>
-const typename CsrMatrix<T>::ChunkOrder& CsrMatrix<T>::chunk_order(int64_t chunk_cols) const {
+template <typename OnRegion, typename OnIndex, typename OnValue>
+void CsrMatrix<T>::for_entries_by_quads(int64_t chunk_cols, const offset_t* bounds,
+                                        const OnRegion& on_region, const OnIndex& on_index,
+                                        const OnValue& on_value) const {
+  const int64_t chunks = (cols_ + chunk_cols - 1) / chunk_cols;
+  // One column of a region: the subset of the quad's rows storing it, and where.
+  struct Column {
+    int64_t col;
+    int subset;
+    offset_t from[kQuadRows];
+  };
+  std::vector<Column> merged, grouped;
+  offset_t next_index = 0, next_value = 0;
+  for_quad_blocks(pattern_->indptr.data(), 0, rows_, kChunkRowBlockNnz,
+                  [&](int64_t r0, int64_t r1) {
+                    for (int64_t k = 0; k < chunks; ++k)
+                      for (int64_t q0 = r0; q0 < r1; q0 += kQuadRows) {
+                        offset_t pos[kQuadRows] = {}, end[kQuadRows] = {};
+                        for (int64_t i = 0; i < kQuadRows && q0 + i < rows_; ++i) {
+                          pos[i] = bounds[(q0 + i) * (chunks + 1) + k];
+                          end[i] = bounds[(q0 + i) * (chunks + 1) + k + 1];
+                        }
+                        merged.clear();
+                        for (;;) {  // merge the four rows' segments by column
+                          int64_t col = INT64_MAX;
+                          for (int i = 0; i < kQuadRows; ++i)
+                            if (pos[i] < end[i]) col = std::min(col, column(pos[i]));
+                          if (col == INT64_MAX) break;
+                          Column c{col, 0, {}};
+                          for (int i = 0; i < kQuadRows; ++i)
+                            if (pos[i] < end[i] && column(pos[i]) == col) {
+                              c.subset |= 1 << i;
+                              c.from[i] = pos[i]++;
+                            }
+                          merged.push_back(c);
+                        }
+                        QuadRegion region{next_index, next_value, {}};
+                        for (const Column& c : merged) ++region.columns[c.subset];
+                        // Counting sort by subset, stable in column order.
+                        size_t first[kQuadSubsets] = {};
+                        for (int m = 1; m < kQuadSubsets; ++m)
+                          first[m] = first[m - 1] + region.columns[m - 1];
+                        grouped.resize(merged.size());
+                        for (const Column& c : merged) grouped[first[c.subset]++] = c;
+                        for (const Column& c : grouped) {
+                          on_index(c.col, next_index++);
+                          for (int i = 0; i < kQuadRows; ++i)
+                            if (c.subset & (1 << i)) on_value(c.from[i], next_value++);
+                        }
+                        on_region(q0 / kQuadRows * chunks + k, region);
+                      }
+                  });
+  const int64_t quads = (rows_ + kQuadRows - 1) / kQuadRows;
+  on_region(quads * chunks, QuadRegion{next_index, next_value, {}});
+}
+
+template <typename T>
+const typename CsrMatrix<T>::ChunkOrder& CsrMatrix<T>::chunk_order(ChunkLayout layout) const {
+  // bfloat16 values are widened per row segment (csr_kernels.inl), which quads would break up.
+  if (layout.row_quads && (std::is_same_v<T, bfloat16_t> || layout.columns >= (1 << 16)))
+    throw std::invalid_argument(
+        "chunk_order: row quads need float or double values and chunks "
+        "of fewer than 65536 columns");
+  const int64_t chunk_cols = layout.columns;
   const offset_t* bounds = column_chunk_bounds(chunk_cols);
   const Pattern& pattern = *pattern_;
   std::lock_guard<std::mutex> lock(pattern.chunk_bounds_mutex);
-  ChunkOrder& order = pattern.chunk_orders[chunk_cols];
-  if (!order.segment_start.empty()) return order;
+  ChunkOrder& order = pattern.chunk_orders[layout.key()];
+  if (order.built) return order;
   const int64_t chunks = (cols_ + chunk_cols - 1) / chunk_cols;
-  order.segment_start.resize(static_cast<size_t>(rows_ * chunks + 1));
   const bool compact = compact_indices();
   if (compact)
     order.indices16.resize(nnz());
   else
     order.indices.resize(nnz());
-  for_segments_in_chunk_order(
-      pattern.indptr, rows_, chunks, bounds, order.segment_start.data(),
-      [&](offset_t from, offset_t to, offset_t count) {
-        if (compact)
-          std::copy_n(pattern.indices16.begin() + from, count, order.indices16.begin() + to);
-        else
-          std::copy_n(pattern.indices.begin() + from, count, order.indices.begin() + to);
-      });
+  order.row_quads = layout.row_quads;
+  if (order.row_quads) {
+    const int64_t quads = (rows_ + kQuadRows - 1) / kQuadRows;
+    order.quad_regions.resize(static_cast<size_t>(quads * chunks + 1));
+    for_entries_by_quads(
+        chunk_cols, bounds,
+        [&](int64_t number, const QuadRegion& region) { order.quad_regions[number] = region; },
+        [&](int64_t col, offset_t to) {
+          if (compact)
+            order.indices16[to] = static_cast<compact_index_t>(col);
+          else
+            order.indices[to] = static_cast<index_t>(col);
+        },
+        [](offset_t, offset_t) {});
+  } else {
+    order.segment_start.resize(static_cast<size_t>(rows_ * chunks + 1));
+    for_segments_in_chunk_order(
+        pattern.indptr, rows_, chunks, bounds, order.segment_start.data(),
+        [&](offset_t from, offset_t to, offset_t count) {
+          if (compact)
+            std::copy_n(pattern.indices16.begin() + from, count, order.indices16.begin() + to);
+          else
+            std::copy_n(pattern.indices.begin() + from, count, order.indices.begin() + to);
+        });
+  }
+  order.built = true;
   return order;
 }
 
 template <typename T>
-void CsrMatrix<T>::to_chunk_order(int64_t chunk_cols, const T* values, T* out) const {
+void CsrMatrix<T>::to_chunk_order(ChunkLayout layout, const T* values, T* out) const {
+  const int64_t chunk_cols = layout.columns;
+  if (layout.row_quads) {
+    for_entries_by_quads(
+        chunk_cols, column_chunk_bounds(chunk_cols), [](int64_t, const QuadRegion&) {},
+        [](int64_t, offset_t) {}, [&](offset_t from, offset_t to) { out[to] = values[from]; });
+    return;
+  }
   const int64_t chunks = (cols_ + chunk_cols - 1) / chunk_cols;
   for_segments_in_chunk_order(pattern_->indptr, rows_, chunks, column_chunk_bounds(chunk_cols),
                               nullptr, [&](offset_t from, offset_t to, offset_t count) {
@@ -287,13 +375,13 @@ void CsrMatrix<T>::to_chunk_order(int64_t chunk_cols, const T* values, T* out) c
 }
 
 template <typename T>
-const T* CsrMatrix<T>::own_values_in_chunk_order(int64_t chunk_cols) const {
+const T* CsrMatrix<T>::own_values_in_chunk_order(ChunkLayout layout) const {
   const T* own = values().data();  // throws for a pattern-only matrix
   std::lock_guard<std::mutex> lock(chunk_ordered_values_->mutex);
-  LargeArray<T>& ordered = chunk_ordered_values_->by_width[chunk_cols];
+  LargeArray<T>& ordered = chunk_ordered_values_->by_layout[layout.key()];
   if (ordered.size() != static_cast<size_t>(nnz())) {
     ordered.resize(static_cast<size_t>(nnz()));
-    to_chunk_order(chunk_cols, own, ordered.data());
+    to_chunk_order(layout, own, ordered.data());
   }
   return ordered.data();
 }
@@ -321,13 +409,16 @@ const index_t* CsrMatrix<T>::tap_offsets(int64_t kernel_h, int64_t kernel_w, int
 }
 
 template <typename T>
-CsrView<T> CsrMatrix<T>::chunk_ordered_view(int64_t chunk_cols, const T* values) const {
+CsrView<T> CsrMatrix<T>::chunk_ordered_view(ChunkLayout layout, const T* values) const {
   CsrView<T> v = view();
-  v.chunk_cols = chunk_cols;
-  v.chunk_bounds = column_chunk_bounds(chunk_cols);
+  v.chunk_cols = layout.columns;
+  v.chunk_bounds = column_chunk_bounds(layout.columns);
   if (values != nullptr) {
-    const ChunkOrder& order = chunk_order(chunk_cols);
-    v.segment_start = order.segment_start.data();
+    const ChunkOrder& order = chunk_order(layout);
+    if (order.row_quads)
+      v.quad_regions = order.quad_regions.data();
+    else
+      v.segment_start = order.segment_start.data();
     v.indices = compact_indices() ? nullptr : order.indices.data();
     v.indices16 = compact_indices() ? order.indices16.data() : nullptr;
     v.values = values;

@@ -11,6 +11,7 @@
 // values throws std::invalid_argument on such a matrix (see values_or_stored).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <map>
@@ -31,6 +32,36 @@ using offset_t = int64_t;  // row pointers: more than 2^31 nonzeros are allowed
 // entry instead of 8 is a third more entries per second.
 constexpr int64_t kMaxCompactCols = 65536;
 using compact_index_t = uint16_t;
+
+// Chunk order by row quads (CsrMatrix::ChunkOrder): where one quad's entries
+// in one column chunk start, and how many of its columns each subset of the
+// quad's rows stores (columns[m] for the subset whose bit q is row 4 * quad + q;
+// columns[0] is 0).
+constexpr int kQuadRows = 4;
+constexpr double kQuadMinDensity = 0.2;
+// Whether a rows x cols matrix with nnz stored entries is dense enough for
+// chunk order by row quads (CsrMatrix::ChunkOrder).
+inline bool quad_density(int64_t rows, int64_t cols, int64_t nnz) {
+  return nnz > 0 && static_cast<double>(nnz) >=
+                        kQuadMinDensity * static_cast<double>(rows) * static_cast<double>(cols);
+}
+
+// How the column-chunked panel kernel reads a matrix (CsrKernels::chunk_layout):
+// in chunks of `columns` columns (0: unchunked), its entries in chunk order
+// by rows or by row quads (CsrMatrix::ChunkOrder).
+struct ChunkLayout {
+  int64_t columns = 0;
+  bool row_quads = false;
+  // One integer naming the layout (0: unchunked), which a caller holding
+  // values in chunk order passes back with them.
+  int64_t key() const { return 2 * columns + (row_quads ? 1 : 0); }
+};
+constexpr int kQuadSubsets = 1 << kQuadRows;
+struct QuadRegion {
+  offset_t index_start = 0;  // into the column indices (one per column)
+  offset_t value_start = 0;  // into the values (one per stored entry)
+  uint16_t columns[kQuadSubsets] = {};
+};
 
 template <typename T>
 struct CsrView {
@@ -55,6 +86,11 @@ struct CsrView {
   // starts at segment_start[r * chunks() + k] (its length is still given by
   // chunk_bounds). Only the chunked panel kernel reads such a view.
   const offset_t* segment_start = nullptr;
+  // Optional, with segment_start: chunk order by row quads (CsrMatrix::
+  // ChunkOrder::row_quads). Row r of this view is row row_offset + r of the
+  // matrix, and the quad arrays are indexed by the matrix's quads.
+  int64_t row_offset = 0;
+  const QuadRegion* quad_regions = nullptr;
   int64_t nnz() const { return indptr[rows] - indptr[0]; }
   int64_t chunks() const { return chunk_cols > 0 ? (cols + chunk_cols - 1) / chunk_cols : 1; }
 };
@@ -74,6 +110,23 @@ inline void for_row_blocks(const offset_t* indptr, int64_t row_begin, int64_t ro
     int64_t block_end = block_begin + 1;
     while (block_end < row_end && indptr[block_end + 1] - indptr[block_begin] <= block_nnz)
       ++block_end;
+    body(block_begin, block_end);
+    block_begin = block_end;
+  }
+}
+
+// for_row_blocks over blocks of whole row quads (rows 4q..4q+3, counted from
+// row 0) that meet [row_begin, row_end), not clipped to it: each block holds
+// about block_nnz stored entries (at least one quad).
+template <typename Body>
+inline void for_quad_blocks(const offset_t* indptr, int64_t row_begin, int64_t row_end,
+                            int64_t block_nnz, const Body& body) {
+  int64_t block_begin = row_begin / kQuadRows * kQuadRows;
+  while (block_begin < row_end) {
+    const auto quad_end = [&](int64_t r) { return std::min(r + kQuadRows, row_end); };
+    int64_t block_end = quad_end(block_begin);
+    while (block_end < row_end && indptr[quad_end(block_end)] - indptr[block_begin] <= block_nnz)
+      block_end = quad_end(block_end);
     body(block_begin, block_end);
     block_begin = block_end;
   }
@@ -168,19 +221,32 @@ class CsrMatrix {
   // reads one. segment_start[r * chunks + k] is where row r's segment in chunk
   // k starts. Computed on first use for each chunk width and kept with the
   // pattern, like column_chunk_bounds.
+  //
+  // A layout with row_quads (float and double values, chunks narrower than
+  // 2^16 columns; the AVX-512 kernels ask for it) goes by row quads: rows 4q..4q+3
+  // share one region per chunk, whose columns come grouped by the subset of
+  // the four rows that stores them (subset 1 first, then 2, 3, ... 15; by
+  // column within a subset), each column index once, followed in the values
+  // by the stored entries of the rows in its subset, in row order. The kernel
+  // then loads each row of the dense operand once for up to four rows. Blocks
+  // are whole quads, and segment_start is empty.
   struct ChunkOrder {
+    bool built = false;
+    bool row_quads = false;
+    std::vector<QuadRegion> quad_regions;  // quads * chunks + 1, with row_quads
     std::vector<offset_t> segment_start;
     LargeArray<index_t> indices;            // when cols > kMaxCompactCols
     LargeArray<compact_index_t> indices16;  // when cols <= kMaxCompactCols
   };
-  const ChunkOrder& chunk_order(int64_t chunk_cols) const;
+  // Throws std::invalid_argument for row quads over bfloat16 values or chunks of 2^16 columns.
+  const ChunkOrder& chunk_order(ChunkLayout layout) const;
   // values (nnz entries, CSR order) into `out` in chunk order.
-  void to_chunk_order(int64_t chunk_cols, const T* values, T* out) const;
+  void to_chunk_order(ChunkLayout layout, const T* values, T* out) const;
   // This matrix's own values in chunk order, computed on first use (thread-safe).
-  const T* own_values_in_chunk_order(int64_t chunk_cols) const;
+  const T* own_values_in_chunk_order(ChunkLayout layout) const;
   // chunked view, with the entry arrays in chunk order when `values` is not
   // null (values: nnz entries, already in chunk order).
-  CsrView<T> chunk_ordered_view(int64_t chunk_cols, const T* values) const;
+  CsrView<T> chunk_ordered_view(ChunkLayout layout, const T* values) const;
 
   // Each stored entry's column (ci, kh, kw) of a convolution's weight
   // (ci * kernel_h * kernel_w + kh * kernel_w + kw) as the element offset
@@ -225,7 +291,7 @@ class CsrMatrix {
     // filled in lazily even though the pattern is otherwise immutable.
     mutable std::mutex chunk_bounds_mutex;
     mutable std::map<int64_t, std::vector<offset_t>> chunk_bounds;
-    mutable std::map<int64_t, ChunkOrder> chunk_orders;  // under chunk_bounds_mutex
+    mutable std::map<int64_t, ChunkOrder> chunk_orders;  // by layout key, under chunk_bounds_mutex
     // tap_offsets by (kernel_h, kernel_w, col_step, row_stride), under chunk_bounds_mutex.
     mutable std::map<std::array<int64_t, 4>, std::vector<index_t>> tap_offsets;
     void resize_indices(bool compact, int64_t nnz) {
@@ -242,6 +308,13 @@ class CsrMatrix {
     }
   };
   CsrMatrix() = default;
+  // Walks the stored entries in chunk order by row quads (bounds: its
+  // column_chunk_bounds): on_region(region number, region) once per region,
+  // on_index(column, position) for each index and on_value(CSR position,
+  // position) for each value.
+  template <typename OnRegion, typename OnIndex, typename OnValue>
+  void for_entries_by_quads(int64_t chunk_cols, const offset_t* bounds, const OnRegion& on_region,
+                            const OnIndex& on_index, const OnValue& on_value) const;
   // A pattern-only matrix holding copies of validated arrays.
   template <typename IndptrT>
   static CsrMatrix copy_pattern(int64_t rows, int64_t cols, const IndptrT* indptr,
@@ -259,10 +332,10 @@ class CsrMatrix {
   std::shared_ptr<const Pattern> pattern_;
   bool has_values_ = true;
   LargeArray<T> values_;  // empty when !has_values_
-  // own_values_in_chunk_order by chunk width. Shared by copies, which hold the same values.
+  // own_values_in_chunk_order by layout key. Shared by copies, which hold the same values.
   struct ChunkOrderedValues {
     std::mutex mutex;
-    std::map<int64_t, LargeArray<T>> by_width;
+    std::map<int64_t, LargeArray<T>> by_layout;
   };
   std::shared_ptr<ChunkOrderedValues> chunk_ordered_values_ =
       std::make_shared<ChunkOrderedValues>();

@@ -85,7 +85,7 @@ void csr_self_attention(const CsrPairWeight<float>& in_proj, const CsrPairWeight
   ScratchBuffer<float> qkv(static_cast<size_t>(rows * 3 * embed));
   csr_linear<float>(in_proj.matrix, x, ldx, rows, in_proj.bias, qkv.data(), 3 * embed, num_threads,
                     in_proj.values, Activation::None, in_proj.chunk_values,
-                    in_proj.chunk_values_cols);
+                    in_proj.chunk_values_layout);
   ScratchBuffer<float> context(static_cast<size_t>(rows * embed));
   AttentionArgs args;
   args.q = qkv.data();
@@ -103,7 +103,7 @@ void csr_self_attention(const CsrPairWeight<float>& in_proj, const CsrPairWeight
   attention(args, num_threads);
   csr_linear<float>(out_proj.matrix, context.data(), embed, rows, out_proj.bias, y, ldy,
                     num_threads, out_proj.values, Activation::None, out_proj.chunk_values,
-                    out_proj.chunk_values_cols);
+                    out_proj.chunk_values_layout);
 }
 
 }  // namespace sparsegemm

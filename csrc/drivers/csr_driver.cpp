@@ -19,6 +19,7 @@ CsrView<T> row_slice(CsrView<T> v, int64_t r0, int64_t r1) {
   if (v.chunk_bounds != nullptr) v.chunk_bounds += r0 * (v.chunks() + 1);
   if (v.segment_start != nullptr) v.segment_start += r0 * v.chunks();
   v.indptr += r0;
+  v.row_offset += r0;
   v.rows = r1 - r0;
   return v;
 }
@@ -31,9 +32,10 @@ struct CsrProduct {
   using T = compute_t<V>;
   const CsrMatrix<V>& a;
   const V* values = nullptr;  // what the kernels read: the caller's or a's own (values_or_stored)
-  // The caller's values in chunk order for chunks of chunk_values_cols (or null).
+  // The caller's values in chunk order for the layout whose key is
+  // chunk_values_layout (ChunkLayout::key), or null.
   const V* chunk_values = nullptr;
-  int64_t chunk_values_cols = 0;
+  int64_t chunk_values_layout = 0;
   // Columns of b (rows of x) the packed panels hold at most; 0: as many as fit.
   int64_t batch = 0;
 
@@ -55,9 +57,9 @@ struct CsrProduct {
     return v;
   }
 
-  // Column chunk width of the packed panel kernel for this matrix (0: none).
-  int64_t chunk_columns(const CsrKernels<V>& kernels) const {
-    return kernels.panel_chunk_columns(a.rows(), a.cols(), a.nnz());
+  // Column chunks of the packed panel kernel for this matrix (columns 0: none).
+  ChunkLayout chunk_layout(const CsrKernels<V>& kernels) const {
+    return kernels.chunk_layout(a.rows(), a.cols(), a.nnz());
   }
 
   // view() with the column chunks the packed panel kernel wants, if any.
@@ -69,15 +71,15 @@ struct CsrProduct {
   // 2 threads, densities 0.2-0.5, 768-4096 columns, 64-256 rows, in-process
   // A/B). Other values are read in CSR order.
   CsrView<V> chunked_view(const CsrKernels<V>& kernels) const {
-    const int64_t chunk_cols = chunk_columns(kernels);
-    if (chunk_cols <= 0) return view();
-    if (chunk_values != nullptr && chunk_values_cols == chunk_cols)
-      return a.chunk_ordered_view(chunk_cols, chunk_values);
+    const ChunkLayout layout = chunk_layout(kernels);
+    if (layout.columns <= 0) return view();
+    if (chunk_values != nullptr && chunk_values_layout == layout.key())
+      return a.chunk_ordered_view(layout, chunk_values);
     if (a.has_values() && values == a.values().data())
-      return a.chunk_ordered_view(chunk_cols, a.own_values_in_chunk_order(chunk_cols));
-    CsrView<V> v = view();
-    v.chunk_cols = chunk_cols;
-    v.chunk_bounds = a.column_chunk_bounds(chunk_cols);
+      return a.chunk_ordered_view(layout, a.own_values_in_chunk_order(layout));
+    CsrView<V> v = view();  // CSR order, row by row
+    v.chunk_cols = layout.columns;
+    v.chunk_bounds = a.column_chunk_bounds(layout.columns);
     return v;
   }
 
@@ -124,7 +126,7 @@ struct CsrProduct {
     const CsrKernels<V>& kernels = csr_kernels<V>(active_isa());
     const int64_t columns = packed_panel_columns();
     const int64_t panel_bytes = a.cols() * columns * static_cast<int64_t>(sizeof(T));
-    const bool padded = panel_bytes >= kPaddedPanelBytes && chunk_columns(kernels) == 0;
+    const bool padded = panel_bytes >= kPaddedPanelBytes && chunk_layout(kernels).columns == 0;
     return padded ? columns + 64 / static_cast<int64_t>(sizeof(T)) : columns;
   }
 
@@ -138,7 +140,7 @@ struct CsrProduct {
   bool prefer_packed_panels(int64_t panels) const {
     constexpr int64_t kManyPanels = 16;
     return a.nnz() * 4 <= a.rows() * a.cols() || panels >= kManyPanels ||
-           chunk_columns(csr_kernels<V>(active_isa())) > 0;
+           chunk_layout(csr_kernels<V>(active_isa())).columns > 0;
   }
 
   const int64_t* row_offsets() const { return a.indptr().data(); }
@@ -203,10 +205,10 @@ void csr_matmul(const CsrMatrix<V>& a, const T* b, int64_t b_rstride, int64_t b_
 template <typename V, typename T>
 void csr_linear(const CsrMatrix<V>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
                 int64_t ldy, int num_threads, const V* values, Activation act,
-                const V* chunk_values, int64_t chunk_values_cols) {
+                const V* chunk_values, int64_t chunk_values_layout) {
   driver::linear(
-      CsrProduct<V>{w, values_or_stored(w, values), chunk_values, chunk_values_cols, batch}, x, ldx,
-      batch, bias, y, ldy, num_threads, act);
+      CsrProduct<V>{w, values_or_stored(w, values), chunk_values, chunk_values_layout, batch}, x,
+      ldx, batch, bias, y, ldy, num_threads, act);
 }
 
 template <typename T>
@@ -214,7 +216,7 @@ void csr_linear_pair(const CsrPairWeight<T>& first, Activation act, const CsrPai
                      const T* x, int64_t ldx, int64_t batch, T* y, int64_t ldy, int num_threads) {
   const auto product = [batch](const CsrPairWeight<T>& w) {
     return CsrProduct<T>{w.matrix, values_or_stored(w.matrix, w.values), w.chunk_values,
-                         w.chunk_values_cols, batch};
+                         w.chunk_values_layout, batch};
   };
   driver::linear_pair(product(first), product(second), x, ldx, batch, first.bias, act, second.bias,
                       y, ldy, num_threads);
@@ -260,8 +262,8 @@ void csr_offset_panels(const CsrMatrix<T>& w, const index_t* offsets, int64_t pa
 }
 
 template <typename V>
-int64_t csr_panel_chunk_columns(const CsrMatrix<V>& a) {
-  return CsrProduct<V>{a}.chunk_columns(csr_kernels<V>(active_isa()));
+ChunkLayout csr_chunk_layout(const CsrMatrix<V>& a) {
+  return CsrProduct<V>{a}.chunk_layout(csr_kernels<V>(active_isa()));
 }
 
 template <typename T>
@@ -282,7 +284,7 @@ void csr_sampled_dot(const CsrMatrix<T>& pattern, const T* a, int64_t lda, const
                                  const T*, T*, int64_t, int, const V*);                         \
   template void csr_linear<V, T>(const CsrMatrix<V>&, const T*, int64_t, int64_t, const T*, T*, \
                                  int64_t, int, const V*, Activation, const V*, int64_t);        \
-  template int64_t csr_panel_chunk_columns<V>(const CsrMatrix<V>&);
+  template ChunkLayout csr_chunk_layout<V>(const CsrMatrix<V>&);
 SPARSEGEMM_INSTANTIATE_CSR_PRODUCTS(float, float)
 SPARSEGEMM_INSTANTIATE_CSR_PRODUCTS(double, double)
 SPARSEGEMM_INSTANTIATE_CSR_PRODUCTS(bfloat16_t, float)

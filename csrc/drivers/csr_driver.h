@@ -31,16 +31,17 @@ void csr_matmul(const CsrMatrix<V>& a, const T* b, int64_t b_rstride, int64_t b_
 // The nn.Linear product: y = x @ w.T (+ bias).
 // x is batch x w.cols() with row stride ldx (rows contiguous); y is batch x w.rows(),
 // row stride ldy. bias has w.rows() entries or is null.
-// chunk_values, when not null, are the same values in chunk order for chunks of
-// chunk_values_cols columns (CsrMatrix::to_chunk_order): the chunked kernel
-// reads them where it runs in chunks of that width, and `values` otherwise.
+// chunk_values, when not null, are the same values in chunk order for the
+// layout whose key is chunk_values_layout (CsrMatrix::to_chunk_order,
+// ChunkLayout::key): the chunked kernel reads them where it runs in that
+// layout, and `values` otherwise.
 // A matrix's own values are read in chunk order anyway (a copy made on first
 // use), so this serves a caller that owns its values.
 template <typename V, typename T = compute_t<V>>
 void csr_linear(const CsrMatrix<V>& w, const T* x, int64_t ldx, int64_t batch, const T* bias, T* y,
                 int64_t ldy, int num_threads, const V* values = nullptr,
                 Activation act = Activation::None, const V* chunk_values = nullptr,
-                int64_t chunk_values_cols = 0);
+                int64_t chunk_values_layout = 0);
 
 // One weight of csr_linear_pair: the matrix, optionally the caller's values
 // and the same values in chunk order (as csr_linear's values and
@@ -50,7 +51,7 @@ struct CsrPairWeight {
   const CsrMatrix<T>& matrix;
   const T* values = nullptr;
   const T* chunk_values = nullptr;
-  int64_t chunk_values_cols = 0;
+  int64_t chunk_values_layout = 0;
   const T* bias = nullptr;
 };
 
@@ -61,11 +62,11 @@ template <typename T>
 void csr_linear_pair(const CsrPairWeight<T>& first, Activation act, const CsrPairWeight<T>& second,
                      const T* x, int64_t ldx, int64_t batch, T* y, int64_t ldy, int num_threads);
 
-// Width of the column chunks the packed panel kernel of csr_linear runs in
-// for `a` on the active ISA (0: unchunked). Chunks keep the slice of x^T a
-// chunk reads in L1; see kernels/csr/csr_kernels.inl.
+// The column chunks the packed panel kernel of csr_linear runs in for `a` on
+// the active ISA (columns 0: unchunked). Chunks keep the slice of x^T a chunk
+// reads in L1 (or L2); see kernels/csr/csr_kernels.inl.
 template <typename T>
-int64_t csr_panel_chunk_columns(const CsrMatrix<T>& a);
+ChunkLayout csr_chunk_layout(const CsrMatrix<T>& a);
 
 // A dense operand b that the caller packs, and a product c = w @ b it takes
 // back, one panel of columns at a time (drivers/product_driver.h

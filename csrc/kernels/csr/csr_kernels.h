@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "core/bfloat16.h"
 #include "core/csr_matrix.h"
@@ -28,10 +29,11 @@ constexpr int64_t kGatherMaxVectors = 1;
 template <typename W>
 struct CsrKernels {
   using T = compute_t<W>;
-  // Column chunk width for spmm_rows_packed (CsrView::chunk_cols), 0 for
-  // none: where it is > 0, callers pass it a view with chunk bounds of that
-  // width (CsrMatrix::column_chunk_bounds). spmm_rows ignores chunk bounds.
-  int64_t (*panel_chunk_columns)(int64_t rows, int64_t cols, int64_t nnz);
+  // Column chunks for spmm_rows_packed: where layout.columns > 0, callers
+  // pass it a view with chunk bounds of that width (CsrMatrix::
+  // column_chunk_bounds), best in that chunk order (CsrMatrix::
+  // chunk_ordered_view). spmm_rows ignores chunk bounds.
+  ChunkLayout (*chunk_layout)(int64_t rows, int64_t cols, int64_t nnz);
 
   // Panel product, for dense operands with many columns:
   //   c[r, 0:n] = bias[r] + sum_j a[r, j] * b[j, 0:n]   for r in [row_begin, row_end)

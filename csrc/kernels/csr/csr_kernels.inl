@@ -94,6 +94,13 @@ constexpr int64_t kMinChunkSegmentWideVectors = 16;
 // 95%; 256 KiB lost at 85-90% (0.79-0.97x). Four-vector panels at 70% lost with
 // 64 KiB slices (0.93x), so they keep L1 chunks.
 constexpr int64_t kSparseChunkSegment = 48;
+// Row quads (quads_times_panel_chunked) load each row of b's slice once for
+// up to four stored entries, so their chunks may reach past L1, and every
+// region pays its 15 subset loops: Zen 4, 2 threads, in-process A/B of slices
+// of 32-128 KiB against rows on 32 KiB, batch 64-128, 1024x4096, 4096x1024,
+// 3072x768 and 4096^2: 48 KiB 1.14x at 70% (32 KiB 1.10-1.11x), 1.19-1.23x
+// at 60%; 64 KiB level with 48 at 50% on 4096^2 and 768x3072.
+constexpr double kQuadChunkCacheRatio = 1.5;
 constexpr int64_t kSparseChunkMaxBytes = 128 * 1024;
 
 // Calls body(indices) with the matrix's column indices in their stored width.
@@ -271,6 +278,120 @@ inline void rows_times_panel_chunked(const CsrView<W>& a, const I* indices, int6
     }
 }
 
+// Row quads (CsrView::quad_regions). Over one row at a time, each stored
+// entry loads its NV vectors of b, a load per FMA, and on Zen 4 the loads (with
+// the index and the broadcast) rather than the FMAs bound the kernel. A quad's
+// region groups its columns by the subset of its rows storing them, so each
+// column's vectors are loaded once and meet up to four broadcast values, the
+// subset known at compile time. Standalone probe (Zen 4, one core, 4-vector
+// panel in L1; docs/results/zen4-stop59/probes/quad_probe.cpp): 1.26-1.28x
+// the row kernel at densities 0.3-0.5, 1.5-1.9x with the panel in L2, level at
+// 0.1 (hence kQuadMinDensity).
+//
+// Vectors per pass over a region: a quad keeps kQuadRows * G accumulators,
+// G vectors of b and a broadcast in registers, which 32 AVX-512 registers
+// hold at G = 4; 16 take G = 2 (more passes reload the indices and values).
+template <typename T, int NV>
+constexpr int quad_pass_vectors() {
+  return Vec<T>::kLanes * sizeof(T) >= 64 ? NV : std::min(NV, 2);
+}
+
+// f(std::integral_constant<int, i>{}) for i = 0 .. N-1, unrolled, so that
+// arrays of registers indexed by i stay in registers.
+template <typename F, int... Is>
+inline void unrolled_for(const F& f, std::integer_sequence<int, Is...>) {
+  (f(std::integral_constant<int, Is>{}), ...);
+}
+template <int N, typename F>
+inline void unrolled_for(const F& f) {
+  unrolled_for(f, std::make_integer_sequence<int, N>{});
+}
+
+constexpr int subset_size(int subset) {
+  return subset == 0 ? 0 : (subset & 1) + subset_size(subset >> 1);
+}
+
+// One subset's columns of a quad region into acc: count columns at cols, and
+// per column subset_size(Subset) values at vals, in row order.
+template <typename T, int G, int64_t PackedLdb, int Subset, typename I, typename W>
+inline void quad_subset_times_panel(const I* cols, const W* vals, int64_t count, const T* b,
+                                    int64_t ldb, typename Vec<T>::reg (&acc)[kQuadRows][G]) {
+  if constexpr (PackedLdb != 0) ldb = PackedLdb;
+  using V = Vec<T>;
+  constexpr int L = V::kLanes;
+  constexpr int K = subset_size(Subset);
+  for (int64_t i = 0; i < count; ++i) {
+    const T* row = b + static_cast<int64_t>(cols[i]) * ldb;
+    typename V::reg x[G];
+    unrolled_for<G>([&](auto v) { x[v] = V::load(row + v * L); });
+    unrolled_for<kQuadRows>([&](auto quad_row) {
+      constexpr int Q = decltype(quad_row)::value;
+      if constexpr ((Subset >> Q) & 1) {
+        constexpr int kBefore = subset_size(Subset & ((1 << Q) - 1));
+        const typename V::reg w = V::set1(stored_value(vals, i * K + kBefore));
+        unrolled_for<G>([&](auto v) { acc[Q][v] = V::fmadd(w, x[v], acc[Q][v]); });
+      }
+    });
+  }
+}
+
+// A quad region times G vectors of b: every subset in turn.
+template <typename T, int G, int64_t PackedLdb, typename I, typename W, int... Subsets>
+inline void quad_region_times_panel(const QuadRegion& region, const I* indices, const W* values,
+                                    const T* b, int64_t ldb,
+                                    typename Vec<T>::reg (&acc)[kQuadRows][G],
+                                    std::integer_sequence<int, Subsets...>) {
+  const I* cols = indices + region.index_start;
+  const W* vals = values + region.value_start;
+  // Subsets + 1: subset 0 (no row) holds no columns.
+  ((quad_subset_times_panel<T, G, PackedLdb, Subsets + 1>(cols, vals, region.columns[Subsets + 1],
+                                                          b, ldb, acc),
+    cols += region.columns[Subsets + 1],
+    vals += region.columns[Subsets + 1] * subset_size(Subsets + 1)),
+   ...);
+}
+
+// rows_times_panel_chunked over chunk order by row quads: rows [r0, r1) of the
+// view (rows row_offset + r0 ... of the matrix), chunk by chunk within blocks of
+// whole quads. A quad only partly in [r0, r1) is computed whole and stores
+// only its rows in range, so every row's sum is the same whatever the split.
+template <typename W, int NV, int64_t PackedLdb, typename I, typename T = compute_t<W>>
+inline void quads_times_panel_chunked(const CsrView<W>& a, const I* indices, int64_t r0, int64_t r1,
+                                      const T* b, int64_t ldb, const T* bias, T* c, int64_t ldc) {
+  using V = Vec<T>;
+  constexpr int L = V::kLanes;
+  constexpr int G = quad_pass_vectors<T, NV>();
+  const int64_t chunks = a.chunks();
+  const int64_t first = a.row_offset + r0, last = a.row_offset + r1;
+  const offset_t* matrix_indptr = a.indptr - a.row_offset;
+  for_quad_blocks(matrix_indptr, first, last, kChunkRowBlockNnz, [&](int64_t b0, int64_t b1) {
+    for (int64_t k = 0; k < chunks; ++k)
+      for (int64_t q0 = b0; q0 < b1; q0 += kQuadRows) {
+        const QuadRegion& region = a.quad_regions[q0 / kQuadRows * chunks + k];
+        for (int g = 0; g < NV; g += G) {
+          typename V::reg acc[kQuadRows][G];
+          unrolled_for<kQuadRows>([&](auto q) {
+            const int64_t r = q0 + q - a.row_offset;  // row of the view
+            const bool in_range = q0 + q >= first && q0 + q < last;
+            unrolled_for<G>([&](auto v) {
+              acc[q][v] = !in_range ? V::zero()
+                          : k == 0  ? V::set1(bias ? bias[r] : T(0))
+                                    : V::load(c + r * ldc + (g + v) * L);
+            });
+          });
+          quad_region_times_panel<T, G, PackedLdb>(region, indices, a.values, b + g * L, ldb, acc,
+                                                   std::make_integer_sequence<int, 15>{});
+          unrolled_for<kQuadRows>([&](auto q) {
+            if (q0 + q >= first && q0 + q < last)
+              unrolled_for<G>([&](auto v) {
+                V::store(c + (q0 + q - a.row_offset) * ldc + (g + v) * L, acc[q][v]);
+              });
+          });
+        }
+      }
+  });
+}
+
 // A full panel of NV vectors, chunked when a has chunk bounds (always then: a
 // view in chunk order cannot be read row by row). The drivers pack panels
 // unpadded when chunked, so the stride is the panel's, a compile-time constant.
@@ -279,7 +400,11 @@ inline void rows_times_full_panel(const CsrView<W>& a, const I* indices, int64_t
                                   const T* b, int64_t ldb, const T* bias, T* c, int64_t ldc,
                                   int64_t col) {
   constexpr int64_t kPanel = static_cast<int64_t>(NV) * Vec<T>::kLanes;
-  if (a.chunk_bounds != nullptr && ldb == kPanel)
+  if (a.quad_regions != nullptr && ldb == kPanel)
+    quads_times_panel_chunked<W, NV, kPanel>(a, indices, r0, r1, b, ldb, bias, c, ldc);
+  else if (a.quad_regions != nullptr)
+    quads_times_panel_chunked<W, NV, 0>(a, indices, r0, r1, b, ldb, bias, c, ldc);
+  else if (a.chunk_bounds != nullptr && ldb == kPanel)
     rows_times_panel_chunked<W, NV, kPanel>(a, indices, r0, r1, b, ldb, bias, c, ldc, col);
   else if (a.chunk_bounds != nullptr)
     rows_times_panel_chunked<W, NV, 0>(a, indices, r0, r1, b, ldb, bias, c, ldc, col);
@@ -371,18 +496,22 @@ void spmm_rows(const CsrView<W>& a, int64_t row_begin, int64_t row_end, const T*
 }
 
 // Columns per chunk for the packed panel kernel (CsrView::chunk_cols), or 0
-// where chunking does not pay: b's panel already fits the L1 budget, or a
-// row's segments would be short (density * chunk width < kMinChunkSegment;
+// where chunking does not pay, and whether chunk order goes by row quads
+// (with 64-byte vectors, float or double values, at least kQuadMinDensity): b's panel already fits
+// the L1 budget, or a row's segments would be short (density * chunk width < kMinChunkSegment;
 // kMinChunkSegmentWideVectors with 64-byte vectors, kMinChunkSegmentLargePanel
 // for a panel of kLargePanelBytes or more).
 // Chunks are even in width, so none is a sliver.
-template <typename T>
-int64_t panel_chunk_columns(int64_t rows, int64_t cols, int64_t nnz) {
+template <typename W, typename T = compute_t<W>>
+ChunkLayout chunk_layout(int64_t rows, int64_t cols, int64_t nnz) {
   const int vectors = packed_panel_vectors<T>(rows, cols, nnz);
   const int64_t row_bytes =
       static_cast<int64_t>(vectors) * Vec<T>::kLanes * static_cast<int64_t>(sizeof(T));
   const bool wide_vectors = Vec<T>::kLanes * sizeof(T) >= 64;
+  const bool quads =
+      wide_vectors && !std::is_same_v<W, bfloat16_t> && quad_density(rows, cols, nnz);
   int64_t slice_bytes = chunk_cache_bytes();
+  if (quads) slice_bytes = slice_bytes * kQuadChunkCacheRatio;
   if (wide_vectors && vectors < 4 && nnz > 0 && rows > 0) {
     // Columns holding about kSparseChunkSegment entries of a row.
     const double columns = static_cast<double>(kSparseChunkSegment) * static_cast<double>(rows) *
@@ -392,15 +521,15 @@ int64_t panel_chunk_columns(int64_t rows, int64_t cols, int64_t nnz) {
     slice_bytes = std::max(slice_bytes, static_cast<int64_t>(wanted));
   }
   const int64_t widest = slice_bytes / row_bytes;
-  if (cols <= widest || rows <= 0) return 0;
+  if (cols <= widest || rows <= 0) return {};
   const int64_t chunks = (cols + widest - 1) / widest;
   const int64_t width = (cols + chunks - 1) / chunks;
   // Mean entries per segment: nnz / (rows * chunks).
   const int64_t min_segment = cols * row_bytes >= kLargePanelBytes ? kMinChunkSegmentLargePanel
                               : wide_vectors                       ? kMinChunkSegmentWideVectors
                                                                    : kMinChunkSegment;
-  if (nnz < min_segment * rows * chunks) return 0;
-  return width;
+  if (nnz < min_segment * rows * chunks) return {};
+  return {width, quads && width < (1 << 16)};
 }
 
 // The packed panel's columns (see CsrKernels::packed_panel_columns). Narrowed
@@ -426,7 +555,9 @@ void spmm_rows_packed(const CsrView<W>& a, int64_t row_begin, int64_t row_end, c
       rows_times_full_panel<W, NV>(a, indices, r0, r1, packed, panel_ld, bias, c, ldc, 0);
     };
     // Chunked, the blocks are those of chunk order (small enough for L2).
-    if (a.chunk_bounds != nullptr)
+    if (a.quad_regions != nullptr)
+      block(row_begin, row_end);  // blocks of whole quads (quads_times_panel_chunked)
+    else if (a.chunk_bounds != nullptr)
       for_chunk_order_blocks(a, row_begin, row_end, block);
     else
       for_row_blocks(a, row_begin, row_end, block);
@@ -561,9 +692,8 @@ void sampled_dot_rows(const CsrView<W>& pattern, int64_t row_begin, int64_t row_
 template <typename W>
 const CsrKernels<W>& csr_kernel_table() {
   using T = compute_t<W>;
-  static const CsrKernels<W> table{&panel_chunk_columns<T>,  &spmm_rows<W>,
-                                   &packed_panel_columns<T>, &spmm_rows_packed<W>,
-                                   &gather_rows<W>,          &scalar_gather_rows<W>,
+  static const CsrKernels<W> table{&chunk_layout<W>,     &spmm_rows<W>,   &packed_panel_columns<T>,
+                                   &spmm_rows_packed<W>, &gather_rows<W>, &scalar_gather_rows<W>,
                                    &sampled_dot_rows<W>};
   return table;
 }

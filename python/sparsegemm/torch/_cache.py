@@ -246,7 +246,7 @@ class KernelOperands(EmptyWhenCopied):
         self._tensors: tuple = ()
         self._key: tuple = ()
         #: (pattern, values as the flat array the kernel takes, bias array or None,
-        #: (chunk columns, values in chunk order) or None)
+        #: (chunk layout, values in chunk order) or None)
         self.operands: tuple = ()
 
     def get(self, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor,
@@ -272,8 +272,8 @@ class KernelOperands(EmptyWhenCopied):
             array = values_array(values)
             chunk_ordered = None
             if blocksize is None and chunk_order and not inference and not bitmap:
-                chunk_cols, ordered = pattern._handle.values_in_chunk_order(array)
-                chunk_ordered = None if ordered is None else (chunk_cols, ordered)
+                layout, ordered = pattern._handle.values_in_chunk_order(array)
+                chunk_ordered = None if ordered is None else (layout, ordered)
             self.operands = (pattern, array, bias_array, chunk_ordered)
             self._tensors, self._key = (indptr, indices, values, bias), key
         return self.operands

@@ -238,7 +238,7 @@ def linear_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndar
     BitmapMatrix)
     holding ``values``, the activation in its epilogue, without the op's dispatch: only
     after :func:`can_call_kernel_directly` and with ``x.shape[-1]`` checked.
-    ``chunk_ordered`` is (chunk columns, the values in chunk order) for a CSR pattern
+    ``chunk_ordered`` is (chunk layout, the values in chunk order) for a CSR pattern
     (see ``KernelOperands``), or None."""
     handle = pattern._handle
     rows, cols = handle.rows, handle.cols
@@ -249,9 +249,9 @@ def linear_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndar
     out, out_array = direct_output(x2.shape[0], rows, x2, x_array)
     threads = torch.get_num_threads()
     if chunk_ordered is not None:
-        chunk_cols, ordered = chunk_ordered
+        layout, ordered = chunk_ordered
         _core.csr_linear_chunk_ordered(handle, x_array, out_array, bias, threads, values,
-                                       ordered, chunk_cols, activation)
+                                       ordered, layout, activation)
     else:
         kernel = (_core.csr_linear if type(pattern) is CSRMatrix else
                   _core.bitmap_linear if type(pattern) is BitmapMatrix else _core.bsr_linear)
@@ -260,7 +260,7 @@ def linear_direct(x: Tensor, pattern, values: np.ndarray, bias: Optional[np.ndar
 
 
 def chunk_order(chunks: Optional[tuple]) -> tuple:
-    """(chunk columns, values in chunk order) from ``KernelOperands``' last item, as the
+    """(chunk layout, values in chunk order) from ``KernelOperands``' last item, as the
     fused kernels take them: (0, None) where the weight runs unchunked."""
     return chunks if chunks is not None else (0, None)
 
