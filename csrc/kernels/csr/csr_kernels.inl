@@ -297,13 +297,16 @@ constexpr int quad_pass_vectors() {
 }
 
 // f(std::integral_constant<int, i>{}) for i = 0 .. N-1, unrolled, so that
-// arrays of registers indexed by i stay in registers.
+// arrays of registers indexed by i stay in registers. The quad kernel's
+// helpers are always inlined for the same reason: passed by reference to a
+// call, its accumulators went through the stack (2x slower).
 template <typename F, int... Is>
-inline void unrolled_for(const F& f, std::integer_sequence<int, Is...>) {
+__attribute__((always_inline)) inline void unrolled_for(const F& f,
+                                                        std::integer_sequence<int, Is...>) {
   (f(std::integral_constant<int, Is>{}), ...);
 }
 template <int N, typename F>
-inline void unrolled_for(const F& f) {
+__attribute__((always_inline)) inline void unrolled_for(const F& f) {
   unrolled_for(f, std::make_integer_sequence<int, N>{});
 }
 
@@ -314,8 +317,9 @@ constexpr int subset_size(int subset) {
 // One subset's columns of a quad region into acc: count columns at cols, and
 // per column subset_size(Subset) values at vals, in row order.
 template <typename T, int G, int64_t PackedLdb, int Subset, typename I, typename W>
-inline void quad_subset_times_panel(const I* cols, const W* vals, int64_t count, const T* b,
-                                    int64_t ldb, typename Vec<T>::reg (&acc)[kQuadRows][G]) {
+__attribute__((always_inline)) inline void quad_subset_times_panel(
+    const I* cols, const W* vals, int64_t count, const T* b, int64_t ldb,
+    typename Vec<T>::reg (&acc)[kQuadRows][G]) {
   if constexpr (PackedLdb != 0) ldb = PackedLdb;
   using V = Vec<T>;
   constexpr int L = V::kLanes;
@@ -337,10 +341,9 @@ inline void quad_subset_times_panel(const I* cols, const W* vals, int64_t count,
 
 // A quad region times G vectors of b: every subset in turn.
 template <typename T, int G, int64_t PackedLdb, typename I, typename W, int... Subsets>
-inline void quad_region_times_panel(const QuadRegion& region, const I* indices, const W* values,
-                                    const T* b, int64_t ldb,
-                                    typename Vec<T>::reg (&acc)[kQuadRows][G],
-                                    std::integer_sequence<int, Subsets...>) {
+__attribute__((always_inline)) inline void quad_region_times_panel(
+    const QuadRegion& region, const I* indices, const W* values, const T* b, int64_t ldb,
+    typename Vec<T>::reg (&acc)[kQuadRows][G], std::integer_sequence<int, Subsets...>) {
   const I* cols = indices + region.index_start;
   const W* vals = values + region.value_start;
   // Subsets + 1: subset 0 (no row) holds no columns.
