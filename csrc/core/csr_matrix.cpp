@@ -267,45 +267,43 @@ void CsrMatrix<T>::for_entries_by_quads(int64_t chunk_cols, const offset_t* boun
   };
   std::vector<Column> merged, grouped;
   offset_t next_index = 0, next_value = 0;
-  for_quad_blocks(pattern_->indptr.data(), 0, rows_, kChunkRowBlockNnz,
-                  [&](int64_t r0, int64_t r1) {
-                    for (int64_t k = 0; k < chunks; ++k)
-                      for (int64_t q0 = r0; q0 < r1; q0 += kQuadRows) {
-                        offset_t pos[kQuadRows] = {}, end[kQuadRows] = {};
-                        for (int64_t i = 0; i < kQuadRows && q0 + i < rows_; ++i) {
-                          pos[i] = bounds[(q0 + i) * (chunks + 1) + k];
-                          end[i] = bounds[(q0 + i) * (chunks + 1) + k + 1];
-                        }
-                        merged.clear();
-                        for (;;) {  // merge the four rows' segments by column
-                          int64_t col = INT64_MAX;
-                          for (int i = 0; i < kQuadRows; ++i)
-                            if (pos[i] < end[i]) col = std::min(col, column(pos[i]));
-                          if (col == INT64_MAX) break;
-                          Column c{col, 0, {}};
-                          for (int i = 0; i < kQuadRows; ++i)
-                            if (pos[i] < end[i] && column(pos[i]) == col) {
-                              c.subset |= 1 << i;
-                              c.from[i] = pos[i]++;
-                            }
-                          merged.push_back(c);
-                        }
-                        QuadRegion region{next_index, next_value, {}};
-                        for (const Column& c : merged) ++region.columns[c.subset];
-                        // Counting sort by subset, stable in column order.
-                        size_t first[kQuadSubsets] = {};
-                        for (int m = 1; m < kQuadSubsets; ++m)
-                          first[m] = first[m - 1] + region.columns[m - 1];
-                        grouped.resize(merged.size());
-                        for (const Column& c : merged) grouped[first[c.subset]++] = c;
-                        for (const Column& c : grouped) {
-                          on_index(c.col, next_index++);
-                          for (int i = 0; i < kQuadRows; ++i)
-                            if (c.subset & (1 << i)) on_value(c.from[i], next_value++);
-                        }
-                        on_region(q0 / kQuadRows * chunks + k, region);
-                      }
-                  });
+  for_quad_blocks(pattern_->indptr.data(), 0, rows_, kQuadBlockNnz, [&](int64_t r0, int64_t r1) {
+    for (int64_t k = 0; k < chunks; ++k)
+      for (int64_t q0 = r0; q0 < r1; q0 += kQuadRows) {
+        offset_t pos[kQuadRows] = {}, end[kQuadRows] = {};
+        for (int64_t i = 0; i < kQuadRows && q0 + i < rows_; ++i) {
+          pos[i] = bounds[(q0 + i) * (chunks + 1) + k];
+          end[i] = bounds[(q0 + i) * (chunks + 1) + k + 1];
+        }
+        merged.clear();
+        for (;;) {  // merge the four rows' segments by column
+          int64_t col = INT64_MAX;
+          for (int i = 0; i < kQuadRows; ++i)
+            if (pos[i] < end[i]) col = std::min(col, column(pos[i]));
+          if (col == INT64_MAX) break;
+          Column c{col, 0, {}};
+          for (int i = 0; i < kQuadRows; ++i)
+            if (pos[i] < end[i] && column(pos[i]) == col) {
+              c.subset |= 1 << i;
+              c.from[i] = pos[i]++;
+            }
+          merged.push_back(c);
+        }
+        QuadRegion region{next_index, next_value, {}};
+        for (const Column& c : merged) ++region.columns[c.subset];
+        // Counting sort by subset, stable in column order.
+        size_t first[kQuadSubsets] = {};
+        for (int m = 1; m < kQuadSubsets; ++m) first[m] = first[m - 1] + region.columns[m - 1];
+        grouped.resize(merged.size());
+        for (const Column& c : merged) grouped[first[c.subset]++] = c;
+        for (const Column& c : grouped) {
+          on_index(c.col, next_index++);
+          for (int i = 0; i < kQuadRows; ++i)
+            if (c.subset & (1 << i)) on_value(c.from[i], next_value++);
+        }
+        on_region(q0 / kQuadRows * chunks + k, region);
+      }
+  });
   const int64_t quads = (rows_ + kQuadRows - 1) / kQuadRows;
   on_region(quads * chunks, QuadRegion{next_index, next_value, {}});
 }

@@ -367,7 +367,7 @@ inline void quads_times_panel_chunked(const CsrView<W>& a, const I* indices, int
   const int64_t chunks = a.chunks();
   const int64_t first = a.row_offset + r0, last = a.row_offset + r1;
   const offset_t* matrix_indptr = a.indptr - a.row_offset;
-  for_quad_blocks(matrix_indptr, first, last, kChunkRowBlockNnz, [&](int64_t b0, int64_t b1) {
+  for_quad_blocks(matrix_indptr, first, last, kQuadBlockNnz, [&](int64_t b0, int64_t b1) {
     for (int64_t k = 0; k < chunks; ++k)
       for (int64_t q0 = b0; q0 < b1; q0 += kQuadRows) {
         const QuadRegion& region = a.quad_regions[q0 / kQuadRows * chunks + k];
