@@ -259,62 +259,76 @@ void CsrMatrix<T>::for_entries_by_quads(int64_t chunk_cols, const offset_t* boun
                                         const OnRegion& on_region, const OnIndex& on_index,
                                         const OnValue& on_value) const {
   const int64_t chunks = (cols_ + chunk_cols - 1) / chunk_cols;
-  // One column of a region: the subset of the quad's rows storing it, and where.
-  struct Column {
-    int64_t col;
-    int subset;
-    offset_t from[kQuadRows];
-  };
-  std::vector<Column> merged, grouped;
+  // Per column of the chunk: the subset of the quad's rows storing it, and where.
+  std::vector<uint8_t> subset(static_cast<size_t>(chunk_cols));
+  std::vector<std::array<offset_t, kQuadRows>> from(static_cast<size_t>(chunk_cols));
   offset_t next_index = 0, next_value = 0;
-  for_quad_blocks(pattern_->indptr.data(), 0, rows_, kQuadBlockNnz, [&](int64_t r0, int64_t r1) {
-    for (int64_t k = 0; k < chunks; ++k)
-      for (int64_t q0 = r0; q0 < r1; q0 += kQuadRows) {
-        offset_t pos[kQuadRows] = {}, end[kQuadRows] = {};
-        for (int64_t i = 0; i < kQuadRows && q0 + i < rows_; ++i) {
-          pos[i] = bounds[(q0 + i) * (chunks + 1) + k];
-          end[i] = bounds[(q0 + i) * (chunks + 1) + k + 1];
-        }
-        merged.clear();
-        for (;;) {  // merge the four rows' segments by column
-          int64_t col = INT64_MAX;
-          for (int i = 0; i < kQuadRows; ++i)
-            if (pos[i] < end[i]) col = std::min(col, column(pos[i]));
-          if (col == INT64_MAX) break;
-          Column c{col, 0, {}};
-          for (int i = 0; i < kQuadRows; ++i)
-            if (pos[i] < end[i] && column(pos[i]) == col) {
-              c.subset |= 1 << i;
-              c.from[i] = pos[i]++;
+  const auto walk = [&](const auto* indices) {
+    for_quad_blocks(pattern_->indptr.data(), 0, rows_, kQuadBlockNnz, [&](int64_t r0, int64_t r1) {
+      for (int64_t k = 0; k < chunks; ++k) {
+        const int64_t first_col = k * chunk_cols;
+        const int64_t width = std::min(chunk_cols, cols_ - first_col);
+        for (int64_t q0 = r0; q0 < r1; q0 += kQuadRows) {
+          for (int64_t i = 0; i < kQuadRows && q0 + i < rows_; ++i) {
+            const offset_t* row_bounds = bounds + (q0 + i) * (chunks + 1);
+            for (offset_t j = row_bounds[k]; j < row_bounds[k + 1]; ++j) {
+              const int64_t c = indices[j] - first_col;
+              subset[c] |= static_cast<uint8_t>(1 << i);
+              from[c][i] = j;
             }
-          merged.push_back(c);
+          }
+          QuadRegion region{next_index, next_value, {}};
+          for (int64_t c = 0; c < width; ++c) ++region.columns[subset[c]];
+          region.columns[0] = 0;
+          // Where each subset's next column index and values go (subsets in order).
+          offset_t index_at[kQuadSubsets], value_at[kQuadSubsets];
+          index_at[0] = next_index;
+          value_at[0] = next_value;
+          for (int m = 1; m < kQuadSubsets; ++m) {
+            index_at[m] = index_at[m - 1] + region.columns[m - 1];
+            value_at[m] = value_at[m - 1] + region.columns[m - 1] * subset_rows(m - 1);
+          }
+          for (int64_t c = 0; c < width; ++c) {
+            const int m = subset[c];
+            if (m == 0) continue;
+            on_index(first_col + c, index_at[m]++);
+            for (int i = 0; i < kQuadRows; ++i)
+              if (m & (1 << i)) on_value(from[c][i], value_at[m]++);
+            subset[c] = 0;
+          }
+          next_index = index_at[kQuadSubsets - 1];
+          next_value = value_at[kQuadSubsets - 1];
+          on_region(q0 / kQuadRows * chunks + k, region);
         }
-        QuadRegion region{next_index, next_value, {}};
-        for (const Column& c : merged) ++region.columns[c.subset];
-        // Counting sort by subset, stable in column order.
-        size_t first[kQuadSubsets] = {};
-        for (int m = 1; m < kQuadSubsets; ++m) first[m] = first[m - 1] + region.columns[m - 1];
-        grouped.resize(merged.size());
-        for (const Column& c : merged) grouped[first[c.subset]++] = c;
-        for (const Column& c : grouped) {
-          on_index(c.col, next_index++);
-          for (int i = 0; i < kQuadRows; ++i)
-            if (c.subset & (1 << i)) on_value(c.from[i], next_value++);
-        }
-        on_region(q0 / kQuadRows * chunks + k, region);
       }
-  });
+    });
+  };
+  if (compact_indices())
+    walk(pattern_->indices16.data());
+  else
+    walk(pattern_->indices.data());
   const int64_t quads = (rows_ + kQuadRows - 1) / kQuadRows;
   on_region(quads * chunks, QuadRegion{next_index, next_value, {}});
 }
 
+namespace {
+
+// Throws std::invalid_argument for a layout chunk order cannot take.
 template <typename T>
-const typename CsrMatrix<T>::ChunkOrder& CsrMatrix<T>::chunk_order(ChunkLayout layout) const {
+void check_chunk_layout(ChunkLayout layout) {
+  if (layout.columns <= 0) throw std::invalid_argument("chunk_order: chunk columns must be > 0");
   // bfloat16 values are widened per row segment (csr_kernels.inl), which quads would break up.
   if (layout.row_quads && (std::is_same_v<T, bfloat16_t> || layout.columns >= (1 << 16)))
     throw std::invalid_argument(
         "chunk_order: row quads need float or double values and chunks "
         "of fewer than 65536 columns");
+}
+
+}  // namespace
+
+template <typename T>
+const typename CsrMatrix<T>::ChunkOrder& CsrMatrix<T>::chunk_order(ChunkLayout layout) const {
+  check_chunk_layout<T>(layout);
   const int64_t chunk_cols = layout.columns;
   const offset_t* bounds = column_chunk_bounds(chunk_cols);
   const Pattern& pattern = *pattern_;
@@ -358,6 +372,7 @@ const typename CsrMatrix<T>::ChunkOrder& CsrMatrix<T>::chunk_order(ChunkLayout l
 
 template <typename T>
 void CsrMatrix<T>::to_chunk_order(ChunkLayout layout, const T* values, T* out) const {
+  check_chunk_layout<T>(layout);
   const int64_t chunk_cols = layout.columns;
   if (layout.row_quads) {
     for_entries_by_quads(

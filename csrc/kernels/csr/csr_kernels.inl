@@ -310,12 +310,8 @@ __attribute__((always_inline)) inline void unrolled_for(const F& f) {
   unrolled_for(f, std::make_integer_sequence<int, N>{});
 }
 
-constexpr int subset_size(int subset) {
-  return subset == 0 ? 0 : (subset & 1) + subset_size(subset >> 1);
-}
-
 // One subset's columns of a quad region into acc: count columns at cols, and
-// per column subset_size(Subset) values at vals, in row order.
+// per column subset_rows(Subset) values at vals, in row order.
 template <typename T, int G, int64_t PackedLdb, int Subset, typename I, typename W>
 __attribute__((always_inline)) inline void quad_subset_times_panel(
     const I* cols, const W* vals, int64_t count, const T* b, int64_t ldb,
@@ -323,7 +319,7 @@ __attribute__((always_inline)) inline void quad_subset_times_panel(
   if constexpr (PackedLdb != 0) ldb = PackedLdb;
   using V = Vec<T>;
   constexpr int L = V::kLanes;
-  constexpr int K = subset_size(Subset);
+  constexpr int K = subset_rows(Subset);
   for (int64_t i = 0; i < count; ++i) {
     const T* row = b + static_cast<int64_t>(cols[i]) * ldb;
     typename V::reg x[G];
@@ -331,7 +327,7 @@ __attribute__((always_inline)) inline void quad_subset_times_panel(
     unrolled_for<kQuadRows>([&](auto quad_row) {
       constexpr int Q = decltype(quad_row)::value;
       if constexpr ((Subset >> Q) & 1) {
-        constexpr int kBefore = subset_size(Subset & ((1 << Q) - 1));
+        constexpr int kBefore = subset_rows(Subset & ((1 << Q) - 1));
         const typename V::reg w = V::set1(stored_value(vals, i * K + kBefore));
         unrolled_for<G>([&](auto v) { acc[Q][v] = V::fmadd(w, x[v], acc[Q][v]); });
       }
@@ -350,7 +346,7 @@ __attribute__((always_inline)) inline void quad_region_times_panel(
   ((quad_subset_times_panel<T, G, PackedLdb, Subsets + 1>(cols, vals, region.columns[Subsets + 1],
                                                           b, ldb, acc),
     cols += region.columns[Subsets + 1],
-    vals += region.columns[Subsets + 1] * subset_size(Subsets + 1)),
+    vals += region.columns[Subsets + 1] * subset_rows(Subsets + 1)),
    ...);
 }
 
