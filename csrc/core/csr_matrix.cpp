@@ -337,10 +337,7 @@ const typename CsrMatrix<T>::ChunkOrder& CsrMatrix<T>::chunk_order(ChunkLayout l
   if (order.built) return order;
   const int64_t chunks = (cols_ + chunk_cols - 1) / chunk_cols;
   const bool compact = compact_indices();
-  if (compact)
-    order.indices16.resize(nnz());
-  else
-    order.indices.resize(nnz());
+  order.resize_indices(compact, nnz());
   order.row_quads = layout.row_quads;
   if (order.row_quads) {
     const int64_t quads = (rows_ + kQuadRows - 1) / kQuadRows;
@@ -348,12 +345,7 @@ const typename CsrMatrix<T>::ChunkOrder& CsrMatrix<T>::chunk_order(ChunkLayout l
     for_entries_by_quads(
         chunk_cols, bounds,
         [&](int64_t number, const QuadRegion& region) { order.quad_regions[number] = region; },
-        [&](int64_t col, offset_t to) {
-          if (compact)
-            order.indices16[to] = static_cast<compact_index_t>(col);
-          else
-            order.indices[to] = static_cast<index_t>(col);
-        },
+        [&](int64_t col, offset_t to) { order.set_index(compact, to, col); },
         [](offset_t, offset_t) {});
   } else {
     order.segment_start.resize(static_cast<size_t>(rows_ * chunks + 1));

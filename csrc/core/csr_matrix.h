@@ -247,14 +247,31 @@ class CsrMatrix {
   // by the stored entries of the rows in its subset, in row order. The kernel
   // then loads each row of the dense operand once for up to four rows. Blocks
   // are whole quads of about kQuadBlockNnz entries, and segment_start is empty.
-  struct ChunkOrder {
+  //
+  // Column indices in their stored width, as a pattern and a chunk order keep them.
+  struct ColumnIndices {
+    LargeArray<index_t> indices;            // when cols > kMaxCompactCols
+    LargeArray<compact_index_t> indices16;  // when cols <= kMaxCompactCols
+    void resize_indices(bool compact, int64_t nnz) {
+      if (compact)
+        indices16.resize(nnz);
+      else
+        indices.resize(nnz);
+    }
+    void set_index(bool compact, int64_t j, int64_t col) {
+      if (compact)
+        indices16[j] = static_cast<compact_index_t>(col);
+      else
+        indices[j] = static_cast<index_t>(col);
+    }
+  };
+  // The indices hold nnz entries; by row quads only the first
+  // quad_regions.back().index_start are used.
+  struct ChunkOrder : ColumnIndices {
     bool built = false;
     bool row_quads = false;
     std::vector<QuadRegion> quad_regions;  // quads * chunks + 1, with row_quads
     std::vector<offset_t> segment_start;
-    // nnz entries; by row quads only the first quad_regions.back().index_start are used.
-    LargeArray<index_t> indices;            // when cols > kMaxCompactCols
-    LargeArray<compact_index_t> indices16;  // when cols <= kMaxCompactCols
   };
   // Throws std::invalid_argument for row quads over bfloat16 values or chunks of 2^16 columns.
   const ChunkOrder& chunk_order(ChunkLayout layout) const;
@@ -301,10 +318,8 @@ class CsrMatrix {
 
  private:
   // The validated structure, shared by matrices that differ only in values.
-  struct Pattern {
+  struct Pattern : ColumnIndices {
     std::vector<offset_t> indptr;
-    LargeArray<index_t> indices;            // when cols > kMaxCompactCols
-    LargeArray<compact_index_t> indices16;  // when cols <= kMaxCompactCols
     // column_chunk_bounds by chunk width; derived from the fields above, so
     // filled in lazily even though the pattern is otherwise immutable.
     mutable std::mutex chunk_bounds_mutex;
@@ -312,18 +327,6 @@ class CsrMatrix {
     mutable std::map<int64_t, ChunkOrder> chunk_orders;  // by layout key, under chunk_bounds_mutex
     // tap_offsets by (kernel_h, kernel_w, col_step, row_stride), under chunk_bounds_mutex.
     mutable std::map<std::array<int64_t, 4>, std::vector<index_t>> tap_offsets;
-    void resize_indices(bool compact, int64_t nnz) {
-      if (compact)
-        indices16.resize(nnz);
-      else
-        indices.resize(nnz);
-    }
-    void set_index(bool compact, int64_t j, int64_t col) {
-      if (compact)
-        indices16[j] = static_cast<compact_index_t>(col);
-      else
-        indices[j] = static_cast<index_t>(col);
-    }
   };
   CsrMatrix() = default;
   // Walks the stored entries in chunk order by row quads (bounds: its

@@ -364,6 +364,7 @@ inline void quads_times_panel_chunked(const CsrView<W>& a, const I* indices, int
   const int64_t chunks = a.chunks();
   const int64_t first = a.row_offset + r0, last = a.row_offset + r1;
   const offset_t* matrix_indptr = a.indptr - a.row_offset;
+  const auto in_range = [&](int64_t row) { return row >= first && row < last; };
   for_quad_blocks(matrix_indptr, first, last, kQuadBlockNnz, [&](int64_t b0, int64_t b1) {
     for (int64_t k = 0; k < chunks; ++k)
       for (int64_t q0 = b0; q0 < b1; q0 += kQuadRows) {
@@ -372,18 +373,17 @@ inline void quads_times_panel_chunked(const CsrView<W>& a, const I* indices, int
           typename V::reg acc[kQuadRows][G];
           unrolled_for<kQuadRows>([&](auto q) {
             const int64_t r = q0 + q - a.row_offset;  // row of the view
-            const bool in_range = q0 + q >= first && q0 + q < last;
             unrolled_for<G>([&](auto v) {
-              acc[q][v] = !in_range ? V::zero()
-                          : k == 0  ? V::set1(bias ? bias[r] : T(0))
-                                    : V::load(c + r * ldc + (g + v) * L);
+              acc[q][v] = !in_range(q0 + q) ? V::zero()
+                          : k == 0          ? V::set1(bias ? bias[r] : T(0))
+                                            : V::load(c + r * ldc + (g + v) * L);
             });
           });
           quad_region_times_panel<T, G, PackedLdb>(
               region, indices, a.values, b + g * L, ldb, acc,
               std::make_integer_sequence<int, kQuadSubsets - 1>{});
           unrolled_for<kQuadRows>([&](auto q) {
-            if (q0 + q >= first && q0 + q < last)
+            if (in_range(q0 + q))
               unrolled_for<G>([&](auto v) {
                 V::store(c + (q0 + q - a.row_offset) * ldc + (g + v) * L, acc[q][v]);
               });
